@@ -1,0 +1,1 @@
+"""The API gateway: the only thing API consumers talk to."""

@@ -1,0 +1,90 @@
+"""Forwarding to the services. Bodies pass through as bytes: never decoded and re-encoded here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, Path, Request
+from starlette.responses import Response
+
+from shared.errors import DownstreamBadResponse
+from shared.http import ServiceClient
+from shared.identity import Identity
+
+# Request headers a service may need; everything else (cookies, credentials, hop-by-hop) stays here.
+FORWARD_REQUEST_HEADERS = ("content-type", "accept", "idempotency-key", "if-match", "last-event-id")
+# Response headers passed back to the client.
+FORWARD_RESPONSE_HEADERS = frozenset(
+    {
+        "content-type",
+        "cache-control",
+        "etag",
+        "location",
+        "retry-after",
+        "www-authenticate",
+        "link",
+        "deprecation",
+        "sunset",
+        "x-aggregate-complete",
+    }
+)
+
+# Path parameters are ids; anything else (dots, encoded slashes) never reaches a service path.
+ResourceId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class Upstreams:
+    """The service clients of this gateway process, all sharing the one pooled HTTP client."""
+
+    def __init__(self, clients: dict[str, ServiceClient]) -> None:
+        self.clients = clients
+
+    def __getitem__(self, name: str) -> ServiceClient:
+        return self.clients[name]
+
+    @staticmethod
+    def request_headers(request: Request) -> list[tuple[str, str]]:
+        headers = [(name, value) for name in FORWARD_REQUEST_HEADERS if (value := request.headers.get(name))]
+        request_id = getattr(request.state, "request_id", None)
+        if request_id:
+            headers.append(("x-request-id", request_id))
+        return headers
+
+    async def forward(
+        self,
+        request: Request,
+        service: str,
+        path: str,
+        identity: Identity,
+        *,
+        query: bool = True,
+    ) -> Response:
+        """Sends the client's request to `service` at `path` and relays the answer."""
+        client = self.clients[service]
+        body = await request.body() if request.method in ("POST", "PUT", "PATCH", "DELETE") else None
+        upstream = await client.send(
+            request.method,
+            path,
+            identity=identity,
+            headers=self.request_headers(request),
+            content=body or None,
+            params=request.query_params.multi_items() if query and request.query_params else None,
+        )
+        return relay(service, upstream)
+
+
+def relay(service: str, upstream: httpx.Response) -> Response:
+    if upstream.status_code == 401 and upstream.headers.get("www-authenticate", "").startswith("PorticoInternal"):
+        # The service refused the gateway's own identity: a deployment fault, not the caller's.
+        raise DownstreamBadResponse(service, f"The {service} service refused the gateway's internal identity.")
+    headers = {k: v for k, v in upstream.headers.items() if k in FORWARD_RESPONSE_HEADERS}
+    return Response(content=upstream.content, status_code=upstream.status_code, headers=headers)
+
+
+def get_upstreams(request: Request) -> Upstreams:
+    upstreams: Upstreams = request.state.upstreams
+    return upstreams
+
+
+UpstreamsDep = Annotated[Upstreams, Depends(get_upstreams)]

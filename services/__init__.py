@@ -1,0 +1,1 @@
+"""The separately deployed services behind the gateway."""

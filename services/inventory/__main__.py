@@ -1,0 +1,5 @@
+from services.inventory.app import MIGRATIONS_DIR, create_app
+from services.inventory.settings import InventorySettings
+from shared.cli import run_cli
+
+run_cli("services.inventory", InventorySettings, create_app, MIGRATIONS_DIR)

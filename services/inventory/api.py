@@ -1,0 +1,7 @@
+"""Routes of the inventory service. The gateway reaches them with an internal identity."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,1 @@
+"""Orders service: orders, their status history, the outbox of order events."""

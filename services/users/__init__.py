@@ -1,0 +1,1 @@
+"""Users service: tenants, users, password hashes, tokens, API keys."""

@@ -1,0 +1,1 @@
+"""Webhooks service: webhook endpoints, events, delivery attempts, the delivery worker."""

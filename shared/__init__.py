@@ -1,0 +1,1 @@
+"""Portico's common library: every process imports its plumbing from here."""

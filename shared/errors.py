@@ -1,0 +1,338 @@
+"""The error hierarchy every process raises, and the one place that renders it as problem+json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from opentelemetry import trace
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from shared.context import request_id_var
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://portico.dev/problems/"
+
+logger = logging.getLogger("portico.errors")
+
+
+class PorticoError(Exception):
+    """Base of every error a process answers on purpose. Subclasses fix status, code and title."""
+
+    status_code: ClassVar[int] = 500
+    error_code: ClassVar[str] = "INTERNAL_ERROR"
+    title: ClassVar[str] = "Internal Server Error"
+    slug: ClassVar[str] = "internal-error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        error_code: str | None = None,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.detail = detail or self.title
+        self.code = error_code or self.error_code
+        self.errors = list(errors) if errors is not None else None
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+        super().__init__(self.detail)
+
+    @classmethod
+    def openapi_response(cls) -> dict[int | str, dict[str, Any]]:
+        """Documents this error as a route response in OpenAPI."""
+        return {
+            cls.status_code: {
+                "description": cls.title,
+                "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            }
+        }
+
+
+class BadRequest(PorticoError):
+    status_code = 400
+    error_code = "BAD_REQUEST"
+    title = "Bad Request"
+    slug = "bad-request"
+
+
+class MalformedBody(BadRequest):
+    error_code = "MALFORMED_BODY"
+    title = "Malformed request body"
+    slug = "malformed-body"
+
+
+class Unauthorized(PorticoError):
+    status_code = 401
+    error_code = "UNAUTHORIZED"
+    title = "Unauthorized"
+    slug = "unauthorized"
+
+    def __init__(
+        self, detail: str | None = None, *, error_code: str | None = None, challenge: str = 'Bearer realm="portico"'
+    ) -> None:
+        super().__init__(detail, error_code=error_code, headers={"WWW-Authenticate": challenge})
+
+
+class PaymentRequired(PorticoError):
+    status_code = 402
+    error_code = "PLAN_UPGRADE_REQUIRED"
+    title = "Plan upgrade required"
+    slug = "plan-upgrade-required"
+
+
+class Forbidden(PorticoError):
+    status_code = 403
+    error_code = "FORBIDDEN"
+    title = "Forbidden"
+    slug = "forbidden"
+
+
+class NotFound(PorticoError):
+    status_code = 404
+    error_code = "NOT_FOUND"
+    title = "Not Found"
+    slug = "not-found"
+
+
+class MethodNotAllowed(PorticoError):
+    status_code = 405
+    error_code = "METHOD_NOT_ALLOWED"
+    title = "Method Not Allowed"
+    slug = "method-not-allowed"
+
+
+class Conflict(PorticoError):
+    status_code = 409
+    error_code = "CONFLICT"
+    title = "Conflict"
+    slug = "conflict"
+
+
+class PayloadTooLarge(PorticoError):
+    status_code = 413
+    error_code = "PAYLOAD_TOO_LARGE"
+    title = "Request body too large"
+    slug = "payload-too-large"
+
+
+class UnsupportedMediaType(PorticoError):
+    status_code = 415
+    error_code = "UNSUPPORTED_MEDIA_TYPE"
+    title = "Unsupported Media Type"
+    slug = "unsupported-media-type"
+
+
+class ValidationFailed(PorticoError):
+    status_code = 422
+    error_code = "VALIDATION_FAILED"
+    title = "Validation failed"
+    slug = "validation-failed"
+
+
+class TooManyRequests(PorticoError):
+    status_code = 429
+    error_code = "RATE_LIMITED"
+    title = "Too Many Requests"
+    slug = "quota-exceeded"
+
+
+class ServiceUnavailable(PorticoError):
+    status_code = 503
+    error_code = "SERVICE_UNAVAILABLE"
+    title = "Service Unavailable"
+    slug = "service-unavailable"
+
+
+class DownstreamError(PorticoError):
+    """A call to another Portico service failed; `service` names which."""
+
+    def __init__(self, service: str, detail: str) -> None:
+        super().__init__(detail, extra={"service": service})
+        self.service = service
+
+
+class DownstreamBadResponse(DownstreamError):
+    status_code = 502
+    error_code = "DOWNSTREAM_BAD_RESPONSE"
+    title = "Bad Gateway"
+    slug = "downstream-bad-response"
+
+
+class DownstreamUnavailable(DownstreamError):
+    status_code = 503
+    error_code = "DOWNSTREAM_UNAVAILABLE"
+    title = "Service Unavailable"
+    slug = "downstream-unavailable"
+
+
+class DownstreamTimeout(DownstreamError):
+    status_code = 504
+    error_code = "DOWNSTREAM_TIMEOUT"
+    title = "Gateway Timeout"
+    slug = "downstream-timeout"
+
+
+_STATUS_ERRORS: dict[int, type[PorticoError]] = {
+    cls.status_code: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        PaymentRequired,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        Conflict,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        ValidationFailed,
+        TooManyRequests,
+        ServiceUnavailable,
+    )
+}
+
+
+def current_trace_id() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def problem_body(
+    *,
+    status: int,
+    title: str,
+    detail: str,
+    error_code: str,
+    slug: str,
+    request_id: str | None,
+    errors: Sequence[Mapping[str, Any]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "error_code": error_code,
+        "request_id": request_id,
+        "trace_id": current_trace_id(),
+    }
+    if errors is not None:
+        body["errors"] = list(errors)
+    if extra:
+        body.update(extra)
+    return body
+
+
+def problem_response(exc: PorticoError, request_id: str | None = None) -> Response:
+    """Renders a Portico error; usable from handlers and from plain ASGI middleware."""
+    rid = request_id or request_id_var.get()
+    body = problem_body(
+        status=exc.status_code,
+        title=exc.title,
+        detail=exc.detail,
+        error_code=exc.code,
+        slug=exc.slug,
+        request_id=rid,
+        errors=exc.errors,
+        extra=exc.extra,
+    )
+    headers = dict(exc.headers)
+    if rid:
+        headers.setdefault("X-Request-ID", rid)
+    return Response(
+        content=json.dumps(body, separators=(",", ":"), default=str),
+        status_code=exc.status_code,
+        headers=headers,
+        media_type=PROBLEM_JSON,
+    )
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None) or request_id_var.get()
+
+
+def _jsonable_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    out = []
+    for err in errors:
+        loc = [str(part) for part in err.get("loc", ())]
+        out.append(
+            {
+                "loc": loc,
+                "field": ".".join(p for p in loc if p not in ("body", "query", "path", "header")),
+                "msg": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
+        )
+    return out
+
+
+async def _portico_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PorticoError)
+    if exc.status_code >= 500:
+        logger.warning("answered %s %s: %s", exc.status_code, exc.code, exc.detail)
+    return problem_response(exc, _request_id(request))
+
+
+async def _validation_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return problem_response(MalformedBody("The request body is not valid JSON."), _request_id(request))
+    return problem_response(
+        ValidationFailed("The request did not pass validation.", errors=_jsonable_errors(errors)),
+        _request_id(request),
+    )
+
+
+async def _http_exception_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    cls = _STATUS_ERRORS.get(exc.status_code, PorticoError)
+    detail = exc.detail if isinstance(exc.detail, str) else cls.title
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"No route matches {request.method} {request.url.path}."
+    err = cls(detail, headers=exc.headers)
+    if cls is PorticoError:
+        # An HTTP status with no class of its own keeps its status.
+        response = problem_response(err, _request_id(request))
+        response.status_code = exc.status_code
+        return response
+    return problem_response(err, _request_id(request))
+
+
+async def _unhandled_handler(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(PorticoError("An internal error occurred."), _request_id(request))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The one place errors become responses."""
+    app.add_exception_handler(PorticoError, _portico_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
+    app.add_exception_handler(Exception, _unhandled_handler)
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "description": "RFC 9457 problem details, with Portico's extensions.",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "error_code": {"type": "string"},
+        "request_id": {"type": ["string", "null"]},
+        "trace_id": {"type": ["string", "null"]},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+    "required": ["type", "title", "status", "detail", "error_code"],
+}

@@ -1,0 +1,126 @@
+"""Pure ASGI middleware shared by every process: request id + access log, and the body size limit."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.context import request_id_var
+from shared.errors import PayloadTooLarge, problem_response
+
+REQUEST_ID_HEADER = b"x-request-id"
+# Accepted from clients as is; anything else is replaced, so ids are safe to log and forward.
+_REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{8,128}$")
+
+access_logger = logging.getLogger("portico.access")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """Accepts a well-formed `X-Request-ID` or makes one, echoes it, and writes one access line."""
+
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                if _REQUEST_ID_RE.match(value):
+                    request_id = value.decode("ascii")
+                break
+        if request_id is None:
+            request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        request_id_var.set(request_id)
+        raw_id = request_id.encode("ascii")
+        start = time.perf_counter()
+        status = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", ()) if k != REQUEST_ID_HEADER]
+                headers.append((REQUEST_ID_HEADER, raw_id))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if self.access_log and scope["type"] == "http":
+                route = scope.get("route")
+                access_logger.info(
+                    "%s %s %s",
+                    scope["method"],
+                    scope["path"],
+                    status or 500,
+                    extra={
+                        "http_method": scope["method"],
+                        "http_route": getattr(route, "path", None),
+                        "http_status": status or 500,
+                        "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+                    },
+                )
+
+
+class BodySizeLimitMiddleware:
+    """Refuses bodies over `max_bytes` with 413, before they are read in full.
+
+    A declared Content-Length over the limit is refused at once; a chunked body is counted as it
+    arrives and refused when it crosses the limit.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.max_bytes:
+                    await self._refuse(scope, receive, send)
+                    return
+                break
+
+        received = 0
+        max_bytes = self.max_bytes
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > max_bytes:
+                    raise PayloadTooLarge(f"The request body exceeds the limit of {max_bytes} bytes.")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            PayloadTooLarge(f"The request body exceeds the limit of {self.max_bytes} bytes."),
+            scope.get("state", {}).get("request_id"),
+        )
+        # Closing the connection stops the client from sending the rest of the body.
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)

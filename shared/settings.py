@@ -1,0 +1,91 @@
+"""One settings base for every process; each process subclasses it with its own env prefix."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that ship in this repository or are commonly pasted from examples.
+# Outside development a process refuses to start with any of them.
+WEAK_SECRETS = frozenset(
+    {
+        "",
+        "secret",
+        "changeme",
+        "change-me",
+        "password",
+        "dev-internal-secret-change-me",
+        "dev-jwt-secret-change-me",
+    }
+)
+MIN_SECRET_LENGTH = 32
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class BaseServiceSettings(BaseSettings):
+    """Settings every process has. Subclasses set `env_prefix` and add their own fields."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    # Names of SecretStr fields that must be strong outside development.
+    secret_fields: ClassVar[tuple[str, ...]] = ("internal_token_secret",)
+
+    environment: Environment = Environment.DEVELOPMENT
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    log_json: bool = True
+    access_log: bool = True
+
+    database_url: str = "sqlite+aiosqlite:///./var/portico.db"
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_echo: bool = False
+
+    internal_token_secret: SecretStr = SecretStr("dev-internal-secret-change-me")
+    internal_token_ttl_seconds: int = Field(default=60, ge=5, le=3600)
+
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+
+    # Downstream HTTP client (used by the gateway and by services that call others).
+    http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    http_max_connections: int = Field(default=200, ge=1)
+    http_max_keepalive: int = Field(default=100, ge=0)
+    http_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    http_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.PRODUCTION
+
+    @property
+    def docs_enabled(self) -> bool:
+        return not self.is_production
+
+    @model_validator(mode="after")
+    def _refuse_weak_secrets(self) -> BaseServiceSettings:
+        if self.environment is Environment.DEVELOPMENT:
+            return self
+        weak = []
+        for name in self.secret_fields:
+            value: Any = getattr(self, name)
+            if value is None:
+                continue
+            raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            if raw in WEAK_SECRETS or len(raw) < MIN_SECRET_LENGTH:
+                weak.append(name)
+        if weak:
+            raise ValueError(
+                f"weak or default secret(s) {', '.join(weak)} are refused in the "
+                f"{self.environment} environment: use at least {MIN_SECRET_LENGTH} random characters"
+            )
+        return self

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from shared.devstack import PROCESSES, Stack, free_port
+from shared.identity import IDENTITY_HEADER, Identity, IdentitySigner
+from shared.migrations import upgrade
+from tests.infra import SERVICE_DATABASES, Servers, servers
+from tests.otlp import OtlpReceiver
+
+ROOT = Path(__file__).resolve().parent.parent
+# Strong secrets for the test environment (weak ones are refused outside development).
+INTERNAL_SECRET = secrets.token_urlsafe(48)
+JWT_SECRET = secrets.token_urlsafe(48)
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Servers]:
+    with servers() as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def migrated(infra: Servers) -> Servers:
+    """Every service database migrated to head (through Alembic, as in production)."""
+    for name in SERVICE_DATABASES:
+        upgrade(ROOT / "services" / name, infra.database_url(name))
+    return infra
+
+
+def service_env(infra: Servers) -> dict[str, str]:
+    """Environment of a whole stack on the session's PostgreSQL databases and Redis prefix."""
+    env = {
+        "GATEWAY_REDIS_URL": infra.redis_url,
+        "GATEWAY_REDIS_KEY_PREFIX": infra.redis_prefix,
+        "GATEWAY_JWT_SECRET": JWT_SECRET,
+        "USERS_JWT_SECRET": JWT_SECRET,
+    }
+    for name in ("gateway", *SERVICE_DATABASES):
+        prefix = f"{name.upper()}_"
+        env[f"{prefix}ENVIRONMENT"] = "test"
+        env[f"{prefix}INTERNAL_TOKEN_SECRET"] = INTERNAL_SECRET
+        if name != "gateway":
+            env[f"{prefix}DATABASE_URL"] = infra.database_url(name)
+    return env
+
+
+def settings_kwargs(infra: Servers, service: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "environment": "test",
+        "internal_token_secret": INTERNAL_SECRET,
+        "database_url": infra.database_url(service),
+        "access_log": False,
+    }
+    if service == "users":
+        kwargs["jwt_secret"] = JWT_SECRET
+    return kwargs
+
+
+@pytest.fixture(scope="session")
+def signer() -> IdentitySigner:
+    return IdentitySigner(INTERNAL_SECRET, 60)
+
+
+def internal_headers(signer: IdentitySigner, audience: str, identity: Identity) -> dict[str, str]:
+    return {IDENTITY_HEADER: signer.sign(identity, audience)}
+
+
+async def app_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Drives an app in-process, lifespan included."""
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+@pytest.fixture(scope="session")
+async def users_client(migrated: Servers) -> AsyncIterator[httpx.AsyncClient]:
+    from services.users.app import create_app
+    from services.users.settings import UsersSettings
+
+    async for client in app_client(create_app(UsersSettings(**settings_kwargs(migrated, "users")))):
+        yield client
+
+
+@pytest.fixture(scope="session")
+def otlp() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def stack(migrated: Servers, otlp: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """All five processes as real subprocesses on free ports, on PostgreSQL and Redis, exporting
+    their spans to the test's OTLP receiver."""
+    env = {
+        **service_env(migrated),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "PYTHONUNBUFFERED": "1",
+    }
+    running = Stack(
+        ports={name: free_port() for name in PROCESSES},
+        env=env,
+        log_dir=tmp_path_factory.mktemp("stack-logs"),
+        cwd=ROOT,
+    )
+    try:
+        running.start(timeout=60)
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+async def gateway(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.url(), timeout=30) as client:
+        yield client
