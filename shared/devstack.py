@@ -65,19 +65,23 @@ class Stack:
         return env
 
     def _run(self, name: str, command: str, **kwargs: object) -> subprocess.Popen[bytes]:
-        out: int | object = subprocess.DEVNULL
+        log = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        # The command is this interpreter running one of our own modules.
-        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]  # noqa: S603
-            [sys.executable, "-m", PROCESSES[name], command],
-            env=self.process_env(name),
-            cwd=self.cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            **kwargs,
-        )
+            log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps its own copy
+        try:
+            # The command is this interpreter running one of our own modules.
+            return subprocess.Popen(  # type: ignore[call-overload, no-any-return]  # noqa: S603
+                [sys.executable, "-m", PROCESSES[name], command],
+                env=self.process_env(name),
+                cwd=self.cwd,
+                stdout=log if log is not None else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                **kwargs,
+            )
+        finally:
+            if log is not None:
+                log.close()
 
     def migrate(self) -> None:
         for name in PROCESSES:

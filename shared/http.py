@@ -37,6 +37,16 @@ def create_http_client(settings: BaseServiceSettings, tracer_provider: TracerPro
     return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)
 
 
+def _refused(exc: httpx.TimeoutException) -> bool:
+    """True when a "timeout" is really a refused or failed connection.
+
+    httpx-aiohttp maps every aiohttp connection error, a refused connect included, to ConnectTimeout;
+    the aiohttp cause tells them apart (an OSError that is not a TimeoutError).
+    """
+    cause = exc.__cause__
+    return isinstance(cause, OSError) and not isinstance(cause, TimeoutError)
+
+
 class ServiceClient:
     """Calls one named service with an internal identity, mapping failures to 502/503/504."""
 
@@ -78,6 +88,8 @@ class ServiceClient:
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TimeoutException as exc:
+            if _refused(exc):
+                raise DownstreamUnavailable(self.name, f"The {self.name} service is unreachable.") from exc
             raise DownstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
         except httpx.TransportError as exc:
             raise DownstreamUnavailable(self.name, f"The {self.name} service is unreachable.") from exc

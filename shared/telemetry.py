@@ -49,7 +49,7 @@ def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
     usage = metrics.get_meter("opentelemetry.instrumentation.sqlalchemy").create_up_down_counter(
         name="db.client.connections.usage", unit="connections", description="Connections in use."
     )
-    EngineTracer(tracer, engine.sync_engine, usage)
+    EngineTracer(tracer, engine.sync_engine, usage)  # type: ignore[no-untyped-call]
 
 
 def set_global_provider_once(provider: TracerProvider) -> None:

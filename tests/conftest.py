@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from shared.devstack import PROCESSES, Stack, free_port
 from shared.identity import IDENTITY_HEADER, Identity, IdentitySigner
@@ -75,9 +75,15 @@ def internal_headers(signer: IdentitySigner, audience: str, identity: Identity) 
 
 
 async def app_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """Drives an app in-process, lifespan included."""
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
+    """Drives an app in-process, lifespan included. Like uvicorn, each request gets its own shallow
+    copy of the lifespan state."""
+    async with app.router.lifespan_context(app) as state:
+
+        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+            await app({**scope, "state": dict(state or {})}, receive, send)
+
+        # As behind a server: an unhandled error is the 500 the app rendered, not an exception here.
+        transport = httpx.ASGITransport(app=with_state, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
 

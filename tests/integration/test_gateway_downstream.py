@@ -1,0 +1,136 @@
+"""Downstream failures seen through an in-process gateway: real sockets that refuse, hang or fail."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from jose import jwt
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from shared.devstack import free_port
+from tests.conftest import INTERNAL_SECRET, JWT_SECRET, app_client
+
+
+def token() -> str:
+    now = int(time.time())
+    claims = {
+        "sub": str(uuid.uuid4()),
+        "tid": str(uuid.uuid4()),
+        "scope": "users:read",
+        "plan": "pro",
+        "iat": now,
+        "exp": now + 600,
+        "iss": "portico",
+    }
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"kid": "portico-1"})
+
+
+async def _serve(handler) -> AsyncIterator[int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        server.close()
+        # Hanging handlers are cancelled with the server.
+        await asyncio.wait_for(server.wait_closed(), 5)
+
+
+@pytest.fixture
+async def hanging_port() -> AsyncIterator[int]:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read(65536)
+            await asyncio.sleep(30)
+        finally:
+            writer.close()
+
+    async for port in _serve(handler):
+        yield port
+
+
+@pytest.fixture
+async def failing_port() -> AsyncIterator[int]:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"detail": "internal stack trace that must not leak"}'
+        writer.write(
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+        )
+        await writer.drain()
+        writer.close()
+
+    async for port in _serve(handler):
+        yield port
+
+
+# Both downstream transports must map failures the same way.
+pytestmark = pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+
+
+@contextlib.asynccontextmanager
+async def gateway_for(users_port: int, transport: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = GatewaySettings(
+        environment="test",
+        internal_token_secret=INTERNAL_SECRET,
+        jwt_secret=JWT_SECRET,
+        users_url=f"http://127.0.0.1:{users_port}",
+        http_timeout_seconds=0.5,
+        http_transport=transport,
+        access_log=False,
+    )
+    clients = app_client(create_app(settings))
+    try:
+        yield await anext(clients)
+    finally:
+        await clients.aclose()
+
+
+async def get_me(users_port: int, transport: str) -> httpx.Response:
+    async with gateway_for(users_port, transport) as client:
+        return await client.get("/v1/users/me", headers={"Authorization": f"Bearer {token()}"})
+
+
+async def test_unreachable_service_is_503_naming_it(transport):
+    response = await get_me(free_port(), transport)
+    assert response.status_code == 503
+    body = response.json()
+    assert body["error_code"] == "DOWNSTREAM_UNAVAILABLE"
+    assert body["service"] == "users"
+
+
+async def test_hanging_service_is_504_naming_it(hanging_port, transport):
+    started = time.monotonic()
+    response = await get_me(hanging_port, transport)
+    assert time.monotonic() - started < 5
+    assert response.status_code == 504
+    assert response.json()["error_code"] == "DOWNSTREAM_TIMEOUT"
+    assert response.json()["service"] == "users"
+
+
+async def test_failing_service_is_502_without_its_internals(failing_port, transport):
+    response = await get_me(failing_port, transport)
+    assert response.status_code == 502
+    body = response.json()
+    assert body["error_code"] == "DOWNSTREAM_BAD_RESPONSE"
+    assert body["service"] == "users"
+    assert "stack trace" not in response.text
+
+
+async def test_ready_is_503_naming_what_is_down(transport):
+    async with gateway_for(free_port(), transport) as client:
+        response = await client.get("/health/ready")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["checks"]["users"] != "ok"
+        assert "users" in body["detail"]
+        live = await client.get("/health/live")
+        assert live.status_code == 200

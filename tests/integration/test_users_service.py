@@ -1,0 +1,205 @@
+"""The users service on its own, in-process, on a real PostgreSQL database."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from shared.identity import ANONYMOUS, IDENTITY_HEADER, Identity, IdentitySigner
+from shared.scopes import ROLE_SCOPES
+from tests.conftest import INTERNAL_SECRET, internal_headers
+
+
+def unique_email(tag: str = "user") -> str:
+    return f"{tag}-{uuid.uuid4().hex[:12]}@example.com"
+
+
+async def bootstrap(client: httpx.AsyncClient, signer: IdentitySigner, plan: str = "pro") -> dict:
+    response = await client.post(
+        "/tenants",
+        json={"name": "Acme", "plan": plan, "admin_email": unique_email("admin"), "admin_password": "correct-horse-9"},
+        headers=internal_headers(signer, "users", ANONYMOUS),
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def admin_identity(created: dict) -> Identity:
+    return Identity(
+        subject=created["user"]["id"],
+        tenant_id=created["tenant"]["id"],
+        scopes=ROLE_SCOPES["admin"],
+        plan=created["tenant"]["plan"],
+        role="admin",
+    )
+
+
+async def test_bootstrap_creates_tenant_and_admin(users_client, signer):
+    created = await bootstrap(users_client, signer, plan="enterprise")
+    assert created["tenant"]["plan"] == "enterprise"
+    assert created["user"]["role"] == "admin"
+    assert created["user"]["tenant_id"] == created["tenant"]["id"]
+    assert "password" not in str(created)
+
+
+async def test_token_carries_tenant_scopes_and_kid(users_client, signer):
+    from jose import jwt
+
+    from tests.conftest import JWT_SECRET
+
+    email = unique_email("login")
+    await users_client.post(
+        "/tenants",
+        json={"name": "T", "plan": "free", "admin_email": email, "admin_password": "correct-horse-9"},
+        headers=internal_headers(signer, "users", ANONYMOUS),
+    )
+    response = await users_client.post(
+        "/auth/token",
+        data={"username": email.upper(), "password": "correct-horse-9"},
+        headers=internal_headers(signer, "users", ANONYMOUS),
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 3600
+    header = jwt.get_unverified_header(body["access_token"])
+    assert header == {"alg": "HS256", "kid": "portico-1", "typ": "JWT"}
+    claims = jwt.decode(body["access_token"], JWT_SECRET, algorithms=["HS256"])
+    assert set(claims) >= {"sub", "tid", "scope", "exp", "iat", "plan"}
+    assert set(claims["scope"].split()) == ROLE_SCOPES["admin"]
+    assert claims["exp"] - claims["iat"] == 3600
+
+
+async def test_wrong_password_and_unknown_email_are_the_same_401(users_client, signer):
+    created = await bootstrap(users_client, signer)
+    headers = internal_headers(signer, "users", ANONYMOUS)
+    wrong = await users_client.post(
+        "/auth/token", data={"username": created["user"]["email"], "password": "nope-nope-nope"}, headers=headers
+    )
+    unknown = await users_client.post(
+        "/auth/token", data={"username": unique_email(), "password": "nope-nope-nope"}, headers=headers
+    )
+    for response in (wrong, unknown):
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["error_code"] == "INVALID_CREDENTIALS"
+
+
+async def test_duplicate_email_is_409_and_stores_nothing(users_client, signer):
+    created = await bootstrap(users_client, signer)
+    email = created["user"]["email"]
+    response = await users_client.post(
+        "/tenants",
+        json={"name": "Other", "plan": "free", "admin_email": email.upper(), "admin_password": "another-pass-1"},
+        headers=internal_headers(signer, "users", ANONYMOUS),
+    )
+    assert response.status_code == 409
+    problem = response.json()
+    assert problem["error_code"] == "EMAIL_TAKEN"
+    assert problem["errors"][0]["field"] == "email"
+    # The original password still works: nothing was overwritten.
+    token = await users_client.post(
+        "/auth/token",
+        data={"username": email, "password": "correct-horse-9"},
+        headers=internal_headers(signer, "users", ANONYMOUS),
+    )
+    assert token.status_code == 200
+
+
+async def test_admin_creates_member_and_member_cannot_create_users(users_client, signer):
+    created = await bootstrap(users_client, signer)
+    admin = admin_identity(created)
+    email = unique_email("member")
+    response = await users_client.post(
+        "/users",
+        json={"email": email, "password": "member-pass-1", "role": "member"},
+        headers=internal_headers(signer, "users", admin),
+    )
+    assert response.status_code == 201, response.text
+    member = response.json()
+    assert member["tenant_id"] == created["tenant"]["id"]
+    assert member["role"] == "member"
+
+    member_identity = Identity(
+        subject=member["id"], tenant_id=member["tenant_id"], scopes=ROLE_SCOPES["member"], role="member"
+    )
+    refused = await users_client.post(
+        "/users",
+        json={"email": unique_email(), "password": "member-pass-1"},
+        headers=internal_headers(signer, "users", member_identity),
+    )
+    assert refused.status_code == 403
+    assert refused.json()["required_scope"] == "users:write"
+
+    me = await users_client.get("/users/me", headers=internal_headers(signer, "users", member_identity))
+    assert me.status_code == 200
+    assert me.json()["email"] == email
+
+
+async def test_other_tenants_user_is_404_like_a_missing_one(users_client, signer):
+    first = await bootstrap(users_client, signer)
+    second = await bootstrap(users_client, signer)
+    headers = internal_headers(signer, "users", admin_identity(first))
+    other = await users_client.get(f"/users/{second['user']['id']}", headers=headers)
+    missing = await users_client.get(f"/users/{uuid.uuid4()}", headers=headers)
+    assert other.status_code == missing.status_code == 404
+    assert other.json()["error_code"] == missing.json()["error_code"] == "USER_NOT_FOUND"
+    own = await users_client.get(f"/users/{first['user']['id']}", headers=headers)
+    assert own.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "MISSING_INTERNAL_IDENTITY"),
+        ({IDENTITY_HEADER: "not-a-token"}, "INVALID_INTERNAL_IDENTITY"),
+    ],
+)
+async def test_requests_around_the_gateway_are_refused(users_client, headers, code):
+    response = await users_client.get("/users/me", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error_code"] == code
+
+
+async def test_identity_for_another_service_or_signed_with_another_secret_is_refused(users_client, signer):
+    created = await bootstrap(users_client, signer)
+    identity = admin_identity(created)
+    for headers in (
+        internal_headers(signer, "orders", identity),
+        internal_headers(IdentitySigner("x" * 48, 60), "users", identity),
+        internal_headers(IdentitySigner(INTERNAL_SECRET, -120), "users", identity),
+    ):
+        response = await users_client.get("/users/me", headers=headers)
+        assert response.status_code == 401, headers
+        assert response.json()["error_code"] == "INVALID_INTERNAL_IDENTITY"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "A", "plan": "free", "admin_email": "not-an-email", "admin_password": "long-enough"}, "admin_email"),
+        ({"name": "A", "plan": "gold", "admin_email": "a@example.com", "admin_password": "long-enough"}, "plan"),
+        ({"name": "A", "plan": "free", "admin_email": "a@example.com", "admin_password": "short"}, "admin_password"),
+        ({"plan": "free", "admin_email": "a@example.com", "admin_password": "long-enough"}, "name"),
+        ({"name": 5, "plan": "free", "admin_email": "a@example.com", "admin_password": "long-enough"}, "name"),
+    ],
+)
+async def test_invalid_bodies_are_422_naming_the_field(users_client, signer, body, field):
+    response = await users_client.post("/tenants", json=body, headers=internal_headers(signer, "users", ANONYMOUS))
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["error_code"] == "VALIDATION_FAILED"
+    assert field in [error["field"] for error in problem["errors"]]
+
+
+async def test_malformed_json_is_400(users_client, signer):
+    response = await users_client.post(
+        "/tenants",
+        content=b'{"name": ',
+        headers={"content-type": "application/json", **internal_headers(signer, "users", ANONYMOUS)},
+    )
+    assert response.status_code == 400
+    assert response.json()["error_code"] == "MALFORMED_BODY"
