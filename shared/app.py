@@ -3,6 +3,7 @@ health, metrics and tracing. The gateway uses the same pieces with its own lifes
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -13,6 +14,7 @@ import httpx
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
@@ -87,8 +89,6 @@ async def check_database(state: dict[str, Any]) -> None:
 
 
 def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck], timeout: float = 2.0) -> None:
-    import asyncio
-
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -98,7 +98,9 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck], timeout: 
 
         async def run(name: str, check: ReadinessCheck) -> None:
             try:
-                await asyncio.wait_for(check(state), timeout)
+                # Probes are not traced; their SQL, Redis and HTTP calls would be orphan traces.
+                with suppress_instrumentation():
+                    await asyncio.wait_for(check(state), timeout)
             except Exception as exc:  # any failure of a dependency means not ready
                 failing[name] = f"{type(exc).__name__}: {exc}"[:300]
 
