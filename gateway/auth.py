@@ -123,13 +123,15 @@ class AuthenticationMiddleware:
         return self.verifier.verify(token.strip())
 
 
-def current_identity(request: Request) -> Identity:
+# Dependencies are `async def`: FastAPI runs plain `def` dependencies in a thread pool, a thread
+# hop per request for a dictionary lookup.
+async def current_identity(request: Request) -> Identity:
     identity: Identity = request.state.identity
     return identity
 
 
-def require_principal(request: Request) -> Identity:
-    identity = current_identity(request)
+async def require_principal(request: Request) -> Identity:
+    identity: Identity = request.state.identity
     if identity.is_anonymous:
         raise Unauthorized("This route needs credentials.", error_code="AUTHENTICATION_REQUIRED")
     return identity
@@ -141,7 +143,7 @@ class RequireScope:
     def __init__(self, scope: str) -> None:
         self.scope = scope
 
-    def __call__(self, identity: Annotated[Identity, Depends(require_principal)]) -> Identity:
+    async def __call__(self, identity: Annotated[Identity, Depends(require_principal)]) -> Identity:
         identity.require_scope(self.scope)
         return identity
 

@@ -22,7 +22,7 @@ class RequirePlan:
         self.plans = tuple(p for p in PLANS if p in plans)
         self.feature = feature
 
-    def __call__(self, identity: Annotated[Identity, Depends(require_principal)]) -> Identity:
+    async def __call__(self, identity: Annotated[Identity, Depends(require_principal)]) -> Identity:
         if identity.plan not in self.plans:
             raise PaymentRequired(
                 f"{self.feature} needs the {' or '.join(self.plans)} plan; this tenant is on {identity.plan}.",

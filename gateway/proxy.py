@@ -82,7 +82,7 @@ def relay(service: str, upstream: httpx.Response) -> Response:
     return Response(content=upstream.content, status_code=upstream.status_code, headers=headers)
 
 
-def get_upstreams(request: Request) -> Upstreams:
+async def get_upstreams(request: Request) -> Upstreams:
     upstreams: Upstreams = request.state.upstreams
     return upstreams
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -15,6 +17,10 @@ from shared.errors import PayloadTooLarge, problem_response
 REQUEST_ID_HEADER = b"x-request-id"
 # Accepted from clients as is; anything else is replaced, so ids are safe to log and forward.
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{8,128}$")
+
+# After refusing a streamed body, how much more of it is read and discarded, and for how long.
+LINGER_FACTOR = 4
+LINGER_SECONDS = 2.0
 
 access_logger = logging.getLogger("portico.access")
 
@@ -111,16 +117,36 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > max_bytes:
+                    if message.get("more_body", False):
+                        await self._linger(receive)
                     raise PayloadTooLarge(f"The request body exceeds the limit of {max_bytes} bytes.")
             return message
 
         await self.app(scope, limited_receive, send)
+
+    async def _linger(self, receive: Receive) -> None:
+        """Reads and discards what a client still sends of a refused body, within a bound, before
+        the 413 is sent.
+
+        A client that writes its whole body before reading would otherwise see the connection reset
+        (closed with unread data) instead of the 413; this is nginx's lingering close. Nothing read
+        here is kept.
+        """
+        budget = self.max_bytes * LINGER_FACTOR
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER_SECONDS):
+                while budget > 0:
+                    message = await receive()
+                    if message["type"] != "http.request" or not message.get("more_body", False):
+                        return
+                    budget -= len(message.get("body", b""))
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
             PayloadTooLarge(f"The request body exceeds the limit of {self.max_bytes} bytes."),
             scope.get("state", {}).get("request_id"),
         )
-        # Closing the connection stops the client from sending the rest of the body.
+        await self._linger(receive)
+        # Closing the connection stops a client that is still sending.
         response.headers["Connection"] = "close"
         await response(scope, receive, send)

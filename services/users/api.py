@@ -17,11 +17,11 @@ from shared.identity import IdentityDep, TenantIdentityDep
 router = APIRouter()
 
 
-def get_repo(session: SessionDep) -> UserRepository:
+async def get_repo(session: SessionDep) -> UserRepository:
     return UserRepository(session)
 
 
-def get_issuer(request: Request) -> TokenIssuer:
+async def get_issuer(request: Request) -> TokenIssuer:
     issuer: TokenIssuer = request.state.token_issuer
     return issuer
 
