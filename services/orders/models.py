@@ -1,7 +1,114 @@
 from __future__ import annotations
 
-from sqlalchemy.orm import DeclarativeBase
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from shared.db import UTCDateTime, utcnow
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY.
+AutoIncrement = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
 
 
 class Base(DeclarativeBase):
     pass
+
+
+class Order(Base):
+    """A placed order. `status` is what clients see (confirmed, cancelled); `reservation_status` is
+    what this service last knew of the stock held for it at the inventory service."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        Index("ix_orders_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_orders_recovery", "status", "reservation_status", "updated_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    user_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    total_cents: Mapped[int] = mapped_column(BigInteger)
+    reservation_id: Mapped[str] = mapped_column(String(36))
+    reservation_status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    items: Mapped[list[OrderItem]] = relationship(
+        lazy="selectin", order_by="OrderItem.position", cascade="all, delete-orphan"
+    )
+    history: Mapped[list[OrderStatusChange]] = relationship(
+        lazy="selectin", order_by="OrderStatusChange.id", cascade="all, delete-orphan"
+    )
+
+
+class OrderItem(Base):
+    __tablename__ = "order_items"
+
+    id: Mapped[int] = mapped_column(AutoIncrement, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    product_id: Mapped[str] = mapped_column(String(64))
+    # Copied from the product when its stock was reserved: later edits of the product leave the order alone.
+    sku: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    unit_price_cents: Mapped[int] = mapped_column(BigInteger)
+
+
+class OrderStatusChange(Base):
+    __tablename__ = "order_status_history"
+
+    id: Mapped[int] = mapped_column(AutoIncrement, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class OutboxEvent(Base):
+    """An order event, written in the transaction that made the change. `seq` orders the feed."""
+
+    __tablename__ = "outbox"
+    # AUTOINCREMENT: SQLite then never hands out a seq again, even that of a deleted last row.
+    __table_args__ = (Index("ix_outbox_tenant_seq", "tenant_id", "seq"), {"sqlite_autoincrement": True})
+
+    seq: Mapped[int] = mapped_column(AutoIncrement, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(36), unique=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    type: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class OrderAttempt(Base):
+    """An order being placed, recorded before stock is reserved for it.
+
+    It is what lets a crash between reserving and storing be repaired (the recovery task releases
+    the stock of attempts that never finished) and what deduplicates an `Idempotency-Key`: the key is
+    unique per tenant, and a finished attempt keeps the exact answer it gave.
+    """
+
+    __tablename__ = "order_attempts"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_order_attempts_tenant_key"),
+        Index("ix_order_attempts_state", "state", "updated_at"),
+    )
+
+    # The id the order gets if the attempt succeeds; the reservation at the inventory service names it.
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # SHA-256 of the request, so a key reused for a different order is told apart from a retry.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # pending -> done (order stored) | abandoned (its stock is being released, then the row goes).
+    state: Mapped[str] = mapped_column(String(16))
+    response_body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pydantic import AnyHttpUrl, Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import BaseServiceSettings
@@ -10,3 +11,21 @@ class OrdersSettings(BaseServiceSettings):
 
     port: int = 8002
     database_url: str = "sqlite+aiosqlite:///./var/orders.db"
+
+    users_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8001")
+    inventory_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8003")
+
+    # An order attempt still unfinished after this long is taken to belong to a request that died
+    # (process crash, lost connection): the recovery task releases its stock. It must exceed the
+    # longest a request can take (a users call, a reserve call and a compensation, each bounded by
+    # the HTTP timeout).
+    attempt_timeout_seconds: float = Field(default=60.0, gt=0)
+    # How often the recovery task looks for work; a value of 0 is not allowed (it would spin).
+    recovery_interval_seconds: float = Field(default=5.0, gt=0)
+    # Confirmations and releases the request itself is doing are left alone for this long.
+    recovery_grace_seconds: float = Field(default=10.0, ge=0)
+    recovery_enabled: bool = True
+    # How long an Idempotency-Key is remembered (the gateway's own store keeps keys 24 h too).
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    # The event feed waits at most this long for order transactions in flight (PostgreSQL).
+    events_lock_timeout_ms: int = Field(default=2000, ge=10, le=60_000)

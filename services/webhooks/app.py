@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
 from services.webhooks.api import router
+from services.webhooks.relay import relay_lifespan
 from services.webhooks.settings import WebhooksSettings
 from shared.app import ServiceSpec, create_service_app
 from shared.settings import BaseServiceSettings
@@ -14,6 +18,21 @@ MIGRATIONS_DIR = Path(__file__).parent
 
 def create_app(settings: BaseServiceSettings | None = None) -> FastAPI:
     settings = settings or WebhooksSettings()
+    assert isinstance(settings, WebhooksSettings)
+    webhooks_settings = settings
+
+    @contextlib.asynccontextmanager
+    async def extra(state: dict[str, Any]) -> AsyncIterator[None]:
+        async with relay_lifespan(webhooks_settings, state):
+            yield
+
     return create_service_app(
-        settings, ServiceSpec(name="webhooks", title="Portico webhooks service", routers=[router])
+        settings,
+        ServiceSpec(
+            name="webhooks",
+            title="Portico webhooks service",
+            routers=[router],
+            needs_http_client=True,
+            extra_lifespan=extra,
+        ),
     )

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Bounds keep every sum (line totals, order totals, stock) far inside a 64-bit integer.
+MAX_PRICE_CENTS = 10_000_000_000
+MAX_STOCK = 1_000_000_000
+MAX_QUANTITY = 10_000
+MAX_ITEMS = 100
+
+# Letters and digits first, then also . _ - : / (common in SKUs); case is kept and significant.
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"
+# Ids the service hands out are UUIDs; anything longer than a column can hold is refused up front.
+RESOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# Free text without control characters (PostgreSQL cannot store NUL, and none belongs in a name).
+PLAIN_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
+# Integers are strict: "5", 5.0 and true are refused rather than quietly converted.
+Sku = Annotated[str, Field(pattern=SKU_PATTERN, examples=["TSHIRT-BLUE-M"])]
+ProductName = Annotated[str, Field(min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN)]
+PriceCents = Annotated[int, Field(strict=True, ge=0, le=MAX_PRICE_CENTS)]
+Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
+ResourceId = Annotated[str, Field(pattern=RESOURCE_ID_PATTERN)]
+ReservationStatus = Literal["reserved", "confirmed", "released"]
+
+
+class ProductCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    sku: Sku
+    name: ProductName
+    price_cents: PriceCents
+    stock: int = Field(default=0, strict=True, ge=0, le=MAX_STOCK)
+
+
+class ProductUpdate(BaseModel):
+    """A partial update. Stock is not here: it changes only through adjustments and reservations."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    sku: Sku | None = None
+    name: ProductName | None = None
+    price_cents: PriceCents | None = None
+
+    @field_validator("sku", "name", "price_cents")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        # Omitting a field leaves it alone; sending null would mean "erase", which no field allows.
+        if value is None:
+            raise ValueError("may be omitted but not null")
+        return value
+
+
+class ProductOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    sku: str
+    name: str
+    price_cents: int
+    stock: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class StockAdjustmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    delta: int = Field(strict=True, ge=-MAX_STOCK, le=MAX_STOCK, description="Units added (>0) or removed (<0).")
+    reason: str = Field(
+        min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN, examples=["restock", "damaged in transit"]
+    )
+
+    @field_validator("delta")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must not be zero")
+        return value
+
+
+class StockAdjustmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    product_id: str
+    delta: int
+    reason: str
+    stock_after: int
+    created_at: datetime
+
+
+class ReservationItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: ResourceId
+    quantity: Quantity
+
+
+class ReservationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: ResourceId
+    items: list[ReservationItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
+class ReservationItemOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    product_id: str
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+
+
+class ReservationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    order_id: str
+    status: ReservationStatus
+    items: list[ReservationItemOut]
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,254 @@
+"""Rules of the inventory service: products, stock and reservations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.inventory.models import Product, Reservation, ReservationItem, StockAdjustment, new_id
+from services.inventory.repository import InventoryRepository
+from services.inventory.schemas import (
+    MAX_STOCK,
+    ProductCreate,
+    ProductUpdate,
+    ReservationCreate,
+    StockAdjustmentCreate,
+)
+from shared.db import utcnow
+from shared.errors import Conflict, NotFound, ValidationFailed
+
+
+class ProductNotFound(NotFound):
+    error_code = "PRODUCT_NOT_FOUND"
+    title = "Product not found"
+    slug = "product-not-found"
+
+
+class ReservationNotFound(NotFound):
+    error_code = "RESERVATION_NOT_FOUND"
+    title = "Reservation not found"
+    slug = "reservation-not-found"
+
+
+class InsufficientStock(Conflict):
+    error_code = "INSUFFICIENT_STOCK"
+    title = "Insufficient stock"
+    slug = "insufficient-stock"
+
+
+class StockLimitExceeded(Conflict):
+    error_code = "STOCK_LIMIT_EXCEEDED"
+    title = "Stock limit exceeded"
+    slug = "stock-limit-exceeded"
+
+
+class ReservationReleased(Conflict):
+    error_code = "RESERVATION_RELEASED"
+    title = "Reservation already released"
+    slug = "reservation-released"
+
+
+class ReservationMismatch(Conflict):
+    error_code = "RESERVATION_MISMATCH"
+    title = "Order already has a different reservation"
+    slug = "reservation-mismatch"
+
+
+def field_error(field: str, msg: str, type_: str, **extra: Any) -> dict[str, Any]:
+    return {"loc": ["body", *field.split(".")], "field": field, "msg": msg, "type": type_, **extra}
+
+
+async def create_product(repo: InventoryRepository, tenant_id: str, data: ProductCreate) -> Product:
+    now = utcnow()
+    product = Product(
+        id=new_id(),
+        tenant_id=tenant_id,
+        sku=data.sku,
+        name=data.name,
+        price_cents=data.price_cents,
+        stock=data.stock,
+        created_at=now,
+        updated_at=now,
+    )
+    await repo.add_product(product)
+    return product
+
+
+async def get_product(repo: InventoryRepository, tenant_id: str, product_id: str) -> Product:
+    """Another tenant's product answers exactly as a missing one does."""
+    product = await repo.get_product(tenant_id, product_id)
+    if product is None:
+        raise ProductNotFound(f"No product {product_id}.")
+    return product
+
+
+async def update_product(repo: InventoryRepository, tenant_id: str, product_id: str, data: ProductUpdate) -> Product:
+    product = await get_product(repo, tenant_id, product_id)
+    changes = data.model_dump(exclude_unset=True)
+    if not changes:
+        return product
+    for name, value in changes.items():
+        setattr(product, name, value)
+    product.updated_at = utcnow()
+    await repo.save_product(product)
+    return product
+
+
+async def adjust_stock(
+    repo: InventoryRepository, tenant_id: str, product_id: str, data: StockAdjustmentCreate
+) -> StockAdjustment:
+    stock = await repo.adjust_stock(tenant_id, product_id, data.delta, MAX_STOCK)
+    if stock is None:
+        product = await get_product(repo, tenant_id, product_id)
+        if data.delta < 0:
+            raise InsufficientStock(
+                f"Product {product_id} has {product.stock} in stock; removing {-data.delta} would go below zero.",
+                errors=[field_error("delta", "would take stock below zero", "stock", available=product.stock)],
+            )
+        raise StockLimitExceeded(
+            f"Product {product_id} has {product.stock} in stock; the most a product holds is {MAX_STOCK}.",
+            errors=[field_error("delta", f"would take stock above {MAX_STOCK}", "stock", available=product.stock)],
+        )
+    adjustment = StockAdjustment(
+        id=new_id(),
+        tenant_id=tenant_id,
+        product_id=product_id,
+        delta=data.delta,
+        reason=data.reason,
+        stock_after=stock,
+        created_at=utcnow(),
+    )
+    await repo.add_adjustment(adjustment)
+    return adjustment
+
+
+def _duplicate_products(data: ReservationCreate) -> None:
+    seen: set[str] = set()
+    for index, item in enumerate(data.items):
+        if item.product_id in seen:
+            raise ValidationFailed(
+                "Each product may appear only once; add up its quantities instead.",
+                errors=[field_error(f"items.{index}.product_id", "duplicate product", "duplicate")],
+            )
+        seen.add(item.product_id)
+
+
+def _same_items(reservation: Reservation, data: ReservationCreate) -> bool:
+    return sorted((i.product_id, i.quantity) for i in reservation.items) == sorted(
+        (i.product_id, i.quantity) for i in data.items
+    )
+
+
+async def reserve(repo: InventoryRepository, tenant_id: str, data: ReservationCreate) -> tuple[Reservation, bool]:
+    """Takes every item's stock or none of it. Answers (reservation, created).
+
+    Repeating the call for the same order with the same items answers the existing reservation
+    instead of taking stock again, so the caller may retry a call whose answer it never got.
+    """
+    _duplicate_products(data)
+    now = utcnow()
+    reservation = Reservation(
+        id=new_id(),
+        tenant_id=tenant_id,
+        order_id=data.order_id,
+        status="reserved",
+        created_at=now,
+        updated_at=now,
+        items=[],
+    )
+    if not await repo.claim_order(reservation):
+        existing = await repo.get_reservation_for_order(tenant_id, data.order_id)
+        if existing is None:  # pragma: no cover - the row that conflicted cannot vanish: none is deleted
+            raise ReservationMismatch(f"Order {data.order_id} could not be reserved; try again.")
+        if existing.status == "released":
+            raise ReservationReleased(f"The reservation for order {data.order_id} was already released.")
+        if not _same_items(existing, data):
+            raise ReservationMismatch(f"Order {data.order_id} already holds a reservation for other items.")
+        return existing, False
+    items: list[ReservationItem] = []
+    # Rows are locked in one global order (by product id), so two multi-item reservations can never
+    # wait on each other's locks.
+    for index, item in sorted(enumerate(data.items), key=lambda pair: pair[1].product_id):
+        taken = await repo.take_stock(tenant_id, item.product_id, item.quantity)
+        if taken is None:
+            # Raising rolls the whole transaction back: stock taken for earlier items returns with it.
+            product = await repo.get_product(tenant_id, item.product_id)
+            if product is None:
+                raise ProductNotFound(
+                    f"No product {item.product_id}.",
+                    errors=[field_error(f"items.{index}.product_id", "unknown product", "not_found")],
+                )
+            raise InsufficientStock(
+                f"Product {item.product_id} has {product.stock} in stock; {item.quantity} were asked for.",
+                errors=[
+                    field_error(f"items.{index}.quantity", "not enough in stock", "stock", available=product.stock)
+                ],
+            )
+        items.append(
+            ReservationItem(
+                position=index,
+                product_id=item.product_id,
+                sku=taken.sku,
+                name=taken.name,
+                quantity=item.quantity,
+                unit_price_cents=taken.unit_price_cents,
+            )
+        )
+    items.sort(key=lambda i: i.position)
+    await repo.add_reservation_items(reservation, items)
+    return reservation, True
+
+
+async def get_reservation(repo: InventoryRepository, tenant_id: str, reservation_id: str) -> Reservation:
+    reservation = await repo.get_reservation(tenant_id, reservation_id)
+    if reservation is None:
+        raise ReservationNotFound(f"No reservation {reservation_id}.")
+    return reservation
+
+
+async def confirm(repo: InventoryRepository, tenant_id: str, reservation_id: str) -> Reservation:
+    """Marks the reservation as belonging to a stored order. Confirming twice is harmless."""
+    reservation = await get_reservation(repo, tenant_id, reservation_id)
+    if await repo.move_reservation(tenant_id, reservation.id, ("reserved",), "confirmed", utcnow()):
+        return await get_reservation(repo, tenant_id, reservation_id)
+    reservation = await get_reservation(repo, tenant_id, reservation_id)
+    if reservation.status == "released":
+        raise ReservationReleased(f"Reservation {reservation_id} was released and cannot be confirmed.")
+    return reservation
+
+
+async def _release(repo: InventoryRepository, tenant_id: str, reservation: Reservation) -> Reservation:
+    if await repo.move_reservation(tenant_id, reservation.id, ("reserved", "confirmed"), "released", utcnow()):
+        # Only the caller that moved the status returns the stock: a second release finds it released.
+        for item in sorted(reservation.items, key=lambda i: i.product_id):
+            await repo.return_stock(tenant_id, item.product_id, item.quantity)
+    return await get_reservation(repo, tenant_id, reservation.id)
+
+
+async def release(repo: InventoryRepository, tenant_id: str, reservation_id: str) -> Reservation:
+    """Returns the reserved stock, once, however often it is called."""
+    return await _release(repo, tenant_id, await get_reservation(repo, tenant_id, reservation_id))
+
+
+async def release_order(repo: InventoryRepository, tenant_id: str, order_id: str) -> Reservation:
+    """Releases whatever the order holds, even when the caller never learnt whether its reserve call
+    succeeded. With no reservation yet, a `released` marker is stored, so a reserve call for the
+    order that is still on its way is refused instead of taking stock nobody will release."""
+    existing = await repo.get_reservation_for_order(tenant_id, order_id)
+    if existing is None:
+        now = utcnow()
+        marker = Reservation(
+            id=new_id(),
+            tenant_id=tenant_id,
+            order_id=order_id,
+            status="released",
+            created_at=now,
+            updated_at=now,
+            items=[],
+        )
+        if await repo.claim_order(marker):
+            return marker
+        # The reserve call committed meanwhile: release what it took.
+        existing = await repo.get_reservation_for_order(tenant_id, order_id)
+        if existing is None:  # pragma: no cover - the row that conflicted cannot vanish: none is deleted
+            raise ReservationNotFound(f"No reservation for order {order_id}.")
+    return await _release(repo, tenant_id, existing)

@@ -1,0 +1,135 @@
+"""Calls to the users and inventory services, and what their answers mean here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from services.orders.schemas import OrderItemIn, ReservationIn
+from shared.context import request_id_var
+from shared.errors import (
+    Conflict,
+    DownstreamBadResponse,
+    Forbidden,
+    NotFound,
+    PorticoError,
+    ValidationFailed,
+)
+from shared.http import ServiceClient
+from shared.identity import Identity
+
+
+class UnknownUser(Forbidden):
+    error_code = "UNKNOWN_USER"
+    title = "Unknown user"
+    slug = "unknown-user"
+
+
+class ReservationRefused(PorticoError):
+    """The inventory service answered and took no stock: nothing needs releasing."""
+
+
+class ProductNotFound(ReservationRefused, NotFound):
+    error_code = "PRODUCT_NOT_FOUND"
+    title = "Product not found"
+    slug = "product-not-found"
+
+
+class StockConflict(ReservationRefused, Conflict):
+    error_code = "INSUFFICIENT_STOCK"
+    title = "Insufficient stock"
+    slug = "insufficient-stock"
+
+
+class ReservationInvalid(ReservationRefused, ValidationFailed):
+    pass
+
+
+REFUSALS: dict[int, type[ReservationRefused]] = {404: ProductNotFound, 409: StockConflict, 422: ReservationInvalid}
+
+
+def _headers() -> dict[str, str]:
+    request_id = request_id_var.get()
+    return {"x-request-id": request_id} if request_id else {}
+
+
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _unexpected(client: ServiceClient, response: httpx.Response, what: str) -> DownstreamBadResponse:
+    return DownstreamBadResponse(client.name, f"The {client.name} service answered {response.status_code} to {what}.")
+
+
+async def check_user(users: ServiceClient, identity: Identity) -> str:
+    """The caller must still be a user of its tenant; answers the user's id."""
+    response = await users.send("GET", "/users/me", identity=identity, headers=_headers())
+    if response.status_code == 404:
+        raise UnknownUser("The user these credentials were issued to no longer exists.")
+    if response.status_code != 200:
+        raise _unexpected(users, response, "the user check")
+    user_id = _problem(response).get("id")
+    if not isinstance(user_id, str):
+        raise _unexpected(users, response, "the user check")
+    return user_id
+
+
+async def reserve(
+    inventory: ServiceClient, identity: Identity, order_id: str, items: Sequence[OrderItemIn]
+) -> ReservationIn:
+    """Reserves every item or none. A `ReservationRefused` means nothing was taken; any other error
+    leaves the outcome unknown, and the caller must release whatever the order may hold."""
+    response = await inventory.send(
+        "POST",
+        "/reservations",
+        identity=identity,
+        headers=_headers(),
+        json={"order_id": order_id, "items": [item.model_dump() for item in items]},
+    )
+    if response.status_code in (200, 201):
+        try:
+            reservation = ReservationIn.model_validate_json(response.content)
+        except ValidationError:
+            raise _unexpected(inventory, response, "a reservation") from None
+        asked = sorted((item.product_id, item.quantity) for item in items)
+        if reservation.order_id != order_id or sorted((i.product_id, i.quantity) for i in reservation.items) != asked:
+            raise _unexpected(inventory, response, "a reservation")
+        return reservation
+    refusal = REFUSALS.get(response.status_code)
+    if refusal is None:
+        raise _unexpected(inventory, response, "a reservation")
+    problem = _problem(response)
+    errors = problem.get("errors")
+    raise refusal(
+        str(problem.get("detail") or refusal.title),
+        error_code=str(problem.get("error_code") or refusal.error_code),
+        errors=errors if isinstance(errors, list) else None,
+    )
+
+
+async def confirm(inventory: ServiceClient, identity: Identity, reservation_id: str) -> bool:
+    """True once the reservation is confirmed; False when the inventory service says it was released."""
+    response = await inventory.send(
+        "POST", f"/reservations/{reservation_id}/confirm", identity=identity, headers=_headers()
+    )
+    if response.status_code == 200:
+        return True
+    if response.status_code == 409:
+        return False
+    raise _unexpected(inventory, response, "a confirmation")
+
+
+async def release_order(inventory: ServiceClient, identity: Identity, order_id: str) -> None:
+    """Returns whatever stock the order holds; safe to repeat, and safe before a reserve call lands."""
+    response = await inventory.send(
+        "POST", f"/orders/{order_id}/reservation/release", identity=identity, headers=_headers()
+    )
+    if response.status_code != 200:
+        raise _unexpected(inventory, response, "a release")

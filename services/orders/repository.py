@@ -1,0 +1,176 @@
+"""All SQL of the orders service. Everything a client can reach is scoped by tenant; only the event
+feed and the recovery task read across tenants."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.orders.models import Order, OrderAttempt, OutboxEvent
+from shared.pagination import Cursor, older_than
+
+
+class OrderRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    # Attempts and idempotency keys
+
+    async def start_attempt(self, attempt: OrderAttempt) -> bool:
+        """Records the attempt and commits; False when its idempotency key is already taken."""
+        self.session.add(attempt)
+        try:
+            await self.session.commit()
+        except IntegrityError:
+            await self.session.rollback()
+            return False
+        return True
+
+    async def get_attempt_by_key(self, tenant_id: str, key: str) -> OrderAttempt | None:
+        return await self.session.scalar(
+            select(OrderAttempt).where(OrderAttempt.tenant_id == tenant_id, OrderAttempt.idempotency_key == key)
+        )
+
+    async def finish_attempt(self, attempt_id: str, response_body: str | None, now: datetime) -> bool:
+        """Closes a pending attempt: kept with its answer when it has a key, removed otherwise.
+
+        False when the attempt is no longer pending (the recovery task gave up on it), in which case
+        the order must not be stored.
+        """
+        pending = (OrderAttempt.id == attempt_id, OrderAttempt.state == "pending")
+        if response_body is None:
+            gone = await self.session.scalar(delete(OrderAttempt).where(*pending).returning(OrderAttempt.id))
+            return gone is not None
+        done = await self.session.scalar(
+            update(OrderAttempt)
+            .where(*pending)
+            .values(state="done", response_body=response_body, updated_at=now)
+            .returning(OrderAttempt.id)
+        )
+        return done is not None
+
+    async def abandon_attempt(self, attempt_id: str, now: datetime) -> None:
+        await self.session.execute(
+            update(OrderAttempt)
+            .where(OrderAttempt.id == attempt_id, OrderAttempt.state == "pending")
+            .values(state="abandoned", updated_at=now)
+        )
+
+    async def delete_attempt(self, attempt_id: str) -> None:
+        await self.session.execute(delete(OrderAttempt).where(OrderAttempt.id == attempt_id))
+
+    async def abandon_stale_attempts(self, started_before: datetime) -> None:
+        # updated_at is left as it was, so the recovery task releases these at once.
+        await self.session.execute(
+            update(OrderAttempt)
+            .where(OrderAttempt.state == "pending", OrderAttempt.updated_at < started_before)
+            .values(state="abandoned")
+        )
+
+    async def abandoned_attempts(self, changed_before: datetime, limit: int) -> Sequence[OrderAttempt]:
+        query = (
+            select(OrderAttempt)
+            .where(OrderAttempt.state == "abandoned", OrderAttempt.updated_at < changed_before)
+            .order_by(OrderAttempt.updated_at)
+            .limit(limit)
+        )
+        return (await self.session.scalars(query)).all()
+
+    async def purge_done_attempts(self, finished_before: datetime) -> None:
+        await self.session.execute(
+            delete(OrderAttempt).where(OrderAttempt.state == "done", OrderAttempt.updated_at < finished_before)
+        )
+
+    # Orders
+
+    async def add_order(self, order: Order) -> None:
+        self.session.add(order)
+        await self.session.flush()
+
+    async def add_event(self, event: OutboxEvent) -> None:
+        self.session.add(event)
+        await self.session.flush()
+
+    async def get_order(self, tenant_id: str, order_id: str) -> Order | None:
+        return await self.session.scalar(
+            select(Order)
+            .where(Order.id == order_id, Order.tenant_id == tenant_id)
+            .execution_options(populate_existing=True)
+        )
+
+    async def list_orders(
+        self,
+        tenant_id: str,
+        limit: int,
+        cursor: Cursor | None,
+        *,
+        status: str | None = None,
+        user_id: str | None = None,
+    ) -> Sequence[Order]:
+        query = select(Order).where(Order.tenant_id == tenant_id)
+        if status is not None:
+            query = query.where(Order.status == status)
+        if user_id is not None:
+            query = query.where(Order.user_id == user_id)
+        if cursor is not None:
+            query = query.where(older_than(Order.created_at, Order.id, cursor))
+        query = query.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1)
+        return (await self.session.scalars(query)).all()
+
+    async def mark_cancelled(self, tenant_id: str, order_id: str, now: datetime) -> bool:
+        """Cancels a confirmed order; True only for the one request that did (the row lock serialises
+        concurrent cancels, and the later ones no longer find it confirmed)."""
+        cancelled = await self.session.scalar(
+            update(Order)
+            .where(Order.id == order_id, Order.tenant_id == tenant_id, Order.status == "confirmed")
+            .values(status="cancelled", updated_at=now)
+            .returning(Order.id)
+        )
+        return cancelled is not None
+
+    async def set_reservation_status(self, order_id: str, from_statuses: Collection[str], to_status: str) -> None:
+        await self.session.execute(
+            update(Order)
+            .where(Order.id == order_id, Order.reservation_status.in_(list(from_statuses)))
+            .values(reservation_status=to_status)
+        )
+
+    async def orders_to_reconcile(
+        self, status: str, reservation_status: str, changed_before: datetime, limit: int
+    ) -> Sequence[Order]:
+        query = (
+            select(Order)
+            .where(
+                Order.status == status,
+                Order.reservation_status == reservation_status,
+                Order.updated_at < changed_before,
+            )
+            .order_by(Order.updated_at)
+            .limit(limit)
+        )
+        return (await self.session.scalars(query)).all()
+
+    # The event feed
+
+    async def events_after(self, after: int, limit: int, lock_timeout_ms: int) -> Sequence[OutboxEvent]:
+        """Events with seq > `after`, in seq order, never skipping one that commits later.
+
+        On PostgreSQL a sequence value is drawn when a row is inserted, but rows become visible when
+        their transactions commit, which can be in another order: a reader could serve seq 8, move
+        its cursor past it, and only then see seq 7 commit. Taking the table in SHARE mode waits for
+        every transaction that has inserted into the outbox (they hold ROW EXCLUSIVE until they end)
+        and holds off new inserts until this read's transaction ends. So every seq drawn so far is
+        either committed and visible here or rolled back, and every later one is higher than all of
+        them. The wait is as long as the order transactions still in flight, which insert their event
+        last and commit at once. SQLite has one writer at a time, so seq order is commit order there.
+        """
+        connection = await self.session.connection()
+        if connection.dialect.name == "postgresql":
+            await self.session.execute(select(func.set_config("lock_timeout", f"{lock_timeout_ms}ms", True)))
+            await self.session.execute(text("LOCK TABLE outbox IN SHARE MODE"))
+        query = select(OutboxEvent).where(OutboxEvent.seq > after).order_by(OutboxEvent.seq).limit(limit)
+        return (await self.session.scalars(query)).all()

@@ -1,0 +1,373 @@
+"""Rules of the orders service: placing an order across three services without ever keeping stock
+nobody ordered, cancelling it, and the event feed."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.orders import downstream
+from services.orders.models import Order, OrderAttempt, OrderItem, OrderStatusChange, OutboxEvent, new_id
+from services.orders.repository import OrderRepository
+from services.orders.schemas import EventFeed, EventOut, OrderCreate, OrderOut, ReservationIn
+from services.orders.settings import OrdersSettings
+from shared.db import utcnow
+from shared.errors import (
+    Conflict,
+    NotFound,
+    PorticoError,
+    ServiceUnavailable,
+    ValidationFailed,
+)
+from shared.http import ServiceClient
+from shared.identity import Identity
+
+logger = logging.getLogger("portico.orders")
+
+
+class OrderNotFound(NotFound):
+    error_code = "ORDER_NOT_FOUND"
+    title = "Order not found"
+    slug = "order-not-found"
+
+
+class OrderAlreadyCancelled(Conflict):
+    error_code = "ORDER_ALREADY_CANCELLED"
+    title = "Order already cancelled"
+    slug = "order-already-cancelled"
+
+
+class IdempotencyKeyInUse(Conflict):
+    error_code = "IDEMPOTENCY_KEY_IN_USE"
+    title = "Idempotency key in use"
+    slug = "idempotency-key-in-use"
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    error_code = "IDEMPOTENCY_KEY_REUSED"
+    title = "Idempotency key reused"
+    slug = "idempotency-key-reused"
+
+
+class OrderAttemptExpired(ServiceUnavailable):
+    error_code = "ORDER_ATTEMPT_EXPIRED"
+    title = "Order attempt expired"
+    slug = "order-attempt-expired"
+
+
+class EventsBusy(ServiceUnavailable):
+    error_code = "EVENTS_BUSY"
+    title = "Event feed busy"
+    slug = "events-busy"
+
+
+@dataclass
+class OrdersContext:
+    """What the orders rules need beyond one request's session; built once in the lifespan."""
+
+    settings: OrdersSettings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    users: ServiceClient
+    inventory: ServiceClient
+    # Compensations run as tasks of their own, so a request cancelled half-way still finishes them.
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Placed:
+    body: str
+    replayed: bool
+
+
+def service_identity(tenant_id: str) -> Identity:
+    """Who this service is when it acts on its own (recovery), for one tenant."""
+    return Identity(subject="service:orders", tenant_id=tenant_id, scopes=frozenset({"orders:write"}))
+
+
+def order_out(order: Order) -> OrderOut:
+    return OrderOut.model_validate(
+        {
+            "id": order.id,
+            "status": order.status,
+            "items": [
+                {
+                    "product_id": item.product_id,
+                    "sku": item.sku,
+                    "name": item.name,
+                    "quantity": item.quantity,
+                    "unit_price_cents": item.unit_price_cents,
+                    "line_total_cents": item.quantity * item.unit_price_cents,
+                }
+                for item in order.items
+            ],
+            "total_cents": order.total_cents,
+            "user_id": order.user_id,
+            "tenant_id": order.tenant_id,
+            "reservation_id": order.reservation_id,
+            "status_history": [{"status": change.status, "at": change.created_at} for change in order.history],
+            "created_at": order.created_at,
+            "updated_at": order.updated_at,
+        }
+    )
+
+
+def _refuse_duplicate_products(data: OrderCreate) -> None:
+    seen: set[str] = set()
+    for index, item in enumerate(data.items):
+        if item.product_id in seen:
+            field_name = f"items.{index}.product_id"
+            raise ValidationFailed(
+                "Each product may appear only once in an order; add up its quantities instead.",
+                errors=[{"loc": ["body", *field_name.split(".")], "field": field_name, "msg": "duplicate product"}],
+            )
+        seen.add(item.product_id)
+
+
+async def _run_to_completion(ctx: OrdersContext, work: Coroutine[Any, Any, None]) -> None:
+    """Runs `work` so that cancelling the request does not cancel it."""
+    task = asyncio.ensure_future(work)
+    ctx.background.add(task)
+    task.add_done_callback(ctx.background.discard)
+    await asyncio.shield(task)
+
+
+async def _forget_attempt(ctx: OrdersContext, attempt_id: str) -> None:
+    """Drops an attempt that holds no stock, freeing its idempotency key for a retry."""
+    try:
+        async with ctx.sessionmaker() as session, session.begin():
+            await OrderRepository(session).delete_attempt(attempt_id)
+    except Exception:
+        # Left pending, the recovery task abandons and clears it after the attempt timeout.
+        logger.exception("could not drop order attempt %s", attempt_id)
+
+
+async def _compensate(ctx: OrdersContext, identity: Identity, attempt_id: str) -> None:
+    """Releases whatever stock the attempt may hold, then drops it. Whatever fails here is retried
+    by the recovery task, which finds the attempt abandoned."""
+    try:
+        async with ctx.sessionmaker() as session, session.begin():
+            await OrderRepository(session).abandon_attempt(attempt_id, utcnow())
+        await downstream.release_order(ctx.inventory, identity, attempt_id)
+        async with ctx.sessionmaker() as session, session.begin():
+            await OrderRepository(session).delete_attempt(attempt_id)
+    except Exception as exc:
+        logger.warning(
+            "releasing the stock of order attempt %s failed (%s); the recovery task retries", attempt_id, exc
+        )
+
+
+async def create_order(
+    ctx: OrdersContext, identity: Identity, data: OrderCreate, idempotency_key: str | None
+) -> Placed:
+    """Checks the user, reserves the stock, then stores the order and its event in one transaction.
+
+    The attempt is recorded first, so that whatever happens after the reservation (an error, a
+    cancelled request, a crash) its stock is released: here when possible, else by the recovery task.
+    """
+    tenant_id = identity.require_tenant()
+    _refuse_duplicate_products(data)
+    request_hash = hashlib.sha256(data.model_dump_json().encode()).hexdigest()
+    now = utcnow()
+    attempt = OrderAttempt(
+        id=new_id(),
+        tenant_id=tenant_id,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        state="pending",
+        created_at=now,
+        updated_at=now,
+    )
+    async with ctx.sessionmaker() as session:
+        repo = OrderRepository(session)
+        # A second try takes the key when the earlier attempt holding it failed and is gone.
+        for _ in range(2):
+            if await repo.start_attempt(attempt):
+                break
+            assert idempotency_key is not None  # only the key is unique besides the fresh id
+            placed = await _repeat(repo, tenant_id, idempotency_key, request_hash)
+            if placed is not None:
+                return placed
+        else:
+            raise IdempotencyKeyInUse(
+                "A request with this Idempotency-Key is still being processed; retry later.",
+                headers={"Retry-After": "1"},
+            )
+
+    try:
+        user_id = await downstream.check_user(ctx.users, identity)
+    except BaseException:
+        await _run_to_completion(ctx, _forget_attempt(ctx, attempt.id))
+        raise
+    try:
+        reservation = await downstream.reserve(ctx.inventory, identity, attempt.id, data.items)
+    except downstream.ReservationRefused:
+        await _run_to_completion(ctx, _forget_attempt(ctx, attempt.id))
+        raise
+    except BaseException:
+        # No answer, or one that cannot be trusted: the stock may be held.
+        await _run_to_completion(ctx, _compensate(ctx, identity, attempt.id))
+        raise
+    try:
+        order, body = await _store(ctx, attempt, user_id, reservation)
+    except BaseException:
+        await _run_to_completion(ctx, _compensate(ctx, identity, attempt.id))
+        raise
+    await _confirm(ctx, identity, order)
+    return Placed(body, replayed=False)
+
+
+async def _repeat(repo: OrderRepository, tenant_id: str, key: str, request_hash: str) -> Placed | None:
+    """A request with a key already taken: the first request's answer, an error saying why there is
+    none yet, or None when the key has been freed meanwhile."""
+    existing = await repo.get_attempt_by_key(tenant_id, key)
+    if existing is None:
+        return None
+    if existing.request_hash != request_hash:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was already used for a different order.",
+            errors=[{"loc": ["header", "idempotency-key"], "field": "idempotency-key", "msg": "reused"}],
+        )
+    if existing.state != "done" or existing.response_body is None:
+        # Still running, or failed and being cleaned up (the key is then free again shortly).
+        raise IdempotencyKeyInUse(
+            "A request with this Idempotency-Key is still being processed; retry later.",
+            headers={"Retry-After": "1"},
+        )
+    return Placed(existing.response_body, replayed=True)
+
+
+async def _store(
+    ctx: OrdersContext, attempt: OrderAttempt, user_id: str, reservation: ReservationIn
+) -> tuple[Order, str]:
+    now = utcnow()
+    items = [
+        OrderItem(
+            position=position,
+            product_id=item.product_id,
+            sku=item.sku,
+            name=item.name,
+            quantity=item.quantity,
+            unit_price_cents=item.unit_price_cents,
+        )
+        for position, item in enumerate(reservation.items)
+    ]
+    order = Order(
+        id=attempt.id,
+        tenant_id=attempt.tenant_id,
+        user_id=user_id,
+        status="confirmed",
+        total_cents=sum(item.quantity * item.unit_price_cents for item in items),
+        reservation_id=reservation.id,
+        reservation_status="reserved",
+        created_at=now,
+        updated_at=now,
+        items=items,
+        history=[OrderStatusChange(status="confirmed", created_at=now)],
+    )
+    out = order_out(order)
+    body = out.model_dump_json()
+    async with ctx.sessionmaker() as session, session.begin():
+        repo = OrderRepository(session)
+        stored_body = body if attempt.idempotency_key is not None else None
+        if not await repo.finish_attempt(attempt.id, stored_body, now):
+            raise OrderAttemptExpired(
+                "The order took too long to place and was given up; its stock was released. Try again.",
+                headers={"Retry-After": "1"},
+            )
+        await repo.add_order(order)
+        # Last, so the outbox rows of this transaction are held for the shortest time before commit.
+        await repo.add_event(
+            OutboxEvent(id=new_id(), tenant_id=order.tenant_id, type="order.created", data=out.model_dump(mode="json"))
+        )
+    return order, body
+
+
+async def _confirm(ctx: OrdersContext, identity: Identity, order: Order) -> None:
+    try:
+        confirmed = await downstream.confirm(ctx.inventory, identity, order.reservation_id)
+        if not confirmed:
+            logger.error("reservation %s of stored order %s was released", order.reservation_id, order.id)
+            return
+        async with ctx.sessionmaker() as session, session.begin():
+            await OrderRepository(session).set_reservation_status(order.id, ("reserved",), "confirmed")
+    except PorticoError as exc:
+        logger.warning("confirming reservation %s failed (%s); the recovery task retries", order.reservation_id, exc)
+
+
+async def get_order(repo: OrderRepository, tenant_id: str, order_id: str) -> Order:
+    """Another tenant's order answers exactly as a missing one does."""
+    order = await repo.get_order(tenant_id, order_id)
+    if order is None:
+        raise OrderNotFound(f"No order {order_id}.")
+    return order
+
+
+async def cancel_order(ctx: OrdersContext, identity: Identity, order_id: str) -> OrderOut:
+    """Cancels the order and writes `order.cancelled` in one transaction, then returns its stock.
+
+    The cancellation stands even if the inventory service cannot be reached: the recovery task
+    keeps releasing until it succeeds.
+    """
+    tenant_id = identity.require_tenant()
+    async with ctx.sessionmaker() as session, session.begin():
+        repo = OrderRepository(session)
+        now = utcnow()
+        if not await repo.mark_cancelled(tenant_id, order_id, now):
+            order = await get_order(repo, tenant_id, order_id)
+            raise OrderAlreadyCancelled(
+                f"Order {order_id} is already {order.status}.",
+                errors=[{"loc": ["status"], "field": "status", "msg": f"is {order.status}"}],
+            )
+        order = await get_order(repo, tenant_id, order_id)
+        order.history.append(OrderStatusChange(status="cancelled", created_at=now))
+        await session.flush()
+        out = order_out(order)
+        await repo.add_event(
+            OutboxEvent(id=new_id(), tenant_id=tenant_id, type="order.cancelled", data=out.model_dump(mode="json"))
+        )
+    await release_cancelled(ctx, identity, order)
+    return out
+
+
+async def release_cancelled(ctx: OrdersContext, identity: Identity, order: Order) -> None:
+    try:
+        await downstream.release_order(ctx.inventory, identity, order.id)
+        async with ctx.sessionmaker() as session, session.begin():
+            repo = OrderRepository(session)
+            await repo.set_reservation_status(order.id, ("reserved", "confirmed"), "released")
+    except PorticoError as exc:
+        logger.warning(
+            "releasing the stock of cancelled order %s failed (%s); the recovery task retries", order.id, exc
+        )
+
+
+async def event_feed(repo: OrderRepository, after: int, limit: int, lock_timeout_ms: int) -> EventFeed:
+    try:
+        events = await repo.events_after(after, limit, lock_timeout_ms)
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        raise EventsBusy(
+            "Order transactions in flight held the feed longer than allowed; retry.", headers={"Retry-After": "1"}
+        ) from exc
+    items = [
+        EventOut.model_validate(
+            {
+                "seq": event.seq,
+                "id": event.id,
+                "type": event.type,
+                "tenant_id": event.tenant_id,
+                "created_at": event.created_at,
+                "data": event.data,
+            }
+        )
+        for event in events
+    ]
+    return EventFeed(items=items, next_after=items[-1].seq if items else after)

@@ -1,0 +1,170 @@
+"""The relay: pulls the orders service's event feed into events and pending deliveries.
+
+Pull, not push: the orders service only keeps its outbox and serves it in order (`GET /events`), and
+this service owns how far it has read. One batch is stored in ONE transaction together with the
+new cursor, so a crash at any point either stored the whole batch and its cursor or nothing of it;
+the next run reads again from the stored cursor, and the unique keys on the event id and on
+(event, endpoint) make reading something twice add nothing. At least once in, exactly once stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.trace import Tracer, TracerProvider
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.webhooks.repository import RelayRepository, StoredBatch
+from services.webhooks.schemas import FeedPage
+from services.webhooks.settings import WebhooksSettings
+from shared.errors import DownstreamError
+from shared.http import ServiceClient
+from shared.identity import Identity
+
+logger = logging.getLogger("portico.webhooks.relay")
+
+SOURCE = "orders"
+RELAY_IDENTITY = Identity(subject="service:webhooks", scopes=frozenset({"events:read"}))
+# How long shutdown waits for the batch in flight before cancelling it (its transaction then rolls
+# back, and the batch is read again on the next start).
+STOP_TIMEOUT_SECONDS = 5.0
+
+
+class FeedError(RuntimeError):
+    """The orders service answered, but not with a page of its event feed."""
+
+
+class OrdersRelay:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        orders: ServiceClient,
+        *,
+        batch_size: int = 100,
+        interval: float = 0.5,
+        max_backoff: float = 30.0,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.orders = orders
+        self.batch_size = batch_size
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self.tracer = tracer
+
+    async def position(self) -> int:
+        async with self.sessionmaker() as session:
+            return await RelayRepository(session).position(SOURCE)
+
+    async def run_once(self) -> StoredBatch | None:
+        """Reads one batch after the stored cursor and stores it; None when the feed had nothing new.
+
+        Raises what went wrong (the orders service unreachable or answering nonsense, the database
+        failing); nothing is stored then.
+        """
+        # An idle poll every interval would be a trace of its own each time: only batches are traced.
+        with suppress_instrumentation():
+            after = await self.position()
+            page = await self.fetch(after)
+        if not page.items and page.next_after <= after:
+            return None
+        with contextlib.ExitStack() as scope:
+            if self.tracer is not None:
+                scope.enter_context(
+                    self.tracer.start_as_current_span(
+                        "webhooks.relay batch",
+                        attributes={"relay.after": after, "relay.events": len(page.items)},
+                    )
+                )
+            async with self.sessionmaker.begin() as session:
+                stored = await RelayRepository(session).store_batch(SOURCE, page.items, page.next_after)
+        if stored.events or stored.deliveries:
+            logger.info(
+                "relayed %d new events (%d read) into %d deliveries; cursor %d",
+                stored.events,
+                len(page.items),
+                stored.deliveries,
+                stored.position,
+                extra={"relay_position": stored.position},
+            )
+        return stored
+
+    async def fetch(self, after: int) -> FeedPage:
+        response = await self.orders.send(
+            "GET", "/events", identity=RELAY_IDENTITY, params={"after": after, "limit": self.batch_size}
+        )
+        if response.status_code != 200:
+            raise FeedError(f"the orders feed answered {response.status_code}: {response.text[:300]}")
+        try:
+            return FeedPage.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise FeedError(f"the orders feed answered a page that does not fit its contract: {exc}") from None
+
+    def backoff(self, failures: int) -> float:
+        """Exponential with full jitter between half and all of the step, capped."""
+        step = min(self.max_backoff, self.interval * 2.0 ** min(failures, 30))
+        return step * random.uniform(0.5, 1.0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Polls until `stop` is set: at once while batches come full, every interval when idle,
+        backing off after failures."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                stored = await self.run_once()
+            except Exception as exc:
+                failures += 1
+                delay = self.backoff(failures)
+                if isinstance(exc, DownstreamError | FeedError):
+                    logger.warning("relay: %s; retrying in %.1fs (failure %d)", exc, delay, failures)
+                else:
+                    logger.exception("relay batch failed; retrying in %.1fs (failure %d)", delay, failures)
+            else:
+                if failures:
+                    logger.info("relay recovered after %d failures", failures)
+                failures = 0
+                full = stored is not None and stored.read >= self.batch_size
+                delay = 0.0 if full else self.interval
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+
+
+def create_relay(settings: WebhooksSettings, state: dict[str, Any]) -> OrdersRelay:
+    provider: TracerProvider = state["tracer_provider"]
+    orders = ServiceClient("orders", str(settings.orders_url), state["http"], state["identity_signer"])
+    return OrdersRelay(
+        state["sessionmaker"],
+        orders,
+        batch_size=settings.relay_batch_size,
+        interval=settings.relay_interval_seconds,
+        max_backoff=settings.relay_max_backoff_seconds,
+        tracer=provider.get_tracer("portico.webhooks.relay"),
+    )
+
+
+@contextlib.asynccontextmanager
+async def relay_lifespan(settings: WebhooksSettings, state: dict[str, Any]) -> AsyncIterator[None]:
+    """Runs the relay loop for the life of the service; `state["relay"]` is the relay either way."""
+    relay = create_relay(settings, state)
+    state["relay"] = relay
+    if not settings.relay_enabled:
+        yield
+        return
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop), name="webhooks-relay")
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, STOP_TIMEOUT_SECONDS)
+        except TimeoutError:
+            logger.warning("relay batch still running at shutdown after %.0fs: cancelled", STOP_TIMEOUT_SECONDS)

@@ -1,0 +1,173 @@
+"""All SQL of the webhooks service. Every endpoint and delivery query is scoped by tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, case, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.webhooks.models import Delivery, Endpoint, Event, RelayCursor, new_id
+from services.webhooks.schemas import FeedEvent
+from shared.db import utcnow
+from shared.pagination import Cursor, older_than
+
+ENDPOINTS: Table = Endpoint.__table__  # type: ignore[assignment]
+EVENTS: Table = Event.__table__  # type: ignore[assignment]
+DELIVERIES: Table = Delivery.__table__  # type: ignore[assignment]
+CURSORS: Table = RelayCursor.__table__  # type: ignore[assignment]
+
+
+class EndpointRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def count_endpoints(self, tenant_id: str) -> int:
+        count = await self.session.scalar(select(func.count()).where(Endpoint.tenant_id == tenant_id))
+        return int(count or 0)
+
+    async def add_endpoint(self, endpoint: Endpoint) -> None:
+        self.session.add(endpoint)
+        await self.session.flush()
+
+    async def get_endpoint(self, tenant_id: str, endpoint_id: str) -> Endpoint | None:
+        return await self.session.scalar(
+            select(Endpoint).where(Endpoint.id == endpoint_id, Endpoint.tenant_id == tenant_id)
+        )
+
+    async def list_endpoints(self, tenant_id: str, limit: int, cursor: Cursor | None) -> Sequence[Endpoint]:
+        """Newest first; up to `limit + 1` rows, the extra one telling that another page follows."""
+        query = select(Endpoint).where(Endpoint.tenant_id == tenant_id)
+        if cursor is not None:
+            query = query.where(older_than(Endpoint.created_at, Endpoint.id, cursor))
+        query = query.order_by(Endpoint.created_at.desc(), Endpoint.id.desc()).limit(limit + 1)
+        return (await self.session.scalars(query)).all()
+
+    async def save(self) -> None:
+        await self.session.flush()
+
+    async def delete_endpoint(self, endpoint: Endpoint) -> None:
+        # Its deliveries go with it (ON DELETE CASCADE): nothing is owed to a receiver that is gone.
+        await self.session.execute(
+            delete(Endpoint).where(Endpoint.id == endpoint.id, Endpoint.tenant_id == endpoint.tenant_id)
+        )
+
+    async def list_deliveries(
+        self, tenant_id: str, endpoint_id: str, limit: int, cursor: Cursor | None
+    ) -> Sequence[Delivery]:
+        query = select(Delivery).where(Delivery.tenant_id == tenant_id, Delivery.endpoint_id == endpoint_id)
+        if cursor is not None:
+            query = query.where(older_than(Delivery.created_at, Delivery.id, cursor))
+        query = query.order_by(Delivery.created_at.desc(), Delivery.id.desc()).limit(limit + 1)
+        return (await self.session.scalars(query)).all()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    read: int  # events in the batch
+    events: int  # events stored for the first time
+    deliveries: int  # deliveries created
+    position: int  # the cursor after the batch
+
+
+class RelayRepository:
+    """What the relay writes: events, their deliveries and its cursor, in the caller's transaction."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        # ON CONFLICT is the same on both backends but each dialect has its own construct.
+        if self.session.get_bind().dialect.name == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    async def position(self, source: str) -> int:
+        value = await self.session.scalar(select(RelayCursor.position).where(RelayCursor.source == source))
+        return int(value or 0)
+
+    async def store_batch(self, source: str, events: Sequence[FeedEvent], next_after: int) -> StoredBatch:
+        """Stores each event once, one pending delivery per matching endpoint, and moves the cursor.
+
+        Every insert skips what is already there, so reading a batch again (after a crash, or by a
+        second replica) adds nothing; the cursor only ever moves forward.
+        """
+        now = utcnow()
+        new_events = 0
+        new_deliveries = 0
+        if events:
+            event_rows: list[dict[str, Any]] = [
+                {
+                    "id": e.id,
+                    "seq": e.seq,
+                    "tenant_id": e.tenant_id,
+                    "type": e.type,
+                    "data": e.data,
+                    "occurred_at": e.created_at,
+                    "received_at": now,
+                }
+                for e in events
+            ]
+            inserted = await self.session.execute(
+                self._insert(EVENTS).on_conflict_do_nothing(index_elements=["id"]).returning(EVENTS.c.id),
+                event_rows,
+            )
+            new_events = len(inserted.all())
+            delivery_rows = await self._deliveries_for(events, now)
+            if delivery_rows:
+                created = await self.session.execute(
+                    self._insert(DELIVERIES)
+                    .on_conflict_do_nothing(index_elements=["event_id", "endpoint_id"])
+                    .returning(DELIVERIES.c.id),
+                    delivery_rows,
+                )
+                new_deliveries = len(created.all())
+        position = max([next_after, *(e.seq for e in events)])
+        await self._advance(source, position, now)
+        return StoredBatch(read=len(events), events=new_events, deliveries=new_deliveries, position=position)
+
+    async def _deliveries_for(self, events: Sequence[FeedEvent], now: datetime) -> list[dict[str, Any]]:
+        tenants = {e.tenant_id for e in events}
+        endpoints = (
+            await self.session.scalars(
+                select(Endpoint)
+                .where(Endpoint.tenant_id.in_(tenants), Endpoint.enabled.is_(True))
+                # One order of inserts in every relay, so concurrent ones wait on each other, never deadlock.
+                .order_by(Endpoint.id)
+            )
+        ).all()
+        by_tenant: dict[str, list[Endpoint]] = {}
+        for endpoint in endpoints:
+            by_tenant.setdefault(endpoint.tenant_id, []).append(endpoint)
+        rows: list[dict[str, Any]] = []
+        for event in events:
+            for endpoint in by_tenant.get(event.tenant_id, ()):
+                # An endpoint gets the events that happen after it is registered, not the backlog.
+                if event.type in endpoint.events and endpoint.created_at <= event.created_at:
+                    rows.append(
+                        {
+                            "id": new_id(),
+                            "tenant_id": event.tenant_id,
+                            "event_id": event.id,
+                            "endpoint_id": endpoint.id,
+                            "event_type": event.type,
+                            "status": "pending",
+                            "attempts": 0,
+                            "next_attempt_at": now,
+                            "created_at": now,
+                        }
+                    )
+        return rows
+
+    async def _advance(self, source: str, position: int, now: datetime) -> None:
+        insert = self._insert(CURSORS).values(source=source, position=position, updated_at=now)
+        forward = case(
+            (insert.excluded.position > CURSORS.c.position, insert.excluded.position), else_=CURSORS.c.position
+        )
+        await self.session.execute(
+            insert.on_conflict_do_update(index_elements=["source"], set_={"position": forward, "updated_at": now})
+        )

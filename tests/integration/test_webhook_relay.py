@@ -1,0 +1,385 @@
+"""The relay from the orders outbox into pending deliveries, driven one batch at a time.
+
+Each test gets a webhooks database of its own on the real PostgreSQL, so the relay's cursor and what
+it stored are the test's alone. The feed is the real orders service of the `stack` (events made by
+placing and cancelling orders through the gateway), or a real socket that misbehaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from services.webhooks.app import create_app
+from services.webhooks.relay import FeedError, OrdersRelay
+from services.webhooks.settings import WebhooksSettings
+from shared.devstack import free_port
+from shared.errors import DownstreamBadResponse, DownstreamUnavailable
+from shared.http import ServiceClient, create_http_client
+from shared.identity import Identity, IdentitySigner
+from shared.migrations import upgrade
+from tests.conftest import app_client, internal_headers, settings_kwargs
+from tests.e2e.test_webhooks_flow import Shop
+from tests.infra import Servers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RelayDb:
+    url: str  # SQLAlchemy URL
+    dsn: str  # plain libpq DSN, for looking underneath
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+
+    async def fetchval(self, query: str, *args: object) -> object:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return await conn.fetchval(query, *args)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def relay_db(migrated: Servers) -> AsyncIterator[RelayDb]:
+    name = f"{migrated.database_name('webhooks')}_relay_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(migrated.pg_admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = f"{migrated.pg_admin_dsn.rpartition('/')[0]}/{name}"
+    url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    engine = create_async_engine(url)
+    try:
+        await asyncio.to_thread(upgrade, ROOT / "services" / "webhooks", url)
+        yield RelayDb(url, dsn, engine, async_sessionmaker(engine, expire_on_commit=False))
+    finally:
+        await engine.dispose()
+        admin = await asyncpg.connect(migrated.pg_admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def http(migrated: Servers) -> AsyncIterator[httpx.AsyncClient]:
+    settings = WebhooksSettings(**settings_kwargs(migrated, "webhooks"), http_timeout_seconds=3.0)
+    client = create_http_client(settings, TracerProvider())
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def relay_for(db: RelayDb, http: httpx.AsyncClient, signer: IdentitySigner, orders_url: str, **kwargs) -> OrdersRelay:
+    return OrdersRelay(db.sessionmaker, ServiceClient("orders", orders_url, http, signer), **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def feed_answering(*answers: bytes) -> AsyncIterator[str]:
+    """A real HTTP server that answers each request with the next of `answers` (the last one repeats)."""
+    remaining = list(answers)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(remaining.pop(0) if len(remaining) > 1 else remaining[0])
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 5)
+
+
+def http_answer(status: int, body: bytes, content_type: str = "application/json") -> bytes:
+    return (
+        f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode() + body
+
+
+async def assert_nothing_stored(db: RelayDb) -> None:
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 0
+    assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
+    assert await db.fetchval("SELECT coalesce(max(position), 0) FROM webhook_relay_cursors") == 0
+
+
+async def test_unreachable_orders_service_stores_nothing(relay_db, http, signer):
+    relay = relay_for(relay_db, http, signer, f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(DownstreamUnavailable):
+        await relay.run_once()
+    await assert_nothing_stored(relay_db)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (http_answer(500, b'{"detail": "boom"}'), DownstreamBadResponse),
+        (http_answer(401, b'{"error_code": "INVALID_INTERNAL_IDENTITY"}'), FeedError),
+        (http_answer(404, b'{"error_code": "NOT_FOUND"}'), FeedError),
+        (http_answer(200, b"<html>not json</html>", "text/html"), FeedError),
+        (http_answer(200, b'{"items": [{"seq": 1}], "next_after": 1}'), FeedError),
+        (http_answer(200, b'{"items": [], "next_after": -1}'), FeedError),
+        (
+            http_answer(
+                200,
+                b'{"items": [{"seq": 1, "id": "e1", "type": "order.created", "tenant_id": "t",'
+                b' "created_at": "2024-01-01T00:00:00", "data": {}}], "next_after": 1}',
+            ),
+            FeedError,  # a timestamp without an offset is ambiguous
+        ),
+    ],
+)
+async def test_a_feed_that_breaks_its_contract_stores_nothing(relay_db, http, signer, answer, error):
+    async with feed_answering(answer) as url:
+        relay = relay_for(relay_db, http, signer, url)
+        with pytest.raises(error):
+            await relay.run_once()
+    await assert_nothing_stored(relay_db)
+
+
+async def test_the_loop_backs_off_logs_and_stops_promptly(relay_db, http, signer, caplog):
+    caplog.set_level(logging.WARNING, logger="portico.webhooks.relay")
+    relay = relay_for(relay_db, http, signer, f"http://127.0.0.1:{free_port()}", interval=0.01, max_backoff=0.05)
+    for failures in range(1, 12):
+        step = min(0.05, 0.01 * 2**failures)
+        assert step / 2 <= relay.backoff(failures) <= step
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    await asyncio.sleep(0.4)
+    stop.set()
+    started = time.monotonic()
+    await asyncio.wait_for(task, 2)
+    assert time.monotonic() - started < 0.5
+    failures = [r for r in caplog.records if r.name == "portico.webhooks.relay" and "retrying" in r.getMessage()]
+    assert len(failures) >= 3
+    assert "orders service is unreachable" in failures[0].getMessage()
+    await assert_nothing_stored(relay_db)
+
+
+async def test_the_service_runs_the_relay_for_its_lifetime(relay_db, migrated, caplog):
+    caplog.set_level(logging.WARNING, logger="portico.webhooks.relay")
+    settings = WebhooksSettings(
+        **{**settings_kwargs(migrated, "webhooks"), "database_url": relay_db.url},
+        orders_url=f"http://127.0.0.1:{free_port()}",
+        relay_interval_seconds=0.02,
+        relay_max_backoff_seconds=0.05,
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app) as state:
+        assert isinstance(state["relay"], OrdersRelay)
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+    assert time.monotonic() - started < 2
+    assert any("retrying" in r.getMessage() for r in caplog.records if r.name == "portico.webhooks.relay")
+
+
+# The real orders service: events made by placing and cancelling orders through the gateway.
+
+
+@contextlib.asynccontextmanager
+async def registry_on(db: RelayDb, migrated: Servers) -> AsyncIterator[httpx.AsyncClient]:
+    """The webhooks API on the test's own database (its relay is the one the test drives)."""
+    settings = WebhooksSettings(
+        **{**settings_kwargs(migrated, "webhooks"), "database_url": db.url}, relay_enabled=False
+    )
+    clients = app_client(create_app(settings))
+    try:
+        yield await anext(clients)
+    finally:
+        await clients.aclose()
+
+
+async def register(client: httpx.AsyncClient, signer: IdentitySigner, tenant_id: str, **body) -> dict:
+    identity = Identity(subject="admin", tenant_id=tenant_id, scopes=frozenset({"webhooks:write"}), plan="pro")
+    created = await client.post(
+        "/endpoints",
+        json={"url": "https://93.184.215.14/hooks", **body},
+        headers=internal_headers(signer, "webhooks", identity),
+    )
+    assert created.status_code == 201, created.text
+    return created.json()
+
+
+async def drain(relay: OrdersRelay) -> int:
+    """Runs batches until the feed has nothing new; answers how many batches that took."""
+    batches = 0
+    while await relay.run_once() is not None:
+        batches += 1
+    return batches
+
+
+async def skip_to_the_end(db: RelayDb, http: httpx.AsyncClient, signer: IdentitySigner, orders_url: str) -> int:
+    await drain(relay_for(db, http, signer, orders_url, batch_size=500))
+    return await relay_for(db, http, signer, orders_url).position()
+
+
+@contextlib.asynccontextmanager
+async def cursor_row_locked(db: RelayDb) -> AsyncIterator[None]:
+    """Holds the relay's cursor row, so a batch stops at its last statement, everything else written."""
+    conn = await asyncpg.connect(db.dsn)
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        await conn.execute("SELECT position FROM webhook_relay_cursors WHERE source = 'orders' FOR UPDATE")
+        yield
+    finally:
+        await transaction.rollback()
+        await conn.close()
+
+
+async def blocked_relay_backend(db: RelayDb) -> int:
+    """The backend of the relay waiting on the cursor row, once it has written the batch's deliveries."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        conn = await asyncpg.connect(db.dsn)
+        try:
+            pid = await conn.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                " AND query ILIKE '%webhook_relay_cursors%'"
+            )
+            if pid is not None:
+                wrote = await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+                    " WHERE l.pid = $1 AND c.relname = ANY($2) AND l.mode = 'RowExclusiveLock'",
+                    pid,
+                    ["webhook_events", "webhook_deliveries"],
+                )
+                assert wrote == 2, "the relay should be stopped after writing events and deliveries"
+                return int(pid)
+        finally:
+            await conn.close()
+        await asyncio.sleep(0.02)
+    raise AssertionError("the relay never reached its cursor update")
+
+
+async def counts(db: RelayDb, tenant_id: str, endpoints: dict[str, dict]) -> dict[str, object]:
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        seen: dict[str, object] = {
+            "events": await conn.fetchval("SELECT count(*) FROM webhook_events WHERE tenant_id = $1", tenant_id),
+            "position": await conn.fetchval("SELECT coalesce(max(position), 0) FROM webhook_relay_cursors"),
+        }
+        for name, endpoint in endpoints.items():
+            rows = await conn.fetch(
+                "SELECT event_id, event_type, status FROM webhook_deliveries WHERE endpoint_id = $1", endpoint["id"]
+            )
+            seen[name] = sorted((r["event_type"], r["status"]) for r in rows)
+            assert len({r["event_id"] for r in rows}) == len(rows)
+        return seen
+    finally:
+        await conn.close()
+
+
+async def test_each_event_reaches_each_matching_endpoint_exactly_once(relay_db, http, signer, migrated, stack, gateway):
+    shop = await Shop.open(gateway)
+    async with registry_on(relay_db, migrated) as registry:
+        endpoints = {
+            "created_only": await register(registry, signer, shop.tenant_id, events=["order.created"]),
+            "both": await register(registry, signer, shop.tenant_id, events=["order.created", "order.cancelled"]),
+            "disabled": await register(
+                registry, signer, shop.tenant_id, events=["order.created", "order.cancelled"], enabled=False
+            ),
+            "other_tenant": await register(
+                registry, signer, str(uuid.uuid4()), events=["order.created", "order.cancelled"]
+            ),
+        }
+        # Past what earlier tests put in the feed, so the batches below are this tenant's events.
+        start = await skip_to_the_end(relay_db, http, signer, stack.url("orders"))
+        order_ids = [await shop.order() for _ in range(6)]
+        for order_id in order_ids[:2]:
+            await shop.cancel(order_id)
+        expected = {
+            "events": 8,
+            "created_only": [("order.created", "pending")] * 6,
+            "both": sorted([("order.created", "pending")] * 6 + [("order.cancelled", "pending")] * 2),
+            "disabled": [],
+            "other_tenant": [],
+        }
+
+        relay = relay_for(relay_db, http, signer, stack.url("orders"), batch_size=3)
+        first = await relay.run_once()
+        assert first is not None
+        assert first.read == 3
+
+        # A crash in the middle of a batch: stopped after writing its events and deliveries, before
+        # its cursor, then gone. Nothing of it may remain.
+        before = await counts(relay_db, shop.tenant_id, endpoints)
+        async with cursor_row_locked(relay_db):
+            batch = asyncio.create_task(relay.run_once())
+            await blocked_relay_backend(relay_db)
+            batch.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await batch
+        assert await counts(relay_db, shop.tenant_id, endpoints) == before
+
+        await drain(relay)
+        stored = await counts(relay_db, shop.tenant_id, endpoints)
+        assert {k: v for k, v in stored.items() if k != "position"} == expected
+        end = stored["position"]
+        assert end == await relay.position()
+
+        # Reading everything again (a lost cursor, a replayed feed) adds nothing.
+        await relay_db.fetchval("UPDATE webhook_relay_cursors SET position = $1 RETURNING position", start)
+        await drain(relay)
+        assert await counts(relay_db, shop.tenant_id, endpoints) == stored
+
+        # Two relays at once (two replicas of the service) add nothing either.
+        await relay_db.fetchval("UPDATE webhook_relay_cursors SET position = $1 RETURNING position", start)
+        twin = relay_for(relay_db, http, signer, stack.url("orders"), batch_size=2)
+        await asyncio.gather(drain(relay), drain(twin))
+        assert await counts(relay_db, shop.tenant_id, endpoints) == stored
+
+        # The deliveries, as the tenant pages through them.
+        identity = Identity(subject="admin", tenant_id=shop.tenant_id, scopes=frozenset({"webhooks:read"}))
+        headers = internal_headers(signer, "webhooks", identity)
+        seen, cursor = [], None
+        while True:
+            params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+            page = await registry.get(
+                f"/endpoints/{endpoints['both']['id']}/deliveries", params=params, headers=headers
+            )
+            assert page.status_code == 200, page.text
+            seen += page.json()["items"]
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                break
+        assert len(seen) == 8
+        assert len({d["event_id"] for d in seen}) == 8
+        assert {d["endpoint_id"] for d in seen} == {endpoints["both"]["id"]}
+        assert all(d["status"] == "pending" and d["attempts"] == 0 for d in seen)
+
+
+async def test_an_endpoint_gets_only_what_happens_after_it_is_registered(
+    relay_db, http, signer, migrated, stack, gateway
+):
+    shop = await Shop.open(gateway)
+    earlier = await shop.order()
+    async with registry_on(relay_db, migrated) as registry:
+        endpoint = await register(registry, signer, shop.tenant_id, events=["order.created", "order.cancelled"])
+        await shop.cancel(earlier)
+        await shop.order()
+        relay = relay_for(relay_db, http, signer, stack.url("orders"))
+        await drain(relay)
+        stored = await counts(relay_db, shop.tenant_id, {"endpoint": endpoint})
+        assert stored["events"] == 3
+        assert stored["endpoint"] == [("order.cancelled", "pending"), ("order.created", "pending")]
