@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from opentelemetry import trace
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -307,6 +308,22 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     return problem_response(err, _request_id(request))
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    error_code = "DATABASE_UNAVAILABLE"
+    title = "Database unavailable"
+    slug = "database-unavailable"
+
+
+async def _database_unavailable_handler(request: Request, exc: Exception) -> Response:
+    # The database refused or dropped the connection, or the pool had none free in time: the
+    # request may succeed later, so 503 rather than a 500.
+    logger.error("database unavailable on %s %s: %r", request.method, request.url.path, exc)
+    return problem_response(
+        DatabaseUnavailable("The service's database is unavailable; try again shortly.", headers={"Retry-After": "1"}),
+        _request_id(request),
+    )
+
+
 async def _unhandled_handler(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(PorticoError("An internal error occurred."), _request_id(request))
@@ -317,6 +334,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PorticoError, _portico_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
+    for db_error in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
+        app.add_exception_handler(db_error, _database_unavailable_handler)
     app.add_exception_handler(Exception, _unhandled_handler)
 
 

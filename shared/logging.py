@@ -62,3 +62,5 @@ def configure_logging(service: str, *, level: str = "INFO", json_lines: bool = T
     # Access lines come from our own middleware, which knows the request id and route.
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # One INFO line per downstream call would double the log volume; failures still log as warnings.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

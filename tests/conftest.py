@@ -50,6 +50,9 @@ def service_env(infra: Servers) -> dict[str, str]:
         env[f"{prefix}INTERNAL_TOKEN_SECRET"] = INTERNAL_SECRET
         if name != "gateway":
             env[f"{prefix}DATABASE_URL"] = infra.database_url(name)
+            # Four services, several stacks per session: keep well inside PostgreSQL's 100 connections.
+            env[f"{prefix}DB_POOL_SIZE"] = "4"
+            env[f"{prefix}DB_MAX_OVERFLOW"] = "4"
     return env
 
 
