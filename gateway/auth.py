@@ -8,8 +8,10 @@ from fastapi import Depends, Request
 from jose import ExpiredSignatureError, JWTError, jwt
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.edge.apikeys import ApiKeyResolver
 from gateway.settings import GatewaySettings
-from shared.errors import Forbidden, PorticoError, Unauthorized, problem_response
+from shared.apikeys import is_well_formed
+from shared.errors import BadRequest, Forbidden, PorticoError, Unauthorized, problem_response
 from shared.identity import ANONYMOUS, Identity
 
 
@@ -17,6 +19,21 @@ class InvalidToken(Unauthorized):
     error_code = "INVALID_TOKEN"
     title = "Invalid access token"
     slug = "invalid-token"
+
+
+class InvalidApiKey(Unauthorized):
+    error_code = "INVALID_API_KEY"
+    title = "Invalid API key"
+    slug = "invalid-api-key"
+
+
+class AmbiguousCredentials(BadRequest):
+    error_code = "AMBIGUOUS_CREDENTIALS"
+    title = "Ambiguous credentials"
+    slug = "ambiguous-credentials"
+
+
+API_KEY_CHALLENGE = 'ApiKey realm="portico", header="X-API-Key"'
 
 
 class TenantMismatch(Forbidden):
@@ -80,7 +97,9 @@ class JwtVerifier:
 class AuthenticationMiddleware:
     """Resolves the caller into `scope["state"]["identity"]`; anonymous when no credentials are sent.
 
-    Bad credentials are refused here (401), whatever the route; routes that need a caller refuse
+    Credentials are `Authorization: Bearer <JWT>`, verified here, or `X-API-Key: sk_...`, resolved
+    through the users service (`scope["state"]["api_keys"]`, built in the lifespan). Sending both is
+    400. Bad credentials are refused here (401), whatever the route; routes that need a caller refuse
     anonymous ones through `require_principal`. An `X-Tenant-Id` that disagrees with the
     credentials' tenant is 403.
     """
@@ -93,15 +112,22 @@ class AuthenticationMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        authorization = tenant_header = None
+        authorization = api_key = tenant_header = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
+            elif name == b"x-api-key":
+                api_key = value
             elif name == b"x-tenant-id":
                 tenant_header = value
         state = scope.setdefault("state", {})
         try:
-            identity = self._resolve(authorization)
+            if api_key is None:
+                identity = self._resolve(authorization)
+            elif authorization is not None:
+                raise AmbiguousCredentials("Send either Authorization or X-API-Key, not both.")
+            else:
+                identity = await self._resolve_key(state["api_keys"], api_key)
             if (
                 tenant_header is not None
                 and identity.tenant_id is not None
@@ -121,6 +147,15 @@ class AuthenticationMiddleware:
         if scheme.lower() != "bearer" or not token.strip():
             raise _invalid("Use 'Authorization: Bearer <token>'.")
         return self.verifier.verify(token.strip())
+
+    @staticmethod
+    async def _resolve_key(resolver: ApiKeyResolver, raw: bytes) -> Identity:
+        key = raw.decode("latin-1").strip()
+        # A key that cannot be one is refused without asking the users service.
+        identity = await resolver.resolve(key) if is_well_formed(key) else None
+        if identity is None:
+            raise InvalidApiKey("The API key is unknown, revoked or expired.", challenge=API_KEY_CHALLENGE)
+        return identity
 
 
 # Dependencies are `async def`: FastAPI runs plain `def` dependencies in a thread pool, a thread

@@ -1,11 +1,54 @@
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AnyHttpUrl, SecretStr, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import AnyHttpUrl, BeforeValidator, Field, PlainSerializer, SecretStr, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.settings import BaseServiceSettings
+
+_QUOTA_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*s?\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """`limit` requests per `window_seconds`; written `100/60s` in settings."""
+
+    limit: int
+    window_seconds: int
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.window_seconds}s"
+
+
+def _parse_quota(value: Any) -> Any:
+    if isinstance(value, str):
+        match = _QUOTA_RE.match(value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a quota; write it as <requests>/<seconds>s, e.g. 100/60s")
+        value = Quota(int(match[1]), int(match[2]))
+    if isinstance(value, Quota) and (value.limit < 1 or value.window_seconds < 1):
+        raise ValueError(f"{value} must allow at least 1 request in a window of at least 1 second")
+    return value
+
+
+def _split_list(value: Any) -> Any:
+    """Lists from the environment: a JSON array, or comma-separated values."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+QuotaSetting = Annotated[Quota, NoDecode, BeforeValidator(_parse_quota), PlainSerializer(str)]
+ListSetting = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+FailureMode = Literal["open", "closed"]
 
 
 class GatewaySettings(BaseServiceSettings):
@@ -38,6 +81,54 @@ class GatewaySettings(BaseServiceSettings):
 
     ready_timeout_seconds: float = 2.0
 
+    # --- Redis (rate limits and idempotency records; unset: in-process stores)
+    # Every store call gives up after this long and follows its stage's failure mode.
+    redis_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
+    redis_max_connections: int = Field(default=200, ge=1)
+
+    # --- API keys
+    # How long a resolved key (or an unknown one) is remembered by one gateway process: the bound on
+    # how long a revoked key keeps working there.
+    api_key_cache_ttl_seconds: float = Field(default=5.0, ge=0, le=300)
+    api_key_cache_size: int = Field(default=10_000, ge=1)
+
+    # --- Rate limits: per tenant by plan, per client address for anonymous callers
+    rate_limit_enabled: bool = True
+    rate_limit_free: QuotaSetting = Quota(100, 60)
+    rate_limit_pro: QuotaSetting = Quota(1_000, 60)
+    rate_limit_enterprise: QuotaSetting = Quota(10_000, 60)
+    rate_limit_anonymous: QuotaSetting = Quota(600, 60)
+    # Extra quotas for single routes ("METHOD /route/template"), counted on top of the plan's.
+    rate_limit_routes: dict[str, QuotaSetting] = Field(
+        default_factory=lambda: {"POST /v1/auth/token": Quota(120, 60), "POST /v1/tenants": Quota(120, 60)}
+    )
+    rate_limit_failure_mode: FailureMode = "open"
+    rate_limit_exempt_paths: ListSetting = Field(default_factory=lambda: ["/health/live", "/health/ready", "/metrics"])
+    # Peers whose X-Forwarded-For is believed (addresses or CIDRs): load balancers in front of the gateway.
+    trusted_proxies: ListSetting = Field(default_factory=list)
+
+    # --- Idempotency
+    idempotency_enabled: bool = True
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=1)
+    # A request that crashed its process leaves a lock that expires after this long.
+    idempotency_lock_seconds: float = Field(default=30.0, gt=0)
+    idempotency_failure_mode: FailureMode = "closed"
+    idempotency_max_response_bytes: int = Field(default=1024 * 1024, ge=0)
+
+    # --- HTTP hygiene
+    security_headers_enabled: bool = True
+    # 0 leaves Strict-Transport-Security off; set it when clients reach the gateway over TLS.
+    hsts_max_age_seconds: int = Field(default=0, ge=0)
+    hsts_include_subdomains: bool = False
+    trusted_hosts: ListSetting = Field(default_factory=lambda: ["*"])
+    cors_allow_origins: ListSetting = Field(default_factory=list)
+    cors_allow_credentials: bool = False
+    cors_max_age_seconds: int = Field(default=600, ge=0)
+    gzip_enabled: bool = True
+    gzip_minimum_bytes: int = Field(default=500, ge=0)
+    gzip_level: int = Field(default=6, ge=1, le=9)
+    etag_enabled: bool = True
+
     @model_validator(mode="after")
     def _key_for_algorithm(self) -> GatewaySettings:
         if self.jwt_algorithm == "RS256" and not self.jwt_public_key:
@@ -45,6 +136,29 @@ class GatewaySettings(BaseServiceSettings):
         if self.jwt_algorithm == "HS256" and self.jwt_secret is None:
             raise ValueError("GATEWAY_JWT_SECRET is required with HS256")
         return self
+
+    @model_validator(mode="after")
+    def _edge(self) -> GatewaySettings:
+        if self.idempotency_lock_seconds <= self.http_timeout_seconds:
+            # A lock that expired while its request still ran would let a retry run the request twice.
+            raise ValueError("GATEWAY_IDEMPOTENCY_LOCK_SECONDS must exceed GATEWAY_HTTP_TIMEOUT_SECONDS")
+        for route in self.rate_limit_routes:
+            method, _, path = route.partition(" ")
+            if method.upper() != method or not path.startswith("/"):
+                raise ValueError(f"rate_limit_routes key {route!r} must read 'METHOD /path/template'")
+        for proxy in self.trusted_proxies:
+            ipaddress.ip_network(proxy, strict=False)
+        if "*" in self.cors_allow_origins and self.cors_allow_credentials:
+            raise ValueError("CORS credentials cannot be allowed for every origin ('*')")
+        return self
+
+    def plan_quota(self, plan: str | None) -> tuple[str, Quota]:
+        """The policy name and quota of a plan; a caller without a known plan gets the free one."""
+        if plan == "enterprise":
+            return "enterprise", self.rate_limit_enterprise
+        if plan == "pro":
+            return "pro", self.rate_limit_pro
+        return "free", self.rate_limit_free
 
     def service_urls(self) -> dict[str, str]:
         return {

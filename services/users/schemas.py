@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
 
-from shared.scopes import Plan, Role
+from shared.apikeys import KEY_HASH_RE
+from shared.scopes import ALL_SCOPES, Plan, Role
+
+MAX_ROTATION_GRACE_SECONDS = 30 * 86400
 
 
 class TenantCreate(BaseModel):
@@ -51,3 +55,71 @@ class TokenOut(BaseModel):
     access_token: str
     token_type: str = "bearer"
     expires_in: int
+
+
+def _known_scopes(scopes: list[str]) -> list[str]:
+    unknown = sorted(set(scopes) - ALL_SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scopes {', '.join(unknown)}; known: {', '.join(sorted(ALL_SCOPES))}")
+    return sorted(set(scopes))
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    scopes: Annotated[list[str], AfterValidator(_known_scopes)] = Field(min_length=1, max_length=len(ALL_SCOPES))
+
+
+class ApiKeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # How long the old key keeps working; the service's default when omitted.
+    grace_seconds: int | None = Field(default=None, ge=0, le=MAX_ROTATION_GRACE_SECONDS)
+
+
+class ApiKeyOut(BaseModel):
+    """A key as listings show it: never the key itself, only its last characters."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    scopes: list[str]
+    hint: str
+    tenant_id: str
+    created_by: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    expires_at: datetime | None
+    replaced_by: str | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    """The one answer that holds the raw key."""
+
+    api_key: str
+
+
+class ApiKeyRotated(ApiKeyCreated):
+    """The new key, and the old one with the end of its grace period."""
+
+    previous: ApiKeyOut
+
+
+class ApiKeyResolve(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key_hash: str = Field(pattern=KEY_HASH_RE.pattern)
+
+
+class ApiKeyResolved(BaseModel):
+    """What the gateway needs to turn a key into an identity."""
+
+    id: str
+    tenant_id: str
+    plan: Plan
+    scopes: list[str]
+    created_by: str
+    expires_at: datetime | None

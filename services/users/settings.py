@@ -23,6 +23,8 @@ class UsersSettings(BaseServiceSettings):
     jwt_kid: str = "portico-1"
     jwt_issuer: str = "portico"
     access_token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
+    # How long a rotated API key keeps working, unless the rotation asks for another period.
+    api_key_rotation_grace_seconds: int = Field(default=86400, ge=0, le=30 * 86400)
 
     @model_validator(mode="after")
     def _key_for_algorithm(self) -> UsersSettings:

@@ -1,0 +1,245 @@
+"""Cost of each edge stage: requests per second through the gateway with the stages switched on one
+by one, in the same run.
+
+    .venv/bin/python -m bench.edge [--seconds 10] [--rounds 3] [--connections 50] [--redis-url URL]
+
+Needs wrk (`apt-get install -y wrk`) and a Redis server (default redis://127.0.0.1:6379/0; its keys
+go under a prefix of their own and are removed at the end).
+
+One gateway process (one uvicorn worker) proxies to a downstream that answers at once (`python -m
+bench.edge downstream PORT`: a fixed user document, and an identity for any API key hash), so the
+numbers are the gateway's own cost, not a service's. Each row starts a gateway with the settings of
+that row; rounds go through every row in turn so drift on the machine hits all rows alike. The table
+gives the median of the rounds, the ratio to the row's baseline, and the time the stages add per
+request (1/rate - 1/baseline rate).
+
+GET rows: `GET /v1/users/me` with a JWT, stages added one at a time. POST rows: `POST /v1/users`
+with a new `Idempotency-Key` on every request (each is a first request: claim, forward, store),
+against the same request without idempotency. Quotas are raised so that nothing is refused: the
+table measures the cost of counting, not of refusing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import redis
+import uvicorn
+
+from bench.common import bearer, process, require_wrk
+from shared.apikeys import new_api_key
+from shared.devstack import free_port
+
+USER = {
+    "id": "0b7f2c1e-8c2a-4a7e-9d0e-2f4b6c8d0a1e",
+    "email": "bench@example.com",
+    "role": "admin",
+    "tenant_id": "5d1c3b2a-7e6f-4a8b-9c0d-1e2f3a4b5c6d",
+    "created_at": "2026-01-01T00:00:00Z",
+}
+RESOLVED = {
+    "id": "9a8b7c6d-0000-4000-8000-000000000001",
+    "tenant_id": USER["tenant_id"],
+    "plan": "enterprise",
+    "scopes": ["users:read", "users:write", "orders:read", "orders:write"],
+    "created_by": USER["id"],
+    "expires_at": None,
+}
+
+# Every stage off; rows switch them on. Quotas no benchmark can reach.
+ALL_OFF = {
+    "GATEWAY_SECURITY_HEADERS_ENABLED": "false",
+    "GATEWAY_GZIP_ENABLED": "false",
+    "GATEWAY_ETAG_ENABLED": "false",
+    "GATEWAY_RATE_LIMIT_ENABLED": "false",
+    "GATEWAY_IDEMPOTENCY_ENABLED": "false",
+    "GATEWAY_RATE_LIMIT_ENTERPRISE": "1000000000/60s",
+    "GATEWAY_RATE_LIMIT_ROUTES": "{}",
+}
+HEADERS_ON = {"GATEWAY_SECURITY_HEADERS_ENABLED": "true"}
+GZIP_ON = {"GATEWAY_GZIP_ENABLED": "true"}
+ETAG_ON = {"GATEWAY_ETAG_ENABLED": "true"}
+LIMIT_ON = {"GATEWAY_RATE_LIMIT_ENABLED": "true"}
+IDEMPOTENCY_ON = {"GATEWAY_IDEMPOTENCY_ENABLED": "true"}
+
+
+def rows(redis_env: Mapping[str, str]) -> list[tuple[str, str, dict[str, str]]]:
+    """(name, workload, settings) of every row; the first row of each workload is its baseline."""
+    hygiene = {**HEADERS_ON, **GZIP_ON, **ETAG_ON}
+    everything = {**hygiene, **LIMIT_ON, **redis_env, **IDEMPOTENCY_ON}
+    return [
+        ("baseline: JWT auth + proxy", "get", {}),
+        ("+ security headers", "get", HEADERS_ON),
+        ("+ gzip (answer under 500 B: checked, not compressed)", "get", {**HEADERS_ON, **GZIP_ON}),
+        ("+ ETag and Cache-Control", "get", hygiene),
+        ("+ rate limit, in-process store", "get", {**hygiene, **LIMIT_ON}),
+        ("+ rate limit, Redis (one EVALSHA)", "get", {**hygiene, **LIMIT_ON, **redis_env}),
+        ("+ idempotency (a GET passes through)", "get", everything),
+        ("all stages, X-API-Key instead of JWT (cached)", "get-key", everything),
+        ("baseline: POST, all stages but idempotency", "post", {**hygiene, **LIMIT_ON, **redis_env}),
+        ("+ idempotency, Redis (claim + store per request)", "post-key", everything),
+    ]
+
+
+POST_SCRIPT = """
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+function init(args)
+  counter = 0
+end
+function request()
+  counter = counter + 1
+  if KEYED then
+    wrk.headers["Idempotency-Key"] = RUN .. "-" .. tid .. "-" .. counter
+  end
+  return wrk.format()
+end
+"""
+
+
+def wrk_script(directory: Path, *, keyed: bool, headers: Mapping[str, str], body: str) -> Path:
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}", f"KEYED = {'true' if keyed else 'false'}"]
+    lines.append(f'RUN = "{uuid.uuid4().hex}"')
+    lines += [f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}" for name, value in headers.items()]
+    path = directory / f"post-{uuid.uuid4().hex[:8]}.lua"
+    path.write_text("\n".join(lines) + POST_SCRIPT)
+    return path
+
+
+def run_wrk(url: str, *, seconds: int, connections: int, headers: Mapping[str, str], script: Path | None) -> float:
+    command = [require_wrk(), "-t2", f"-c{connections}", f"-d{seconds}s"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    if script is not None:
+        command += ["-s", str(script)]
+    out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx or 3xx responses" in out:
+        raise RuntimeError(f"non-2xx answers during the run:\n{out}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if match is None:
+        raise RuntimeError(out)
+    return float(match.group(1))
+
+
+async def downstream(scope, receive, send):
+    """Answers at once: an identity for any API key hash, the same user for everything else."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    body = json.dumps(RESOLVED if scope["path"] == "/api-keys/resolve" else USER).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.contextmanager
+def redis_prefix(url: str) -> Iterator[str]:
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        sys.exit(f"Redis is not reachable at {url} ({exc}); start it or pass --redis-url")
+    prefix = f"portico-bench-{uuid.uuid4().hex[:8]}:"
+    try:
+        yield prefix
+    finally:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    args = parser.parse_args()
+    require_wrk()
+
+    token = {"Authorization": f"Bearer {bearer()}"}
+    api_key = {"X-API-Key": new_api_key()}
+    user_body = json.dumps({"email": "bench@example.com", "password": "correct-horse-9", "role": "member"})
+    downstream_port = free_port()
+    with (
+        redis_prefix(args.redis_url) as prefix,
+        tempfile.TemporaryDirectory() as scratch,
+        process(
+            "bench.edge",
+            "downstream",
+            str(downstream_port),
+            env={},
+            health_url=f"http://127.0.0.1:{downstream_port}/",
+        ),
+    ):
+        redis_env = {"GATEWAY_REDIS_URL": args.redis_url, "GATEWAY_REDIS_KEY_PREFIX": prefix}
+        table = rows(redis_env)
+        results: dict[str, list[float]] = {name: [] for name, _, _ in table}
+        for _ in range(args.rounds):
+            for name, workload, settings in table:
+                port = free_port()
+                env = {
+                    **ALL_OFF,
+                    **settings,
+                    "GATEWAY_PORT": str(port),
+                    **{f"GATEWAY_{s}_URL": f"http://127.0.0.1:{downstream_port}" for s in ("USERS", "ORDERS")},
+                    "GATEWAY_ACCESS_LOG": "false",
+                    "GATEWAY_LOG_LEVEL": "WARNING",
+                }
+                base = f"http://127.0.0.1:{port}"
+                script = None
+                headers: Mapping[str, str] = api_key if workload == "get-key" else token
+                url = f"{base}/v1/users/me"
+                if workload.startswith("post"):
+                    url = f"{base}/v1/users"
+                    post_headers = {**token, "Content-Type": "application/json"}
+                    script = wrk_script(
+                        Path(scratch), keyed=workload == "post-key", headers=post_headers, body=user_body
+                    )
+                    headers = {}
+                with process("gateway", "serve", env=env, health_url=f"{base}/health/live"):
+                    run_wrk(url, seconds=2, connections=args.connections, headers=headers, script=script)  # warm-up
+                    rate = run_wrk(
+                        url, seconds=args.seconds, connections=args.connections, headers=headers, script=script
+                    )
+                results[name].append(rate)
+                print(f"{name}: {rate:.0f} req/s", file=sys.stderr, flush=True)
+
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; wrk -t2 -c{args.connections}, "
+        f"{args.seconds} s x {args.rounds} rounds; one gateway worker, downstream answering at once\n"
+    )
+    print("| stage | req/s (median) | rounds | vs baseline | added per request |")
+    print("|---|---|---|---|---|")
+    baseline = 0.0
+    for name, _, _ in table:
+        median = statistics.median(results[name])
+        if name.startswith("baseline"):
+            baseline = median
+        added = (1 / median - 1 / baseline) * 1e6
+        runs = ", ".join(f"{v:.0f}" for v in results[name])
+        print(f"| {name} | {median:.0f} | {runs} | {median / baseline:.2f}x | {added:+.0f} µs |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "downstream":
+        uvicorn.run(downstream, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
+    else:
+        main()

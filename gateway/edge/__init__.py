@@ -1,0 +1,1 @@
+"""The stages of the gateway's edge pipeline, one module each. `gateway/app.py` puts them in order."""

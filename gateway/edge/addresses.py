@@ -1,0 +1,45 @@
+"""The client's address, for limits on anonymous callers.
+
+The peer address is the client unless the peer is a trusted proxy; then X-Forwarded-For is read
+from the right, skipping trusted proxies, and the first address that is not one is the client. Only
+the entries our own proxies appended are believed: anything further left was written by the client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from starlette.types import Scope
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ClientAddress:
+    def __init__(self, trusted_proxies: Iterable[str]) -> None:
+        self.trusted: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted)
+
+    def __call__(self, scope: Scope) -> str:
+        client = scope.get("client")
+        peer = client[0] if client else "unknown"
+        if not self.trusted or not self._is_trusted(peer):
+            return peer
+        forwarded: list[str] = []
+        for name, value in scope["headers"]:
+            if name == b"x-forwarded-for":
+                forwarded.extend(part.strip() for part in value.decode("latin-1").split(","))
+        for address in reversed(forwarded):
+            if not self._is_trusted(address):
+                try:
+                    return str(ipaddress.ip_address(address))
+                except ValueError:
+                    # A malformed entry cannot be told apart from a forged one; the proxy is the client.
+                    return peer
+        return peer

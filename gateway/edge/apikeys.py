@@ -1,0 +1,104 @@
+"""API keys at the edge: `X-API-Key` resolved through the users service, remembered briefly.
+
+The users service owns the keys; the gateway sends it the key's SHA-256 (never the key) and gets the
+key's tenant, plan and scopes back. Answers, found or not, are cached in-process for
+`api_key_cache_ttl_seconds`: that is the bound on how long a revoked key keeps working on a gateway
+process other than the one that revoked it (that one forgets the key at once). A rotated key's grace
+period ends on time: it is never cached past its expiry. Concurrent first uses of one key share one
+lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.edge.metrics import EdgeMetrics
+from shared.apikeys import hash_api_key, key_subject
+from shared.errors import DownstreamBadResponse
+from shared.http import ServiceClient
+from shared.identity import ANONYMOUS, Identity
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    expires_at: float  # monotonic
+    identity: Identity | None
+    key_id: str | None
+
+
+class ApiKeyResolver:
+    def __init__(self, users: ServiceClient, *, ttl_seconds: float, max_entries: int, metrics: EdgeMetrics) -> None:
+        self.users = users
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self.metrics = metrics
+        self._cache: dict[str, _Entry] = {}
+        self._pending: dict[str, asyncio.Task[_Entry]] = {}
+
+    async def resolve(self, raw_key: str) -> Identity | None:
+        """The identity of a key, or None when the key is unknown, revoked or expired."""
+        key_hash = hash_api_key(raw_key)
+        entry = self._cache.get(key_hash)
+        if entry is not None and entry.expires_at > time.monotonic():
+            self.metrics.api_keys.labels("cache", "valid" if entry.identity else "invalid").inc()
+            return entry.identity
+        task = self._pending.get(key_hash)
+        if task is None:
+            # A task of its own: a caller that goes away does not take the lookup down for the others.
+            task = asyncio.create_task(self._lookup(key_hash))
+            self._pending[key_hash] = task
+            task.add_done_callback(lambda done: self._settle(key_hash, done))
+        return (await asyncio.shield(task)).identity
+
+    def _settle(self, key_hash: str, task: asyncio.Task[_Entry]) -> None:
+        del self._pending[key_hash]
+        if task.cancelled() or task.exception() is not None:
+            return
+        entry = task.result()
+        self._store(key_hash, entry)
+        self.metrics.api_keys.labels("users", "valid" if entry.identity else "invalid").inc()
+
+    async def _lookup(self, key_hash: str) -> _Entry:
+        response = await self.users.send("POST", "/api-keys/resolve", identity=ANONYMOUS, json={"key_hash": key_hash})
+        now = time.monotonic()
+        if response.status_code == 404:
+            return _Entry(now + self.ttl, None, None)
+        if response.status_code != 200:
+            raise DownstreamBadResponse("users", f"The users service answered {response.status_code} for an API key.")
+        try:
+            body = response.json()
+            expires_at = datetime.fromisoformat(body["expires_at"]) if body.get("expires_at") else None
+            identity = Identity(
+                subject=key_subject(str(body["id"])),
+                tenant_id=str(body["tenant_id"]),
+                scopes=frozenset(str(s) for s in body["scopes"]),
+                plan=str(body["plan"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise DownstreamBadResponse(
+                "users", "The users service answered an API key lookup it cannot parse."
+            ) from None
+        ttl = self.ttl
+        if expires_at is not None:
+            ttl = max(0.0, min(ttl, expires_at.timestamp() - time.time()))
+        return _Entry(now + ttl, identity, body["id"])
+
+    def _store(self, key_hash: str, entry: _Entry) -> None:
+        if entry.expires_at <= time.monotonic():
+            return
+        if len(self._cache) >= self.max_entries:
+            now = time.monotonic()
+            for stale in [h for h, e in self._cache.items() if e.expires_at <= now]:
+                del self._cache[stale]
+            while len(self._cache) >= self.max_entries:
+                # Dicts keep insertion order: the oldest entry goes first.
+                del self._cache[next(iter(self._cache))]
+        self._cache[key_hash] = entry
+
+    def forget(self, key_id: str) -> None:
+        """Drops a key this process revoked or rotated, so the change applies here at once."""
+        for stale in [h for h, e in self._cache.items() if e.key_id == key_id]:
+            del self._cache[stale]

@@ -1,0 +1,397 @@
+"""Idempotency: a POST, PUT or PATCH sent again with the same `Idempotency-Key` runs once.
+
+Following draft-ietf-httpapi-idempotency-key-header: the key is scoped to the tenant, the method and
+the path. The first request takes a lock atomically together with its fingerprint (method, path,
+query and a SHA-256 of the body); its response (status, headers, body) is stored for
+`idempotency_ttl_seconds` before the last byte reaches the client, and later requests with the same
+key get that response again with `Idempotent-Replayed: true`. While the first is in flight the same
+key answers 409; the same key with another request answers 422. A process that dies mid-request
+leaves a lock that expires after `idempotency_lock_seconds`.
+
+Not stored (the lock is released, so the client can simply retry): 401, 402, 403, 408, 429 and 5xx,
+answers about the caller or the moment rather than the operation. Responses marked
+`Cache-Control: no-store` hold secrets (a new API key): their outcome is stored, their body is not,
+and a repeat answers 409 instead of running twice. Anonymous requests are passed through (there is no
+tenant to scope a key to); the key is always forwarded to the service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.edge.metrics import EdgeMetrics
+from gateway.edge.store import StoreCaller, StoreUnavailable
+from gateway.settings import GatewaySettings
+from shared.errors import BadRequest, Conflict, PorticoError, ValidationFailed, problem_response
+
+METHODS = frozenset({"POST", "PUT", "PATCH"})
+HEADER = b"idempotency-key"
+# Visible ASCII, as a Structured Fields string can carry it; long enough for any UUID or ULID.
+KEY_RE = re.compile(rb"^[\x21-\x7e]{1,255}$")
+REPLAYED = (b"idempotent-replayed", b"true")
+# Response headers that belong to one exchange, not to the stored outcome.
+UNSTORED_HEADERS = frozenset({b"content-length", b"x-request-id", b"date", b"server", b"set-cookie"})
+
+
+def storable(status: int) -> bool:
+    return status not in (401, 402, 403, 408, 429) and status < 500
+
+
+class InvalidIdempotencyKey(BadRequest):
+    error_code = "INVALID_IDEMPOTENCY_KEY"
+    title = "Invalid Idempotency-Key"
+    slug = "invalid-idempotency-key"
+
+
+class IdempotencyKeyInUse(Conflict):
+    error_code = "IDEMPOTENCY_KEY_IN_USE"
+    title = "Idempotency-Key in use"
+    slug = "idempotency-key-in-use"
+
+
+class IdempotentResponseNotStored(Conflict):
+    error_code = "IDEMPOTENT_RESPONSE_NOT_STORED"
+    title = "Request already done"
+    slug = "idempotent-response-not-stored"
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    error_code = "IDEMPOTENCY_KEY_REUSED"
+    title = "Idempotency-Key reused"
+    slug = "idempotency-key-reused"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    # False: the request was done but its answer held a secret or was too large to keep.
+    replayable: bool
+
+    def encoded_headers(self) -> bytes:
+        return json.dumps([[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers]).encode()
+
+    @staticmethod
+    def decode_headers(raw: bytes) -> list[tuple[bytes, bytes]]:
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(raw)]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    outcome: Literal["acquired", "in_flight", "mismatch", "done"]
+    response: StoredResponse | None = None
+
+
+class IdempotencyStore(Protocol):
+    async def claim(self, scope_key: str, fingerprint: str, owner: str, lock_ms: int) -> Claim:
+        """Takes the key for `owner` unless a record exists; answers what the record says."""
+
+    async def complete(self, scope_key: str, owner: str, response: StoredResponse, ttl_ms: int) -> bool:
+        """Stores the outcome, if `owner` still holds the key."""
+
+    async def release(self, scope_key: str, owner: str) -> None:
+        """Gives the key up, if `owner` still holds it and it is not done."""
+
+
+# KEYS[1]: the record. ARGV: fingerprint, owner, lock ms.
+CLAIM_LUA = """
+local rec = redis.call('HMGET', KEYS[1], 'fp', 'st', 'own')
+if not rec[1] then
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'st', 'p', 'own', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {'acquired'}
+end
+if rec[1] ~= ARGV[1] then return {'mismatch'} end
+if rec[2] == 'p' then
+  if rec[3] == ARGV[2] then return {'acquired'} end
+  return {'in_flight'}
+end
+local r = redis.call('HMGET', KEYS[1], 'status', 'headers', 'body', 'replay')
+return {'done', r[1], r[2], r[3] or '', r[4]}
+"""
+
+# ARGV: owner, status, headers, body, replayable (1/0), ttl ms.
+COMPLETE_LUA = """
+if redis.call('HGET', KEYS[1], 'own') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'st', 'd', 'status', ARGV[2], 'headers', ARGV[3], 'body', ARGV[4], 'replay', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return 1
+"""
+
+# ARGV: owner.
+RELEASE_LUA = """
+local rec = redis.call('HMGET', KEYS[1], 'own', 'st')
+if rec[1] == ARGV[1] and rec[2] == 'p' then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+class RedisIdempotencyStore:
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.prefix = prefix
+        self._claim = redis.register_script(CLAIM_LUA)
+        self._complete = redis.register_script(COMPLETE_LUA)
+        self._release = redis.register_script(RELEASE_LUA)
+
+    def key(self, scope_key: str) -> str:
+        return self.prefix + "idem:" + scope_key
+
+    async def claim(self, scope_key: str, fingerprint: str, owner: str, lock_ms: int) -> Claim:
+        raw = await self._claim(keys=[self.key(scope_key)], args=[fingerprint, owner, lock_ms])
+        outcome = raw[0].decode()
+        if outcome != "done":
+            return Claim(outcome)
+        status, headers, body, replay = raw[1:5]
+        return Claim("done", StoredResponse(int(status), StoredResponse.decode_headers(headers), body, replay == b"1"))
+
+    async def complete(self, scope_key: str, owner: str, response: StoredResponse, ttl_ms: int) -> bool:
+        args: list[bytes | str | int] = [
+            owner,
+            response.status,
+            response.encoded_headers(),
+            response.body,
+            int(response.replayable),
+            ttl_ms,
+        ]
+        return bool(await self._complete(keys=[self.key(scope_key)], args=args))
+
+    async def release(self, scope_key: str, owner: str) -> None:
+        await self._release(keys=[self.key(scope_key)], args=[owner])
+
+
+@dataclass(slots=True)
+class _Record:
+    fingerprint: str
+    owner: str
+    expires_at: float  # monotonic
+    response: StoredResponse | None = None
+
+
+class MemoryIdempotencyStore:
+    """The same records in-process, for a single gateway process without Redis."""
+
+    SWEEP_EVERY = 1_000
+
+    def __init__(self) -> None:
+        self._records: dict[str, _Record] = {}
+        self._calls = 0
+
+    def _live(self, scope_key: str, now: float) -> _Record | None:
+        record = self._records.get(scope_key)
+        if record is not None and record.expires_at <= now:
+            del self._records[scope_key]
+            return None
+        return record
+
+    async def claim(self, scope_key: str, fingerprint: str, owner: str, lock_ms: int) -> Claim:
+        now = time.monotonic()
+        self._calls += 1
+        if self._calls % self.SWEEP_EVERY == 0:
+            for stale in [k for k, r in self._records.items() if r.expires_at <= now]:
+                del self._records[stale]
+        record = self._live(scope_key, now)
+        if record is None:
+            self._records[scope_key] = _Record(fingerprint, owner, now + lock_ms / 1000)
+            return Claim("acquired")
+        if record.fingerprint != fingerprint:
+            return Claim("mismatch")
+        if record.response is None:
+            return Claim("acquired" if record.owner == owner else "in_flight")
+        return Claim("done", record.response)
+
+    async def complete(self, scope_key: str, owner: str, response: StoredResponse, ttl_ms: int) -> bool:
+        record = self._live(scope_key, time.monotonic())
+        if record is None or record.owner != owner:
+            return False
+        record.response = response
+        record.expires_at = time.monotonic() + ttl_ms / 1000
+        return True
+
+    async def release(self, scope_key: str, owner: str) -> None:
+        record = self._live(scope_key, time.monotonic())
+        if record is not None and record.owner == owner and record.response is None:
+            del self._records[scope_key]
+
+
+class Idempotency:
+    """A store and how to call it (deadline, failure mode); built in the lifespan."""
+
+    def __init__(self, store: IdempotencyStore, caller: StoreCaller) -> None:
+        self.store = store
+        self.call = caller
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then the client's own messages."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class IdempotencyMiddleware:
+    def __init__(self, app: ASGIApp, *, settings: GatewaySettings, metrics: EdgeMetrics) -> None:
+        self.app = app
+        self.lock_ms = int(settings.idempotency_lock_seconds * 1000)
+        self.ttl_ms = settings.idempotency_ttl_seconds * 1000
+        self.max_bytes = settings.idempotency_max_response_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in METHODS:
+            await self.app(scope, receive, send)
+            return
+        raw_key = next((value for name, value in scope["headers"] if name == HEADER), None)
+        state = scope["state"]
+        tenant_id = state["identity"].tenant_id
+        if raw_key is None or tenant_id is None:
+            await self.app(scope, receive, send)
+            return
+        request_id = state.get("request_id")
+        if not KEY_RE.match(raw_key):
+            invalid = InvalidIdempotencyKey("Idempotency-Key must be 1 to 255 visible ASCII characters.")
+            await problem_response(invalid, request_id)(scope, receive, send)
+            return
+        try:
+            body = await _read_body(receive)
+        except _Disconnected:
+            return
+        except PorticoError as exc:  # the body limit, enforced while the body arrives
+            await problem_response(exc, request_id)(scope, receive, send)
+            return
+        receive = _replaying(body, receive)
+
+        method, path = scope["method"], scope["path"]
+        key_hash = hashlib.sha256(b"\0".join([method.encode(), path.encode(), raw_key])).hexdigest()
+        # The caller's tenant as hash tag: on Redis Cluster a tenant's records share a slot.
+        scope_key = f"{{t:{tenant_id}}}:{key_hash}"
+        fingerprint = hashlib.sha256(
+            b"\0".join([method.encode(), path.encode(), scope.get("query_string", b""), body])
+        ).hexdigest()
+        owner = uuid.uuid4().hex
+        idempotency: Idempotency = state["idempotency"]
+        try:
+            claim = await idempotency.call(idempotency.store.claim(scope_key, fingerprint, owner, self.lock_ms))
+        except StoreUnavailable:
+            if idempotency.call.fail_open:
+                await self.app(scope, receive, send)
+            else:
+                await problem_response(idempotency.call.refusal(), request_id)(scope, receive, send)
+            return
+
+        if claim.outcome == "acquired":
+            await self._first(scope, receive, send, idempotency, scope_key, owner)
+            return
+        self.metrics.idempotency.labels(claim.outcome if claim.outcome != "done" else "replayed").inc()
+        if claim.outcome == "mismatch":
+            error: PorticoError = IdempotencyKeyReused(
+                "This Idempotency-Key was used for a different request; use a new key for a new request."
+            )
+        elif claim.outcome == "in_flight":
+            error = IdempotencyKeyInUse(
+                "A request with this Idempotency-Key is still being processed; retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        else:
+            assert claim.response is not None
+            if claim.response.replayable:
+                await self._replay(claim.response, send)
+                return
+            error = IdempotentResponseNotStored(
+                f"A request with this Idempotency-Key was already done ({claim.response.status}); its response "
+                "held a secret or was too large and was not kept. List the resource to find the result."
+            )
+        await problem_response(error, request_id)(scope, receive, send)
+
+    async def _replay(self, response: StoredResponse, send: Send) -> None:
+        headers = [*response.headers, REPLAYED, (b"content-length", str(len(response.body)).encode())]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body, "more_body": False})
+
+    async def _first(
+        self, scope: Scope, receive: Receive, send: Send, idempotency: Idempotency, scope_key: str, owner: str
+    ) -> None:
+        status = 0
+        headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+        size = 0
+        settled = False
+
+        async def settle() -> None:
+            nonlocal settled
+            settled = True
+            try:
+                if not storable(status):
+                    self.metrics.idempotency.labels("released").inc()
+                    await idempotency.call(idempotency.store.release(scope_key, owner))
+                    return
+                no_store = any(name == b"cache-control" and b"no-store" in value.lower() for name, value in headers)
+                replayable = not no_store and size <= self.max_bytes
+                kept = StoredResponse(
+                    status,
+                    [(k, v) for k, v in headers if k not in UNSTORED_HEADERS],
+                    b"".join(chunks) if replayable else b"",
+                    replayable,
+                )
+                self.metrics.idempotency.labels("stored" if replayable else "stored_without_body").inc()
+                await idempotency.call(idempotency.store.complete(scope_key, owner, kept, self.ttl_ms))
+            except StoreUnavailable:
+                # Counted and logged by the caller; the lock expires on its own.
+                pass
+
+        async def capture(message: Message) -> None:
+            nonlocal status, headers, size
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
+            elif message["type"] == "http.response.body":
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size <= self.max_bytes:
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    # Kept before the client sees the end, so a retry after the answer always finds it.
+                    await settle()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            if not settled:
+                with contextlib.suppress(StoreUnavailable):
+                    await idempotency.call(idempotency.store.release(scope_key, owner))

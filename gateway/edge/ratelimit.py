@@ -1,0 +1,386 @@
+"""Rate limiting: one atomic check per request against every policy that applies to it.
+
+Algorithm: a sliding-window counter. Each (caller, policy) keeps the count of the current window and
+of the previous one; the estimate of the last `window` seconds is
+
+    previous * (time left in the current window / window) + current
+
+and a request is admitted while estimate + 1 <= limit. Windows are anchored at the caller's first
+request, not at the clock, so a new caller's first burst is never split by a window edge that the
+clock happened to put in its middle.
+
+Error bound: inside one window the count is exact (no more than `limit` are ever admitted in a
+window). Across an edge the previous window's requests are assumed spread evenly; when they in fact
+came at its very end, a trailing span of `window` seconds can hold up to `limit * (1 + t/window)`
+requests, t being how far the current window has run (under 2x in the worst case, typically a
+fraction of a percent). The other way round, when they came at its start, it refuses early by at most
+the same amount.
+
+Every policy of a request is checked and counted in one Lua script (EVALSHA, loaded once), so any
+number of gateway instances share the counts exactly. Keys carry the caller in a hash tag
+(`{t:<tenant>}` or `{a:<address>}`), so on Redis Cluster all of one caller's keys live in one slot and
+the multi-key script stays legal. The time is Redis's own (`TIME`), so gateway clocks do not matter.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from fastapi.routing import APIRoute
+from redis.asyncio import Redis
+from starlette.datastructures import MutableHeaders
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.edge.addresses import ClientAddress
+from gateway.edge.metrics import EdgeMetrics
+from gateway.edge.store import StoreCaller, StoreUnavailable
+from gateway.settings import GatewaySettings, Quota
+from shared.errors import TooManyRequests, problem_response
+from shared.identity import Identity
+
+# KEYS: one per policy. ARGV: cost, then limit and window (ms) per policy.
+# Returns: admitted (1/0), then remaining, reset (ms) and retry-after (ms) per policy.
+SLIDING_WINDOW_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cost = tonumber(ARGV[1])
+local n = #KEYS
+local starts, prevs, curs, ests = {}, {}, {}, {}
+local admitted = 1
+for i = 1, n do
+  local limit = tonumber(ARGV[2 * i])
+  local window = tonumber(ARGV[2 * i + 1])
+  local v = redis.call('HMGET', KEYS[i], 's', 'p', 'c')
+  local s, p, c = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
+  if s == nil then
+    s = now
+    p = 0
+    c = 0
+  end
+  local elapsed = now - s
+  if elapsed >= window then
+    local k = math.floor(elapsed / window)
+    if k == 1 then p = c else p = 0 end
+    c = 0
+    s = s + k * window
+    elapsed = now - s
+  end
+  local est = p * (window - elapsed) / window + c
+  if est + cost > limit then admitted = 0 end
+  starts[i], prevs[i], curs[i], ests[i] = s, p, c, est
+end
+local out = {admitted}
+for i = 1, n do
+  local limit = tonumber(ARGV[2 * i])
+  local window = tonumber(ARGV[2 * i + 1])
+  local s, p, c, est = starts[i], prevs[i], curs[i], ests[i]
+  local elapsed = now - s
+  local retry = 0
+  if est + cost > limit then
+    if c + cost <= limit then
+      retry = (window - elapsed) - (limit - c - cost) * window / p
+    else
+      retry = (window - elapsed) + window - (limit - cost) * window / c
+    end
+    if retry < 1 then retry = 1 end
+  elseif admitted == 1 then
+    c = c + cost
+    est = est + cost
+    redis.call('HSET', KEYS[i], 's', s, 'p', p, 'c', c)
+    redis.call('PEXPIRE', KEYS[i], 2 * window)
+  end
+  local remaining = math.floor(limit - est)
+  if remaining < 0 then remaining = 0 end
+  out[#out + 1] = remaining
+  out[#out + 1] = window - elapsed
+  out[#out + 1] = math.ceil(retry)
+end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A named quota. The name is what clients see in RateLimit-Policy."""
+
+    name: str
+    quota: Quota
+
+    @property
+    def key(self) -> str:
+        return self.name.replace(" ", ":")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    policy: Policy
+    remaining: int
+    reset_ms: int
+    retry_after_ms: int  # 0 unless this policy refused the request
+
+    @property
+    def reset_seconds(self) -> int:
+        return max(0, math.ceil(self.reset_ms / 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    admitted: bool
+    states: tuple[PolicyState, ...]
+
+    @property
+    def tightest(self) -> PolicyState:
+        """The state a client should look at: a refusing policy, else the one with least left."""
+        refusing = [s for s in self.states if s.retry_after_ms]
+        if refusing:
+            return max(refusing, key=lambda s: s.retry_after_ms)
+        return min(self.states, key=lambda s: s.remaining)
+
+
+class RateLimitStore(Protocol):
+    async def hit(self, subject: str, policies: Sequence[Policy], cost: int = 1) -> Verdict:
+        """Checks every policy for `subject` and counts the request in all of them, or in none."""
+
+
+def _verdict(policies: Sequence[Policy], raw: Sequence[int]) -> Verdict:
+    states = tuple(
+        PolicyState(policy, int(raw[1 + 3 * i]), int(raw[2 + 3 * i]), int(raw[3 + 3 * i]))
+        for i, policy in enumerate(policies)
+    )
+    return Verdict(bool(raw[0]), states)
+
+
+class RedisRateLimitStore:
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.prefix = prefix
+        # register_script sends EVALSHA and loads the script only when Redis does not know it yet.
+        self._script = redis.register_script(SLIDING_WINDOW_LUA)
+
+    def key(self, subject: str, policy: Policy) -> str:
+        return f"{self.prefix}rl:{{{subject}}}:{policy.key}"
+
+    async def hit(self, subject: str, policies: Sequence[Policy], cost: int = 1) -> Verdict:
+        args: list[int] = [cost]
+        for policy in policies:
+            args += [policy.quota.limit, policy.quota.window_seconds * 1000]
+        raw = await self._script(keys=[self.key(subject, p) for p in policies], args=args)
+        return _verdict(policies, raw)
+
+
+class MemoryRateLimitStore:
+    """The same algorithm in-process, for a single gateway process without Redis.
+
+    Atomic because nothing awaits between reading and writing a counter on the one event loop.
+    """
+
+    SWEEP_EVERY = 10_000
+
+    def __init__(self) -> None:
+        # (subject, policy key) -> [window start ms, previous count, current count, expires at ms]
+        self._counters: dict[tuple[str, str], list[float]] = {}
+        self._hits = 0
+
+    @staticmethod
+    def now_ms() -> int:
+        # One process, one clock: monotonic, so a wall-clock step cannot reopen or stretch a window.
+        return time.monotonic_ns() // 1_000_000
+
+    async def hit(self, subject: str, policies: Sequence[Policy], cost: int = 1) -> Verdict:
+        now = self.now_ms()
+        self._hits += 1
+        if self._hits % self.SWEEP_EVERY == 0:
+            self._sweep(now)
+        rows: list[tuple[list[float], float]] = []
+        admitted = True
+        for policy in policies:
+            limit, window = policy.quota.limit, policy.quota.window_seconds * 1000
+            state = self._counters.get((subject, policy.key))
+            if state is None or state[3] <= now:
+                state = [now, 0, 0, 0]
+            start, prev, cur = state[0], state[1], state[2]
+            elapsed = now - start
+            if elapsed >= window:
+                k = elapsed // window
+                prev = cur if k == 1 else 0
+                cur = 0
+                start += k * window
+                elapsed = now - start
+            state[:3] = [start, prev, cur]
+            est = prev * (window - elapsed) / window + cur
+            if est + cost > limit:
+                admitted = False
+            rows.append((state, est))
+        raw: list[int] = [int(admitted)]
+        for policy, (state, est) in zip(policies, rows, strict=True):
+            limit, window = policy.quota.limit, policy.quota.window_seconds * 1000
+            start, prev, cur = state[0], state[1], state[2]
+            elapsed = now - start
+            retry = 0.0
+            if est + cost > limit:
+                if cur + cost <= limit:
+                    retry = (window - elapsed) - (limit - cur - cost) * window / prev
+                else:
+                    retry = (window - elapsed) + window - (limit - cost) * window / cur
+                retry = max(retry, 1)
+            elif admitted:
+                state[2] = cur + cost
+                state[3] = now + 2 * window
+                est += cost
+                self._counters[(subject, policy.key)] = state
+            raw += [max(0, math.floor(limit - est)), int(window - elapsed), math.ceil(retry)]
+        return _verdict(policies, raw)
+
+    def _sweep(self, now: int) -> None:
+        for key in [k for k, v in self._counters.items() if v[3] <= now]:
+            del self._counters[key]
+
+
+class RateLimiter:
+    """A store and how to call it (deadline, failure mode); built in the lifespan."""
+
+    def __init__(self, store: RateLimitStore, caller: StoreCaller) -> None:
+        self.store = store
+        self.call = caller
+
+
+class RoutePolicies:
+    """The per-route quotas of the settings, bound to the gateway's routes when the app is built.
+
+    Matching runs before routing (the limit is checked before the route runs), so each policy keeps
+    its route's compiled pattern; a request whose method no route policy names costs one set lookup.
+    """
+
+    def __init__(self, routes: Iterable[BaseRoute], settings: GatewaySettings) -> None:
+        self.entries: list[tuple[APIRoute, str, Policy]] = []
+        api_routes = [r for r in routes if isinstance(r, APIRoute)]
+        for name, quota in settings.rate_limit_routes.items():
+            method, _, path = name.partition(" ")
+            route = next((r for r in api_routes if r.path == path and method in (r.methods or ())), None)
+            if route is None:
+                raise ValueError(f"rate_limit_routes names {name!r}, which is not a route of the gateway")
+            self.entries.append((route, method, Policy(name, quota)))
+        self.methods = frozenset(method for _, method, _ in self.entries)
+
+    def match(self, scope: Scope) -> Policy | None:
+        if scope["method"] not in self.methods:
+            return None
+        path = scope["path"]
+        for route, method, policy in self.entries:
+            if scope["method"] == method and route.path_regex.match(path):
+                return policy
+        return None
+
+
+def _sf_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@functools.cache
+def _policy_header(policies: tuple[Policy, ...]) -> bytes:
+    # The same few policy combinations come back on every request: formatted once each.
+    return ", ".join(f"{_sf_string(p.name)};q={p.quota.limit};w={p.quota.window_seconds}" for p in policies).encode()
+
+
+def rate_limit_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
+    """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers structured fields), and the
+    X-RateLimit-* trio of the tightest policy. Reset values are seconds from now."""
+    current = ", ".join(f"{_sf_string(s.policy.name)};r={s.remaining};t={_reset_for(s)}" for s in verdict.states)
+    tightest = verdict.tightest
+    return [
+        (b"ratelimit-policy", _policy_header(tuple(s.policy for s in verdict.states))),
+        (b"ratelimit", current.encode()),
+        (b"x-ratelimit-limit", str(tightest.policy.quota.limit).encode()),
+        (b"x-ratelimit-remaining", str(tightest.remaining).encode()),
+        (b"x-ratelimit-reset", str(_reset_for(tightest)).encode()),
+    ]
+
+
+def _reset_for(state: PolicyState) -> int:
+    # For a refusing policy, "reset" is when the next request would get through.
+    if state.retry_after_ms:
+        return math.ceil(state.retry_after_ms / 1000)
+    return state.reset_seconds
+
+
+class RateLimitMiddleware:
+    """Counts each request against its caller's plan quota (or the anonymous quota per client address)
+    and its route's quota, answering 429 with Retry-After when one is spent."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: GatewaySettings,
+        routes: RoutePolicies,
+        metrics: EdgeMetrics,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.routes = routes
+        self.metrics = metrics
+        self.exempt = frozenset(settings.rate_limit_exempt_paths)
+        self.client_address = ClientAddress(settings.trusted_proxies)
+        self.anonymous = Policy("anonymous", settings.rate_limit_anonymous)
+        self.plans = {plan: Policy(*settings.plan_quota(plan)) for plan in ("free", "pro", "enterprise")}
+
+    def policies_for(self, scope: Scope, identity: Identity) -> tuple[str, list[Policy]]:
+        if identity.tenant_id is None:
+            subject, policies = f"a:{self.client_address(scope)}", [self.anonymous]
+        else:
+            plan = identity.plan if identity.plan in self.plans else "free"
+            subject, policies = f"t:{identity.tenant_id}", [self.plans[plan]]
+        route = self.routes.match(scope) if self.routes.entries else None
+        if route is not None:
+            policies.append(route)
+        return subject, policies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        state = scope["state"]
+        limiter: RateLimiter = state["rate_limiter"]
+        subject, policies = self.policies_for(scope, state["identity"])
+        try:
+            verdict = await limiter.call(limiter.store.hit(subject, policies))
+        except StoreUnavailable:
+            if limiter.call.fail_open:
+                await self.app(scope, receive, send)
+            else:
+                await problem_response(limiter.call.refusal(), state.get("request_id"))(scope, receive, send)
+            return
+        headers = rate_limit_headers(verdict)
+        if not verdict.admitted:
+            tightest = verdict.tightest
+            self.metrics.rate_limit.labels(tightest.policy.name, "refused").inc()
+            retry_after = math.ceil(tightest.retry_after_ms / 1000)
+            quota = tightest.policy.quota
+            error = TooManyRequests(
+                f"The {tightest.policy.name} quota of {quota.limit} requests per {quota.window_seconds} s is "
+                f"spent; retry in {retry_after} s.",
+                headers={"Retry-After": str(retry_after)},
+                extra={
+                    "policy": tightest.policy.name,
+                    "limit": quota.limit,
+                    "window_seconds": quota.window_seconds,
+                    "retry_after": retry_after,
+                },
+            )
+            response = problem_response(error, state.get("request_id"))
+            response.raw_headers.extend(headers)
+            await response(scope, receive, send)
+            return
+        self.metrics.rate_limit.labels(verdict.tightest.policy.name, "admitted").inc()
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).raw.extend(headers)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,197 @@
+"""What the edge tests share: a private Redis server they may stop, in-process gateways on the real
+services, extra gateway processes, and tenants with tokens."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import redis
+from jose import jwt
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from shared.devstack import Stack, free_port
+from shared.scopes import ALL_SCOPES
+from tests.conftest import INTERNAL_SECRET, JWT_SECRET, ROOT, app_client
+
+PASSWORD = "correct-horse-9"
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, which it may stop, pause and restart: the machine's shared
+    Redis serves other test sessions and is never touched."""
+
+    def __init__(self) -> None:
+        self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not shutil.which(self.binary):
+            raise RuntimeError(
+                "redis-server is not installed; the Redis outage tests need it (apt-get install redis-server)"
+            )
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        """Kills the server at once, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def pause(self) -> None:
+        """The server keeps its connections but answers nothing: a hung Redis."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.resume()
+        server.stop()
+
+
+def gateway_settings(stack: Stack | None, **overrides: Any) -> GatewaySettings:
+    """Settings of an in-process gateway in front of the stack's services."""
+    kwargs: dict[str, Any] = {
+        "environment": "test",
+        "internal_token_secret": INTERNAL_SECRET,
+        "jwt_secret": JWT_SECRET,
+        "access_log": False,
+    }
+    if stack is not None:
+        for service in ("users", "orders", "inventory", "webhooks"):
+            kwargs[f"{service}_url"] = stack.url(service)
+    kwargs.update(overrides)
+    return GatewaySettings(**kwargs)
+
+
+@contextlib.asynccontextmanager
+async def in_process_gateway(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
+    clients = app_client(create_app(settings))
+    try:
+        yield await anext(clients)
+    finally:
+        await clients.aclose()
+
+
+def unique_prefix(base: str) -> str:
+    """A key prefix of one gateway under the session's, so its counters start empty and the session's
+    cleanup still removes them."""
+    return f"{base}{uuid.uuid4().hex[:8]}:"
+
+
+def bearer(plan: str = "pro", tenant_id: str | None = None, scopes: frozenset[str] = ALL_SCOPES) -> dict[str, str]:
+    """Authorization for a caller made up on the spot (a token like the users service issues), for
+    tests where no user behind it needs to exist."""
+    now = int(time.time())
+    claims = {
+        "sub": str(uuid.uuid4()),
+        "tid": tenant_id or str(uuid.uuid4()),
+        "scope": " ".join(sorted(scopes)),
+        "plan": plan,
+        "role": "admin",
+        "iat": now,
+        "exp": now + 600,
+        "iss": "portico",
+    }
+    return {
+        "Authorization": "Bearer " + jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"kid": "portico-1"})
+    }
+
+
+@dataclass
+class Tenant:
+    id: str
+    plan: str
+    admin_id: str
+    email: str
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+async def signup(gateway: httpx.AsyncClient, plan: str = "pro") -> Tenant:
+    email = f"edge-{uuid.uuid4().hex[:12]}@example.com"
+    created = await gateway.post(
+        "/v1/tenants", json={"name": "Edge", "plan": plan, "admin_email": email, "admin_password": PASSWORD}
+    )
+    assert created.status_code == 201, created.text
+    token = await gateway.post("/v1/auth/token", data={"username": email, "password": PASSWORD})
+    assert token.status_code == 200, token.text
+    body = created.json()
+    return Tenant(body["tenant"]["id"], plan, body["user"]["id"], email, token.json()["access_token"])
+
+
+async def login(gateway: httpx.AsyncClient, email: str) -> str:
+    token = await gateway.post("/v1/auth/token", data={"username": email, "password": PASSWORD})
+    assert token.status_code == 200, token.text
+    return str(token.json()["access_token"])
+
+
+@contextlib.contextmanager
+def extra_gateways(stack: Stack, count: int, env: dict[str, str] | None = None) -> Iterator[list[str]]:
+    """`count` more gateway processes in front of the stack's services, sharing its Redis."""
+    started: list[Stack] = []
+    try:
+        for _ in range(count):
+            extra = Stack(
+                ports={**stack.ports, "gateway": free_port()},
+                env=stack.env,
+                env_for={"gateway": env or {}},
+                log_dir=stack.log_dir / f"extra-gateway-{len(started)}" if stack.log_dir else None,
+                cwd=ROOT,
+            )
+            extra.start_one("gateway")
+            started.append(extra)
+        for extra in started:
+            extra.wait_ready(60)
+        yield [extra.url() for extra in started]
+    finally:
+        for extra in started:
+            extra.stop()

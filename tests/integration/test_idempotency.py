@@ -1,0 +1,367 @@
+"""Idempotency: the same contract for the Redis and the in-process store, then the stage in an
+in-process gateway in front of the real services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.app import create_redis
+from gateway.edge.idempotency import (
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+    RedisIdempotencyStore,
+    StoredResponse,
+)
+from tests.edge_support import (
+    PASSWORD,
+    bearer,
+    gateway_settings,
+    in_process_gateway,
+    login,
+    private_redis,
+    signup,
+    unique_prefix,
+)
+
+# ---------------------------------------------------------------- the store contract
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request, infra) -> AsyncIterator[IdempotencyStore]:
+    if request.param == "memory":
+        yield MemoryIdempotencyStore()
+        return
+    client = create_redis(gateway_settings(None, redis_url=infra.redis_url))
+    try:
+        yield RedisIdempotencyStore(client, unique_prefix(infra.redis_prefix))
+    finally:
+        await client.aclose()
+
+
+RESPONSE = StoredResponse(
+    201, [(b"content-type", b"application/json"), (b"location", b"/v1/x/1")], b'{"id":"1"}\x00\xff', True
+)
+
+
+async def test_a_claim_locks_with_its_fingerprint(store):
+    assert (await store.claim("{t:a}:k", "fp1", "owner-1", 30_000)).outcome == "acquired"
+    assert (await store.claim("{t:a}:k", "fp1", "owner-2", 30_000)).outcome == "in_flight"
+    assert (await store.claim("{t:a}:k", "fp2", "owner-2", 30_000)).outcome == "mismatch"
+    # The owner asking again (a retried store call) still holds it.
+    assert (await store.claim("{t:a}:k", "fp1", "owner-1", 30_000)).outcome == "acquired"
+    # Another key, or the same key of another tenant, is free.
+    assert (await store.claim("{t:a}:other", "fp1", "owner-2", 30_000)).outcome == "acquired"
+    assert (await store.claim("{t:b}:k", "fp1", "owner-2", 30_000)).outcome == "acquired"
+
+
+async def test_a_completed_request_is_replayed_byte_for_byte(store):
+    await store.claim("{t:a}:done", "fp", "owner", 30_000)
+    assert await store.complete("{t:a}:done", "owner", RESPONSE, 60_000)
+    claim = await store.claim("{t:a}:done", "fp", "someone-else", 30_000)
+    assert claim.outcome == "done"
+    assert claim.response == RESPONSE
+    assert (await store.claim("{t:a}:done", "fp-other", "someone-else", 30_000)).outcome == "mismatch"
+
+
+async def test_an_outcome_without_body_is_kept_as_such(store):
+    await store.claim("{t:a}:secret", "fp", "owner", 30_000)
+    kept = StoredResponse(201, [(b"cache-control", b"no-store")], b"", False)
+    assert await store.complete("{t:a}:secret", "owner", kept, 60_000)
+    claim = await store.claim("{t:a}:secret", "fp", "other", 30_000)
+    assert claim.outcome == "done"
+    assert claim.response is not None
+    assert not claim.response.replayable
+
+
+async def test_only_the_owner_completes_or_releases(store):
+    await store.claim("{t:a}:own", "fp", "owner", 30_000)
+    assert not await store.complete("{t:a}:own", "intruder", RESPONSE, 60_000)
+    await store.release("{t:a}:own", "intruder")
+    assert (await store.claim("{t:a}:own", "fp", "other", 30_000)).outcome == "in_flight"
+    await store.release("{t:a}:own", "owner")
+    assert (await store.claim("{t:a}:own", "fp", "other", 30_000)).outcome == "acquired"
+    # A done record is never released.
+    await store.complete("{t:a}:own", "other", RESPONSE, 60_000)
+    await store.release("{t:a}:own", "other")
+    assert (await store.claim("{t:a}:own", "fp", "third", 30_000)).outcome == "done"
+
+
+async def test_a_crashed_owners_lock_expires_and_records_expire(store):
+    await store.claim("{t:a}:crash", "fp", "crashed", 300)
+    assert (await store.claim("{t:a}:crash", "fp", "retry", 300)).outcome == "in_flight"
+    await asyncio.sleep(0.4)
+    assert (await store.claim("{t:a}:crash", "fp", "retry", 30_000)).outcome == "acquired"
+    # The crashed owner cannot complete what is no longer its own.
+    assert not await store.complete("{t:a}:crash", "crashed", RESPONSE, 60_000)
+    assert await store.complete("{t:a}:crash", "retry", RESPONSE, 300)
+    await asyncio.sleep(0.4)
+    assert (await store.claim("{t:a}:crash", "fp2", "later", 30_000)).outcome == "acquired"
+
+
+async def test_redis_records_are_prefixed_and_hash_tagged(infra):
+    client = Redis.from_url(infra.redis_url)
+    prefix = unique_prefix(infra.redis_prefix)
+    try:
+        store = RedisIdempotencyStore(client, prefix)
+        await store.claim("{t:tenant-9}:abc", "fp", "owner", 30_000)
+        keys = [k.decode() async for k in client.scan_iter(match=prefix + "*")]
+        assert keys == [f"{prefix}idem:{{t:tenant-9}}:abc"]
+        assert 0 < await client.pttl(keys[0]) <= 30_000
+    finally:
+        await client.aclose()
+
+
+# ---------------------------------------------------------------- the stage in a gateway
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request, infra) -> dict:
+    if request.param == "memory":
+        return {}
+    return {"redis_url": infra.redis_url, "redis_key_prefix": unique_prefix(infra.redis_prefix)}
+
+
+def new_user() -> dict:
+    return {"email": f"idem-{uuid.uuid4().hex[:12]}@example.com", "password": PASSWORD, "role": "member"}
+
+
+async def test_a_repeat_is_replayed_and_creates_nothing(stack, backend):
+    async with in_process_gateway(gateway_settings(stack, **backend)) as gateway:
+        admin = await signup(gateway)
+        body = new_user()
+        headers = {**admin.auth, "Idempotency-Key": "create-user-1"}
+        first = await gateway.post("/v1/users", json=body, headers=headers)
+        assert first.status_code == 201, first.text
+        assert "idempotent-replayed" not in first.headers
+        second = await gateway.post("/v1/users", json=body, headers=headers)
+        assert second.status_code == 201
+        assert second.headers["idempotent-replayed"] == "true"
+        assert second.content == first.content
+        assert second.headers["content-type"] == first.headers["content-type"]
+        assert second.headers["x-request-id"] != first.headers["x-request-id"]
+        # Without the key, the same body really runs again: the email is taken by the first.
+        fresh = await gateway.post("/v1/users", json=body, headers=admin.auth)
+        assert fresh.status_code == 409
+
+
+async def test_the_same_key_for_another_request_is_422(stack, backend):
+    async with in_process_gateway(gateway_settings(stack, **backend)) as gateway:
+        admin = await signup(gateway)
+        headers = {**admin.auth, "Idempotency-Key": "key-reuse"}
+        assert (await gateway.post("/v1/users", json=new_user(), headers=headers)).status_code == 201
+        other = await gateway.post("/v1/users", json=new_user(), headers=headers)
+        assert other.status_code == 422
+        assert other.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
+        # Scoped to method + path and tenant: the key is free elsewhere.
+        key = await gateway.post("/v1/api-keys", json={"name": "k", "scopes": ["orders:read"]}, headers=headers)
+        assert key.status_code == 201
+        stranger = await signup(gateway)
+        elsewhere = await gateway.post(
+            "/v1/users", json=new_user(), headers={**stranger.auth, "Idempotency-Key": "key-reuse"}
+        )
+        assert elsewhere.status_code == 201
+        assert "idempotent-replayed" not in elsewhere.headers
+
+
+async def test_concurrent_repeats_run_once(stack, backend):
+    async with in_process_gateway(gateway_settings(stack, **backend)) as gateway:
+        admin = await signup(gateway)
+        body = new_user()
+        headers = {**admin.auth, "Idempotency-Key": str(uuid.uuid4())}
+        answers = await asyncio.gather(*(gateway.post("/v1/users", json=body, headers=headers) for _ in range(20)))
+        created = [a for a in answers if a.status_code == 201]
+        assert {a.status_code for a in answers} <= {201, 409}
+        assert len([a for a in created if "idempotent-replayed" not in a.headers]) == 1
+        assert len({a.json()["id"] for a in created}) == 1
+        for conflict in (a for a in answers if a.status_code == 409):
+            assert conflict.json()["error_code"] == "IDEMPOTENCY_KEY_IN_USE"
+            assert conflict.headers["retry-after"] == "1"
+        # Exactly one user: the password works and no second account exists.
+        assert await login(gateway, body["email"])
+
+
+async def test_a_refusal_about_the_caller_is_not_stored(stack, backend):
+    async with in_process_gateway(gateway_settings(stack, **backend)) as gateway:
+        admin = await signup(gateway)
+        member_body = new_user()
+        assert (await gateway.post("/v1/users", json=member_body, headers=admin.auth)).status_code == 201
+        member = {"Authorization": f"Bearer {await login(gateway, member_body['email'])}"}
+        body = new_user()
+        key = {"Idempotency-Key": "refused-first"}
+        # A member may not create users: 403, not kept, so the admin's identical request runs.
+        assert (await gateway.post("/v1/users", json=body, headers={**key, **member})).status_code == 403
+        created = await gateway.post("/v1/users", json=body, headers={**key, **admin.auth})
+        assert created.status_code == 201
+        assert "idempotent-replayed" not in created.headers
+
+
+async def test_auth_failures_and_429s_never_reach_the_store(stack, infra):
+    prefix = unique_prefix(infra.redis_prefix)
+    settings = gateway_settings(stack, redis_url=infra.redis_url, redis_key_prefix=prefix, rate_limit_pro="1/60s")
+    async with in_process_gateway(settings) as gateway:
+        admin = await signup(gateway)
+        key = {"Idempotency-Key": "never-kept"}
+        unauthorized = await gateway.post("/v1/users", json=new_user(), headers={**key, "Authorization": "Bearer x"})
+        assert unauthorized.status_code == 401
+        assert (await gateway.get("/v1/users/me", headers=admin.auth)).status_code == 200
+        limited = await gateway.post("/v1/users", json=new_user(), headers={**key, **admin.auth})
+        assert limited.status_code == 429
+    client = Redis.from_url(infra.redis_url)
+    try:
+        assert [k async for k in client.scan_iter(match=prefix + "idem:*")] == []
+    finally:
+        await client.aclose()
+
+
+async def test_an_answer_with_a_secret_is_done_once_and_not_kept(stack, infra):
+    prefix = unique_prefix(infra.redis_prefix)
+    settings = gateway_settings(stack, redis_url=infra.redis_url, redis_key_prefix=prefix)
+    async with in_process_gateway(settings) as gateway:
+        admin = await signup(gateway)
+        headers = {**admin.auth, "Idempotency-Key": "new-key"}
+        body = {"name": "ci", "scopes": ["orders:read"]}
+        first = await gateway.post("/v1/api-keys", json=body, headers=headers)
+        assert first.status_code == 201
+        raw = first.json()["api_key"]
+        again = await gateway.post("/v1/api-keys", json=body, headers=headers)
+        assert again.status_code == 409
+        assert again.json()["error_code"] == "IDEMPOTENT_RESPONSE_NOT_STORED"
+        listed = await gateway.get("/v1/api-keys", headers=admin.auth)
+        assert len(listed.json()["items"]) == 1
+    client = Redis.from_url(infra.redis_url)
+    try:
+        for key in [k async for k in client.scan_iter(match=prefix + "idem:*")]:
+            record = await client.hgetall(key)
+            assert raw.encode() not in b"".join(record.values())
+    finally:
+        await client.aclose()
+
+
+async def test_bad_keys_are_400_and_anonymous_requests_pass_through(stack):
+    async with in_process_gateway(gateway_settings(stack)) as gateway:
+        admin = await signup(gateway)
+        for bad in ("", "x" * 256, "tab\there", "é"):
+            response = await gateway.post(
+                "/v1/users", json=new_user(), headers={**admin.auth, "Idempotency-Key": bad.encode("utf-8")}
+            )
+            assert response.status_code == 400, bad
+            assert response.json()["error_code"] == "INVALID_IDEMPOTENCY_KEY"
+        tenant = {"name": "Anon", "plan": "free", "admin_email": new_user()["email"], "admin_password": PASSWORD}
+        key = {"Idempotency-Key": "anonymous"}
+        assert (await gateway.post("/v1/tenants", json=tenant, headers=key)).status_code == 201
+        # No tenant to scope the key to: the request runs again (and the email is taken).
+        assert (await gateway.post("/v1/tenants", json=tenant, headers=key)).status_code == 409
+        # Only POST, PUT and PATCH are concerned.
+        me = await gateway.get("/v1/users/me", headers={**admin.auth, "Idempotency-Key": "\t"})
+        assert me.status_code == 200
+
+
+async def test_an_oversized_body_is_413_before_a_key_is_taken(stack, infra):
+    prefix = unique_prefix(infra.redis_prefix)
+    settings = gateway_settings(stack, redis_url=infra.redis_url, redis_key_prefix=prefix, max_body_bytes=1000)
+    async with in_process_gateway(settings) as gateway:
+        admin = await signup(gateway)
+
+        async def chunks():
+            for _ in range(10):
+                yield b"x" * 200
+
+        response = await gateway.post(
+            "/v1/users",
+            content=chunks(),
+            headers={**admin.auth, "Idempotency-Key": "big", "content-type": "application/json"},
+        )
+        assert response.status_code == 413
+        assert response.json()["error_code"] == "PAYLOAD_TOO_LARGE"
+    client = Redis.from_url(infra.redis_url)
+    try:
+        assert [k async for k in client.scan_iter(match=prefix + "idem:*")] == []
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def recording_service() -> AsyncIterator[tuple[int, list[bytes]]]:
+    """A real HTTP server standing in for the users service that records what it receives."""
+    received: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")),
+            0,
+        )
+        await reader.readexactly(length)
+        received.append(head)
+        body = b'{"id":"u1","email":"a@example.com","role":"member","tenant_id":"t"}'
+        writer.write(
+            b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], received
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_key_is_forwarded_to_the_service():
+    async with recording_service() as (port, received):
+        settings = gateway_settings(None, users_url=f"http://127.0.0.1:{port}")
+        async with in_process_gateway(settings) as gateway:
+            headers = {**bearer("pro"), "Idempotency-Key": "forward-me"}
+            user = new_user()
+            first = await gateway.post("/v1/users", json=user, headers=headers)
+            assert first.status_code == 201
+            replay = await gateway.post("/v1/users", json=user, headers=headers)
+            assert replay.headers["idempotent-replayed"] == "true"
+    assert len(received) == 1
+    assert b"idempotency-key: forward-me" in received[0].lower()
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+async def test_a_store_outage_follows_the_failure_mode(stack, mode):
+    with private_redis() as server:
+        settings = gateway_settings(
+            stack,
+            redis_url=server.url,
+            redis_timeout_seconds=0.5,
+            rate_limit_enabled=False,
+            idempotency_failure_mode=mode,
+        )
+        async with in_process_gateway(settings) as gateway:
+            admin = await signup(gateway)
+            server.stop()
+            response = await gateway.post(
+                "/v1/users", json=new_user(), headers={**admin.auth, "Idempotency-Key": "outage"}
+            )
+            if mode == "open":
+                assert response.status_code == 201
+            else:
+                assert response.status_code == 503
+                assert response.json()["error_code"] == "EDGE_STORE_UNAVAILABLE"
+                assert response.json()["stage"] == "idempotency"
+            # Requests without a key do not need the store.
+            assert (await gateway.get("/v1/users/me", headers=admin.auth)).status_code == 200
+            server.start()
+            body = new_user()
+            headers = {**admin.auth, "Idempotency-Key": "after"}
+            deadline = asyncio.get_running_loop().time() + 5
+            while (first := await gateway.post("/v1/users", json=body, headers=headers)).status_code == 503:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.1)
+            assert first.status_code == 201
+            replay = await gateway.post("/v1/users", json=body, headers=headers)
+            assert replay.headers["idempotent-replayed"] == "true"

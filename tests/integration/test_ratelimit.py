@@ -1,0 +1,310 @@
+"""Rate limiting: the same contract for the Redis and the in-process store, then the stage in an
+in-process gateway in front of the real services: headers, 429s, policies, and Redis failing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from gateway.app import create_app, create_redis
+from gateway.edge.ratelimit import MemoryRateLimitStore, Policy, RateLimitStore, RedisRateLimitStore
+from gateway.settings import Quota
+from tests.edge_support import bearer, gateway_settings, in_process_gateway, private_redis, signup, unique_prefix
+
+# ---------------------------------------------------------------- the store contract
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request, infra) -> AsyncIterator[RateLimitStore]:
+    if request.param == "memory":
+        yield MemoryRateLimitStore()
+        return
+    # The gateway's own client: its pool and timeouts.
+    client = create_redis(gateway_settings(None, redis_url=infra.redis_url))
+    try:
+        yield RedisRateLimitStore(client, unique_prefix(infra.redis_prefix))
+    finally:
+        await client.aclose()
+
+
+def policy(limit: int, window: int = 60, name: str = "p") -> Policy:
+    return Policy(name, Quota(limit, window))
+
+
+async def test_concurrent_hits_admit_exactly_the_limit(store):
+    quota = policy(100)
+    verdicts = await asyncio.gather(*(store.hit("t:exact", [quota]) for _ in range(300)))
+    admitted = [v for v in verdicts if v.admitted]
+    assert len(admitted) == 100
+    assert sorted(v.states[0].remaining for v in admitted) == list(range(100))
+    refused = [v for v in verdicts if not v.admitted]
+    assert all(v.states[0].remaining == 0 for v in refused)
+    assert all(v.states[0].retry_after_ms > 0 for v in refused)
+
+
+async def test_every_policy_counts_or_none_does(store):
+    wide, narrow = policy(5, name="wide"), policy(3, name="narrow")
+    results = [await store.hit("t:both", [wide, narrow]) for _ in range(5)]
+    assert [r.admitted for r in results] == [True, True, True, False, False]
+    refused = results[-1]
+    assert refused.tightest.policy == narrow
+    assert refused.states[0].retry_after_ms == 0  # the wide policy did not refuse
+    # Refused requests were not counted against the wide policy: 3 of 5 used, 2 left.
+    alone = await store.hit("t:both", [wide])
+    assert alone.admitted
+    assert alone.states[0].remaining == 1
+
+
+async def test_callers_and_policies_are_counted_apart(store):
+    one = policy(1)
+    assert (await store.hit("t:a", [one])).admitted
+    assert not (await store.hit("t:a", [one])).admitted
+    assert (await store.hit("t:b", [one])).admitted
+    assert (await store.hit("t:a", [policy(1, name="other")])).admitted
+
+
+async def test_the_window_slides_and_retry_after_is_right(store):
+    quota = policy(4, window=1)
+    first = [await store.hit("t:slide", [quota]) for _ in range(4)]
+    assert all(v.admitted for v in first)
+    assert 0 < first[-1].states[0].reset_ms <= 1000
+    refused = await store.hit("t:slide", [quota])
+    assert not refused.admitted
+    # All four are in the current window: the next one gets through once that window has ended and
+    # enough of it has slid out: after (window - elapsed) + window * (1 - (limit - 1) / count).
+    assert 1000 < refused.states[0].retry_after_ms <= 1250 + 50
+
+    await asyncio.sleep(1.05)
+    # The previous window still weighs almost fully: refused, with a shorter wait.
+    again = await store.hit("t:slide", [quota])
+    assert not again.admitted
+    wait = again.states[0].retry_after_ms
+    assert 0 < wait <= 300
+    await asyncio.sleep(wait / 1000 + 0.05)
+    assert (await store.hit("t:slide", [quota])).admitted
+
+    await asyncio.sleep(2.1)
+    # Two windows of silence: the full quota is back.
+    assert all([(await store.hit("t:slide", [quota])).admitted for _ in range(4)])
+
+
+async def test_redis_keys_are_prefixed_hash_tagged_and_expire(infra):
+    client = Redis.from_url(infra.redis_url)
+    prefix = unique_prefix(infra.redis_prefix)
+    try:
+        store = RedisRateLimitStore(client, prefix)
+        await store.hit("t:tenant-1", [policy(10, 30, "pro"), policy(5, 30, "GET /v1/users/me")])
+        keys = sorted([k.decode() async for k in client.scan_iter(match=prefix + "*")])
+        assert keys == [f"{prefix}rl:{{t:tenant-1}}:GET:/v1/users/me", f"{prefix}rl:{{t:tenant-1}}:pro"]
+        for key in keys:
+            assert 0 < await client.pttl(key) <= 60_000
+    finally:
+        await client.aclose()
+
+
+async def test_the_script_is_loaded_once_then_called_by_its_digest():
+    with private_redis() as server:
+        client = Redis.from_url(server.url)
+        try:
+            store = RedisRateLimitStore(client, "p:")
+            for _ in range(20):
+                await store.hit("t:x", [policy(100)])
+            stats = await client.info("commandstats")
+        finally:
+            await client.aclose()
+    assert stats["cmdstat_evalsha"]["calls"] >= 20
+    assert "cmdstat_eval" not in stats
+    # One failed EVALSHA (unknown script), one SCRIPT LOAD, then EVALSHA only.
+    assert stats["cmdstat_script|load"]["calls"] == 1
+
+
+# ---------------------------------------------------------------- the stage in a gateway
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request, infra) -> dict:
+    """Settings that pick the store: none (in-process) or the session's Redis under a fresh prefix."""
+    if request.param == "memory":
+        return {}
+    return {"redis_url": infra.redis_url, "redis_key_prefix": unique_prefix(infra.redis_prefix)}
+
+
+async def test_answers_carry_the_draft_headers(stack, backend):
+    async with in_process_gateway(gateway_settings(stack, **backend)) as gateway:
+        tenant = await signup(gateway, plan="pro")
+        me = await gateway.get("/v1/users/me", headers=tenant.auth)
+        assert me.status_code == 200, me.text
+        assert me.headers["ratelimit-policy"] == '"pro";q=1000;w=60'
+        assert me.headers["ratelimit"] == '"pro";r=999;t=60'
+        assert me.headers["x-ratelimit-limit"] == "1000"
+        assert me.headers["x-ratelimit-remaining"] == "999"
+        assert me.headers["x-ratelimit-reset"] == "60"
+        again = await gateway.get("/v1/users/me", headers=tenant.auth)
+        assert again.headers["x-ratelimit-remaining"] == "998"
+        # Errors count and carry the headers too.
+        missing = await gateway.get(f"/v1/users/{uuid.uuid4()}", headers=tenant.auth)
+        assert missing.status_code == 404
+        assert missing.headers["x-ratelimit-remaining"] == "997"
+
+
+async def test_a_spent_quota_is_429_quota_exceeded_with_retry_after(stack, backend):
+    settings = gateway_settings(stack, rate_limit_free="3/60s", **backend)
+    async with in_process_gateway(settings) as gateway:
+        tenant = await signup(gateway, plan="free")
+        answers = [await gateway.get("/v1/users/me", headers=tenant.auth) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        refused = answers[-1]
+        assert refused.headers["content-type"] == "application/problem+json"
+        problem = refused.json()
+        assert problem["type"] == "https://portico.dev/problems/quota-exceeded"
+        assert problem["status"] == 429
+        assert problem["error_code"] == "RATE_LIMITED"
+        assert problem["policy"] == "free"
+        assert problem["limit"] == 3
+        assert problem["window_seconds"] == 60
+        assert problem["request_id"] == refused.headers["x-request-id"]
+        retry_after = int(refused.headers["retry-after"])
+        assert 60 <= retry_after <= 120
+        assert problem["retry_after"] == retry_after
+        assert refused.headers["x-ratelimit-remaining"] == "0"
+        assert refused.headers["ratelimit"] == f'"free";r=0;t={retry_after}'
+        # Another tenant is not affected.
+        other = await signup(gateway, plan="free")
+        assert (await gateway.get("/v1/users/me", headers=other.auth)).status_code == 200
+
+
+async def test_quotas_follow_the_plan(stack, backend):
+    settings = gateway_settings(
+        stack, rate_limit_free="2/60s", rate_limit_pro="3/60s", rate_limit_enterprise="4/60s", **backend
+    )
+    async with in_process_gateway(settings) as gateway:
+        for plan, limit in (("free", 2), ("pro", 3), ("enterprise", 4), ("gold", 2)):
+            headers = bearer(plan)
+            codes = [(await gateway.get("/v1/nothing-here", headers=headers)).status_code for _ in range(limit + 1)]
+            assert codes == [404] * limit + [429], plan
+
+
+async def test_anonymous_callers_are_limited_per_client_address(stack, backend):
+    settings = gateway_settings(stack, rate_limit_anonymous="2/60s", trusted_proxies=["127.0.0.1"], **backend)
+    async with in_process_gateway(settings) as gateway:
+        codes = [(await gateway.get("/v1/users/me")).status_code for _ in range(3)]
+        assert codes == [401, 401, 429]
+        refused = await gateway.get("/v1/users/me")
+        assert refused.json()["policy"] == "anonymous"
+        # Behind a trusted proxy, the address the proxy saw is the client.
+        forwarded = {"X-Forwarded-For": "198.51.100.7"}
+        assert (await gateway.get("/v1/users/me", headers=forwarded)).status_code == 401
+        # The left-most entries are the client's own words and are not believed.
+        spoofed = {"X-Forwarded-For": "203.0.113.1, 198.51.100.7"}
+        assert (await gateway.get("/v1/users/me", headers=spoofed)).status_code == 401
+        assert (await gateway.get("/v1/users/me", headers=spoofed)).status_code == 429
+        # Probes and scrapes are never limited.
+        for path in ("/health/live", "/metrics", "/health/live"):
+            assert (await gateway.get(path)).status_code == 200
+
+
+async def test_route_policies_count_on_top_of_the_plan(stack, backend):
+    settings = gateway_settings(stack, rate_limit_routes={"GET /v1/users/me": "2/60s"}, **backend)
+    async with in_process_gateway(settings) as gateway:
+        tenant = await signup(gateway, plan="pro")
+        first = await gateway.get("/v1/users/me", headers=tenant.auth)
+        assert first.headers["ratelimit-policy"] == '"pro";q=1000;w=60, "GET /v1/users/me";q=2;w=60'
+        assert first.headers["ratelimit"] == '"pro";r=999;t=60, "GET /v1/users/me";r=1;t=60'
+        # The X- headers describe the tightest policy.
+        assert first.headers["x-ratelimit-limit"] == "2"
+        assert first.headers["x-ratelimit-remaining"] == "1"
+        assert (await gateway.get("/v1/users/me", headers=tenant.auth)).status_code == 200
+        refused = await gateway.get("/v1/users/me", headers=tenant.auth)
+        assert refused.status_code == 429
+        assert refused.json()["policy"] == "GET /v1/users/me"
+        # Other routes still work and the refused request did not use the plan's quota.
+        other = await gateway.get(f"/v1/users/{tenant.admin_id}", headers=tenant.auth)
+        assert other.status_code == 200
+        assert other.headers["ratelimit"] == '"pro";r=997;t=60'
+
+
+def test_a_route_policy_for_a_route_that_does_not_exist_stops_the_start():
+    with pytest.raises(ValueError, match="not a route"):
+        create_app(gateway_settings(None, rate_limit_routes={"GET /v1/nope": "1/60s"}))
+    with pytest.raises(ValueError, match="quota"):
+        gateway_settings(None, rate_limit_pro="lots")
+
+
+# ---------------------------------------------------------------- Redis failing
+
+
+async def store_errors(gateway: httpx.AsyncClient) -> float:
+    metrics = (await gateway.get("/metrics")).text
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("gateway_store_errors_total{") and 'stage="rate_limit"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+async def test_redis_down_follows_the_failure_mode_within_the_timeout_and_recovers(stack, mode):
+    with private_redis() as server:
+        settings = gateway_settings(
+            stack,
+            redis_url=server.url,
+            redis_timeout_seconds=0.5,
+            rate_limit_failure_mode=mode,
+            idempotency_enabled=False,
+        )
+        async with in_process_gateway(settings) as gateway:
+            headers = bearer("pro")
+            up = await gateway.get("/v1/nothing-here", headers=headers)
+            assert up.status_code == 404
+            assert up.headers["x-ratelimit-remaining"] == "999"
+
+            server.stop()
+            for _ in range(3):
+                started = time.monotonic()
+                down = await gateway.get("/v1/nothing-here", headers=headers)
+                assert time.monotonic() - started < 1.5
+                assert "x-ratelimit-remaining" not in down.headers
+                if mode == "open":
+                    assert down.status_code == 404
+                else:
+                    assert down.status_code == 503
+                    assert down.json()["error_code"] == "EDGE_STORE_UNAVAILABLE"
+                    assert down.json()["stage"] == "rate_limit"
+                    assert down.headers["retry-after"] == "1"
+            assert await store_errors(gateway) >= 3
+
+            server.start()  # an empty Redis on the same port: counters start over
+            deadline = time.monotonic() + 5
+            while True:
+                back = await gateway.get("/v1/nothing-here", headers=headers)
+                if back.status_code == 404 and "x-ratelimit-remaining" in back.headers:
+                    break
+                assert time.monotonic() < deadline, back.text
+                await asyncio.sleep(0.1)
+
+
+async def test_a_hung_redis_costs_at_most_the_timeout(stack):
+    with private_redis() as server:
+        settings = gateway_settings(stack, redis_url=server.url, redis_timeout_seconds=0.3)
+        async with in_process_gateway(settings) as gateway:
+            headers = bearer("pro")
+            assert "x-ratelimit-limit" in (await gateway.get("/v1/nothing-here", headers=headers)).headers
+            server.pause()
+            try:
+                started = time.monotonic()
+                answers = await asyncio.gather(*(gateway.get("/v1/nothing-here", headers=headers) for _ in range(10)))
+                elapsed = time.monotonic() - started
+            finally:
+                server.resume()
+            assert [a.status_code for a in answers] == [404] * 10
+            assert elapsed < 1.5
+            assert await store_errors(gateway) >= 10
+            await asyncio.sleep(0.1)
+            recovered = await gateway.get("/v1/nothing-here", headers=headers)
+            assert "x-ratelimit-limit" in recovered.headers
