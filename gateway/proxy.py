@@ -27,6 +27,8 @@ FORWARD_RESPONSE_HEADERS = frozenset(
         "deprecation",
         "sunset",
         "x-aggregate-complete",
+        # The orders service replays a keyed write itself when the gateway's store no longer has it.
+        "idempotent-replayed",
     }
 )
 

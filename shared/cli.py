@@ -42,4 +42,5 @@ def run_cli(
         access_log=False,
         proxy_headers=False,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.server_keep_alive_seconds,
     )

@@ -24,6 +24,7 @@ def create_http_client(settings: BaseServiceSettings, tracer_provider: TracerPro
     limits = httpx.Limits(
         max_connections=settings.http_max_connections,
         max_keepalive_connections=settings.http_max_keepalive,
+        keepalive_expiry=settings.http_keepalive_expiry_seconds,
     )
     inner: httpx.AsyncBaseTransport
     if settings.http_transport == "aiohttp":

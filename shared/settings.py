@@ -62,6 +62,17 @@ class BaseServiceSettings(BaseSettings):
     http_max_keepalive: int = Field(default=100, ge=0)
     http_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     http_timeout_seconds: float = Field(default=10.0, gt=0)
+    # An idle pooled connection is dropped by the client well before the server would close it, so
+    # a request never goes out on a connection the server is closing at that moment.
+    http_keepalive_expiry_seconds: float = Field(default=15.0, gt=0)
+    # How long this process's server keeps an idle connection open (uvicorn's default is 5 s).
+    server_keep_alive_seconds: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _client_idles_out_first(self) -> BaseServiceSettings:
+        if self.http_keepalive_expiry_seconds >= self.server_keep_alive_seconds:
+            raise ValueError("http_keepalive_expiry_seconds must be below server_keep_alive_seconds")
+        return self
 
     @property
     def is_production(self) -> bool:

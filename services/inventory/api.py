@@ -28,7 +28,7 @@ from shared.pagination import DEFAULT_LIMIT, Cursor, CursorQuery, LimitQuery, Pa
 router = APIRouter()
 
 
-def get_repo(session: SessionDep) -> InventoryRepository:
+async def get_repo(session: SessionDep) -> InventoryRepository:
     return InventoryRepository(session)
 
 

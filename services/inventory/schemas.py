@@ -5,6 +5,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.text import PLAIN_TEXT_PATTERN
+
 # Bounds keep every sum (line totals, order totals, stock) far inside a 64-bit integer.
 MAX_PRICE_CENTS = 10_000_000_000
 MAX_STOCK = 1_000_000_000
@@ -15,8 +17,6 @@ MAX_ITEMS = 100
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"
 # Ids the service hands out are UUIDs; anything longer than a column can hold is refused up front.
 RESOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-# Free text without control characters (PostgreSQL cannot store NUL, and none belongs in a name).
-PLAIN_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 
 # Integers are strict: "5", 5.0 and true are refused rather than quietly converted.
 Sku = Annotated[str, Field(pattern=SKU_PATTERN, examples=["TSHIRT-BLUE-M"])]

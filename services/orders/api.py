@@ -36,11 +36,11 @@ router = APIRouter()
 JSON = "application/json"
 
 
-def get_repo(session: SessionDep) -> OrderRepository:
+async def get_repo(session: SessionDep) -> OrderRepository:
     return OrderRepository(session)
 
 
-def get_context(request: Request) -> OrdersContext:
+async def get_context(request: Request) -> OrdersContext:
     ctx: OrdersContext = request.state.orders
     return ctx
 

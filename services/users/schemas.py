@@ -7,6 +7,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
 
 from shared.apikeys import KEY_HASH_RE
 from shared.scopes import ALL_SCOPES, Plan, Role
+from shared.text import PLAIN_TEXT_PATTERN
 
 MAX_ROTATION_GRACE_SECONDS = 30 * 86400
 
@@ -14,7 +15,7 @@ MAX_ROTATION_GRACE_SECONDS = 30 * 86400
 class TenantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN)
     plan: Plan = "free"
     admin_email: EmailStr
     admin_password: str = Field(min_length=8, max_length=128)
@@ -67,7 +68,7 @@ def _known_scopes(scopes: list[str]) -> list[str]:
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT_PATTERN)
     scopes: Annotated[list[str], AfterValidator(_known_scopes)] = Field(min_length=1, max_length=len(ALL_SCOPES))
 
 

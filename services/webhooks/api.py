@@ -18,11 +18,11 @@ from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
 router = APIRouter(prefix="/endpoints")
 
 
-def get_repo(session: SessionDep) -> EndpointRepository:
+async def get_repo(session: SessionDep) -> EndpointRepository:
     return EndpointRepository(session)
 
 
-def get_settings(request: Request) -> WebhooksSettings:
+async def get_settings(request: Request) -> WebhooksSettings:
     settings: WebhooksSettings = request.state.settings
     return settings
 

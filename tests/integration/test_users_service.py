@@ -185,6 +185,7 @@ async def test_identity_for_another_service_or_signed_with_another_secret_is_ref
         ({"name": "A", "plan": "free", "admin_email": "a@example.com", "admin_password": "short"}, "admin_password"),
         ({"plan": "free", "admin_email": "a@example.com", "admin_password": "long-enough"}, "name"),
         ({"name": 5, "plan": "free", "admin_email": "a@example.com", "admin_password": "long-enough"}, "name"),
+        ({"name": "A\x00B", "plan": "free", "admin_email": "a@example.com", "admin_password": "long-enough"}, "name"),
     ],
 )
 async def test_invalid_bodies_are_422_naming_the_field(users_client, signer, body, field):
