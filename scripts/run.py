@@ -29,12 +29,17 @@ Try it (copy and paste):
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -s $GW/v1/users/me -H "Authorization: Bearer $TOKEN"
 
+The README's walkthrough goes on from here: products, orders, idempotent replays, webhooks, API
+keys and rate limits. Loopback webhook URLs are allowed for this demo (WEBHOOKS_ALLOW_PRIVATE_URLS).
+
 Ctrl-C stops everything.
 """
 
 
 def main() -> int:
-    stack = Stack(log_dir=ROOT / "var" / "log", cwd=ROOT, env={"PYTHONUNBUFFERED": "1"})
+    # A local demo: webhook endpoints on this machine (a receiver on localhost) are allowed.
+    env = {"PYTHONUNBUFFERED": "1", "WEBHOOKS_ALLOW_PRIVATE_URLS": "true"}
+    stack = Stack(log_dir=ROOT / "var" / "log", cwd=ROOT, env=env)
     print("migrating the embedded SQLite databases in ./var ...", flush=True)
     stack.migrate()
     print("starting gateway, users, orders, inventory, webhooks ...", flush=True)
