@@ -147,6 +147,10 @@ async def test_health_and_metrics(gateway, stack):
             assert "http_requests_total" in (await client.get("/metrics")).text
 
 
+def is_redis(span) -> bool:
+    return span.attributes.get("db.system") == "redis" or span.attributes.get("db.system.name") == "redis"
+
+
 async def test_one_trace_through_gateway_users_and_sql(gateway, otlp):
     _, token = await signup(gateway)
     trace_id = os.urandom(16).hex()
@@ -164,7 +168,8 @@ async def test_one_trace_through_gateway_users_and_sql(gateway, otlp):
         spans = otlp.trace(trace_id)
         services = {s.service for s in spans}
         has_sql = any(s.service == "users" and "SELECT" in s.name.upper() for s in spans)
-        if wanted <= services and has_sql:
+        has_redis = any(is_redis(s) for s in spans)
+        if wanted <= services and has_sql and has_redis:
             break
         await asyncio.sleep(0.2)
     by_id = {s.span_id: s for s in spans}
@@ -186,6 +191,11 @@ async def test_one_trace_through_gateway_users_and_sql(gateway, otlp):
     assert client_spans
     assert users_server
     assert users_server[0].parent_span_id in {c.span_id for c in client_spans}
+
+    # The rate limiter's Redis command is a child span in the gateway.
+    redis_spans = [s for s in spans if is_redis(s)]
+    assert redis_spans, [s.name for s in spans if s.service == "gateway"]
+    assert all(s.service == "gateway" and s.parent_span_id in by_id for s in redis_spans)
 
     sql = [s for s in spans if s.service == "users" and "SELECT" in s.name.upper()]
     assert sql, [s.name for s in spans if s.service == "users"]
