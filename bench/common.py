@@ -70,11 +70,21 @@ def process(module: str, *args: str, env: Mapping[str, str], health_url: str) ->
         proc.wait(timeout=10)
 
 
-def wrk(url: str, *, headers: Mapping[str, str], seconds: int, connections: int, threads: int = 1) -> float:
+def wrk(
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    seconds: int,
+    connections: int,
+    threads: int = 1,
+    script: Path | None = None,
+) -> float:
     """Requests per second wrk measured (fails if any request did not answer 2xx)."""
     command = [require_wrk(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
+    if script is not None:
+        command += ["-s", str(script)]
     out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
     if "Non-2xx or 3xx responses" in out:
         raise RuntimeError(f"non-2xx answers during the run:\n{out}")

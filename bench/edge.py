@@ -26,9 +26,7 @@ import contextlib
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -38,7 +36,7 @@ from pathlib import Path
 import redis
 import uvicorn
 
-from bench.common import bearer, process, require_wrk
+from bench.common import bearer, process, require_wrk, wrk
 from shared.apikeys import new_api_key
 from shared.devstack import free_port
 
@@ -121,21 +119,6 @@ def wrk_script(directory: Path, *, keyed: bool, headers: Mapping[str, str], body
     return path
 
 
-def run_wrk(url: str, *, seconds: int, connections: int, headers: Mapping[str, str], script: Path | None) -> float:
-    command = [require_wrk(), "-t2", f"-c{connections}", f"-d{seconds}s"]
-    for name, value in headers.items():
-        command += ["-H", f"{name}: {value}"]
-    if script is not None:
-        command += ["-s", str(script)]
-    out = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
-    if "Non-2xx or 3xx responses" in out:
-        raise RuntimeError(f"non-2xx answers during the run:\n{out}")
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if match is None:
-        raise RuntimeError(out)
-    return float(match.group(1))
-
-
 async def downstream(scope, receive, send):
     """Answers at once: an identity for any API key hash, the same user for everything else."""
     if scope["type"] != "http":
@@ -215,9 +198,16 @@ def main() -> None:
                     )
                     headers = {}
                 with process("gateway", "serve", env=env, health_url=f"{base}/health/live"):
-                    run_wrk(url, seconds=2, connections=args.connections, headers=headers, script=script)  # warm-up
-                    rate = run_wrk(
-                        url, seconds=args.seconds, connections=args.connections, headers=headers, script=script
+                    wrk(
+                        url, seconds=2, connections=args.connections, headers=headers, script=script, threads=2
+                    )  # warm-up
+                    rate = wrk(
+                        url,
+                        seconds=args.seconds,
+                        connections=args.connections,
+                        headers=headers,
+                        script=script,
+                        threads=2,
                     )
                 results[name].append(rate)
                 print(f"{name}: {rate:.0f} req/s", file=sys.stderr, flush=True)

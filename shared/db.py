@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, event
+from sqlalchemy import BigInteger, DateTime, Integer, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -35,6 +36,15 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """Primary keys of rows clients see: random UUIDs, so ids reveal no count or order."""
+    return str(uuid.uuid4())
+
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY.
+AutoIncrement = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def is_sqlite(url: str) -> bool:

@@ -1,19 +1,11 @@
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import UTCDateTime, utcnow
-
-# SQLite only autoincrements an INTEGER PRIMARY KEY.
-AutoIncrement = BigInteger().with_variant(Integer(), "sqlite")
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
+from shared.db import AutoIncrement, UTCDateTime, new_id, utcnow
 
 
 class Base(DeclarativeBase):

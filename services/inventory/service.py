@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.inventory.models import Product, Reservation, ReservationItem, StockAdjustment, new_id
+from services.inventory.models import Product, Reservation, ReservationItem, StockAdjustment
 from services.inventory.repository import InventoryRepository
 from services.inventory.schemas import (
     MAX_STOCK,
@@ -13,7 +13,7 @@ from services.inventory.schemas import (
     ReservationCreate,
     StockAdjustmentCreate,
 )
-from shared.db import utcnow
+from shared.db import new_id, utcnow
 from shared.errors import Conflict, NotFound, ValidationFailed
 
 

@@ -1,20 +1,12 @@
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import UTCDateTime, utcnow
-
-# SQLite only autoincrements an INTEGER PRIMARY KEY.
-AutoIncrement = BigInteger().with_variant(Integer(), "sqlite")
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
+from shared.db import AutoIncrement, UTCDateTime, new_id, utcnow
 
 
 class Base(DeclarativeBase):

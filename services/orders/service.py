@@ -14,11 +14,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.orders import downstream
-from services.orders.models import Order, OrderAttempt, OrderItem, OrderStatusChange, OutboxEvent, new_id
+from services.orders.models import Order, OrderAttempt, OrderItem, OrderStatusChange, OutboxEvent
 from services.orders.repository import OrderRepository
 from services.orders.schemas import EventFeed, EventOut, OrderCreate, OrderOut, ReservationIn
 from services.orders.settings import OrdersSettings
-from shared.db import utcnow
+from shared.db import new_id, utcnow
 from shared.errors import (
     Conflict,
     NotFound,

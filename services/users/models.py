@@ -1,16 +1,11 @@
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import UTCDateTime, utcnow
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
+from shared.db import UTCDateTime, new_id, utcnow
 
 
 class Base(DeclarativeBase):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from services.users.models import ApiKey, Tenant, User, new_id
+from services.users.models import ApiKey, Tenant, User
 from services.users.repository import ApiKeyRepository, UserRepository
 from services.users.schemas import ApiKeyCreate, ApiKeyResolved, TenantCreate, TokenOut, UserCreate
 from services.users.security import TokenIssuer, hash_password, verify_password
 from shared.apikeys import hash_api_key, key_id_of, new_api_key
-from shared.db import utcnow
+from shared.db import new_id, utcnow
 from shared.errors import Conflict, Forbidden, NotFound, Unauthorized
 from shared.identity import Identity
 from shared.pagination import Cursor

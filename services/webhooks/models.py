@@ -1,17 +1,12 @@
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import UTCDateTime, utcnow
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
+from shared.db import UTCDateTime, new_id, utcnow
 
 
 class Base(DeclarativeBase):

@@ -11,9 +11,9 @@ from sqlalchemy import Table, case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.webhooks.models import Delivery, Endpoint, Event, RelayCursor, new_id
+from services.webhooks.models import Delivery, Endpoint, Event, RelayCursor
 from services.webhooks.schemas import FeedEvent
-from shared.db import utcnow
+from shared.db import new_id, utcnow
 from shared.pagination import Cursor, older_than
 
 ENDPOINTS: Table = Endpoint.__table__  # type: ignore[assignment]

@@ -6,12 +6,12 @@ import base64
 import secrets
 from datetime import timedelta
 
-from services.webhooks.models import Endpoint, new_id
+from services.webhooks.models import Endpoint
 from services.webhooks.repository import EndpointRepository
 from services.webhooks.schemas import DeliveryOut, EndpointCreate, EndpointOut, EndpointUpdate
 from services.webhooks.settings import WebhooksSettings
 from services.webhooks.url_safety import DnsUnavailable, UnsafeUrl, check_url
-from shared.db import utcnow
+from shared.db import new_id, utcnow
 from shared.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from shared.pagination import Cursor, Page, page_of
 
