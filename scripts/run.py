@@ -49,6 +49,9 @@ def main() -> int:
         nonlocal stopping
         stopping = True
 
+    # Handled explicitly, not through KeyboardInterrupt: a shell that starts this in the background
+    # leaves SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
         stack.start()
@@ -61,8 +64,6 @@ def main() -> int:
                     print(f"{name} exited with code {proc.returncode}; see {stack.log_dir}/{name}.log", flush=True)
                     return 1
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
     finally:
         print("\nstopping ...", flush=True)
         stack.stop()
