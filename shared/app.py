@@ -106,7 +106,8 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck], timeout: 
 
         await asyncio.gather(*(run(name, check) for name, check in checks.items()))
         if failing:
-            logger.warning("not ready: %s", ", ".join(sorted(failing)))
+            # The reasons name internal hosts and ports: they go to the log, not to the caller.
+            logger.warning("not ready: %s", "; ".join(f"{name}: {why}" for name, why in sorted(failing.items())))
             return JSONResponse(
                 {
                     "type": "https://portico.dev/problems/not-ready",
@@ -115,7 +116,7 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck], timeout: 
                     "detail": f"Failing dependencies: {', '.join(sorted(failing))}.",
                     "error_code": "NOT_READY",
                     "request_id": getattr(request.state, "request_id", None),
-                    "checks": {name: failing.get(name, "ok") for name in checks},
+                    "checks": {name: "failing" if name in failing else "ok" for name in checks},
                 },
                 status_code=503,
                 media_type="application/problem+json",

@@ -299,7 +299,9 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc.detail, str) else cls.title
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"No route matches {request.method} {request.url.path}."
-    err = cls(detail, headers=exc.headers)
+    err = cls(detail)
+    # Headers the exception carries (a challenge, Allow, Retry-After) win over the class's defaults.
+    err.headers.update(exc.headers or {})
     if cls is PorticoError:
         # An HTTP status with no class of its own keeps its status.
         response = problem_response(err, _request_id(request))

@@ -89,13 +89,13 @@ class ApiKeyResolver:
     def _store(self, key_hash: str, entry: _Entry) -> None:
         if entry.expires_at <= time.monotonic():
             return
-        if len(self._cache) >= self.max_entries:
-            now = time.monotonic()
-            for stale in [h for h, e in self._cache.items() if e.expires_at <= now]:
-                del self._cache[stale]
-            while len(self._cache) >= self.max_entries:
-                # Dicts keep insertion order: the oldest entry goes first.
-                del self._cache[next(iter(self._cache))]
+        # Re-inserted at the end, so the dict's order stays the order of insertion.
+        self._cache.pop(key_hash, None)
+        # Entries share one lifetime (shortened only by a rotation's end), so the oldest inserted is the
+        # first to expire: evicting from the front is O(1) per insert, even when a flood of unknown keys
+        # keeps the cache full (a scan for expired entries would cost the whole cache each time).
+        while len(self._cache) >= self.max_entries:
+            del self._cache[next(iter(self._cache))]
         self._cache[key_hash] = entry
 
     def forget(self, key_id: str) -> None:

@@ -1,7 +1,9 @@
 """Idempotency: a POST, PUT or PATCH sent again with the same `Idempotency-Key` runs once.
 
 Following draft-ietf-httpapi-idempotency-key-header: the key is scoped to the tenant, the method and
-the path. The first request takes a lock atomically together with its fingerprint (method, path,
+the path, and also to the caller (the user or API key that sent it): the stored answer is replayed
+before the route's scope checks run, so another caller of the tenant, perhaps one with fewer scopes,
+must never be handed it. The first request takes a lock atomically together with its fingerprint (method, path,
 query and a SHA-256 of the body); its response (status, headers, body) is stored for
 `idempotency_ttl_seconds` before the last byte reaches the client, and later requests with the same
 key get that response again with `Idempotent-Replayed: true`. While the first is in flight the same
@@ -297,7 +299,8 @@ class IdempotencyMiddleware:
         receive = _replaying(body, receive)
 
         method, path = scope["method"], scope["path"]
-        key_hash = hashlib.sha256(b"\0".join([method.encode(), path.encode(), raw_key])).hexdigest()
+        subject = state["identity"].subject.encode()
+        key_hash = hashlib.sha256(b"\0".join([method.encode(), path.encode(), subject, raw_key])).hexdigest()
         # The caller's tenant as hash tag: on Redis Cluster a tenant's records share a slot.
         scope_key = f"{{t:{tenant_id}}}:{key_hash}"
         fingerprint = hashlib.sha256(

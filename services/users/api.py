@@ -30,6 +30,7 @@ from shared.db import SessionDep
 from shared.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from shared.identity import IdentityDep, TenantIdentityDep
 from shared.pagination import DEFAULT_LIMIT, Cursor, CursorQuery, LimitQuery, Page, page_of
+from shared.text import PLAIN_TEXT_PATTERN
 
 router = APIRouter()
 
@@ -66,7 +67,7 @@ async def create_tenant(data: TenantCreate, repo: RepoDep, _: IdentityDep) -> Te
 
 @router.post("/auth/token", response_model=TokenOut, responses=Unauthorized.openapi_response())
 async def token(
-    username: Annotated[str, Form(max_length=320)],
+    username: Annotated[str, Form(max_length=320, pattern=PLAIN_TEXT_PATTERN)],
     password: Annotated[str, Form(max_length=128)],
     repo: RepoDep,
     issuer: IssuerDep,

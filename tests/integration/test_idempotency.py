@@ -169,6 +169,24 @@ async def test_the_same_key_for_another_request_is_422(stack, backend):
         assert "idempotent-replayed" not in elsewhere.headers
 
 
+async def test_another_caller_of_the_tenant_is_never_handed_the_answer(stack, backend):
+    # The replay comes before the route's scope check: a key that may not create users must not get
+    # the admin's stored 201 by sending the admin's Idempotency-Key.
+    async with in_process_gateway(gateway_settings(stack, **backend)) as gateway:
+        admin = await signup(gateway)
+        body = new_user()
+        first = await gateway.post("/v1/users", json=body, headers={**admin.auth, "Idempotency-Key": "shared-key"})
+        assert first.status_code == 201
+        reader = await gateway.post("/v1/api-keys", json={"name": "r", "scopes": ["users:read"]}, headers=admin.auth)
+        assert reader.status_code == 201, reader.text
+        replay = await gateway.post(
+            "/v1/users", json=body, headers={"X-API-Key": reader.json()["api_key"], "Idempotency-Key": "shared-key"}
+        )
+        assert replay.status_code == 403
+        assert "idempotent-replayed" not in replay.headers
+        assert replay.json()["required_scope"] == "users:write"
+
+
 async def test_concurrent_repeats_run_once(stack, backend):
     async with in_process_gateway(gateway_settings(stack, **backend)) as gateway:
         admin = await signup(gateway)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import APIRouter
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.app import ServiceSpec, create_service_app
 from shared.identity import Identity, IdentityDep
@@ -32,6 +33,11 @@ async def echo(body: dict[str, object], identity: IdentityDep) -> dict[str, obje
 @router.get("/boom")
 async def boom(identity: IdentityDep) -> None:
     raise RuntimeError("database password is hunter2")
+
+
+@router.get("/challenge")
+async def challenge(identity: IdentityDep) -> None:
+    raise StarletteHTTPException(401, "Who are you?", headers={"WWW-Authenticate": 'Basic realm="things"'})
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +101,13 @@ async def test_body_limit_and_validation_on_a_service(client, headers):
     method = await client.delete("/echo", headers=headers)
     assert method.status_code == 405
     assert method.headers["content-type"] == "application/problem+json"
+
+
+async def test_an_http_exception_keeps_its_status_and_headers(client, headers):
+    response = await client.get("/challenge", headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Basic realm="things"'
+    assert response.json()["detail"] == "Who are you?"
 
 
 async def test_health_routes_need_no_identity(client):

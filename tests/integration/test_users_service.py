@@ -196,6 +196,16 @@ async def test_invalid_bodies_are_422_naming_the_field(users_client, signer, bod
     assert field in [error["field"] for error in problem["errors"]]
 
 
+async def test_control_characters_in_the_username_are_422_not_a_database_error(users_client, signer):
+    response = await users_client.post(
+        "/auth/token",
+        data={"username": "a\x00b@example.com", "password": "whatever-1"},
+        headers=internal_headers(signer, "users", ANONYMOUS),
+    )
+    assert response.status_code == 422
+    assert "username" in [error["field"] for error in response.json()["errors"]]
+
+
 async def test_malformed_json_is_400(users_client, signer):
     response = await users_client.post(
         "/tenants",
