@@ -48,7 +48,12 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(service: str, *, level: str = "INFO", json_lines: bool = True) -> None:
-    """Routes the root logger (and uvicorn's) to one stderr handler."""
+    """Routes the root logger (and uvicorn's) to one stderr handler.
+
+    Written synchronously on purpose: uvicorn re-raises SIGTERM once it has shut down, which ends the
+    process at once, so lines still queued for a writer thread would be lost (the last lines of a
+    shutdown are the ones worth having).
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter(service) if json_lines else TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
