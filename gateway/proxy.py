@@ -14,6 +14,7 @@ from shared.identity import Identity
 
 # Request headers a service may need; everything else (cookies, credentials, hop-by-hop) stays here.
 FORWARD_REQUEST_HEADERS = ("content-type", "accept", "idempotency-key", "if-match", "last-event-id")
+_FORWARDED = frozenset(name.encode("ascii") for name in FORWARD_REQUEST_HEADERS)
 # Response headers passed back to the client.
 FORWARD_RESPONSE_HEADERS = frozenset(
     {
@@ -46,11 +47,13 @@ class Upstreams:
         return self.clients[name]
 
     @staticmethod
-    def request_headers(request: Request) -> list[tuple[str, str]]:
-        headers = [(name, value) for name in FORWARD_REQUEST_HEADERS if (value := request.headers.get(name))]
+    def request_headers(request: Request) -> list[tuple[bytes, bytes]]:
+        # Raw bytes, as the client sent them: decoding to str and encoding again fails (500) on any
+        # byte outside ASCII, which clients are free to send in these headers.
+        headers = [(name, value) for name, value in request.scope["headers"] if name in _FORWARDED and value]
         request_id = getattr(request.state, "request_id", None)
         if request_id:
-            headers.append(("x-request-id", request_id))
+            headers.append((b"x-request-id", request_id.encode("ascii")))
         return headers
 
     async def forward(

@@ -69,7 +69,7 @@ class ServiceClient:
         path: str,
         *,
         identity: Identity,
-        headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+        headers: Mapping[str, str] | list[tuple[str, str]] | list[tuple[bytes, bytes]] | None = None,
         content: bytes | None = None,
         json: Any = None,
         params: Any = None,

@@ -121,7 +121,8 @@ async def events(
     repo: RepoDep,
     ctx: ContextDep,
     identity: IdentityDep,
-    after: Annotated[int, Query(ge=0, description="The last seq already consumed.")] = 0,
+    # The seq column is a 64-bit integer.
+    after: Annotated[int, Query(ge=0, le=2**63 - 1, description="The last seq already consumed.")] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> EventFeed:
     """Every tenant's order events in seq order, for other Portico services (the webhooks relay)."""

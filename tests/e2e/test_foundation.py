@@ -117,6 +117,24 @@ async def test_bad_input_through_the_gateway(gateway):
     assert_problem(duplicate, 409, "EMAIL_TAKEN")
 
 
+async def test_bytes_outside_ascii_in_forwarded_headers_are_passed_on_not_a_500(gateway):
+    created, token = await signup(gateway)
+    auth = {"Authorization": f"Bearer {token}"}
+    for name in ("accept", "if-match", "idempotency-key", "last-event-id"):
+        response = await gateway.get("/v1/users/me", headers=[*auth.items(), (name, "\u00e9t\u00e9".encode())])
+        assert response.status_code < 500, (name, response.text)
+    anonymous = await gateway.post(
+        "/v1/auth/token",
+        content=f"username={created['user']['email']}&password={PASSWORD}".encode(),
+        headers=[("content-type", "application/x-www-form-urlencoded; charset=\u00e9".encode())],
+    )
+    assert anonymous.status_code < 500, anonymous.text
+    raw = await gateway.post(
+        "/v1/tenants", content=b"{}", headers=[(b"content-type", b"\xff\xfe\x80abc"), (b"idempotency-key", b"\xe9")]
+    )
+    assert raw.status_code < 500, raw.text
+
+
 async def test_oversize_bodies_are_413_before_they_are_read(gateway):
     big = b"x" * (1024 * 1024 + 1)
     declared = await gateway.post("/v1/tenants", content=big, headers={"content-type": "application/json"})

@@ -323,7 +323,12 @@ async def test_event_feed_is_for_services_with_the_scope(orders, signer, shop: S
         await orders.get("/events", headers=internal_headers(signer, "orders", no_scope)), 403, "INSUFFICIENT_SCOPE"
     )
     assert_problem(await orders.get("/events"), 401)
-    for params, field in [({"limit": 0}, "limit"), ({"limit": 501}, "limit"), ({"after": -1}, "after")]:
+    for params, field in [
+        ({"limit": 0}, "limit"),
+        ({"limit": 501}, "limit"),
+        ({"after": -1}, "after"),
+        ({"after": 2**63}, "after"),  # past the 64-bit seq column
+    ]:
         assert_problem(await orders.get("/events", params=params, headers=relay_headers(signer)), 422, field=field)
     page = await orders.get("/events", params={"after": 10**12}, headers=relay_headers(signer))
     assert page.json() == {"items": [], "next_after": 10**12}
