@@ -11,6 +11,7 @@ from starlette.responses import Response
 from shared.errors import DownstreamBadResponse
 from shared.http import ServiceClient
 from shared.identity import Identity
+from shared.text import RESOURCE_ID_PATTERN
 
 # Request headers a service may need; everything else (cookies, credentials, hop-by-hop) stays here.
 FORWARD_REQUEST_HEADERS = ("content-type", "accept", "idempotency-key", "if-match", "last-event-id")
@@ -34,7 +35,7 @@ FORWARD_RESPONSE_HEADERS = frozenset(
 )
 
 # Path parameters are ids; anything else (dots, encoded slashes) never reaches a service path.
-ResourceId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+ResourceId = Annotated[str, Path(pattern=RESOURCE_ID_PATTERN)]
 
 
 class Upstreams:

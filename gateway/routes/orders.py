@@ -10,6 +10,7 @@ from starlette.responses import Response
 from gateway.auth import RequireScope
 from gateway.proxy import ResourceId, UpstreamsDep
 from shared.identity import Identity
+from shared.text import RESOURCE_ID_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["orders"])
 
@@ -35,7 +36,7 @@ async def list_orders(
     upstreams: UpstreamsDep,
     identity: Reader,
     status: Literal["confirmed", "cancelled"] | None = None,
-    user_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = None,
+    user_id: Annotated[str | None, Query(pattern=RESOURCE_ID_PATTERN)] = None,
     limit: LimitQuery = 50,
     cursor: CursorQuery = None,
 ) -> Response:

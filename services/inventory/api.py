@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from services.inventory import service
 from services.inventory.repository import InventoryRepository
 from services.inventory.schemas import (
-    RESOURCE_ID_PATTERN,
     ProductCreate,
     ProductOut,
     ProductUpdate,
@@ -24,6 +23,7 @@ from shared.db import SessionDep
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.identity import TenantIdentityDep
 from shared.pagination import DEFAULT_LIMIT, Cursor, CursorQuery, LimitQuery, Page, page_of
+from shared.text import RESOURCE_ID_PATTERN
 
 router = APIRouter()
 

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.text import PLAIN_TEXT_PATTERN
+from shared.text import PLAIN_TEXT_PATTERN, RESOURCE_ID_PATTERN
 
 # Bounds keep every sum (line totals, order totals, stock) far inside a 64-bit integer.
 MAX_PRICE_CENTS = 10_000_000_000
@@ -15,8 +15,6 @@ MAX_ITEMS = 100
 
 # Letters and digits first, then also . _ - : / (common in SKUs); case is kept and significant.
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"
-# Ids the service hands out are UUIDs; anything longer than a column can hold is refused up front.
-RESOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 # Integers are strict: "5", 5.0 and true are refused rather than quietly converted.
 Sku = Annotated[str, Field(pattern=SKU_PATTERN, examples=["TSHIRT-BLUE-M"])]

@@ -12,7 +12,6 @@ from services.orders import service
 from services.orders.repository import OrderRepository
 from services.orders.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
-    RESOURCE_ID_PATTERN,
     EventFeed,
     OrderCreate,
     OrderOut,
@@ -30,6 +29,7 @@ from shared.errors import (
 )
 from shared.identity import IdentityDep, TenantIdentityDep
 from shared.pagination import DEFAULT_LIMIT, Cursor, CursorQuery, LimitQuery, Page, page_of
+from shared.text import RESOURCE_ID_PATTERN
 
 router = APIRouter()
 

@@ -5,9 +5,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.text import RESOURCE_ID_PATTERN
+
 MAX_QUANTITY = 10_000
 MAX_ITEMS = 100
-RESOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 # Printable ASCII without spaces, as the gateway accepts it.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
