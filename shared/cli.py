@@ -1,10 +1,11 @@
-"""`python -m <process> [serve|migrate]`: the entry point of every process."""
+"""`python -m <process> [serve|migrate|...]`: the entry point of every process."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import uvicorn
@@ -19,10 +20,17 @@ def run_cli(
     settings_factory: Callable[[], BaseServiceSettings],
     app_factory: Callable[[BaseServiceSettings], FastAPI],
     migrations_dir: Path | None,
+    commands: Mapping[str, Callable[[list[str]], None]] | None = None,
 ) -> None:
+    """`commands` are further commands of the process; each reads the arguments after its name."""
+    commands = commands or {}
+    argv = sys.argv[1:]
+    if argv and argv[0] in commands:
+        commands[argv[0]](argv[1:])
+        return
     parser = argparse.ArgumentParser(prog=f"python -m {name}")
-    parser.add_argument("command", choices=["serve", "migrate"], nargs="?", default="serve")
-    args = parser.parse_args()
+    parser.add_argument("command", choices=["serve", "migrate", *commands], nargs="?", default="serve")
+    args = parser.parse_args(argv)
     settings = settings_factory()
     configure_logging(name.rsplit(".", 1)[-1], level=settings.log_level, json_lines=settings.log_json)
     if args.command == "migrate":

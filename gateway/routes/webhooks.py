@@ -42,7 +42,7 @@ async def get_endpoint(
     return await upstreams.forward(request, "webhooks", f"/endpoints/{endpoint_id}", identity)
 
 
-@router.patch("/endpoints/{endpoint_id}", summary="Change a webhook endpoint's url, events or enabled flag")
+@router.patch("/endpoints/{endpoint_id}", summary="Change a webhook endpoint's url, events or status (`enabled` is the older shape of status)")
 async def update_endpoint(
     endpoint_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Writer
 ) -> Response:
@@ -73,3 +73,19 @@ async def list_deliveries(
     endpoint_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Reader
 ) -> Response:
     return await upstreams.forward(request, "webhooks", f"/endpoints/{endpoint_id}/deliveries", identity)
+
+
+@router.get("/deliveries/{delivery_id}", summary="A delivery with its attempt log")
+async def get_delivery(delivery_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Reader) -> Response:
+    return await upstreams.forward(request, "webhooks", f"/deliveries/{delivery_id}", identity)
+
+
+@router.post(
+    "/deliveries/{delivery_id}/replay",
+    status_code=202,
+    summary="Deliver the event again, with the same webhook-id, whatever the delivery's status",
+)
+async def replay_delivery(
+    delivery_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Writer
+) -> Response:
+    return await upstreams.forward(request, "webhooks", f"/deliveries/{delivery_id}/replay", identity)

@@ -10,8 +10,9 @@ from services.webhooks import service
 from services.webhooks.repository import EndpointRepository
 from services.webhooks.schemas import DeliveryOut, EndpointCreate, EndpointOut, EndpointUpdate, EndpointWithSecret
 from services.webhooks.settings import WebhooksSettings
+from services.webhooks.url_safety import Resolver
 from shared.db import SessionDep
-from shared.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
+from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.identity import TenantIdentityDep
 from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
 
@@ -27,15 +28,21 @@ async def get_settings(request: Request) -> WebhooksSettings:
     return settings
 
 
+async def get_resolver(request: Request) -> Resolver | None:
+    """The resolver registration checks host names with: the system's, unless the app was given one."""
+    resolver: Resolver | None = getattr(request.state, "resolver", None)
+    return resolver
+
+
 RepoDep = Annotated[EndpointRepository, Depends(get_repo)]
 SettingsDep = Annotated[WebhooksSettings, Depends(get_settings)]
+ResolverDep = Annotated[Resolver | None, Depends(get_resolver)]
 EndpointId = Annotated[str, Path(min_length=1, max_length=64)]
 # A secret must not linger in any cache between here and the client.
 NO_STORE = {"Cache-Control": "no-store"}
 WRITE_ERRORS = {
     **ValidationFailed.openapi_response(),
     **Conflict.openapi_response(),
-    **ServiceUnavailable.openapi_response(),
 }
 
 
@@ -45,10 +52,15 @@ def with_secret(endpoint: object) -> EndpointWithSecret:
 
 @router.post("", status_code=201, response_model=EndpointWithSecret, responses=WRITE_ERRORS)
 async def create_endpoint(
-    data: EndpointCreate, repo: RepoDep, settings: SettingsDep, identity: TenantIdentityDep, response: Response
+    data: EndpointCreate,
+    repo: RepoDep,
+    settings: SettingsDep,
+    resolver: ResolverDep,
+    identity: TenantIdentityDep,
+    response: Response,
 ) -> EndpointWithSecret:
     identity.require_scope("webhooks:write")
-    endpoint = await service.create_endpoint(repo, settings, identity.require_tenant(), data)
+    endpoint = await service.create_endpoint(repo, settings, identity.require_tenant(), data, resolver)
     response.headers.update(NO_STORE)
     return with_secret(endpoint)
 
@@ -69,10 +81,15 @@ async def get_endpoint(endpoint_id: EndpointId, repo: RepoDep, identity: TenantI
 
 @router.patch("/{endpoint_id}", response_model=EndpointOut, responses={**WRITE_ERRORS, **NotFound.openapi_response()})
 async def update_endpoint(
-    endpoint_id: EndpointId, data: EndpointUpdate, repo: RepoDep, settings: SettingsDep, identity: TenantIdentityDep
+    endpoint_id: EndpointId,
+    data: EndpointUpdate,
+    repo: RepoDep,
+    settings: SettingsDep,
+    resolver: ResolverDep,
+    identity: TenantIdentityDep,
 ) -> EndpointOut:
     identity.require_scope("webhooks:write")
-    endpoint = await service.update_endpoint(repo, settings, identity.require_tenant(), endpoint_id, data)
+    endpoint = await service.update_endpoint(repo, settings, identity.require_tenant(), endpoint_id, data, resolver)
     return EndpointOut.model_validate(endpoint)
 
 

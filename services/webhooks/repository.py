@@ -11,7 +11,7 @@ from sqlalchemy import Table, case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.webhooks.models import Delivery, Endpoint, Event, RelayCursor
+from services.webhooks.models import ACTIVE, Delivery, Endpoint, Event, RelayCursor
 from services.webhooks.schemas import FeedEvent
 from shared.db import new_id, utcnow
 from shared.pagination import Cursor, older_than
@@ -135,7 +135,7 @@ class RelayRepository:
         endpoints = (
             await self.session.scalars(
                 select(Endpoint)
-                .where(Endpoint.tenant_id.in_(tenants), Endpoint.enabled.is_(True))
+                .where(Endpoint.tenant_id.in_(tenants), Endpoint.status == ACTIVE)
                 # One order of inserts in every relay, so concurrent ones wait on each other, never deadlock.
                 .order_by(Endpoint.id)
             )

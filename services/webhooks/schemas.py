@@ -3,10 +3,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 EventType = Literal["order.created", "order.cancelled"]
 EVENT_TYPES: tuple[str, ...] = ("order.created", "order.cancelled")
+EndpointStatus = Literal["active", "disabled"]
+DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
+
+
+def _status_or_enabled(status: EndpointStatus | None, enabled: bool | None) -> None:
+    """`enabled` is the older shape of `status`; sent together they must agree."""
+    if status is not None and enabled is not None and (status == "active") != enabled:
+        raise ValueError("status and enabled disagree; send status alone (enabled is its older shape)")
 
 
 def _distinct_sorted(events: list[EventType]) -> list[EventType]:
@@ -18,12 +26,25 @@ class EndpointCreate(BaseModel):
 
     url: str = Field(min_length=1, max_length=2048, examples=["https://hooks.example.com/portico"])
     events: list[EventType] = Field(min_length=1, max_length=len(EVENT_TYPES) * 4)
-    enabled: bool = True
+    status: EndpointStatus | None = None
+    # The older shape of `status`.
+    enabled: bool | None = None
 
     @field_validator("events")
     @classmethod
     def _events(cls, events: list[EventType]) -> list[EventType]:
         return _distinct_sorted(events)
+
+    @model_validator(mode="after")
+    def _agree(self) -> EndpointCreate:
+        _status_or_enabled(self.status, self.enabled)
+        return self
+
+    @property
+    def initial_status(self) -> EndpointStatus:
+        if self.status is not None:
+            return self.status
+        return "disabled" if self.enabled is False else "active"
 
 
 class EndpointUpdate(BaseModel):
@@ -33,6 +54,8 @@ class EndpointUpdate(BaseModel):
 
     url: str | None = Field(default=None, min_length=1, max_length=2048)
     events: list[EventType] | None = Field(default=None, min_length=1, max_length=len(EVENT_TYPES) * 4)
+    status: EndpointStatus | None = None
+    # The older shape of `status`.
     enabled: bool | None = None
 
     @field_validator("events")
@@ -40,7 +63,20 @@ class EndpointUpdate(BaseModel):
     def _events(cls, events: list[EventType] | None) -> list[EventType] | None:
         return _distinct_sorted(events) if events is not None else None
 
-    @field_validator("url", "enabled", mode="before")
+    @model_validator(mode="after")
+    def _agree(self) -> EndpointUpdate:
+        _status_or_enabled(self.status, self.enabled)
+        return self
+
+    @property
+    def new_status(self) -> EndpointStatus | None:
+        if self.status is not None:
+            return self.status
+        if self.enabled is not None:
+            return "active" if self.enabled else "disabled"
+        return None
+
+    @field_validator("url", "status", "enabled", mode="before")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         # Leaving a field out keeps it; sending null cannot unset a required field.
@@ -55,6 +91,8 @@ class EndpointOut(BaseModel):
     id: str
     url: str
     events: list[str]
+    status: EndpointStatus
+    # The older shape of `status` (enabled is status == "active"), kept for existing clients.
     enabled: bool
     created_at: datetime
     updated_at: datetime
@@ -75,12 +113,28 @@ class DeliveryOut(BaseModel):
     endpoint_id: str
     event_id: str
     event_type: str
-    status: str
+    webhook_id: str
+    status: DeliveryStatus
     attempts: int
     next_attempt_at: datetime | None
     last_attempt_at: datetime | None
     last_status_code: int | None
     created_at: datetime
+
+
+class AttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+
+
+class DeliveryDetail(DeliveryOut):
+    """One delivery with its attempt log, oldest attempt first."""
+
+    attempt_log: list[AttemptOut]
 
 
 class FeedEvent(BaseModel):
