@@ -42,7 +42,10 @@ async def get_endpoint(
     return await upstreams.forward(request, "webhooks", f"/endpoints/{endpoint_id}", identity)
 
 
-@router.patch("/endpoints/{endpoint_id}", summary="Change a webhook endpoint's url, events or status (`enabled` is the older shape of status)")
+@router.patch(
+    "/endpoints/{endpoint_id}",
+    summary="Change a webhook endpoint's url, events or status (`enabled` is the older shape of status)",
+)
 async def update_endpoint(
     endpoint_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Writer
 ) -> Response:
@@ -76,7 +79,9 @@ async def list_deliveries(
 
 
 @router.get("/deliveries/{delivery_id}", summary="A delivery with its attempt log")
-async def get_delivery(delivery_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Reader) -> Response:
+async def get_delivery(
+    delivery_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Reader
+) -> Response:
     return await upstreams.forward(request, "webhooks", f"/deliveries/{delivery_id}", identity)
 
 
