@@ -51,6 +51,9 @@ DEMO_CLASSES: frozenset[AddressClass] = frozenset({"loopback", "private"})
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOSTNAME_RE = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+# Legacy spellings of an IPv4 address (2130706433, 0x7f.1, 127.1): resolvers turn them into
+# addresses without asking DNS, so they are judged here as the address they stand for.
+_LEGACY_IPV4_RE = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}$")
 _FORBIDDEN_CHARS_RE = re.compile(r"[\x00-\x20\x7f\\]")
 
 
@@ -159,6 +162,16 @@ def _parse(url: str) -> _Parsed:
         raise UnsafeUrl("syntax", "The URL's host name is not valid.") from None
     if not _HOSTNAME_RE.match(ascii_host):
         raise UnsafeUrl("syntax", "The URL's host name is not valid.")
+    if _LEGACY_IPV4_RE.match(ascii_host):
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(ascii_host))
+        except OSError:
+            raise UnsafeUrl("syntax", "The URL's host is neither an address nor a name.") from None
+        kind = classify(address)
+        if kind is not None:
+            raise _refuse(address, kind, ascii_host)
+        # HTTP clients refuse these spellings; a receiver's address is written in dotted decimal.
+        raise UnsafeUrl("syntax", f"Write the address {address} in dotted decimal.")
     return _Parsed(scheme, ascii_host, port, None)
 
 
