@@ -125,6 +125,8 @@ async def _read_excerpt(response: aiohttp.ClientResponse) -> bytes:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"the URL cannot be requested: {exc}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the receiver closed the connection without answering"
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -167,6 +169,9 @@ class Sender:
                 retry_after=retry_after,
             )
 
+        status: int | None = None
+        excerpt = b""
+        location = retry_after = None
         try:
             async with asyncio.timeout(self.timeout):
                 checked = await check_url(
@@ -175,6 +180,9 @@ class Sender:
                 token = _checked.set(checked)
                 try:
                     async with self.session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+                        status = response.status
+                        location = response.headers.get("location")
+                        retry_after = response.headers.get("retry-after")
                         excerpt = await _read_excerpt(response)
                 finally:
                     _checked.reset(token)
@@ -182,19 +190,18 @@ class Sender:
             return result(error=f"refused: {exc.message}")
         except DnsUnavailable as exc:
             return result(error=str(exc))
-        except TimeoutError:
-            return result(error=f"no answer within {self.timeout:g}s")
-        except aiohttp.ClientError as exc:
-            return result(error=_describe(exc))
-        except OSError as exc:
-            return result(error=f"could not connect: {exc}")
-        status = response.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # Once the status line is in, it decides: a body that breaks off or drags on changes nothing.
+            if status is None:
+                return result(
+                    error=f"no answer within {self.timeout:g}s" if isinstance(exc, TimeoutError) else _describe(exc)
+                )
         if 200 <= status < 300:
             return result(status_code=status)
         detail = f"HTTP {status}"
         if 300 <= status < 400:
-            detail += f" (redirects are not followed; Location: {response.headers.get('location', '-')[:200]})"
+            detail += f" (redirects are not followed; Location: {(location or '-')[:200]})"
         text = _printable(excerpt)
         if text:
             detail += f": {text}"
-        return result(status_code=status, error=detail, retry_after=response.headers.get("retry-after"))
+        return result(status_code=status, error=detail, retry_after=retry_after)
