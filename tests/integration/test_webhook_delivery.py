@@ -108,7 +108,8 @@ async def test_deliveries_verify_with_the_standard_webhooks_library(db):
 async def test_an_expired_previous_secret_no_longer_signs(pg):
     async with Receiver() as receiver:
         endpoint = await pg.endpoint(
-            receiver.url, previous_secret="whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=",
+            receiver.url,
+            previous_secret="whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=",
             previous_secret_expires_at=utcnow() - timedelta(seconds=1),
         )
         deliveries = await pg.deliveries(endpoint)
@@ -301,3 +302,199 @@ async def test_misbehaving_receivers(pg, handler, error):
     assert error in entry.error, entry.error
     assert len(entry.error) <= 500
     assert redirect_target.received == []
+
+
+# SSRF at delivery time.
+
+
+class Rebinding:
+    """A name whose answers change from one lookup to the next: the DNS rebinding attack."""
+
+    def __init__(self, *answers: list[str]) -> None:
+        self.answers = list(answers)
+        self.lookups: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.lookups.append(host)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+async def test_a_name_rebound_between_check_and_connect_reaches_nothing_new(pg):
+    """The name answers the checked address once, then another: the attempt connects to the one it
+    checked. A second lookup for the connection would find the other address (or, with this
+    resolver being the test's, no address at all) and the checked receiver would hear nothing."""
+    async with Receiver(host="127.0.0.1") as checked:
+        async with Receiver(host="127.0.0.2", port=checked.port) as rebound:
+            resolver = Rebinding(["127.0.0.1"], ["127.0.0.2"])
+            endpoint = await pg.endpoint(f"http://hooks.rebind.test:{checked.port}/hooks")
+            [delivery] = await pg.deliveries(endpoint)
+            async with running_worker(pg, resolver=resolver):
+                await settled(pg, [delivery])
+    assert (await pg.delivery(delivery.id)).status == "succeeded"
+    assert rebound.received == []
+    assert resolver.lookups == ["hooks.rebind.test"]
+    [request] = checked.received
+    assert request.headers["host"] == f"hooks.rebind.test:{checked.port}"  # the name, not the address
+
+
+async def test_a_name_that_now_resolves_to_a_forbidden_address_is_refused_and_nothing_is_sent(pg):
+    async with Receiver(host="127.0.0.2") as target:
+        # First the metadata service, then the address a second lookup would have found.
+        resolver = Rebinding(["169.254.169.254"], ["127.0.0.2"])
+        endpoint = await pg.endpoint(f"http://hooks.rebind.test:{target.port}/hooks")
+        [delivery] = await pg.deliveries(endpoint)
+        async with running_worker(pg, resolver=resolver, schedule=(3600,)):
+            await eventually(lambda: _attempted(pg, delivery.id))
+    assert target.received == []
+    [entry] = await attempt_log(pg, delivery.id)
+    assert entry.status_code is None
+    assert entry.error.startswith("refused: The host hooks.rebind.test resolves to 169.254.169.254"), entry.error
+    assert resolver.lookups == ["hooks.rebind.test"]
+
+
+async def test_private_addresses_are_refused_at_delivery_unless_allowed(pg):
+    async with Receiver() as receiver:
+
+        async def loopback(host: str, port: int) -> list[str]:
+            return ["127.0.0.1"]
+
+        endpoint = await pg.endpoint(f"http://hooks.example.test:{receiver.port}/hooks")
+        literal = await pg.endpoint(receiver.url)
+        deliveries = [*(await pg.deliveries(endpoint)), *(await pg.deliveries(literal))]
+        async with running_worker(pg, resolver=loopback, allow_private=False, schedule=(3600,)):
+            await eventually(lambda: _all_attempted(pg, deliveries))
+        assert receiver.received == []
+        for delivery in deliveries:
+            [entry] = await attempt_log(pg, delivery.id)
+            assert entry.error.startswith("refused:") and "loopback" in entry.error, entry.error
+
+
+async def _all_attempted(db: HooksDb, deliveries) -> bool:
+    return all([await _attempted(db, d.id) for d in deliveries])
+
+
+# Concurrency, leases, stopping.
+
+
+class Gate:
+    """A receiver handler that holds every request until released, counting how many it holds."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.holding = 0
+        self.most = 0
+
+    async def __call__(self, _: Received, writer: asyncio.StreamWriter) -> bool:
+        self.holding += 1
+        self.most = max(self.most, self.holding)
+        try:
+            await self.open.wait()
+        finally:
+            self.holding -= 1
+        writer.write(http_answer(204))
+        await writer.drain()
+        return True
+
+
+async def test_a_slow_endpoint_holds_at_most_its_bound_across_workers(pg):
+    gate = Gate()
+    async with Receiver(gate) as slow, Receiver() as fast:
+        slow_endpoint = await pg.endpoint(slow.url)
+        held = await pg.deliveries(slow_endpoint, 12)
+        fast_endpoint = await pg.endpoint(fast.url)
+        quick = await pg.deliveries(fast_endpoint, 6)
+        async with (
+            running_worker(pg, endpoint_concurrency=2, concurrency=8),
+            running_worker(pg, endpoint_concurrency=2, concurrency=8),
+        ):
+            # The fast endpoint is served while the slow one holds its two slots.
+            await settled(pg, quick)
+            await eventually(lambda: _equals(lambda: gate.holding, 2))
+            await asyncio.sleep(0.3)  # room for a wrong third claim to show up
+            assert gate.most == 2
+            gate.open.set()
+            await settled(pg, held)
+    assert gate.most == 2
+    assert await pg.statuses(held) == ["succeeded"] * 12
+    assert len({r.webhook_id for r in slow.received}) == 12
+
+
+async def _equals(value, expected) -> bool:
+    return value() == expected
+
+
+async def test_a_lapsed_lease_is_claimed_again_and_an_unexpired_one_is_not(pg):
+    from services.webhooks.delivery_repository import WorkerRepository
+
+    async with Receiver() as receiver:
+        endpoint = await pg.endpoint(receiver.url)
+        lapsed, held = await pg.deliveries(endpoint, 2)
+        now = utcnow()
+        async with pg.sessionmaker.begin() as session:
+            for delivery, expires in ((lapsed, now - timedelta(seconds=1)), (held, now + timedelta(hours=1))):
+                row = await session.get(type(delivery), delivery.id)
+                row.lease_token, row.lease_expires_at = "dead-worker:1", expires
+        async with running_worker(pg):
+            await settled(pg, [lapsed])
+            await asyncio.sleep(0.3)
+        assert (await pg.delivery(held.id)).status == "pending"
+        assert [r.webhook_id for r in receiver.received] == [lapsed.webhook_id]
+        # A claim never takes a row another claim holds (SKIP LOCKED), nor a leased one.
+        async with pg.sessionmaker.begin() as session:
+            result = await WorkerRepository(session).claim(
+                limit=10, endpoint_limit=10, lease_seconds=30, token="t", now=utcnow()
+            )
+        assert result.claimed == []
+
+
+async def test_stopping_finishes_what_it_can_and_gives_back_the_rest(db):
+    gate = Gate()
+    async with Receiver(gate) as slow, Receiver() as fast:
+        stuck = await db.deliveries(await db.endpoint(slow.url), 2)
+        done = await db.deliveries(await db.endpoint(fast.url), 2)
+        async with running_worker(db, stop_grace=0.5) as worker:
+            await settled(db, done)
+            await eventually(lambda: _equals(lambda: gate.holding, 2))
+        assert not worker.running
+    for delivery in stuck:
+        stored = await db.delivery(delivery.id)
+        # Given back at once (no lease left to lapse), no attempt counted: it is due again.
+        assert (stored.status, stored.lease_token, stored.lease_expires_at, stored.attempts) == (
+            "pending",
+            None,
+            None,
+            0,
+        )
+    assert await db.statuses(done) == ["succeeded"] * 2
+    async with Receiver() as again:
+        async with db.sessionmaker.begin() as session:
+            from sqlalchemy import update
+
+            from services.webhooks.models import Endpoint
+
+            await session.execute(update(Endpoint).where(Endpoint.url == slow.url).values(url=again.url))
+        async with running_worker(db):
+            await settled(db, stuck)
+    assert {r.webhook_id for r in again.received} == {d.webhook_id for d in stuck}
+
+
+async def test_metrics_count_outcomes_and_measure_the_queue(pg):
+    async with Receiver() as ok, Receiver(answer(500)) as failing:
+        succeeded = await pg.deliveries(await pg.endpoint(ok.url), 2)
+        dead = await pg.deliveries(await pg.endpoint(failing.url), 1)
+        async with running_worker(pg, schedule=(0.01,)) as worker:
+            await settled(pg, [*succeeded, *dead])
+        # Stopped now: a delivery that came due 90 s ago waits, and the gauges say so.
+        [waiting] = await pg.deliveries(await pg.endpoint(ok.url))
+        async with pg.sessionmaker.begin() as session:
+            (await session.get(type(waiting), waiting.id)).next_attempt_at = utcnow() - timedelta(seconds=90)
+        await worker.update_stats()
+    text = generate_latest(worker.metrics.registry).decode()
+    assert 'portico_webhook_deliveries_total{outcome="succeeded"} 2.0' in text
+    assert 'portico_webhook_deliveries_total{outcome="failed_attempt"} 1.0' in text
+    assert 'portico_webhook_deliveries_total{outcome="dead_lettered"} 1.0' in text
+    assert 'portico_webhook_deliveries_total{outcome="cancelled"} 0.0' in text
+    assert "portico_webhook_attempt_duration_seconds_count 4.0" in text
+    assert "portico_webhook_queue_depth 1.0" in text
+    age = float(text.split("\nportico_webhook_oldest_pending_age_seconds ")[1].split()[0])
+    assert 90 <= age < 90 + 60, age
