@@ -23,7 +23,18 @@ PROCESSES: dict[str, str] = {
     "gateway": "gateway",
 }
 ENV_PREFIX = {name: ("GATEWAY_" if name == "gateway" else f"{name.upper()}_") for name in PROCESSES}
-DEFAULT_PORTS = {"gateway": 8000, "users": 8001, "orders": 8002, "inventory": 8003, "webhooks": 8004}
+# Processes that work beside a service, on its settings: name -> (service, command, its port setting).
+WORKERS: dict[str, tuple[str, str, str]] = {
+    "webhooks-worker": ("webhooks", "worker", "WEBHOOKS_WORKER_PORT"),
+}
+DEFAULT_PORTS = {
+    "gateway": 8000,
+    "users": 8001,
+    "orders": 8002,
+    "inventory": 8003,
+    "webhooks": 8004,
+    "webhooks-worker": 8005,
+}
 
 
 def free_port() -> int:
@@ -43,11 +54,25 @@ class Stack:
     log_dir: Path | None = None
     cwd: Path = field(default_factory=Path.cwd)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Which of WORKERS start with the stack.
+    workers: tuple[str, ...] = tuple(WORKERS)
+
+    def __post_init__(self) -> None:
+        missing = {name: free_port() for name in self.workers if name not in self.ports}
+        if missing:
+            self.ports = {**self.ports, **missing}
 
     def url(self, name: str = "gateway") -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def process_env(self, name: str) -> dict[str, str]:
+        if name in WORKERS:
+            service, _, port_setting = WORKERS[name]
+            env = self.process_env(service)
+            env[port_setting] = str(self.ports[name])
+            env["OTEL_SERVICE_NAME"] = name
+            env.update(self.env_for.get(name, {}))
+            return env
         env = {**os.environ, **self.env}
         prefix = ENV_PREFIX[name]
         env[f"{prefix}PORT"] = str(self.ports[name])
@@ -71,8 +96,9 @@ class Stack:
             log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps its own copy
         try:
             # The command is this interpreter running one of our own modules.
+            module = PROCESSES[WORKERS[name][0]] if name in WORKERS else PROCESSES[name]
             return subprocess.Popen(  # type: ignore[call-overload, no-any-return]  # noqa: S603
-                [sys.executable, "-m", PROCESSES[name], command],
+                [sys.executable, "-m", module, command],
                 env=self.process_env(name),
                 cwd=self.cwd,
                 stdout=log if log is not None else subprocess.DEVNULL,
@@ -92,12 +118,15 @@ class Stack:
                 raise RuntimeError(f"migrating {name} failed with exit code {code}")
 
     def start(self, timeout: float = 60.0) -> None:
-        for name in PROCESSES:
+        for name in (*PROCESSES, *self.workers):
             self.start_one(name)
         self.wait_ready(timeout)
+        for name in self.workers:
+            self.wait_ready(timeout, name)
 
     def start_one(self, name: str) -> None:
-        self.procs[name] = self._run(name, "serve", start_new_session=True)
+        command = WORKERS[name][1] if name in WORKERS else "serve"
+        self.procs[name] = self._run(name, command, start_new_session=True)
 
     def wait_ready(self, timeout: float = 60.0, name: str = "gateway") -> None:
         deadline = time.monotonic() + timeout

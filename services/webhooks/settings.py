@@ -9,7 +9,7 @@ from shared.settings import BaseServiceSettings
 
 DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 # Time a lease keeps beyond the attempt's own timeout, for recording its outcome.
-LEASE_MARGIN_SECONDS = 15.0
+LEASE_MARGIN_SECONDS = 5.0
 
 
 def _parse_schedule(value: Any) -> Any:

@@ -498,3 +498,70 @@ async def test_metrics_count_outcomes_and_measure_the_queue(pg):
     assert "portico_webhook_queue_depth 1.0" in text
     age = float(text.split("\nportico_webhook_oldest_pending_age_seconds ")[1].split()[0])
     assert 90 <= age < 90 + 60, age
+
+
+# The API: a delivery with its attempt log, replays, and disabling.
+
+
+async def test_the_api_shows_a_delivery_with_its_attempt_log_and_replays_it(pg, migrated, signer):
+    from services.webhooks.app import create_app
+    from services.webhooks.settings import WebhooksSettings
+    from shared.identity import Identity
+    from tests.conftest import app_client, internal_headers, settings_kwargs
+
+    settings = WebhooksSettings(
+        **{**settings_kwargs(migrated, "webhooks"), "database_url": pg.url}, relay_enabled=False
+    )
+    async with Receiver(answer(500, b"nope")) as receiver:
+        endpoint = await pg.endpoint(receiver.url)
+        [delivery] = await pg.deliveries(endpoint)
+        async with running_worker(pg, schedule=(0.01,)):
+            await settled(pg, [delivery])
+
+        def headers(tenant_id: str, *scopes: str) -> dict[str, str]:
+            identity = Identity(subject="u", tenant_id=tenant_id, scopes=frozenset(scopes), plan="pro")
+            return internal_headers(signer, "webhooks", identity)
+
+        owner = headers(endpoint.tenant_id, "webhooks:read", "webhooks:write")
+        reader = headers(endpoint.tenant_id, "webhooks:read")
+        stranger = headers("another-tenant", "webhooks:read", "webhooks:write")
+        async for client in app_client(create_app(settings)):
+            shown = await client.get(f"/deliveries/{delivery.id}", headers=reader)
+            assert shown.status_code == 200, shown.text
+            body = shown.json()
+            assert body["webhook_id"] == delivery.webhook_id
+            assert (body["status"], body["attempts"], body["last_status_code"]) == ("failed", 2, 500)
+            assert [(a["status_code"], a["error"]) for a in body["attempt_log"]] == [(500, "HTTP 500: nope")] * 2
+            assert set(body["attempt_log"][0]) == {"at", "status_code", "duration_ms", "error"}
+            listed = await client.get(f"/endpoints/{endpoint.id}/deliveries", headers=reader)
+            assert listed.json()["items"][0]["webhook_id"] == delivery.webhook_id
+
+            for who in (stranger,):
+                for method, path in (("GET", ""), ("POST", "/replay")):
+                    missing = await client.request(method, f"/deliveries/{delivery.id}{path}", headers=who)
+                    assert missing.status_code == 404
+                    assert missing.json()["error_code"] == "WEBHOOK_DELIVERY_NOT_FOUND"
+            refused = await client.post(f"/deliveries/{delivery.id}/replay", headers=reader)
+            assert refused.status_code == 403
+
+            receiver.handler = answer(204)
+            replayed = await client.post(f"/deliveries/{delivery.id}/replay", headers=owner)
+            assert replayed.status_code == 202, replayed.text
+            assert (replayed.json()["status"], replayed.json()["webhook_id"]) == ("pending", delivery.webhook_id)
+            async with running_worker(pg):
+                await settled(pg, [delivery], statuses=("succeeded",))
+
+            # Disabling cancels what is pending; a disabled endpoint's deliveries are not replayed.
+            [later] = await pg.deliveries(endpoint)
+            off = await client.patch(f"/endpoints/{endpoint.id}", json={"status": "disabled"}, headers=owner)
+            assert off.json()["status"] == "disabled"
+            assert (await pg.delivery(later.id)).status == "cancelled"
+            conflict = await client.post(f"/deliveries/{later.id}/replay", headers=owner)
+            assert conflict.status_code == 409
+            assert conflict.json()["error_code"] == "WEBHOOK_ENDPOINT_DISABLED"
+            on = await client.patch(f"/endpoints/{endpoint.id}", json={"status": "active"}, headers=owner)
+            assert on.json()["status"] == "active"
+            assert (await client.post(f"/deliveries/{later.id}/replay", headers=owner)).status_code == 202
+            async with running_worker(pg):
+                await settled(pg, [later], statuses=("succeeded",))
+    assert [r.webhook_id for r in receiver.received] == [delivery.webhook_id] * 3 + [later.webhook_id]
