@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -45,12 +48,24 @@ def embedded(tmp_path_factory: pytest.TempPathFactory):
 def test_the_readme_walkthrough_works_as_printed(embedded):
     script = walkthrough()
     assert "GW=http://127.0.0.1:8000\n" in script
+    assert "HOOK_PORT=9000\n" in script
     script = script.replace("GW=http://127.0.0.1:8000\n", f"GW={embedded.url()}\n", 1)
-    result = subprocess.run(
-        ["bash", "-eo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120, check=False
+    script = script.replace("HOOK_PORT=9000\n", f"HOOK_PORT={free_port()}\n", 1)
+    # Its own process group: the receiver it starts in the background goes too, whatever happens.
+    proc = subprocess.Popen(
+        ["bash", "-eo", "pipefail", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
     )
-    out = result.stdout
-    assert result.returncode == 0, result.stderr + out
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err + out
     assert '"email":"admin@acme.example.com"' in out
     assert '"stock_after":15' in out
     assert out.lower().count("idempotent-replayed: true") == 1
@@ -59,6 +74,14 @@ def test_the_readme_walkthrough_works_as_printed(embedded):
     assert '"stock":15' in out
     assert '"event_type":"order.created"' in out
     assert '"event_type":"order.cancelled"' in out
+    # The receiver verified both events, then the replay, which carries the same webhook-id.
+    verified = re.findall(r"^verified webhook-id=(msg_\w+) type=(order\.\w+) order=\S+$", out, re.M)
+    assert sorted({kind for _, kind in verified}) == ["order.cancelled", "order.created"], out
+    assert len(verified) == 3, out
+    assert len({webhook_id for webhook_id, _ in verified}) == 2
+    assert out.count('"status":"succeeded"') >= 2
+    assert '"attempt_log":[{"at":' in out
+    assert " 202\n" in out
     assert "ratelimit-policy:" in out.lower()
     assert '"error_code":"INSUFFICIENT_SCOPE"' in out
     assert "revoke: 204" in out
