@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, or_, select, update
+from sqlalchemy import and_, case, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.webhooks.models import ACTIVE, DISABLED, Delivery, DeliveryAttempt, Endpoint, Event
@@ -270,8 +270,8 @@ class WorkerRepository:
         if held and decision.status == CANCELLED:
             await DeliveryRepository(self.session).cancel_pending(claimed.endpoint_id)
         if held or await self.session.scalar(select(Delivery.id).where(Delivery.id == claimed.delivery_id)):
-            self.session.add(
-                DeliveryAttempt(
+            await self.session.execute(
+                insert(DeliveryAttempt).values(
                     delivery_id=claimed.delivery_id,
                     at=result.at,
                     status_code=result.status_code,
@@ -279,7 +279,6 @@ class WorkerRepository:
                     error=result.error,
                 )
             )
-            await self.session.flush()
         return held
 
     async def release(self, token: str, delivery_ids: Sequence[str]) -> int:

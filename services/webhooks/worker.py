@@ -143,7 +143,8 @@ class DeliveryWorker:
             while not stop.is_set():
                 free = self.config.concurrency - len(self.in_flight)
                 claimed = 0
-                if free > 0:
+                # Slots are filled in batches: a claim per finished attempt would cost a claim each.
+                if free >= self.batch or not self.in_flight:
                     try:
                         claimed = await self.claim_and_start(free)
                     except Exception as exc:  # the loop outlives any failure; it backs off instead
@@ -156,7 +157,7 @@ class DeliveryWorker:
                         await self._wait(stop, delay)
                         continue
                     failures = 0
-                if claimed and len(self.in_flight) < self.config.concurrency:
+                if claimed and self.config.concurrency - len(self.in_flight) >= self.batch:
                     continue  # maybe more is due: look again at once
                 await self._wait(stop, self.config.poll_interval)
         finally:
@@ -166,11 +167,15 @@ class DeliveryWorker:
                 await stats
             self.running = False
 
+    @property
+    def batch(self) -> int:
+        return max(1, self.config.concurrency // 4)
+
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
-        """Until stop, a free slot when all are taken, or the timeout."""
+        """Until stop, enough free slots for a claim when too few are free, or the timeout."""
         self._slot_freed.clear()
         waiters = [asyncio.ensure_future(stop.wait())]
-        if len(self.in_flight) >= self.config.concurrency:
+        if self.config.concurrency - len(self.in_flight) < self.batch:
             waiters.append(asyncio.ensure_future(self._slot_freed.wait()))
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -200,7 +205,8 @@ class DeliveryWorker:
 
     def _done(self, delivery_id: str, _: object) -> None:
         self.in_flight.pop(delivery_id, None)
-        self._slot_freed.set()
+        if self.config.concurrency - len(self.in_flight) >= self.batch:
+            self._slot_freed.set()
 
     # One attempt
 
