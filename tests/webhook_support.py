@@ -193,6 +193,7 @@ class Receiver:
     open_connections: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     server: asyncio.Server | None = None
+    connections: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -206,10 +207,17 @@ class Receiver:
     async def __aexit__(self, *_: object) -> None:
         assert self.server is not None
         self.server.close()
+        # Requests still held (a receiver that never answers) end with the receiver.
+        for task in self.connections:
+            task.cancel()
+        await asyncio.gather(*self.connections, return_exceptions=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.server.wait_closed(), 5)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.connections.add(task)
         self.open_connections += 1
         try:
             while True:
@@ -235,6 +243,7 @@ class Receiver:
             return
         finally:
             self.open_connections -= 1
+            self.connections.discard(task)
             writer.close()
 
     async def wait_for(self, count: int, timeout: float = 60.0) -> None:
