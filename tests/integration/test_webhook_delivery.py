@@ -8,7 +8,7 @@ resolver, never the machine's DNS.
 from __future__ import annotations
 
 import asyncio
-import socket
+import itertools
 from datetime import timedelta
 
 import pytest
@@ -140,8 +140,9 @@ async def test_failures_follow_the_schedule_to_the_dead_letter_and_replay_keeps_
             assert len(entry.error) <= len("HTTP 500: ") + BODY_EXCERPT_BYTES
             assert entry.duration_ms >= 0
         # Scheduled 0.05 s and then 0.1 s (each within 10%) after the failures before them.
-        gaps = [(b.at - a.at).total_seconds() for a, b in zip(log, log[1:], strict=False)]
-        assert gaps[0] >= 0.045 and gaps[1] >= 0.09, gaps
+        gaps = [(b.at - a.at).total_seconds() for a, b in itertools.pairwise(log)]
+        assert gaps[0] >= 0.045, gaps
+        assert gaps[1] >= 0.09, gaps
         assert len({r.webhook_id for r in receiver.received}) == 1
 
         receiver.handler = answer(200)
@@ -323,13 +324,12 @@ async def test_a_name_rebound_between_check_and_connect_reaches_nothing_new(pg):
     """The name answers the checked address once, then another: the attempt connects to the one it
     checked. A second lookup for the connection would find the other address (or, with this
     resolver being the test's, no address at all) and the checked receiver would hear nothing."""
-    async with Receiver(host="127.0.0.1") as checked:
-        async with Receiver(host="127.0.0.2", port=checked.port) as rebound:
-            resolver = Rebinding(["127.0.0.1"], ["127.0.0.2"])
-            endpoint = await pg.endpoint(f"http://hooks.rebind.test:{checked.port}/hooks")
-            [delivery] = await pg.deliveries(endpoint)
-            async with running_worker(pg, resolver=resolver):
-                await settled(pg, [delivery])
+    async with Receiver(host="127.0.0.1") as checked, Receiver(host="127.0.0.2", port=checked.port) as rebound:
+        resolver = Rebinding(["127.0.0.1"], ["127.0.0.2"])
+        endpoint = await pg.endpoint(f"http://hooks.rebind.test:{checked.port}/hooks")
+        [delivery] = await pg.deliveries(endpoint)
+        async with running_worker(pg, resolver=resolver):
+            await settled(pg, [delivery])
     assert (await pg.delivery(delivery.id)).status == "succeeded"
     assert rebound.received == []
     assert resolver.lookups == ["hooks.rebind.test"]
@@ -366,7 +366,8 @@ async def test_private_addresses_are_refused_at_delivery_unless_allowed(pg):
         assert receiver.received == []
         for delivery in deliveries:
             [entry] = await attempt_log(pg, delivery.id)
-            assert entry.error.startswith("refused:") and "loopback" in entry.error, entry.error
+            assert entry.error.startswith("refused:"), entry.error
+            assert "loopback" in entry.error, entry.error
 
 
 async def _all_attempted(db: HooksDb, deliveries) -> bool:

@@ -55,7 +55,7 @@ def test_what_each_answer_means():
     gone = decide(410, None, 1, SCHEDULE, NOW, rng)
     assert (gone.status, gone.outcome) == ("cancelled", "cancelled")
     retry = decide(500, "60", 1, SCHEDULE, NOW, rng)
-    assert retry.status == "pending" and retry.outcome == "failed_attempt"
+    assert (retry.status, retry.outcome) == ("pending", "failed_attempt")
     assert NOW + timedelta(seconds=4.5) <= retry.next_attempt_at <= NOW + timedelta(seconds=5.5)
     asked = decide(429, "60", 1, SCHEDULE, NOW, rng)
     assert asked.next_attempt_at == NOW + timedelta(seconds=60)
