@@ -566,3 +566,20 @@ async def test_the_api_shows_a_delivery_with_its_attempt_log_and_replays_it(pg, 
             async with running_worker(pg):
                 await settled(pg, [later], statuses=("succeeded",))
     assert [r.webhook_id for r in receiver.received] == [delivery.webhook_id] * 3 + [later.webhook_id]
+
+
+async def test_a_slow_answer_within_the_timeout_is_a_success_and_its_time_is_logged(pg):
+    async def slow(_: Received, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(1)
+        writer.write(http_answer(200))
+        await writer.drain()
+        return True
+
+    async with Receiver(slow) as receiver:
+        [delivery] = await pg.deliveries(await pg.endpoint(receiver.url))
+        async with running_worker(pg, timeout=30):
+            await settled(pg, [delivery])
+    assert (await pg.delivery(delivery.id)).status == "succeeded"
+    [entry] = await attempt_log(pg, delivery.id)
+    assert (entry.status_code, entry.error) == (200, None)
+    assert entry.duration_ms >= 1000
