@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,25 +181,6 @@ def parse_wrk(out: str) -> WrkResult:
     )
 
 
-def wrk_command(
-    url: str,
-    *,
-    headers: Mapping[str, str],
-    seconds: int,
-    connections: int,
-    threads: int = 1,
-    script: Path | None = None,
-    cpus: Collection[int] | None = None,
-) -> list[str]:
-    # A request still unanswered after the timeout counts as an error rather than vanishing from the percentiles.
-    command = [require_wrk(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
-    for name, value in headers.items():
-        command += ["-H", f"{name}: {value}"]
-    if script is not None:
-        command += ["-s", str(script)]
-    return pinned([*command, url], cpus)
-
-
 def wrk(
     url: str,
     *,
@@ -210,12 +191,30 @@ def wrk(
     script: Path | None = None,
     cpus: Collection[int] | None = None,
     strict: bool = True,
+    tick: Callable[[], None] | None = None,
+    tick_seconds: float = 5,
 ) -> WrkResult:
-    """What wrk measured; `strict` fails the run if any request did not answer 2xx."""
-    command = wrk_command(
-        url, headers=headers, seconds=seconds, connections=connections, threads=threads, script=script, cpus=cpus
-    )
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    """What wrk measured; `strict` fails the run if any request did not answer 2xx. `tick` is called
+    as the run starts and every `tick_seconds` while it lasts (to sample something under load)."""
+    # A request still unanswered after the timeout counts as an error rather than vanishing from the percentiles.
+    command = [require_wrk(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    if script is not None:
+        command += ["-s", str(script)]
+    with subprocess.Popen(
+        pinned([*command, url], cpus), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        while True:
+            if tick is not None:
+                tick()
+            try:
+                out, err = proc.communicate(timeout=tick_seconds if tick is not None else None)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{err}")
     result = parse_wrk(out)
     if strict and result.non_2xx:
         raise RuntimeError(f"non-2xx answers during the run:\n{out}")

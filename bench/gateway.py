@@ -39,7 +39,6 @@ import platform
 import re
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,13 +51,11 @@ import httpx
 from bench.common import (
     WrkResult,
     bearer,
-    parse_wrk,
     post_script,
     redis_prefix,
     require_wrk,
     server,
     wrk,
-    wrk_command,
 )
 from bench.nginx import nginx, require_nginx
 from shared.devstack import free_port
@@ -84,11 +81,12 @@ class Rig:
     redis_url: str
     redis_prefix: str
     jwt_secret: str
+    token: str
     scratch: Path
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {bearer(secret=self.jwt_secret)}"}
+        return {"Authorization": f"Bearer {self.token}"}
 
 
 @dataclass
@@ -98,7 +96,8 @@ class Row:
     headers: Mapping[str, str]
     pid: int = 0
     script: Path | None = None
-    cpus: Collection[int] | None = None
+    # Where wrk, the downstream and the span receiver run while this row is measured (--scaling).
+    load_cpus: Collection[int] | None = None
     results: list[WrkResult] = field(default_factory=list)
 
     def median(self, figure: Callable[[WrkResult], float]) -> float:
@@ -204,6 +203,7 @@ def rig(args: argparse.Namespace) -> Iterator[Rig]:
             command = [sys.executable, "-m", "bench.static_downstream", str(port)]
             downstream_pid = stack.enter_context(server(command, env={}, health_url=f"http://127.0.0.1:{port}/")).pid
         sink_port = free_port()
+        secret = secrets.token_urlsafe(32)
         sink = stack.enter_context(
             server(
                 [sys.executable, "-m", "bench.otlp_sink", str(sink_port)],
@@ -218,7 +218,9 @@ def rig(args: argparse.Namespace) -> Iterator[Rig]:
             sink_pid=sink.pid,
             redis_url=args.redis_url,
             redis_prefix=prefix,
-            jwt_secret=secrets.token_urlsafe(32),
+            jwt_secret=secret,
+            # One caller (one tenant) for the whole run, the same for every gateway.
+            token=bearer(secret=secret),
             scratch=Path(scratch),
         )
 
@@ -454,17 +456,17 @@ def scaling(args: argparse.Namespace) -> None:
                 # or share the gateway's when none is left.
                 base, pid = stack.enter_context(portico(r, server_name, workers=workers, cpus=cores[:workers]))
                 name = f"Portico ({server_name}), {workers} worker{'s' if workers > 1 else ''}"
-                rows.append(Row(name, f"{base}/v1/users/me", r.headers, pid, cpus=cores[workers:] or cores))
+                rows.append(Row(name, f"{base}/v1/users/me", r.headers, pid, load_cpus=cores[workers:] or cores))
         for row in rows:
             check_answers(row)
 
-        plain = wrk_runner(args, cpus=lambda row: row.cpus)
+        plain = wrk_runner(args, cpus=lambda row: row.load_cpus)
         cpu_per_request: dict[str, list[float]] = {row.name: [] for row in rows}
 
         def run(row: Row, seconds: int) -> WrkResult:
-            assert row.cpus is not None
+            assert row.load_cpus is not None
             for pid in (r.downstream_pid, r.sink_pid):
-                pin(pid, row.cpus)
+                pin(pid, row.load_cpus)
             start = cpu_seconds(row.pid)
             result = plain(row, seconds)
             cpu_per_request[row.name].append((cpu_seconds(row.pid) - start) / max(result.requests, 1) * 1e6)
@@ -475,11 +477,11 @@ def scaling(args: argparse.Namespace) -> None:
     def lines() -> Iterator[list[str]]:
         for one, two in zip(rows[::2], rows[1::2], strict=True):
             for row, workers in ((one, 1), (two, 2)):
-                assert row.cpus is not None
+                assert row.load_cpus is not None
                 yield [
                     row.name,
                     ",".join(str(c) for c in cores[:workers]),
-                    ",".join(str(c) for c in row.cpus),
+                    ",".join(str(c) for c in row.load_cpus),
                     f"{row.rate:.0f}",
                     row.rounds,
                     f"{row.rate / one.rate:.2f}x",
@@ -533,27 +535,25 @@ def memory(args: argparse.Namespace) -> None:
         capacity = run(row, args.capacity_seconds).requests_per_second
         target = args.load * capacity
         script = pacing_script(r.scratch, args.threads * 1000 / target)
-        command = wrk_command(
+        worker = worker_pid(pid)
+        samples: list[tuple[float, float]] = []
+        started = time.monotonic()
+
+        def sample() -> None:
+            samples.append((time.monotonic() - started, rss_mib(worker)))
+
+        result = wrk(
             row.url,
             headers=row.headers,
             seconds=args.memory_seconds,
             connections=args.connections,
             threads=args.threads,
             script=script,
+            strict=False,
+            tick=sample,
+            tick_seconds=args.sample_seconds,
         )
-        worker = worker_pid(pid)
-        samples: list[tuple[float, float]] = []
-        started = time.monotonic()
-        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
-            while True:
-                samples.append((time.monotonic() - started, rss_mib(worker)))
-                try:
-                    out, _ = proc.communicate(timeout=args.sample_seconds)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        samples.append((time.monotonic() - started, rss_mib(worker)))
-        result = parse_wrk(out)
+        sample()
 
     first, last = samples[0][1], samples[-1][1]
     peak = max(rss for _, rss in samples)
