@@ -94,8 +94,11 @@ def assembled(downstream: str) -> FastAPI:
     def tenant(request: Request) -> str:
         return getattr(request.state, "tenant", None) or get_remote_address(request)
 
+    # Its keys go under the run's prefix, so that the run removes them at the end.
     limiter = Limiter(
-        key_func=tenant, storage_uri=os.environ["BENCH_REDIS_URL"], key_prefix=os.environ["BENCH_REDIS_PREFIX"]
+        key_func=tenant,
+        storage_uri=os.environ["BENCH_REDIS_URL"],
+        storage_options={"key_prefix": os.environ["BENCH_REDIS_PREFIX"]},
     )
 
     @asynccontextmanager

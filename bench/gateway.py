@@ -178,7 +178,7 @@ def comparator(rig: Rig, name: str) -> Iterator[tuple[str, int]]:
         "BENCH_DOWNSTREAM_URL": rig.downstream_url,
         "BENCH_JWT_SECRET": rig.jwt_secret,
         "BENCH_REDIS_URL": rig.redis_url,
-        "BENCH_REDIS_PREFIX": f"{rig.redis_prefix}slowapi:",
+        "BENCH_REDIS_PREFIX": f"{rig.redis_prefix}slowapi",
         "BENCH_OTLP_ENDPOINT": rig.sink_url,
     }
     command = [sys.executable, "-m", "bench.comparators", name, str(port)]
