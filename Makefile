@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: install run test lint fmt migrate bench clean
 
@@ -14,6 +15,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 ## Migrate and start the whole system on embedded defaults (SQLite per service, in-process stores).
 run: $(STAMP)
@@ -31,6 +36,11 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+## The gateway benchmark (needs wrk, nginx and Redis); options go in BENCH_ARGS, e.g.
+## make bench BENCH_ARGS="--seconds 10 --rounds 5" (see python -m bench.gateway --help).
+bench: $(BENCH_STAMP)
+	$(PY) -m bench.gateway $(BENCH_ARGS)
 
 migrate: $(STAMP)
 	for svc in users orders inventory webhooks; do $(PY) -m services.$$svc migrate || exit 1; done
