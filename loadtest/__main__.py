@@ -30,7 +30,8 @@ import httpx
 import psutil
 
 from loadtest.bootstrap import bootstrap, save
-from loadtest.report import MEMORY_FIELDS, capacity, read_run, write_report
+from loadtest.outcomes import MEMORY_FIELDS
+from loadtest.report import capacity, read_run, write_report
 from shared.devstack import DEFAULT_PORTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,8 +134,6 @@ def run_locust(
         str(users),
         "--spawn-rate",
         str(spawn_rate),
-        "--run-time",
-        duration,
         "--stop-timeout",
         "5",
         "--only-summary",
@@ -143,7 +142,13 @@ def run_locust(
         "--exit-code-on-error",
         "0",
     ]
-    child_env = {**os.environ, **env, "LOADTEST_OUT": str(out), "PYTHONPATH": str(ROOT)}
+    child_env = {
+        **os.environ,
+        **env,
+        "LOADTEST_OUT": str(out),
+        "LOADTEST_DURATION": str(seconds(duration)),
+        "PYTHONPATH": str(ROOT),
+    }
     local = urlsplit(host).hostname in ("127.0.0.1", "localhost", "::1")
     sampler = MemorySampler(out / "memory.csv", memory_interval) if local else None
     if sampler:

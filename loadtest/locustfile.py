@@ -31,13 +31,16 @@ from locust.env import Environment
 from locust.exception import StopUser
 
 from loadtest.bootstrap import PASSWORD, PLANS, Tenant, bootstrap, load, save
-from loadtest.report import ERROR, JOURNEY_FIELDS, OK, REQUEST_FIELDS, UNAVAILABLE, classify
+from loadtest.outcomes import ERROR, JOURNEY_FIELDS, OK, REQUEST_FIELDS, UNAVAILABLE, classify
 
 OUT = Path(os.environ.get("LOADTEST_OUT", "var/loadtest/adhoc"))
 THINK = (float(os.environ.get("LOADTEST_THINK_MIN", "0.5")), float(os.environ.get("LOADTEST_THINK_MAX", "2.0")))
 # Set by the soak: all users together send at most this many requests per second.
 TARGET_RPS = float(os.environ.get("LOADTEST_TARGET_RPS", "0") or 0)
 SSE_SECONDS = float(os.environ.get("LOADTEST_SSE_SECONDS", "20"))
+# The run's length, counted from the start of the test (locust's --run-time also counts its own
+# start-up, which takes seconds on a busy machine).
+DURATION = float(os.environ.get("LOADTEST_DURATION", "0") or 0)
 REQUEST_TIMEOUT_SECONDS = 30
 ORDER_ATTEMPTS = 4
 RETRY_CAP_SECONDS = 5.0
@@ -57,10 +60,16 @@ class Recorder:
         self._journeys.writerow(JOURNEY_FIELDS)
 
     def request(self, *row: Any) -> None:
-        self._requests.writerow(row)
+        if not self.closed:  # a request that ends while the run stops is left out
+            self._requests.writerow(row)
 
     def journey(self, kind: str, plan: str, value: float = 1) -> None:
-        self._journeys.writerow((f"{time.time():.3f}", kind, plan, value))
+        if not self.closed:
+            self._journeys.writerow((f"{time.time():.3f}", kind, plan, value))
+
+    @property
+    def closed(self) -> bool:
+        return self._files[0].closed
 
     def close(self) -> None:
         for f in self._files:
@@ -97,6 +106,18 @@ def _start(environment: Environment, **_: Any) -> None:
         assert environment.host, "locust needs --host"
         save(bootstrap(environment.host), tenants_file)
     TENANTS[:] = load(tenants_file)
+    if DURATION:
+        gevent.spawn(_quit_after, environment, DURATION)
+
+
+def _quit_after(environment: Environment, seconds: float) -> None:
+    # Counted on the monotonic clock in short sleeps: gevent's timers run on the event loop's cached
+    # time, which lags by however long the loop was blocked.
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        gevent.sleep(min(left, 1.0))
+    assert environment.runner is not None
+    environment.runner.quit()
 
 
 @events.test_stop.add_listener
@@ -292,9 +313,11 @@ def place_with_retries(user: PorticoUser, body: dict[str, Any]) -> str | None:
 
 
 class ApiClient(PorticoUser):
-    """A tenant's integration, with an API key (products:read, orders:read, orders:write)."""
+    """A tenant's integration, with an API key (products:read, orders:read, orders:write). Programs
+    poll faster than people click: on the free plan they are what meets the quota."""
 
     weight = 3
+    wait_time = between(THINK[0] / 5, THINK[1] / 5)
 
     def on_start(self) -> None:
         self.tenant = self.pick_tenant()

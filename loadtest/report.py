@@ -12,7 +12,7 @@ import json
 import math
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,35 +24,20 @@ import matplotlib.pyplot as plt
 from PIL import Image
 
 from loadtest.bootstrap import PLANS
+from loadtest.outcomes import (
+    ERROR,
+    OK,
+    OUTCOMES,
+    RATE_LIMITED,
+    REJECTED,
+    UNAVAILABLE,
+)
 
-# What a response meant for the run; only "error" counts against the system.
-OK, REJECTED, RATE_LIMITED, UNAVAILABLE, ERROR = "ok", "rejected", "rate_limited", "unavailable", "error"
-OUTCOMES = (OK, REJECTED, RATE_LIMITED, UNAVAILABLE, ERROR)
 COLORS = {OK: "#2b8a3e", REJECTED: "#1971c2", RATE_LIMITED: "#f08c00", UNAVAILABLE: "#868e96", ERROR: "#c92a2a"}
 
-REQUEST_FIELDS = ("t", "method", "route", "status", "latency_ms", "plan", "outcome", "error_code")
-MEMORY_FIELDS = ("t", "process", "pid", "rss_bytes")
-JOURNEY_FIELDS = ("t", "kind", "plan", "value")
 # Capacity is the best rate held over a window this long, with errors under ERROR_BUDGET of it.
 CAPACITY_WINDOW_S = 10
 ERROR_BUDGET = 0.01
-
-
-def classify(status: int, body: Any, expected: Collection[int], rejected: Collection[str], pending: bool) -> str:
-    """The outcome of one answer: `expected` statuses are ok, error codes in `rejected` are outcomes a
-    journey meets by design, and a `pending` route may be missing from this gateway (the router's
-    404 NOT_FOUND, or 405 where its path matches another route)."""
-    code = body.get("error_code", "") if isinstance(body, dict) else ""
-    if status in expected:
-        return OK
-    if status == 429:
-        return RATE_LIMITED
-    route_missing = (status == 404 and code == "NOT_FOUND") or status == 405
-    if pending and route_missing:
-        return UNAVAILABLE
-    if 400 <= status < 500 and code in rejected:
-        return REJECTED
-    return ERROR
 
 
 @dataclass(frozen=True, slots=True)

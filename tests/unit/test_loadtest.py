@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from loadtest import report
-from loadtest.report import (
+from loadtest.outcomes import (
     ERROR,
     JOURNEY_FIELDS,
     MEMORY_FIELDS,
@@ -19,6 +21,7 @@ from loadtest.report import (
     REJECTED,
     REQUEST_FIELDS,
     UNAVAILABLE,
+    classify,
 )
 
 T0 = 1_800_000_000.0
@@ -59,7 +62,7 @@ def row(t, route="/v1/products", status=200, latency=10.0, plan="pro", outcome=O
 )
 def test_classify(status, code, pending, outcome):
     body = {"error_code": code} if code else None
-    assert report.classify(status, body, (200,), ("INSUFFICIENT_STOCK",), pending) == outcome
+    assert classify(status, body, (200,), ("INSUFFICIENT_STOCK",), pending) == outcome
 
 
 def test_percentiles_interpolate_between_ranks():
@@ -132,3 +135,23 @@ def test_report_files_and_figures(tmp_path):
 def test_an_empty_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no request"):
         report.write_report(write_run(tmp_path, []))
+
+
+def test_the_runner_and_the_locustfile_load():
+    """The kit's entry points import (the locustfile in a process of its own: locust patches the
+    standard library with gevent on import)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import loadtest.locustfile as f; print(sorted(f.__dict__))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for user in ("Shopper", "ApiClient", "Merchant", "SseListener", "Onboarding"):
+        assert user in done.stdout
+    helped = subprocess.run(
+        [sys.executable, "-m", "loadtest", "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert "--soak" in helped.stdout
