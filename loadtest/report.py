@@ -312,10 +312,10 @@ def summary(run: Run, images: Sequence[str]) -> str:
         + (f", paced at {meta['target_rps']:.0f} req/s" if meta.get("target_rps") else "")
         + ". Figures from a shared machine are indicative.",
         "",
-        "| requests | mean req/s | capacity (best 10 s, <1% errors) | errors | rejected (4xx by design) | 429 "
+        "| requests | mean req/s | peak req/s (best 10 s, <1% errors) | errors | rejected (4xx by design) | 429 "
         "| unserved routes |",
         "|---|---|---|---|---|---|---|",
-        f"| {total} | {total / run.duration:.1f} | {capacity(run):.1f} req/s | {outcomes[ERROR]} "
+        f"| {total} | {total / run.duration:.1f} | {capacity(run):.1f} | {outcomes[ERROR]} "
         f"({100 * outcomes[ERROR] / max(total, 1):.2f}%) | {outcomes[REJECTED]} | {outcomes[RATE_LIMITED]} "
         f"| {outcomes[UNAVAILABLE]} |",
         "",
