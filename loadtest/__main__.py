@@ -169,10 +169,14 @@ def seconds(duration: str) -> float:
     return float(duration[:-1]) * units[duration[-1]] if duration[-1] in units else float(duration)
 
 
+def _stop(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default=os.environ.get("LOADTEST_HOST", DEFAULT_HOST))
-    parser.add_argument("--duration", default="60s", help="run time (locust syntax: 60s, 10m)")
+    parser.add_argument("--duration", help="load time: 60s, 10m (default 60s, a soak 10m)")
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--spawn-rate", type=float, default=2.0, help="users started per second")
     parser.add_argument("--tenants-per-plan", type=int, default=2)
@@ -180,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity", type=float, help="req/s the soak takes as capacity (else: probed first)")
     parser.add_argument("--out", type=Path, help="report directory (default var/loadtest/<time>-<mode>)")
     args = parser.parse_args(argv)
-    if args.soak and args.duration == "60s":
-        args.duration = "10m"
+    args.duration = args.duration or ("10m" if args.soak else "60s")
+    # Stopped (Ctrl-C, kill), the run still stops locust and the stack it started. SIGINT is set too:
+    # a shell that starts this in the background leaves it ignored.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, _stop)
     host = args.host.rstrip("/")
     mode = "soak" if args.soak else "run"
     out = args.out or ROOT / "var" / "loadtest" / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{mode}"
@@ -220,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                     {**env, "LOADTEST_THINK_MIN": "0", "LOADTEST_THINK_MAX": "0"},
                     2,
                 )
-                (probe / "run.json").write_text(json.dumps({**meta, "mode": "capacity probe", "duration": "60s"}))
+                probe_meta = {**meta, "mode": "capacity probe", "duration": "60s", "users": probe_users}
+                (probe / "run.json").write_text(json.dumps(probe_meta))
                 write_report(probe)
                 rps = capacity(read_run(probe))
                 print(f"capacity: {rps:.1f} req/s (probe report: {probe / 'summary.md'})", flush=True)

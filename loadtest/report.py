@@ -306,9 +306,10 @@ def summary(run: Run, images: Sequence[str]) -> str:
     total = len(run.requests)
     meta = run.meta
     lines = [
-        f"# Load test: {meta.get('mode', 'run')} of {meta.get('duration', f'{run.duration:.0f}s')}",
+        f"# Load test: {meta.get('mode', 'run')}, {run.duration:.0f} s of load",
         "",
-        f"Target `{meta.get('host', '?')}`, {meta.get('users', '?')} users, started {meta.get('started', '?')}"
+        f"Target `{meta.get('host', '?')}`, {meta.get('users', '?')} users for {meta.get('duration', '?')}, "
+        f"started {meta.get('started', '?')}"
         + (f", paced at {meta['target_rps']:.0f} req/s" if meta.get("target_rps") else "")
         + ". Figures from a shared machine are indicative.",
         "",
