@@ -37,7 +37,7 @@ import redis
 import uvicorn
 
 from bench.common import bearer, process, require_wrk, wrk
-from shared.apikeys import new_api_key
+from shared.contract import new_api_key
 from shared.devstack import free_port
 
 USER = {

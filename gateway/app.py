@@ -63,8 +63,9 @@ from gateway.proxy import Upstreams
 from gateway.routes import api_keys, orders, products, users, webhooks
 from gateway.settings import GatewaySettings
 from shared.app import ReadinessCheck, add_health_routes, install_common
+from shared.contract import ANONYMOUS
 from shared.http import ServiceClient, create_http_client
-from shared.identity import ANONYMOUS, IdentitySigner
+from shared.identity import IdentitySigner
 from shared.telemetry import create_tracer_provider, set_global_provider_once, start_export
 
 logger = logging.getLogger("portico.gateway")

@@ -10,9 +10,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.settings import GatewaySettings
-from shared.apikeys import is_well_formed
+from shared.contract import ANONYMOUS, AuthenticationRequired, Identity, is_well_formed
 from shared.errors import BadRequest, Forbidden, PorticoError, Unauthorized, problem_response
-from shared.identity import ANONYMOUS, Identity
 
 
 class InvalidToken(Unauthorized):
@@ -168,7 +167,7 @@ async def current_identity(request: Request) -> Identity:
 async def require_principal(request: Request) -> Identity:
     identity: Identity = request.state.identity
     if identity.is_anonymous:
-        raise Unauthorized("This route needs credentials.", error_code="AUTHENTICATION_REQUIRED")
+        raise AuthenticationRequired("This route needs credentials.")
     return identity
 
 

@@ -7,9 +7,8 @@ from typing import Annotated
 from fastapi import Depends
 
 from gateway.auth import require_principal
+from shared.contract import PLANS, Identity
 from shared.errors import PaymentRequired
-from shared.identity import Identity
-from shared.scopes import PLANS
 
 
 class RequirePlan:

@@ -8,10 +8,9 @@ import httpx
 from fastapi import Depends, Path, Request
 from starlette.responses import Response
 
+from shared.contract import RESOURCE_ID_PATTERN, Identity
 from shared.errors import DownstreamBadResponse
 from shared.http import ServiceClient
-from shared.identity import Identity
-from shared.text import RESOURCE_ID_PATTERN
 
 # Request headers a service may need; everything else (cookies, credentials, hop-by-hop) stays here.
 FORWARD_REQUEST_HEADERS = ("content-type", "accept", "idempotency-key", "if-match", "last-event-id")

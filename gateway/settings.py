@@ -9,6 +9,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AnyHttpUrl, BeforeValidator, Field, PlainSerializer, SecretStr, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from shared.contract import Plan
 from shared.settings import BaseServiceSettings
 
 _QUOTA_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*s?\s*$")
@@ -152,13 +153,9 @@ class GatewaySettings(BaseServiceSettings):
             raise ValueError("CORS credentials cannot be allowed for every origin ('*')")
         return self
 
-    def plan_quota(self, plan: str | None) -> tuple[str, Quota]:
-        """The policy name and quota of a plan; a caller without a known plan gets the free one."""
-        if plan == "enterprise":
-            return "enterprise", self.rate_limit_enterprise
-        if plan == "pro":
-            return "pro", self.rate_limit_pro
-        return "free", self.rate_limit_free
+    def plan_quotas(self) -> dict[Plan, Quota]:
+        """Each plan's per-tenant quota (a caller without a known plan is counted as DEFAULT_PLAN)."""
+        return {"free": self.rate_limit_free, "pro": self.rate_limit_pro, "enterprise": self.rate_limit_enterprise}
 
     def service_urls(self) -> dict[str, str]:
         return {

@@ -15,8 +15,9 @@ import httpx
 from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
 from opentelemetry.sdk.trace import TracerProvider
 
+from shared.contract import IDENTITY_HEADER, Identity
 from shared.errors import DownstreamBadResponse, DownstreamTimeout, DownstreamUnavailable
-from shared.identity import IDENTITY_HEADER, Identity, IdentitySigner
+from shared.identity import IdentitySigner
 from shared.settings import BaseServiceSettings
 
 

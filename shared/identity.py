@@ -6,44 +6,21 @@ nobody."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from jose import JWTError, jwt
 
-from shared.errors import Forbidden, Unauthorized
-
-IDENTITY_HEADER = "X-Portico-Identity"
-ISSUER = "portico-internal"
-ALGORITHM = "HS256"
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a request is for. `subject` is a user id, an API key id, or "anonymous"."""
-
-    subject: str
-    tenant_id: str | None = None
-    scopes: frozenset[str] = field(default_factory=frozenset)
-    plan: str | None = None
-    role: str | None = None
-
-    @property
-    def is_anonymous(self) -> bool:
-        return self.subject == "anonymous"
-
-    def require_tenant(self) -> str:
-        if self.tenant_id is None:
-            raise Unauthorized("This route needs an authenticated tenant.", error_code="AUTHENTICATION_REQUIRED")
-        return self.tenant_id
-
-    def require_scope(self, scope: str) -> None:
-        if scope not in self.scopes:
-            raise Forbidden(f"Missing scope {scope}.", error_code="INSUFFICIENT_SCOPE", extra={"required_scope": scope})
-
-
-ANONYMOUS = Identity(subject="anonymous")
+from shared.contract import (
+    IDENTITY_ALGORITHM,
+    IDENTITY_CHALLENGE,
+    IDENTITY_HEADER,
+    IDENTITY_ISSUER,
+    Identity,
+    identity_claims,
+    identity_from_claims,
+)
+from shared.errors import Unauthorized
 
 
 class IdentitySigner:
@@ -62,20 +39,13 @@ class IdentitySigner:
         if cached is not None and cached[0] > now:
             return cached[1]
         claims: dict[str, Any] = {
-            "iss": ISSUER,
+            **identity_claims(identity),
+            "iss": IDENTITY_ISSUER,
             "aud": audience,
-            "sub": identity.subject,
             "iat": int(now),
             "exp": int(now) + self._ttl,
-            "scope": " ".join(sorted(identity.scopes)),
         }
-        if identity.tenant_id is not None:
-            claims["tid"] = identity.tenant_id
-        if identity.plan is not None:
-            claims["plan"] = identity.plan
-        if identity.role is not None:
-            claims["role"] = identity.role
-        token = jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+        token = jwt.encode(claims, self._secret, algorithm=IDENTITY_ALGORITHM)
         if len(self._cache) >= self._max_cached:
             self._cache.clear()
         self._cache[key] = (now + self._ttl / 2, token)
@@ -89,20 +59,16 @@ class IdentityVerifier:
 
     def verify(self, token: str) -> Identity:
         try:
-            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], audience=self.audience, issuer=ISSUER)
+            claims = jwt.decode(
+                token, self._secret, algorithms=[IDENTITY_ALGORITHM], audience=self.audience, issuer=IDENTITY_ISSUER
+            )
         except JWTError as exc:
             raise Unauthorized(
                 f"Invalid internal identity: {exc}",
                 error_code="INVALID_INTERNAL_IDENTITY",
-                challenge='PorticoInternal realm="portico"',
+                challenge=IDENTITY_CHALLENGE,
             ) from exc
-        return Identity(
-            subject=str(claims["sub"]),
-            tenant_id=claims.get("tid"),
-            scopes=frozenset(str(claims.get("scope", "")).split()),
-            plan=claims.get("plan"),
-            role=claims.get("role"),
-        )
+        return identity_from_claims(claims)
 
 
 async def require_identity(request: Request) -> Identity:
@@ -115,7 +81,7 @@ async def require_identity(request: Request) -> Identity:
         raise Unauthorized(
             "Requests must come through the gateway.",
             error_code="MISSING_INTERNAL_IDENTITY",
-            challenge='PorticoInternal realm="portico"',
+            challenge=IDENTITY_CHALLENGE,
         )
     verifier: IdentityVerifier = request.state.identity_verifier
     identity = verifier.verify(token)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.identity import Identity
+from shared.contract import Identity
 
 # Routes whose answers hold a secret (method, route template).
 SECRET_ROUTES: frozenset[tuple[str, str]] = frozenset(

@@ -34,12 +34,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.store import StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings
-from shared.errors import BadRequest, Conflict, PorticoError, ValidationFailed, problem_response
+from shared.contract import (
+    IDEMPOTENCY_HEADER,
+    IDEMPOTENCY_KEY_PATTERN,
+    IDEMPOTENT_METHODS,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    IdempotentResponseNotStored,
+    InvalidIdempotencyKey,
+)
+from shared.errors import PorticoError, problem_response
 
-METHODS = frozenset({"POST", "PUT", "PATCH"})
-HEADER = b"idempotency-key"
-# Visible ASCII, as a Structured Fields string can carry it; long enough for any UUID or ULID.
-KEY_RE = re.compile(rb"^[\x21-\x7e]{1,255}$")
+HEADER = IDEMPOTENCY_HEADER.lower().encode("ascii")
+KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN.encode("ascii"))
 REPLAYED = (b"idempotent-replayed", b"true")
 # Response headers that belong to one exchange, not to the stored outcome.
 UNSTORED_HEADERS = frozenset({b"content-length", b"x-request-id", b"date", b"server", b"set-cookie"})
@@ -47,30 +54,6 @@ UNSTORED_HEADERS = frozenset({b"content-length", b"x-request-id", b"date", b"ser
 
 def storable(status: int) -> bool:
     return status not in (401, 402, 403, 408, 429) and status < 500
-
-
-class InvalidIdempotencyKey(BadRequest):
-    error_code = "INVALID_IDEMPOTENCY_KEY"
-    title = "Invalid Idempotency-Key"
-    slug = "invalid-idempotency-key"
-
-
-class IdempotencyKeyInUse(Conflict):
-    error_code = "IDEMPOTENCY_KEY_IN_USE"
-    title = "Idempotency-Key in use"
-    slug = "idempotency-key-in-use"
-
-
-class IdempotentResponseNotStored(Conflict):
-    error_code = "IDEMPOTENT_RESPONSE_NOT_STORED"
-    title = "Request already done"
-    slug = "idempotent-response-not-stored"
-
-
-class IdempotencyKeyReused(ValidationFailed):
-    error_code = "IDEMPOTENCY_KEY_REUSED"
-    title = "Idempotency-Key reused"
-    slug = "idempotency-key-reused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +258,7 @@ class IdempotencyMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in METHODS:
+        if scope["type"] != "http" or scope["method"] not in IDEMPOTENT_METHODS:
             await self.app(scope, receive, send)
             return
         raw_key = next((value for name, value in scope["headers"] if name == HEADER), None)

@@ -41,8 +41,8 @@ from gateway.edge.addresses import ClientAddress
 from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.store import StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings, Quota
+from shared.contract import DEFAULT_PLAN, Identity
 from shared.errors import TooManyRequests, problem_response
-from shared.identity import Identity
 
 # KEYS: one per policy. ARGV: cost, then limit and window (ms) per policy.
 # Returns: admitted (1/0), then remaining, reset (ms) and retry-after (ms) per policy.
@@ -327,14 +327,14 @@ class RateLimitMiddleware:
         self.exempt = frozenset(settings.rate_limit_exempt_paths)
         self.client_address = ClientAddress(settings.trusted_proxies)
         self.anonymous = Policy("anonymous", settings.rate_limit_anonymous)
-        self.plans = {plan: Policy(*settings.plan_quota(plan)) for plan in ("free", "pro", "enterprise")}
+        self.plans: dict[str | None, Policy] = {plan: Policy(plan, q) for plan, q in settings.plan_quotas().items()}
+        self.default_plan = self.plans[DEFAULT_PLAN]
 
     def policies_for(self, scope: Scope, identity: Identity) -> tuple[str, list[Policy]]:
         if identity.tenant_id is None:
             subject, policies = f"a:{self.client_address(scope)}", [self.anonymous]
         else:
-            plan = identity.plan if identity.plan in self.plans else "free"
-            subject, policies = f"t:{identity.tenant_id}", [self.plans[plan]]
+            subject, policies = f"t:{identity.tenant_id}", [self.plans.get(identity.plan, self.default_plan)]
         route = self.routes.match(scope) if self.routes.entries else None
         if route is not None:
             policies.append(route)

@@ -9,8 +9,7 @@ from starlette.responses import Response
 
 from gateway.auth import RequireScope
 from gateway.proxy import ResourceId, UpstreamsDep
-from shared.identity import Identity
-from shared.text import RESOURCE_ID_PATTERN
+from shared.contract import RESOURCE_ID_PATTERN, Identity
 
 router = APIRouter(prefix="/v1", tags=["orders"])
 

@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from gateway.auth import RequireScope
 from gateway.proxy import ResourceId, UpstreamsDep
-from shared.identity import Identity
+from shared.contract import Identity
 
 router = APIRouter(prefix="/v1", tags=["products"])
 

@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from gateway.auth import AnyCaller, Principal, RequireScope
 from gateway.proxy import ResourceId, UpstreamsDep
-from shared.identity import ANONYMOUS, Identity
+from shared.contract import ANONYMOUS, Identity
 
 router = APIRouter(prefix="/v1", tags=["users"])
 

@@ -11,8 +11,8 @@ from starlette.responses import Response
 from gateway.auth import RequireScope
 from gateway.plans import RequirePlan
 from gateway.proxy import ResourceId, UpstreamsDep
+from shared.contract import Identity
 from shared.errors import PaymentRequired
-from shared.identity import Identity
 
 router = APIRouter(
     prefix="/v1/webhooks",

@@ -19,11 +19,11 @@ from services.inventory.schemas import (
     StockAdjustmentCreate,
     StockAdjustmentOut,
 )
+from shared.contract import RESOURCE_ID_PATTERN
 from shared.db import SessionDep
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.identity import TenantIdentityDep
 from shared.pagination import DEFAULT_LIMIT, Cursor, CursorQuery, LimitQuery, Page, page_of
-from shared.text import RESOURCE_ID_PATTERN
 
 router = APIRouter()
 

@@ -5,13 +5,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.text import PLAIN_TEXT_PATTERN, RESOURCE_ID_PATTERN
+from shared.contract import LineItems, ResourceIdField
+from shared.text import PLAIN_TEXT_PATTERN
 
 # Bounds keep every sum (line totals, order totals, stock) far inside a 64-bit integer.
 MAX_PRICE_CENTS = 10_000_000_000
 MAX_STOCK = 1_000_000_000
-MAX_QUANTITY = 10_000
-MAX_ITEMS = 100
 
 # Letters and digits first, then also . _ - : / (common in SKUs); case is kept and significant.
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"
@@ -20,8 +19,6 @@ SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"
 Sku = Annotated[str, Field(pattern=SKU_PATTERN, examples=["TSHIRT-BLUE-M"])]
 ProductName = Annotated[str, Field(min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN)]
 PriceCents = Annotated[int, Field(strict=True, ge=0, le=MAX_PRICE_CENTS)]
-Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
-ResourceId = Annotated[str, Field(pattern=RESOURCE_ID_PATTERN)]
 ReservationStatus = Literal["reserved", "confirmed", "released"]
 
 
@@ -91,18 +88,11 @@ class StockAdjustmentOut(BaseModel):
     created_at: datetime
 
 
-class ReservationItemIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    product_id: ResourceId
-    quantity: Quantity
-
-
 class ReservationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    order_id: ResourceId
-    items: list[ReservationItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
+    order_id: ResourceIdField
+    items: LineItems
 
 
 class ReservationItemOut(BaseModel):

@@ -11,13 +11,13 @@ from starlette.responses import Response
 from services.orders import service
 from services.orders.repository import OrderRepository
 from services.orders.schemas import (
-    IDEMPOTENCY_KEY_PATTERN,
     EventFeed,
     OrderCreate,
     OrderOut,
     OrderStatus,
 )
 from services.orders.service import OrdersContext
+from shared.contract import IDEMPOTENCY_KEY_PATTERN, RESOURCE_ID_PATTERN
 from shared.db import SessionDep
 from shared.errors import (
     Conflict,
@@ -29,7 +29,6 @@ from shared.errors import (
 )
 from shared.identity import IdentityDep, TenantIdentityDep
 from shared.pagination import DEFAULT_LIMIT, Cursor, CursorQuery, LimitQuery, Page, page_of
-from shared.text import RESOURCE_ID_PATTERN
 
 router = APIRouter()
 

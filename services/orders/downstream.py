@@ -8,8 +8,9 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from services.orders.schemas import OrderItemIn, ReservationIn
+from services.orders.schemas import ReservationIn
 from shared.context import request_id_var
+from shared.contract import Identity, LineItem
 from shared.errors import (
     Conflict,
     DownstreamBadResponse,
@@ -19,7 +20,6 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.http import ServiceClient
-from shared.identity import Identity
 
 
 class UnknownUser(Forbidden):
@@ -82,7 +82,7 @@ async def check_user(users: ServiceClient, identity: Identity) -> str:
 
 
 async def reserve(
-    inventory: ServiceClient, identity: Identity, order_id: str, items: Sequence[OrderItemIn]
+    inventory: ServiceClient, identity: Identity, order_id: str, items: Sequence[LineItem]
 ) -> ReservationIn:
     """Reserves every item or none. A `ReservationRefused` means nothing was taken; any other error
     leaves the outcome unknown, and the caller must release whatever the order may hold."""

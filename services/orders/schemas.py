@@ -1,33 +1,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from shared.text import RESOURCE_ID_PATTERN
-
-MAX_QUANTITY = 10_000
-MAX_ITEMS = 100
-# Printable ASCII without spaces, as the gateway accepts it.
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+from shared.contract import LineItems
 
 OrderStatus = Literal["confirmed", "cancelled"]
 EventType = Literal["order.created", "order.cancelled"]
 
 
-class OrderItemIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    product_id: Annotated[str, Field(pattern=RESOURCE_ID_PATTERN)]
-    # Strict: "2", 2.0 and true are refused rather than quietly converted.
-    quantity: int = Field(strict=True, ge=1, le=MAX_QUANTITY)
-
-
 class OrderCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    items: list[OrderItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
+    items: LineItems
 
 
 class OrderItemOut(BaseModel):

@@ -18,6 +18,7 @@ from services.orders.models import Order, OrderAttempt, OrderItem, OrderStatusCh
 from services.orders.repository import OrderRepository
 from services.orders.schemas import EventFeed, EventOut, OrderCreate, OrderOut, ReservationIn
 from services.orders.settings import OrdersSettings
+from shared.contract import IdempotencyKeyInUse, IdempotencyKeyReused, Identity
 from shared.db import new_id, utcnow
 from shared.errors import (
     Conflict,
@@ -27,7 +28,6 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.http import ServiceClient
-from shared.identity import Identity
 
 logger = logging.getLogger("portico.orders")
 
@@ -42,18 +42,6 @@ class OrderAlreadyCancelled(Conflict):
     error_code = "ORDER_ALREADY_CANCELLED"
     title = "Order already cancelled"
     slug = "order-already-cancelled"
-
-
-class IdempotencyKeyInUse(Conflict):
-    error_code = "IDEMPOTENCY_KEY_IN_USE"
-    title = "Idempotency key in use"
-    slug = "idempotency-key-in-use"
-
-
-class IdempotencyKeyReused(ValidationFailed):
-    error_code = "IDEMPOTENCY_KEY_REUSED"
-    title = "Idempotency key reused"
-    slug = "idempotency-key-reused"
 
 
 class OrderAttemptExpired(ServiceUnavailable):

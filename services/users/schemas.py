@@ -5,8 +5,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
 
-from shared.apikeys import KEY_HASH_RE
-from shared.scopes import ALL_SCOPES, Plan, Role
+from shared.contract import ALL_SCOPES, DEFAULT_PLAN, KEY_HASH_RE, Plan, Role
 from shared.text import PLAIN_TEXT_PATTERN
 
 MAX_ROTATION_GRACE_SECONDS = 30 * 86400
@@ -16,7 +15,7 @@ class TenantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN)
-    plan: Plan = "free"
+    plan: Plan = DEFAULT_PLAN
     admin_email: EmailStr
     admin_password: str = Field(min_length=8, max_length=128)
 

@@ -8,12 +8,10 @@ from services.users.models import ApiKey, Tenant, User
 from services.users.repository import ApiKeyRepository, UserRepository
 from services.users.schemas import ApiKeyCreate, ApiKeyResolved, TenantCreate, TokenOut, UserCreate
 from services.users.security import TokenIssuer, hash_password, verify_password
-from shared.apikeys import hash_api_key, key_id_of, new_api_key
+from shared.contract import ROLE_SCOPES, Identity, hash_api_key, key_id_of, new_api_key
 from shared.db import new_id, utcnow
 from shared.errors import Conflict, Forbidden, NotFound, Unauthorized
-from shared.identity import Identity
 from shared.pagination import Cursor
-from shared.scopes import ROLE_SCOPES
 
 
 class UserNotFound(NotFound):

@@ -24,9 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.webhooks.repository import RelayRepository, StoredBatch
 from services.webhooks.schemas import FeedPage
 from services.webhooks.settings import WebhooksSettings
+from shared.contract import Identity
 from shared.errors import DownstreamError
 from shared.http import ServiceClient
-from shared.identity import Identity
 
 logger = logging.getLogger("portico.webhooks.relay")
 

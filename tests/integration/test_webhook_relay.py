@@ -25,10 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from services.webhooks.app import create_app
 from services.webhooks.relay import FeedError, OrdersRelay
 from services.webhooks.settings import WebhooksSettings
+from shared.contract import Identity
 from shared.devstack import free_port
 from shared.errors import DownstreamBadResponse, DownstreamUnavailable
 from shared.http import ServiceClient, create_http_client
-from shared.identity import Identity, IdentitySigner
+from shared.identity import IdentitySigner
 from shared.migrations import upgrade
 from tests.conftest import app_client, internal_headers, settings_kwargs
 from tests.e2e.test_webhooks_flow import Shop
