@@ -17,7 +17,7 @@ install: $(STAMP)
 
 ## Migrate and start the whole system on embedded defaults (SQLite per service, in-process stores).
 run: $(STAMP)
-	$(PY) scripts/run.py
+	$(PY) -m scripts.run
 
 ## The whole suite, against real PostgreSQL and Redis.
 test: $(STAMP)
@@ -26,14 +26,14 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy gateway services shared
+	$(VENV)/bin/mypy gateway services shared scripts
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
 migrate: $(STAMP)
-	for svc in users orders inventory webhooks; do $(PY) -m services.$$svc migrate || exit 1; done
+	$(PY) -m scripts.devstack migrate
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -37,8 +37,8 @@ import redis
 import uvicorn
 
 from bench.common import bearer, process, require_wrk, wrk
+from scripts.devstack import free_port
 from shared.contract import new_api_key
-from shared.devstack import free_port
 
 USER = {
     "id": "0b7f2c1e-8c2a-4a7e-9d0e-2f4b6c8d0a1e",

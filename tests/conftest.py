@@ -10,8 +10,8 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
+from scripts.devstack import PROCESSES, Stack, free_port
 from shared.contract import IDENTITY_HEADER, Identity
-from shared.devstack import PROCESSES, Stack, free_port
 from shared.identity import IdentitySigner
 from shared.migrations import upgrade
 from tests.infra import SERVICE_DATABASES, Servers, servers

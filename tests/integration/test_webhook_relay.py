@@ -22,11 +22,11 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from scripts.devstack import free_port
 from services.webhooks.app import create_app
 from services.webhooks.relay import FeedError, OrdersRelay
 from services.webhooks.settings import WebhooksSettings
 from shared.contract import Identity
-from shared.devstack import free_port
 from shared.errors import DownstreamBadResponse, DownstreamUnavailable
 from shared.http import ServiceClient, create_http_client
 from shared.identity import IdentitySigner
