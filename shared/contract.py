@@ -126,14 +126,24 @@ class Identity:
     def is_service(self) -> bool:
         return self.subject.startswith(SERVICE_SUBJECT_PREFIX)
 
-    def require_tenant(self) -> str:
+    def for_tenant(self) -> TenantIdentity:
+        """This identity, known to belong to a tenant (401 when it does not)."""
+        if isinstance(self, TenantIdentity):
+            return self
         if self.tenant_id is None:
             raise AuthenticationRequired("This route needs an authenticated tenant.")
-        return self.tenant_id
+        return TenantIdentity(self.subject, self.tenant_id, self.scopes, self.plan, self.role)
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes:
             raise InsufficientScope(f"Missing scope {scope}.", extra={"required_scope": scope})
+
+
+@dataclass(frozen=True, slots=True)
+class TenantIdentity(Identity):
+    """An identity that belongs to a tenant: what a service's authorization dependencies answer."""
+
+    tenant_id: str
 
 
 ANONYMOUS = Identity(subject="anonymous")

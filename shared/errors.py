@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,8 +13,9 @@ from opentelemetry import trace
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from shared.context import request_id_var
+from shared.context import request_id_of, request_id_var
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://portico.dev/problems/"
@@ -101,6 +102,12 @@ class NotFound(PorticoError):
     error_code = "NOT_FOUND"
     title = "Not Found"
     slug = "not-found"
+    # What is missing, as the detail names it: "No <resource> <id>."
+    resource: ClassVar[str] = "resource"
+
+    @classmethod
+    def for_id(cls, resource_id: str) -> Self:
+        return cls(f"No {cls.resource} {resource_id}.")
 
 
 class MethodNotAllowed(PorticoError):
@@ -256,8 +263,13 @@ def problem_response(exc: PorticoError, request_id: str | None = None) -> Respon
     )
 
 
+async def send_problem(exc: PorticoError, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers a request with `exc` from a pure ASGI stage."""
+    await problem_response(exc, request_id_of(scope))(scope, receive, send)
+
+
 def _request_id(request: Request) -> str | None:
-    return getattr(request.state, "request_id", None) or request_id_var.get()
+    return request_id_of(request.scope)
 
 
 def _jsonable_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -331,13 +343,15 @@ async def _unhandled_handler(request: Request, exc: Exception) -> Response:
     return problem_response(PorticoError("An internal error occurred."), _request_id(request))
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """The one place errors become responses."""
+def install_error_handlers(app: FastAPI, *, database: bool) -> None:
+    """The one place errors become responses. `database`: the process has a database, whose
+    connection failures answer 503."""
     app.add_exception_handler(PorticoError, _portico_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
-    for db_error in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
-        app.add_exception_handler(db_error, _database_unavailable_handler)
+    if database:
+        for db_error in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
+            app.add_exception_handler(db_error, _database_unavailable_handler)
     app.add_exception_handler(Exception, _unhandled_handler)
 
 

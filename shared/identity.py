@@ -17,10 +17,12 @@ from shared.contract import (
     IDENTITY_HEADER,
     IDENTITY_ISSUER,
     Identity,
+    TenantIdentity,
     identity_claims,
     identity_from_claims,
 )
 from shared.errors import Unauthorized
+from shared.state import ServiceState, app_state
 
 
 class IdentitySigner:
@@ -72,10 +74,8 @@ class IdentityVerifier:
 
 
 async def require_identity(request: Request) -> Identity:
-    """Dependency for every non-health route of a service."""
-    cached: Identity | None = getattr(request.state, "identity", None)
-    if cached is not None:
-        return cached
+    """Dependency of every non-health route of a service: the identity the internal token names.
+    FastAPI resolves it once per request, however many dependencies ask for it."""
     token = request.headers.get(IDENTITY_HEADER)
     if not token:
         raise Unauthorized(
@@ -83,16 +83,30 @@ async def require_identity(request: Request) -> Identity:
             error_code="MISSING_INTERNAL_IDENTITY",
             challenge=IDENTITY_CHALLENGE,
         )
-    verifier: IdentityVerifier = request.state.identity_verifier
-    identity = verifier.verify(token)
-    request.state.identity = identity
-    return identity
-
-
-async def require_tenant_identity(identity: Annotated[Identity, Depends(require_identity)]) -> Identity:
-    identity.require_tenant()
-    return identity
+    state: ServiceState[Any, Any] = app_state(request)
+    return state.identity_verifier.verify(token)
 
 
 IdentityDep = Annotated[Identity, Depends(require_identity)]
-TenantIdentityDep = Annotated[Identity, Depends(require_tenant_identity)]
+
+
+async def require_tenant_identity(identity: IdentityDep) -> TenantIdentity:
+    return identity.for_tenant()
+
+
+TenantIdentityDep = Annotated[TenantIdentity, Depends(require_tenant_identity)]
+
+
+class Authorize:
+    """Route dependency of a service: the caller must belong to a tenant (401) and hold `scope` (403).
+
+    Each service names its own in its `deps.py`, so handlers hold only the domain call:
+    `OrdersWrite = Annotated[TenantIdentity, Depends(Authorize("orders:write"))]`.
+    """
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+
+    async def __call__(self, identity: TenantIdentityDep) -> TenantIdentity:
+        identity.require_scope(self.scope)
+        return identity

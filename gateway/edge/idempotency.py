@@ -26,7 +26,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,6 +34,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.store import StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings
+from shared.asgi import header
+from shared.context import principal_of
 from shared.contract import (
     IDEMPOTENCY_HEADER,
     IDEMPOTENCY_KEY_PATTERN,
@@ -43,7 +45,10 @@ from shared.contract import (
     IdempotentResponseNotStored,
     InvalidIdempotencyKey,
 )
-from shared.errors import PorticoError, problem_response
+from shared.errors import PorticoError, send_problem
+
+if TYPE_CHECKING:
+    from gateway.state import GatewaySlot
 
 HEADER = IDEMPOTENCY_HEADER.lower().encode("ascii")
 KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN.encode("ascii"))
@@ -250,8 +255,9 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
 
 
 class IdempotencyMiddleware:
-    def __init__(self, app: ASGIApp, *, settings: GatewaySettings, metrics: EdgeMetrics) -> None:
+    def __init__(self, app: ASGIApp, *, settings: GatewaySettings, metrics: EdgeMetrics, state: GatewaySlot) -> None:
         self.app = app
+        self.state = state
         self.lock_ms = int(settings.idempotency_lock_seconds * 1000)
         self.ttl_ms = settings.idempotency_ttl_seconds * 1000
         self.max_bytes = settings.idempotency_max_response_bytes
@@ -261,28 +267,27 @@ class IdempotencyMiddleware:
         if scope["type"] != "http" or scope["method"] not in IDEMPOTENT_METHODS:
             await self.app(scope, receive, send)
             return
-        raw_key = next((value for name, value in scope["headers"] if name == HEADER), None)
-        state = scope["state"]
-        tenant_id = state["identity"].tenant_id
+        raw_key = header(scope, HEADER)
+        caller = principal_of(scope)
+        tenant_id = caller.tenant_id
         if raw_key is None or tenant_id is None:
             await self.app(scope, receive, send)
             return
-        request_id = state.get("request_id")
         if not KEY_RE.match(raw_key):
             invalid = InvalidIdempotencyKey("Idempotency-Key must be 1 to 255 visible ASCII characters.")
-            await problem_response(invalid, request_id)(scope, receive, send)
+            await send_problem(invalid, scope, receive, send)
             return
         try:
             body = await _read_body(receive)
         except _Disconnected:
             return
         except PorticoError as exc:  # the body limit, enforced while the body arrives
-            await problem_response(exc, request_id)(scope, receive, send)
+            await send_problem(exc, scope, receive, send)
             return
         receive = _replaying(body, receive)
 
         method, path = scope["method"], scope["path"]
-        subject = state["identity"].subject.encode()
+        subject = caller.subject.encode()
         key_hash = hashlib.sha256(b"\0".join([method.encode(), path.encode(), subject, raw_key])).hexdigest()
         # The caller's tenant as hash tag: on Redis Cluster a tenant's records share a slot.
         scope_key = f"{{t:{tenant_id}}}:{key_hash}"
@@ -290,14 +295,14 @@ class IdempotencyMiddleware:
             b"\0".join([method.encode(), path.encode(), scope.get("query_string", b""), body])
         ).hexdigest()
         owner = uuid.uuid4().hex
-        idempotency: Idempotency = state["idempotency"]
+        idempotency = self.state.value.idempotency
         try:
             claim = await idempotency.call(idempotency.store.claim(scope_key, fingerprint, owner, self.lock_ms))
         except StoreUnavailable:
             if idempotency.call.fail_open:
                 await self.app(scope, receive, send)
             else:
-                await problem_response(idempotency.call.refusal(), request_id)(scope, receive, send)
+                await send_problem(idempotency.call.refusal(), scope, receive, send)
             return
 
         if claim.outcome == "acquired":
@@ -322,7 +327,7 @@ class IdempotencyMiddleware:
                 f"A request with this Idempotency-Key was already done ({claim.response.status}); its response "
                 "held a secret or was too large and was not kept. List the resource to find the result."
             )
-        await problem_response(error, request_id)(scope, receive, send)
+        await send_problem(error, scope, receive, send)
 
     async def _replay(self, response: StoredResponse, send: Send) -> None:
         headers = [*response.headers, REPLAYED, (b"content-length", str(len(response.body)).encode())]

@@ -1,4 +1,5 @@
-"""Rules of the inventory service: products, stock and reservations."""
+"""Rules of the inventory service: products, stock and reservations. Every function runs in the
+request's transaction (its repository shares the request's session): raising rolls it all back."""
 
 from __future__ import annotations
 
@@ -9,24 +10,30 @@ from services.inventory.repository import InventoryRepository
 from services.inventory.schemas import (
     MAX_STOCK,
     ProductCreate,
+    ProductOut,
     ProductUpdate,
     ReservationCreate,
+    ReservationOut,
     StockAdjustmentCreate,
+    StockAdjustmentOut,
 )
 from shared.db import new_id, utcnow
 from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.pagination import Cursor, Page, page_of
 
 
 class ProductNotFound(NotFound):
     error_code = "PRODUCT_NOT_FOUND"
     title = "Product not found"
     slug = "product-not-found"
+    resource = "product"
 
 
 class ReservationNotFound(NotFound):
     error_code = "RESERVATION_NOT_FOUND"
     title = "Reservation not found"
     slug = "reservation-not-found"
+    resource = "reservation"
 
 
 class InsufficientStock(Conflict):
@@ -75,10 +82,12 @@ async def create_product(repo: InventoryRepository, tenant_id: str, data: Produc
 
 async def get_product(repo: InventoryRepository, tenant_id: str, product_id: str) -> Product:
     """Another tenant's product answers exactly as a missing one does."""
-    product = await repo.get_product(tenant_id, product_id)
-    if product is None:
-        raise ProductNotFound(f"No product {product_id}.")
-    return product
+    return await repo.one(Product, tenant_id, product_id, ProductNotFound)
+
+
+async def list_products(repo: InventoryRepository, tenant_id: str, limit: int, cursor: str | None) -> Page[ProductOut]:
+    rows = await repo.page(Product, tenant_id, Cursor.decode(cursor), limit)
+    return page_of(rows, limit, ProductOut.model_validate)
 
 
 async def update_product(repo: InventoryRepository, tenant_id: str, product_id: str, data: ProductUpdate) -> Product:
@@ -117,8 +126,18 @@ async def adjust_stock(
         stock_after=stock,
         created_at=utcnow(),
     )
-    await repo.add_adjustment(adjustment)
+    await repo.add(adjustment)
     return adjustment
+
+
+async def list_adjustments(
+    repo: InventoryRepository, tenant_id: str, product_id: str, limit: int, cursor: str | None
+) -> Page[StockAdjustmentOut]:
+    """A product's adjustments, newest first; 404 for a product the tenant does not have."""
+    position = Cursor.decode(cursor)
+    await get_product(repo, tenant_id, product_id)
+    rows = await repo.page(StockAdjustment, tenant_id, position, limit, StockAdjustment.product_id == product_id)
+    return page_of(rows, limit, StockAdjustmentOut.model_validate)
 
 
 def _duplicate_products(data: ReservationCreate) -> None:
@@ -171,7 +190,7 @@ async def reserve(repo: InventoryRepository, tenant_id: str, data: ReservationCr
         taken = await repo.take_stock(tenant_id, item.product_id, item.quantity)
         if taken is None:
             # Raising rolls the whole transaction back: stock taken for earlier items returns with it.
-            product = await repo.get_product(tenant_id, item.product_id)
+            product = await repo.get(Product, tenant_id, item.product_id)
             if product is None:
                 raise ProductNotFound(
                     f"No product {item.product_id}.",
@@ -199,10 +218,23 @@ async def reserve(repo: InventoryRepository, tenant_id: str, data: ReservationCr
 
 
 async def get_reservation(repo: InventoryRepository, tenant_id: str, reservation_id: str) -> Reservation:
-    reservation = await repo.get_reservation(tenant_id, reservation_id)
-    if reservation is None:
-        raise ReservationNotFound(f"No reservation {reservation_id}.")
-    return reservation
+    return await repo.one(Reservation, tenant_id, reservation_id, ReservationNotFound)
+
+
+async def list_reservations(
+    repo: InventoryRepository,
+    tenant_id: str,
+    limit: int,
+    cursor: str | None,
+    *,
+    order_id: str | None = None,
+    status: str | None = None,
+) -> Page[ReservationOut]:
+    where = [Reservation.order_id == order_id] if order_id is not None else []
+    if status is not None:
+        where.append(Reservation.status == status)
+    rows = await repo.page(Reservation, tenant_id, Cursor.decode(cursor), limit, *where)
+    return page_of(rows, limit, ReservationOut.model_validate)
 
 
 async def confirm(repo: InventoryRepository, tenant_id: str, reservation_id: str) -> Reservation:

@@ -5,6 +5,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
 
+from services.users.models import ApiKey
 from shared.contract import ALL_SCOPES, DEFAULT_PLAN, KEY_HASH_RE, Plan, Role
 from shared.text import PLAIN_TEXT_PATTERN
 
@@ -123,3 +124,23 @@ class ApiKeyResolved(BaseModel):
     scopes: list[str]
     created_by: str
     expires_at: datetime | None
+
+
+def api_key_out(key: ApiKey) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=key.id,
+        name=key.name,
+        scopes=sorted(key.scope_set),
+        hint=key.hint,
+        tenant_id=key.tenant_id,
+        created_by=key.created_by,
+        created_at=key.created_at,
+        last_used_at=key.last_used_at,
+        revoked_at=key.revoked_at,
+        expires_at=key.expires_at,
+        replaced_by=key.replaced_by,
+    )
+
+
+def api_key_created(key: ApiKey, raw: str) -> ApiKeyCreated:
+    return ApiKeyCreated(**api_key_out(key).model_dump(), api_key=raw)

@@ -1,38 +1,38 @@
+"""The webhooks service's app: the shared service app, with the relay (and, as they come, the
+service's other workers) in its context."""
+
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 
 from services.webhooks.api import router
-from services.webhooks.relay import relay_lifespan
+from services.webhooks.deps import WebhooksContext
+from services.webhooks.relay import running_relay
 from services.webhooks.settings import WebhooksSettings
 from shared.app import ServiceSpec, create_service_app
-from shared.settings import BaseServiceSettings
+from shared.state import ServiceState
 
 MIGRATIONS_DIR = Path(__file__).parent
 
 
-def create_app(settings: BaseServiceSettings | None = None) -> FastAPI:
-    settings = settings or WebhooksSettings()
-    assert isinstance(settings, WebhooksSettings)
-    webhooks_settings = settings
+@contextlib.asynccontextmanager
+async def webhooks_context(state: ServiceState[WebhooksSettings, None]) -> AsyncIterator[WebhooksContext]:
+    async with running_relay(state) as relay:
+        yield WebhooksContext(relay=relay)
 
-    @contextlib.asynccontextmanager
-    async def extra(state: dict[str, Any]) -> AsyncIterator[None]:
-        async with relay_lifespan(webhooks_settings, state):
-            yield
 
-    return create_service_app(
-        settings,
-        ServiceSpec(
-            name="webhooks",
-            title="Portico webhooks service",
-            routers=[router],
-            needs_http_client=True,
-            extra_lifespan=extra,
-        ),
-    )
+SPEC = ServiceSpec(
+    name="webhooks",
+    title="Portico webhooks service",
+    routers=[router],
+    needs_http_client=True,
+    context=webhooks_context,
+)
+
+
+def create_app(settings: WebhooksSettings | None = None) -> FastAPI:
+    return create_service_app(settings or WebhooksSettings(), SPEC)

@@ -1,4 +1,5 @@
-"""Rules of the webhook registry."""
+"""Rules of the webhook registry. Every function runs in the request's transaction (its repository
+shares the request's session)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import base64
 import secrets
 from datetime import timedelta
 
-from services.webhooks.models import Endpoint
+from services.webhooks.models import Delivery, Endpoint
 from services.webhooks.repository import EndpointRepository
 from services.webhooks.schemas import DeliveryOut, EndpointCreate, EndpointOut, EndpointUpdate
 from services.webhooks.settings import WebhooksSettings
@@ -24,6 +25,7 @@ class EndpointNotFound(NotFound):
     error_code = "WEBHOOK_ENDPOINT_NOT_FOUND"
     title = "Webhook endpoint not found"
     slug = "webhook-endpoint-not-found"
+    resource = "webhook endpoint"
 
 
 class EndpointLimitReached(Conflict):
@@ -82,20 +84,17 @@ async def create_endpoint(
         created_at=now,
         updated_at=now,
     )
-    await repo.add_endpoint(endpoint)
+    await repo.add(endpoint)
     return endpoint
 
 
 async def get_endpoint(repo: EndpointRepository, tenant_id: str, endpoint_id: str) -> Endpoint:
     """Another tenant's endpoint answers exactly as a missing one does."""
-    endpoint = await repo.get_endpoint(tenant_id, endpoint_id)
-    if endpoint is None:
-        raise EndpointNotFound(f"No webhook endpoint {endpoint_id}.")
-    return endpoint
+    return await repo.one(Endpoint, tenant_id, endpoint_id, EndpointNotFound)
 
 
 async def list_endpoints(repo: EndpointRepository, tenant_id: str, limit: int, cursor: str | None) -> Page[EndpointOut]:
-    rows = await repo.list_endpoints(tenant_id, limit, Cursor.decode(cursor))
+    rows = await repo.page(Endpoint, tenant_id, Cursor.decode(cursor), limit)
     return page_of(rows, limit, EndpointOut.model_validate)
 
 
@@ -139,5 +138,5 @@ async def list_deliveries(
 ) -> Page[DeliveryOut]:
     position = Cursor.decode(cursor)
     await get_endpoint(repo, tenant_id, endpoint_id)
-    rows = await repo.list_deliveries(tenant_id, endpoint_id, limit, position)
+    rows = await repo.page(Delivery, tenant_id, position, limit, Delivery.endpoint_id == endpoint_id)
     return page_of(rows, limit, DeliveryOut.model_validate)

@@ -187,7 +187,7 @@ async def test_the_service_runs_the_relay_for_its_lifetime(relay_db, migrated, c
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app) as state:
-        assert isinstance(state["relay"], OrdersRelay)
+        assert isinstance(state["app"].context.relay, OrdersRelay)
         await asyncio.sleep(0.3)
         started = time.monotonic()
     assert time.monotonic() - started < 2

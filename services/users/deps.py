@@ -1,0 +1,62 @@
+"""Every dependency a users route can ask for: the request's repositories, the lifespan's token
+issuer and settings, and who may call what."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from services.users.repository import ApiKeyRepository, UserRepository
+from services.users.security import TokenIssuer
+from services.users.service import UserRequired
+from services.users.settings import UsersSettings
+from shared.contract import TenantIdentity, key_id_of
+from shared.db import SessionDep
+from shared.identity import Authorize, TenantIdentityDep
+from shared.state import ServiceState, app_state
+
+# What the users service adds to the common state: the issuer of access tokens.
+UsersState = ServiceState[UsersSettings, TokenIssuer]
+
+
+def users_state(conn: HTTPConnection) -> UsersState:
+    state: UsersState = app_state(conn)
+    return state
+
+
+async def get_settings(conn: HTTPConnection) -> UsersSettings:
+    return users_state(conn).settings
+
+
+async def get_issuer(conn: HTTPConnection) -> TokenIssuer:
+    return users_state(conn).context
+
+
+async def get_users(session: SessionDep) -> UserRepository:
+    return UserRepository(session)
+
+
+async def get_keys(session: SessionDep) -> ApiKeyRepository:
+    return ApiKeyRepository(session)
+
+
+SettingsDep = Annotated[UsersSettings, Depends(get_settings)]
+IssuerDep = Annotated[TokenIssuer, Depends(get_issuer)]
+UsersDep = Annotated[UserRepository, Depends(get_users)]
+KeysDep = Annotated[ApiKeyRepository, Depends(get_keys)]
+
+
+async def require_user(identity: TenantIdentityDep) -> TenantIdentity:
+    """Keys are managed by people: a key that could mint keys would outlive its own revocation."""
+    if key_id_of(identity.subject) is not None:
+        raise UserRequired("API keys are managed with a user's access token, not with an API key.")
+    return identity
+
+
+TenantCaller = TenantIdentityDep
+# Only admins hold users:write (members never do), so the scope is the admin check.
+UsersWrite = Annotated[TenantIdentity, Depends(Authorize("users:write"))]
+UsersRead = Annotated[TenantIdentity, Depends(Authorize("users:read"))]
+KeyManager = Annotated[TenantIdentity, Depends(require_user)]
