@@ -20,31 +20,19 @@ if TYPE_CHECKING:
     from gateway.state import GatewaySlot
 
 
-class InvalidToken(Unauthorized):
-    error_code = "INVALID_TOKEN"
-    title = "Invalid access token"
-    slug = "invalid-token"
+class InvalidToken(Unauthorized, code="INVALID_TOKEN", title="Invalid access token"): ...
 
 
-class InvalidApiKey(Unauthorized):
-    error_code = "INVALID_API_KEY"
-    title = "Invalid API key"
-    slug = "invalid-api-key"
+class InvalidApiKey(Unauthorized, code="INVALID_API_KEY", title="Invalid API key"): ...
 
 
-class AmbiguousCredentials(BadRequest):
-    error_code = "AMBIGUOUS_CREDENTIALS"
-    title = "Ambiguous credentials"
-    slug = "ambiguous-credentials"
+class AmbiguousCredentials(BadRequest, code="AMBIGUOUS_CREDENTIALS", title="Ambiguous credentials"): ...
 
 
 API_KEY_CHALLENGE = 'ApiKey realm="portico", header="X-API-Key"'
 
 
-class TenantMismatch(Forbidden):
-    error_code = "TENANT_MISMATCH"
-    title = "Tenant mismatch"
-    slug = "tenant-mismatch"
+class TenantMismatch(Forbidden, code="TENANT_MISMATCH", title="Tenant mismatch"): ...
 
 
 def _invalid(detail: str) -> InvalidToken:

@@ -1,6 +1,7 @@
 """Every dependency a gateway route can ask for, typed: the lifespan's collaborators, the caller,
 scopes and plan gates. A route names what it needs (`upstreams: UpstreamsDep, identity: Principal`)
-and never reaches into the request for it.
+and never reaches into the request for it. A new collaborator of the lifespan (a field of
+`GatewayState`) gets its dependency here, in one line like those below.
 
 Dependencies are `async def`: FastAPI runs plain `def` dependencies in a thread pool, a thread hop
 per request for an attribute lookup.
@@ -8,7 +9,7 @@ per request for an attribute lookup.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
@@ -20,29 +21,14 @@ from gateway.state import GatewayState
 from shared.context import principal_of
 from shared.contract import PLANS, AuthenticationRequired, Identity
 from shared.errors import PaymentRequired
-from shared.state import app_state
+from shared.state import StateDependencies
 
+state = StateDependencies[GatewayState]()
+gateway_state = state.of
 
-def gateway_state(conn: HTTPConnection) -> GatewayState:
-    state: GatewayState = app_state(conn)
-    return state
-
-
-async def get_settings(conn: HTTPConnection) -> GatewaySettings:
-    return gateway_state(conn).settings
-
-
-async def get_upstreams(conn: HTTPConnection) -> Upstreams:
-    return gateway_state(conn).upstreams
-
-
-async def get_api_keys(conn: HTTPConnection) -> ApiKeyResolver:
-    return gateway_state(conn).api_keys
-
-
-SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
-UpstreamsDep = Annotated[Upstreams, Depends(get_upstreams)]
-ApiKeysDep = Annotated[ApiKeyResolver, Depends(get_api_keys)]
+SettingsDep = Annotated[GatewaySettings, Depends(state.provide(lambda s: s.settings))]
+UpstreamsDep = Annotated[Upstreams, Depends(state.provide(lambda s: s.upstreams))]
+ApiKeysDep = Annotated[ApiKeyResolver, Depends(state.provide(lambda s: s.api_keys))]
 
 
 async def current_identity(conn: HTTPConnection) -> Identity:
@@ -70,6 +56,15 @@ class RequireScope:
     async def __call__(self, identity: Principal) -> Identity:
         identity.require_scope(self.scope)
         return identity
+
+
+def readers_and_writers(domain: str) -> tuple[Any, Any]:
+    """The caller dependencies of a domain's routes: those that read need `<domain>:read`, those that
+    change need `<domain>:write`."""
+    return (
+        Annotated[Identity, Depends(RequireScope(f"{domain}:read"))],
+        Annotated[Identity, Depends(RequireScope(f"{domain}:write"))],
+    )
 
 
 class RequirePlan:

@@ -53,3 +53,27 @@ def on_response_start(send: Send, hook: Callable[[Message], None]) -> Send:
         await send(message)
 
     return send_after_hook
+
+
+class BodyChunks:
+    """The chunks of a response body as they pass, and their total size. Past `keep_up_to` bytes a
+    chunk is counted but not kept (the body is then incomplete)."""
+
+    __slots__ = ("chunks", "keep_up_to", "size")
+
+    def __init__(self, keep_up_to: int | None = None) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.keep_up_to = keep_up_to
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.keep_up_to is None or self.size <= self.keep_up_to:
+            self.chunks.append(chunk)
+
+    @property
+    def complete(self) -> bool:
+        return self.keep_up_to is None or self.size <= self.keep_up_to
+
+    def joined(self) -> bytes:
+        return b"".join(self.chunks)

@@ -96,16 +96,12 @@ IDENTITY_CHALLENGE = 'PorticoInternal realm="portico"'
 SERVICE_SUBJECT_PREFIX = "service:"
 
 
-class AuthenticationRequired(Unauthorized):
-    error_code = "AUTHENTICATION_REQUIRED"
-    title = "Unauthorized"
-    slug = "unauthorized"
+class AuthenticationRequired(
+    Unauthorized, code="AUTHENTICATION_REQUIRED", title="Unauthorized", slug="unauthorized"
+): ...
 
 
-class InsufficientScope(Forbidden):
-    error_code = "INSUFFICIENT_SCOPE"
-    title = "Forbidden"
-    slug = "forbidden"
+class InsufficientScope(Forbidden, code="INSUFFICIENT_SCOPE", title="Forbidden", slug="forbidden"): ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,28 +210,16 @@ IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
 
-class InvalidIdempotencyKey(BadRequest):
-    error_code = "INVALID_IDEMPOTENCY_KEY"
-    title = "Invalid Idempotency-Key"
-    slug = "invalid-idempotency-key"
+class InvalidIdempotencyKey(BadRequest, code="INVALID_IDEMPOTENCY_KEY", title="Invalid Idempotency-Key"): ...
 
 
-class IdempotencyKeyInUse(Conflict):
-    error_code = "IDEMPOTENCY_KEY_IN_USE"
-    title = "Idempotency-Key in use"
-    slug = "idempotency-key-in-use"
+class IdempotencyKeyInUse(Conflict, code="IDEMPOTENCY_KEY_IN_USE", title="Idempotency-Key in use"): ...
 
 
-class IdempotencyKeyReused(ValidationFailed):
-    error_code = "IDEMPOTENCY_KEY_REUSED"
-    title = "Idempotency-Key reused"
-    slug = "idempotency-key-reused"
+class IdempotencyKeyReused(ValidationFailed, code="IDEMPOTENCY_KEY_REUSED", title="Idempotency-Key reused"): ...
 
 
-class IdempotentResponseNotStored(Conflict):
-    error_code = "IDEMPOTENT_RESPONSE_NOT_STORED"
-    title = "Request already done"
-    slug = "idempotent-response-not-stored"
+class IdempotentResponseNotStored(Conflict, code="IDEMPOTENT_RESPONSE_NOT_STORED", title="Request already done"): ...
 
 
 # --------------------------------------------------------------------------- resources
@@ -259,6 +243,20 @@ class LineItem(BaseModel):
 
 
 LineItems = Annotated[list[LineItem], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
+class ReservedLine(BaseModel):
+    """A line as the inventory service reserved it, with the product's sku, name and the price it read
+    while taking the stock; the orders service keeps these in the order."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    product_id: str
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+
 
 # --------------------------------------------------------------------------- answers that hold secrets
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import ColumnElement, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import DeclarativeBase, Mapped, make_transient_to_detached
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, make_transient_to_detached
 
 from shared.db import dialect_insert, table_of
 from shared.errors import NotFound, PorticoError
-from shared.pagination import Cursor, older_than
+from shared.pagination import Cursor, Page, older_than, page_of
 
 
 class TenantRow:
@@ -36,6 +36,7 @@ class TenantRow:
 
 
 M = TypeVar("M", bound=TenantRow)
+T = TypeVar("T")
 R = TypeVar("R", bound="Repository")
 
 
@@ -109,6 +110,24 @@ class Repository:
             query = query.where(older_than(model.created_at, model.id, cursor))
         query = query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
         return (await self.session.scalars(query)).all()
+
+    async def list_page(
+        self,
+        model: type[M],
+        tenant_id: str,
+        position: Cursor | None,
+        limit: int,
+        convert: Callable[[M], T],
+        *where: ColumnElement[bool],
+    ) -> Page[T]:
+        """`page`, as the `{"items", "next_cursor"}` a list route answers."""
+        return page_of(await self.page(model, tenant_id, position, limit, *where), limit, convert)
+
+
+def matching(*filters: tuple[InstrumentedAttribute[Any], object]) -> list[ColumnElement[bool]]:
+    """Equality conditions for the filters a client gave: `(column, value)` pairs, None meaning
+    not filtered."""
+    return [column == value for column, value in filters if value is not None]
 
 
 @contextlib.asynccontextmanager

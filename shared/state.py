@@ -17,8 +17,8 @@ its lifespan, and an `Annotated` dependency next to the others in the process's 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
 
 from starlette.requests import HTTPConnection
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from shared.identity import IdentitySigner, IdentityVerifier
 
 T = TypeVar("T")
+R = TypeVar("R")
 S = TypeVar("S")  # a process's settings
 C = TypeVar("C")  # what one service adds to the common state
 C2 = TypeVar("C2")
@@ -51,6 +52,25 @@ def lifespan_state_of(state: T) -> LifespanState[T]:
 def app_state(conn: HTTPConnection) -> Any:
     """The lifespan's state object of the request's app; its process's dependency module types it."""
     return conn.scope["state"]["app"]
+
+
+class StateDependencies(Generic[T]):
+    """Builds the typed dependencies of one process's state type `T`:
+
+    state = StateDependencies[GatewayState]()
+    UpstreamsDep = Annotated[Upstreams, Depends(state.provide(lambda s: s.upstreams))]
+    """
+
+    def provide(self, part: Callable[[T], R]) -> Callable[[HTTPConnection], Awaitable[R]]:
+        # `async def`: FastAPI runs a plain `def` dependency in a thread pool.
+        async def dependency(conn: HTTPConnection) -> R:
+            return part(self.of(conn))
+
+        return dependency
+
+    def of(self, conn: HTTPConnection) -> T:
+        state: T = app_state(conn)
+        return state
 
 
 class LifespanSlot(Generic[T]):
@@ -95,16 +115,8 @@ class ServiceState(Generic[S, C]):
     context: C
 
     def with_context(self, context: C2) -> ServiceState[S, C2]:
-        return ServiceState(
-            settings=self.settings,
-            engine=self.engine,
-            sessionmaker=self.sessionmaker,
-            identity_verifier=self.identity_verifier,
-            identity_signer=self.identity_signer,
-            tracer_provider=self.tracer_provider,
-            http=self.http,
-            context=context,
-        )
+        untyped: ServiceState[S, Any] = self
+        return replace(untyped, context=context)
 
     def service_client(self, name: str, url: object) -> ServiceClient:
         """A client of another service through this one's pooled HTTP client, signing as this one."""

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.asgi import header, on_response_start
+from shared.asgi import BodyChunks, header, on_response_start
 from shared.context import request_context
 from shared.contract import NO_STORE, SECRET_ROUTES
 
@@ -84,8 +84,7 @@ class CachingMiddleware:
     async def _conditional(self, scope: Scope, receive: Receive, send: Send) -> None:
         if_none_match = header(scope, b"if-none-match")
         start: Message | None = None
-        chunks: list[bytes] = []
-        size = 0
+        held = BodyChunks()
         buffering = False
 
         async def flush() -> None:
@@ -93,12 +92,12 @@ class CachingMiddleware:
             buffering = False
             assert start is not None
             await send(start)
-            for chunk in chunks:
+            for chunk in held.chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            chunks.clear()
+            held.chunks.clear()
 
         async def capture(message: Message) -> None:
-            nonlocal start, size, buffering
+            nonlocal start, buffering
             if message["type"] == "http.response.start":
                 self._cache_headers(scope, message)
                 content_type = MutableHeaders(scope=message).get("content-type", "")
@@ -110,14 +109,12 @@ class CachingMiddleware:
             if message["type"] != "http.response.body" or not buffering:
                 await send(message)
                 return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            chunks.append(chunk)
+            held.add(message.get("body", b""))
             if message.get("more_body", False):
-                if size > MAX_ETAG_BYTES:
+                if held.size > MAX_ETAG_BYTES:
                     await flush()
                 return
-            await self._finish(start, b"".join(chunks), if_none_match, send)
+            await self._finish(start, held.joined(), if_none_match, send)
 
         await self.app(scope, receive, capture)
 

@@ -55,16 +55,10 @@ CORS_EXPOSED_HEADERS = (
 )
 
 
-class InvalidHost(BadRequest):
-    error_code = "INVALID_HOST"
-    title = "Invalid Host header"
-    slug = "invalid-host"
+class InvalidHost(BadRequest, code="INVALID_HOST", title="Invalid Host header"): ...
 
 
-class CorsRefused(Forbidden):
-    error_code = "CORS_REFUSED"
-    title = "Cross-origin request refused"
-    slug = "cors-refused"
+class CorsRefused(Forbidden, code="CORS_REFUSED", title="Cross-origin request refused"): ...
 
 
 def _host_of(value: str) -> str:

@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.store import StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings
-from shared.asgi import header
+from shared.asgi import BodyChunks, header
 from shared.context import principal_of
 from shared.contract import (
     IDEMPOTENCY_HEADER,
@@ -299,10 +299,7 @@ class IdempotencyMiddleware:
         try:
             claim = await idempotency.call(idempotency.store.claim(scope_key, fingerprint, owner, self.lock_ms))
         except StoreUnavailable:
-            if idempotency.call.fail_open:
-                await self.app(scope, receive, send)
-            else:
-                await send_problem(idempotency.call.refusal(), scope, receive, send)
+            await idempotency.call.without_store(self.app, scope, receive, send)
             return
 
         if claim.outcome == "acquired":
@@ -339,8 +336,7 @@ class IdempotencyMiddleware:
     ) -> None:
         status = 0
         headers: list[tuple[bytes, bytes]] = []
-        chunks: list[bytes] = []
-        size = 0
+        body = BodyChunks(keep_up_to=self.max_bytes)
         settled = False
 
         async def settle() -> None:
@@ -352,11 +348,11 @@ class IdempotencyMiddleware:
                     await idempotency.call(idempotency.store.release(scope_key, owner))
                     return
                 no_store = any(name == b"cache-control" and b"no-store" in value.lower() for name, value in headers)
-                replayable = not no_store and size <= self.max_bytes
+                replayable = not no_store and body.complete
                 kept = StoredResponse(
                     status,
                     [(k, v) for k, v in headers if k not in UNSTORED_HEADERS],
-                    b"".join(chunks) if replayable else b"",
+                    body.joined() if replayable else b"",
                     replayable,
                 )
                 self.metrics.idempotency.labels("stored" if replayable else "stored_without_body").inc()
@@ -366,15 +362,12 @@ class IdempotencyMiddleware:
                 pass
 
         async def capture(message: Message) -> None:
-            nonlocal status, headers, size
+            nonlocal status, headers
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
             elif message["type"] == "http.response.body":
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size <= self.max_bytes:
-                    chunks.append(chunk)
+                body.add(message.get("body", b""))
                 if not message.get("more_body", False):
                     # Kept before the client sees the end, so a retry after the answer always finds it.
                     await settle()

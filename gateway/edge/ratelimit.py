@@ -43,7 +43,7 @@ from gateway.settings import GatewaySettings, Quota
 from shared.asgi import extend_headers, on_response_start
 from shared.context import principal_of, request_id_of
 from shared.contract import DEFAULT_PLAN, Identity
-from shared.errors import TooManyRequests, problem_response, send_problem
+from shared.errors import TooManyRequests, problem_response
 
 if TYPE_CHECKING:
     from gateway.state import GatewaySlot
@@ -355,10 +355,7 @@ class RateLimitMiddleware:
         try:
             verdict = await limiter.call(limiter.store.hit(subject, policies))
         except StoreUnavailable:
-            if limiter.call.fail_open:
-                await self.app(scope, receive, send)
-            else:
-                await send_problem(limiter.call.refusal(), scope, receive, send)
+            await limiter.call.without_store(self.app, scope, receive, send)
             return
         headers = rate_limit_headers(verdict)
         if not verdict.admitted:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from gateway.deps import RequireScope
+from gateway.deps import readers_and_writers
 from gateway.routes.forward import PAGE_QUERY, Forward, add_forwards
-from shared.contract import RESOURCE_ID_PATTERN, Identity
+from shared.contract import RESOURCE_ID_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["orders"])
 
-Reader = Annotated[Identity, Depends(RequireScope("orders:read"))]
-Writer = Annotated[Identity, Depends(RequireScope("orders:write"))]
+Reader, Writer = readers_and_writers("orders")
 LIST_QUERY = {
     "status": (Literal["confirmed", "cancelled"] | None, None),
     "user_id": (Annotated[str | None, Query(pattern=RESOURCE_ID_PATTERN)], None),

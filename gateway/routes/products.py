@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends
-
-from gateway.deps import RequireScope
+from gateway.deps import readers_and_writers
 from gateway.routes.forward import PAGE_QUERY, Forward, add_forwards
-from shared.contract import Identity
 
 router = APIRouter(prefix="/v1", tags=["products"])
 
-Reader = Annotated[Identity, Depends(RequireScope("products:read"))]
-Writer = Annotated[Identity, Depends(RequireScope("products:write"))]
+Reader, Writer = readers_and_writers("products")
 ADJUSTMENTS = "/products/{product_id}/stock-adjustments"
 
 add_forwards(

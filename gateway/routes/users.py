@@ -3,18 +3,14 @@ credentials, so they reach the service as nobody; an access token is a secret (`
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends
-
-from gateway.deps import AnyCaller, Principal, RequireScope
+from gateway.deps import AnyCaller, Principal, readers_and_writers
 from gateway.routes.forward import Forward, add_forwards
-from shared.contract import Identity
 
 router = APIRouter(prefix="/v1", tags=["users"])
 
-Reader = Annotated[Identity, Depends(RequireScope("users:read"))]
-Writer = Annotated[Identity, Depends(RequireScope("users:write"))]
+Reader, Writer = readers_and_writers("users")
 
 add_forwards(
     router,

@@ -3,13 +3,10 @@ every route, so a free tenant gets 402 whatever else is wrong with its request."
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Depends
 
-from gateway.deps import RequirePlan, RequireScope
+from gateway.deps import RequirePlan, readers_and_writers
 from gateway.routes.forward import Forward, add_forwards
-from shared.contract import Identity
 from shared.errors import PaymentRequired
 
 router = APIRouter(
@@ -19,8 +16,7 @@ router = APIRouter(
     responses=PaymentRequired.openapi_response(),
 )
 
-Reader = Annotated[Identity, Depends(RequireScope("webhooks:read"))]
-Writer = Annotated[Identity, Depends(RequireScope("webhooks:write"))]
+Reader, Writer = readers_and_writers("webhooks")
 ENDPOINT = "/endpoints/{endpoint_id}"
 
 add_forwards(

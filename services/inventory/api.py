@@ -22,7 +22,7 @@ from services.inventory.schemas import (
 )
 from shared.contract import RESOURCE_ID_PATTERN
 from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
+from shared.pagination import Page, PageDep
 
 router = APIRouter()
 
@@ -38,10 +38,8 @@ async def create_product(data: ProductCreate, repo: RepoDep, caller: ProductsWri
 
 
 @router.get("/products", response_model=Page[ProductOut], responses=INVALID)
-async def list_products(
-    repo: RepoDep, caller: ProductsRead, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
-) -> Page[ProductOut]:
-    return await service.list_products(repo, caller.tenant_id, limit, cursor)
+async def list_products(repo: RepoDep, caller: ProductsRead, page: PageDep) -> Page[ProductOut]:
+    return await service.list_products(repo, caller.tenant_id, page)
 
 
 @router.get("/products/{product_id}", response_model=ProductOut, responses=NOT_FOUND)
@@ -72,13 +70,9 @@ async def adjust_stock(
     responses={**NOT_FOUND, **INVALID},
 )
 async def list_adjustments(
-    product_id: PathId,
-    repo: RepoDep,
-    caller: ProductsRead,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
+    product_id: PathId, repo: RepoDep, caller: ProductsRead, page: PageDep
 ) -> Page[StockAdjustmentOut]:
-    return await service.list_adjustments(repo, caller.tenant_id, product_id, limit, cursor)
+    return await service.list_adjustments(repo, caller.tenant_id, product_id, page)
 
 
 # Reservations: called by the orders service for the caller who places or cancels an order.
@@ -103,12 +97,11 @@ async def reserve(
 async def list_reservations(
     repo: RepoDep,
     caller: ReservationsRead,
+    page: PageDep,
     order_id: Annotated[str | None, Query(pattern=RESOURCE_ID_PATTERN)] = None,
     status: ReservationStatus | None = None,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
 ) -> Page[ReservationOut]:
-    return await service.list_reservations(repo, caller.tenant_id, limit, cursor, order_id=order_id, status=status)
+    return await service.list_reservations(repo, caller.tenant_id, page, order_id=order_id, status=status)
 
 
 @router.get("/reservations/{reservation_id}", response_model=ReservationOut, responses=NOT_FOUND)

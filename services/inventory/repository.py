@@ -14,10 +14,7 @@ from shared.errors import Conflict
 from shared.repository import Repository
 
 
-class SkuTaken(Conflict):
-    error_code = "SKU_TAKEN"
-    title = "SKU already in use"
-    slug = "sku-taken"
+class SkuTaken(Conflict, code="SKU_TAKEN", title="SKU already in use"): ...
 
 
 class TakenStock(NamedTuple):

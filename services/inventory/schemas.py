@@ -5,8 +5,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.contract import LineItems, ResourceIdField
-from shared.text import PLAIN_TEXT_PATTERN
+from shared.contract import LineItems, ReservedLine, ResourceIdField
+from shared.schemas import PLAIN_TEXT_PATTERN, refuse_null
 
 # Bounds keep every sum (line totals, order totals, stock) far inside a 64-bit integer.
 MAX_PRICE_CENTS = 10_000_000_000
@@ -20,6 +20,7 @@ Sku = Annotated[str, Field(pattern=SKU_PATTERN, examples=["TSHIRT-BLUE-M"])]
 ProductName = Annotated[str, Field(min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN)]
 PriceCents = Annotated[int, Field(strict=True, ge=0, le=MAX_PRICE_CENTS)]
 ReservationStatus = Literal["reserved", "confirmed", "released"]
+NOT_NULL = refuse_null("may be omitted but not null")
 
 
 class ProductCreate(BaseModel):
@@ -36,17 +37,9 @@ class ProductUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    sku: Sku | None = None
-    name: ProductName | None = None
-    price_cents: PriceCents | None = None
-
-    @field_validator("sku", "name", "price_cents")
-    @classmethod
-    def _not_null(cls, value: object) -> object:
-        # Omitting a field leaves it alone; sending null would mean "erase", which no field allows.
-        if value is None:
-            raise ValueError("may be omitted but not null")
-        return value
+    sku: Annotated[Sku | None, NOT_NULL] = None
+    name: Annotated[ProductName | None, NOT_NULL] = None
+    price_cents: Annotated[PriceCents | None, NOT_NULL] = None
 
 
 class ProductOut(BaseModel):
@@ -95,22 +88,12 @@ class ReservationCreate(BaseModel):
     items: LineItems
 
 
-class ReservationItemOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    product_id: str
-    sku: str
-    name: str
-    quantity: int
-    unit_price_cents: int
-
-
 class ReservationOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
     order_id: str
     status: ReservationStatus
-    items: list[ReservationItemOut]
+    items: list[ReservedLine]
     created_at: datetime
     updated_at: datetime

@@ -19,45 +19,28 @@ from services.inventory.schemas import (
 )
 from shared.db import new_id, utcnow
 from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.pagination import Cursor, Page, page_of
+from shared.pagination import Page, PageQuery
+from shared.repository import matching
 
 
-class ProductNotFound(NotFound):
-    error_code = "PRODUCT_NOT_FOUND"
-    title = "Product not found"
-    slug = "product-not-found"
-    resource = "product"
+class ProductNotFound(NotFound, code="PRODUCT_NOT_FOUND", title="Product not found", resource="product"): ...
 
 
-class ReservationNotFound(NotFound):
-    error_code = "RESERVATION_NOT_FOUND"
-    title = "Reservation not found"
-    slug = "reservation-not-found"
-    resource = "reservation"
+class ReservationNotFound(
+    NotFound, code="RESERVATION_NOT_FOUND", title="Reservation not found", resource="reservation"
+): ...
 
 
-class InsufficientStock(Conflict):
-    error_code = "INSUFFICIENT_STOCK"
-    title = "Insufficient stock"
-    slug = "insufficient-stock"
+class InsufficientStock(Conflict, code="INSUFFICIENT_STOCK", title="Insufficient stock"): ...
 
 
-class StockLimitExceeded(Conflict):
-    error_code = "STOCK_LIMIT_EXCEEDED"
-    title = "Stock limit exceeded"
-    slug = "stock-limit-exceeded"
+class StockLimitExceeded(Conflict, code="STOCK_LIMIT_EXCEEDED", title="Stock limit exceeded"): ...
 
 
-class ReservationReleased(Conflict):
-    error_code = "RESERVATION_RELEASED"
-    title = "Reservation already released"
-    slug = "reservation-released"
+class ReservationReleased(Conflict, code="RESERVATION_RELEASED", title="Reservation already released"): ...
 
 
-class ReservationMismatch(Conflict):
-    error_code = "RESERVATION_MISMATCH"
-    title = "Order already has a different reservation"
-    slug = "reservation-mismatch"
+class ReservationMismatch(Conflict, code="RESERVATION_MISMATCH", title="Order already has a different reservation"): ...
 
 
 def field_error(field: str, msg: str, type_: str, **extra: Any) -> dict[str, Any]:
@@ -85,9 +68,8 @@ async def get_product(repo: InventoryRepository, tenant_id: str, product_id: str
     return await repo.one(Product, tenant_id, product_id, ProductNotFound)
 
 
-async def list_products(repo: InventoryRepository, tenant_id: str, limit: int, cursor: str | None) -> Page[ProductOut]:
-    rows = await repo.page(Product, tenant_id, Cursor.decode(cursor), limit)
-    return page_of(rows, limit, ProductOut.model_validate)
+async def list_products(repo: InventoryRepository, tenant_id: str, page: PageQuery) -> Page[ProductOut]:
+    return await repo.list_page(Product, tenant_id, page.position(), page.limit, ProductOut.model_validate)
 
 
 async def update_product(repo: InventoryRepository, tenant_id: str, product_id: str, data: ProductUpdate) -> Product:
@@ -131,13 +113,15 @@ async def adjust_stock(
 
 
 async def list_adjustments(
-    repo: InventoryRepository, tenant_id: str, product_id: str, limit: int, cursor: str | None
+    repo: InventoryRepository, tenant_id: str, product_id: str, page: PageQuery
 ) -> Page[StockAdjustmentOut]:
     """A product's adjustments, newest first; 404 for a product the tenant does not have."""
-    position = Cursor.decode(cursor)
+    position = page.position()
     await get_product(repo, tenant_id, product_id)
-    rows = await repo.page(StockAdjustment, tenant_id, position, limit, StockAdjustment.product_id == product_id)
-    return page_of(rows, limit, StockAdjustmentOut.model_validate)
+    of_product = StockAdjustment.product_id == product_id
+    return await repo.list_page(
+        StockAdjustment, tenant_id, position, page.limit, StockAdjustmentOut.model_validate, of_product
+    )
 
 
 def _duplicate_products(data: ReservationCreate) -> None:
@@ -203,14 +187,7 @@ async def reserve(repo: InventoryRepository, tenant_id: str, data: ReservationCr
                 ],
             )
         items.append(
-            ReservationItem(
-                position=index,
-                product_id=item.product_id,
-                sku=taken.sku,
-                name=taken.name,
-                quantity=item.quantity,
-                unit_price_cents=taken.unit_price_cents,
-            )
+            ReservationItem(position=index, product_id=item.product_id, quantity=item.quantity, **taken._asdict())
         )
     items.sort(key=lambda i: i.position)
     await repo.add_reservation_items(reservation, items)
@@ -222,19 +199,12 @@ async def get_reservation(repo: InventoryRepository, tenant_id: str, reservation
 
 
 async def list_reservations(
-    repo: InventoryRepository,
-    tenant_id: str,
-    limit: int,
-    cursor: str | None,
-    *,
-    order_id: str | None = None,
-    status: str | None = None,
+    repo: InventoryRepository, tenant_id: str, page: PageQuery, *, order_id: str | None, status: str | None
 ) -> Page[ReservationOut]:
-    where = [Reservation.order_id == order_id] if order_id is not None else []
-    if status is not None:
-        where.append(Reservation.status == status)
-    rows = await repo.page(Reservation, tenant_id, Cursor.decode(cursor), limit, *where)
-    return page_of(rows, limit, ReservationOut.model_validate)
+    where = matching((Reservation.order_id, order_id), (Reservation.status, status))
+    return await repo.list_page(
+        Reservation, tenant_id, page.position(), page.limit, ReservationOut.model_validate, *where
+    )
 
 
 async def confirm(repo: InventoryRepository, tenant_id: str, reservation_id: str) -> Reservation:

@@ -21,7 +21,7 @@ from shared.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
-from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
+from shared.pagination import Page, PageDep
 
 router = APIRouter()
 
@@ -66,12 +66,11 @@ async def create_order(
 async def list_orders(
     ctx: ContextDep,
     caller: OrdersRead,
+    page: PageDep,
     status: OrderStatus | None = None,
     user_id: Annotated[str | None, Query(pattern=RESOURCE_ID_PATTERN)] = None,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
 ) -> Page[OrderOut]:
-    return await service.list_orders(ctx, caller.tenant_id, limit, cursor, status=status, user_id=user_id)
+    return await service.list_orders(ctx, caller.tenant_id, page, status=status, user_id=user_id)
 
 
 @router.get("/orders/{order_id}", response_model=OrderOut, responses=NOT_FOUND)

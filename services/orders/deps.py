@@ -6,22 +6,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends
-from starlette.requests import HTTPConnection
 
 from services.orders.service import OrdersContext
 from services.orders.settings import OrdersSettings
 from shared.contract import EVENTS_READ, Identity, TenantIdentity
 from shared.errors import Forbidden
 from shared.identity import Authorize, IdentityDep
-from shared.state import ServiceState, app_state
+from shared.state import ServiceState, StateDependencies
 
 # What the orders service adds to the common state: its context, with the recovery task running.
-OrdersState = ServiceState[OrdersSettings, OrdersContext]
-
-
-async def get_context(conn: HTTPConnection) -> OrdersContext:
-    state: OrdersState = app_state(conn)
-    return state.context
+state = StateDependencies[ServiceState[OrdersSettings, OrdersContext]]()
 
 
 async def require_event_reader(identity: IdentityDep) -> Identity:
@@ -32,7 +26,7 @@ async def require_event_reader(identity: IdentityDep) -> Identity:
     return identity
 
 
-ContextDep = Annotated[OrdersContext, Depends(get_context)]
+ContextDep = Annotated[OrdersContext, Depends(state.provide(lambda s: s.context))]
 OrdersRead = Annotated[TenantIdentity, Depends(Authorize("orders:read"))]
 OrdersWrite = Annotated[TenantIdentity, Depends(Authorize("orders:write"))]
 EventsReader = Annotated[Identity, Depends(require_event_reader)]

@@ -22,26 +22,17 @@ from shared.errors import (
 from shared.http import ServiceClient
 
 
-class UnknownUser(Forbidden):
-    error_code = "UNKNOWN_USER"
-    title = "Unknown user"
-    slug = "unknown-user"
+class UnknownUser(Forbidden, code="UNKNOWN_USER", title="Unknown user"): ...
 
 
 class ReservationRefused(PorticoError):
     """The inventory service answered and took no stock: nothing needs releasing."""
 
 
-class ProductNotFound(ReservationRefused, NotFound):
-    error_code = "PRODUCT_NOT_FOUND"
-    title = "Product not found"
-    slug = "product-not-found"
+class ProductNotFound(ReservationRefused, NotFound, code="PRODUCT_NOT_FOUND", title="Product not found"): ...
 
 
-class StockConflict(ReservationRefused, Conflict):
-    error_code = "INSUFFICIENT_STOCK"
-    title = "Insufficient stock"
-    slug = "insufficient-stock"
+class StockConflict(ReservationRefused, Conflict, code="INSUFFICIENT_STOCK", title="Insufficient stock"): ...
 
 
 class ReservationInvalid(ReservationRefused, ValidationFailed):

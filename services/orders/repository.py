@@ -11,7 +11,6 @@ from sqlalchemy import delete, func, select, text, update
 
 from services.orders.models import Order, OrderAttempt, OutboxEvent
 from shared.db import raising_lock_not_available
-from shared.pagination import Cursor
 from shared.repository import Repository
 
 
@@ -78,14 +77,6 @@ class OrderRepository(Repository):
         )
 
     # Orders
-
-    async def list_orders(
-        self, tenant_id: str, limit: int, cursor: Cursor | None, *, status: str | None, user_id: str | None
-    ) -> Sequence[Order]:
-        where = [Order.status == status] if status is not None else []
-        if user_id is not None:
-            where.append(Order.user_id == user_id)
-        return await self.page(Order, tenant_id, cursor, limit, *where)
 
     async def mark_cancelled(self, tenant_id: str, order_id: str, now: datetime) -> bool:
         """Cancels a confirmed order; True only for the one request that did (the row lock serialises

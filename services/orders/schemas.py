@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.contract import LineItems
+from shared.contract import LineItems, ReservedLine
 
 OrderStatus = Literal["confirmed", "cancelled"]
 EventType = Literal["order.created", "order.cancelled"]
@@ -17,14 +17,7 @@ class OrderCreate(BaseModel):
     items: LineItems
 
 
-class OrderItemOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    product_id: str
-    sku: str
-    name: str
-    quantity: int
-    unit_price_cents: int
+class OrderItemOut(ReservedLine):
     line_total_cents: int
 
 
@@ -60,22 +53,10 @@ class EventFeed(BaseModel):
     next_after: int
 
 
-class ReservedItem(BaseModel):
-    """An item as the inventory service reserved it (with the price it read while taking the stock)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    product_id: str
-    sku: str
-    name: str
-    quantity: int
-    unit_price_cents: int
-
-
 class ReservationIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """A reservation as the inventory service answers it (fields it adds are ignored)."""
 
     id: str
     order_id: str
     status: str
-    items: list[ReservedItem]
+    items: list[ReservedLine]

@@ -33,35 +33,22 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.http import ServiceClient
-from shared.pagination import Cursor, Page, page_of
-from shared.repository import transaction
+from shared.pagination import Page, PageQuery
+from shared.repository import matching, transaction
 
 logger = logging.getLogger("portico.orders")
 
 
-class OrderNotFound(NotFound):
-    error_code = "ORDER_NOT_FOUND"
-    title = "Order not found"
-    slug = "order-not-found"
-    resource = "order"
+class OrderNotFound(NotFound, code="ORDER_NOT_FOUND", title="Order not found", resource="order"): ...
 
 
-class OrderAlreadyCancelled(Conflict):
-    error_code = "ORDER_ALREADY_CANCELLED"
-    title = "Order already cancelled"
-    slug = "order-already-cancelled"
+class OrderAlreadyCancelled(Conflict, code="ORDER_ALREADY_CANCELLED", title="Order already cancelled"): ...
 
 
-class OrderAttemptExpired(ServiceUnavailable):
-    error_code = "ORDER_ATTEMPT_EXPIRED"
-    title = "Order attempt expired"
-    slug = "order-attempt-expired"
+class OrderAttemptExpired(ServiceUnavailable, code="ORDER_ATTEMPT_EXPIRED", title="Order attempt expired"): ...
 
 
-class EventsBusy(ServiceUnavailable):
-    error_code = "EVENTS_BUSY"
-    title = "Event feed busy"
-    slug = "events-busy"
+class EventsBusy(ServiceUnavailable, code="EVENTS_BUSY", title="Event feed busy"): ...
 
 
 @dataclass
@@ -248,17 +235,7 @@ async def _store(
     ctx: OrdersContext, attempt: OrderAttempt, user_id: str, reservation: ReservationIn
 ) -> tuple[Order, str]:
     now = utcnow()
-    items = [
-        OrderItem(
-            position=position,
-            product_id=item.product_id,
-            sku=item.sku,
-            name=item.name,
-            quantity=item.quantity,
-            unit_price_cents=item.unit_price_cents,
-        )
-        for position, item in enumerate(reservation.items)
-    ]
+    items = [OrderItem(position=position, **item.model_dump()) for position, item in enumerate(reservation.items)]
     order = Order(
         id=attempt.id,
         tenant_id=attempt.tenant_id,
@@ -312,12 +289,12 @@ async def get_order(ctx: OrdersContext, tenant_id: str, order_id: str) -> OrderO
 
 
 async def list_orders(
-    ctx: OrdersContext, tenant_id: str, limit: int, cursor: str | None, *, status: str | None, user_id: str | None
+    ctx: OrdersContext, tenant_id: str, page: PageQuery, *, status: str | None, user_id: str | None
 ) -> Page[OrderOut]:
-    position = Cursor.decode(cursor)
+    where = matching((Order.status, status), (Order.user_id, user_id))
+    position = page.position()
     async with ctx.transaction() as repo:
-        rows = await repo.list_orders(tenant_id, limit, position, status=status, user_id=user_id)
-        return page_of(rows, limit, order_out)
+        return await repo.list_page(Order, tenant_id, position, page.limit, order_out, *where)
 
 
 async def cancel_order(ctx: OrdersContext, identity: TenantIdentity, order_id: str) -> OrderOut:

@@ -38,8 +38,8 @@ from services.users.schemas import (
 from shared.contract import NO_STORE
 from shared.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from shared.identity import IdentityDep
-from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
-from shared.text import PLAIN_TEXT_PATTERN
+from shared.pagination import Page, PageDep
+from shared.schemas import PLAIN_TEXT_PATTERN
 
 router = APIRouter()
 
@@ -95,10 +95,8 @@ async def create_api_key(
 
 
 @router.get("/api-keys", response_model=Page[ApiKeyOut], responses=Forbidden.openapi_response())
-async def list_api_keys(
-    keys: KeysDep, caller: KeyManager, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
-) -> Page[ApiKeyOut]:
-    return await service.list_api_keys(keys, caller, cursor, limit)
+async def list_api_keys(keys: KeysDep, caller: KeyManager, page: PageDep) -> Page[ApiKeyOut]:
+    return await service.list_api_keys(keys, caller, page)
 
 
 @router.delete("/api-keys/{key_id}", status_code=204, responses=KEY_ERRORS)

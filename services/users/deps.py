@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends
-from starlette.requests import HTTPConnection
 
 from services.users.repository import ApiKeyRepository, UserRepository
 from services.users.security import TokenIssuer
@@ -15,23 +14,10 @@ from services.users.settings import UsersSettings
 from shared.contract import TenantIdentity, key_id_of
 from shared.db import SessionDep
 from shared.identity import Authorize, TenantIdentityDep
-from shared.state import ServiceState, app_state
+from shared.state import ServiceState, StateDependencies
 
 # What the users service adds to the common state: the issuer of access tokens.
-UsersState = ServiceState[UsersSettings, TokenIssuer]
-
-
-def users_state(conn: HTTPConnection) -> UsersState:
-    state: UsersState = app_state(conn)
-    return state
-
-
-async def get_settings(conn: HTTPConnection) -> UsersSettings:
-    return users_state(conn).settings
-
-
-async def get_issuer(conn: HTTPConnection) -> TokenIssuer:
-    return users_state(conn).context
+state = StateDependencies[ServiceState[UsersSettings, TokenIssuer]]()
 
 
 async def get_users(session: SessionDep) -> UserRepository:
@@ -42,8 +28,8 @@ async def get_keys(session: SessionDep) -> ApiKeyRepository:
     return ApiKeyRepository(session)
 
 
-SettingsDep = Annotated[UsersSettings, Depends(get_settings)]
-IssuerDep = Annotated[TokenIssuer, Depends(get_issuer)]
+SettingsDep = Annotated[UsersSettings, Depends(state.provide(lambda s: s.settings))]
+IssuerDep = Annotated[TokenIssuer, Depends(state.provide(lambda s: s.context))]
 UsersDep = Annotated[UserRepository, Depends(get_users)]
 KeysDep = Annotated[ApiKeyRepository, Depends(get_keys)]
 

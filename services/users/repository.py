@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import select, update
 
 from services.users.models import ApiKey, Tenant, User
 from shared.errors import Conflict
-from shared.pagination import Cursor
 from shared.repository import Repository
 
 
-class EmailTaken(Conflict):
-    error_code = "EMAIL_TAKEN"
-    title = "Email already registered"
-    slug = "email-taken"
+class EmailTaken(Conflict, code="EMAIL_TAKEN", title="Email already registered"): ...
 
 
 class UserRepository(Repository):
@@ -55,10 +50,3 @@ class ApiKeyRepository(Repository):
 
     async def touch(self, key_id: str, when: datetime) -> None:
         await self.session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when))
-
-    async def page_for(
-        self, tenant_id: str, created_by: str | None, cursor: Cursor | None, limit: int
-    ) -> Sequence[ApiKey]:
-        """The tenant's keys, or those `created_by` made, newest first."""
-        mine = () if created_by is None else (ApiKey.created_by == created_by,)
-        return await self.page(ApiKey, tenant_id, cursor, limit, *mine)

@@ -3,11 +3,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from services.users.models import ApiKey
 from shared.contract import ALL_SCOPES, DEFAULT_PLAN, KEY_HASH_RE, Plan, Role
-from shared.text import PLAIN_TEXT_PATTERN
+from shared.schemas import PLAIN_TEXT_PATTERN
 
 MAX_ROTATION_GRACE_SECONDS = 30 * 86400
 
@@ -96,6 +96,12 @@ class ApiKeyOut(BaseModel):
     expires_at: datetime | None
     replaced_by: str | None
 
+    @field_validator("scopes", mode="before")
+    @classmethod
+    def _scope_list(cls, scopes: object) -> object:
+        # Stored space-separated, as in an OAuth `scope` claim.
+        return sorted(set(scopes.split())) if isinstance(scopes, str) else scopes
+
 
 class ApiKeyCreated(ApiKeyOut):
     """The one answer that holds the raw key."""
@@ -127,19 +133,7 @@ class ApiKeyResolved(BaseModel):
 
 
 def api_key_out(key: ApiKey) -> ApiKeyOut:
-    return ApiKeyOut(
-        id=key.id,
-        name=key.name,
-        scopes=sorted(key.scope_set),
-        hint=key.hint,
-        tenant_id=key.tenant_id,
-        created_by=key.created_by,
-        created_at=key.created_at,
-        last_used_at=key.last_used_at,
-        revoked_at=key.revoked_at,
-        expires_at=key.expires_at,
-        replaced_by=key.replaced_by,
-    )
+    return ApiKeyOut.model_validate(key)
 
 
 def api_key_created(key: ApiKey, raw: str) -> ApiKeyCreated:

@@ -20,20 +20,14 @@ from services.users.security import TokenIssuer, hash_password, verify_password
 from shared.contract import ROLE_SCOPES, TenantIdentity, hash_api_key, key_id_of, new_api_key
 from shared.db import new_id, utcnow
 from shared.errors import Conflict, Forbidden, NotFound, Unauthorized
-from shared.pagination import Cursor, Page, page_of
+from shared.pagination import Page, PageQuery
+from shared.repository import matching
 
 
-class UserNotFound(NotFound):
-    error_code = "USER_NOT_FOUND"
-    title = "User not found"
-    slug = "user-not-found"
-    resource = "user"
+class UserNotFound(NotFound, code="USER_NOT_FOUND", title="User not found", resource="user"): ...
 
 
-class InvalidCredentials(Unauthorized):
-    error_code = "INVALID_CREDENTIALS"
-    title = "Invalid credentials"
-    slug = "invalid-credentials"
+class InvalidCredentials(Unauthorized, code="INVALID_CREDENTIALS", title="Invalid credentials"): ...
 
 
 async def bootstrap_tenant(repo: UserRepository, data: TenantCreate) -> tuple[Tenant, User]:
@@ -87,29 +81,16 @@ async def issue_token(repo: UserRepository, issuer: TokenIssuer, email: str, pas
     return TokenOut(access_token=token, expires_in=issuer.ttl)
 
 
-class ApiKeyNotFound(NotFound):
-    error_code = "API_KEY_NOT_FOUND"
-    title = "API key not found"
-    slug = "api-key-not-found"
-    resource = "API key"
+class ApiKeyNotFound(NotFound, code="API_KEY_NOT_FOUND", title="API key not found", resource="API key"): ...
 
 
-class UserRequired(Forbidden):
-    error_code = "USER_REQUIRED"
-    title = "A user is required"
-    slug = "user-required"
+class UserRequired(Forbidden, code="USER_REQUIRED", title="A user is required"): ...
 
 
-class ScopeNotHeld(Forbidden):
-    error_code = "SCOPE_NOT_HELD"
-    title = "Scope not held"
-    slug = "scope-not-held"
+class ScopeNotHeld(Forbidden, code="SCOPE_NOT_HELD", title="Scope not held"): ...
 
 
-class ApiKeyNotRotatable(Conflict):
-    error_code = "API_KEY_NOT_ROTATABLE"
-    title = "API key cannot be rotated"
-    slug = "api-key-not-rotatable"
+class ApiKeyNotRotatable(Conflict, code="API_KEY_NOT_ROTATABLE", title="API key cannot be rotated"): ...
 
 
 async def _manageable(keys: ApiKeyRepository, identity: TenantIdentity, key_id: str) -> ApiKey:
@@ -153,13 +134,10 @@ async def create_api_key(
     return key, raw
 
 
-async def list_api_keys(
-    keys: ApiKeyRepository, identity: TenantIdentity, cursor: str | None, limit: int
-) -> Page[ApiKeyOut]:
+async def list_api_keys(keys: ApiKeyRepository, identity: TenantIdentity, page: PageQuery) -> Page[ApiKeyOut]:
     """The keys a user may manage: all of the tenant's for an admin, their own for others."""
-    position = Cursor.decode(cursor)
-    created_by = None if identity.role == "admin" else identity.subject
-    return page_of(await keys.page_for(identity.tenant_id, created_by, position, limit), limit, api_key_out)
+    mine = matching((ApiKey.created_by, None if identity.role == "admin" else identity.subject))
+    return await keys.list_page(ApiKey, identity.tenant_id, page.position(), page.limit, api_key_out, *mine)
 
 
 async def revoke_api_key(keys: ApiKeyRepository, identity: TenantIdentity, key_id: str) -> None:

@@ -13,7 +13,7 @@ from services.webhooks.models import Endpoint
 from services.webhooks.schemas import DeliveryOut, EndpointCreate, EndpointOut, EndpointUpdate, EndpointWithSecret
 from shared.contract import NO_STORE
 from shared.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
-from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
+from shared.pagination import Page, PageDep
 
 router = APIRouter(prefix="/endpoints")
 
@@ -39,10 +39,8 @@ async def create_endpoint(
 
 
 @router.get("", response_model=Page[EndpointOut])
-async def list_endpoints(
-    repo: RepoDep, caller: WebhooksRead, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
-) -> Page[EndpointOut]:
-    return await service.list_endpoints(repo, caller.tenant_id, limit, cursor)
+async def list_endpoints(repo: RepoDep, caller: WebhooksRead, page: PageDep) -> Page[EndpointOut]:
+    return await service.list_endpoints(repo, caller.tenant_id, page)
 
 
 @router.get("/{endpoint_id}", response_model=EndpointOut, responses=NotFound.openapi_response())
@@ -77,10 +75,6 @@ async def rotate_secret(
     responses={**NotFound.openapi_response(), **ValidationFailed.openapi_response()},
 )
 async def list_deliveries(
-    endpoint_id: EndpointId,
-    repo: RepoDep,
-    caller: WebhooksRead,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
+    endpoint_id: EndpointId, repo: RepoDep, caller: WebhooksRead, page: PageDep
 ) -> Page[DeliveryOut]:
-    return await service.list_deliveries(repo, caller.tenant_id, endpoint_id, limit, cursor)
+    return await service.list_deliveries(repo, caller.tenant_id, endpoint_id, page)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends
-from starlette.requests import HTTPConnection
 
 from services.webhooks.relay import OrdersRelay
 from services.webhooks.repository import EndpointRepository
@@ -15,7 +14,7 @@ from services.webhooks.settings import WebhooksSettings
 from shared.contract import TenantIdentity
 from shared.db import SessionDep
 from shared.identity import Authorize
-from shared.state import ServiceState, app_state
+from shared.state import ServiceState, StateDependencies
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,19 +24,14 @@ class WebhooksContext:
     relay: OrdersRelay
 
 
-WebhooksState = ServiceState[WebhooksSettings, WebhooksContext]
-
-
-async def get_settings(conn: HTTPConnection) -> WebhooksSettings:
-    state: WebhooksState = app_state(conn)
-    return state.settings
+state = StateDependencies[ServiceState[WebhooksSettings, WebhooksContext]]()
 
 
 async def get_repo(session: SessionDep) -> EndpointRepository:
     return EndpointRepository(session)
 
 
-SettingsDep = Annotated[WebhooksSettings, Depends(get_settings)]
+SettingsDep = Annotated[WebhooksSettings, Depends(state.provide(lambda s: s.settings))]
 RepoDep = Annotated[EndpointRepository, Depends(get_repo)]
 WebhooksRead = Annotated[TenantIdentity, Depends(Authorize("webhooks:read"))]
 WebhooksWrite = Annotated[TenantIdentity, Depends(Authorize("webhooks:write"))]

@@ -14,36 +14,25 @@ from services.webhooks.settings import WebhooksSettings
 from services.webhooks.url_safety import DnsUnavailable, UnsafeUrl, check_url
 from shared.db import new_id, utcnow
 from shared.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
-from shared.pagination import Cursor, Page, page_of
+from shared.pagination import Page, PageQuery
 
 SECRET_PREFIX = "whsec_"
 # Standard Webhooks takes secrets of 24 to 64 bytes.
 SECRET_BYTES = 32
 
 
-class EndpointNotFound(NotFound):
-    error_code = "WEBHOOK_ENDPOINT_NOT_FOUND"
-    title = "Webhook endpoint not found"
-    slug = "webhook-endpoint-not-found"
-    resource = "webhook endpoint"
+class EndpointNotFound(
+    NotFound, code="WEBHOOK_ENDPOINT_NOT_FOUND", title="Webhook endpoint not found", resource="webhook endpoint"
+): ...
 
 
-class EndpointLimitReached(Conflict):
-    error_code = "WEBHOOK_ENDPOINT_LIMIT_REACHED"
-    title = "Webhook endpoint limit reached"
-    slug = "webhook-endpoint-limit-reached"
+class EndpointLimitReached(Conflict, code="WEBHOOK_ENDPOINT_LIMIT_REACHED", title="Webhook endpoint limit reached"): ...
 
 
-class UrlRefused(ValidationFailed):
-    error_code = "WEBHOOK_URL_REFUSED"
-    title = "Webhook URL refused"
-    slug = "webhook-url-refused"
+class UrlRefused(ValidationFailed, code="WEBHOOK_URL_REFUSED", title="Webhook URL refused"): ...
 
 
-class DnsUnavailableError(ServiceUnavailable):
-    error_code = "DNS_UNAVAILABLE"
-    title = "Host name resolution unavailable"
-    slug = "dns-unavailable"
+class DnsUnavailableError(ServiceUnavailable, code="DNS_UNAVAILABLE", title="Host name resolution unavailable"): ...
 
 
 def new_secret() -> str:
@@ -93,9 +82,8 @@ async def get_endpoint(repo: EndpointRepository, tenant_id: str, endpoint_id: st
     return await repo.one(Endpoint, tenant_id, endpoint_id, EndpointNotFound)
 
 
-async def list_endpoints(repo: EndpointRepository, tenant_id: str, limit: int, cursor: str | None) -> Page[EndpointOut]:
-    rows = await repo.page(Endpoint, tenant_id, Cursor.decode(cursor), limit)
-    return page_of(rows, limit, EndpointOut.model_validate)
+async def list_endpoints(repo: EndpointRepository, tenant_id: str, page: PageQuery) -> Page[EndpointOut]:
+    return await repo.list_page(Endpoint, tenant_id, page.position(), page.limit, EndpointOut.model_validate)
 
 
 async def update_endpoint(
@@ -134,9 +122,10 @@ async def rotate_secret(
 
 
 async def list_deliveries(
-    repo: EndpointRepository, tenant_id: str, endpoint_id: str, limit: int, cursor: str | None
+    repo: EndpointRepository, tenant_id: str, endpoint_id: str, page: PageQuery
 ) -> Page[DeliveryOut]:
-    position = Cursor.decode(cursor)
+    """An endpoint's deliveries, newest first; 404 for an endpoint the tenant does not have."""
+    position = page.position()
     await get_endpoint(repo, tenant_id, endpoint_id)
-    rows = await repo.page(Delivery, tenant_id, position, limit, Delivery.endpoint_id == endpoint_id)
-    return page_of(rows, limit, DeliveryOut.model_validate)
+    of_endpoint = Delivery.endpoint_id == endpoint_id
+    return await repo.list_page(Delivery, tenant_id, position, page.limit, DeliveryOut.model_validate, of_endpoint)
