@@ -269,5 +269,6 @@ SECRET_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("POST", "/v1/api-keys"),
         ("POST", "/v1/api-keys/{key_id}/rotate"),
         ("POST", "/v1/webhooks/endpoints"),
+        ("POST", "/v1/webhooks/endpoints/{endpoint_id}/rotate-secret"),
     }
 )
