@@ -15,6 +15,7 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from gateway.edge.apikeys import ApiKeyResolver
+from gateway.edge.ratelimit import RateLimiter
 from gateway.proxy import Upstreams
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
@@ -29,6 +30,7 @@ gateway_state = state.of
 SettingsDep = Annotated[GatewaySettings, Depends(state.provide(lambda s: s.settings))]
 UpstreamsDep = Annotated[Upstreams, Depends(state.provide(lambda s: s.upstreams))]
 ApiKeysDep = Annotated[ApiKeyResolver, Depends(state.provide(lambda s: s.api_keys))]
+RateLimiterDep = Annotated[RateLimiter, Depends(state.provide(lambda s: s.rate_limiter))]
 
 
 async def current_identity(conn: HTTPConnection) -> Identity:

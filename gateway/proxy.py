@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import httpx
-from fastapi import Path, Request
+from fastapi import Request
 from starlette.responses import Response
 
 from shared.context import request_id_of
-from shared.contract import RESOURCE_ID_PATTERN, Identity
+from shared.contract import Identity
 from shared.errors import DownstreamBadResponse
 from shared.http import ServiceClient
 
@@ -33,9 +31,6 @@ FORWARD_RESPONSE_HEADERS = frozenset(
         "idempotent-replayed",
     }
 )
-
-# Path parameters are ids; anything else (dots, encoded slashes) never reaches a service path.
-ResourceId = Annotated[str, Path(pattern=RESOURCE_ID_PATTERN)]
 
 
 class Upstreams:

@@ -20,6 +20,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, get_args
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import BadRequest, Conflict, Forbidden, Unauthorized, ValidationFailed
@@ -228,6 +229,7 @@ class IdempotentResponseNotStored(Conflict, code="IDEMPOTENT_RESPONSE_NOT_STORED
 # nor a dot or slash that could change a forwarded path, gets through.
 RESOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 ResourceIdField = Annotated[str, Field(pattern=RESOURCE_ID_PATTERN)]
+ResourceIdPath = Annotated[str, Path(pattern=RESOURCE_ID_PATTERN)]
 
 # The lines of an order, as the orders service takes them and passes them on to reserve stock.
 MAX_QUANTITY = 10_000

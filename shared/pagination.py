@@ -27,10 +27,10 @@ MAX_LIMIT = 200
 
 T = TypeVar("T")
 
-LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page (at most {MAX_LIMIT}).")]
-CursorQuery = Annotated[
-    str | None, Query(max_length=512, description="The `next_cursor` of the previous page; omit for the first.")
+LimitQuery = Annotated[
+    int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page (default {DEFAULT_LIMIT}, at most {MAX_LIMIT}).")
 ]
+CursorQuery = Annotated[str | None, Query(max_length=512, description="The `next_cursor` of the previous page.")]
 
 
 @dataclass(frozen=True, slots=True)

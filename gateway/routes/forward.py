@@ -18,8 +18,8 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.deps import UpstreamsDep
-from gateway.proxy import ResourceId, Upstreams
-from shared.contract import ANONYMOUS, Identity
+from gateway.proxy import Upstreams
+from shared.contract import ANONYMOUS, Identity, ResourceIdPath
 from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
@@ -61,7 +61,8 @@ class _ForwardEndpoint:
             inspect.Parameter("request", keyword, annotation=Request),
             inspect.Parameter("upstreams", keyword, annotation=UpstreamsDep),
             inspect.Parameter("identity", keyword, annotation=route.caller),
-            *(inspect.Parameter(name, keyword, annotation=ResourceId) for name in _PATH_PARAM.findall(route.path)),
+            # Path parameters are ids; anything else (dots, encoded slashes) never reaches a service path.
+            *(inspect.Parameter(name, keyword, annotation=ResourceIdPath) for name in _PATH_PARAM.findall(route.path)),
             *(
                 inspect.Parameter(name, keyword, annotation=annotation, default=default)
                 for name, (annotation, default) in route.query.items()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Query, Response
 
 from services.inventory import service
 from services.inventory.deps import ProductsRead, ProductsWrite, RepoDep, ReservationsRead, ReservationsWrite
@@ -20,13 +20,12 @@ from services.inventory.schemas import (
     StockAdjustmentCreate,
     StockAdjustmentOut,
 )
-from shared.contract import RESOURCE_ID_PATTERN
+from shared.contract import RESOURCE_ID_PATTERN, ResourceIdPath
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.pagination import Page, PageDep
 
 router = APIRouter()
 
-PathId = Annotated[str, Path(pattern=RESOURCE_ID_PATTERN)]
 NOT_FOUND = NotFound.openapi_response()
 INVALID = ValidationFailed.openapi_response()
 CONFLICT = Conflict.openapi_response()
@@ -43,12 +42,14 @@ async def list_products(repo: RepoDep, caller: ProductsRead, page: PageDep) -> P
 
 
 @router.get("/products/{product_id}", response_model=ProductOut, responses=NOT_FOUND)
-async def get_product(product_id: PathId, repo: RepoDep, caller: ProductsRead) -> ProductOut:
+async def get_product(product_id: ResourceIdPath, repo: RepoDep, caller: ProductsRead) -> ProductOut:
     return ProductOut.model_validate(await service.get_product(repo, caller.tenant_id, product_id))
 
 
 @router.patch("/products/{product_id}", response_model=ProductOut, responses={**NOT_FOUND, **INVALID, **CONFLICT})
-async def update_product(product_id: PathId, data: ProductUpdate, repo: RepoDep, caller: ProductsWrite) -> ProductOut:
+async def update_product(
+    product_id: ResourceIdPath, data: ProductUpdate, repo: RepoDep, caller: ProductsWrite
+) -> ProductOut:
     return ProductOut.model_validate(await service.update_product(repo, caller.tenant_id, product_id, data))
 
 
@@ -59,7 +60,7 @@ async def update_product(product_id: PathId, data: ProductUpdate, repo: RepoDep,
     responses={**NOT_FOUND, **INVALID, **CONFLICT},
 )
 async def adjust_stock(
-    product_id: PathId, data: StockAdjustmentCreate, repo: RepoDep, caller: ProductsWrite
+    product_id: ResourceIdPath, data: StockAdjustmentCreate, repo: RepoDep, caller: ProductsWrite
 ) -> StockAdjustmentOut:
     return StockAdjustmentOut.model_validate(await service.adjust_stock(repo, caller.tenant_id, product_id, data))
 
@@ -70,7 +71,7 @@ async def adjust_stock(
     responses={**NOT_FOUND, **INVALID},
 )
 async def list_adjustments(
-    product_id: PathId, repo: RepoDep, caller: ProductsRead, page: PageDep
+    product_id: ResourceIdPath, repo: RepoDep, caller: ProductsRead, page: PageDep
 ) -> Page[StockAdjustmentOut]:
     return await service.list_adjustments(repo, caller.tenant_id, product_id, page)
 
@@ -105,21 +106,27 @@ async def list_reservations(
 
 
 @router.get("/reservations/{reservation_id}", response_model=ReservationOut, responses=NOT_FOUND)
-async def get_reservation(reservation_id: PathId, repo: RepoDep, caller: ReservationsRead) -> ReservationOut:
+async def get_reservation(reservation_id: ResourceIdPath, repo: RepoDep, caller: ReservationsRead) -> ReservationOut:
     return ReservationOut.model_validate(await service.get_reservation(repo, caller.tenant_id, reservation_id))
 
 
 @router.post("/reservations/{reservation_id}/confirm", response_model=ReservationOut, responses=CONFLICT)
-async def confirm_reservation(reservation_id: PathId, repo: RepoDep, caller: ReservationsWrite) -> ReservationOut:
+async def confirm_reservation(
+    reservation_id: ResourceIdPath, repo: RepoDep, caller: ReservationsWrite
+) -> ReservationOut:
     return ReservationOut.model_validate(await service.confirm(repo, caller.tenant_id, reservation_id))
 
 
 @router.post("/reservations/{reservation_id}/release", response_model=ReservationOut, responses=NOT_FOUND)
-async def release_reservation(reservation_id: PathId, repo: RepoDep, caller: ReservationsWrite) -> ReservationOut:
+async def release_reservation(
+    reservation_id: ResourceIdPath, repo: RepoDep, caller: ReservationsWrite
+) -> ReservationOut:
     return ReservationOut.model_validate(await service.release(repo, caller.tenant_id, reservation_id))
 
 
 @router.post("/orders/{order_id}/reservation/release", response_model=ReservationOut)
-async def release_order_reservation(order_id: PathId, repo: RepoDep, caller: ReservationsWrite) -> ReservationOut:
+async def release_order_reservation(
+    order_id: ResourceIdPath, repo: RepoDep, caller: ReservationsWrite
+) -> ReservationOut:
     """Releases whatever an order holds; with nothing yet, refuses any later reserve for the order."""
     return ReservationOut.model_validate(await service.release_order(repo, caller.tenant_id, order_id))

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Header, Query
 from starlette.responses import Response
 
 from services.orders import service
 from services.orders.deps import ContextDep, EventsReader, OrdersRead, OrdersWrite
 from services.orders.schemas import EventFeed, OrderCreate, OrderOut, OrderStatus
-from shared.contract import IDEMPOTENCY_KEY_PATTERN, RESOURCE_ID_PATTERN
+from shared.contract import IDEMPOTENCY_KEY_PATTERN, RESOURCE_ID_PATTERN, ResourceIdPath
 from shared.errors import (
     Conflict,
     DownstreamBadResponse,
@@ -26,7 +26,6 @@ from shared.pagination import Page, PageDep
 router = APIRouter()
 
 JSON = "application/json"
-PathId = Annotated[str, Path(pattern=RESOURCE_ID_PATTERN)]
 NOT_FOUND = NotFound.openapi_response()
 INVALID = ValidationFailed.openapi_response()
 CONFLICT = Conflict.openapi_response()
@@ -74,12 +73,12 @@ async def list_orders(
 
 
 @router.get("/orders/{order_id}", response_model=OrderOut, responses=NOT_FOUND)
-async def get_order(order_id: PathId, ctx: ContextDep, caller: OrdersRead) -> OrderOut:
+async def get_order(order_id: ResourceIdPath, ctx: ContextDep, caller: OrdersRead) -> OrderOut:
     return await service.get_order(ctx, caller.tenant_id, order_id)
 
 
 @router.post("/orders/{order_id}/cancel", response_model=OrderOut, responses={**NOT_FOUND, **CONFLICT})
-async def cancel_order(order_id: PathId, ctx: ContextDep, caller: OrdersWrite) -> OrderOut:
+async def cancel_order(order_id: ResourceIdPath, ctx: ContextDep, caller: OrdersWrite) -> OrderOut:
     return await service.cancel_order(ctx, caller, order_id)
 
 
