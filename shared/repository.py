@@ -21,7 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, make_
 
 from shared.db import dialect_insert, table_of
 from shared.errors import NotFound, PorticoError
-from shared.pagination import Cursor, Page, older_than, page_of
+from shared.pagination import Cursor, Page, PageQuery, older_than, page_of
 
 
 class TenantRow:
@@ -122,6 +122,24 @@ class Repository:
     ) -> Page[T]:
         """`page`, as the `{"items", "next_cursor"}` a list route answers."""
         return page_of(await self.page(model, tenant_id, position, limit, *where), limit, convert)
+
+    async def list_under(
+        self,
+        model: type[M],
+        link: InstrumentedAttribute[str],
+        parent: type[TenantRow],
+        parent_id: str,
+        *,
+        tenant_id: str,
+        missing: type[NotFound],
+        query: PageQuery,
+        convert: Callable[[M], T],
+    ) -> Page[T]:
+        """A page of the `model` rows that belong to one `parent` row (`link` names it). The tenant
+        must have that parent (`missing`, a 404, otherwise); a bad cursor is judged before that."""
+        position = query.position()
+        await self.one(parent, tenant_id, parent_id, missing)
+        return await self.list_page(model, tenant_id, position, query.limit, convert, link == parent_id)
 
 
 def matching(*filters: tuple[InstrumentedAttribute[Any], object]) -> list[ColumnElement[bool]]:

@@ -4,7 +4,8 @@ Each process's lifespan builds ONE frozen dataclass holding everything it owns (
 stores, background workers) and yields it as `{"app": state}` (`lifespan_state_of`): Starlette hands
 that mapping to every request as `scope["state"]`. Routes never read it by name: each process has a
 dependency module (`gateway/deps.py`, `services/<name>/deps.py`, and `SessionDep`/`IdentityDep` in
-shared) whose typed `Annotated` dependencies call `app_state` here, the one place that knows the key.
+shared) whose typed `Annotated` dependencies are built by `StateDependencies` here, and `app_state`
+is the one place that knows the key.
 
 Pure ASGI stages are built before the lifespan runs (Starlette builds the middleware stack on the
 first ASGI call, which is the lifespan's own startup), so they cannot be handed the state in their

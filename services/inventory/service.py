@@ -116,11 +116,15 @@ async def list_adjustments(
     repo: InventoryRepository, tenant_id: str, product_id: str, page: PageQuery
 ) -> Page[StockAdjustmentOut]:
     """A product's adjustments, newest first; 404 for a product the tenant does not have."""
-    position = page.position()
-    await get_product(repo, tenant_id, product_id)
-    of_product = StockAdjustment.product_id == product_id
-    return await repo.list_page(
-        StockAdjustment, tenant_id, position, page.limit, StockAdjustmentOut.model_validate, of_product
+    return await repo.list_under(
+        StockAdjustment,
+        StockAdjustment.product_id,
+        Product,
+        product_id,
+        tenant_id=tenant_id,
+        missing=ProductNotFound,
+        query=page,
+        convert=StockAdjustmentOut.model_validate,
     )
 
 

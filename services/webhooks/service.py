@@ -125,7 +125,13 @@ async def list_deliveries(
     repo: EndpointRepository, tenant_id: str, endpoint_id: str, page: PageQuery
 ) -> Page[DeliveryOut]:
     """An endpoint's deliveries, newest first; 404 for an endpoint the tenant does not have."""
-    position = page.position()
-    await get_endpoint(repo, tenant_id, endpoint_id)
-    of_endpoint = Delivery.endpoint_id == endpoint_id
-    return await repo.list_page(Delivery, tenant_id, position, page.limit, DeliveryOut.model_validate, of_endpoint)
+    return await repo.list_under(
+        Delivery,
+        Delivery.endpoint_id,
+        Endpoint,
+        endpoint_id,
+        tenant_id=tenant_id,
+        missing=EndpointNotFound,
+        query=page,
+        convert=DeliveryOut.model_validate,
+    )
