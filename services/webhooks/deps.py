@@ -3,26 +3,17 @@ may call what (reading needs webhooks:read, changing webhooks:write)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends
 
-from services.webhooks.relay import OrdersRelay
+from services.webhooks.context import WebhooksContext
 from services.webhooks.repository import EndpointRepository
 from services.webhooks.settings import WebhooksSettings
 from shared.contract import TenantIdentity
 from shared.db import SessionDep
 from shared.identity import Authorize
 from shared.state import ServiceState, StateDependencies
-
-
-@dataclass(frozen=True, slots=True)
-class WebhooksContext:
-    """What the webhooks service adds to the common state: its background workers."""
-
-    relay: OrdersRelay
-
 
 state = StateDependencies[ServiceState[WebhooksSettings, WebhooksContext]]()
 
