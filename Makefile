@@ -32,7 +32,7 @@ lock: $(UV)
 
 ## Migrate and start the whole system on embedded defaults (SQLite per service, in-process stores).
 run: $(STAMP)
-	$(PY) scripts/run.py
+	$(PY) -m scripts.run
 
 ## The whole suite, against real PostgreSQL and Redis.
 test: $(STAMP)
@@ -41,7 +41,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy gateway services shared
+	$(VENV)/bin/mypy gateway services shared scripts
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -53,7 +53,7 @@ bench: $(BENCH_STAMP)
 	$(PY) -m bench.gateway $(BENCH_ARGS)
 
 migrate: $(STAMP)
-	for svc in users orders inventory webhooks; do $(PY) -m services.$$svc migrate || exit 1; done
+	$(PY) -m scripts.devstack migrate
 
 ## One minute of mixed traffic against the gateway at LOADTEST_HOST (default: `make run`'s; started
 ## here when nothing answers there); the report goes to var/loadtest/<time>/.

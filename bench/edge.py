@@ -34,8 +34,8 @@ from pathlib import Path
 import uvicorn
 
 from bench.common import bearer, post_script, process, redis_prefix, require_wrk, wrk
-from shared.apikeys import new_api_key
-from shared.devstack import free_port
+from scripts.devstack import free_port
+from shared.contract import new_api_key
 
 USER = {
     "id": "0b7f2c1e-8c2a-4a7e-9d0e-2f4b6c8d0a1e",

@@ -58,7 +58,7 @@ from bench.common import (
     wrk,
 )
 from bench.nginx import nginx, require_nginx
-from shared.devstack import free_port
+from scripts.devstack import free_port
 
 SERVERS = ("uvicorn", "uvicorn-httptools", "granian", "gunicorn")
 GATEWAYS = ("textbook", "assembled", "aiohttp", "nginx", "portico")

@@ -13,7 +13,7 @@ import argparse
 import statistics
 
 from bench.common import bearer, process, wrk
-from shared.devstack import free_port
+from scripts.devstack import free_port
 
 
 def main() -> None:

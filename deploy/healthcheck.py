@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from shared.devstack import DEFAULT_PORTS, ENV_PREFIX, PROCESSES
+from shared.contract import PROCESSES
 
 MODULE = re.compile(r"-m\s+(?P<module>[\w.]+)(?:\s+(?P<command>[\w-]+))?")
 WORKER_PORT = 8005
@@ -28,14 +28,14 @@ def ready_url(cmdline: str, env: Mapping[str, str]) -> str:
     if not matches:
         raise LookupError(f"no `python -m <module>` in {cmdline!r}")
     module, command = matches[-1]["module"], matches[-1]["command"]
-    names = {mod: name for name, mod in PROCESSES.items()}
-    if module not in names:
+    by_module = {process.module: process for process in PROCESSES.values()}
+    if module not in by_module:
         raise LookupError(f"{module} is not a Portico process")
-    name = names[module]
-    if name == "webhooks" and command == "worker":
+    process = by_module[module]
+    if process.name == "webhooks" and command == "worker":
         port = env.get("WEBHOOKS_WORKER_PORT", str(WORKER_PORT))
     else:
-        port = env.get(f"{ENV_PREFIX[name]}PORT", str(DEFAULT_PORTS[name]))
+        port = env.get(f"{process.env_prefix}PORT", str(process.port))
     return f"http://127.0.0.1:{port}/health/ready"
 
 

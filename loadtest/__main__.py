@@ -2,7 +2,7 @@
 its report (PNG plots and summary.md) in var/loadtest/<time>-<mode>/.
 
 The gateway is LOADTEST_HOST or --host (default http://127.0.0.1:8000, where `make run` serves). When
-nothing answers there, `make run`'s stack (scripts/run.py) is started for the run and stopped after.
+nothing answers there, `make run`'s stack (`python -m scripts.run`) is started for the run and stopped after.
 While the load runs, the resident memory of every process listening on Portico's ports on this machine
 is sampled.
 
@@ -32,7 +32,7 @@ import psutil
 from loadtest.bootstrap import bootstrap, save
 from loadtest.outcomes import MEMORY_FIELDS
 from loadtest.report import capacity, read_run, write_report
-from shared.devstack import DEFAULT_PORTS
+from scripts.devstack import DEFAULT_PORTS
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -49,7 +49,7 @@ def ready(host: str) -> bool:
 
 
 class LocalStack:
-    """`make run`'s stack (scripts/run.py), started when nothing answers at the default address."""
+    """`make run`'s stack (`python -m scripts.run`), started when nothing answers at the default address."""
 
     def __init__(self, log: Path) -> None:
         self.log = log
@@ -58,8 +58,8 @@ class LocalStack:
     def start(self, host: str, timeout: float = 240) -> None:
         print(f"nothing answers at {host}: starting `make run`'s stack (log: {self.log})", flush=True)
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(  # noqa: S603 - this interpreter running the project's own script
-                [sys.executable, str(ROOT / "scripts" / "run.py")], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "scripts.run"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + timeout
         while not ready(host):
@@ -73,7 +73,7 @@ class LocalStack:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)  # scripts/run.py stops its five processes on SIGTERM
+        self.proc.send_signal(signal.SIGTERM)  # scripts.run stops its five processes on SIGTERM
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.devstack import Stack
+from scripts.devstack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 WALKTHROUGH = """

@@ -6,32 +6,47 @@ import argparse
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import uvicorn
 from fastapi import FastAPI
 
 from shared.logging import configure_logging
-from shared.settings import BaseServiceSettings
+from shared.settings import BaseServiceSettings, ProcessSettings
+
+S = TypeVar("S", bound=ProcessSettings)
+
+
+def alembic_migrations(service_dir: Path) -> Callable[[BaseServiceSettings], None]:
+    """Migrates a service's database with the Alembic scripts in `<service_dir>/alembic`."""
+
+    def migrate(settings: BaseServiceSettings) -> None:
+        # Imported here: serving never needs Alembic.
+        from shared.migrations import upgrade
+
+        upgrade(service_dir, settings.database_url)
+
+    return migrate
 
 
 def run_cli(
     name: str,
-    settings_factory: Callable[[], BaseServiceSettings],
-    app_factory: Callable[[BaseServiceSettings], FastAPI],
-    migrations_dir: Path | None,
+    settings_type: Callable[[], S],
+    app_factory: Callable[[S], FastAPI],
+    migrate: Callable[[S], None] | None = None,
 ) -> None:
+    """Serves the app that `app_factory` builds from the process's settings, or migrates its database
+    (`migrate`, for processes that have one)."""
     parser = argparse.ArgumentParser(prog=f"python -m {name}")
     parser.add_argument("command", choices=["serve", "migrate"], nargs="?", default="serve")
     args = parser.parse_args()
-    settings = settings_factory()
+    settings = settings_type()
     configure_logging(name.rsplit(".", 1)[-1], level=settings.log_level, json_lines=settings.log_json)
     if args.command == "migrate":
-        if migrations_dir is None:
+        if migrate is None:
             logging.getLogger("portico").info("%s has no database to migrate", name)
             return
-        from shared.migrations import upgrade
-
-        upgrade(migrations_dir, settings.database_url)
+        migrate(settings)
         logging.getLogger("portico").info("%s migrated to head", name)
         return
     uvicorn.run(

@@ -1,38 +1,28 @@
+"""The webhooks service's app: the shared service app, with its workers (`context.py`) in the
+lifespan state."""
+
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 
 from services.webhooks.api import router
-from services.webhooks.relay import relay_lifespan
+from services.webhooks.context import webhooks_context
 from services.webhooks.settings import WebhooksSettings
 from shared.app import ServiceSpec, create_service_app
-from shared.settings import BaseServiceSettings
 
 MIGRATIONS_DIR = Path(__file__).parent
 
 
-def create_app(settings: BaseServiceSettings | None = None) -> FastAPI:
-    settings = settings or WebhooksSettings()
-    assert isinstance(settings, WebhooksSettings)
-    webhooks_settings = settings
+SPEC = ServiceSpec(
+    name="webhooks",
+    title="Portico webhooks service",
+    routers=[router],
+    needs_http_client=True,
+    context=webhooks_context,
+)
 
-    @contextlib.asynccontextmanager
-    async def extra(state: dict[str, Any]) -> AsyncIterator[None]:
-        async with relay_lifespan(webhooks_settings, state):
-            yield
 
-    return create_service_app(
-        settings,
-        ServiceSpec(
-            name="webhooks",
-            title="Portico webhooks service",
-            routers=[router],
-            needs_http_client=True,
-            extra_lifespan=extra,
-        ),
-    )
+def create_app(settings: WebhooksSettings | None = None) -> FastAPI:
+    return create_service_app(settings or WebhooksSettings(), SPEC)

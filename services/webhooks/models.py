@@ -7,13 +7,14 @@ from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, St
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime, new_id, utcnow
+from shared.repository import TenantRow
 
 
 class Base(DeclarativeBase):
     pass
 
 
-class Endpoint(Base):
+class Endpoint(Base, TenantRow):
     """A tenant's receiver: where its events go and with which secret they are signed."""
 
     __tablename__ = "webhook_endpoints"
@@ -48,7 +49,7 @@ class Event(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class Delivery(Base):
+class Delivery(Base, TenantRow):
     """One event owed to one endpoint. The delivery worker moves it on from `pending`."""
 
     __tablename__ = "webhook_deliveries"

@@ -1,4 +1,5 @@
-"""Rules of the webhook registry."""
+"""Rules of the webhook registry. Every function runs in the request's transaction (its repository
+shares the request's session)."""
 
 from __future__ import annotations
 
@@ -6,42 +7,32 @@ import base64
 import secrets
 from datetime import timedelta
 
-from services.webhooks.models import Endpoint
+from services.webhooks.models import Delivery, Endpoint
 from services.webhooks.repository import EndpointRepository
 from services.webhooks.schemas import DeliveryOut, EndpointCreate, EndpointOut, EndpointUpdate
 from services.webhooks.settings import WebhooksSettings
 from services.webhooks.url_safety import DnsUnavailable, UnsafeUrl, check_url
 from shared.db import new_id, utcnow
 from shared.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
-from shared.pagination import Cursor, Page, page_of
+from shared.pagination import Page, PageQuery
 
 SECRET_PREFIX = "whsec_"
 # Standard Webhooks takes secrets of 24 to 64 bytes.
 SECRET_BYTES = 32
 
 
-class EndpointNotFound(NotFound):
-    error_code = "WEBHOOK_ENDPOINT_NOT_FOUND"
-    title = "Webhook endpoint not found"
-    slug = "webhook-endpoint-not-found"
+class EndpointNotFound(
+    NotFound, code="WEBHOOK_ENDPOINT_NOT_FOUND", title="Webhook endpoint not found", resource="webhook endpoint"
+): ...
 
 
-class EndpointLimitReached(Conflict):
-    error_code = "WEBHOOK_ENDPOINT_LIMIT_REACHED"
-    title = "Webhook endpoint limit reached"
-    slug = "webhook-endpoint-limit-reached"
+class EndpointLimitReached(Conflict, code="WEBHOOK_ENDPOINT_LIMIT_REACHED", title="Webhook endpoint limit reached"): ...
 
 
-class UrlRefused(ValidationFailed):
-    error_code = "WEBHOOK_URL_REFUSED"
-    title = "Webhook URL refused"
-    slug = "webhook-url-refused"
+class UrlRefused(ValidationFailed, code="WEBHOOK_URL_REFUSED", title="Webhook URL refused"): ...
 
 
-class DnsUnavailableError(ServiceUnavailable):
-    error_code = "DNS_UNAVAILABLE"
-    title = "Host name resolution unavailable"
-    slug = "dns-unavailable"
+class DnsUnavailableError(ServiceUnavailable, code="DNS_UNAVAILABLE", title="Host name resolution unavailable"): ...
 
 
 def new_secret() -> str:
@@ -82,21 +73,17 @@ async def create_endpoint(
         created_at=now,
         updated_at=now,
     )
-    await repo.add_endpoint(endpoint)
+    await repo.add(endpoint)
     return endpoint
 
 
 async def get_endpoint(repo: EndpointRepository, tenant_id: str, endpoint_id: str) -> Endpoint:
     """Another tenant's endpoint answers exactly as a missing one does."""
-    endpoint = await repo.get_endpoint(tenant_id, endpoint_id)
-    if endpoint is None:
-        raise EndpointNotFound(f"No webhook endpoint {endpoint_id}.")
-    return endpoint
+    return await repo.one(Endpoint, tenant_id, endpoint_id, EndpointNotFound)
 
 
-async def list_endpoints(repo: EndpointRepository, tenant_id: str, limit: int, cursor: str | None) -> Page[EndpointOut]:
-    rows = await repo.list_endpoints(tenant_id, limit, Cursor.decode(cursor))
-    return page_of(rows, limit, EndpointOut.model_validate)
+async def list_endpoints(repo: EndpointRepository, tenant_id: str, page: PageQuery) -> Page[EndpointOut]:
+    return await repo.list_page(Endpoint, tenant_id, page.position(), page.limit, EndpointOut.model_validate)
 
 
 async def update_endpoint(
@@ -135,9 +122,16 @@ async def rotate_secret(
 
 
 async def list_deliveries(
-    repo: EndpointRepository, tenant_id: str, endpoint_id: str, limit: int, cursor: str | None
+    repo: EndpointRepository, tenant_id: str, endpoint_id: str, page: PageQuery
 ) -> Page[DeliveryOut]:
-    position = Cursor.decode(cursor)
-    await get_endpoint(repo, tenant_id, endpoint_id)
-    rows = await repo.list_deliveries(tenant_id, endpoint_id, limit, position)
-    return page_of(rows, limit, DeliveryOut.model_validate)
+    """An endpoint's deliveries, newest first; 404 for an endpoint the tenant does not have."""
+    return await repo.list_under(
+        Delivery,
+        Delivery.endpoint_id,
+        Endpoint,
+        endpoint_id,
+        tenant_id=tenant_id,
+        missing=EndpointNotFound,
+        query=page,
+        convert=DeliveryOut.model_validate,
+    )

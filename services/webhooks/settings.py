@@ -1,19 +1,19 @@
 from __future__ import annotations
 
 from pydantic import AnyHttpUrl, Field
-from pydantic_settings import SettingsConfigDict
 
-from shared.settings import BaseServiceSettings
+from shared.contract import PROCESSES
+from shared.settings import BaseServiceSettings, process_config, sqlite_url
 
 
 class WebhooksSettings(BaseServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="WEBHOOKS_", extra="ignore", frozen=True)
+    model_config = process_config("webhooks")
 
-    port: int = 8004
-    database_url: str = "sqlite+aiosqlite:///./var/webhooks.db"
+    port: int = PROCESSES["webhooks"].port
+    database_url: str = sqlite_url("webhooks")
 
     # The orders service, whose event feed the relay pulls.
-    orders_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8002")
+    orders_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["orders"].default_url)
     # Off only where something else drives the relay (tests call `OrdersRelay.run_once` themselves).
     relay_enabled: bool = True
     relay_interval_seconds: float = Field(default=0.5, gt=0, le=60)

@@ -13,11 +13,11 @@ import promql_parser
 import yaml
 
 from gateway.settings import GatewaySettings
+from scripts.devstack import DEFAULT_PORTS, PROCESSES
 from services.inventory.settings import InventorySettings
 from services.orders.settings import OrdersSettings
 from services.users.settings import UsersSettings
 from services.webhooks.settings import WebhooksSettings
-from shared.devstack import DEFAULT_PORTS, PROCESSES
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {

@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 
-from shared.devstack import DEFAULT_PORTS, PROCESSES
+from scripts.devstack import DEFAULT_PORTS, PROCESSES
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"

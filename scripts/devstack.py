@@ -1,4 +1,5 @@
-"""Starts the five processes as real subprocesses: used by `make run` and the end-to-end tests."""
+"""Starts the five processes as real subprocesses: used by `make run`, `make migrate` and the
+end-to-end tests. `python -m scripts.devstack migrate` migrates every service's database."""
 
 from __future__ import annotations
 
@@ -14,16 +15,11 @@ from pathlib import Path
 
 import httpx
 
-# Services first, gateway last: the gateway is ready only when every service is.
-PROCESSES: dict[str, str] = {
-    "users": "services.users",
-    "orders": "services.orders",
-    "inventory": "services.inventory",
-    "webhooks": "services.webhooks",
-    "gateway": "gateway",
-}
-ENV_PREFIX = {name: ("GATEWAY_" if name == "gateway" else f"{name.upper()}_") for name in PROCESSES}
-DEFAULT_PORTS = {"gateway": 8000, "users": 8001, "orders": 8002, "inventory": 8003, "webhooks": 8004}
+from shared import contract
+
+# Name -> module, services first and the gateway last (it is ready only when every service is).
+PROCESSES: dict[str, str] = {name: process.module for name, process in contract.PROCESSES.items()}
+DEFAULT_PORTS: dict[str, int] = {name: process.port for name, process in contract.PROCESSES.items()}
 
 
 def free_port() -> int:
@@ -49,44 +45,39 @@ class Stack:
 
     def process_env(self, name: str) -> dict[str, str]:
         env = {**os.environ, **self.env}
-        prefix = ENV_PREFIX[name]
+        prefix = contract.PROCESSES[name].env_prefix
         env[f"{prefix}PORT"] = str(self.ports[name])
-        if name == "gateway":
-            for service in PROCESSES:
-                if service != "gateway":
-                    env[f"GATEWAY_{service.upper()}_URL"] = self.url(service)
-        else:
-            for service in PROCESSES:
-                if service not in ("gateway", name):
-                    env[f"{prefix}{service.upper()}_URL"] = self.url(service)
-        env.setdefault("OTEL_SERVICE_NAME", name)
+        # Every process is told where every service is; each reads the URLs its settings have.
+        for service in contract.SERVICES:
+            if service != name:
+                env[f"{prefix}{service.upper()}_URL"] = self.url(service)
         env["OTEL_SERVICE_NAME"] = name
         env.update(self.env_for.get(name, {}))
         return env
 
-    def _run(self, name: str, command: str, **kwargs: object) -> subprocess.Popen[bytes]:
+    def _run(self, name: str, command: str, *, start_new_session: bool = False) -> subprocess.Popen[bytes]:
+        """Runs `python -m <process> <command>`; its output goes to its log file, or to ours without a
+        log folder."""
         log = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps its own copy
         try:
             # The command is this interpreter running one of our own modules.
-            return subprocess.Popen(  # type: ignore[call-overload, no-any-return]  # noqa: S603
+            return subprocess.Popen(  # noqa: S603
                 [sys.executable, "-m", PROCESSES[name], command],
                 env=self.process_env(name),
                 cwd=self.cwd,
-                stdout=log if log is not None else subprocess.DEVNULL,
+                stdout=log,
                 stderr=subprocess.STDOUT,
-                **kwargs,
+                start_new_session=start_new_session,
             )
         finally:
             if log is not None:
                 log.close()
 
     def migrate(self) -> None:
-        for name in PROCESSES:
-            if name == "gateway":
-                continue
+        for name in contract.SERVICES:
             code = self._run(name, "migrate").wait(timeout=120)
             if code != 0:
                 raise RuntimeError(f"migrating {name} failed with exit code {code}")
@@ -130,3 +121,15 @@ class Stack:
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
             self.stop_one(name)
+
+
+def main(argv: list[str]) -> int:
+    if argv != ["migrate"]:
+        print("usage: python -m scripts.devstack migrate", file=sys.stderr)
+        return 2
+    Stack().migrate()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
