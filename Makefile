@@ -3,21 +3,36 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+# uv installs exactly what uv.lock pins; the same lock builds the image (deploy/Dockerfile).
+UV_VERSION := 0.13.8
+UV := $(VENV)/bin/uv
+EXTRAS := --extra dev --extra loadtest
 
-.PHONY: install run test lint fmt migrate bench clean
+.PHONY: install lock run test lint fmt migrate loadtest soak bench clean
 
-$(STAMP): pyproject.toml
+$(UV):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install Python 3.11 (or run make PYTHON=python3)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet "uv==$(UV_VERSION)"
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --inexact $(EXTRAS) || { echo "uv.lock does not match pyproject.toml: run make lock"; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)
 
+$(BENCH_STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --inexact $(EXTRAS) --extra bench || { echo "uv.lock does not match pyproject.toml: run make lock"; exit 1; }
+	touch $(BENCH_STAMP)
+
+## Re-resolve uv.lock after a change to the dependencies in pyproject.toml (then commit both).
+lock: $(UV)
+	$(UV) lock
+
 ## Migrate and start the whole system on embedded defaults (SQLite per service, in-process stores).
 run: $(STAMP)
-	$(PY) scripts/run.py
+	$(PY) -m scripts.run
 
 ## The whole suite, against real PostgreSQL and Redis.
 test: $(STAMP)
@@ -26,14 +41,28 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy gateway services shared
+	$(VENV)/bin/mypy gateway services shared scripts
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+## The gateway benchmark (needs wrk, nginx and Redis); options go in BENCH_ARGS, e.g.
+## make bench BENCH_ARGS="--seconds 10 --rounds 5" (see python -m bench.gateway --help).
+bench: $(BENCH_STAMP)
+	$(PY) -m bench.gateway $(BENCH_ARGS)
+
 migrate: $(STAMP)
-	for svc in users orders inventory webhooks; do $(PY) -m services.$$svc migrate || exit 1; done
+	$(PY) -m scripts.devstack migrate
+
+## One minute of mixed traffic against the gateway at LOADTEST_HOST (default: `make run`'s; started
+## here when nothing answers there); the report goes to var/loadtest/<time>/.
+loadtest: $(STAMP)
+	$(PY) -m loadtest $(LOADTEST_ARGS)
+
+## Ten minutes at 70% of the measured capacity, sampling the memory of every process.
+soak: $(STAMP)
+	$(PY) -m loadtest --soak $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -22,23 +22,20 @@ table measures the cost of counting, not of refusing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
-import redis
 import uvicorn
 
-from bench.common import bearer, process, require_wrk, wrk
-from shared.apikeys import new_api_key
-from shared.devstack import free_port
+from bench.common import bearer, post_script, process, redis_prefix, require_wrk, wrk
+from scripts.devstack import free_port
+from shared.contract import new_api_key
 
 USER = {
     "id": "0b7f2c1e-8c2a-4a7e-9d0e-2f4b6c8d0a1e",
@@ -91,34 +88,6 @@ def rows(redis_env: Mapping[str, str]) -> list[tuple[str, str, dict[str, str]]]:
     ]
 
 
-POST_SCRIPT = """
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
-function init(args)
-  counter = 0
-end
-function request()
-  counter = counter + 1
-  if KEYED then
-    wrk.headers["Idempotency-Key"] = RUN .. "-" .. tid .. "-" .. counter
-  end
-  return wrk.format()
-end
-"""
-
-
-def wrk_script(directory: Path, *, keyed: bool, headers: Mapping[str, str], body: str) -> Path:
-    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}", f"KEYED = {'true' if keyed else 'false'}"]
-    lines.append(f'RUN = "{uuid.uuid4().hex}"')
-    lines += [f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}" for name, value in headers.items()]
-    path = directory / f"post-{uuid.uuid4().hex[:8]}.lua"
-    path.write_text("\n".join(lines) + POST_SCRIPT)
-    return path
-
-
 async def downstream(scope, receive, send):
     """Answers at once: an identity for any API key hash, the same user for everything else."""
     if scope["type"] != "http":
@@ -129,23 +98,6 @@ async def downstream(scope, receive, send):
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-@contextlib.contextmanager
-def redis_prefix(url: str) -> Iterator[str]:
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        sys.exit(f"Redis is not reachable at {url} ({exc}); start it or pass --redis-url")
-    prefix = f"portico-bench-{uuid.uuid4().hex[:8]}:"
-    try:
-        yield prefix
-    finally:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-        client.close()
 
 
 def main() -> None:
@@ -193,7 +145,7 @@ def main() -> None:
                 if workload.startswith("post"):
                     url = f"{base}/v1/users"
                     post_headers = {**token, "Content-Type": "application/json"}
-                    script = wrk_script(
+                    script = post_script(
                         Path(scratch), keyed=workload == "post-key", headers=post_headers, body=user_body
                     )
                     headers = {}
@@ -208,7 +160,7 @@ def main() -> None:
                         headers=headers,
                         script=script,
                         threads=2,
-                    )
+                    ).requests_per_second
                 results[name].append(rate)
                 print(f"{name}: {rate:.0f} req/s", file=sys.stderr, flush=True)
 

@@ -15,9 +15,12 @@ BODY = (
 )
 
 
-async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+async def app(scope, receive, send):
     if scope["type"] != "http":
         return
+    # A request body is read in full before the answer, as a real service would.
+    while (await receive()).get("more_body"):
+        pass
     await send(
         {
             "type": "http.response.start",

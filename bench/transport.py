@@ -13,7 +13,7 @@ import argparse
 import statistics
 
 from bench.common import bearer, process, wrk
-from shared.devstack import free_port
+from scripts.devstack import free_port
 
 
 def main() -> None:
@@ -44,7 +44,9 @@ def main() -> None:
                     headers = {"Authorization": f"Bearer {token}"}
                     wrk(url, headers=headers, seconds=2, connections=args.connections)  # warm-up
                     results[transport].append(
-                        wrk(url, headers=headers, seconds=args.seconds, connections=args.connections)
+                        wrk(
+                            url, headers=headers, seconds=args.seconds, connections=args.connections
+                        ).requests_per_second
                     )
 
     baseline = statistics.median(results["httpx"])

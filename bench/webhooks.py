@@ -27,10 +27,10 @@ import asyncpg
 import httpx
 
 from bench.common import ROOT
+from scripts.devstack import free_port
 from services.webhooks.models import Delivery, Endpoint, Event
 from services.webhooks.service import new_secret
 from shared.db import new_id, utcnow
-from shared.devstack import free_port
 from shared.migrations import upgrade
 
 ENDPOINTS = 16

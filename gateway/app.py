@@ -1,4 +1,4 @@
-"""The gateway's app factory and its edge pipeline.
+"""The gateway's app factory, its lifespan and its edge pipeline.
 
 Every request passes these stages, outermost first (pure ASGI; `edge_pipeline` below is the list):
 
@@ -14,11 +14,19 @@ Every request passes these stages, outermost first (pure ASGI; `edge_pipeline` b
 10. rate limit                     per tenant / client address, 429     edge/ratelimit.py
 11. idempotency                    Idempotency-Key replay, 409, 422     edge/idempotency.py
 12. caching                        ETag/304, private, no-store          edge/caching.py
-13. routes                         per-route scopes (403), plans (402)  routes/*.py
+13. routes                         per-route scopes (403), plans (402)  routes/*.py -> proxy.py
 
-Stages 5-8 and 10-12 can be switched off by settings (the benchmark measures each one). Everything a
-stage needs that holds a connection or state (Redis, the stores, the API key cache) is built in the
-lifespan and reaches the stages through `scope["state"]`.
+Stages 5-8 and 10-12 can be switched off by settings (the benchmark measures each one). What a stage
+hands the next (the request id, the principal) is in the request context (`shared/context.py`).
+
+Everything that holds a connection or state (the HTTP client, Redis, the stores, the API key cache)
+is built in the lifespan (`open_state`) as one `GatewayState` (`gateway/state.py`). Routes reach it
+through `gateway/deps.py`. The stages get a `LifespanSlot` when the pipeline is built, which the
+lifespan fills with that state. Why a slot rather than building the stage chain in the lifespan:
+Starlette builds the middleware stack on the first ASGI call, which is the lifespan's own startup,
+so the stack exists before the state does; building the stages in the lifespan instead would need
+one more layer on every request to reach a chain made later. The slot costs one attribute read where
+a stage uses the state, and nothing is looked up by name.
 """
 
 from __future__ import annotations
@@ -27,10 +35,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 from fastapi import FastAPI
 from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -61,28 +69,30 @@ from gateway.edge.ratelimit import (
 from gateway.edge.store import StoreCaller
 from gateway.proxy import Upstreams
 from gateway.routes import api_keys, orders, products, users, webhooks
-from gateway.settings import GatewaySettings
-from shared.app import ReadinessCheck, add_health_routes, install_common
+from gateway.settings import FailureMode, GatewaySettings
+from gateway.state import GatewaySlot, GatewayState
+from shared.app import ReadinessCheck, add_health_routes, create_fastapi, install_common
+from shared.contract import ANONYMOUS
 from shared.http import ServiceClient, create_http_client
-from shared.identity import ANONYMOUS, IdentitySigner
+from shared.identity import IdentitySigner
+from shared.state import LifespanSlot, LifespanState, lifespan_state_of
 from shared.telemetry import create_tracer_provider, set_global_provider_once, start_export
 
 logger = logging.getLogger("portico.gateway")
 
 
-def _service_check(name: str) -> ReadinessCheck:
-    async def check(state: dict[str, Any]) -> None:
-        upstreams: Upstreams = state["upstreams"]
-        response = await upstreams[name].send("GET", "/health/ready", identity=ANONYMOUS)
+def _service_check(name: str) -> ReadinessCheck[GatewayState]:
+    async def check(state: GatewayState) -> None:
+        response = await state.upstreams[name].send("GET", "/health/ready", identity=ANONYMOUS)
         if response.status_code != 200:
             raise RuntimeError(f"{name} answered {response.status_code}")
 
     return check
 
 
-async def _check_redis(state: dict[str, Any]) -> None:
-    redis: Redis = state["redis"]
-    await redis.ping()
+async def _check_redis(state: GatewayState) -> None:
+    assert state.redis is not None
+    await state.redis.ping()
 
 
 def create_redis(settings: GatewaySettings) -> Redis:
@@ -100,45 +110,55 @@ def create_redis(settings: GatewaySettings) -> Redis:
     return Redis.from_pool(pool)
 
 
-def edge_state(
-    settings: GatewaySettings, redis: Redis | None, upstreams: Upstreams, metrics: EdgeMetrics
-) -> dict[str, Any]:
-    """The stores of the edge stages: Redis when configured, in-process otherwise."""
+@contextlib.asynccontextmanager
+async def open_state(
+    settings: GatewaySettings, provider: TracerProvider, metrics: EdgeMetrics
+) -> AsyncIterator[GatewayState]:
+    """Builds everything the gateway owns (the edge stores on Redis when configured, in-process
+    otherwise) and closes it on the way out."""
+    http = create_http_client(settings, provider)
+    signer = IdentitySigner(settings.internal_token_secret.get_secret_value(), settings.internal_token_ttl_seconds)
+    upstreams = Upstreams(
+        {name: ServiceClient(name, url, http, signer) for name, url in settings.service_urls().items()}
+    )
+    redis: Redis | None = None
     rate_store: RateLimitStore
     idempotency_store: IdempotencyStore
-    if redis is not None:
+    if settings.redis_url:
+        redis = create_redis(settings)
+        RedisInstrumentor.instrument_client(redis, tracer_provider=provider)
         rate_store = RedisRateLimitStore(redis, settings.redis_key_prefix)
         idempotency_store = RedisIdempotencyStore(redis, settings.redis_key_prefix)
     else:
         rate_store, idempotency_store = MemoryRateLimitStore(), MemoryIdempotencyStore()
-    # In-process stores do no I/O: a deadline would only cost time.
-    timeout = settings.redis_timeout_seconds if redis is not None else None
-    return {
-        "rate_limiter": RateLimiter(
-            rate_store,
-            StoreCaller(
-                "rate_limit", timeout=timeout, fail_open=settings.rate_limit_failure_mode == "open", metrics=metrics
-            ),
-        ),
-        "idempotency": Idempotency(
-            idempotency_store,
-            StoreCaller(
-                "idempotency",
-                timeout=timeout,
-                fail_open=settings.idempotency_failure_mode == "open",
+
+    def caller(stage: str, failure_mode: FailureMode) -> StoreCaller:
+        # In-process stores do no I/O: a deadline would only cost time.
+        timeout = settings.redis_timeout_seconds if redis is not None else None
+        return StoreCaller(stage, timeout=timeout, fail_open=failure_mode == "open", metrics=metrics)
+
+    try:
+        yield GatewayState(
+            settings=settings,
+            http=http,
+            upstreams=upstreams,
+            redis=redis,
+            rate_limiter=RateLimiter(rate_store, caller("rate_limit", settings.rate_limit_failure_mode)),
+            idempotency=Idempotency(idempotency_store, caller("idempotency", settings.idempotency_failure_mode)),
+            api_keys=ApiKeyResolver(
+                upstreams["users"],
+                ttl_seconds=settings.api_key_cache_ttl_seconds,
+                max_entries=settings.api_key_cache_size,
                 metrics=metrics,
             ),
-        ),
-        "api_keys": ApiKeyResolver(
-            upstreams["users"],
-            ttl_seconds=settings.api_key_cache_ttl_seconds,
-            max_entries=settings.api_key_cache_size,
-            metrics=metrics,
-        ),
-    }
+        )
+    finally:
+        await asyncio.gather(http.aclose(), *([redis.aclose()] if redis is not None else []))
 
 
-def edge_pipeline(routes: Sequence[BaseRoute], settings: GatewaySettings, metrics: EdgeMetrics) -> list[Middleware]:
+def edge_pipeline(
+    routes: Sequence[BaseRoute], settings: GatewaySettings, metrics: EdgeMetrics, state: GatewaySlot
+) -> list[Middleware]:
     """Stages 5 to 12, outermost first. Needs the routes: per-route rate limits bind to them."""
     stages: list[Middleware] = []
     if settings.security_headers_enabled:
@@ -164,65 +184,46 @@ def edge_pipeline(routes: Sequence[BaseRoute], settings: GatewaySettings, metric
         stages.append(
             Middleware(GZipMiddleware, minimum_size=settings.gzip_minimum_bytes, compresslevel=settings.gzip_level)
         )
-    stages.append(Middleware(AuthenticationMiddleware, verifier=JwtVerifier(settings)))
+    stages.append(Middleware(AuthenticationMiddleware, verifier=JwtVerifier(settings), state=state))
     if settings.rate_limit_enabled:
-        stages.append(
-            Middleware(RateLimitMiddleware, settings=settings, routes=RoutePolicies(routes, settings), metrics=metrics)
-        )
+        policies = RoutePolicies(routes, settings)
+        stages.append(Middleware(RateLimitMiddleware, settings=settings, routes=policies, metrics=metrics, state=state))
     if settings.idempotency_enabled:
-        stages.append(Middleware(IdempotencyMiddleware, settings=settings, metrics=metrics))
+        stages.append(Middleware(IdempotencyMiddleware, settings=settings, metrics=metrics, state=state))
     stages.append(Middleware(CachingMiddleware, etag=settings.etag_enabled))
     return stages
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
-    settings = settings or GatewaySettings()
+    cfg = settings or GatewaySettings()
     provider = create_tracer_provider("gateway")
     set_global_provider_once(provider)
-    cfg = settings
     edge_metrics = EdgeMetrics()
+    slot: GatewaySlot = LifespanSlot("the gateway's state")
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[LifespanState[GatewayState]]:
         start_export(provider)
-        http = create_http_client(cfg, provider)
-        signer = IdentitySigner(cfg.internal_token_secret.get_secret_value(), cfg.internal_token_ttl_seconds)
-        upstreams = Upstreams(
-            {name: ServiceClient(name, url, http, signer) for name, url in cfg.service_urls().items()}
-        )
-        state: dict[str, Any] = {"settings": cfg, "http": http, "upstreams": upstreams}
-        redis: Redis | None = None
-        if cfg.redis_url:
-            redis = create_redis(cfg)
-            RedisInstrumentor.instrument_client(redis, tracer_provider=provider)
-            state["redis"] = redis
-        state.update(edge_state(cfg, redis, upstreams, edge_metrics))
         try:
-            yield state
+            async with open_state(cfg, provider, edge_metrics) as state:
+                with slot.filled(state):
+                    yield lifespan_state_of(state)
         finally:
-            await asyncio.gather(http.aclose(), *([redis.aclose()] if redis is not None else []))
             provider.shutdown()
 
-    app = FastAPI(
-        title="Portico API",
-        version="0.1.0",
-        lifespan=lifespan,
-        docs_url="/docs" if settings.docs_enabled else None,
-        redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
-    )
-    checks: dict[str, ReadinessCheck] = {name: _service_check(name) for name in settings.service_urls()}
-    if settings.redis_url:
+    app = create_fastapi(cfg, "Portico API", lifespan)
+    checks: dict[str, ReadinessCheck[GatewayState]] = {name: _service_check(name) for name in cfg.service_urls()}
+    if cfg.redis_url:
         checks["redis"] = _check_redis
-    add_health_routes(app, checks, timeout=settings.ready_timeout_seconds)
+    add_health_routes(app, checks, timeout=cfg.ready_timeout_seconds)
     routers = [module.router for module in (users, api_keys, products, orders, webhooks)]
     for router in routers:
         app.include_router(router)
     routes = [route for router in routers for route in router.routes]
     # add_middleware wraps what is already there, so the stages go on innermost first; install_common
     # then adds stages 1-4 around them.
-    for stage in reversed(edge_pipeline(routes, settings, edge_metrics)):
+    for stage in reversed(edge_pipeline(routes, cfg, edge_metrics, slot)):
         app.add_middleware(stage.cls, *stage.args, **stage.kwargs)
-    http_metrics = install_common(app, settings, provider)
+    http_metrics = install_common(app, cfg, provider, database=False)
     edge_metrics.register(http_metrics.registry)
     return app

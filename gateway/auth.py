@@ -1,45 +1,38 @@
-"""Authentication: who is calling, as a pure ASGI stage, and the route dependencies that need it."""
+"""Authentication: who is calling, as a pure ASGI stage. It hands the principal to the stages and
+routes after it through the request context (`shared/context.py`); routes ask for it through
+`gateway/deps.py`."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, Request
 from jose import ExpiredSignatureError, JWTError, jwt
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.settings import GatewaySettings
-from shared.apikeys import is_well_formed
-from shared.errors import BadRequest, Forbidden, PorticoError, Unauthorized, problem_response
-from shared.identity import ANONYMOUS, Identity
+from shared.asgi import headers
+from shared.context import request_context
+from shared.contract import ANONYMOUS, Identity, identity_from_claims, is_well_formed
+from shared.errors import BadRequest, Forbidden, PorticoError, Unauthorized, send_problem
+
+if TYPE_CHECKING:
+    from gateway.state import GatewaySlot
 
 
-class InvalidToken(Unauthorized):
-    error_code = "INVALID_TOKEN"
-    title = "Invalid access token"
-    slug = "invalid-token"
+class InvalidToken(Unauthorized, code="INVALID_TOKEN", title="Invalid access token"): ...
 
 
-class InvalidApiKey(Unauthorized):
-    error_code = "INVALID_API_KEY"
-    title = "Invalid API key"
-    slug = "invalid-api-key"
+class InvalidApiKey(Unauthorized, code="INVALID_API_KEY", title="Invalid API key"): ...
 
 
-class AmbiguousCredentials(BadRequest):
-    error_code = "AMBIGUOUS_CREDENTIALS"
-    title = "Ambiguous credentials"
-    slug = "ambiguous-credentials"
+class AmbiguousCredentials(BadRequest, code="AMBIGUOUS_CREDENTIALS", title="Ambiguous credentials"): ...
 
 
 API_KEY_CHALLENGE = 'ApiKey realm="portico", header="X-API-Key"'
 
 
-class TenantMismatch(Forbidden):
-    error_code = "TENANT_MISMATCH"
-    title = "Tenant mismatch"
-    slug = "tenant-mismatch"
+class TenantMismatch(Forbidden, code="TENANT_MISMATCH", title="Tenant mismatch"): ...
 
 
 def _invalid(detail: str) -> InvalidToken:
@@ -85,49 +78,36 @@ class JwtVerifier:
         tenant_id = claims.get("tid")
         if not isinstance(tenant_id, str) or not tenant_id:
             raise _invalid("The token names no tenant.")
-        return Identity(
-            subject=str(claims["sub"]),
-            tenant_id=tenant_id,
-            scopes=frozenset(str(claims.get("scope", "")).split()),
-            plan=claims.get("plan"),
-            role=claims.get("role"),
-        )
+        return identity_from_claims(claims)
 
 
 class AuthenticationMiddleware:
-    """Resolves the caller into `scope["state"]["identity"]`; anonymous when no credentials are sent.
+    """Resolves the caller into the request context's principal; anonymous when no credentials are sent.
 
     Credentials are `Authorization: Bearer <JWT>`, verified here, or `X-API-Key: sk_...`, resolved
-    through the users service (`scope["state"]["api_keys"]`, built in the lifespan). Sending both is
-    400. Bad credentials are refused here (401), whatever the route; routes that need a caller refuse
-    anonymous ones through `require_principal`. An `X-Tenant-Id` that disagrees with the
-    credentials' tenant is 403.
+    through the users service (the lifespan's `ApiKeyResolver`). Sending both is 400. Bad credentials
+    are refused here (401), whatever the route; routes that need a caller refuse anonymous ones
+    through `Principal` (`gateway/deps.py`). An `X-Tenant-Id` that disagrees with the credentials'
+    tenant is 403.
     """
 
-    def __init__(self, app: ASGIApp, *, verifier: JwtVerifier) -> None:
+    def __init__(self, app: ASGIApp, *, verifier: JwtVerifier, state: GatewaySlot) -> None:
         self.app = app
         self.verifier = verifier
+        self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        authorization = api_key = tenant_header = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value
-            elif name == b"x-api-key":
-                api_key = value
-            elif name == b"x-tenant-id":
-                tenant_header = value
-        state = scope.setdefault("state", {})
+        authorization, api_key, tenant_header = headers(scope, b"authorization", b"x-api-key", b"x-tenant-id")
         try:
             if api_key is None:
                 identity = self._resolve(authorization)
             elif authorization is not None:
                 raise AmbiguousCredentials("Send either Authorization or X-API-Key, not both.")
             else:
-                identity = await self._resolve_key(state["api_keys"], api_key)
+                identity = await self._resolve_key(self.state.value.api_keys, api_key)
             if (
                 tenant_header is not None
                 and identity.tenant_id is not None
@@ -135,9 +115,9 @@ class AuthenticationMiddleware:
             ):
                 raise TenantMismatch("X-Tenant-Id does not match the tenant of the credentials.")
         except PorticoError as exc:
-            await problem_response(exc, state.get("request_id"))(scope, receive, send)
+            await send_problem(exc, scope, receive, send)
             return
-        state["identity"] = identity
+        request_context(scope).principal = identity
         await self.app(scope, receive, send)
 
     def _resolve(self, authorization: bytes | None) -> Identity:
@@ -156,32 +136,3 @@ class AuthenticationMiddleware:
         if identity is None:
             raise InvalidApiKey("The API key is unknown, revoked or expired.", challenge=API_KEY_CHALLENGE)
         return identity
-
-
-# Dependencies are `async def`: FastAPI runs plain `def` dependencies in a thread pool, a thread
-# hop per request for a dictionary lookup.
-async def current_identity(request: Request) -> Identity:
-    identity: Identity = request.state.identity
-    return identity
-
-
-async def require_principal(request: Request) -> Identity:
-    identity: Identity = request.state.identity
-    if identity.is_anonymous:
-        raise Unauthorized("This route needs credentials.", error_code="AUTHENTICATION_REQUIRED")
-    return identity
-
-
-class RequireScope:
-    """Route dependency: the caller must hold `scope` (403 naming it otherwise)."""
-
-    def __init__(self, scope: str) -> None:
-        self.scope = scope
-
-    async def __call__(self, identity: Annotated[Identity, Depends(require_principal)]) -> Identity:
-        identity.require_scope(self.scope)
-        return identity
-
-
-AnyCaller = Annotated[Identity, Depends(current_identity)]
-Principal = Annotated[Identity, Depends(require_principal)]

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import httpx
-from fastapi import Depends, Path, Request
+from fastapi import Request
 from starlette.responses import Response
 
+from shared.context import request_id_of
+from shared.contract import Identity
 from shared.errors import DownstreamBadResponse
 from shared.http import ServiceClient
-from shared.identity import Identity
-from shared.text import RESOURCE_ID_PATTERN
 
 # Request headers a service may need; everything else (cookies, credentials, hop-by-hop) stays here.
 FORWARD_REQUEST_HEADERS = ("content-type", "accept", "idempotency-key", "if-match", "last-event-id")
@@ -34,9 +32,6 @@ FORWARD_RESPONSE_HEADERS = frozenset(
     }
 )
 
-# Path parameters are ids; anything else (dots, encoded slashes) never reaches a service path.
-ResourceId = Annotated[str, Path(pattern=RESOURCE_ID_PATTERN)]
-
 
 class Upstreams:
     """The service clients of this gateway process, all sharing the one pooled HTTP client."""
@@ -52,7 +47,7 @@ class Upstreams:
         # Raw bytes, as the client sent them: decoding to str and encoding again fails (500) on any
         # byte outside ASCII, which clients are free to send in these headers.
         headers = [(name, value) for name, value in request.scope["headers"] if name in _FORWARDED and value]
-        request_id = getattr(request.state, "request_id", None)
+        request_id = request_id_of(request.scope)
         if request_id:
             headers.append((b"x-request-id", request_id.encode("ascii")))
         return headers
@@ -86,11 +81,3 @@ def relay(service: str, upstream: httpx.Response) -> Response:
         raise DownstreamBadResponse(service, f"The {service} service refused the gateway's internal identity.")
     headers = {k: v for k, v in upstream.headers.items() if k in FORWARD_RESPONSE_HEADERS}
     return Response(content=upstream.content, status_code=upstream.status_code, headers=headers)
-
-
-async def get_upstreams(request: Request) -> Upstreams:
-    upstreams: Upstreams = request.state.upstreams
-    return upstreams
-
-
-UpstreamsDep = Annotated[Upstreams, Depends(get_upstreams)]

@@ -6,10 +6,11 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AnyHttpUrl, BeforeValidator, Field, PlainSerializer, SecretStr, model_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic import AnyHttpUrl, BeforeValidator, Field, PlainSerializer, model_validator
+from pydantic_settings import NoDecode
 
-from shared.settings import BaseServiceSettings
+from shared.contract import PROCESSES, SERVICES, Plan
+from shared.settings import AccessTokenSettings, ProcessSettings, process_config
 
 _QUOTA_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*s?\s*$")
 
@@ -51,18 +52,16 @@ ListSetting = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 FailureMode = Literal["open", "closed"]
 
 
-class GatewaySettings(BaseServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+class GatewaySettings(ProcessSettings, AccessTokenSettings):
+    model_config = process_config("gateway")
     secret_fields: ClassVar[tuple[str, ...]] = ("internal_token_secret", "jwt_secret")
 
-    port: int = 8000
-    # The gateway keeps no database of its own; this is unused and kept for the shared base.
-    database_url: str = "sqlite+aiosqlite:///:memory:"
+    port: int = PROCESSES["gateway"].port
 
-    users_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8001")
-    orders_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8002")
-    inventory_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8003")
-    webhooks_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8004")
+    users_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["users"].default_url)
+    orders_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["orders"].default_url)
+    inventory_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["inventory"].default_url)
+    webhooks_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["webhooks"].default_url)
 
     # Unset: in-process stores (one gateway process). Set: Redis, shared by every gateway instance.
     redis_url: str | None = None
@@ -70,12 +69,8 @@ class GatewaySettings(BaseServiceSettings):
     # one Redis.
     redis_key_prefix: str = "portico:"
 
-    # Verification of access tokens issued by the users service.
-    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
-    jwt_secret: SecretStr | None = SecretStr("dev-jwt-secret-change-me")
+    # RS256: the users service's public key, PEM.
     jwt_public_key: str | None = None
-    jwt_kid: str = "portico-1"
-    jwt_issuer: str = "portico"
     # Tokens are accepted this many seconds past `exp` to absorb clock skew between hosts.
     jwt_leeway_seconds: int = 10
 
@@ -152,18 +147,15 @@ class GatewaySettings(BaseServiceSettings):
             raise ValueError("CORS credentials cannot be allowed for every origin ('*')")
         return self
 
-    def plan_quota(self, plan: str | None) -> tuple[str, Quota]:
-        """The policy name and quota of a plan; a caller without a known plan gets the free one."""
-        if plan == "enterprise":
-            return "enterprise", self.rate_limit_enterprise
-        if plan == "pro":
-            return "pro", self.rate_limit_pro
-        return "free", self.rate_limit_free
+    def plan_quotas(self) -> dict[Plan, Quota]:
+        """Each plan's per-tenant quota (a caller without a known plan is counted as DEFAULT_PLAN)."""
+        return {"free": self.rate_limit_free, "pro": self.rate_limit_pro, "enterprise": self.rate_limit_enterprise}
 
     def service_urls(self) -> dict[str, str]:
-        return {
-            "users": str(self.users_url),
-            "orders": str(self.orders_url),
-            "inventory": str(self.inventory_url),
-            "webhooks": str(self.webhooks_url),
+        urls = {
+            "users": self.users_url,
+            "orders": self.orders_url,
+            "inventory": self.inventory_url,
+            "webhooks": self.webhooks_url,
         }
+        return {name: str(urls[name]) for name in SERVICES}

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.devstack import Stack
+from scripts.devstack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 WALKTHROUGH = """
@@ -32,7 +32,7 @@ Try it (copy and paste):
 
 The README's walkthrough goes on from here: products, orders, idempotent replays, webhooks, API
 keys and rate limits. Loopback webhook URLs are allowed for this demo (WEBHOOKS_ALLOW_PRIVATE_URLS),
-and `.venv/bin/python -m services.webhooks receiver --port 9000 --secret whsec_...` is a receiver that
+and `.venv/bin/python -m services.webhooks.receiver --port 9000 --secret whsec_...` is a receiver that
 verifies and prints what the worker delivers.
 
 Ctrl-C stops everything.

@@ -1,5 +1,6 @@
-"""The app factory every service builds on: lifespan-owned engine and clients, middleware, errors,
-health, metrics and tracing. The gateway uses the same pieces with its own lifespan."""
+"""The app factory every service builds on: a lifespan that owns the engine and clients as one typed
+`ServiceState`, middleware, errors, health, metrics and tracing. The gateway uses the same pieces
+with its own lifespan and state (`gateway/app.py`)."""
 
 from __future__ import annotations
 
@@ -8,68 +9,80 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.openapi.utils import get_openapi
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from shared.context import request_id_of
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import PROBLEM_SCHEMA, install_error_handlers
 from shared.http import create_http_client
 from shared.identity import IdentitySigner, IdentityVerifier, require_identity
 from shared.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
 from shared.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from shared.settings import BaseServiceSettings
+from shared.settings import BaseServiceSettings, ProcessSettings
+from shared.state import LifespanState, ServiceState, app_state, lifespan_state_of
 from shared.telemetry import create_tracer_provider, instrument_engine, set_global_provider_once, start_export
 
 logger = logging.getLogger("portico.app")
 
-ReadinessCheck = Callable[[dict[str, Any]], Awaitable[None]]
+T = TypeVar("T")
+S = TypeVar("S", bound=BaseServiceSettings)
+C = TypeVar("C")
+
+# A readiness check gets the process's state and raises when its dependency is not usable.
+ReadinessCheck = Callable[[T], Awaitable[None]]
+# Builds what a service adds to the common state (and runs its workers) for the life of the app.
+ContextFactory = Callable[[ServiceState[S, None]], contextlib.AbstractAsyncContextManager[C]]
 # Paths that are never traced: probes and scrapes would drown the real traces.
 UNTRACED_URLS = "health/live,health/ready,metrics"
 
 
 @dataclass
-class ServiceSpec:
+class ServiceSpec(Generic[S, C]):
     """What makes one service different from the others."""
 
     name: str
     title: str
     routers: Sequence[APIRouter]
     needs_http_client: bool = False
-    # Extra state built in the lifespan after the engine, e.g. background workers.
-    extra_lifespan: Callable[[dict[str, Any]], contextlib.AbstractAsyncContextManager[None]] | None = None
-    readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)
+    # The service's own collaborators, built after the engine and clients; None adds nothing.
+    context: ContextFactory[S, C] | None = None
+    readiness_checks: dict[str, ReadinessCheck[ServiceState[S, C]]] = field(default_factory=dict)
 
 
-def add_problem_schema(app: FastAPI) -> None:
-    """Adds the shared Problem schema to the app's OpenAPI document."""
+class PorticoAPI(FastAPI):
+    """FastAPI with the shared Problem schema in its OpenAPI document."""
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description=app.description)
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema:
+            return self.openapi_schema
+        schema = super().openapi()  # cached by FastAPI as self.openapi_schema
         schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
-        app.openapi_schema = schema
         return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
 
-
-def install_common(app: FastAPI, settings: BaseServiceSettings, provider: TracerProvider) -> HttpMetrics:
-    """Middleware, error handlers, metrics and tracing shared by the gateway and the services."""
-    registry = CollectorRegistry()
-    metrics = HttpMetrics(registry)
-    install_error_handlers(app)
+def install_common(
+    app: FastAPI,
+    settings: ProcessSettings,
+    provider: TracerProvider,
+    *,
+    database: bool,
+    registry: CollectorRegistry | None = None,
+) -> HttpMetrics:
+    """Middleware, error handlers, metrics and tracing shared by the gateway and the services.
+    `registry`: where the process's own metrics already are, to serve them on `/metrics` too."""
+    metrics = HttpMetrics(registry or CollectorRegistry())
+    registry = metrics.registry
+    install_error_handlers(app, database=database)
     # Added innermost first: the request context wraps everything else.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -78,25 +91,25 @@ def install_common(app: FastAPI, settings: BaseServiceSettings, provider: Tracer
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=provider, excluded_urls=UNTRACED_URLS, exclude_spans=["receive", "send"]
     )
-    add_problem_schema(app)
     return metrics
 
 
-async def check_database(state: dict[str, Any]) -> None:
-    engine: AsyncEngine = state["engine"]
-    async with engine.connect() as conn:
+async def check_database(state: ServiceState[Any, Any]) -> None:
+    async with state.engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
 
 
-def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck], timeout: float = 2.0) -> None:
+def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck[T]], timeout: float = 2.0) -> None:
+    """`/health/live`, and `/health/ready` running `checks` against the app's lifespan state."""
+
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
     async def ready(request: Request) -> Response:
-        state = dict(request.state._state)
+        state: T = app_state(request)
         failing: dict[str, str] = {}
 
-        async def run(name: str, check: ReadinessCheck) -> None:
+        async def run(name: str, check: ReadinessCheck[T]) -> None:
             try:
                 # Probes are not traced; their SQL, Redis and HTTP calls would be orphan traces.
                 with suppress_instrumentation():
@@ -115,7 +128,7 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck], timeout: 
                     "status": 503,
                     "detail": f"Failing dependencies: {', '.join(sorted(failing))}.",
                     "error_code": "NOT_READY",
-                    "request_id": getattr(request.state, "request_id", None),
+                    "request_id": request_id_of(request.scope),
                     "checks": {name: "failing" if name in failing else "ok" for name in checks},
                 },
                 status_code=503,
@@ -127,49 +140,58 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck], timeout: 
     app.add_api_route("/health/ready", ready, methods=["GET"], tags=["health"])
 
 
-def create_service_app(settings: BaseServiceSettings, spec: ServiceSpec) -> FastAPI:
+def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[FastAPI], Any]) -> FastAPI:
+    """An app with docs and OpenAPI off in production."""
+    return PorticoAPI(
+        title=title,
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+    )
+
+
+def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: CollectorRegistry | None = None) -> FastAPI:
+    """The service `spec` describes; `registry` holds metrics of its own (served with the HTTP ones)."""
     provider = create_tracer_provider(spec.name)
     set_global_provider_once(provider)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[LifespanState[ServiceState[S, C]]]:
         exporting = start_export(provider)
         engine = create_engine(settings)
         instrument_engine(engine, provider)
         secret = settings.internal_token_secret.get_secret_value()
-        state: dict[str, Any] = {
-            "settings": settings,
-            "engine": engine,
-            "sessionmaker": create_sessionmaker(engine),
-            "identity_verifier": IdentityVerifier(secret, spec.name),
-            "identity_signer": IdentitySigner(secret, settings.internal_token_ttl_seconds),
-            "tracer_provider": provider,
-        }
-        http: httpx.AsyncClient | None = None
-        if spec.needs_http_client:
-            http = create_http_client(settings, provider)
-            state["http"] = http
+        http: httpx.AsyncClient | None = create_http_client(settings, provider) if spec.needs_http_client else None
+        base: ServiceState[S, None] = ServiceState(
+            settings=settings,
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            identity_verifier=IdentityVerifier(secret, spec.name),
+            identity_signer=IdentitySigner(secret, settings.internal_token_ttl_seconds),
+            tracer_provider=provider,
+            http=http,
+            context=None,
+        )
         try:
             async with contextlib.AsyncExitStack() as stack:
-                if spec.extra_lifespan is not None:
-                    await stack.enter_async_context(spec.extra_lifespan(state))
-                logger.info("%s ready on %s (exporting traces: %s)", spec.name, settings.port, exporting)
-                yield state
+                if spec.context is not None:
+                    state = base.with_context(await stack.enter_async_context(spec.context(base)))
+                else:
+                    # No context factory: the spec's context type is None.
+                    state = cast(ServiceState[S, C], base)
+                logger.info("%s ready (exporting traces: %s)", spec.name, exporting)
+                yield lifespan_state_of(state)
         finally:
             if http is not None:
                 await http.aclose()
             await engine.dispose()
             provider.shutdown()
 
-    app = FastAPI(
-        title=spec.title,
-        lifespan=lifespan,
-        docs_url="/docs" if settings.docs_enabled else None,
-        redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
-    )
-    install_common(app, settings, provider)
-    checks: dict[str, ReadinessCheck] = {"database": check_database, **spec.readiness_checks}
+    app = create_fastapi(settings, spec.title, lifespan)
+    install_common(app, settings, provider, database=True, registry=registry)
+    checks: dict[str, ReadinessCheck[ServiceState[S, C]]] = {"database": check_database, **spec.readiness_checks}
     add_health_routes(app, checks)
     for router in spec.routers:
         app.include_router(router, dependencies=[Depends(require_identity)])

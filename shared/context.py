@@ -1,5 +1,55 @@
-"""Request-scoped values that logging and error rendering read."""
+"""What one stage of a request hands the next, kept in one typed place.
+
+`RequestContextMiddleware` (in every process, outside everything of ours) opens a `RequestContext`
+for each request: the request id, and, in the gateway, the principal that the authentication stage
+resolves. Later stages, error rendering and route dependencies read it through the accessors below,
+never by a key of their own. The request id is also in a context variable, for log lines.
+"""
+
+from __future__ import annotations
 
 from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from starlette.types import Scope
+
+if TYPE_CHECKING:
+    from shared.contract import Identity
 
 request_id_var: ContextVar[str | None] = ContextVar("portico_request_id", default=None)
+
+_KEY = "portico.context"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    # Who is calling, once the gateway's authentication stage ran (anonymous included); services
+    # learn it from the internal identity token instead (`shared/identity.py`).
+    principal: Identity | None = None
+
+
+def open_context(scope: Scope, request_id: str) -> RequestContext:
+    context = scope[_KEY] = RequestContext(request_id)
+    request_id_var.set(request_id)
+    return context
+
+
+def request_context(scope: Scope) -> RequestContext:
+    context: RequestContext = scope[_KEY]
+    return context
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The request id, also for errors rendered before or around the request context stage."""
+    context: RequestContext | None = scope.get(_KEY)
+    return context.request_id if context is not None else request_id_var.get()
+
+
+def principal_of(scope: Scope) -> Identity:
+    """The caller as the gateway's authentication stage resolved it."""
+    principal = request_context(scope).principal
+    if principal is None:
+        raise RuntimeError("the authentication stage has not run for this request")
+    return principal

@@ -1,20 +1,25 @@
-"""Async database engine and the request-scoped session."""
+"""Async database engine, the request-scoped session, and what SQL errors mean."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import BigInteger, DateTime, Integer, event
+from sqlalchemy import BigInteger, DateTime, Integer, Table, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
 from shared.settings import BaseServiceSettings
+from shared.state import ServiceState, app_state
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -92,9 +97,10 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request: committed when the route returns, rolled back if it raises."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.state.sessionmaker
-    async with sessionmaker() as session:
+    """One session per request: committed when the route returns, rolled back if it raises. The
+    request's transaction is this one; repositories never commit or roll back."""
+    state: ServiceState[Any, Any] = app_state(request)
+    async with state.sessionmaker() as session:
         try:
             yield session
         except BaseException:
@@ -107,3 +113,35 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 # scope="function": the commit happens before the response is sent, so a failed commit is an error
 # the client sees, never a success that was not stored.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def table_of(model: type[DeclarativeBase]) -> Table:
+    """The Table a declarative model maps, typed as one (`__table__` is typed as any FROM clause)."""
+    return model.metadata.tables[model.__tablename__]
+
+
+def dialect_insert(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that can take ON CONFLICT: the clause is the same on both backends, but each
+    dialect has its own construct."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+# PostgreSQL's SQLSTATE for a lock wait that ran past `lock_timeout`.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+class LockNotAvailable(Exception):
+    """A statement waited for a lock longer than its lock timeout allows."""
+
+
+@contextlib.contextmanager
+def raising_lock_not_available() -> Iterator[None]:
+    """Turns the database's lock timeout into `LockNotAvailable`; other errors pass unchanged."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        raise LockNotAvailable(str(exc.orig)) from exc

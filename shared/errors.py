@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,8 +13,9 @@ from opentelemetry import trace
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from shared.context import request_id_var
+from shared.context import request_id_of, request_id_var
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://portico.dev/problems/"
@@ -23,12 +24,34 @@ logger = logging.getLogger("portico.errors")
 
 
 class PorticoError(Exception):
-    """Base of every error a process answers on purpose. Subclasses fix status, code and title."""
+    """Base of every error a process answers on purpose. Subclasses fix status, code and title as
+    class keywords: `class SkuTaken(Conflict, code="SKU_TAKEN", title="SKU already in use")`. The
+    problem type's slug is the code in lower case with dashes unless given (`slug=`)."""
 
     status_code: ClassVar[int] = 500
     error_code: ClassVar[str] = "INTERNAL_ERROR"
     title: ClassVar[str] = "Internal Server Error"
     slug: ClassVar[str] = "internal-error"
+
+    def __init_subclass__(
+        cls,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        title: str | None = None,
+        slug: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status_code = status
+        if code is not None:
+            cls.error_code = code
+            cls.slug = code.lower().replace("_", "-")
+        if slug is not None:
+            cls.slug = slug
+        if title is not None:
+            cls.title = title
 
     def __init__(
         self,
@@ -57,99 +80,60 @@ class PorticoError(Exception):
         }
 
 
-class BadRequest(PorticoError):
-    status_code = 400
-    error_code = "BAD_REQUEST"
-    title = "Bad Request"
-    slug = "bad-request"
+class BadRequest(PorticoError, status=400, code="BAD_REQUEST", title="Bad Request"): ...
 
 
-class MalformedBody(BadRequest):
-    error_code = "MALFORMED_BODY"
-    title = "Malformed request body"
-    slug = "malformed-body"
+class MalformedBody(BadRequest, code="MALFORMED_BODY", title="Malformed request body"): ...
 
 
-class Unauthorized(PorticoError):
-    status_code = 401
-    error_code = "UNAUTHORIZED"
-    title = "Unauthorized"
-    slug = "unauthorized"
-
+class Unauthorized(PorticoError, status=401, code="UNAUTHORIZED", title="Unauthorized"):
     def __init__(
         self, detail: str | None = None, *, error_code: str | None = None, challenge: str = 'Bearer realm="portico"'
     ) -> None:
         super().__init__(detail, error_code=error_code, headers={"WWW-Authenticate": challenge})
 
 
-class PaymentRequired(PorticoError):
-    status_code = 402
-    error_code = "PLAN_UPGRADE_REQUIRED"
-    title = "Plan upgrade required"
-    slug = "plan-upgrade-required"
+class PaymentRequired(PorticoError, status=402, code="PLAN_UPGRADE_REQUIRED", title="Plan upgrade required"): ...
 
 
-class Forbidden(PorticoError):
-    status_code = 403
-    error_code = "FORBIDDEN"
-    title = "Forbidden"
-    slug = "forbidden"
+class Forbidden(PorticoError, status=403, code="FORBIDDEN", title="Forbidden"): ...
 
 
-class NotFound(PorticoError):
-    status_code = 404
-    error_code = "NOT_FOUND"
-    title = "Not Found"
-    slug = "not-found"
+class NotFound(PorticoError, status=404, code="NOT_FOUND", title="Not Found"):
+    # What is missing, as `for_id` names it: "No <resource> <id>."
+    resource: ClassVar[str] = "resource"
+
+    def __init_subclass__(cls, *, resource: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if resource is not None:
+            cls.resource = resource
+
+    @classmethod
+    def for_id(cls, resource_id: str) -> Self:
+        return cls(f"No {cls.resource} {resource_id}.")
 
 
-class MethodNotAllowed(PorticoError):
-    status_code = 405
-    error_code = "METHOD_NOT_ALLOWED"
-    title = "Method Not Allowed"
-    slug = "method-not-allowed"
+class MethodNotAllowed(PorticoError, status=405, code="METHOD_NOT_ALLOWED", title="Method Not Allowed"): ...
 
 
-class Conflict(PorticoError):
-    status_code = 409
-    error_code = "CONFLICT"
-    title = "Conflict"
-    slug = "conflict"
+class Conflict(PorticoError, status=409, code="CONFLICT", title="Conflict"): ...
 
 
-class PayloadTooLarge(PorticoError):
-    status_code = 413
-    error_code = "PAYLOAD_TOO_LARGE"
-    title = "Request body too large"
-    slug = "payload-too-large"
+class PayloadTooLarge(PorticoError, status=413, code="PAYLOAD_TOO_LARGE", title="Request body too large"): ...
 
 
-class UnsupportedMediaType(PorticoError):
-    status_code = 415
-    error_code = "UNSUPPORTED_MEDIA_TYPE"
-    title = "Unsupported Media Type"
-    slug = "unsupported-media-type"
+class UnsupportedMediaType(PorticoError, status=415, code="UNSUPPORTED_MEDIA_TYPE", title="Unsupported Media Type"): ...
 
 
-class ValidationFailed(PorticoError):
-    status_code = 422
-    error_code = "VALIDATION_FAILED"
-    title = "Validation failed"
-    slug = "validation-failed"
+class ValidationFailed(PorticoError, status=422, code="VALIDATION_FAILED", title="Validation failed"): ...
 
 
-class TooManyRequests(PorticoError):
-    status_code = 429
-    error_code = "RATE_LIMITED"
-    title = "Too Many Requests"
-    slug = "quota-exceeded"
+class TooManyRequests(
+    PorticoError, status=429, code="RATE_LIMITED", title="Too Many Requests", slug="quota-exceeded"
+): ...
 
 
-class ServiceUnavailable(PorticoError):
-    status_code = 503
-    error_code = "SERVICE_UNAVAILABLE"
-    title = "Service Unavailable"
-    slug = "service-unavailable"
+class ServiceUnavailable(PorticoError, status=503, code="SERVICE_UNAVAILABLE", title="Service Unavailable"): ...
 
 
 class DownstreamError(PorticoError):
@@ -160,25 +144,15 @@ class DownstreamError(PorticoError):
         self.service = service
 
 
-class DownstreamBadResponse(DownstreamError):
-    status_code = 502
-    error_code = "DOWNSTREAM_BAD_RESPONSE"
-    title = "Bad Gateway"
-    slug = "downstream-bad-response"
+class DownstreamBadResponse(DownstreamError, status=502, code="DOWNSTREAM_BAD_RESPONSE", title="Bad Gateway"): ...
 
 
-class DownstreamUnavailable(DownstreamError):
-    status_code = 503
-    error_code = "DOWNSTREAM_UNAVAILABLE"
-    title = "Service Unavailable"
-    slug = "downstream-unavailable"
+class DownstreamUnavailable(
+    DownstreamError, status=503, code="DOWNSTREAM_UNAVAILABLE", title="Service Unavailable"
+): ...
 
 
-class DownstreamTimeout(DownstreamError):
-    status_code = 504
-    error_code = "DOWNSTREAM_TIMEOUT"
-    title = "Gateway Timeout"
-    slug = "downstream-timeout"
+class DownstreamTimeout(DownstreamError, status=504, code="DOWNSTREAM_TIMEOUT", title="Gateway Timeout"): ...
 
 
 _STATUS_ERRORS: dict[int, type[PorticoError]] = {
@@ -256,8 +230,13 @@ def problem_response(exc: PorticoError, request_id: str | None = None) -> Respon
     )
 
 
+async def send_problem(exc: PorticoError, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answers a request with `exc` from a pure ASGI stage."""
+    await problem_response(exc, request_id_of(scope))(scope, receive, send)
+
+
 def _request_id(request: Request) -> str | None:
-    return getattr(request.state, "request_id", None) or request_id_var.get()
+    return request_id_of(request.scope)
 
 
 def _jsonable_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -310,10 +289,7 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     return problem_response(err, _request_id(request))
 
 
-class DatabaseUnavailable(ServiceUnavailable):
-    error_code = "DATABASE_UNAVAILABLE"
-    title = "Database unavailable"
-    slug = "database-unavailable"
+class DatabaseUnavailable(ServiceUnavailable, code="DATABASE_UNAVAILABLE", title="Database unavailable"): ...
 
 
 async def _database_unavailable_handler(request: Request, exc: Exception) -> Response:
@@ -331,13 +307,15 @@ async def _unhandled_handler(request: Request, exc: Exception) -> Response:
     return problem_response(PorticoError("An internal error occurred."), _request_id(request))
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """The one place errors become responses."""
+def install_error_handlers(app: FastAPI, *, database: bool) -> None:
+    """The one place errors become responses. `database`: the process has a database, whose
+    connection failures answer 503."""
     app.add_exception_handler(PorticoError, _portico_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
-    for db_error in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
-        app.add_exception_handler(db_error, _database_unavailable_handler)
+    if database:
+        for db_error in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
+            app.add_exception_handler(db_error, _database_unavailable_handler)
     app.add_exception_handler(Exception, _unhandled_handler)
 
 

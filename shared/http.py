@@ -9,18 +9,21 @@ transport. Either is wrapped in OpenTelemetry's transport, so every call is a cl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
 from opentelemetry.sdk.trace import TracerProvider
 
+from shared.contract import IDENTITY_HEADER, Identity
 from shared.errors import DownstreamBadResponse, DownstreamTimeout, DownstreamUnavailable
-from shared.identity import IDENTITY_HEADER, Identity, IdentitySigner
-from shared.settings import BaseServiceSettings
+from shared.settings import ProcessSettings
+
+if TYPE_CHECKING:
+    from shared.identity import IdentitySigner
 
 
-def create_http_client(settings: BaseServiceSettings, tracer_provider: TracerProvider) -> httpx.AsyncClient:
+def create_http_client(settings: ProcessSettings, tracer_provider: TracerProvider) -> httpx.AsyncClient:
     limits = httpx.Limits(
         max_connections=settings.http_max_connections,
         max_keepalive_connections=settings.http_max_keepalive,

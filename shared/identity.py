@@ -6,44 +6,23 @@ nobody."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from jose import JWTError, jwt
 
-from shared.errors import Forbidden, Unauthorized
-
-IDENTITY_HEADER = "X-Portico-Identity"
-ISSUER = "portico-internal"
-ALGORITHM = "HS256"
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who a request is for. `subject` is a user id, an API key id, or "anonymous"."""
-
-    subject: str
-    tenant_id: str | None = None
-    scopes: frozenset[str] = field(default_factory=frozenset)
-    plan: str | None = None
-    role: str | None = None
-
-    @property
-    def is_anonymous(self) -> bool:
-        return self.subject == "anonymous"
-
-    def require_tenant(self) -> str:
-        if self.tenant_id is None:
-            raise Unauthorized("This route needs an authenticated tenant.", error_code="AUTHENTICATION_REQUIRED")
-        return self.tenant_id
-
-    def require_scope(self, scope: str) -> None:
-        if scope not in self.scopes:
-            raise Forbidden(f"Missing scope {scope}.", error_code="INSUFFICIENT_SCOPE", extra={"required_scope": scope})
-
-
-ANONYMOUS = Identity(subject="anonymous")
+from shared.contract import (
+    IDENTITY_ALGORITHM,
+    IDENTITY_CHALLENGE,
+    IDENTITY_HEADER,
+    IDENTITY_ISSUER,
+    Identity,
+    TenantIdentity,
+    identity_claims,
+    identity_from_claims,
+)
+from shared.errors import Unauthorized
+from shared.state import ServiceState, app_state
 
 
 class IdentitySigner:
@@ -62,20 +41,13 @@ class IdentitySigner:
         if cached is not None and cached[0] > now:
             return cached[1]
         claims: dict[str, Any] = {
-            "iss": ISSUER,
+            **identity_claims(identity),
+            "iss": IDENTITY_ISSUER,
             "aud": audience,
-            "sub": identity.subject,
             "iat": int(now),
             "exp": int(now) + self._ttl,
-            "scope": " ".join(sorted(identity.scopes)),
         }
-        if identity.tenant_id is not None:
-            claims["tid"] = identity.tenant_id
-        if identity.plan is not None:
-            claims["plan"] = identity.plan
-        if identity.role is not None:
-            claims["role"] = identity.role
-        token = jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+        token = jwt.encode(claims, self._secret, algorithm=IDENTITY_ALGORITHM)
         if len(self._cache) >= self._max_cached:
             self._cache.clear()
         self._cache[key] = (now + self._ttl / 2, token)
@@ -89,44 +61,52 @@ class IdentityVerifier:
 
     def verify(self, token: str) -> Identity:
         try:
-            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], audience=self.audience, issuer=ISSUER)
+            claims = jwt.decode(
+                token, self._secret, algorithms=[IDENTITY_ALGORITHM], audience=self.audience, issuer=IDENTITY_ISSUER
+            )
         except JWTError as exc:
             raise Unauthorized(
                 f"Invalid internal identity: {exc}",
                 error_code="INVALID_INTERNAL_IDENTITY",
-                challenge='PorticoInternal realm="portico"',
+                challenge=IDENTITY_CHALLENGE,
             ) from exc
-        return Identity(
-            subject=str(claims["sub"]),
-            tenant_id=claims.get("tid"),
-            scopes=frozenset(str(claims.get("scope", "")).split()),
-            plan=claims.get("plan"),
-            role=claims.get("role"),
-        )
+        return identity_from_claims(claims)
 
 
 async def require_identity(request: Request) -> Identity:
-    """Dependency for every non-health route of a service."""
-    cached: Identity | None = getattr(request.state, "identity", None)
-    if cached is not None:
-        return cached
+    """Dependency of every non-health route of a service: the identity the internal token names.
+    FastAPI resolves it once per request, however many dependencies ask for it."""
     token = request.headers.get(IDENTITY_HEADER)
     if not token:
         raise Unauthorized(
             "Requests must come through the gateway.",
             error_code="MISSING_INTERNAL_IDENTITY",
-            challenge='PorticoInternal realm="portico"',
+            challenge=IDENTITY_CHALLENGE,
         )
-    verifier: IdentityVerifier = request.state.identity_verifier
-    identity = verifier.verify(token)
-    request.state.identity = identity
-    return identity
-
-
-async def require_tenant_identity(identity: Annotated[Identity, Depends(require_identity)]) -> Identity:
-    identity.require_tenant()
-    return identity
+    state: ServiceState[Any, Any] = app_state(request)
+    return state.identity_verifier.verify(token)
 
 
 IdentityDep = Annotated[Identity, Depends(require_identity)]
-TenantIdentityDep = Annotated[Identity, Depends(require_tenant_identity)]
+
+
+async def require_tenant_identity(identity: IdentityDep) -> TenantIdentity:
+    return identity.for_tenant()
+
+
+TenantIdentityDep = Annotated[TenantIdentity, Depends(require_tenant_identity)]
+
+
+class Authorize:
+    """Route dependency of a service: the caller must belong to a tenant (401) and hold `scope` (403).
+
+    Each service names its own in its `deps.py`, so handlers hold only the domain call:
+    `OrdersWrite = Annotated[TenantIdentity, Depends(Authorize("orders:write"))]`.
+    """
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+
+    async def __call__(self, identity: TenantIdentityDep) -> TenantIdentity:
+        identity.require_scope(self.scope)
+        return identity

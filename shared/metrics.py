@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.asgi import on_response_start
 
 UNMATCHED = "<unmatched>"
 
@@ -41,14 +44,12 @@ class MetricsMiddleware:
         start = time.perf_counter()
         status = 500
 
-        async def send_wrapper(message: Message) -> None:
+        def record(message: Message) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+            status = message["status"]
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, on_response_start(send, record))
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED
@@ -57,7 +58,7 @@ class MetricsMiddleware:
             self.metrics.duration.labels(method, template).observe(time.perf_counter() - start)
 
 
-def metrics_endpoint(registry: CollectorRegistry):  # type: ignore[no-untyped-def]
+def metrics_endpoint(registry: CollectorRegistry) -> Callable[[Request], Awaitable[Response]]:
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

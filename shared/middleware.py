@@ -11,7 +11,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.context import request_id_var
+from shared.asgi import header, on_response_start
+from shared.context import open_context, request_id_of
 from shared.errors import PayloadTooLarge, problem_response
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -23,6 +24,13 @@ LINGER_FACTOR = 4
 LINGER_SECONDS = 2.0
 
 access_logger = logging.getLogger("portico.access")
+
+
+def _declared_length(value: bytes | None) -> int:
+    try:
+        return int(value) if value is not None else -1
+    except ValueError:
+        return -1
 
 
 def new_request_id() -> str:
@@ -40,31 +48,22 @@ class RequestContextMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        request_id = None
-        for name, value in scope["headers"]:
-            if name == REQUEST_ID_HEADER:
-                if _REQUEST_ID_RE.match(value):
-                    request_id = value.decode("ascii")
-                break
-        if request_id is None:
-            request_id = new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
-        request_id_var.set(request_id)
+        sent = header(scope, REQUEST_ID_HEADER)
+        request_id = sent.decode("ascii") if sent is not None and _REQUEST_ID_RE.match(sent) else new_request_id()
+        open_context(scope, request_id)
         raw_id = request_id.encode("ascii")
         start = time.perf_counter()
         status = 0
 
-        async def send_wrapper(message: Message) -> None:
+        def stamp(message: Message) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", ()) if k != REQUEST_ID_HEADER]
-                headers.append((REQUEST_ID_HEADER, raw_id))
-                message["headers"] = headers
-            await send(message)
+            status = message["status"]
+            headers = [(k, v) for k, v in message.get("headers", ()) if k != REQUEST_ID_HEADER]
+            headers.append((REQUEST_ID_HEADER, raw_id))
+            message["headers"] = headers
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, on_response_start(send, stamp))
         finally:
             if self.access_log and scope["type"] == "http":
                 route = scope.get("route")
@@ -97,16 +96,9 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared > self.max_bytes:
-                    await self._refuse(scope, receive, send)
-                    return
-                break
+        if _declared_length(header(scope, b"content-length")) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
 
         received = 0
         max_bytes = self.max_bytes
@@ -144,7 +136,7 @@ class BodySizeLimitMiddleware:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
             PayloadTooLarge(f"The request body exceeds the limit of {self.max_bytes} bytes."),
-            scope.get("state", {}).get("request_id"),
+            request_id_of(scope),
         )
         await self._linger(receive)
         # Closing the connection stops a client that is still sending.

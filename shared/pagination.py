@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Generic, Protocol, TypeVar
 
-from fastapi import Query
+from fastapi import Depends, Query
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute
@@ -27,16 +27,33 @@ MAX_LIMIT = 200
 
 T = TypeVar("T")
 
-LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page (at most {MAX_LIMIT}).")]
-CursorQuery = Annotated[
-    str | None, Query(max_length=512, description="The `next_cursor` of the previous page; omit for the first.")
+LimitQuery = Annotated[
+    int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page (default {DEFAULT_LIMIT}, at most {MAX_LIMIT}).")
 ]
+CursorQuery = Annotated[str | None, Query(max_length=512, description="The `next_cursor` of the previous page.")]
 
 
-class InvalidCursor(ValidationFailed):
-    error_code = "INVALID_CURSOR"
-    title = "Invalid cursor"
-    slug = "invalid-cursor"
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """What a list route was asked for: `limit` and the raw `cursor` (the service decodes it, so a
+    forged cursor is judged after the route's other parameters)."""
+
+    limit: int
+    cursor: str | None
+
+    def position(self) -> Cursor | None:
+        """Where the page starts; a cursor this API did not hand out is a 422 naming `cursor`."""
+        return Cursor.decode(self.cursor)
+
+
+async def page_query(limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None) -> PageQuery:
+    return PageQuery(limit, cursor)
+
+
+PageDep = Annotated[PageQuery, Depends(page_query)]
+
+
+class InvalidCursor(ValidationFailed, code="INVALID_CURSOR", title="Invalid cursor"): ...
 
 
 class Page(BaseModel, Generic[T]):

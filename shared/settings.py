@@ -1,4 +1,6 @@
-"""One settings base for every process; each process subclasses it with its own env prefix."""
+"""Settings bases: `ProcessSettings` for what every process has, `BaseServiceSettings` adds the
+database of a service, `AccessTokenSettings` what the users service and the gateway agree on about
+access tokens. Each process subclasses them with its own env prefix (`process_config`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.contract import PROCESSES
 
 # Values that ship in this repository or are commonly pasted from examples.
 # Outside development a process refuses to start with any of them.
@@ -30,7 +34,17 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
-class BaseServiceSettings(BaseSettings):
+def process_config(name: str) -> SettingsConfigDict:
+    """The settings config of one process: its env prefix (`USERS_`, `GATEWAY_`, ...)."""
+    return SettingsConfigDict(env_prefix=PROCESSES[name].env_prefix, extra="ignore", frozen=True)
+
+
+def sqlite_url(name: str) -> str:
+    """The embedded default database of a service: a SQLite file under ./var."""
+    return f"sqlite+aiosqlite:///./var/{name}.db"
+
+
+class ProcessSettings(BaseSettings):
     """Settings every process has. Subclasses set `env_prefix` and add their own fields."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
@@ -44,12 +58,6 @@ class BaseServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     access_log: bool = True
-
-    database_url: str = "sqlite+aiosqlite:///./var/portico.db"
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=10, ge=0)
-    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
-    db_echo: bool = False
 
     internal_token_secret: SecretStr = SecretStr("dev-internal-secret-change-me")
     internal_token_ttl_seconds: int = Field(default=60, ge=5, le=3600)
@@ -69,7 +77,7 @@ class BaseServiceSettings(BaseSettings):
     server_keep_alive_seconds: int = Field(default=30, ge=1)
 
     @model_validator(mode="after")
-    def _client_idles_out_first(self) -> BaseServiceSettings:
+    def _client_idles_out_first(self) -> ProcessSettings:
         if self.http_keepalive_expiry_seconds >= self.server_keep_alive_seconds:
             raise ValueError("http_keepalive_expiry_seconds must be below server_keep_alive_seconds")
         return self
@@ -83,7 +91,7 @@ class BaseServiceSettings(BaseSettings):
         return not self.is_production
 
     @model_validator(mode="after")
-    def _refuse_weak_secrets(self) -> BaseServiceSettings:
+    def _refuse_weak_secrets(self) -> ProcessSettings:
         if self.environment is Environment.DEVELOPMENT:
             return self
         weak = []
@@ -100,3 +108,26 @@ class BaseServiceSettings(BaseSettings):
                 f"{self.environment} environment: use at least {MIN_SECRET_LENGTH} random characters"
             )
         return self
+
+
+class BaseServiceSettings(ProcessSettings):
+    """A process with a database of its own: every service (the gateway has none)."""
+
+    database_url: str = sqlite_url("portico")
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    db_echo: bool = False
+
+
+class AccessTokenSettings(BaseSettings):
+    """Access tokens as the users service signs them and the gateway verifies them (HS256 with a
+    shared secret, or RS256 with the users service's private key and the gateway's public one)."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    # HS256: the secret both sides hold; unused with RS256.
+    jwt_secret: SecretStr | None = SecretStr("dev-jwt-secret-change-me")
+    jwt_kid: str = "portico-1"
+    jwt_issuer: str = "portico"

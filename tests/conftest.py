@@ -10,8 +10,9 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from shared.devstack import PROCESSES, Stack, free_port
-from shared.identity import IDENTITY_HEADER, Identity, IdentitySigner
+from scripts.devstack import Stack, free_port
+from shared.contract import IDENTITY_HEADER, PROCESSES, Identity
+from shared.identity import IdentitySigner
 from shared.migrations import upgrade
 from tests.infra import SERVICE_DATABASES, Servers, servers
 from tests.otlp import OtlpReceiver
@@ -44,11 +45,11 @@ def service_env(infra: Servers) -> dict[str, str]:
         "GATEWAY_JWT_SECRET": JWT_SECRET,
         "USERS_JWT_SECRET": JWT_SECRET,
     }
-    for name in ("gateway", *SERVICE_DATABASES):
-        prefix = f"{name.upper()}_"
+    for name, process in PROCESSES.items():
+        prefix = process.env_prefix
         env[f"{prefix}ENVIRONMENT"] = "test"
         env[f"{prefix}INTERNAL_TOKEN_SECRET"] = INTERNAL_SECRET
-        if name != "gateway":
+        if process.has_database:
             env[f"{prefix}DATABASE_URL"] = infra.database_url(name)
             # Four services, several stacks per session: keep well inside PostgreSQL's 100 connections.
             env[f"{prefix}DB_POOL_SIZE"] = "4"

@@ -19,8 +19,8 @@ from jose import jwt
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from shared.devstack import Stack, free_port
-from shared.scopes import ALL_SCOPES
+from scripts.devstack import Stack, free_port
+from shared.contract import ALL_SCOPES
 from tests.conftest import INTERNAL_SECRET, JWT_SECRET, ROOT, app_client
 
 PASSWORD = "correct-horse-9"

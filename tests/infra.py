@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import asyncpg
 import redis
 
+from shared.contract import PROCESSES
+
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-SERVICE_DATABASES = ("users", "orders", "inventory", "webhooks")
+SERVICE_DATABASES = tuple(name for name, process in PROCESSES.items() if process.has_database)
 
 
 class MissingServer(RuntimeError):

@@ -9,8 +9,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from shared.identity import ANONYMOUS, Identity, IdentitySigner
-from shared.scopes import ROLE_SCOPES
+from shared.contract import ANONYMOUS, ROLE_SCOPES, Identity
+from shared.identity import IdentitySigner
 from tests.conftest import internal_headers
 from tests.infra import Servers
 

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 from starlette.types import Scope
 
+from shared.asgi import header_list
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -31,10 +33,11 @@ class ClientAddress:
         peer = client[0] if client else "unknown"
         if not self.trusted or not self._is_trusted(peer):
             return peer
-        forwarded: list[str] = []
-        for name, value in scope["headers"]:
-            if name == b"x-forwarded-for":
-                forwarded.extend(part.strip() for part in value.decode("latin-1").split(","))
+        forwarded = [
+            part.strip()
+            for value in header_list(scope, b"x-forwarded-for")
+            for part in value.decode("latin-1").split(",")
+        ]
         for address in reversed(forwarded):
             if not self._is_trusted(address):
                 try:

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.edge.metrics import EdgeMetrics
-from shared.apikeys import hash_api_key, key_subject
+from shared.contract import ANONYMOUS, Identity, hash_api_key, key_subject
 from shared.errors import DownstreamBadResponse
 from shared.http import ServiceClient
-from shared.identity import ANONYMOUS, Identity
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,17 +20,10 @@ from collections.abc import Iterable
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.identity import Identity
+from shared.asgi import BodyChunks, header, on_response_start
+from shared.context import request_context
+from shared.contract import NO_STORE, SECRET_ROUTES
 
-# Routes whose answers hold a secret (method, route template).
-SECRET_ROUTES: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("POST", "/v1/auth/token"),
-        ("POST", "/v1/api-keys"),
-        ("POST", "/v1/api-keys/{key_id}/rotate"),
-        ("POST", "/v1/webhooks/endpoints"),
-    }
-)
 PRIVATE = b"private, no-cache"
 VARY_CREDENTIALS = "Authorization, X-API-Key"
 # Bodies larger than this are streamed on without an ETag rather than held in memory.
@@ -70,9 +63,9 @@ class CachingMiddleware:
     def _cache_headers(self, scope: Scope, message: Message) -> None:
         headers = MutableHeaders(scope=message)
         if self._is_secret(scope):
-            headers["cache-control"] = "no-store"
+            headers["cache-control"] = NO_STORE
             return
-        identity: Identity | None = scope["state"].get("identity")
+        identity = request_context(scope).principal
         if identity is None or identity.tenant_id is None:
             return
         if "cache-control" not in headers:
@@ -84,21 +77,14 @@ class CachingMiddleware:
             await self.app(scope, receive, send)
             return
         if not self.etag or scope["method"] != "GET":
-
-            async def send_with_cache_headers(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    self._cache_headers(scope, message)
-                await send(message)
-
-            await self.app(scope, receive, send_with_cache_headers)
+            await self.app(scope, receive, on_response_start(send, lambda message: self._cache_headers(scope, message)))
             return
         await self._conditional(scope, receive, send)
 
     async def _conditional(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if_none_match = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
+        if_none_match = header(scope, b"if-none-match")
         start: Message | None = None
-        chunks: list[bytes] = []
-        size = 0
+        held = BodyChunks()
         buffering = False
 
         async def flush() -> None:
@@ -106,12 +92,12 @@ class CachingMiddleware:
             buffering = False
             assert start is not None
             await send(start)
-            for chunk in chunks:
+            for chunk in held.chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            chunks.clear()
+            held.chunks.clear()
 
         async def capture(message: Message) -> None:
-            nonlocal start, size, buffering
+            nonlocal start, buffering
             if message["type"] == "http.response.start":
                 self._cache_headers(scope, message)
                 content_type = MutableHeaders(scope=message).get("content-type", "")
@@ -123,14 +109,12 @@ class CachingMiddleware:
             if message["type"] != "http.response.body" or not buffering:
                 await send(message)
                 return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            chunks.append(chunk)
+            held.add(message.get("body", b""))
             if message.get("more_body", False):
-                if size > MAX_ETAG_BYTES:
+                if held.size > MAX_ETAG_BYTES:
                     await flush()
                 return
-            await self._finish(start, b"".join(chunks), if_none_match, send)
+            await self._finish(start, held.joined(), if_none_match, send)
 
         await self.app(scope, receive, capture)
 

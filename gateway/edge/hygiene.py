@@ -11,7 +11,9 @@ from collections.abc import Iterable
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import BadRequest, Forbidden, problem_response
+from shared.asgi import header, headers, on_response_start
+from shared.context import request_id_of
+from shared.errors import BadRequest, Forbidden, problem_response, send_problem
 
 # Pages that load scripts and styles (Swagger UI) and so cannot take the API's strict CSP.
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -53,16 +55,10 @@ CORS_EXPOSED_HEADERS = (
 )
 
 
-class InvalidHost(BadRequest):
-    error_code = "INVALID_HOST"
-    title = "Invalid Host header"
-    slug = "invalid-host"
+class InvalidHost(BadRequest, code="INVALID_HOST", title="Invalid Host header"): ...
 
 
-class CorsRefused(Forbidden):
-    error_code = "CORS_REFUSED"
-    title = "Cross-origin request refused"
-    slug = "cors-refused"
+class CorsRefused(Forbidden, code="CORS_REFUSED", title="Cross-origin request refused"): ...
 
 
 def _host_of(value: str) -> str:
@@ -88,15 +84,14 @@ class TrustedHostMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+        host = (header(scope, b"host") or b"").decode("latin-1")
         if self.allowed(_host_of(host)):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "invalid host"})
             return
-        error = InvalidHost(f"The host {host!r} is not served here.")
-        await problem_response(error, scope.get("state", {}).get("request_id"))(scope, receive, send)
+        await send_problem(InvalidHost(f"The host {host!r} is not served here."), scope, receive, send)
 
 
 class CorsMiddleware:
@@ -129,14 +124,9 @@ class CorsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        origin = request_method = request_headers = None
-        for name, value in scope["headers"]:
-            if name == b"origin":
-                origin = value
-            elif name == b"access-control-request-method":
-                request_method = value
-            elif name == b"access-control-request-headers":
-                request_headers = value
+        origin, request_method, request_headers = headers(
+            scope, b"origin", b"access-control-request-method", b"access-control-request-headers"
+        )
         if origin is None:
             await self.app(scope, receive, send)
             return
@@ -149,14 +139,12 @@ class CorsMiddleware:
             return
         cors_headers = [*self._origin_headers(origin), (b"access-control-expose-headers", self.expose)]
 
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers.raw.extend(cors_headers)
-                headers.add_vary_header("Origin")
-            await send(message)
+        def add_cors(message: Message) -> None:
+            response_headers = MutableHeaders(scope=message)
+            response_headers.raw.extend(cors_headers)
+            response_headers.add_vary_header("Origin")
 
-        await self.app(scope, receive, send_with_cors)
+        await self.app(scope, receive, on_response_start(send, add_cors))
 
     async def _preflight(
         self,
@@ -177,20 +165,20 @@ class CorsMiddleware:
         elif refused_headers:
             problem = f"The headers {', '.join(refused_headers)} are not allowed cross-origin."
         if problem is not None:
-            response = problem_response(CorsRefused(problem), scope.get("state", {}).get("request_id"))
+            response = problem_response(CorsRefused(problem), request_id_of(scope))
             response.headers.append("Vary", "Origin")
             await response(scope, receive, send)
             return
         assert origin is not None
-        headers = [
+        answer = [
             *self._origin_headers(origin),
             *self.preflight_headers,
             (b"vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
             (b"content-length", b"0"),
         ]
         if names:
-            headers.append((b"access-control-allow-headers", ", ".join(names).encode()))
-        await send({"type": "http.response.start", "status": 204, "headers": headers})
+            answer.append((b"access-control-allow-headers", ", ".join(names).encode()))
+        await send({"type": "http.response.start", "status": 204, "headers": answer})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -217,11 +205,9 @@ class SecurityHeadersMiddleware:
             return
         extra = self.docs_headers if scope["path"] in DOCS_PATHS else self.api_headers
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                raw = MutableHeaders(scope=message).raw
-                present = {name for name, _ in raw}
-                raw.extend(header for header in extra if header[0] not in present)
-            await send(message)
+        def add_missing(message: Message) -> None:
+            raw = MutableHeaders(scope=message).raw
+            present = {name for name, _ in raw}
+            raw.extend(pair for pair in extra if pair[0] not in present)
 
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, on_response_start(send, add_missing))

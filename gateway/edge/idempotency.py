@@ -26,7 +26,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,12 +34,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.store import StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings
-from shared.errors import BadRequest, Conflict, PorticoError, ValidationFailed, problem_response
+from shared.asgi import BodyChunks, header
+from shared.context import principal_of
+from shared.contract import (
+    IDEMPOTENCY_HEADER,
+    IDEMPOTENCY_KEY_PATTERN,
+    IDEMPOTENT_METHODS,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    IdempotentResponseNotStored,
+    InvalidIdempotencyKey,
+)
+from shared.errors import PorticoError, send_problem
 
-METHODS = frozenset({"POST", "PUT", "PATCH"})
-HEADER = b"idempotency-key"
-# Visible ASCII, as a Structured Fields string can carry it; long enough for any UUID or ULID.
-KEY_RE = re.compile(rb"^[\x21-\x7e]{1,255}$")
+if TYPE_CHECKING:
+    from gateway.state import GatewaySlot
+
+HEADER = IDEMPOTENCY_HEADER.lower().encode("ascii")
+KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN.encode("ascii"))
 REPLAYED = (b"idempotent-replayed", b"true")
 # Response headers that belong to one exchange, not to the stored outcome.
 UNSTORED_HEADERS = frozenset({b"content-length", b"x-request-id", b"date", b"server", b"set-cookie"})
@@ -47,30 +59,6 @@ UNSTORED_HEADERS = frozenset({b"content-length", b"x-request-id", b"date", b"ser
 
 def storable(status: int) -> bool:
     return status not in (401, 402, 403, 408, 429) and status < 500
-
-
-class InvalidIdempotencyKey(BadRequest):
-    error_code = "INVALID_IDEMPOTENCY_KEY"
-    title = "Invalid Idempotency-Key"
-    slug = "invalid-idempotency-key"
-
-
-class IdempotencyKeyInUse(Conflict):
-    error_code = "IDEMPOTENCY_KEY_IN_USE"
-    title = "Idempotency-Key in use"
-    slug = "idempotency-key-in-use"
-
-
-class IdempotentResponseNotStored(Conflict):
-    error_code = "IDEMPOTENT_RESPONSE_NOT_STORED"
-    title = "Request already done"
-    slug = "idempotent-response-not-stored"
-
-
-class IdempotencyKeyReused(ValidationFailed):
-    error_code = "IDEMPOTENCY_KEY_REUSED"
-    title = "Idempotency-Key reused"
-    slug = "idempotency-key-reused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,39 +255,39 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
 
 
 class IdempotencyMiddleware:
-    def __init__(self, app: ASGIApp, *, settings: GatewaySettings, metrics: EdgeMetrics) -> None:
+    def __init__(self, app: ASGIApp, *, settings: GatewaySettings, metrics: EdgeMetrics, state: GatewaySlot) -> None:
         self.app = app
+        self.state = state
         self.lock_ms = int(settings.idempotency_lock_seconds * 1000)
         self.ttl_ms = settings.idempotency_ttl_seconds * 1000
         self.max_bytes = settings.idempotency_max_response_bytes
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in METHODS:
+        if scope["type"] != "http" or scope["method"] not in IDEMPOTENT_METHODS:
             await self.app(scope, receive, send)
             return
-        raw_key = next((value for name, value in scope["headers"] if name == HEADER), None)
-        state = scope["state"]
-        tenant_id = state["identity"].tenant_id
+        raw_key = header(scope, HEADER)
+        caller = principal_of(scope)
+        tenant_id = caller.tenant_id
         if raw_key is None or tenant_id is None:
             await self.app(scope, receive, send)
             return
-        request_id = state.get("request_id")
         if not KEY_RE.match(raw_key):
             invalid = InvalidIdempotencyKey("Idempotency-Key must be 1 to 255 visible ASCII characters.")
-            await problem_response(invalid, request_id)(scope, receive, send)
+            await send_problem(invalid, scope, receive, send)
             return
         try:
             body = await _read_body(receive)
         except _Disconnected:
             return
         except PorticoError as exc:  # the body limit, enforced while the body arrives
-            await problem_response(exc, request_id)(scope, receive, send)
+            await send_problem(exc, scope, receive, send)
             return
         receive = _replaying(body, receive)
 
         method, path = scope["method"], scope["path"]
-        subject = state["identity"].subject.encode()
+        subject = caller.subject.encode()
         key_hash = hashlib.sha256(b"\0".join([method.encode(), path.encode(), subject, raw_key])).hexdigest()
         # The caller's tenant as hash tag: on Redis Cluster a tenant's records share a slot.
         scope_key = f"{{t:{tenant_id}}}:{key_hash}"
@@ -307,14 +295,11 @@ class IdempotencyMiddleware:
             b"\0".join([method.encode(), path.encode(), scope.get("query_string", b""), body])
         ).hexdigest()
         owner = uuid.uuid4().hex
-        idempotency: Idempotency = state["idempotency"]
+        idempotency = self.state.value.idempotency
         try:
             claim = await idempotency.call(idempotency.store.claim(scope_key, fingerprint, owner, self.lock_ms))
         except StoreUnavailable:
-            if idempotency.call.fail_open:
-                await self.app(scope, receive, send)
-            else:
-                await problem_response(idempotency.call.refusal(), request_id)(scope, receive, send)
+            await idempotency.call.without_store(self.app, scope, receive, send)
             return
 
         if claim.outcome == "acquired":
@@ -339,7 +324,7 @@ class IdempotencyMiddleware:
                 f"A request with this Idempotency-Key was already done ({claim.response.status}); its response "
                 "held a secret or was too large and was not kept. List the resource to find the result."
             )
-        await problem_response(error, request_id)(scope, receive, send)
+        await send_problem(error, scope, receive, send)
 
     async def _replay(self, response: StoredResponse, send: Send) -> None:
         headers = [*response.headers, REPLAYED, (b"content-length", str(len(response.body)).encode())]
@@ -351,8 +336,7 @@ class IdempotencyMiddleware:
     ) -> None:
         status = 0
         headers: list[tuple[bytes, bytes]] = []
-        chunks: list[bytes] = []
-        size = 0
+        body = BodyChunks(keep_up_to=self.max_bytes)
         settled = False
 
         async def settle() -> None:
@@ -364,11 +348,11 @@ class IdempotencyMiddleware:
                     await idempotency.call(idempotency.store.release(scope_key, owner))
                     return
                 no_store = any(name == b"cache-control" and b"no-store" in value.lower() for name, value in headers)
-                replayable = not no_store and size <= self.max_bytes
+                replayable = not no_store and body.complete
                 kept = StoredResponse(
                     status,
                     [(k, v) for k, v in headers if k not in UNSTORED_HEADERS],
-                    b"".join(chunks) if replayable else b"",
+                    body.joined() if replayable else b"",
                     replayable,
                 )
                 self.metrics.idempotency.labels("stored" if replayable else "stored_without_body").inc()
@@ -378,15 +362,12 @@ class IdempotencyMiddleware:
                 pass
 
         async def capture(message: Message) -> None:
-            nonlocal status, headers, size
+            nonlocal status, headers
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
             elif message["type"] == "http.response.body":
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size <= self.max_bytes:
-                    chunks.append(chunk)
+                body.add(message.get("body", b""))
                 if not message.get("more_body", False):
                     # Kept before the client sees the end, so a retry after the answer always finds it.
                     await settle()

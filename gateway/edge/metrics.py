@@ -5,32 +5,30 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter
 
 
+def _counter(name: str, documentation: str, labels: tuple[str, ...]) -> Counter:
+    # Made unregistered: the app's registry exists only once the common middleware is installed.
+    return Counter(name, documentation, labels, registry=None)
+
+
 class EdgeMetrics:
     def __init__(self) -> None:
-        # Made unregistered: the app's registry exists only once the common middleware is installed.
-        self.store_errors = Counter(
+        self.store_errors = _counter(
             "gateway_store_errors_total",
             "Failed or timed-out calls to the edge stores, by stage and what the request got instead.",
             ("stage", "outcome"),
-            registry=None,
         )
-        self.rate_limit = Counter(
+        self.rate_limit = _counter(
             "gateway_rate_limit_decisions_total",
             "Rate limit decisions, by policy and decision.",
             ("policy", "decision"),
-            registry=None,
         )
-        self.idempotency = Counter(
-            "gateway_idempotency_total",
-            "Requests with an Idempotency-Key, by outcome.",
-            ("outcome",),
-            registry=None,
+        self.idempotency = _counter(
+            "gateway_idempotency_total", "Requests with an Idempotency-Key, by outcome.", ("outcome",)
         )
-        self.api_keys = Counter(
+        self.api_keys = _counter(
             "gateway_api_key_lookups_total",
             "API key resolutions, by where the answer came from and what it was.",
             ("source", "result"),
-            registry=None,
         )
 
     def register(self, registry: CollectorRegistry) -> None:

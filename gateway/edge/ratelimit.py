@@ -29,20 +29,24 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fastapi.routing import APIRoute
 from redis.asyncio import Redis
-from starlette.datastructures import MutableHeaders
 from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.edge.addresses import ClientAddress
 from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.store import StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings, Quota
+from shared.asgi import extend_headers, on_response_start
+from shared.context import principal_of, request_id_of
+from shared.contract import DEFAULT_PLAN, Identity
 from shared.errors import TooManyRequests, problem_response
-from shared.identity import Identity
+
+if TYPE_CHECKING:
+    from gateway.state import GatewaySlot
 
 # KEYS: one per policy. ARGV: cost, then limit and window (ms) per policy.
 # Returns: admitted (1/0), then remaining, reset (ms) and retry-after (ms) per policy.
@@ -319,22 +323,24 @@ class RateLimitMiddleware:
         settings: GatewaySettings,
         routes: RoutePolicies,
         metrics: EdgeMetrics,
+        state: GatewaySlot,
     ) -> None:
         self.app = app
+        self.state = state
         self.settings = settings
         self.routes = routes
         self.metrics = metrics
         self.exempt = frozenset(settings.rate_limit_exempt_paths)
         self.client_address = ClientAddress(settings.trusted_proxies)
         self.anonymous = Policy("anonymous", settings.rate_limit_anonymous)
-        self.plans = {plan: Policy(*settings.plan_quota(plan)) for plan in ("free", "pro", "enterprise")}
+        self.plans: dict[str | None, Policy] = {plan: Policy(plan, q) for plan, q in settings.plan_quotas().items()}
+        self.default_plan = self.plans[DEFAULT_PLAN]
 
     def policies_for(self, scope: Scope, identity: Identity) -> tuple[str, list[Policy]]:
         if identity.tenant_id is None:
             subject, policies = f"a:{self.client_address(scope)}", [self.anonymous]
         else:
-            plan = identity.plan if identity.plan in self.plans else "free"
-            subject, policies = f"t:{identity.tenant_id}", [self.plans[plan]]
+            subject, policies = f"t:{identity.tenant_id}", [self.plans.get(identity.plan, self.default_plan)]
         route = self.routes.match(scope) if self.routes.entries else None
         if route is not None:
             policies.append(route)
@@ -344,16 +350,12 @@ class RateLimitMiddleware:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        state = scope["state"]
-        limiter: RateLimiter = state["rate_limiter"]
-        subject, policies = self.policies_for(scope, state["identity"])
+        limiter = self.state.value.rate_limiter
+        subject, policies = self.policies_for(scope, principal_of(scope))
         try:
             verdict = await limiter.call(limiter.store.hit(subject, policies))
         except StoreUnavailable:
-            if limiter.call.fail_open:
-                await self.app(scope, receive, send)
-            else:
-                await problem_response(limiter.call.refusal(), state.get("request_id"))(scope, receive, send)
+            await limiter.call.without_store(self.app, scope, receive, send)
             return
         headers = rate_limit_headers(verdict)
         if not verdict.admitted:
@@ -372,15 +374,9 @@ class RateLimitMiddleware:
                     "retry_after": retry_after,
                 },
             )
-            response = problem_response(error, state.get("request_id"))
+            response = problem_response(error, request_id_of(scope))
             response.raw_headers.extend(headers)
             await response(scope, receive, send)
             return
         self.metrics.rate_limit.labels(verdict.tightest.policy.name, "admitted").inc()
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).raw.extend(headers)
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, on_response_start(send, lambda message: extend_headers(message, headers)))

@@ -15,9 +15,10 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.edge.metrics import EdgeMetrics
-from shared.errors import ServiceUnavailable
+from shared.errors import ServiceUnavailable, send_problem
 
 T = TypeVar("T")
 
@@ -30,10 +31,7 @@ class StoreUnavailable(Exception):
     """The store failed or timed out; `stage` says whose."""
 
 
-class EdgeStoreUnavailable(ServiceUnavailable):
-    error_code = "EDGE_STORE_UNAVAILABLE"
-    title = "Service Unavailable"
-    slug = "edge-store-unavailable"
+class EdgeStoreUnavailable(ServiceUnavailable, code="EDGE_STORE_UNAVAILABLE", title="Service Unavailable"): ...
 
 
 class StoreCaller:
@@ -77,9 +75,15 @@ class StoreCaller:
         self._last_log = now
         self._suppressed = 0
 
-    def refusal(self) -> EdgeStoreUnavailable:
-        return EdgeStoreUnavailable(
+    async def without_store(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """What a request gets when the store failed: it goes on without the stage (fail open), or
+        is answered 503 (fail closed)."""
+        if self.fail_open:
+            await app(scope, receive, send)
+            return
+        refusal = EdgeStoreUnavailable(
             f"The {self.stage} store is unavailable; try again shortly.",
             headers={"Retry-After": "1"},
             extra={"stage": self.stage},
         )
+        await send_problem(refusal, scope, receive, send)

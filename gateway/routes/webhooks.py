@@ -1,18 +1,13 @@
-"""Webhook endpoints: proxied to the webhooks service. A paid feature: the plan gate runs first on
+"""Webhook endpoints: forwarded to the webhooks service. A paid feature: the plan gate runs first on
 every route, so a free tenant gets 402 whatever else is wrong with its request."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Depends
 
-from fastapi import APIRouter, Depends, Request
-from starlette.responses import Response
-
-from gateway.auth import RequireScope
-from gateway.plans import RequirePlan
-from gateway.proxy import ResourceId, UpstreamsDep
+from gateway.deps import RequirePlan, readers_and_writers
+from gateway.routes.forward import Forward, add_forwards
 from shared.errors import PaymentRequired
-from shared.identity import Identity
 
 router = APIRouter(
     prefix="/v1/webhooks",
@@ -21,76 +16,60 @@ router = APIRouter(
     responses=PaymentRequired.openapi_response(),
 )
 
-Reader = Annotated[Identity, Depends(RequireScope("webhooks:read"))]
-Writer = Annotated[Identity, Depends(RequireScope("webhooks:write"))]
+Reader, Writer = readers_and_writers("webhooks")
+ENDPOINT = "/endpoints/{endpoint_id}"
+DELIVERY = "/deliveries/{delivery_id}"
 
-
-@router.post("/endpoints", status_code=201, summary="Register a webhook endpoint (its secret is shown only now)")
-async def create_endpoint(request: Request, upstreams: UpstreamsDep, identity: Writer) -> Response:
-    return await upstreams.forward(request, "webhooks", "/endpoints", identity)
-
-
-@router.get("/endpoints", summary="The tenant's webhook endpoints, newest first (`limit`, `cursor`)")
-async def list_endpoints(request: Request, upstreams: UpstreamsDep, identity: Reader) -> Response:
-    return await upstreams.forward(request, "webhooks", "/endpoints", identity)
-
-
-@router.get("/endpoints/{endpoint_id}", summary="A webhook endpoint")
-async def get_endpoint(
-    endpoint_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Reader
-) -> Response:
-    return await upstreams.forward(request, "webhooks", f"/endpoints/{endpoint_id}", identity)
-
-
-@router.patch(
-    "/endpoints/{endpoint_id}",
-    summary="Change a webhook endpoint's url, events or status (`enabled` is the older shape of status)",
+add_forwards(
+    router,
+    "webhooks",
+    [
+        Forward(
+            "POST",
+            "/endpoints",
+            Writer,
+            "create_endpoint",
+            "Register a webhook endpoint (its secret is shown only now)",
+            status_code=201,
+        ),
+        Forward(
+            "GET",
+            "/endpoints",
+            Reader,
+            "list_endpoints",
+            "The tenant's webhook endpoints, newest first (`limit`, `cursor`)",
+        ),
+        Forward("GET", ENDPOINT, Reader, "get_endpoint", "A webhook endpoint"),
+        Forward(
+            "PATCH",
+            ENDPOINT,
+            Writer,
+            "update_endpoint",
+            "Change a webhook endpoint's url, events or status (`enabled` is the older shape of status)",
+        ),
+        Forward("DELETE", ENDPOINT, Writer, "delete_endpoint", "Delete a webhook endpoint", status_code=204),
+        Forward(
+            "POST",
+            ENDPOINT + "/rotate-secret",
+            Writer,
+            "rotate_secret",
+            "Replace the endpoint's secret (the new one is shown only now; the old one signs for a grace period)",
+        ),
+        Forward(
+            "GET",
+            ENDPOINT + "/deliveries",
+            Reader,
+            "list_deliveries",
+            "The endpoint's deliveries, newest first (`limit`, `cursor`)",
+        ),
+        Forward("GET", DELIVERY, Reader, "get_delivery", "A delivery with its attempt log"),
+        Forward(
+            "POST",
+            DELIVERY + "/replay",
+            Writer,
+            "replay_delivery",
+            "Deliver the event again, with the same webhook-id, whatever the delivery's status",
+            status_code=202,
+        ),
+    ],
 )
-async def update_endpoint(
-    endpoint_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Writer
-) -> Response:
-    return await upstreams.forward(request, "webhooks", f"/endpoints/{endpoint_id}", identity)
-
-
-@router.delete("/endpoints/{endpoint_id}", status_code=204, summary="Delete a webhook endpoint")
-async def delete_endpoint(
-    endpoint_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Writer
-) -> Response:
-    return await upstreams.forward(request, "webhooks", f"/endpoints/{endpoint_id}", identity)
-
-
-@router.post(
-    "/endpoints/{endpoint_id}/rotate-secret",
-    summary="Replace the endpoint's secret (the new one is shown only now; the old one signs for a grace period)",
-)
-async def rotate_secret(
-    endpoint_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Writer
-) -> Response:
-    return await upstreams.forward(request, "webhooks", f"/endpoints/{endpoint_id}/rotate-secret", identity)
-
-
-@router.get(
-    "/endpoints/{endpoint_id}/deliveries", summary="The endpoint's deliveries, newest first (`limit`, `cursor`)"
-)
-async def list_deliveries(
-    endpoint_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Reader
-) -> Response:
-    return await upstreams.forward(request, "webhooks", f"/endpoints/{endpoint_id}/deliveries", identity)
-
-
-@router.get("/deliveries/{delivery_id}", summary="A delivery with its attempt log")
-async def get_delivery(
-    delivery_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Reader
-) -> Response:
-    return await upstreams.forward(request, "webhooks", f"/deliveries/{delivery_id}", identity)
-
-
-@router.post(
-    "/deliveries/{delivery_id}/replay",
-    status_code=202,
-    summary="Deliver the event again, with the same webhook-id, whatever the delivery's status",
-)
-async def replay_delivery(
-    delivery_id: ResourceId, request: Request, upstreams: UpstreamsDep, identity: Writer
-) -> Response:
-    return await upstreams.forward(request, "webhooks", f"/deliveries/{delivery_id}/replay", identity)

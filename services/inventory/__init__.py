@@ -1,1 +1,5 @@
-"""Inventory service: products, stock, reservations."""
+"""Inventory service: products, stock, reservations.
+
+Each request runs in one transaction, the request's session: a reservation takes every item's stock
+or, when it raises, none. The reservation routes are called by the orders service.
+"""

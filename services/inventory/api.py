@@ -1,14 +1,15 @@
 """Routes of the inventory service. The gateway reaches the product routes; the orders service reaches
-the reservation routes. Every route needs an internal identity with a tenant."""
+the reservation routes. Every route needs an internal identity with a tenant and its scope (the
+dependencies of `deps.py`); each handler is one call of `service.py`."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Query, Response
 
 from services.inventory import service
-from services.inventory.repository import InventoryRepository
+from services.inventory.deps import ProductsRead, ProductsWrite, RepoDep, ReservationsRead, ReservationsWrite
 from services.inventory.schemas import (
     ProductCreate,
     ProductOut,
@@ -19,55 +20,37 @@ from services.inventory.schemas import (
     StockAdjustmentCreate,
     StockAdjustmentOut,
 )
-from shared.db import SessionDep
+from shared.contract import RESOURCE_ID_PATTERN, ResourceIdPath
 from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.identity import TenantIdentityDep
-from shared.pagination import DEFAULT_LIMIT, Cursor, CursorQuery, LimitQuery, Page, page_of
-from shared.text import RESOURCE_ID_PATTERN
+from shared.pagination import Page, PageDep
 
 router = APIRouter()
 
-
-async def get_repo(session: SessionDep) -> InventoryRepository:
-    return InventoryRepository(session)
-
-
-RepoDep = Annotated[InventoryRepository, Depends(get_repo)]
-PathId = Annotated[str, Path(pattern=RESOURCE_ID_PATTERN)]
 NOT_FOUND = NotFound.openapi_response()
 INVALID = ValidationFailed.openapi_response()
 CONFLICT = Conflict.openapi_response()
 
 
 @router.post("/products", status_code=201, response_model=ProductOut, responses={**INVALID, **CONFLICT})
-async def create_product(data: ProductCreate, repo: RepoDep, identity: TenantIdentityDep) -> ProductOut:
-    identity.require_scope("products:write")
-    product = await service.create_product(repo, identity.require_tenant(), data)
-    return ProductOut.model_validate(product)
+async def create_product(data: ProductCreate, repo: RepoDep, caller: ProductsWrite) -> ProductOut:
+    return ProductOut.model_validate(await service.create_product(repo, caller.tenant_id, data))
 
 
 @router.get("/products", response_model=Page[ProductOut], responses=INVALID)
-async def list_products(
-    repo: RepoDep, identity: TenantIdentityDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
-) -> Page[ProductOut]:
-    identity.require_scope("products:read")
-    rows = await repo.list_products(identity.require_tenant(), limit, Cursor.decode(cursor))
-    return page_of(rows, limit, ProductOut.model_validate)
+async def list_products(repo: RepoDep, caller: ProductsRead, page: PageDep) -> Page[ProductOut]:
+    return await service.list_products(repo, caller.tenant_id, page)
 
 
 @router.get("/products/{product_id}", response_model=ProductOut, responses=NOT_FOUND)
-async def get_product(product_id: PathId, repo: RepoDep, identity: TenantIdentityDep) -> ProductOut:
-    identity.require_scope("products:read")
-    return ProductOut.model_validate(await service.get_product(repo, identity.require_tenant(), product_id))
+async def get_product(product_id: ResourceIdPath, repo: RepoDep, caller: ProductsRead) -> ProductOut:
+    return ProductOut.model_validate(await service.get_product(repo, caller.tenant_id, product_id))
 
 
 @router.patch("/products/{product_id}", response_model=ProductOut, responses={**NOT_FOUND, **INVALID, **CONFLICT})
 async def update_product(
-    product_id: PathId, data: ProductUpdate, repo: RepoDep, identity: TenantIdentityDep
+    product_id: ResourceIdPath, data: ProductUpdate, repo: RepoDep, caller: ProductsWrite
 ) -> ProductOut:
-    identity.require_scope("products:write")
-    product = await service.update_product(repo, identity.require_tenant(), product_id, data)
-    return ProductOut.model_validate(product)
+    return ProductOut.model_validate(await service.update_product(repo, caller.tenant_id, product_id, data))
 
 
 @router.post(
@@ -77,11 +60,9 @@ async def update_product(
     responses={**NOT_FOUND, **INVALID, **CONFLICT},
 )
 async def adjust_stock(
-    product_id: PathId, data: StockAdjustmentCreate, repo: RepoDep, identity: TenantIdentityDep
+    product_id: ResourceIdPath, data: StockAdjustmentCreate, repo: RepoDep, caller: ProductsWrite
 ) -> StockAdjustmentOut:
-    identity.require_scope("products:write")
-    adjustment = await service.adjust_stock(repo, identity.require_tenant(), product_id, data)
-    return StockAdjustmentOut.model_validate(adjustment)
+    return StockAdjustmentOut.model_validate(await service.adjust_stock(repo, caller.tenant_id, product_id, data))
 
 
 @router.get(
@@ -90,22 +71,12 @@ async def adjust_stock(
     responses={**NOT_FOUND, **INVALID},
 )
 async def list_adjustments(
-    product_id: PathId,
-    repo: RepoDep,
-    identity: TenantIdentityDep,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
+    product_id: ResourceIdPath, repo: RepoDep, caller: ProductsRead, page: PageDep
 ) -> Page[StockAdjustmentOut]:
-    identity.require_scope("products:read")
-    tenant_id = identity.require_tenant()
-    position = Cursor.decode(cursor)
-    await service.get_product(repo, tenant_id, product_id)
-    rows = await repo.list_adjustments(tenant_id, product_id, limit, position)
-    return page_of(rows, limit, StockAdjustmentOut.model_validate)
+    return await service.list_adjustments(repo, caller.tenant_id, product_id, page)
 
 
-# Reservations: the orders service acts for the caller who places or cancels an order, so these
-# need that caller's orders scopes.
+# Reservations: called by the orders service for the caller who places or cancels an order.
 
 
 @router.post(
@@ -115,10 +86,9 @@ async def list_adjustments(
     responses={200: {"description": "The order already holds this reservation."}, **NOT_FOUND, **INVALID, **CONFLICT},
 )
 async def reserve(
-    data: ReservationCreate, response: Response, repo: RepoDep, identity: TenantIdentityDep
+    data: ReservationCreate, response: Response, repo: RepoDep, caller: ReservationsWrite
 ) -> ReservationOut:
-    identity.require_scope("orders:write")
-    reservation, created = await service.reserve(repo, identity.require_tenant(), data)
+    reservation, created = await service.reserve(repo, caller.tenant_id, data)
     if not created:
         response.status_code = 200
     return ReservationOut.model_validate(reservation)
@@ -127,43 +97,36 @@ async def reserve(
 @router.get("/reservations", response_model=Page[ReservationOut], responses=INVALID)
 async def list_reservations(
     repo: RepoDep,
-    identity: TenantIdentityDep,
+    caller: ReservationsRead,
+    page: PageDep,
     order_id: Annotated[str | None, Query(pattern=RESOURCE_ID_PATTERN)] = None,
     status: ReservationStatus | None = None,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
 ) -> Page[ReservationOut]:
-    identity.require_scope("orders:read")
-    rows = await repo.list_reservations(
-        identity.require_tenant(), limit, Cursor.decode(cursor), {"order_id": order_id, "status": status}
-    )
-    return page_of(rows, limit, ReservationOut.model_validate)
+    return await service.list_reservations(repo, caller.tenant_id, page, order_id=order_id, status=status)
 
 
 @router.get("/reservations/{reservation_id}", response_model=ReservationOut, responses=NOT_FOUND)
-async def get_reservation(reservation_id: PathId, repo: RepoDep, identity: TenantIdentityDep) -> ReservationOut:
-    identity.require_scope("orders:read")
-    reservation = await service.get_reservation(repo, identity.require_tenant(), reservation_id)
-    return ReservationOut.model_validate(reservation)
+async def get_reservation(reservation_id: ResourceIdPath, repo: RepoDep, caller: ReservationsRead) -> ReservationOut:
+    return ReservationOut.model_validate(await service.get_reservation(repo, caller.tenant_id, reservation_id))
 
 
 @router.post("/reservations/{reservation_id}/confirm", response_model=ReservationOut, responses=CONFLICT)
-async def confirm_reservation(reservation_id: PathId, repo: RepoDep, identity: TenantIdentityDep) -> ReservationOut:
-    identity.require_scope("orders:write")
-    reservation = await service.confirm(repo, identity.require_tenant(), reservation_id)
-    return ReservationOut.model_validate(reservation)
+async def confirm_reservation(
+    reservation_id: ResourceIdPath, repo: RepoDep, caller: ReservationsWrite
+) -> ReservationOut:
+    return ReservationOut.model_validate(await service.confirm(repo, caller.tenant_id, reservation_id))
 
 
 @router.post("/reservations/{reservation_id}/release", response_model=ReservationOut, responses=NOT_FOUND)
-async def release_reservation(reservation_id: PathId, repo: RepoDep, identity: TenantIdentityDep) -> ReservationOut:
-    identity.require_scope("orders:write")
-    reservation = await service.release(repo, identity.require_tenant(), reservation_id)
-    return ReservationOut.model_validate(reservation)
+async def release_reservation(
+    reservation_id: ResourceIdPath, repo: RepoDep, caller: ReservationsWrite
+) -> ReservationOut:
+    return ReservationOut.model_validate(await service.release(repo, caller.tenant_id, reservation_id))
 
 
 @router.post("/orders/{order_id}/reservation/release", response_model=ReservationOut)
-async def release_order_reservation(order_id: PathId, repo: RepoDep, identity: TenantIdentityDep) -> ReservationOut:
+async def release_order_reservation(
+    order_id: ResourceIdPath, repo: RepoDep, caller: ReservationsWrite
+) -> ReservationOut:
     """Releases whatever an order holds; with nothing yet, refuses any later reserve for the order."""
-    identity.require_scope("orders:write")
-    reservation = await service.release_order(repo, identity.require_tenant(), order_id)
-    return ReservationOut.model_validate(reservation)
+    return ReservationOut.model_validate(await service.release_order(repo, caller.tenant_id, order_id))

@@ -1,3 +1,5 @@
+"""The inventory service's app: the shared service app; it adds nothing of its own to the state."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +9,13 @@ from fastapi import FastAPI
 from services.inventory.api import router
 from services.inventory.settings import InventorySettings
 from shared.app import ServiceSpec, create_service_app
-from shared.settings import BaseServiceSettings
 
 MIGRATIONS_DIR = Path(__file__).parent
 
+SPEC: ServiceSpec[InventorySettings, None] = ServiceSpec(
+    name="inventory", title="Portico inventory service", routers=[router]
+)
 
-def create_app(settings: BaseServiceSettings | None = None) -> FastAPI:
-    settings = settings or InventorySettings()
-    return create_service_app(
-        settings, ServiceSpec(name="inventory", title="Portico inventory service", routers=[router])
-    )
+
+def create_app(settings: InventorySettings | None = None) -> FastAPI:
+    return create_service_app(settings or InventorySettings(), SPEC)

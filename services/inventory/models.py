@@ -6,13 +6,14 @@ from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, 
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.db import AutoIncrement, UTCDateTime, new_id, utcnow
+from shared.repository import TenantRow
 
 
 class Base(DeclarativeBase):
     pass
 
 
-class Product(Base):
+class Product(Base, TenantRow):
     __tablename__ = "products"
     __table_args__ = (
         UniqueConstraint("tenant_id", "sku", name="uq_products_tenant_sku"),
@@ -32,7 +33,7 @@ class Product(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class StockAdjustment(Base):
+class StockAdjustment(Base, TenantRow):
     """One manual change of a product's stock, kept as an audit trail."""
 
     __tablename__ = "stock_adjustments"
@@ -47,7 +48,7 @@ class StockAdjustment(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class Reservation(Base):
+class Reservation(Base, TenantRow):
     """Stock held for one order. `reserved` -> `confirmed` once the order is stored; either -> `released`.
 
     (tenant_id, order_id) is unique, so an order can hold at most one reservation, a repeated reserve

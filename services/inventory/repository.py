@@ -4,22 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.inventory.models import Product, Reservation, ReservationItem, StockAdjustment
+from services.inventory.models import Product, Reservation, ReservationItem
 from shared.db import utcnow
 from shared.errors import Conflict
-from shared.pagination import Cursor, older_than
+from shared.repository import Repository
 
 
-class SkuTaken(Conflict):
-    error_code = "SKU_TAKEN"
-    title = "SKU already in use"
-    slug = "sku-taken"
+class SkuTaken(Conflict, code="SKU_TAKEN", title="SKU already in use"): ...
 
 
 class TakenStock(NamedTuple):
@@ -28,40 +23,20 @@ class TakenStock(NamedTuple):
     unit_price_cents: int
 
 
-class InventoryRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class InventoryRepository(Repository):
     # Products
 
     async def add_product(self, product: Product) -> None:
         self.session.add(product)
-        await self._flush_unique_sku(product.sku)
+        await self.save_product(product)
 
     async def save_product(self, product: Product) -> None:
-        await self._flush_unique_sku(product.sku)
-
-    async def _flush_unique_sku(self, sku: str) -> None:
-        try:
-            await self.session.flush()
-        except IntegrityError as exc:
-            await self.session.rollback()
-            raise SkuTaken(
-                f"The SKU {sku} is already used by another product.",
+        await self.flush_unique(
+            SkuTaken(
+                f"The SKU {product.sku} is already used by another product.",
                 errors=[{"loc": ["body", "sku"], "field": "sku", "msg": "already in use", "type": "unique"}],
-            ) from exc
-
-    async def get_product(self, tenant_id: str, product_id: str) -> Product | None:
-        return await self.session.scalar(
-            select(Product).where(Product.id == product_id, Product.tenant_id == tenant_id)
+            )
         )
-
-    async def list_products(self, tenant_id: str, limit: int, cursor: Cursor | None) -> Sequence[Product]:
-        query = select(Product).where(Product.tenant_id == tenant_id)
-        if cursor is not None:
-            query = query.where(older_than(Product.created_at, Product.id, cursor))
-        query = query.order_by(Product.created_at.desc(), Product.id.desc()).limit(limit + 1)
-        return (await self.session.scalars(query)).all()
 
     async def adjust_stock(self, tenant_id: str, product_id: str, delta: int, max_stock: int) -> int | None:
         """Adds `delta` in one conditional statement; None when the result would leave [0, max_stock]."""
@@ -77,21 +52,6 @@ class InventoryRepository:
             .values(stock=new_stock, updated_at=utcnow())
             .returning(Product.stock)
         )
-
-    async def add_adjustment(self, adjustment: StockAdjustment) -> None:
-        self.session.add(adjustment)
-        await self.session.flush()
-
-    async def list_adjustments(
-        self, tenant_id: str, product_id: str, limit: int, cursor: Cursor | None
-    ) -> Sequence[StockAdjustment]:
-        query = select(StockAdjustment).where(
-            StockAdjustment.tenant_id == tenant_id, StockAdjustment.product_id == product_id
-        )
-        if cursor is not None:
-            query = query.where(older_than(StockAdjustment.created_at, StockAdjustment.id, cursor))
-        query = query.order_by(StockAdjustment.created_at.desc(), StockAdjustment.id.desc()).limit(limit + 1)
-        return (await self.session.scalars(query)).all()
 
     # Stock taken and returned by reservations
 
@@ -122,26 +82,13 @@ class InventoryRepository:
     # Reservations
 
     async def claim_order(self, reservation: Reservation) -> bool:
-        """Inserts the reservation row; False (and the transaction rolled back) when the order already
-        has one. Inserted before any stock is taken, so a concurrent duplicate waits on it and fails."""
-        self.session.add(reservation)
-        try:
-            await self.session.flush()
-        except IntegrityError:
-            await self.session.rollback()
-            return False
-        return True
+        """Inserts the reservation row; False when the order already has one. Inserted before any
+        stock is taken, so a concurrent duplicate waits on it and then finds it."""
+        return await self.insert_if_absent(reservation)
 
     async def add_reservation_items(self, reservation: Reservation, items: Sequence[ReservationItem]) -> None:
         reservation.items.extend(items)
         await self.session.flush()
-
-    async def get_reservation(self, tenant_id: str, reservation_id: str) -> Reservation | None:
-        return await self.session.scalar(
-            select(Reservation)
-            .where(Reservation.id == reservation_id, Reservation.tenant_id == tenant_id)
-            .execution_options(populate_existing=True)
-        )
 
     async def get_reservation_for_order(self, tenant_id: str, order_id: str) -> Reservation | None:
         return await self.session.scalar(
@@ -149,19 +96,6 @@ class InventoryRepository:
             .where(Reservation.order_id == order_id, Reservation.tenant_id == tenant_id)
             .execution_options(populate_existing=True)
         )
-
-    async def list_reservations(
-        self, tenant_id: str, limit: int, cursor: Cursor | None, filters: dict[str, Any]
-    ) -> Sequence[Reservation]:
-        query = select(Reservation).where(Reservation.tenant_id == tenant_id)
-        if filters.get("order_id") is not None:
-            query = query.where(Reservation.order_id == filters["order_id"])
-        if filters.get("status") is not None:
-            query = query.where(Reservation.status == filters["status"])
-        if cursor is not None:
-            query = query.where(older_than(Reservation.created_at, Reservation.id, cursor))
-        query = query.order_by(Reservation.created_at.desc(), Reservation.id.desc()).limit(limit + 1)
-        return (await self.session.scalars(query)).all()
 
     async def move_reservation(
         self, tenant_id: str, reservation_id: str, from_statuses: Collection[str], to_status: str, now: datetime

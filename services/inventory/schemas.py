@@ -5,13 +5,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.text import PLAIN_TEXT_PATTERN, RESOURCE_ID_PATTERN
+from shared.contract import LineItems, ReservedLine, ResourceIdField
+from shared.schemas import PLAIN_TEXT_PATTERN, refuse_null
 
 # Bounds keep every sum (line totals, order totals, stock) far inside a 64-bit integer.
 MAX_PRICE_CENTS = 10_000_000_000
 MAX_STOCK = 1_000_000_000
-MAX_QUANTITY = 10_000
-MAX_ITEMS = 100
 
 # Letters and digits first, then also . _ - : / (common in SKUs); case is kept and significant.
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"
@@ -20,9 +19,8 @@ SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"
 Sku = Annotated[str, Field(pattern=SKU_PATTERN, examples=["TSHIRT-BLUE-M"])]
 ProductName = Annotated[str, Field(min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN)]
 PriceCents = Annotated[int, Field(strict=True, ge=0, le=MAX_PRICE_CENTS)]
-Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
-ResourceId = Annotated[str, Field(pattern=RESOURCE_ID_PATTERN)]
 ReservationStatus = Literal["reserved", "confirmed", "released"]
+NOT_NULL = refuse_null("may be omitted but not null")
 
 
 class ProductCreate(BaseModel):
@@ -39,17 +37,9 @@ class ProductUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    sku: Sku | None = None
-    name: ProductName | None = None
-    price_cents: PriceCents | None = None
-
-    @field_validator("sku", "name", "price_cents")
-    @classmethod
-    def _not_null(cls, value: object) -> object:
-        # Omitting a field leaves it alone; sending null would mean "erase", which no field allows.
-        if value is None:
-            raise ValueError("may be omitted but not null")
-        return value
+    sku: Annotated[Sku | None, NOT_NULL] = None
+    name: Annotated[ProductName | None, NOT_NULL] = None
+    price_cents: Annotated[PriceCents | None, NOT_NULL] = None
 
 
 class ProductOut(BaseModel):
@@ -91,28 +81,11 @@ class StockAdjustmentOut(BaseModel):
     created_at: datetime
 
 
-class ReservationItemIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    product_id: ResourceId
-    quantity: Quantity
-
-
 class ReservationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    order_id: ResourceId
-    items: list[ReservationItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
-
-
-class ReservationItemOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    product_id: str
-    sku: str
-    name: str
-    quantity: int
-    unit_price_cents: int
+    order_id: ResourceIdField
+    items: LineItems
 
 
 class ReservationOut(BaseModel):
@@ -121,6 +94,6 @@ class ReservationOut(BaseModel):
     id: str
     order_id: str
     status: ReservationStatus
-    items: list[ReservationItemOut]
+    items: list[ReservedLine]
     created_at: datetime
     updated_at: datetime

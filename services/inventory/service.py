@@ -1,4 +1,5 @@
-"""Rules of the inventory service: products, stock and reservations."""
+"""Rules of the inventory service: products, stock and reservations. Every function runs in the
+request's transaction (its repository shares the request's session): raising rolls it all back."""
 
 from __future__ import annotations
 
@@ -9,48 +10,37 @@ from services.inventory.repository import InventoryRepository
 from services.inventory.schemas import (
     MAX_STOCK,
     ProductCreate,
+    ProductOut,
     ProductUpdate,
     ReservationCreate,
+    ReservationOut,
     StockAdjustmentCreate,
+    StockAdjustmentOut,
 )
 from shared.db import new_id, utcnow
 from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.pagination import Page, PageQuery
+from shared.repository import matching
 
 
-class ProductNotFound(NotFound):
-    error_code = "PRODUCT_NOT_FOUND"
-    title = "Product not found"
-    slug = "product-not-found"
+class ProductNotFound(NotFound, code="PRODUCT_NOT_FOUND", title="Product not found", resource="product"): ...
 
 
-class ReservationNotFound(NotFound):
-    error_code = "RESERVATION_NOT_FOUND"
-    title = "Reservation not found"
-    slug = "reservation-not-found"
+class ReservationNotFound(
+    NotFound, code="RESERVATION_NOT_FOUND", title="Reservation not found", resource="reservation"
+): ...
 
 
-class InsufficientStock(Conflict):
-    error_code = "INSUFFICIENT_STOCK"
-    title = "Insufficient stock"
-    slug = "insufficient-stock"
+class InsufficientStock(Conflict, code="INSUFFICIENT_STOCK", title="Insufficient stock"): ...
 
 
-class StockLimitExceeded(Conflict):
-    error_code = "STOCK_LIMIT_EXCEEDED"
-    title = "Stock limit exceeded"
-    slug = "stock-limit-exceeded"
+class StockLimitExceeded(Conflict, code="STOCK_LIMIT_EXCEEDED", title="Stock limit exceeded"): ...
 
 
-class ReservationReleased(Conflict):
-    error_code = "RESERVATION_RELEASED"
-    title = "Reservation already released"
-    slug = "reservation-released"
+class ReservationReleased(Conflict, code="RESERVATION_RELEASED", title="Reservation already released"): ...
 
 
-class ReservationMismatch(Conflict):
-    error_code = "RESERVATION_MISMATCH"
-    title = "Order already has a different reservation"
-    slug = "reservation-mismatch"
+class ReservationMismatch(Conflict, code="RESERVATION_MISMATCH", title="Order already has a different reservation"): ...
 
 
 def field_error(field: str, msg: str, type_: str, **extra: Any) -> dict[str, Any]:
@@ -75,10 +65,11 @@ async def create_product(repo: InventoryRepository, tenant_id: str, data: Produc
 
 async def get_product(repo: InventoryRepository, tenant_id: str, product_id: str) -> Product:
     """Another tenant's product answers exactly as a missing one does."""
-    product = await repo.get_product(tenant_id, product_id)
-    if product is None:
-        raise ProductNotFound(f"No product {product_id}.")
-    return product
+    return await repo.one(Product, tenant_id, product_id, ProductNotFound)
+
+
+async def list_products(repo: InventoryRepository, tenant_id: str, page: PageQuery) -> Page[ProductOut]:
+    return await repo.list_page(Product, tenant_id, page.position(), page.limit, ProductOut.model_validate)
 
 
 async def update_product(repo: InventoryRepository, tenant_id: str, product_id: str, data: ProductUpdate) -> Product:
@@ -117,8 +108,24 @@ async def adjust_stock(
         stock_after=stock,
         created_at=utcnow(),
     )
-    await repo.add_adjustment(adjustment)
+    await repo.add(adjustment)
     return adjustment
+
+
+async def list_adjustments(
+    repo: InventoryRepository, tenant_id: str, product_id: str, page: PageQuery
+) -> Page[StockAdjustmentOut]:
+    """A product's adjustments, newest first; 404 for a product the tenant does not have."""
+    return await repo.list_under(
+        StockAdjustment,
+        StockAdjustment.product_id,
+        Product,
+        product_id,
+        tenant_id=tenant_id,
+        missing=ProductNotFound,
+        query=page,
+        convert=StockAdjustmentOut.model_validate,
+    )
 
 
 def _duplicate_products(data: ReservationCreate) -> None:
@@ -171,7 +178,7 @@ async def reserve(repo: InventoryRepository, tenant_id: str, data: ReservationCr
         taken = await repo.take_stock(tenant_id, item.product_id, item.quantity)
         if taken is None:
             # Raising rolls the whole transaction back: stock taken for earlier items returns with it.
-            product = await repo.get_product(tenant_id, item.product_id)
+            product = await repo.get(Product, tenant_id, item.product_id)
             if product is None:
                 raise ProductNotFound(
                     f"No product {item.product_id}.",
@@ -184,14 +191,7 @@ async def reserve(repo: InventoryRepository, tenant_id: str, data: ReservationCr
                 ],
             )
         items.append(
-            ReservationItem(
-                position=index,
-                product_id=item.product_id,
-                sku=taken.sku,
-                name=taken.name,
-                quantity=item.quantity,
-                unit_price_cents=taken.unit_price_cents,
-            )
+            ReservationItem(position=index, product_id=item.product_id, quantity=item.quantity, **taken._asdict())
         )
     items.sort(key=lambda i: i.position)
     await repo.add_reservation_items(reservation, items)
@@ -199,10 +199,16 @@ async def reserve(repo: InventoryRepository, tenant_id: str, data: ReservationCr
 
 
 async def get_reservation(repo: InventoryRepository, tenant_id: str, reservation_id: str) -> Reservation:
-    reservation = await repo.get_reservation(tenant_id, reservation_id)
-    if reservation is None:
-        raise ReservationNotFound(f"No reservation {reservation_id}.")
-    return reservation
+    return await repo.one(Reservation, tenant_id, reservation_id, ReservationNotFound)
+
+
+async def list_reservations(
+    repo: InventoryRepository, tenant_id: str, page: PageQuery, *, order_id: str | None, status: str | None
+) -> Page[ReservationOut]:
+    where = matching((Reservation.order_id, order_id), (Reservation.status, status))
+    return await repo.list_page(
+        Reservation, tenant_id, page.position(), page.limit, ReservationOut.model_validate, *where
+    )
 
 
 async def confirm(repo: InventoryRepository, tenant_id: str, reservation_id: str) -> Reservation:

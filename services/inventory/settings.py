@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from pydantic_settings import SettingsConfigDict
-
-from shared.settings import BaseServiceSettings
+from shared.contract import PROCESSES
+from shared.settings import BaseServiceSettings, process_config, sqlite_url
 
 
 class InventorySettings(BaseServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="INVENTORY_", extra="ignore", frozen=True)
+    model_config = process_config("inventory")
 
-    port: int = 8003
-    database_url: str = "sqlite+aiosqlite:///./var/inventory.db"
+    port: int = PROCESSES["inventory"].port
+    database_url: str = sqlite_url("inventory")

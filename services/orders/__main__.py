@@ -1,5 +1,5 @@
 from services.orders.app import MIGRATIONS_DIR, create_app
 from services.orders.settings import OrdersSettings
-from shared.cli import run_cli
+from shared.cli import alembic_migrations, run_cli
 
-run_cli("services.orders", OrdersSettings, create_app, MIGRATIONS_DIR)
+run_cli("services.orders", OrdersSettings, create_app, alembic_migrations(MIGRATIONS_DIR))

@@ -1,9 +1,11 @@
+"""The orders service's app: the shared service app, with the orders context (the users and
+inventory clients) and the recovery task as its own."""
+
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -12,38 +14,28 @@ from services.orders.api import router
 from services.orders.service import OrdersContext
 from services.orders.settings import OrdersSettings
 from shared.app import ServiceSpec, create_service_app
-from shared.http import ServiceClient
-from shared.settings import BaseServiceSettings
+from shared.state import ServiceState
 
 MIGRATIONS_DIR = Path(__file__).parent
 
 
-def create_app(settings: BaseServiceSettings | None = None) -> FastAPI:
-    settings = settings or OrdersSettings()
-    assert isinstance(settings, OrdersSettings)
-    orders_settings = settings
-
-    @contextlib.asynccontextmanager
-    async def extra(state: dict[str, Any]) -> AsyncIterator[None]:
-        ctx = OrdersContext(
-            settings=orders_settings,
-            sessionmaker=state["sessionmaker"],
-            users=ServiceClient("users", str(orders_settings.users_url), state["http"], state["identity_signer"]),
-            inventory=ServiceClient(
-                "inventory", str(orders_settings.inventory_url), state["http"], state["identity_signer"]
-            ),
-        )
-        state["orders"] = ctx
-        async with recovery.running(ctx):
-            yield
-
-    return create_service_app(
-        settings,
-        ServiceSpec(
-            name="orders",
-            title="Portico orders service",
-            routers=[router],
-            needs_http_client=True,
-            extra_lifespan=extra,
-        ),
+@contextlib.asynccontextmanager
+async def orders_context(state: ServiceState[OrdersSettings, None]) -> AsyncIterator[OrdersContext]:
+    """The orders context, with the recovery task running for as long as the app does."""
+    ctx = OrdersContext(
+        settings=state.settings,
+        sessionmaker=state.sessionmaker,
+        users=state.service_client("users", state.settings.users_url),
+        inventory=state.service_client("inventory", state.settings.inventory_url),
     )
+    async with recovery.running(ctx):
+        yield ctx
+
+
+SPEC = ServiceSpec(
+    name="orders", title="Portico orders service", routers=[router], needs_http_client=True, context=orders_context
+)
+
+
+def create_app(settings: OrdersSettings | None = None) -> FastAPI:
+    return create_service_app(settings or OrdersSettings(), SPEC)

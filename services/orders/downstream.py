@@ -8,8 +8,9 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from services.orders.schemas import OrderItemIn, ReservationIn
+from services.orders.schemas import ReservationIn
 from shared.context import request_id_var
+from shared.contract import Identity, LineItem
 from shared.errors import (
     Conflict,
     DownstreamBadResponse,
@@ -19,29 +20,19 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.http import ServiceClient
-from shared.identity import Identity
 
 
-class UnknownUser(Forbidden):
-    error_code = "UNKNOWN_USER"
-    title = "Unknown user"
-    slug = "unknown-user"
+class UnknownUser(Forbidden, code="UNKNOWN_USER", title="Unknown user"): ...
 
 
 class ReservationRefused(PorticoError):
     """The inventory service answered and took no stock: nothing needs releasing."""
 
 
-class ProductNotFound(ReservationRefused, NotFound):
-    error_code = "PRODUCT_NOT_FOUND"
-    title = "Product not found"
-    slug = "product-not-found"
+class ProductNotFound(ReservationRefused, NotFound, code="PRODUCT_NOT_FOUND", title="Product not found"): ...
 
 
-class StockConflict(ReservationRefused, Conflict):
-    error_code = "INSUFFICIENT_STOCK"
-    title = "Insufficient stock"
-    slug = "insufficient-stock"
+class StockConflict(ReservationRefused, Conflict, code="INSUFFICIENT_STOCK", title="Insufficient stock"): ...
 
 
 class ReservationInvalid(ReservationRefused, ValidationFailed):
@@ -82,7 +73,7 @@ async def check_user(users: ServiceClient, identity: Identity) -> str:
 
 
 async def reserve(
-    inventory: ServiceClient, identity: Identity, order_id: str, items: Sequence[OrderItemIn]
+    inventory: ServiceClient, identity: Identity, order_id: str, items: Sequence[LineItem]
 ) -> ReservationIn:
     """Reserves every item or none. A `ReservationRefused` means nothing was taken; any other error
     leaves the outcome unknown, and the caller must release whatever the order may hold."""

@@ -7,13 +7,14 @@ from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Tex
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.db import AutoIncrement, UTCDateTime, new_id, utcnow
+from shared.repository import TenantRow
 
 
 class Base(DeclarativeBase):
     pass
 
 
-class Order(Base):
+class Order(Base, TenantRow):
     """A placed order. `status` is what clients see (confirmed, cancelled); `reservation_status` is
     what this service last knew of the stock held for it at the inventory service."""
 

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from services.orders import downstream
-from services.orders.repository import OrderRepository
 from services.orders.service import OrdersContext, release_cancelled, service_identity
 from shared.db import utcnow
 from shared.errors import PorticoError
@@ -32,10 +31,9 @@ async def recover_once(ctx: OrdersContext) -> None:
     settings = ctx.settings
     now = utcnow()
     settled = now - timedelta(seconds=settings.recovery_grace_seconds)
-    async with ctx.sessionmaker() as session, session.begin():
-        await OrderRepository(session).abandon_stale_attempts(now - timedelta(seconds=settings.attempt_timeout_seconds))
-    async with ctx.sessionmaker() as session:
-        repo = OrderRepository(session)
+    async with ctx.transaction() as repo:
+        await repo.abandon_stale_attempts(now - timedelta(seconds=settings.attempt_timeout_seconds))
+    async with ctx.transaction() as repo:
         abandoned = await repo.abandoned_attempts(settled, BATCH)
         to_release = await repo.orders_to_reconcile("cancelled", "reserved", settled, BATCH)
         to_release = [*to_release, *await repo.orders_to_reconcile("cancelled", "confirmed", settled, BATCH)]
@@ -47,8 +45,8 @@ async def recover_once(ctx: OrdersContext) -> None:
         except PorticoError as exc:
             logger.warning("releasing the stock of abandoned attempt %s failed: %s", attempt.id, exc)
             continue
-        async with ctx.sessionmaker() as session, session.begin():
-            await OrderRepository(session).delete_attempt(attempt.id)
+        async with ctx.transaction() as repo:
+            await repo.delete_attempt(attempt.id)
         logger.info("released the stock of abandoned order attempt %s", attempt.id)
 
     for order in to_release:
@@ -63,11 +61,11 @@ async def recover_once(ctx: OrdersContext) -> None:
         if not confirmed:
             logger.error("reservation %s of stored order %s was released", order.reservation_id, order.id)
             continue
-        async with ctx.sessionmaker() as session, session.begin():
-            await OrderRepository(session).set_reservation_status(order.id, ("reserved",), "confirmed")
+        async with ctx.transaction() as repo:
+            await repo.set_reservation_status(order.id, ("reserved",), "confirmed")
 
-    async with ctx.sessionmaker() as session, session.begin():
-        await OrderRepository(session).purge_done_attempts(now - timedelta(seconds=settings.idempotency_ttl_seconds))
+    async with ctx.transaction() as repo:
+        await repo.purge_done_attempts(now - timedelta(seconds=settings.idempotency_ttl_seconds))
 
 
 async def _loop(ctx: OrdersContext) -> None:

@@ -1,5 +1,6 @@
 """All SQL of the orders service. Everything a client can reach is scoped by tenant; only the event
-feed and the recovery task read across tenants."""
+feed and the recovery task read across tenants. The service's functions own the transactions these
+run in (`OrdersContext.transaction`)."""
 
 from __future__ import annotations
 
@@ -7,28 +8,18 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.orders.models import Order, OrderAttempt, OutboxEvent
-from shared.pagination import Cursor, older_than
+from shared.db import raising_lock_not_available
+from shared.repository import Repository
 
 
-class OrderRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class OrderRepository(Repository):
     # Attempts and idempotency keys
 
     async def start_attempt(self, attempt: OrderAttempt) -> bool:
-        """Records the attempt and commits; False when its idempotency key is already taken."""
-        self.session.add(attempt)
-        try:
-            await self.session.commit()
-        except IntegrityError:
-            await self.session.rollback()
-            return False
-        return True
+        """Records the attempt; False when its idempotency key is already taken."""
+        return await self.insert_if_absent(attempt)
 
     async def get_attempt_by_key(self, tenant_id: str, key: str) -> OrderAttempt | None:
         return await self.session.scalar(
@@ -87,40 +78,6 @@ class OrderRepository:
 
     # Orders
 
-    async def add_order(self, order: Order) -> None:
-        self.session.add(order)
-        await self.session.flush()
-
-    async def add_event(self, event: OutboxEvent) -> None:
-        self.session.add(event)
-        await self.session.flush()
-
-    async def get_order(self, tenant_id: str, order_id: str) -> Order | None:
-        return await self.session.scalar(
-            select(Order)
-            .where(Order.id == order_id, Order.tenant_id == tenant_id)
-            .execution_options(populate_existing=True)
-        )
-
-    async def list_orders(
-        self,
-        tenant_id: str,
-        limit: int,
-        cursor: Cursor | None,
-        *,
-        status: str | None = None,
-        user_id: str | None = None,
-    ) -> Sequence[Order]:
-        query = select(Order).where(Order.tenant_id == tenant_id)
-        if status is not None:
-            query = query.where(Order.status == status)
-        if user_id is not None:
-            query = query.where(Order.user_id == user_id)
-        if cursor is not None:
-            query = query.where(older_than(Order.created_at, Order.id, cursor))
-        query = query.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1)
-        return (await self.session.scalars(query)).all()
-
     async def mark_cancelled(self, tenant_id: str, order_id: str, now: datetime) -> bool:
         """Cancels a confirmed order; True only for the one request that did (the row lock serialises
         concurrent cancels, and the later ones no longer find it confirmed)."""
@@ -166,11 +123,13 @@ class OrderRepository:
         and holds off new inserts until this read's transaction ends. So every seq drawn so far is
         either committed and visible here or rolled back, and every later one is higher than all of
         them. The wait is as long as the order transactions still in flight, which insert their event
-        last and commit at once. SQLite has one writer at a time, so seq order is commit order there.
+        last and commit at once; longer than `lock_timeout_ms` raises `LockNotAvailable`. SQLite has
+        one writer at a time, so seq order is commit order there.
         """
         connection = await self.session.connection()
         if connection.dialect.name == "postgresql":
             await self.session.execute(select(func.set_config("lock_timeout", f"{lock_timeout_ms}ms", True)))
-            await self.session.execute(text("LOCK TABLE outbox IN SHARE MODE"))
+            with raising_lock_not_available():
+                await self.session.execute(text("LOCK TABLE outbox IN SHARE MODE"))
         query = select(OutboxEvent).where(OutboxEvent.seq > after).order_by(OutboxEvent.seq).limit(limit)
         return (await self.session.scalars(query)).all()

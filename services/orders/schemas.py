@@ -1,43 +1,23 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from shared.text import RESOURCE_ID_PATTERN
-
-MAX_QUANTITY = 10_000
-MAX_ITEMS = 100
-# Printable ASCII without spaces, as the gateway accepts it.
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+from shared.contract import LineItems, ReservedLine
 
 OrderStatus = Literal["confirmed", "cancelled"]
 EventType = Literal["order.created", "order.cancelled"]
 
 
-class OrderItemIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    product_id: Annotated[str, Field(pattern=RESOURCE_ID_PATTERN)]
-    # Strict: "2", 2.0 and true are refused rather than quietly converted.
-    quantity: int = Field(strict=True, ge=1, le=MAX_QUANTITY)
-
-
 class OrderCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    items: list[OrderItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
+    items: LineItems
 
 
-class OrderItemOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    product_id: str
-    sku: str
-    name: str
-    quantity: int
-    unit_price_cents: int
+class OrderItemOut(ReservedLine):
     line_total_cents: int
 
 
@@ -73,22 +53,10 @@ class EventFeed(BaseModel):
     next_after: int
 
 
-class ReservedItem(BaseModel):
-    """An item as the inventory service reserved it (with the price it read while taking the stock)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    product_id: str
-    sku: str
-    name: str
-    quantity: int
-    unit_price_cents: int
-
-
 class ReservationIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """A reservation as the inventory service answers it (fields it adds are ignored)."""
 
     id: str
     order_id: str
     status: str
-    items: list[ReservedItem]
+    items: list[ReservedLine]

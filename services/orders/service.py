@@ -1,5 +1,10 @@
 """Rules of the orders service: placing an order across three services without ever keeping stock
-nobody ordered, cancelling it, and the event feed."""
+nobody ordered, cancelling it, and the event feed.
+
+Placing an order takes several transactions with HTTP calls between them, so every function here
+owns its transactions (`OrdersContext.transaction`), reads included, rather than running in one
+request-wide session: no transaction is ever held open across a call to another service.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,10 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Coroutine
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.orders import downstream
@@ -18,7 +23,8 @@ from services.orders.models import Order, OrderAttempt, OrderItem, OrderStatusCh
 from services.orders.repository import OrderRepository
 from services.orders.schemas import EventFeed, EventOut, OrderCreate, OrderOut, ReservationIn
 from services.orders.settings import OrdersSettings
-from shared.db import new_id, utcnow
+from shared.contract import IdempotencyKeyInUse, IdempotencyKeyReused, Identity, TenantIdentity
+from shared.db import LockNotAvailable, new_id, utcnow
 from shared.errors import (
     Conflict,
     NotFound,
@@ -27,45 +33,22 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.http import ServiceClient
-from shared.identity import Identity
+from shared.pagination import Page, PageQuery
+from shared.repository import matching, transaction
 
 logger = logging.getLogger("portico.orders")
 
 
-class OrderNotFound(NotFound):
-    error_code = "ORDER_NOT_FOUND"
-    title = "Order not found"
-    slug = "order-not-found"
+class OrderNotFound(NotFound, code="ORDER_NOT_FOUND", title="Order not found", resource="order"): ...
 
 
-class OrderAlreadyCancelled(Conflict):
-    error_code = "ORDER_ALREADY_CANCELLED"
-    title = "Order already cancelled"
-    slug = "order-already-cancelled"
+class OrderAlreadyCancelled(Conflict, code="ORDER_ALREADY_CANCELLED", title="Order already cancelled"): ...
 
 
-class IdempotencyKeyInUse(Conflict):
-    error_code = "IDEMPOTENCY_KEY_IN_USE"
-    title = "Idempotency key in use"
-    slug = "idempotency-key-in-use"
+class OrderAttemptExpired(ServiceUnavailable, code="ORDER_ATTEMPT_EXPIRED", title="Order attempt expired"): ...
 
 
-class IdempotencyKeyReused(ValidationFailed):
-    error_code = "IDEMPOTENCY_KEY_REUSED"
-    title = "Idempotency key reused"
-    slug = "idempotency-key-reused"
-
-
-class OrderAttemptExpired(ServiceUnavailable):
-    error_code = "ORDER_ATTEMPT_EXPIRED"
-    title = "Order attempt expired"
-    slug = "order-attempt-expired"
-
-
-class EventsBusy(ServiceUnavailable):
-    error_code = "EVENTS_BUSY"
-    title = "Event feed busy"
-    slug = "events-busy"
+class EventsBusy(ServiceUnavailable, code="EVENTS_BUSY", title="Event feed busy"): ...
 
 
 @dataclass
@@ -78,6 +61,11 @@ class OrdersContext:
     inventory: ServiceClient
     # Compensations run as tasks of their own, so a request cancelled half-way still finishes them.
     background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def transaction(self) -> AbstractAsyncContextManager[OrderRepository]:
+        """The repository in a transaction of its own: committed when the block ends, rolled back
+        when it raises."""
+        return transaction(self.sessionmaker, OrderRepository)
 
 
 @dataclass(frozen=True)
@@ -141,8 +129,8 @@ async def _run_to_completion(ctx: OrdersContext, work: Coroutine[Any, Any, None]
 async def _forget_attempt(ctx: OrdersContext, attempt_id: str) -> None:
     """Drops an attempt that holds no stock, freeing its idempotency key for a retry."""
     try:
-        async with ctx.sessionmaker() as session, session.begin():
-            await OrderRepository(session).delete_attempt(attempt_id)
+        async with ctx.transaction() as repo:
+            await repo.delete_attempt(attempt_id)
     except Exception:
         # Left pending, the recovery task abandons and clears it after the attempt timeout.
         logger.exception("could not drop order attempt %s", attempt_id)
@@ -152,11 +140,11 @@ async def _compensate(ctx: OrdersContext, identity: Identity, attempt_id: str) -
     """Releases whatever stock the attempt may hold, then drops it. Whatever fails here is retried
     by the recovery task, which finds the attempt abandoned."""
     try:
-        async with ctx.sessionmaker() as session, session.begin():
-            await OrderRepository(session).abandon_attempt(attempt_id, utcnow())
+        async with ctx.transaction() as repo:
+            await repo.abandon_attempt(attempt_id, utcnow())
         await downstream.release_order(ctx.inventory, identity, attempt_id)
-        async with ctx.sessionmaker() as session, session.begin():
-            await OrderRepository(session).delete_attempt(attempt_id)
+        async with ctx.transaction() as repo:
+            await repo.delete_attempt(attempt_id)
     except Exception as exc:
         logger.warning(
             "releasing the stock of order attempt %s failed (%s); the recovery task retries", attempt_id, exc
@@ -164,14 +152,14 @@ async def _compensate(ctx: OrdersContext, identity: Identity, attempt_id: str) -
 
 
 async def create_order(
-    ctx: OrdersContext, identity: Identity, data: OrderCreate, idempotency_key: str | None
+    ctx: OrdersContext, identity: TenantIdentity, data: OrderCreate, idempotency_key: str | None
 ) -> Placed:
     """Checks the user, reserves the stock, then stores the order and its event in one transaction.
 
     The attempt is recorded first, so that whatever happens after the reservation (an error, a
     cancelled request, a crash) its stock is released: here when possible, else by the recovery task.
     """
-    tenant_id = identity.require_tenant()
+    tenant_id = identity.tenant_id
     _refuse_duplicate_products(data)
     request_hash = hashlib.sha256(data.model_dump_json().encode()).hexdigest()
     now = utcnow()
@@ -184,8 +172,8 @@ async def create_order(
         created_at=now,
         updated_at=now,
     )
-    async with ctx.sessionmaker() as session:
-        repo = OrderRepository(session)
+    # Committed before anything happens elsewhere.
+    async with ctx.transaction() as repo:
         # A second try takes the key when the earlier attempt holding it failed and is gone.
         for _ in range(2):
             if await repo.start_attempt(attempt):
@@ -247,17 +235,7 @@ async def _store(
     ctx: OrdersContext, attempt: OrderAttempt, user_id: str, reservation: ReservationIn
 ) -> tuple[Order, str]:
     now = utcnow()
-    items = [
-        OrderItem(
-            position=position,
-            product_id=item.product_id,
-            sku=item.sku,
-            name=item.name,
-            quantity=item.quantity,
-            unit_price_cents=item.unit_price_cents,
-        )
-        for position, item in enumerate(reservation.items)
-    ]
+    items = [OrderItem(position=position, **item.model_dump()) for position, item in enumerate(reservation.items)]
     order = Order(
         id=attempt.id,
         tenant_id=attempt.tenant_id,
@@ -273,17 +251,16 @@ async def _store(
     )
     out = order_out(order)
     body = out.model_dump_json()
-    async with ctx.sessionmaker() as session, session.begin():
-        repo = OrderRepository(session)
+    async with ctx.transaction() as repo:
         stored_body = body if attempt.idempotency_key is not None else None
         if not await repo.finish_attempt(attempt.id, stored_body, now):
             raise OrderAttemptExpired(
                 "The order took too long to place and was given up; its stock was released. Try again.",
                 headers={"Retry-After": "1"},
             )
-        await repo.add_order(order)
+        await repo.add(order)
         # Last, so the outbox rows of this transaction are held for the shortest time before commit.
-        await repo.add_event(
+        await repo.add(
             OutboxEvent(id=new_id(), tenant_id=order.tenant_id, type="order.created", data=out.model_dump(mode="json"))
         )
     return order, body
@@ -295,41 +272,51 @@ async def _confirm(ctx: OrdersContext, identity: Identity, order: Order) -> None
         if not confirmed:
             logger.error("reservation %s of stored order %s was released", order.reservation_id, order.id)
             return
-        async with ctx.sessionmaker() as session, session.begin():
-            await OrderRepository(session).set_reservation_status(order.id, ("reserved",), "confirmed")
+        async with ctx.transaction() as repo:
+            await repo.set_reservation_status(order.id, ("reserved",), "confirmed")
     except PorticoError as exc:
         logger.warning("confirming reservation %s failed (%s); the recovery task retries", order.reservation_id, exc)
 
 
-async def get_order(repo: OrderRepository, tenant_id: str, order_id: str) -> Order:
+async def _order(repo: OrderRepository, tenant_id: str, order_id: str) -> Order:
     """Another tenant's order answers exactly as a missing one does."""
-    order = await repo.get_order(tenant_id, order_id)
-    if order is None:
-        raise OrderNotFound(f"No order {order_id}.")
-    return order
+    return await repo.one(Order, tenant_id, order_id, OrderNotFound)
 
 
-async def cancel_order(ctx: OrdersContext, identity: Identity, order_id: str) -> OrderOut:
+async def get_order(ctx: OrdersContext, tenant_id: str, order_id: str) -> OrderOut:
+    async with ctx.transaction() as repo:
+        return order_out(await _order(repo, tenant_id, order_id))
+
+
+async def list_orders(
+    ctx: OrdersContext, tenant_id: str, page: PageQuery, *, status: str | None, user_id: str | None
+) -> Page[OrderOut]:
+    where = matching((Order.status, status), (Order.user_id, user_id))
+    position = page.position()
+    async with ctx.transaction() as repo:
+        return await repo.list_page(Order, tenant_id, position, page.limit, order_out, *where)
+
+
+async def cancel_order(ctx: OrdersContext, identity: TenantIdentity, order_id: str) -> OrderOut:
     """Cancels the order and writes `order.cancelled` in one transaction, then returns its stock.
 
     The cancellation stands even if the inventory service cannot be reached: the recovery task
     keeps releasing until it succeeds.
     """
-    tenant_id = identity.require_tenant()
-    async with ctx.sessionmaker() as session, session.begin():
-        repo = OrderRepository(session)
+    tenant_id = identity.tenant_id
+    async with ctx.transaction() as repo:
         now = utcnow()
         if not await repo.mark_cancelled(tenant_id, order_id, now):
-            order = await get_order(repo, tenant_id, order_id)
+            order = await _order(repo, tenant_id, order_id)
             raise OrderAlreadyCancelled(
                 f"Order {order_id} is already {order.status}.",
                 errors=[{"loc": ["status"], "field": "status", "msg": f"is {order.status}"}],
             )
-        order = await get_order(repo, tenant_id, order_id)
+        order = await _order(repo, tenant_id, order_id)
         order.history.append(OrderStatusChange(status="cancelled", created_at=now))
-        await session.flush()
+        await repo.save()
         out = order_out(order)
-        await repo.add_event(
+        await repo.add(
             OutboxEvent(id=new_id(), tenant_id=tenant_id, type="order.cancelled", data=out.model_dump(mode="json"))
         )
     await release_cancelled(ctx, identity, order)
@@ -339,8 +326,7 @@ async def cancel_order(ctx: OrdersContext, identity: Identity, order_id: str) ->
 async def release_cancelled(ctx: OrdersContext, identity: Identity, order: Order) -> None:
     try:
         await downstream.release_order(ctx.inventory, identity, order.id)
-        async with ctx.sessionmaker() as session, session.begin():
-            repo = OrderRepository(session)
+        async with ctx.transaction() as repo:
             await repo.set_reservation_status(order.id, ("reserved", "confirmed"), "released")
     except PorticoError as exc:
         logger.warning(
@@ -348,12 +334,11 @@ async def release_cancelled(ctx: OrdersContext, identity: Identity, order: Order
         )
 
 
-async def event_feed(repo: OrderRepository, after: int, limit: int, lock_timeout_ms: int) -> EventFeed:
+async def event_feed(ctx: OrdersContext, after: int, limit: int) -> EventFeed:
     try:
-        events = await repo.events_after(after, limit, lock_timeout_ms)
-    except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
-            raise
+        async with ctx.transaction() as repo:
+            events = await repo.events_after(after, limit, ctx.settings.events_lock_timeout_ms)
+    except LockNotAvailable as exc:
         raise EventsBusy(
             "Order transactions in flight held the feed longer than allowed; retry.", headers={"Retry-After": "1"}
         ) from exc

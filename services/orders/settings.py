@@ -1,19 +1,19 @@
 from __future__ import annotations
 
 from pydantic import AnyHttpUrl, Field
-from pydantic_settings import SettingsConfigDict
 
-from shared.settings import BaseServiceSettings
+from shared.contract import PROCESSES
+from shared.settings import BaseServiceSettings, process_config, sqlite_url
 
 
 class OrdersSettings(BaseServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="ORDERS_", extra="ignore", frozen=True)
+    model_config = process_config("orders")
 
-    port: int = 8002
-    database_url: str = "sqlite+aiosqlite:///./var/orders.db"
+    port: int = PROCESSES["orders"].port
+    database_url: str = sqlite_url("orders")
 
-    users_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8001")
-    inventory_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8003")
+    users_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["users"].default_url)
+    inventory_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["inventory"].default_url)
 
     # An order attempt still unfinished after this long is taken to belong to a request that died
     # (process crash, lost connection): the recovery task releases its stock. It must exceed the

@@ -1,5 +1,5 @@
 from services.users.app import MIGRATIONS_DIR, create_app
 from services.users.settings import UsersSettings
-from shared.cli import run_cli
+from shared.cli import alembic_migrations, run_cli
 
-run_cli("services.users", UsersSettings, create_app, MIGRATIONS_DIR)
+run_cli("services.users", UsersSettings, create_app, alembic_migrations(MIGRATIONS_DIR))

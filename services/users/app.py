@@ -1,9 +1,10 @@
+"""The users service's app: the shared service app, with a token issuer as its own collaborator."""
+
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -11,21 +12,18 @@ from services.users.api import router
 from services.users.security import TokenIssuer
 from services.users.settings import UsersSettings
 from shared.app import ServiceSpec, create_service_app
-from shared.settings import BaseServiceSettings
+from shared.state import ServiceState
 
 MIGRATIONS_DIR = Path(__file__).parent
 
 
-def create_app(settings: BaseServiceSettings | None = None) -> FastAPI:
-    settings = settings or UsersSettings()
-    assert isinstance(settings, UsersSettings)
-    issuer_settings = settings
+@contextlib.asynccontextmanager
+async def token_issuer(state: ServiceState[UsersSettings, None]) -> AsyncIterator[TokenIssuer]:
+    yield TokenIssuer(state.settings)
 
-    @contextlib.asynccontextmanager
-    async def extra(state: dict[str, Any]) -> AsyncIterator[None]:
-        state["token_issuer"] = TokenIssuer(issuer_settings)
-        yield
 
-    return create_service_app(
-        settings, ServiceSpec(name="users", title="Portico users service", routers=[router], extra_lifespan=extra)
-    )
+SPEC = ServiceSpec(name="users", title="Portico users service", routers=[router], context=token_issuer)
+
+
+def create_app(settings: UsersSettings | None = None) -> FastAPI:
+    return create_service_app(settings or UsersSettings(), SPEC)

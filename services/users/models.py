@@ -6,6 +6,7 @@ from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime, new_id, utcnow
+from shared.repository import TenantRow
 
 
 class Base(DeclarativeBase):
@@ -21,7 +22,7 @@ class Tenant(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class User(Base):
+class User(Base, TenantRow):
     __tablename__ = "users"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -33,7 +34,7 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class ApiKey(Base):
+class ApiKey(Base, TenantRow):
     """An API key. Only the SHA-256 of the key is stored; the raw key is shown once, at creation."""
 
     __tablename__ = "api_keys"

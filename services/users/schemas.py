@@ -3,11 +3,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
 
-from shared.apikeys import KEY_HASH_RE
-from shared.scopes import ALL_SCOPES, Plan, Role
-from shared.text import PLAIN_TEXT_PATTERN
+from services.users.models import ApiKey
+from shared.contract import ALL_SCOPES, DEFAULT_PLAN, KEY_HASH_RE, Plan, Role
+from shared.schemas import PLAIN_TEXT_PATTERN
 
 MAX_ROTATION_GRACE_SECONDS = 30 * 86400
 
@@ -16,7 +16,7 @@ class TenantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN)
-    plan: Plan = "free"
+    plan: Plan = DEFAULT_PLAN
     admin_email: EmailStr
     admin_password: str = Field(min_length=8, max_length=128)
 
@@ -96,6 +96,12 @@ class ApiKeyOut(BaseModel):
     expires_at: datetime | None
     replaced_by: str | None
 
+    @field_validator("scopes", mode="before")
+    @classmethod
+    def _scope_list(cls, scopes: object) -> object:
+        # Stored space-separated, as in an OAuth `scope` claim.
+        return sorted(set(scopes.split())) if isinstance(scopes, str) else scopes
+
 
 class ApiKeyCreated(ApiKeyOut):
     """The one answer that holds the raw key."""
@@ -124,3 +130,11 @@ class ApiKeyResolved(BaseModel):
     scopes: list[str]
     created_by: str
     expires_at: datetime | None
+
+
+def api_key_out(key: ApiKey) -> ApiKeyOut:
+    return ApiKeyOut.model_validate(key)
+
+
+def api_key_created(key: ApiKey, raw: str) -> ApiKeyCreated:
+    return ApiKeyCreated(**api_key_out(key).model_dump(), api_key=raw)

@@ -10,6 +10,7 @@ from pwdlib import PasswordHash
 from starlette.concurrency import run_in_threadpool
 
 from services.users.settings import UsersSettings
+from shared.contract import Identity, identity_claims
 
 _hasher = PasswordHash.recommended()
 # Verified against when the email is unknown, so a login takes as long whether or not it exists.
@@ -37,14 +38,6 @@ class TokenIssuer:
 
     def issue(self, *, subject: str, tenant_id: str, scopes: frozenset[str], plan: str, role: str) -> str:
         now = int(time.time())
-        claims: dict[str, Any] = {
-            "iss": self.issuer,
-            "sub": subject,
-            "tid": tenant_id,
-            "scope": " ".join(sorted(scopes)),
-            "plan": plan,
-            "role": role,
-            "iat": now,
-            "exp": now + self.ttl,
-        }
+        identity = Identity(subject=subject, tenant_id=tenant_id, scopes=scopes, plan=plan, role=role)
+        claims: dict[str, Any] = {**identity_claims(identity), "iss": self.issuer, "iat": now, "exp": now + self.ttl}
         return jwt.encode(claims, self._key, algorithm=self.algorithm, headers={"kid": self.kid})

@@ -1,31 +1,33 @@
-"""Rules of the users service."""
+"""Rules of the users service. Every function runs in the request's transaction (the repositories
+it is given share the request's session) and takes callers as the route's dependencies checked them."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from services.users.models import ApiKey, Tenant, User
 from services.users.repository import ApiKeyRepository, UserRepository
-from services.users.schemas import ApiKeyCreate, ApiKeyResolved, TenantCreate, TokenOut, UserCreate
+from services.users.schemas import (
+    ApiKeyCreate,
+    ApiKeyOut,
+    ApiKeyResolved,
+    TenantCreate,
+    TokenOut,
+    UserCreate,
+    api_key_out,
+)
 from services.users.security import TokenIssuer, hash_password, verify_password
-from shared.apikeys import hash_api_key, key_id_of, new_api_key
+from shared.contract import ROLE_SCOPES, TenantIdentity, hash_api_key, key_id_of, new_api_key
 from shared.db import new_id, utcnow
 from shared.errors import Conflict, Forbidden, NotFound, Unauthorized
-from shared.identity import Identity
-from shared.pagination import Cursor
-from shared.scopes import ROLE_SCOPES
+from shared.pagination import Page, PageQuery
+from shared.repository import matching
 
 
-class UserNotFound(NotFound):
-    error_code = "USER_NOT_FOUND"
-    title = "User not found"
-    slug = "user-not-found"
+class UserNotFound(NotFound, code="USER_NOT_FOUND", title="User not found", resource="user"): ...
 
 
-class InvalidCredentials(Unauthorized):
-    error_code = "INVALID_CREDENTIALS"
-    title = "Invalid credentials"
-    slug = "invalid-credentials"
+class InvalidCredentials(Unauthorized, code="INVALID_CREDENTIALS", title="Invalid credentials"): ...
 
 
 async def bootstrap_tenant(repo: UserRepository, data: TenantCreate) -> tuple[Tenant, User]:
@@ -52,24 +54,18 @@ async def create_user(repo: UserRepository, tenant_id: str, data: UserCreate) ->
     return user
 
 
-async def get_me(repo: UserRepository, keys: ApiKeyRepository, identity: Identity) -> User:
+async def get_me(repo: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity) -> User:
     """The calling user; for an API key, the user who created it."""
-    tenant_id = identity.require_tenant()
     key_id = key_id_of(identity.subject)
     if key_id is None:
-        return await get_user(repo, tenant_id, identity.subject)
-    key = await keys.get(tenant_id, key_id)
-    if key is None:
-        raise ApiKeyNotFound(f"No API key {key_id}.")
-    return await get_user(repo, tenant_id, key.created_by)
+        return await get_user(repo, identity.tenant_id, identity.subject)
+    key = await keys.one(ApiKey, identity.tenant_id, key_id, ApiKeyNotFound)
+    return await get_user(repo, identity.tenant_id, key.created_by)
 
 
 async def get_user(repo: UserRepository, tenant_id: str, user_id: str) -> User:
     """Another tenant's user answers exactly as a missing one does."""
-    user = await repo.get_user(tenant_id, user_id)
-    if user is None:
-        raise UserNotFound(f"No user {user_id}.")
-    return user
+    return await repo.one(User, tenant_id, user_id, UserNotFound)
 
 
 async def issue_token(repo: UserRepository, issuer: TokenIssuer, email: str, password: str) -> TokenOut:
@@ -85,50 +81,46 @@ async def issue_token(repo: UserRepository, issuer: TokenIssuer, email: str, pas
     return TokenOut(access_token=token, expires_in=issuer.ttl)
 
 
-class ApiKeyNotFound(NotFound):
-    error_code = "API_KEY_NOT_FOUND"
-    title = "API key not found"
-    slug = "api-key-not-found"
+class ApiKeyNotFound(NotFound, code="API_KEY_NOT_FOUND", title="API key not found", resource="API key"): ...
 
 
-class UserRequired(Forbidden):
-    error_code = "USER_REQUIRED"
-    title = "A user is required"
-    slug = "user-required"
+class UserRequired(Forbidden, code="USER_REQUIRED", title="A user is required"): ...
 
 
-class ScopeNotHeld(Forbidden):
-    error_code = "SCOPE_NOT_HELD"
-    title = "Scope not held"
-    slug = "scope-not-held"
+class ScopeNotHeld(Forbidden, code="SCOPE_NOT_HELD", title="Scope not held"): ...
 
 
-class ApiKeyNotRotatable(Conflict):
-    error_code = "API_KEY_NOT_ROTATABLE"
-    title = "API key cannot be rotated"
-    slug = "api-key-not-rotatable"
+class ApiKeyNotRotatable(Conflict, code="API_KEY_NOT_ROTATABLE", title="API key cannot be rotated"): ...
 
 
-def _require_user(identity: Identity) -> str:
-    """Keys are managed by people: a key that could mint keys would outlive its own revocation."""
-    if key_id_of(identity.subject) is not None:
-        raise UserRequired("API keys are managed with a user's access token, not with an API key.")
-    return identity.require_tenant()
-
-
-def _manageable(identity: Identity, key: ApiKey | None, key_id: str) -> ApiKey:
-    """Admins manage every key of their tenant; other users only their own. Another user's key
-    answers exactly as a missing one does."""
+async def _manageable(keys: ApiKeyRepository, identity: TenantIdentity, key_id: str) -> ApiKey:
+    """The key, locked. Admins manage every key of their tenant; other users only their own. Another
+    user's key answers exactly as a missing one does."""
+    key = await keys.get(ApiKey, identity.tenant_id, key_id, lock=True)
     if key is None or (identity.role != "admin" and key.created_by != identity.subject):
-        raise ApiKeyNotFound(f"No API key {key_id}.")
+        raise ApiKeyNotFound.for_id(key_id)
     return key
 
 
+def _new_key(raw: str, tenant_id: str, created_by: str, name: str, scopes: str, created_at: datetime) -> ApiKey:
+    return ApiKey(
+        id=new_id(),
+        tenant_id=tenant_id,
+        created_by=created_by,
+        name=name,
+        key_hash=hash_api_key(raw),
+        hint=raw[-4:],
+        scopes=scopes,
+        created_at=created_at,
+    )
+
+
 async def create_api_key(
-    users: UserRepository, keys: ApiKeyRepository, identity: Identity, data: ApiKeyCreate
+    users: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity, data: ApiKeyCreate
 ) -> tuple[ApiKey, str]:
-    """A new key; its scopes may not exceed what its creator holds now. Answers the raw key once."""
-    tenant_id = _require_user(identity)
+    """A new key; its scopes may not exceed what its creator holds now. Answers the raw key once.
+    `identity` is a user's (`KeyManager`), never a key's."""
+    tenant_id = identity.tenant_id
     creator = await get_user(users, tenant_id, identity.subject)
     held = identity.scopes & ROLE_SCOPES[creator.role]
     missing = sorted(set(data.scopes) - held)
@@ -137,43 +129,34 @@ async def create_api_key(
             f"A key cannot hold scopes its creator does not: {', '.join(missing)}.", extra={"missing_scopes": missing}
         )
     raw = new_api_key()
-    key = ApiKey(
-        id=new_id(),
-        tenant_id=tenant_id,
-        created_by=creator.id,
-        name=data.name,
-        key_hash=hash_api_key(raw),
-        hint=raw[-4:],
-        scopes=" ".join(data.scopes),
-        created_at=utcnow(),
-    )
+    key = _new_key(raw, tenant_id, creator.id, data.name, " ".join(data.scopes), utcnow())
     await keys.add(key)
     return key, raw
 
 
-async def list_api_keys(keys: ApiKeyRepository, identity: Identity, cursor: Cursor | None, limit: int) -> list[ApiKey]:
-    tenant_id = _require_user(identity)
-    return await keys.page(tenant_id, None if identity.role == "admin" else identity.subject, cursor, limit)
+async def list_api_keys(keys: ApiKeyRepository, identity: TenantIdentity, page: PageQuery) -> Page[ApiKeyOut]:
+    """The keys a user may manage: all of the tenant's for an admin, their own for others."""
+    mine = matching((ApiKey.created_by, None if identity.role == "admin" else identity.subject))
+    return await keys.list_page(ApiKey, identity.tenant_id, page.position(), page.limit, api_key_out, *mine)
 
 
-async def revoke_api_key(keys: ApiKeyRepository, identity: Identity, key_id: str) -> None:
+async def revoke_api_key(keys: ApiKeyRepository, identity: TenantIdentity, key_id: str) -> None:
     """Revoking twice is not an error: the key is revoked either way."""
-    tenant_id = _require_user(identity)
-    key = _manageable(identity, await keys.get_for_update(tenant_id, key_id), key_id)
+    key = await _manageable(keys, identity, key_id)
     if key.revoked_at is None:
         key.revoked_at = utcnow()
-        await keys.session.flush()
+        await keys.save()
 
 
 async def rotate_api_key(
-    keys: ApiKeyRepository, identity: Identity, key_id: str, grace_seconds: int
+    keys: ApiKeyRepository, identity: TenantIdentity, key_id: str, grace_seconds: int
 ) -> tuple[ApiKey, str, ApiKey]:
     """A new key with the same name, scopes and creator; the old one works for `grace_seconds` more.
 
-    Answers (new key, its raw value, old key).
+    Answers (new key, its raw value, old key). The old key's row is locked, so two concurrent
+    rotations make one new key.
     """
-    tenant_id = _require_user(identity)
-    old = _manageable(identity, await keys.get_for_update(tenant_id, key_id), key_id)
+    old = await _manageable(keys, identity, key_id)
     now = utcnow()
     if old.revoked_at is not None:
         raise ApiKeyNotRotatable(f"The API key {key_id} is revoked.")
@@ -182,20 +165,11 @@ async def rotate_api_key(
     if old.expires_at is not None and old.expires_at <= now:
         raise ApiKeyNotRotatable(f"The API key {key_id} has expired.")
     raw = new_api_key()
-    new = ApiKey(
-        id=new_id(),
-        tenant_id=tenant_id,
-        created_by=old.created_by,
-        name=old.name,
-        key_hash=hash_api_key(raw),
-        hint=raw[-4:],
-        scopes=old.scopes,
-        created_at=now,
-    )
+    new = _new_key(raw, old.tenant_id, old.created_by, old.name, old.scopes, now)
     await keys.add(new)
     old.expires_at = now + timedelta(seconds=grace_seconds)
     old.replaced_by = new.id
-    await keys.session.flush()
+    await keys.save()
     return new, raw, old
 
 

@@ -1,27 +1,22 @@
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import SettingsConfigDict
 
-from shared.settings import BaseServiceSettings
+from shared.contract import PROCESSES
+from shared.settings import AccessTokenSettings, BaseServiceSettings, process_config, sqlite_url
 
 
-class UsersSettings(BaseServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="USERS_", extra="ignore", frozen=True)
+class UsersSettings(BaseServiceSettings, AccessTokenSettings):
+    model_config = process_config("users")
     secret_fields: ClassVar[tuple[str, ...]] = ("internal_token_secret", "jwt_secret")
 
-    port: int = 8001
-    database_url: str = "sqlite+aiosqlite:///./var/users.db"
+    port: int = PROCESSES["users"].port
+    database_url: str = sqlite_url("users")
 
-    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
-    # HS256 signing secret (shared with the gateway); unused with RS256.
-    jwt_secret: SecretStr | None = SecretStr("dev-jwt-secret-change-me")
     # RS256 signing key, PEM; the gateway holds the matching public key.
     jwt_private_key: SecretStr | None = None
-    jwt_kid: str = "portico-1"
-    jwt_issuer: str = "portico"
     access_token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
     # How long a rotated API key keeps working, unless the rotation asks for another period.
     api_key_rotation_grace_seconds: int = Field(default=86400, ge=0, le=30 * 86400)

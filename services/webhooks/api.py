@@ -1,52 +1,47 @@
-"""Routes of the webhooks service. The gateway reaches them with an internal identity."""
+"""Routes of the webhooks service. The gateway reaches them with an internal identity; who may call
+each route is its dependency (`deps.py`), and each handler is one call of `service.py`."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Path, Response
 
 from services.webhooks import service
-from services.webhooks.repository import EndpointRepository
-from services.webhooks.schemas import DeliveryOut, EndpointCreate, EndpointOut, EndpointUpdate, EndpointWithSecret
-from services.webhooks.settings import WebhooksSettings
-from services.webhooks.url_safety import Resolver
-from shared.db import SessionDep
+from services.webhooks.deps import (
+    DeliveryRepoDep,
+    RepoDep,
+    ResolverDep,
+    SettingsDep,
+    WebhooksRead,
+    WebhooksWrite,
+)
+from services.webhooks.models import Endpoint
+from services.webhooks.schemas import (
+    DeliveryDetail,
+    DeliveryOut,
+    EndpointCreate,
+    EndpointOut,
+    EndpointUpdate,
+    EndpointWithSecret,
+)
+from shared.contract import NO_STORE
 from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.identity import TenantIdentityDep
-from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
+from shared.pagination import Page, PageDep
 
 router = APIRouter(prefix="/endpoints")
+deliveries_router = APIRouter(prefix="/deliveries")
 
-
-async def get_repo(session: SessionDep) -> EndpointRepository:
-    return EndpointRepository(session)
-
-
-async def get_settings(request: Request) -> WebhooksSettings:
-    settings: WebhooksSettings = request.state.settings
-    return settings
-
-
-async def get_resolver(request: Request) -> Resolver | None:
-    """The resolver registration checks host names with: the system's, unless the app was given one."""
-    resolver: Resolver | None = getattr(request.state, "resolver", None)
-    return resolver
-
-
-RepoDep = Annotated[EndpointRepository, Depends(get_repo)]
-SettingsDep = Annotated[WebhooksSettings, Depends(get_settings)]
-ResolverDep = Annotated[Resolver | None, Depends(get_resolver)]
-EndpointId = Annotated[str, Path(min_length=1, max_length=64)]
-# A secret must not linger in any cache between here and the client.
-NO_STORE = {"Cache-Control": "no-store"}
+RowId = Annotated[str, Path(min_length=1, max_length=64)]
 WRITE_ERRORS = {
     **ValidationFailed.openapi_response(),
     **Conflict.openapi_response(),
 }
 
 
-def with_secret(endpoint: object) -> EndpointWithSecret:
+def with_secret(endpoint: Endpoint, response: Response) -> EndpointWithSecret:
+    """The endpoint with its secret; the secret must not linger in any cache on its way."""
+    response.headers["Cache-Control"] = NO_STORE
     return EndpointWithSecret.model_validate(endpoint)
 
 
@@ -56,58 +51,47 @@ async def create_endpoint(
     repo: RepoDep,
     settings: SettingsDep,
     resolver: ResolverDep,
-    identity: TenantIdentityDep,
+    caller: WebhooksWrite,
     response: Response,
 ) -> EndpointWithSecret:
-    identity.require_scope("webhooks:write")
-    endpoint = await service.create_endpoint(repo, settings, identity.require_tenant(), data, resolver)
-    response.headers.update(NO_STORE)
-    return with_secret(endpoint)
+    return with_secret(await service.create_endpoint(repo, settings, caller.tenant_id, data, resolver), response)
 
 
 @router.get("", response_model=Page[EndpointOut])
-async def list_endpoints(
-    repo: RepoDep, identity: TenantIdentityDep, limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
-) -> Page[EndpointOut]:
-    identity.require_scope("webhooks:read")
-    return await service.list_endpoints(repo, identity.require_tenant(), limit, cursor)
+async def list_endpoints(repo: RepoDep, caller: WebhooksRead, page: PageDep) -> Page[EndpointOut]:
+    return await service.list_endpoints(repo, caller.tenant_id, page)
 
 
 @router.get("/{endpoint_id}", response_model=EndpointOut, responses=NotFound.openapi_response())
-async def get_endpoint(endpoint_id: EndpointId, repo: RepoDep, identity: TenantIdentityDep) -> EndpointOut:
-    identity.require_scope("webhooks:read")
-    return EndpointOut.model_validate(await service.get_endpoint(repo, identity.require_tenant(), endpoint_id))
+async def get_endpoint(endpoint_id: RowId, repo: RepoDep, caller: WebhooksRead) -> EndpointOut:
+    return EndpointOut.model_validate(await service.get_endpoint(repo, caller.tenant_id, endpoint_id))
 
 
 @router.patch("/{endpoint_id}", response_model=EndpointOut, responses={**WRITE_ERRORS, **NotFound.openapi_response()})
 async def update_endpoint(
-    endpoint_id: EndpointId,
+    endpoint_id: RowId,
     data: EndpointUpdate,
     repo: RepoDep,
+    deliveries: DeliveryRepoDep,
     settings: SettingsDep,
     resolver: ResolverDep,
-    identity: TenantIdentityDep,
+    caller: WebhooksWrite,
 ) -> EndpointOut:
-    identity.require_scope("webhooks:write")
-    endpoint = await service.update_endpoint(repo, settings, identity.require_tenant(), endpoint_id, data, resolver)
+    endpoint = await service.update_endpoint(repo, deliveries, settings, caller.tenant_id, endpoint_id, data, resolver)
     return EndpointOut.model_validate(endpoint)
 
 
 @router.delete("/{endpoint_id}", status_code=204, responses=NotFound.openapi_response())
-async def delete_endpoint(endpoint_id: EndpointId, repo: RepoDep, identity: TenantIdentityDep) -> Response:
-    identity.require_scope("webhooks:write")
-    await service.delete_endpoint(repo, identity.require_tenant(), endpoint_id)
+async def delete_endpoint(endpoint_id: RowId, repo: RepoDep, caller: WebhooksWrite) -> Response:
+    await service.delete_endpoint(repo, caller.tenant_id, endpoint_id)
     return Response(status_code=204)
 
 
 @router.post("/{endpoint_id}/rotate-secret", response_model=EndpointWithSecret, responses=NotFound.openapi_response())
 async def rotate_secret(
-    endpoint_id: EndpointId, repo: RepoDep, settings: SettingsDep, identity: TenantIdentityDep, response: Response
+    endpoint_id: RowId, repo: RepoDep, settings: SettingsDep, caller: WebhooksWrite, response: Response
 ) -> EndpointWithSecret:
-    identity.require_scope("webhooks:write")
-    endpoint = await service.rotate_secret(repo, settings, identity.require_tenant(), endpoint_id)
-    response.headers.update(NO_STORE)
-    return with_secret(endpoint)
+    return with_secret(await service.rotate_secret(repo, settings, caller.tenant_id, endpoint_id), response)
 
 
 @router.get(
@@ -115,12 +99,20 @@ async def rotate_secret(
     response_model=Page[DeliveryOut],
     responses={**NotFound.openapi_response(), **ValidationFailed.openapi_response()},
 )
-async def list_deliveries(
-    endpoint_id: EndpointId,
-    repo: RepoDep,
-    identity: TenantIdentityDep,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
-) -> Page[DeliveryOut]:
-    identity.require_scope("webhooks:read")
-    return await service.list_deliveries(repo, identity.require_tenant(), endpoint_id, limit, cursor)
+async def list_deliveries(endpoint_id: RowId, repo: RepoDep, caller: WebhooksRead, page: PageDep) -> Page[DeliveryOut]:
+    return await service.list_deliveries(repo, caller.tenant_id, endpoint_id, page)
+
+
+@deliveries_router.get("/{delivery_id}", response_model=DeliveryDetail, responses=NotFound.openapi_response())
+async def get_delivery(delivery_id: RowId, deliveries: DeliveryRepoDep, caller: WebhooksRead) -> DeliveryDetail:
+    return await service.delivery_detail(deliveries, caller.tenant_id, delivery_id)
+
+
+@deliveries_router.post(
+    "/{delivery_id}/replay",
+    status_code=202,
+    response_model=DeliveryOut,
+    responses={**NotFound.openapi_response(), **Conflict.openapi_response()},
+)
+async def replay_delivery(delivery_id: RowId, deliveries: DeliveryRepoDep, caller: WebhooksWrite) -> DeliveryOut:
+    return await service.replay(deliveries, caller.tenant_id, delivery_id)

@@ -12,12 +12,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, func, insert, literal, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.webhooks.models import ACTIVE, DISABLED, Delivery, DeliveryAttempt, Endpoint, Event
 from services.webhooks.schedule import Decision
 from services.webhooks.sender import AttemptResult
 from shared.db import UTCDateTime, utcnow
+from shared.repository import Repository
 
 PENDING = "pending"
 CANCELLED = "cancelled"
@@ -35,16 +35,8 @@ def _due(now: datetime) -> Any:
     return and_(Delivery.status == PENDING, Delivery.next_attempt_at <= now, _not_leased(now))
 
 
-class DeliveryRepository:
-    """What the API reads and changes; every query is scoped by tenant."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    async def get(self, tenant_id: str, delivery_id: str) -> Delivery | None:
-        return await self.session.scalar(
-            select(Delivery).where(Delivery.id == delivery_id, Delivery.tenant_id == tenant_id)
-        )
+class DeliveryRepository(Repository):
+    """What the API reads and changes about deliveries (`Repository.one` finds one of a tenant)."""
 
     async def endpoint_status(self, endpoint_id: str) -> str | None:
         return await self.session.scalar(select(Endpoint.status).where(Endpoint.id == endpoint_id))
@@ -113,11 +105,8 @@ class QueueStats:
     oldest_due_at: datetime | None
 
 
-class WorkerRepository:
+class WorkerRepository(DeliveryRepository):
     """The delivery worker's queries, in the caller's transaction."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     async def claim(
         self, *, limit: int, endpoint_limit: int, lease_seconds: float, token: str, now: datetime
@@ -268,7 +257,7 @@ class WorkerRepository:
             )
         ).first() is not None
         if held and decision.status == CANCELLED:
-            await DeliveryRepository(self.session).cancel_pending(claimed.endpoint_id)
+            await self.cancel_pending(claimed.endpoint_id)
         if held or await self.session.scalar(select(Delivery.id).where(Delivery.id == claimed.delivery_id)):
             await self.session.execute(
                 insert(DeliveryAttempt).values(

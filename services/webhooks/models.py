@@ -7,6 +7,7 @@ from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Uni
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import AutoIncrement, UTCDateTime, new_id, utcnow
+from shared.repository import TenantRow
 
 ACTIVE = "active"
 DISABLED = "disabled"
@@ -16,7 +17,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class Endpoint(Base):
+class Endpoint(Base, TenantRow):
     """A tenant's receiver: where its events go and with which secret they are signed."""
 
     __tablename__ = "webhook_endpoints"
@@ -61,7 +62,7 @@ class Event(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class Delivery(Base):
+class Delivery(Base, TenantRow):
     """One event owed to one endpoint. The delivery worker moves it on from `pending`."""
 
     __tablename__ = "webhook_deliveries"

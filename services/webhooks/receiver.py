@@ -1,4 +1,4 @@
-"""A small webhook receiver for demos and tests: `python -m services.webhooks receiver --port 9000`.
+"""A small webhook receiver for demos and tests: `python -m services.webhooks.receiver --port 9000`.
 
 It verifies every request with the `standardwebhooks` package (the specification's own library, as
 any receiver would) and prints one line per request with what it verified, then answers 204; a
@@ -54,7 +54,7 @@ def create_receiver(secret: str, *, out: Any = None) -> Starlette:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m services.webhooks receiver",
+        prog="python -m services.webhooks.receiver",
         description="Receives webhooks, verifies their signatures and prints what it verified.",
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -73,3 +73,7 @@ def main(argv: list[str]) -> None:
         parser.error(f"not a webhook secret: {exc}")
     print(f"receiving webhooks on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -14,19 +14,20 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
-from typing import Any
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from opentelemetry.trace import Tracer, TracerProvider
+from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.webhooks.repository import RelayRepository, StoredBatch
 from services.webhooks.schemas import FeedPage
 from services.webhooks.settings import WebhooksSettings
+from shared.contract import Identity
 from shared.errors import DownstreamError
 from shared.http import ServiceClient
-from shared.identity import Identity
+from shared.repository import transaction
+from shared.state import ServiceState
 
 logger = logging.getLogger("portico.webhooks.relay")
 
@@ -60,8 +61,8 @@ class OrdersRelay:
         self.tracer = tracer
 
     async def position(self) -> int:
-        async with self.sessionmaker() as session:
-            return await RelayRepository(session).position(SOURCE)
+        async with transaction(self.sessionmaker, RelayRepository) as repo:
+            return await repo.position(SOURCE)
 
     async def run_once(self) -> StoredBatch | None:
         """Reads one batch after the stored cursor and stores it; None when the feed had nothing new.
@@ -83,8 +84,8 @@ class OrdersRelay:
                         attributes={"relay.after": after, "relay.events": len(page.items)},
                     )
                 )
-            async with self.sessionmaker.begin() as session:
-                stored = await RelayRepository(session).store_batch(SOURCE, page.items, page.next_after)
+            async with transaction(self.sessionmaker, RelayRepository) as repo:
+                stored = await repo.store_batch(SOURCE, page.items, page.next_after)
         if stored.events or stored.deliveries:
             logger.info(
                 "relayed %d new events (%d read) into %d deliveries; cursor %d",
@@ -137,31 +138,29 @@ class OrdersRelay:
                     await asyncio.wait_for(stop.wait(), delay)
 
 
-def create_relay(settings: WebhooksSettings, state: dict[str, Any]) -> OrdersRelay:
-    provider: TracerProvider = state["tracer_provider"]
-    orders = ServiceClient("orders", str(settings.orders_url), state["http"], state["identity_signer"])
+def create_relay(state: ServiceState[WebhooksSettings, None]) -> OrdersRelay:
+    settings = state.settings
     return OrdersRelay(
-        state["sessionmaker"],
-        orders,
+        state.sessionmaker,
+        state.service_client("orders", settings.orders_url),
         batch_size=settings.relay_batch_size,
         interval=settings.relay_interval_seconds,
         max_backoff=settings.relay_max_backoff_seconds,
-        tracer=provider.get_tracer("portico.webhooks.relay"),
+        tracer=state.tracer_provider.get_tracer("portico.webhooks.relay"),
     )
 
 
 @contextlib.asynccontextmanager
-async def relay_lifespan(settings: WebhooksSettings, state: dict[str, Any]) -> AsyncIterator[None]:
-    """Runs the relay loop for the life of the service; `state["relay"]` is the relay either way."""
-    relay = create_relay(settings, state)
-    state["relay"] = relay
-    if not settings.relay_enabled:
-        yield
+async def running_relay(state: ServiceState[WebhooksSettings, None]) -> AsyncIterator[OrdersRelay]:
+    """The relay, its loop running for the life of the service (unless `relay_enabled` is off)."""
+    relay = create_relay(state)
+    if not state.settings.relay_enabled:
+        yield relay
         return
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop), name="webhooks-relay")
     try:
-        yield
+        yield relay
     finally:
         stop.set()
         try:

@@ -7,63 +7,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, case, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import case, delete, func, select
 
 from services.webhooks.models import ACTIVE, Delivery, Endpoint, Event, RelayCursor
 from services.webhooks.schemas import FeedEvent
-from shared.db import new_id, utcnow
-from shared.pagination import Cursor, older_than
+from shared.db import dialect_insert, new_id, table_of, utcnow
+from shared.repository import Repository
 
-ENDPOINTS: Table = Endpoint.__table__  # type: ignore[assignment]
-EVENTS: Table = Event.__table__  # type: ignore[assignment]
-DELIVERIES: Table = Delivery.__table__  # type: ignore[assignment]
-CURSORS: Table = RelayCursor.__table__  # type: ignore[assignment]
+EVENTS = table_of(Event)
+DELIVERIES = table_of(Delivery)
+CURSORS = table_of(RelayCursor)
 
 
-class EndpointRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class EndpointRepository(Repository):
     async def count_endpoints(self, tenant_id: str) -> int:
         count = await self.session.scalar(select(func.count()).where(Endpoint.tenant_id == tenant_id))
         return int(count or 0)
-
-    async def add_endpoint(self, endpoint: Endpoint) -> None:
-        self.session.add(endpoint)
-        await self.session.flush()
-
-    async def get_endpoint(self, tenant_id: str, endpoint_id: str) -> Endpoint | None:
-        return await self.session.scalar(
-            select(Endpoint).where(Endpoint.id == endpoint_id, Endpoint.tenant_id == tenant_id)
-        )
-
-    async def list_endpoints(self, tenant_id: str, limit: int, cursor: Cursor | None) -> Sequence[Endpoint]:
-        """Newest first; up to `limit + 1` rows, the extra one telling that another page follows."""
-        query = select(Endpoint).where(Endpoint.tenant_id == tenant_id)
-        if cursor is not None:
-            query = query.where(older_than(Endpoint.created_at, Endpoint.id, cursor))
-        query = query.order_by(Endpoint.created_at.desc(), Endpoint.id.desc()).limit(limit + 1)
-        return (await self.session.scalars(query)).all()
-
-    async def save(self) -> None:
-        await self.session.flush()
 
     async def delete_endpoint(self, endpoint: Endpoint) -> None:
         # Its deliveries go with it (ON DELETE CASCADE): nothing is owed to a receiver that is gone.
         await self.session.execute(
             delete(Endpoint).where(Endpoint.id == endpoint.id, Endpoint.tenant_id == endpoint.tenant_id)
         )
-
-    async def list_deliveries(
-        self, tenant_id: str, endpoint_id: str, limit: int, cursor: Cursor | None
-    ) -> Sequence[Delivery]:
-        query = select(Delivery).where(Delivery.tenant_id == tenant_id, Delivery.endpoint_id == endpoint_id)
-        if cursor is not None:
-            query = query.where(older_than(Delivery.created_at, Delivery.id, cursor))
-        query = query.order_by(Delivery.created_at.desc(), Delivery.id.desc()).limit(limit + 1)
-        return (await self.session.scalars(query)).all()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +39,8 @@ class StoredBatch:
     position: int  # the cursor after the batch
 
 
-class RelayRepository:
+class RelayRepository(Repository):
     """What the relay writes: events, their deliveries and its cursor, in the caller's transaction."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
-        # ON CONFLICT is the same on both backends but each dialect has its own construct.
-        if self.session.get_bind().dialect.name == "postgresql":
-            return postgresql.insert(table)
-        return sqlite.insert(table)
 
     async def position(self, source: str) -> int:
         value = await self.session.scalar(select(RelayCursor.position).where(RelayCursor.source == source))
@@ -113,14 +69,16 @@ class RelayRepository:
                 for e in events
             ]
             inserted = await self.session.execute(
-                self._insert(EVENTS).on_conflict_do_nothing(index_elements=["id"]).returning(EVENTS.c.id),
+                dialect_insert(self.session, EVENTS)
+                .on_conflict_do_nothing(index_elements=["id"])
+                .returning(EVENTS.c.id),
                 event_rows,
             )
             new_events = len(inserted.all())
             delivery_rows = await self._deliveries_for(events, now)
             if delivery_rows:
                 created = await self.session.execute(
-                    self._insert(DELIVERIES)
+                    dialect_insert(self.session, DELIVERIES)
                     .on_conflict_do_nothing(index_elements=["event_id", "endpoint_id"])
                     .returning(DELIVERIES.c.id),
                     delivery_rows,
@@ -164,7 +122,7 @@ class RelayRepository:
         return rows
 
     async def _advance(self, source: str, position: int, now: datetime) -> None:
-        insert = self._insert(CURSORS).values(source=source, position=position, updated_at=now)
+        insert = dialect_insert(self.session, CURSORS).values(source=source, position=position, updated_at=now)
         forward = case(
             (insert.excluded.position > CURSORS.c.position, insert.excluded.position), else_=CURSORS.c.position
         )

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.schemas import refuse_null
+
 EventType = Literal["order.created", "order.cancelled"]
 EVENT_TYPES: tuple[str, ...] = ("order.created", "order.cancelled")
+NOT_NULL = refuse_null("must not be null; leave the field out to keep it")
 EndpointStatus = Literal["active", "disabled"]
 DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
 
@@ -52,11 +55,11 @@ class EndpointUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = Field(default=None, min_length=1, max_length=2048)
+    url: Annotated[str | None, NOT_NULL] = Field(default=None, min_length=1, max_length=2048)
     events: list[EventType] | None = Field(default=None, min_length=1, max_length=len(EVENT_TYPES) * 4)
-    status: EndpointStatus | None = None
+    status: Annotated[EndpointStatus | None, NOT_NULL] = None
     # The older shape of `status`.
-    enabled: bool | None = None
+    enabled: Annotated[bool | None, NOT_NULL] = None
 
     @field_validator("events")
     @classmethod
@@ -75,14 +78,6 @@ class EndpointUpdate(BaseModel):
         if self.enabled is not None:
             return "active" if self.enabled else "disabled"
         return None
-
-    @field_validator("url", "status", "enabled", mode="before")
-    @classmethod
-    def _not_null(cls, value: Any) -> Any:
-        # Leaving a field out keeps it; sending null cannot unset a required field.
-        if value is None:
-            raise ValueError("must not be null; leave the field out to keep it")
-        return value
 
 
 class EndpointOut(BaseModel):

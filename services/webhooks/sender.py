@@ -22,7 +22,7 @@ from datetime import datetime
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from services.webhooks.url_safety import CheckedUrl, DnsUnavailable, Resolver, UnsafeUrl, check_url
+from services.webhooks.url_safety import CheckedUrl, DnsUnavailable, Resolver, UnsafeUrl, check_url, system_resolver
 from shared.db import utcnow
 
 # Bytes of a receiver's answer kept in the attempt log; the rest is never read.
@@ -144,13 +144,13 @@ class Sender:
         timeout: float,
         allow_private: bool = False,
         dns_timeout: float = 2.0,
-        resolver: Resolver | None = None,
+        resolver: Resolver = system_resolver,
     ) -> None:
         self.session = session
         self.timeout = timeout
         self.allow_private = allow_private
         self.dns_timeout = dns_timeout
-        # Injected by tests (a name that rebinds); None is the event loop's resolver.
+        # The system's, or a test's (a name that rebinds).
         self.resolver = resolver
 
     async def send(self, url: str, headers: dict[str, str], body: bytes) -> AttemptResult:

@@ -1,4 +1,6 @@
-"""Rules of the webhook registry."""
+"""Rules of the webhook registry and of deliveries as the API shows them (one with its attempt log,
+a replay). Every function runs in the request's transaction (its repositories share the request's
+session)."""
 
 from __future__ import annotations
 
@@ -7,43 +9,51 @@ import secrets
 from datetime import timedelta
 
 from services.webhooks.delivery_repository import DeliveryRepository
-from services.webhooks.models import DISABLED, Endpoint
+from services.webhooks.models import ACTIVE, DISABLED, Delivery, Endpoint
 from services.webhooks.repository import EndpointRepository
-from services.webhooks.schemas import DeliveryOut, EndpointCreate, EndpointOut, EndpointUpdate
+from services.webhooks.schemas import (
+    AttemptOut,
+    DeliveryDetail,
+    DeliveryOut,
+    EndpointCreate,
+    EndpointOut,
+    EndpointUpdate,
+)
 from services.webhooks.settings import WebhooksSettings
 from services.webhooks.signing import SECRET_PREFIX
 from services.webhooks.url_safety import DnsUnavailable, Resolver, UnsafeUrl, check_url
 from shared.db import new_id, utcnow
 from shared.errors import Conflict, NotFound, ValidationFailed
-from shared.pagination import Cursor, Page, page_of
+from shared.pagination import Page, PageQuery
 
 # Standard Webhooks takes secrets of 24 to 64 bytes.
 SECRET_BYTES = 32
 
 
-class EndpointNotFound(NotFound):
-    error_code = "WEBHOOK_ENDPOINT_NOT_FOUND"
-    title = "Webhook endpoint not found"
-    slug = "webhook-endpoint-not-found"
+class EndpointNotFound(
+    NotFound, code="WEBHOOK_ENDPOINT_NOT_FOUND", title="Webhook endpoint not found", resource="webhook endpoint"
+): ...
 
 
-class EndpointLimitReached(Conflict):
-    error_code = "WEBHOOK_ENDPOINT_LIMIT_REACHED"
-    title = "Webhook endpoint limit reached"
-    slug = "webhook-endpoint-limit-reached"
+class EndpointLimitReached(Conflict, code="WEBHOOK_ENDPOINT_LIMIT_REACHED", title="Webhook endpoint limit reached"): ...
 
 
-class UrlRefused(ValidationFailed):
-    error_code = "WEBHOOK_URL_REFUSED"
-    title = "Webhook URL refused"
-    slug = "webhook-url-refused"
+class UrlRefused(ValidationFailed, code="WEBHOOK_URL_REFUSED", title="Webhook URL refused"): ...
+
+
+class DeliveryNotFound(
+    NotFound, code="WEBHOOK_DELIVERY_NOT_FOUND", title="Webhook delivery not found", resource="webhook delivery"
+): ...
+
+
+class EndpointDisabled(Conflict, code="WEBHOOK_ENDPOINT_DISABLED", title="Webhook endpoint disabled"): ...
 
 
 def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
-async def checked_url(url: str, settings: WebhooksSettings, resolver: Resolver | None = None) -> str:
+async def checked_url(url: str, settings: WebhooksSettings, resolver: Resolver) -> str:
     """The URL if webhooks may be sent to it; a 422 naming `url` otherwise.
 
     A host name that does not resolve (yet, or not from here) is accepted: only what can be shown
@@ -70,7 +80,7 @@ async def create_endpoint(
     settings: WebhooksSettings,
     tenant_id: str,
     data: EndpointCreate,
-    resolver: Resolver | None = None,
+    resolver: Resolver,
 ) -> Endpoint:
     url = await checked_url(data.url, settings, resolver)
     # A soft limit (two concurrent creates may both pass): it bounds the fan-out of one event.
@@ -89,30 +99,27 @@ async def create_endpoint(
         created_at=now,
         updated_at=now,
     )
-    await repo.add_endpoint(endpoint)
+    await repo.add(endpoint)
     return endpoint
 
 
 async def get_endpoint(repo: EndpointRepository, tenant_id: str, endpoint_id: str) -> Endpoint:
     """Another tenant's endpoint answers exactly as a missing one does."""
-    endpoint = await repo.get_endpoint(tenant_id, endpoint_id)
-    if endpoint is None:
-        raise EndpointNotFound(f"No webhook endpoint {endpoint_id}.")
-    return endpoint
+    return await repo.one(Endpoint, tenant_id, endpoint_id, EndpointNotFound)
 
 
-async def list_endpoints(repo: EndpointRepository, tenant_id: str, limit: int, cursor: str | None) -> Page[EndpointOut]:
-    rows = await repo.list_endpoints(tenant_id, limit, Cursor.decode(cursor))
-    return page_of(rows, limit, EndpointOut.model_validate)
+async def list_endpoints(repo: EndpointRepository, tenant_id: str, page: PageQuery) -> Page[EndpointOut]:
+    return await repo.list_page(Endpoint, tenant_id, page.position(), page.limit, EndpointOut.model_validate)
 
 
 async def update_endpoint(
     repo: EndpointRepository,
+    deliveries: DeliveryRepository,
     settings: WebhooksSettings,
     tenant_id: str,
     endpoint_id: str,
     data: EndpointUpdate,
-    resolver: Resolver | None = None,
+    resolver: Resolver,
 ) -> Endpoint:
     endpoint = await get_endpoint(repo, tenant_id, endpoint_id)
     if data.url is not None:
@@ -126,7 +133,7 @@ async def update_endpoint(
     await repo.save()
     if disabling:
         # Like a 410 from the receiver: nothing more goes to a disabled endpoint.
-        await DeliveryRepository(repo.session).cancel_pending(endpoint.id)
+        await deliveries.cancel_pending(endpoint.id)
     return endpoint
 
 
@@ -151,9 +158,35 @@ async def rotate_secret(
 
 
 async def list_deliveries(
-    repo: EndpointRepository, tenant_id: str, endpoint_id: str, limit: int, cursor: str | None
+    repo: EndpointRepository, tenant_id: str, endpoint_id: str, page: PageQuery
 ) -> Page[DeliveryOut]:
-    position = Cursor.decode(cursor)
-    await get_endpoint(repo, tenant_id, endpoint_id)
-    rows = await repo.list_deliveries(tenant_id, endpoint_id, limit, position)
-    return page_of(rows, limit, DeliveryOut.model_validate)
+    """An endpoint's deliveries, newest first; 404 for an endpoint the tenant does not have."""
+    return await repo.list_under(
+        Delivery,
+        Delivery.endpoint_id,
+        Endpoint,
+        endpoint_id,
+        tenant_id=tenant_id,
+        missing=EndpointNotFound,
+        query=page,
+        convert=DeliveryOut.model_validate,
+    )
+
+
+async def delivery_detail(repo: DeliveryRepository, tenant_id: str, delivery_id: str) -> DeliveryDetail:
+    """Another tenant's delivery answers exactly as a missing one does."""
+    delivery = await repo.one(Delivery, tenant_id, delivery_id, DeliveryNotFound)
+    log = [AttemptOut.model_validate(attempt) for attempt in await repo.attempt_log(delivery.id)]
+    return DeliveryDetail(**DeliveryOut.model_validate(delivery).model_dump(), attempt_log=log)
+
+
+async def replay(repo: DeliveryRepository, tenant_id: str, delivery_id: str) -> DeliveryOut:
+    """Sends the event again with the same `webhook-id`, whatever the delivery's status, on a fresh
+    retry schedule. A disabled endpoint gets nothing: enable it first."""
+    delivery = await repo.one(Delivery, tenant_id, delivery_id, DeliveryNotFound)
+    if await repo.endpoint_status(delivery.endpoint_id) != ACTIVE:
+        raise EndpointDisabled(
+            f"The endpoint {delivery.endpoint_id} is disabled; enable it (PATCH status active) before replaying."
+        )
+    await repo.replay(delivery, utcnow())
+    return DeliveryOut.model_validate(delivery)

@@ -3,9 +3,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import AnyHttpUrl, BeforeValidator, Field, model_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
-from shared.settings import BaseServiceSettings
+from shared.contract import PROCESSES, WORKERS
+from shared.settings import BaseServiceSettings, process_config, sqlite_url
 
 DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 # Time a lease keeps beyond the attempt's own timeout, for recording its outcome.
@@ -31,13 +32,13 @@ RetrySchedule = Annotated[
 
 
 class WebhooksSettings(BaseServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="WEBHOOKS_", extra="ignore", frozen=True)
+    model_config = process_config("webhooks")
 
-    port: int = 8004
-    database_url: str = "sqlite+aiosqlite:///./var/webhooks.db"
+    port: int = PROCESSES["webhooks"].port
+    database_url: str = sqlite_url("webhooks")
 
     # The orders service, whose event feed the relay pulls.
-    orders_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8002")
+    orders_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["orders"].default_url)
     # Off only where something else drives the relay (tests call `OrdersRelay.run_once` themselves).
     relay_enabled: bool = True
     relay_interval_seconds: float = Field(default=0.5, gt=0, le=60)
@@ -56,7 +57,7 @@ class WebhooksSettings(BaseServiceSettings):
     secret_rotation_grace_seconds: int = Field(default=24 * 3600, ge=0, le=7 * 24 * 3600)
 
     # The delivery worker (`python -m services.webhooks worker`) serves its probes and metrics here.
-    worker_port: int = 8005
+    worker_port: int = WORKERS["webhooks-worker"].port
     # A 2xx within this time is success; the whole attempt (resolving, connecting, sending, the
     # answer's headers and the few bytes of body kept) must fit in it.
     delivery_timeout_seconds: float = Field(default=15.0, gt=0, le=300)

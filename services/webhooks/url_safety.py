@@ -222,7 +222,7 @@ async def check_url(
     *,
     allow_private: bool = False,
     dns_timeout: float = 2.0,
-    resolver: Resolver | None = None,
+    resolver: Resolver = system_resolver,
 ) -> CheckedUrl:
     """Checks `url` and every address its host resolves to; raises UnsafeUrl or DnsUnavailable.
 
@@ -240,7 +240,7 @@ async def check_url(
         addresses = (ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1"))
         named = parsed.host
     else:
-        addresses = await _resolve(parsed, resolver or system_resolver, dns_timeout)
+        addresses = await _resolve(parsed, resolver, dns_timeout)
         named = parsed.host
     for address in addresses:
         kind = classify(address)

@@ -23,7 +23,7 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +37,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.webhooks.delivery_repository import Claimed, WorkerRepository
 from services.webhooks.models import webhook_id_of
 from services.webhooks.schedule import Decision, decide
-from services.webhooks.sender import AttemptResult, Sender
+from services.webhooks.sender import AttemptResult, Sender, create_session
+from services.webhooks.settings import WebhooksSettings
 from services.webhooks.signing import webhook_headers
+from services.webhooks.url_safety import Resolver
 from shared.db import utcnow
+from shared.repository import transaction
+from shared.state import ServiceState
 
 logger = logging.getLogger("portico.webhooks.worker")
 
@@ -187,8 +191,8 @@ class DeliveryWorker:
         token = f"{self.config.worker_id}:{uuid.uuid4().hex}"
         # A poll is no trace of its own; each attempt is.
         with suppress_instrumentation():
-            async with self.sessionmaker.begin() as session:
-                result = await WorkerRepository(session).claim(
+            async with transaction(self.sessionmaker, WorkerRepository) as repo:
+                result = await repo.claim(
                     limit=free,
                     endpoint_limit=self.config.endpoint_concurrency,
                     lease_seconds=self.config.lease_seconds,
@@ -280,8 +284,8 @@ class DeliveryWorker:
         return None
 
     async def _record_once(self, claimed: Claimed, result: AttemptResult, decision: Decision) -> bool:
-        async with self.sessionmaker.begin() as session:
-            return await WorkerRepository(session).record(claimed, result, decision, utcnow())
+        async with transaction(self.sessionmaker, WorkerRepository) as repo:
+            return await repo.record(claimed, result, decision, utcnow())
 
     def _log(self, claimed: Claimed, webhook_id: str, result: AttemptResult, decision: Decision, held: bool) -> None:
         extra = {
@@ -343,8 +347,7 @@ class DeliveryWorker:
             by_token.setdefault(entry.claimed.token, []).append(entry.claimed.delivery_id)
         released = 0
         try:
-            async with self.sessionmaker.begin() as session:
-                repo = WorkerRepository(session)
+            async with transaction(self.sessionmaker, WorkerRepository) as repo:
                 for token, ids in by_token.items():
                     released += await repo.release(token, ids)
         except (SQLAlchemyError, OSError) as exc:
@@ -367,8 +370,51 @@ class DeliveryWorker:
     async def update_stats(self) -> None:
         now = utcnow()
         with suppress_instrumentation():
-            async with self.sessionmaker() as session:
-                stats = await WorkerRepository(session).queue_stats(now)
+            async with transaction(self.sessionmaker, WorkerRepository) as repo:
+                stats = await repo.queue_stats(now)
         self.metrics.queue_depth.set(stats.due)
         age = (now - stats.oldest_due_at).total_seconds() if stats.oldest_due_at is not None else 0.0
         self.metrics.oldest_pending_age.set(max(0.0, age))
+
+
+def worker_config(settings: WebhooksSettings) -> WorkerConfig:
+    return WorkerConfig(
+        concurrency=settings.worker_concurrency,
+        endpoint_concurrency=settings.endpoint_concurrency,
+        lease_seconds=settings.delivery_lease_seconds,
+        poll_interval=settings.worker_poll_interval_seconds,
+        stop_grace=settings.worker_stop_grace_seconds,
+        schedule=settings.retry_schedule_seconds,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_delivery_worker(
+    state: ServiceState[WebhooksSettings, None], metrics: WorkerMetrics, resolver: Resolver
+) -> AsyncIterator[tuple[DeliveryWorker, asyncio.Task[None]]]:
+    """The worker and its running loop, for the life of the worker process. On the way out it stops
+    claiming, and finishes or gives back what it holds within its grace period."""
+    settings = state.settings
+    http = create_session(settings.worker_concurrency, settings.endpoint_concurrency)
+    sender = Sender(
+        http,
+        timeout=settings.delivery_timeout_seconds,
+        allow_private=settings.allow_private_urls,
+        dns_timeout=settings.dns_timeout_seconds,
+        resolver=resolver,
+    )
+    worker = DeliveryWorker(
+        state.sessionmaker,
+        sender,
+        worker_config(settings),
+        metrics,
+        state.tracer_provider.get_tracer("portico.webhooks.worker"),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.create_task(worker.run(stop), name="webhooks-worker")
+    try:
+        yield worker, loop
+    finally:
+        stop.set()
+        await loop
+        await http.close()

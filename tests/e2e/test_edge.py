@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from shared.devstack import Stack, free_port
+from scripts.devstack import Stack, free_port
 from tests.conftest import ROOT
 from tests.edge_support import (
     PASSWORD,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.devstack import PROCESSES, Stack, free_port
+from scripts.devstack import PROCESSES, Stack, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

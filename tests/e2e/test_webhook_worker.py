@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 import pytest
 
-from shared.devstack import free_port
+from scripts.devstack import free_port
 from tests.conftest import INTERNAL_SECRET
 from tests.infra import Servers
 from tests.webhook_support import HooksDb, Received, Receiver, answer, eventually, hooks_db, http_answer

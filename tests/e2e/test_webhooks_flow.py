@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from shared.devstack import Stack
+from scripts.devstack import Stack
 
 PASSWORD = "correct-horse-9"
 PUBLIC_URL = "https://93.184.215.14/hooks/portico"

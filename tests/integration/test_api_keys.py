@@ -13,9 +13,8 @@ import asyncpg
 import httpx
 import pytest
 
-from shared.apikeys import API_KEY_RE, hash_api_key, key_subject
-from shared.identity import ANONYMOUS, Identity, IdentitySigner
-from shared.scopes import ALL_SCOPES, ROLE_SCOPES
+from shared.contract import ALL_SCOPES, ANONYMOUS, API_KEY_RE, ROLE_SCOPES, Identity, hash_api_key, key_subject
+from shared.identity import IdentitySigner
 from tests.conftest import internal_headers
 from tests.infra import Servers
 

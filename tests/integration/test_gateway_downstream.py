@@ -14,7 +14,7 @@ from jose import jwt
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from shared.devstack import free_port
+from scripts.devstack import free_port
 from tests.conftest import INTERNAL_SECRET, JWT_SECRET, app_client
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from services.inventory.app import create_app
 from services.inventory.settings import InventorySettings
-from shared.identity import Identity
+from shared.contract import Identity
 from shared.migrations import upgrade
 from tests.conftest import INTERNAL_SECRET, ROOT, app_client, settings_kwargs
 from tests.infra import Servers

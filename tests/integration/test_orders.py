@@ -16,13 +16,14 @@ import asyncpg
 import httpx
 import pytest
 
+from scripts.devstack import Stack, free_port
 from services.inventory.app import create_app as create_inventory_app
 from services.inventory.settings import InventorySettings
 from services.orders.app import create_app as create_orders_app
 from services.orders.settings import OrdersSettings
+from shared.contract import Identity
 from shared.db import utcnow
-from shared.devstack import Stack, free_port
-from shared.identity import Identity, IdentitySigner
+from shared.identity import IdentitySigner
 from tests.conftest import app_client, internal_headers, settings_kwargs
 from tests.infra import Servers
 from tests.orders_support import SMALL_POOL, Caller, assert_problem, bootstrap_tenant, db_fetch, unique

@@ -7,8 +7,8 @@ import uuid
 import httpx
 import pytest
 
-from shared.identity import ANONYMOUS, IDENTITY_HEADER, Identity, IdentitySigner
-from shared.scopes import ROLE_SCOPES
+from shared.contract import ANONYMOUS, IDENTITY_HEADER, ROLE_SCOPES, Identity
+from shared.identity import IdentitySigner
 from tests.conftest import INTERNAL_SECRET, internal_headers
 
 

@@ -22,13 +22,14 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from scripts.devstack import free_port
 from services.webhooks.app import create_app
 from services.webhooks.relay import FeedError, OrdersRelay
 from services.webhooks.settings import WebhooksSettings
-from shared.devstack import free_port
+from shared.contract import Identity
 from shared.errors import DownstreamBadResponse, DownstreamUnavailable
 from shared.http import ServiceClient, create_http_client
-from shared.identity import Identity, IdentitySigner
+from shared.identity import IdentitySigner
 from shared.migrations import upgrade
 from tests.conftest import app_client, internal_headers, settings_kwargs
 from tests.e2e.test_webhooks_flow import Shop
@@ -186,7 +187,7 @@ async def test_the_service_runs_the_relay_for_its_lifetime(relay_db, migrated, c
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app) as state:
-        assert isinstance(state["relay"], OrdersRelay)
+        assert isinstance(state["app"].context.relay, OrdersRelay)
         await asyncio.sleep(0.3)
         started = time.monotonic()
     assert time.monotonic() - started < 2

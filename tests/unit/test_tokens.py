@@ -16,7 +16,7 @@ from gateway.auth import InvalidToken, JwtVerifier
 from gateway.settings import GatewaySettings
 from services.users.security import TokenIssuer
 from services.users.settings import UsersSettings
-from shared.scopes import ROLE_SCOPES
+from shared.contract import ROLE_SCOPES
 
 
 def rsa_pair() -> tuple[str, str]:

@@ -1,4 +1,6 @@
-"""Starts the five processes as real subprocesses: used by `make run` and the end-to-end tests."""
+"""Starts the five processes and the workers beside them (the webhook delivery worker) as real
+subprocesses: used by `make run`, `make migrate` and the end-to-end tests.
+`python -m scripts.devstack migrate` migrates every service's database."""
 
 from __future__ import annotations
 
@@ -14,27 +16,12 @@ from pathlib import Path
 
 import httpx
 
-# Services first, gateway last: the gateway is ready only when every service is.
-PROCESSES: dict[str, str] = {
-    "users": "services.users",
-    "orders": "services.orders",
-    "inventory": "services.inventory",
-    "webhooks": "services.webhooks",
-    "gateway": "gateway",
-}
-ENV_PREFIX = {name: ("GATEWAY_" if name == "gateway" else f"{name.upper()}_") for name in PROCESSES}
-# Processes that work beside a service, on its settings: name -> (service, command, its port setting).
-WORKERS: dict[str, tuple[str, str, str]] = {
-    "webhooks-worker": ("webhooks", "worker", "WEBHOOKS_WORKER_PORT"),
-}
-DEFAULT_PORTS = {
-    "gateway": 8000,
-    "users": 8001,
-    "orders": 8002,
-    "inventory": 8003,
-    "webhooks": 8004,
-    "webhooks-worker": 8005,
-}
+from shared import contract
+
+# Name -> module, services first and the gateway last (it is ready only when every service is).
+PROCESSES: dict[str, str] = {name: process.module for name, process in contract.PROCESSES.items()}
+DEFAULT_PORTS: dict[str, int] = {name: process.port for name, process in contract.PROCESSES.items()}
+WORKER_PORTS: dict[str, int] = {name: worker.port for name, worker in contract.WORKERS.items()}
 
 
 def free_port() -> int:
@@ -48,16 +35,17 @@ def free_port() -> int:
 class Stack:
     """The whole system on one machine. `env` applies to every process; `env_for` to one."""
 
-    ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    ports: Mapping[str, int] = field(default_factory=lambda: {**DEFAULT_PORTS, **WORKER_PORTS})
     env: Mapping[str, str] = field(default_factory=dict)
     env_for: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     log_dir: Path | None = None
     cwd: Path = field(default_factory=Path.cwd)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    # Which of WORKERS start with the stack.
-    workers: tuple[str, ...] = tuple(WORKERS)
+    # Which of the contract's workers start with the stack.
+    workers: tuple[str, ...] = tuple(contract.WORKERS)
 
     def __post_init__(self) -> None:
+        # Ports given without the workers' (tests move the processes to free ports): theirs too.
         missing = {name: free_port() for name in self.workers if name not in self.ports}
         if missing:
             self.ports = {**self.ports, **missing}
@@ -66,53 +54,52 @@ class Stack:
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def process_env(self, name: str) -> dict[str, str]:
-        if name in WORKERS:
-            service, _, port_setting = WORKERS[name]
-            env = self.process_env(service)
-            env[port_setting] = str(self.ports[name])
+        if name in contract.WORKERS:
+            worker = contract.WORKERS[name]
+            env = self.process_env(worker.service)
+            env[worker.port_env] = str(self.ports[name])
             env["OTEL_SERVICE_NAME"] = name
             env.update(self.env_for.get(name, {}))
             return env
         env = {**os.environ, **self.env}
-        prefix = ENV_PREFIX[name]
+        prefix = contract.PROCESSES[name].env_prefix
         env[f"{prefix}PORT"] = str(self.ports[name])
-        if name == "gateway":
-            for service in PROCESSES:
-                if service != "gateway":
-                    env[f"GATEWAY_{service.upper()}_URL"] = self.url(service)
-        else:
-            for service in PROCESSES:
-                if service not in ("gateway", name):
-                    env[f"{prefix}{service.upper()}_URL"] = self.url(service)
-        env.setdefault("OTEL_SERVICE_NAME", name)
+        # Every process is told where every service is; each reads the URLs its settings have.
+        for service in contract.SERVICES:
+            if service != name:
+                env[f"{prefix}{service.upper()}_URL"] = self.url(service)
         env["OTEL_SERVICE_NAME"] = name
         env.update(self.env_for.get(name, {}))
         return env
 
-    def _run(self, name: str, command: str, **kwargs: object) -> subprocess.Popen[bytes]:
+    @staticmethod
+    def module(name: str) -> str:
+        worker = contract.WORKERS.get(name)
+        return worker.module if worker is not None else PROCESSES[name]
+
+    def _run(self, name: str, command: str, *, start_new_session: bool = False) -> subprocess.Popen[bytes]:
+        """Runs `python -m <process> <command>`; its output goes to its log file, or to ours without a
+        log folder."""
         log = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps its own copy
         try:
             # The command is this interpreter running one of our own modules.
-            module = PROCESSES[WORKERS[name][0]] if name in WORKERS else PROCESSES[name]
-            return subprocess.Popen(  # type: ignore[call-overload, no-any-return]  # noqa: S603
-                [sys.executable, "-m", module, command],
+            return subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", self.module(name), command],
                 env=self.process_env(name),
                 cwd=self.cwd,
-                stdout=log if log is not None else subprocess.DEVNULL,
+                stdout=log,
                 stderr=subprocess.STDOUT,
-                **kwargs,
+                start_new_session=start_new_session,
             )
         finally:
             if log is not None:
                 log.close()
 
     def migrate(self) -> None:
-        for name in PROCESSES:
-            if name == "gateway":
-                continue
+        for name in contract.SERVICES:
             code = self._run(name, "migrate").wait(timeout=120)
             if code != 0:
                 raise RuntimeError(f"migrating {name} failed with exit code {code}")
@@ -125,7 +112,8 @@ class Stack:
             self.wait_ready(timeout, name)
 
     def start_one(self, name: str) -> None:
-        command = WORKERS[name][1] if name in WORKERS else "serve"
+        worker = contract.WORKERS.get(name)
+        command = worker.command if worker is not None else "serve"
         self.procs[name] = self._run(name, command, start_new_session=True)
 
     def wait_ready(self, timeout: float = 60.0, name: str = "gateway") -> None:
@@ -159,3 +147,15 @@ class Stack:
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
             self.stop_one(name)
+
+
+def main(argv: list[str]) -> int:
+    if argv != ["migrate"]:
+        print("usage: python -m scripts.devstack migrate", file=sys.stderr)
+        return 2
+    Stack().migrate()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

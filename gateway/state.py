@@ -1,0 +1,37 @@
+"""The gateway's lifespan state: everything the gateway owns while it runs, in one typed object.
+
+`gateway/app.py` builds it in the lifespan (`open_state`) and closes it on the way out. Routes reach
+its parts through the dependencies of `gateway/deps.py`; the edge stages, built before the lifespan
+runs, through the `LifespanSlot` the lifespan fills (see `gateway/app.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from redis.asyncio import Redis
+
+from gateway.edge.apikeys import ApiKeyResolver
+from gateway.edge.idempotency import Idempotency
+from gateway.edge.ratelimit import RateLimiter
+from gateway.proxy import Upstreams
+from gateway.settings import GatewaySettings
+from shared.state import LifespanSlot
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    settings: GatewaySettings
+    # The one pooled downstream client, shared by every service client.
+    http: httpx.AsyncClient
+    upstreams: Upstreams
+    # None: the stores are in-process (one gateway process).
+    redis: Redis | None
+    rate_limiter: RateLimiter
+    idempotency: Idempotency
+    api_keys: ApiKeyResolver
+
+
+# What the edge stages are given when the pipeline is built; the lifespan fills it.
+GatewaySlot = LifespanSlot[GatewayState]

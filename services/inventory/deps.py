@@ -1,0 +1,25 @@
+"""Every dependency an inventory route can ask for: the request's repository and who may call what.
+The reservation routes are called by the orders service for the caller who places or cancels an
+order, so they need that caller's orders scopes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+
+from services.inventory.repository import InventoryRepository
+from shared.contract import TenantIdentity
+from shared.db import SessionDep
+from shared.identity import Authorize
+
+
+async def get_repo(session: SessionDep) -> InventoryRepository:
+    return InventoryRepository(session)
+
+
+RepoDep = Annotated[InventoryRepository, Depends(get_repo)]
+ProductsRead = Annotated[TenantIdentity, Depends(Authorize("products:read"))]
+ProductsWrite = Annotated[TenantIdentity, Depends(Authorize("products:write"))]
+ReservationsRead = Annotated[TenantIdentity, Depends(Authorize("orders:read"))]
+ReservationsWrite = Annotated[TenantIdentity, Depends(Authorize("orders:write"))]

@@ -1,0 +1,32 @@
+"""Every dependency an orders route can ask for: the lifespan's orders context (clients, settings,
+the sessionmaker its service functions open transactions with) and who may call what."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+
+from services.orders.service import OrdersContext
+from services.orders.settings import OrdersSettings
+from shared.contract import EVENTS_READ, Identity, TenantIdentity
+from shared.errors import Forbidden
+from shared.identity import Authorize, IdentityDep
+from shared.state import ServiceState, StateDependencies
+
+# What the orders service adds to the common state: its context, with the recovery task running.
+state = StateDependencies[ServiceState[OrdersSettings, OrdersContext]]()
+
+
+async def require_event_reader(identity: IdentityDep) -> Identity:
+    """The event feed serves Portico's own services (the webhooks relay), never a tenant's caller."""
+    if not identity.is_service:
+        raise Forbidden("The event feed serves Portico services only.", error_code="SERVICE_ONLY")
+    identity.require_scope(EVENTS_READ)
+    return identity
+
+
+ContextDep = Annotated[OrdersContext, Depends(state.provide(lambda s: s.context))]
+OrdersRead = Annotated[TenantIdentity, Depends(Authorize("orders:read"))]
+OrdersWrite = Annotated[TenantIdentity, Depends(Authorize("orders:write"))]
+EventsReader = Annotated[Identity, Depends(require_event_reader)]

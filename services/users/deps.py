@@ -1,0 +1,48 @@
+"""Every dependency a users route can ask for: the request's repositories, the lifespan's token
+issuer and settings, and who may call what."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+
+from services.users.repository import ApiKeyRepository, UserRepository
+from services.users.security import TokenIssuer
+from services.users.service import UserRequired
+from services.users.settings import UsersSettings
+from shared.contract import TenantIdentity, key_id_of
+from shared.db import SessionDep
+from shared.identity import Authorize, TenantIdentityDep
+from shared.state import ServiceState, StateDependencies
+
+# What the users service adds to the common state: the issuer of access tokens.
+state = StateDependencies[ServiceState[UsersSettings, TokenIssuer]]()
+
+
+async def get_users(session: SessionDep) -> UserRepository:
+    return UserRepository(session)
+
+
+async def get_keys(session: SessionDep) -> ApiKeyRepository:
+    return ApiKeyRepository(session)
+
+
+SettingsDep = Annotated[UsersSettings, Depends(state.provide(lambda s: s.settings))]
+IssuerDep = Annotated[TokenIssuer, Depends(state.provide(lambda s: s.context))]
+UsersDep = Annotated[UserRepository, Depends(get_users)]
+KeysDep = Annotated[ApiKeyRepository, Depends(get_keys)]
+
+
+async def require_user(identity: TenantIdentityDep) -> TenantIdentity:
+    """Keys are managed by people: a key that could mint keys would outlive its own revocation."""
+    if key_id_of(identity.subject) is not None:
+        raise UserRequired("API keys are managed with a user's access token, not with an API key.")
+    return identity
+
+
+TenantCaller = TenantIdentityDep
+# Only admins hold users:write (members never do), so the scope is the admin check.
+UsersWrite = Annotated[TenantIdentity, Depends(Authorize("users:write"))]
+UsersRead = Annotated[TenantIdentity, Depends(Authorize("users:read"))]
+KeyManager = Annotated[TenantIdentity, Depends(require_user)]

@@ -1,0 +1,79 @@
+"""Small pieces every pure ASGI stage needs: reading request headers and seeing the response start.
+
+Headers are read straight from the scope's raw list, as bytes: no `Headers` object, no decoding and
+no exception for a missing header, since several stages run this on every request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.types import Message, Scope, Send
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of the lower-case header `name`, or None."""
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    for key, value in raw:
+        if key == name:
+            return value
+    return None
+
+
+def headers(scope: Scope, *names: bytes) -> list[bytes | None]:
+    """The first value of each lower-case header in `names` (None where absent), in one pass."""
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    found: list[bytes | None] = [None] * len(names)
+    for key, value in raw:
+        if key in names:
+            index = names.index(key)
+            if found[index] is None:
+                found[index] = value
+    return found
+
+
+def header_list(scope: Scope, name: bytes) -> list[bytes]:
+    """Every value of a header that may be repeated (X-Forwarded-For)."""
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    return [value for key, value in raw if key == name]
+
+
+def extend_headers(message: Message, extra: list[tuple[bytes, bytes]]) -> None:
+    """Adds raw headers to an `http.response.start` message."""
+    message["headers"] = [*message.get("headers", ()), *extra]
+
+
+def on_response_start(send: Send, hook: Callable[[Message], None]) -> Send:
+    """A `send` that shows `hook` the `http.response.start` message (to read its status or change its
+    headers) before passing it on; every other message goes through untouched."""
+
+    async def send_after_hook(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            hook(message)
+        await send(message)
+
+    return send_after_hook
+
+
+class BodyChunks:
+    """The chunks of a response body as they pass, and their total size. Past `keep_up_to` bytes a
+    chunk is counted but not kept (the body is then incomplete)."""
+
+    __slots__ = ("chunks", "keep_up_to", "size")
+
+    def __init__(self, keep_up_to: int | None = None) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.keep_up_to = keep_up_to
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.keep_up_to is None or self.size <= self.keep_up_to:
+            self.chunks.append(chunk)
+
+    @property
+    def complete(self) -> bool:
+        return self.keep_up_to is None or self.size <= self.keep_up_to
+
+    def joined(self) -> bytes:
+        return b"".join(self.chunks)

@@ -1,0 +1,302 @@
+"""What the gateway and the services must agree on, written once and imported by both sides.
+
+- the processes, their modules and default ports (settings, the dev stack, tests and the Makefile),
+  and the workers that run beside a service;
+- the identity a request is for, as the claims of the internal identity token and of access tokens;
+- scopes, what each role holds, and the plans;
+- the shape of an API key;
+- Idempotency-Key rules and the errors they answer with;
+- the pattern of resource ids, and the line items an order and its reservation carry;
+- the public routes whose answers hold a secret (`Cache-Control: no-store`).
+
+Plumbing that enforces these (token signing, the edge stages, the database) stays in the modules
+that use it; only the agreement is here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, get_args
+
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.errors import BadRequest, Conflict, Forbidden, Unauthorized, ValidationFailed
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    name: str
+    module: str  # `python -m <module>`
+    port: int  # where it listens unless its settings say otherwise
+    has_database: bool
+
+    @property
+    def env_prefix(self) -> str:
+        return f"{self.name.upper()}_"
+
+    @property
+    def default_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+# Services first, gateway last: the gateway is ready only when every service is.
+PROCESSES: dict[str, Process] = {
+    process.name: process
+    for process in (
+        Process("users", "services.users", 8001, has_database=True),
+        Process("orders", "services.orders", 8002, has_database=True),
+        Process("inventory", "services.inventory", 8003, has_database=True),
+        Process("webhooks", "services.webhooks", 8004, has_database=True),
+        Process("gateway", "gateway", 8000, has_database=False),
+    )
+}
+# The services behind the gateway; each is also the audience of the identity tokens sent to it.
+SERVICES: tuple[str, ...] = tuple(name for name in PROCESSES if name != "gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A process beside a service, on the service's settings and database (`python -m <module>
+    <command>`), serving only its probes and metrics, on the port its `port_setting` names."""
+
+    name: str
+    service: str
+    command: str
+    port: int
+    port_setting: str
+
+    @property
+    def module(self) -> str:
+        return PROCESSES[self.service].module
+
+    @property
+    def port_env(self) -> str:
+        return PROCESSES[self.service].env_prefix + self.port_setting.upper()
+
+
+WORKERS: dict[str, Worker] = {
+    worker.name: worker for worker in (Worker("webhooks-worker", "webhooks", "worker", 8005, "worker_port"),)
+}
+
+# --------------------------------------------------------------------------- scopes, roles, plans
+
+ALL_SCOPES: frozenset[str] = frozenset(
+    {
+        "users:read",
+        "users:write",
+        "products:read",
+        "products:write",
+        "orders:read",
+        "orders:write",
+        "webhooks:read",
+        "webhooks:write",
+    }
+)
+# Held only by Portico's own services acting on their own (the webhooks relay reads the order events).
+EVENTS_READ = "events:read"
+
+Role = Literal["admin", "member"]
+ROLE_SCOPES: dict[str, frozenset[str]] = {
+    "admin": ALL_SCOPES,
+    "member": frozenset({s for s in ALL_SCOPES if s.endswith(":read")} | {"orders:write"}),
+}
+
+Plan = Literal["free", "pro", "enterprise"]
+PLANS: tuple[Plan, ...] = get_args(Plan)
+# What a caller whose plan is unknown is treated as.
+DEFAULT_PLAN: Plan = "free"
+
+# --------------------------------------------------------------------------- identities
+
+# The header that carries the internal identity token from the gateway (or a service) to a service.
+IDENTITY_HEADER = "X-Portico-Identity"
+IDENTITY_ISSUER = "portico-internal"
+IDENTITY_ALGORITHM = "HS256"
+IDENTITY_CHALLENGE = 'PorticoInternal realm="portico"'
+# Subjects of Portico's own services acting on their own, e.g. `service:webhooks`.
+SERVICE_SUBJECT_PREFIX = "service:"
+
+
+class AuthenticationRequired(
+    Unauthorized, code="AUTHENTICATION_REQUIRED", title="Unauthorized", slug="unauthorized"
+): ...
+
+
+class InsufficientScope(Forbidden, code="INSUFFICIENT_SCOPE", title="Forbidden", slug="forbidden"): ...
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a request is for. `subject` is a user id, `key:<API key id>`, `service:<name>` or "anonymous"."""
+
+    subject: str
+    tenant_id: str | None = None
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    plan: str | None = None
+    role: str | None = None
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.subject == "anonymous"
+
+    @property
+    def is_service(self) -> bool:
+        return self.subject.startswith(SERVICE_SUBJECT_PREFIX)
+
+    def for_tenant(self) -> TenantIdentity:
+        """This identity, known to belong to a tenant (401 when it does not)."""
+        if isinstance(self, TenantIdentity):
+            return self
+        if self.tenant_id is None:
+            raise AuthenticationRequired("This route needs an authenticated tenant.")
+        return TenantIdentity(self.subject, self.tenant_id, self.scopes, self.plan, self.role)
+
+    def require_scope(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise InsufficientScope(f"Missing scope {scope}.", extra={"required_scope": scope})
+
+
+@dataclass(frozen=True, slots=True)
+class TenantIdentity(Identity):
+    """An identity that belongs to a tenant: what a service's authorization dependencies answer."""
+
+    tenant_id: str
+
+
+ANONYMOUS = Identity(subject="anonymous")
+
+
+def identity_claims(identity: Identity) -> dict[str, Any]:
+    """The claims that say who a token is for; access tokens and internal identity tokens share them."""
+    claims: dict[str, Any] = {"sub": identity.subject, "scope": " ".join(sorted(identity.scopes))}
+    if identity.tenant_id is not None:
+        claims["tid"] = identity.tenant_id
+    if identity.plan is not None:
+        claims["plan"] = identity.plan
+    if identity.role is not None:
+        claims["role"] = identity.role
+    return claims
+
+
+def identity_from_claims(claims: dict[str, Any]) -> Identity:
+    return Identity(
+        subject=str(claims["sub"]),
+        tenant_id=claims.get("tid"),
+        scopes=frozenset(str(claims.get("scope", "")).split()),
+        plan=claims.get("plan"),
+        role=claims.get("role"),
+    )
+
+
+# --------------------------------------------------------------------------- API keys
+
+# A key is `sk_` and 32 random bytes in base64url (43 characters without padding). Only its SHA-256
+# is ever stored or sent between processes.
+API_KEY_PREFIX = "sk_"
+API_KEY_BYTES = 32
+API_KEY_RE = re.compile(r"^sk_[A-Za-z0-9_-]{43}$")
+KEY_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+# The subject of an identity that came from an API key: `key:<key id>`.
+KEY_SUBJECT_PREFIX = "key:"
+
+
+def new_api_key() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(API_KEY_BYTES)
+
+
+def is_well_formed(raw: str) -> bool:
+    return API_KEY_RE.match(raw) is not None
+
+
+def hash_api_key(raw: str) -> str:
+    """Hex SHA-256: a key has 256 bits of entropy, so a fast unsalted hash is enough (no dictionary
+    of likely keys exists to attack it with), and it lets the key be looked up by its hash."""
+    return hashlib.sha256(raw.encode("ascii")).hexdigest()
+
+
+def key_subject(key_id: str) -> str:
+    return KEY_SUBJECT_PREFIX + key_id
+
+
+def key_id_of(subject: str) -> str | None:
+    """The API key id of a key's subject; None for a user's subject."""
+    return subject.removeprefix(KEY_SUBJECT_PREFIX) if subject.startswith(KEY_SUBJECT_PREFIX) else None
+
+
+# --------------------------------------------------------------------------- idempotency
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Visible ASCII, as a Structured Fields string can carry it; long enough for any UUID or ULID.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+
+
+class InvalidIdempotencyKey(BadRequest, code="INVALID_IDEMPOTENCY_KEY", title="Invalid Idempotency-Key"): ...
+
+
+class IdempotencyKeyInUse(Conflict, code="IDEMPOTENCY_KEY_IN_USE", title="Idempotency-Key in use"): ...
+
+
+class IdempotencyKeyReused(ValidationFailed, code="IDEMPOTENCY_KEY_REUSED", title="Idempotency-Key reused"): ...
+
+
+class IdempotentResponseNotStored(Conflict, code="IDEMPOTENT_RESPONSE_NOT_STORED", title="Request already done"): ...
+
+
+# --------------------------------------------------------------------------- resources
+
+# Ids in paths and queries: the UUIDs the services hand out fit, and nothing longer than an id column,
+# nor a dot or slash that could change a forwarded path, gets through.
+RESOURCE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+ResourceIdField = Annotated[str, Field(pattern=RESOURCE_ID_PATTERN)]
+ResourceIdPath = Annotated[str, Path(pattern=RESOURCE_ID_PATTERN)]
+
+# The lines of an order, as the orders service takes them and passes them on to reserve stock.
+MAX_QUANTITY = 10_000
+MAX_ITEMS = 100
+
+
+class LineItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: ResourceIdField
+    # Strict: "2", 2.0 and true are refused rather than quietly converted.
+    quantity: int = Field(strict=True, ge=1, le=MAX_QUANTITY)
+
+
+LineItems = Annotated[list[LineItem], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
+class ReservedLine(BaseModel):
+    """A line as the inventory service reserved it, with the product's sku, name and the price it read
+    while taking the stock; the orders service keeps these in the order."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    product_id: str
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+
+
+# --------------------------------------------------------------------------- answers that hold secrets
+
+NO_STORE = "no-store"
+# Public routes (method, route template) whose answers hold a secret: the gateway sends them with
+# `Cache-Control: no-store` whatever the service said, and its idempotency store never keeps their body.
+SECRET_ROUTES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("POST", "/v1/auth/token"),
+        ("POST", "/v1/api-keys"),
+        ("POST", "/v1/api-keys/{key_id}/rotate"),
+        ("POST", "/v1/webhooks/endpoints"),
+        ("POST", "/v1/webhooks/endpoints/{endpoint_id}/rotate-secret"),
+    }
+)
