@@ -41,6 +41,14 @@ class HooksDb:
     def is_postgres(self) -> bool:
         return self.dsn is not None
 
+    async def fetchval(self, query: str, *args: object) -> object:
+        """One value, read underneath the ORM (PostgreSQL only)."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return await conn.fetchval(query, *args)
+        finally:
+            await conn.close()
+
     async def endpoint(self, url: str, *, tenant_id: str | None = None, **fields: object) -> Endpoint:
         now = utcnow() - timedelta(minutes=1)
         endpoint = Endpoint(
