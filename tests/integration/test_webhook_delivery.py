@@ -370,6 +370,30 @@ async def test_private_addresses_are_refused_at_delivery_unless_allowed(pg):
             assert "loopback" in entry.error, entry.error
 
 
+async def test_loopback_in_ipv4_compatible_and_translated_spellings_is_refused_at_delivery(pg):
+    """The check registration runs (tests/unit/test_url_safety.py) runs before each attempt too:
+    these spellings of loopback, once taken for public, are refused even where the demo setting
+    opens loopback, as literals and as what a name resolves to."""
+    async with Receiver() as receiver:
+
+        async def translated(host: str, port: int) -> list[str]:
+            return ["::ffff:0:7f00:1"]
+
+        named = await pg.endpoint(f"http://hooks.example.test:{receiver.port}/hooks")
+        compatible = await pg.endpoint(f"http://[::127.0.0.1]:{receiver.port}/hooks")
+        deliveries = [*(await pg.deliveries(named)), *(await pg.deliveries(compatible))]
+        async with running_worker(pg, resolver=translated, allow_private=True, schedule=(3600,)):
+            await eventually(lambda: _all_attempted(pg, deliveries))
+        assert receiver.received == []
+    errors = [entry.error for d in deliveries for entry in await attempt_log(pg, d.id)]
+    assert errors == [
+        "refused: The host hooks.example.test resolves to ::ffff:0:7f00:1, a loopback address (the "
+        "IPv4-translated form of 127.0.0.1, loopback, RFC 1122); webhooks only go to public internet addresses.",
+        "refused: ::7f00:1 is a loopback address (the IPv4-compatible form of 127.0.0.1, loopback, RFC 1122); "
+        "webhooks only go to public internet addresses.",
+    ]
+
+
 async def _all_attempted(db: HooksDb, deliveries) -> bool:
     return all([await _attempted(db, d.id) for d in deliveries])
 

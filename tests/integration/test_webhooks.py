@@ -241,6 +241,10 @@ UNSAFE_URLS = [
     ("http://0x7f.1/hook", "loopback"),
     ("http://[::ffff:127.0.0.1]/hook", "loopback"),  # IPv4-mapped
     ("http://[2002:7f00:1::]/hook", "loopback"),  # 6to4 around 127.0.0.1
+    ("http://[::127.0.0.1]/hook", "loopback"),  # IPv4-compatible
+    ("http://[::ffff:0:7f00:1]/hook", "loopback"),  # IPv4-translated
+    ("http://[2001:20::1]/hook", "reserved"),  # ORCHIDv2
+    ("http://192.0.0.9/hook", "reserved"),  # PCP anycast
     ("http://10.1.2.3/hook", "private"),
     ("http://172.16.0.1/hook", "private"),
     ("http://192.168.1.20/hook", "private"),
