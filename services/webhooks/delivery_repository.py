@@ -88,6 +88,8 @@ class Claimed:
     event_type: str
     event_data: dict[str, Any]
     occurred_at: datetime
+    # The trace of the request that wrote the event, which the attempt's span continues.
+    traceparent: str | None
     attempts: int
     round_attempts: int
     replays: int
@@ -211,6 +213,7 @@ class WorkerRepository(DeliveryRepository):
                 event_type=event.type,
                 event_data=event.data,
                 occurred_at=event.occurred_at,
+                traceparent=event.traceparent,
                 attempts=delivery.attempts,
                 round_attempts=delivery.round_attempts,
                 replays=delivery.replays,

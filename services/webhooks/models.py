@@ -8,6 +8,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import AutoIncrement, UTCDateTime, new_id, utcnow
 from shared.repository import TenantRow
+from shared.telemetry import TRACEPARENT_LENGTH
 
 ACTIVE = "active"
 DISABLED = "disabled"
@@ -60,6 +61,8 @@ class Event(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The trace of the request that wrote the event, which each delivery attempt continues.
+    traceparent: Mapped[str | None] = mapped_column(String(TRACEPARENT_LENGTH), default=None)
 
 
 class Delivery(Base, TenantRow):

@@ -65,6 +65,7 @@ class RelayRepository(Repository):
                     "data": e.data,
                     "occurred_at": e.created_at,
                     "received_at": now,
+                    "traceparent": e.traceparent,
                 }
                 for e in events
             ]

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.schemas import refuse_null
+from shared.telemetry import TRACEPARENT_PATTERN
 
 EventType = Literal["order.created", "order.cancelled"]
 EVENT_TYPES: tuple[str, ...] = ("order.created", "order.cancelled")
@@ -142,6 +143,8 @@ class FeedEvent(BaseModel):
     tenant_id: str = Field(min_length=1, max_length=64)
     created_at: datetime
     data: dict[str, Any]
+    # The W3C trace context of the request that wrote the event (absent from older feeds).
+    traceparent: str | None = None
 
     @field_validator("created_at")
     @classmethod
@@ -149,6 +152,12 @@ class FeedEvent(BaseModel):
         if value.tzinfo is None:
             raise ValueError("must carry a UTC offset")
         return value
+
+    @field_validator("traceparent", mode="before")
+    @classmethod
+    def _trace_or_nothing(cls, value: Any) -> Any:
+        # Only a trace to continue: anything else is dropped rather than holding up the feed.
+        return value if isinstance(value, str) and TRACEPARENT_PATTERN.match(value) else None
 
 
 class FeedPage(BaseModel):

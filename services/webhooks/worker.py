@@ -44,6 +44,7 @@ from services.webhooks.url_safety import Resolver
 from shared.db import utcnow
 from shared.repository import transaction
 from shared.state import ServiceState
+from shared.telemetry import context_of
 
 logger = logging.getLogger("portico.webhooks.worker")
 
@@ -234,9 +235,12 @@ class DeliveryWorker:
             "http.request.method": "POST",
             "url.full": claimed.url,
         }
-        # A root span per attempt: the event reaches this service through the orders feed, which
-        # carries no trace context, so there is no trace of the event to continue.
-        with self.tracer.start_as_current_span("webhook attempt", kind=SpanKind.CLIENT, attributes=attributes) as span:
+        # Each attempt continues the trace of the request that wrote the event (the span is a child
+        # of that request's span in the orders service). Only the span: the request to the tenant's
+        # receiver carries no trace header of ours.
+        with self.tracer.start_as_current_span(
+            "webhook attempt", context=context_of(claimed.traceparent), kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
             body = envelope(claimed)
             timestamp = int(utcnow().timestamp())
             headers = webhook_headers(claimed.secrets, webhook_id, timestamp, body)
