@@ -18,7 +18,7 @@ from shared.settings import BaseServiceSettings, ProcessSettings
 S = TypeVar("S", bound=ProcessSettings)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Served(Generic[S]):
     """An app a command serves: built from the process's settings, on the port they give it, logging
     as `process` (a worker beside a service logs and traces under its own name)."""
