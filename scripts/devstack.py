@@ -98,11 +98,21 @@ class Stack:
             if log is not None:
                 log.close()
 
-    def migrate(self) -> None:
-        for name in contract.SERVICES:
-            code = self._run(name, "migrate").wait(timeout=120)
+    def migrate(self, timeout: float = 300.0) -> None:
+        """Migrates every service's database, all at once (each has its own)."""
+        running = {name: self._run(name, "migrate") for name in contract.SERVICES}
+        deadline = time.monotonic() + timeout
+        failed = []
+        for name, proc in running.items():
+            try:
+                code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
             if code != 0:
-                raise RuntimeError(f"migrating {name} failed with exit code {code}")
+                failed.append(f"{name} (exit code {code})")
+        if failed:
+            raise RuntimeError(f"migrating failed: {', '.join(failed)}")
 
     def start(self, timeout: float = 60.0) -> None:
         for name in (*PROCESSES, *self.workers):

@@ -202,30 +202,38 @@ class Receiver:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     server: asyncio.Server | None = None
     connections: set[asyncio.Task[None]] = field(default_factory=set)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/hooks"
 
     async def __aenter__(self) -> Receiver:
-        self.server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True)
+        self.server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *_: object) -> None:
         assert self.server is not None
         self.server.close()
-        # Requests still held (a receiver that never answers) end with the receiver.
+        # Requests still held (a receiver that never answers) end with the receiver, and so do
+        # connections whose handler had not started yet.
         for task in self.connections:
             task.cancel()
         await asyncio.gather(*self.connections, return_exceptions=True)
+        for writer in self.writers:
+            writer.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.server.wait_closed(), 5)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Called as the connection is made, so every connection is known before its task runs.
+        self.writers.append(writer)
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
         self.connections.add(task)
+        task.add_done_callback(self.connections.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open_connections += 1
         try:
             while True:
@@ -251,7 +259,6 @@ class Receiver:
             return
         finally:
             self.open_connections -= 1
-            self.connections.discard(task)
             writer.close()
 
     async def wait_for(self, count: int, timeout: float = 60.0) -> None:

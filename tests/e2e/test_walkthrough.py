@@ -21,6 +21,9 @@ from tests.otlp import OtlpReceiver, ReceivedSpan
 from tests.webhook_support import Receiver, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
+# The first test also pays for migrating and starting the module's stack: on a busy machine that alone
+# can take minutes.
+pytestmark = pytest.mark.timeout(420)
 
 
 def walkthrough() -> str:
@@ -49,7 +52,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver):
     )
     stack.migrate()
     try:
-        stack.start(timeout=60)
+        stack.start(timeout=180)
         yield stack
     finally:
         stack.stop()
