@@ -32,12 +32,12 @@ import psutil
 from loadtest.bootstrap import bootstrap, save
 from loadtest.outcomes import MEMORY_FIELDS
 from loadtest.report import capacity, read_run, write_report
-from scripts.devstack import DEFAULT_PORTS
+from scripts.devstack import DEFAULT_PORTS, WORKER_PORTS
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_HOST = "http://127.0.0.1:8000"
-PORTS = {port: name for name, port in DEFAULT_PORTS.items()} | {8005: "webhooks-worker"}
+PORTS = {port: name for name, port in {**DEFAULT_PORTS, **WORKER_PORTS}.items()}
 SOAK_SHARE = 0.7
 
 

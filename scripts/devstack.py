@@ -1,5 +1,6 @@
-"""Starts the five processes as real subprocesses: used by `make run`, `make migrate` and the
-end-to-end tests. `python -m scripts.devstack migrate` migrates every service's database."""
+"""Starts the five processes and the workers beside them (the webhook delivery worker) as real
+subprocesses: used by `make run`, `make migrate` and the end-to-end tests.
+`python -m scripts.devstack migrate` migrates every service's database."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from shared import contract
 # Name -> module, services first and the gateway last (it is ready only when every service is).
 PROCESSES: dict[str, str] = {name: process.module for name, process in contract.PROCESSES.items()}
 DEFAULT_PORTS: dict[str, int] = {name: process.port for name, process in contract.PROCESSES.items()}
+WORKER_PORTS: dict[str, int] = {name: worker.port for name, worker in contract.WORKERS.items()}
 
 
 def free_port() -> int:
@@ -33,17 +35,32 @@ def free_port() -> int:
 class Stack:
     """The whole system on one machine. `env` applies to every process; `env_for` to one."""
 
-    ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    ports: Mapping[str, int] = field(default_factory=lambda: {**DEFAULT_PORTS, **WORKER_PORTS})
     env: Mapping[str, str] = field(default_factory=dict)
     env_for: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     log_dir: Path | None = None
     cwd: Path = field(default_factory=Path.cwd)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Which of the contract's workers start with the stack.
+    workers: tuple[str, ...] = tuple(contract.WORKERS)
+
+    def __post_init__(self) -> None:
+        # Ports given without the workers' (tests move the processes to free ports): theirs too.
+        missing = {name: free_port() for name in self.workers if name not in self.ports}
+        if missing:
+            self.ports = {**self.ports, **missing}
 
     def url(self, name: str = "gateway") -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def process_env(self, name: str) -> dict[str, str]:
+        if name in contract.WORKERS:
+            worker = contract.WORKERS[name]
+            env = self.process_env(worker.service)
+            env[worker.port_env] = str(self.ports[name])
+            env["OTEL_SERVICE_NAME"] = name
+            env.update(self.env_for.get(name, {}))
+            return env
         env = {**os.environ, **self.env}
         prefix = contract.PROCESSES[name].env_prefix
         env[f"{prefix}PORT"] = str(self.ports[name])
@@ -55,6 +72,11 @@ class Stack:
         env.update(self.env_for.get(name, {}))
         return env
 
+    @staticmethod
+    def module(name: str) -> str:
+        worker = contract.WORKERS.get(name)
+        return worker.module if worker is not None else PROCESSES[name]
+
     def _run(self, name: str, command: str, *, start_new_session: bool = False) -> subprocess.Popen[bytes]:
         """Runs `python -m <process> <command>`; its output goes to its log file, or to ours without a
         log folder."""
@@ -65,7 +87,7 @@ class Stack:
         try:
             # The command is this interpreter running one of our own modules.
             return subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", PROCESSES[name], command],
+                [sys.executable, "-m", self.module(name), command],
                 env=self.process_env(name),
                 cwd=self.cwd,
                 stdout=log,
@@ -76,19 +98,33 @@ class Stack:
             if log is not None:
                 log.close()
 
-    def migrate(self) -> None:
-        for name in contract.SERVICES:
-            code = self._run(name, "migrate").wait(timeout=120)
+    def migrate(self, timeout: float = 300.0) -> None:
+        """Migrates every service's database, all at once (each has its own)."""
+        running = {name: self._run(name, "migrate") for name in contract.SERVICES}
+        deadline = time.monotonic() + timeout
+        failed = []
+        for name, proc in running.items():
+            try:
+                code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
             if code != 0:
-                raise RuntimeError(f"migrating {name} failed with exit code {code}")
+                failed.append(f"{name} (exit code {code})")
+        if failed:
+            raise RuntimeError(f"migrating failed: {', '.join(failed)}")
 
     def start(self, timeout: float = 60.0) -> None:
-        for name in PROCESSES:
+        for name in (*PROCESSES, *self.workers):
             self.start_one(name)
         self.wait_ready(timeout)
+        for name in self.workers:
+            self.wait_ready(timeout, name)
 
     def start_one(self, name: str) -> None:
-        self.procs[name] = self._run(name, "serve", start_new_session=True)
+        worker = contract.WORKERS.get(name)
+        command = worker.command if worker is not None else "serve"
+        self.procs[name] = self._run(name, command, start_new_session=True)
 
     def wait_ready(self, timeout: float = 60.0, name: str = "gateway") -> None:
         deadline = time.monotonic() + timeout

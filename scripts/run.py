@@ -18,6 +18,7 @@ Portico is up.
   orders     {orders}
   inventory  {inventory}
   webhooks   {webhooks}
+  worker     {worker}   (webhook delivery: /metrics, /health/ready)
   logs       {logs}
 
 Try it (copy and paste):
@@ -30,7 +31,9 @@ Try it (copy and paste):
   curl -s $GW/v1/users/me -H "Authorization: Bearer $TOKEN"
 
 The README's walkthrough goes on from here: products, orders, idempotent replays, webhooks, API
-keys and rate limits. Loopback webhook URLs are allowed for this demo (WEBHOOKS_ALLOW_PRIVATE_URLS).
+keys and rate limits. Loopback webhook URLs are allowed for this demo (WEBHOOKS_ALLOW_PRIVATE_URLS),
+and `.venv/bin/python -m services.webhooks.receiver --port 9000 --secret whsec_...` is a receiver that
+verifies and prints what the worker delivers.
 
 Ctrl-C stops everything.
 """
@@ -42,7 +45,7 @@ def main() -> int:
     stack = Stack(log_dir=ROOT / "var" / "log", cwd=ROOT, env=env)
     print("migrating the embedded SQLite databases in ./var ...", flush=True)
     stack.migrate()
-    print("starting gateway, users, orders, inventory, webhooks ...", flush=True)
+    print("starting gateway, users, orders, inventory, webhooks and the webhook delivery worker ...", flush=True)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -56,7 +59,13 @@ def main() -> int:
     try:
         stack.start()
         print(
-            WALKTHROUGH.format(gw=stack.url(), logs=stack.log_dir, **{n: stack.url(n) for n in stack.ports}), flush=True
+            WALKTHROUGH.format(
+                gw=stack.url(),
+                logs=stack.log_dir,
+                worker=stack.url("webhooks-worker"),
+                **{n: stack.url(n) for n in stack.ports if n.isidentifier()},
+            ),
+            flush=True,
         )
         while not stopping:
             for name, proc in stack.procs.items():

@@ -70,10 +70,18 @@ class PorticoAPI(FastAPI):
         return schema
 
 
-def install_common(app: FastAPI, settings: ProcessSettings, provider: TracerProvider, *, database: bool) -> HttpMetrics:
-    """Middleware, error handlers, metrics and tracing shared by the gateway and the services."""
-    registry = CollectorRegistry()
-    metrics = HttpMetrics(registry)
+def install_common(
+    app: FastAPI,
+    settings: ProcessSettings,
+    provider: TracerProvider,
+    *,
+    database: bool,
+    registry: CollectorRegistry | None = None,
+) -> HttpMetrics:
+    """Middleware, error handlers, metrics and tracing shared by the gateway and the services.
+    `registry`: where the process's own metrics already are, to serve them on `/metrics` too."""
+    metrics = HttpMetrics(registry or CollectorRegistry())
+    registry = metrics.registry
     install_error_handlers(app, database=database)
     # Added innermost first: the request context wraps everything else.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -144,7 +152,8 @@ def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[Fa
     )
 
 
-def create_service_app(settings: S, spec: ServiceSpec[S, C]) -> FastAPI:
+def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: CollectorRegistry | None = None) -> FastAPI:
+    """The service `spec` describes; `registry` holds metrics of its own (served with the HTTP ones)."""
     provider = create_tracer_provider(spec.name)
     set_global_provider_once(provider)
 
@@ -172,7 +181,7 @@ def create_service_app(settings: S, spec: ServiceSpec[S, C]) -> FastAPI:
                 else:
                     # No context factory: the spec's context type is None.
                     state = cast(ServiceState[S, C], base)
-                logger.info("%s ready on %s (exporting traces: %s)", spec.name, settings.port, exporting)
+                logger.info("%s ready (exporting traces: %s)", spec.name, exporting)
                 yield lifespan_state_of(state)
         finally:
             if http is not None:
@@ -181,7 +190,7 @@ def create_service_app(settings: S, spec: ServiceSpec[S, C]) -> FastAPI:
             provider.shutdown()
 
     app = create_fastapi(settings, spec.title, lifespan)
-    install_common(app, settings, provider, database=True)
+    install_common(app, settings, provider, database=True, registry=registry)
     checks: dict[str, ReadinessCheck[ServiceState[S, C]]] = {"database": check_database, **spec.readiness_checks}
     add_health_routes(app, checks)
     for router in spec.routers:

@@ -1,12 +1,13 @@
-"""`python -m <process> [serve|migrate]`: the entry point of every process."""
+"""`python -m <process> [serve|migrate|<worker>]`: the entry point of every process."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
@@ -15,6 +16,16 @@ from shared.logging import configure_logging
 from shared.settings import BaseServiceSettings, ProcessSettings
 
 S = TypeVar("S", bound=ProcessSettings)
+
+
+@dataclass(frozen=True)
+class Served(Generic[S]):
+    """An app a command serves: built from the process's settings, on the port they give it, logging
+    as `process` (a worker beside a service logs and traces under its own name)."""
+
+    process: str
+    app_factory: Callable[[S], FastAPI]
+    port: Callable[[S], int]
 
 
 def alembic_migrations(service_dir: Path) -> Callable[[BaseServiceSettings], None]:
@@ -34,15 +45,20 @@ def run_cli(
     settings_type: Callable[[], S],
     app_factory: Callable[[S], FastAPI],
     migrate: Callable[[S], None] | None = None,
+    *,
+    workers: Mapping[str, Served[S]] | None = None,
 ) -> None:
-    """Serves the app that `app_factory` builds from the process's settings, or migrates its database
-    (`migrate`, for processes that have one)."""
+    """Serves the app that `app_factory` builds from the process's settings, migrates its database
+    (`migrate`, for processes that have one), or serves one of its `workers` (command -> app)."""
+    process = name.rsplit(".", 1)[-1]
+    commands: dict[str, Served[S]] = {"serve": Served(process, app_factory, lambda s: s.port), **(workers or {})}
     parser = argparse.ArgumentParser(prog=f"python -m {name}")
-    parser.add_argument("command", choices=["serve", "migrate"], nargs="?", default="serve")
+    parser.add_argument("command", choices=[*commands, "migrate"], nargs="?", default="serve")
     args = parser.parse_args()
     settings = settings_type()
-    configure_logging(name.rsplit(".", 1)[-1], level=settings.log_level, json_lines=settings.log_json)
-    if args.command == "migrate":
+    served = commands.get(args.command)
+    configure_logging(served.process if served else process, level=settings.log_level, json_lines=settings.log_json)
+    if served is None:
         if migrate is None:
             logging.getLogger("portico").info("%s has no database to migrate", name)
             return
@@ -50,9 +66,9 @@ def run_cli(
         logging.getLogger("portico").info("%s migrated to head", name)
         return
     uvicorn.run(
-        app_factory(settings),
+        served.app_factory(settings),
         host=settings.host,
-        port=settings.port,
+        port=served.port(settings),
         log_config=None,
         access_log=False,
         proxy_headers=False,

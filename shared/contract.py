@@ -1,6 +1,7 @@
 """What the gateway and the services must agree on, written once and imported by both sides.
 
-- the processes, their modules and default ports (settings, the dev stack, tests and the Makefile);
+- the processes, their modules and default ports (settings, the dev stack, tests and the Makefile),
+  and the workers that run beside a service;
 - the identity a request is for, as the claims of the internal identity token and of access tokens;
 - scopes, what each role holds, and the plans;
 - the shape of an API key;
@@ -57,6 +58,31 @@ PROCESSES: dict[str, Process] = {
 }
 # The services behind the gateway; each is also the audience of the identity tokens sent to it.
 SERVICES: tuple[str, ...] = tuple(name for name in PROCESSES if name != "gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A process beside a service, on the service's settings and database (`python -m <module>
+    <command>`), serving only its probes and metrics, on the port its `port_setting` names."""
+
+    name: str
+    service: str
+    command: str
+    port: int
+    port_setting: str
+
+    @property
+    def module(self) -> str:
+        return PROCESSES[self.service].module
+
+    @property
+    def port_env(self) -> str:
+        return PROCESSES[self.service].env_prefix + self.port_setting.upper()
+
+
+WORKERS: dict[str, Worker] = {
+    worker.name: worker for worker in (Worker("webhooks-worker", "webhooks", "worker", 8005, "worker_port"),)
+}
 
 # --------------------------------------------------------------------------- scopes, roles, plans
 

@@ -7,13 +7,22 @@ Spans are always recorded (so trace ids exist for logs and errors); they are exp
 from __future__ import annotations
 
 import os
+import re
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+# A W3C `traceparent` of version 00, the only one we write: what a stored row keeps of the trace
+# that wrote it, so work done later for that row (a webhook delivery) continues the same trace.
+TRACEPARENT_LENGTH = 55
+TRACEPARENT_PATTERN = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_W3C = TraceContextTextMapPropagator()
 
 
 def exporting_enabled() -> bool:
@@ -56,3 +65,19 @@ def set_global_provider_once(provider: TracerProvider) -> None:
     """The first app in a process becomes the global provider (for code that uses the global API)."""
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         trace.set_tracer_provider(provider)
+
+
+def current_traceparent() -> str | None:
+    """The W3C `traceparent` of the current span; None outside any span."""
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def context_of(traceparent: str | None) -> Context | None:
+    """A context whose current span is the one `traceparent` names, for starting its children; None
+    when there is no valid one to continue."""
+    if traceparent is None or not TRACEPARENT_PATTERN.match(traceparent):
+        return None
+    context = _W3C.extract({"traceparent": traceparent})
+    return context if trace.get_current_span(context).get_span_context().is_valid else None

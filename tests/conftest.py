@@ -122,6 +122,9 @@ def stack(migrated: Servers, otlp: OtlpReceiver, tmp_path_factory: pytest.TempPa
         env=env,
         log_dir=tmp_path_factory.mktemp("stack-logs"),
         cwd=ROOT,
+        # No delivery worker: endpoints registered here point at public addresses, which tests must
+        # never send to. The delivery tests run workers on databases of their own.
+        workers=(),
     )
     try:
         running.start(timeout=60)

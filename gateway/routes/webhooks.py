@@ -18,6 +18,7 @@ router = APIRouter(
 
 Reader, Writer = readers_and_writers("webhooks")
 ENDPOINT = "/endpoints/{endpoint_id}"
+DELIVERY = "/deliveries/{delivery_id}"
 
 add_forwards(
     router,
@@ -40,7 +41,11 @@ add_forwards(
         ),
         Forward("GET", ENDPOINT, Reader, "get_endpoint", "A webhook endpoint"),
         Forward(
-            "PATCH", ENDPOINT, Writer, "update_endpoint", "Change a webhook endpoint's url, events or enabled flag"
+            "PATCH",
+            ENDPOINT,
+            Writer,
+            "update_endpoint",
+            "Change a webhook endpoint's url, events or status (`enabled` is the older shape of status)",
         ),
         Forward("DELETE", ENDPOINT, Writer, "delete_endpoint", "Delete a webhook endpoint", status_code=204),
         Forward(
@@ -56,6 +61,15 @@ add_forwards(
             Reader,
             "list_deliveries",
             "The endpoint's deliveries, newest first (`limit`, `cursor`)",
+        ),
+        Forward("GET", DELIVERY, Reader, "get_delivery", "A delivery with its attempt log"),
+        Forward(
+            "POST",
+            DELIVERY + "/replay",
+            Writer,
+            "replay_delivery",
+            "Deliver the event again, with the same webhook-id, whatever the delivery's status",
+            status_code=202,
         ),
     ],
 )

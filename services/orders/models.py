@@ -8,6 +8,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.db import AutoIncrement, UTCDateTime, new_id, utcnow
 from shared.repository import TenantRow
+from shared.telemetry import TRACEPARENT_LENGTH
 
 
 class Base(DeclarativeBase):
@@ -78,6 +79,8 @@ class OutboxEvent(Base):
     type: Mapped[str] = mapped_column(String(64))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The W3C trace context of the request that wrote the event: its deliveries continue that trace.
+    traceparent: Mapped[str | None] = mapped_column(String(TRACEPARENT_LENGTH), default=None)
 
 
 class OrderAttempt(Base):

@@ -46,6 +46,8 @@ class EventOut(BaseModel):
     tenant_id: str
     created_at: datetime
     data: dict[str, Any]
+    # The W3C trace context of the request that wrote it, for consumers to continue; never public.
+    traceparent: str | None = None
 
 
 class EventFeed(BaseModel):

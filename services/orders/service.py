@@ -35,6 +35,7 @@ from shared.errors import (
 from shared.http import ServiceClient
 from shared.pagination import Page, PageQuery
 from shared.repository import matching, transaction
+from shared.telemetry import current_traceparent
 
 logger = logging.getLogger("portico.orders")
 
@@ -260,10 +261,19 @@ async def _store(
             )
         await repo.add(order)
         # Last, so the outbox rows of this transaction are held for the shortest time before commit.
-        await repo.add(
-            OutboxEvent(id=new_id(), tenant_id=order.tenant_id, type="order.created", data=out.model_dump(mode="json"))
-        )
+        await repo.add(outbox_event("order.created", out))
     return order, body
+
+
+def outbox_event(event_type: str, order: OrderOut) -> OutboxEvent:
+    """The event of a change to `order`, with the trace context of the request that made it."""
+    return OutboxEvent(
+        id=new_id(),
+        tenant_id=order.tenant_id,
+        type=event_type,
+        data=order.model_dump(mode="json"),
+        traceparent=current_traceparent(),
+    )
 
 
 async def _confirm(ctx: OrdersContext, identity: Identity, order: Order) -> None:
@@ -316,9 +326,7 @@ async def cancel_order(ctx: OrdersContext, identity: TenantIdentity, order_id: s
         order.history.append(OrderStatusChange(status="cancelled", created_at=now))
         await repo.save()
         out = order_out(order)
-        await repo.add(
-            OutboxEvent(id=new_id(), tenant_id=tenant_id, type="order.cancelled", data=out.model_dump(mode="json"))
-        )
+        await repo.add(outbox_event("order.cancelled", out))
     await release_cancelled(ctx, identity, order)
     return out
 
@@ -351,6 +359,7 @@ async def event_feed(ctx: OrdersContext, after: int, limit: int) -> EventFeed:
                 "tenant_id": event.tenant_id,
                 "created_at": event.created_at,
                 "data": event.data,
+                "traceparent": event.traceparent,
             }
         )
         for event in events

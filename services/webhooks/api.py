@@ -8,20 +8,34 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from services.webhooks import service
-from services.webhooks.deps import RepoDep, SettingsDep, WebhooksRead, WebhooksWrite
+from services.webhooks.deps import (
+    DeliveryRepoDep,
+    RepoDep,
+    ResolverDep,
+    SettingsDep,
+    WebhooksRead,
+    WebhooksWrite,
+)
 from services.webhooks.models import Endpoint
-from services.webhooks.schemas import DeliveryOut, EndpointCreate, EndpointOut, EndpointUpdate, EndpointWithSecret
+from services.webhooks.schemas import (
+    DeliveryDetail,
+    DeliveryOut,
+    EndpointCreate,
+    EndpointOut,
+    EndpointUpdate,
+    EndpointWithSecret,
+)
 from shared.contract import NO_STORE
-from shared.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
+from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.pagination import Page, PageDep
 
 router = APIRouter(prefix="/endpoints")
+deliveries_router = APIRouter(prefix="/deliveries")
 
-EndpointId = Annotated[str, Path(min_length=1, max_length=64)]
+RowId = Annotated[str, Path(min_length=1, max_length=64)]
 WRITE_ERRORS = {
     **ValidationFailed.openapi_response(),
     **Conflict.openapi_response(),
-    **ServiceUnavailable.openapi_response(),
 }
 
 
@@ -33,9 +47,14 @@ def with_secret(endpoint: Endpoint, response: Response) -> EndpointWithSecret:
 
 @router.post("", status_code=201, response_model=EndpointWithSecret, responses=WRITE_ERRORS)
 async def create_endpoint(
-    data: EndpointCreate, repo: RepoDep, settings: SettingsDep, caller: WebhooksWrite, response: Response
+    data: EndpointCreate,
+    repo: RepoDep,
+    settings: SettingsDep,
+    resolver: ResolverDep,
+    caller: WebhooksWrite,
+    response: Response,
 ) -> EndpointWithSecret:
-    return with_secret(await service.create_endpoint(repo, settings, caller.tenant_id, data), response)
+    return with_secret(await service.create_endpoint(repo, settings, caller.tenant_id, data, resolver), response)
 
 
 @router.get("", response_model=Page[EndpointOut])
@@ -44,27 +63,33 @@ async def list_endpoints(repo: RepoDep, caller: WebhooksRead, page: PageDep) -> 
 
 
 @router.get("/{endpoint_id}", response_model=EndpointOut, responses=NotFound.openapi_response())
-async def get_endpoint(endpoint_id: EndpointId, repo: RepoDep, caller: WebhooksRead) -> EndpointOut:
+async def get_endpoint(endpoint_id: RowId, repo: RepoDep, caller: WebhooksRead) -> EndpointOut:
     return EndpointOut.model_validate(await service.get_endpoint(repo, caller.tenant_id, endpoint_id))
 
 
 @router.patch("/{endpoint_id}", response_model=EndpointOut, responses={**WRITE_ERRORS, **NotFound.openapi_response()})
 async def update_endpoint(
-    endpoint_id: EndpointId, data: EndpointUpdate, repo: RepoDep, settings: SettingsDep, caller: WebhooksWrite
+    endpoint_id: RowId,
+    data: EndpointUpdate,
+    repo: RepoDep,
+    deliveries: DeliveryRepoDep,
+    settings: SettingsDep,
+    resolver: ResolverDep,
+    caller: WebhooksWrite,
 ) -> EndpointOut:
-    endpoint = await service.update_endpoint(repo, settings, caller.tenant_id, endpoint_id, data)
+    endpoint = await service.update_endpoint(repo, deliveries, settings, caller.tenant_id, endpoint_id, data, resolver)
     return EndpointOut.model_validate(endpoint)
 
 
 @router.delete("/{endpoint_id}", status_code=204, responses=NotFound.openapi_response())
-async def delete_endpoint(endpoint_id: EndpointId, repo: RepoDep, caller: WebhooksWrite) -> Response:
+async def delete_endpoint(endpoint_id: RowId, repo: RepoDep, caller: WebhooksWrite) -> Response:
     await service.delete_endpoint(repo, caller.tenant_id, endpoint_id)
     return Response(status_code=204)
 
 
 @router.post("/{endpoint_id}/rotate-secret", response_model=EndpointWithSecret, responses=NotFound.openapi_response())
 async def rotate_secret(
-    endpoint_id: EndpointId, repo: RepoDep, settings: SettingsDep, caller: WebhooksWrite, response: Response
+    endpoint_id: RowId, repo: RepoDep, settings: SettingsDep, caller: WebhooksWrite, response: Response
 ) -> EndpointWithSecret:
     return with_secret(await service.rotate_secret(repo, settings, caller.tenant_id, endpoint_id), response)
 
@@ -74,7 +99,20 @@ async def rotate_secret(
     response_model=Page[DeliveryOut],
     responses={**NotFound.openapi_response(), **ValidationFailed.openapi_response()},
 )
-async def list_deliveries(
-    endpoint_id: EndpointId, repo: RepoDep, caller: WebhooksRead, page: PageDep
-) -> Page[DeliveryOut]:
+async def list_deliveries(endpoint_id: RowId, repo: RepoDep, caller: WebhooksRead, page: PageDep) -> Page[DeliveryOut]:
     return await service.list_deliveries(repo, caller.tenant_id, endpoint_id, page)
+
+
+@deliveries_router.get("/{delivery_id}", response_model=DeliveryDetail, responses=NotFound.openapi_response())
+async def get_delivery(delivery_id: RowId, deliveries: DeliveryRepoDep, caller: WebhooksRead) -> DeliveryDetail:
+    return await service.delivery_detail(deliveries, caller.tenant_id, delivery_id)
+
+
+@deliveries_router.post(
+    "/{delivery_id}/replay",
+    status_code=202,
+    response_model=DeliveryOut,
+    responses={**NotFound.openapi_response(), **Conflict.openapi_response()},
+)
+async def replay_delivery(delivery_id: RowId, deliveries: DeliveryRepoDep, caller: WebhooksWrite) -> DeliveryOut:
+    return await service.replay(deliveries, caller.tenant_id, delivery_id)

@@ -3,11 +3,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import UTCDateTime, new_id, utcnow
+from shared.db import AutoIncrement, UTCDateTime, new_id, utcnow
 from shared.repository import TenantRow
+from shared.telemetry import TRACEPARENT_LENGTH
+
+ACTIVE = "active"
+DISABLED = "disabled"
 
 
 class Base(DeclarativeBase):
@@ -25,13 +29,23 @@ class Endpoint(Base, TenantRow):
     url: Mapped[str] = mapped_column(String(2048))
     # Sorted, distinct event types.
     events: Mapped[list[str]] = mapped_column(JSON)
-    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # "active" or "disabled" (by its owner, or by the receiver answering 410 Gone).
+    status: Mapped[str] = mapped_column(String(20), default=ACTIVE)
     # Kept in the clear: signing needs the key itself, not a hash of it.
     secret: Mapped[str] = mapped_column(String(100))
     previous_secret: Mapped[str | None] = mapped_column(String(100), default=None)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    @property
+    def enabled(self) -> bool:
+        """The older shape of `status`, kept for clients that still send and read it."""
+        return self.status == ACTIVE
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self.status = ACTIVE if value else DISABLED
 
 
 class Event(Base):
@@ -47,6 +61,8 @@ class Event(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The trace of the request that wrote the event, which each delivery attempt continues.
+    traceparent: Mapped[str | None] = mapped_column(String(TRACEPARENT_LENGTH), default=None)
 
 
 class Delivery(Base, TenantRow):
@@ -71,6 +87,37 @@ class Delivery(Base, TenantRow):
     last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     last_error: Mapped[str | None] = mapped_column(String(500), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Attempts since the delivery was created or last replayed: the position in the retry schedule.
+    round_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Replays asked for; an attempt in flight during a replay leaves the replay's schedule alone.
+    replays: Mapped[int] = mapped_column(Integer, default=0)
+    # Set while a worker holds the delivery: its claim, and when the claim lapses if the worker dies.
+    lease_token: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+    @property
+    def webhook_id(self) -> str:
+        """The `webhook-id` receivers deduplicate on: one per event and endpoint, like the row."""
+        return webhook_id_of(self.id)
+
+
+def webhook_id_of(delivery_id: str) -> str:
+    return "msg_" + delivery_id.replace("-", "")
+
+
+class DeliveryAttempt(Base):
+    """One try at a delivery, as the attempt log shows it."""
+
+    __tablename__ = "webhook_delivery_attempts"
+    __table_args__ = (Index("ix_webhook_delivery_attempts_delivery_at", "delivery_id", "at", "id"),)
+
+    id: Mapped[int] = mapped_column(AutoIncrement, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    # What went wrong, with at most a few hundred bytes of what the receiver answered.
+    error: Mapped[str | None] = mapped_column(String(500), default=None)
 
 
 class RelayCursor(Base):

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import case, delete, func, select
 
-from services.webhooks.models import Delivery, Endpoint, Event, RelayCursor
+from services.webhooks.models import ACTIVE, Delivery, Endpoint, Event, RelayCursor
 from services.webhooks.schemas import FeedEvent
 from shared.db import dialect_insert, new_id, table_of, utcnow
 from shared.repository import Repository
@@ -65,6 +65,7 @@ class RelayRepository(Repository):
                     "data": e.data,
                     "occurred_at": e.created_at,
                     "received_at": now,
+                    "traceparent": e.traceparent,
                 }
                 for e in events
             ]
@@ -93,7 +94,7 @@ class RelayRepository(Repository):
         endpoints = (
             await self.session.scalars(
                 select(Endpoint)
-                .where(Endpoint.tenant_id.in_(tenants), Endpoint.enabled.is_(True))
+                .where(Endpoint.tenant_id.in_(tenants), Endpoint.status == ACTIVE)
                 # One order of inserts in every relay, so concurrent ones wait on each other, never deadlock.
                 .order_by(Endpoint.id)
             )

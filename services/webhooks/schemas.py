@@ -3,13 +3,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.schemas import refuse_null
+from shared.telemetry import TRACEPARENT_PATTERN
 
 EventType = Literal["order.created", "order.cancelled"]
 EVENT_TYPES: tuple[str, ...] = ("order.created", "order.cancelled")
 NOT_NULL = refuse_null("must not be null; leave the field out to keep it")
+EndpointStatus = Literal["active", "disabled"]
+DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
+
+
+def _status_or_enabled(status: EndpointStatus | None, enabled: bool | None) -> None:
+    """`enabled` is the older shape of `status`; sent together they must agree."""
+    if status is not None and enabled is not None and (status == "active") != enabled:
+        raise ValueError("status and enabled disagree; send status alone (enabled is its older shape)")
 
 
 def _distinct_sorted(events: list[EventType]) -> list[EventType]:
@@ -21,12 +30,25 @@ class EndpointCreate(BaseModel):
 
     url: str = Field(min_length=1, max_length=2048, examples=["https://hooks.example.com/portico"])
     events: list[EventType] = Field(min_length=1, max_length=len(EVENT_TYPES) * 4)
-    enabled: bool = True
+    status: EndpointStatus | None = None
+    # The older shape of `status`.
+    enabled: bool | None = None
 
     @field_validator("events")
     @classmethod
     def _events(cls, events: list[EventType]) -> list[EventType]:
         return _distinct_sorted(events)
+
+    @model_validator(mode="after")
+    def _agree(self) -> EndpointCreate:
+        _status_or_enabled(self.status, self.enabled)
+        return self
+
+    @property
+    def initial_status(self) -> EndpointStatus:
+        if self.status is not None:
+            return self.status
+        return "disabled" if self.enabled is False else "active"
 
 
 class EndpointUpdate(BaseModel):
@@ -36,12 +58,27 @@ class EndpointUpdate(BaseModel):
 
     url: Annotated[str | None, NOT_NULL] = Field(default=None, min_length=1, max_length=2048)
     events: list[EventType] | None = Field(default=None, min_length=1, max_length=len(EVENT_TYPES) * 4)
+    status: Annotated[EndpointStatus | None, NOT_NULL] = None
+    # The older shape of `status`.
     enabled: Annotated[bool | None, NOT_NULL] = None
 
     @field_validator("events")
     @classmethod
     def _events(cls, events: list[EventType] | None) -> list[EventType] | None:
         return _distinct_sorted(events) if events is not None else None
+
+    @model_validator(mode="after")
+    def _agree(self) -> EndpointUpdate:
+        _status_or_enabled(self.status, self.enabled)
+        return self
+
+    @property
+    def new_status(self) -> EndpointStatus | None:
+        if self.status is not None:
+            return self.status
+        if self.enabled is not None:
+            return "active" if self.enabled else "disabled"
+        return None
 
 
 class EndpointOut(BaseModel):
@@ -50,6 +87,8 @@ class EndpointOut(BaseModel):
     id: str
     url: str
     events: list[str]
+    status: EndpointStatus
+    # The older shape of `status` (enabled is status == "active"), kept for existing clients.
     enabled: bool
     created_at: datetime
     updated_at: datetime
@@ -70,12 +109,28 @@ class DeliveryOut(BaseModel):
     endpoint_id: str
     event_id: str
     event_type: str
-    status: str
+    webhook_id: str
+    status: DeliveryStatus
     attempts: int
     next_attempt_at: datetime | None
     last_attempt_at: datetime | None
     last_status_code: int | None
     created_at: datetime
+
+
+class AttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+
+
+class DeliveryDetail(DeliveryOut):
+    """One delivery with its attempt log, oldest attempt first."""
+
+    attempt_log: list[AttemptOut]
 
 
 class FeedEvent(BaseModel):
@@ -88,6 +143,8 @@ class FeedEvent(BaseModel):
     tenant_id: str = Field(min_length=1, max_length=64)
     created_at: datetime
     data: dict[str, Any]
+    # The W3C trace context of the request that wrote the event (absent from older feeds).
+    traceparent: str | None = None
 
     @field_validator("created_at")
     @classmethod
@@ -95,6 +152,12 @@ class FeedEvent(BaseModel):
         if value.tzinfo is None:
             raise ValueError("must carry a UTC offset")
         return value
+
+    @field_validator("traceparent", mode="before")
+    @classmethod
+    def _trace_or_nothing(cls, value: Any) -> Any:
+        # Only a trace to continue: anything else is dropped rather than holding up the feed.
+        return value if isinstance(value, str) and TRACEPARENT_PATTERN.match(value) else None
 
 
 class FeedPage(BaseModel):

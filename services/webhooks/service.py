@@ -1,5 +1,6 @@
-"""Rules of the webhook registry. Every function runs in the request's transaction (its repository
-shares the request's session)."""
+"""Rules of the webhook registry and of deliveries as the API shows them (one with its attempt log,
+a replay). Every function runs in the request's transaction (its repositories share the request's
+session)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,24 @@ import base64
 import secrets
 from datetime import timedelta
 
-from services.webhooks.models import Delivery, Endpoint
+from services.webhooks.delivery_repository import DeliveryRepository
+from services.webhooks.models import ACTIVE, DISABLED, Delivery, Endpoint
 from services.webhooks.repository import EndpointRepository
-from services.webhooks.schemas import DeliveryOut, EndpointCreate, EndpointOut, EndpointUpdate
+from services.webhooks.schemas import (
+    AttemptOut,
+    DeliveryDetail,
+    DeliveryOut,
+    EndpointCreate,
+    EndpointOut,
+    EndpointUpdate,
+)
 from services.webhooks.settings import WebhooksSettings
-from services.webhooks.url_safety import DnsUnavailable, UnsafeUrl, check_url
+from services.webhooks.signing import SECRET_PREFIX
+from services.webhooks.url_safety import DnsUnavailable, Resolver, UnsafeUrl, check_url
 from shared.db import new_id, utcnow
-from shared.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
+from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.pagination import Page, PageQuery
 
-SECRET_PREFIX = "whsec_"
 # Standard Webhooks takes secrets of 24 to 64 bytes.
 SECRET_BYTES = 32
 
@@ -32,31 +41,48 @@ class EndpointLimitReached(Conflict, code="WEBHOOK_ENDPOINT_LIMIT_REACHED", titl
 class UrlRefused(ValidationFailed, code="WEBHOOK_URL_REFUSED", title="Webhook URL refused"): ...
 
 
-class DnsUnavailableError(ServiceUnavailable, code="DNS_UNAVAILABLE", title="Host name resolution unavailable"): ...
+class DeliveryNotFound(
+    NotFound, code="WEBHOOK_DELIVERY_NOT_FOUND", title="Webhook delivery not found", resource="webhook delivery"
+): ...
+
+
+class EndpointDisabled(Conflict, code="WEBHOOK_ENDPOINT_DISABLED", title="Webhook endpoint disabled"): ...
 
 
 def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
-async def checked_url(url: str, settings: WebhooksSettings) -> str:
-    """The URL if webhooks may be sent to it; a 422 naming `url` (or a 503 when DNS fails) otherwise."""
+async def checked_url(url: str, settings: WebhooksSettings, resolver: Resolver) -> str:
+    """The URL if webhooks may be sent to it; a 422 naming `url` otherwise.
+
+    A host name that does not resolve (yet, or not from here) is accepted: only what can be shown
+    to be non-public is refused now, and every delivery checks the name again before connecting.
+    """
     try:
-        await check_url(url, allow_private=settings.allow_private_urls, dns_timeout=settings.dns_timeout_seconds)
+        await check_url(
+            url, allow_private=settings.allow_private_urls, dns_timeout=settings.dns_timeout_seconds, resolver=resolver
+        )
     except UnsafeUrl as exc:
+        if exc.kind == "unresolvable":
+            return url
         raise UrlRefused(
             exc.message,
             errors=[{"loc": ["body", "url"], "field": "url", "msg": exc.message, "type": f"url.{exc.kind}"}],
         ) from None
-    except DnsUnavailable as exc:
-        raise DnsUnavailableError(str(exc), headers={"Retry-After": "5"}) from None
+    except DnsUnavailable:
+        return url
     return url
 
 
 async def create_endpoint(
-    repo: EndpointRepository, settings: WebhooksSettings, tenant_id: str, data: EndpointCreate
+    repo: EndpointRepository,
+    settings: WebhooksSettings,
+    tenant_id: str,
+    data: EndpointCreate,
+    resolver: Resolver,
 ) -> Endpoint:
-    url = await checked_url(data.url, settings)
+    url = await checked_url(data.url, settings, resolver)
     # A soft limit (two concurrent creates may both pass): it bounds the fan-out of one event.
     if await repo.count_endpoints(tenant_id) >= settings.max_endpoints_per_tenant:
         raise EndpointLimitReached(
@@ -68,7 +94,7 @@ async def create_endpoint(
         tenant_id=tenant_id,
         url=url,
         events=list(data.events),
-        enabled=data.enabled,
+        status=data.initial_status,
         secret=new_secret(),
         created_at=now,
         updated_at=now,
@@ -87,17 +113,27 @@ async def list_endpoints(repo: EndpointRepository, tenant_id: str, page: PageQue
 
 
 async def update_endpoint(
-    repo: EndpointRepository, settings: WebhooksSettings, tenant_id: str, endpoint_id: str, data: EndpointUpdate
+    repo: EndpointRepository,
+    deliveries: DeliveryRepository,
+    settings: WebhooksSettings,
+    tenant_id: str,
+    endpoint_id: str,
+    data: EndpointUpdate,
+    resolver: Resolver,
 ) -> Endpoint:
     endpoint = await get_endpoint(repo, tenant_id, endpoint_id)
     if data.url is not None:
-        endpoint.url = await checked_url(data.url, settings)
+        endpoint.url = await checked_url(data.url, settings, resolver)
     if data.events is not None:
         endpoint.events = list(data.events)
-    if data.enabled is not None:
-        endpoint.enabled = data.enabled
+    disabling = data.new_status == DISABLED and endpoint.status != DISABLED
+    if data.new_status is not None:
+        endpoint.status = data.new_status
     endpoint.updated_at = utcnow()
     await repo.save()
+    if disabling:
+        # Like a 410 from the receiver: nothing more goes to a disabled endpoint.
+        await deliveries.cancel_pending(endpoint.id)
     return endpoint
 
 
@@ -135,3 +171,22 @@ async def list_deliveries(
         query=page,
         convert=DeliveryOut.model_validate,
     )
+
+
+async def delivery_detail(repo: DeliveryRepository, tenant_id: str, delivery_id: str) -> DeliveryDetail:
+    """Another tenant's delivery answers exactly as a missing one does."""
+    delivery = await repo.one(Delivery, tenant_id, delivery_id, DeliveryNotFound)
+    log = [AttemptOut.model_validate(attempt) for attempt in await repo.attempt_log(delivery.id)]
+    return DeliveryDetail(**DeliveryOut.model_validate(delivery).model_dump(), attempt_log=log)
+
+
+async def replay(repo: DeliveryRepository, tenant_id: str, delivery_id: str) -> DeliveryOut:
+    """Sends the event again with the same `webhook-id`, whatever the delivery's status, on a fresh
+    retry schedule. A disabled endpoint gets nothing: enable it first."""
+    delivery = await repo.one(Delivery, tenant_id, delivery_id, DeliveryNotFound)
+    if await repo.endpoint_status(delivery.endpoint_id) != ACTIVE:
+        raise EndpointDisabled(
+            f"The endpoint {delivery.endpoint_id} is disabled; enable it (PATCH status active) before replaying."
+        )
+    await repo.replay(delivery, utcnow())
+    return DeliveryOut.model_validate(delivery)

@@ -1,9 +1,34 @@
 from __future__ import annotations
 
-from pydantic import AnyHttpUrl, Field
+from typing import Annotated, Any
 
-from shared.contract import PROCESSES
+from pydantic import AnyHttpUrl, BeforeValidator, Field, model_validator
+from pydantic_settings import NoDecode
+
+from shared.contract import PROCESSES, WORKERS
 from shared.settings import BaseServiceSettings, process_config, sqlite_url
+
+DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+# Time a lease keeps beyond the attempt's own timeout, for recording its outcome.
+LEASE_MARGIN_SECONDS = 5.0
+
+
+def _parse_schedule(value: Any) -> Any:
+    """`5,300,1800` from the environment; a sequence of numbers from code."""
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",")]
+        if not all(parts):
+            raise ValueError("write the delays as comma-separated seconds, e.g. 5,300,1800")
+        return tuple(parts)
+    return value
+
+
+RetrySchedule = Annotated[
+    tuple[Annotated[float, Field(ge=0, le=7 * 24 * 3600)], ...],
+    NoDecode,
+    BeforeValidator(_parse_schedule),
+    Field(min_length=1, max_length=50),
+]
 
 
 class WebhooksSettings(BaseServiceSettings):
@@ -30,3 +55,33 @@ class WebhooksSettings(BaseServiceSettings):
     # After a rotation the previous secret keeps signing deliveries this long, next to the new one,
     # so receivers can switch without dropping any (Standard Webhooks allows several signatures).
     secret_rotation_grace_seconds: int = Field(default=24 * 3600, ge=0, le=7 * 24 * 3600)
+
+    # The delivery worker (`python -m services.webhooks worker`) serves its probes and metrics here.
+    worker_port: int = WORKERS["webhooks-worker"].port
+    # A 2xx within this time is success; the whole attempt (resolving, connecting, sending, the
+    # answer's headers and the few bytes of body kept) must fit in it.
+    delivery_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    # Delays after each failed attempt; one attempt more than there are delays.
+    retry_schedule_seconds: RetrySchedule = DEFAULT_RETRY_SCHEDULE
+    # Attempts one worker runs at once, and attempts to one endpoint across every worker: a slow
+    # receiver holds at most this many, whatever the backlog.
+    worker_concurrency: int = Field(default=32, ge=1, le=1000)
+    endpoint_concurrency: int = Field(default=4, ge=1, le=1000)
+    # How often an idle worker looks for due deliveries.
+    worker_poll_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    # A claimed delivery is the worker's until then; a worker that dies lets it go when it expires.
+    delivery_lease_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # On SIGTERM the worker stops claiming and lets attempts in flight finish this long, then gives
+    # back what is left.
+    worker_stop_grace_seconds: float = Field(default=10.0, ge=0, le=300)
+
+    @model_validator(mode="after")
+    def _lease_outlives_an_attempt(self) -> WebhooksSettings:
+        # A lease that could expire during an attempt would let a second worker start the same one.
+        needed = self.delivery_timeout_seconds + LEASE_MARGIN_SECONDS
+        if self.delivery_lease_seconds < needed:
+            raise ValueError(
+                "delivery_lease_seconds must be at least delivery_timeout_seconds + "
+                f"{LEASE_MARGIN_SECONDS:g} ({needed:g})"
+            )
+        return self

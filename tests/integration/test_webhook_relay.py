@@ -13,14 +13,12 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from scripts.devstack import free_port
 from services.webhooks.app import create_app
@@ -30,50 +28,18 @@ from shared.contract import Identity
 from shared.errors import DownstreamBadResponse, DownstreamUnavailable
 from shared.http import ServiceClient, create_http_client
 from shared.identity import IdentitySigner
-from shared.migrations import upgrade
 from tests.conftest import app_client, internal_headers, settings_kwargs
 from tests.e2e.test_webhooks_flow import Shop
 from tests.infra import Servers
+from tests.webhook_support import HooksDb, hooks_db
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class RelayDb:
-    url: str  # SQLAlchemy URL
-    dsn: str  # plain libpq DSN, for looking underneath
-    engine: AsyncEngine
-    sessionmaker: async_sessionmaker[AsyncSession]
-
-    async def fetchval(self, query: str, *args: object) -> object:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            return await conn.fetchval(query, *args)
-        finally:
-            await conn.close()
-
-
 @pytest.fixture
-async def relay_db(migrated: Servers) -> AsyncIterator[RelayDb]:
-    name = f"{migrated.database_name('webhooks')}_relay_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(migrated.pg_admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = f"{migrated.pg_admin_dsn.rpartition('/')[0]}/{name}"
-    url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
-    engine = create_async_engine(url)
-    try:
-        await asyncio.to_thread(upgrade, ROOT / "services" / "webhooks", url)
-        yield RelayDb(url, dsn, engine, async_sessionmaker(engine, expire_on_commit=False))
-    finally:
-        await engine.dispose()
-        admin = await asyncpg.connect(migrated.pg_admin_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+async def relay_db(migrated: Servers, tmp_path: Path) -> AsyncIterator[HooksDb]:
+    async with hooks_db(migrated, "postgresql", tmp_path) as db:
+        yield db
 
 
 @pytest.fixture
@@ -86,7 +52,7 @@ async def http(migrated: Servers) -> AsyncIterator[httpx.AsyncClient]:
         await client.aclose()
 
 
-def relay_for(db: RelayDb, http: httpx.AsyncClient, signer: IdentitySigner, orders_url: str, **kwargs) -> OrdersRelay:
+def relay_for(db: HooksDb, http: httpx.AsyncClient, signer: IdentitySigner, orders_url: str, **kwargs) -> OrdersRelay:
     return OrdersRelay(db.sessionmaker, ServiceClient("orders", orders_url, http, signer), **kwargs)
 
 
@@ -118,7 +84,7 @@ def http_answer(status: int, body: bytes, content_type: str = "application/json"
     ).encode() + body
 
 
-async def assert_nothing_stored(db: RelayDb) -> None:
+async def assert_nothing_stored(db: HooksDb) -> None:
     assert await db.fetchval("SELECT count(*) FROM webhook_events") == 0
     assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
     assert await db.fetchval("SELECT coalesce(max(position), 0) FROM webhook_relay_cursors") == 0
@@ -198,7 +164,7 @@ async def test_the_service_runs_the_relay_for_its_lifetime(relay_db, migrated, c
 
 
 @contextlib.asynccontextmanager
-async def registry_on(db: RelayDb, migrated: Servers) -> AsyncIterator[httpx.AsyncClient]:
+async def registry_on(db: HooksDb, migrated: Servers) -> AsyncIterator[httpx.AsyncClient]:
     """The webhooks API on the test's own database (its relay is the one the test drives)."""
     settings = WebhooksSettings(
         **{**settings_kwargs(migrated, "webhooks"), "database_url": db.url}, relay_enabled=False
@@ -229,13 +195,13 @@ async def drain(relay: OrdersRelay) -> int:
     return batches
 
 
-async def skip_to_the_end(db: RelayDb, http: httpx.AsyncClient, signer: IdentitySigner, orders_url: str) -> int:
+async def skip_to_the_end(db: HooksDb, http: httpx.AsyncClient, signer: IdentitySigner, orders_url: str) -> int:
     await drain(relay_for(db, http, signer, orders_url, batch_size=500))
     return await relay_for(db, http, signer, orders_url).position()
 
 
 @contextlib.asynccontextmanager
-async def cursor_row_locked(db: RelayDb) -> AsyncIterator[None]:
+async def cursor_row_locked(db: HooksDb) -> AsyncIterator[None]:
     """Holds the relay's cursor row, so a batch stops at its last statement, everything else written."""
     conn = await asyncpg.connect(db.dsn)
     transaction = conn.transaction()
@@ -248,7 +214,7 @@ async def cursor_row_locked(db: RelayDb) -> AsyncIterator[None]:
         await conn.close()
 
 
-async def blocked_relay_backend(db: RelayDb) -> int:
+async def blocked_relay_backend(db: HooksDb) -> int:
     """The backend of the relay waiting on the cursor row, once it has written the batch's deliveries."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -273,7 +239,7 @@ async def blocked_relay_backend(db: RelayDb) -> int:
     raise AssertionError("the relay never reached its cursor update")
 
 
-async def counts(db: RelayDb, tenant_id: str, endpoints: dict[str, dict]) -> dict[str, object]:
+async def counts(db: HooksDb, tenant_id: str, endpoints: dict[str, dict]) -> dict[str, object]:
     conn = await asyncpg.connect(db.dsn)
     try:
         seen: dict[str, object] = {

@@ -22,19 +22,34 @@ from tests.infra import Servers
 
 PUBLIC_URL = "https://93.184.215.14/hooks/portico"
 WEBHOOK_SCOPES = frozenset({"webhooks:read", "webhooks:write"})
+# What the registry's resolver answers in these tests: nothing depends on the machine's DNS.
+DNS: dict[str, list[str]] = {
+    "hooks.example.com": ["93.184.215.14", "2606:2800::1"],
+    "internal.example.com": ["10.0.0.8"],
+    "sneaky.example.com": ["93.184.215.14", "127.0.0.1"],
+    "rebound.example.com": ["169.254.169.254"],
+}
+
+
+async def table_resolver(host: str, port: int) -> list[str]:
+    if host == "dns-down.example.com":
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    if host not in DNS:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    return DNS[host]
 
 
 @pytest.fixture(scope="module")
 async def webhooks_client(migrated: Servers) -> AsyncIterator[httpx.AsyncClient]:
     settings = WebhooksSettings(**settings_kwargs(migrated, "webhooks"), relay_enabled=False)
-    async for client in app_client(create_app(settings)):
+    async for client in app_client(create_app(settings, resolver=table_resolver)):
         yield client
 
 
 @pytest.fixture(scope="module")
 async def demo_client(migrated: Servers) -> AsyncIterator[httpx.AsyncClient]:
     settings = WebhooksSettings(**settings_kwargs(migrated, "webhooks"), relay_enabled=False, allow_private_urls=True)
-    async for client in app_client(create_app(settings)):
+    async for client in app_client(create_app(settings, resolver=table_resolver)):
         yield client
 
 
@@ -100,6 +115,7 @@ async def test_create_shows_the_secret_once(webhooks_client, signer):
     assert body["url"] == PUBLIC_URL
     assert body["events"] == ["order.cancelled", "order.created"]
     assert body["enabled"] is True
+    assert body["status"] == "active"
     assert_secret(body["secret"])
 
     one = await tenant.request("GET", f"/endpoints/{body['id']}")
@@ -225,6 +241,10 @@ UNSAFE_URLS = [
     ("http://0x7f.1/hook", "loopback"),
     ("http://[::ffff:127.0.0.1]/hook", "loopback"),  # IPv4-mapped
     ("http://[2002:7f00:1::]/hook", "loopback"),  # 6to4 around 127.0.0.1
+    ("http://[::127.0.0.1]/hook", "loopback"),  # IPv4-compatible
+    ("http://[::ffff:0:7f00:1]/hook", "loopback"),  # IPv4-translated
+    ("http://[2001:20::1]/hook", "reserved"),  # ORCHIDv2
+    ("http://192.0.0.9/hook", "reserved"),  # PCP anycast
     ("http://10.1.2.3/hook", "private"),
     ("http://172.16.0.1/hook", "private"),
     ("http://192.168.1.20/hook", "private"),
@@ -251,7 +271,9 @@ UNSAFE_URLS = [
     ("javascript:alert(1)", "scheme"),
     ("gopher://93.184.215.14:70/_hook", "scheme"),
     ("93.184.215.14/hook", "scheme"),
-    ("https://hooks.example.invalid/hook", "unresolvable"),
+    ("https://internal.example.com/hook", "private"),  # names are judged by what they resolve to
+    ("https://sneaky.example.com/hook", "loopback"),  # every address, not just the first
+    ("https://rebound.example.com/hook", "metadata"),
     ("https:///hook", "syntax"),
     ("https://93.184.215.14:0/hook", "syntax"),
     ("https://93.184.215.14:99999/hook", "syntax"),
@@ -270,6 +292,45 @@ async def test_unsafe_urls_are_422_naming_url_and_store_nothing(webhooks_client,
         body
     )
     assert await tenant.all_endpoints() == []
+
+
+async def test_a_host_name_that_does_not_resolve_yet_is_accepted(webhooks_client, signer):
+    """Registration refuses only what it can show to be non-public; every delivery checks again."""
+    tenant = Tenant(webhooks_client, signer)
+    for url in (
+        "https://not-yet.example.com/hook",  # no such name (yet)
+        "https://dns-down.example.com/hook",  # the resolver failing is not the URL's fault either
+        "https://hooks.example.com/hook",  # resolves, to public addresses only
+    ):
+        assert (await tenant.create(url=url)).status_code == 201, url
+    assert len(await tenant.all_endpoints()) == 3
+
+
+async def test_status_and_its_older_shape_enabled(webhooks_client, signer):
+    tenant = Tenant(webhooks_client, signer)
+    created = await tenant.created()
+    path = f"/endpoints/{created['id']}"
+    disabled = await tenant.request("PATCH", path, json={"status": "disabled"})
+    assert disabled.status_code == 200, disabled.text
+    assert (disabled.json()["status"], disabled.json()["enabled"]) == ("disabled", False)
+    enabled = await tenant.request("PATCH", path, json={"enabled": True})
+    assert (enabled.json()["status"], enabled.json()["enabled"]) == ("active", True)
+    both = await tenant.request("PATCH", path, json={"status": "disabled", "enabled": False})
+    assert both.json()["status"] == "disabled"
+    body = problem(await tenant.request("PATCH", path, json={"status": "active", "enabled": False}), 422)
+    assert "status and enabled disagree" in body["errors"][0]["msg"]
+    for bad in ({"status": "paused"}, {"status": None}):
+        assert "status" in error_fields(problem(await tenant.request("PATCH", path, json=bad), 422)), bad
+    assert (await tenant.request("GET", path)).json()["status"] == "disabled"
+
+    born_disabled = await tenant.request(
+        "POST", "/endpoints", json={"url": PUBLIC_URL, "events": ["order.created"], "status": "disabled"}
+    )
+    assert (born_disabled.json()["status"], born_disabled.json()["enabled"]) == ("disabled", False)
+    old_shape = await tenant.request(
+        "POST", "/endpoints", json={"url": PUBLIC_URL, "events": ["order.created"], "enabled": False}
+    )
+    assert (old_shape.json()["status"], old_shape.json()["enabled"]) == ("disabled", False)
 
 
 async def test_bad_bodies_are_422_naming_the_field_and_store_nothing(webhooks_client, signer):

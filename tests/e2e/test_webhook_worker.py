@@ -1,0 +1,255 @@
+"""The delivery worker as real processes on PostgreSQL: killed with SIGKILL at each stage of an
+attempt, and three of them sharing one queue.
+
+At least once: whatever stage a worker dies at, the event still arrives, and a duplicate carries the
+same `webhook-id`. Exactly once when nothing fails: three workers, 500 deliveries, 500 requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from scripts.devstack import free_port
+from tests.conftest import INTERNAL_SECRET
+from tests.infra import Servers
+from tests.webhook_support import HooksDb, Received, Receiver, answer, eventually, hooks_db, http_answer
+
+ROOT = Path(__file__).resolve().parents[2]
+LEASE_SECONDS = 10
+
+
+@pytest.fixture
+async def pg(migrated: Servers, tmp_path) -> AsyncIterator[HooksDb]:
+    async with hooks_db(migrated, "postgresql", tmp_path) as found:
+        yield found
+
+
+class Workers:
+    """`python -m services.webhooks worker` processes on the test's database."""
+
+    def __init__(self, db: HooksDb, log_dir: Path) -> None:
+        self.db = db
+        self.log_dir = log_dir
+        self.procs: list[tuple[subprocess.Popen[bytes], int]] = []
+
+    def start(self) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        env = {
+            **os.environ,
+            "WEBHOOKS_ENVIRONMENT": "test",
+            "WEBHOOKS_INTERNAL_TOKEN_SECRET": INTERNAL_SECRET,
+            "WEBHOOKS_DATABASE_URL": self.db.url,
+            "WEBHOOKS_DB_POOL_SIZE": "4",
+            "WEBHOOKS_WORKER_PORT": str(port),
+            "WEBHOOKS_ALLOW_PRIVATE_URLS": "true",
+            "WEBHOOKS_DELIVERY_TIMEOUT_SECONDS": "5",
+            "WEBHOOKS_DELIVERY_LEASE_SECONDS": str(LEASE_SECONDS),
+            "WEBHOOKS_RETRY_SCHEDULE_SECONDS": "0.5,0.5,0.5,0.5",
+            "WEBHOOKS_WORKER_POLL_INTERVAL_SECONDS": "0.05",
+            "OTEL_SERVICE_NAME": "webhooks-worker",
+            "PYTHONUNBUFFERED": "1",
+        }
+        log = open(self.log_dir / f"worker-{port}.log", "ab")  # noqa: SIM115 - the child keeps its own copy
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.webhooks", "worker"],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.procs.append((proc, port))
+        return proc, port
+
+    async def ready(self, port: int, timeout: float = 60.0) -> None:
+        async def answers() -> bool:
+            try:
+                async with httpx.AsyncClient(timeout=2) as client:
+                    return (await client.get(f"http://127.0.0.1:{port}/health/ready")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(answers, timeout, interval=0.2)
+
+    async def metrics(self, port: int) -> str:
+        async with httpx.AsyncClient(timeout=5) as client:
+            return (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+
+    def stop_all(self) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def workers(pg: HooksDb, tmp_path) -> Iterator[Workers]:
+    running = Workers(pg, tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop_all()
+
+
+async def alive_and(proc: subprocess.Popen[bytes], check) -> bool:
+    assert proc.poll() is None, "the worker exited; see its log"
+    return await check
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+async def status_of(db: HooksDb, delivery_id: str) -> str:
+    return (await db.delivery(delivery_id)).status
+
+
+async def delivered_after_restart(db: HooksDb, workers: Workers, delivery) -> None:
+    _, port = workers.start()
+    await workers.ready(port)
+    # The dead worker's lease lapses, then the new one delivers.
+    await eventually(lambda: _is(db, delivery.id, "succeeded"), timeout=LEASE_SECONDS + 60)
+
+
+async def _is(db: HooksDb, delivery_id: str, status: str) -> bool:
+    return await status_of(db, delivery_id) == status
+
+
+async def test_killed_after_claiming_before_sending(pg, workers):
+    # A listener whose accept queue is full: the worker's connect waits, so it holds its claim and
+    # has sent nothing when it dies.
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(0)
+    port = blocker.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))
+    endpoint = await pg.endpoint(f"http://127.0.0.1:{port}/hooks")
+    [delivery] = await pg.deliveries(endpoint)
+    proc, _ = workers.start()
+    await eventually(lambda: alive_and(proc, _leased(pg, delivery.id)))
+    kill(proc)
+    filler.close()
+    blocker.close()
+    async with Receiver(port=port) as receiver:
+        await delivered_after_restart(pg, workers, delivery)
+    assert [r.webhook_id for r in receiver.received] == [delivery.webhook_id]
+    stored = await pg.delivery(delivery.id)
+    assert (stored.attempts, stored.lease_token) == (1, None)
+
+
+async def _leased(db: HooksDb, delivery_id: str) -> bool:
+    return (await db.delivery(delivery_id)).lease_token is not None
+
+
+async def test_killed_while_sending(pg, workers):
+    hold = asyncio.Event()
+
+    async def holds(_: Received, writer: asyncio.StreamWriter) -> bool:
+        await hold.wait()
+        return False
+
+    async with Receiver(holds) as receiver:
+        endpoint = await pg.endpoint(receiver.url)
+        [delivery] = await pg.deliveries(endpoint)
+        proc, _ = workers.start()
+        await receiver.wait_for(1)
+        kill(proc)
+        receiver.handler = answer(204)
+        await delivered_after_restart(pg, workers, delivery)
+        hold.set()
+    # The first request arrived and was never answered; the second is the same webhook.
+    assert [r.webhook_id for r in receiver.received] == [delivery.webhook_id] * 2
+    assert receiver.received[0].body == receiver.received[1].body
+
+
+async def test_killed_after_the_answer_before_recording_it(pg, workers):
+    locker: asyncpg.Connection | None = None
+
+    async def locks_then_answers(request: Received, writer: asyncio.StreamWriter) -> bool:
+        # The worker's record step will wait on this row lock: the answer is out, the outcome not in.
+        nonlocal locker
+        locker = await asyncpg.connect(pg.dsn)
+        await locker.execute("BEGIN")
+        await locker.execute("SELECT id FROM webhook_deliveries FOR UPDATE")
+        writer.write(http_answer(204))
+        await writer.drain()
+        return False
+
+    async with Receiver(locks_then_answers) as receiver:
+        endpoint = await pg.endpoint(receiver.url)
+        [delivery] = await pg.deliveries(endpoint)
+        proc, _ = workers.start()
+        await receiver.wait_for(1)
+        await eventually(lambda: alive_and(proc, _someone_waits_on_a_lock(pg)))
+        kill(proc)
+        receiver.handler = answer(204)
+        assert locker is not None
+        await locker.close()  # rolls back; the dead worker's transaction never commits
+        await delivered_after_restart(pg, workers, delivery)
+    assert [r.webhook_id for r in receiver.received] == [delivery.webhook_id] * 2
+    stored = await pg.delivery(delivery.id)
+    assert stored.attempts == 1  # the first attempt's outcome was never recorded
+
+
+async def _someone_waits_on_a_lock(db: HooksDb) -> bool:
+    conn = await asyncpg.connect(db.dsn)
+    try:
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    finally:
+        await conn.close()
+    return bool(waiting)
+
+
+async def test_three_workers_deliver_500_events_exactly_once(pg, workers):
+    async with Receiver() as receiver:
+        deliveries = []
+        for _ in range(10):
+            deliveries += await pg.deliveries(await pg.endpoint(receiver.url), 50)
+        ports = [workers.start()[1] for _ in range(3)]
+        for port in ports:
+            await workers.ready(port)
+
+        async def all_delivered() -> bool:
+            conn = await asyncpg.connect(pg.dsn)
+            try:
+                left = await conn.fetchval("SELECT count(*) FROM webhook_deliveries WHERE status <> 'succeeded'")
+            finally:
+                await conn.close()
+            return left == 0
+
+        await eventually(all_delivered, timeout=180, interval=0.2)
+        counts = []
+        for port in ports:
+            text = await workers.metrics(port)
+            counts.append(float(text.split('portico_webhook_deliveries_total{outcome="succeeded"} ')[1].split()[0]))
+    assert len(receiver.received) == 500
+    assert {r.webhook_id for r in receiver.received} == {d.webhook_id for d in deliveries}
+    conn = await asyncpg.connect(pg.dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM webhook_deliveries WHERE attempts <> 1") == 0
+        assert await conn.fetchval("SELECT count(*) FROM webhook_delivery_attempts") == 500
+    finally:
+        await conn.close()
+    assert sum(counts) == 500, counts

@@ -1,0 +1,141 @@
+"""Migrations up and down on PostgreSQL and SQLite, with rows in the tables: each keeps what the rows
+said, and head is exactly what the models say."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+
+from services.orders.models import Base as OrdersBase
+from services.webhooks.models import Base as WebhooksBase
+from shared.migrations import alembic_config, upgrade
+from tests.infra import Servers
+from tests.webhook_support import ROOT, WEBHOOKS_DIR, _create_pg, _drop_pg
+
+ORDERS_DIR = ROOT / "services" / "orders"
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+ENDPOINTS = (
+    "INSERT INTO webhook_endpoints (id, tenant_id, url, events, enabled, secret, created_at, updated_at) VALUES "
+    "('off', 't', 'https://1.1.1.1/', '[]', false, 's', '2026-01-01 00:00:00+00', '2026-01-01 00:00:00+00'), "
+    "('on', 't', 'https://1.1.1.1/', '[]', true, 's', '2026-01-01 00:00:00+00', '2026-01-01 00:00:00+00')"
+)
+
+
+async def query(url: str, sql: str) -> list:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(sql))
+            return list(result.all()) if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+async def differences(url: str, base: type[DeclarativeBase] = WebhooksBase) -> list:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                lambda sync: compare_metadata(
+                    MigrationContext.configure(sync, opts={"compare_type": True}), base.metadata
+                )
+            )
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def empty_url(request, migrated: Servers, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'webhooks.db'}"
+        return
+    name, dsn = await _create_pg(migrated, "migrations")
+    try:
+        yield dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    finally:
+        await _drop_pg(migrated, name)
+
+
+async def test_0002_delivery_up_and_down_keeps_what_endpoints_said(empty_url):
+    await asyncio.to_thread(upgrade, WEBHOOKS_DIR, empty_url, "0001")
+    await query(empty_url, ENDPOINTS)
+    await asyncio.to_thread(upgrade, WEBHOOKS_DIR, empty_url, "0002_delivery")
+    assert await query(empty_url, "SELECT id, status FROM webhook_endpoints ORDER BY id") == [
+        ("off", "disabled"),
+        ("on", "active"),
+    ]
+    # Head is what the models say, nothing more or less.
+    await asyncio.to_thread(upgrade, WEBHOOKS_DIR, empty_url)
+    assert await differences(empty_url) == []
+    await asyncio.to_thread(command.downgrade, alembic_config(WEBHOOKS_DIR, empty_url), "0001")
+    rows = await query(empty_url, "SELECT id, enabled FROM webhook_endpoints ORDER BY id")
+    assert [(i, bool(e)) for i, e in rows] == [("off", False), ("on", True)]
+    tables = await query(
+        empty_url,
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'webhook_delivery_attempts'"
+        if "postgresql" in empty_url
+        else "SELECT count(*) FROM sqlite_master WHERE name = 'webhook_delivery_attempts'",
+    )
+    assert tables == [(0,)]
+    await asyncio.to_thread(upgrade, WEBHOOKS_DIR, empty_url)
+    assert await differences(empty_url) == []
+
+
+def is_postgres(url: str) -> bool:
+    return "postgresql" in url
+
+
+async def columns(url: str, table: str) -> list[str]:
+    if is_postgres(url):
+        sql = f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}' ORDER BY column_name"
+    else:
+        sql = f"SELECT name FROM pragma_table_info('{table}') ORDER BY name"
+    return [name for (name,) in await query(url, sql)]
+
+
+async def test_0003_event_trace_up_and_down_keeps_the_events(empty_url):
+    await asyncio.to_thread(upgrade, WEBHOOKS_DIR, empty_url, "0002_delivery")
+    await query(
+        empty_url,
+        "INSERT INTO webhook_events (id, seq, tenant_id, type, data, occurred_at, received_at) VALUES "
+        "('e1', 1, 't', 'order.created', '{}', '2026-01-01 00:00:00+00', '2026-01-01 00:00:00+00')",
+    )
+    await asyncio.to_thread(upgrade, WEBHOOKS_DIR, empty_url, "0003_event_trace")
+    assert await query(empty_url, "SELECT id, traceparent FROM webhook_events") == [("e1", None)]
+    await query(empty_url, f"UPDATE webhook_events SET traceparent = '{TRACEPARENT}'")
+    assert await differences(empty_url) == []
+    await asyncio.to_thread(command.downgrade, alembic_config(WEBHOOKS_DIR, empty_url), "0002_delivery")
+    assert "traceparent" not in await columns(empty_url, "webhook_events")
+    assert await query(empty_url, "SELECT id, seq FROM webhook_events") == [("e1", 1)]
+    await asyncio.to_thread(upgrade, WEBHOOKS_DIR, empty_url)
+    assert await differences(empty_url) == []
+
+
+async def test_0002_outbox_trace_up_and_down_keeps_the_outbox_and_its_sequence(empty_url):
+    await asyncio.to_thread(upgrade, ORDERS_DIR, empty_url, "0001")
+    outbox = (
+        "INSERT INTO outbox (id, tenant_id, type, data, created_at) "
+        "VALUES ('{}', 't', 'order.created', '{{}}', '2026-01-01 00:00:00+00')"
+    )
+    await query(empty_url, outbox.format("o1"))
+    await asyncio.to_thread(upgrade, ORDERS_DIR, empty_url, "0002_outbox_trace")
+    assert await query(empty_url, "SELECT seq, id, traceparent FROM outbox") == [(1, "o1", None)]
+    await query(empty_url, f"UPDATE outbox SET traceparent = '{TRACEPARENT}'")
+    assert await differences(empty_url, OrdersBase) == []
+    await asyncio.to_thread(command.downgrade, alembic_config(ORDERS_DIR, empty_url), "0001")
+    assert "traceparent" not in await columns(empty_url, "outbox")
+    # The newest event deleted: its seq is still never handed out again (SQLite keeps AUTOINCREMENT).
+    await query(empty_url, outbox.format("o2"))
+    await query(empty_url, "DELETE FROM outbox WHERE id = 'o2'")
+    await query(empty_url, outbox.format("o3"))
+    assert await query(empty_url, "SELECT seq, id FROM outbox ORDER BY seq") == [(1, "o1"), (3, "o3")]
+    await asyncio.to_thread(upgrade, ORDERS_DIR, empty_url)
+    assert await differences(empty_url, OrdersBase) == []

@@ -1,0 +1,609 @@
+"""The delivery worker, in-process, against real receivers on real sockets.
+
+Each test has a webhooks database of its own (PostgreSQL, and the SQLite default where one worker is
+all it needs). Receivers listen on loopback addresses only; names resolve through an injected
+resolver, never the machine's DNS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import timedelta
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import generate_latest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from services.webhooks.models import DeliveryAttempt
+from services.webhooks.sender import BODY_EXCERPT_BYTES
+from shared.db import utcnow
+from tests.infra import Servers
+from tests.webhook_support import (
+    HooksDb,
+    Received,
+    Receiver,
+    answer,
+    eventually,
+    hooks_db,
+    http_answer,
+    running_worker,
+)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def db(request, migrated: Servers, tmp_path) -> HooksDb:
+    async with hooks_db(migrated, request.param, tmp_path) as found:
+        yield found
+
+
+@pytest.fixture
+async def pg(migrated: Servers, tmp_path) -> HooksDb:
+    async with hooks_db(migrated, "postgresql", tmp_path) as found:
+        yield found
+
+
+async def settled(db: HooksDb, deliveries, statuses=("succeeded", "failed", "cancelled"), timeout=60.0) -> None:
+    async def check() -> bool:
+        return all(s in statuses for s in await db.statuses(deliveries))
+
+    await eventually(check, timeout)
+
+
+async def attempt_log(db: HooksDb, delivery_id: str) -> list[DeliveryAttempt]:
+    from sqlalchemy import select
+
+    async with db.sessionmaker() as session:
+        rows = await session.scalars(
+            select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == delivery_id).order_by(DeliveryAttempt.id)
+        )
+        return list(rows)
+
+
+async def test_deliveries_verify_with_the_standard_webhooks_library(db):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with Receiver() as receiver:
+        previous = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY="
+        endpoint = await db.endpoint(
+            receiver.url, previous_secret=previous, previous_secret_expires_at=utcnow() + timedelta(hours=1)
+        )
+        deliveries = await db.deliveries(endpoint, 3)
+        async with running_worker(db, tracer_provider=provider):
+            await settled(db, deliveries)
+    assert await db.statuses(deliveries) == ["succeeded"] * 3
+    assert len(receiver.received) == 3
+    by_id = {d.webhook_id: d for d in deliveries}
+    for request in receiver.received:
+        headers = request.headers
+        assert headers["content-type"] == "application/json"
+        assert request.webhook_id in by_id
+        # Both secrets of a rotation sign, and the specification's own library accepts each.
+        assert len(headers["webhook-signature"].split(" ")) == 2
+        for secret in (endpoint.secret, previous):
+            payload = Webhook(secret).verify(request.body, headers)
+            assert payload["type"] == "order.created"
+            assert payload["data"]["status"] == "placed"
+            assert payload["timestamp"].endswith("Z")
+        with pytest.raises(WebhookVerificationError):
+            Webhook("whsec_" + "WlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlo=").verify(request.body, headers)
+        tampered = request.body.replace(b"placed", b"PLACED")
+        with pytest.raises(WebhookVerificationError):
+            Webhook(endpoint.secret).verify(tampered, headers)
+    stored = await db.delivery(deliveries[0].id)
+    assert (stored.attempts, stored.last_status_code, stored.lease_token) == (1, 204, None)
+    log = await attempt_log(db, deliveries[0].id)
+    assert [(a.status_code, a.error) for a in log] == [(204, None)]
+    # One root span per attempt, a client span naming the webhook.
+    spans = [s for s in exporter.get_finished_spans() if s.name == "webhook attempt"]
+    assert len(spans) == 3
+    assert all(s.parent is None and s.attributes["http.response.status_code"] == 204 for s in spans)
+    assert {s.attributes["webhook.id"] for s in spans} == set(by_id)
+
+
+async def test_an_expired_previous_secret_no_longer_signs(pg):
+    async with Receiver() as receiver:
+        endpoint = await pg.endpoint(
+            receiver.url,
+            previous_secret="whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=",
+            previous_secret_expires_at=utcnow() - timedelta(seconds=1),
+        )
+        deliveries = await pg.deliveries(endpoint)
+        async with running_worker(pg):
+            await settled(pg, deliveries)
+    [request] = receiver.received
+    assert len(request.headers["webhook-signature"].split(" ")) == 1
+    Webhook(endpoint.secret).verify(request.body, request.headers)
+
+
+async def test_failures_follow_the_schedule_to_the_dead_letter_and_replay_keeps_the_webhook_id(db):
+    async with Receiver(answer(500, b"upstream exploded " + b"x" * 5000)) as receiver:
+        endpoint = await db.endpoint(receiver.url)
+        [delivery] = await db.deliveries(endpoint)
+        async with running_worker(db, schedule=(0.05, 0.1)):
+            await settled(db, [delivery])
+        stored = await db.delivery(delivery.id)
+        assert (stored.status, stored.attempts, stored.last_status_code, stored.next_attempt_at) == (
+            "failed",
+            3,
+            500,
+            None,
+        )
+        log = await attempt_log(db, delivery.id)
+        assert [a.status_code for a in log] == [500, 500, 500]
+        for entry in log:
+            assert entry.error.startswith("HTTP 500: upstream exploded")
+            assert len(entry.error) <= len("HTTP 500: ") + BODY_EXCERPT_BYTES
+            assert entry.duration_ms >= 0
+        # Scheduled 0.05 s and then 0.1 s (each within 10%) after the failures before them.
+        gaps = [(b.at - a.at).total_seconds() for a, b in itertools.pairwise(log)]
+        assert gaps[0] >= 0.045, gaps
+        assert gaps[1] >= 0.09, gaps
+        assert len({r.webhook_id for r in receiver.received}) == 1
+
+        receiver.handler = answer(200)
+        async with db.sessionmaker.begin() as session:
+            from services.webhooks.delivery_repository import DeliveryRepository
+
+            await DeliveryRepository(session).replay(await session.get(type(stored), delivery.id), utcnow())
+        async with running_worker(db):
+            await settled(db, [delivery], statuses=("succeeded",))
+    assert len(receiver.received) == 4
+    assert {r.webhook_id for r in receiver.received} == {delivery.webhook_id}
+    replayed = await db.delivery(delivery.id)
+    assert (replayed.attempts, replayed.round_attempts, replayed.replays) == (4, 1, 1)
+
+
+async def test_retry_after_replaces_the_next_delay_capped_by_the_schedule(pg):
+    async with Receiver(answer(429, b"slow down", {"retry-after": "2"})) as receiver:
+        endpoint = await pg.endpoint(receiver.url)
+        [asks_two] = await pg.deliveries(endpoint)
+        async with running_worker(pg, schedule=(0.05, 600, 30)):
+            await receiver.wait_for(1)
+            await eventually(lambda: _attempted(pg, asks_two.id))
+        stored = await pg.delivery(asks_two.id)
+        wait = (stored.next_attempt_at - stored.last_attempt_at).total_seconds()
+        assert stored.status == "pending"
+        assert 2 <= wait < 2 + 30, wait  # 2 s from the answer, not the scheduled 0.05 s
+
+    async with Receiver(answer(503, b"", {"retry-after": "86400"})) as receiver:
+        endpoint = await pg.endpoint(receiver.url)
+        [asks_a_day] = await pg.deliveries(endpoint)
+        async with running_worker(pg, schedule=(0.05, 600, 30)):
+            await receiver.wait_for(1)
+            await eventually(lambda: _attempted(pg, asks_a_day.id))
+        stored = await pg.delivery(asks_a_day.id)
+        wait = (stored.next_attempt_at - stored.last_attempt_at).total_seconds()
+        assert 600 <= wait < 600 + 30, wait  # capped by the longest delay
+
+    async with Receiver(answer(500, b"", {"retry-after": "3600"})) as receiver:
+        endpoint = await pg.endpoint(receiver.url)
+        [ignored] = await pg.deliveries(endpoint)
+        async with running_worker(pg, schedule=(5, 600)):
+            await receiver.wait_for(1)
+            await eventually(lambda: _attempted(pg, ignored.id))
+        stored = await pg.delivery(ignored.id)
+        wait = (stored.next_attempt_at - stored.last_attempt_at).total_seconds()
+        assert 4.5 <= wait < 5.5 + 30, wait  # a 500's Retry-After is not a receiver's request to wait
+
+
+async def _attempted(db: HooksDb, delivery_id: str) -> bool:
+    stored = await db.delivery(delivery_id)
+    return stored.attempts >= 1 and stored.lease_token is None
+
+
+async def test_410_disables_the_endpoint_and_cancels_its_pending_deliveries(db):
+    async with Receiver(answer(410, b"gone")) as gone, Receiver() as other:
+        endpoint = await db.endpoint(gone.url)
+        deliveries = await db.deliveries(endpoint, 5)
+        bystander = await db.endpoint(other.url)
+        [unaffected] = await db.deliveries(bystander)
+        async with running_worker(db, endpoint_concurrency=1):
+            await settled(db, [*deliveries, unaffected])
+    assert len(gone.received) == 1
+    assert await db.statuses(deliveries) == ["cancelled"] * 5
+    assert (await db.delivery(unaffected.id)).status == "succeeded"
+    async with db.sessionmaker() as session:
+        assert (await session.get(type(endpoint), endpoint.id)).status == "disabled"
+        assert (await session.get(type(bystander), bystander.id)).status == "active"
+
+
+async def test_a_disabled_endpoints_leftover_pending_deliveries_are_cancelled_not_sent(db):
+    async with Receiver() as receiver:
+        endpoint = await db.endpoint(receiver.url)
+        deliveries = await db.deliveries(endpoint, 2)
+        async with db.sessionmaker.begin() as session:
+            (await session.get(type(endpoint), endpoint.id)).status = "disabled"
+        async with running_worker(db):
+            await settled(db, deliveries)
+    assert await db.statuses(deliveries) == ["cancelled"] * 2
+    assert receiver.received == []
+
+
+# Receivers that misbehave: each ends as a failed attempt with a reason, and the worker goes on.
+
+
+async def never_answers(_: Received, __: asyncio.StreamWriter) -> bool:
+    await asyncio.sleep(3600)
+    return False
+
+
+async def answers_too_late(_: Received, writer: asyncio.StreamWriter) -> bool:
+    await asyncio.sleep(3)
+    writer.write(http_answer(200))
+    await writer.drain()
+    return False
+
+
+async def closes_at_once(_: Received, writer: asyncio.StreamWriter) -> bool:
+    return False
+
+
+async def closes_mid_answer(_: Received, writer: asyncio.StreamWriter) -> bool:
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
+    await writer.drain()
+    return False
+
+
+def endless_body(status: int):
+    async def handle(_: Received, writer: asyncio.StreamWriter) -> bool:
+        writer.write(f"HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\n\r\n".encode())
+        chunk = b"A" * 65536
+        frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+        for _ in range(100_000):  # 6.5 GB if anyone read it all
+            writer.write(frame)
+            await writer.drain()
+        return False
+
+    return handle
+
+
+@pytest.mark.parametrize(
+    ("handler", "error"),
+    [
+        (never_answers, "no answer within 1s"),
+        (answers_too_late, "no answer within 1s"),
+        (closes_at_once, "closed the connection without answering"),
+        (closes_mid_answer, None),  # the status came, a 2xx: delivered
+        (endless_body(500), "HTTP 500: AAAA"),
+        (endless_body(200), None),
+        (302, "HTTP 302 (redirects are not followed"),
+        (307, "HTTP 307 (redirects are not followed"),
+    ],
+    ids=[
+        "never-answers",
+        "answers-too-late",
+        "closes-at-once",
+        "closes-mid-answer",
+        "endless-500",
+        "endless-200",
+        "redirect-302",
+        "redirect-307",
+    ],
+)
+async def test_misbehaving_receivers(pg, handler, error):
+    async with Receiver() as redirect_target, Receiver() as receiver:
+        # A redirect points at a receiver that would answer 204: never followed, so it hears nothing.
+        redirect = isinstance(handler, int)
+        receiver.handler = answer(handler, b"", {"location": redirect_target.url}) if redirect else handler
+        endpoint = await pg.endpoint(receiver.url)
+        [delivery] = await pg.deliveries(endpoint)
+        async with running_worker(pg, timeout=1.0, schedule=(3600,), stop_grace=0):
+            await eventually(lambda: _attempted(pg, delivery.id))
+    stored = await pg.delivery(delivery.id)
+    [entry] = await attempt_log(pg, delivery.id)
+    if error is None:
+        assert stored.status == "succeeded", entry.error
+        return
+    assert stored.status == "pending"  # retried on the schedule
+    assert error in entry.error, entry.error
+    assert len(entry.error) <= 500
+    assert redirect_target.received == []
+
+
+# SSRF at delivery time.
+
+
+class Rebinding:
+    """A name whose answers change from one lookup to the next: the DNS rebinding attack."""
+
+    def __init__(self, *answers: list[str]) -> None:
+        self.answers = list(answers)
+        self.lookups: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.lookups.append(host)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+async def test_a_name_rebound_between_check_and_connect_reaches_nothing_new(pg):
+    """The name answers the checked address once, then another: the attempt connects to the one it
+    checked. A second lookup for the connection would find the other address (or, with this
+    resolver being the test's, no address at all) and the checked receiver would hear nothing."""
+    async with Receiver(host="127.0.0.1") as checked, Receiver(host="127.0.0.2", port=checked.port) as rebound:
+        resolver = Rebinding(["127.0.0.1"], ["127.0.0.2"])
+        endpoint = await pg.endpoint(f"http://hooks.rebind.test:{checked.port}/hooks")
+        [delivery] = await pg.deliveries(endpoint)
+        async with running_worker(pg, resolver=resolver):
+            await settled(pg, [delivery])
+    assert (await pg.delivery(delivery.id)).status == "succeeded"
+    assert rebound.received == []
+    assert resolver.lookups == ["hooks.rebind.test"]
+    [request] = checked.received
+    assert request.headers["host"] == f"hooks.rebind.test:{checked.port}"  # the name, not the address
+
+
+async def test_a_name_that_now_resolves_to_a_forbidden_address_is_refused_and_nothing_is_sent(pg):
+    async with Receiver(host="127.0.0.2") as target:
+        # First the metadata service, then the address a second lookup would have found.
+        resolver = Rebinding(["169.254.169.254"], ["127.0.0.2"])
+        endpoint = await pg.endpoint(f"http://hooks.rebind.test:{target.port}/hooks")
+        [delivery] = await pg.deliveries(endpoint)
+        async with running_worker(pg, resolver=resolver, schedule=(3600,)):
+            await eventually(lambda: _attempted(pg, delivery.id))
+    assert target.received == []
+    [entry] = await attempt_log(pg, delivery.id)
+    assert entry.status_code is None
+    assert entry.error.startswith("refused: The host hooks.rebind.test resolves to 169.254.169.254"), entry.error
+    assert resolver.lookups == ["hooks.rebind.test"]
+
+
+async def test_private_addresses_are_refused_at_delivery_unless_allowed(pg):
+    async with Receiver() as receiver:
+
+        async def loopback(host: str, port: int) -> list[str]:
+            return ["127.0.0.1"]
+
+        endpoint = await pg.endpoint(f"http://hooks.example.test:{receiver.port}/hooks")
+        literal = await pg.endpoint(receiver.url)
+        deliveries = [*(await pg.deliveries(endpoint)), *(await pg.deliveries(literal))]
+        async with running_worker(pg, resolver=loopback, allow_private=False, schedule=(3600,)):
+            await eventually(lambda: _all_attempted(pg, deliveries))
+        assert receiver.received == []
+        for delivery in deliveries:
+            [entry] = await attempt_log(pg, delivery.id)
+            assert entry.error.startswith("refused:"), entry.error
+            assert "loopback" in entry.error, entry.error
+
+
+async def test_loopback_in_ipv4_compatible_and_translated_spellings_is_refused_at_delivery(pg):
+    """The check registration runs (tests/unit/test_url_safety.py) runs before each attempt too:
+    these spellings of loopback, once taken for public, are refused even where the demo setting
+    opens loopback, as literals and as what a name resolves to."""
+    async with Receiver() as receiver:
+
+        async def translated(host: str, port: int) -> list[str]:
+            return ["::ffff:0:7f00:1"]
+
+        named = await pg.endpoint(f"http://hooks.example.test:{receiver.port}/hooks")
+        compatible = await pg.endpoint(f"http://[::127.0.0.1]:{receiver.port}/hooks")
+        deliveries = [*(await pg.deliveries(named)), *(await pg.deliveries(compatible))]
+        async with running_worker(pg, resolver=translated, allow_private=True, schedule=(3600,)):
+            await eventually(lambda: _all_attempted(pg, deliveries))
+        assert receiver.received == []
+    errors = [entry.error for d in deliveries for entry in await attempt_log(pg, d.id)]
+    assert errors == [
+        "refused: The host hooks.example.test resolves to ::ffff:0:7f00:1, a loopback address (the "
+        "IPv4-translated form of 127.0.0.1, loopback, RFC 1122); webhooks only go to public internet addresses.",
+        "refused: ::7f00:1 is a loopback address (the IPv4-compatible form of 127.0.0.1, loopback, RFC 1122); "
+        "webhooks only go to public internet addresses.",
+    ]
+
+
+async def _all_attempted(db: HooksDb, deliveries) -> bool:
+    return all([await _attempted(db, d.id) for d in deliveries])
+
+
+# Concurrency, leases, stopping.
+
+
+class Gate:
+    """A receiver handler that holds every request until released, counting how many it holds."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.holding = 0
+        self.most = 0
+
+    async def __call__(self, _: Received, writer: asyncio.StreamWriter) -> bool:
+        self.holding += 1
+        self.most = max(self.most, self.holding)
+        try:
+            await self.open.wait()
+        finally:
+            self.holding -= 1
+        writer.write(http_answer(204))
+        await writer.drain()
+        return True
+
+
+async def test_a_slow_endpoint_holds_at_most_its_bound_across_workers(pg):
+    gate = Gate()
+    async with Receiver(gate) as slow, Receiver() as fast:
+        slow_endpoint = await pg.endpoint(slow.url)
+        held = await pg.deliveries(slow_endpoint, 12)
+        fast_endpoint = await pg.endpoint(fast.url)
+        quick = await pg.deliveries(fast_endpoint, 6)
+        async with (
+            running_worker(pg, endpoint_concurrency=2, concurrency=8),
+            running_worker(pg, endpoint_concurrency=2, concurrency=8),
+        ):
+            # The fast endpoint is served while the slow one holds its two slots.
+            await settled(pg, quick)
+            await eventually(lambda: _equals(lambda: gate.holding, 2))
+            await asyncio.sleep(0.3)  # room for a wrong third claim to show up
+            assert gate.most == 2
+            gate.open.set()
+            await settled(pg, held)
+    assert gate.most == 2
+    assert await pg.statuses(held) == ["succeeded"] * 12
+    assert len({r.webhook_id for r in slow.received}) == 12
+
+
+async def _equals(value, expected) -> bool:
+    return value() == expected
+
+
+async def test_a_lapsed_lease_is_claimed_again_and_an_unexpired_one_is_not(pg):
+    from services.webhooks.delivery_repository import WorkerRepository
+
+    async with Receiver() as receiver:
+        endpoint = await pg.endpoint(receiver.url)
+        lapsed, held = await pg.deliveries(endpoint, 2)
+        now = utcnow()
+        async with pg.sessionmaker.begin() as session:
+            for delivery, expires in ((lapsed, now - timedelta(seconds=1)), (held, now + timedelta(hours=1))):
+                row = await session.get(type(delivery), delivery.id)
+                row.lease_token, row.lease_expires_at = "dead-worker:1", expires
+        async with running_worker(pg):
+            await settled(pg, [lapsed])
+            await asyncio.sleep(0.3)
+        assert (await pg.delivery(held.id)).status == "pending"
+        assert [r.webhook_id for r in receiver.received] == [lapsed.webhook_id]
+        # A claim never takes a row another claim holds (SKIP LOCKED), nor a leased one.
+        async with pg.sessionmaker.begin() as session:
+            result = await WorkerRepository(session).claim(
+                limit=10, endpoint_limit=10, lease_seconds=30, token="t", now=utcnow()
+            )
+        assert result.claimed == []
+
+
+async def test_stopping_finishes_what_it_can_and_gives_back_the_rest(db):
+    gate = Gate()
+    async with Receiver(gate) as slow, Receiver() as fast:
+        stuck = await db.deliveries(await db.endpoint(slow.url), 2)
+        done = await db.deliveries(await db.endpoint(fast.url), 2)
+        async with running_worker(db, stop_grace=0.5) as worker:
+            await settled(db, done)
+            await eventually(lambda: _equals(lambda: gate.holding, 2))
+        assert not worker.running
+    for delivery in stuck:
+        stored = await db.delivery(delivery.id)
+        # Given back at once (no lease left to lapse), no attempt counted: it is due again.
+        assert (stored.status, stored.lease_token, stored.lease_expires_at, stored.attempts) == (
+            "pending",
+            None,
+            None,
+            0,
+        )
+    assert await db.statuses(done) == ["succeeded"] * 2
+    async with Receiver() as again:
+        async with db.sessionmaker.begin() as session:
+            from sqlalchemy import update
+
+            from services.webhooks.models import Endpoint
+
+            await session.execute(update(Endpoint).where(Endpoint.url == slow.url).values(url=again.url))
+        async with running_worker(db):
+            await settled(db, stuck)
+    assert {r.webhook_id for r in again.received} == {d.webhook_id for d in stuck}
+
+
+async def test_metrics_count_outcomes_and_measure_the_queue(pg):
+    async with Receiver() as ok, Receiver(answer(500)) as failing:
+        succeeded = await pg.deliveries(await pg.endpoint(ok.url), 2)
+        dead = await pg.deliveries(await pg.endpoint(failing.url), 1)
+        async with running_worker(pg, schedule=(0.01,)) as worker:
+            await settled(pg, [*succeeded, *dead])
+        # Stopped now: a delivery that came due 90 s ago waits, and the gauges say so.
+        [waiting] = await pg.deliveries(await pg.endpoint(ok.url))
+        async with pg.sessionmaker.begin() as session:
+            (await session.get(type(waiting), waiting.id)).next_attempt_at = utcnow() - timedelta(seconds=90)
+        await worker.update_stats()
+    text = generate_latest(worker.metrics.registry).decode()
+    assert 'portico_webhook_deliveries_total{outcome="succeeded"} 2.0' in text
+    assert 'portico_webhook_deliveries_total{outcome="failed_attempt"} 1.0' in text
+    assert 'portico_webhook_deliveries_total{outcome="dead_lettered"} 1.0' in text
+    assert 'portico_webhook_deliveries_total{outcome="cancelled"} 0.0' in text
+    assert "portico_webhook_attempt_duration_seconds_count 4.0" in text
+    assert "portico_webhook_queue_depth 1.0" in text
+    age = float(text.split("\nportico_webhook_oldest_pending_age_seconds ")[1].split()[0])
+    assert 90 <= age < 90 + 60, age
+
+
+# The API: a delivery with its attempt log, replays, and disabling.
+
+
+async def test_the_api_shows_a_delivery_with_its_attempt_log_and_replays_it(pg, migrated, signer):
+    from services.webhooks.app import create_app
+    from services.webhooks.settings import WebhooksSettings
+    from shared.identity import Identity
+    from tests.conftest import app_client, internal_headers, settings_kwargs
+
+    settings = WebhooksSettings(
+        **{**settings_kwargs(migrated, "webhooks"), "database_url": pg.url}, relay_enabled=False
+    )
+    async with Receiver(answer(500, b"nope")) as receiver:
+        endpoint = await pg.endpoint(receiver.url)
+        [delivery] = await pg.deliveries(endpoint)
+        async with running_worker(pg, schedule=(0.01,)):
+            await settled(pg, [delivery])
+
+        def headers(tenant_id: str, *scopes: str) -> dict[str, str]:
+            identity = Identity(subject="u", tenant_id=tenant_id, scopes=frozenset(scopes), plan="pro")
+            return internal_headers(signer, "webhooks", identity)
+
+        owner = headers(endpoint.tenant_id, "webhooks:read", "webhooks:write")
+        reader = headers(endpoint.tenant_id, "webhooks:read")
+        stranger = headers("another-tenant", "webhooks:read", "webhooks:write")
+        async for client in app_client(create_app(settings)):
+            shown = await client.get(f"/deliveries/{delivery.id}", headers=reader)
+            assert shown.status_code == 200, shown.text
+            body = shown.json()
+            assert body["webhook_id"] == delivery.webhook_id
+            assert (body["status"], body["attempts"], body["last_status_code"]) == ("failed", 2, 500)
+            assert [(a["status_code"], a["error"]) for a in body["attempt_log"]] == [(500, "HTTP 500: nope")] * 2
+            assert set(body["attempt_log"][0]) == {"at", "status_code", "duration_ms", "error"}
+            listed = await client.get(f"/endpoints/{endpoint.id}/deliveries", headers=reader)
+            assert listed.json()["items"][0]["webhook_id"] == delivery.webhook_id
+
+            for who in (stranger,):
+                for method, path in (("GET", ""), ("POST", "/replay")):
+                    missing = await client.request(method, f"/deliveries/{delivery.id}{path}", headers=who)
+                    assert missing.status_code == 404
+                    assert missing.json()["error_code"] == "WEBHOOK_DELIVERY_NOT_FOUND"
+            refused = await client.post(f"/deliveries/{delivery.id}/replay", headers=reader)
+            assert refused.status_code == 403
+
+            receiver.handler = answer(204)
+            replayed = await client.post(f"/deliveries/{delivery.id}/replay", headers=owner)
+            assert replayed.status_code == 202, replayed.text
+            assert (replayed.json()["status"], replayed.json()["webhook_id"]) == ("pending", delivery.webhook_id)
+            async with running_worker(pg):
+                await settled(pg, [delivery], statuses=("succeeded",))
+
+            # Disabling cancels what is pending; a disabled endpoint's deliveries are not replayed.
+            [later] = await pg.deliveries(endpoint)
+            off = await client.patch(f"/endpoints/{endpoint.id}", json={"status": "disabled"}, headers=owner)
+            assert off.json()["status"] == "disabled"
+            assert (await pg.delivery(later.id)).status == "cancelled"
+            conflict = await client.post(f"/deliveries/{later.id}/replay", headers=owner)
+            assert conflict.status_code == 409
+            assert conflict.json()["error_code"] == "WEBHOOK_ENDPOINT_DISABLED"
+            on = await client.patch(f"/endpoints/{endpoint.id}", json={"status": "active"}, headers=owner)
+            assert on.json()["status"] == "active"
+            assert (await client.post(f"/deliveries/{later.id}/replay", headers=owner)).status_code == 202
+            async with running_worker(pg):
+                await settled(pg, [later], statuses=("succeeded",))
+    assert [r.webhook_id for r in receiver.received] == [delivery.webhook_id] * 3 + [later.webhook_id]
+
+
+async def test_a_slow_answer_within_the_timeout_is_a_success_and_its_time_is_logged(pg):
+    async def slow(_: Received, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(1)
+        writer.write(http_answer(200))
+        await writer.drain()
+        return True
+
+    async with Receiver(slow) as receiver:
+        [delivery] = await pg.deliveries(await pg.endpoint(receiver.url))
+        async with running_worker(pg, timeout=30):
+            await settled(pg, [delivery])
+    assert (await pg.delivery(delivery.id)).status == "succeeded"
+    [entry] = await attempt_log(pg, delivery.id)
+    assert (entry.status_code, entry.error) == (200, None)
+    assert entry.duration_ms >= 1000
