@@ -159,7 +159,7 @@ def create_service_app(settings: S, spec: ServiceSpec[S, C]) -> FastAPI:
             settings=settings,
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
-            identity_verifier=IdentityVerifier(secret, spec.name),
+            identity_verifier=IdentityVerifier(secret, spec.name, settings.internal_token_ttl_seconds),
             identity_signer=IdentitySigner(secret, settings.internal_token_ttl_seconds),
             tracer_provider=provider,
             http=http,

@@ -93,6 +93,8 @@ IDENTITY_HEADER = "X-Portico-Identity"
 IDENTITY_ISSUER = "portico-internal"
 IDENTITY_ALGORITHM = "HS256"
 IDENTITY_CHALLENGE = 'PorticoInternal realm="portico"'
+# Clock skew between processes that the checks of an internal token's `iat` and `exp` absorb.
+IDENTITY_LEEWAY_SECONDS = 5
 # Subjects of Portico's own services acting on their own, e.g. `service:webhooks`.
 SERVICE_SUBJECT_PREFIX = "service:"
 
