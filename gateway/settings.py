@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
@@ -10,7 +9,7 @@ from pydantic import AnyHttpUrl, BeforeValidator, Field, PlainSerializer, model_
 from pydantic_settings import NoDecode
 
 from shared.contract import PROCESSES, SERVICES, Plan
-from shared.settings import AccessTokenSettings, ProcessSettings, process_config
+from shared.settings import AccessTokenSettings, ListSetting, ProcessSettings, process_config
 
 _QUOTA_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*s?\s*$")
 
@@ -37,18 +36,7 @@ def _parse_quota(value: Any) -> Any:
     return value
 
 
-def _split_list(value: Any) -> Any:
-    """Lists from the environment: a JSON array, or comma-separated values."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return json.loads(text)
-        return [item.strip() for item in text.split(",") if item.strip()]
-    return value
-
-
 QuotaSetting = Annotated[Quota, NoDecode, BeforeValidator(_parse_quota), PlainSerializer(str)]
-ListSetting = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 FailureMode = Literal["open", "closed"]
 
 
