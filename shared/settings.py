@@ -78,6 +78,12 @@ class ProcessSettings(BaseSettings):
     internal_token_ttl_seconds: int = Field(default=60, ge=5, le=3600)
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    # The request head (request line and header fields): larger ones are refused with 431 while they
+    # arrive (shared/serving.py).
+    max_header_line_bytes: int = Field(default=16 * 1024, ge=256)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_header_fields: int = Field(default=100, ge=8)
+
     # Peers that may read /metrics (addresses or CIDRs), judged on the connection's own address.
     metrics_allowed_networks: ListSetting = Field(default_factory=lambda: list(PRIVATE_NETWORKS))
 
@@ -102,6 +108,8 @@ class ProcessSettings(BaseSettings):
     @model_validator(mode="after")
     def _server_limits(self) -> ProcessSettings:
         Networks(self.metrics_allowed_networks)  # a malformed CIDR stops the start
+        if not self.max_header_line_bytes <= self.max_header_bytes:
+            raise ValueError("max_header_line_bytes must not exceed max_header_bytes")
         return self
 
     @property
