@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from services.inventory.models import Product, Reservation, ReservationItem, StockAdjustment
+from services.inventory.models import MAX_STOCK, Product, Reservation, ReservationItem, StockAdjustment
 from services.inventory.repository import InventoryRepository
 from services.inventory.schemas import (
-    MAX_STOCK,
     ProductCreate,
     ProductOut,
     ProductUpdate,
