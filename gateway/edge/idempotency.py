@@ -274,8 +274,7 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         if not KEY_RE.match(raw_key):
-            invalid = InvalidIdempotencyKey("Idempotency-Key must be 1 to 255 visible ASCII characters.")
-            await send_problem(invalid, scope, receive, send)
+            await send_problem(InvalidIdempotencyKey(), scope, receive, send)
             return
         try:
             body = await _read_body(receive)
@@ -307,14 +306,9 @@ class IdempotencyMiddleware:
             return
         self.metrics.idempotency.labels(claim.outcome if claim.outcome != "done" else "replayed").inc()
         if claim.outcome == "mismatch":
-            error: PorticoError = IdempotencyKeyReused(
-                "This Idempotency-Key was used for a different request; use a new key for a new request."
-            )
+            error: PorticoError = IdempotencyKeyReused()
         elif claim.outcome == "in_flight":
-            error = IdempotencyKeyInUse(
-                "A request with this Idempotency-Key is still being processed; retry shortly.",
-                headers={"Retry-After": "1"},
-            )
+            error = IdempotencyKeyInUse()
         else:
             assert claim.response is not None
             if claim.response.replayable:
