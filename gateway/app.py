@@ -135,7 +135,7 @@ async def open_state(
     def caller(stage: str, failure_mode: FailureMode) -> StoreCaller:
         # In-process stores do no I/O: a deadline would only cost time.
         timeout = settings.redis_timeout_seconds if redis is not None else None
-        return StoreCaller(stage, timeout=timeout, fail_open=failure_mode == "open", metrics=metrics)
+        return StoreCaller(stage, timeout=timeout, mode=failure_mode, metrics=metrics)
 
     try:
         yield GatewayState(

@@ -37,7 +37,10 @@ def _parse_quota(value: Any) -> Any:
 
 
 QuotaSetting = Annotated[Quota, NoDecode, BeforeValidator(_parse_quota), PlainSerializer(str)]
-FailureMode = Literal["open", "closed"]
+# What a stage does when its store (Redis) fails: go on without it, refuse with 503, or (rate limits
+# only) count in this process until the store answers again.
+FailureMode = Literal["open", "closed", "local"]
+IdempotencyFailureMode = Literal["open", "closed"]
 
 
 class GatewaySettings(ProcessSettings, AccessTokenSettings):
@@ -85,7 +88,7 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     rate_limit_routes: dict[str, QuotaSetting] = Field(
         default_factory=lambda: {"POST /v1/auth/token": Quota(120, 60), "POST /v1/tenants": Quota(120, 60)}
     )
-    rate_limit_failure_mode: FailureMode = "open"
+    rate_limit_failure_mode: FailureMode = "local"
     rate_limit_exempt_paths: ListSetting = Field(default_factory=lambda: ["/health/live", "/health/ready", "/metrics"])
     # Peers whose X-Forwarded-For is believed (addresses or CIDRs): load balancers in front of the gateway.
     trusted_proxies: ListSetting = Field(default_factory=list)
@@ -95,7 +98,7 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     idempotency_ttl_seconds: int = Field(default=86_400, ge=1)
     # A request that crashed its process leaves a lock that expires after this long.
     idempotency_lock_seconds: float = Field(default=30.0, gt=0)
-    idempotency_failure_mode: FailureMode = "closed"
+    idempotency_failure_mode: IdempotencyFailureMode = "closed"
     idempotency_max_response_bytes: int = Field(default=1024 * 1024, ge=0)
 
     # --- HTTP hygiene

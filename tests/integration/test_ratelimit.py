@@ -308,3 +308,59 @@ async def test_a_hung_redis_costs_at_most_the_timeout(stack):
             await asyncio.sleep(0.1)
             recovered = await gateway.get("/v1/nothing-here", headers=headers)
             assert "x-ratelimit-limit" in recovered.headers
+
+
+async def test_local_mode_keeps_every_quota_per_instance_while_redis_is_down_then_shares_again(stack, caplog):
+    """Two gateway instances on one Redis (a private one, killed and restarted). While it is down each
+    counts its own traffic against the same quotas; once it is back they count together again."""
+    caplog.set_level("INFO", logger="portico.gateway.edge")
+    with private_redis() as server:
+        settings = gateway_settings(
+            stack,
+            redis_url=server.url,
+            redis_timeout_seconds=0.5,
+            rate_limit_free="4/60s",
+            rate_limit_routes={"POST /v1/auth/token": "2/60s"},
+            idempotency_enabled=False,
+        )
+        assert settings.rate_limit_failure_mode == "local"  # the default
+        async with in_process_gateway(settings) as one, in_process_gateway(settings) as two:
+
+            async def codes(pairs) -> list[int]:
+                return [(await gw.get("/v1/nothing-here", headers=headers)).status_code for gw, headers in pairs]
+
+            shared = bearer("free")
+            assert await codes([(one, shared), (two, shared)] * 3) == [404, 404, 404, 404, 429, 429]
+
+            server.stop()
+            tenant = bearer("free")
+            for gateway in (one, two):
+                answers = [await gateway.get("/v1/nothing-here", headers=tenant) for _ in range(5)]
+                assert [a.status_code for a in answers] == [404, 404, 404, 404, 429]
+                assert answers[0].headers["x-ratelimit-remaining"] == "3"
+                assert answers[-1].json()["policy"] == "free"
+                assert int(answers[-1].headers["retry-after"]) > 0
+                # The login route's own quota holds too (the users service answers 422 to an empty form).
+                logins = [(await gateway.post("/v1/auth/token", data={})).status_code for _ in range(3)]
+                assert logins == [422, 422, 429]
+                metrics = (await gateway.get("/metrics")).text
+                assert 'gateway_store_errors_total{outcome="fail_local",stage="rate_limit"}' in metrics
+                assert await store_errors(gateway) >= 8
+
+            server.start()  # empty: shared counts start over
+            # Each instance tries Redis again a second after its last failure; wait until both count there.
+            deadline = time.monotonic() + 15
+            for gateway in (one, two):
+                while True:
+                    probe = str(uuid.uuid4())
+                    await gateway.get("/v1/nothing-here", headers=bearer("free", tenant_id=probe))
+                    if server.client().keys(f"*{probe}*"):
+                        break
+                    assert time.monotonic() < deadline, "the gateway did not go back to Redis"
+                    await asyncio.sleep(0.2)
+            together = bearer("free")
+            assert await codes([(one, together), (two, together)] * 3) == [404, 404, 404, 404, 429, 429]
+
+    failures = [r for r in caplog.records if "counted by this gateway process alone" in r.getMessage()]
+    assert 1 <= len(failures) <= 4, [r.getMessage() for r in failures]  # throttled: not one per request
+    assert any("answers again" in r.getMessage() for r in caplog.records)
