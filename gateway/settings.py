@@ -56,9 +56,12 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
 
     # Unset: in-process stores (one gateway process). Set: Redis, shared by every gateway instance.
     redis_url: str | None = None
+    # True: `redis_url` names a node of a Redis Cluster, reached through redis-py's cluster client.
+    # Every script's keys share a hash tag (the tenant or client address), so each runs on one node.
+    redis_cluster: bool = False
     # Every key the gateway writes starts with this, so several deployments (or test runs) can share
-    # one Redis.
-    redis_key_prefix: str = "portico:"
+    # one Redis. No braces: the first {...} of a key is its Redis Cluster hash tag.
+    redis_key_prefix: str = Field(default="portico:", pattern=r"^[^{}]*$")
 
     # RS256: the users service's public key, PEM.
     jwt_public_key: str | None = None

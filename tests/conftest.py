@@ -102,6 +102,16 @@ async def users_client(migrated: Servers) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A three-node Redis Cluster of the session's own (`tests.edge_support.PrivateRedisCluster`),
+    started the first time a test asks for it."""
+    from tests.edge_support import private_redis_cluster  # it imports this module
+
+    with private_redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def otlp() -> Iterator[OtlpReceiver]:
     with OtlpReceiver() as receiver:
         yield receiver

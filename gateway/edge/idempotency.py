@@ -28,11 +28,10 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.edge.metrics import EdgeMetrics
-from gateway.edge.store import StoreCaller, StoreUnavailable
+from gateway.edge.store import RedisClient, StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings
 from shared.asgi import BodyChunks, header
 from shared.context import principal_of
@@ -131,7 +130,7 @@ return 0
 
 
 class RedisIdempotencyStore:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: RedisClient, prefix: str) -> None:
         self.prefix = prefix
         self._claim = redis.register_script(CLAIM_LUA)
         self._complete = redis.register_script(COMPLETE_LUA)

@@ -33,13 +33,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from fastapi.routing import APIRoute
-from redis.asyncio import Redis
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.edge.addresses import ClientAddress
 from gateway.edge.metrics import EdgeMetrics
-from gateway.edge.store import StoreCaller, StoreUnavailable
+from gateway.edge.store import RedisClient, StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings, Quota
 from shared.asgi import extend_headers, on_response_start
 from shared.context import principal_of, request_id_of
@@ -162,7 +161,7 @@ def _verdict(policies: Sequence[Policy], raw: Sequence[int]) -> Verdict:
 
 
 class RedisRateLimitStore:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: RedisClient, prefix: str) -> None:
         self.prefix = prefix
         # register_script sends EVALSHA and loads the script only when Redis does not know it yet.
         self._script = redis.register_script(SLIDING_WINDOW_LUA)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -23,6 +24,9 @@ from gateway.settings import FailureMode
 from shared.errors import ServiceUnavailable, send_problem
 
 T = TypeVar("T")
+
+# A single Redis (or a proxy in front of several), or a Redis Cluster through redis-py's cluster client.
+RedisClient = Redis | RedisCluster
 
 logger = logging.getLogger("portico.gateway.edge")
 

@@ -19,7 +19,9 @@ from gateway.edge.idempotency import (
     StoredResponse,
 )
 from tests.edge_support import (
+    BACKENDS,
     PASSWORD,
+    backend_settings,
     bearer,
     gateway_settings,
     in_process_gateway,
@@ -32,14 +34,16 @@ from tests.edge_support import (
 # ---------------------------------------------------------------- the store contract
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=BACKENDS)
 async def store(request, infra) -> AsyncIterator[IdempotencyStore]:
-    if request.param == "memory":
+    settings = backend_settings(request, infra)
+    if not settings:
         yield MemoryIdempotencyStore()
         return
-    client = create_redis(gateway_settings(None, redis_url=infra.redis_url))
+    # The gateway's own client: its pool (or cluster client) and timeouts.
+    client = create_redis(gateway_settings(None, **settings))
     try:
-        yield RedisIdempotencyStore(client, unique_prefix(infra.redis_prefix))
+        yield RedisIdempotencyStore(client, settings["redis_key_prefix"])
     finally:
         await client.aclose()
 
@@ -120,11 +124,10 @@ async def test_redis_records_are_prefixed_and_hash_tagged(infra):
 # ---------------------------------------------------------------- the stage in a gateway
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=BACKENDS)
 def backend(request, infra) -> dict:
-    if request.param == "memory":
-        return {}
-    return {"redis_url": infra.redis_url, "redis_key_prefix": unique_prefix(infra.redis_prefix)}
+    """Settings that pick the store: in-process, the session's Redis, or its Redis Cluster."""
+    return backend_settings(request, infra)
 
 
 def new_user() -> dict:

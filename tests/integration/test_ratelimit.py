@@ -10,25 +10,38 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
 from gateway.app import create_app, create_redis
+from gateway.edge.idempotency import RedisIdempotencyStore
 from gateway.edge.ratelimit import MemoryRateLimitStore, Policy, RateLimitStore, RedisRateLimitStore
 from gateway.settings import Quota
-from tests.edge_support import bearer, gateway_settings, in_process_gateway, private_redis, signup, unique_prefix
+from tests.edge_support import (
+    BACKENDS,
+    backend_settings,
+    bearer,
+    gateway_settings,
+    in_process_gateway,
+    private_redis,
+    signup,
+    unique_prefix,
+)
 
 # ---------------------------------------------------------------- the store contract
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=BACKENDS)
 async def store(request, infra) -> AsyncIterator[RateLimitStore]:
-    if request.param == "memory":
+    settings = backend_settings(request, infra)
+    if not settings:
         yield MemoryRateLimitStore()
         return
-    # The gateway's own client: its pool and timeouts.
-    client = create_redis(gateway_settings(None, redis_url=infra.redis_url))
+    # The gateway's own client: its pool (or cluster client) and timeouts.
+    client = create_redis(gateway_settings(None, **settings))
     try:
-        yield RedisRateLimitStore(client, unique_prefix(infra.redis_prefix))
+        yield RedisRateLimitStore(client, settings["redis_key_prefix"])
     finally:
         await client.aclose()
 
@@ -127,12 +140,10 @@ async def test_the_script_is_loaded_once_then_called_by_its_digest():
 # ---------------------------------------------------------------- the stage in a gateway
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=BACKENDS)
 def backend(request, infra) -> dict:
-    """Settings that pick the store: none (in-process) or the session's Redis under a fresh prefix."""
-    if request.param == "memory":
-        return {}
-    return {"redis_url": infra.redis_url, "redis_key_prefix": unique_prefix(infra.redis_prefix)}
+    """Settings that pick the store: in-process, the session's Redis, or its Redis Cluster."""
+    return backend_settings(request, infra)
 
 
 async def test_answers_carry_the_draft_headers(stack, backend):
@@ -364,3 +375,42 @@ async def test_local_mode_keeps_every_quota_per_instance_while_redis_is_down_the
     failures = [r for r in caplog.records if "counted by this gateway process alone" in r.getMessage()]
     assert 1 <= len(failures) <= 4, [r.getMessage() for r in failures]  # throttled: not one per request
     assert any("answers again" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- Redis Cluster
+
+
+async def test_on_a_cluster_each_call_stays_in_one_slot_and_callers_spread_over_the_nodes(redis_cluster, infra):
+    """The rate-limit script touches several keys per call and the idempotency scripts one: the hash
+    tag (`{t:<tenant>}`, `{a:<address>}`) keeps each call's keys in one slot, which is what makes the
+    multi-key script legal on a cluster, while different callers land on different nodes."""
+    client = create_redis(gateway_settings(None, redis_url=redis_cluster.url, redis_cluster=True))
+    assert isinstance(client, RedisCluster)
+    prefix = unique_prefix(infra.redis_prefix)
+    rate, idempotency = RedisRateLimitStore(client, prefix), RedisIdempotencyStore(client, prefix)
+    policies = [policy(10, name="pro"), policy(5, name="POST /v1/auth/token"), policy(3, name="GET /v1/users/me")]
+    try:
+        tenants = [str(uuid.uuid4()) for _ in range(30)]
+        subjects = [f"t:{t}" for t in tenants] + [f"a:203.0.113.{i}" for i in range(10)] + ["a:2001:db8::7"]
+        for subject in subjects:
+            assert (await rate.hit(subject, policies)).admitted
+            assert len({key_slot(rate.key(subject, p).encode()) for p in policies}) == 1, subject
+        for tenant in tenants:
+            scope_key = f"{{t:{tenant}}}:{uuid.uuid4().hex}"
+            assert (await idempotency.claim(scope_key, "fp", "owner", 30_000)).outcome == "acquired"
+            assert key_slot(idempotency.key(scope_key).encode()) == key_slot(
+                rate.key(f"t:{tenant}", policies[0]).encode()
+            )
+        sizes = [await client.dbsize(target_nodes=node) for node in client.get_primaries()]
+        assert len(sizes) == 3
+        assert all(size > 0 for size in sizes), sizes
+        # Without the tag, two callers' keys in one script is what the cluster client refuses.
+        with pytest.raises(RedisClusterException, match="same key slot"):
+            await client.eval("return 1", 2, f"{prefix}rl:t:one:pro", f"{prefix}rl:t:two:pro")
+    finally:
+        await client.aclose()
+
+
+def test_a_key_prefix_with_braces_is_refused():
+    with pytest.raises(ValueError, match="redis_key_prefix"):
+        gateway_settings(None, redis_key_prefix="{portico}:")
