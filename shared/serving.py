@@ -25,7 +25,6 @@ apply their own limits instead; the README lists them.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from asyncio import TimerHandle
@@ -35,7 +34,7 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from shared.errors import PorticoError, problem_body
+from shared.errors import PorticoError, problem_response
 from shared.settings import ProcessSettings
 
 logger = logging.getLogger("portico.server")
@@ -178,29 +177,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.transport.close()
             return
-        request_id = uuid.uuid4().hex
-        error = RequestHeadersTooLarge(f"Refused: {self._refusal}.")
-        body = json.dumps(
-            problem_body(
-                status=error.status_code,
-                title=error.title,
-                detail=error.detail,
-                error_code=error.code,
-                slug=error.slug,
-                request_id=request_id,
-            ),
-            separators=(",", ":"),
-        ).encode()
+        response = problem_response(RequestHeadersTooLarge(f"Refused: {self._refusal}."), uuid.uuid4().hex)
         content = [STATUS_LINE[431]]
-        for name, value in self.server_state.default_headers:
+        for name, value in [*self.server_state.default_headers, *response.raw_headers, (b"connection", b"close")]:
             content += [name, b": ", value, b"\r\n"]
-        content += [
-            b"content-type: application/problem+json\r\n",
-            b"content-length: ", str(len(body)).encode(), b"\r\n",
-            b"x-request-id: ", request_id.encode(), b"\r\n",
-            b"connection: close\r\n\r\n",
-            body,
-        ]  # fmt: skip
+        content += [b"\r\n", bytes(response.body)]
         self.transport.write(b"".join(content))
         if self.transport.can_write_eof():
             self.transport.write_eof()
