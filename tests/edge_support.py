@@ -198,17 +198,21 @@ def backend_settings(request: pytest.FixtureRequest, infra: Servers) -> dict[str
     a fresh key prefix. The cluster is started the first time a test asks for it."""
     if request.param == "memory":
         return {}
-    prefix = unique_prefix(infra.redis_prefix)
     if request.param == "redis":
-        return {"redis_url": infra.redis_url, "redis_key_prefix": prefix}
-    cluster: PrivateRedisCluster = request.getfixturevalue("redis_cluster")
-    # A command slower than the socket timeout makes redis-py's cluster client drop that node's
-    # connections, failing the other commands in flight on them, and it does not wait for a free
-    # connection past the pool's size: on a loaded test machine both are noise, not the contract.
+        return {"redis_url": infra.redis_url, "redis_key_prefix": unique_prefix(infra.redis_prefix)}
+    return cluster_settings(request.getfixturevalue("redis_cluster"), infra)
+
+
+def cluster_settings(cluster: PrivateRedisCluster, infra: Servers) -> dict[str, Any]:
+    """Gateway settings for the edge stores on `cluster`, under a fresh key prefix.
+
+    A command slower than the socket timeout makes redis-py's cluster client drop that node's
+    connections, failing the other commands in flight on them, and it does not wait for a free
+    connection past the pool's size: on a loaded test machine both are noise, not the contract."""
     return {
         "redis_url": cluster.url,
         "redis_cluster": True,
-        "redis_key_prefix": prefix,
+        "redis_key_prefix": unique_prefix(infra.redis_prefix),
         "redis_timeout_seconds": 10,
         "redis_max_connections": 1000,
     }
