@@ -85,15 +85,16 @@ def server(
     health_url: str,
     cpus: Collection[int] | None = None,
     timeout: float = 60,
+    cwd: Path = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Runs `command` until the block ends, once `health_url` answers 200.
+    """Runs `command` (in `cwd`) until the block ends, once `health_url` answers 200.
 
     The process leads a session of its own, so stopping it also stops the workers a server forked.
     """
     proc = subprocess.Popen(
         pinned(command, cpus),
         env={**os.environ, **env},
-        cwd=ROOT,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,

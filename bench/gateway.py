@@ -63,6 +63,7 @@ from scripts.devstack import free_port
 SERVERS = ("uvicorn", "uvicorn-httptools", "granian", "gunicorn")
 GATEWAYS = ("textbook", "assembled", "aiohttp", "nginx", "portico")
 FACTORY = "bench.portico_asgi:app"
+BOUNDED_HTTP = "shared.serving:BoundedHttpToolsProtocol"
 # What `python -m gateway serve` gives uvicorn (GATEWAY_SERVER_KEEP_ALIVE_SECONDS and its graceful
 # shutdown), so that every server is set up alike.
 KEEP_ALIVE_SECONDS = "30"
@@ -142,15 +143,17 @@ def portico_command(name: str, port: int, workers: int) -> list[str]:
         command = [python, "-m", "uvicorn", FACTORY, "--factory", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--workers", str(workers), "--no-access-log", "--no-proxy-headers", "--log-level", "warning"]
         command += ["--timeout-keep-alive", KEEP_ALIVE_SECONDS, "--timeout-graceful-shutdown", GRACEFUL_SECONDS]
+        # The project's httptools protocol, with the default limits on request heads, as the CLI serves.
+        command += ["--http", BOUNDED_HTTP]
         if name == "uvicorn-httptools":
-            command += ["--loop", "uvloop", "--http", "httptools"]
+            command += ["--loop", "uvloop"]
         return command
     if name == "granian":
         command = [python, "-m", "granian", "--interface", "asgi", "--factory", "--host", "127.0.0.1"]
         command += ["--port", str(port), "--workers", str(workers), "--no-ws", "--log-level", "warning"]
         return [*command, FACTORY]
     if name == "gunicorn":
-        command = [python, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-b", f"127.0.0.1:{port}"]
+        command = [python, "-m", "gunicorn", "-k", "bench.portico_worker.UvicornWorker", "-b", f"127.0.0.1:{port}"]
         command += ["-w", str(workers), "--keep-alive", KEEP_ALIVE_SECONDS, "--graceful-timeout", GRACEFUL_SECONDS]
         return [*command, "--log-level", "warning", f"{FACTORY}()"]
     raise ValueError(name)

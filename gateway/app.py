@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Sequence
 from fastapi import FastAPI
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.middleware import Middleware
@@ -66,7 +66,7 @@ from gateway.edge.ratelimit import (
     RedisRateLimitStore,
     RoutePolicies,
 )
-from gateway.edge.store import StoreCaller
+from gateway.edge.store import RedisClient, StoreCaller
 from gateway.proxy import Upstreams
 from gateway.routes import api_keys, orders, products, users, webhooks
 from gateway.settings import FailureMode, GatewaySettings
@@ -95,17 +95,26 @@ async def _check_redis(state: GatewayState) -> None:
     await state.redis.ping()
 
 
-def create_redis(settings: GatewaySettings) -> Redis:
+def create_redis(settings: GatewaySettings) -> RedisClient:
     """A bounded pool that waits briefly for a free connection; one immediate retry for a pooled
-    connection that went stale (Redis restarted). Stage deadlines bound everything else."""
+    connection that went stale (Redis restarted). Stage deadlines bound everything else.
+
+    With `redis_cluster`, redis-py's cluster client instead, seeded with the URL's node: it finds the
+    others and sends each script to the node that owns its keys' slot."""
     assert settings.redis_url is not None
+    timeouts = {
+        "socket_timeout": settings.redis_timeout_seconds,
+        "socket_connect_timeout": settings.redis_timeout_seconds,
+        "retry": Retry(NoBackoff(), 1),
+    }
+    if settings.redis_cluster:
+        # max_connections is per node here.
+        return RedisCluster.from_url(settings.redis_url, max_connections=settings.redis_max_connections, **timeouts)
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_timeout_seconds,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        retry=Retry(NoBackoff(), 1),
+        **timeouts,
     )
     return Redis.from_pool(pool)
 
@@ -121,7 +130,7 @@ async def open_state(
     upstreams = Upstreams(
         {name: ServiceClient(name, url, http, signer) for name, url in settings.service_urls().items()}
     )
-    redis: Redis | None = None
+    redis: RedisClient | None = None
     rate_store: RateLimitStore
     idempotency_store: IdempotencyStore
     if settings.redis_url:
@@ -135,7 +144,7 @@ async def open_state(
     def caller(stage: str, failure_mode: FailureMode) -> StoreCaller:
         # In-process stores do no I/O: a deadline would only cost time.
         timeout = settings.redis_timeout_seconds if redis is not None else None
-        return StoreCaller(stage, timeout=timeout, fail_open=failure_mode == "open", metrics=metrics)
+        return StoreCaller(stage, timeout=timeout, mode=failure_mode, metrics=metrics)
 
     try:
         yield GatewayState(

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
@@ -10,7 +9,7 @@ from pydantic import AnyHttpUrl, BeforeValidator, Field, PlainSerializer, model_
 from pydantic_settings import NoDecode
 
 from shared.contract import PROCESSES, SERVICES, Plan
-from shared.settings import AccessTokenSettings, ProcessSettings, process_config
+from shared.settings import AccessTokenSettings, ListSetting, ProcessSettings, process_config
 
 _QUOTA_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*s?\s*$")
 
@@ -37,19 +36,11 @@ def _parse_quota(value: Any) -> Any:
     return value
 
 
-def _split_list(value: Any) -> Any:
-    """Lists from the environment: a JSON array, or comma-separated values."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return json.loads(text)
-        return [item.strip() for item in text.split(",") if item.strip()]
-    return value
-
-
 QuotaSetting = Annotated[Quota, NoDecode, BeforeValidator(_parse_quota), PlainSerializer(str)]
-ListSetting = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
-FailureMode = Literal["open", "closed"]
+# What a stage does when its store (Redis) fails: go on without it, refuse with 503, or (rate limits
+# only) count in this process until the store answers again.
+FailureMode = Literal["open", "closed", "local"]
+IdempotencyFailureMode = Literal["open", "closed"]
 
 
 class GatewaySettings(ProcessSettings, AccessTokenSettings):
@@ -65,9 +56,12 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
 
     # Unset: in-process stores (one gateway process). Set: Redis, shared by every gateway instance.
     redis_url: str | None = None
+    # True: `redis_url` names a node of a Redis Cluster, reached through redis-py's cluster client.
+    # Every script's keys share a hash tag (the tenant or client address), so each runs on one node.
+    redis_cluster: bool = False
     # Every key the gateway writes starts with this, so several deployments (or test runs) can share
-    # one Redis.
-    redis_key_prefix: str = "portico:"
+    # one Redis. No braces: the first {...} of a key is its Redis Cluster hash tag.
+    redis_key_prefix: str = Field(default="portico:", pattern=r"^[^{}]*$")
 
     # RS256: the users service's public key, PEM.
     jwt_public_key: str | None = None
@@ -97,7 +91,7 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     rate_limit_routes: dict[str, QuotaSetting] = Field(
         default_factory=lambda: {"POST /v1/auth/token": Quota(120, 60), "POST /v1/tenants": Quota(120, 60)}
     )
-    rate_limit_failure_mode: FailureMode = "open"
+    rate_limit_failure_mode: FailureMode = "local"
     rate_limit_exempt_paths: ListSetting = Field(default_factory=lambda: ["/health/live", "/health/ready", "/metrics"])
     # Peers whose X-Forwarded-For is believed (addresses or CIDRs): load balancers in front of the gateway.
     trusted_proxies: ListSetting = Field(default_factory=list)
@@ -107,7 +101,7 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     idempotency_ttl_seconds: int = Field(default=86_400, ge=1)
     # A request that crashed its process leaves a lock that expires after this long.
     idempotency_lock_seconds: float = Field(default=30.0, gt=0)
-    idempotency_failure_mode: FailureMode = "closed"
+    idempotency_failure_mode: IdempotencyFailureMode = "closed"
     idempotency_max_response_bytes: int = Field(default=1024 * 1024, ge=0)
 
     # --- HTTP hygiene

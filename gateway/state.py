@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import httpx
-from redis.asyncio import Redis
 
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.idempotency import Idempotency
 from gateway.edge.ratelimit import RateLimiter
+from gateway.edge.store import RedisClient
 from gateway.proxy import Upstreams
 from gateway.settings import GatewaySettings
 from shared.state import LifespanSlot
@@ -27,7 +27,7 @@ class GatewayState:
     http: httpx.AsyncClient
     upstreams: Upstreams
     # None: the stores are in-process (one gateway process).
-    redis: Redis | None
+    redis: RedisClient | None
     rate_limiter: RateLimiter
     idempotency: Idempotency
     api_keys: ApiKeyResolver

@@ -28,6 +28,7 @@ from shared.http import create_http_client
 from shared.identity import IdentitySigner, IdentityVerifier, require_identity
 from shared.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
 from shared.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from shared.networks import Networks
 from shared.settings import BaseServiceSettings, ProcessSettings
 from shared.state import LifespanState, ServiceState, app_state, lifespan_state_of
 from shared.telemetry import create_tracer_provider, instrument_engine, set_global_provider_once, start_export
@@ -87,7 +88,8 @@ def install_common(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
-    app.add_route("/metrics", metrics_endpoint(registry), include_in_schema=False)
+    allowed = Networks(settings.metrics_allowed_networks)
+    app.add_route("/metrics", metrics_endpoint(registry, allowed), include_in_schema=False)
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=provider, excluded_urls=UNTRACED_URLS, exclude_spans=["receive", "send"]
     )
@@ -168,7 +170,7 @@ def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: Collec
             settings=settings,
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
-            identity_verifier=IdentityVerifier(secret, spec.name),
+            identity_verifier=IdentityVerifier(secret, spec.name, settings.internal_token_ttl_seconds),
             identity_signer=IdentitySigner(secret, settings.internal_token_ttl_seconds),
             tracer_provider=provider,
             http=http,

@@ -13,6 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from shared.logging import configure_logging
+from shared.serving import serving_protocol
 from shared.settings import BaseServiceSettings, ProcessSettings
 
 S = TypeVar("S", bound=ProcessSettings)
@@ -72,6 +73,8 @@ def run_cli(
         log_config=None,
         access_log=False,
         proxy_headers=False,
+        # httptools with the process's limits on the request head (431 beyond them).
+        http=serving_protocol(settings),
         timeout_graceful_shutdown=10,
         timeout_keep_alive=settings.server_keep_alive_seconds,
     )

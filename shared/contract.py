@@ -119,6 +119,8 @@ IDENTITY_HEADER = "X-Portico-Identity"
 IDENTITY_ISSUER = "portico-internal"
 IDENTITY_ALGORITHM = "HS256"
 IDENTITY_CHALLENGE = 'PorticoInternal realm="portico"'
+# Clock skew between processes that the checks of an internal token's `iat` and `exp` absorb.
+IDENTITY_LEEWAY_SECONDS = 5
 # Subjects of Portico's own services acting on their own, e.g. `service:webhooks`.
 SERVICE_SUBJECT_PREFIX = "service:"
 
@@ -231,19 +233,47 @@ def key_id_of(subject: str) -> str | None:
 
 # --------------------------------------------------------------------------- idempotency
 
+# A key is its caller's own: the gateway and any service that deduplicates on it scope it to the tenant
+# and the caller (the identity's subject: a user, an API key), so no other caller of the tenant is
+# ever handed an answer given to someone else. The errors below are what every side answers.
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Visible ASCII, as a Structured Fields string can carry it; long enough for any UUID or ULID.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+_KEY_FIELD = {"loc": ["header", "idempotency-key"], "field": "idempotency-key"}
 
 
-class InvalidIdempotencyKey(BadRequest, code="INVALID_IDEMPOTENCY_KEY", title="Invalid Idempotency-Key"): ...
+class InvalidIdempotencyKey(BadRequest, code="INVALID_IDEMPOTENCY_KEY", title="Invalid Idempotency-Key"):
+    def __init__(self) -> None:
+        super().__init__(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters.", errors=[{**_KEY_FIELD, "msg": "invalid"}]
+        )
 
 
-class IdempotencyKeyInUse(Conflict, code="IDEMPOTENCY_KEY_IN_USE", title="Idempotency-Key in use"): ...
+_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
-class IdempotencyKeyReused(ValidationFailed, code="IDEMPOTENCY_KEY_REUSED", title="Idempotency-Key reused"): ...
+def checked_idempotency_key(raw: str | None) -> str | None:
+    """The key a request sent, if any; 400 INVALID_IDEMPOTENCY_KEY for one that breaks the rules."""
+    if raw is not None and _KEY_RE.match(raw) is None:
+        raise InvalidIdempotencyKey()
+    return raw
+
+
+class IdempotencyKeyInUse(Conflict, code="IDEMPOTENCY_KEY_IN_USE", title="Idempotency-Key in use"):
+    def __init__(self) -> None:
+        super().__init__(
+            "A request with this Idempotency-Key is still being processed; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+
+
+class IdempotencyKeyReused(ValidationFailed, code="IDEMPOTENCY_KEY_REUSED", title="Idempotency-Key reused"):
+    def __init__(self) -> None:
+        super().__init__(
+            "This Idempotency-Key was used for a different request; use a new key for a new request.",
+            errors=[{**_KEY_FIELD, "msg": "reused"}],
+        )
 
 
 class IdempotentResponseNotStored(Conflict, code="IDEMPOTENT_RESPONSE_NOT_STORED", title="Request already done"): ...

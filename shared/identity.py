@@ -5,6 +5,7 @@ nobody."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ from shared.contract import (
     IDENTITY_CHALLENGE,
     IDENTITY_HEADER,
     IDENTITY_ISSUER,
+    IDENTITY_LEEWAY_SECONDS,
     Identity,
     TenantIdentity,
     identity_claims,
@@ -23,6 +25,19 @@ from shared.contract import (
 )
 from shared.errors import Unauthorized
 from shared.state import ServiceState, app_state
+
+logger = logging.getLogger("portico.identity")
+
+# python-jose checks a claim only when it is present (a token without `aud` passes any audience
+# check), so every claim the checks rely on is required.
+_DECODE_OPTIONS: dict[str, Any] = {
+    "require_iss": True,
+    "require_aud": True,
+    "require_sub": True,
+    "require_iat": True,
+    "require_exp": True,
+    "leeway": IDENTITY_LEEWAY_SECONDS,
+}
 
 
 class IdentitySigner:
@@ -54,23 +69,49 @@ class IdentitySigner:
         return token
 
 
+class InvalidIdentity(Exception):
+    """Why a token was refused: logged, never sent to the caller."""
+
+
 class IdentityVerifier:
-    def __init__(self, secret: str, audience: str) -> None:
+    """Checks internal tokens for one service (the audience). A token must carry `iss`, `aud`, `sub`,
+    `iat` and `exp`, and live no longer than `ttl_seconds` (the lifetime every process signs with),
+    so a token minted with a long life, or dated in the future, is refused even with the right key."""
+
+    def __init__(self, secret: str, audience: str, ttl_seconds: int) -> None:
         self._secret = secret
         self.audience = audience
+        self.max_lifetime = ttl_seconds + IDENTITY_LEEWAY_SECONDS
 
     def verify(self, token: str) -> Identity:
         try:
-            claims = jwt.decode(
-                token, self._secret, algorithms=[IDENTITY_ALGORITHM], audience=self.audience, issuer=IDENTITY_ISSUER
-            )
-        except JWTError as exc:
+            claims = self._claims(token)
+        except (JWTError, InvalidIdentity) as exc:
+            # The library's words describe the token's flaw to whoever forged it: logged only.
+            logger.info("refused an internal identity token: %s", exc)
             raise Unauthorized(
-                f"Invalid internal identity: {exc}",
+                "The internal identity token is invalid.",
                 error_code="INVALID_INTERNAL_IDENTITY",
                 challenge=IDENTITY_CHALLENGE,
-            ) from exc
+            ) from None
         return identity_from_claims(claims)
+
+    def _claims(self, token: str) -> dict[str, Any]:
+        claims = jwt.decode(
+            token,
+            self._secret,
+            algorithms=[IDENTITY_ALGORITHM],
+            audience=self.audience,
+            issuer=IDENTITY_ISSUER,
+            options=_DECODE_OPTIONS,
+        )
+        # jose has checked that both are integers.
+        issued, expires = int(claims["iat"]), int(claims["exp"])
+        if expires - issued > self.max_lifetime:
+            raise InvalidIdentity(f"lifetime {expires - issued} s exceeds {self.max_lifetime} s")
+        if issued > time.time() + IDENTITY_LEEWAY_SECONDS:
+            raise InvalidIdentity("issued in the future")
+        return claims
 
 
 async def require_identity(request: Request) -> Identity:

@@ -1,4 +1,5 @@
-"""Prometheus metrics as pure ASGI middleware, labelled by route template, never by raw path."""
+"""Prometheus metrics as pure ASGI middleware, labelled by route template, never by raw path, and the
+`/metrics` route, served only to the networks allowed to read it."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.asgi import on_response_start
+from shared.networks import Networks
 
 UNMATCHED = "<unmatched>"
 
@@ -58,8 +61,16 @@ class MetricsMiddleware:
             self.metrics.duration.labels(method, template).observe(time.perf_counter() - start)
 
 
-def metrics_endpoint(registry: CollectorRegistry) -> Callable[[Request], Awaitable[Response]]:
-    async def metrics(_: Request) -> Response:
+def metrics_endpoint(registry: CollectorRegistry, allowed: Networks) -> Callable[[Request], Awaitable[Response]]:
+    """The metrics of `registry` for peers in `allowed`; to anyone else the same 404 as a path that is
+    no route. The peer is the connection's own address, never X-Forwarded-For: a forwarded address
+    is whatever the client wrote, and a client behind a proxy arrives from the proxy's (private)
+    address, so the route must also not be published through one."""
+
+    async def metrics(request: Request) -> Response:
+        client = request.scope.get("client")
+        if client is None or client[0] not in allowed:
+            raise HTTPException(404)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return metrics

@@ -4,13 +4,15 @@ access tokens. Each process subclasses them with its own env prefix (`process_co
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.contract import PROCESSES
+from shared.networks import PRIVATE_NETWORKS, Networks
 
 # Values that ship in this repository or are commonly pasted from examples.
 # Outside development a process refuses to start with any of them.
@@ -26,6 +28,19 @@ WEAK_SECRETS = frozenset(
     }
 )
 MIN_SECRET_LENGTH = 32
+
+
+def _split_list(value: Any) -> Any:
+    """Lists from the environment: a JSON array, or comma-separated values."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+ListSetting = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 
 class Environment(StrEnum):
@@ -63,6 +78,14 @@ class ProcessSettings(BaseSettings):
     internal_token_ttl_seconds: int = Field(default=60, ge=5, le=3600)
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    # The request head (request line and header fields): larger ones are refused with 431 while they
+    # arrive (shared/serving.py).
+    max_header_line_bytes: int = Field(default=16 * 1024, ge=256)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_header_fields: int = Field(default=100, ge=8)
+
+    # Peers that may read /metrics (addresses or CIDRs), judged on the connection's own address.
+    metrics_allowed_networks: ListSetting = Field(default_factory=lambda: list(PRIVATE_NETWORKS))
 
     # Downstream HTTP client (used by the gateway and by services that call others).
     http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
@@ -80,6 +103,13 @@ class ProcessSettings(BaseSettings):
     def _client_idles_out_first(self) -> ProcessSettings:
         if self.http_keepalive_expiry_seconds >= self.server_keep_alive_seconds:
             raise ValueError("http_keepalive_expiry_seconds must be below server_keep_alive_seconds")
+        return self
+
+    @model_validator(mode="after")
+    def _server_limits(self) -> ProcessSettings:
+        Networks(self.metrics_allowed_networks)  # a malformed CIDR stops the start
+        if not self.max_header_line_bytes <= self.max_header_bytes:
+            raise ValueError("max_header_line_bytes must not exceed max_header_bytes")
         return self
 
     @property

@@ -78,16 +78,16 @@ def internal_headers(signer: IdentitySigner, audience: str, identity: Identity) 
     return {IDENTITY_HEADER: signer.sign(identity, audience)}
 
 
-async def app_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """Drives an app in-process, lifespan included. Like uvicorn, each request gets its own shallow
-    copy of the lifespan state."""
+async def app_client(app: FastAPI, peer: tuple[str, int] = ("127.0.0.1", 123)) -> AsyncIterator[httpx.AsyncClient]:
+    """Drives an app in-process, lifespan included, as a client connected from `peer`. Like uvicorn,
+    each request gets its own shallow copy of the lifespan state."""
     async with app.router.lifespan_context(app) as state:
 
         async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
             await app({**scope, "state": dict(state or {})}, receive, send)
 
         # As behind a server: an unhandled error is the 500 the app rendered, not an exception here.
-        transport = httpx.ASGITransport(app=with_state, raise_app_exceptions=False)
+        transport = httpx.ASGITransport(app=with_state, raise_app_exceptions=False, client=peer)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
 
@@ -99,6 +99,16 @@ async def users_client(migrated: Servers) -> AsyncIterator[httpx.AsyncClient]:
 
     async for client in app_client(create_app(UsersSettings(**settings_kwargs(migrated, "users")))):
         yield client
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A three-node Redis Cluster of the session's own (`tests.edge_support.PrivateRedisCluster`),
+    started the first time a test asks for it."""
+    from tests.edge_support import private_redis_cluster  # it imports this module
+
+    with private_redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 from jose import jwt
 
@@ -22,6 +24,7 @@ from gateway.settings import GatewaySettings
 from scripts.devstack import Stack, free_port
 from shared.contract import ALL_SCOPES
 from tests.conftest import INTERNAL_SECRET, JWT_SECRET, ROOT, app_client
+from tests.infra import Servers
 
 PASSWORD = "correct-horse-9"
 
@@ -43,9 +46,10 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [*command, *options],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -94,6 +98,67 @@ def private_redis() -> Iterator[PrivateRedis]:
         server.stop()
 
 
+class PrivateRedisCluster:
+    """Three redis-server primaries on free local ports, joined into one Redis Cluster by hand (slots
+    split in three, each node told to meet the first), with their files under `directory`."""
+
+    SIZE = 3
+    SLOTS = 16384
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.servers = [PrivateRedis() for _ in range(self.SIZE)]
+        # The cluster bus ports: set, since the default (port + 10000) may be taken or beyond 65535.
+        self.bus_ports = [free_port() for _ in self.servers]
+
+    @property
+    def url(self) -> str:
+        """Any node: the cluster client finds the others."""
+        return self.servers[0].url
+
+    def start(self) -> None:
+        for server, bus_port in zip(self.servers, self.bus_ports, strict=True):
+            server.start(
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.directory / f"nodes-{server.port}.conf"),
+                "--cluster-node-timeout", "5000",
+                "--cluster-port", str(bus_port),
+                "--dir", str(self.directory),
+            )  # fmt: skip
+        clients = [server.client() for server in self.servers]
+        try:
+            share = self.SLOTS // self.SIZE
+            for index, client in enumerate(clients):
+                last = self.SLOTS - 1 if index == self.SIZE - 1 else (index + 1) * share - 1
+                client.execute_command("CLUSTER ADDSLOTSRANGE", index * share, last)
+                client.execute_command("CLUSTER SET-CONFIG-EPOCH", index + 1)
+            for server, bus_port in zip(self.servers[1:], self.bus_ports[1:], strict=True):
+                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", server.port, bus_port)
+            deadline = time.monotonic() + 30
+            for client in clients:
+                while client.execute_command("CLUSTER INFO")["cluster_state"] != "ok":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the Redis Cluster did not reach state ok")
+                    time.sleep(0.02)
+        finally:
+            for client in clients:
+                client.close()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+@contextlib.contextmanager
+def private_redis_cluster(directory: Path) -> Iterator[PrivateRedisCluster]:
+    cluster = PrivateRedisCluster(directory)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def gateway_settings(stack: Stack | None, **overrides: Any) -> GatewaySettings:
     """Settings of an in-process gateway in front of the stack's services."""
     kwargs: dict[str, Any] = {
@@ -122,6 +187,35 @@ def unique_prefix(base: str) -> str:
     """A key prefix of one gateway under the session's, so its counters start empty and the session's
     cleanup still removes them."""
     return f"{base}{uuid.uuid4().hex[:8]}:"
+
+
+# Where the edge stores can be: in-process, the session's Redis, the session's Redis Cluster.
+BACKENDS = ["memory", "redis", "cluster"]
+
+
+def backend_settings(request: pytest.FixtureRequest, infra: Servers) -> dict[str, Any]:
+    """Gateway settings that put the edge stores where `request.param` (one of BACKENDS) says, under
+    a fresh key prefix. The cluster is started the first time a test asks for it."""
+    if request.param == "memory":
+        return {}
+    if request.param == "redis":
+        return {"redis_url": infra.redis_url, "redis_key_prefix": unique_prefix(infra.redis_prefix)}
+    return cluster_settings(request.getfixturevalue("redis_cluster"), infra)
+
+
+def cluster_settings(cluster: PrivateRedisCluster, infra: Servers) -> dict[str, Any]:
+    """Gateway settings for the edge stores on `cluster`, under a fresh key prefix.
+
+    A command slower than the socket timeout makes redis-py's cluster client drop that node's
+    connections, failing the other commands in flight on them, and it does not wait for a free
+    connection past the pool's size: on a loaded test machine both are noise, not the contract."""
+    return {
+        "redis_url": cluster.url,
+        "redis_cluster": True,
+        "redis_key_prefix": unique_prefix(infra.redis_prefix),
+        "redis_timeout_seconds": 10,
+        "redis_max_connections": 1000,
+    }
 
 
 def bearer(plan: str = "pro", tenant_id: str | None = None, scopes: frozenset[str] = ALL_SCOPES) -> dict[str, str]:

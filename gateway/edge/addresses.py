@@ -13,20 +13,15 @@ from collections.abc import Iterable
 from starlette.types import Scope
 
 from shared.asgi import header_list
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from shared.networks import Networks
 
 
 class ClientAddress:
     def __init__(self, trusted_proxies: Iterable[str]) -> None:
-        self.trusted: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
+        self.trusted = Networks(trusted_proxies)
 
     def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.trusted)
+        return address in self.trusted
 
     def __call__(self, scope: Scope) -> str:
         client = scope.get("client")

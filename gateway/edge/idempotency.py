@@ -28,11 +28,10 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.edge.metrics import EdgeMetrics
-from gateway.edge.store import StoreCaller, StoreUnavailable
+from gateway.edge.store import RedisClient, StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings
 from shared.asgi import BodyChunks, header
 from shared.context import principal_of
@@ -131,7 +130,7 @@ return 0
 
 
 class RedisIdempotencyStore:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: RedisClient, prefix: str) -> None:
         self.prefix = prefix
         self._claim = redis.register_script(CLAIM_LUA)
         self._complete = redis.register_script(COMPLETE_LUA)
@@ -274,8 +273,7 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         if not KEY_RE.match(raw_key):
-            invalid = InvalidIdempotencyKey("Idempotency-Key must be 1 to 255 visible ASCII characters.")
-            await send_problem(invalid, scope, receive, send)
+            await send_problem(InvalidIdempotencyKey(), scope, receive, send)
             return
         try:
             body = await _read_body(receive)
@@ -307,14 +305,9 @@ class IdempotencyMiddleware:
             return
         self.metrics.idempotency.labels(claim.outcome if claim.outcome != "done" else "replayed").inc()
         if claim.outcome == "mismatch":
-            error: PorticoError = IdempotencyKeyReused(
-                "This Idempotency-Key was used for a different request; use a new key for a new request."
-            )
+            error: PorticoError = IdempotencyKeyReused()
         elif claim.outcome == "in_flight":
-            error = IdempotencyKeyInUse(
-                "A request with this Idempotency-Key is still being processed; retry shortly.",
-                headers={"Retry-After": "1"},
-            )
+            error = IdempotencyKeyInUse()
         else:
             assert claim.response is not None
             if claim.response.replayable:

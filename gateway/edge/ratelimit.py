@@ -16,7 +16,8 @@ requests, t being how far the current window has run (under 2x in the worst case
 fraction of a percent). The other way round, when they came at its start, it refuses early by at most
 the same amount.
 
-Every policy of a request is checked and counted in one Lua script (EVALSHA, loaded once), so any
+When Redis fails, the `local` failure mode (the default) counts in this process until it answers
+again (`RateLimiter`). Every policy of a request is checked and counted in one Lua script (EVALSHA, loaded once), so any
 number of gateway instances share the counts exactly. Keys carry the caller in a hash tag
 (`{t:<tenant>}` or `{a:<address>}`), so on Redis Cluster all of one caller's keys live in one slot and
 the multi-key script stays legal. The time is Redis's own (`TIME`), so gateway clocks do not matter.
@@ -32,13 +33,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from fastapi.routing import APIRoute
-from redis.asyncio import Redis
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.edge.addresses import ClientAddress
 from gateway.edge.metrics import EdgeMetrics
-from gateway.edge.store import StoreCaller, StoreUnavailable
+from gateway.edge.store import RedisClient, StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings, Quota
 from shared.asgi import extend_headers, on_response_start
 from shared.context import principal_of, request_id_of
@@ -161,7 +161,7 @@ def _verdict(policies: Sequence[Policy], raw: Sequence[int]) -> Verdict:
 
 
 class RedisRateLimitStore:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: RedisClient, prefix: str) -> None:
         self.prefix = prefix
         # register_script sends EVALSHA and loads the script only when Redis does not know it yet.
         self._script = redis.register_script(SLIDING_WINDOW_LUA)
@@ -246,11 +246,45 @@ class MemoryRateLimitStore:
 
 
 class RateLimiter:
-    """A store and how to call it (deadline, failure mode); built in the lifespan."""
+    """A store, how to call it (deadline, failure mode), and, in the `local` failure mode, the
+    in-process store that counts while the shared one fails. Built in the lifespan; any set of
+    policies can have one of its own (a caller per stage, e.g. `StoreCaller("auth_failures", ...)`).
 
-    def __init__(self, store: RateLimitStore, caller: StoreCaller) -> None:
+    `local`: when the shared store fails, this gateway process counts the same policies in memory
+    (the same algorithm), so each instance keeps enforcing every quota on its own traffic. The shared
+    store is tried again `retry_seconds` after the last failure, by one request at a time, so a hung
+    Redis costs one request the timeout per interval rather than every request; the first answer
+    ends the fallback and counting is shared again from what Redis holds.
+    """
+
+    def __init__(self, store: RateLimitStore, caller: StoreCaller, *, retry_seconds: float = 1.0) -> None:
         self.store = store
         self.call = caller
+        self.local: RateLimitStore | None = MemoryRateLimitStore() if caller.mode == "local" else None
+        self.retry_seconds = retry_seconds
+        # While in the future, the local store counts without asking the shared one.
+        self._local_until = 0.0
+        self._probing = False
+
+    async def hit(self, subject: str, policies: Sequence[Policy], cost: int = 1) -> Verdict:
+        """Counts the request in the shared store, or in the local one while the shared one fails.
+        Raises StoreUnavailable when the shared store failed and the mode is `open` or `closed`."""
+        if self.local is None:
+            return await self.call(self.store.hit(subject, policies, cost))
+        if self._local_until and (self._probing or time.monotonic() < self._local_until):
+            self.call.passed_by()
+            return await self.local.hit(subject, policies, cost)
+        probing = self._probing = bool(self._local_until)
+        try:
+            verdict = await self.call(self.store.hit(subject, policies, cost))
+        except StoreUnavailable:
+            self._local_until = time.monotonic() + self.retry_seconds
+            return await self.local.hit(subject, policies, cost)
+        finally:
+            if probing:
+                self._probing = False
+        self._local_until = 0.0
+        return verdict
 
 
 class RoutePolicies:
@@ -353,7 +387,7 @@ class RateLimitMiddleware:
         limiter = self.state.value.rate_limiter
         subject, policies = self.policies_for(scope, principal_of(scope))
         try:
-            verdict = await limiter.call(limiter.store.hit(subject, policies))
+            verdict = await limiter.hit(subject, policies)
         except StoreUnavailable:
             await limiter.call.without_store(self.app, scope, receive, send)
             return

@@ -8,6 +8,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from shared.db import AutoIncrement, UTCDateTime, new_id, utcnow
 from shared.repository import TenantRow
 
+# The most units a product holds. Every sum of stock and prices stays far inside a 64-bit integer.
+MAX_STOCK = 1_000_000_000
+
 
 class Base(DeclarativeBase):
     pass
@@ -19,6 +22,7 @@ class Product(Base, TenantRow):
         UniqueConstraint("tenant_id", "sku", name="uq_products_tenant_sku"),
         # The last line of defence: no code path, however wrong, can store negative stock.
         CheckConstraint("stock >= 0", name="ck_products_stock_not_negative"),
+        CheckConstraint(f"stock <= {MAX_STOCK}", name="ck_products_stock_at_most_max"),
         CheckConstraint("price_cents >= 0", name="ck_products_price_not_negative"),
         Index("ix_products_tenant_created", "tenant_id", "created_at", "id"),
     )

@@ -72,12 +72,33 @@ class InventoryRepository(Repository):
         ).one_or_none()
         return None if row is None else TakenStock(row.sku, row.name, row.price_cents)
 
-    async def return_stock(self, tenant_id: str, product_id: str, quantity: int) -> None:
+    async def return_stock(self, tenant_id: str, product_id: str, quantity: int, max_stock: int) -> int:
+        """Puts `quantity` units back, up to `max_stock`; answers how many did not fit (0 nearly always).
+
+        The common case is one conditional statement. Only when it would pass the maximum is the row
+        locked and read, to fill it up to the maximum and count what is left over.
+        """
+        fits = (Product.id == product_id, Product.tenant_id == tenant_id, Product.stock + quantity <= max_stock)
+        returned = await self.session.scalar(
+            update(Product)
+            .where(*fits)
+            .values(stock=Product.stock + quantity, updated_at=utcnow())
+            .returning(Product.id)
+        )
+        if returned is not None:
+            return 0
+        stock = await self.session.scalar(
+            select(Product.stock).where(Product.id == product_id, Product.tenant_id == tenant_id).with_for_update()
+        )
+        if stock is None:  # pragma: no cover - products are never deleted while reservations name them
+            return 0
+        kept = min(stock + quantity, max_stock)
         await self.session.execute(
             update(Product)
             .where(Product.id == product_id, Product.tenant_id == tenant_id)
-            .values(stock=Product.stock + quantity, updated_at=utcnow())
+            .values(stock=kept, updated_at=utcnow())
         )
+        return stock + quantity - kept
 
     # Reservations
 

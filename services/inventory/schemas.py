@@ -5,12 +5,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.inventory.models import MAX_STOCK
 from shared.contract import LineItems, ReservedLine, ResourceIdField
 from shared.schemas import PLAIN_TEXT_PATTERN, refuse_null
 
 # Bounds keep every sum (line totals, order totals, stock) far inside a 64-bit integer.
 MAX_PRICE_CENTS = 10_000_000_000
-MAX_STOCK = 1_000_000_000
 
 # Letters and digits first, then also . _ - : / (common in SKUs); case is kept and significant.
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"

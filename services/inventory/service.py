@@ -3,12 +3,12 @@ request's transaction (its repository shares the request's session): raising rol
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from services.inventory.models import Product, Reservation, ReservationItem, StockAdjustment
+from services.inventory.models import MAX_STOCK, Product, Reservation, ReservationItem, StockAdjustment
 from services.inventory.repository import InventoryRepository
 from services.inventory.schemas import (
-    MAX_STOCK,
     ProductCreate,
     ProductOut,
     ProductUpdate,
@@ -21,6 +21,8 @@ from shared.db import new_id, utcnow
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.pagination import Page, PageQuery
 from shared.repository import matching
+
+logger = logging.getLogger("portico.inventory")
 
 
 class ProductNotFound(NotFound, code="PRODUCT_NOT_FOUND", title="Product not found", resource="product"): ...
@@ -226,8 +228,29 @@ async def _release(repo: InventoryRepository, tenant_id: str, reservation: Reser
     if await repo.move_reservation(tenant_id, reservation.id, ("reserved", "confirmed"), "released", utcnow()):
         # Only the caller that moved the status returns the stock: a second release finds it released.
         for item in sorted(reservation.items, key=lambda i: i.product_id):
-            await repo.return_stock(tenant_id, item.product_id, item.quantity)
+            left_over = await repo.return_stock(tenant_id, item.product_id, item.quantity, MAX_STOCK)
+            if left_over:
+                await _write_off(repo, tenant_id, item.product_id, left_over, reservation.order_id)
     return await get_reservation(repo, tenant_id, reservation.id)
+
+
+async def _write_off(repo: InventoryRepository, tenant_id: str, product_id: str, units: int, order_id: str) -> None:
+    """Released units that would take the stock past its maximum: the stock stays at the maximum (the
+    release must still succeed: the order is already cancelled), and the units that did not fit are
+    written off as an adjustment, so the product's history says where they went."""
+    logger.warning(
+        "release of order %s: %d units of product %s above the maximum stock written off", order_id, units, product_id
+    )
+    adjustment = StockAdjustment(
+        id=new_id(),
+        tenant_id=tenant_id,
+        product_id=product_id,
+        delta=-units,
+        reason=f"release of order {order_id} above the maximum stock",
+        stock_after=MAX_STOCK,
+        created_at=utcnow(),
+    )
+    await repo.add(adjustment)
 
 
 async def release(repo: InventoryRepository, tenant_id: str, reservation_id: str) -> Reservation:

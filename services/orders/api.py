@@ -12,8 +12,9 @@ from starlette.responses import Response
 from services.orders import service
 from services.orders.deps import ContextDep, EventsReader, OrdersRead, OrdersWrite
 from services.orders.schemas import EventFeed, OrderCreate, OrderOut, OrderStatus
-from shared.contract import IDEMPOTENCY_KEY_PATTERN, RESOURCE_ID_PATTERN, ResourceIdPath
+from shared.contract import RESOURCE_ID_PATTERN, ResourceIdPath, checked_idempotency_key
 from shared.errors import (
+    BadRequest,
     Conflict,
     DownstreamBadResponse,
     Forbidden,
@@ -36,6 +37,7 @@ CONFLICT = Conflict.openapi_response()
     status_code=201,
     response_model=OrderOut,
     responses={
+        **BadRequest.openapi_response(),
         **INVALID,
         **NOT_FOUND,
         **CONFLICT,
@@ -50,12 +52,13 @@ async def create_order(
     idempotency_key: Annotated[
         str | None,
         Header(
-            pattern=IDEMPOTENCY_KEY_PATTERN,
-            description="Repeating a request with the same key answers the first order instead of placing another.",
+            description="Repeating a request with the same key answers the first order instead of placing another "
+            "(1 to 255 visible ASCII characters; the key is the caller's own).",
         ),
     ] = None,
 ) -> Response:
-    placed = await service.create_order(ctx, caller, data, idempotency_key)
+    key = checked_idempotency_key(idempotency_key)
+    placed = await service.create_order(ctx, caller, data, key)
     # The stored bytes themselves, so a replay is exactly the first answer.
     headers = {"Idempotent-Replayed": "true"} if placed.replayed else {}
     return Response(placed.body, status_code=201, media_type=JSON, headers=headers)

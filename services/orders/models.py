@@ -88,18 +88,20 @@ class OrderAttempt(Base):
 
     It is what lets a crash between reserving and storing be repaired (the recovery task releases
     the stock of attempts that never finished) and what deduplicates an `Idempotency-Key`: the key is
-    unique per tenant, and a finished attempt keeps the exact answer it gave.
+    unique per tenant and caller, and a finished attempt keeps the exact answer it gave.
     """
 
     __tablename__ = "order_attempts"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "idempotency_key", name="uq_order_attempts_tenant_key"),
+        UniqueConstraint("tenant_id", "caller", "idempotency_key", name="uq_order_attempts_caller_key"),
         Index("ix_order_attempts_state", "state", "updated_at"),
     )
 
     # The id the order gets if the attempt succeeds; the reservation at the inventory service names it.
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(36))
+    # Who placed it (the identity's subject): a key is the caller's own, as at the gateway.
+    caller: Mapped[str] = mapped_column(String(64), server_default="")
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # SHA-256 of the request, so a key reused for a different order is told apart from a retry.
     request_hash: Mapped[str] = mapped_column(String(64))

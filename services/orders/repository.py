@@ -21,9 +21,11 @@ class OrderRepository(Repository):
         """Records the attempt; False when its idempotency key is already taken."""
         return await self.insert_if_absent(attempt)
 
-    async def get_attempt_by_key(self, tenant_id: str, key: str) -> OrderAttempt | None:
+    async def get_attempt_by_key(self, tenant_id: str, caller: str, key: str) -> OrderAttempt | None:
         return await self.session.scalar(
-            select(OrderAttempt).where(OrderAttempt.tenant_id == tenant_id, OrderAttempt.idempotency_key == key)
+            select(OrderAttempt).where(
+                OrderAttempt.tenant_id == tenant_id, OrderAttempt.caller == caller, OrderAttempt.idempotency_key == key
+            )
         )
 
     async def finish_attempt(self, attempt_id: str, response_body: str | None, now: datetime) -> bool:

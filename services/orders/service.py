@@ -167,6 +167,7 @@ async def create_order(
     attempt = OrderAttempt(
         id=new_id(),
         tenant_id=tenant_id,
+        caller=identity.subject,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         state="pending",
@@ -180,14 +181,11 @@ async def create_order(
             if await repo.start_attempt(attempt):
                 break
             assert idempotency_key is not None  # only the key is unique besides the fresh id
-            placed = await _repeat(repo, tenant_id, idempotency_key, request_hash)
+            placed = await _repeat(repo, identity, idempotency_key, request_hash)
             if placed is not None:
                 return placed
         else:
-            raise IdempotencyKeyInUse(
-                "A request with this Idempotency-Key is still being processed; retry later.",
-                headers={"Retry-After": "1"},
-            )
+            raise IdempotencyKeyInUse()
 
     try:
         user_id = await downstream.check_user(ctx.users, identity)
@@ -212,23 +210,17 @@ async def create_order(
     return Placed(body, replayed=False)
 
 
-async def _repeat(repo: OrderRepository, tenant_id: str, key: str, request_hash: str) -> Placed | None:
-    """A request with a key already taken: the first request's answer, an error saying why there is
-    none yet, or None when the key has been freed meanwhile."""
-    existing = await repo.get_attempt_by_key(tenant_id, key)
+async def _repeat(repo: OrderRepository, caller: TenantIdentity, key: str, request_hash: str) -> Placed | None:
+    """A request with a key the caller has used already: the first request's answer, an error saying
+    why there is none yet, or None when the key has been freed meanwhile."""
+    existing = await repo.get_attempt_by_key(caller.tenant_id, caller.subject, key)
     if existing is None:
         return None
     if existing.request_hash != request_hash:
-        raise IdempotencyKeyReused(
-            "This Idempotency-Key was already used for a different order.",
-            errors=[{"loc": ["header", "idempotency-key"], "field": "idempotency-key", "msg": "reused"}],
-        )
+        raise IdempotencyKeyReused()
     if existing.state != "done" or existing.response_body is None:
         # Still running, or failed and being cleaned up (the key is then free again shortly).
-        raise IdempotencyKeyInUse(
-            "A request with this Idempotency-Key is still being processed; retry later.",
-            headers={"Retry-After": "1"},
-        )
+        raise IdempotencyKeyInUse()
     return Placed(existing.response_body, replayed=True)
 
 

@@ -205,3 +205,31 @@ async def test_bad_input_is_a_problem_naming_the_field_and_changes_nothing(gatew
     assert (await gateway.get("/v1/orders", headers=auth)).json()["items"] == []
     listed = (await gateway.get("/v1/products", headers=auth)).json()["items"]
     assert [(p["id"], p["stock"], p["price_cents"]) for p in listed] == [(product["id"], 3, 400)]
+
+
+async def test_an_idempotency_key_is_its_callers_own_through_the_stack(gateway):
+    """A member who sends the admin's Idempotency-Key with the admin's body places an order of their
+    own: the gateway and the orders service both scope the key to the caller."""
+    created, admin_auth = await signup(gateway)
+    product = await new_product(gateway, admin_auth, stock=10)
+    email = f"{unique('member')}@example.com"
+    member = await gateway.post(
+        "/v1/users", json={"email": email, "password": PASSWORD, "role": "member"}, headers=admin_auth
+    )
+    assert member.status_code == 201, member.text
+    member_auth = await login(gateway, email)
+
+    key = {"Idempotency-Key": unique("shared-key")}
+    admins = await gateway.post("/v1/orders", json=one_of(product["id"], 2), headers={**admin_auth, **key})
+    assert admins.status_code == 201, admins.text
+    theirs = await gateway.post("/v1/orders", json=one_of(product["id"], 2), headers={**member_auth, **key})
+    assert theirs.status_code == 201, theirs.text
+    assert "idempotent-replayed" not in theirs.headers
+    assert theirs.json()["id"] != admins.json()["id"]
+    assert theirs.json()["user_id"] == member.json()["id"]
+    assert admins.json()["user_id"] == created["user"]["id"]
+    assert await stock_of(gateway, admin_auth, product["id"]) == 6
+    # Each one's repeat is their own answer again.
+    again = await gateway.post("/v1/orders", json=one_of(product["id"], 2), headers={**member_auth, **key})
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == theirs.json()["id"]

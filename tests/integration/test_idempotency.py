@@ -19,8 +19,11 @@ from gateway.edge.idempotency import (
     StoredResponse,
 )
 from tests.edge_support import (
+    BACKENDS,
     PASSWORD,
+    backend_settings,
     bearer,
+    cluster_settings,
     gateway_settings,
     in_process_gateway,
     login,
@@ -32,14 +35,16 @@ from tests.edge_support import (
 # ---------------------------------------------------------------- the store contract
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=BACKENDS)
 async def store(request, infra) -> AsyncIterator[IdempotencyStore]:
-    if request.param == "memory":
+    settings = backend_settings(request, infra)
+    if not settings:
         yield MemoryIdempotencyStore()
         return
-    client = create_redis(gateway_settings(None, redis_url=infra.redis_url))
+    # The gateway's own client: its pool (or cluster client) and timeouts.
+    client = create_redis(gateway_settings(None, **settings))
     try:
-        yield RedisIdempotencyStore(client, unique_prefix(infra.redis_prefix))
+        yield RedisIdempotencyStore(client, settings["redis_key_prefix"])
     finally:
         await client.aclose()
 
@@ -122,9 +127,9 @@ async def test_redis_records_are_prefixed_and_hash_tagged(infra):
 
 @pytest.fixture(params=["memory", "redis"])
 def backend(request, infra) -> dict:
-    if request.param == "memory":
-        return {}
-    return {"redis_url": infra.redis_url, "redis_key_prefix": unique_prefix(infra.redis_prefix)}
+    """Settings that pick the store: in-process, or the session's Redis (the Redis Cluster has a
+    test of its own below: the store contract above already runs on it)."""
+    return backend_settings(request, infra)
 
 
 def new_user() -> dict:
@@ -347,6 +352,25 @@ async def test_the_key_is_forwarded_to_the_service():
             assert replay.headers["idempotent-replayed"] == "true"
     assert len(received) == 1
     assert b"idempotency-key: forward-me" in received[0].lower()
+
+
+async def test_gateways_on_a_redis_cluster_replay_there(redis_cluster, infra):
+    """Two gateways on the cluster (failing closed, so every answer below came from it): the second
+    replays the first's answer, and refuses the key for another body."""
+    settings = gateway_settings(
+        None, rate_limit_enabled=False, idempotency_failure_mode="closed", **cluster_settings(redis_cluster, infra)
+    )
+    async with in_process_gateway(settings) as one, in_process_gateway(settings) as two:
+        headers = {**bearer("pro"), "Idempotency-Key": "on-a-cluster"}
+        first = await one.post("/v1/nothing-here", json={"n": 1}, headers=headers)
+        assert first.status_code == 404
+        again = await two.post("/v1/nothing-here", json={"n": 1}, headers=headers)
+        assert again.status_code == 404
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.content == first.content
+        other = await two.post("/v1/nothing-here", json={"n": 2}, headers=headers)
+        assert other.status_code == 422
+        assert other.json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
 
 
 @pytest.mark.parametrize("mode", ["open", "closed"])

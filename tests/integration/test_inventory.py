@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import pytest
 
@@ -347,3 +348,86 @@ async def test_sqlite_and_postgres_agree_on_a_released_marker(sqlite_inventory, 
     assert ok.status_code == 201
     assert (await caller.post(f"/reservations/{ok.json()['id']}/release")).json()["status"] == "released"
     assert await stock_of(caller, mug["id"]) == 3
+
+
+# ---------------------------------------------------------------- the stock maximum
+
+MAX_STOCK = 1_000_000_000
+
+
+async def test_a_release_never_takes_stock_past_the_maximum(either_backend, signer):
+    admin = Caller(either_backend, signer, "inventory", tenant_identity())
+    mug = await new_product(admin, stock=10_000)
+    held = (await admin.post("/reservations", json=reserve_body("order-max", (mug["id"], 10_000)))).json()
+    assert await stock_of(admin, mug["id"]) == 0
+    raised = await admin.post(f"/products/{mug['id']}/stock-adjustments", json={"delta": MAX_STOCK, "reason": "count"})
+    assert raised.status_code == 201, raised.text
+    # Cancelling the order puts its units back: they no longer fit.
+    released = await admin.post("/orders/order-max/reservation/release")
+    assert released.status_code == 200, released.text
+    assert released.json()["status"] == "released"
+    assert await stock_of(admin, mug["id"]) == MAX_STOCK
+    history = (await admin.get(f"/products/{mug['id']}/stock-adjustments")).json()["items"]
+    written_off = history[0]
+    assert written_off["delta"] == -10_000
+    assert written_off["stock_after"] == MAX_STOCK
+    assert "order-max" in written_off["reason"]
+    # Released once, written off once.
+    assert (await admin.post(f"/reservations/{held['id']}/release")).status_code == 200
+    assert len((await admin.get(f"/products/{mug['id']}/stock-adjustments")).json()["items"]) == 2
+
+    # Room for part of a release: filled up to the maximum, the rest written off.
+    pen = await new_product(admin, stock=10)
+    await admin.post("/reservations", json=reserve_body("order-part", (pen["id"], 10)))
+    await admin.post(f"/products/{pen['id']}/stock-adjustments", json={"delta": MAX_STOCK - 4, "reason": "count"})
+    await admin.post("/orders/order-part/reservation/release")
+    assert await stock_of(admin, pen["id"]) == MAX_STOCK
+    assert (await admin.get(f"/products/{pen['id']}/stock-adjustments")).json()["items"][0]["delta"] == -6
+    # A release that fits leaves no trace in the adjustments.
+    cup = await new_product(admin, stock=10)
+    await admin.post("/reservations", json=reserve_body("order-fits", (cup["id"], 4)))
+    await admin.post("/orders/order-fits/reservation/release")
+    assert await stock_of(admin, cup["id"]) == 10
+    assert (await admin.get(f"/products/{cup['id']}/stock-adjustments")).json()["items"] == []
+
+
+async def test_the_database_refuses_stock_outside_its_bounds(admin: Caller, migrated: Servers):
+    mug = await new_product(admin, stock=1)
+    conn = await asyncpg.connect(migrated.database_dsn("inventory"))
+    try:
+        for stock in (MAX_STOCK + 1, -1):
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute("UPDATE products SET stock = $1 WHERE id = $2", stock, mug["id"])
+        await conn.execute("UPDATE products SET stock = $1 WHERE id = $2", MAX_STOCK, mug["id"])
+    finally:
+        await conn.close()
+
+
+async def test_the_migration_brings_stock_above_the_maximum_down_and_says_so(migrated: Servers):
+    name = f"{migrated.database_name('inventory')}_bounds"
+    admin_conn = await asyncpg.connect(migrated.pg_admin_dsn)
+    await admin_conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = migrated.database_dsn("inventory").rsplit("/", 1)[0] + f"/{name}"
+    url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        await asyncio.to_thread(upgrade, ROOT / "services" / "inventory", url, "0001")
+        conn = await asyncpg.connect(dsn)
+        try:
+            insert = (
+                "INSERT INTO products (id, tenant_id, sku, name, price_cents, stock, created_at, updated_at) "
+                "VALUES ($1, 't', $2, 'Mug', 100, $3, now(), now())"
+            )
+            await conn.execute(insert, "over", "S-1", MAX_STOCK + 10_000)
+            await conn.execute(insert, "fine", "S-2", 7)
+            await asyncio.to_thread(upgrade, ROOT / "services" / "inventory", url)
+            stocks = dict(await conn.fetch("SELECT id, stock FROM products"))
+            assert stocks == {"over": MAX_STOCK, "fine": 7}
+            (row,) = await conn.fetch("SELECT product_id, delta, stock_after FROM stock_adjustments")
+            assert tuple(row) == ("over", -10_000, MAX_STOCK)
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute("UPDATE products SET stock = stock + 1 WHERE id = 'over'")
+        finally:
+            await conn.close()
+    finally:
+        await admin_conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin_conn.close()

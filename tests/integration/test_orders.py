@@ -22,12 +22,12 @@ from services.inventory.app import create_app as create_inventory_app
 from services.inventory.settings import InventorySettings
 from services.orders.app import create_app as create_orders_app
 from services.orders.settings import OrdersSettings
-from shared.contract import Identity
+from shared.contract import ROLE_SCOPES, Identity
 from shared.db import utcnow
 from shared.identity import IdentitySigner
 from tests.conftest import app_client, internal_headers, settings_kwargs
 from tests.infra import Servers
-from tests.orders_support import SMALL_POOL, Caller, assert_problem, bootstrap_tenant, db_fetch, unique
+from tests.orders_support import PASSWORD, SMALL_POOL, Caller, assert_problem, bootstrap_tenant, db_fetch, unique
 
 RELAY = Identity(subject="service:webhooks", scopes=frozenset({"events:read"}))
 
@@ -199,7 +199,8 @@ async def test_bad_orders_are_refused_and_change_nothing(shop: Shop, orders, sig
     bad_key = await shop.orders.post(
         "/orders", json={"items": [{"product_id": mug["id"], "quantity": 1}]}, headers={"Idempotency-Key": "has space"}
     )
-    assert_problem(bad_key, 422, field="idempotency-key")
+    # The rules and the answer of the contract, as at the gateway.
+    assert_problem(bad_key, 400, "INVALID_IDEMPOTENCY_KEY", field="idempotency-key")
 
     tenant_id = shop.orders.identity.tenant_id
     assert (await shop.orders.get("/orders")).json()["items"] == []
@@ -251,6 +252,40 @@ async def test_idempotency_key_places_an_order_once(shop: Shop, users_client, si
 
     orders_listed = (await shop.orders.get("/orders")).json()["items"]
     assert len(orders_listed) == 3
+
+
+async def test_an_idempotency_key_is_its_callers_own(shop: Shop, users_client, signer):
+    """Another caller of the tenant sending the same key and body places an order of its own; it is
+    never handed the first caller's answer."""
+    mug = await shop.product(stock=10)
+    created = await users_client.post(
+        "/users",
+        json={"email": f"{unique('member')}@example.com", "password": PASSWORD, "role": "member"},
+        headers=internal_headers(signer, "users", shop.orders.identity),
+    )
+    assert created.status_code == 201, created.text
+    member_identity = Identity(
+        subject=created.json()["id"],
+        tenant_id=shop.orders.identity.tenant_id,
+        scopes=ROLE_SCOPES["member"],
+        plan="pro",
+        role="member",
+    )
+    member = Shop(shop.orders.as_(member_identity), shop.inventory.as_(member_identity))
+    key = unique("key")
+    admins = await shop.order((mug["id"], 2), key=key)
+    theirs = await member.order((mug["id"], 2), key=key)
+    assert admins.status_code == theirs.status_code == 201, theirs.text
+    assert "idempotent-replayed" not in theirs.headers
+    assert theirs.json()["id"] != admins.json()["id"]
+    assert theirs.json()["user_id"] == member_identity.subject
+    assert await shop.stock(mug["id"]) == 6
+    for caller, first in ((shop, admins), (member, theirs)):
+        again = await caller.order((mug["id"], 2), key=key)
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.content == first.content
+    # Within one caller the rules hold as before.
+    assert_problem(await member.order((mug["id"], 3), key=key), 422, "IDEMPOTENCY_KEY_REUSED", field="idempotency-key")
 
 
 async def test_another_tenants_order_is_404_like_a_missing_one(shop: Shop, users_client, signer):

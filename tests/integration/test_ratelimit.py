@@ -10,25 +10,39 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
 from gateway.app import create_app, create_redis
+from gateway.edge.idempotency import RedisIdempotencyStore
 from gateway.edge.ratelimit import MemoryRateLimitStore, Policy, RateLimitStore, RedisRateLimitStore
 from gateway.settings import Quota
-from tests.edge_support import bearer, gateway_settings, in_process_gateway, private_redis, signup, unique_prefix
+from tests.edge_support import (
+    BACKENDS,
+    backend_settings,
+    bearer,
+    cluster_settings,
+    gateway_settings,
+    in_process_gateway,
+    private_redis,
+    signup,
+    unique_prefix,
+)
 
 # ---------------------------------------------------------------- the store contract
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=BACKENDS)
 async def store(request, infra) -> AsyncIterator[RateLimitStore]:
-    if request.param == "memory":
+    settings = backend_settings(request, infra)
+    if not settings:
         yield MemoryRateLimitStore()
         return
-    # The gateway's own client: its pool and timeouts.
-    client = create_redis(gateway_settings(None, redis_url=infra.redis_url))
+    # The gateway's own client: its pool (or cluster client) and timeouts.
+    client = create_redis(gateway_settings(None, **settings))
     try:
-        yield RedisRateLimitStore(client, unique_prefix(infra.redis_prefix))
+        yield RedisRateLimitStore(client, settings["redis_key_prefix"])
     finally:
         await client.aclose()
 
@@ -129,10 +143,9 @@ async def test_the_script_is_loaded_once_then_called_by_its_digest():
 
 @pytest.fixture(params=["memory", "redis"])
 def backend(request, infra) -> dict:
-    """Settings that pick the store: none (in-process) or the session's Redis under a fresh prefix."""
-    if request.param == "memory":
-        return {}
-    return {"redis_url": infra.redis_url, "redis_key_prefix": unique_prefix(infra.redis_prefix)}
+    """Settings that pick the store: in-process, or the session's Redis (the Redis Cluster has a
+    test of its own below: the store contract above already runs on it)."""
+    return backend_settings(request, infra)
 
 
 async def test_answers_carry_the_draft_headers(stack, backend):
@@ -308,3 +321,118 @@ async def test_a_hung_redis_costs_at_most_the_timeout(stack):
             await asyncio.sleep(0.1)
             recovered = await gateway.get("/v1/nothing-here", headers=headers)
             assert "x-ratelimit-limit" in recovered.headers
+
+
+async def test_local_mode_keeps_every_quota_per_instance_while_redis_is_down_then_shares_again(stack, caplog):
+    """Two gateway instances on one Redis (a private one, killed and restarted). While it is down each
+    counts its own traffic against the same quotas; once it is back they count together again."""
+    caplog.set_level("INFO", logger="portico.gateway.edge")
+    with private_redis() as server:
+        settings = gateway_settings(
+            stack,
+            redis_url=server.url,
+            redis_timeout_seconds=0.5,
+            rate_limit_free="4/60s",
+            rate_limit_routes={"POST /v1/auth/token": "2/60s"},
+            idempotency_enabled=False,
+        )
+        assert settings.rate_limit_failure_mode == "local"  # the default
+        async with in_process_gateway(settings) as one, in_process_gateway(settings) as two:
+
+            async def codes(pairs) -> list[int]:
+                return [(await gw.get("/v1/nothing-here", headers=headers)).status_code for gw, headers in pairs]
+
+            shared = bearer("free")
+            assert await codes([(one, shared), (two, shared)] * 3) == [404, 404, 404, 404, 429, 429]
+
+            server.stop()
+            tenant = bearer("free")
+            for gateway in (one, two):
+                answers = [await gateway.get("/v1/nothing-here", headers=tenant) for _ in range(5)]
+                assert [a.status_code for a in answers] == [404, 404, 404, 404, 429]
+                assert answers[0].headers["x-ratelimit-remaining"] == "3"
+                assert answers[-1].json()["policy"] == "free"
+                assert int(answers[-1].headers["retry-after"]) > 0
+                # The login route's own quota holds too (the users service answers 422 to an empty form).
+                logins = [(await gateway.post("/v1/auth/token", data={})).status_code for _ in range(3)]
+                assert logins == [422, 422, 429]
+                metrics = (await gateway.get("/metrics")).text
+                assert 'gateway_store_errors_total{outcome="fail_local",stage="rate_limit"}' in metrics
+                assert await store_errors(gateway) >= 8
+
+            server.start()  # empty: shared counts start over
+            # Each instance tries Redis again a second after its last failure; wait until both count there.
+            deadline = time.monotonic() + 15
+            for gateway in (one, two):
+                while True:
+                    probe = str(uuid.uuid4())
+                    await gateway.get("/v1/nothing-here", headers=bearer("free", tenant_id=probe))
+                    if server.client().keys(f"*{probe}*"):
+                        break
+                    assert time.monotonic() < deadline, "the gateway did not go back to Redis"
+                    await asyncio.sleep(0.2)
+            together = bearer("free")
+            assert await codes([(one, together), (two, together)] * 3) == [404, 404, 404, 404, 429, 429]
+
+    failures = [r for r in caplog.records if "counted by this gateway process alone" in r.getMessage()]
+    assert 1 <= len(failures) <= 4, [r.getMessage() for r in failures]  # throttled: not one per request
+    assert any("answers again" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- Redis Cluster
+
+
+async def test_on_a_cluster_each_call_stays_in_one_slot_and_callers_spread_over_the_nodes(redis_cluster, infra):
+    """The rate-limit script touches several keys per call and the idempotency scripts one: the hash
+    tag (`{t:<tenant>}`, `{a:<address>}`) keeps each call's keys in one slot, which is what makes the
+    multi-key script legal on a cluster, while different callers land on different nodes."""
+    client = create_redis(gateway_settings(None, redis_url=redis_cluster.url, redis_cluster=True))
+    assert isinstance(client, RedisCluster)
+    prefix = unique_prefix(infra.redis_prefix)
+    rate, idempotency = RedisRateLimitStore(client, prefix), RedisIdempotencyStore(client, prefix)
+    policies = [policy(10, name="pro"), policy(5, name="POST /v1/auth/token"), policy(3, name="GET /v1/users/me")]
+    try:
+        tenants = [str(uuid.uuid4()) for _ in range(30)]
+        subjects = [f"t:{t}" for t in tenants] + [f"a:203.0.113.{i}" for i in range(10)] + ["a:2001:db8::7"]
+        for subject in subjects:
+            assert (await rate.hit(subject, policies)).admitted
+            assert len({key_slot(rate.key(subject, p).encode()) for p in policies}) == 1, subject
+        for tenant in tenants:
+            scope_key = f"{{t:{tenant}}}:{uuid.uuid4().hex}"
+            assert (await idempotency.claim(scope_key, "fp", "owner", 30_000)).outcome == "acquired"
+            assert key_slot(idempotency.key(scope_key).encode()) == key_slot(
+                rate.key(f"t:{tenant}", policies[0]).encode()
+            )
+        sizes = [await client.dbsize(target_nodes=node) for node in client.get_primaries()]
+        assert len(sizes) == 3
+        assert all(size > 0 for size in sizes), sizes
+        # Without the tag, two callers' keys in one script is what the cluster client refuses.
+        with pytest.raises(RedisClusterException, match="same key slot"):
+            await client.eval("return 1", 2, f"{prefix}rl:t:one:pro", f"{prefix}rl:t:two:pro")
+    finally:
+        await client.aclose()
+
+
+async def test_gateways_on_a_redis_cluster_count_there(redis_cluster, infra):
+    """Two gateways on the cluster (failing closed, so every answer below came from it) share the count."""
+    cluster = cluster_settings(redis_cluster, infra)
+    settings = gateway_settings(
+        None, rate_limit_free="3/60s", rate_limit_failure_mode="closed", idempotency_enabled=False, **cluster
+    )
+    async with in_process_gateway(settings) as one, in_process_gateway(settings) as two:
+        tenant = str(uuid.uuid4())
+        headers = bearer("free", tenant_id=tenant)
+        answers = [await gateway.get("/v1/nothing-here", headers=headers) for gateway in (one, two, one, two)]
+        assert [a.status_code for a in answers] == [404, 404, 404, 429]
+        assert [a.headers["x-ratelimit-remaining"] for a in answers] == ["2", "1", "0", "0"]
+    client = RedisCluster.from_url(redis_cluster.url)
+    try:
+        keys = [k.decode() async for k in client.scan_iter(match=f"{cluster['redis_key_prefix']}*")]
+    finally:
+        await client.aclose()
+    assert keys == [f"{cluster['redis_key_prefix']}rl:{{t:{tenant}}}:free"]
+
+
+def test_a_key_prefix_with_braces_is_refused():
+    with pytest.raises(ValueError, match="redis_key_prefix"):
+        gateway_settings(None, redis_key_prefix="{portico}:")

@@ -3,6 +3,7 @@ configuration by promtool, and the Grafana dashboard against the metrics the pro
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
@@ -18,6 +19,7 @@ from services.inventory.settings import InventorySettings
 from services.orders.settings import OrdersSettings
 from services.users.settings import UsersSettings
 from services.webhooks.settings import WebhooksSettings
+from shared.networks import Networks
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {
@@ -265,3 +267,26 @@ def test_the_dashboard_shows_what_operators_look_for():
         assert metric in selected, metric
     titles = {panel["title"] for panel in dashboard_panels()}
     assert len(titles) == len(dashboard_panels()), "panel titles are unique"
+
+
+# Where Docker puts compose networks unless a subnet is declared: its default address pools.
+DOCKER_NETWORK_ADDRESSES = ("172.17.0.2", "172.18.0.5", "172.31.0.9", "192.168.0.3", "192.168.240.7")
+
+
+def test_prometheus_reaches_metrics_over_the_compose_network():
+    """/metrics answers only peers in each process's METRICS_ALLOWED_NETWORKS; Prometheus scrapes
+    from the compose network, which must be inside them."""
+    document = compose()
+    addresses = list(DOCKER_NETWORK_ADDRESSES)
+    for network in (document.get("networks") or {}).values():
+        for pool in ((network or {}).get("ipam") or {}).get("config", []):
+            if "subnet" in pool:
+                subnet = ipaddress.ip_network(pool["subnet"])
+                addresses += [str(subnet.network_address), str(subnet.broadcast_address)]
+    for name, settings_cls in SETTINGS.items():
+        prefix = settings_cls.model_config["env_prefix"]
+        configured = document["services"][name]["environment"].get(f"{prefix}METRICS_ALLOWED_NETWORKS")
+        default = settings_cls.model_fields["metrics_allowed_networks"].get_default(call_default_factory=True)
+        allowed = Networks(configured.split(",") if configured else default)
+        for address in addresses:
+            assert address in allowed, (name, address)

@@ -18,6 +18,7 @@ from services.inventory.settings import InventorySettings
 from services.orders.settings import OrdersSettings
 from services.users.settings import UsersSettings
 from services.webhooks.settings import WebhooksSettings
+from shared.networks import Networks
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -242,3 +243,25 @@ def test_the_ingress_routes_the_public_api_only():
     for private in ("/metrics", "/health/ready", "/docs"):
         assert not any(private.startswith(prefix) for prefix in routed), private
     assert not of_kind(render(BASE), "Ingress"), "the base exposes nothing publicly"
+
+
+# Pod networks of common clusters (kind and flannel, k3s, Calico, EKS custom networking): where
+# Prometheus' pod discovery scrapes from.
+POD_ADDRESSES = ("10.244.1.7", "10.42.0.9", "192.168.12.5", "100.64.3.4", "172.20.4.2")
+
+
+@BOTH
+def test_prometheus_reaches_metrics_over_the_pod_network(path):
+    docs = render(path)
+    (config,) = of_kind(docs, "ConfigMap").values()
+    for name, deployment in of_kind(docs, "Deployment").items():
+        container = app(deployment)
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/path"] == "/metrics", name
+        env = {**config["data"], **{e["name"]: e.get("value") for e in container.get("env", [])}}
+        for prefix, settings_cls in SETTINGS.items():
+            configured = env.get(f"{prefix}METRICS_ALLOWED_NETWORKS")
+            default = settings_cls.model_fields["metrics_allowed_networks"].get_default(call_default_factory=True)
+            allowed = Networks(configured.split(",") if configured else default)
+            for address in POD_ADDRESSES:
+                assert address in allowed, (name, prefix, address)

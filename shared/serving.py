@@ -1,0 +1,204 @@
+"""How every process is served: uvicorn's httptools protocol with a bounded request head.
+
+uvicorn's httptools protocol keeps whatever a client sends as a request's head, however large:
+httptools collects a header's name and value across reads until the line ends, and uvicorn keeps
+every header of the request. A client sending megabytes of header (or a hundred thousand small
+headers) makes the process hold them all before any application code can refuse anything.
+
+`BoundedHttpToolsProtocol` counts the head while it arrives and refuses it with 431 (problem+json)
+and closes the connection as soon as it is over a limit:
+
+- the bytes received while a head is incomplete, checked after each read: what the parser buffers
+  is bounded by the total limit plus one read, never by what the client sends;
+- each line (the request target, or one header's name and value) and the whole head, exactly, in the
+  parser's callbacks;
+- the number of header fields.
+
+The trailer fields of a chunked body are header fields too, and count against the same limits.
+
+It costs a few integer operations per read and per header. Any uvicorn-based server can use it:
+`python -m <process>` passes it to uvicorn with the process's limits (`serving_protocol`);
+`uvicorn --http shared.serving:BoundedHttpToolsProtocol` and gunicorn's uvicorn worker (its
+`CONFIG_KWARGS["http"]`) get the default limits. Servers with their own HTTP parser (granian, h11)
+apply their own limits instead; the README lists them.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from asyncio import TimerHandle
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from shared.errors import PorticoError, problem_response
+from shared.settings import ProcessSettings
+
+logger = logging.getLogger("portico.server")
+
+# After a refusal, how much more of the head is read and discarded, and for how long, before the
+# connection is closed: a client that writes before it reads then gets the 431 rather than a reset.
+LINGER_BYTES = 8 * 1024 * 1024
+LINGER_SECONDS = 2.0
+
+
+class RequestHeadersTooLarge(
+    PorticoError, status=431, code="REQUEST_HEADERS_TOO_LARGE", title="Request Header Fields Too Large"
+): ...
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderLimits:
+    line_bytes: int = 16 * 1024
+    total_bytes: int = 64 * 1024
+    fields: int = 100
+
+    @classmethod
+    def of(cls, settings: ProcessSettings) -> HeaderLimits:
+        return cls(settings.max_header_line_bytes, settings.max_header_bytes, settings.max_header_fields)
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a head that is over a limit."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing request heads over `limits` with 431."""
+
+    limits: ClassVar[HeaderLimits] = HeaderLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # True while header fields may be arriving: from the end of one request until the next one's
+        # headers are complete, and from a chunk's size line until its data (after the last chunk:
+        # the trailer fields).
+        self._counting = True
+        # Bytes received while counting: bounds what the parser buffers.
+        self._head_bytes = 0
+        # The parsed head: its exact size (target and fields) and its number of fields.
+        self._head_size = 0
+        self._fields = 0
+        self._refusal: str | None = None
+        self._linger_budget = 0
+        self._linger_timer: TimerHandle | None = None
+
+    # uvicorn's reading of the connection, with the count in front of the parser
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            self._discard(len(data))
+            return
+        self._unset_keepalive_if_required()
+        if self._counting:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._refusal is not None:
+                self._refuse()
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._counting and self._head_bytes > self.limits.total_bytes:
+            # Still no end of the head: what is buffered already is over the limit.
+            self._refusal = f"the request head exceeds {self.limits.total_bytes} bytes"
+            self._refuse()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        super().connection_lost(exc)
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_size = 0
+        self._fields = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.limits.line_bytes:
+            self._stop(f"the request target exceeds {self.limits.line_bytes} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # As sent: `name: value` and the line's end.
+        size = len(name) + len(value) + 4
+        self._fields += 1
+        self._head_size += size
+        if size > self.limits.line_bytes:
+            self._stop(f"a header line exceeds {self.limits.line_bytes} bytes")
+        if self._fields > self.limits.fields:
+            self._stop(f"the request has more than {self.limits.fields} header fields")
+        if self._head_size + len(self.url) > self.limits.total_bytes:
+            self._stop(f"the request head exceeds {self.limits.total_bytes} bytes")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._counting = False
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def on_chunk_header(self) -> None:
+        self._counting = True
+
+    def on_body(self, body: bytes) -> None:
+        self._counting = False
+        self._head_bytes = 0
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._counting = True
+        self._head_bytes = 0
+
+    # Refusing
+
+    def _stop(self, reason: str) -> None:
+        self._refusal = reason
+        raise _Refused(reason)
+
+    def _refuse(self) -> None:
+        """Answers 431 and closes the connection, unless an earlier request's answer is still being
+        written on it, in which case the connection is closed at once."""
+        assert self._refusal is not None
+        logger.info("refused a request head from %s: %s", self.client[0] if self.client else "?", self._refusal)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()
+            return
+        response = problem_response(RequestHeadersTooLarge(f"Refused: {self._refusal}."), uuid.uuid4().hex)
+        content = [STATUS_LINE[431]]
+        for name, value in [*self.server_state.default_headers, *response.raw_headers, (b"connection", b"close")]:
+            content += [name, b": ", value, b"\r\n"]
+        content += [b"\r\n", bytes(response.body)]
+        self.transport.write(b"".join(content))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        # Linger: read and drop what the client is still sending, within a bound, then close.
+        self._linger_budget = LINGER_BYTES
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def _discard(self, size: int) -> None:
+        self._linger_budget -= size
+        if self._linger_budget < 0:
+            self.transport.close()
+
+
+def serving_protocol(settings: ProcessSettings) -> type[BoundedHttpToolsProtocol]:
+    """The bounded protocol with the process's header limits, for uvicorn's `http=`."""
+
+    class Protocol(BoundedHttpToolsProtocol):
+        limits = HeaderLimits.of(settings)
+
+    return Protocol
