@@ -129,7 +129,6 @@ async def test_0002_outbox_trace_up_and_down_keeps_the_outbox_and_its_sequence(e
     await asyncio.to_thread(upgrade, ORDERS_DIR, empty_url, "0002_outbox_trace")
     assert await query(empty_url, "SELECT seq, id, traceparent FROM outbox") == [(1, "o1", None)]
     await query(empty_url, f"UPDATE outbox SET traceparent = '{TRACEPARENT}'")
-    assert await differences(empty_url, OrdersBase) == []
     await asyncio.to_thread(command.downgrade, alembic_config(ORDERS_DIR, empty_url), "0001")
     assert "traceparent" not in await columns(empty_url, "outbox")
     # The newest event deleted: its seq is still never handed out again (SQLite keeps AUTOINCREMENT).

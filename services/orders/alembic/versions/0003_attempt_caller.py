@@ -7,7 +7,7 @@ Either way the gateway, which has always scoped keys to the caller, still answer
 keys' lifetime.
 
 Revision ID: 0003_attempt_caller
-Revises: 0001
+Revises: 0002_outbox_trace
 
 """
 from typing import Sequence, Union
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision: str = '0003_attempt_caller'
-down_revision: Union[str, Sequence[str], None] = '0001'
+down_revision: Union[str, Sequence[str], None] = '0002_outbox_trace'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
