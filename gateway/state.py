@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import httpx
 
 from gateway.edge.apikeys import ApiKeyResolver
+from gateway.edge.authfailures import AuthFailures
 from gateway.edge.idempotency import Idempotency
 from gateway.edge.ratelimit import RateLimiter
 from gateway.edge.store import RedisClient
@@ -30,6 +31,8 @@ class GatewayState:
     redis: RedisClient | None
     rate_limiter: RateLimiter
     idempotency: Idempotency
+    # Failed authentications per client address (gateway/auth.py).
+    auth_failures: AuthFailures
     api_keys: ApiKeyResolver
 
 

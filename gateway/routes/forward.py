@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from gateway.deps import UpstreamsDep
 from gateway.proxy import Upstreams
@@ -43,7 +45,11 @@ class Forward:
     query: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
     responses: dict[int | str, dict[str, Any]] | None = None
     # Sent to the service as nobody: the route is for callers without credentials (sign-up, login).
+    # Credentials sent anyway are not looked at: the caller is its client address (gateway/auth.py).
     anonymous: bool = False
+    # Statuses of the service's answer that count as a failed authentication of the client address
+    # (a wrong password, an email already taken).
+    failure_statuses: frozenset[int] = frozenset()
     # Runs with the service's answer before it is relayed (e.g. forgetting a revoked API key).
     then: Callable[[Request, Response], None] | None = None
 
@@ -55,6 +61,7 @@ class _ForwardEndpoint:
         self.service = service
         self.upstream_path = upstream_path
         self.anonymous = route.anonymous
+        self.failure_statuses = route.failure_statuses
         self.then = route.then
         keyword = inspect.Parameter.KEYWORD_ONLY
         parameters = [
@@ -77,6 +84,15 @@ class _ForwardEndpoint:
         if self.then is not None:
             self.then(request, response)
         return response
+
+
+def anonymous_forwards(routes: Iterable[BaseRoute]) -> list[tuple[APIRoute, frozenset[int]]]:
+    """The routes forwarded as nobody, each with the statuses that count as a failed authentication."""
+    return [
+        (route, route.endpoint.failure_statuses)
+        for route in routes
+        if isinstance(route, APIRoute) and isinstance(route.endpoint, _ForwardEndpoint) and route.endpoint.anonymous
+    ]
 
 
 def add_forwards(router: APIRouter, service: str, routes: Iterable[Forward], *, upstream_prefix: str = "") -> None:

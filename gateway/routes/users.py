@@ -24,6 +24,7 @@ add_forwards(
             "Create a tenant and its first admin user",
             status_code=201,
             anonymous=True,
+            failure_statuses=frozenset({409}),
         ),
         Forward(
             "POST",
@@ -32,6 +33,7 @@ add_forwards(
             "issue_token",
             "Exchange email and password for an access token (OAuth2 password form)",
             anonymous=True,
+            failure_statuses=frozenset({401}),
         ),
         Forward(
             "POST", "/users", Writer, "create_user", "Create a user in the caller's tenant (admin)", status_code=201
