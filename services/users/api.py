@@ -9,11 +9,13 @@ from fastapi import APIRouter, Body, Form, Response
 
 from services.users import service
 from services.users.deps import (
+    HasherDep,
     IssuerDep,
     KeyManager,
     KeysDep,
     SettingsDep,
     TenantCaller,
+    ThrottleDep,
     UsersDep,
     UsersRead,
     UsersWrite,
@@ -36,7 +38,15 @@ from services.users.schemas import (
     api_key_out,
 )
 from shared.contract import NO_STORE
-from shared.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    ValidationFailed,
+)
 from shared.identity import IdentityDep
 from shared.pagination import Page, PageDep
 from shared.schemas import PLAIN_TEXT_PATTERN
@@ -52,27 +62,39 @@ KEY_ERRORS = {**Forbidden.openapi_response(), **NotFound.openapi_response()}
     response_model=TenantCreated,
     responses={**ValidationFailed.openapi_response(), **Conflict.openapi_response()},
 )
-async def create_tenant(data: TenantCreate, repo: UsersDep, _: IdentityDep) -> TenantCreated:
-    tenant, admin = await service.bootstrap_tenant(repo, data)
+async def create_tenant(data: TenantCreate, repo: UsersDep, hasher: HasherDep, _: IdentityDep) -> TenantCreated:
+    tenant, admin = await service.bootstrap_tenant(repo, hasher, data)
     return TenantCreated(tenant=TenantOut.model_validate(tenant), user=UserOut.model_validate(admin))
 
 
-@router.post("/auth/token", response_model=TokenOut, responses=Unauthorized.openapi_response())
+@router.post(
+    "/auth/token",
+    response_model=TokenOut,
+    responses={
+        **Unauthorized.openapi_response(),
+        **TooManyRequests.openapi_response(),
+        **ServiceUnavailable.openapi_response(),
+    },
+)
 async def token(
     username: Annotated[str, Form(max_length=320, pattern=PLAIN_TEXT_PATTERN)],
     password: Annotated[str, Form(max_length=128)],
     repo: UsersDep,
+    hasher: HasherDep,
+    throttle: ThrottleDep,
     issuer: IssuerDep,
     response: Response,
     _: IdentityDep,
 ) -> TokenOut:
     response.headers["Cache-Control"] = NO_STORE
-    return await service.issue_token(repo, issuer, username, password)
+    return await service.issue_token(repo, hasher, throttle, issuer, username, password)
 
 
 @router.post("/users", status_code=201, response_model=UserOut, responses={**Conflict.openapi_response(), **KEY_ERRORS})
-async def create_user(data: UserCreate, repo: UsersDep, keys: KeysDep, caller: UsersWrite) -> UserOut:
-    return UserOut.model_validate(await service.create_user(repo, keys, caller, data))
+async def create_user(
+    data: UserCreate, repo: UsersDep, keys: KeysDep, hasher: HasherDep, caller: UsersWrite
+) -> UserOut:
+    return UserOut.model_validate(await service.create_user(repo, keys, hasher, caller, data))
 
 
 @router.get("/users/me", response_model=UserOut)

@@ -1,4 +1,5 @@
-"""The users service's app: the shared service app, with a token issuer as its own collaborator."""
+"""The users service's app: the shared service app, with a token issuer, the password hasher and the
+login throttle as its own collaborators."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.users.api import router
-from services.users.security import TokenIssuer
+from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer, UsersContext
 from services.users.settings import UsersSettings
 from shared.app import ServiceSpec, create_service_app
 from shared.state import ServiceState
@@ -18,11 +19,16 @@ MIGRATIONS_DIR = Path(__file__).parent
 
 
 @contextlib.asynccontextmanager
-async def token_issuer(state: ServiceState[UsersSettings, None]) -> AsyncIterator[TokenIssuer]:
-    yield TokenIssuer(state.settings)
+async def users_context(state: ServiceState[UsersSettings, None]) -> AsyncIterator[UsersContext]:
+    settings = state.settings
+    yield UsersContext(
+        issuer=TokenIssuer(settings),
+        hasher=PasswordHasher(settings.password_hash_concurrency, settings.password_hash_queue),
+        throttle=LoginThrottle(settings.login_free_failures, settings.login_max_delay_seconds),
+    )
 
 
-SPEC = ServiceSpec(name="users", title="Portico users service", routers=[router], context=token_issuer)
+SPEC = ServiceSpec(name="users", title="Portico users service", routers=[router], context=users_context)
 
 
 def create_app(settings: UsersSettings | None = None) -> FastAPI:

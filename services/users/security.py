@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from jose import jwt
@@ -11,19 +16,76 @@ from starlette.concurrency import run_in_threadpool
 
 from services.users.settings import UsersSettings
 from shared.contract import Identity, identity_claims
+from shared.errors import ServiceUnavailable
 
 _hasher = PasswordHash.recommended()
 # Verified against when the email is unknown, so a login takes as long whether or not it exists.
 _DUMMY_HASH = _hasher.hash("portico-timing-equaliser")
 
 
-async def hash_password(password: str) -> str:
-    # argon2 costs tens of milliseconds of CPU: off the event loop.
-    return await run_in_threadpool(_hasher.hash, password)
+class HashingBusy(ServiceUnavailable, code="PASSWORD_HASHING_BUSY", title="Service Unavailable"): ...
 
 
-async def verify_password(password: str, password_hash: str | None) -> bool:
-    return await run_in_threadpool(_hasher.verify, password, password_hash or _DUMMY_HASH) and password_hash is not None
+class PasswordHasher:
+    """argon2 hashing and verification (pwdlib), in threads, at most `concurrency` at once.
+
+    argon2 costs tens to hundreds of milliseconds of CPU and releases the GIL while it runs, so
+    running more at once than there are cores only makes each slower. Callers beyond `concurrency`
+    wait in a queue of at most `queue`; beyond that they are refused at once with 503
+    `PASSWORD_HASHING_BUSY` and `Retry-After`, so a login flood queues or is refused, and never takes
+    threads, memory or database connections from the other routes. Callers hold no database
+    connection while they wait or hash (`UserRepository.release`).
+    """
+
+    def __init__(self, concurrency: int, queue: int) -> None:
+        self.concurrency = concurrency
+        self.queue = queue
+        self._slots = asyncio.Semaphore(concurrency)
+        self._waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        if self._slots.locked() and self._waiting >= self.queue:
+            raise HashingBusy(
+                "Too many password checks are under way; try again shortly.",
+                headers={"Retry-After": "1"},
+                extra={"concurrency": self.concurrency, "queue": self.queue},
+            )
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    async def hash(self, password: str) -> str:
+        async with self._slot():
+            return await run_in_threadpool(_hasher.hash, password)
+
+    async def verify(self, password: str, password_hash: str | None) -> bool:
+        """False for a wrong password, and for no hash at all (an unknown email), which takes as long."""
+        async with self._slot():
+            ok = await run_in_threadpool(_hasher.verify, password, password_hash or _DUMMY_HASH)
+        return ok and password_hash is not None
+
+
+@dataclass(frozen=True, slots=True)
+class LoginThrottle:
+    """Per account: `free` consecutive wrong passwords cost nothing; after each further one the next
+    attempt waits 1 s, 2 s, 4 s, ... up to `max_delay_seconds`. A good password resets it. Nothing
+    ever locks the owner out for longer than `max_delay_seconds` after the last wrong attempt."""
+
+    free: int
+    max_delay_seconds: int
+
+    def blocked_until(self, failures: int, now: datetime) -> datetime | None:
+        beyond = failures - self.free
+        if beyond <= 0:
+            return None
+        return now + timedelta(seconds=min(self.max_delay_seconds, 2 ** min(beyond - 1, 30)))
 
 
 class TokenIssuer:
@@ -41,3 +103,12 @@ class TokenIssuer:
         identity = Identity(subject=subject, tenant_id=tenant_id, scopes=scopes, plan=plan, role=role)
         claims: dict[str, Any] = {**identity_claims(identity), "iss": self.issuer, "iat": now, "exp": now + self.ttl}
         return jwt.encode(claims, self._key, algorithm=self.algorithm, headers={"kid": self.kid})
+
+
+@dataclass(frozen=True, slots=True)
+class UsersContext:
+    """What the users service adds to the common service state (built in its lifespan, `app.py`)."""
+
+    issuer: TokenIssuer
+    hasher: PasswordHasher
+    throttle: LoginThrottle

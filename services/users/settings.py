@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 from pydantic import Field, SecretStr, model_validator
@@ -20,6 +21,16 @@ class UsersSettings(BaseServiceSettings, AccessTokenSettings):
     access_token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
     # How long a rotated API key keeps working, unless the rotation asks for another period.
     api_key_rotation_grace_seconds: int = Field(default=86400, ge=0, le=30 * 86400)
+
+    # argon2 runs in threads, at most this many at once (default: the CPU cores); logins and sign-ups
+    # beyond them wait in a queue of at most `password_hash_queue`, and beyond that are refused with
+    # 503 and Retry-After. No database connection is held while a password is hashed or verified.
+    password_hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    password_hash_queue: int = Field(default=32, ge=0)
+    # Per account: this many consecutive wrong passwords are free; each further one makes the next
+    # attempt wait 1 s, 2 s, 4 s, ... up to `login_max_delay_seconds` (429 with Retry-After meanwhile).
+    login_free_failures: int = Field(default=5, ge=0)
+    login_max_delay_seconds: int = Field(default=60, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _key_for_algorithm(self) -> UsersSettings:
