@@ -46,7 +46,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute
 
-from gateway.auth import AuthenticationMiddleware, JwtVerifier
+from gateway.auth import AuthenticationMiddleware, JwtVerifier, key_source
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.authfailures import AuthFailures
 from gateway.edge.caching import CachingMiddleware
@@ -172,6 +172,7 @@ async def open_state(
                 max_unknown_entries=settings.api_key_negative_cache_size,
                 metrics=metrics,
             ),
+            jwt_keys=key_source(settings, upstreams["users"]),
         )
     finally:
         await asyncio.gather(http.aclose(), *([redis.aclose()] if redis is not None else []))
@@ -245,7 +246,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     if cfg.redis_url:
         checks["redis"] = _check_redis
     add_health_routes(app, checks, timeout=cfg.ready_timeout_seconds)
-    routers = [module.router for module in (users, api_keys, products, orders, webhooks)]
+    routers = [users.well_known, *(module.router for module in (users, api_keys, products, orders, webhooks))]
     for router in routers:
         app.include_router(router)
     routes = [route for router in routers for route in router.routes]

@@ -14,6 +14,7 @@ import httpx
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.authfailures import AuthFailures
 from gateway.edge.idempotency import Idempotency
+from gateway.edge.jwks import KeySource
 from gateway.edge.ratelimit import RateLimiter
 from gateway.edge.store import RedisClient
 from gateway.proxy import Upstreams
@@ -34,6 +35,8 @@ class GatewayState:
     # Failed authentications per client address (gateway/auth.py).
     auth_failures: AuthFailures
     api_keys: ApiKeyResolver
+    # The keys access tokens are verified with (gateway/edge/jwks.py).
+    jwt_keys: KeySource
 
 
 # What the edge stages are given when the pipeline is built; the lifespan fills it.

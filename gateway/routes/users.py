@@ -9,6 +9,8 @@ from gateway.deps import AnyCaller, Principal, readers_and_writers
 from gateway.routes.forward import Forward, add_forwards
 
 router = APIRouter(prefix="/v1", tags=["users"])
+# Public, outside /v1: where verifiers of access tokens find their keys.
+well_known = APIRouter(tags=["users"])
 
 Reader, Writer = readers_and_writers("users")
 
@@ -40,5 +42,20 @@ add_forwards(
         ),
         Forward("GET", "/users/me", Principal, "me", "The calling user"),
         Forward("GET", "/users/{user_id}", Reader, "get_user", "A user of the caller's tenant"),
+    ],
+)
+
+add_forwards(
+    well_known,
+    "users",
+    [
+        Forward(
+            "GET",
+            "/.well-known/jwks.json",
+            AnyCaller,
+            "jwks",
+            "The public keys access tokens are signed with (JWKS, RFC 7517); empty with HS256",
+            anonymous=True,
+        )
     ],
 )

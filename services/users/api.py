@@ -3,7 +3,7 @@ each route is its dependency (`deps.py`), and each handler is one call of `servi
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Form, Response
 
@@ -52,6 +52,18 @@ from shared.pagination import Page, PageDep
 from shared.schemas import PLAIN_TEXT_PATTERN
 
 router = APIRouter()
+
+# Public keys change seldom, and verifiers fetch them again on an unknown kid.
+JWKS_CACHE_CONTROL = "public, max-age=60"
+
+
+@router.get("/.well-known/jwks.json")
+async def jwks(issuer: IssuerDep, response: Response, _: IdentityDep) -> dict[str, Any]:
+    """The public keys access tokens are signed with (RFC 7517): the current one, the next one and
+    those whose tokens may still be alive. Empty with HS256."""
+    response.headers["Cache-Control"] = JWKS_CACHE_CONTROL
+    return issuer.jwks()
+
 
 KEY_ERRORS = {**Forbidden.openapi_response(), **NotFound.openapi_response()}
 

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from services.users.api import router
 from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer, UsersContext
 from services.users.settings import UsersSettings
+from services.users.signing import KeyRing
 from shared.app import ServiceSpec, create_service_app
 from shared.state import ServiceState
 
@@ -21,11 +22,15 @@ MIGRATIONS_DIR = Path(__file__).parent
 @contextlib.asynccontextmanager
 async def users_context(state: ServiceState[UsersSettings, None]) -> AsyncIterator[UsersContext]:
     settings = state.settings
-    yield UsersContext(
-        issuer=TokenIssuer(settings),
-        hasher=PasswordHasher(settings.password_hash_concurrency, settings.password_hash_queue),
-        throttle=LoginThrottle(settings.login_free_failures, settings.login_max_delay_seconds),
-    )
+    async with contextlib.AsyncExitStack() as stack:
+        keys = None
+        if settings.jwt_algorithm == "RS256":
+            keys = await stack.enter_async_context(KeyRing(settings, state.sessionmaker).running())
+        yield UsersContext(
+            issuer=TokenIssuer(settings, keys),
+            hasher=PasswordHasher(settings.password_hash_concurrency, settings.password_hash_queue),
+            throttle=LoginThrottle(settings.login_free_failures, settings.login_max_delay_seconds),
+        )
 
 
 SPEC = ServiceSpec(name="users", title="Portico users service", routers=[router], context=users_context)

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
-from services.users.models import ApiKey, Tenant, User
+from services.users.models import ApiKey, SigningKey, Tenant, User
 from shared.errors import Conflict
 from shared.repository import Repository
 
@@ -73,3 +73,9 @@ class ApiKeyRepository(Repository):
 
     async def touch(self, key_id: str, when: datetime) -> None:
         await self.session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when))
+
+
+class SigningKeyRepository(Repository):
+    async def newest(self, limit: int) -> list[SigningKey]:
+        rows = await self.session.scalars(select(SigningKey).order_by(SigningKey.generation.desc()).limit(limit))
+        return list(rows)

@@ -15,7 +15,9 @@ from pwdlib import PasswordHash
 from starlette.concurrency import run_in_threadpool
 
 from services.users.settings import UsersSettings
+from services.users.signing import KeyRing
 from shared.contract import Identity, identity_claims
+from shared.db import utcnow
 from shared.errors import ServiceUnavailable
 
 _hasher = PasswordHash.recommended()
@@ -89,20 +91,33 @@ class LoginThrottle:
 
 
 class TokenIssuer:
-    def __init__(self, settings: UsersSettings) -> None:
+    """Signs access tokens: HS256 with the settings' secret and kid, or RS256 with the key ring's
+    current key (`signing.py`)."""
+
+    def __init__(self, settings: UsersSettings, keys: KeyRing | None = None) -> None:
         self.algorithm = settings.jwt_algorithm
         self.kid = settings.jwt_kid
         self.issuer = settings.jwt_issuer
         self.ttl = settings.access_token_ttl_seconds
-        key = settings.jwt_private_key if self.algorithm == "RS256" else settings.jwt_secret
-        assert key is not None  # guaranteed by the settings validator
-        self._key = key.get_secret_value()
+        self.keys = keys
+        if self.algorithm == "RS256" and keys is None:
+            raise ValueError("RS256 tokens are signed with the key ring's keys")
+        secret = settings.jwt_secret
+        self._secret = secret.get_secret_value() if secret is not None else None
 
     def issue(self, *, subject: str, tenant_id: str, scopes: frozenset[str], plan: str, role: str) -> str:
         now = int(time.time())
         identity = Identity(subject=subject, tenant_id=tenant_id, scopes=scopes, plan=plan, role=role)
         claims: dict[str, Any] = {**identity_claims(identity), "iss": self.issuer, "iat": now, "exp": now + self.ttl}
-        return jwt.encode(claims, self._key, algorithm=self.algorithm, headers={"kid": self.kid})
+        if self.keys is not None:
+            key = self.keys.signing_key(utcnow())
+            return jwt.encode(claims, key.private_pem, algorithm="RS256", headers={"kid": key.kid})
+        assert self._secret is not None  # guaranteed by the settings validator
+        return jwt.encode(claims, self._secret, algorithm=self.algorithm, headers={"kid": self.kid})
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys verifiers may meet in tokens (none with HS256: its secret is not public)."""
+        return {"keys": self.keys.published(utcnow()) if self.keys is not None else []}
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,15 @@ class UsersSettings(BaseServiceSettings, AccessTokenSettings):
     port: int = PROCESSES["users"].port
     database_url: str = sqlite_url("users")
 
-    # RS256 signing key, PEM; the gateway holds the matching public key.
+    # RS256: keys are kept in the database, rotated and published as a JWKS (services/users/signing.py).
+    # This PEM, when given, is the first of them (with `jwt_kid`); otherwise one is generated.
     jwt_private_key: SecretStr | None = None
+    # RS256: how old the newest key gets before the next is made, how long a new key is published
+    # before it signs (more than the gateways' GATEWAY_JWKS_REFRESH_SECONDS), how often each instance
+    # reads the keys again.
+    jwt_key_rotation_seconds: float = Field(default=30 * 86400, gt=0)
+    jwt_key_activation_seconds: float = Field(default=60, ge=0)
+    jwt_key_refresh_seconds: float = Field(default=30, gt=0)
     access_token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
     # How long a rotated API key keeps working, unless the rotation asks for another period.
     api_key_rotation_grace_seconds: int = Field(default=86400, ge=0, le=30 * 86400)
@@ -34,8 +41,6 @@ class UsersSettings(BaseServiceSettings, AccessTokenSettings):
 
     @model_validator(mode="after")
     def _key_for_algorithm(self) -> UsersSettings:
-        if self.jwt_algorithm == "RS256" and self.jwt_private_key is None:
-            raise ValueError("USERS_JWT_PRIVATE_KEY is required with RS256")
         if self.jwt_algorithm == "HS256" and self.jwt_secret is None:
             raise ValueError("USERS_JWT_SECRET is required with HS256")
         return self
