@@ -26,9 +26,15 @@ async def users_context(state: ServiceState[UsersSettings, None]) -> AsyncIterat
         keys = None
         if settings.jwt_algorithm == "RS256":
             keys = await stack.enter_async_context(KeyRing(settings, state.sessionmaker).running())
+        hasher = PasswordHasher(
+            settings.password_hash_concurrency,
+            settings.password_hash_queue,
+            settings.password_hash_queue_timeout_seconds,
+        )
+        stack.callback(hasher.close)
         yield UsersContext(
             issuer=TokenIssuer(settings, keys),
-            hasher=PasswordHasher(settings.password_hash_concurrency, settings.password_hash_queue),
+            hasher=hasher,
             throttle=LoginThrottle(settings.login_free_failures, settings.login_max_delay_seconds),
         )
 

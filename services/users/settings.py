@@ -34,6 +34,9 @@ class UsersSettings(BaseServiceSettings, AccessTokenSettings):
     # 503 and Retry-After. No database connection is held while a password is hashed or verified.
     password_hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     password_hash_queue: int = Field(default=32, ge=0)
+    # A caller that waited this long without its turn is refused the same way (keep it below the
+    # gateway's GATEWAY_HTTP_TIMEOUT_SECONDS, so the client gets the 503 rather than a 504).
+    password_hash_queue_timeout_seconds: float = Field(default=5.0, gt=0)
     # Per account: this many consecutive wrong passwords are free; each further one makes the next
     # attempt wait 1 s, 2 s, 4 s, ... up to `login_max_delay_seconds` (429 with Retry-After meanwhile).
     login_free_failures: int = Field(default=5, ge=0)

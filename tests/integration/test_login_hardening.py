@@ -55,6 +55,7 @@ async def test_password_checks_hold_no_connection_while_they_wait_or_hash(migrat
         db_pool_timeout_seconds=3.0,
         password_hash_concurrency=1,
         password_hash_queue=100,
+        password_hash_queue_timeout_seconds=300,
     ) as client:
         email, admin = await admin_email(client, signer, migrated)
         logins = [asyncio.ensure_future(login(client, signer, email, PASSWORD)) for _ in range(30)]
@@ -66,6 +67,18 @@ async def test_password_checks_hold_no_connection_while_they_wait_or_hash(migrat
         assert others, "the logins were over before another route was called"
         assert [a.status_code for a in others] == [200] * len(others), [a.text for a in others]
         assert [a.status_code for a in answers] == [200] * 30
+
+
+async def test_a_caller_that_waits_too_long_for_its_turn_is_refused_with_503(migrated, signer):
+    async with users_app(
+        migrated, password_hash_concurrency=1, password_hash_queue=100, password_hash_queue_timeout_seconds=0.01
+    ) as client:
+        email, _ = await admin_email(client, signer, migrated)
+        answers = await asyncio.gather(*(login(client, signer, email, PASSWORD) for _ in range(8)))
+        codes = [a.status_code for a in answers]
+        assert set(codes) <= {200, 503}, [a.text for a in answers]
+        assert 503 in codes, codes
+        assert {a.json()["error_code"] for a in answers if a.status_code == 503} == {"PASSWORD_HASHING_BUSY"}
 
 
 async def test_a_login_flood_beyond_the_queue_is_refused_with_503_and_retry_after(migrated, signer):
