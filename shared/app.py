@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from shared.context import request_id_of
 from shared.db import create_engine, create_sessionmaker
+from shared.docs import add_offline_docs
 from shared.errors import PROBLEM_SCHEMA, install_error_handlers
 from shared.http import create_http_client
 from shared.identity import IdentitySigner, IdentityVerifier, require_identity
@@ -45,6 +46,7 @@ ReadinessCheck = Callable[[T], Awaitable[None]]
 ContextFactory = Callable[[ServiceState[S, None]], contextlib.AbstractAsyncContextManager[C]]
 # Paths that are never traced: probes and scrapes would drown the real traces.
 UNTRACED_URLS = "health/live,health/ready,metrics"
+OPENAPI_URL = "/openapi.json"
 
 
 @dataclass
@@ -143,15 +145,18 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck[T]], timeou
 
 
 def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[FastAPI], Any]) -> FastAPI:
-    """An app with docs and OpenAPI off in production."""
-    return PorticoAPI(
+    """An app with docs and OpenAPI off in production; the docs pages serve their own assets."""
+    app = PorticoAPI(
         title=title,
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs" if settings.docs_enabled else None,
+        docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        openapi_url=OPENAPI_URL if settings.docs_enabled else None,
     )
+    if settings.docs_enabled:
+        add_offline_docs(app, OPENAPI_URL)
+    return app
 
 
 def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: CollectorRegistry | None = None) -> FastAPI:
