@@ -62,14 +62,25 @@ class ServiceSpec(Generic[S, C]):
     readiness_checks: dict[str, ReadinessCheck[ServiceState[S, C]]] = field(default_factory=dict)
 
 
+# Completes a generated OpenAPI document in place (the gateway adds its security schemes, headers and
+# the schemas of the bodies it forwards).
+OpenApiHook = Callable[[dict[str, Any]], None]
+
+
 class PorticoAPI(FastAPI):
-    """FastAPI with the shared Problem schema in its OpenAPI document."""
+    """FastAPI with the shared Problem schema in its OpenAPI document, and hooks that complete it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.openapi_hooks: list[OpenApiHook] = []
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema:
             return self.openapi_schema
         schema = super().openapi()  # cached by FastAPI as self.openapi_schema
         schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        for hook in self.openapi_hooks:
+            hook(schema)
         return schema
 
 
@@ -144,7 +155,7 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck[T]], timeou
     app.add_api_route("/health/ready", ready, methods=["GET"], tags=["health"])
 
 
-def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[FastAPI], Any]) -> FastAPI:
+def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[FastAPI], Any]) -> PorticoAPI:
     """An app with docs and OpenAPI off in production; the docs pages serve their own assets."""
     app = PorticoAPI(
         title=title,
