@@ -67,6 +67,7 @@ from gateway.edge.ratelimit import (
     RoutePolicies,
 )
 from gateway.edge.store import RedisClient, StoreCaller
+from gateway.openapi import add_components, documented_bodies
 from gateway.proxy import Upstreams
 from gateway.routes import api_keys, orders, products, users, webhooks
 from gateway.settings import FailureMode, GatewaySettings
@@ -229,6 +230,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     for router in routers:
         app.include_router(router)
     routes = [route for router in routers for route in router.routes]
+    bodies = documented_bodies(routes)
+    app.openapi_hooks.append(lambda schema: add_components(schema, bodies))
     # add_middleware wraps what is already there, so the stages go on innermost first; install_common
     # then adds stages 1-4 around them.
     for stage in reversed(edge_pipeline(routes, cfg, edge_metrics, slot)):

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from shared.context import request_id_of
 from shared.db import create_engine, create_sessionmaker
+from shared.docs import add_offline_docs
 from shared.errors import PROBLEM_SCHEMA, install_error_handlers
 from shared.http import create_http_client
 from shared.identity import IdentitySigner, IdentityVerifier, require_identity
@@ -45,6 +46,7 @@ ReadinessCheck = Callable[[T], Awaitable[None]]
 ContextFactory = Callable[[ServiceState[S, None]], contextlib.AbstractAsyncContextManager[C]]
 # Paths that are never traced: probes and scrapes would drown the real traces.
 UNTRACED_URLS = "health/live,health/ready,metrics"
+OPENAPI_URL = "/openapi.json"
 
 
 @dataclass
@@ -60,14 +62,25 @@ class ServiceSpec(Generic[S, C]):
     readiness_checks: dict[str, ReadinessCheck[ServiceState[S, C]]] = field(default_factory=dict)
 
 
+# Completes a generated OpenAPI document in place (the gateway adds its security schemes, headers and
+# the schemas of the bodies it forwards).
+OpenApiHook = Callable[[dict[str, Any]], None]
+
+
 class PorticoAPI(FastAPI):
-    """FastAPI with the shared Problem schema in its OpenAPI document."""
+    """FastAPI with the shared Problem schema in its OpenAPI document, and hooks that complete it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.openapi_hooks: list[OpenApiHook] = []
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema:
             return self.openapi_schema
         schema = super().openapi()  # cached by FastAPI as self.openapi_schema
         schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        for hook in self.openapi_hooks:
+            hook(schema)
         return schema
 
 
@@ -142,16 +155,19 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck[T]], timeou
     app.add_api_route("/health/ready", ready, methods=["GET"], tags=["health"])
 
 
-def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[FastAPI], Any]) -> FastAPI:
-    """An app with docs and OpenAPI off in production."""
-    return PorticoAPI(
+def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[FastAPI], Any]) -> PorticoAPI:
+    """An app with docs and OpenAPI off in production; the docs pages serve their own assets."""
+    app = PorticoAPI(
         title=title,
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs" if settings.docs_enabled else None,
+        docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        openapi_url=OPENAPI_URL if settings.docs_enabled else None,
     )
+    if settings.docs_enabled:
+        add_offline_docs(app, OPENAPI_URL)
+    return app
 
 
 def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: CollectorRegistry | None = None) -> FastAPI:

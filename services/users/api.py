@@ -30,6 +30,7 @@ from services.users.schemas import (
     TenantCreated,
     TenantOut,
     TokenOut,
+    TokenRequest,
     UserCreate,
     UserOut,
     api_key_created,
@@ -39,7 +40,6 @@ from shared.contract import NO_STORE
 from shared.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from shared.identity import IdentityDep
 from shared.pagination import Page, PageDep
-from shared.schemas import PLAIN_TEXT_PATTERN
 
 router = APIRouter()
 
@@ -59,15 +59,14 @@ async def create_tenant(data: TenantCreate, repo: UsersDep, _: IdentityDep) -> T
 
 @router.post("/auth/token", response_model=TokenOut, responses=Unauthorized.openapi_response())
 async def token(
-    username: Annotated[str, Form(max_length=320, pattern=PLAIN_TEXT_PATTERN)],
-    password: Annotated[str, Form(max_length=128)],
+    form: Annotated[TokenRequest, Form()],
     repo: UsersDep,
     issuer: IssuerDep,
     response: Response,
     _: IdentityDep,
 ) -> TokenOut:
     response.headers["Cache-Control"] = NO_STORE
-    return await service.issue_token(repo, issuer, username, password)
+    return await service.issue_token(repo, issuer, form.username, form.password)
 
 
 @router.post("/users", status_code=201, response_model=UserOut, responses=Conflict.openapi_response())
