@@ -206,7 +206,7 @@ def edge_pipeline(
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     cfg = settings or GatewaySettings()
-    provider = create_tracer_provider("gateway")
+    provider = create_tracer_provider("gateway", cfg.trace_sample_ratio)
     set_global_provider_once(provider)
     edge_metrics = EdgeMetrics()
     slot: GatewaySlot = LifespanSlot("the gateway's state")
