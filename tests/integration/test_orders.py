@@ -392,7 +392,8 @@ async def test_event_feed_serves_one_tenant_when_asked(orders, signer, shop: Sho
     tenant = shop.orders.identity.tenant_id
     page = await orders.get("/events", params={"tenant_id": tenant, "limit": 500}, headers=relay_headers(signer))
     items = page.json()["items"]
-    assert len(items) == 2 and {e["tenant_id"] for e in items} == {tenant}
+    assert len(items) == 2
+    assert {e["tenant_id"] for e in items} == {tenant}
     after_first = await orders.get(
         "/events", params={"tenant_id": tenant, "after": items[0]["seq"]}, headers=relay_headers(signer)
     )
