@@ -167,3 +167,85 @@ async def test_a_bad_last_event_id_is_a_problem(gateway):
         assert response.json()["error_code"] == "INVALID_LAST_EVENT_ID"
     anonymous = await gateway.get("/v1/events")
     assert anonymous.status_code == 401
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def open_idle_stream(port: int, auth: dict[str, str]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """One SSE connection that reads its answer's head and then nothing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "".join(f"{name}: {value}\r\n" for name, value in auth.items())
+    writer.write(f"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n{head}\r\n".encode())
+    await writer.drain()
+    status = await reader.readline()
+    assert status.startswith(b"HTTP/1.1 200"), status
+    return reader, writer
+
+
+@pytest.fixture(scope="module")
+def roomy_gateway(stack: Stack) -> Iterator[tuple[str, int, int]]:
+    """A gateway process of its own (url, port, pid), allowing a pro tenant 1,100 connections and a
+    free one 3."""
+    env = {
+        "GATEWAY_REALTIME_CONNECTIONS_PRO": "1100",
+        "GATEWAY_REALTIME_CONNECTIONS_FREE": "3",
+        # Each stream opened is a request of the tenant's quota.
+        "GATEWAY_RATE_LIMIT_PRO": "100000/60s",
+    }
+    roomy = Stack(ports={**stack.ports, "gateway": free_port()}, env=stack.env, env_for={"gateway": env}, cwd=ROOT)
+    roomy.workers = ()
+    roomy.start_one("gateway")
+    try:
+        roomy.wait_ready(60)
+        yield roomy.url(), roomy.ports["gateway"], roomy.procs["gateway"].pid
+    finally:
+        roomy.stop()
+
+
+async def test_a_thousand_idle_streams_on_one_process(gateway, roomy_gateway):
+    _, port, pid = roomy_gateway
+    acme = await signup(gateway)
+    warm = [await open_idle_stream(port, acme.auth) for _ in range(10)]
+    before = rss_kib(pid)
+    opened = []
+    for _ in range(10):
+        opened += await asyncio.gather(*(open_idle_stream(port, acme.auth) for _ in range(100)))
+    after = rss_kib(pid)
+    per_connection = (after - before) * 1024 / len(opened)
+    print(f"\n1,000 idle SSE connections: {per_connection / 1024:.1f} KiB each (gateway RSS {before} -> {after} KiB)")
+    assert per_connection < 200 * 1024
+    # Still serving: an event reaches them.
+    await place_and_cancel(gateway, acme, 1)
+    for reader, _ in [*warm, *opened][::97]:
+        line = await asyncio.wait_for(reader.readuntil(b"event: order.created"), DEADLINE)
+        assert line.endswith(b"event: order.created")
+    for _, writer in [*warm, *opened]:
+        writer.close()
+
+
+async def test_a_plan_caps_the_connections_of_a_tenant(gateway, roomy_gateway):
+    url, port, _ = roomy_gateway
+    tiny = await signup(gateway, plan="free")
+    held = [await open_idle_stream(port, tiny.auth) for _ in range(3)]
+    async with httpx.AsyncClient(base_url=url) as client:
+        refused = await client.get("/v1/events", headers=tiny.auth)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error_code"] == "REALTIME_CONNECTION_LIMIT"
+        held[0][1].close()
+        # A closed connection frees its place.
+        status = 429
+        for _ in range(200):
+            async with client.stream("GET", "/v1/events", headers=tiny.auth) as again:
+                status = again.status_code
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200
+    for _, writer in held[1:]:
+        writer.close()
