@@ -69,7 +69,10 @@ from gateway.edge.ratelimit import (
 from gateway.edge.store import RedisClient, StoreCaller
 from gateway.openapi import add_components, documented_bodies
 from gateway.proxy import Upstreams
-from gateway.routes import api_keys, orders, products, users, webhooks
+from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
+from gateway.realtime.relay import EventRelay, OrdersFeed, running
+from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore
+from gateway.routes import api_keys, orders, products, realtime, users, webhooks
 from gateway.settings import FailureMode, GatewaySettings
 from gateway.state import GatewaySlot, GatewayState
 from shared.app import ReadinessCheck, add_health_routes, create_fastapi, install_common
@@ -96,15 +99,18 @@ async def _check_redis(state: GatewayState) -> None:
     await state.redis.ping()
 
 
-def create_redis(settings: GatewaySettings) -> RedisClient:
+def create_redis(settings: GatewaySettings, *, wait_seconds: float = 0.0) -> RedisClient:
     """A bounded pool that waits briefly for a free connection; one immediate retry for a pooled
     connection that went stale (Redis restarted). Stage deadlines bound everything else.
 
     With `redis_cluster`, redis-py's cluster client instead, seeded with the URL's node: it finds the
-    others and sends each script to the node that owns its keys' slot."""
+    others and sends each script to the node that owns its keys' slot.
+
+    `wait_seconds`: how long commands may block on the server (the event streams' blocking reads),
+    added to the read timeout."""
     assert settings.redis_url is not None
     timeouts = {
-        "socket_timeout": settings.redis_timeout_seconds,
+        "socket_timeout": settings.redis_timeout_seconds + wait_seconds,
         "socket_connect_timeout": settings.redis_timeout_seconds,
         "retry": Retry(NoBackoff(), 1),
     }
@@ -147,23 +153,43 @@ async def open_state(
         timeout = settings.redis_timeout_seconds if redis is not None else None
         return StoreCaller(stage, timeout=timeout, mode=failure_mode, metrics=metrics)
 
+    store: EventStore
+    if redis is not None:
+        blocking = create_redis(settings, wait_seconds=READ_WAIT_SECONDS)
+        store = RedisEventStore(redis, blocking, settings.redis_key_prefix, settings.events_stream_maxlen)
+    else:
+        blocking, store = None, MemoryEventStore(settings.events_stream_maxlen)
+    feed = OrdersFeed(upstreams["orders"])
+    relay = EventRelay(
+        feed,
+        store,
+        redis=redis,
+        prefix=settings.redis_key_prefix,
+        interval=settings.events_poll_interval_seconds,
+        batch_size=settings.events_poll_batch_size,
+        lease_seconds=settings.events_relay_lease_seconds,
+    )
+    hub = Hub(store, feed, buffer_size=settings.events_buffer_size)
     try:
-        yield GatewayState(
-            settings=settings,
-            http=http,
-            upstreams=upstreams,
-            redis=redis,
-            rate_limiter=RateLimiter(rate_store, caller("rate_limit", settings.rate_limit_failure_mode)),
-            idempotency=Idempotency(idempotency_store, caller("idempotency", settings.idempotency_failure_mode)),
-            api_keys=ApiKeyResolver(
-                upstreams["users"],
-                ttl_seconds=settings.api_key_cache_ttl_seconds,
-                max_entries=settings.api_key_cache_size,
-                metrics=metrics,
-            ),
-        )
+        async with running(relay):
+            yield GatewayState(
+                settings=settings,
+                http=http,
+                upstreams=upstreams,
+                redis=redis,
+                rate_limiter=RateLimiter(rate_store, caller("rate_limit", settings.rate_limit_failure_mode)),
+                idempotency=Idempotency(idempotency_store, caller("idempotency", settings.idempotency_failure_mode)),
+                api_keys=ApiKeyResolver(
+                    upstreams["users"],
+                    ttl_seconds=settings.api_key_cache_ttl_seconds,
+                    max_entries=settings.api_key_cache_size,
+                    metrics=metrics,
+                ),
+                events=hub,
+            )
     finally:
-        await asyncio.gather(http.aclose(), *([redis.aclose()] if redis is not None else []))
+        await hub.close()
+        await asyncio.gather(http.aclose(), *(client.aclose() for client in (redis, blocking) if client is not None))
 
 
 def edge_pipeline(
@@ -226,7 +252,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     if cfg.redis_url:
         checks["redis"] = _check_redis
     add_health_routes(app, checks, timeout=cfg.ready_timeout_seconds)
-    routers = [module.router for module in (users, api_keys, products, orders, webhooks)]
+    routers = [module.router for module in (users, api_keys, products, orders, webhooks, realtime)]
     for router in routers:
         app.include_router(router)
     routes = [route for router in routers for route in router.routes]

@@ -16,6 +16,7 @@ from gateway.edge.idempotency import Idempotency
 from gateway.edge.ratelimit import RateLimiter
 from gateway.edge.store import RedisClient
 from gateway.proxy import Upstreams
+from gateway.realtime.hub import Hub
 from gateway.settings import GatewaySettings
 from shared.state import LifespanSlot
 
@@ -31,6 +32,8 @@ class GatewayState:
     rate_limiter: RateLimiter
     idempotency: Idempotency
     api_keys: ApiKeyResolver
+    # The order events of every tenant, for /v1/events and /v1/ws.
+    events: Hub
 
 
 # What the edge stages are given when the pipeline is built; the lifespan fills it.
