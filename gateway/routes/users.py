@@ -38,5 +38,12 @@ add_forwards(
         ),
         Forward("GET", "/users/me", Principal, "me", "The calling user"),
         Forward("GET", "/users/{user_id}", Reader, "get_user", "A user of the caller's tenant"),
+        Forward(
+            "PATCH",
+            "/users/{user_id}",
+            Writer,
+            "update_user",
+            "Set a user's credit limit (admin); null returns to the plan's default",
+        ),
     ],
 )
