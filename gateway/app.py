@@ -37,6 +37,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI
+from opentelemetry import trace
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -46,6 +47,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute
 
+from gateway.aggregate import Composer, UpstreamRefused, upstream_refused_handler
 from gateway.auth import AuthenticationMiddleware, JwtVerifier
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.caching import CachingMiddleware
@@ -72,7 +74,7 @@ from gateway.proxy import Upstreams
 from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
 from gateway.realtime.relay import EventRelay, OrdersFeed, running
 from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore
-from gateway.routes import api_keys, orders, products, realtime, users, webhooks
+from gateway.routes import aggregates, api_keys, orders, products, realtime, users, webhooks
 from gateway.settings import FailureMode, GatewaySettings
 from gateway.state import GatewaySlot, GatewayState
 from shared.app import ReadinessCheck, add_health_routes, create_fastapi, install_common
@@ -176,6 +178,11 @@ async def open_state(
                 settings=settings,
                 http=http,
                 upstreams=upstreams,
+                composer=Composer(
+                    upstreams,
+                    trace.get_tracer("portico.gateway.aggregate", tracer_provider=provider),
+                    settings.aggregate_timeout_seconds,
+                ),
                 redis=redis,
                 rate_limiter=RateLimiter(rate_store, caller("rate_limit", settings.rate_limit_failure_mode)),
                 idempotency=Idempotency(idempotency_store, caller("idempotency", settings.idempotency_failure_mode)),
@@ -252,7 +259,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     if cfg.redis_url:
         checks["redis"] = _check_redis
     add_health_routes(app, checks, timeout=cfg.ready_timeout_seconds)
-    routers = [module.router for module in (users, api_keys, products, orders, webhooks, realtime)]
+    # The aggregate routes first: their paths are more specific than the forwarded ones around them.
+    routers = [module.router for module in (aggregates, users, api_keys, products, orders, webhooks, realtime)]
     for router in routers:
         app.include_router(router)
     routes = [route for router in routers for route in router.routes]
@@ -263,5 +271,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     for stage in reversed(edge_pipeline(routes, cfg, edge_metrics, slot)):
         app.add_middleware(stage.cls, *stage.args, **stage.kwargs)
     http_metrics = install_common(app, cfg, provider, database=False)
+    app.add_exception_handler(UpstreamRefused, upstream_refused_handler)
     edge_metrics.register(http_metrics.registry)
     return app

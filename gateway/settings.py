@@ -70,6 +70,10 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
 
     ready_timeout_seconds: float = 2.0
 
+    # --- Aggregate routes (dashboard, order validation): every part and check, and so the whole
+    # answer, ends within this budget whatever a service does.
+    aggregate_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+
     # --- Redis (rate limits and idempotency records; unset: in-process stores)
     # Every store call gives up after this long and follows its stage's failure mode.
     redis_timeout_seconds: float = Field(default=1.0, gt=0, le=10)

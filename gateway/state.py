@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from gateway.aggregate import Composer
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.idempotency import Idempotency
 from gateway.edge.ratelimit import RateLimiter
@@ -27,6 +28,8 @@ class GatewayState:
     # The one pooled downstream client, shared by every service client.
     http: httpx.AsyncClient
     upstreams: Upstreams
+    # Runs the aggregate routes' parts through the upstreams, within their budget.
+    composer: Composer
     # None: the stores are in-process (one gateway process).
     redis: RedisClient | None
     rate_limiter: RateLimiter

@@ -33,6 +33,7 @@ from services.users.schemas import (
     TokenRequest,
     UserCreate,
     UserOut,
+    UserUpdate,
     api_key_created,
     api_key_out,
 )
@@ -52,9 +53,9 @@ KEY_ERRORS = {**Forbidden.openapi_response(), **NotFound.openapi_response()}
     response_model=TenantCreated,
     responses={**ValidationFailed.openapi_response(), **Conflict.openapi_response()},
 )
-async def create_tenant(data: TenantCreate, repo: UsersDep, _: IdentityDep) -> TenantCreated:
+async def create_tenant(data: TenantCreate, repo: UsersDep, settings: SettingsDep, _: IdentityDep) -> TenantCreated:
     tenant, admin = await service.bootstrap_tenant(repo, data)
-    return TenantCreated(tenant=TenantOut.model_validate(tenant), user=UserOut.model_validate(admin))
+    return TenantCreated(tenant=TenantOut.model_validate(tenant), user=await service.user_out(repo, settings, admin))
 
 
 @router.post("/auth/token", response_model=TokenOut, responses=Unauthorized.openapi_response())
@@ -70,18 +71,30 @@ async def token(
 
 
 @router.post("/users", status_code=201, response_model=UserOut, responses=Conflict.openapi_response())
-async def create_user(data: UserCreate, repo: UsersDep, caller: UsersWrite) -> UserOut:
-    return UserOut.model_validate(await service.create_user(repo, caller.tenant_id, data))
+async def create_user(data: UserCreate, repo: UsersDep, settings: SettingsDep, caller: UsersWrite) -> UserOut:
+    return await service.user_out(repo, settings, await service.create_user(repo, caller.tenant_id, data))
 
 
 @router.get("/users/me", response_model=UserOut)
-async def me(repo: UsersDep, keys: KeysDep, caller: TenantCaller) -> UserOut:
-    return UserOut.model_validate(await service.get_me(repo, keys, caller))
+async def me(repo: UsersDep, keys: KeysDep, settings: SettingsDep, caller: TenantCaller) -> UserOut:
+    return await service.user_out(repo, settings, await service.get_me(repo, keys, caller))
 
 
-@router.get("/users/{user_id}", response_model=UserOut)
-async def get_user(user_id: str, repo: UsersDep, caller: UsersRead) -> UserOut:
-    return UserOut.model_validate(await service.get_user(repo, caller.tenant_id, user_id))
+@router.get("/users/{user_id}", response_model=UserOut, responses=NotFound.openapi_response())
+async def get_user(user_id: str, repo: UsersDep, settings: SettingsDep, caller: UsersRead) -> UserOut:
+    return await service.user_out(repo, settings, await service.get_user(repo, caller.tenant_id, user_id))
+
+
+@router.patch(
+    "/users/{user_id}",
+    response_model=UserOut,
+    responses={**NotFound.openapi_response(), **ValidationFailed.openapi_response()},
+)
+async def update_user(
+    user_id: str, data: UserUpdate, repo: UsersDep, settings: SettingsDep, caller: UsersWrite
+) -> UserOut:
+    """An admin sets a user's credit limit (`null`: back to the plan's default)."""
+    return await service.user_out(repo, settings, await service.update_user(repo, caller.tenant_id, user_id, data))
 
 
 @router.post("/api-keys", status_code=201, response_model=ApiKeyCreated, responses=KEY_ERRORS)
