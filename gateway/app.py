@@ -50,6 +50,7 @@ from starlette.routing import BaseRoute
 from gateway.aggregate import Composer, UpstreamRefused, upstream_refused_handler
 from gateway.auth import AuthenticationMiddleware, JwtVerifier
 from gateway.edge.apikeys import ApiKeyResolver
+from gateway.edge.authfailures import AuthFailures
 from gateway.edge.caching import CachingMiddleware
 from gateway.edge.hygiene import CorsMiddleware, SecurityHeadersMiddleware, TrustedHostMiddleware
 from gateway.edge.idempotency import (
@@ -150,6 +151,10 @@ async def open_state(
     else:
         rate_store, idempotency_store = MemoryRateLimitStore(), MemoryIdempotencyStore()
 
+    auth_failure_store: RateLimitStore = (
+        RedisRateLimitStore(redis, settings.redis_key_prefix) if redis is not None else MemoryRateLimitStore()
+    )
+
     def caller(stage: str, failure_mode: FailureMode) -> StoreCaller:
         # In-process stores do no I/O: a deadline would only cost time.
         timeout = settings.redis_timeout_seconds if redis is not None else None
@@ -186,10 +191,17 @@ async def open_state(
                 redis=redis,
                 rate_limiter=RateLimiter(rate_store, caller("rate_limit", settings.rate_limit_failure_mode)),
                 idempotency=Idempotency(idempotency_store, caller("idempotency", settings.idempotency_failure_mode)),
+                # Never fails open: while Redis fails, each process counts failures alone.
+                auth_failures=AuthFailures(
+                    RateLimiter(auth_failure_store, caller("auth_failures", "local")),
+                    settings.auth_failure_limit,
+                    metrics,
+                ),
                 api_keys=ApiKeyResolver(
                     upstreams["users"],
                     ttl_seconds=settings.api_key_cache_ttl_seconds,
                     max_entries=settings.api_key_cache_size,
+                    max_unknown_entries=settings.api_key_negative_cache_size,
                     metrics=metrics,
                 ),
                 events=hub,
@@ -227,7 +239,15 @@ def edge_pipeline(
         stages.append(
             Middleware(GZipMiddleware, minimum_size=settings.gzip_minimum_bytes, compresslevel=settings.gzip_level)
         )
-    stages.append(Middleware(AuthenticationMiddleware, verifier=JwtVerifier(settings), state=state))
+    stages.append(
+        Middleware(
+            AuthenticationMiddleware,
+            verifier=JwtVerifier(settings),
+            state=state,
+            routes=routes,
+            trusted_proxies=settings.trusted_proxies,
+        )
+    )
     if settings.rate_limit_enabled:
         policies = RoutePolicies(routes, settings)
         stages.append(Middleware(RateLimitMiddleware, settings=settings, routes=policies, metrics=metrics, state=state))

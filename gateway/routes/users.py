@@ -31,6 +31,7 @@ add_forwards(
             answer=TenantCreated,
             errors=[EmailTaken],
             anonymous=True,
+            failure_statuses=frozenset({409}),
         ),
         Forward(
             "POST",
@@ -43,6 +44,7 @@ add_forwards(
             answer=TokenOut,
             errors=[InvalidCredentials],
             anonymous=True,
+            failure_statuses=frozenset({401}),
         ),
         Forward(
             "POST",
