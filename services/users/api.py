@@ -32,8 +32,10 @@ from services.users.schemas import (
     TenantCreated,
     TenantOut,
     TokenOut,
+    TokenRequest,
     UserCreate,
     UserOut,
+    UserUpdate,
     api_key_created,
     api_key_out,
 )
@@ -49,7 +51,6 @@ from shared.errors import (
 )
 from shared.identity import IdentityDep
 from shared.pagination import Page, PageDep
-from shared.schemas import PLAIN_TEXT_PATTERN
 
 router = APIRouter()
 
@@ -74,9 +75,11 @@ KEY_ERRORS = {**Forbidden.openapi_response(), **NotFound.openapi_response()}
     response_model=TenantCreated,
     responses={**ValidationFailed.openapi_response(), **Conflict.openapi_response()},
 )
-async def create_tenant(data: TenantCreate, repo: UsersDep, hasher: HasherDep, _: IdentityDep) -> TenantCreated:
+async def create_tenant(
+    data: TenantCreate, repo: UsersDep, hasher: HasherDep, settings: SettingsDep, _: IdentityDep
+) -> TenantCreated:
     tenant, admin = await service.bootstrap_tenant(repo, hasher, data)
-    return TenantCreated(tenant=TenantOut.model_validate(tenant), user=UserOut.model_validate(admin))
+    return TenantCreated(tenant=TenantOut.model_validate(tenant), user=await service.user_out(repo, settings, admin))
 
 
 @router.post(
@@ -89,8 +92,7 @@ async def create_tenant(data: TenantCreate, repo: UsersDep, hasher: HasherDep, _
     },
 )
 async def token(
-    username: Annotated[str, Form(max_length=320, pattern=PLAIN_TEXT_PATTERN)],
-    password: Annotated[str, Form(max_length=128)],
+    form: Annotated[TokenRequest, Form()],
     repo: UsersDep,
     hasher: HasherDep,
     throttle: ThrottleDep,
@@ -99,24 +101,36 @@ async def token(
     _: IdentityDep,
 ) -> TokenOut:
     response.headers["Cache-Control"] = NO_STORE
-    return await service.issue_token(repo, hasher, throttle, issuer, username, password)
+    return await service.issue_token(repo, hasher, throttle, issuer, form.username, form.password)
 
 
 @router.post("/users", status_code=201, response_model=UserOut, responses={**Conflict.openapi_response(), **KEY_ERRORS})
 async def create_user(
-    data: UserCreate, repo: UsersDep, keys: KeysDep, hasher: HasherDep, caller: UsersWrite
+    data: UserCreate, repo: UsersDep, keys: KeysDep, hasher: HasherDep, settings: SettingsDep, caller: UsersWrite
 ) -> UserOut:
-    return UserOut.model_validate(await service.create_user(repo, keys, hasher, caller, data))
+    return await service.user_out(repo, settings, await service.create_user(repo, keys, hasher, caller, data))
 
 
 @router.get("/users/me", response_model=UserOut)
-async def me(repo: UsersDep, keys: KeysDep, caller: TenantCaller) -> UserOut:
-    return UserOut.model_validate(await service.get_me(repo, keys, caller))
+async def me(repo: UsersDep, keys: KeysDep, settings: SettingsDep, caller: TenantCaller) -> UserOut:
+    return await service.user_out(repo, settings, await service.get_me(repo, keys, caller))
 
 
-@router.get("/users/{user_id}", response_model=UserOut)
-async def get_user(user_id: str, repo: UsersDep, caller: UsersRead) -> UserOut:
-    return UserOut.model_validate(await service.get_user(repo, caller.tenant_id, user_id))
+@router.get("/users/{user_id}", response_model=UserOut, responses=NotFound.openapi_response())
+async def get_user(user_id: str, repo: UsersDep, settings: SettingsDep, caller: UsersRead) -> UserOut:
+    return await service.user_out(repo, settings, await service.get_user(repo, caller.tenant_id, user_id))
+
+
+@router.patch(
+    "/users/{user_id}",
+    response_model=UserOut,
+    responses={**NotFound.openapi_response(), **ValidationFailed.openapi_response()},
+)
+async def update_user(
+    user_id: str, data: UserUpdate, repo: UsersDep, settings: SettingsDep, caller: UsersWrite
+) -> UserOut:
+    """An admin sets a user's credit limit (`null`: back to the plan's default)."""
+    return await service.user_out(repo, settings, await service.update_user(repo, caller.tenant_id, user_id, data))
 
 
 @router.post("/api-keys", status_code=201, response_model=ApiKeyCreated, responses=KEY_ERRORS)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime, new_id, utcnow
@@ -24,6 +24,7 @@ class Tenant(Base):
 
 class User(Base, TenantRow):
     __tablename__ = "users"
+    __table_args__ = (CheckConstraint("credit_limit_cents >= 0", name="ck_users_credit_limit_not_negative"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -35,6 +36,8 @@ class User(Base, TenantRow):
     # Wrong passwords since the last good one, and until when the next attempt waits (services/users/security.py).
     failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     login_blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # What the user's open orders may add up to; None: the default of the tenant's plan (settings).
+    credit_limit_cents: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class ApiKey(Base, TenantRow):

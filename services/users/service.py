@@ -16,9 +16,12 @@ from services.users.schemas import (
     TenantCreate,
     TokenOut,
     UserCreate,
+    UserOut,
+    UserUpdate,
     api_key_out,
 )
 from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer
+from services.users.settings import UsersSettings
 from shared.contract import ROLE_SCOPES, TenantIdentity, hash_api_key, key_id_of, new_api_key
 from shared.db import new_id, utcnow
 from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized
@@ -80,6 +83,34 @@ async def get_me(repo: UserRepository, keys: ApiKeyRepository, identity: TenantI
 async def get_user(repo: UserRepository, tenant_id: str, user_id: str) -> User:
     """Another tenant's user answers exactly as a missing one does."""
     return await repo.one(User, tenant_id, user_id, UserNotFound)
+
+
+async def user_out(repo: UserRepository, settings: UsersSettings, user: User) -> UserOut:
+    """The user as routes answer it, with the credit limit in force."""
+    limit = user.credit_limit_cents
+    if limit is None:
+        tenant = await repo.get_tenant(user.tenant_id)
+        limit = settings.credit_limit_of(tenant.plan if tenant is not None else "free")
+    return UserOut.model_validate(
+        {
+            "id": user.id,
+            "email": user.email,
+            "role": user.role,
+            "tenant_id": user.tenant_id,
+            "created_at": user.created_at,
+            "credit_limit_cents": limit,
+            "credit_limit_custom": user.credit_limit_cents is not None,
+        }
+    )
+
+
+async def update_user(repo: UserRepository, tenant_id: str, user_id: str, data: UserUpdate) -> User:
+    """An admin's change to a user of the tenant (only what the body names changes)."""
+    user = await get_user(repo, tenant_id, user_id)
+    if "credit_limit_cents" in data.model_fields_set:
+        user.credit_limit_cents = data.credit_limit_cents
+        await repo.save()
+    return user
 
 
 async def issue_token(

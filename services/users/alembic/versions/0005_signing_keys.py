@@ -1,7 +1,7 @@
 """signing keys: the RS256 keys access tokens are signed with, one generation after another
 
-Revision ID: 0004_signing_keys
-Revises: 0003_auth_hardening
+Revision ID: 0005_signing_keys
+Revises: 0004_auth_hardening
 
 """
 from typing import Sequence, Union
@@ -13,8 +13,8 @@ import shared.db  # noqa: F401  (column types)
 
 
 # revision identifiers, used by Alembic.
-revision: str = '0004_signing_keys'
-down_revision: Union[str, Sequence[str], None] = '0003_auth_hardening'
+revision: str = '0005_signing_keys'
+down_revision: Union[str, Sequence[str], None] = '0004_auth_hardening'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

@@ -1,7 +1,7 @@
 """auth hardening: consecutive wrong passwords per user, and until when the next login waits
 
-Revision ID: 0003_auth_hardening
-Revises: 0002
+Revision ID: 0004_auth_hardening
+Revises: 0003_credit_limit
 
 """
 from typing import Sequence, Union
@@ -13,8 +13,8 @@ import shared.db  # noqa: F401  (column types)
 
 
 # revision identifiers, used by Alembic.
-revision: str = '0003_auth_hardening'
-down_revision: Union[str, Sequence[str], None] = '0002'
+revision: str = '0004_auth_hardening'
+down_revision: Union[str, Sequence[str], None] = '0003_credit_limit'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
