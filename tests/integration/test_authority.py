@@ -218,3 +218,32 @@ async def test_a_demoted_creator_cannot_rotate_its_old_keys_into_more_than_it_ho
     ):
         assert attempt.status_code == 403, attempt.text
         assert attempt.json()["error_code"] in ("SCOPE_NOT_HELD", "INSUFFICIENT_SCOPE")
+
+
+async def test_through_the_gateway_a_users_write_key_creates_no_admin_and_no_member(stack):
+    """The reported escalation, end to end: a key holding only `users:write` is refused both roles,
+    and nobody it tried to create can log in."""
+    from tests.edge_support import gateway_settings, in_process_gateway, signup
+
+    async with in_process_gateway(gateway_settings(stack)) as gateway:
+        tenant = await signup(gateway)
+        created = await gateway.post(
+            "/v1/api-keys", json={"name": "writer", "scopes": ["users:write"]}, headers=tenant.auth
+        )
+        assert created.status_code == 201, created.text
+        key = {"X-API-Key": created.json()["api_key"]}
+        for role in ("admin", "member"):
+            email = unique_email(role)
+            refused = await gateway.post(
+                "/v1/users", json={"email": email, "password": PASSWORD, "role": role}, headers=key
+            )
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["error_code"] == "SCOPE_NOT_HELD"
+            login = await gateway.post("/v1/auth/token", data={"username": email, "password": PASSWORD})
+            assert login.status_code == 401
+        # The admin's own token still creates both.
+        for role in ("admin", "member"):
+            made = await gateway.post(
+                "/v1/users", json={"email": unique_email(role), "password": PASSWORD, "role": role}, headers=tenant.auth
+            )
+            assert made.status_code == 201, made.text
