@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from jose import jwt
+from prometheus_client import CollectorRegistry, Counter
 from pwdlib import PasswordHash
 
 from services.users.settings import UsersSettings
@@ -30,6 +31,24 @@ _DUMMY_HASH = _hasher.hash("portico-timing-equaliser")
 
 
 class HashingBusy(ServiceUnavailable, code="PASSWORD_HASHING_BUSY", title="Service Unavailable"): ...
+
+
+class PasswordMetrics:
+    """What password checks and logins did, on the users service's /metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.hashing = Counter(
+            "users_password_hashing_total",
+            "Password hashes and checks, by outcome: done, refused_queue_full, refused_waited_too_long.",
+            ("outcome",),
+            registry=registry,
+        )
+        self.logins = Counter(
+            "users_logins_total",
+            "Logins, by outcome: ok, wrong_password, throttled (the account is slowed down).",
+            ("outcome",),
+            registry=registry,
+        )
 
 
 # How much less CPU priority (Linux `nice`) the hashing threads take than the event loop's thread.
@@ -56,10 +75,11 @@ class PasswordHasher:
     lower CPU priority than the event loop, so the other routes stay quick while logins use every core.
     """
 
-    def __init__(self, concurrency: int, queue: int, queue_timeout: float = 5.0) -> None:
+    def __init__(self, concurrency: int, queue: int, queue_timeout: float, metrics: PasswordMetrics) -> None:
         self.concurrency = concurrency
         self.queue = queue
         self.queue_timeout = queue_timeout
+        self.metrics = metrics
         self._slots = asyncio.Semaphore(concurrency)
         self._waiting = 0
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="argon2", initializer=_lower_priority)
@@ -80,12 +100,14 @@ class PasswordHasher:
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
         if self._slots.locked() and self._waiting >= self.queue:
+            self.metrics.hashing.labels("refused_queue_full").inc()
             raise self._busy()
         self._waiting += 1
         try:
             async with asyncio.timeout(self.queue_timeout):
                 await self._slots.acquire()
         except TimeoutError:
+            self.metrics.hashing.labels("refused_waited_too_long").inc()
             raise self._busy() from None
         finally:
             self._waiting -= 1
@@ -93,6 +115,7 @@ class PasswordHasher:
             yield
         finally:
             self._slots.release()
+            self.metrics.hashing.labels("done").inc()
 
     async def hash(self, password: str) -> str:
         async with self._slot():
@@ -158,3 +181,4 @@ class UsersContext:
     issuer: TokenIssuer
     hasher: PasswordHasher
     throttle: LoginThrottle
+    metrics: PasswordMetrics

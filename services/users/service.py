@@ -132,6 +132,7 @@ async def issue_token(
     now = utcnow()
     if user is not None and user.login_blocked_until is not None and user.login_blocked_until > now:
         wait = max(1, math.ceil((user.login_blocked_until - now).total_seconds()))
+        hasher.metrics.logins.labels("throttled").inc()
         raise LoginThrottled(
             f"Too many wrong passwords for this account; try again in {wait} s.",
             headers={"Retry-After": str(wait)},
@@ -144,9 +145,11 @@ async def issue_token(
             await repo.block_logins(user.id, throttle.blocked_until(failures, utcnow()))
             # Kept although the request fails (its session rolls back what is left).
             await repo.release()
+        hasher.metrics.logins.labels("wrong_password").inc()
         raise InvalidCredentials("The email or password is wrong.")
     if user.failed_logins or user.login_blocked_until is not None:
         await repo.reset_failed_logins(user.id)
+    hasher.metrics.logins.labels("ok").inc()
     token = issuer.issue(
         subject=user.id, tenant_id=tenant.id, scopes=ROLE_SCOPES[user.role], plan=tenant.plan, role=user.role
     )

@@ -95,6 +95,8 @@ async def test_a_login_flood_beyond_the_queue_is_refused_with_503_and_retry_afte
         assert busy.headers["retry-after"] == "1"
         # Once the flood is over, logins work again.
         assert (await login(client, signer, email, PASSWORD)).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert 'users_password_hashing_total{outcome="refused_queue_full"}' in metrics
 
 
 def test_the_delay_doubles_from_one_second_up_to_the_cap():
@@ -141,6 +143,9 @@ async def test_wrong_passwords_slow_one_account_down_and_the_owner_gets_in_soon(
         assert (rows[0]["failed_logins"], rows[0]["login_blocked_until"]) == (0, None)
         # A good password starts the count over: the next wrong one is a plain 401.
         assert (await login(client, signer, email, "wrong-password")).status_code == 401
+        metrics = (await client.get("/metrics")).text
+        for outcome in ("ok", "wrong_password", "throttled"):
+            assert f'users_logins_total{{outcome="{outcome}"}}' in metrics
 
 
 @pytest.mark.parametrize("password", ["wrong-password", PASSWORD])
