@@ -185,16 +185,14 @@ class AuthenticationMiddleware:
         failures = self.state.value.auth_failures
         anonymous_failures = self.anonymous_routes.match(scope) if self.anonymous_routes.entries else None
         try:
-            if anonymous_failures is not None:
-                request_context(scope).principal = ANONYMOUS
-                if not anonymous_failures:
-                    await self.app(scope, receive, send)
-                    return
-                address = self.client_address(scope)
-                await failures.check(address)
-                await self.app(scope, receive, self._counting(send, failures, address, anonymous_failures))
-                return
-            identity = await self._authenticate(scope, failures)
+            if anonymous_failures is None:
+                identity = await self._authenticate(scope, failures)
+            else:
+                identity = ANONYMOUS
+                if anonymous_failures:
+                    address = self.client_address(scope)
+                    await failures.check(address)
+                    send = self._counting(send, failures, address, anonymous_failures)
         except PorticoError as exc:
             await send_problem(exc, scope, receive, send)
             return
