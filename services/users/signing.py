@@ -80,12 +80,16 @@ class KeyRing:
 
     async def refresh(self) -> None:
         """Reads the keys again, making the next generation when the newest is due for rotation."""
-        async with self.sessionmaker() as session, session.begin():
+        async with self.sessionmaker() as session:
             repo = SigningKeyRepository(session)
-            rows = await repo.newest(LOADED)
-            if not rows or rows[0].created_at <= utcnow() - self.rotation:
-                await repo.insert_if_absent(await self._next(rows[0].generation + 1 if rows else 1))
+            async with session.begin():
                 rows = await repo.newest(LOADED)
+            if not rows or rows[0].created_at <= utcnow() - self.rotation:
+                # Made with no connection held (RSA key generation takes a while).
+                key = await self._next(rows[0].generation + 1 if rows else 1)
+                async with session.begin():
+                    await repo.insert_if_absent(key)
+                    rows = await repo.newest(LOADED)
         known = {key.kid: key for key in self.keys}
         self.keys = [
             known.get(row.kid)
