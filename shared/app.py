@@ -13,13 +13,14 @@ from typing import Any, Generic, TypeVar, cast
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
 from shared.context import request_id_of
 from shared.db import create_engine, create_sessionmaker
@@ -27,12 +28,18 @@ from shared.docs import add_offline_docs
 from shared.errors import PROBLEM_SCHEMA, install_error_handlers
 from shared.http import create_http_client
 from shared.identity import IdentitySigner, IdentityVerifier, require_identity
-from shared.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
-from shared.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from shared.metrics import HttpMetrics, metrics_endpoint
+from shared.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
 from shared.networks import Networks
 from shared.settings import BaseServiceSettings, ProcessSettings
 from shared.state import LifespanState, ServiceState, app_state, lifespan_state_of
-from shared.telemetry import create_tracer_provider, instrument_engine, set_global_provider_once, start_export
+from shared.telemetry import (
+    ServerSpans,
+    create_tracer_provider,
+    instrument_engine,
+    set_global_provider_once,
+    start_export,
+)
 
 logger = logging.getLogger("portico.app")
 
@@ -44,8 +51,6 @@ C = TypeVar("C")
 ReadinessCheck = Callable[[T], Awaitable[None]]
 # Builds what a service adds to the common state (and runs its workers) for the life of the app.
 ContextFactory = Callable[[ServiceState[S, None]], contextlib.AbstractAsyncContextManager[C]]
-# Paths that are never traced: probes and scrapes would drown the real traces.
-UNTRACED_URLS = "health/live,health/ready,metrics"
 OPENAPI_URL = "/openapi.json"
 
 
@@ -68,11 +73,22 @@ OpenApiHook = Callable[[dict[str, Any]], None]
 
 
 class PorticoAPI(FastAPI):
-    """FastAPI with the shared Problem schema in its OpenAPI document, and hooks that complete it."""
+    """FastAPI with the shared Problem schema in its OpenAPI document, hooks that complete it, and
+    room for one layer outside Starlette's error middleware: the observability stage, so that a 500
+    rendered for an unhandled exception is still inside the request's span, counted and logged."""
+
+    outermost: Middleware | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.openapi_hooks: list[OpenApiHook] = []
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app = super().build_middleware_stack()
+        if self.outermost is not None:
+            cls, args, kwargs = self.outermost
+            app = cls(app, *args, **kwargs)
+        return app
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema:
@@ -85,7 +101,7 @@ class PorticoAPI(FastAPI):
 
 
 def install_common(
-    app: FastAPI,
+    app: PorticoAPI,
     settings: ProcessSettings,
     provider: TracerProvider,
     *,
@@ -97,15 +113,12 @@ def install_common(
     metrics = HttpMetrics(registry or CollectorRegistry())
     registry = metrics.registry
     install_error_handlers(app, database=database)
-    # Added innermost first: the request context wraps everything else.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
+    app.outermost = Middleware(
+        ObservabilityMiddleware, spans=ServerSpans(provider), metrics=metrics, access_log=settings.access_log
+    )
     allowed = Networks(settings.metrics_allowed_networks)
     app.add_route("/metrics", metrics_endpoint(registry, allowed), include_in_schema=False)
-    FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=provider, excluded_urls=UNTRACED_URLS, exclude_spans=["receive", "send"]
-    )
     return metrics
 
 
@@ -158,6 +171,10 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck[T]], timeou
 def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[FastAPI], Any]) -> PorticoAPI:
     """An app with docs and OpenAPI off in production; the docs pages serve their own assets."""
     app = PorticoAPI(
+        # FastAPI's own OpenTelemetry spans and metrics stay off: the observability stage records the
+        # one server span and the HTTP metrics of each request, and FastAPI's would add a second server
+        # span and a span per dependency, endpoint and serialization.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         title=title,
         version="0.1.0",
         lifespan=lifespan,
@@ -172,7 +189,7 @@ def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[Fa
 
 def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: CollectorRegistry | None = None) -> FastAPI:
     """The service `spec` describes; `registry` holds metrics of its own (served with the HTTP ones)."""
-    provider = create_tracer_provider(spec.name)
+    provider = create_tracer_provider(spec.name, settings.trace_sample_ratio)
     set_global_provider_once(provider)
 
     @contextlib.asynccontextmanager

@@ -137,10 +137,18 @@ class ServiceUnavailable(PorticoError, status=503, code="SERVICE_UNAVAILABLE", t
 
 
 class DownstreamError(PorticoError):
-    """A call to another Portico service failed; `service` names which."""
+    """A call to another Portico service failed; `service` names which. `error_code` and `headers`
+    (a `Retry-After`) carry what the failing service itself said, when it is passed on."""
 
-    def __init__(self, service: str, detail: str) -> None:
-        super().__init__(detail, extra={"service": service})
+    def __init__(
+        self,
+        service: str,
+        detail: str,
+        *,
+        error_code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail, error_code=error_code, headers=headers, extra={"service": service})
         self.service = service
 
 
@@ -153,6 +161,17 @@ class DownstreamUnavailable(
 
 
 class DownstreamTimeout(DownstreamError, status=504, code="DOWNSTREAM_TIMEOUT", title="Gateway Timeout"): ...
+
+
+class CircuitOpen(DownstreamUnavailable, code="CIRCUIT_OPEN", title="Service Unavailable"):
+    """Calls to `service` failed repeatedly: refused at once, without a call, until a trial succeeds."""
+
+    def __init__(self, service: str, retry_after: int) -> None:
+        super().__init__(
+            service,
+            f"The {service} service is failing; calls to it are paused for up to {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 _STATUS_ERRORS: dict[int, type[PorticoError]] = {

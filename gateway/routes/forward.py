@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from gateway.deps import UpstreamsDep
 from gateway.openapi import JSON, Credentials, DocumentedBody, operation_docs
@@ -59,9 +61,13 @@ class Forward:
     # The errors the service answers this route with (the edge's own are added by `add_forwards`).
     errors: Sequence[type[PorticoError]] = ()
     # Sent to the service as nobody: the route is for callers without credentials (sign-up, login).
+    # Credentials sent anyway are not looked at: the caller is its client address (gateway/auth.py).
     anonymous: bool = False
     # Whether an API key may call the route (a key cannot manage keys: those need a user's token).
     api_key: bool = True
+    # Statuses of the service's answer that count as a failed authentication of the client address
+    # (a wrong password, an email already taken).
+    failure_statuses: frozenset[int] = frozenset()
     # Runs with the service's answer before it is relayed (e.g. forgetting a revoked API key).
     then: Callable[[Request, Response], None] | None = None
 
@@ -73,6 +79,7 @@ class _ForwardEndpoint:
         self.service = service
         self.upstream_path = upstream_path
         self.anonymous = route.anonymous
+        self.failure_statuses = route.failure_statuses
         self.then = route.then
         # Read by `gateway.openapi.documented_bodies` for the document's components.
         self.documented_body = (
@@ -99,6 +106,15 @@ class _ForwardEndpoint:
         if self.then is not None:
             self.then(request, response)
         return response
+
+
+def anonymous_forwards(routes: Iterable[BaseRoute]) -> list[tuple[APIRoute, frozenset[int]]]:
+    """The routes forwarded as nobody, each with the statuses that count as a failed authentication."""
+    return [
+        (route, route.endpoint.failure_statuses)
+        for route in routes
+        if isinstance(route, APIRoute) and isinstance(route.endpoint, _ForwardEndpoint) and route.endpoint.anonymous
+    ]
 
 
 def add_forwards(

@@ -9,7 +9,7 @@ from gateway.deps import AnyCaller, Principal, readers_and_writers
 from gateway.openapi import FORM
 from gateway.routes.forward import Forward, add_forwards
 from services.users.repository import EmailTaken
-from services.users.schemas import TenantCreate, TenantCreated, TokenOut, TokenRequest, UserCreate, UserOut
+from services.users.schemas import TenantCreate, TenantCreated, TokenOut, TokenRequest, UserCreate, UserOut, UserUpdate
 from services.users.service import InvalidCredentials, UserNotFound
 
 router = APIRouter(prefix="/v1", tags=["users"])
@@ -31,6 +31,7 @@ add_forwards(
             answer=TenantCreated,
             errors=[EmailTaken],
             anonymous=True,
+            failure_statuses=frozenset({409}),
         ),
         Forward(
             "POST",
@@ -43,6 +44,7 @@ add_forwards(
             answer=TokenOut,
             errors=[InvalidCredentials],
             anonymous=True,
+            failure_statuses=frozenset({401}),
         ),
         Forward(
             "POST",
@@ -62,6 +64,16 @@ add_forwards(
             Reader,
             "get_user",
             "A user of the caller's tenant",
+            answer=UserOut,
+            errors=[UserNotFound],
+        ),
+        Forward(
+            "PATCH",
+            "/users/{user_id}",
+            Writer,
+            "update_user",
+            "Set a user's credit limit (admin); null returns to the plan's default",
+            body=UserUpdate,
             answer=UserOut,
             errors=[UserNotFound],
         ),

@@ -93,7 +93,31 @@ class ReservationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     order_id: ResourceIdField
+    # The user the order is for, so a user's reservations can be listed.
+    user_id: ResourceIdField | None = None
     items: LineItems
+
+
+class StockCheck(BaseModel):
+    """Lines whose stock is checked without taking any."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: LineItems
+
+
+class StockCheckLine(BaseModel):
+    product_id: str
+    quantity: int
+    available: int
+    unit_price_cents: int
+
+
+class StockCheckOut(BaseModel):
+    """Every line is in stock now (nothing is held: a later reservation may still be refused)."""
+
+    items: list[StockCheckLine]
+    total_cents: int
 
 
 class ReservationOut(BaseModel):
@@ -101,6 +125,7 @@ class ReservationOut(BaseModel):
 
     id: str
     order_id: str
+    user_id: str | None
     status: ReservationStatus
     items: list[ReservedLine]
     created_at: datetime

@@ -44,6 +44,15 @@ class OrderOut(BaseModel):
     updated_at: datetime
 
 
+class CreditOut(BaseModel):
+    """A user's credit: open (not cancelled) orders may add up to `credit_limit_cents`."""
+
+    user_id: str
+    credit_limit_cents: int
+    open_cents: int
+    available_cents: int
+
+
 class EventOut(BaseModel):
     seq: int
     id: str

@@ -6,7 +6,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from services.users.models import ApiKey
-from shared.contract import ALL_SCOPES, DEFAULT_PLAN, KEY_HASH_RE, Plan, Role
+from shared.contract import ALL_SCOPES, DEFAULT_PLAN, KEY_HASH_RE, MAX_CREDIT_LIMIT_CENTS, Plan, Role
 from shared.schemas import PLAIN_TEXT_PATTERN
 
 MAX_ROTATION_GRACE_SECONDS = 30 * 86400
@@ -55,6 +55,18 @@ class UserOut(BaseModel):
     role: Role
     tenant_id: str
     created_at: datetime
+    # The limit in force: the user's own, else the default of the tenant's plan.
+    credit_limit_cents: int
+    # True when an admin set the user's own limit; False when it is the plan's default.
+    credit_limit_custom: bool
+
+
+class UserUpdate(BaseModel):
+    """What an admin may change about a user. `credit_limit_cents: null` returns to the plan's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    credit_limit_cents: int | None = Field(strict=True, ge=0, le=MAX_CREDIT_LIMIT_CENTS)
 
 
 class TenantCreated(BaseModel):
