@@ -25,7 +25,8 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter
 from starlette.routing import BaseRoute
 
-from gateway.auth import AmbiguousCredentials, InvalidApiKey, InvalidToken, TenantMismatch
+from gateway.edge.authfailures import TooManyAuthFailures
+from gateway.edge.credentials import AmbiguousCredentials, InvalidApiKey, InvalidToken, TenantMismatch
 from gateway.edge.store import EdgeStoreUnavailable
 from shared.contract import (
     IDEMPOTENCY_HEADER,
@@ -143,6 +144,7 @@ _EXAMPLE_FIELD_ERRORS: dict[str, list[dict[str, Any]]] = {
 EDGE_ERRORS: tuple[type[PorticoError], ...] = (
     ValidationFailed,
     TooManyRequests,
+    TooManyAuthFailures,
     DownstreamBadResponse,
     DownstreamUnavailable,
     EdgeStoreUnavailable,
@@ -238,9 +240,12 @@ def operation_docs(
     body: DocumentedBody | None = None,
     errors: Sequence[type[PorticoError]] = (),
     paged: bool = False,
+    parses_body: bool = False,
 ) -> tuple[dict[int | str, dict[str, Any]], dict[str, Any]]:
     """The `responses` and `openapi_extra` of one route. `credentials`: "none" (sign-up, login),
-    "any" (a token or an API key) or "token" (a user's token only); `paged`: a list with `cursor`."""
+    "any" (a token or an API key) or "token" (a user's token only); `body`: a body the route
+    forwards without parsing; `parses_body`: the route has a body parameter of its own (which
+    FastAPI documents); `paged`: a list with `cursor`."""
     all_errors = [*errors, *EDGE_ERRORS]
     extra: dict[str, Any] = {}
     if credentials == "none":
@@ -253,8 +258,9 @@ def operation_docs(
         all_errors += IDEMPOTENCY_ERRORS
         extra["parameters"] = [IDEMPOTENCY_KEY_PARAMETER]
     if body is not None:
-        all_errors += BODY_ERRORS
         extra["requestBody"] = body.request_body()
+    if body is not None or parses_body:
+        all_errors += BODY_ERRORS
     if paged:
         all_errors.append(InvalidCursor)
     success_headers = ["X-Request-ID", *RATE_LIMIT_HEADERS] + (["Idempotent-Replayed"] if idempotent else [])
