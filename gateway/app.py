@@ -76,6 +76,7 @@ from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
 from gateway.realtime.relay import EventRelay, OrdersFeed, running
 from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore
 from gateway.routes import aggregates, api_keys, orders, products, realtime, users, webhooks
+from gateway.routes.forward import anonymous_forwards
 from gateway.settings import FailureMode, GatewaySettings
 from gateway.state import GatewaySlot, GatewayState
 from shared.app import ReadinessCheck, add_health_routes, create_fastapi, install_common
@@ -244,7 +245,7 @@ def edge_pipeline(
             AuthenticationMiddleware,
             verifier=JwtVerifier(settings),
             state=state,
-            routes=routes,
+            anonymous=anonymous_forwards(routes),
             trusted_proxies=settings.trusted_proxies,
         )
     )

@@ -7,15 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from fastapi.routing import APIRoute
 from jose import ExpiredSignatureError, JWTError, jwt
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.edge.addresses import ClientAddress
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.authfailures import AuthFailures
 from gateway.edge.credentials import AmbiguousCredentials, InvalidApiKey, InvalidToken, TenantMismatch
-from gateway.routes.forward import anonymous_forwards
 from gateway.settings import GatewaySettings
 from shared.asgi import headers
 from shared.context import request_context
@@ -79,10 +78,8 @@ class AnonymousRoutes:
     """The routes forwarded as nobody (sign-up, login), matched before routing, each with the statuses
     of the service's answer that count as a failed authentication."""
 
-    def __init__(self, routes: Iterable[BaseRoute]) -> None:
-        self.entries = [
-            (route, frozenset(route.methods or ()), failures) for route, failures in anonymous_forwards(routes)
-        ]
+    def __init__(self, routes: Iterable[tuple[APIRoute, frozenset[int]]]) -> None:
+        self.entries = [(route, frozenset(route.methods or ()), failures) for route, failures in routes]
 
     def match(self, scope: Scope) -> frozenset[int] | None:
         method, path = scope["method"], scope["path"]
@@ -114,13 +111,13 @@ class AuthenticationMiddleware:
         *,
         verifier: JwtVerifier,
         state: GatewaySlot,
-        routes: Iterable[BaseRoute],
+        anonymous: Iterable[tuple[APIRoute, frozenset[int]]],
         trusted_proxies: Iterable[str],
     ) -> None:
         self.app = app
         self.verifier = verifier
         self.state = state
-        self.anonymous_routes = AnonymousRoutes(routes)
+        self.anonymous_routes = AnonymousRoutes(anonymous)
         self.client_address = ClientAddress(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
