@@ -65,7 +65,7 @@ def admit(hub: Hub, identity: Identity, settings: GatewaySettings) -> Admission:
 
 
 EVENTS_DOCS, EVENTS_EXTRA = operation_docs(
-    "GET", status_code=200, credentials="any", errors=[InvalidLastEventId, ConnectionLimitReached]
+    "GET", status_code=200, credentials="any", errors=[InvalidLastEventId, ConnectionLimitReached], conditional=False
 )
 EVENTS_DOCS[200].update(
     description="The tenant's order events, as they happen",

@@ -96,6 +96,10 @@ async def test_openapi_document_is_valid_and_complete(gateway_app: httpx.AsyncCl
         where = f"{method} {path}"
         responses = operation["responses"]
         success = [status for status in responses if status.startswith("2")]
+        if method == "GET" and path != "/v1/events":
+            assert "ETag" in responses[success[0]]["headers"], where
+            assert "304" in responses, where
+            assert [p["name"] for p in operation["parameters"] if p["in"] == "header"] == ["If-None-Match"], where
         assert len(success) == 1, where
         assert "X-Request-ID" in responses[success[0]]["headers"], where
         assert "RateLimit" in responses[success[0]]["headers"], where
