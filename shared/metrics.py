@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,10 +40,16 @@ def metrics_endpoint(registry: CollectorRegistry, allowed: Networks) -> Callable
     is whatever the client wrote, and a client behind a proxy arrives from the proxy's (private)
     address, so the route must also not be published through one."""
 
+    exposed = registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several workers (`shared/serving.py`): the samples of every worker, live or exited, summed.
+        exposed = CollectorRegistry()
+        MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
+
     async def metrics(request: Request) -> Response:
         client = request.scope.get("client")
         if client is None or client[0] not in allowed:
             raise HTTPException(404)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(exposed), media_type=CONTENT_TYPE_LATEST)
 
     return metrics
