@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 
 from shared.context import request_id_of
 from shared.db import create_engine, create_sessionmaker
+from shared.docs import add_offline_docs
 from shared.errors import PROBLEM_SCHEMA, install_error_handlers
 from shared.http import create_http_client
 from shared.identity import IdentitySigner, IdentityVerifier, require_identity
@@ -50,6 +51,7 @@ C = TypeVar("C")
 ReadinessCheck = Callable[[T], Awaitable[None]]
 # Builds what a service adds to the common state (and runs its workers) for the life of the app.
 ContextFactory = Callable[[ServiceState[S, None]], contextlib.AbstractAsyncContextManager[C]]
+OPENAPI_URL = "/openapi.json"
 
 
 @dataclass
@@ -65,12 +67,21 @@ class ServiceSpec(Generic[S, C]):
     readiness_checks: dict[str, ReadinessCheck[ServiceState[S, C]]] = field(default_factory=dict)
 
 
+# Completes a generated OpenAPI document in place (the gateway adds its security schemes, headers and
+# the schemas of the bodies it forwards).
+OpenApiHook = Callable[[dict[str, Any]], None]
+
+
 class PorticoAPI(FastAPI):
-    """FastAPI with the shared Problem schema in its OpenAPI document, and room for one layer outside
-    Starlette's error middleware: the observability stage, so that a 500 rendered for an unhandled
-    exception is still inside the request's span, counted and logged."""
+    """FastAPI with the shared Problem schema in its OpenAPI document, hooks that complete it, and
+    room for one layer outside Starlette's error middleware: the observability stage, so that a 500
+    rendered for an unhandled exception is still inside the request's span, counted and logged."""
 
     outermost: Middleware | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.openapi_hooks: list[OpenApiHook] = []
 
     def build_middleware_stack(self) -> ASGIApp:
         app = super().build_middleware_stack()
@@ -84,6 +95,8 @@ class PorticoAPI(FastAPI):
             return self.openapi_schema
         schema = super().openapi()  # cached by FastAPI as self.openapi_schema
         schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        for hook in self.openapi_hooks:
+            hook(schema)
         return schema
 
 
@@ -156,8 +169,8 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck[T]], timeou
 
 
 def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[FastAPI], Any]) -> PorticoAPI:
-    """An app with docs and OpenAPI off in production."""
-    return PorticoAPI(
+    """An app with docs and OpenAPI off in production; the docs pages serve their own assets."""
+    app = PorticoAPI(
         # FastAPI's own OpenTelemetry spans and metrics stay off: the observability stage records the
         # one server span and the HTTP metrics of each request, and FastAPI's would add a second server
         # span and a span per dependency, endpoint and serialization.
@@ -165,10 +178,13 @@ def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[Fa
         title=title,
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs" if settings.docs_enabled else None,
+        docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        openapi_url=OPENAPI_URL if settings.docs_enabled else None,
     )
+    if settings.docs_enabled:
+        add_offline_docs(app, OPENAPI_URL)
+    return app
 
 
 def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: CollectorRegistry | None = None) -> FastAPI:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import httpx
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -48,13 +49,14 @@ def _peers(settings: ProcessSettings) -> dict[str, str]:
 
 
 def _refused(exc: httpx.TimeoutException) -> bool:
-    """True when a "timeout" is really a refused or failed connection.
+    """True when a "timeout" is really a refused, failed or dropped connection.
 
-    httpx-aiohttp maps every aiohttp connection error, a refused connect included, to ConnectTimeout;
-    the aiohttp cause tells them apart (an OSError that is not a TimeoutError).
+    httpx-aiohttp maps every aiohttp connection error, a refused connect and a server that closed the
+    connection without answering included, to ConnectTimeout; the aiohttp cause tells them apart (a
+    connection error that is not a TimeoutError).
     """
     cause = exc.__cause__
-    return isinstance(cause, OSError) and not isinstance(cause, TimeoutError)
+    return isinstance(cause, OSError | aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError)
 
 
 class ServiceClient:
