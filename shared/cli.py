@@ -67,7 +67,8 @@ def run_cli(
         logging.getLogger("portico").info("%s migrated to head", name)
         return
     port = served.port(settings)
-    if settings.workers > 1:
+    # Only `serve`: a background worker (webhook delivery) runs as one process and scales by replicas.
+    if settings.workers > 1 and args.command == "serve":
 
         def load() -> FastAPI:
             # In each worker, after the fork: logging and the app are the worker's own.
