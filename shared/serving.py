@@ -41,11 +41,13 @@ import httptools
 from gunicorn.app.base import BaseApplication
 from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client import values as prometheus_values
+from prometheus_client.mmap_dict import MmapedDict
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from shared.errors import PorticoError, problem_response
+from shared.metrics import MULTIPROC_ENV, samples_locked
 from shared.settings import ProcessSettings
 
 logger = logging.getLogger("portico.server")
@@ -244,7 +246,6 @@ def serving_protocol(settings: ProcessSettings) -> type[BoundedHttpToolsProtocol
 # What the master adds to the shutdown timeout before it kills a worker: the worker's own lifespan
 # shutdown (closing pools, flushing spans) runs after its in-flight requests are done.
 SHUTDOWN_MARGIN_SECONDS = 5
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def gunicorn_worker(settings: ProcessSettings) -> type[UvicornWorker]:
@@ -269,8 +270,9 @@ def gunicorn_worker(settings: ProcessSettings) -> type[UvicornWorker]:
 def prepare_multiprocess_metrics(process: str) -> Path:
     """Prometheus multiprocess mode for the workers about to start: every worker writes its samples to
     files in one directory (`PROMETHEUS_MULTIPROC_DIR`, or a new temporary one), and `/metrics`
-    in any worker sums them all (`shared/metrics.py`). A worker that exits, recycled or killed,
-    leaves its files, so no counter ever goes backwards or loses what a dead worker counted.
+    in any worker sums them all (`shared/metrics.py`). What a worker that exits (recycled or killed)
+    counted is folded into an archive file (`fold_exited_worker`), so no counter ever goes backwards
+    or loses what a dead worker counted, and the directory holds the files of the live workers only.
 
     Files of an earlier run in the directory are removed: a new master is a restart, as for one
     process."""
@@ -278,8 +280,8 @@ def prepare_multiprocess_metrics(process: str) -> Path:
     if configured:
         directory = Path(configured)
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob("*.db"):
-            stale.unlink()
+        for stale in [*directory.glob("*.db"), directory / ".lock"]:
+            stale.unlink(missing_ok=True)
     else:
         directory = Path(tempfile.mkdtemp(prefix=f"portico-{process}-metrics-"))
         atexit.register(shutil.rmtree, directory, ignore_errors=True)
@@ -304,9 +306,33 @@ class _GunicornServer(BaseApplication):  # type: ignore[misc]
         return self._load()
 
 
+def fold_exited_worker(directory: Path, pid: int) -> None:
+    """Adds what an exited worker counted (its counter, histogram and summary files) into one archive
+    file per kind, and removes its files. Without this, every recycled worker would leave files
+    behind: the directory would grow without bound, and every scrape would read them all. Its live
+    gauges go (`mark_process_dead`); gauges of other modes are left as prometheus_client keeps them.
+    """
+    prometheus_multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+    with samples_locked(directory, exclusive=True):
+        for kind in ("counter", "histogram", "summary"):
+            exited = directory / f"{kind}_{pid}.db"
+            if not exited.exists():
+                continue
+            # The collector takes the kind from the name before the first "_" and sums the rest.
+            archive = MmapedDict(str(directory / f"{kind}_archive.db"))  # type: ignore[no-untyped-call]
+            try:
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(exited)):  # type: ignore[no-untyped-call]
+                    total, _ = archive.read_value(key)  # type: ignore[no-untyped-call]
+                    archive.write_value(key, total + value, timestamp)  # type: ignore[no-untyped-call]
+            finally:
+                archive.close()  # type: ignore[no-untyped-call]
+            exited.unlink()
+
+
 def _worker_exited(server: Any, worker: Any) -> None:
-    # Only the live gauges of a dead worker go; its counters and histograms stay in the sums.
-    prometheus_multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        fold_exited_worker(Path(directory), worker.pid)
 
 
 def serve_workers(process: str, settings: ProcessSettings, port: int, load: Callable[[], ASGIApp]) -> None:
@@ -329,6 +355,9 @@ def serve_workers(process: str, settings: ProcessSettings, port: int, load: Call
         "max_requests": settings.max_requests,
         "max_requests_jitter": settings.max_requests_jitter if settings.max_requests else 0,
         "child_exit": _worker_exited,
+        # gunicorn's control socket lives at one path per user ($HOME/.gunicorn), which every master
+        # on the host would share, and which a read-only root file system cannot hold.
+        "control_socket_disable": True,
         "proc_name": f"portico-{process}",
         "accesslog": None,
         "errorlog": "-",
