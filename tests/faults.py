@@ -1,7 +1,8 @@
 """Fault injectors: the failures a real process cannot be asked to produce on cue.
 
 - `HttpFaultProxy`: a real HTTP/1.1 proxy in front of one of our services. Each request matching a
-  rule gets that rule's fault: held until released, answered without reaching the service, forwarded
+  rule gets that rule's fault: held until released (then any of the others), answered without
+  reaching the service, forwarded
   and then answered wrongly (the service did the work, the caller hears something else), forwarded
   and then never answered, or forwarded and then the connection dropped. Everything else passes
   through unchanged.
@@ -38,7 +39,7 @@ import httpx
 
 from scripts.devstack import DEFAULT_PORTS, Stack, free_port
 
-Action = Literal["forward", "hold", "answer", "forward_then_answer", "forward_then_hang", "forward_then_drop", "drop"]
+Action = Literal["forward", "answer", "forward_then_answer", "forward_then_hang", "forward_then_drop", "drop"]
 
 
 @dataclass
@@ -52,7 +53,9 @@ class Fault:
     body: bytes = b""
     content_type: str = "application/json"
     times: int | None = None  # None: every matching request; else only the next `times` ones
-    released: asyncio.Event = field(default_factory=asyncio.Event)  # for "hold"
+    # Held: the request waits at the proxy until `release()`, then meets its action.
+    hold: bool = False
+    released: asyncio.Event = field(default_factory=asyncio.Event)
     hits: int = 0
     # Set once a matching request has reached the proxy (and, for the forward_* actions, the service).
     seen: asyncio.Event = field(default_factory=asyncio.Event)
@@ -181,7 +184,7 @@ class HttpFaultProxy:
     async def _respond(
         self, fault: Fault | None, request: h11.Request, target: str, body: bytes
     ) -> tuple[int | None, list[tuple[str, str]], bytes]:
-        if fault is not None and fault.action == "hold":
+        if fault is not None and fault.hold:
             await fault.released.wait()
         if fault is not None and fault.action == "drop":
             return None, [], b""

@@ -333,7 +333,7 @@ async def test_an_attempt_given_up_while_reserving_is_not_stored(
     succeeds, storing the order finds the attempt expired: 503, and the stock is released."""
     mug = await tenant.product(stock=10)
     key = unique("key")
-    held = inventory_proxy.add(*RESERVE, action="hold", times=1)
+    held = inventory_proxy.add(*RESERVE, action="forward", hold=True, times=1)
     refused_release = inventory_proxy.add(*RELEASE, action="answer", status=503)
     placing = asyncio.create_task(tenant.place(mug, 3, key))
     await asyncio.wait_for(held.seen.wait(), 60)
