@@ -5,6 +5,7 @@ stack, a delivery's trace from the order that caused it to the attempt."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -79,12 +80,17 @@ def test_the_readme_walkthrough_works_as_printed(embedded):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err + out
-    assert '"email":"admin@acme.example.com"' in out
+    # Who am I: the admin the tenant was created with, answered by /v1/users/me itself.
+    [me] = re.findall(r"^(\{.*\}) me: 200$", out, re.M)
+    assert json.loads(me)["email"] == "admin@acme.example.com"
+    assert json.loads(me)["role"] == "admin"
     assert '"stock_after":15' in out
     assert out.lower().count("idempotent-replayed: true") == 1
     assert '"stock":13' in out
     assert '"status":"cancelled"' in out
     assert '"stock":15' in out
+    [again] = re.findall(r"^(\{.*\}) cancel again: 409$", out, re.M)
+    assert json.loads(again)["error_code"] == "ORDER_ALREADY_CANCELLED"
     assert '"event_type":"order.created"' in out
     assert '"event_type":"order.cancelled"' in out
     # The receiver verified both events, then the replay, which carries the same webhook-id.
@@ -137,7 +143,15 @@ async def test_a_delivery_attempt_continues_the_trace_of_the_order_that_caused_i
         return [s for s in otlp.trace(trace_id) if s.service == "webhooks-worker" and s.name == "webhook attempt"]
 
     async def exported() -> bool:
-        return bool(attempts())
+        # Each process exports in batches of its own: wait for every span asserted on below, not
+        # just the first batch to arrive.
+        spans = otlp.trace(trace_id)
+        return (
+            bool(attempts())
+            and any(s.service == "gateway" and s.kind == SERVER for s in spans)
+            and any(s.service == "gateway" and s.kind == CLIENT for s in spans)
+            and any(s.service == "orders" and s.kind == SERVER for s in spans)
+        )
 
     await eventually(exported, timeout=60)
     spans = otlp.trace(trace_id)
@@ -147,6 +161,9 @@ async def test_a_delivery_attempt_continues_the_trace_of_the_order_that_caused_i
     assert attempt.attributes["webhook.event_type"] == "order.created"
     # The same trace as the gateway's span of the order...
     assert [s.name for s in spans if s.service == "gateway" and s.kind == SERVER] == ["POST /v1/orders"]
+    # The gateway's call to the orders service is the parent of the orders service's span.
+    gateway_clients = {s.span_id for s in spans if s.service == "gateway" and s.kind == CLIENT}
     # ...and a child of the orders service's span that wrote the event.
     orders_server = {s.span_id: s for s in spans if s.service == "orders" and s.kind == SERVER}
     assert attempt.parent_span_id in orders_server, (attempt, spans)
+    assert orders_server[attempt.parent_span_id].parent_span_id in gateway_clients, spans
