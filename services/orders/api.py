@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from services.orders import service
 from services.orders.deps import ContextDep, EventsReader, OrdersRead, OrdersWrite
-from services.orders.schemas import EventFeed, OrderCreate, OrderOut, OrderStatus
+from services.orders.schemas import CreditOut, EventFeed, OrderCreate, OrderOut, OrderStatus
 from shared.contract import RESOURCE_ID_PATTERN, ResourceIdPath, checked_idempotency_key
 from shared.errors import (
     BadRequest,
@@ -22,6 +22,7 @@ from shared.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
+from shared.events import FEED_MAX_LIMIT
 from shared.pagination import Page, PageDep
 
 router = APIRouter()
@@ -75,6 +76,12 @@ async def list_orders(
     return await service.list_orders(ctx, caller.tenant_id, page, status=status, user_id=user_id)
 
 
+@router.get("/credit", response_model=CreditOut, responses=Forbidden.openapi_response())
+async def credit(ctx: ContextDep, caller: OrdersWrite) -> CreditOut:
+    """The caller's credit limit and what their open orders use of it (for checking an order first)."""
+    return await service.credit(ctx, caller)
+
+
 @router.get("/orders/{order_id}", response_model=OrderOut, responses=NOT_FOUND)
 async def get_order(order_id: ResourceIdPath, ctx: ContextDep, caller: OrdersRead) -> OrderOut:
     return await service.get_order(ctx, caller.tenant_id, order_id)
@@ -95,7 +102,11 @@ async def events(
     _: EventsReader,
     # The seq column is a 64-bit integer.
     after: Annotated[int, Query(ge=0, le=2**63 - 1, description="The last seq already consumed.")] = 0,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    limit: Annotated[int, Query(ge=1, le=FEED_MAX_LIMIT)] = 100,
+    tenant_id: Annotated[
+        str | None, Query(pattern=RESOURCE_ID_PATTERN, description="Only this tenant's events (resuming a stream).")
+    ] = None,
 ) -> EventFeed:
-    """Every tenant's order events in seq order, for other Portico services (the webhooks relay)."""
-    return await service.event_feed(ctx, after, limit)
+    """Order events in seq order (every tenant's, or one tenant's), for other Portico services: the
+    webhooks relay, and the gateway's real-time relay and stream resumption."""
+    return await service.event_feed(ctx, after, limit, tenant_id)

@@ -15,6 +15,25 @@ from shared.repository import Repository
 
 
 class OrderRepository(Repository):
+    # Credit
+
+    async def lock_user(self, tenant_id: str, user_id: str) -> None:
+        """Serialises, until the transaction ends, the transactions that store an order for this user,
+        so two concurrent orders cannot both fit in the credit that only one of them fits in.
+        (PostgreSQL; SQLite has one writer at a time already.)"""
+        if self.session.get_bind().dialect.name == "postgresql":
+            key = f"credit:{tenant_id}:{user_id}"
+            await self.session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
+
+    async def open_total(self, tenant_id: str, user_id: str) -> int:
+        """What the user's open (not cancelled) orders add up to."""
+        total = await self.session.scalar(
+            select(func.coalesce(func.sum(Order.total_cents), 0)).where(
+                Order.tenant_id == tenant_id, Order.user_id == user_id, Order.status != "cancelled"
+            )
+        )
+        return int(total or 0)
+
     # Attempts and idempotency keys
 
     async def start_attempt(self, attempt: OrderAttempt) -> bool:
@@ -115,8 +134,11 @@ class OrderRepository(Repository):
 
     # The event feed
 
-    async def events_after(self, after: int, limit: int, lock_timeout_ms: int) -> Sequence[OutboxEvent]:
-        """Events with seq > `after`, in seq order, never skipping one that commits later.
+    async def events_after(
+        self, after: int, limit: int, lock_timeout_ms: int, tenant_id: str | None = None
+    ) -> Sequence[OutboxEvent]:
+        """Events with seq > `after` (of one tenant, or all), in seq order, never skipping one that
+        commits later.
 
         On PostgreSQL a sequence value is drawn when a row is inserted, but rows become visible when
         their transactions commit, which can be in another order: a reader could serve seq 8, move
@@ -134,4 +156,7 @@ class OrderRepository(Repository):
             with raising_lock_not_available():
                 await self.session.execute(text("LOCK TABLE outbox IN SHARE MODE"))
         query = select(OutboxEvent).where(OutboxEvent.seq > after).order_by(OutboxEvent.seq).limit(limit)
+        if tenant_id is not None:
+            # Served by ix_outbox_tenant_seq.
+            query = query.where(OutboxEvent.tenant_id == tenant_id)
         return (await self.session.scalars(query)).all()
