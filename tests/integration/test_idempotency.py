@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -99,14 +100,28 @@ async def test_only_the_owner_completes_or_releases(store):
 
 async def test_a_crashed_owners_lock_expires_and_records_expire(store):
     await store.claim("{t:a}:crash", "fp", "crashed", 300)
-    assert (await store.claim("{t:a}:crash", "fp", "retry", 300)).outcome == "in_flight"
-    await asyncio.sleep(0.4)
-    assert (await store.claim("{t:a}:crash", "fp", "retry", 30_000)).outcome == "acquired"
+    claimed_at = time.monotonic()  # the lock was taken by now
+
+    async def outcome(fingerprint: str, owner: str) -> tuple[str, float]:
+        sent = time.monotonic()
+        return (await store.claim("{t:a}:crash", fingerprint, owner, 30_000)).outcome, sent
+
+    # In flight until the lock's 300 ms are over; a retry sent after that takes the key.
+    while (found := await outcome("fp", "retry"))[0] == "in_flight":
+        assert found[1] - claimed_at < 0.3 + 0.002, "the lock outlived its 300 ms"
+        assert found[1] - claimed_at < 60
+        await asyncio.sleep(0.02)
+    assert found[0] == "acquired"
     # The crashed owner cannot complete what is no longer its own.
     assert not await store.complete("{t:a}:crash", "crashed", RESPONSE, 60_000)
     assert await store.complete("{t:a}:crash", "retry", RESPONSE, 300)
-    await asyncio.sleep(0.4)
-    assert (await store.claim("{t:a}:crash", "fp2", "later", 30_000)).outcome == "acquired"
+    completed_at = time.monotonic()  # the record was written by now
+    # Done, then forgotten when the record's 300 ms are over.
+    while (found := await outcome("fp2", "later"))[0] == "mismatch":
+        assert found[1] - completed_at < 0.3 + 0.002, "the record outlived its 300 ms"
+        assert found[1] - completed_at < 60
+        await asyncio.sleep(0.02)
+    assert found[0] == "acquired"
 
 
 async def test_redis_records_are_prefixed_and_hash_tagged(infra):
@@ -397,10 +412,10 @@ async def test_a_store_outage_follows_the_failure_mode(stack, mode):
                 assert response.json()["stage"] == "idempotency"
             # Requests without a key do not need the store.
             assert (await gateway.get("/v1/users/me", headers=admin.auth)).status_code == 200
-            server.start()
+            server.start()  # at the same address: a private socket nothing else can take
             body = new_user()
             headers = {**admin.auth, "Idempotency-Key": "after"}
-            deadline = asyncio.get_running_loop().time() + 5
+            deadline = asyncio.get_running_loop().time() + 60
             while (first := await gateway.post("/v1/users", json=body, headers=headers)).status_code == 503:
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.1)
