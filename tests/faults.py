@@ -8,6 +8,7 @@
   through unchanged.
 - `TcpProxy`: a byte-for-byte TCP proxy (in front of PostgreSQL) that can cut every connection and
   refuse new ones, then come back.
+- `refused_port`: an address that refuses connections by construction, for "unreachable".
 - `failing_statements`: a trigger that makes the database refuse one kind of statement on one table
   (for one tenant), for the steps whose failure no process can be asked for.
 - `ServiceProcess`: one of our services as a real subprocess, which a test can hang (`SIGSTOP`),
@@ -289,6 +290,17 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A local port that refuses every connection for as long as the block runs: bound by this
+    process and never listened on, so nothing else can take it meanwhile (a port merely freed could
+    be picked up by any other program)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        yield port
 
 
 @contextlib.asynccontextmanager

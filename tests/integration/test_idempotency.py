@@ -9,7 +9,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from gateway.app import create_redis
@@ -147,6 +149,20 @@ def backend(request, infra) -> dict:
     return backend_settings(request, infra)
 
 
+async def users_served(stack, method: str, route: str) -> float:
+    """How many requests the users service process answered on `route`, by its own /metrics."""
+    async with httpx.AsyncClient(base_url=stack.url("users")) as users:
+        text = (await users.get("/metrics")).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "http_requests_total"
+        and sample.labels["method"] == method
+        and sample.labels["route"] == route
+    )
+
+
 def new_user() -> dict:
     return {"email": f"idem-{uuid.uuid4().hex[:12]}@example.com", "password": PASSWORD, "role": "member"}
 
@@ -212,6 +228,7 @@ async def test_concurrent_repeats_run_once(stack, backend):
         admin = await signup(gateway)
         body = new_user()
         headers = {**admin.auth, "Idempotency-Key": str(uuid.uuid4())}
+        creations_before = await users_served(stack, "POST", "/users")
         answers = await asyncio.gather(*(gateway.post("/v1/users", json=body, headers=headers) for _ in range(20)))
         created = [a for a in answers if a.status_code == 201]
         assert {a.status_code for a in answers} <= {201, 409}
@@ -220,7 +237,8 @@ async def test_concurrent_repeats_run_once(stack, backend):
         for conflict in (a for a in answers if a.status_code == 409):
             assert conflict.json()["error_code"] == "IDEMPOTENCY_KEY_IN_USE"
             assert conflict.headers["retry-after"] == "1"
-        # Exactly one user: the password works and no second account exists.
+        # The request reached the users service exactly once (its own count), and made one user.
+        assert await users_served(stack, "POST", "/users") - creations_before == 1
         assert await login(gateway, body["email"])
 
 

@@ -20,7 +20,6 @@ import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from scripts.devstack import free_port
 from services.webhooks.app import create_app
 from services.webhooks.relay import FeedError, OrdersRelay
 from services.webhooks.settings import WebhooksSettings
@@ -30,6 +29,7 @@ from shared.http import ServiceClient, create_http_client
 from shared.identity import IdentitySigner
 from tests.conftest import app_client, internal_headers, settings_kwargs
 from tests.e2e.test_webhooks_flow import Shop
+from tests.faults import eventually, refused_port
 from tests.infra import Servers
 from tests.webhook_support import HooksDb, hooks_db
 
@@ -91,9 +91,10 @@ async def assert_nothing_stored(db: HooksDb) -> None:
 
 
 async def test_unreachable_orders_service_stores_nothing(relay_db, http, signer):
-    relay = relay_for(relay_db, http, signer, f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(DownstreamUnavailable):
-        await relay.run_once()
+    with refused_port() as port:
+        relay = relay_for(relay_db, http, signer, f"http://127.0.0.1:{port}")
+        with pytest.raises(DownstreamUnavailable):
+            await relay.run_once()
     await assert_nothing_stored(relay_db)
 
 
@@ -124,40 +125,55 @@ async def test_a_feed_that_breaks_its_contract_stores_nothing(relay_db, http, si
     await assert_nothing_stored(relay_db)
 
 
+def retries_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "portico.webhooks.relay" and "retrying" in r.getMessage()]
+
+
 async def test_the_loop_backs_off_logs_and_stops_promptly(relay_db, http, signer, caplog):
     caplog.set_level(logging.WARNING, logger="portico.webhooks.relay")
-    relay = relay_for(relay_db, http, signer, f"http://127.0.0.1:{free_port()}", interval=0.01, max_backoff=0.05)
-    for failures in range(1, 12):
-        step = min(0.05, 0.01 * 2**failures)
-        assert step / 2 <= relay.backoff(failures) <= step
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    await asyncio.sleep(0.4)
-    stop.set()
-    started = time.monotonic()
-    await asyncio.wait_for(task, 2)
-    assert time.monotonic() - started < 0.5
-    failures = [r for r in caplog.records if r.name == "portico.webhooks.relay" and "retrying" in r.getMessage()]
-    assert len(failures) >= 3
-    assert "orders service is unreachable" in failures[0].getMessage()
+    with refused_port() as port:
+        relay = relay_for(relay_db, http, signer, f"http://127.0.0.1:{port}", interval=0.01, max_backoff=0.05)
+        for failures in range(1, 12):
+            step = min(0.05, 0.01 * 2**failures)
+            assert step / 2 <= relay.backoff(failures) <= step
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+
+        async def retried_three_times() -> bool:
+            return len(retries_logged(caplog)) >= 3
+
+        await eventually(retried_three_times)
+        # Stopping is prompt: the loop is waiting out a backoff of at most 50 ms, and the stop ends
+        # that wait. Were it not, the task would still run after its backoff plus the next call.
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    assert "orders service is unreachable" in retries_logged(caplog)[0].getMessage()
     await assert_nothing_stored(relay_db)
 
 
 async def test_the_service_runs_the_relay_for_its_lifetime(relay_db, migrated, caplog):
     caplog.set_level(logging.WARNING, logger="portico.webhooks.relay")
-    settings = WebhooksSettings(
-        **{**settings_kwargs(migrated, "webhooks"), "database_url": relay_db.url},
-        orders_url=f"http://127.0.0.1:{free_port()}",
-        relay_interval_seconds=0.02,
-        relay_max_backoff_seconds=0.05,
-    )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app) as state:
-        assert isinstance(state["app"].context.relay, OrdersRelay)
-        await asyncio.sleep(0.3)
-        started = time.monotonic()
-    assert time.monotonic() - started < 2
-    assert any("retrying" in r.getMessage() for r in caplog.records if r.name == "portico.webhooks.relay")
+    with refused_port() as port:
+        settings = WebhooksSettings(
+            **{**settings_kwargs(migrated, "webhooks"), "database_url": relay_db.url},
+            orders_url=f"http://127.0.0.1:{port}",
+            relay_interval_seconds=0.02,
+            relay_max_backoff_seconds=0.05,
+        )
+        app = create_app(settings)
+        async with app.router.lifespan_context(app) as state:
+            relay = state["app"].context.relay
+            assert isinstance(relay, OrdersRelay)
+
+            async def running() -> bool:
+                return bool(retries_logged(caplog))
+
+            await eventually(running)
+            [task] = [t for t in asyncio.all_tasks() if t.get_name() == "webhooks-relay"]
+        # The lifespan's end stopped the relay, without needing to cancel it.
+        assert task.done()
+        assert not task.cancelled()
+        assert not any("cancelled" in r.getMessage() for r in caplog.records if r.name == "portico.webhooks.relay")
 
 
 # The real orders service: events made by placing and cancelling orders through the gateway.
