@@ -338,12 +338,21 @@ class ServiceProcess:
     env: Mapping[str, str]
     log_dir: Path
     cwd: Path
+    # Applied last, over what the stack sets (its port and the other services' addresses).
+    own_env: Mapping[str, str] = field(default_factory=dict)
     stack: Stack | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         # The other services' addresses are the stack's defaults; the processes run here call none.
         ports = {**DEFAULT_PORTS, self.name: free_port()}
-        self.stack = Stack(ports=ports, env=self.env, log_dir=self.log_dir, cwd=self.cwd, workers=())
+        self.stack = Stack(
+            ports=ports,
+            env=self.env,
+            env_for={self.name: self.own_env},
+            log_dir=self.log_dir,
+            cwd=self.cwd,
+            workers=(),
+        )
         self.stack.start_one(self.name)
         self.stack.wait_ready(timeout, self.name)
 

@@ -27,10 +27,11 @@ from shared.contract import Identity
 from shared.errors import DownstreamBadResponse, DownstreamUnavailable
 from shared.http import ServiceClient, create_http_client
 from shared.identity import IdentitySigner
-from tests.conftest import app_client, internal_headers, settings_kwargs
+from tests.conftest import app_client, internal_headers, service_env, settings_kwargs
 from tests.e2e.test_webhooks_flow import Shop
-from tests.faults import eventually, refused_port
+from tests.faults import ServiceProcess, eventually, refused_port
 from tests.infra import Servers
+from tests.orders_support import db_fetch
 from tests.webhook_support import HooksDb, hooks_db
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -255,6 +256,12 @@ async def blocked_relay_backend(db: HooksDb) -> int:
     raise AssertionError("the relay never reached its cursor update")
 
 
+async def last_order_event(migrated: Servers) -> int:
+    """The seq of the newest event in the orders service's outbox."""
+    [row] = await db_fetch(migrated, "orders", "SELECT max(seq) AS seq FROM outbox")
+    return int(row["seq"])
+
+
 async def counts(db: HooksDb, tenant_id: str, endpoints: dict[str, dict]) -> dict[str, object]:
     conn = await asyncpg.connect(db.dsn)
     try:
@@ -318,8 +325,8 @@ async def test_each_event_reaches_each_matching_endpoint_exactly_once(relay_db, 
         await drain(relay)
         stored = await counts(relay_db, shop.tenant_id, endpoints)
         assert {k: v for k, v in stored.items() if k != "position"} == expected
-        end = stored["position"]
-        assert end == await relay.position()
+        # The cursor stands at the orders service's last event: this tenant's last cancellation.
+        assert stored["position"] == await last_order_event(migrated)
 
         # Reading everything again (a lost cursor, a replayed feed) adds nothing.
         await relay_db.fetchval("UPDATE webhook_relay_cursors SET position = $1 RETURNING position", start)
@@ -366,3 +373,59 @@ async def test_an_endpoint_gets_only_what_happens_after_it_is_registered(
         stored = await counts(relay_db, shop.tenant_id, {"endpoint": endpoint})
         assert stored["events"] == 3
         assert stored["endpoint"] == [("order.cancelled", "pending"), ("order.created", "pending")]
+
+
+async def test_a_relay_process_killed_mid_batch_leaves_nothing_and_relays_exactly_once_after_restart(
+    relay_db, http, signer, migrated, stack, gateway, tmp_path
+):
+    """The webhooks service's own relay, in a real process: SIGKILLed while a batch is written (its
+    events and deliveries inserted, its cursor update waiting on a lock this test holds), nothing of
+    that batch remains; the process started again relays every event exactly once."""
+    shop = await Shop.open(gateway)
+    async with registry_on(relay_db, migrated) as registry:
+        endpoints = {
+            "both": await register(registry, signer, shop.tenant_id, events=["order.created", "order.cancelled"]),
+        }
+    await skip_to_the_end(relay_db, http, signer, stack.url("orders"))
+    order_ids = [await shop.order() for _ in range(4)]
+    await shop.cancel(order_ids[0])
+    expected = sorted([("order.created", "pending")] * 4 + [("order.cancelled", "pending")])
+    before = await counts(relay_db, shop.tenant_id, endpoints)
+    assert before["both"] == []
+
+    relay_process = ServiceProcess(
+        "webhooks",
+        service_env(migrated),
+        tmp_path / "logs",
+        ROOT,
+        own_env={
+            "WEBHOOKS_DATABASE_URL": relay_db.url,
+            "WEBHOOKS_ORDERS_URL": stack.url("orders"),
+            "WEBHOOKS_RELAY_BATCH_SIZE": "2",
+            "WEBHOOKS_RELAY_INTERVAL_SECONDS": "0.05",
+        },
+    )
+    try:
+        async with cursor_row_locked(relay_db):
+            await asyncio.to_thread(relay_process.start)
+            backend = await blocked_relay_backend(relay_db)  # the batch is written, not committed
+            await asyncio.to_thread(relay_process.kill)
+        # Its database session ends with it, rolled back: wait for the server to notice.
+
+        async def backend_gone() -> bool:
+            return await relay_db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend) == 0
+
+        await eventually(backend_gone)
+        assert await counts(relay_db, shop.tenant_id, endpoints) == before
+
+        await asyncio.to_thread(relay_process.start)
+
+        async def relayed() -> bool:
+            return (await counts(relay_db, shop.tenant_id, endpoints))["position"] == await last_order_event(migrated)
+
+        await eventually(relayed)
+    finally:
+        await asyncio.to_thread(relay_process.stop)
+    stored = await counts(relay_db, shop.tenant_id, endpoints)
+    assert stored["events"] == 5
+    assert stored["both"] == expected
