@@ -83,6 +83,8 @@ class HttpFaultProxy:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
     forwarded: list[tuple[str, str, int]] = field(default_factory=list)
+    # Every request that reached the proxy: method, target and headers (names lowercased).
+    received: list[tuple[str, str, list[tuple[str, str]]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.sock = socket.socket()
@@ -144,6 +146,7 @@ class HttpFaultProxy:
             if request is None:
                 return
             method, target = request.method.decode(), request.target.decode()
+            self.received.append((method, target, [(k.decode().lower(), v.decode()) for k, v in request.headers]))
             path = target.split("?", 1)[0]
             fault = next((f for f in self.faults if f.matches(method, path)), None)
             if fault is not None:

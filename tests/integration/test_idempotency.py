@@ -4,7 +4,6 @@ in-process gateway in front of the real services."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,6 +33,7 @@ from tests.edge_support import (
     signup,
     unique_prefix,
 )
+from tests.faults import HttpFaultProxy
 
 # ---------------------------------------------------------------- the store contract
 
@@ -342,49 +342,21 @@ async def test_an_oversized_body_is_413_before_a_key_is_taken(stack, infra):
         await client.aclose()
 
 
-@contextlib.asynccontextmanager
-async def recording_service() -> AsyncIterator[tuple[int, list[bytes]]]:
-    """A real HTTP server standing in for the users service that records what it receives."""
-    received: list[bytes] = []
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")),
-            0,
-        )
-        await reader.readexactly(length)
-        received.append(head)
-        body = b'{"id":"u1","email":"a@example.com","role":"member","tenant_id":"t"}'
-        writer.write(
-            b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: "
-            + str(len(body)).encode()
-            + b"\r\n\r\n"
-            + body
-        )
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], received
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-async def test_the_key_is_forwarded_to_the_service():
-    async with recording_service() as (port, received):
-        settings = gateway_settings(None, users_url=f"http://127.0.0.1:{port}")
-        async with in_process_gateway(settings) as gateway:
-            headers = {**bearer("pro"), "Idempotency-Key": "forward-me"}
-            user = new_user()
-            first = await gateway.post("/v1/users", json=user, headers=headers)
-            assert first.status_code == 201
-            replay = await gateway.post("/v1/users", json=user, headers=headers)
-            assert replay.headers["idempotent-replayed"] == "true"
-    assert len(received) == 1
-    assert b"idempotency-key: forward-me" in received[0].lower()
+async def test_the_key_is_forwarded_to_the_service(stack):
+    """The service sees the caller's key too (it keeps its own record of it), once: the replay is the
+    gateway's. The users service is the real one, behind a fault injector that only records."""
+    users = HttpFaultProxy(stack.url("users"))
+    async with users, in_process_gateway(gateway_settings(stack, users_url=users.url)) as gateway:
+        admin = await signup(gateway)
+        headers = {**admin.auth, "Idempotency-Key": "forward-me"}
+        user = new_user()
+        first = await gateway.post("/v1/users", json=user, headers=headers)
+        assert first.status_code == 201, first.text
+        replay = await gateway.post("/v1/users", json=user, headers=headers)
+        assert replay.headers["idempotent-replayed"] == "true"
+    creations = [request for request in users.received if request[:2] == ("POST", "/users")]
+    assert len(creations) == 1
+    assert ("idempotency-key", "forward-me") in creations[0][2]
 
 
 async def test_gateways_on_a_redis_cluster_replay_there(redis_cluster, infra):
