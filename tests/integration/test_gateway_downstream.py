@@ -1,4 +1,7 @@
-"""Downstream failures seen through an in-process gateway: real sockets that refuse, hang or fail."""
+"""Downstream failures seen through an in-process gateway: a port that refuses by construction, and
+two fault injectors standing in for the users service (one that reads a request and never answers,
+one that answers 500 with a body that must not leak). The users service cannot be asked for either;
+the same failures of real processes are in test_order_saga_faults.py and test_gateway_faults.py."""
 
 from __future__ import annotations
 
@@ -45,6 +48,8 @@ async def _serve(handler) -> AsyncIterator[int]:
 
 @pytest.fixture
 async def hanging_port() -> AsyncIterator[int]:
+    """Fault injector: a users service that reads the request and never answers."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await reader.read(65536)
@@ -58,6 +63,8 @@ async def hanging_port() -> AsyncIterator[int]:
 
 @pytest.fixture
 async def failing_port() -> AsyncIterator[int]:
+    """Fault injector: a users service that answers 500 with internals in the body."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         body = b'{"detail": "internal stack trace that must not leak"}'

@@ -290,7 +290,8 @@ async def test_inventory_hung_by_sigstop_leaks_no_stock(tenant: Tenant, saga: Sa
     async with saga.orders(http_timeout_seconds=1) as impatient:
         inventory_process.pause()
         try:
-            failed = await tenant.place(mug, 5, key, via=impatient)
+            # Bounded, so that the process is resumed whatever happens here.
+            failed = await asyncio.wait_for(tenant.place(mug, 5, key, via=impatient), 90)
         finally:
             inventory_process.resume()
     assert_problem(failed, 504, "DOWNSTREAM_TIMEOUT")

@@ -59,7 +59,8 @@ def relay_for(db: HooksDb, http: httpx.AsyncClient, signer: IdentitySigner, orde
 
 @contextlib.asynccontextmanager
 async def feed_answering(*answers: bytes) -> AsyncIterator[str]:
-    """A real HTTP server that answers each request with the next of `answers` (the last one repeats)."""
+    """Fault injector: an orders feed that breaks its contract (the real orders service cannot be
+    made to), answering each request with the next of `answers` (the last one repeats)."""
     remaining = list(answers)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
