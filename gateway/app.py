@@ -2,9 +2,9 @@
 
 Every request passes these stages, outermost first (pure ASGI; `edge_pipeline` below is the list):
 
- 1. tracing                        OpenTelemetry ASGI (continues `traceparent`)
- 2. request context                request id and access log            shared/middleware.py
- 3. metrics                        by route template                    shared/metrics.py
+1-3. observability                 request id, server span (continues   shared/middleware.py
+                                   `traceparent`), metrics, access log  shared/telemetry.py
+    (Starlette's error middleware, which renders unhandled exceptions as 500)
  4. body size limit                413 before the body is read          shared/middleware.py
  5. security headers               nosniff, framing, CSP, HSTS          edge/hygiene.py
  6. trusted hosts                  400 for another Host                 edge/hygiene.py
@@ -288,7 +288,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     bodies = documented_bodies(routes)
     app.openapi_hooks.append(lambda schema: add_components(schema, bodies))
     # add_middleware wraps what is already there, so the stages go on innermost first; install_common
-    # then adds stages 1-4 around them.
+    # then adds stage 4 around them, and stages 1-3 (one layer) outside Starlette's error middleware.
     for stage in reversed(edge_pipeline(routes, cfg, edge_metrics, slot)):
         app.add_middleware(stage.cls, *stage.args, **stage.kwargs)
     http_metrics = install_common(app, cfg, provider, database=False)

@@ -14,29 +14,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.edge.addresses import ClientAddress
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.authfailures import AuthFailures
+from gateway.edge.credentials import AmbiguousCredentials, InvalidApiKey, InvalidToken, TenantMismatch
 from gateway.settings import GatewaySettings
 from shared.asgi import headers
 from shared.context import request_context
 from shared.contract import ANONYMOUS, Identity, identity_from_claims, is_well_formed
-from shared.errors import BadRequest, Forbidden, PorticoError, Unauthorized, send_problem
+from shared.errors import PorticoError, Unauthorized, send_problem
 
 if TYPE_CHECKING:
     from gateway.state import GatewaySlot
 
 
-class InvalidToken(Unauthorized, code="INVALID_TOKEN", title="Invalid access token"): ...
-
-
-class InvalidApiKey(Unauthorized, code="INVALID_API_KEY", title="Invalid API key"): ...
-
-
-class AmbiguousCredentials(BadRequest, code="AMBIGUOUS_CREDENTIALS", title="Ambiguous credentials"): ...
-
-
 API_KEY_CHALLENGE = 'ApiKey realm="portico", header="X-API-Key"'
-
-
-class TenantMismatch(Forbidden, code="TENANT_MISMATCH", title="Tenant mismatch"): ...
 
 
 def _invalid(detail: str) -> InvalidToken:

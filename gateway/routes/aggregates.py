@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from gateway.aggregate import (
@@ -26,8 +26,13 @@ from gateway.aggregate import (
     page_of,
 )
 from gateway.deps import ComposerDep, RequireScope
+from gateway.openapi import operation_docs
+from services.orders.schemas import OrderOut
+from services.users.schemas import UserOut
+from services.users.service import UserNotFound
 from shared.contract import MAX_ITEMS, CreditLimitExceeded, Identity, LineItems, ResourceIdPath
-from shared.errors import DownstreamBadResponse, NotFound, ServiceUnavailable
+from shared.errors import DownstreamBadResponse
+from shared.pagination import Page
 
 router = APIRouter(prefix="/v1", tags=["aggregates"])
 
@@ -67,15 +72,56 @@ DASHBOARD = (
 )
 
 
+class PartOutcome(BaseModel):
+    """How one part of an aggregate ended."""
+
+    status: str = Field(description="`ok`, or how the part failed (`failed`, `timeout`, `cancelled`).")
+    service: str
+    elapsed_ms: float
+    error_code: str | None = None
+
+
+class ReservedStock(BaseModel):
+    order_id: str
+    product_id: str
+    quantity: int
+
+
+class ReservedStockPage(BaseModel):
+    items: list[ReservedStock]
+    next_cursor: str | None
+
+
+class Dashboard(BaseModel):
+    """The answer of the dashboard: each optional part is null when it failed (see `parts`)."""
+
+    user: UserOut
+    orders: Page[OrderOut] | None
+    reservations: ReservedStockPage | None
+    parts: dict[str, PartOutcome]
+
+
+DASHBOARD_DOCS, DASHBOARD_EXTRA = operation_docs("GET", status_code=200, credentials="any", errors=[UserNotFound])
+DASHBOARD_DOCS[200].update(
+    description="Every part that answered; `X-Aggregate-Complete: false` when one did not.",
+    headers={
+        **DASHBOARD_DOCS[200]["headers"],
+        "X-Aggregate-Complete": {
+            "description": "`false` when an optional part is missing from the answer.",
+            "schema": {"type": "string", "enum": ["true", "false"]},
+        },
+    },
+)
+
+
 @router.get(
     "/users/{user_id}/dashboard",
     name="user_dashboard",
+    operation_id="user_dashboard",
     summary="A user with their orders and reserved stock, fetched at once; partial when a part fails",
-    responses={
-        200: {"description": "Every part that answered; `X-Aggregate-Complete: false` when one did not."},
-        **NotFound.openapi_response(),
-        **ServiceUnavailable.openapi_response(),
-    },
+    response_model=Dashboard,
+    responses=DASHBOARD_DOCS,
+    openapi_extra=DASHBOARD_EXTRA,
 )
 async def dashboard(user_id: ResourceIdPath, composer: ComposerDep, identity: DashboardReader) -> Response:
     outcomes = await composer.gather(DASHBOARD, identity, {"user_id": user_id})
@@ -154,11 +200,37 @@ def _check_body(outcome: Outcome) -> dict[str, Any]:
     return {"status": outcome.status, "service": outcome.service, "elapsed_ms": outcome.elapsed_ms}
 
 
+class CheckFailure(BaseModel):
+    check: str
+    error_code: str | None
+    detail: str | None
+
+
+class CheckOutcome(BaseModel):
+    status: str = Field(description="`passed`, `failed`, or `cancelled` when another check failed first.")
+    service: str
+    elapsed_ms: float
+
+
+class OrderValidation(BaseModel):
+    valid: bool
+    total_cents: int | None
+    checks: dict[str, str]
+    failures: list[CheckFailure]
+    details: dict[str, CheckOutcome]
+
+
+VALIDATE_DOCS, VALIDATE_EXTRA = operation_docs("POST", status_code=200, credentials="any", parses_body=True)
+
+
 @router.post(
     "/orders/validate",
     name="validate_order",
+    operation_id="validate_order",
     summary=f"Check an order (up to {MAX_ITEMS} lines) as POST /v1/orders would, without placing it",
-    responses=ServiceUnavailable.openapi_response(),
+    response_model=OrderValidation,
+    responses=VALIDATE_DOCS,
+    openapi_extra=VALIDATE_EXTRA,
 )
 async def validate_order(draft: OrderDraft, composer: ComposerDep, identity: OrdersWriter) -> Response:
     outcomes = await composer.all_or_nothing(ORDER_CHECKS, identity, {}, draft.model_dump())
