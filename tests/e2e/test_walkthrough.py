@@ -85,6 +85,11 @@ def test_the_readme_walkthrough_works_as_printed(embedded):
     assert '"stock":13' in out
     assert '"status":"cancelled"' in out
     assert '"stock":15' in out
+    # The event stream: the first order's two events from Last-Event-ID 0, then the next one live.
+    sse = re.findall(r"^id: (\d+)\nevent: (order\.\w+)\ndata: (\{.*\})$", out, re.M)
+    assert [kind for _, kind, _ in sse][:3] == ["order.created", "order.cancelled", "order.created"], out
+    assert [int(i) for i, _, _ in sse] == sorted({int(i) for i, _, _ in sse})
+    assert '"type":"order.created"' in sse[0][2]
     assert '"event_type":"order.created"' in out
     assert '"event_type":"order.cancelled"' in out
     # The receiver verified both events, then the replay, which carries the same webhook-id.
