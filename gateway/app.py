@@ -82,6 +82,8 @@ from shared.state import LifespanSlot, LifespanState, lifespan_state_of
 from shared.telemetry import create_tracer_provider, set_global_provider_once, start_export
 
 logger = logging.getLogger("portico.gateway")
+# How long a stopping gateway waits for its WebSockets to close before the server cuts them.
+DRAIN_SECONDS = 2.0
 
 
 def _service_check(name: str) -> ReadinessCheck[GatewayState]:
@@ -185,6 +187,7 @@ async def open_state(
                     metrics=metrics,
                 ),
                 events=hub,
+                tokens=JwtVerifier(settings),
             )
     finally:
         await hub.close()
@@ -247,6 +250,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             provider.shutdown()
 
     app = create_fastapi(cfg, "Portico API", lifespan)
+
+    async def before_shutdown() -> None:
+        # WebSockets close with 1013 (reconnect elsewhere) before the server stops.
+        with contextlib.suppress(RuntimeError):  # outside the lifespan: nothing to close
+            await slot.value.events.drain(DRAIN_SECONDS)
+
+    app.state.before_shutdown = before_shutdown
     checks: dict[str, ReadinessCheck[GatewayState]] = {name: _service_check(name) for name in cfg.service_urls()}
     if cfg.redis_url:
         checks["redis"] = _check_redis

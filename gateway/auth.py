@@ -57,6 +57,10 @@ class JwtVerifier:
             self._key = settings.jwt_secret.get_secret_value()
 
     def verify(self, token: str) -> Identity:
+        return self.verify_with_expiry(token)[0]
+
+    def verify_with_expiry(self, token: str) -> tuple[Identity, float]:
+        """The token's identity and its `exp` (Unix seconds)."""
         try:
             header = jwt.get_unverified_header(token)
         except JWTError:
@@ -78,7 +82,7 @@ class JwtVerifier:
         tenant_id = claims.get("tid")
         if not isinstance(tenant_id, str) or not tenant_id:
             raise _invalid("The token names no tenant.")
-        return identity_from_claims(claims)
+        return identity_from_claims(claims), float(claims["exp"])
 
 
 class AuthenticationMiddleware:

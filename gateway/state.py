@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from gateway.auth import JwtVerifier
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.idempotency import Idempotency
 from gateway.edge.ratelimit import RateLimiter
@@ -32,6 +33,8 @@ class GatewayState:
     rate_limiter: RateLimiter
     idempotency: Idempotency
     api_keys: ApiKeyResolver
+    # Access tokens, for the credentials a WebSocket sends in its URL.
+    tokens: JwtVerifier
     # The order events of every tenant, for /v1/events and /v1/ws.
     events: Hub
 

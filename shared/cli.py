@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable, Mapping
+import socket
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -66,8 +67,9 @@ def run_cli(
         migrate(settings)
         logging.getLogger("portico").info("%s migrated to head", name)
         return
-    uvicorn.run(
-        served.app_factory(settings),
+    app = served.app_factory(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=served.port(settings),
         log_config=None,
@@ -78,3 +80,26 @@ def run_cli(
         timeout_graceful_shutdown=10,
         timeout_keep_alive=settings.server_keep_alive_seconds,
     )
+    DrainingServer(config, getattr(app.state, BEFORE_SHUTDOWN, None)).run()
+
+
+# An app that has long-lived connections to end on its own terms before the server cuts them (the
+# gateway's WebSockets close with 1013) sets `app.state.before_shutdown` to an async callable.
+BEFORE_SHUTDOWN = "before_shutdown"
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which on shutdown first lets the app close its long-lived connections:
+    uvicorn itself would end every WebSocket with 1012 as its first step."""
+
+    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]] | None) -> None:
+        super().__init__(config)
+        self.before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.before_shutdown is not None:
+            try:
+                await self.before_shutdown()
+            except Exception:
+                logging.getLogger("portico").exception("closing long-lived connections before shutdown failed")
+        await super().shutdown(sockets)

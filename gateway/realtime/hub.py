@@ -85,6 +85,8 @@ class Admission:
             self.hub.open[self.tenant_id] = left
         else:
             del self.hub.open[self.tenant_id]
+            if not self.hub.open:
+                self.hub.idle.set()
 
 
 class Channel:
@@ -125,6 +127,18 @@ class Hub:
         self._opening: dict[str, asyncio.Lock] = {}
         # Open connections (SSE and WebSocket) per tenant on this instance.
         self.open: dict[str, int] = {}
+        # Set when the process is about to stop: WebSocket connections close with 1013.
+        self.draining = asyncio.Event()
+        # Set while no connection is open here.
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Asks every connection to close (the process is stopping) and waits up to `timeout` for them."""
+        self.draining.set()
+        if self.open:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), timeout)
 
     def admit(self, tenant_id: str, cap: int) -> Admission | None:
         """Counts one more connection of the tenant, or None when it holds `cap` already."""
@@ -132,6 +146,7 @@ class Hub:
         if count >= cap:
             return None
         self.open[tenant_id] = count + 1
+        self.idle.clear()
         return Admission(self, tenant_id)
 
     async def subscribe(self, tenant_id: str) -> Subscriber:
