@@ -16,7 +16,14 @@ add_forwards(
     router,
     "inventory",
     [
-        Forward("GET", "/products", Reader, "list_products", "The tenant's products, newest first", query=PAGE_QUERY),
+        Forward(
+            "GET",
+            "/products",
+            Reader,
+            "list_products",
+            "The tenant's products, newest first; with ids=a,b,c only those (up to 100), in that order",
+            query={**PAGE_QUERY, "ids": (str | None, None)},
+        ),
         Forward(
             "POST",
             "/products",
