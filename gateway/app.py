@@ -67,6 +67,7 @@ from gateway.edge.ratelimit import (
     RoutePolicies,
 )
 from gateway.edge.store import RedisClient, StoreCaller
+from gateway.graphql.router import graphql_router
 from gateway.proxy import Upstreams
 from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
 from gateway.realtime.relay import EventRelay, OrdersFeed, running
@@ -264,6 +265,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     routers = [module.router for module in (users, api_keys, products, orders, webhooks, realtime)]
     for router in routers:
         app.include_router(router)
+    graphql = graphql_router(cfg)
+    app.include_router(graphql)
+    routers.append(graphql)
     routes = [route for router in routers for route in router.routes]
     # add_middleware wraps what is already there, so the stages go on innermost first; install_common
     # then adds stages 1-4 around them.
