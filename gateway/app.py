@@ -67,6 +67,7 @@ from gateway.edge.ratelimit import (
     RoutePolicies,
 )
 from gateway.edge.store import RedisClient, StoreCaller
+from gateway.graphql import graphiql
 from gateway.graphql.router import graphql_router
 from gateway.proxy import Upstreams
 from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
@@ -265,6 +266,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     routers = [module.router for module in (users, api_keys, products, orders, webhooks, realtime)]
     for router in routers:
         app.include_router(router)
+    if cfg.docs_enabled:
+        # Before the GraphQL router: its GET /graphql is GraphiQL's page.
+        app.include_router(graphiql.router)
     graphql = graphql_router(cfg)
     app.include_router(graphql)
     routers.append(graphql)
