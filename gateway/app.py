@@ -14,7 +14,8 @@ Every request passes these stages, outermost first (pure ASGI; `edge_pipeline` b
 10. rate limit                     per tenant / client address, 429     edge/ratelimit.py
 11. idempotency                    Idempotency-Key replay, 409, 422     edge/idempotency.py
 12. caching                        ETag/304, private, no-store          edge/caching.py
-13. routes                         per-route scopes (403), plans (402)  routes/*.py -> proxy.py
+13. deprecation                    headers of retired routes, counted   edge/deprecation.py
+14. routes                         per-route scopes (403), plans (402)  routes/*.py -> proxy.py
 
 Stages 5-8 and 10-12 can be switched off by settings (the benchmark measures each one). What a stage
 hands the next (the request id, the principal) is in the request context (`shared/context.py`).
@@ -49,6 +50,7 @@ from starlette.routing import BaseRoute
 from gateway.auth import AuthenticationMiddleware, JwtVerifier
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.caching import CachingMiddleware
+from gateway.edge.deprecation import DeprecationMiddleware
 from gateway.edge.hygiene import CorsMiddleware, SecurityHeadersMiddleware, TrustedHostMiddleware
 from gateway.edge.idempotency import (
     Idempotency,
@@ -74,6 +76,7 @@ from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
 from gateway.realtime.relay import EventRelay, OrdersFeed, running
 from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore
 from gateway.routes import api_keys, orders, products, realtime, users, webhooks
+from gateway.routes.forward import deprecated_routes
 from gateway.settings import FailureMode, GatewaySettings
 from gateway.state import GatewaySlot, GatewayState
 from shared.app import ReadinessCheck, add_health_routes, create_fastapi, install_common
@@ -231,6 +234,7 @@ def edge_pipeline(
     if settings.idempotency_enabled:
         stages.append(Middleware(IdempotencyMiddleware, settings=settings, metrics=metrics, state=state))
     stages.append(Middleware(CachingMiddleware, etag=settings.etag_enabled))
+    stages.append(Middleware(DeprecationMiddleware, routes=deprecated_routes(routes), counter=metrics.deprecated_calls))
     return stages
 
 

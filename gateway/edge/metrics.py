@@ -31,6 +31,13 @@ class EdgeMetrics:
             ("source", "result"),
         )
 
+        self.deprecated_calls = _counter(
+            "portico_deprecated_calls_total",
+            "Answers that said Deprecation (a deprecated route, or a retired field used), by route.",
+            ("method", "route"),
+        )
+
     def register(self, registry: CollectorRegistry) -> None:
-        for collector in (self.store_errors, self.rate_limit, self.idempotency, self.api_keys):
+        collectors = (self.store_errors, self.rate_limit, self.idempotency, self.api_keys, self.deprecated_calls)
+        for collector in collectors:
             registry.register(collector)

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from gateway.deps import UpstreamsDep
 from gateway.proxy import Upstreams
 from shared.contract import ANONYMOUS, Identity, ResourceIdPath
+from shared.deprecation import Deprecation
 from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
@@ -46,6 +49,9 @@ class Forward:
     anonymous: bool = False
     # Runs with the service's answer before it is relayed (e.g. forgetting a revoked API key).
     then: Callable[[Request, Response], None] | None = None
+    # A retired route: `deprecated` in OpenAPI, and the deprecation headers on every answer
+    # (`gateway/edge/deprecation.py`).
+    deprecation: Deprecation | None = None
 
 
 # The endpoint of one `Forward`: a callable whose signature FastAPI reads for its parameters. (A
@@ -56,6 +62,7 @@ class _ForwardEndpoint:
         self.upstream_path = upstream_path
         self.anonymous = route.anonymous
         self.then = route.then
+        self.deprecation = route.deprecation
         keyword = inspect.Parameter.KEYWORD_ONLY
         parameters = [
             inspect.Parameter("request", keyword, annotation=Request),
@@ -90,4 +97,17 @@ def add_forwards(router: APIRouter, service: str, routes: Iterable[Forward], *, 
             summary=route.summary,
             status_code=route.status_code,
             responses=route.responses,
+            deprecated=route.deprecation is not None or None,
+            description=route.deprecation.note() if route.deprecation is not None else None,
         )
+
+
+def deprecated_routes(routes: Iterable[BaseRoute]) -> dict[tuple[str, str], Deprecation]:
+    """The deprecated forwards among `routes`, by (method, route template)."""
+    found: dict[tuple[str, str], Deprecation] = {}
+    for route in routes:
+        endpoint = getattr(route, "endpoint", None)
+        if isinstance(route, APIRoute) and isinstance(endpoint, _ForwardEndpoint) and endpoint.deprecation is not None:
+            for method in route.methods or ():
+                found[(method, route.path)] = endpoint.deprecation
+    return found
