@@ -23,7 +23,7 @@ from gateway.auth import InvalidApiKey
 from gateway.deps import RequireScope, SettingsDep, state
 from gateway.edge.ratelimit import Policy
 from gateway.edge.store import StoreUnavailable
-from gateway.realtime.hub import Admission, Hub, Overflowed
+from gateway.realtime.hub import Admission, Expired, Hub, Overflowed
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
 from shared.contract import DEFAULT_PLAN, PLANS, AuthenticationRequired, Identity, is_well_formed
@@ -37,6 +37,23 @@ MAX_EVENT_ID = 2**63 - 1
 
 
 class InvalidLastEventId(BadRequest, code="INVALID_LAST_EVENT_ID", title="Invalid Last-Event-ID"): ...
+
+
+class EventsExpired(PorticoError, status=410, code="EVENTS_EXPIRED", title="Events no longer kept"): ...
+
+
+async def resumable(hub: Hub, tenant_id: str, after: int | None) -> None:
+    """410 when the events after `after` are no longer all kept: the client resyncs instead."""
+    if after is None:
+        return
+    try:
+        await hub.check_resumable(tenant_id, after)
+    except Expired as exc:
+        raise EventsExpired(
+            f"Events after {after} are no longer kept (the oldest kept comes after {exc.pruned_through}). Resync: "
+            "read the current state (GET /v1/orders), then open the stream without Last-Event-ID.",
+            extra={"last_event_id": after, "pruned_through": exc.pruned_through, "resync": "/v1/orders"},
+        ) from None
 
 
 class ConnectionLimitReached(
@@ -78,6 +95,7 @@ def admit(hub: Hub, identity: Identity, settings: GatewaySettings) -> Admission:
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "The tenant's order events, as they happen"},
         **InvalidLastEventId.openapi_response(),
+        **EventsExpired.openapi_response(),
         **Unauthorized.openapi_response(),
         **Forbidden.openapi_response(),
         **ConnectionLimitReached.openapi_response(),
@@ -97,6 +115,7 @@ async def events(
     after = parse_event_id(last_event_id_header if last_event_id_header is not None else last_event_id)
     tenant = identity.tenant_id
     assert tenant is not None
+    await resumable(hub, tenant, after)
     admission = admit(hub, identity, settings)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
@@ -104,8 +123,9 @@ async def events(
             yield ServerSentEvent(comment="stream open", retry=settings.sse_retry_ms)
             async for event in hub.stream(tenant, after):
                 yield ServerSentEvent(data=event.data, event=event.type, id=str(event.id))
-        except Overflowed:
-            # The client fell too far behind: the stream ends, the client reconnects with its last id.
+        except (Overflowed, Expired):
+            # The client fell too far behind (or what it missed is gone): the stream ends; the client
+            # reconnects with its last id (and gets a 410 if it must resync).
             return
         finally:
             admission.release()
@@ -182,6 +202,8 @@ async def websocket_events(websocket: WebSocket, token: str | None = None, last_
         caller = await ws_caller(gateway, token)
         caller.identity.require_scope("orders:read")
         after = parse_event_id(last_event_id)
+        assert caller.identity.tenant_id is not None
+        await resumable(gateway.events, caller.identity.tenant_id, after)
         await count_connect(gateway, caller.identity)
         admission = admit(gateway.events, caller.identity, gateway.settings)
     except (PorticoError, StoreUnavailable) as exc:
@@ -235,6 +257,8 @@ class WsSession:
                 await self.send(event.frame())
         except (Overflowed, TimeoutError):
             return CLOSE_TRY_AGAIN_LATER, "too far behind: reconnect with last_event_id"
+        except Expired:
+            return CLOSE_POLICY_VIOLATION, "EVENTS_EXPIRED"
         except (WebSocketDisconnect, RuntimeError):
             pass
         return 1000, ""
