@@ -2,9 +2,9 @@
 
 Every request passes these stages, outermost first (pure ASGI; `edge_pipeline` below is the list):
 
- 1. tracing                        OpenTelemetry ASGI (continues `traceparent`)
- 2. request context                request id and access log            shared/middleware.py
- 3. metrics                        by route template                    shared/metrics.py
+1-3. observability                 request id, server span (continues   shared/middleware.py
+                                   `traceparent`), metrics, access log  shared/telemetry.py
+    (Starlette's error middleware, which renders unhandled exceptions as 500)
  4. body size limit                413 before the body is read          shared/middleware.py
  5. security headers               nosniff, framing, CSP, HSTS          edge/hygiene.py
  6. trusted hosts                  400 for another Host                 edge/hygiene.py
@@ -38,6 +38,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI
+from opentelemetry import trace
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -47,8 +48,10 @@ from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute
 
+from gateway.aggregate import Composer, UpstreamRefused, upstream_refused_handler
 from gateway.auth import AuthenticationMiddleware, JwtVerifier
 from gateway.edge.apikeys import ApiKeyResolver
+from gateway.edge.authfailures import AuthFailures
 from gateway.edge.caching import CachingMiddleware
 from gateway.edge.deprecation import DeprecationMiddleware
 from gateway.edge.hygiene import CorsMiddleware, SecurityHeadersMiddleware, TrustedHostMiddleware
@@ -71,12 +74,13 @@ from gateway.edge.ratelimit import (
 from gateway.edge.store import RedisClient, StoreCaller
 from gateway.graphql import graphiql
 from gateway.graphql.router import graphql_router
+from gateway.openapi import add_components, documented_bodies
 from gateway.proxy import Upstreams
 from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
 from gateway.realtime.relay import EventRelay, OrdersFeed, running
 from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore
-from gateway.routes import api_keys, orders, products, realtime, users, webhooks
-from gateway.routes.forward import deprecated_routes
+from gateway.routes import aggregates, api_keys, orders, products, realtime, users, webhooks
+from gateway.routes.forward import anonymous_forwards, deprecated_routes
 from gateway.settings import FailureMode, GatewaySettings
 from gateway.state import GatewaySlot, GatewayState
 from shared.app import ReadinessCheck, add_health_routes, create_fastapi, install_common
@@ -154,6 +158,10 @@ async def open_state(
     else:
         rate_store, idempotency_store = MemoryRateLimitStore(), MemoryIdempotencyStore()
 
+    auth_failure_store: RateLimitStore = (
+        RedisRateLimitStore(redis, settings.redis_key_prefix) if redis is not None else MemoryRateLimitStore()
+    )
+
     def caller(stage: str, failure_mode: FailureMode) -> StoreCaller:
         # In-process stores do no I/O: a deadline would only cost time.
         timeout = settings.redis_timeout_seconds if redis is not None else None
@@ -182,13 +190,25 @@ async def open_state(
                 settings=settings,
                 http=http,
                 upstreams=upstreams,
+                composer=Composer(
+                    upstreams,
+                    trace.get_tracer("portico.gateway.aggregate", tracer_provider=provider),
+                    settings.aggregate_timeout_seconds,
+                ),
                 redis=redis,
                 rate_limiter=RateLimiter(rate_store, caller("rate_limit", settings.rate_limit_failure_mode)),
                 idempotency=Idempotency(idempotency_store, caller("idempotency", settings.idempotency_failure_mode)),
+                # Never fails open: while Redis fails, each process counts failures alone.
+                auth_failures=AuthFailures(
+                    RateLimiter(auth_failure_store, caller("auth_failures", "local")),
+                    settings.auth_failure_limit,
+                    metrics,
+                ),
                 api_keys=ApiKeyResolver(
                     upstreams["users"],
                     ttl_seconds=settings.api_key_cache_ttl_seconds,
                     max_entries=settings.api_key_cache_size,
+                    max_unknown_entries=settings.api_key_negative_cache_size,
                     metrics=metrics,
                 ),
                 events=hub,
@@ -227,7 +247,15 @@ def edge_pipeline(
         stages.append(
             Middleware(GZipMiddleware, minimum_size=settings.gzip_minimum_bytes, compresslevel=settings.gzip_level)
         )
-    stages.append(Middleware(AuthenticationMiddleware, verifier=JwtVerifier(settings), state=state))
+    stages.append(
+        Middleware(
+            AuthenticationMiddleware,
+            verifier=JwtVerifier(settings),
+            state=state,
+            anonymous=anonymous_forwards(routes),
+            trusted_proxies=settings.trusted_proxies,
+        )
+    )
     if settings.rate_limit_enabled:
         policies = RoutePolicies(routes, settings)
         stages.append(Middleware(RateLimitMiddleware, settings=settings, routes=policies, metrics=metrics, state=state))
@@ -240,7 +268,7 @@ def edge_pipeline(
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     cfg = settings or GatewaySettings()
-    provider = create_tracer_provider("gateway")
+    provider = create_tracer_provider("gateway", cfg.trace_sample_ratio)
     set_global_provider_once(provider)
     edge_metrics = EdgeMetrics()
     slot: GatewaySlot = LifespanSlot("the gateway's state")
@@ -267,7 +295,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     if cfg.redis_url:
         checks["redis"] = _check_redis
     add_health_routes(app, checks, timeout=cfg.ready_timeout_seconds)
-    routers = [module.router for module in (users, api_keys, products, orders, webhooks, realtime)]
+    # The aggregate routes first: their paths are more specific than the forwarded ones around them.
+    routers = [module.router for module in (aggregates, users, api_keys, products, orders, webhooks, realtime)]
     for router in routers:
         app.include_router(router)
     if cfg.docs_enabled:
@@ -277,10 +306,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(graphql)
     routers.append(graphql)
     routes = [route for router in routers for route in router.routes]
+    bodies = documented_bodies(routes)
+    app.openapi_hooks.append(lambda schema: add_components(schema, bodies))
     # add_middleware wraps what is already there, so the stages go on innermost first; install_common
-    # then adds stages 1-4 around them.
+    # then adds stage 4 around them, and stages 1-3 (one layer) outside Starlette's error middleware.
     for stage in reversed(edge_pipeline(routes, cfg, edge_metrics, slot)):
         app.add_middleware(stage.cls, *stage.args, **stage.kwargs)
     http_metrics = install_common(app, cfg, provider, database=False)
+    app.add_exception_handler(UpstreamRefused, upstream_refused_handler)
     edge_metrics.register(http_metrics.registry)
     return app

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from gateway.aggregate import Composer
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.ratelimit import RateLimiter
 from gateway.proxy import Upstreams
@@ -29,6 +30,7 @@ gateway_state = state.of
 
 SettingsDep = Annotated[GatewaySettings, Depends(state.provide(lambda s: s.settings))]
 UpstreamsDep = Annotated[Upstreams, Depends(state.provide(lambda s: s.upstreams))]
+ComposerDep = Annotated[Composer, Depends(state.provide(lambda s: s.composer))]
 ApiKeysDep = Annotated[ApiKeyResolver, Depends(state.provide(lambda s: s.api_keys))]
 RateLimiterDep = Annotated[RateLimiter, Depends(state.provide(lambda s: s.rate_limiter))]
 

@@ -70,6 +70,10 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
 
     ready_timeout_seconds: float = 2.0
 
+    # --- Aggregate routes (dashboard, order validation): every part and check, and so the whole
+    # answer, ends within this budget whatever a service does.
+    aggregate_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+
     # --- Redis (rate limits and idempotency records; unset: in-process stores)
     # Every store call gives up after this long and follows its stage's failure mode.
     redis_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
@@ -80,6 +84,13 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     # how long a revoked key keeps working there.
     api_key_cache_ttl_seconds: float = Field(default=5.0, ge=0, le=300)
     api_key_cache_size: int = Field(default=10_000, ge=1)
+    # Unknown keys are remembered apart, so a flood of them never evicts keys that work.
+    api_key_negative_cache_size: int = Field(default=10_000, ge=1)
+
+    # --- Failed authentication (bad JWT, unknown API key, wrong password, taken email at sign-up),
+    # counted per client address whatever credential is sent; past the limit, 429 before any
+    # downstream call. Counted in Redis when configured, in-process while Redis fails (never open).
+    auth_failure_limit: QuotaSetting = Quota(30, 60)
 
     # --- Rate limits: per tenant by plan, per client address for anonymous callers
     rate_limit_enabled: bool = True

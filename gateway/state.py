@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import httpx
 
+from gateway.aggregate import Composer
 from gateway.auth import JwtVerifier
 from gateway.edge.apikeys import ApiKeyResolver
+from gateway.edge.authfailures import AuthFailures
 from gateway.edge.idempotency import Idempotency
 from gateway.edge.ratelimit import RateLimiter
 from gateway.edge.store import RedisClient
@@ -28,10 +30,14 @@ class GatewayState:
     # The one pooled downstream client, shared by every service client.
     http: httpx.AsyncClient
     upstreams: Upstreams
+    # Runs the aggregate routes' parts through the upstreams, within their budget.
+    composer: Composer
     # None: the stores are in-process (one gateway process).
     redis: RedisClient | None
     rate_limiter: RateLimiter
     idempotency: Idempotency
+    # Failed authentications per client address (gateway/auth.py).
+    auth_failures: AuthFailures
     api_keys: ApiKeyResolver
     # Access tokens, for the credentials a WebSocket sends in its URL.
     tokens: JwtVerifier

@@ -302,6 +302,12 @@ class LineItem(BaseModel):
 
 LineItems = Annotated[list[LineItem], Field(min_length=1, max_length=MAX_ITEMS)]
 
+# A user's credit limit: what their open (not cancelled) orders may add up to. Far inside a 64-bit sum.
+MAX_CREDIT_LIMIT_CENTS = 10**15
+
+
+class CreditLimitExceeded(ValidationFailed, code="CREDIT_LIMIT_EXCEEDED", title="Credit limit exceeded"): ...
+
 
 class ReservedLine(BaseModel):
     """A line as the inventory service reserved it, with the product's sku, name and the price it read

@@ -137,10 +137,18 @@ class ServiceUnavailable(PorticoError, status=503, code="SERVICE_UNAVAILABLE", t
 
 
 class DownstreamError(PorticoError):
-    """A call to another Portico service failed; `service` names which."""
+    """A call to another Portico service failed; `service` names which. `error_code` and `headers`
+    (a `Retry-After`) carry what the failing service itself said, when it is passed on."""
 
-    def __init__(self, service: str, detail: str) -> None:
-        super().__init__(detail, extra={"service": service})
+    def __init__(
+        self,
+        service: str,
+        detail: str,
+        *,
+        error_code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail, error_code=error_code, headers=headers, extra={"service": service})
         self.service = service
 
 
@@ -153,6 +161,17 @@ class DownstreamUnavailable(
 
 
 class DownstreamTimeout(DownstreamError, status=504, code="DOWNSTREAM_TIMEOUT", title="Gateway Timeout"): ...
+
+
+class CircuitOpen(DownstreamUnavailable, code="CIRCUIT_OPEN", title="Service Unavailable"):
+    """Calls to `service` failed repeatedly: refused at once, without a call, until a trial succeeds."""
+
+    def __init__(self, service: str, retry_after: int) -> None:
+        super().__init__(
+            service,
+            f"The {service} service is failing; calls to it are paused for up to {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 _STATUS_ERRORS: dict[int, type[PorticoError]] = {
@@ -322,16 +341,33 @@ def install_error_handlers(app: FastAPI, *, database: bool) -> None:
 PROBLEM_SCHEMA: dict[str, Any] = {
     "title": "Problem",
     "type": "object",
-    "description": "RFC 9457 problem details, with Portico's extensions.",
+    "description": (
+        "RFC 9457 problem details, with Portico's extensions. `error_code` is stable and meant for "
+        "programs; each response lists the codes it may carry. Some errors add members of their own "
+        "(`required_scope`, `required_plans`, `service`, ...)."
+    ),
     "properties": {
-        "type": {"type": "string"},
+        "type": {"type": "string", "description": "A URI naming the kind of problem."},
         "title": {"type": "string"},
         "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "error_code": {"type": "string"},
+        "detail": {"type": "string", "description": "What went wrong with this request, for people."},
+        "error_code": {"type": "string", "description": "What went wrong, for programs.", "examples": ["NOT_FOUND"]},
         "request_id": {"type": ["string", "null"]},
-        "trace_id": {"type": ["string", "null"]},
-        "errors": {"type": "array", "items": {"type": "object"}},
+        "trace_id": {"type": ["string", "null"], "description": "The W3C trace id of the request's trace."},
+        "errors": {
+            "type": "array",
+            "description": "The fields that failed validation (422).",
+            "items": {
+                "title": "FieldError",
+                "type": "object",
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": "string"}},
+                    "field": {"type": "string"},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
     },
     "required": ["type", "title", "status", "detail", "error_code"],
 }

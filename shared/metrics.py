@@ -1,21 +1,38 @@
-"""Prometheus metrics as pure ASGI middleware, labelled by route template, never by raw path, and the
-`/metrics` route, served only to the networks allowed to read it."""
+"""The HTTP server metrics, labelled by route template, never by raw path (recorded by
+`ObservabilityMiddleware`), and the `/metrics` route, served only to the networks allowed to read it."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
+import contextlib
+import fcntl
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.asgi import on_response_start
 from shared.networks import Networks
 
 UNMATCHED = "<unmatched>"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def samples_locked(directory: str | Path, *, exclusive: bool) -> Iterator[None]:
+    """Multiprocess mode: a scrape reads the sample files under a shared lock, and the master folds
+    an exited worker's files into the archive under an exclusive one (`shared/serving.py`), so a
+    scrape sees the files either before the fold or after it, never half of it (a counter that
+    counted twice, or not at all, for a moment would go backwards after)."""
+    with (Path(directory) / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class HttpMetrics:
@@ -35,42 +52,28 @@ class HttpMetrics:
         )
 
 
-class MetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        def record(message: Message) -> None:
-            nonlocal status
-            status = message["status"]
-
-        try:
-            await self.app(scope, receive, on_response_start(send, record))
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED
-            method = scope["method"]
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.duration.labels(method, template).observe(time.perf_counter() - start)
-
-
 def metrics_endpoint(registry: CollectorRegistry, allowed: Networks) -> Callable[[Request], Awaitable[Response]]:
     """The metrics of `registry` for peers in `allowed`; to anyone else the same 404 as a path that is
     no route. The peer is the connection's own address, never X-Forwarded-For: a forwarded address
     is whatever the client wrote, and a client behind a proxy arrives from the proxy's (private)
     address, so the route must also not be published through one."""
 
+    directory = os.environ.get(MULTIPROC_ENV)
+    exposed = registry
+    if directory:
+        # Several workers (`shared/serving.py`): the samples of every worker, live or exited, summed.
+        exposed = CollectorRegistry()
+        MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
+
     async def metrics(request: Request) -> Response:
         client = request.scope.get("client")
         if client is None or client[0] not in allowed:
             raise HTTPException(404)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        if directory:
+            with samples_locked(directory, exclusive=False):
+                body = generate_latest(exposed)
+        else:
+            body = generate_latest(exposed)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return metrics

@@ -31,6 +31,12 @@ class EdgeMetrics:
             ("source", "result"),
         )
 
+        self.auth_failures = _counter(
+            "gateway_auth_failures_total",
+            "Failed authentications counted per client address (failed), and requests refused for an "
+            "address past its limit (refused).",
+            ("outcome",),
+        )
         self.deprecated_calls = _counter(
             "portico_deprecated_calls_total",
             "Answers that said Deprecation (a deprecated route, or a retired field used), by route.",
@@ -38,6 +44,13 @@ class EdgeMetrics:
         )
 
     def register(self, registry: CollectorRegistry) -> None:
-        collectors = (self.store_errors, self.rate_limit, self.idempotency, self.api_keys, self.deprecated_calls)
+        collectors = (
+            self.store_errors,
+            self.rate_limit,
+            self.idempotency,
+            self.api_keys,
+            self.auth_failures,
+            self.deprecated_calls,
+        )
         for collector in collectors:
             registry.register(collector)

@@ -19,15 +19,16 @@ from fastapi import APIRouter, Depends, Header, Query, WebSocket, WebSocketDisco
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from gateway.auth import InvalidApiKey
 from gateway.deps import RequireScope, SettingsDep, state
+from gateway.edge.credentials import InvalidApiKey
 from gateway.edge.ratelimit import Policy
 from gateway.edge.store import StoreUnavailable
+from gateway.openapi import operation_docs
 from gateway.realtime.hub import Admission, Expired, Hub, Overflowed
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
 from shared.contract import DEFAULT_PLAN, PLANS, AuthenticationRequired, Identity, is_well_formed
-from shared.errors import BadRequest, Forbidden, PorticoError, TooManyRequests, Unauthorized
+from shared.errors import BadRequest, PorticoError, TooManyRequests
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -89,17 +90,25 @@ def admit(hub: Hub, identity: Identity, settings: GatewaySettings) -> Admission:
     return admission
 
 
+EVENTS_DOCS, EVENTS_EXTRA = operation_docs(
+    "GET",
+    status_code=200,
+    credentials="any",
+    errors=[InvalidLastEventId, EventsExpired, ConnectionLimitReached],
+    conditional=False,
+)
+EVENTS_DOCS[200].update(
+    description="The tenant's order events, as they happen",
+    content={"text/event-stream": {"schema": {"type": "string", "description": "Server-sent events."}}},
+)
+
+
 @router.get(
     "/events",
+    operation_id="events",
     response_class=EventSourceResponse,
-    responses={
-        200: {"content": {"text/event-stream": {}}, "description": "The tenant's order events, as they happen"},
-        **InvalidLastEventId.openapi_response(),
-        **EventsExpired.openapi_response(),
-        **Unauthorized.openapi_response(),
-        **Forbidden.openapi_response(),
-        **ConnectionLimitReached.openapi_response(),
-    },
+    responses=EVENTS_DOCS,
+    openapi_extra=EVENTS_EXTRA,
 )
 async def events(
     identity: EventsReader,

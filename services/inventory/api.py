@@ -20,6 +20,8 @@ from services.inventory.schemas import (
     ReservationStatus,
     StockAdjustmentCreate,
     StockAdjustmentOut,
+    StockCheck,
+    StockCheckOut,
 )
 from shared.contract import RESOURCE_ID_PATTERN, ResourceIdPath
 from shared.errors import Conflict, NotFound, ValidationFailed
@@ -130,8 +132,20 @@ async def list_reservations(
     page: PageDep,
     order_id: Annotated[str | None, Query(pattern=RESOURCE_ID_PATTERN)] = None,
     status: ReservationStatus | None = None,
+    user_id: Annotated[str | None, Query(pattern=RESOURCE_ID_PATTERN)] = None,
+    open_only: Annotated[
+        bool, Query(alias="open", description="Only reservations still holding stock (not released).")
+    ] = False,
 ) -> Page[ReservationOut]:
-    return await service.list_reservations(repo, caller.tenant_id, page, order_id=order_id, status=status)
+    return await service.list_reservations(
+        repo, caller.tenant_id, page, order_id=order_id, status=status, user_id=user_id, open_only=open_only
+    )
+
+
+@router.post("/stock-checks", response_model=StockCheckOut, responses={**NOT_FOUND, **INVALID, **CONFLICT})
+async def check_stock(data: StockCheck, repo: RepoDep, caller: ReservationsWrite) -> StockCheckOut:
+    """Whether an order's lines are in stock now, and their prices; nothing is reserved."""
+    return await service.check_stock(repo, caller.tenant_id, data)
 
 
 @router.get("/reservations/{reservation_id}", response_model=ReservationOut, responses=NOT_FOUND)

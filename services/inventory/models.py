@@ -64,11 +64,14 @@ class Reservation(Base, TenantRow):
     __table_args__ = (
         UniqueConstraint("tenant_id", "order_id", name="uq_reservations_tenant_order"),
         Index("ix_reservations_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_reservations_tenant_user", "tenant_id", "user_id", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(String(36))
     order_id: Mapped[str] = mapped_column(String(64))
+    # The user the order is for, as the orders service says (None: a reservation made before it said).
+    user_id: Mapped[str | None] = mapped_column(String(64), default=None)
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -57,6 +57,12 @@ class InventoryRepository(Repository):
             .returning(Product.stock)
         )
 
+    async def products_by_id(self, tenant_id: str, product_ids: Collection[str]) -> dict[str, Product]:
+        rows = await self.session.scalars(
+            select(Product).where(Product.tenant_id == tenant_id, Product.id.in_(list(product_ids)))
+        )
+        return {product.id: product for product in rows}
+
     # Stock taken and returned by reservations
 
     async def take_stock(self, tenant_id: str, product_id: str, quantity: int) -> TakenStock | None:

@@ -24,7 +24,13 @@ NOT_NULL = refuse_null("may be omitted but not null")
 
 
 class ProductCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [{"sku": "TSHIRT-BLUE-M", "name": "T-shirt, blue, M", "price_cents": 1999, "stock": 50}]
+        },
+    )
 
     sku: Sku
     name: ProductName
@@ -55,7 +61,9 @@ class ProductOut(BaseModel):
 
 
 class StockAdjustmentCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [{"delta": 25, "reason": "restock"}]}
+    )
 
     delta: int = Field(strict=True, ge=-MAX_STOCK, le=MAX_STOCK, description="Units added (>0) or removed (<0).")
     reason: str = Field(
@@ -85,7 +93,31 @@ class ReservationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     order_id: ResourceIdField
+    # The user the order is for, so a user's reservations can be listed.
+    user_id: ResourceIdField | None = None
     items: LineItems
+
+
+class StockCheck(BaseModel):
+    """Lines whose stock is checked without taking any."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: LineItems
+
+
+class StockCheckLine(BaseModel):
+    product_id: str
+    quantity: int
+    available: int
+    unit_price_cents: int
+
+
+class StockCheckOut(BaseModel):
+    """Every line is in stock now (nothing is held: a later reservation may still be refused)."""
+
+    items: list[StockCheckLine]
+    total_cents: int
 
 
 class ReservationOut(BaseModel):
@@ -93,6 +125,7 @@ class ReservationOut(BaseModel):
 
     id: str
     order_id: str
+    user_id: str | None
     status: ReservationStatus
     items: list[ReservedLine]
     created_at: datetime

@@ -17,6 +17,9 @@ from services.inventory.schemas import (
     ReservationOut,
     StockAdjustmentCreate,
     StockAdjustmentOut,
+    StockCheck,
+    StockCheckLine,
+    StockCheckOut,
 )
 from shared.db import new_id, utcnow
 from shared.errors import Conflict, NotFound, ValidationFailed
@@ -140,7 +143,7 @@ async def list_adjustments(
     )
 
 
-def _duplicate_products(data: ReservationCreate) -> None:
+def _duplicate_products(data: ReservationCreate | StockCheck) -> None:
     seen: set[str] = set()
     for index, item in enumerate(data.items):
         if item.product_id in seen:
@@ -169,6 +172,7 @@ async def reserve(repo: InventoryRepository, tenant_id: str, data: ReservationCr
         id=new_id(),
         tenant_id=tenant_id,
         order_id=data.order_id,
+        user_id=data.user_id,
         status="reserved",
         created_at=now,
         updated_at=now,
@@ -210,14 +214,58 @@ async def reserve(repo: InventoryRepository, tenant_id: str, data: ReservationCr
     return reservation, True
 
 
+async def check_stock(repo: InventoryRepository, tenant_id: str, data: StockCheck) -> StockCheckOut:
+    """Whether every line is in stock now, and what the lines cost; takes nothing. Refuses like a
+    reservation would: 404 for an unknown product, 409 for too little stock, naming the line."""
+    _duplicate_products(data)
+    products = await repo.products_by_id(tenant_id, [item.product_id for item in data.items])
+    lines: list[StockCheckLine] = []
+    for index, item in enumerate(data.items):
+        product = products.get(item.product_id)
+        if product is None:
+            raise ProductNotFound(
+                f"No product {item.product_id}.",
+                errors=[field_error(f"items.{index}.product_id", "unknown product", "not_found")],
+            )
+        if product.stock < item.quantity:
+            raise InsufficientStock(
+                f"Product {item.product_id} has {product.stock} in stock; {item.quantity} were asked for.",
+                errors=[
+                    field_error(f"items.{index}.quantity", "not enough in stock", "stock", available=product.stock)
+                ],
+            )
+        lines.append(
+            StockCheckLine(
+                product_id=product.id,
+                quantity=item.quantity,
+                available=product.stock,
+                unit_price_cents=product.price_cents,
+            )
+        )
+    return StockCheckOut(items=lines, total_cents=sum(line.quantity * line.unit_price_cents for line in lines))
+
+
 async def get_reservation(repo: InventoryRepository, tenant_id: str, reservation_id: str) -> Reservation:
     return await repo.one(Reservation, tenant_id, reservation_id, ReservationNotFound)
 
 
+OPEN_RESERVATION = ("reserved", "confirmed")
+
+
 async def list_reservations(
-    repo: InventoryRepository, tenant_id: str, page: PageQuery, *, order_id: str | None, status: str | None
+    repo: InventoryRepository,
+    tenant_id: str,
+    page: PageQuery,
+    *,
+    order_id: str | None,
+    status: str | None,
+    user_id: str | None = None,
+    open_only: bool = False,
 ) -> Page[ReservationOut]:
-    where = matching((Reservation.order_id, order_id), (Reservation.status, status))
+    """Newest first. `open_only`: only what still holds stock for an order (not released)."""
+    where = matching((Reservation.order_id, order_id), (Reservation.status, status), (Reservation.user_id, user_id))
+    if open_only:
+        where.append(Reservation.status.in_(OPEN_RESERVATION))
     return await repo.list_page(
         Reservation, tenant_id, page.position(), page.limit, ReservationOut.model_validate, *where
     )

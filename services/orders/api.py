@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from services.orders import service
 from services.orders.deps import ContextDep, EventsReader, OrdersRead, OrdersWrite
-from services.orders.schemas import EventFeed, OrderCreate, OrderOut, OrderStatus
+from services.orders.schemas import CreditOut, EventFeed, OrderCreate, OrderOut, OrderStatus
 from shared.contract import RESOURCE_ID_PATTERN, ResourceIdPath, checked_idempotency_key
 from shared.errors import (
     BadRequest,
@@ -74,6 +74,12 @@ async def list_orders(
     user_id: Annotated[str | None, Query(pattern=RESOURCE_ID_PATTERN)] = None,
 ) -> Page[OrderOut]:
     return await service.list_orders(ctx, caller.tenant_id, page, status=status, user_id=user_id)
+
+
+@router.get("/credit", response_model=CreditOut, responses=Forbidden.openapi_response())
+async def credit(ctx: ContextDep, caller: OrdersWrite) -> CreditOut:
+    """The caller's credit limit and what their open orders use of it (for checking an order first)."""
+    return await service.credit(ctx, caller)
 
 
 @router.get("/orders/{order_id}", response_model=OrderOut, responses=NOT_FOUND)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from pydantic import ValidationError
@@ -59,21 +59,27 @@ def _unexpected(client: ServiceClient, response: httpx.Response, what: str) -> D
     return DownstreamBadResponse(client.name, f"The {client.name} service answered {response.status_code} to {what}.")
 
 
-async def check_user(users: ServiceClient, identity: Identity) -> str:
-    """The caller must still be a user of its tenant; answers the user's id."""
+class CheckedUser(NamedTuple):
+    id: str
+    credit_limit_cents: int
+
+
+async def check_user(users: ServiceClient, identity: Identity) -> CheckedUser:
+    """The caller must still be a user of its tenant; answers the user and the credit limit in force."""
     response = await users.send("GET", "/users/me", identity=identity, headers=_headers())
     if response.status_code == 404:
         raise UnknownUser("The user these credentials were issued to no longer exists.")
     if response.status_code != 200:
         raise _unexpected(users, response, "the user check")
-    user_id = _problem(response).get("id")
-    if not isinstance(user_id, str):
+    body = _problem(response)
+    user_id, limit = body.get("id"), body.get("credit_limit_cents")
+    if not isinstance(user_id, str) or not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise _unexpected(users, response, "the user check")
-    return user_id
+    return CheckedUser(user_id, limit)
 
 
 async def reserve(
-    inventory: ServiceClient, identity: Identity, order_id: str, items: Sequence[LineItem]
+    inventory: ServiceClient, identity: Identity, order_id: str, user_id: str, items: Sequence[LineItem]
 ) -> ReservationIn:
     """Reserves every item or none. A `ReservationRefused` means nothing was taken; any other error
     leaves the outcome unknown, and the caller must release whatever the order may hold."""
@@ -82,7 +88,7 @@ async def reserve(
         "/reservations",
         identity=identity,
         headers=_headers(),
-        json={"order_id": order_id, "items": [item.model_dump() for item in items]},
+        json={"order_id": order_id, "user_id": user_id, "items": [item.model_dump() for item in items]},
     )
     if response.status_code in (200, 201):
         try:

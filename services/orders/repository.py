@@ -15,6 +15,25 @@ from shared.repository import Repository
 
 
 class OrderRepository(Repository):
+    # Credit
+
+    async def lock_user(self, tenant_id: str, user_id: str) -> None:
+        """Serialises, until the transaction ends, the transactions that store an order for this user,
+        so two concurrent orders cannot both fit in the credit that only one of them fits in.
+        (PostgreSQL; SQLite has one writer at a time already.)"""
+        if self.session.get_bind().dialect.name == "postgresql":
+            key = f"credit:{tenant_id}:{user_id}"
+            await self.session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
+
+    async def open_total(self, tenant_id: str, user_id: str) -> int:
+        """What the user's open (not cancelled) orders add up to."""
+        total = await self.session.scalar(
+            select(func.coalesce(func.sum(Order.total_cents), 0)).where(
+                Order.tenant_id == tenant_id, Order.user_id == user_id, Order.status != "cancelled"
+            )
+        )
+        return int(total or 0)
+
     # Attempts and idempotency keys
 
     async def start_attempt(self, attempt: OrderAttempt) -> bool:

@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.orders import downstream
 from services.orders.models import Order, OrderAttempt, OrderItem, OrderStatusChange, OutboxEvent
 from services.orders.repository import OrderRepository
-from services.orders.schemas import EventFeed, EventOut, OrderCreate, OrderOut, ReservationIn
+from services.orders.schemas import CreditOut, EventFeed, EventOut, OrderCreate, OrderOut, ReservationIn
 from services.orders.settings import OrdersSettings
-from shared.contract import IdempotencyKeyInUse, IdempotencyKeyReused, Identity, TenantIdentity
+from shared.contract import CreditLimitExceeded, IdempotencyKeyInUse, IdempotencyKeyReused, Identity, TenantIdentity
 from shared.db import LockNotAvailable, new_id, utcnow
 from shared.errors import (
     Conflict,
@@ -188,12 +188,12 @@ async def create_order(
             raise IdempotencyKeyInUse()
 
     try:
-        user_id = await downstream.check_user(ctx.users, identity)
+        user = await downstream.check_user(ctx.users, identity)
     except BaseException:
         await _run_to_completion(ctx, _forget_attempt(ctx, attempt.id))
         raise
     try:
-        reservation = await downstream.reserve(ctx.inventory, identity, attempt.id, data.items)
+        reservation = await downstream.reserve(ctx.inventory, identity, attempt.id, user.id, data.items)
     except downstream.ReservationRefused:
         await _run_to_completion(ctx, _forget_attempt(ctx, attempt.id))
         raise
@@ -202,7 +202,7 @@ async def create_order(
         await _run_to_completion(ctx, _compensate(ctx, identity, attempt.id))
         raise
     try:
-        order, body = await _store(ctx, attempt, user_id, reservation)
+        order, body = await _store(ctx, attempt, user, reservation)
     except BaseException:
         await _run_to_completion(ctx, _compensate(ctx, identity, attempt.id))
         raise
@@ -224,17 +224,29 @@ async def _repeat(repo: OrderRepository, caller: TenantIdentity, key: str, reque
     return Placed(existing.response_body, replayed=True)
 
 
+def credit_exceeded(limit: int, open_cents: int, total_cents: int) -> CreditLimitExceeded:
+    return CreditLimitExceeded(
+        f"This order of {total_cents} cents and the user's open orders of {open_cents} cents would exceed "
+        f"the credit limit of {limit} cents.",
+        extra={"credit_limit_cents": limit, "open_cents": open_cents, "total_cents": total_cents},
+    )
+
+
 async def _store(
-    ctx: OrdersContext, attempt: OrderAttempt, user_id: str, reservation: ReservationIn
+    ctx: OrdersContext, attempt: OrderAttempt, user: downstream.CheckedUser, reservation: ReservationIn
 ) -> tuple[Order, str]:
+    """Stores the order, its event and the attempt's answer, once the user's credit has room for it.
+    The credit is checked on the prices the reservation took, under a lock on the user, so concurrent
+    orders of one user never pass the limit together. Raising leaves the stock to be released."""
     now = utcnow()
     items = [OrderItem(position=position, **item.model_dump()) for position, item in enumerate(reservation.items)]
+    total_cents = sum(item.quantity * item.unit_price_cents for item in items)
     order = Order(
         id=attempt.id,
         tenant_id=attempt.tenant_id,
-        user_id=user_id,
+        user_id=user.id,
         status="confirmed",
-        total_cents=sum(item.quantity * item.unit_price_cents for item in items),
+        total_cents=total_cents,
         reservation_id=reservation.id,
         reservation_status="reserved",
         created_at=now,
@@ -245,6 +257,10 @@ async def _store(
     out = order_out(order)
     body = out.model_dump_json()
     async with ctx.transaction() as repo:
+        await repo.lock_user(attempt.tenant_id, user.id)
+        open_cents = await repo.open_total(attempt.tenant_id, user.id)
+        if open_cents + total_cents > user.credit_limit_cents:
+            raise credit_exceeded(user.credit_limit_cents, open_cents, total_cents)
         stored_body = body if attempt.idempotency_key is not None else None
         if not await repo.finish_attempt(attempt.id, stored_body, now):
             raise OrderAttemptExpired(
@@ -278,6 +294,19 @@ async def _confirm(ctx: OrdersContext, identity: Identity, order: Order) -> None
             await repo.set_reservation_status(order.id, ("reserved",), "confirmed")
     except PorticoError as exc:
         logger.warning("confirming reservation %s failed (%s); the recovery task retries", order.reservation_id, exc)
+
+
+async def credit(ctx: OrdersContext, identity: TenantIdentity) -> CreditOut:
+    """The caller's credit: the limit in force (from the users service) and what open orders use."""
+    user = await downstream.check_user(ctx.users, identity)
+    async with ctx.transaction() as repo:
+        open_cents = await repo.open_total(identity.tenant_id, user.id)
+    return CreditOut(
+        user_id=user.id,
+        credit_limit_cents=user.credit_limit_cents,
+        open_cents=open_cents,
+        available_cents=max(0, user.credit_limit_cents - open_cents),
+    )
 
 
 async def _order(repo: OrderRepository, tenant_id: str, order_id: str) -> Order:

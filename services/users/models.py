@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime, new_id, utcnow
@@ -24,6 +24,7 @@ class Tenant(Base):
 
 class User(Base, TenantRow):
     __tablename__ = "users"
+    __table_args__ = (CheckConstraint("credit_limit_cents >= 0", name="ck_users_credit_limit_not_negative"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -32,6 +33,8 @@ class User(Base, TenantRow):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # What the user's open orders may add up to; None: the default of the tenant's plan (settings).
+    credit_limit_cents: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class ApiKey(Base, TenantRow):

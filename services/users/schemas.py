@@ -6,14 +6,21 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from services.users.models import ApiKey
-from shared.contract import ALL_SCOPES, DEFAULT_PLAN, KEY_HASH_RE, Plan, Role
+from shared.contract import ALL_SCOPES, DEFAULT_PLAN, KEY_HASH_RE, MAX_CREDIT_LIMIT_CENTS, Plan, Role
 from shared.schemas import PLAIN_TEXT_PATTERN
 
 MAX_ROTATION_GRACE_SECONDS = 30 * 86400
 
 
 class TenantCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "Acme", "plan": "pro", "admin_email": "ada@example.com", "admin_password": "s3cret-pass"}
+            ]
+        },
+    )
 
     name: str = Field(min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN)
     plan: Plan = DEFAULT_PLAN
@@ -30,7 +37,10 @@ class TenantOut(BaseModel):
 
 
 class UserCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"email": "grace@example.com", "password": "an0ther-pass", "role": "member"}]},
+    )
 
     email: EmailStr
     password: str = Field(min_length=8, max_length=128)
@@ -45,11 +55,34 @@ class UserOut(BaseModel):
     role: Role
     tenant_id: str
     created_at: datetime
+    # The limit in force: the user's own, else the default of the tenant's plan.
+    credit_limit_cents: int
+    # True when an admin set the user's own limit; False when it is the plan's default.
+    credit_limit_custom: bool
+
+
+class UserUpdate(BaseModel):
+    """What an admin may change about a user. `credit_limit_cents: null` returns to the plan's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    credit_limit_cents: int | None = Field(strict=True, ge=0, le=MAX_CREDIT_LIMIT_CENTS)
 
 
 class TenantCreated(BaseModel):
     tenant: TenantOut
     user: UserOut
+
+
+class TokenRequest(BaseModel):
+    """The OAuth2 password form (`application/x-www-form-urlencoded`): the email as `username`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"username": "ada@example.com", "password": "s3cret-pass"}]}
+    )
+
+    username: str = Field(max_length=320, pattern=PLAIN_TEXT_PATTERN)
+    password: str = Field(max_length=128)
 
 
 class TokenOut(BaseModel):
@@ -66,7 +99,9 @@ def _known_scopes(scopes: list[str]) -> list[str]:
 
 
 class ApiKeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "reporting", "scopes": ["orders:read"]}]}
+    )
 
     name: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT_PATTERN)
     scopes: Annotated[list[str], AfterValidator(_known_scopes)] = Field(min_length=1, max_length=len(ALL_SCOPES))

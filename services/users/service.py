@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from services.users.authority import ensure_grantable, ensure_holds, held_by, key_authority, role_authority
 from services.users.models import ApiKey, Tenant, User
 from services.users.repository import ApiKeyRepository, UserRepository
 from services.users.schemas import (
@@ -14,9 +15,12 @@ from services.users.schemas import (
     TenantCreate,
     TokenOut,
     UserCreate,
+    UserOut,
+    UserUpdate,
     api_key_out,
 )
 from services.users.security import TokenIssuer, hash_password, verify_password
+from services.users.settings import UsersSettings
 from shared.contract import ROLE_SCOPES, TenantIdentity, hash_api_key, key_id_of, new_api_key
 from shared.db import new_id, utcnow
 from shared.errors import Conflict, Forbidden, NotFound, Unauthorized
@@ -43,9 +47,13 @@ async def bootstrap_tenant(repo: UserRepository, data: TenantCreate) -> tuple[Te
     return tenant, admin
 
 
-async def create_user(repo: UserRepository, tenant_id: str, data: UserCreate) -> User:
+async def create_user(repo: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity, data: UserCreate) -> User:
+    """A user of the caller's tenant, holding no more than the caller does (`authority.py`)."""
+    held = await held_by(repo, keys, identity)
+    ensure_holds(held, "users:write")
+    ensure_grantable(held, role_authority(data.role), f"a user with the {data.role} role")
     user = User(
-        tenant_id=tenant_id,
+        tenant_id=identity.tenant_id,
         email=data.email.lower(),
         password_hash=await hash_password(data.password),
         role=data.role,
@@ -68,6 +76,34 @@ async def get_user(repo: UserRepository, tenant_id: str, user_id: str) -> User:
     return await repo.one(User, tenant_id, user_id, UserNotFound)
 
 
+async def user_out(repo: UserRepository, settings: UsersSettings, user: User) -> UserOut:
+    """The user as routes answer it, with the credit limit in force."""
+    limit = user.credit_limit_cents
+    if limit is None:
+        tenant = await repo.get_tenant(user.tenant_id)
+        limit = settings.credit_limit_of(tenant.plan if tenant is not None else "free")
+    return UserOut.model_validate(
+        {
+            "id": user.id,
+            "email": user.email,
+            "role": user.role,
+            "tenant_id": user.tenant_id,
+            "created_at": user.created_at,
+            "credit_limit_cents": limit,
+            "credit_limit_custom": user.credit_limit_cents is not None,
+        }
+    )
+
+
+async def update_user(repo: UserRepository, tenant_id: str, user_id: str, data: UserUpdate) -> User:
+    """An admin's change to a user of the tenant (only what the body names changes)."""
+    user = await get_user(repo, tenant_id, user_id)
+    if "credit_limit_cents" in data.model_fields_set:
+        user.credit_limit_cents = data.credit_limit_cents
+        await repo.save()
+    return user
+
+
 async def issue_token(repo: UserRepository, issuer: TokenIssuer, email: str, password: str) -> TokenOut:
     user = await repo.get_user_by_email(email.strip().lower())
     if not await verify_password(password, user.password_hash if user else None) or user is None:
@@ -85,9 +121,6 @@ class ApiKeyNotFound(NotFound, code="API_KEY_NOT_FOUND", title="API key not foun
 
 
 class UserRequired(Forbidden, code="USER_REQUIRED", title="A user is required"): ...
-
-
-class ScopeNotHeld(Forbidden, code="SCOPE_NOT_HELD", title="Scope not held"): ...
 
 
 class ApiKeyNotRotatable(Conflict, code="API_KEY_NOT_ROTATABLE", title="API key cannot be rotated"): ...
@@ -118,16 +151,11 @@ def _new_key(raw: str, tenant_id: str, created_by: str, name: str, scopes: str, 
 async def create_api_key(
     users: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity, data: ApiKeyCreate
 ) -> tuple[ApiKey, str]:
-    """A new key; its scopes may not exceed what its creator holds now. Answers the raw key once.
-    `identity` is a user's (`KeyManager`), never a key's."""
+    """A new key, holding no more than its creator does now (`authority.py`). Answers the raw key
+    once. `identity` is a user's (`KeyManager`), never a key's."""
     tenant_id = identity.tenant_id
     creator = await get_user(users, tenant_id, identity.subject)
-    held = identity.scopes & ROLE_SCOPES[creator.role]
-    missing = sorted(set(data.scopes) - held)
-    if missing:
-        raise ScopeNotHeld(
-            f"A key cannot hold scopes its creator does not: {', '.join(missing)}.", extra={"missing_scopes": missing}
-        )
+    ensure_grantable(await held_by(users, keys, identity), frozenset(data.scopes), "the key")
     raw = new_api_key()
     key = _new_key(raw, tenant_id, creator.id, data.name, " ".join(data.scopes), utcnow())
     await keys.add(key)
@@ -149,14 +177,17 @@ async def revoke_api_key(keys: ApiKeyRepository, identity: TenantIdentity, key_i
 
 
 async def rotate_api_key(
-    keys: ApiKeyRepository, identity: TenantIdentity, key_id: str, grace_seconds: int
+    users: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity, key_id: str, grace_seconds: int
 ) -> tuple[ApiKey, str, ApiKey]:
     """A new key with the same name, scopes and creator; the old one works for `grace_seconds` more.
+    The new key is granted the scopes the old one was given, which the caller must hold (`authority.py`):
+    a creator demoted since cannot renew a key wider than what it holds now.
 
     Answers (new key, its raw value, old key). The old key's row is locked, so two concurrent
     rotations make one new key.
     """
     old = await _manageable(keys, identity, key_id)
+    ensure_grantable(await held_by(users, keys, identity), old.scope_set, "the new key")
     now = utcnow()
     if old.revoked_at is not None:
         raise ApiKeyNotRotatable(f"The API key {key_id} is revoked.")
@@ -188,7 +219,7 @@ async def resolve_api_key(keys: ApiKeyRepository, key_hash: str) -> ApiKeyResolv
         id=key.id,
         tenant_id=tenant.id,
         plan=tenant.plan,
-        scopes=sorted(key.scope_set & ROLE_SCOPES[creator.role]),
+        scopes=sorted(key_authority(key.scope_set, creator.role)),
         created_by=creator.id,
         expires_at=key.expires_at,
     )

@@ -4,7 +4,7 @@ from typing import ClassVar
 
 from pydantic import Field, SecretStr, model_validator
 
-from shared.contract import PROCESSES
+from shared.contract import MAX_CREDIT_LIMIT_CENTS, PROCESSES
 from shared.settings import AccessTokenSettings, BaseServiceSettings, process_config, sqlite_url
 
 
@@ -20,6 +20,21 @@ class UsersSettings(BaseServiceSettings, AccessTokenSettings):
     access_token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
     # How long a rotated API key keeps working, unless the rotation asks for another period.
     api_key_rotation_grace_seconds: int = Field(default=86400, ge=0, le=30 * 86400)
+
+    # What a user's open orders may add up to, by the tenant's plan, unless an admin set the user's
+    # own limit (PATCH /users/{id} with credit_limit_cents).
+    credit_limit_free_cents: int = Field(default=100_000, ge=0, le=MAX_CREDIT_LIMIT_CENTS)
+    credit_limit_pro_cents: int = Field(default=10_000_000, ge=0, le=MAX_CREDIT_LIMIT_CENTS)
+    credit_limit_enterprise_cents: int = Field(default=100_000_000, ge=0, le=MAX_CREDIT_LIMIT_CENTS)
+
+    def credit_limit_of(self, plan: str) -> int:
+        """The default credit limit of a plan (an unknown plan has the smallest, the free plan's)."""
+        limits = {
+            "free": self.credit_limit_free_cents,
+            "pro": self.credit_limit_pro_cents,
+            "enterprise": self.credit_limit_enterprise_cents,
+        }
+        return limits.get(plan, self.credit_limit_free_cents)
 
     @model_validator(mode="after")
     def _key_for_algorithm(self) -> UsersSettings:

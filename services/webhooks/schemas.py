@@ -26,7 +26,12 @@ def _distinct_sorted(events: list[EventType]) -> list[EventType]:
 
 
 class EndpointCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"url": "https://hooks.example.com/portico", "events": ["order.created", "order.cancelled"]}]
+        },
+    )
 
     url: str = Field(min_length=1, max_length=2048, examples=["https://hooks.example.com/portico"])
     events: list[EventType] = Field(min_length=1, max_length=len(EVENT_TYPES) * 4)

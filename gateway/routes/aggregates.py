@@ -1,0 +1,250 @@
+"""Aggregate routes, declared as parts (`gateway/aggregate.py` runs them).
+
+- `GET /v1/users/{user_id}/dashboard`: the user (required), their orders and the stock their open
+  orders hold (optional), fetched at once; a partial answer says which parts are missing.
+- `POST /v1/orders/validate`: the user, credit and stock checks of `POST /v1/orders` in one task
+  group, without placing anything; the first failure cancels the other checks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from gateway.aggregate import (
+    Call,
+    CheckFailed,
+    Outcome,
+    Part,
+    UpstreamRefused,
+    get_json,
+    json_object,
+    json_response,
+    page_of,
+)
+from gateway.deps import ComposerDep, RequireScope
+from gateway.openapi import operation_docs
+from services.orders.schemas import OrderOut
+from services.users.schemas import UserOut
+from services.users.service import UserNotFound
+from shared.contract import MAX_ITEMS, CreditLimitExceeded, Identity, LineItems, ResourceIdPath
+from shared.errors import DownstreamBadResponse
+from shared.pagination import Page
+
+router = APIRouter(prefix="/v1", tags=["aggregates"])
+
+OrdersReader = Annotated[Identity, Depends(RequireScope("orders:read"))]
+OrdersWriter = Annotated[Identity, Depends(RequireScope("orders:write"))]
+
+
+async def _users_and_orders_reader(identity: OrdersReader) -> Identity:
+    identity.require_scope("users:read")
+    return identity
+
+
+DashboardReader = Annotated[Identity, Depends(_users_and_orders_reader)]
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def reservation_lines(body: Any) -> dict[str, Any]:
+    """A page of reservations, as the lines they hold: `{"order_id", "product_id", "quantity"}`."""
+    page = page_of(body)
+    lines = [
+        {"order_id": reservation["order_id"], "product_id": line["product_id"], "quantity": line["quantity"]}
+        for reservation in page["items"]
+        for line in reservation["items"]
+    ]
+    return {"items": lines, "next_cursor": page["next_cursor"]}
+
+
+DASHBOARD = (
+    Part("user", "users", get_json("/users/{user_id}", shape=json_object), required=True),
+    Part("orders", "orders", get_json("/orders", {"user_id": "{user_id}"}, shape=page_of)),
+    Part(
+        "reservations",
+        "inventory",
+        get_json("/reservations", {"user_id": "{user_id}", "open": "true", "limit": "100"}, shape=reservation_lines),
+    ),
+)
+
+
+class PartOutcome(BaseModel):
+    """How one part of an aggregate ended."""
+
+    status: str = Field(description="`ok`, or how the part failed (`failed`, `timeout`, `cancelled`).")
+    service: str
+    elapsed_ms: float
+    error_code: str | None = None
+
+
+class ReservedStock(BaseModel):
+    order_id: str
+    product_id: str
+    quantity: int
+
+
+class ReservedStockPage(BaseModel):
+    items: list[ReservedStock]
+    next_cursor: str | None
+
+
+class Dashboard(BaseModel):
+    """The answer of the dashboard: each optional part is null when it failed (see `parts`)."""
+
+    user: UserOut
+    orders: Page[OrderOut] | None
+    reservations: ReservedStockPage | None
+    parts: dict[str, PartOutcome]
+
+
+DASHBOARD_DOCS, DASHBOARD_EXTRA = operation_docs("GET", status_code=200, credentials="any", errors=[UserNotFound])
+DASHBOARD_DOCS[200].update(
+    description="Every part that answered; `X-Aggregate-Complete: false` when one did not.",
+    headers={
+        **DASHBOARD_DOCS[200]["headers"],
+        "X-Aggregate-Complete": {
+            "description": "`false` when an optional part is missing from the answer.",
+            "schema": {"type": "string", "enum": ["true", "false"]},
+        },
+    },
+)
+
+
+@router.get(
+    "/users/{user_id}/dashboard",
+    name="user_dashboard",
+    operation_id="user_dashboard",
+    summary="A user with their orders and reserved stock, fetched at once; partial when a part fails",
+    response_model=Dashboard,
+    responses=DASHBOARD_DOCS,
+    openapi_extra=DASHBOARD_EXTRA,
+)
+async def dashboard(user_id: ResourceIdPath, composer: ComposerDep, identity: DashboardReader) -> Response:
+    outcomes = await composer.gather(DASHBOARD, identity, {"user_id": user_id})
+    body: dict[str, Any] = {name: outcome.value for name, outcome in outcomes.items()}
+    body["parts"] = {name: outcome.part_body() for name, outcome in outcomes.items()}
+    complete = all(outcome.status == "ok" for outcome in outcomes.values())
+    return json_response(body, headers={"X-Aggregate-Complete": "true" if complete else "false"})
+
+
+# --------------------------------------------------------------------------- order validation
+
+
+class OrderDraft(BaseModel):
+    """The body of `POST /v1/orders`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: LineItems
+
+
+async def check_user(call: Call) -> dict[str, Any]:
+    try:
+        return json_object(await call.json("GET", "/users/me"))
+    except UpstreamRefused as refused:
+        if refused.response.status_code == 404:
+            raise CheckFailed("UNKNOWN_USER", "The user these credentials were issued to no longer exists.") from None
+        raise
+    except (TypeError, ValueError):
+        raise DownstreamBadResponse("users", "The users service answered in an unexpected shape.") from None
+
+
+async def check_stock(call: Call) -> int:
+    """Every line in stock now; answers the order's total."""
+    try:
+        body = json_object(await call.json("POST", "/stock-checks", json=call.body))
+    except UpstreamRefused as refused:
+        if refused.response.status_code in (404, 409, 422):
+            raise CheckFailed.from_refusal(refused) from None
+        raise
+    total = body.get("total_cents")
+    if not isinstance(total, int) or isinstance(total, bool):
+        raise DownstreamBadResponse("inventory", "The inventory service answered in an unexpected shape.")
+    return total
+
+
+async def check_credit(call: Call) -> dict[str, Any]:
+    """The user's open orders and this one within their credit limit (the total comes from the stock
+    check, which runs meanwhile)."""
+    try:
+        credit = json_object(await call.json("GET", "/credit"))
+        limit, open_cents = int(credit["credit_limit_cents"]), int(credit["open_cents"])
+    except UpstreamRefused as refused:
+        if refused.response.status_code == 404 or refused.error_code == "UNKNOWN_USER":
+            raise CheckFailed(refused.error_code, refused.detail) from None
+        raise
+    except (TypeError, ValueError, KeyError):
+        raise DownstreamBadResponse("orders", "The orders service answered in an unexpected shape.") from None
+    total: int = await call.value_of("stock")
+    if open_cents + total > limit:
+        exceeded = CreditLimitExceeded(
+            f"This order of {total} cents and the user's open orders of {open_cents} cents would exceed the "
+            f"credit limit of {limit} cents."
+        )
+        raise CheckFailed(exceeded.code, exceeded.detail)
+    return {"credit_limit_cents": limit, "open_cents": open_cents, "total_cents": total}
+
+
+ORDER_CHECKS = (
+    Part("user", "users", check_user),
+    Part("credit", "orders", check_credit),
+    Part("stock", "inventory", check_stock),
+)
+
+
+def _check_body(outcome: Outcome) -> dict[str, Any]:
+    return {"status": outcome.status, "service": outcome.service, "elapsed_ms": outcome.elapsed_ms}
+
+
+class CheckFailure(BaseModel):
+    check: str
+    error_code: str | None
+    detail: str | None
+
+
+class CheckOutcome(BaseModel):
+    status: str = Field(description="`passed`, `failed`, or `cancelled` when another check failed first.")
+    service: str
+    elapsed_ms: float
+
+
+class OrderValidation(BaseModel):
+    valid: bool
+    total_cents: int | None
+    checks: dict[str, str]
+    failures: list[CheckFailure]
+    details: dict[str, CheckOutcome]
+
+
+VALIDATE_DOCS, VALIDATE_EXTRA = operation_docs("POST", status_code=200, credentials="any", parses_body=True)
+
+
+@router.post(
+    "/orders/validate",
+    name="validate_order",
+    operation_id="validate_order",
+    summary=f"Check an order (up to {MAX_ITEMS} lines) as POST /v1/orders would, without placing it",
+    response_model=OrderValidation,
+    responses=VALIDATE_DOCS,
+    openapi_extra=VALIDATE_EXTRA,
+)
+async def validate_order(draft: OrderDraft, composer: ComposerDep, identity: OrdersWriter) -> Response:
+    outcomes = await composer.all_or_nothing(ORDER_CHECKS, identity, {}, draft.model_dump())
+    stock = outcomes["stock"]
+    failures = [
+        {"check": name, "error_code": outcome.error_code, "detail": outcome.detail}
+        for name, outcome in outcomes.items()
+        if outcome.status == "failed"
+    ]
+    body = {
+        "valid": not failures and all(outcome.status == "passed" for outcome in outcomes.values()),
+        "total_cents": stock.value if stock.status == "passed" else None,
+        "checks": {name: outcome.status for name, outcome in outcomes.items()},
+        "failures": failures,
+        "details": {name: _check_body(outcome) for name, outcome in outcomes.items()},
+    }
+    return json_response(body)

@@ -1,0 +1,125 @@
+"""Services that misbehave on purpose, for the aggregate and resilience tests: real sockets in the
+test's event loop that hang, fail, answer garbage or a scripted answer, and record every connection
+and when its peer went away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from scripts.devstack import Stack, free_port
+from tests.conftest import ROOT, service_env
+from tests.infra import Servers
+
+# What a scripted service answers: (status, headers, body), or None to never answer.
+Answer = tuple[int, dict[str, str], bytes] | None
+
+
+def problem(status: int, code: str, detail: str, **extra: Any) -> tuple[int, dict[str, str], bytes]:
+    body = {"type": "about:blank", "title": code, "status": status, "detail": detail, "error_code": code, **extra}
+    return status, {"content-type": "application/problem+json"}, json.dumps(body).encode()
+
+
+def answer_json(status: int, body: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    return status, {"content-type": "application/json", **(headers or {})}, json.dumps(body).encode()
+
+
+GARBAGE: Answer = (200, {"content-type": "application/json"}, b"<html>not json</html>")
+
+
+@dataclass
+class ScriptedService:
+    """Answers every request with `script(method, path)` (after `delay` seconds); records requests,
+    and how many connections its peers closed while it was still holding them."""
+
+    script: Callable[[str, str], Answer | Awaitable[Answer]]
+    delay: float = 0.0
+    port: int = 0
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    connections: int = 0
+    disconnects: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                length = next(
+                    (int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:")), 0
+                )
+                if length:
+                    await reader.readexactly(length)
+                self.requests.append((method, path))
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                answer = self.script(method, path)
+                if not isinstance(answer, tuple) and answer is not None:
+                    answer = await answer
+                if answer is None:
+                    # Never answer: wait until the peer goes away (EOF), and count it.
+                    await reader.read()
+                    self.disconnects += 1
+                    return
+                status, headers, body = answer
+                head_lines = [f"HTTP/1.1 {status} X", f"content-length: {len(body)}"]
+                head_lines += [f"{name}: {value}" for name, value in headers.items()]
+                writer.write(("\r\n".join(head_lines) + "\r\n\r\n").encode() + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ScriptedService]:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        try:
+            yield self
+        finally:
+            server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 5)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Waits until `condition()` holds, with a generous deadline for a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+SERVICES_ONLY = ("users", "orders", "inventory")
+
+
+@contextlib.contextmanager
+def services_stack(infra: Servers, log_dir: Any, env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """The users, orders and inventory services as processes of this test's own, on the session's
+    databases, so a test may stop, freeze or kill them without touching the session's stack."""
+    stack = Stack(
+        ports={name: free_port() for name in (*SERVICES_ONLY, "webhooks", "gateway")},
+        env={**service_env(infra), "PYTHONUNBUFFERED": "1", **(env or {})},
+        log_dir=log_dir,
+        cwd=ROOT,
+        workers=(),
+    )
+    try:
+        for name in SERVICES_ONLY:
+            stack.start_one(name)
+        for name in SERVICES_ONLY:
+            stack.wait_ready(90, name)
+        yield stack
+    finally:
+        stack.stop()
