@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -14,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from shared.logging import configure_logging
-from shared.serving import serve_workers, serving_protocol
+from shared.serving import DrainingServer, before_shutdown_of, serve_workers, serving_protocol
 from shared.settings import BaseServiceSettings, ProcessSettings
 
 S = TypeVar("S", bound=ProcessSettings)
@@ -91,26 +90,4 @@ def run_cli(
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         timeout_keep_alive=settings.server_keep_alive_seconds,
     )
-    DrainingServer(config, getattr(app.state, BEFORE_SHUTDOWN, None)).run()
-
-
-# An app that has long-lived connections to end on its own terms before the server cuts them (the
-# gateway's WebSockets close with 1013) sets `app.state.before_shutdown` to an async callable.
-BEFORE_SHUTDOWN = "before_shutdown"
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server, which on shutdown first lets the app close its long-lived connections:
-    uvicorn itself would end every WebSocket with 1012 as its first step."""
-
-    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]] | None) -> None:
-        super().__init__(config)
-        self.before_shutdown = before_shutdown
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        if self.before_shutdown is not None:
-            try:
-                await self.before_shutdown()
-            except Exception:
-                logging.getLogger("portico").exception("closing long-lived connections before shutdown failed")
-        await super().shutdown(sockets)
+    DrainingServer(config, before_shutdown_of(app)).run()

@@ -102,9 +102,16 @@ async def test_the_connection_closes_with_1008_when_its_token_expires(stack, gat
     assert closed.value.rcvd.code == 1008
 
 
-@pytest.fixture
-def own_gateway(stack: Stack) -> Iterator[Stack]:
-    own = Stack(ports={**stack.ports, "gateway": free_port()}, env=stack.env, cwd=ROOT, workers=())
+@pytest.fixture(params=[1, 2], ids=["one-process", "two-workers"])
+def own_gateway(stack: Stack, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """A gateway of the test's own: one process, or a master with two workers."""
+    own = Stack(
+        ports={**stack.ports, "gateway": free_port()},
+        env=stack.env,
+        env_for={"gateway": {"GATEWAY_WORKERS": str(request.param)}},
+        cwd=ROOT,
+        workers=(),
+    )
     own.start_one("gateway")
     try:
         own.wait_ready(60)
