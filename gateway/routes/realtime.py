@@ -20,6 +20,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
 from gateway.deps import RequireScope, SettingsDep, state
+from gateway.edge.addresses import ClientAddress
 from gateway.edge.credentials import InvalidApiKey
 from gateway.edge.ratelimit import Policy
 from gateway.edge.store import StoreUnavailable
@@ -28,7 +29,7 @@ from gateway.realtime.hub import Admission, Expired, Hub, Overflowed
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
 from shared.contract import DEFAULT_PLAN, PLANS, AuthenticationRequired, Identity, is_well_formed
-from shared.errors import BadRequest, PorticoError, TooManyRequests
+from shared.errors import BadRequest, PorticoError, TooManyRequests, Unauthorized
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -168,16 +169,25 @@ class WsCaller:
 class RealtimeRateLimited(TooManyRequests, code="RATE_LIMITED", title="Too Many Requests"): ...
 
 
-async def ws_caller(gateway: GatewayState, token: str | None) -> WsCaller:
-    """The caller of a WebSocket: `?token=` holds an access token or an API key."""
+async def ws_caller(gateway: GatewayState, token: str | None, address: str) -> WsCaller:
+    """The caller of a WebSocket: `?token=` holds an access token or an API key. A bad one counts in
+    the client address's failed-authentication budget, as on HTTP (`gateway/edge/authfailures.py`)."""
     if not token:
         raise AuthenticationRequired("Send the access token or API key as ?token=.")
-    if is_well_formed(token):
-        identity = await gateway.api_keys.resolve(token)
-        if identity is None:
-            raise InvalidApiKey("The API key is unknown, revoked or expired.")
-        return WsCaller(identity, None, token)
-    identity, expires_at = gateway.tokens.verify_with_expiry(token)
+    try:
+        if is_well_formed(token):
+            found, identity = gateway.api_keys.cached(token)
+            if not found:
+                # Only the users service can tell: not for an address whose failures are spent.
+                await gateway.auth_failures.check(address)
+                identity = await gateway.api_keys.resolve(token)
+            if identity is None:
+                raise InvalidApiKey("The API key is unknown, revoked or expired.")
+            return WsCaller(identity, None, token)
+        identity, expires_at = gateway.tokens.verify_with_expiry(token)
+    except Unauthorized as exc:
+        refusal = await gateway.auth_failures.failed(address)
+        raise (refusal or exc) from None
     return WsCaller(identity, expires_at, None)
 
 
@@ -208,7 +218,7 @@ async def websocket_events(websocket: WebSocket, token: str | None = None, last_
     connection of the plan."""
     gateway: GatewayState = state.of(websocket)
     try:
-        caller = await ws_caller(gateway, token)
+        caller = await ws_caller(gateway, token, ClientAddress(gateway.settings.trusted_proxies)(websocket.scope))
         caller.identity.require_scope("orders:read")
         after = parse_event_id(last_event_id)
         assert caller.identity.tenant_id is not None

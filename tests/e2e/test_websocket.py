@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
+import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from jose import jwt
 from websockets.asyncio.client import ClientConnection, connect
@@ -131,3 +134,33 @@ async def test_the_connection_closes_with_1013_when_the_gateway_stops(gateway, o
         await stopping
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1013
+
+
+async def test_refused_credentials_spend_the_addresss_failure_budget(stack, gateway):
+    """As on HTTP: bad credentials count against the client address, past its budget they are refused
+    as such, and a token that verifies is never held up (a gateway of its own, under a key prefix of
+    its own, so no other test's address is affected)."""
+    acme = await signup(gateway)
+    env = {
+        "GATEWAY_AUTH_FAILURE_LIMIT": "3/60s",
+        "GATEWAY_REDIS_KEY_PREFIX": f"{stack.env['GATEWAY_REDIS_KEY_PREFIX']}{uuid.uuid4().hex[:8]}:",
+    }
+    strict = Stack(
+        ports={**stack.ports, "gateway": free_port()}, env=stack.env, env_for={"gateway": env}, cwd=ROOT, workers=()
+    )
+    strict.start_one("gateway")
+    try:
+        strict.wait_ready(60)
+        for bad in ("not-a-token", "not-a-token", "sk_" + "x" * 40, "not-a-token", "sk_" + "y" * 40):
+            with pytest.raises(InvalidStatus):
+                async with connect(ws_url(strict.url(), bad)):
+                    pass
+        # Five failures counted; the last two came past the budget of three and were refused as such.
+        metrics = httpx.get(strict.url() + "/metrics").text
+        assert re.search(r'^gateway_auth_failures_total\{outcome="failed"\} 5\.0$', metrics, re.M), metrics
+        assert re.search(r'^gateway_auth_failures_total\{outcome="refused"\} 2\.0$', metrics, re.M), metrics
+        async with connect(ws_url(strict.url(), acme.token)) as ws:
+            await ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), DEADLINE)) == {"type": "pong"}
+    finally:
+        strict.stop()
