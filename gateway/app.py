@@ -49,7 +49,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute
 
 from gateway.aggregate import Composer, UpstreamRefused, upstream_refused_handler
-from gateway.auth import AuthenticationMiddleware, JwtVerifier
+from gateway.auth import AuthenticationMiddleware, JwtVerifier, key_source
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.authfailures import AuthFailures
 from gateway.edge.caching import CachingMiddleware
@@ -211,6 +211,7 @@ async def open_state(
                     max_unknown_entries=settings.api_key_negative_cache_size,
                     metrics=metrics,
                 ),
+                jwt_keys=key_source(settings, upstreams["users"]),
                 events=hub,
                 tokens=JwtVerifier(settings),
             )
@@ -296,7 +297,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         checks["redis"] = _check_redis
     add_health_routes(app, checks, timeout=cfg.ready_timeout_seconds)
     # The aggregate routes first: their paths are more specific than the forwarded ones around them.
-    routers = [module.router for module in (aggregates, users, api_keys, products, orders, webhooks, realtime)]
+    routers = [
+        users.well_known,
+        *(module.router for module in (aggregates, users, api_keys, products, orders, webhooks, realtime)),
+    ]
     for router in routers:
         app.include_router(router)
     if cfg.docs_enabled:

@@ -16,6 +16,7 @@ from gateway.auth import JwtVerifier
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.authfailures import AuthFailures
 from gateway.edge.idempotency import Idempotency
+from gateway.edge.jwks import KeySource
 from gateway.edge.ratelimit import RateLimiter
 from gateway.edge.store import RedisClient
 from gateway.proxy import Upstreams
@@ -39,6 +40,8 @@ class GatewayState:
     # Failed authentications per client address (gateway/auth.py).
     auth_failures: AuthFailures
     api_keys: ApiKeyResolver
+    # The keys access tokens are verified with (gateway/edge/jwks.py).
+    jwt_keys: KeySource
     # Access tokens, for the credentials a WebSocket sends in its URL.
     tokens: JwtVerifier
     # The order events of every tenant, for /v1/events and /v1/ws.

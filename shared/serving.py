@@ -326,7 +326,14 @@ def prepare_multiprocess_metrics(process: str) -> Path:
             stale.unlink(missing_ok=True)
     else:
         directory = Path(tempfile.mkdtemp(prefix=f"portico-{process}-metrics-"))
-        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        master = os.getpid()
+
+        def remove() -> None:
+            # Workers inherit this exit hook with the fork; only the master's exit removes the files.
+            if os.getpid() == master:
+                shutil.rmtree(directory, ignore_errors=True)
+
+        atexit.register(remove)
         os.environ[MULTIPROC_ENV] = str(directory)
     # prometheus_client chooses how values are stored when it is first imported, which was before
     # the variable was set: choose again, before any worker creates a metric.
@@ -373,8 +380,13 @@ def fold_exited_worker(directory: Path, pid: int) -> None:
 
 def _worker_exited(server: Any, worker: Any) -> None:
     directory = os.environ.get(MULTIPROC_ENV)
-    if directory:
+    if not directory:
+        return
+    try:
         fold_exited_worker(Path(directory), worker.pid)
+    except OSError:
+        # Never the master's end: the exited worker's files stay, and are still summed.
+        server.log.exception("could not fold the metrics of exited worker %s", worker.pid)
 
 
 def serve_workers(process: str, settings: ProcessSettings, port: int, load: Callable[[], ASGIApp]) -> None:

@@ -184,7 +184,7 @@ async def ws_caller(gateway: GatewayState, token: str | None, address: str) -> W
             if identity is None:
                 raise InvalidApiKey("The API key is unknown, revoked or expired.")
             return WsCaller(identity, None, token)
-        identity, expires_at = gateway.tokens.verify_with_expiry(token)
+        identity, expires_at = await gateway.tokens.verify_with_expiry(token, gateway.jwt_keys)
     except Unauthorized as exc:
         refusal = await gateway.auth_failures.failed(address)
         raise (refusal or exc) from None

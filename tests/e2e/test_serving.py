@@ -87,7 +87,8 @@ def users() -> Iterator[SlowUsers]:
     stub.close()
 
 
-def start_gateway(tmp_path: Path, users_url: str, **settings: str) -> Gateway:
+def start_gateway(tmp_path: Path, users_url: str, *, own_metrics_dir: bool = True, **settings: str) -> Gateway:
+    """`own_metrics_dir` False: the gateway makes its own temporary directory, as by default."""
     port = free_port()
     metrics_dir = tmp_path / "metrics"
     env = {
@@ -99,6 +100,8 @@ def start_gateway(tmp_path: Path, users_url: str, **settings: str) -> Gateway:
         **{f"GATEWAY_{name.upper()}": value for name, value in settings.items()},
     }
     env.pop("GATEWAY_REDIS_URL", None)
+    if not own_metrics_dir:
+        del env["PROMETHEUS_MULTIPROC_DIR"]
     with (tmp_path / "gateway.log").open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -132,12 +135,15 @@ def live_count(client: httpx.Client, url: str) -> float:
     return sum(float(value) for value in LIVE.findall(text))
 
 
-def test_counters_are_summed_over_workers_and_survive_recycling(tmp_path, users):
+@pytest.mark.parametrize("own_metrics_dir", [True, False], ids=["PROMETHEUS_MULTIPROC_DIR", "temporary"])
+def test_counters_are_summed_over_workers_and_survive_recycling(tmp_path, users, own_metrics_dir):
     # Each worker is replaced after 7 requests, so the run goes through several generations.
-    gateway = start_gateway(tmp_path, users.url, workers="2", max_requests="7", max_requests_jitter="0")
+    gateway = start_gateway(
+        tmp_path, users.url, own_metrics_dir=own_metrics_dir, workers="2", max_requests="7", max_requests_jitter="0"
+    )
     try:
         # A new connection per request, so both workers (and their successors) take requests.
-        with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=10) as client:
+        with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=60) as client:
             # The probes that waited for the start are counted too.
             sent = live_count(client, gateway.url)
             seen = [sent]
@@ -156,6 +162,9 @@ def test_counters_are_summed_over_workers_and_survive_recycling(tmp_path, users)
                 assert count == sent
             # Never backwards, across every scrape, whichever worker answered it.
             assert seen == sorted(seen), seen
+        assert gateway.process.poll() is None
+        if not own_metrics_dir:
+            return
         # Workers were replaced: what the exited ones counted is in the archive (and in the sums
         # above), and their own files are gone, so the directory does not grow with every worker.
         assert (gateway.metrics_dir / "counter_archive.db").exists()
