@@ -14,7 +14,8 @@ Every request passes these stages, outermost first (pure ASGI; `edge_pipeline` b
 10. rate limit                     per tenant / client address, 429     edge/ratelimit.py
 11. idempotency                    Idempotency-Key replay, 409, 422     edge/idempotency.py
 12. caching                        ETag/304, private, no-store          edge/caching.py
-13. routes                         per-route scopes (403), plans (402)  routes/*.py -> proxy.py
+13. deprecation                    headers of retired routes, counted   edge/deprecation.py
+14. routes                         per-route scopes (403), plans (402)  routes/*.py -> proxy.py
 
 Stages 5-8 and 10-12 can be switched off by settings (the benchmark measures each one). What a stage
 hands the next (the request id, the principal) is in the request context (`shared/context.py`).
@@ -52,6 +53,7 @@ from gateway.auth import AuthenticationMiddleware, JwtVerifier, key_source
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.authfailures import AuthFailures
 from gateway.edge.caching import CachingMiddleware
+from gateway.edge.deprecation import DeprecationMiddleware
 from gateway.edge.hygiene import CorsMiddleware, SecurityHeadersMiddleware, TrustedHostMiddleware
 from gateway.edge.idempotency import (
     Idempotency,
@@ -70,13 +72,15 @@ from gateway.edge.ratelimit import (
     RoutePolicies,
 )
 from gateway.edge.store import RedisClient, StoreCaller
+from gateway.graphql import graphiql
+from gateway.graphql.router import graphql_router
 from gateway.openapi import add_components, documented_bodies
 from gateway.proxy import Upstreams
 from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
 from gateway.realtime.relay import EventRelay, OrdersFeed, running
 from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore
 from gateway.routes import aggregates, api_keys, orders, products, realtime, users, webhooks
-from gateway.routes.forward import anonymous_forwards
+from gateway.routes.forward import anonymous_forwards, deprecated_routes
 from gateway.settings import FailureMode, GatewaySettings
 from gateway.state import GatewaySlot, GatewayState
 from shared.app import ReadinessCheck, add_health_routes, create_fastapi, install_common
@@ -87,6 +91,8 @@ from shared.state import LifespanSlot, LifespanState, lifespan_state_of
 from shared.telemetry import create_tracer_provider, set_global_provider_once, start_export
 
 logger = logging.getLogger("portico.gateway")
+# How long a stopping gateway waits for its WebSockets to close before the server cuts them.
+DRAIN_SECONDS = 2.0
 
 
 def _service_check(name: str) -> ReadinessCheck[GatewayState]:
@@ -207,6 +213,7 @@ async def open_state(
                 ),
                 jwt_keys=key_source(settings, upstreams["users"]),
                 events=hub,
+                tokens=JwtVerifier(settings),
             )
     finally:
         await hub.close()
@@ -256,6 +263,7 @@ def edge_pipeline(
     if settings.idempotency_enabled:
         stages.append(Middleware(IdempotencyMiddleware, settings=settings, metrics=metrics, state=state))
     stages.append(Middleware(CachingMiddleware, etag=settings.etag_enabled))
+    stages.append(Middleware(DeprecationMiddleware, routes=deprecated_routes(routes), counter=metrics.deprecated_calls))
     return stages
 
 
@@ -277,6 +285,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             provider.shutdown()
 
     app = create_fastapi(cfg, "Portico API", lifespan)
+
+    async def before_shutdown() -> None:
+        # WebSockets close with 1013 (reconnect elsewhere) before the server stops.
+        with contextlib.suppress(RuntimeError):  # outside the lifespan: nothing to close
+            await slot.value.events.drain(DRAIN_SECONDS)
+
+    app.state.before_shutdown = before_shutdown
     checks: dict[str, ReadinessCheck[GatewayState]] = {name: _service_check(name) for name in cfg.service_urls()}
     if cfg.redis_url:
         checks["redis"] = _check_redis
@@ -288,6 +303,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     ]
     for router in routers:
         app.include_router(router)
+    if cfg.docs_enabled:
+        # Before the GraphQL router: its GET /graphql is GraphiQL's page.
+        app.include_router(graphiql.router)
+    graphql = graphql_router(cfg)
+    app.include_router(graphql)
+    routers.append(graphql)
     routes = [route for router in routers for route in router.routes]
     bodies = documented_bodies(routes)
     app.openapi_hooks.append(lambda schema: add_components(schema, bodies))

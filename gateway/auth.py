@@ -63,13 +63,18 @@ class VerifiedTokens:
         self._entries: dict[str, tuple[float, Identity]] = {}
 
     def get(self, token: str) -> Identity | None:
+        entry = self.entry(token)
+        return entry[1] if entry is not None else None
+
+    def entry(self, token: str) -> tuple[float, Identity] | None:
+        """The token's identity and until when it holds (`exp` + leeway), if it was verified already."""
         entry = self._entries.get(token)
         if entry is None:
             return None
         if entry[0] <= time.time():
             del self._entries[token]
             return None
-        return entry[1]
+        return entry
 
     def put(self, token: str, until: float, identity: Identity) -> None:
         if self.max_entries <= 0:
@@ -89,9 +94,14 @@ class JwtVerifier:
         self.verified = VerifiedTokens(settings.jwt_cache_size)
 
     async def verify(self, token: str, keys: KeySource) -> Identity:
-        identity = self.verified.get(token)
-        if identity is not None:
-            return identity
+        return (await self.verify_with_expiry(token, keys))[0]
+
+    async def verify_with_expiry(self, token: str, keys: KeySource) -> tuple[Identity, float]:
+        """The token's identity and its `exp` (Unix seconds)."""
+        cached = self.verified.entry(token)
+        if cached is not None:
+            until, identity = cached
+            return identity, until - self.leeway
         try:
             header = jwt.get_unverified_header(token)
         except JWTError:
@@ -117,8 +127,9 @@ class JwtVerifier:
             raise _invalid("The token names no tenant.")
         identity = identity_from_claims(claims)
         # jose has checked `exp` is a number.
-        self.verified.put(token, float(claims["exp"]) + self.leeway, identity)
-        return identity
+        expires_at = float(claims["exp"])
+        self.verified.put(token, expires_at + self.leeway, identity)
+        return identity, expires_at
 
 
 class AnonymousRoutes:

@@ -157,6 +157,12 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     realtime_connections_pro: int = Field(default=100, ge=0)
     realtime_connections_enterprise: int = Field(default=1_000, ge=0)
 
+    # --- GraphQL (POST /graphql): bounds checked before anything is resolved
+    graphql_max_depth: int = Field(default=8, ge=1, le=50)
+    graphql_max_aliases: int = Field(default=10, ge=0, le=1000)
+    # Each field costs 1, times the `limit` of every page above it (see gateway/graphql/limits.py).
+    graphql_max_cost: int = Field(default=2_000, ge=1)
+
     @model_validator(mode="after")
     def _key_for_algorithm(self) -> GatewaySettings:
         if self.jwt_algorithm == "HS256" and self.jwt_secret is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import httpx
 
 from gateway.aggregate import Composer
+from gateway.auth import JwtVerifier
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.authfailures import AuthFailures
 from gateway.edge.idempotency import Idempotency
@@ -41,6 +42,8 @@ class GatewayState:
     api_keys: ApiKeyResolver
     # The keys access tokens are verified with (gateway/edge/jwks.py).
     jwt_keys: KeySource
+    # Access tokens, for the credentials a WebSocket sends in its URL.
+    tokens: JwtVerifier
     # The order events of every tenant, for /v1/events and /v1/ws.
     events: Hub
 

@@ -13,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from shared.logging import configure_logging
-from shared.serving import serve_workers, serving_protocol
+from shared.serving import DrainingServer, before_shutdown_of, serve_workers, serving_protocol
 from shared.settings import BaseServiceSettings, ProcessSettings
 
 S = TypeVar("S", bound=ProcessSettings)
@@ -77,8 +77,9 @@ def run_cli(
 
         serve_workers(served.process, settings, port, load)
         return
-    uvicorn.run(
-        served.app_factory(settings),
+    app = served.app_factory(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=port,
         log_config=None,
@@ -89,3 +90,4 @@ def run_cli(
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         timeout_keep_alive=settings.server_keep_alive_seconds,
     )
+    DrainingServer(config, before_shutdown_of(app)).run()

@@ -55,3 +55,5 @@ class FeedEvent(BaseModel):
 class FeedPage(BaseModel):
     items: list[FeedEvent]
     next_after: int = Field(ge=0)
+    # Every event up to this seq was removed by the feed's retention (0: none was).
+    pruned_through: int = Field(default=0, ge=0)

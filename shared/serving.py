@@ -29,16 +29,20 @@ import atexit
 import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import uuid
 from asyncio import TimerHandle
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httptools
+import uvicorn
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client import values as prometheus_values
 from prometheus_client.mmap_dict import MmapedDict
@@ -248,6 +252,34 @@ def serving_protocol(settings: ProcessSettings) -> type[BoundedHttpToolsProtocol
 SHUTDOWN_MARGIN_SECONDS = 5
 
 
+# An app that has long-lived connections to end on its own terms before the server cuts them (the
+# gateway's WebSockets close with 1013) sets `app.state.before_shutdown` to an async callable.
+BEFORE_SHUTDOWN = "before_shutdown"
+
+
+def before_shutdown_of(app: Any) -> Callable[[], Awaitable[None]] | None:
+    state = getattr(app, "state", None)
+    hook: Callable[[], Awaitable[None]] | None = getattr(state, BEFORE_SHUTDOWN, None)
+    return hook
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which on shutdown first lets the app close its long-lived connections:
+    uvicorn itself would end every WebSocket with 1012 as its first step."""
+
+    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]] | None) -> None:
+        super().__init__(config)
+        self.before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.before_shutdown is not None:
+            try:
+                await self.before_shutdown()
+            except Exception:
+                logging.getLogger("portico").exception("closing long-lived connections before shutdown failed")
+        await super().shutdown(sockets)
+
+
 def gunicorn_worker(settings: ProcessSettings) -> type[UvicornWorker]:
     """uvicorn-worker's gunicorn worker, serving as `python -m <process> serve` does: the bounded
     protocol with the process's limits, no proxy headers, our access log rather than uvicorn's, and
@@ -263,6 +295,16 @@ def gunicorn_worker(settings: ProcessSettings) -> type[UvicornWorker]:
             "access_log": False,
             "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
         }
+
+        async def _serve(self) -> None:
+            # uvicorn-worker's own, with the draining server (so a stopping worker's WebSockets close
+            # with the app's code too).
+            self.config.app = self.wsgi
+            server = DrainingServer(self.config, before_shutdown_of(self.wsgi))
+            self._install_sigquit_handler()
+            await server.serve(sockets=self.sockets)
+            if not server.started:
+                sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
     return Worker
 

@@ -37,7 +37,20 @@ class EdgeMetrics:
             "address past its limit (refused).",
             ("outcome",),
         )
+        self.deprecated_calls = _counter(
+            "portico_deprecated_calls_total",
+            "Answers that said Deprecation (a deprecated route, or a retired field used), by route.",
+            ("method", "route"),
+        )
 
     def register(self, registry: CollectorRegistry) -> None:
-        for collector in (self.store_errors, self.rate_limit, self.idempotency, self.api_keys, self.auth_failures):
+        collectors = (
+            self.store_errors,
+            self.rate_limit,
+            self.idempotency,
+            self.api_keys,
+            self.auth_failures,
+            self.deprecated_calls,
+        )
+        for collector in collectors:
             registry.register(collector)

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 
 from gateway.realtime.relay import OrdersFeed
 from gateway.realtime.store import EventStore, StreamEvent
+from shared.errors import DownstreamError
 from shared.events import FEED_MAX_LIMIT
 
 logger = logging.getLogger("portico.gateway.realtime")
@@ -32,6 +33,15 @@ READ_COUNT = 100
 
 class Overflowed(Exception):
     """The connection fell more than its buffer behind and is closed."""
+
+
+class Expired(Exception):
+    """Events after the resume point were removed by the orders feed's retention: the client missed
+    some and must resync."""
+
+    def __init__(self, pruned_through: int) -> None:
+        super().__init__(f"events up to {pruned_through} are no longer kept")
+        self.pruned_through = pruned_through
 
 
 class Subscriber:
@@ -85,6 +95,8 @@ class Admission:
             self.hub.open[self.tenant_id] = left
         else:
             del self.hub.open[self.tenant_id]
+            if not self.hub.open:
+                self.hub.idle.set()
 
 
 class Channel:
@@ -125,6 +137,18 @@ class Hub:
         self._opening: dict[str, asyncio.Lock] = {}
         # Open connections (SSE and WebSocket) per tenant on this instance.
         self.open: dict[str, int] = {}
+        # Set when the process is about to stop: WebSocket connections close with 1013.
+        self.draining = asyncio.Event()
+        # Set while no connection is open here.
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Asks every connection to close (the process is stopping) and waits up to `timeout` for them."""
+        self.draining.set()
+        if self.open:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), timeout)
 
     def admit(self, tenant_id: str, cap: int) -> Admission | None:
         """Counts one more connection of the tenant, or None when it holds `cap` already."""
@@ -132,6 +156,7 @@ class Hub:
         if count >= cap:
             return None
         self.open[tenant_id] = count + 1
+        self.idle.clear()
         return Admission(self, tenant_id)
 
     async def subscribe(self, tenant_id: str) -> Subscriber:
@@ -169,6 +194,19 @@ class Hub:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def check_resumable(self, tenant_id: str, after: int) -> None:
+        """Raises `Expired` when what came after `after` is no longer all kept (before a stream opens,
+        so the client gets a 410 instead of a stream with a hole)."""
+        try:
+            # Asked every time: events may have been removed before the relay ever saw them.
+            page = await self.feed.page(after, 1, tenant_id)
+        except DownstreamError:
+            if after < await self.store.floor(tenant_id):
+                raise  # the feed is needed for this resume
+            return  # the stream holds everything after `after`
+        if after < page.pruned_through:
+            raise Expired(page.pruned_through)
+
     async def backlog(self, tenant_id: str, after: int) -> AsyncIterator[StreamEvent]:
         """Every event of the tenant after `after` that is stored now, in id order: from the stream,
         and from the orders feed for what the stream has trimmed."""
@@ -177,6 +215,9 @@ class Hub:
             floor = await self.store.floor(tenant_id)
             if cursor < floor:
                 page = await self.feed.page(cursor, FEED_MAX_LIMIT, tenant_id)
+                if cursor < page.pruned_through:
+                    # Removed since the stream opened: end it; the client's reconnect gets the 410.
+                    raise Expired(page.pruned_through)
                 for item in page.items:
                     if item.tenant_id == tenant_id and item.seq > cursor:
                         yield StreamEvent.from_feed(item)
@@ -199,7 +240,8 @@ class Hub:
 
     async def stream(self, tenant_id: str, after: int | None) -> AsyncIterator[StreamEvent]:
         """The tenant's events after `after` (None: from now on), live, each once, in order.
-        Raises `Overflowed` when the reader fell more than its buffer behind."""
+        Raises `Overflowed` when the reader fell more than its buffer behind, `Expired` when events
+        after `after` are no longer kept."""
         subscriber = await self.subscribe(tenant_id)
         try:
             last = subscriber.start if after is None else after

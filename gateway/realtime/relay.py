@@ -26,7 +26,7 @@ from redis.exceptions import LockError, RedisError
 from gateway.edge.store import RedisClient
 from gateway.realtime.store import EventStore, StreamEvent
 from shared.contract import EVENTS_READ, Identity
-from shared.errors import DownstreamError
+from shared.errors import DownstreamBadResponse, DownstreamError
 from shared.events import FEED_PATH, FeedEvent, FeedPage
 from shared.http import ServiceClient
 
@@ -35,8 +35,8 @@ logger = logging.getLogger("portico.gateway.realtime")
 FEED_IDENTITY = Identity(subject="service:gateway", scopes=frozenset({EVENTS_READ}))
 
 
-class FeedError(RuntimeError):
-    """The orders service answered, but not with a page of its event feed."""
+class FeedError(DownstreamBadResponse):
+    """The orders service answered, but not with a page of its event feed (a 502 to a client)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +51,13 @@ class OrdersFeed:
             params["tenant_id"] = tenant_id
         response = await self.orders.send("GET", FEED_PATH, identity=FEED_IDENTITY, params=params)
         if response.status_code != 200:
-            raise FeedError(f"the orders feed answered {response.status_code}: {response.text[:300]}")
+            raise FeedError("orders", f"The orders feed answered {response.status_code}: {response.text[:300]}")
         try:
             return FeedPage.model_validate_json(response.content)
         except ValidationError as exc:
-            raise FeedError(f"the orders feed answered a page that does not fit its contract: {exc}") from None
+            raise FeedError(
+                "orders", f"The orders feed answered a page that does not fit its contract: {exc}"
+            ) from None
 
 
 class Position:
@@ -152,7 +154,7 @@ class EventRelay:
         while not stop.is_set():
             try:
                 read = await self.run_once()
-            except (DownstreamError, FeedError, RedisError) as exc:
+            except (DownstreamError, RedisError) as exc:
                 failures += 1
                 delay = min(self.max_backoff, self.interval * 2.0 ** min(failures, 20)) * random.uniform(0.5, 1.0)
                 logger.warning("real-time relay: %s; retrying in %.1fs (failure %d)", exc, delay, failures)

@@ -30,6 +30,7 @@ from gateway.deps import UpstreamsDep
 from gateway.openapi import JSON, Credentials, DocumentedBody, operation_docs
 from gateway.proxy import Upstreams
 from shared.contract import ANONYMOUS, Identity, ResourceIdPath
+from shared.deprecation import Deprecation
 from shared.errors import PorticoError
 from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 
@@ -70,6 +71,9 @@ class Forward:
     failure_statuses: frozenset[int] = frozenset()
     # Runs with the service's answer before it is relayed (e.g. forgetting a revoked API key).
     then: Callable[[Request, Response], None] | None = None
+    # A retired route: `deprecated` in OpenAPI, and the deprecation headers on every answer
+    # (`gateway/edge/deprecation.py`).
+    deprecation: Deprecation | None = None
 
 
 # The endpoint of one `Forward`: a callable whose signature FastAPI reads for its parameters. (A
@@ -81,6 +85,7 @@ class _ForwardEndpoint:
         self.anonymous = route.anonymous
         self.failure_statuses = route.failure_statuses
         self.then = route.then
+        self.deprecation = route.deprecation
         # Read by `gateway.openapi.documented_bodies` for the document's components.
         self.documented_body = (
             DocumentedBody(route.body, route.body_media_type, route.body_required) if route.body is not None else None
@@ -150,4 +155,17 @@ def add_forwards(
             response_model=route.answer,
             responses=responses,
             openapi_extra=openapi_extra,
+            deprecated=route.deprecation is not None or None,
+            description=route.deprecation.note() if route.deprecation is not None else None,
         )
+
+
+def deprecated_routes(routes: Iterable[BaseRoute]) -> dict[tuple[str, str], Deprecation]:
+    """The deprecated forwards among `routes`, by (method, route template)."""
+    found: dict[tuple[str, str], Deprecation] = {}
+    for route in routes:
+        endpoint = getattr(route, "endpoint", None)
+        if isinstance(route, APIRoute) and isinstance(endpoint, _ForwardEndpoint) and endpoint.deprecation is not None:
+            for method in route.methods or ():
+                found[(method, route.path)] = endpoint.deprecation
+    return found

@@ -31,8 +31,8 @@ add_forwards(
             "/products",
             Reader,
             "list_products",
-            "The tenant's products, newest first",
-            query=PAGE_QUERY,
+            "The tenant's products, newest first; with ids=a,b,c only those (up to 100), in that order",
+            query={**PAGE_QUERY, "ids": (str | None, None)},
             answer=Page[ProductOut],
         ),
         Forward(

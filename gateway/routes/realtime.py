@@ -7,19 +7,29 @@ Every gateway instance serves every tenant: the events come from the shared stre
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, WebSocket, WebSocketDisconnect
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
 from gateway.deps import RequireScope, SettingsDep, state
+from gateway.edge.addresses import ClientAddress
+from gateway.edge.credentials import InvalidApiKey
+from gateway.edge.ratelimit import Policy
+from gateway.edge.store import StoreUnavailable
 from gateway.openapi import operation_docs
-from gateway.realtime.hub import Admission, Hub, Overflowed
+from gateway.realtime.hub import Admission, Expired, Hub, Overflowed
 from gateway.settings import GatewaySettings
-from shared.contract import DEFAULT_PLAN, PLANS, Identity
-from shared.errors import BadRequest, TooManyRequests
+from gateway.state import GatewayState
+from shared.contract import DEFAULT_PLAN, PLANS, AuthenticationRequired, Identity, is_well_formed
+from shared.errors import BadRequest, PorticoError, TooManyRequests, Unauthorized
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -29,6 +39,23 @@ MAX_EVENT_ID = 2**63 - 1
 
 
 class InvalidLastEventId(BadRequest, code="INVALID_LAST_EVENT_ID", title="Invalid Last-Event-ID"): ...
+
+
+class EventsExpired(PorticoError, status=410, code="EVENTS_EXPIRED", title="Events no longer kept"): ...
+
+
+async def resumable(hub: Hub, tenant_id: str, after: int | None) -> None:
+    """410 when the events after `after` are no longer all kept: the client resyncs instead."""
+    if after is None:
+        return
+    try:
+        await hub.check_resumable(tenant_id, after)
+    except Expired as exc:
+        raise EventsExpired(
+            f"Events after {after} are no longer kept (the oldest kept comes after {exc.pruned_through}). Resync: "
+            "read the current state (GET /v1/orders), then open the stream without Last-Event-ID.",
+            extra={"last_event_id": after, "pruned_through": exc.pruned_through, "resync": "/v1/orders"},
+        ) from None
 
 
 class ConnectionLimitReached(
@@ -65,7 +92,11 @@ def admit(hub: Hub, identity: Identity, settings: GatewaySettings) -> Admission:
 
 
 EVENTS_DOCS, EVENTS_EXTRA = operation_docs(
-    "GET", status_code=200, credentials="any", errors=[InvalidLastEventId, ConnectionLimitReached], conditional=False
+    "GET",
+    status_code=200,
+    credentials="any",
+    errors=[InvalidLastEventId, EventsExpired, ConnectionLimitReached],
+    conditional=False,
 )
 EVENTS_DOCS[200].update(
     description="The tenant's order events, as they happen",
@@ -94,6 +125,7 @@ async def events(
     after = parse_event_id(last_event_id_header if last_event_id_header is not None else last_event_id)
     tenant = identity.tenant_id
     assert tenant is not None
+    await resumable(hub, tenant, after)
     admission = admit(hub, identity, settings)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
@@ -101,8 +133,9 @@ async def events(
             yield ServerSentEvent(comment="stream open", retry=settings.sse_retry_ms)
             async for event in hub.stream(tenant, after):
                 yield ServerSentEvent(data=event.data, event=event.type, id=str(event.id))
-        except Overflowed:
-            # The client fell too far behind: the stream ends, the client reconnects with its last id.
+        except (Overflowed, Expired):
+            # The client fell too far behind (or what it missed is gone): the stream ends; the client
+            # reconnects with its last id (and gets a 410 if it must resync).
             return
         finally:
             admission.release()
@@ -115,3 +148,168 @@ async def events(
         # Runs when the response ends without the stream having started (the client left at once).
         background=BackgroundTask(admission.release),
     )
+
+
+# WebSocket close codes (RFC 6455): refused or no longer authorised, and "reconnect later" (the
+# process is stopping, or the client fell more than its buffer behind).
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TRY_AGAIN_LATER = 1013
+# How often a connection made with an API key checks that the key still works (revoked, expired).
+API_KEY_RECHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class WsCaller:
+    identity: Identity
+    # The access token's expiry (Unix seconds); None for an API key, which is checked again instead.
+    expires_at: float | None
+    api_key: str | None
+
+
+class RealtimeRateLimited(TooManyRequests, code="RATE_LIMITED", title="Too Many Requests"): ...
+
+
+async def ws_caller(gateway: GatewayState, token: str | None, address: str) -> WsCaller:
+    """The caller of a WebSocket: `?token=` holds an access token or an API key. A bad one counts in
+    the client address's failed-authentication budget, as on HTTP (`gateway/edge/authfailures.py`)."""
+    if not token:
+        raise AuthenticationRequired("Send the access token or API key as ?token=.")
+    try:
+        if is_well_formed(token):
+            found, identity = gateway.api_keys.cached(token)
+            if not found:
+                # Only the users service can tell: not for an address whose failures are spent.
+                await gateway.auth_failures.check(address)
+                identity = await gateway.api_keys.resolve(token)
+            if identity is None:
+                raise InvalidApiKey("The API key is unknown, revoked or expired.")
+            return WsCaller(identity, None, token)
+        identity, expires_at = await gateway.tokens.verify_with_expiry(token, gateway.jwt_keys)
+    except Unauthorized as exc:
+        refusal = await gateway.auth_failures.failed(address)
+        raise (refusal or exc) from None
+    return WsCaller(identity, expires_at, None)
+
+
+async def count_connect(gateway: GatewayState, identity: Identity) -> None:
+    """A connection counts as one request of the tenant's plan quota (429 when it is spent)."""
+    if not gateway.settings.rate_limit_enabled:
+        return
+    quotas = gateway.settings.plan_quotas()
+    plan = identity.plan if identity.plan in PLANS else DEFAULT_PLAN
+    try:
+        verdict = await gateway.rate_limiter.hit(
+            f"t:{identity.tenant_id}",
+            [Policy(plan, quotas[plan])],
+        )
+    except StoreUnavailable:
+        if gateway.settings.rate_limit_failure_mode == "closed":
+            raise
+        return
+    if not verdict.admitted:
+        raise RealtimeRateLimited(f"The {plan} quota is spent.")
+
+
+@router.websocket("/ws")
+async def websocket_events(websocket: WebSocket, token: str | None = None, last_event_id: str | None = None) -> None:
+    """The tenant's order events as JSON text frames `{"id", "type", "data"}`; `{"type": "ping"}` is
+    answered `{"type": "pong"}`. Refused before it is accepted (close 1008, an HTTP 403 to the
+    upgrade) without good credentials in `?token=`, the `orders:read` scope, quota or a free
+    connection of the plan."""
+    gateway: GatewayState = state.of(websocket)
+    try:
+        caller = await ws_caller(gateway, token, ClientAddress(gateway.settings.trusted_proxies)(websocket.scope))
+        caller.identity.require_scope("orders:read")
+        after = parse_event_id(last_event_id)
+        assert caller.identity.tenant_id is not None
+        await resumable(gateway.events, caller.identity.tenant_id, after)
+        await count_connect(gateway, caller.identity)
+        admission = admit(gateway.events, caller.identity, gateway.settings)
+    except (PorticoError, StoreUnavailable) as exc:
+        reason = exc.code if isinstance(exc, PorticoError) else "EDGE_STORE_UNAVAILABLE"
+        await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=reason)
+        return
+    try:
+        await websocket.accept()
+        code, reason = await WsSession(websocket, gateway, caller, after).run()
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await websocket.close(code=code, reason=reason)
+    finally:
+        admission.release()
+
+
+class WsSession:
+    """One accepted WebSocket: events out, pings in, and the reasons to close it, whichever comes first."""
+
+    def __init__(self, websocket: WebSocket, gateway: GatewayState, caller: WsCaller, after: int | None) -> None:
+        self.websocket = websocket
+        self.gateway = gateway
+        self.caller = caller
+        self.after = after
+        self.sending = asyncio.Lock()
+
+    async def send(self, text: str) -> None:
+        async with self.sending:
+            await asyncio.wait_for(self.websocket.send_text(text), self.gateway.settings.events_send_timeout_seconds)
+
+    async def run(self) -> tuple[int, str]:
+        """Answers the close code and reason (1000 when the client left)."""
+        tasks = [
+            asyncio.create_task(self.events()),
+            asyncio.create_task(self.messages()),
+            asyncio.create_task(self.credentials()),
+            asyncio.create_task(self.shutdown()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return next(iter(done)).result()
+
+    async def events(self) -> tuple[int, str]:
+        tenant = self.caller.identity.tenant_id
+        assert tenant is not None
+        try:
+            async for event in self.gateway.events.stream(tenant, self.after):
+                await self.send(event.frame())
+        except (Overflowed, TimeoutError):
+            return CLOSE_TRY_AGAIN_LATER, "too far behind: reconnect with last_event_id"
+        except Expired:
+            return CLOSE_POLICY_VIOLATION, "EVENTS_EXPIRED"
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        return 1000, ""
+
+    async def messages(self) -> tuple[int, str]:
+        try:
+            while True:
+                text = await self.websocket.receive_text()
+                try:
+                    message = json.loads(text)
+                except ValueError:
+                    message = None
+                if isinstance(message, dict) and message.get("type") == "ping":
+                    await self.send('{"type":"pong"}')
+                else:
+                    await self.send('{"type":"error","detail":"send {\\"type\\": \\"ping\\"} or nothing"}')
+        except (WebSocketDisconnect, RuntimeError, KeyError):
+            # KeyError: a binary frame where text was expected.
+            return 1000, ""
+        except TimeoutError:
+            return CLOSE_TRY_AGAIN_LATER, "too far behind: reconnect with last_event_id"
+
+    async def credentials(self) -> tuple[int, str]:
+        if self.caller.expires_at is not None:
+            await asyncio.sleep(max(0.0, self.caller.expires_at - time.time()))
+            return CLOSE_POLICY_VIOLATION, "token expired"
+        assert self.caller.api_key is not None
+        while True:
+            await asyncio.sleep(max(self.gateway.settings.api_key_cache_ttl_seconds, API_KEY_RECHECK_SECONDS))
+            if await self.gateway.api_keys.resolve(self.caller.api_key) is None:
+                return CLOSE_POLICY_VIOLATION, "API key revoked or expired"
+
+    async def shutdown(self) -> tuple[int, str]:
+        await self.gateway.events.draining.wait()
+        return CLOSE_TRY_AGAIN_LATER, "server shutting down"

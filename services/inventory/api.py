@@ -4,9 +4,10 @@ dependencies of `deps.py`); each handler is one call of `service.py`."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from services.inventory import service
 from services.inventory.deps import ProductsRead, ProductsWrite, RepoDep, ReservationsRead, ReservationsWrite
@@ -28,6 +29,32 @@ from shared.pagination import Page, PageDep
 
 router = APIRouter()
 
+MAX_BATCH_IDS = 100
+
+
+async def product_ids(
+    ids: Annotated[
+        str | None,
+        Query(
+            description=f"Comma-separated product ids: only these, in this order (up to {MAX_BATCH_IDS}).",
+            max_length=MAX_BATCH_IDS * 65,
+        ),
+    ] = None,
+) -> list[str] | None:
+    """The batch read's ids; ids that are no product of the tenant are left out of the answer."""
+    if ids is None:
+        return None
+    parsed = [part.strip() for part in ids.split(",")]
+    if not 1 <= len(parsed) <= MAX_BATCH_IDS or not all(re.fullmatch(RESOURCE_ID_PATTERN, i) for i in parsed):
+        raise ValidationFailed(
+            f"ids must be 1 to {MAX_BATCH_IDS} product ids, comma-separated.",
+            errors=[{"loc": ["query", "ids"], "field": "ids", "msg": "not a list of ids", "type": "value_error"}],
+        )
+    return parsed
+
+
+ProductIdsQuery = Annotated[list[str] | None, Depends(product_ids)]
+
 NOT_FOUND = NotFound.openapi_response()
 INVALID = ValidationFailed.openapi_response()
 CONFLICT = Conflict.openapi_response()
@@ -39,8 +66,10 @@ async def create_product(data: ProductCreate, repo: RepoDep, caller: ProductsWri
 
 
 @router.get("/products", response_model=Page[ProductOut], responses=INVALID)
-async def list_products(repo: RepoDep, caller: ProductsRead, page: PageDep) -> Page[ProductOut]:
-    return await service.list_products(repo, caller.tenant_id, page)
+async def list_products(
+    repo: RepoDep, caller: ProductsRead, page: PageDep, ids: ProductIdsQuery = None
+) -> Page[ProductOut]:
+    return await service.list_products(repo, caller.tenant_id, page, ids)
 
 
 @router.get("/products/{product_id}", response_model=ProductOut, responses=NOT_FOUND)

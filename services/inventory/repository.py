@@ -30,6 +30,10 @@ class InventoryRepository(Repository):
         self.session.add(product)
         await self.save_product(product)
 
+    async def products_by_ids(self, tenant_id: str, ids: Collection[str]) -> Sequence[Product]:
+        query = select(Product).where(Product.tenant_id == tenant_id, Product.id.in_(ids))
+        return (await self.session.scalars(query)).all()
+
     async def save_product(self, product: Product) -> None:
         await self.flush_unique(
             SkuTaken(

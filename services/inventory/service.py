@@ -4,6 +4,7 @@ request's transaction (its repository shares the request's session): raising rol
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from services.inventory.models import MAX_STOCK, Product, Reservation, ReservationItem, StockAdjustment
@@ -73,8 +74,17 @@ async def get_product(repo: InventoryRepository, tenant_id: str, product_id: str
     return await repo.one(Product, tenant_id, product_id, ProductNotFound)
 
 
-async def list_products(repo: InventoryRepository, tenant_id: str, page: PageQuery) -> Page[ProductOut]:
-    return await repo.list_page(Product, tenant_id, page.position(), page.limit, ProductOut.model_validate)
+async def list_products(
+    repo: InventoryRepository, tenant_id: str, page: PageQuery, ids: Sequence[str] | None = None
+) -> Page[ProductOut]:
+    """A page of the tenant's products, or (with `ids`) the ones named, in the order named: a batch
+    read for callers that hold many ids (GraphQL's product loader). Ids of no product of the tenant
+    are left out."""
+    if ids is None:
+        return await repo.list_page(Product, tenant_id, page.position(), page.limit, ProductOut.model_validate)
+    found = {product.id: product for product in await repo.products_by_ids(tenant_id, set(ids))}
+    named = dict.fromkeys(ids)
+    return Page(items=[ProductOut.model_validate(found[i]) for i in named if i in found], next_cursor=None)
 
 
 async def update_product(repo: InventoryRepository, tenant_id: str, product_id: str, data: ProductUpdate) -> Product:

@@ -83,6 +83,15 @@ class OutboxEvent(Base):
     traceparent: Mapped[str | None] = mapped_column(String(TRACEPARENT_LENGTH), default=None)
 
 
+class OutboxRetention(Base):
+    """One row: every event with a seq up to `pruned_through` has been removed by the retention."""
+
+    __tablename__ = "outbox_retention"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pruned_through: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
 class OrderAttempt(Base):
     """An order being placed, recorded before stock is reserved for it.
 

@@ -4,7 +4,8 @@
   crash) and attempts whose compensation failed: release their stock, then drop them;
 - cancelled orders whose stock is not yet released (the inventory service was unreachable): release;
 - stored orders whose reservation is not yet confirmed: confirm;
-- finished attempts older than the idempotency TTL: forget their key.
+- finished attempts older than the idempotency TTL: forget their key;
+- events older than `events_retention_seconds` (when set): remove them from the outbox.
 
 Each step is idempotent at the inventory service and claimed with conditional updates here, so
 several orders processes can run the task side by side.
@@ -25,6 +26,9 @@ from shared.errors import PorticoError
 
 logger = logging.getLogger("portico.orders.recovery")
 BATCH = 100
+# Events removed per round at most: a backlog is worked off over several rounds, never in one long
+# transaction that would hold the feed.
+PRUNE_BATCH = 5_000
 
 
 async def recover_once(ctx: OrdersContext) -> None:
@@ -66,6 +70,11 @@ async def recover_once(ctx: OrdersContext) -> None:
 
     async with ctx.transaction() as repo:
         await repo.purge_done_attempts(now - timedelta(seconds=settings.idempotency_ttl_seconds))
+    if settings.events_retention_seconds:
+        async with ctx.transaction() as repo:
+            removed = await repo.prune_events(now - timedelta(seconds=settings.events_retention_seconds), PRUNE_BATCH)
+        if removed:
+            logger.info("removed %d events past the retention", removed)
 
 
 async def _loop(ctx: OrdersContext) -> None:

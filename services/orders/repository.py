@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, select, text, update
 
-from services.orders.models import Order, OrderAttempt, OutboxEvent
+from services.orders.models import Order, OrderAttempt, OutboxEvent, OutboxRetention
 from shared.db import raising_lock_not_available
 from shared.repository import Repository
 
@@ -133,6 +133,27 @@ class OrderRepository(Repository):
         return (await self.session.scalars(query)).all()
 
     # The event feed
+
+    async def pruned_through(self) -> int:
+        value = await self.session.scalar(select(OutboxRetention.pruned_through).where(OutboxRetention.id == 1))
+        return int(value or 0)
+
+    async def prune_events(self, before: datetime, batch: int) -> int:
+        """Removes up to `batch` of the oldest events written before `before`; answers how many. The
+        highest seq removed is kept (`pruned_through`), so the feed can tell a reader it missed some."""
+        oldest = (
+            select(OutboxEvent.seq).where(OutboxEvent.created_at < before).order_by(OutboxEvent.seq).limit(batch)
+        ).subquery()
+        through = await self.session.scalar(select(func.max(oldest.c.seq)))
+        if through is None:
+            return 0
+        removed = await self.session.execute(delete(OutboxEvent).where(OutboxEvent.seq <= through))
+        await self.session.execute(
+            update(OutboxRetention)
+            .where(OutboxRetention.id == 1, OutboxRetention.pruned_through < through)
+            .values(pruned_through=through)
+        )
+        return int(removed.rowcount or 0)  # type: ignore[attr-defined]
 
     async def events_after(
         self, after: int, limit: int, lock_timeout_ms: int, tenant_id: str | None = None

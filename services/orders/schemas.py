@@ -67,6 +67,9 @@ class EventOut(BaseModel):
 class EventFeed(BaseModel):
     items: list[EventOut]
     next_after: int
+    # Every event with a seq up to this was removed by the retention (0: none ever was): a reader
+    # resuming from before it has missed events.
+    pruned_through: int = 0
 
 
 class ReservationIn(BaseModel):

@@ -367,6 +367,7 @@ async def event_feed(ctx: OrdersContext, after: int, limit: int, tenant_id: str 
     try:
         async with ctx.transaction() as repo:
             events = await repo.events_after(after, limit, ctx.settings.events_lock_timeout_ms, tenant_id)
+            pruned_through = await repo.pruned_through()
     except LockNotAvailable as exc:
         raise EventsBusy(
             "Order transactions in flight held the feed longer than allowed; retry.", headers={"Retry-After": "1"}
@@ -385,4 +386,4 @@ async def event_feed(ctx: OrdersContext, after: int, limit: int, tenant_id: str 
         )
         for event in events
     ]
-    return EventFeed(items=items, next_after=items[-1].seq if items else after)
+    return EventFeed(items=items, next_after=items[-1].seq if items else after, pruned_through=pruned_through)

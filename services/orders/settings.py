@@ -29,3 +29,7 @@ class OrdersSettings(BaseServiceSettings):
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     # The event feed waits at most this long for order transactions in flight (PostgreSQL).
     events_lock_timeout_ms: int = Field(default=2000, ge=10, le=60_000)
+    # Events older than this are removed by the recovery task; 0 keeps every event. Set it longer
+    # than any reader of the feed may fall behind (the webhooks relay, the gateway's streams): a
+    # reader resuming from before it is told it missed events (the gateway answers 410).
+    events_retention_seconds: int = Field(default=0, ge=0)

@@ -26,6 +26,7 @@ from services.webhooks.schemas import (
     EndpointWithSecret,
 )
 from shared.contract import NO_STORE
+from shared.deprecation import WEBHOOK_ENDPOINT_ENABLED
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.pagination import Page, PageDep
 
@@ -54,6 +55,8 @@ async def create_endpoint(
     caller: WebhooksWrite,
     response: Response,
 ) -> EndpointWithSecret:
+    if data.enabled is not None:
+        WEBHOOK_ENDPOINT_ENABLED.mark(response.headers)
     return with_secret(await service.create_endpoint(repo, settings, caller.tenant_id, data, resolver), response)
 
 
@@ -76,7 +79,11 @@ async def update_endpoint(
     settings: SettingsDep,
     resolver: ResolverDep,
     caller: WebhooksWrite,
+    response: Response,
 ) -> EndpointOut:
+    if data.enabled is not None:
+        # The request used the retired field: the answer says so (and the gateway counts it).
+        WEBHOOK_ENDPOINT_ENABLED.mark(response.headers)
     endpoint = await service.update_endpoint(repo, deliveries, settings, caller.tenant_id, endpoint_id, data, resolver)
     return EndpointOut.model_validate(endpoint)
 

@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.deprecation import WEBHOOK_ENDPOINT_ENABLED
 from shared.schemas import refuse_null
 
 EventType = Literal["order.created", "order.cancelled"]
@@ -36,7 +37,7 @@ class EndpointCreate(BaseModel):
     events: list[EventType] = Field(min_length=1, max_length=len(EVENT_TYPES) * 4)
     status: EndpointStatus | None = None
     # The older shape of `status`.
-    enabled: bool | None = None
+    enabled: bool | None = WEBHOOK_ENDPOINT_ENABLED.field()
 
     @field_validator("events")
     @classmethod
@@ -64,7 +65,7 @@ class EndpointUpdate(BaseModel):
     events: list[EventType] | None = Field(default=None, min_length=1, max_length=len(EVENT_TYPES) * 4)
     status: Annotated[EndpointStatus | None, NOT_NULL] = None
     # The older shape of `status`.
-    enabled: Annotated[bool | None, NOT_NULL] = None
+    enabled: Annotated[bool | None, NOT_NULL] = WEBHOOK_ENDPOINT_ENABLED.field()
 
     @field_validator("events")
     @classmethod
@@ -93,7 +94,7 @@ class EndpointOut(BaseModel):
     events: list[str]
     status: EndpointStatus
     # The older shape of `status` (enabled is status == "active"), kept for existing clients.
-    enabled: bool
+    enabled: bool = WEBHOOK_ENDPOINT_ENABLED.field(...)
     created_at: datetime
     updated_at: datetime
 

@@ -94,6 +94,11 @@ def check_walkthrough_output(out: str) -> str:
     # The second cancel of the same order is refused.
     assert re.search(r'"error_code":"ORDER_ALREADY_CANCELLED".* 409$', out, re.M), out
     assert '"stock":15' in out
+    # The event stream: the first order's two events from Last-Event-ID 0, then the next one live.
+    sse = re.findall(r"^id: (\d+)\nevent: (order\.\w+)\ndata: (\{.*\})$", out, re.M)
+    assert [kind for _, kind, _ in sse][:3] == ["order.created", "order.cancelled", "order.created"], out
+    assert [int(i) for i, _, _ in sse] == sorted({int(i) for i, _, _ in sse})
+    assert '"type":"order.created"' in sse[0][2]
     # The endpoint's secret is printed once, in the creation answer; reading the endpoint shows none.
     assert len(re.findall(r'"secret":"whsec_[A-Za-z0-9+/=]+"', out)) == 1, out
     assert out.count("whsec_") == 1, out

@@ -95,6 +95,19 @@ async def test_products_create_read_update_and_page(admin: Caller):
     assert len(default.json()["items"]) == 3
 
 
+async def test_products_are_read_in_one_batch_by_id(admin: Caller, inventory, signer):
+    mine = [await new_product(admin) for _ in range(3)]
+    theirs = await new_product(Caller(inventory, signer, "inventory", tenant_identity()))
+    wanted = [mine[2]["id"], theirs["id"], mine[0]["id"], "no-such-product", mine[2]["id"]]
+    batch = await admin.get("/products", params={"ids": ",".join(wanted)})
+    assert batch.status_code == 200, batch.text
+    # In the order asked, once each; another tenant's product and unknown ids are left out.
+    assert [p["id"] for p in batch.json()["items"]] == [mine[2]["id"], mine[0]["id"]]
+    assert batch.json()["next_cursor"] is None
+    for bad in ("", "a,,b", "bad id", ",".join(["x"] * 101)):
+        assert_problem(await admin.get("/products", params={"ids": bad}), 422, field="ids")
+
+
 async def test_bad_product_input_is_refused_and_changes_nothing(admin: Caller):
     product = await new_product(admin, stock=4, price_cents=500)
     other = await new_product(admin)

@@ -4,20 +4,25 @@ from before what a stream still holds, and a stalled reader cut off while the ot
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 
+import asyncpg
 import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from gateway.app import create_redis
-from gateway.realtime.hub import Hub, Overflowed
+from gateway.realtime.hub import Expired, Hub, Overflowed
 from gateway.realtime.relay import EventRelay, OrdersFeed
 from gateway.realtime.store import MemoryEventStore, RedisEventStore, StreamEvent
 from scripts.devstack import Stack
+from services.orders.app import create_app as create_orders_app
+from services.orders.settings import OrdersSettings
 from shared.http import ServiceClient, create_http_client
 from shared.identity import IdentitySigner
-from tests.conftest import INTERNAL_SECRET
+from shared.migrations import upgrade
+from tests.conftest import INTERNAL_SECRET, ROOT, app_client, settings_kwargs
 from tests.e2e.test_realtime import place_and_cancel, until
 from tests.edge_support import gateway_settings, signup, unique_prefix
 from tests.infra import Servers
@@ -93,3 +98,87 @@ async def test_a_stalled_reader_is_cut_off_while_others_keep_receiving(migrated:
         await hub.close()
         await redis.aclose()
         await blocking.aclose()
+
+
+@pytest.fixture
+async def own_orders_database(migrated: Servers):
+    """An orders database of this test's own: its retention removes events no other test reads."""
+    name = f"portico_test_{migrated.run_id}_orders_retention"
+    admin = await asyncpg.connect(migrated.pg_admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = migrated.pg_admin_dsn.rpartition("/")[0]
+    await asyncio.to_thread(
+        upgrade, ROOT / "services" / "orders", f"postgresql+asyncpg://{base.split('://', 1)[1]}/{name}"
+    )
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(migrated.pg_admin_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def test_resuming_from_before_the_retention_is_refused(migrated: Servers, stack: Stack, own_orders_database):
+    tenant = str(uuid.uuid4())
+    conn = await asyncpg.connect(own_orders_database)
+    try:
+        seqs = []
+        for age in ("2 hours", "1 hour", "0 seconds"):
+            seqs.append(
+                await conn.fetchval(
+                    "INSERT INTO outbox (id, tenant_id, type, data, created_at) "
+                    f"VALUES ($1, $2, 'order.created', '{{}}', now() - interval '{age}') RETURNING seq",
+                    str(uuid.uuid4()),
+                    tenant,
+                )
+            )
+    finally:
+        await conn.close()
+    settings = OrdersSettings(
+        **{
+            **settings_kwargs(migrated, "orders"),
+            "database_url": own_orders_database.replace("postgresql://", "postgresql+asyncpg://", 1),
+        },
+        users_url=stack.url("users"),
+        inventory_url=stack.url("inventory"),
+        events_retention_seconds=60,
+        recovery_interval_seconds=0.1,
+        db_pool_size=2,
+        db_max_overflow=2,
+    )
+    async for orders in app_client(create_orders_app(settings)):
+        feed = OrdersFeed(ServiceClient("orders", "http://test", orders, IdentitySigner(INTERNAL_SECRET, 60)))
+        # The recovery task removes the two old events and says up to where.
+        await until_async(functools.partial(_pruned, feed, seqs[1]), "the retention to run")
+        store = MemoryEventStore(maxlen=100)
+        relay = EventRelay(feed, store, redis=None, prefix="", interval=0.1, batch_size=500, lease_seconds=1)
+        while await relay.run_once():
+            pass
+        hub = Hub(store, feed, buffer_size=10)
+        try:
+            with pytest.raises(Expired) as expired:
+                await hub.check_resumable(tenant, seqs[0])
+            assert expired.value.pruned_through == seqs[1]
+            # From the last removed event on, nothing is missing: the resume goes ahead.
+            await hub.check_resumable(tenant, seqs[1])
+            assert [e.id for e in await take(hub.stream(tenant, seqs[1]), 1)] == [seqs[2]]
+        finally:
+            await hub.close()
+
+
+async def _pruned(feed: OrdersFeed, through: int) -> bool:
+    return (await feed.page(0, 1)).pruned_through >= through
+
+
+async def until_async(condition, what: str, deadline: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not await condition():
+        if loop.time() > end:
+            raise AssertionError(f"waited {deadline}s for {what}")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,57 @@
+"""GraphiQL at `GET /graphql`, only where the API reference is on (never in production), with every
+asset served by the gateway itself from `static/`: nothing is loaded from a CDN."""
+
+from __future__ import annotations
+
+import gzip
+from functools import cache
+from importlib.resources import files
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+from starlette.responses import HTMLResponse, Response
+
+from shared.errors import NotFound
+
+router = APIRouter(include_in_schema=False)
+STATIC = files("gateway.graphql") / "static"
+# What the page may load: its own scripts and styles; GraphiQL's inline styles and data: fonts.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; font-src 'self' data:; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+# Asset -> (media type, stored gzip-compressed).
+ASSETS = {
+    "graphiql.min.js": ("text/javascript", True),
+    "graphiql.min.css": ("text/css", True),
+    "react.production.min.js": ("text/javascript", True),
+    "react-dom.production.min.js": ("text/javascript", True),
+    "graphiql-init.js": ("text/javascript", False),
+}
+# The files never change while the process runs.
+CACHE_CONTROL = "public, max-age=86400"
+
+
+@cache
+def _read(name: str) -> bytes:
+    return (STATIC / name).read_bytes()
+
+
+@router.get("/graphql")
+async def graphiql() -> HTMLResponse:
+    return HTMLResponse(_read("graphiql.html"), headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
+
+
+@router.get("/graphql/static/{name}")
+async def graphiql_asset(name: str, accept_encoding: Annotated[str, Header()] = "") -> Response:
+    asset = ASSETS.get(name)
+    if asset is None:
+        raise NotFound("No such GraphiQL asset.")
+    media_type, compressed = asset
+    if not compressed:
+        return Response(_read(name), media_type=media_type, headers={"Cache-Control": CACHE_CONTROL})
+    body = _read(name + ".gz")
+    headers = {"Cache-Control": CACHE_CONTROL, "Vary": "Accept-Encoding"}
+    if "gzip" in accept_encoding.lower():
+        return Response(body, media_type=media_type, headers={**headers, "Content-Encoding": "gzip"})
+    return Response(gzip.decompress(body), media_type=media_type, headers=headers)
