@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from shared.context import request_id_of
 from shared.db import create_engine, create_sessionmaker
 from shared.errors import PROBLEM_SCHEMA, install_error_handlers
-from shared.http import create_http_client
+from shared.http import CallPolicy, UpstreamMetrics, create_http_client
 from shared.identity import IdentitySigner, IdentityVerifier, require_identity
 from shared.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
 from shared.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -158,6 +158,8 @@ def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: Collec
     """The service `spec` describes; `registry` holds metrics of its own (served with the HTTP ones)."""
     provider = create_tracer_provider(spec.name)
     set_global_provider_once(provider)
+    registry = registry or CollectorRegistry()
+    upstream_metrics = UpstreamMetrics(registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[LifespanState[ServiceState[S, C]]]:
@@ -174,6 +176,7 @@ def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: Collec
             identity_signer=IdentitySigner(secret, settings.internal_token_ttl_seconds),
             tracer_provider=provider,
             http=http,
+            call_policy=CallPolicy(settings, upstream_metrics),
             context=None,
         )
         try:
