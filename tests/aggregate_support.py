@@ -7,14 +7,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from scripts.devstack import Stack, free_port
 from tests.conftest import ROOT, service_env
+from tests.edge_support import gateway_settings, in_process_gateway
 from tests.infra import Servers
+
+# The aggregate budget of the gateways these tests run.
+BUDGET = 1.0
 
 # What a scripted service answers: (status, headers, body), or None to never answer.
 Answer = tuple[int, dict[str, str], bytes] | None
@@ -123,3 +131,35 @@ def services_stack(infra: Servers, log_dir: Any, env: dict[str, str] | None = No
         yield stack
     finally:
         stack.stop()
+
+
+@contextlib.asynccontextmanager
+async def gateway_on(services: Stack, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process gateway in front of `services` (settings overridden by `overrides`)."""
+    settings = gateway_settings(services, aggregate_timeout_seconds=BUDGET, **overrides)
+    async with in_process_gateway(settings) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def frozen(stack: Stack, name: str) -> Iterator[None]:
+    """The process is stopped (SIGSTOP): its socket accepts connections, nothing answers."""
+    pid = stack.procs[name].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def dead(stack: Stack, name: str) -> Iterator[None]:
+    """The process is killed (its port refuses connections), and started again afterwards."""
+    proc = stack.procs[name]
+    proc.kill()
+    proc.wait()
+    try:
+        yield
+    finally:
+        stack.start_one(name)
+        stack.wait_ready(90, name)
