@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -163,3 +164,15 @@ def dead(stack: Stack, name: str) -> Iterator[None]:
     finally:
         stack.start_one(name)
         stack.wait_ready(90, name)
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the first sample of `name` in the Prometheus text `text` with these labels."""
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample != name and not sample.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', sample[len(name) :]))
+        if all(found.get(key) == wanted for key, wanted in labels.items()):
+            return float(value)
+    return None

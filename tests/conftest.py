@@ -54,6 +54,9 @@ def service_env(infra: Servers) -> dict[str, str]:
             # Four services, several stacks per session: keep well inside PostgreSQL's 100 connections.
             env[f"{prefix}DB_POOL_SIZE"] = "4"
             env[f"{prefix}DB_MAX_OVERFLOW"] = "4"
+            # 200 concurrent orders queue for those few connections on a loaded machine: they wait
+            # rather than fail (each transaction is short, so the queue moves).
+            env[f"{prefix}DB_POOL_TIMEOUT_SECONDS"] = "30"
     return env
 
 

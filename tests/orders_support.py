@@ -17,7 +17,7 @@ from tests.infra import Servers
 PASSWORD = "correct-horse-9"
 # The test server is shared by every process of the stack and by other test sessions; small pools
 # keep the in-process apps of these tests well inside its connection limit.
-SMALL_POOL = {"db_pool_size": 4, "db_max_overflow": 4}
+SMALL_POOL = {"db_pool_size": 4, "db_max_overflow": 4, "db_pool_timeout_seconds": 30}
 
 
 def unique(tag: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,21 +13,10 @@ import httpx
 import pytest
 
 from scripts.devstack import Stack, free_port
-from tests.aggregate_support import ScriptedService, answer_json, eventually, frozen, gateway_on, problem
+from tests.aggregate_support import ScriptedService, answer_json, eventually, frozen, gateway_on, metric, problem
 from tests.e2e.test_orders_flow import new_product, one_of
 from tests.edge_support import Tenant, bearer, signup
 from tests.orders_support import assert_problem
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """The value of one sample of the Prometheus text `text`."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.rindex("}") + 1]))
-        if all(found.get(key) == value for key, value in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 class Flapping:
