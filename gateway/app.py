@@ -51,6 +51,7 @@ from starlette.routing import BaseRoute
 from gateway.aggregate import Composer, UpstreamRefused, upstream_refused_handler
 from gateway.auth import AuthenticationMiddleware, JwtVerifier
 from gateway.edge.apikeys import ApiKeyResolver
+from gateway.edge.authfailures import AuthFailures
 from gateway.edge.caching import CachingMiddleware
 from gateway.edge.hygiene import CorsMiddleware, SecurityHeadersMiddleware, TrustedHostMiddleware
 from gateway.edge.idempotency import (
@@ -70,8 +71,13 @@ from gateway.edge.ratelimit import (
     RoutePolicies,
 )
 from gateway.edge.store import RedisClient, StoreCaller
+from gateway.openapi import add_components, documented_bodies
 from gateway.proxy import Upstreams
-from gateway.routes import aggregates, api_keys, orders, products, users, webhooks
+from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
+from gateway.realtime.relay import EventRelay, OrdersFeed, running
+from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore
+from gateway.routes import aggregates, api_keys, orders, products, realtime, users, webhooks
+from gateway.routes.forward import anonymous_forwards
 from gateway.settings import FailureMode, GatewaySettings
 from gateway.state import GatewaySlot, GatewayState
 from shared.app import ReadinessCheck, add_health_routes, create_fastapi, install_common
@@ -98,15 +104,18 @@ async def _check_redis(state: GatewayState) -> None:
     await state.redis.ping()
 
 
-def create_redis(settings: GatewaySettings) -> RedisClient:
+def create_redis(settings: GatewaySettings, *, wait_seconds: float = 0.0) -> RedisClient:
     """A bounded pool that waits briefly for a free connection; one immediate retry for a pooled
     connection that went stale (Redis restarted). Stage deadlines bound everything else.
 
     With `redis_cluster`, redis-py's cluster client instead, seeded with the URL's node: it finds the
-    others and sends each script to the node that owns its keys' slot."""
+    others and sends each script to the node that owns its keys' slot.
+
+    `wait_seconds`: how long commands may block on the server (the event streams' blocking reads),
+    added to the read timeout."""
     assert settings.redis_url is not None
     timeouts = {
-        "socket_timeout": settings.redis_timeout_seconds,
+        "socket_timeout": settings.redis_timeout_seconds + wait_seconds,
         "socket_connect_timeout": settings.redis_timeout_seconds,
         "retry": Retry(NoBackoff(), 1),
     }
@@ -145,33 +154,64 @@ async def open_state(
     else:
         rate_store, idempotency_store = MemoryRateLimitStore(), MemoryIdempotencyStore()
 
+    auth_failure_store: RateLimitStore = (
+        RedisRateLimitStore(redis, settings.redis_key_prefix) if redis is not None else MemoryRateLimitStore()
+    )
+
     def caller(stage: str, failure_mode: FailureMode) -> StoreCaller:
         # In-process stores do no I/O: a deadline would only cost time.
         timeout = settings.redis_timeout_seconds if redis is not None else None
         return StoreCaller(stage, timeout=timeout, mode=failure_mode, metrics=metrics)
 
+    store: EventStore
+    if redis is not None:
+        blocking = create_redis(settings, wait_seconds=READ_WAIT_SECONDS)
+        store = RedisEventStore(redis, blocking, settings.redis_key_prefix, settings.events_stream_maxlen)
+    else:
+        blocking, store = None, MemoryEventStore(settings.events_stream_maxlen)
+    feed = OrdersFeed(upstreams["orders"])
+    relay = EventRelay(
+        feed,
+        store,
+        redis=redis,
+        prefix=settings.redis_key_prefix,
+        interval=settings.events_poll_interval_seconds,
+        batch_size=settings.events_poll_batch_size,
+        lease_seconds=settings.events_relay_lease_seconds,
+    )
+    hub = Hub(store, feed, buffer_size=settings.events_buffer_size)
     try:
-        yield GatewayState(
-            settings=settings,
-            http=http,
-            upstreams=upstreams,
-            composer=Composer(
-                upstreams,
-                trace.get_tracer("portico.gateway.aggregate", tracer_provider=provider),
-                settings.aggregate_timeout_seconds,
-            ),
-            redis=redis,
-            rate_limiter=RateLimiter(rate_store, caller("rate_limit", settings.rate_limit_failure_mode)),
-            idempotency=Idempotency(idempotency_store, caller("idempotency", settings.idempotency_failure_mode)),
-            api_keys=ApiKeyResolver(
-                upstreams["users"],
-                ttl_seconds=settings.api_key_cache_ttl_seconds,
-                max_entries=settings.api_key_cache_size,
-                metrics=metrics,
-            ),
-        )
+        async with running(relay):
+            yield GatewayState(
+                settings=settings,
+                http=http,
+                upstreams=upstreams,
+                composer=Composer(
+                    upstreams,
+                    trace.get_tracer("portico.gateway.aggregate", tracer_provider=provider),
+                    settings.aggregate_timeout_seconds,
+                ),
+                redis=redis,
+                rate_limiter=RateLimiter(rate_store, caller("rate_limit", settings.rate_limit_failure_mode)),
+                idempotency=Idempotency(idempotency_store, caller("idempotency", settings.idempotency_failure_mode)),
+                # Never fails open: while Redis fails, each process counts failures alone.
+                auth_failures=AuthFailures(
+                    RateLimiter(auth_failure_store, caller("auth_failures", "local")),
+                    settings.auth_failure_limit,
+                    metrics,
+                ),
+                api_keys=ApiKeyResolver(
+                    upstreams["users"],
+                    ttl_seconds=settings.api_key_cache_ttl_seconds,
+                    max_entries=settings.api_key_cache_size,
+                    max_unknown_entries=settings.api_key_negative_cache_size,
+                    metrics=metrics,
+                ),
+                events=hub,
+            )
     finally:
-        await asyncio.gather(http.aclose(), *([redis.aclose()] if redis is not None else []))
+        await hub.close()
+        await asyncio.gather(http.aclose(), *(client.aclose() for client in (redis, blocking) if client is not None))
 
 
 def edge_pipeline(
@@ -202,7 +242,15 @@ def edge_pipeline(
         stages.append(
             Middleware(GZipMiddleware, minimum_size=settings.gzip_minimum_bytes, compresslevel=settings.gzip_level)
         )
-    stages.append(Middleware(AuthenticationMiddleware, verifier=JwtVerifier(settings), state=state))
+    stages.append(
+        Middleware(
+            AuthenticationMiddleware,
+            verifier=JwtVerifier(settings),
+            state=state,
+            anonymous=anonymous_forwards(routes),
+            trusted_proxies=settings.trusted_proxies,
+        )
+    )
     if settings.rate_limit_enabled:
         policies = RoutePolicies(routes, settings)
         stages.append(Middleware(RateLimitMiddleware, settings=settings, routes=policies, metrics=metrics, state=state))
@@ -214,7 +262,7 @@ def edge_pipeline(
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     cfg = settings or GatewaySettings()
-    provider = create_tracer_provider("gateway")
+    provider = create_tracer_provider("gateway", cfg.trace_sample_ratio)
     set_global_provider_once(provider)
     edge_metrics = EdgeMetrics()
     registry = CollectorRegistry()
@@ -237,10 +285,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         checks["redis"] = _check_redis
     add_health_routes(app, checks, timeout=cfg.ready_timeout_seconds)
     # The aggregate routes first: their paths are more specific than the forwarded ones around them.
-    routers = [module.router for module in (aggregates, users, api_keys, products, orders, webhooks)]
+    routers = [module.router for module in (aggregates, users, api_keys, products, orders, webhooks, realtime)]
     for router in routers:
         app.include_router(router)
     routes = [route for router in routers for route in router.routes]
+    bodies = documented_bodies(routes)
+    app.openapi_hooks.append(lambda schema: add_components(schema, bodies))
     # add_middleware wraps what is already there, so the stages go on innermost first; install_common
     # then adds stages 1-4 around them.
     for stage in reversed(edge_pipeline(routes, cfg, edge_metrics, slot)):

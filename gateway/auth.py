@@ -4,12 +4,16 @@ routes after it through the request context (`shared/context.py`); routes ask fo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from fastapi.routing import APIRoute
 from jose import ExpiredSignatureError, JWTError, jwt
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.edge.addresses import ClientAddress
 from gateway.edge.apikeys import ApiKeyResolver
+from gateway.edge.authfailures import AuthFailures
 from gateway.settings import GatewaySettings
 from shared.asgi import headers
 from shared.context import request_context
@@ -81,6 +85,21 @@ class JwtVerifier:
         return identity_from_claims(claims)
 
 
+class AnonymousRoutes:
+    """The routes forwarded as nobody (sign-up, login), matched before routing, each with the statuses
+    of the service's answer that count as a failed authentication."""
+
+    def __init__(self, routes: Iterable[tuple[APIRoute, frozenset[int]]]) -> None:
+        self.entries = [(route, frozenset(route.methods or ()), failures) for route, failures in routes]
+
+    def match(self, scope: Scope) -> frozenset[int] | None:
+        method, path = scope["method"], scope["path"]
+        for route, methods, failures in self.entries:
+            if method in methods and route.path_regex.match(path):
+                return failures
+        return None
+
+
 class AuthenticationMiddleware:
     """Resolves the caller into the request context's principal; anonymous when no credentials are sent.
 
@@ -89,50 +108,102 @@ class AuthenticationMiddleware:
     are refused here (401), whatever the route; routes that need a caller refuse anonymous ones
     through `Principal` (`gateway/deps.py`). An `X-Tenant-Id` that disagrees with the credentials'
     tenant is 403.
+
+    Every failed authentication counts against the client address's own limit (`AuthFailures`,
+    `gateway/edge/authfailures.py`), checked before any downstream call made to authenticate. On the
+    routes forwarded as nobody (sign-up, login) credentials are not looked at at all: the caller is its
+    client address, for the failure limit and for the rate limits after this stage, so a token of
+    one's own tenant lifts no limit there.
     """
 
-    def __init__(self, app: ASGIApp, *, verifier: JwtVerifier, state: GatewaySlot) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        verifier: JwtVerifier,
+        state: GatewaySlot,
+        anonymous: Iterable[tuple[APIRoute, frozenset[int]]],
+        trusted_proxies: Iterable[str],
+    ) -> None:
         self.app = app
         self.verifier = verifier
         self.state = state
+        self.anonymous_routes = AnonymousRoutes(anonymous)
+        self.client_address = ClientAddress(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        authorization, api_key, tenant_header = headers(scope, b"authorization", b"x-api-key", b"x-tenant-id")
+        failures = self.state.value.auth_failures
+        anonymous_failures = self.anonymous_routes.match(scope) if self.anonymous_routes.entries else None
         try:
-            if api_key is None:
-                identity = self._resolve(authorization)
-            elif authorization is not None:
-                raise AmbiguousCredentials("Send either Authorization or X-API-Key, not both.")
-            else:
-                identity = await self._resolve_key(self.state.value.api_keys, api_key)
-            if (
-                tenant_header is not None
-                and identity.tenant_id is not None
-                and tenant_header.decode("latin-1") != identity.tenant_id
-            ):
-                raise TenantMismatch("X-Tenant-Id does not match the tenant of the credentials.")
+            if anonymous_failures is not None:
+                address = self.client_address(scope)
+                await failures.check(address)
+                request_context(scope).principal = ANONYMOUS
+                await self.app(scope, receive, self._counting(send, failures, address, anonymous_failures))
+                return
+            identity = await self._authenticate(scope, failures)
         except PorticoError as exc:
             await send_problem(exc, scope, receive, send)
             return
         request_context(scope).principal = identity
         await self.app(scope, receive, send)
 
-    def _resolve(self, authorization: bytes | None) -> Identity:
-        if authorization is None:
+    @staticmethod
+    def _counting(send: Send, failures: AuthFailures, address: str, statuses: frozenset[int]) -> Send:
+        """`send`, counting a failure of `address` when the answer's status is one of `statuses`."""
+
+        async def counting(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] in statuses:
+                # The answer is the service's own either way: the failure only counts towards the next.
+                await failures.failed(address)
+            await send(message)
+
+        return counting
+
+    async def _authenticate(self, scope: Scope, failures: AuthFailures) -> Identity:
+        authorization, api_key, tenant_header = headers(scope, b"authorization", b"x-api-key", b"x-tenant-id")
+        if api_key is None and authorization is None:
             return ANONYMOUS
+        if api_key is not None and authorization is not None:
+            raise AmbiguousCredentials("Send either Authorization or X-API-Key, not both.")
+        try:
+            if api_key is None:
+                assert authorization is not None
+                identity = self._resolve(authorization)
+            else:
+                identity = await self._resolve_key(self.state.value.api_keys, api_key, failures, scope)
+        except Unauthorized as exc:
+            refusal = await failures.failed(self.client_address(scope))
+            raise (refusal or exc) from None
+        if (
+            tenant_header is not None
+            and identity.tenant_id is not None
+            and tenant_header.decode("latin-1") != identity.tenant_id
+        ):
+            raise TenantMismatch("X-Tenant-Id does not match the tenant of the credentials.")
+        return identity
+
+    def _resolve(self, authorization: bytes) -> Identity:
         scheme, _, token = authorization.decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _invalid("Use 'Authorization: Bearer <token>'.")
         return self.verifier.verify(token.strip())
 
-    @staticmethod
-    async def _resolve_key(resolver: ApiKeyResolver, raw: bytes) -> Identity:
+    async def _resolve_key(
+        self, resolver: ApiKeyResolver, raw: bytes, failures: AuthFailures, scope: Scope
+    ) -> Identity:
         key = raw.decode("latin-1").strip()
+        identity: Identity | None = None
         # A key that cannot be one is refused without asking the users service.
-        identity = await resolver.resolve(key) if is_well_formed(key) else None
+        if is_well_formed(key):
+            found, identity = resolver.cached(key)
+            if not found:
+                # Only the users service can tell: not for an address whose failures are spent.
+                await failures.check(self.client_address(scope))
+                identity = await resolver.resolve(key)
         if identity is None:
             raise InvalidApiKey("The API key is unknown, revoked or expired.", challenge=API_KEY_CHALLENGE)
         return identity

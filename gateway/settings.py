@@ -84,6 +84,13 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     # how long a revoked key keeps working there.
     api_key_cache_ttl_seconds: float = Field(default=5.0, ge=0, le=300)
     api_key_cache_size: int = Field(default=10_000, ge=1)
+    # Unknown keys are remembered apart, so a flood of them never evicts keys that work.
+    api_key_negative_cache_size: int = Field(default=10_000, ge=1)
+
+    # --- Failed authentication (bad JWT, unknown API key, wrong password, taken email at sign-up),
+    # counted per client address whatever credential is sent; past the limit, 429 before any
+    # downstream call. Counted in Redis when configured, in-process while Redis fails (never open).
+    auth_failure_limit: QuotaSetting = Quota(30, 60)
 
     # --- Rate limits: per tenant by plan, per client address for anonymous callers
     rate_limit_enabled: bool = True
@@ -122,6 +129,28 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     gzip_level: int = Field(default=6, ge=1, le=9)
     etag_enabled: bool = True
 
+    # --- Real time (/v1/events, /v1/ws)
+    # A comment line on every idle SSE stream this often (keeps proxies from closing it).
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    # The `retry:` hint: how long an SSE client waits before it reconnects.
+    sse_retry_ms: int = Field(default=2_000, ge=0, le=600_000)
+    # Events one connection may fall behind before it is closed (its client resumes from its last id).
+    events_buffer_size: int = Field(default=256, ge=1, le=100_000)
+    # A send to a client that takes longer than this closes the connection (a stalled reader).
+    events_send_timeout_seconds: float = Field(default=10.0, gt=0)
+    # About this many events are kept per tenant stream; older ones are read back from the orders feed.
+    events_stream_maxlen: int = Field(default=10_000, ge=10)
+    # How often the relay asks the orders feed for new events when it has nothing to do.
+    events_poll_interval_seconds: float = Field(default=0.2, gt=0, le=5)
+    events_poll_batch_size: int = Field(default=500, ge=1, le=500)
+    # With Redis, the instance that relays holds a lease this long (renewed every poll); another
+    # instance takes over within this time after it dies.
+    events_relay_lease_seconds: float = Field(default=3.0, gt=0)
+    # Connections (SSE and WebSocket together) one tenant may hold open on one gateway instance.
+    realtime_connections_free: int = Field(default=5, ge=0)
+    realtime_connections_pro: int = Field(default=100, ge=0)
+    realtime_connections_enterprise: int = Field(default=1_000, ge=0)
+
     @model_validator(mode="after")
     def _key_for_algorithm(self) -> GatewaySettings:
         if self.jwt_algorithm == "RS256" and not self.jwt_public_key:
@@ -148,6 +177,13 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     def plan_quotas(self) -> dict[Plan, Quota]:
         """Each plan's per-tenant quota (a caller without a known plan is counted as DEFAULT_PLAN)."""
         return {"free": self.rate_limit_free, "pro": self.rate_limit_pro, "enterprise": self.rate_limit_enterprise}
+
+    def realtime_connection_caps(self) -> dict[Plan, int]:
+        return {
+            "free": self.realtime_connections_free,
+            "pro": self.realtime_connections_pro,
+            "enterprise": self.realtime_connections_enterprise,
+        }
 
     def service_urls(self) -> dict[str, str]:
         urls = {

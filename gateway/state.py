@@ -13,10 +13,12 @@ import httpx
 
 from gateway.aggregate import Composer
 from gateway.edge.apikeys import ApiKeyResolver
+from gateway.edge.authfailures import AuthFailures
 from gateway.edge.idempotency import Idempotency
 from gateway.edge.ratelimit import RateLimiter
 from gateway.edge.store import RedisClient
 from gateway.proxy import Upstreams
+from gateway.realtime.hub import Hub
 from gateway.settings import GatewaySettings
 from shared.state import LifespanSlot
 
@@ -33,7 +35,11 @@ class GatewayState:
     redis: RedisClient | None
     rate_limiter: RateLimiter
     idempotency: Idempotency
+    # Failed authentications per client address (gateway/auth.py).
+    auth_failures: AuthFailures
     api_keys: ApiKeyResolver
+    # The order events of every tenant, for /v1/events and /v1/ws.
+    events: Hub
 
 
 # What the edge stages are given when the pipeline is built; the lifespan fills it.

@@ -13,25 +13,33 @@ from typing import Any, Generic, TypeVar, cast
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
 from shared.context import request_id_of
 from shared.db import PoolMetrics, create_engine, create_sessionmaker
+from shared.docs import add_offline_docs
 from shared.errors import PROBLEM_SCHEMA, install_error_handlers
 from shared.http import CallPolicy, UpstreamMetrics, create_http_client
 from shared.identity import IdentitySigner, IdentityVerifier, require_identity
-from shared.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint
-from shared.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from shared.metrics import HttpMetrics, metrics_endpoint
+from shared.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
 from shared.networks import Networks
 from shared.settings import BaseServiceSettings, ProcessSettings
 from shared.state import LifespanState, ServiceState, app_state, lifespan_state_of
-from shared.telemetry import create_tracer_provider, instrument_engine, set_global_provider_once, start_export
+from shared.telemetry import (
+    ServerSpans,
+    create_tracer_provider,
+    instrument_engine,
+    set_global_provider_once,
+    start_export,
+)
 
 logger = logging.getLogger("portico.app")
 
@@ -43,8 +51,7 @@ C = TypeVar("C")
 ReadinessCheck = Callable[[T], Awaitable[None]]
 # Builds what a service adds to the common state (and runs its workers) for the life of the app.
 ContextFactory = Callable[[ServiceState[S, None]], contextlib.AbstractAsyncContextManager[C]]
-# Paths that are never traced: probes and scrapes would drown the real traces.
-UNTRACED_URLS = "health/live,health/ready,metrics"
+OPENAPI_URL = "/openapi.json"
 
 
 @dataclass
@@ -60,19 +67,41 @@ class ServiceSpec(Generic[S, C]):
     readiness_checks: dict[str, ReadinessCheck[ServiceState[S, C]]] = field(default_factory=dict)
 
 
+# Completes a generated OpenAPI document in place (the gateway adds its security schemes, headers and
+# the schemas of the bodies it forwards).
+OpenApiHook = Callable[[dict[str, Any]], None]
+
+
 class PorticoAPI(FastAPI):
-    """FastAPI with the shared Problem schema in its OpenAPI document."""
+    """FastAPI with the shared Problem schema in its OpenAPI document, hooks that complete it, and
+    room for one layer outside Starlette's error middleware: the observability stage, so that a 500
+    rendered for an unhandled exception is still inside the request's span, counted and logged."""
+
+    outermost: Middleware | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.openapi_hooks: list[OpenApiHook] = []
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app = super().build_middleware_stack()
+        if self.outermost is not None:
+            cls, args, kwargs = self.outermost
+            app = cls(app, *args, **kwargs)
+        return app
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema:
             return self.openapi_schema
         schema = super().openapi()  # cached by FastAPI as self.openapi_schema
         schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        for hook in self.openapi_hooks:
+            hook(schema)
         return schema
 
 
 def install_common(
-    app: FastAPI,
+    app: PorticoAPI,
     settings: ProcessSettings,
     provider: TracerProvider,
     *,
@@ -85,15 +114,12 @@ def install_common(
     metrics = HttpMetrics(registry or CollectorRegistry())
     registry = metrics.registry
     install_error_handlers(app, database=database, on_pool_timeout=on_pool_timeout)
-    # Added innermost first: the request context wraps everything else.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
+    app.outermost = Middleware(
+        ObservabilityMiddleware, spans=ServerSpans(provider), metrics=metrics, access_log=settings.access_log
+    )
     allowed = Networks(settings.metrics_allowed_networks)
     app.add_route("/metrics", metrics_endpoint(registry, allowed), include_in_schema=False)
-    FastAPIInstrumentor.instrument_app(
-        app, tracer_provider=provider, excluded_urls=UNTRACED_URLS, exclude_spans=["receive", "send"]
-    )
     return metrics
 
 
@@ -143,21 +169,28 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck[T]], timeou
     app.add_api_route("/health/ready", ready, methods=["GET"], tags=["health"])
 
 
-def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[FastAPI], Any]) -> FastAPI:
-    """An app with docs and OpenAPI off in production."""
-    return PorticoAPI(
+def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[FastAPI], Any]) -> PorticoAPI:
+    """An app with docs and OpenAPI off in production; the docs pages serve their own assets."""
+    app = PorticoAPI(
+        # FastAPI's own OpenTelemetry spans and metrics stay off: the observability stage records the
+        # one server span and the HTTP metrics of each request, and FastAPI's would add a second server
+        # span and a span per dependency, endpoint and serialization.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         title=title,
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs" if settings.docs_enabled else None,
+        docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        openapi_url=OPENAPI_URL if settings.docs_enabled else None,
     )
+    if settings.docs_enabled:
+        add_offline_docs(app, OPENAPI_URL)
+    return app
 
 
 def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: CollectorRegistry | None = None) -> FastAPI:
     """The service `spec` describes; `registry` holds metrics of its own (served with the HTTP ones)."""
-    provider = create_tracer_provider(spec.name)
+    provider = create_tracer_provider(spec.name, settings.trace_sample_ratio)
     set_global_provider_once(provider)
     registry = registry or CollectorRegistry()
     upstream_metrics = UpstreamMetrics(registry)

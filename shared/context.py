@@ -1,9 +1,10 @@
 """What one stage of a request hands the next, kept in one typed place.
 
-`RequestContextMiddleware` (in every process, outside everything of ours) opens a `RequestContext`
-for each request: the request id, and, in the gateway, the principal that the authentication stage
-resolves. Later stages, error rendering and route dependencies read it through the accessors below,
-never by a key of their own. The request id is also in a context variable, for log lines.
+`ObservabilityMiddleware` (in every process, outside everything else) opens a `RequestContext` for
+each request: the request id, the request's server span (stages record their decisions on it), and,
+in the gateway, the principal that the authentication stage resolves. Later stages, error rendering
+and route dependencies read it through the accessors below, never by a key of their own. The request
+id is also in a context variable, for log lines.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from opentelemetry.trace import INVALID_SPAN, Span
 from starlette.types import Scope
 
 if TYPE_CHECKING:
@@ -28,10 +30,13 @@ class RequestContext:
     # Who is calling, once the gateway's authentication stage ran (anonymous included); services
     # learn it from the internal identity token instead (`shared/identity.py`).
     principal: Identity | None = None
+    # The request's server span; a non-recording one when the request is not traced or not sampled,
+    # so a stage records on it without asking.
+    span: Span = INVALID_SPAN
 
 
-def open_context(scope: Scope, request_id: str) -> RequestContext:
-    context = scope[_KEY] = RequestContext(request_id)
+def open_context(scope: Scope, request_id: str, span: Span = INVALID_SPAN) -> RequestContext:
+    context = scope[_KEY] = RequestContext(request_id, span=span)
     request_id_var.set(request_id)
     return context
 
@@ -53,3 +58,9 @@ def principal_of(scope: Scope) -> Identity:
     if principal is None:
         raise RuntimeError("the authentication stage has not run for this request")
     return principal
+
+
+def span_of(scope: Scope) -> Span:
+    """The request's server span, to record what a stage decided (a non-recording span outside one)."""
+    context: RequestContext | None = scope.get(_KEY)
+    return context.span if context is not None else INVALID_SPAN

@@ -351,16 +351,33 @@ def install_error_handlers(app: FastAPI, *, database: bool, on_pool_timeout: Cal
 PROBLEM_SCHEMA: dict[str, Any] = {
     "title": "Problem",
     "type": "object",
-    "description": "RFC 9457 problem details, with Portico's extensions.",
+    "description": (
+        "RFC 9457 problem details, with Portico's extensions. `error_code` is stable and meant for "
+        "programs; each response lists the codes it may carry. Some errors add members of their own "
+        "(`required_scope`, `required_plans`, `service`, ...)."
+    ),
     "properties": {
-        "type": {"type": "string"},
+        "type": {"type": "string", "description": "A URI naming the kind of problem."},
         "title": {"type": "string"},
         "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "error_code": {"type": "string"},
+        "detail": {"type": "string", "description": "What went wrong with this request, for people."},
+        "error_code": {"type": "string", "description": "What went wrong, for programs.", "examples": ["NOT_FOUND"]},
         "request_id": {"type": ["string", "null"]},
-        "trace_id": {"type": ["string", "null"]},
-        "errors": {"type": "array", "items": {"type": "object"}},
+        "trace_id": {"type": ["string", "null"], "description": "The W3C trace id of the request's trace."},
+        "errors": {
+            "type": "array",
+            "description": "The fields that failed validation (422).",
+            "items": {
+                "title": "FieldError",
+                "type": "object",
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": "string"}},
+                    "field": {"type": "string"},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
     },
     "required": ["type", "title", "status", "detail", "error_code"],
 }

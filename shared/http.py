@@ -7,8 +7,8 @@ its own downstream keeps naming the service that failed, and a 503's `Retry-Afte
 
 The transport is a setting. `aiohttp` (httpx-aiohttp) is the default because httpx's own pool
 serialises connection checkout under concurrency (encode/httpx#3215); `httpx` keeps the pure httpx
-transport. Either is wrapped in OpenTelemetry's transport, so every call is a client span and carries
-`traceparent`.
+transport. Either is wrapped in `TracingTransport` (`shared/telemetry.py`), so every call is a client
+span named after the service and route it calls and carries `traceparent`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import httpx
-from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.contract import IDEMPOTENCY_HEADER, IDENTITY_HEADER, Identity
+from shared.contract import IDEMPOTENCY_HEADER, IDENTITY_HEADER, PROCESSES, Identity
 from shared.errors import (
     CircuitOpen,
     DownstreamBadResponse,
@@ -36,6 +36,7 @@ from shared.errors import (
     DownstreamUnavailable,
 )
 from shared.settings import ProcessSettings
+from shared.telemetry import TracingTransport
 
 if TYPE_CHECKING:
     from shared.identity import IdentitySigner
@@ -64,19 +65,26 @@ def create_http_client(settings: ProcessSettings, tracer_provider: TracerProvide
         inner = AiohttpTransport(limits=limits, trust_env=False)
     else:
         inner = httpx.AsyncHTTPTransport(limits=limits)
-    transport = AsyncOpenTelemetryTransport(inner, tracer_provider=tracer_provider)
+    transport = TracingTransport(inner, tracer_provider, peers=_peers(settings))
     timeout = httpx.Timeout(settings.http_timeout_seconds, connect=settings.http_connect_timeout_seconds)
     return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)
 
 
-def _refused(exc: httpx.TimeoutException) -> bool:
-    """True when a "timeout" is really a refused or failed connection.
+def _peers(settings: ProcessSettings) -> dict[str, str]:
+    """The services this process calls, by base URL (its `<process>_url` settings), to name client spans."""
+    urls = {name: getattr(settings, f"{name}_url", None) for name in PROCESSES}
+    return {str(url): name for name, url in urls.items() if url is not None}
 
-    httpx-aiohttp maps every aiohttp connection error, a refused connect included, to ConnectTimeout;
-    the aiohttp cause tells them apart (an OSError that is not a TimeoutError).
+
+def _refused(exc: httpx.TimeoutException) -> bool:
+    """True when a "timeout" is really a refused, failed or dropped connection.
+
+    httpx-aiohttp maps every aiohttp connection error, a refused connect and a server that closed the
+    connection without answering included, to ConnectTimeout; the aiohttp cause tells them apart (a
+    connection error that is not a TimeoutError).
     """
     cause = exc.__cause__
-    return isinstance(cause, OSError) and not isinstance(cause, TimeoutError)
+    return isinstance(cause, OSError | aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError)
 
 
 class UpstreamMetrics:

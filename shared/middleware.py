@@ -1,4 +1,5 @@
-"""Pure ASGI middleware shared by every process: request id + access log, and the body size limit."""
+"""Pure ASGI middleware shared by every process: observability (request id, server span, metrics,
+access log) and the body size limit."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import re
 import time
 import uuid
 
+from opentelemetry import context as otel_context
+from opentelemetry.trace import INVALID_SPAN
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.asgi import header, on_response_start
+from shared.asgi import header
 from shared.context import open_context, request_id_of
 from shared.errors import PayloadTooLarge, problem_response
+from shared.metrics import UNMATCHED, HttpMetrics
+from shared.telemetry import PRINCIPAL, REQUEST_ID, TENANT_ID, ServerSpans
 
 REQUEST_ID_HEADER = b"x-request-id"
 # Accepted from clients as is; anything else is replaced, so ids are safe to log and forward.
@@ -37,48 +42,91 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-class RequestContextMiddleware:
-    """Accepts a well-formed `X-Request-ID` or makes one, echoes it, and writes one access line."""
+class ObservabilityMiddleware:
+    """Everything a process records about a request, in one layer, outside all others:
 
-    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+    - the request id: a well-formed `X-Request-ID` is accepted, else one is made; it is echoed on the
+      answer and is in every log line and error body;
+    - the server span (`ServerSpans`), current while the request runs, so downstream calls, Redis
+      commands and SQL are its children; it ends named after the route, with the caller's tenant and
+      principal when the gateway resolved one;
+    - `http_requests_total` and `http_request_duration_seconds`, by route template;
+    - one JSON access line, written while the span is still current (it carries the trace id).
+
+    It is outside the app's error handling (`PorticoAPI.build_middleware_stack`), so a 500 rendered
+    for an unhandled exception still belongs to the span and is counted as a 500.
+    """
+
+    def __init__(self, app: ASGIApp, *, spans: ServerSpans, metrics: HttpMetrics, access_log: bool = True) -> None:
         self.app = app
+        self.spans = spans
+        self.metrics = metrics
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
         sent = header(scope, REQUEST_ID_HEADER)
         request_id = sent.decode("ascii") if sent is not None and _REQUEST_ID_RE.match(sent) else new_request_id()
-        open_context(scope, request_id)
         raw_id = request_id.encode("ascii")
         start = time.perf_counter()
+        traced = self.spans.start(scope)
+        context = open_context(scope, request_id, traced[0] if traced is not None else INVALID_SPAN)
+        token = otel_context.attach(traced[1]) if traced is not None else None
         status = 0
 
-        def stamp(message: Message) -> None:
+        async def stamp(message: Message) -> None:
             nonlocal status
-            status = message["status"]
-            headers = [(k, v) for k, v in message.get("headers", ()) if k != REQUEST_ID_HEADER]
-            headers.append((REQUEST_ID_HEADER, raw_id))
-            message["headers"] = headers
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", ()) if k != REQUEST_ID_HEADER]
+                headers.append((REQUEST_ID_HEADER, raw_id))
+                message["headers"] = headers
+            await send(message)
 
+        error: BaseException | None = None
         try:
-            await self.app(scope, receive, on_response_start(send, stamp))
+            await self.app(scope, receive, stamp)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            if self.access_log and scope["type"] == "http":
-                route = scope.get("route")
-                access_logger.info(
-                    "%s %s %s",
-                    scope["method"],
-                    scope["path"],
-                    status or 500,
-                    extra={
-                        "http_method": scope["method"],
-                        "http_route": getattr(route, "path", None),
-                        "http_status": status or 500,
-                        "duration_ms": round((time.perf_counter() - start) * 1000, 3),
-                    },
-                )
+            if kind == "http":
+                self._record(scope, status or 500, time.perf_counter() - start)
+            if traced is not None:
+                span = traced[0]
+                if span.is_recording():
+                    span.set_attribute(REQUEST_ID, request_id)
+                    principal = context.principal
+                    if principal is not None and not principal.is_anonymous:
+                        span.set_attribute(PRINCIPAL, principal.subject)
+                        if principal.tenant_id is not None:
+                            span.set_attribute(TENANT_ID, principal.tenant_id)
+                self.spans.finish(span, scope, status or (500 if kind == "http" else 0), error)
+            if token is not None:
+                otel_context.detach(token)
+
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = getattr(scope.get("route"), "path", None)
+        method = scope["method"]
+        template = route or UNMATCHED
+        self.metrics.requests.labels(method, template, str(status)).inc()
+        self.metrics.duration.labels(method, template).observe(elapsed)
+        if self.access_log:
+            access_logger.info(
+                "%s %s %s",
+                method,
+                scope["path"],
+                status,
+                extra={
+                    "http_method": method,
+                    "http_route": route,
+                    "http_status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+            )
 
 
 class BodySizeLimitMiddleware:

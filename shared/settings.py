@@ -73,6 +73,8 @@ class ProcessSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     access_log: bool = True
+    # New traces kept (recorded and exported); a request that continues a trace follows its caller.
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
     internal_token_secret: SecretStr = SecretStr("dev-internal-secret-change-me")
     internal_token_ttl_seconds: int = Field(default=60, ge=5, le=3600)

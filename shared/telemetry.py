@@ -1,22 +1,55 @@
-"""OpenTelemetry setup driven by the standard OTEL_* variables.
+"""OpenTelemetry: the provider, the one server span of each request, and client spans.
 
-Spans are always recorded (so trace ids exist for logs and errors); they are exported only when
-`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, over OTLP/HTTP.
+Every trace id exists (for logs and error bodies) whether or not its spans are kept: the sampler is
+`ParentBased(TraceIdRatioBased(trace_sample_ratio))`, so a request that arrives with a sampled
+`traceparent` is always recorded and a new trace is recorded with the setting's probability.
+Recorded spans are exported only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, over OTLP/HTTP, through a `BatchSpanProcessor` (a
+background thread: a request never waits for the exporter).
+
+Spans carry the stable HTTP semantic conventions (`http.request.method`, `url.full`,
+`server.address`, `http.response.status_code`, ...). The server span (`ServerSpans`) and the client
+span (`TracingTransport`) are our own rather than the ASGI and httpx instrumentations: one span per
+request and per call, no `http send`/`receive` sub-spans, no scan of the route table, attributes
+built only for a span that is recorded. The Redis and SQLAlchemy instrumentations stay; they are
+switched to the stable database conventions (`OTEL_SEMCONV_STABILITY_OPT_IN=database` unless the
+variable is set).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-from opentelemetry import metrics, trace
+import httpx
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.semconv._incubating.attributes.peer_attributes import PEER_SERVICE
+from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS, CLIENT_PORT
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.http_attributes import (
+    HTTP_REQUEST_METHOD,
+    HTTP_RESPONSE_STATUS_CODE,
+    HTTP_ROUTE,
+)
+from opentelemetry.semconv.attributes.network_attributes import NETWORK_PROTOCOL_VERSION
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
+from opentelemetry.semconv.attributes.url_attributes import URL_FULL, URL_PATH, URL_SCHEME
+from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from starlette.types import Scope
 
 # A W3C `traceparent` of version 00, the only one we write: what a stored row keeps of the trace
 # that wrote it, so work done later for that row (a webhook delivery) continues the same trace.
@@ -29,13 +62,27 @@ def exporting_enabled() -> bool:
     return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def create_tracer_provider(default_service_name: str) -> TracerProvider:
+# Paths never traced: probes and scrapes would drown the real traces.
+UNTRACED_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
+# What the gateway puts on its server span about the request and the caller (never a credential).
+REQUEST_ID = "portico.request_id"
+TENANT_ID = "portico.tenant_id"
+# The caller: a user id, `key:<API key id>` or `service:<name>` (OpenTelemetry's `enduser.id`).
+PRINCIPAL = "enduser.id"
+
+SEMCONV_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
+
+
+def create_tracer_provider(default_service_name: str, sample_ratio: float = 1.0) -> TracerProvider:
     """A provider per app; `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` win over the default name.
 
-    It starts nothing: `start_export` (called from the lifespan) adds the exporter.
+    New traces are kept with probability `sample_ratio`; a request continuing a trace follows its
+    caller's decision. It starts nothing: `start_export` (called from the lifespan) adds the exporter.
     """
+    # Read once per process by the Redis and SQLAlchemy instrumentations, when they first instrument.
+    os.environ.setdefault(SEMCONV_OPT_IN, "database")
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: default_service_name}
-    return TracerProvider(resource=Resource.create(attributes))
+    return TracerProvider(resource=Resource.create(attributes), sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
 
 
 def start_export(provider: TracerProvider) -> bool:
@@ -81,3 +128,171 @@ def context_of(traceparent: str | None) -> Context | None:
         return None
     context = _W3C.extract({"traceparent": traceparent})
     return context if trace.get_current_span(context).get_span_context().is_valid else None
+
+
+# The server span
+
+
+def _headers_of(scope: Scope, names: frozenset[bytes]) -> dict[bytes, bytes]:
+    found: dict[bytes, bytes] = {}
+    for key, value in scope["headers"]:
+        if key in names and key not in found:
+            found[key] = value
+    return found
+
+
+_PROPAGATED = frozenset(field.encode("ascii") for field in propagate.get_global_textmap().fields)
+_SERVER_HEADERS = _PROPAGATED | {b"host", b"user-agent"}
+
+
+class ServerSpans:
+    """The one SERVER span of each request (HTTP or WebSocket), child of an incoming `traceparent`.
+
+    `start` opens it, named after the method until the route is known; `finish` names it
+    `<method> <route template>` and adds the route, the status and, on the gateway, who called.
+    """
+
+    def __init__(self, provider: TracerProvider, *, untraced: frozenset[str] = UNTRACED_PATHS) -> None:
+        self.tracer = provider.get_tracer("portico.server")
+        self.untraced = untraced
+        self._propagator = propagate.get_global_textmap()
+
+    def start(self, scope: Scope) -> tuple[Span, Context] | None:
+        """The request's span and the context that makes it current; None for an untraced path."""
+        if scope["path"] in self.untraced:
+            return None
+        found = _headers_of(scope, _SERVER_HEADERS)
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in found.items() if k in _PROPAGATED}
+        parent = self._propagator.extract(carrier) if carrier else None
+        method = scope.get("method", "GET")
+        span = self.tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
+        if span.is_recording():
+            scheme = scope.get("scheme", "http")
+            span.set_attributes({HTTP_REQUEST_METHOD: method, URL_SCHEME: scheme, URL_PATH: scope["path"]})
+            # The query is left out: it may hold a credential (`/v1/ws?token=...`).
+            host = found.get(b"host")
+            if host is not None:
+                address, port = split_host(host.decode("latin-1"))
+                span.set_attribute(SERVER_ADDRESS, address)
+                if port is not None:
+                    span.set_attribute(SERVER_PORT, port)
+            client = scope.get("client")
+            if client:
+                span.set_attribute(CLIENT_ADDRESS, client[0])
+                span.set_attribute(CLIENT_PORT, client[1])
+            agent = found.get(b"user-agent")
+            if agent is not None:
+                span.set_attribute(USER_AGENT_ORIGINAL, agent.decode("latin-1"))
+            if "http_version" in scope:
+                span.set_attribute(NETWORK_PROTOCOL_VERSION, scope["http_version"])
+        return span, trace.set_span_in_context(span, parent)
+
+    @staticmethod
+    def finish(span: Span, scope: Scope, status: int, error: BaseException | None = None) -> None:
+        """Names the span after its route, records the outcome, and ends it."""
+        if span.is_recording():
+            route = getattr(scope.get("route"), "path", None)
+            method = scope.get("method", "GET")
+            if route:
+                span.update_name(f"{method} {route}")
+                span.set_attribute(HTTP_ROUTE, route)
+            if status:
+                span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
+            if isinstance(error, Exception):
+                span.record_exception(error)
+                span.set_attribute(ERROR_TYPE, type(error).__qualname__)
+                span.set_status(StatusCode.ERROR)
+            elif status >= 500:
+                span.set_attribute(ERROR_TYPE, str(status))
+                span.set_status(StatusCode.ERROR)
+        span.end()
+
+
+# Client spans
+
+# Ids in paths are UUIDs (`shared/db.py`); a client span's name holds `{id}` in their place.
+_ID_SEGMENT = re.compile(r"/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?=/|$)")
+
+
+def path_template(path: str) -> str:
+    return _ID_SEGMENT.sub("/{id}", path)
+
+
+class TracingTransport(httpx.AsyncBaseTransport):
+    """Wraps a transport: each call is a CLIENT span, named `<method> <service> <path template>`
+    (`GET users /v1/users/{id}`) with `peer.service`, and carries `traceparent`.
+
+    `peers` maps a base URL to the name of the service there; calls elsewhere are named
+    `<method> <path template>`.
+    """
+
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, provider: TracerProvider, peers: Mapping[str, str] | None = None
+    ) -> None:
+        self.inner = inner
+        self.tracer = provider.get_tracer("portico.client")
+        self.peers = {_origin(url): name for url, name in (peers or {}).items()}
+        self._propagator = propagate.get_global_textmap()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        peer = self.peers.get((url.scheme, url.host, url.port or _default_port(url.scheme)))
+        template = path_template(url.path)
+        name = f"{request.method} {peer} {template}" if peer else f"{request.method} {template}"
+        with self.tracer.start_as_current_span(
+            name, kind=SpanKind.CLIENT, record_exception=False, set_status_on_exception=False
+        ) as span:
+            carrier: dict[str, str] = {}
+            self._propagator.inject(carrier)
+            for key, value in carrier.items():
+                request.headers[key] = value
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        HTTP_REQUEST_METHOD: request.method,
+                        # Without the query, like the server span's path.
+                        URL_FULL: str(url).partition("?")[0],
+                        SERVER_ADDRESS: url.host,
+                        SERVER_PORT: url.port or _default_port(url.scheme),
+                        "url.template": template,
+                    }
+                )
+                if peer:
+                    span.set_attribute(PEER_SERVICE, peer)
+            try:
+                response = await self.inner.handle_async_request(request)
+            except Exception as exc:
+                if span.is_recording():
+                    span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
+                    span.set_status(StatusCode.ERROR)
+                raise
+            if span.is_recording():
+                span.set_attribute(HTTP_RESPONSE_STATUS_CODE, response.status_code)
+                if response.status_code >= 500:
+                    span.set_attribute(ERROR_TYPE, str(response.status_code))
+                    span.set_status(StatusCode.ERROR)
+            return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port or _default_port(parts.scheme)
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """A Host header's address and port (`[::1]:8000` -> `::1`, 8000)."""
+    if value.startswith("["):
+        address, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        address, colon, port = value.rpartition(":")
+        if not colon:
+            address, port = value, ""
+    return address, int(port) if port.isdigit() else None

@@ -39,6 +39,14 @@ def answer_json(status: int, body: Any, headers: dict[str, str] | None = None) -
 
 
 GARBAGE: Answer = (200, {"content-type": "application/json"}, b"<html>not json</html>")
+FEED_PATH = "/events"
+_FEED_BODY = b'{"items": [], "next_after": 0}'
+EMPTY_FEED = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+    + str(len(_FEED_BODY)).encode()
+    + b"\r\n\r\n"
+    + _FEED_BODY
+)
 
 
 @dataclass
@@ -69,6 +77,12 @@ class ScriptedService:
                 )
                 if length:
                     await reader.readexactly(length)
+                if path.startswith(FEED_PATH):
+                    # The gateway's real-time relay polls the orders feed in the background: an empty
+                    # feed, neither recorded nor scripted, so tests see only their own calls.
+                    writer.write(EMPTY_FEED)
+                    await writer.drain()
+                    continue
                 self.requests.append((method, path))
                 if self.delay:
                     await asyncio.sleep(self.delay)

@@ -44,6 +44,9 @@ def service_env(infra: Servers) -> dict[str, str]:
         "GATEWAY_REDIS_KEY_PREFIX": infra.redis_prefix,
         "GATEWAY_JWT_SECRET": JWT_SECRET,
         "USERS_JWT_SECRET": JWT_SECRET,
+        # Every test reaches the session's stack from 127.0.0.1: one client address for the whole
+        # suite, whose failed logins and bad keys are on purpose. The limit has tests of its own.
+        "GATEWAY_AUTH_FAILURE_LIMIT": "100000/60s",
     }
     for name, process in PROCESSES.items():
         prefix = process.env_prefix

@@ -21,6 +21,9 @@ class ReceivedSpan:
     parent_span_id: str
     kind: int
     attributes: dict[str, object]
+    # The names of the span's events, in order, and its status code (0 unset, 1 ok, 2 error).
+    events: tuple[str, ...] = ()
+    status: int = 0
 
 
 class OtlpReceiver:
@@ -73,6 +76,8 @@ class OtlpReceiver:
                             parent_span_id=span.parent_span_id.hex(),
                             kind=span.kind,
                             attributes=attributes,
+                            events=tuple(event.name for event in span.events),
+                            status=span.status.code,
                         )
                     )
         with self._lock:

@@ -6,6 +6,10 @@ key's tenant, plan and scopes back. Answers, found or not, are cached in-process
 process other than the one that revoked it (that one forgets the key at once). A rotated key's grace
 period ends on time: it is never cached past its expiry. Concurrent first uses of one key share one
 lookup.
+
+Known keys and unknown ones are cached apart, each bounded: a flood of distinct unknown keys fills
+and churns the cache of unknown keys only, and never evicts a key that works. (How many unknown keys
+an address may try is the authentication-failure limit's to say, `gateway/auth.py`.)
 """
 
 from __future__ import annotations
@@ -28,22 +32,64 @@ class _Entry:
     key_id: str | None
 
 
+class _BoundedCache:
+    """Entries by key hash, at most `max_entries`, the oldest inserted evicted first."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.entries: dict[str, _Entry] = {}
+
+    def get(self, key_hash: str) -> _Entry | None:
+        entry = self.entries.get(key_hash)
+        return entry if entry is not None and entry.expires_at > time.monotonic() else None
+
+    def put(self, key_hash: str, entry: _Entry) -> None:
+        # Re-inserted at the end, so the dict's order stays the order of insertion.
+        self.entries.pop(key_hash, None)
+        # Entries share one lifetime (shortened only by a rotation's end), so the oldest inserted is the
+        # first to expire: evicting from the front is O(1) per insert, even when a flood keeps the cache
+        # full (a scan for expired entries would cost the whole cache each time).
+        while len(self.entries) >= self.max_entries:
+            del self.entries[next(iter(self.entries))]
+        self.entries[key_hash] = entry
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
 class ApiKeyResolver:
-    def __init__(self, users: ServiceClient, *, ttl_seconds: float, max_entries: int, metrics: EdgeMetrics) -> None:
+    def __init__(
+        self,
+        users: ServiceClient,
+        *,
+        ttl_seconds: float,
+        max_entries: int,
+        max_unknown_entries: int,
+        metrics: EdgeMetrics,
+    ) -> None:
         self.users = users
         self.ttl = ttl_seconds
-        self.max_entries = max_entries
         self.metrics = metrics
-        self._cache: dict[str, _Entry] = {}
+        self.known = _BoundedCache(max_entries)
+        self.unknown = _BoundedCache(max_unknown_entries)
         self._pending: dict[str, asyncio.Task[_Entry]] = {}
+
+    def cached(self, raw_key: str) -> tuple[bool, Identity | None]:
+        """(True, the identity or None for a key known to be bad) when this process remembers the key;
+        (False, None) when only the users service can tell."""
+        key_hash = hash_api_key(raw_key)
+        entry = self.known.get(key_hash) or self.unknown.get(key_hash)
+        if entry is None:
+            return False, None
+        self.metrics.api_keys.labels("cache", "valid" if entry.identity else "invalid").inc()
+        return True, entry.identity
 
     async def resolve(self, raw_key: str) -> Identity | None:
         """The identity of a key, or None when the key is unknown, revoked or expired."""
+        found, identity = self.cached(raw_key)
+        if found:
+            return identity
         key_hash = hash_api_key(raw_key)
-        entry = self._cache.get(key_hash)
-        if entry is not None and entry.expires_at > time.monotonic():
-            self.metrics.api_keys.labels("cache", "valid" if entry.identity else "invalid").inc()
-            return entry.identity
         task = self._pending.get(key_hash)
         if task is None:
             # A task of its own: a caller that goes away does not take the lookup down for the others.
@@ -88,16 +134,13 @@ class ApiKeyResolver:
     def _store(self, key_hash: str, entry: _Entry) -> None:
         if entry.expires_at <= time.monotonic():
             return
-        # Re-inserted at the end, so the dict's order stays the order of insertion.
-        self._cache.pop(key_hash, None)
-        # Entries share one lifetime (shortened only by a rotation's end), so the oldest inserted is the
-        # first to expire: evicting from the front is O(1) per insert, even when a flood of unknown keys
-        # keeps the cache full (a scan for expired entries would cost the whole cache each time).
-        while len(self._cache) >= self.max_entries:
-            del self._cache[next(iter(self._cache))]
-        self._cache[key_hash] = entry
+        if entry.identity is None:
+            self.unknown.put(key_hash, entry)
+        else:
+            self.unknown.entries.pop(key_hash, None)
+            self.known.put(key_hash, entry)
 
     def forget(self, key_id: str) -> None:
         """Drops a key this process revoked or rotated, so the change applies here at once."""
-        for stale in [h for h, e in self._cache.items() if e.key_id == key_id]:
-            del self._cache[stale]
+        for stale in [h for h, e in self.known.entries.items() if e.key_id == key_id]:
+            del self.known.entries[stale]

@@ -21,7 +21,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.asgi import BodyChunks, header, on_response_start
-from shared.context import request_context
+from shared.context import request_context, span_of
 from shared.contract import NO_STORE, SECRET_ROUTES
 
 PRIVATE = b"private, no-cache"
@@ -114,16 +114,19 @@ class CachingMiddleware:
                 if held.size > MAX_ETAG_BYTES:
                     await flush()
                 return
-            await self._finish(start, held.joined(), if_none_match, send)
+            await self._finish(scope, start, held.joined(), if_none_match, send)
 
         await self.app(scope, receive, capture)
 
-    async def _finish(self, start: Message | None, body: bytes, if_none_match: bytes | None, send: Send) -> None:
+    async def _finish(
+        self, scope: Scope, start: Message | None, body: bytes, if_none_match: bytes | None, send: Send
+    ) -> None:
         assert start is not None
         headers = MutableHeaders(scope=start)
         etag = headers.get("etag", "").encode("latin-1") or weak_etag(body)
         headers["etag"] = etag.decode("latin-1")
         if if_none_match is not None and matches(if_none_match, etag):
+            span_of(scope).add_event("cache.not_modified", {"http.response.status_code": 304})
             kept = [(k, v) for k, v in headers.raw if k in NOT_MODIFIED_HEADERS]
             await send({"type": "http.response.start", "status": 304, "headers": kept})
             await send({"type": "http.response.body", "body": b"", "more_body": False})

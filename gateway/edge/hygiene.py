@@ -13,10 +13,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.asgi import header, headers, on_response_start
 from shared.context import request_id_of
+from shared.docs import DOCS_CSP, DOCS_PAGES
 from shared.errors import BadRequest, Forbidden, problem_response, send_problem
-
-# Pages that load scripts and styles (Swagger UI) and so cannot take the API's strict CSP.
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 
 CORS_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 CORS_REQUEST_HEADERS = frozenset(
@@ -196,14 +194,15 @@ class SecurityHeadersMiddleware:
         if hsts_max_age > 0:
             value = f"max-age={hsts_max_age}" + ("; includeSubDomains" if hsts_include_subdomains else "")
             common.append((b"strict-transport-security", value.encode()))
-        self.docs_headers = common
+        # The docs pages run scripts and styles, all served by this process (`shared/docs.py`).
+        self.docs_headers = [*common, (b"content-security-policy", DOCS_CSP.encode())]
         self.api_headers = [*common, (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = self.docs_headers if scope["path"] in DOCS_PATHS else self.api_headers
+        extra = self.docs_headers if scope["path"] in DOCS_PAGES else self.api_headers
 
         def add_missing(message: Message) -> None:
             raw = MutableHeaders(scope=message).raw

@@ -34,7 +34,7 @@ from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.store import RedisClient, StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings
 from shared.asgi import BodyChunks, header
-from shared.context import principal_of
+from shared.context import principal_of, span_of
 from shared.contract import (
     IDEMPOTENCY_HEADER,
     IDEMPOTENCY_KEY_PATTERN,
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 HEADER = IDEMPOTENCY_HEADER.lower().encode("ascii")
 KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN.encode("ascii"))
 REPLAYED = (b"idempotent-replayed", b"true")
+# The server span's attribute: what the stage did (the outcomes of `gateway_idempotency_total`).
+OUTCOME = "portico.idempotency.outcome"
 # Response headers that belong to one exchange, not to the stored outcome.
 UNSTORED_HEADERS = frozenset({b"content-length", b"x-request-id", b"date", b"server", b"set-cookie"})
 
@@ -297,13 +299,17 @@ class IdempotencyMiddleware:
         try:
             claim = await idempotency.call(idempotency.store.claim(scope_key, fingerprint, owner, self.lock_ms))
         except StoreUnavailable:
+            span_of(scope).set_attribute(OUTCOME, f"fail_{idempotency.call.mode}")
             await idempotency.call.without_store(self.app, scope, receive, send)
             return
 
         if claim.outcome == "acquired":
             await self._first(scope, receive, send, idempotency, scope_key, owner)
             return
-        self.metrics.idempotency.labels(claim.outcome if claim.outcome != "done" else "replayed").inc()
+        outcome = claim.outcome if claim.outcome != "done" else "replayed"
+        self.metrics.idempotency.labels(outcome).inc()
+        span = span_of(scope)
+        span.set_attribute(OUTCOME, outcome)
         if claim.outcome == "mismatch":
             error: PorticoError = IdempotencyKeyReused()
         elif claim.outcome == "in_flight":
@@ -311,6 +317,7 @@ class IdempotencyMiddleware:
         else:
             assert claim.response is not None
             if claim.response.replayable:
+                span.add_event("idempotency.replayed", {"http.response.status_code": claim.response.status})
                 await self._replay(claim.response, send)
                 return
             error = IdempotentResponseNotStored(
@@ -332,12 +339,15 @@ class IdempotencyMiddleware:
         body = BodyChunks(keep_up_to=self.max_bytes)
         settled = False
 
+        span = span_of(scope)
+
         async def settle() -> None:
             nonlocal settled
             settled = True
             try:
                 if not storable(status):
                     self.metrics.idempotency.labels("released").inc()
+                    span.set_attribute(OUTCOME, "released")
                     await idempotency.call(idempotency.store.release(scope_key, owner))
                     return
                 no_store = any(name == b"cache-control" and b"no-store" in value.lower() for name, value in headers)
@@ -348,7 +358,9 @@ class IdempotencyMiddleware:
                     body.joined() if replayable else b"",
                     replayable,
                 )
-                self.metrics.idempotency.labels("stored" if replayable else "stored_without_body").inc()
+                outcome = "stored" if replayable else "stored_without_body"
+                self.metrics.idempotency.labels(outcome).inc()
+                span.set_attribute(OUTCOME, outcome)
                 await idempotency.call(idempotency.store.complete(scope_key, owner, kept, self.ttl_ms))
             except StoreUnavailable:
                 # Counted and logged by the caller; the lock expires on its own.

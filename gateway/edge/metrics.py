@@ -31,6 +31,13 @@ class EdgeMetrics:
             ("source", "result"),
         )
 
+        self.auth_failures = _counter(
+            "gateway_auth_failures_total",
+            "Failed authentications counted per client address (failed), and requests refused for an "
+            "address past its limit (refused).",
+            ("outcome",),
+        )
+
     def register(self, registry: CollectorRegistry) -> None:
-        for collector in (self.store_errors, self.rate_limit, self.idempotency, self.api_keys):
+        for collector in (self.store_errors, self.rate_limit, self.idempotency, self.api_keys, self.auth_failures):
             registry.register(collector)

@@ -41,7 +41,7 @@ from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.store import RedisClient, StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings, Quota
 from shared.asgi import extend_headers, on_response_start
-from shared.context import principal_of, request_id_of
+from shared.context import principal_of, request_id_of, span_of
 from shared.contract import DEFAULT_PLAN, Identity
 from shared.errors import TooManyRequests, problem_response
 
@@ -389,13 +389,24 @@ class RateLimitMiddleware:
         try:
             verdict = await limiter.hit(subject, policies)
         except StoreUnavailable:
+            span_of(scope).set_attribute("portico.rate_limit.decision", f"fail_{limiter.call.mode}")
             await limiter.call.without_store(self.app, scope, receive, send)
             return
         headers = rate_limit_headers(verdict)
+        tightest = verdict.tightest
+        span = span_of(scope)
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "portico.rate_limit.decision": "admitted" if verdict.admitted else "refused",
+                    "portico.rate_limit.policy": tightest.policy.name,
+                    "portico.rate_limit.remaining": tightest.remaining,
+                }
+            )
         if not verdict.admitted:
-            tightest = verdict.tightest
             self.metrics.rate_limit.labels(tightest.policy.name, "refused").inc()
             retry_after = math.ceil(tightest.retry_after_ms / 1000)
+            span.add_event("rate_limit.refused", {"portico.rate_limit.retry_after_seconds": retry_after})
             quota = tightest.policy.quota
             error = TooManyRequests(
                 f"The {tightest.policy.name} quota of {quota.limit} requests per {quota.window_seconds} s is "
@@ -412,5 +423,5 @@ class RateLimitMiddleware:
             response.raw_headers.extend(headers)
             await response(scope, receive, send)
             return
-        self.metrics.rate_limit.labels(verdict.tightest.policy.name, "admitted").inc()
+        self.metrics.rate_limit.labels(tightest.policy.name, "admitted").inc()
         await self.app(scope, receive, on_response_start(send, lambda message: extend_headers(message, headers)))

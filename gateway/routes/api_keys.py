@@ -16,10 +16,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.deps import Principal, gateway_state
-from gateway.routes.forward import Forward, add_forwards
-from shared.errors import Conflict, Forbidden, NotFound
+from gateway.routes.forward import PAGE_QUERY, Forward, add_forwards
+from services.users.authority import ScopeNotHeld
+from services.users.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ApiKeyRotate, ApiKeyRotated
+from services.users.service import ApiKeyNotFound, ApiKeyNotRotatable, UserRequired
+from shared.pagination import Page
 
-router = APIRouter(prefix="/v1/api-keys", tags=["api keys"], responses=Forbidden.openapi_response())
+router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
 
 def forget_on(status: int) -> Callable[[Request, Response], None]:
@@ -36,13 +39,27 @@ add_forwards(
     router,
     "users",
     [
-        Forward("POST", "", Principal, "create_api_key", "Create an API key (the key is in this answer only)", 201),
+        Forward(
+            "POST",
+            "",
+            Principal,
+            "create_api_key",
+            "Create an API key (the key is in this answer only)",
+            201,
+            body=ApiKeyCreate,
+            answer=ApiKeyCreated,
+            errors=[ScopeNotHeld],
+            api_key=False,
+        ),
         Forward(
             "GET",
             "",
             Principal,
             "list_api_keys",
-            "The API keys the caller may manage, newest first (`limit`, `cursor`); never the keys",
+            "The API keys the caller may manage, newest first; never the keys",
+            query=PAGE_QUERY,
+            answer=Page[ApiKeyOut],
+            api_key=False,
         ),
         Forward(
             "DELETE",
@@ -51,8 +68,9 @@ add_forwards(
             "revoke_api_key",
             "Revoke an API key",
             204,
-            responses=NotFound.openapi_response(),
+            errors=[ApiKeyNotFound],
             then=forget_on(204),
+            api_key=False,
         ),
         Forward(
             "POST",
@@ -61,9 +79,15 @@ add_forwards(
             "rotate_api_key",
             "Replace an API key; the old one keeps working for a grace period (`grace_seconds`)",
             201,
-            responses={**NotFound.openapi_response(), **Conflict.openapi_response()},
+            body=ApiKeyRotate,
+            body_required=False,
+            answer=ApiKeyRotated,
+            errors=[ApiKeyNotFound, ApiKeyNotRotatable],
             then=forget_on(201),
+            api_key=False,
         ),
     ],
     upstream_prefix="/api-keys",
+    # Keys are managed with a user's token: the users service answers 403 USER_REQUIRED to a key.
+    errors=[UserRequired],
 )

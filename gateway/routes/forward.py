@@ -4,22 +4,33 @@ Most of the public API is the same handler: check the caller (a dependency), sen
 a service at the same path, relay the answer. A `Forward` names what differs: method, path, the
 caller dependency, and what the API reference shows. `add_forwards` turns each into a FastAPI route
 whose parameters (path ids, documented query parameters) are validated here before anything is sent.
+
+What the reference shows comes from the service that answers: `body` and `answer` are the service's
+own pydantic models (imported from `services/<name>/schemas.py`, never copied), `errors` the error
+classes it raises for the route. `add_forwards` adds what the edge itself may answer (401, 403, 413,
+429, 502-504, the idempotency errors of a keyed write), the security schemes and the edge's headers
+(`gateway/openapi.py`). The gateway does not parse a body it forwards: the service validates it.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from gateway.deps import UpstreamsDep
+from gateway.openapi import JSON, Credentials, DocumentedBody, operation_docs
 from gateway.proxy import Upstreams
 from shared.contract import ANONYMOUS, Identity, ResourceIdPath
+from shared.errors import PorticoError
 from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
@@ -38,12 +49,25 @@ class Forward:
     caller: Any
     name: str
     summary: str
-    status_code: int | None = None
+    status_code: int = 200
     # Query parameters shown in the API reference: name -> (annotation, default).
     query: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
-    responses: dict[int | str, dict[str, Any]] | None = None
+    # The request body: the service's model, shown in the reference and validated by the service.
+    body: type[BaseModel] | None = None
+    body_media_type: str = JSON
+    body_required: bool = True
+    # The success answer's model (`Page[...]` for a list); None for an answer without a body.
+    answer: Any = None
+    # The errors the service answers this route with (the edge's own are added by `add_forwards`).
+    errors: Sequence[type[PorticoError]] = ()
     # Sent to the service as nobody: the route is for callers without credentials (sign-up, login).
+    # Credentials sent anyway are not looked at: the caller is its client address (gateway/auth.py).
     anonymous: bool = False
+    # Whether an API key may call the route (a key cannot manage keys: those need a user's token).
+    api_key: bool = True
+    # Statuses of the service's answer that count as a failed authentication of the client address
+    # (a wrong password, an email already taken).
+    failure_statuses: frozenset[int] = frozenset()
     # Runs with the service's answer before it is relayed (e.g. forgetting a revoked API key).
     then: Callable[[Request, Response], None] | None = None
 
@@ -55,7 +79,12 @@ class _ForwardEndpoint:
         self.service = service
         self.upstream_path = upstream_path
         self.anonymous = route.anonymous
+        self.failure_statuses = route.failure_statuses
         self.then = route.then
+        # Read by `gateway.openapi.documented_bodies` for the document's components.
+        self.documented_body = (
+            DocumentedBody(route.body, route.body_media_type, route.body_required) if route.body is not None else None
+        )
         keyword = inspect.Parameter.KEYWORD_ONLY
         parameters = [
             inspect.Parameter("request", keyword, annotation=Request),
@@ -79,15 +108,46 @@ class _ForwardEndpoint:
         return response
 
 
-def add_forwards(router: APIRouter, service: str, routes: Iterable[Forward], *, upstream_prefix: str = "") -> None:
-    """Adds each route to `router`, forwarding to `service` at `upstream_prefix` + the route's path."""
+def anonymous_forwards(routes: Iterable[BaseRoute]) -> list[tuple[APIRoute, frozenset[int]]]:
+    """The routes forwarded as nobody, each with the statuses that count as a failed authentication."""
+    return [
+        (route, route.endpoint.failure_statuses)
+        for route in routes
+        if isinstance(route, APIRoute) and isinstance(route.endpoint, _ForwardEndpoint) and route.endpoint.anonymous
+    ]
+
+
+def add_forwards(
+    router: APIRouter,
+    service: str,
+    routes: Iterable[Forward],
+    *,
+    upstream_prefix: str = "",
+    errors: Sequence[type[PorticoError]] = (),
+) -> None:
+    """Adds each route to `router`, forwarding to `service` at `upstream_prefix` + the route's path.
+    `errors`: what every route of the router may also answer (e.g. a plan gate's 402)."""
     for route in routes:
+        endpoint = _ForwardEndpoint(service, upstream_prefix + route.path, route)
+        credentials: Credentials = "none" if route.anonymous else "any" if route.api_key else "token"
+        responses, openapi_extra = operation_docs(
+            route.method,
+            status_code=route.status_code,
+            credentials=credentials,
+            body=endpoint.documented_body,
+            errors=[*route.errors, *errors],
+            paged="cursor" in route.query,
+        )
         router.add_api_route(
             route.path,
-            _ForwardEndpoint(service, upstream_prefix + route.path, route),
+            endpoint,
             methods=[route.method],
             name=route.name,
+            # The name is the operation's id, so a generated client's functions are named after it.
+            operation_id=route.name,
             summary=route.summary,
             status_code=route.status_code,
-            responses=route.responses,
+            response_model=route.answer,
+            responses=responses,
+            openapi_extra=openapi_extra,
         )

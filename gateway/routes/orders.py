@@ -8,7 +8,11 @@ from fastapi import APIRouter, Query
 
 from gateway.deps import readers_and_writers
 from gateway.routes.forward import PAGE_QUERY, Forward, add_forwards
-from shared.contract import RESOURCE_ID_PATTERN
+from services.orders.downstream import ProductNotFound, StockConflict, UnknownUser
+from services.orders.schemas import OrderCreate, OrderOut
+from services.orders.service import OrderAlreadyCancelled, OrderNotFound
+from shared.contract import RESOURCE_ID_PATTERN, CreditLimitExceeded
+from shared.pagination import Page
 
 router = APIRouter(prefix="/v1", tags=["orders"])
 
@@ -30,14 +34,27 @@ add_forwards(
             "create_order",
             "Place an order: reserves every item's stock or none, and emits order.created",
             status_code=201,
+            body=OrderCreate,
+            answer=OrderOut,
+            errors=[ProductNotFound, StockConflict, UnknownUser, CreditLimitExceeded],
         ),
-        Forward("GET", "/orders", Reader, "list_orders", "The tenant's orders, newest first", query=LIST_QUERY),
+        Forward(
+            "GET",
+            "/orders",
+            Reader,
+            "list_orders",
+            "The tenant's orders, newest first",
+            query=LIST_QUERY,
+            answer=Page[OrderOut],
+        ),
         Forward(
             "GET",
             "/orders/{order_id}",
             Reader,
             "get_order",
             "An order of the tenant, with its items and status history",
+            answer=OrderOut,
+            errors=[OrderNotFound],
         ),
         Forward(
             "POST",
@@ -45,6 +62,8 @@ add_forwards(
             Writer,
             "cancel_order",
             "Cancel an order: releases its stock and emits order.cancelled",
+            answer=OrderOut,
+            errors=[OrderNotFound, OrderAlreadyCancelled],
         ),
     ],
 )

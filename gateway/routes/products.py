@@ -6,6 +6,16 @@ from fastapi import APIRouter
 
 from gateway.deps import readers_and_writers
 from gateway.routes.forward import PAGE_QUERY, Forward, add_forwards
+from services.inventory.repository import SkuTaken
+from services.inventory.schemas import (
+    ProductCreate,
+    ProductOut,
+    ProductUpdate,
+    StockAdjustmentCreate,
+    StockAdjustmentOut,
+)
+from services.inventory.service import InsufficientStock, ProductNotFound, StockLimitExceeded
+from shared.pagination import Page
 
 router = APIRouter(prefix="/v1", tags=["products"])
 
@@ -16,7 +26,15 @@ add_forwards(
     router,
     "inventory",
     [
-        Forward("GET", "/products", Reader, "list_products", "The tenant's products, newest first", query=PAGE_QUERY),
+        Forward(
+            "GET",
+            "/products",
+            Reader,
+            "list_products",
+            "The tenant's products, newest first",
+            query=PAGE_QUERY,
+            answer=Page[ProductOut],
+        ),
         Forward(
             "POST",
             "/products",
@@ -24,9 +42,29 @@ add_forwards(
             "create_product",
             "Create a product (sku unique per tenant, price in cents)",
             status_code=201,
+            body=ProductCreate,
+            answer=ProductOut,
+            errors=[SkuTaken],
         ),
-        Forward("GET", "/products/{product_id}", Reader, "get_product", "A product of the tenant"),
-        Forward("PATCH", "/products/{product_id}", Writer, "update_product", "Change a product's sku, name or price"),
+        Forward(
+            "GET",
+            "/products/{product_id}",
+            Reader,
+            "get_product",
+            "A product of the tenant",
+            answer=ProductOut,
+            errors=[ProductNotFound],
+        ),
+        Forward(
+            "PATCH",
+            "/products/{product_id}",
+            Writer,
+            "update_product",
+            "Change a product's sku, name or price",
+            body=ProductUpdate,
+            answer=ProductOut,
+            errors=[ProductNotFound, SkuTaken],
+        ),
         Forward(
             "POST",
             ADJUSTMENTS,
@@ -34,6 +72,9 @@ add_forwards(
             "adjust_stock",
             "Add or remove stock (a non-zero delta and a reason); stock never goes below zero",
             status_code=201,
+            body=StockAdjustmentCreate,
+            answer=StockAdjustmentOut,
+            errors=[ProductNotFound, InsufficientStock, StockLimitExceeded],
         ),
         Forward(
             "GET",
@@ -42,6 +83,8 @@ add_forwards(
             "list_adjustments",
             "A product's stock adjustments, newest first",
             query=PAGE_QUERY,
+            answer=Page[StockAdjustmentOut],
+            errors=[ProductNotFound],
         ),
     ],
 )

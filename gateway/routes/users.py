@@ -6,7 +6,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from gateway.deps import AnyCaller, Principal, readers_and_writers
+from gateway.openapi import FORM
 from gateway.routes.forward import Forward, add_forwards
+from services.users.repository import EmailTaken
+from services.users.schemas import TenantCreate, TenantCreated, TokenOut, TokenRequest, UserCreate, UserOut, UserUpdate
+from services.users.service import InvalidCredentials, UserNotFound
 
 router = APIRouter(prefix="/v1", tags=["users"])
 
@@ -23,7 +27,11 @@ add_forwards(
             "create_tenant",
             "Create a tenant and its first admin user",
             status_code=201,
+            body=TenantCreate,
+            answer=TenantCreated,
+            errors=[EmailTaken],
             anonymous=True,
+            failure_statuses=frozenset({409}),
         ),
         Forward(
             "POST",
@@ -31,19 +39,43 @@ add_forwards(
             AnyCaller,
             "issue_token",
             "Exchange email and password for an access token (OAuth2 password form)",
+            body=TokenRequest,
+            body_media_type=FORM,
+            answer=TokenOut,
+            errors=[InvalidCredentials],
             anonymous=True,
+            failure_statuses=frozenset({401}),
         ),
         Forward(
-            "POST", "/users", Writer, "create_user", "Create a user in the caller's tenant (admin)", status_code=201
+            "POST",
+            "/users",
+            Writer,
+            "create_user",
+            "Create a user in the caller's tenant (admin)",
+            status_code=201,
+            body=UserCreate,
+            answer=UserOut,
+            errors=[EmailTaken],
         ),
-        Forward("GET", "/users/me", Principal, "me", "The calling user"),
-        Forward("GET", "/users/{user_id}", Reader, "get_user", "A user of the caller's tenant"),
+        Forward("GET", "/users/me", Principal, "me", "The calling user", answer=UserOut, errors=[UserNotFound]),
+        Forward(
+            "GET",
+            "/users/{user_id}",
+            Reader,
+            "get_user",
+            "A user of the caller's tenant",
+            answer=UserOut,
+            errors=[UserNotFound],
+        ),
         Forward(
             "PATCH",
             "/users/{user_id}",
             Writer,
             "update_user",
             "Set a user's credit limit (admin); null returns to the plan's default",
+            body=UserUpdate,
+            answer=UserOut,
+            errors=[UserNotFound],
         ),
     ],
 )

@@ -6,14 +6,29 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from gateway.deps import RequirePlan, readers_and_writers
-from gateway.routes.forward import Forward, add_forwards
+from gateway.routes.forward import PAGE_QUERY, Forward, add_forwards
+from services.webhooks.schemas import (
+    DeliveryDetail,
+    DeliveryOut,
+    EndpointCreate,
+    EndpointOut,
+    EndpointUpdate,
+    EndpointWithSecret,
+)
+from services.webhooks.service import (
+    DeliveryNotFound,
+    EndpointDisabled,
+    EndpointLimitReached,
+    EndpointNotFound,
+    UrlRefused,
+)
 from shared.errors import PaymentRequired
+from shared.pagination import Page
 
 router = APIRouter(
     prefix="/v1/webhooks",
     tags=["webhooks"],
     dependencies=[Depends(RequirePlan("pro", "enterprise", feature="Webhooks"))],
-    responses=PaymentRequired.openapi_response(),
 )
 
 Reader, Writer = readers_and_writers("webhooks")
@@ -31,38 +46,69 @@ add_forwards(
             "create_endpoint",
             "Register a webhook endpoint (its secret is shown only now)",
             status_code=201,
+            body=EndpointCreate,
+            answer=EndpointWithSecret,
+            errors=[UrlRefused, EndpointLimitReached],
         ),
         Forward(
             "GET",
             "/endpoints",
             Reader,
             "list_endpoints",
-            "The tenant's webhook endpoints, newest first (`limit`, `cursor`)",
+            "The tenant's webhook endpoints, newest first",
+            query=PAGE_QUERY,
+            answer=Page[EndpointOut],
         ),
-        Forward("GET", ENDPOINT, Reader, "get_endpoint", "A webhook endpoint"),
+        Forward(
+            "GET", ENDPOINT, Reader, "get_endpoint", "A webhook endpoint", answer=EndpointOut, errors=[EndpointNotFound]
+        ),
         Forward(
             "PATCH",
             ENDPOINT,
             Writer,
             "update_endpoint",
             "Change a webhook endpoint's url, events or status (`enabled` is the older shape of status)",
+            body=EndpointUpdate,
+            answer=EndpointOut,
+            errors=[EndpointNotFound, UrlRefused],
         ),
-        Forward("DELETE", ENDPOINT, Writer, "delete_endpoint", "Delete a webhook endpoint", status_code=204),
+        Forward(
+            "DELETE",
+            ENDPOINT,
+            Writer,
+            "delete_endpoint",
+            "Delete a webhook endpoint",
+            status_code=204,
+            errors=[EndpointNotFound],
+        ),
         Forward(
             "POST",
             ENDPOINT + "/rotate-secret",
             Writer,
             "rotate_secret",
             "Replace the endpoint's secret (the new one is shown only now; the old one signs for a grace period)",
+            answer=EndpointWithSecret,
+            errors=[EndpointNotFound],
         ),
         Forward(
             "GET",
             ENDPOINT + "/deliveries",
             Reader,
             "list_deliveries",
-            "The endpoint's deliveries, newest first (`limit`, `cursor`)",
+            "The endpoint's deliveries, newest first",
+            query=PAGE_QUERY,
+            answer=Page[DeliveryOut],
+            errors=[EndpointNotFound],
         ),
-        Forward("GET", DELIVERY, Reader, "get_delivery", "A delivery with its attempt log"),
+        Forward(
+            "GET",
+            DELIVERY,
+            Reader,
+            "get_delivery",
+            "A delivery with its attempt log",
+            answer=DeliveryDetail,
+            errors=[DeliveryNotFound],
+        ),
         Forward(
             "POST",
             DELIVERY + "/replay",
@@ -70,6 +116,9 @@ add_forwards(
             "replay_delivery",
             "Deliver the event again, with the same webhook-id, whatever the delivery's status",
             status_code=202,
+            answer=DeliveryOut,
+            errors=[DeliveryNotFound, EndpointDisabled],
         ),
     ],
+    errors=[PaymentRequired],
 )

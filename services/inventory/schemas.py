@@ -24,7 +24,13 @@ NOT_NULL = refuse_null("may be omitted but not null")
 
 
 class ProductCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [{"sku": "TSHIRT-BLUE-M", "name": "T-shirt, blue, M", "price_cents": 1999, "stock": 50}]
+        },
+    )
 
     sku: Sku
     name: ProductName
@@ -55,7 +61,9 @@ class ProductOut(BaseModel):
 
 
 class StockAdjustmentCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [{"delta": 25, "reason": "restock"}]}
+    )
 
     delta: int = Field(strict=True, ge=-MAX_STOCK, le=MAX_STOCK, description="Units added (>0) or removed (<0).")
     reason: str = Field(

@@ -22,6 +22,7 @@ from shared.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
+from shared.events import FEED_MAX_LIMIT
 from shared.pagination import Page, PageDep
 
 router = APIRouter()
@@ -101,7 +102,11 @@ async def events(
     _: EventsReader,
     # The seq column is a 64-bit integer.
     after: Annotated[int, Query(ge=0, le=2**63 - 1, description="The last seq already consumed.")] = 0,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    limit: Annotated[int, Query(ge=1, le=FEED_MAX_LIMIT)] = 100,
+    tenant_id: Annotated[
+        str | None, Query(pattern=RESOURCE_ID_PATTERN, description="Only this tenant's events (resuming a stream).")
+    ] = None,
 ) -> EventFeed:
-    """Every tenant's order events in seq order, for other Portico services (the webhooks relay)."""
-    return await service.event_feed(ctx, after, limit)
+    """Order events in seq order (every tenant's, or one tenant's), for other Portico services: the
+    webhooks relay, and the gateway's real-time relay and stream resumption."""
+    return await service.event_feed(ctx, after, limit, tenant_id)

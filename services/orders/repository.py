@@ -134,8 +134,11 @@ class OrderRepository(Repository):
 
     # The event feed
 
-    async def events_after(self, after: int, limit: int, lock_timeout_ms: int) -> Sequence[OutboxEvent]:
-        """Events with seq > `after`, in seq order, never skipping one that commits later.
+    async def events_after(
+        self, after: int, limit: int, lock_timeout_ms: int, tenant_id: str | None = None
+    ) -> Sequence[OutboxEvent]:
+        """Events with seq > `after` (of one tenant, or all), in seq order, never skipping one that
+        commits later.
 
         On PostgreSQL a sequence value is drawn when a row is inserted, but rows become visible when
         their transactions commit, which can be in another order: a reader could serve seq 8, move
@@ -153,4 +156,7 @@ class OrderRepository(Repository):
             with raising_lock_not_available():
                 await self.session.execute(text("LOCK TABLE outbox IN SHARE MODE"))
         query = select(OutboxEvent).where(OutboxEvent.seq > after).order_by(OutboxEvent.seq).limit(limit)
+        if tenant_id is not None:
+            # Served by ix_outbox_tenant_seq.
+            query = query.where(OutboxEvent.tenant_id == tenant_id)
         return (await self.session.scalars(query)).all()

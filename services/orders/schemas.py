@@ -12,7 +12,12 @@ EventType = Literal["order.created", "order.cancelled"]
 
 
 class OrderCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"items": [{"product_id": "0b9d6c2e-5d7c-4a5e-9a4b-2f1e8c3d7a61", "quantity": 2}]}]
+        },
+    )
 
     items: LineItems
 

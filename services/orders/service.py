@@ -363,10 +363,10 @@ async def release_cancelled(ctx: OrdersContext, identity: Identity, order: Order
         )
 
 
-async def event_feed(ctx: OrdersContext, after: int, limit: int) -> EventFeed:
+async def event_feed(ctx: OrdersContext, after: int, limit: int, tenant_id: str | None = None) -> EventFeed:
     try:
         async with ctx.transaction() as repo:
-            events = await repo.events_after(after, limit, ctx.settings.events_lock_timeout_ms)
+            events = await repo.events_after(after, limit, ctx.settings.events_lock_timeout_ms, tenant_id)
     except LockNotAvailable as exc:
         raise EventsBusy(
             "Order transactions in flight held the feed longer than allowed; retry.", headers={"Retry-After": "1"}

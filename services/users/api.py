@@ -30,6 +30,7 @@ from services.users.schemas import (
     TenantCreated,
     TenantOut,
     TokenOut,
+    TokenRequest,
     UserCreate,
     UserOut,
     UserUpdate,
@@ -40,7 +41,6 @@ from shared.contract import NO_STORE
 from shared.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from shared.identity import IdentityDep
 from shared.pagination import Page, PageDep
-from shared.schemas import PLAIN_TEXT_PATTERN
 
 router = APIRouter()
 
@@ -60,20 +60,21 @@ async def create_tenant(data: TenantCreate, repo: UsersDep, settings: SettingsDe
 
 @router.post("/auth/token", response_model=TokenOut, responses=Unauthorized.openapi_response())
 async def token(
-    username: Annotated[str, Form(max_length=320, pattern=PLAIN_TEXT_PATTERN)],
-    password: Annotated[str, Form(max_length=128)],
+    form: Annotated[TokenRequest, Form()],
     repo: UsersDep,
     issuer: IssuerDep,
     response: Response,
     _: IdentityDep,
 ) -> TokenOut:
     response.headers["Cache-Control"] = NO_STORE
-    return await service.issue_token(repo, issuer, username, password)
+    return await service.issue_token(repo, issuer, form.username, form.password)
 
 
-@router.post("/users", status_code=201, response_model=UserOut, responses=Conflict.openapi_response())
-async def create_user(data: UserCreate, repo: UsersDep, settings: SettingsDep, caller: UsersWrite) -> UserOut:
-    return await service.user_out(repo, settings, await service.create_user(repo, caller.tenant_id, data))
+@router.post("/users", status_code=201, response_model=UserOut, responses={**Conflict.openapi_response(), **KEY_ERRORS})
+async def create_user(
+    data: UserCreate, repo: UsersDep, keys: KeysDep, settings: SettingsDep, caller: UsersWrite
+) -> UserOut:
+    return await service.user_out(repo, settings, await service.create_user(repo, keys, caller, data))
 
 
 @router.get("/users/me", response_model=UserOut)
@@ -126,6 +127,7 @@ async def revoke_api_key(key_id: str, keys: KeysDep, caller: KeyManager) -> Resp
 )
 async def rotate_api_key(
     key_id: str,
+    repo: UsersDep,
     keys: KeysDep,
     caller: KeyManager,
     settings: SettingsDep,
@@ -135,7 +137,7 @@ async def rotate_api_key(
     response.headers["Cache-Control"] = NO_STORE
     grace = data.grace_seconds if data is not None else None
     new, raw, old = await service.rotate_api_key(
-        keys, caller, key_id, settings.api_key_rotation_grace_seconds if grace is None else grace
+        repo, keys, caller, key_id, settings.api_key_rotation_grace_seconds if grace is None else grace
     )
     return ApiKeyRotated(**api_key_created(new, raw).model_dump(), previous=api_key_out(old))
 

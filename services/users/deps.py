@@ -42,7 +42,8 @@ async def require_user(identity: TenantIdentityDep) -> TenantIdentity:
 
 
 TenantCaller = TenantIdentityDep
-# Only admins hold users:write (members never do), so the scope is the admin check.
+# Callers with users:write: an admin's token, or a key holding it. What they may create is the
+# authority rule's to say (`authority.py`).
 UsersWrite = Annotated[TenantIdentity, Depends(Authorize("users:write"))]
 UsersRead = Annotated[TenantIdentity, Depends(Authorize("users:read"))]
 KeyManager = Annotated[TenantIdentity, Depends(require_user)]

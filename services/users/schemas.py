@@ -13,7 +13,14 @@ MAX_ROTATION_GRACE_SECONDS = 30 * 86400
 
 
 class TenantCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "Acme", "plan": "pro", "admin_email": "ada@example.com", "admin_password": "s3cret-pass"}
+            ]
+        },
+    )
 
     name: str = Field(min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN)
     plan: Plan = DEFAULT_PLAN
@@ -30,7 +37,10 @@ class TenantOut(BaseModel):
 
 
 class UserCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"email": "grace@example.com", "password": "an0ther-pass", "role": "member"}]},
+    )
 
     email: EmailStr
     password: str = Field(min_length=8, max_length=128)
@@ -64,6 +74,17 @@ class TenantCreated(BaseModel):
     user: UserOut
 
 
+class TokenRequest(BaseModel):
+    """The OAuth2 password form (`application/x-www-form-urlencoded`): the email as `username`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"username": "ada@example.com", "password": "s3cret-pass"}]}
+    )
+
+    username: str = Field(max_length=320, pattern=PLAIN_TEXT_PATTERN)
+    password: str = Field(max_length=128)
+
+
 class TokenOut(BaseModel):
     access_token: str
     token_type: str = "bearer"
@@ -78,7 +99,9 @@ def _known_scopes(scopes: list[str]) -> list[str]:
 
 
 class ApiKeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "reporting", "scopes": ["orders:read"]}]}
+    )
 
     name: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT_PATTERN)
     scopes: Annotated[list[str], AfterValidator(_known_scopes)] = Field(min_length=1, max_length=len(ALL_SCOPES))

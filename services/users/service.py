@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from services.users.authority import ensure_grantable, ensure_holds, held_by, key_authority, role_authority
 from services.users.models import ApiKey, Tenant, User
 from services.users.repository import ApiKeyRepository, UserRepository
 from services.users.schemas import (
@@ -46,9 +47,13 @@ async def bootstrap_tenant(repo: UserRepository, data: TenantCreate) -> tuple[Te
     return tenant, admin
 
 
-async def create_user(repo: UserRepository, tenant_id: str, data: UserCreate) -> User:
+async def create_user(repo: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity, data: UserCreate) -> User:
+    """A user of the caller's tenant, holding no more than the caller does (`authority.py`)."""
+    held = await held_by(repo, keys, identity)
+    ensure_holds(held, "users:write")
+    ensure_grantable(held, role_authority(data.role), f"a user with the {data.role} role")
     user = User(
-        tenant_id=tenant_id,
+        tenant_id=identity.tenant_id,
         email=data.email.lower(),
         password_hash=await hash_password(data.password),
         role=data.role,
@@ -118,9 +123,6 @@ class ApiKeyNotFound(NotFound, code="API_KEY_NOT_FOUND", title="API key not foun
 class UserRequired(Forbidden, code="USER_REQUIRED", title="A user is required"): ...
 
 
-class ScopeNotHeld(Forbidden, code="SCOPE_NOT_HELD", title="Scope not held"): ...
-
-
 class ApiKeyNotRotatable(Conflict, code="API_KEY_NOT_ROTATABLE", title="API key cannot be rotated"): ...
 
 
@@ -149,16 +151,11 @@ def _new_key(raw: str, tenant_id: str, created_by: str, name: str, scopes: str, 
 async def create_api_key(
     users: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity, data: ApiKeyCreate
 ) -> tuple[ApiKey, str]:
-    """A new key; its scopes may not exceed what its creator holds now. Answers the raw key once.
-    `identity` is a user's (`KeyManager`), never a key's."""
+    """A new key, holding no more than its creator does now (`authority.py`). Answers the raw key
+    once. `identity` is a user's (`KeyManager`), never a key's."""
     tenant_id = identity.tenant_id
     creator = await get_user(users, tenant_id, identity.subject)
-    held = identity.scopes & ROLE_SCOPES[creator.role]
-    missing = sorted(set(data.scopes) - held)
-    if missing:
-        raise ScopeNotHeld(
-            f"A key cannot hold scopes its creator does not: {', '.join(missing)}.", extra={"missing_scopes": missing}
-        )
+    ensure_grantable(await held_by(users, keys, identity), frozenset(data.scopes), "the key")
     raw = new_api_key()
     key = _new_key(raw, tenant_id, creator.id, data.name, " ".join(data.scopes), utcnow())
     await keys.add(key)
@@ -180,14 +177,17 @@ async def revoke_api_key(keys: ApiKeyRepository, identity: TenantIdentity, key_i
 
 
 async def rotate_api_key(
-    keys: ApiKeyRepository, identity: TenantIdentity, key_id: str, grace_seconds: int
+    users: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity, key_id: str, grace_seconds: int
 ) -> tuple[ApiKey, str, ApiKey]:
     """A new key with the same name, scopes and creator; the old one works for `grace_seconds` more.
+    The new key is granted the scopes the old one was given, which the caller must hold (`authority.py`):
+    a creator demoted since cannot renew a key wider than what it holds now.
 
     Answers (new key, its raw value, old key). The old key's row is locked, so two concurrent
     rotations make one new key.
     """
     old = await _manageable(keys, identity, key_id)
+    ensure_grantable(await held_by(users, keys, identity), old.scope_set, "the new key")
     now = utcnow()
     if old.revoked_at is not None:
         raise ApiKeyNotRotatable(f"The API key {key_id} is revoked.")
@@ -219,7 +219,7 @@ async def resolve_api_key(keys: ApiKeyRepository, key_hash: str) -> ApiKeyResolv
         id=key.id,
         tenant_id=tenant.id,
         plan=tenant.plan,
-        scopes=sorted(key.scope_set & ROLE_SCOPES[creator.role]),
+        scopes=sorted(key_authority(key.scope_set, creator.role)),
         created_by=creator.id,
         expires_at=key.expires_at,
     )

@@ -21,10 +21,10 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.webhooks.repository import RelayRepository, StoredBatch
-from services.webhooks.schemas import FeedPage
 from services.webhooks.settings import WebhooksSettings
 from shared.contract import Identity
 from shared.errors import DownstreamError
+from shared.events import FeedPage
 from shared.http import ServiceClient
 from shared.repository import transaction
 from shared.state import ServiceState

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import case, delete, func, select
 
 from services.webhooks.models import ACTIVE, Delivery, Endpoint, Event, RelayCursor
-from services.webhooks.schemas import FeedEvent
 from shared.db import dialect_insert, new_id, table_of, utcnow
+from shared.events import FeedEvent
 from shared.repository import Repository
 
 EVENTS = table_of(Event)

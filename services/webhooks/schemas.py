@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.schemas import refuse_null
-from shared.telemetry import TRACEPARENT_PATTERN
 
 EventType = Literal["order.created", "order.cancelled"]
 EVENT_TYPES: tuple[str, ...] = ("order.created", "order.cancelled")
@@ -26,7 +25,12 @@ def _distinct_sorted(events: list[EventType]) -> list[EventType]:
 
 
 class EndpointCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"url": "https://hooks.example.com/portico", "events": ["order.created", "order.cancelled"]}]
+        },
+    )
 
     url: str = Field(min_length=1, max_length=2048, examples=["https://hooks.example.com/portico"])
     events: list[EventType] = Field(min_length=1, max_length=len(EVENT_TYPES) * 4)
@@ -131,35 +135,3 @@ class DeliveryDetail(DeliveryOut):
     """One delivery with its attempt log, oldest attempt first."""
 
     attempt_log: list[AttemptOut]
-
-
-class FeedEvent(BaseModel):
-    """One event of the orders service's feed (`GET /events`)."""
-
-    seq: int = Field(ge=1)
-    id: str = Field(min_length=1, max_length=36)
-    # Kept open: a type the registry does not offer yet is stored and simply matches no endpoint.
-    type: str = Field(min_length=1, max_length=100)
-    tenant_id: str = Field(min_length=1, max_length=64)
-    created_at: datetime
-    data: dict[str, Any]
-    # The W3C trace context of the request that wrote the event (absent from older feeds).
-    traceparent: str | None = None
-
-    @field_validator("created_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("must carry a UTC offset")
-        return value
-
-    @field_validator("traceparent", mode="before")
-    @classmethod
-    def _trace_or_nothing(cls, value: Any) -> Any:
-        # Only a trace to continue: anything else is dropped rather than holding up the feed.
-        return value if isinstance(value, str) and TRACEPARENT_PATTERN.match(value) else None
-
-
-class FeedPage(BaseModel):
-    items: list[FeedEvent]
-    next_after: int = Field(ge=0)

@@ -382,6 +382,26 @@ async def test_event_feed_is_for_services_with_the_scope(orders, signer, shop: S
     assert [e["seq"] for e in rest.json()["items"]][:3] == seqs[2:5]
 
 
+async def test_event_feed_serves_one_tenant_when_asked(orders, signer, shop: Shop, users_client, inventory):
+    other_admin = await bootstrap_tenant(users_client, signer)
+    other = Shop(Caller(orders, signer, "orders", other_admin), Caller(inventory, signer, "inventory", other_admin))
+    mine, theirs = await shop.product(stock=5), await other.product(stock=5)
+    for _ in range(2):
+        await shop.order((mine["id"], 1))
+        await other.order((theirs["id"], 1))
+    tenant = shop.orders.identity.tenant_id
+    page = await orders.get("/events", params={"tenant_id": tenant, "limit": 500}, headers=relay_headers(signer))
+    items = page.json()["items"]
+    assert len(items) == 2
+    assert {e["tenant_id"] for e in items} == {tenant}
+    after_first = await orders.get(
+        "/events", params={"tenant_id": tenant, "after": items[0]["seq"]}, headers=relay_headers(signer)
+    )
+    assert [e["seq"] for e in after_first.json()["items"]] == [items[1]["seq"]]
+    bad = await orders.get("/events", params={"tenant_id": "no spaces"}, headers=relay_headers(signer))
+    assert_problem(bad, 422, field="tenant_id")
+
+
 async def insert_event(conn: asyncpg.Connection, tenant_id: str) -> int:
     return await conn.fetchval(
         "INSERT INTO outbox (id, tenant_id, type, data, created_at) VALUES ($1, $2, 'order.created', $3, now()) "

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from services.webhooks.schemas import FeedEvent
+from shared.events import FeedEvent
 from shared.telemetry import TRACEPARENT_LENGTH, context_of, current_traceparent
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

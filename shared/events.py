@@ -1,0 +1,57 @@
+"""The order events feed as its readers see it: the orders service serves it (`GET /events`), the
+webhooks relay and the gateway's real-time relay read it. What both sides agree on lives here.
+
+An event's `seq` is its one id everywhere: in the feed, on `/v1/events` (SSE `id:`) and on `/v1/ws`
+(`"id"`). It is the outbox's autoincrement key, so it grows with every event of every tenant and is
+therefore monotonic per tenant (with gaps where other tenants' events fall).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from shared.telemetry import TRACEPARENT_PATTERN
+
+# The most events one feed page holds.
+FEED_MAX_LIMIT = 500
+FEED_PATH = "/events"
+
+
+class FeedEvent(BaseModel):
+    """One event of the orders service's feed (`GET /events`)."""
+
+    seq: int = Field(ge=1)
+    id: str = Field(min_length=1, max_length=36)
+    # Kept open: a type a reader does not know yet is passed on (or stored) as it is.
+    type: str = Field(min_length=1, max_length=100)
+    tenant_id: str = Field(min_length=1, max_length=64)
+    created_at: datetime
+    data: dict[str, Any]
+    # The W3C trace context of the request that wrote the event (absent from older feeds).
+    traceparent: str | None = None
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("must carry a UTC offset")
+        return value
+
+    @field_validator("traceparent", mode="before")
+    @classmethod
+    def _trace_or_nothing(cls, value: Any) -> Any:
+        # Only a trace to continue: anything else is dropped rather than holding up the feed.
+        return value if isinstance(value, str) and TRACEPARENT_PATTERN.match(value) else None
+
+    def envelope(self) -> dict[str, Any]:
+        """What tenants see of the event: the webhook body, `{"type", "timestamp", "data"}`."""
+        timestamp = self.created_at.isoformat().replace("+00:00", "Z")
+        return {"type": self.type, "timestamp": timestamp, "data": self.data}
+
+
+class FeedPage(BaseModel):
+    items: list[FeedEvent]
+    next_after: int = Field(ge=0)

@@ -1,0 +1,251 @@
+"""Order events on /v1/events with every process real: gateway instances sharing one Redis, each
+serving every tenant's stream; exactly once, in order, resumable on another instance, never crossing
+tenants."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from scripts.devstack import Stack, free_port
+from tests.conftest import ROOT
+from tests.edge_support import Tenant, extra_gateways, signup
+
+DEADLINE = 30.0
+
+
+@dataclass
+class SseReader:
+    """Reads one SSE stream in the background, keeping every event it gets."""
+
+    events: list[dict] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+    retry: int | None = None
+    headers: httpx.Headers | None = None
+    status: int | None = None
+
+    async def read(self, client: httpx.AsyncClient, auth: dict[str, str], last_event_id: str | None = None) -> None:
+        headers = {**auth, "Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        async with client.stream("GET", "/v1/events", headers=headers, timeout=None) as response:
+            self.status, self.headers = response.status_code, response.headers
+            if response.status_code != 200:
+                await response.aread()
+                return
+            current: dict = {}
+            async for line in response.aiter_lines():
+                if line.startswith(":"):
+                    self.comments.append(line)
+                elif line.startswith("retry:"):
+                    self.retry = int(line[6:])
+                elif line.startswith(("id:", "event:", "data:")):
+                    name, _, value = line.partition(":")
+                    current[name] = value.strip()
+                elif line == "" and "id" in current:
+                    self.events.append(
+                        {"id": int(current["id"]), "type": current["event"], **json.loads(current["data"])}
+                    )
+                    current = {}
+
+    @property
+    def ids(self) -> list[int]:
+        return [event["id"] for event in self.events]
+
+
+@contextlib.asynccontextmanager
+async def reading(base_url: str, auth: dict[str, str], last_event_id: str | None = None) -> AsyncIterator[SseReader]:
+    reader = SseReader()
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        task = asyncio.create_task(reader.read(client, auth, last_event_id))
+        try:
+            await until(lambda: reader.status is not None or task.done(), "the stream to open")
+            yield reader
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                await task
+
+
+async def until(condition, what: str, deadline: float = DEADLINE) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not condition():
+        if loop.time() > end:
+            raise AssertionError(f"waited {deadline}s for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def two_more(stack: Stack) -> Iterator[list[str]]:
+    with extra_gateways(stack, 2) as urls:
+        yield urls
+
+
+async def place_and_cancel(gateway: httpx.AsyncClient, tenant: Tenant, orders: int) -> list[str]:
+    product = await gateway.post(
+        "/v1/products",
+        json={"sku": f"RT-{tenant.id[:8]}", "name": "Mug", "price_cents": 100, "stock": 100},
+        headers=tenant.auth,
+    )
+    assert product.status_code == 201, product.text
+    placed = []
+    for _ in range(orders):
+        order = await gateway.post(
+            "/v1/orders", json={"items": [{"product_id": product.json()["id"], "quantity": 1}]}, headers=tenant.auth
+        )
+        assert order.status_code == 201, order.text
+        placed.append(order.json()["id"])
+    cancelled = await gateway.post(f"/v1/orders/{placed[0]}/cancel", headers=tenant.auth)
+    assert cancelled.status_code == 200, cancelled.text
+    return placed
+
+
+async def test_every_instance_sees_every_event_once_in_order_and_tenants_never_cross(gateway, two_more):
+    acme, other = await signup(gateway), await signup(gateway)
+    async with (
+        reading(two_more[0], acme.auth) as first,
+        reading(two_more[1], acme.auth) as second,
+        reading(two_more[1], other.auth) as others,
+    ):
+        assert first.status == 200
+        assert first.headers is not None
+        assert first.headers["content-type"].startswith("text/event-stream")
+        assert first.headers["cache-control"] == "no-cache"
+        assert first.headers["x-accel-buffering"] == "no"
+        # The writes go through a third instance.
+        placed = await place_and_cancel(gateway, acme, 3)
+        await until(lambda: len(first.events) >= 4 and len(second.events) >= 4, "four events on both instances")
+        await asyncio.sleep(0.5)  # room for a duplicate to show up, were there one
+        assert first.retry is not None
+        for reader in (first, second):
+            assert reader.ids == sorted(set(reader.ids))
+            assert [e["type"] for e in reader.events] == ["order.created"] * 3 + ["order.cancelled"]
+            assert [e["data"]["id"] for e in reader.events] == [*placed, placed[0]]
+            assert {e["data"]["tenant_id"] for e in reader.events} == {acme.id}
+            assert all(set(e) == {"id", "type", "timestamp", "data"} for e in reader.events)
+        assert first.ids == second.ids
+        assert others.events == []
+
+
+async def test_resuming_on_another_instance_after_the_first_died(stack, gateway, two_more):
+    acme = await signup(gateway)
+    doomed = Stack(ports={**stack.ports, "gateway": free_port()}, env=stack.env, cwd=ROOT, workers=())
+    doomed.start_one("gateway")
+    try:
+        doomed.wait_ready(60)
+        async with reading(doomed.url(), acme.auth) as before:
+            await place_and_cancel(gateway, acme, 2)
+            await until(lambda: len(before.events) >= 1, "the first event")
+            seen = before.ids[:1]
+            # The instance dies while its client has seen one event.
+            doomed.procs["gateway"].kill()
+            doomed.procs["gateway"].wait()
+    finally:
+        doomed.stop()
+    async with reading(two_more[0], acme.auth, last_event_id=str(seen[-1])) as after:
+        await until(lambda: len(after.events) >= 2, "the rest after resuming")
+        await asyncio.sleep(0.5)
+        assert [e["type"] for e in after.events] == ["order.created", "order.cancelled"]
+        assert after.ids[0] > seen[-1]
+    async with reading(two_more[1], acme.auth, last_event_id="0") as everything:
+        await until(lambda: len(everything.events) >= 3, "every event of the tenant")
+        assert everything.ids == [seen[0], *after.ids]
+
+
+async def test_a_bad_last_event_id_is_a_problem(gateway):
+    acme = await signup(gateway)
+    for bad in ("abc", "-1", "1e3", str(2**63)):
+        response = await gateway.get("/v1/events", headers={**acme.auth, "Last-Event-ID": bad})
+        assert response.status_code == 400, response.text
+        assert response.json()["error_code"] == "INVALID_LAST_EVENT_ID"
+    anonymous = await gateway.get("/v1/events")
+    assert anonymous.status_code == 401
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def open_idle_stream(port: int, auth: dict[str, str]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """One SSE connection that reads its answer's head and then nothing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "".join(f"{name}: {value}\r\n" for name, value in auth.items())
+    writer.write(f"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n{head}\r\n".encode())
+    await writer.drain()
+    status = await reader.readline()
+    assert status.startswith(b"HTTP/1.1 200"), status
+    return reader, writer
+
+
+@pytest.fixture(scope="module")
+def roomy_gateway(stack: Stack) -> Iterator[tuple[str, int, int]]:
+    """A gateway process of its own (url, port, pid), allowing a pro tenant 1,100 connections and a
+    free one 3."""
+    env = {
+        "GATEWAY_REALTIME_CONNECTIONS_PRO": "1100",
+        "GATEWAY_REALTIME_CONNECTIONS_FREE": "3",
+        # Each stream opened is a request of the tenant's quota.
+        "GATEWAY_RATE_LIMIT_PRO": "100000/60s",
+    }
+    roomy = Stack(ports={**stack.ports, "gateway": free_port()}, env=stack.env, env_for={"gateway": env}, cwd=ROOT)
+    roomy.workers = ()
+    roomy.start_one("gateway")
+    try:
+        roomy.wait_ready(60)
+        yield roomy.url(), roomy.ports["gateway"], roomy.procs["gateway"].pid
+    finally:
+        roomy.stop()
+
+
+async def test_a_thousand_idle_streams_on_one_process(gateway, roomy_gateway):
+    _, port, pid = roomy_gateway
+    acme = await signup(gateway)
+    warm = [await open_idle_stream(port, acme.auth) for _ in range(10)]
+    before = rss_kib(pid)
+    opened = []
+    for _ in range(10):
+        opened += await asyncio.gather(*(open_idle_stream(port, acme.auth) for _ in range(100)))
+    after = rss_kib(pid)
+    per_connection = (after - before) * 1024 / len(opened)
+    print(f"\n1,000 idle SSE connections: {per_connection / 1024:.1f} KiB each (gateway RSS {before} -> {after} KiB)")
+    assert per_connection < 200 * 1024
+    # Still serving: an event reaches them.
+    await place_and_cancel(gateway, acme, 1)
+    for reader, _ in [*warm, *opened][::97]:
+        line = await asyncio.wait_for(reader.readuntil(b"event: order.created"), DEADLINE)
+        assert line.endswith(b"event: order.created")
+    for _, writer in [*warm, *opened]:
+        writer.close()
+
+
+async def test_a_plan_caps_the_connections_of_a_tenant(gateway, roomy_gateway):
+    url, port, _ = roomy_gateway
+    tiny = await signup(gateway, plan="free")
+    held = [await open_idle_stream(port, tiny.auth) for _ in range(3)]
+    async with httpx.AsyncClient(base_url=url) as client:
+        refused = await client.get("/v1/events", headers=tiny.auth)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error_code"] == "REALTIME_CONNECTION_LIMIT"
+        held[0][1].close()
+        # A closed connection frees its place.
+        status = 429
+        for _ in range(200):
+            async with client.stream("GET", "/v1/events", headers=tiny.auth) as again:
+                status = again.status_code
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200
+    for _, writer in held[1:]:
+        writer.close()
