@@ -314,7 +314,9 @@ class ServiceClient:
             status = str(response.status_code)
             if response.status_code >= 500:
                 error, own = failure_of(self.name, response)
-                failed = own
+                # A 503 with Retry-After is the service shedding load on purpose (it answered, and
+                # says when to come back): not held against its circuit, which would cut its reads off too.
+                failed = own and not (response.status_code == 503 and "retry-after" in response.headers)
                 raise error
             failed = False
             return response

@@ -163,7 +163,10 @@ class BaseServiceSettings(ProcessSettings):
     database_url: str = sqlite_url("portico")
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
-    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Below every caller's timeout (the orders service waits 4 s for a service, the gateway 10 s): a
+    # request that cannot get a connection answers 503 with Retry-After before its caller gives up and
+    # answers 504 in its place.
+    db_pool_timeout_seconds: float = Field(default=3.0, gt=0)
     db_echo: bool = False
 
 
