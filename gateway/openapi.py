@@ -25,7 +25,8 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter
 from starlette.routing import BaseRoute
 
-from gateway.auth import AmbiguousCredentials, InvalidApiKey, InvalidToken, TenantMismatch
+from gateway.edge.authfailures import TooManyAuthFailures
+from gateway.edge.credentials import AmbiguousCredentials, InvalidApiKey, InvalidToken, TenantMismatch
 from gateway.edge.store import EdgeStoreUnavailable
 from shared.contract import (
     IDEMPOTENCY_HEADER,
@@ -100,6 +101,10 @@ HEADERS: dict[str, dict[str, Any]] = {
         {"type": "string", "enum": ["true"]},
     ),
     "WWW-Authenticate": _header("The credentials the route accepts (`Bearer` or `ApiKey`).", STRING),
+    "ETag": _header("A weak tag of the answer; send it back in `If-None-Match` to get 304 if unchanged.", STRING),
+    "Cache-Control": _header(
+        "`private, no-cache` for a caller's data; `no-store` for an answer that holds a secret.", STRING
+    ),
 }
 RATE_LIMIT_HEADERS = (
     "RateLimit-Policy",
@@ -127,6 +132,14 @@ IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
     "example": "5f0c1c1e-4f5a-4c52-9d49-3c1f6b1a2e7d",
 }
 
+IF_NONE_MATCH_PARAMETER: dict[str, Any] = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "The `ETag` of an answer already held: 304 without a body when it still matches.",
+    "schema": {"type": "string"},
+}
+
 EXAMPLE_REQUEST_ID = "3f1d2c9e8b7a4d6c9f0e1a2b3c4d5e6f"
 EXAMPLE_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 _EXAMPLE_FIELD_ERRORS: dict[str, list[dict[str, Any]]] = {
@@ -144,6 +157,7 @@ _EXAMPLE_FIELD_ERRORS: dict[str, list[dict[str, Any]]] = {
 EDGE_ERRORS: tuple[type[PorticoError], ...] = (
     ValidationFailed,
     TooManyRequests,
+    TooManyAuthFailures,
     DownstreamBadResponse,
     DownstreamUnavailable,
     # Any call to a service may find its circuit open.
@@ -241,9 +255,14 @@ def operation_docs(
     body: DocumentedBody | None = None,
     errors: Sequence[type[PorticoError]] = (),
     paged: bool = False,
+    parses_body: bool = False,
+    conditional: bool | None = None,
 ) -> tuple[dict[int | str, dict[str, Any]], dict[str, Any]]:
     """The `responses` and `openapi_extra` of one route. `credentials`: "none" (sign-up, login),
-    "any" (a token or an API key) or "token" (a user's token only); `paged`: a list with `cursor`."""
+    "any" (a token or an API key) or "token" (a user's token only); `body`: a body the route
+    forwards without parsing; `parses_body`: the route has a body parameter of its own (which
+    FastAPI documents); `paged`: a list with `cursor`; `conditional`: answers carry an ETag and
+    `If-None-Match` may get 304 (every GET unless told otherwise, e.g. for a stream)."""
     all_errors = [*errors, *EDGE_ERRORS]
     extra: dict[str, Any] = {}
     if credentials == "none":
@@ -255,13 +274,25 @@ def operation_docs(
     if idempotent:
         all_errors += IDEMPOTENCY_ERRORS
         extra["parameters"] = [IDEMPOTENCY_KEY_PARAMETER]
+    if conditional is None:
+        conditional = method == "GET"
+    if conditional:
+        extra["parameters"] = [IF_NONE_MATCH_PARAMETER]
     if body is not None:
-        all_errors += BODY_ERRORS
         extra["requestBody"] = body.request_body()
+    if body is not None or parses_body:
+        all_errors += BODY_ERRORS
     if paged:
         all_errors.append(InvalidCursor)
-    success_headers = ["X-Request-ID", *RATE_LIMIT_HEADERS] + (["Idempotent-Replayed"] if idempotent else [])
+    success_headers = ["X-Request-ID", *RATE_LIMIT_HEADERS, "Cache-Control"]
+    success_headers += ["Idempotent-Replayed"] if idempotent else []
+    success_headers += ["ETag"] if conditional else []
     responses: dict[int | str, dict[str, Any]] = {status_code: {"headers": _headers(*success_headers)}}
+    if conditional:
+        responses[304] = {
+            "description": "Not Modified: the `If-None-Match` tag still matches; no body.",
+            "headers": _headers("ETag", "Cache-Control", "X-Request-ID"),
+        }
     responses.update(problem_responses(all_errors))
     return responses, extra
 

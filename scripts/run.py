@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WALKTHROUGH = """
 Portico is up.
 
-  gateway    {gw}   (docs: {gw}/docs, metrics: {gw}/metrics)
+  gateway    {gw}   (docs: {gw}/docs and {gw}/redoc, metrics: {gw}/metrics)
   users      {users}
   orders     {orders}
   inventory  {inventory}
@@ -24,9 +24,10 @@ Portico is up.
 Try it (copy and paste):
 
   GW={gw}
+  ADMIN=admin-$(python3 -c 'import secrets; print(secrets.token_hex(4))')@acme.example.com
   curl -s -X POST $GW/v1/tenants -H 'content-type: application/json' \\
-    -d '{{"name": "Acme", "plan": "pro", "admin_email": "admin@acme.example.com", "admin_password": "correct-horse-9"}}'
-  TOKEN=$(curl -s -X POST $GW/v1/auth/token -d 'username=admin@acme.example.com&password=correct-horse-9' \\
+    -d '{{"name": "Acme", "plan": "pro", "admin_email": "'$ADMIN'", "admin_password": "correct-horse-9"}}'
+  TOKEN=$(curl -s -X POST $GW/v1/auth/token -d "username=$ADMIN&password=correct-horse-9" \\
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -s $GW/v1/users/me -H "Authorization: Bearer $TOKEN"
 

@@ -8,11 +8,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from gateway.aggregate import (
@@ -27,12 +26,12 @@ from gateway.aggregate import (
     page_of,
 )
 from gateway.deps import ComposerDep, RequireScope
-from gateway.openapi import DocumentedBody, operation_docs
-from services.orders.schemas import OrderCreate, OrderOut
+from gateway.openapi import operation_docs
+from services.orders.schemas import OrderOut
 from services.users.schemas import UserOut
 from services.users.service import UserNotFound
-from shared.contract import MAX_ITEMS, CreditLimitExceeded, Identity, ResourceIdPath
-from shared.errors import CircuitOpen, DownstreamBadResponse
+from shared.contract import MAX_ITEMS, CreditLimitExceeded, Identity, LineItems, ResourceIdPath
+from shared.errors import DownstreamBadResponse
 from shared.pagination import Page
 
 router = APIRouter(prefix="/v1", tags=["aggregates"])
@@ -47,54 +46,6 @@ async def _users_and_orders_reader(identity: OrdersReader) -> Identity:
 
 
 DashboardReader = Annotated[Identity, Depends(_users_and_orders_reader)]
-
-
-class PartOut(BaseModel):
-    status: Literal["ok", "error", "timeout", "skipped"]
-    service: str
-    elapsed_ms: float
-    error_code: str | None = None
-
-
-class ReservedLineOut(BaseModel):
-    order_id: str
-    product_id: str
-    quantity: int
-
-
-class ReservedLines(BaseModel):
-    items: list[ReservedLineOut]
-    next_cursor: str | None
-
-
-class DashboardOut(BaseModel):
-    """A part that failed is null; `parts` says how each one ended."""
-
-    user: UserOut
-    orders: Page[OrderOut] | None
-    reservations: ReservedLines | None
-    parts: dict[str, PartOut]
-
-
-class CheckFailure(BaseModel):
-    check: str
-    error_code: str
-    detail: str
-
-
-class CheckOut(BaseModel):
-    status: Literal["passed", "failed", "cancelled"]
-    service: str
-    elapsed_ms: float
-
-
-class ValidationOut(BaseModel):
-    valid: bool
-    total_cents: int | None
-    checks: dict[str, Literal["passed", "failed", "cancelled"]]
-    failures: list[CheckFailure]
-    details: dict[str, CheckOut]
-
 
 # --------------------------------------------------------------------------- dashboard
 
@@ -121,8 +72,45 @@ DASHBOARD = (
 )
 
 
-_DASHBOARD_DOCS, _DASHBOARD_EXTRA = operation_docs(
-    "GET", status_code=200, credentials="any", errors=[UserNotFound, CircuitOpen]
+class PartOutcome(BaseModel):
+    """How one part of an aggregate ended."""
+
+    status: str = Field(description="`ok`, or how the part failed (`failed`, `timeout`, `cancelled`).")
+    service: str
+    elapsed_ms: float
+    error_code: str | None = None
+
+
+class ReservedStock(BaseModel):
+    order_id: str
+    product_id: str
+    quantity: int
+
+
+class ReservedStockPage(BaseModel):
+    items: list[ReservedStock]
+    next_cursor: str | None
+
+
+class Dashboard(BaseModel):
+    """The answer of the dashboard: each optional part is null when it failed (see `parts`)."""
+
+    user: UserOut
+    orders: Page[OrderOut] | None
+    reservations: ReservedStockPage | None
+    parts: dict[str, PartOutcome]
+
+
+DASHBOARD_DOCS, DASHBOARD_EXTRA = operation_docs("GET", status_code=200, credentials="any", errors=[UserNotFound])
+DASHBOARD_DOCS[200].update(
+    description="Every part that answered; `X-Aggregate-Complete: false` when one did not.",
+    headers={
+        **DASHBOARD_DOCS[200]["headers"],
+        "X-Aggregate-Complete": {
+            "description": "`false` when an optional part is missing from the answer.",
+            "schema": {"type": "string", "enum": ["true", "false"]},
+        },
+    },
 )
 
 
@@ -131,10 +119,9 @@ _DASHBOARD_DOCS, _DASHBOARD_EXTRA = operation_docs(
     name="user_dashboard",
     operation_id="user_dashboard",
     summary="A user with their orders and reserved stock, fetched at once; partial when a part fails",
-    description="Every part that answered; `X-Aggregate-Complete: false` when one did not.",
-    response_model=DashboardOut,
-    responses=_DASHBOARD_DOCS,
-    openapi_extra=_DASHBOARD_EXTRA,
+    response_model=Dashboard,
+    responses=DASHBOARD_DOCS,
+    openapi_extra=DASHBOARD_EXTRA,
 )
 async def dashboard(user_id: ResourceIdPath, composer: ComposerDep, identity: DashboardReader) -> Response:
     outcomes = await composer.gather(DASHBOARD, identity, {"user_id": user_id})
@@ -147,16 +134,12 @@ async def dashboard(user_id: ResourceIdPath, composer: ComposerDep, identity: Da
 # --------------------------------------------------------------------------- order validation
 
 
-async def order_draft(request: Request) -> OrderCreate:
-    """The body of `POST /v1/orders`, validated by the orders service's own model (400 for malformed
-    JSON, 422 naming the fields otherwise)."""
-    try:
-        return OrderCreate.model_validate_json(await request.body())
-    except ValidationError as exc:
-        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from None
+class OrderDraft(BaseModel):
+    """The body of `POST /v1/orders`."""
 
+    model_config = ConfigDict(extra="forbid")
 
-OrderDraft = Annotated[OrderCreate, Depends(order_draft)]
+    items: LineItems
 
 
 async def check_user(call: Call) -> dict[str, Any]:
@@ -217,9 +200,27 @@ def _check_body(outcome: Outcome) -> dict[str, Any]:
     return {"status": outcome.status, "service": outcome.service, "elapsed_ms": outcome.elapsed_ms}
 
 
-_VALIDATE_DOCS, _VALIDATE_EXTRA = operation_docs(
-    "POST", status_code=200, credentials="any", body=DocumentedBody(OrderCreate), errors=[CircuitOpen]
-)
+class CheckFailure(BaseModel):
+    check: str
+    error_code: str | None
+    detail: str | None
+
+
+class CheckOutcome(BaseModel):
+    status: str = Field(description="`passed`, `failed`, or `cancelled` when another check failed first.")
+    service: str
+    elapsed_ms: float
+
+
+class OrderValidation(BaseModel):
+    valid: bool
+    total_cents: int | None
+    checks: dict[str, str]
+    failures: list[CheckFailure]
+    details: dict[str, CheckOutcome]
+
+
+VALIDATE_DOCS, VALIDATE_EXTRA = operation_docs("POST", status_code=200, credentials="any", parses_body=True)
 
 
 @router.post(
@@ -227,9 +228,9 @@ _VALIDATE_DOCS, _VALIDATE_EXTRA = operation_docs(
     name="validate_order",
     operation_id="validate_order",
     summary=f"Check an order (up to {MAX_ITEMS} lines) as POST /v1/orders would, without placing it",
-    response_model=ValidationOut,
-    responses=_VALIDATE_DOCS,
-    openapi_extra=_VALIDATE_EXTRA,
+    response_model=OrderValidation,
+    responses=VALIDATE_DOCS,
+    openapi_extra=VALIDATE_EXTRA,
 )
 async def validate_order(draft: OrderDraft, composer: ComposerDep, identity: OrdersWriter) -> Response:
     outcomes = await composer.all_or_nothing(ORDER_CHECKS, identity, {}, draft.model_dump())

@@ -15,10 +15,11 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
 from gateway.deps import RequireScope, SettingsDep, state
+from gateway.openapi import operation_docs
 from gateway.realtime.hub import Admission, Hub, Overflowed
 from gateway.settings import GatewaySettings
 from shared.contract import DEFAULT_PLAN, PLANS, Identity
-from shared.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
+from shared.errors import BadRequest, TooManyRequests
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -63,16 +64,21 @@ def admit(hub: Hub, identity: Identity, settings: GatewaySettings) -> Admission:
     return admission
 
 
+EVENTS_DOCS, EVENTS_EXTRA = operation_docs(
+    "GET", status_code=200, credentials="any", errors=[InvalidLastEventId, ConnectionLimitReached], conditional=False
+)
+EVENTS_DOCS[200].update(
+    description="The tenant's order events, as they happen",
+    content={"text/event-stream": {"schema": {"type": "string", "description": "Server-sent events."}}},
+)
+
+
 @router.get(
     "/events",
+    operation_id="events",
     response_class=EventSourceResponse,
-    responses={
-        200: {"content": {"text/event-stream": {}}, "description": "The tenant's order events, as they happen"},
-        **InvalidLastEventId.openapi_response(),
-        **Unauthorized.openapi_response(),
-        **Forbidden.openapi_response(),
-        **ConnectionLimitReached.openapi_response(),
-    },
+    responses=EVENTS_DOCS,
+    openapi_extra=EVENTS_EXTRA,
 )
 async def events(
     identity: EventsReader,

@@ -104,8 +104,13 @@ def generated_client_flow(client_package: ModuleType, stack: Stack, clients: con
     assert again.parsed.id == order.id
     assert again.headers["idempotent-replayed"] == "true"
 
-    page = api("orders.list_orders").sync(client=caller, limit=10)
+    listed = api("orders.list_orders").sync_detailed(client=caller, limit=10)
+    page = listed.parsed
     assert isinstance(page, m.PageOrderOut), page
+    # The documented conditional GET: the same list again with its ETag is 304, without a body.
+    unchanged = api("orders.list_orders").sync_detailed(client=caller, limit=10, if_none_match=listed.headers["etag"])
+    assert unchanged.status_code == 304
+    assert unchanged.content == b""
     assert [listed.id for listed in page.items] == [order.id]
     assert page.items[0].items[0].product_id == product.id
 

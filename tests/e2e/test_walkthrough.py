@@ -21,9 +21,9 @@ from tests.otlp import OtlpReceiver, ReceivedSpan
 from tests.webhook_support import Receiver, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
-# The first test also pays for migrating and starting the module's stack: on a busy machine that alone
-# can take minutes.
-pytestmark = pytest.mark.timeout(420)
+# The first test also pays for migrating and starting the module's stack (on a busy machine that alone
+# can take minutes), then runs the walkthrough twice.
+pytestmark = pytest.mark.timeout(600)
 
 
 def walkthrough() -> str:
@@ -58,12 +58,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver):
         stack.stop()
 
 
-def test_the_readme_walkthrough_works_as_printed(embedded):
-    script = walkthrough()
-    assert "GW=http://127.0.0.1:8000\n" in script
-    assert "HOOK_PORT=9000\n" in script
-    script = script.replace("GW=http://127.0.0.1:8000\n", f"GW={embedded.url()}\n", 1)
-    script = script.replace("HOOK_PORT=9000\n", f"HOOK_PORT={free_port()}\n", 1)
+def run_walkthrough(script: str) -> str:
     # Its own process group: the receiver it starts in the background goes too, whatever happens.
     proc = subprocess.Popen(
         ["bash", "-eo", "pipefail", "-c", script],
@@ -79,15 +74,27 @@ def test_the_readme_walkthrough_works_as_printed(embedded):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err + out
-    assert '"email":"admin@acme.example.com"' in out
+    return out
+
+
+def check_walkthrough_output(out: str) -> str:
+    """Checks one run's output against what the walkthrough's comments promise; answers its admin's email."""
+    emails = re.findall(r'"email":"(admin-[0-9a-f]{8}@acme\.example\.com)"', out)
+    assert emails, out
     assert '"stock_after":15' in out
     assert out.lower().count("idempotent-replayed: true") == 1
     assert '"stock":13' in out
     assert '"status":"cancelled"' in out
+    # The second cancel of the same order is refused.
+    assert re.search(r'"error_code":"ORDER_ALREADY_CANCELLED".* 409$', out, re.M), out
     assert '"stock":15' in out
+    # The endpoint's secret is printed once, in the creation answer; reading the endpoint shows none.
+    assert len(re.findall(r'"secret":"whsec_[A-Za-z0-9+/=]+"', out)) == 1, out
+    assert out.count("whsec_") == 1, out
     assert '"event_type":"order.created"' in out
     assert '"event_type":"order.cancelled"' in out
-    # The receiver verified both events, then the replay, which carries the same webhook-id.
+    # Deliveries arrived at the local receiver, which verified both events, then the replay, which
+    # carries the same webhook-id.
     verified = re.findall(r"^verified webhook-id=(msg_\w+) type=(order\.\w+) order=\S+$", out, re.M)
     assert sorted({kind for _, kind in verified}) == ["order.cancelled", "order.created"], out
     assert len(verified) == 3, out
@@ -103,6 +110,34 @@ def test_the_readme_walkthrough_works_as_printed(embedded):
     assert re.search(r"^\s+99 200$", out, re.M)
     assert "HTTP/1.1 429 Too Many Requests" in out
     assert "retry-after:" in out.lower()
+    # Nothing was refused that the walkthrough does not mean to show.
+    assert "EMAIL_TAKEN" not in out
+    assert "SKU_TAKEN" not in out
+    return emails[0]
+
+
+def test_the_readme_walkthrough_works_as_printed_twice_in_a_row(embedded):
+    script = walkthrough()
+    assert "GW=http://127.0.0.1:8000\n" in script
+    assert "HOOK_PORT=9000\n" in script
+    script = script.replace("GW=http://127.0.0.1:8000\n", f"GW={embedded.url()}\n", 1)
+    script = script.replace("HOOK_PORT=9000\n", f"HOOK_PORT={free_port()}\n", 1)
+    first = check_walkthrough_output(run_walkthrough(script))
+    # Pasted again into the same stack, it makes its own tenants and shows the same things.
+    second = check_walkthrough_output(run_walkthrough(script))
+    assert first != second
+
+
+def test_the_readme_sends_readers_nowhere_outside_the_repository():
+    readme = (ROOT / "README.md").read_text()
+    assert "DESIGN" not in readme
+    assert "STYLE.md" not in readme
+    for target in re.findall(r"\]\(([^)\s]+)\)", readme):
+        if target.startswith(("#", "http://", "https://")):
+            continue
+        path = (ROOT / target.split("#")[0]).resolve()
+        assert path.is_relative_to(ROOT), target
+        assert path.exists(), target
 
 
 SERVER, CLIENT = 2, 3  # span kinds as OTLP numbers them
