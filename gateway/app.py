@@ -41,6 +41,7 @@ from fastapi import FastAPI
 from opentelemetry import trace
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -85,7 +86,7 @@ from gateway.settings import FailureMode, GatewaySettings
 from gateway.state import GatewaySlot, GatewayState
 from shared.app import ReadinessCheck, add_health_routes, create_fastapi, install_common
 from shared.contract import ANONYMOUS
-from shared.http import ServiceClient, create_http_client
+from shared.http import CallPolicy, ServiceClient, UpstreamMetrics, create_http_client
 from shared.identity import IdentitySigner
 from shared.state import LifespanSlot, LifespanState, lifespan_state_of
 from shared.telemetry import create_tracer_provider, set_global_provider_once, start_export
@@ -138,14 +139,15 @@ def create_redis(settings: GatewaySettings, *, wait_seconds: float = 0.0) -> Red
 
 @contextlib.asynccontextmanager
 async def open_state(
-    settings: GatewaySettings, provider: TracerProvider, metrics: EdgeMetrics
+    settings: GatewaySettings, provider: TracerProvider, metrics: EdgeMetrics, upstream_metrics: UpstreamMetrics
 ) -> AsyncIterator[GatewayState]:
     """Builds everything the gateway owns (the edge stores on Redis when configured, in-process
     otherwise) and closes it on the way out."""
     http = create_http_client(settings, provider)
     signer = IdentitySigner(settings.internal_token_secret.get_secret_value(), settings.internal_token_ttl_seconds)
+    policy = CallPolicy(settings, upstream_metrics)
     upstreams = Upstreams(
-        {name: ServiceClient(name, url, http, signer) for name, url in settings.service_urls().items()}
+        {name: ServiceClient(name, url, http, signer, policy) for name, url in settings.service_urls().items()}
     )
     redis: RedisClient | None = None
     rate_store: RateLimitStore
@@ -272,13 +274,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     provider = create_tracer_provider("gateway", cfg.trace_sample_ratio)
     set_global_provider_once(provider)
     edge_metrics = EdgeMetrics()
+    registry = CollectorRegistry()
+    upstream_metrics = UpstreamMetrics(registry)
     slot: GatewaySlot = LifespanSlot("the gateway's state")
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[LifespanState[GatewayState]]:
         start_export(provider)
         try:
-            async with open_state(cfg, provider, edge_metrics) as state:
+            async with open_state(cfg, provider, edge_metrics, upstream_metrics) as state:
                 with slot.filled(state):
                     yield lifespan_state_of(state)
         finally:
@@ -316,7 +320,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # then adds stage 4 around them, and stages 1-3 (one layer) outside Starlette's error middleware.
     for stage in reversed(edge_pipeline(routes, cfg, edge_metrics, slot)):
         app.add_middleware(stage.cls, *stage.args, **stage.kwargs)
-    http_metrics = install_common(app, cfg, provider, database=False)
+    http_metrics = install_common(app, cfg, provider, database=False, registry=registry)
     app.add_exception_handler(UpstreamRefused, upstream_refused_handler)
     edge_metrics.register(http_metrics.registry)
     return app

@@ -42,6 +42,7 @@ from shared.contract import (
 from shared.errors import (
     PROBLEM_BASE,
     PROBLEM_JSON,
+    CircuitOpen,
     DownstreamBadResponse,
     DownstreamTimeout,
     DownstreamUnavailable,
@@ -159,6 +160,8 @@ EDGE_ERRORS: tuple[type[PorticoError], ...] = (
     TooManyAuthFailures,
     DownstreamBadResponse,
     DownstreamUnavailable,
+    # Any call to a service may find its circuit open.
+    CircuitOpen,
     EdgeStoreUnavailable,
     DownstreamTimeout,
 )

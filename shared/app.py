@@ -23,10 +23,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
 from shared.context import request_id_of
-from shared.db import create_engine, create_sessionmaker
+from shared.db import PoolMetrics, create_engine, create_sessionmaker
 from shared.docs import add_offline_docs
 from shared.errors import PROBLEM_SCHEMA, install_error_handlers
-from shared.http import create_http_client
+from shared.http import CallPolicy, UpstreamMetrics, create_http_client
 from shared.identity import IdentitySigner, IdentityVerifier, require_identity
 from shared.metrics import HttpMetrics, metrics_endpoint
 from shared.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
@@ -107,12 +107,13 @@ def install_common(
     *,
     database: bool,
     registry: CollectorRegistry | None = None,
+    on_pool_timeout: Callable[[], None] | None = None,
 ) -> HttpMetrics:
     """Middleware, error handlers, metrics and tracing shared by the gateway and the services.
     `registry`: where the process's own metrics already are, to serve them on `/metrics` too."""
     metrics = HttpMetrics(registry or CollectorRegistry())
     registry = metrics.registry
-    install_error_handlers(app, database=database)
+    install_error_handlers(app, database=database, on_pool_timeout=on_pool_timeout)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.outermost = Middleware(
         ObservabilityMiddleware, spans=ServerSpans(provider), metrics=metrics, access_log=settings.access_log
@@ -191,12 +192,16 @@ def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: Collec
     """The service `spec` describes; `registry` holds metrics of its own (served with the HTTP ones)."""
     provider = create_tracer_provider(spec.name, settings.trace_sample_ratio)
     set_global_provider_once(provider)
+    registry = registry or CollectorRegistry()
+    upstream_metrics = UpstreamMetrics(registry)
+    pool_metrics = PoolMetrics(registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[LifespanState[ServiceState[S, C]]]:
         exporting = start_export(provider)
         engine = create_engine(settings)
         instrument_engine(engine, provider)
+        pool_metrics.watch(engine)
         secret = settings.internal_token_secret.get_secret_value()
         http: httpx.AsyncClient | None = create_http_client(settings, provider) if spec.needs_http_client else None
         base: ServiceState[S, None] = ServiceState(
@@ -207,6 +212,7 @@ def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: Collec
             identity_signer=IdentitySigner(secret, settings.internal_token_ttl_seconds),
             tracer_provider=provider,
             http=http,
+            call_policy=CallPolicy(settings, upstream_metrics),
             context=None,
         )
         try:
@@ -221,11 +227,12 @@ def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: Collec
         finally:
             if http is not None:
                 await http.aclose()
+            pool_metrics.watch(None)
             await engine.dispose()
             provider.shutdown()
 
     app = create_fastapi(settings, spec.title, lifespan)
-    install_common(app, settings, provider, database=True, registry=registry)
+    install_common(app, settings, provider, database=True, registry=registry, on_pool_timeout=pool_metrics.timeouts.inc)
     checks: dict[str, ReadinessCheck[ServiceState[S, C]]] = {"database": check_database, **spec.readiness_checks}
     add_health_routes(app, checks)
     for router in spec.routers:

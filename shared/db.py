@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import BigInteger, DateTime, Integer, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
 from shared.settings import BaseServiceSettings
@@ -145,3 +149,44 @@ def raising_lock_not_available() -> Iterator[None]:
         if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
             raise
         raise LockNotAvailable(str(exc.orig)) from exc
+
+
+class PoolMetrics(Collector):
+    """The state of one process's database pool, read when /metrics is scraped:
+    `portico_db_pool_size` (connections kept open), `portico_db_pool_checked_out` (in use),
+    `portico_db_pool_overflow` (open beyond the size), `portico_db_pool_waiters` (requests waiting for a
+    connection) and `portico_db_pool_timeouts_total` (waits that ran out: answered 503)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.engine: AsyncEngine | None = None
+        self.timeouts = Counter(
+            "portico_db_pool_timeouts_total",
+            "Waits for a database connection that ran out (DB_POOL_TIMEOUT_SECONDS) and answered 503.",
+            registry=registry,
+        )
+        registry.register(self)
+
+    def watch(self, engine: AsyncEngine | None) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self.engine.sync_engine.pool if self.engine is not None else None
+        if not isinstance(pool, QueuePool):
+            # No engine yet, or SQLite's pool, which keeps no count.
+            return
+        values = {
+            "portico_db_pool_size": ("Connections the pool keeps open.", pool.size()),
+            "portico_db_pool_checked_out": ("Connections in use.", pool.checkedout()),
+            "portico_db_pool_overflow": ("Connections open beyond the pool size.", max(0, pool.overflow())),
+            "portico_db_pool_waiters": ("Requests waiting for a free connection.", _waiters(pool)),
+        }
+        for name, (documentation, value) in values.items():
+            yield GaugeMetricFamily(name, documentation, value=value)
+
+
+def _waiters(pool: QueuePool) -> int:
+    """How many are waiting on the pool's queue. SQLAlchemy has no public count: this reads its asyncio
+    queue (created on first use), and says 0 when the queue is not of that kind."""
+    queue = vars(pool._pool).get("_queue")
+    getters = getattr(queue, "_getters", None)
+    return sum(1 for waiter in getters if not waiter.done()) if getters else 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 from fastapi import FastAPI, Request
@@ -311,14 +311,23 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
 class DatabaseUnavailable(ServiceUnavailable, code="DATABASE_UNAVAILABLE", title="Database unavailable"): ...
 
 
-async def _database_unavailable_handler(request: Request, exc: Exception) -> Response:
-    # The database refused or dropped the connection, or the pool had none free in time: the
-    # request may succeed later, so 503 rather than a 500.
-    logger.error("database unavailable on %s %s: %r", request.method, request.url.path, exc)
-    return problem_response(
-        DatabaseUnavailable("The service's database is unavailable; try again shortly.", headers={"Retry-After": "1"}),
-        _request_id(request),
-    )
+def _database_unavailable_handler(
+    on_pool_timeout: Callable[[], None] | None,
+) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handler(request: Request, exc: Exception) -> Response:
+        # The database refused or dropped the connection, or the pool had none free in time: the
+        # request may succeed later, so 503 rather than a 500.
+        logger.error("database unavailable on %s %s: %r", request.method, request.url.path, exc)
+        if isinstance(exc, sa_exc.TimeoutError) and on_pool_timeout is not None:
+            on_pool_timeout()
+        return problem_response(
+            DatabaseUnavailable(
+                "The service's database is unavailable; try again shortly.", headers={"Retry-After": "1"}
+            ),
+            _request_id(request),
+        )
+
+    return handler
 
 
 async def _unhandled_handler(request: Request, exc: Exception) -> Response:
@@ -326,15 +335,16 @@ async def _unhandled_handler(request: Request, exc: Exception) -> Response:
     return problem_response(PorticoError("An internal error occurred."), _request_id(request))
 
 
-def install_error_handlers(app: FastAPI, *, database: bool) -> None:
+def install_error_handlers(app: FastAPI, *, database: bool, on_pool_timeout: Callable[[], None] | None = None) -> None:
     """The one place errors become responses. `database`: the process has a database, whose
-    connection failures answer 503."""
+    connection failures answer 503 (`on_pool_timeout` counts the waits for a connection that ran out)."""
     app.add_exception_handler(PorticoError, _portico_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
     if database:
+        handler = _database_unavailable_handler(on_pool_timeout)
         for db_error in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
-            app.add_exception_handler(db_error, _database_unavailable_handler)
+            app.add_exception_handler(db_error, handler)
     app.add_exception_handler(Exception, _unhandled_handler)
 
 

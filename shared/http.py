@@ -1,5 +1,10 @@
 """The one pooled downstream HTTP client per process, and calls to other services through it.
 
+Every call goes through the called service's circuit breaker, is counted and timed
+(`portico_upstream_requests_total`, `portico_upstream_request_duration_seconds`), and a safe call is
+retried once when its connection could not be made. A 502/503/504 problem that a service relays from
+its own downstream keeps naming the service that failed, and a 503's `Retry-After` is passed on.
+
 The transport is a setting. `aiohttp` (httpx-aiohttp) is the default because httpx's own pool
 serialises connection checkout under concurrency (encode/httpx#3215); `httpx` keeps the pure httpx
 transport. Either is wrapped in `TracingTransport` (`shared/telemetry.py`), so every call is a client
@@ -8,20 +13,43 @@ span named after the service and route it calls and carries `traceparent`.
 
 from __future__ import annotations
 
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.contract import IDENTITY_HEADER, PROCESSES, Identity
-from shared.errors import DownstreamBadResponse, DownstreamTimeout, DownstreamUnavailable
+from shared.contract import IDEMPOTENCY_HEADER, IDENTITY_HEADER, PROCESSES, Identity
+from shared.errors import (
+    CircuitOpen,
+    DownstreamBadResponse,
+    DownstreamError,
+    DownstreamTimeout,
+    DownstreamUnavailable,
+)
 from shared.settings import ProcessSettings
 from shared.telemetry import TracingTransport
 
 if TYPE_CHECKING:
     from shared.identity import IdentitySigner
+
+logger = logging.getLogger("portico.http")
+
+# Methods that are safe to send twice; a write is, when it carries an Idempotency-Key.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Without an answer, the status label of a call says why.
+NO_ANSWER_TIMEOUT = "timeout"
+NO_ANSWER_UNREACHABLE = "unreachable"
+NO_ANSWER_CIRCUIT_OPEN = "circuit_open"
+NO_ANSWER_CANCELLED = "cancelled"
 
 
 def create_http_client(settings: ProcessSettings, tracer_provider: TracerProvider) -> httpx.AsyncClient:
@@ -59,20 +87,198 @@ def _refused(exc: httpx.TimeoutException) -> bool:
     return isinstance(cause, OSError | aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError)
 
 
-class ServiceClient:
-    """Calls one named service with an internal identity, mapping failures to 502/503/504."""
+class UpstreamMetrics:
+    """The metrics of one process's calls to other services, in the process's registry."""
 
-    def __init__(self, name: str, base_url: str, client: httpx.AsyncClient, signer: IdentitySigner) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "portico_upstream_requests_total",
+            "Calls to other services, by service, method and status (or timeout, unreachable, "
+            "circuit_open, cancelled when there was no answer).",
+            ("service", "method", "status"),
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "portico_upstream_request_duration_seconds",
+            "Time a call to another service took, retries included.",
+            ("service", "method"),
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.circuit = Gauge(
+            "portico_circuit_state",
+            "The circuit breaker of each called service: 0 closed, 1 half-open, 2 open.",
+            ("service",),
+            registry=registry,
+        )
+
+
+class CircuitState(enum.IntEnum):
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+class CircuitBreaker:
+    """closed -> open after `failure_threshold` failures within `window_seconds` -> half-open after
+    `open_seconds`, letting `half_open_calls` trial calls through -> closed when a trial succeeds, open
+    again when one fails. Single-threaded (one event loop), so no lock."""
+
+    def __init__(self, service: str, settings: ProcessSettings, metrics: UpstreamMetrics) -> None:
+        self.service = service
+        self.enabled = settings.circuit_enabled
+        self.threshold = settings.circuit_failure_threshold
+        self.window = settings.circuit_window_seconds
+        self.open_seconds = settings.circuit_open_seconds
+        self.half_open_calls = settings.circuit_half_open_calls
+        self.gauge = metrics.circuit.labels(service)
+        self.state = CircuitState.CLOSED
+        self.failures: deque[float] = deque()
+        self.opened_at = 0.0
+        self.trials = 0
+        self.gauge.set(self.state)
+
+    def _move(self, state: CircuitState, why: str) -> None:
+        if state is self.state:
+            return
+        log = logger.warning if state is CircuitState.OPEN else logger.info
+        log("circuit of %s: %s -> %s (%s)", self.service, self.state.name.lower(), state.name.lower(), why)
+        self.state = state
+        self.gauge.set(state)
+
+    def retry_after(self) -> int:
+        """Whole seconds until a trial call may go through (at least 1)."""
+        left = self.open_seconds - (time.monotonic() - self.opened_at)
+        return max(1, int(left + 0.999))
+
+    def before_call(self) -> bool:
+        """Raises CircuitOpen when the call may not go out; True when it is a half-open trial."""
+        if not self.enabled or self.state is CircuitState.CLOSED:
+            return False
+        if self.state is CircuitState.OPEN:
+            if time.monotonic() - self.opened_at < self.open_seconds:
+                raise CircuitOpen(self.service, self.retry_after())
+            self._move(CircuitState.HALF_OPEN, f"{self.open_seconds:g} s open, trying again")
+            self.trials = 0
+        if self.trials >= self.half_open_calls:
+            raise CircuitOpen(self.service, 1)
+        self.trials += 1
+        return True
+
+    def after_call(self, trial: bool, *, failed: bool | None) -> None:
+        """Records a call's end: `failed` None when it ended without a verdict (cancelled)."""
+        if trial:
+            self.trials = max(0, self.trials - 1)
+        if not self.enabled or failed is None:
+            return
+        now = time.monotonic()
+        if not failed:
+            if self.state is CircuitState.HALF_OPEN:
+                self.failures.clear()
+                self._move(CircuitState.CLOSED, "a trial call succeeded")
+            return
+        if self.state is CircuitState.HALF_OPEN:
+            self.opened_at = now
+            self._move(CircuitState.OPEN, "a trial call failed")
+            return
+        self.failures.append(now)
+        while self.failures and self.failures[0] <= now - self.window:
+            self.failures.popleft()
+        if self.state is CircuitState.CLOSED and len(self.failures) >= self.threshold:
+            self.opened_at = now
+            self.failures.clear()
+            self._move(CircuitState.OPEN, f"{self.threshold} failures within {self.window:g} s")
+
+
+class CallPolicy:
+    """What every service client of one process shares: its settings, metrics, and one circuit
+    breaker per called service."""
+
+    def __init__(self, settings: ProcessSettings, metrics: UpstreamMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or UpstreamMetrics(CollectorRegistry())
+        self.breakers: dict[str, CircuitBreaker] = {}
+
+    def breaker(self, service: str) -> CircuitBreaker:
+        breaker = self.breakers.get(service)
+        if breaker is None:
+            breaker = self.breakers[service] = CircuitBreaker(service, self.settings, self.metrics)
+        return breaker
+
+
+def _problem_of(response: httpx.Response) -> dict[str, Any]:
+    if not response.headers.get("content-type", "").startswith("application/problem+json"):
+        return {}
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+_FAILURE_CLASSES: dict[int, type[DownstreamError]] = {
+    502: DownstreamBadResponse,
+    503: DownstreamUnavailable,
+    504: DownstreamTimeout,
+}
+
+
+def failure_of(service: str, response: httpx.Response) -> tuple[DownstreamError, bool]:
+    """The error a 5xx answer of `service` stands for, and whether it is the service's own failure
+    (False: it relays the failure of a service further down, which keeps being named)."""
+    status = response.status_code
+    problem = _problem_of(response)
+    named = problem.get("service")
+    cls = _FAILURE_CLASSES.get(status)
+    headers = {"Retry-After": response.headers["retry-after"]} if "retry-after" in response.headers else None
+    if cls is not None and isinstance(named, str) and named and named != service:
+        detail = str(problem.get("detail") or f"The {named} service failed.")
+        code = problem.get("error_code")
+        return cls(named, detail, error_code=code if isinstance(code, str) else None, headers=headers), False
+    if status == 503:
+        # The service says it cannot serve now (its database, its own limits): passed on as such.
+        code = problem.get("error_code")
+        detail = f"The {service} service is unavailable."
+        if isinstance(problem.get("detail"), str):
+            detail = f"The {service} service is unavailable: {problem['detail']}"
+        return (
+            DownstreamUnavailable(service, detail, error_code=code if isinstance(code, str) else None, headers=headers),
+            True,
+        )
+    if status == 504:
+        return DownstreamTimeout(service, f"The {service} service timed out."), True
+    return DownstreamBadResponse(service, f"The {service} service answered {status}."), True
+
+
+class ServiceClient:
+    """Calls one named service with an internal identity, through its circuit breaker, mapping
+    failures to 502/503/504 naming the service that failed."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        client: httpx.AsyncClient,
+        signer: IdentitySigner,
+        policy: CallPolicy | None = None,
+    ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.signer = signer
+        self.policy = policy or CallPolicy(ProcessSettings())
+        self.breaker = self.policy.breaker(name)
+        self.metrics = self.policy.metrics
 
     def headers_for(self, identity: Identity, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         headers = {IDENTITY_HEADER: self.signer.sign(identity, self.name)}
         if extra:
             headers.update(extra)
         return headers
+
+    def _retries(self, method: str, headers: httpx.Headers) -> int:
+        safe = method in SAFE_METHODS or IDEMPOTENCY_HEADER in headers
+        return self.policy.settings.http_connect_retries if safe else 0
 
     async def send(
         self,
@@ -86,25 +292,93 @@ class ServiceClient:
         params: Any = None,
         timeout: float | None = None,  # noqa: ASYNC109 - a per-call override of the pool's timeout
     ) -> httpx.Response:
-        """Sends a request; answers with the response of any status, or raises a downstream error."""
+        """Sends a request; answers with the response of any status below 500, or raises a
+        downstream error (CircuitOpen at once while the service's circuit is open)."""
+        started = time.perf_counter()
+        status = NO_ANSWER_CANCELLED
+        failed: bool | None = None
+        try:
+            trial = self.breaker.before_call()
+        except CircuitOpen:
+            self.metrics.requests.labels(self.name, method, NO_ANSWER_CIRCUIT_OPEN).inc()
+            raise
+        try:
+            try:
+                response = await self._send(method, path, identity, headers, content, json, params, timeout)
+            except DownstreamTimeout:
+                status, failed = NO_ANSWER_TIMEOUT, True
+                raise
+            except DownstreamUnavailable:
+                status, failed = NO_ANSWER_UNREACHABLE, True
+                raise
+            status = str(response.status_code)
+            if response.status_code >= 500:
+                error, own = failure_of(self.name, response)
+                # A 503 with Retry-After is the service shedding load on purpose (it answered, and
+                # says when to come back): not held against its circuit, which would cut its reads off too.
+                failed = own and not (response.status_code == 503 and "retry-after" in response.headers)
+                raise error
+            failed = False
+            return response
+        finally:
+            self.breaker.after_call(trial, failed=failed)
+            self.metrics.requests.labels(self.name, method, status).inc()
+            self.metrics.duration.labels(self.name, method).observe(time.perf_counter() - started)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        identity: Identity,
+        headers: Mapping[str, str] | list[tuple[str, str]] | list[tuple[bytes, bytes]] | None,
+        content: bytes | None,
+        json: Any,
+        params: Any,
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> httpx.Response:
         request_headers = httpx.Headers(headers)
         request_headers[IDENTITY_HEADER] = self.signer.sign(identity, self.name)
-        try:
-            response = await self.client.request(
-                method,
-                self.base_url + path,
-                headers=request_headers,
-                content=content,
-                json=json,
-                params=params,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
-        except httpx.TimeoutException as exc:
-            if _refused(exc):
-                raise DownstreamUnavailable(self.name, f"The {self.name} service is unreachable.") from exc
-            raise DownstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
-        except httpx.TransportError as exc:
-            raise DownstreamUnavailable(self.name, f"The {self.name} service is unreachable.") from exc
-        if response.status_code >= 500:
-            raise DownstreamBadResponse(self.name, f"The {self.name} service answered {response.status_code}.")
-        return response
+        retries = self._retries(method, request_headers)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            left = None if deadline is None else max(0.001, deadline - loop.time())
+            try:
+                return await self.client.request(
+                    method,
+                    self.base_url + path,
+                    headers=request_headers,
+                    content=content,
+                    json=json,
+                    params=params,
+                    timeout=left if left is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.TimeoutException as exc:
+                refused = _refused(exc)
+                connect_failed = refused or isinstance(exc, httpx.ConnectTimeout)
+                if connect_failed and retries > 0 and await self._pause_for_retry(deadline):
+                    retries -= 1
+                    continue
+                if refused:
+                    raise self._unreachable() from exc
+                raise DownstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
+            except httpx.ConnectError as exc:
+                if retries > 0 and await self._pause_for_retry(deadline):
+                    retries -= 1
+                    continue
+                raise self._unreachable() from exc
+            except httpx.TransportError as exc:
+                raise self._unreachable() from exc
+
+    def _unreachable(self) -> DownstreamUnavailable:
+        return DownstreamUnavailable(
+            self.name, f"The {self.name} service is unreachable.", headers={"Retry-After": "1"}
+        )
+
+    async def _pause_for_retry(self, deadline: float | None) -> bool:
+        """Waits a random moment before a retry; False when no time would be left for it."""
+        pause = random.uniform(0, self.policy.settings.http_retry_jitter_seconds)
+        if deadline is not None and asyncio.get_running_loop().time() + pause >= deadline:
+            return False
+        await asyncio.sleep(pause)
+        return True

@@ -110,6 +110,21 @@ class ProcessSettings(BaseSettings):
     # After SIGTERM: no new connections, requests in flight get this long to finish.
     shutdown_timeout_seconds: int = Field(default=10, ge=1)
 
+    # A circuit breaker per called service: `circuit_failure_threshold` failures (no answer, or a 5xx
+    # of the service's own) within `circuit_window_seconds` open it; calls then answer 503
+    # CIRCUIT_OPEN at once for `circuit_open_seconds`, after which `circuit_half_open_calls` trial
+    # calls go through: a success closes it, a failure opens it again.
+    circuit_enabled: bool = True
+    circuit_failure_threshold: int = Field(default=5, ge=1)
+    circuit_window_seconds: float = Field(default=10.0, gt=0)
+    circuit_open_seconds: float = Field(default=5.0, gt=0)
+    circuit_half_open_calls: int = Field(default=1, ge=1)
+    # Safe calls (GET, HEAD, OPTIONS, and writes with an Idempotency-Key) are retried this many times
+    # when the connection could not be made, after a random pause of up to `http_retry_jitter_seconds`,
+    # and only within the call's remaining time. Other writes are never retried.
+    http_connect_retries: int = Field(default=1, ge=0, le=3)
+    http_retry_jitter_seconds: float = Field(default=0.05, ge=0, le=1)
+
     @model_validator(mode="after")
     def _client_idles_out_first(self) -> ProcessSettings:
         if self.http_keepalive_expiry_seconds >= self.server_keep_alive_seconds:
@@ -157,7 +172,10 @@ class BaseServiceSettings(ProcessSettings):
     database_url: str = sqlite_url("portico")
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
-    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Below every caller's timeout (the orders service waits 4 s for a service, the gateway 10 s): a
+    # request that cannot get a connection answers 503 with Retry-After before its caller gives up and
+    # answers 504 in its place.
+    db_pool_timeout_seconds: float = Field(default=3.0, gt=0)
     db_echo: bool = False
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
 
 from starlette.requests import HTTPConnection
 
-from shared.http import ServiceClient
+from shared.http import CallPolicy, ServiceClient
 
 if TYPE_CHECKING:
     import httpx
@@ -113,6 +113,8 @@ class ServiceState(Generic[S, C]):
     tracer_provider: TracerProvider
     # The one pooled client of a service that calls others; None for those that do not.
     http: httpx.AsyncClient | None
+    # Circuit breakers and upstream metrics shared by every service client of the process.
+    call_policy: CallPolicy
     context: C
 
     def with_context(self, context: C2) -> ServiceState[S, C2]:
@@ -123,4 +125,4 @@ class ServiceState(Generic[S, C]):
         """A client of another service through this one's pooled HTTP client, signing as this one."""
         if self.http is None:
             raise RuntimeError("this service's spec does not ask for an HTTP client (needs_http_client)")
-        return ServiceClient(name, str(url), self.http, self.identity_signer)
+        return ServiceClient(name, str(url), self.http, self.identity_signer, self.call_policy)

@@ -7,14 +7,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from scripts.devstack import Stack, free_port
 from tests.conftest import ROOT, service_env
+from tests.edge_support import gateway_settings, in_process_gateway
 from tests.infra import Servers
+
+# The aggregate budget of the gateways these tests run.
+BUDGET = 1.0
 
 # What a scripted service answers: (status, headers, body), or None to never answer.
 Answer = tuple[int, dict[str, str], bytes] | None
@@ -30,6 +39,14 @@ def answer_json(status: int, body: Any, headers: dict[str, str] | None = None) -
 
 
 GARBAGE: Answer = (200, {"content-type": "application/json"}, b"<html>not json</html>")
+FEED_PATH = "/events"
+_FEED_BODY = b'{"items": [], "next_after": 0}'
+EMPTY_FEED = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+    + str(len(_FEED_BODY)).encode()
+    + b"\r\n\r\n"
+    + _FEED_BODY
+)
 
 
 @dataclass
@@ -60,6 +77,12 @@ class ScriptedService:
                 )
                 if length:
                     await reader.readexactly(length)
+                if path.startswith(FEED_PATH):
+                    # The gateway's real-time relay polls the orders feed in the background: an empty
+                    # feed, neither recorded nor scripted, so tests see only their own calls.
+                    writer.write(EMPTY_FEED)
+                    await writer.drain()
+                    continue
                 self.requests.append((method, path))
                 if self.delay:
                     await asyncio.sleep(self.delay)
@@ -123,3 +146,47 @@ def services_stack(infra: Servers, log_dir: Any, env: dict[str, str] | None = No
         yield stack
     finally:
         stack.stop()
+
+
+@contextlib.asynccontextmanager
+async def gateway_on(services: Stack, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process gateway in front of `services` (settings overridden by `overrides`)."""
+    settings = gateway_settings(services, aggregate_timeout_seconds=BUDGET, **overrides)
+    async with in_process_gateway(settings) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def frozen(stack: Stack, name: str) -> Iterator[None]:
+    """The process is stopped (SIGSTOP): its socket accepts connections, nothing answers."""
+    pid = stack.procs[name].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def dead(stack: Stack, name: str) -> Iterator[None]:
+    """The process is killed (its port refuses connections), and started again afterwards."""
+    proc = stack.procs[name]
+    proc.kill()
+    proc.wait()
+    try:
+        yield
+    finally:
+        stack.start_one(name)
+        stack.wait_ready(90, name)
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the first sample of `name` in the Prometheus text `text` with these labels."""
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample != name and not sample.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', sample[len(name) :]))
+        if all(found.get(key) == wanted for key, wanted in labels.items()):
+            return float(value)
+    return None

@@ -47,6 +47,10 @@ def service_env(infra: Servers) -> dict[str, str]:
         # Every test reaches the session's stack from 127.0.0.1: one client address for the whole
         # suite, whose failed logins and bad keys are on purpose. The limit has tests of its own.
         "GATEWAY_AUTH_FAILURE_LIMIT": "100000/60s",
+        # The test machine runs several suites at once: an order through the gateway (its own waits for
+        # connections, the users and inventory calls of 4 s at most each, the store) may take longer than
+        # the production 10 s there. Below GATEWAY_IDEMPOTENCY_LOCK_SECONDS (30), as the settings require.
+        "GATEWAY_HTTP_TIMEOUT_SECONDS": "20",
     }
     for name, process in PROCESSES.items():
         prefix = process.env_prefix

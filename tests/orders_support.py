@@ -17,7 +17,9 @@ from tests.infra import Servers
 PASSWORD = "correct-horse-9"
 # The test server is shared by every process of the stack and by other test sessions; small pools
 # keep the in-process apps of these tests well inside its connection limit.
-SMALL_POOL = {"db_pool_size": 4, "db_max_overflow": 4}
+# In-process apps have no caller with a timeout of its own: their requests may wait long for a
+# connection on a loaded machine, so the concurrency tests count exact outcomes.
+SMALL_POOL = {"db_pool_size": 4, "db_max_overflow": 4, "db_pool_timeout_seconds": 30}
 
 
 def unique(tag: str) -> str:

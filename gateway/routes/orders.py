@@ -11,7 +11,7 @@ from gateway.routes.forward import PAGE_QUERY, Forward, add_forwards
 from services.orders.downstream import ProductNotFound, StockConflict, UnknownUser
 from services.orders.schemas import OrderCreate, OrderOut
 from services.orders.service import OrderAlreadyCancelled, OrderNotFound
-from shared.contract import RESOURCE_ID_PATTERN
+from shared.contract import RESOURCE_ID_PATTERN, CreditLimitExceeded
 from shared.pagination import Page
 
 router = APIRouter(prefix="/v1", tags=["orders"])
@@ -36,7 +36,7 @@ add_forwards(
             status_code=201,
             body=OrderCreate,
             answer=OrderOut,
-            errors=[ProductNotFound, StockConflict, UnknownUser],
+            errors=[ProductNotFound, StockConflict, UnknownUser, CreditLimitExceeded],
         ),
         Forward(
             "GET",

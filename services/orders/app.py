@@ -3,6 +3,7 @@ inventory clients) and the recovery task as its own."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +28,7 @@ async def orders_context(state: ServiceState[OrdersSettings, None]) -> AsyncIter
         sessionmaker=state.sessionmaker,
         users=state.service_client("users", state.settings.users_url),
         inventory=state.service_client("inventory", state.settings.inventory_url),
+        placements=asyncio.Semaphore(state.settings.placement_concurrency),
     )
     async with recovery.running(ctx):
         yield ctx

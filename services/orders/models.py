@@ -22,6 +22,7 @@ class Order(Base, TenantRow):
     __tablename__ = "orders"
     __table_args__ = (
         Index("ix_orders_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_orders_tenant_user", "tenant_id", "user_id"),
         Index("ix_orders_recovery", "status", "reservation_status", "updated_at"),
     )
 
@@ -104,6 +105,7 @@ class OrderAttempt(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "caller", "idempotency_key", name="uq_order_attempts_caller_key"),
         Index("ix_order_attempts_state", "state", "updated_at"),
+        Index("ix_order_attempts_user", "tenant_id", "user_id", "state"),
     )
 
     # The id the order gets if the attempt succeeds; the reservation at the inventory service names it.
@@ -117,5 +119,9 @@ class OrderAttempt(Base):
     # pending -> done (order stored) | abandoned (its stock is being released, then the row goes).
     state: Mapped[str] = mapped_column(String(16))
     response_body: Mapped[str | None] = mapped_column(Text)
+    # The credit a pending attempt holds for its user until its order is stored (or it is given up):
+    # counted with the user's open orders, so concurrent orders never pass the limit together.
+    user_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    credit_cents: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

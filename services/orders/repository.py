@@ -26,13 +26,31 @@ class OrderRepository(Repository):
             await self.session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
 
     async def open_total(self, tenant_id: str, user_id: str) -> int:
-        """What the user's open (not cancelled) orders add up to."""
-        total = await self.session.scalar(
+        """What the user's open (not cancelled) orders add up to, with the credit their pending attempts
+        hold (an attempt's order is stored in the transaction that ends its claim)."""
+        orders = await self.session.scalar(
             select(func.coalesce(func.sum(Order.total_cents), 0)).where(
                 Order.tenant_id == tenant_id, Order.user_id == user_id, Order.status != "cancelled"
             )
         )
-        return int(total or 0)
+        claims = await self.session.scalar(
+            select(func.coalesce(func.sum(OrderAttempt.credit_cents), 0)).where(
+                OrderAttempt.tenant_id == tenant_id,
+                OrderAttempt.user_id == user_id,
+                OrderAttempt.state == "pending",
+            )
+        )
+        return int(orders or 0) + int(claims or 0)
+
+    async def claim_credit(self, attempt_id: str, user_id: str, cents: int) -> bool:
+        """Records the credit a pending attempt holds; False when it is no longer pending."""
+        claimed = await self.session.scalar(
+            update(OrderAttempt)
+            .where(OrderAttempt.id == attempt_id, OrderAttempt.state == "pending")
+            .values(user_id=user_id, credit_cents=cents)
+            .returning(OrderAttempt.id)
+        )
+        return claimed is not None
 
     # Attempts and idempotency keys
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import weakref
 from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class OrderAttemptExpired(ServiceUnavailable, code="ORDER_ATTEMPT_EXPIRED", titl
 class EventsBusy(ServiceUnavailable, code="EVENTS_BUSY", title="Event feed busy"): ...
 
 
+class OrdersBusy(ServiceUnavailable, code="ORDERS_BUSY", title="Too many orders in progress"): ...
+
+
 @dataclass
 class OrdersContext:
     """What the orders rules need beyond one request's session; built once in the lifespan."""
@@ -62,6 +66,21 @@ class OrdersContext:
     inventory: ServiceClient
     # Compensations run as tasks of their own, so a request cancelled half-way still finishes them.
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    # Orders being placed at once (ORDERS_PLACEMENT_CONCURRENCY); None: not limited.
+    placements: asyncio.Semaphore | None = None
+    # One lock per user storing an order in this process, so concurrent orders of one user wait for
+    # each other here, holding no database connection, rather than inside the database (where each
+    # would hold one). Weak: a lock nobody waits for is gone.
+    user_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+
+    def user_lock(self, tenant_id: str, user_id: str) -> asyncio.Lock:
+        key = (tenant_id, user_id)
+        lock = self.user_locks.get(key)
+        if lock is None:
+            lock = self.user_locks[key] = asyncio.Lock()
+        return lock
 
     def transaction(self) -> AbstractAsyncContextManager[OrderRepository]:
         """The repository in a transaction of its own: committed when the block ends, rolled back
@@ -155,6 +174,27 @@ async def _compensate(ctx: OrdersContext, identity: Identity, attempt_id: str) -
 async def create_order(
     ctx: OrdersContext, identity: TenantIdentity, data: OrderCreate, idempotency_key: str | None
 ) -> Placed:
+    """Places the order once one of the placement slots is free. A request that waits longer than
+    ORDERS_PLACEMENT_QUEUE_SECONDS for one answers 503 ORDERS_BUSY with Retry-After at once, so an
+    overloaded service sheds work quickly instead of making every caller wait for its timeout."""
+    if ctx.placements is None:
+        return await _create_order(ctx, identity, data, idempotency_key)
+    try:
+        async with asyncio.timeout(ctx.settings.placement_queue_seconds):
+            await ctx.placements.acquire()
+    except TimeoutError:
+        raise OrdersBusy(
+            "Too many orders are being placed right now; retry shortly.", headers={"Retry-After": "1"}
+        ) from None
+    try:
+        return await _create_order(ctx, identity, data, idempotency_key)
+    finally:
+        ctx.placements.release()
+
+
+async def _create_order(
+    ctx: OrdersContext, identity: TenantIdentity, data: OrderCreate, idempotency_key: str | None
+) -> Placed:
     """Checks the user, reserves the stock, then stores the order and its event in one transaction.
 
     The attempt is recorded first, so that whatever happens after the reservation (an error, a
@@ -232,15 +272,36 @@ def credit_exceeded(limit: int, open_cents: int, total_cents: int) -> CreditLimi
     )
 
 
+async def _claim_credit(ctx: OrdersContext, attempt: OrderAttempt, user: downstream.CheckedUser, cents: int) -> None:
+    """Holds `cents` of the user's credit for the attempt, or refuses with CREDIT_LIMIT_EXCEEDED.
+
+    The check is made on the prices the reservation took, and concurrent orders of one user never pass
+    the limit together: the check and the claim are one short transaction under a lock on the user
+    (this process's lock first, then PostgreSQL's, which then waits only for other processes). The
+    order itself is stored afterwards, in parallel with other orders; the claim ends with it (the
+    attempt is no longer pending), or when the attempt is given up.
+    """
+    async with ctx.user_lock(attempt.tenant_id, user.id), ctx.transaction() as repo:
+        await repo.lock_user(attempt.tenant_id, user.id)
+        open_cents = await repo.open_total(attempt.tenant_id, user.id)
+        if open_cents + cents > user.credit_limit_cents:
+            raise credit_exceeded(user.credit_limit_cents, open_cents, cents)
+        if not await repo.claim_credit(attempt.id, user.id, cents):
+            raise OrderAttemptExpired(
+                "The order took too long to place and was given up; its stock was released. Try again.",
+                headers={"Retry-After": "1"},
+            )
+
+
 async def _store(
     ctx: OrdersContext, attempt: OrderAttempt, user: downstream.CheckedUser, reservation: ReservationIn
 ) -> tuple[Order, str]:
-    """Stores the order, its event and the attempt's answer, once the user's credit has room for it.
-    The credit is checked on the prices the reservation took, under a lock on the user, so concurrent
-    orders of one user never pass the limit together. Raising leaves the stock to be released."""
+    """Stores the order, its event and the attempt's answer, once the user's credit has room for it
+    (`_claim_credit`). Raising leaves the stock to be released."""
     now = utcnow()
     items = [OrderItem(position=position, **item.model_dump()) for position, item in enumerate(reservation.items)]
     total_cents = sum(item.quantity * item.unit_price_cents for item in items)
+    await _claim_credit(ctx, attempt, user, total_cents)
     order = Order(
         id=attempt.id,
         tenant_id=attempt.tenant_id,
@@ -257,10 +318,6 @@ async def _store(
     out = order_out(order)
     body = out.model_dump_json()
     async with ctx.transaction() as repo:
-        await repo.lock_user(attempt.tenant_id, user.id)
-        open_cents = await repo.open_total(attempt.tenant_id, user.id)
-        if open_cents + total_cents > user.credit_limit_cents:
-            raise credit_exceeded(user.credit_limit_cents, open_cents, total_cents)
         stored_body = body if attempt.idempotency_key is not None else None
         if not await repo.finish_attempt(attempt.id, stored_body, now):
             raise OrderAttemptExpired(

@@ -14,6 +14,14 @@ class OrdersSettings(BaseServiceSettings):
 
     users_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["users"].default_url)
     inventory_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["inventory"].default_url)
+    # Below the gateway's timeout for its calls here (GATEWAY_HTTP_TIMEOUT_SECONDS, 10 s): a hung users
+    # or inventory service is answered here as a 504 naming it, before the gateway gives up on this
+    # service and would name the wrong one.
+    http_timeout_seconds: float = Field(default=4.0, gt=0)
+    # Orders placed at once by this process; others wait up to the queue time for a slot, then answer
+    # 503 ORDERS_BUSY with Retry-After (an overloaded service sheds work instead of timing out).
+    placement_concurrency: int = Field(default=32, ge=1)
+    placement_queue_seconds: float = Field(default=2.0, gt=0)
 
     # An order attempt still unfinished after this long is taken to belong to a request that died
     # (process crash, lost connection): the recovery task releases its stock. It must exceed the

@@ -5,70 +5,31 @@ scripted one."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from scripts.devstack import Stack
-from tests.aggregate_support import GARBAGE, ScriptedService, answer_json, eventually, problem, services_stack
+from tests.aggregate_support import (
+    BUDGET,
+    GARBAGE,
+    ScriptedService,
+    answer_json,
+    dead,
+    eventually,
+    frozen,
+    gateway_on,
+    problem,
+)
 from tests.e2e.test_orders_flow import new_product, one_of
-from tests.edge_support import Tenant, gateway_settings, in_process_gateway, signup
-from tests.infra import Servers
+from tests.edge_support import Tenant
 from tests.orders_support import assert_problem
 
-BUDGET = 1.0
 # Far above what the budget allows, far below the client's default timeout (10 s): an answer within
 # this bound was cut by the budget, not by the pool's timeout.
 BOUND = BUDGET + 3.0
-
-
-@pytest.fixture(scope="module")
-def services(migrated: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with services_stack(migrated, tmp_path_factory.mktemp("aggregate-services")) as stack:
-        yield stack
-
-
-@contextlib.asynccontextmanager
-async def gateway_on(services: Stack, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    settings = gateway_settings(services, aggregate_timeout_seconds=BUDGET, **overrides)
-    async with in_process_gateway(settings) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-async def tenant(services: Stack) -> Tenant:
-    async with gateway_on(services) as gateway:
-        return await signup(gateway)
-
-
-@contextlib.contextmanager
-def frozen(stack: Stack, name: str) -> Iterator[None]:
-    """The process is stopped (SIGSTOP): its socket accepts connections, nothing answers."""
-    pid = stack.procs[name].pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
-@contextlib.contextmanager
-def dead(stack: Stack, name: str) -> Iterator[None]:
-    """The process is killed (its port refuses connections), and started again afterwards."""
-    proc = stack.procs[name]
-    proc.kill()
-    proc.wait()
-    try:
-        yield
-    finally:
-        stack.start_one(name)
-        stack.wait_ready(90, name)
 
 
 async def timed_get(client: httpx.AsyncClient, path: str, **kwargs: Any) -> tuple[httpx.Response, float]:
@@ -81,16 +42,16 @@ def dashboard_path(tenant: Tenant) -> str:
     return f"/v1/users/{tenant.admin_id}/dashboard"
 
 
-async def test_a_frozen_optional_part_times_out_within_the_budget(services: Stack, tenant: Tenant):
+async def test_a_frozen_optional_part_times_out_within_the_budget(services: Stack, services_tenant: Tenant):
     async with gateway_on(services) as gateway:
         with frozen(services, "inventory"):
-            response, took = await timed_get(gateway, dashboard_path(tenant), headers=tenant.auth)
+            response, took = await timed_get(gateway, dashboard_path(services_tenant), headers=services_tenant.auth)
     assert took < BOUND
     assert response.status_code == 200, response.text
     assert response.headers["x-aggregate-complete"] == "false"
     body = response.json()
     assert body["reservations"] is None
-    assert body["user"]["id"] == tenant.admin_id
+    assert body["user"]["id"] == services_tenant.admin_id
     assert body["orders"] == {"items": [], "next_cursor": None}
     part = body["parts"]["reservations"]
     assert part["status"] == "timeout"
@@ -100,10 +61,10 @@ async def test_a_frozen_optional_part_times_out_within_the_budget(services: Stac
     assert body["parts"]["user"]["status"] == body["parts"]["orders"]["status"] == "ok"
 
 
-async def test_a_dead_optional_part_is_an_error_naming_nothing_else(services: Stack, tenant: Tenant):
+async def test_a_dead_optional_part_is_an_error_naming_nothing_else(services: Stack, services_tenant: Tenant):
     async with gateway_on(services) as gateway:
         with dead(services, "orders"):
-            response = await gateway.get(dashboard_path(tenant), headers=tenant.auth)
+            response = await gateway.get(dashboard_path(services_tenant), headers=services_tenant.auth)
     assert response.status_code == 200, response.text
     assert response.headers["x-aggregate-complete"] == "false"
     body = response.json()
@@ -113,7 +74,7 @@ async def test_a_dead_optional_part_is_an_error_naming_nothing_else(services: St
     assert body["parts"]["reservations"]["status"] == "ok"
 
 
-async def test_parts_answering_500_or_garbage_are_errors(services: Stack, tenant: Tenant):
+async def test_parts_answering_500_or_garbage_are_errors(services: Stack, services_tenant: Tenant):
     failing = ScriptedService(lambda method, path: problem(500, "INTERNAL_ERROR", "stack trace that must not leak"))
     garbage = ScriptedService(lambda method, path: GARBAGE)
     async with (
@@ -121,7 +82,7 @@ async def test_parts_answering_500_or_garbage_are_errors(services: Stack, tenant
         garbage.running(),
         gateway_on(services, orders_url=failing.url, inventory_url=garbage.url) as gateway,
     ):
-        response = await gateway.get(dashboard_path(tenant), headers=tenant.auth)
+        response = await gateway.get(dashboard_path(services_tenant), headers=services_tenant.auth)
     assert response.status_code == 200, response.text
     body = response.json()
     assert "stack trace" not in response.text
@@ -131,21 +92,21 @@ async def test_parts_answering_500_or_garbage_are_errors(services: Stack, tenant
         assert body["parts"][name]["error_code"] == "DOWNSTREAM_BAD_RESPONSE"
 
 
-async def test_a_required_part_failing_is_the_answer(services: Stack, tenant: Tenant):
+async def test_a_required_part_failing_is_the_answer(services: Stack, services_tenant: Tenant):
     async with gateway_on(services) as gateway:
         with frozen(services, "users"):
-            response, took = await timed_get(gateway, dashboard_path(tenant), headers=tenant.auth)
+            response, took = await timed_get(gateway, dashboard_path(services_tenant), headers=services_tenant.auth)
         assert took < BOUND
         body = assert_problem(response, 504, "DOWNSTREAM_TIMEOUT")
         assert body["service"] == "users"
         with dead(services, "users"):
-            body = assert_problem(await gateway.get(dashboard_path(tenant), headers=tenant.auth), 503)
+            body = assert_problem(await gateway.get(dashboard_path(services_tenant), headers=services_tenant.auth), 503)
         assert body["service"] == "users"
 
 
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 async def test_a_failed_check_cancels_its_siblings_and_aborts_their_requests(
-    services: Stack, tenant: Tenant, transport: str
+    services: Stack, services_tenant: Tenant, transport: str
 ):
     # The credit check's service never answers; the stock check fails at once.
     hanging = ScriptedService(lambda method, path: None)
@@ -155,7 +116,7 @@ async def test_a_failed_check_cancels_its_siblings_and_aborts_their_requests(
         refusing.running(),
         gateway_on(services, orders_url=hanging.url, inventory_url=refusing.url, http_transport=transport) as gw,
     ):
-        response = await gw.post("/v1/orders/validate", json=one_of("p-1", 2), headers=tenant.auth)
+        response = await gw.post("/v1/orders/validate", json=one_of("p-1", 2), headers=services_tenant.auth)
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["valid"] is False
@@ -170,19 +131,21 @@ async def test_a_failed_check_cancels_its_siblings_and_aborts_their_requests(
         assert hanging.requests == [("GET", "/credit")]
 
 
-async def test_a_check_that_cannot_be_made_is_the_answer(services: Stack, tenant: Tenant):
+async def test_a_check_that_cannot_be_made_is_the_answer(services: Stack, services_tenant: Tenant):
     async with gateway_on(services) as gateway:
-        product = await new_product(gateway, tenant.auth, stock=3)
+        product = await new_product(gateway, services_tenant.auth, stock=3)
         with dead(services, "inventory"):
-            response = await gateway.post("/v1/orders/validate", json=one_of(product["id"]), headers=tenant.auth)
+            response = await gateway.post(
+                "/v1/orders/validate", json=one_of(product["id"]), headers=services_tenant.auth
+            )
     body = assert_problem(response, 503)
     assert body["service"] == "inventory"
 
 
-async def test_credit_answered_in_a_bad_shape_is_a_bad_answer(services: Stack, tenant: Tenant):
+async def test_credit_answered_in_a_bad_shape_is_a_bad_answer(services: Stack, services_tenant: Tenant):
     odd = ScriptedService(lambda method, path: answer_json(200, {"credit_limit_cents": "lots"}))
     async with odd.running(), gateway_on(services, orders_url=odd.url) as gateway:
-        product = await new_product(gateway, tenant.auth, stock=3)
-        response = await gateway.post("/v1/orders/validate", json=one_of(product["id"]), headers=tenant.auth)
+        product = await new_product(gateway, services_tenant.auth, stock=3)
+        response = await gateway.post("/v1/orders/validate", json=one_of(product["id"]), headers=services_tenant.auth)
     body = assert_problem(response, 502, "DOWNSTREAM_BAD_RESPONSE")
     assert body["service"] == "orders"

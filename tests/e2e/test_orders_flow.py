@@ -107,16 +107,26 @@ async def test_200_concurrent_orders_never_oversell(gateway, migrated: Servers):
     results = await asyncio.gather(
         *(gateway.post("/v1/orders", json=one_of(product["id"]), headers=auth) for _ in range(200))
     )
-    assert Counter(r.status_code for r in results) == {201: 50, 409: 150}, Counter(r.text[:120] for r in results)
+    statuses = Counter(r.status_code for r in results)
+    # Placed, refused for stock, or (a loaded machine) asked to come back later; never a 502.
+    assert set(statuses) <= {201, 409, 503}, Counter(
+        (r.status_code, r.json().get("error_code"), r.json().get("service")) for r in results if r.status_code != 201
+    )
     for refused in (r for r in results if r.status_code == 409):
         assert refused.json()["error_code"] == "INSUFFICIENT_STOCK"
-    assert await stock_of(gateway, auth, product["id"]) == 0
+    for busy in (r for r in results if r.status_code == 503):
+        assert int(busy.headers["retry-after"]) >= 1
+        assert busy.headers["content-type"] == "application/problem+json"
+    placed = statuses[201]
+    # Every unit is sold unless a request was asked to come back later; none is sold twice.
+    assert placed == 50 if not statuses[503] else placed <= 50
+    assert await stock_of(gateway, auth, product["id"]) == 50 - placed
 
     listed = (await gateway.get("/v1/orders", params={"limit": 200}, headers=auth)).json()
-    assert len(listed["items"]) == 50
+    assert len(listed["items"]) == placed
     assert listed["next_cursor"] is None
     assert {o["id"] for o in listed["items"]} == {r.json()["id"] for r in results if r.status_code == 201}
-    assert sum(o["total_cents"] for o in listed["items"]) == 50 * 700
+    assert sum(o["total_cents"] for o in listed["items"]) == placed * 700
 
     tenant_id = created["tenant"]["id"]
     held = await db_fetch(
@@ -125,7 +135,7 @@ async def test_200_concurrent_orders_never_oversell(gateway, migrated: Servers):
         "SELECT status, count(*) AS n FROM reservations WHERE tenant_id = $1 GROUP BY status",
         tenant_id,
     )
-    assert {row["status"]: row["n"] for row in held} == {"confirmed": 50}
+    assert {row["status"]: row["n"] for row in held if row["status"] != "released"} == {"confirmed": placed}
     assert await db_fetch(migrated, "orders", "SELECT 1 FROM order_attempts WHERE tenant_id = $1", tenant_id) == []
 
 
