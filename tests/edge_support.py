@@ -124,6 +124,7 @@ class PrivateRedisCluster:
                 "--cluster-node-timeout", "5000",
                 "--cluster-port", str(bus_port),
                 "--dir", str(self.directory),
+                "--logfile", str(self.directory / f"redis-{server.port}.log"),
             )  # fmt: skip
         clients = [server.client() for server in self.servers]
         try:

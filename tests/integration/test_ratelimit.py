@@ -413,6 +413,29 @@ async def test_on_a_cluster_each_call_stays_in_one_slot_and_callers_spread_over_
         await client.aclose()
 
 
+async def test_on_a_cluster_redirects_do_not_break_the_calls_in_flight(redis_cluster, infra):
+    """A client whose slot map is out of date (a slot moved to another node, or a burst of calls sent
+    before the client had read the map) is answered MOVED by the node it asked. The gateway's client
+    follows each redirect and patches its map; it must not close every node's connections, which
+    would fail the other callers' calls in flight on them."""
+    client = create_redis(gateway_settings(None, **cluster_settings(redis_cluster, infra)))
+    assert isinstance(client, RedisCluster)
+    store = RedisRateLimitStore(client, unique_prefix(infra.redis_prefix))
+    quota = policy(1000)
+    try:
+        await store.hit("t:moved", [quota])  # the client has read the map and loaded the script
+        slot = key_slot(store.key("t:moved", quota).encode())
+        owner = client.nodes_manager.slots_cache[slot][0]
+        elsewhere = next(node for node in client.get_primaries() if node.name != owner.name)
+        client.nodes_manager.slots_cache[slot] = [elsewhere]
+        verdicts = await asyncio.gather(*(store.hit("t:moved", [quota]) for _ in range(300)))
+        assert all(v.admitted for v in verdicts)
+        assert sorted(v.states[0].remaining for v in verdicts) == list(range(1000 - 301, 1000 - 1))
+        assert client.nodes_manager.slots_cache[slot][0].name == owner.name
+    finally:
+        await client.aclose()
+
+
 async def test_gateways_on_a_redis_cluster_count_there(redis_cluster, infra):
     """Two gateways on the cluster (failing closed, so every answer below came from it) share the count."""
     cluster = cluster_settings(redis_cluster, infra)
