@@ -23,6 +23,7 @@ from tests.edge_support import (
     backend_settings,
     bearer,
     cluster_settings,
+    concurrently,
     gateway_settings,
     in_process_gateway,
     private_redis,
@@ -53,7 +54,7 @@ def policy(limit: int, window: int = 60, name: str = "p") -> Policy:
 
 async def test_concurrent_hits_admit_exactly_the_limit(store):
     quota = policy(100)
-    verdicts = await asyncio.gather(*(store.hit("t:exact", [quota]) for _ in range(300)))
+    verdicts = await concurrently(store.hit("t:exact", [quota]) for _ in range(300))
     admitted = [v for v in verdicts if v.admitted]
     assert len(admitted) == 100
     assert sorted(v.states[0].remaining for v in admitted) == list(range(100))
@@ -428,7 +429,7 @@ async def test_on_a_cluster_redirects_do_not_break_the_calls_in_flight(redis_clu
         owner = client.nodes_manager.slots_cache[slot][0]
         elsewhere = next(node for node in client.get_primaries() if node.name != owner.name)
         client.nodes_manager.slots_cache[slot] = [elsewhere]
-        verdicts = await asyncio.gather(*(store.hit("t:moved", [quota]) for _ in range(300)))
+        verdicts = await concurrently(store.hit("t:moved", [quota]) for _ in range(300))
         assert all(v.admitted for v in verdicts)
         assert sorted(v.states[0].remaining for v in verdicts) == list(range(1000 - 301, 1000 - 1))
         assert client.nodes_manager.slots_cache[slot][0].name == owner.name
