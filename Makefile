@@ -9,7 +9,7 @@ UV_VERSION := 0.13.8
 UV := $(VENV)/bin/uv
 EXTRAS := --extra dev --extra loadtest
 
-.PHONY: install lock run test lint fmt migrate loadtest soak bench clean
+.PHONY: install lock run test coverage lint fmt migrate loadtest soak bench clean
 
 $(UV):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install Python 3.11 (or run make PYTHON=python3)"; exit 1; }
@@ -37,6 +37,15 @@ run: $(STAMP)
 ## The whole suite, against real PostgreSQL and Redis.
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The suite under coverage, with the processes the tests start measured too (pyproject.toml,
+## [tool.coverage]); the data lands in var/coverage/, the report on the terminal and in var/coverage/html.
+coverage: $(STAMP)
+	rm -rf var/coverage && mkdir -p var/coverage
+	$(VENV)/bin/coverage run -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/coverage combine --quiet
+	$(VENV)/bin/coverage html --quiet --directory var/coverage/html
+	$(VENV)/bin/coverage report
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -152,6 +152,9 @@ def portico_command(name: str, port: int, workers: int) -> list[str]:
         command = [python, "-m", "granian", "--interface", "asgi", "--factory", "--host", "127.0.0.1"]
         command += ["--port", str(port), "--workers", str(workers), "--no-ws", "--log-level", "warning"]
         return [*command, FACTORY]
+    if name == "gunicorn" and workers > 1:
+        # As production runs it: the CLI's gunicorn master, with Prometheus' multiprocess mode.
+        return [python, "-m", "gateway", "serve"]
     if name == "gunicorn":
         command = [python, "-m", "gunicorn", "-k", "bench.portico_worker.UvicornWorker", "-b", f"127.0.0.1:{port}"]
         command += ["-w", str(workers), "--keep-alive", KEEP_ALIVE_SECONDS, "--graceful-timeout", GRACEFUL_SECONDS]
@@ -165,7 +168,8 @@ def portico(rig: Rig, name: str, *, workers: int = 1, cpus: Collection[int] | No
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = portico_command(name, port, workers)
-    with server(command, env=portico_env(rig, port), health_url=f"{base}/health/live", cpus=cpus) as proc:
+    env = {**portico_env(rig, port), "GATEWAY_WORKERS": str(workers)}
+    with server(command, env=env, health_url=f"{base}/health/live", cpus=cpus) as proc:
         yield base, proc.pid
 
 

@@ -1,15 +1,10 @@
-"""gunicorn's uvicorn worker serving with Portico's bounded request heads (`shared/serving.py`), as
-`python -m gateway serve` does: `gunicorn -k bench.portico_worker.UvicornWorker ...`."""
+"""The gateway's gunicorn worker class as `python -m gateway serve` builds it with `GATEWAY_WORKERS`
+(`shared/serving.py`: the bounded protocol with the gateway's limits, its graceful shutdown), for
+`gunicorn -k bench.portico_worker.UvicornWorker ...`."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from gateway.settings import GatewaySettings
+from shared.serving import gunicorn_worker
 
-from uvicorn_worker import UvicornWorker as BaseWorker
-
-
-class UvicornWorker(BaseWorker):
-    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
-        **BaseWorker.CONFIG_KWARGS,
-        "http": "shared.serving:BoundedHttpToolsProtocol",
-    }
+UvicornWorker = gunicorn_worker(GatewaySettings())

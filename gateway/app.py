@@ -2,9 +2,9 @@
 
 Every request passes these stages, outermost first (pure ASGI; `edge_pipeline` below is the list):
 
- 1. tracing                        OpenTelemetry ASGI (continues `traceparent`)
- 2. request context                request id and access log            shared/middleware.py
- 3. metrics                        by route template                    shared/metrics.py
+1-3. observability                 request id, server span (continues   shared/middleware.py
+                                   `traceparent`), metrics, access log  shared/telemetry.py
+    (Starlette's error middleware, which renders unhandled exceptions as 500)
  4. body size limit                413 before the body is read          shared/middleware.py
  5. security headers               nosniff, framing, CSP, HSTS          edge/hygiene.py
  6. trusted hosts                  400 for another Host                 edge/hygiene.py
@@ -48,7 +48,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute
 
 from gateway.aggregate import Composer, UpstreamRefused, upstream_refused_handler
-from gateway.auth import AuthenticationMiddleware, JwtVerifier
+from gateway.auth import AuthenticationMiddleware, JwtVerifier, key_source
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.authfailures import AuthFailures
 from gateway.edge.caching import CachingMiddleware
@@ -215,6 +215,7 @@ async def open_state(
                     max_unknown_entries=settings.api_key_negative_cache_size,
                     metrics=metrics,
                 ),
+                jwt_keys=key_source(settings, upstreams["users"]),
                 events=hub,
             )
     finally:
@@ -291,14 +292,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         checks["redis"] = _check_redis
     add_health_routes(app, checks, timeout=cfg.ready_timeout_seconds)
     # The aggregate routes first: their paths are more specific than the forwarded ones around them.
-    routers = [module.router for module in (aggregates, users, api_keys, products, orders, webhooks, realtime)]
+    routers = [
+        users.well_known,
+        *(module.router for module in (aggregates, users, api_keys, products, orders, webhooks, realtime)),
+    ]
     for router in routers:
         app.include_router(router)
     routes = [route for router in routers for route in router.routes]
     bodies = documented_bodies(routes)
     app.openapi_hooks.append(lambda schema: add_components(schema, bodies))
     # add_middleware wraps what is already there, so the stages go on innermost first; install_common
-    # then adds stages 1-4 around them.
+    # then adds stage 4 around them, and stages 1-3 (one layer) outside Starlette's error middleware.
     for stage in reversed(edge_pipeline(routes, cfg, edge_metrics, slot)):
         app.add_middleware(stage.cls, *stage.args, **stage.kwargs)
     http_metrics = install_common(app, cfg, provider, database=False)

@@ -4,6 +4,7 @@ routes after it through the request context (`shared/context.py`); routes ask fo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -15,11 +16,13 @@ from gateway.edge.addresses import ClientAddress
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.authfailures import AuthFailures
 from gateway.edge.credentials import AmbiguousCredentials, InvalidApiKey, InvalidToken, TenantMismatch
+from gateway.edge.jwks import JwksKeys, KeySource, StaticKey
 from gateway.settings import GatewaySettings
 from shared.asgi import headers
 from shared.context import request_context
 from shared.contract import ANONYMOUS, Identity, identity_from_claims, is_well_formed
 from shared.errors import PorticoError, Unauthorized, send_problem
+from shared.http import ServiceClient
 
 if TYPE_CHECKING:
     from gateway.state import GatewaySlot
@@ -34,32 +37,73 @@ def _invalid(detail: str) -> InvalidToken:
     )
 
 
+def key_source(settings: GatewaySettings, users: ServiceClient) -> KeySource:
+    """Where the keys of access tokens come from: the settings' key, or the users service's JWKS
+    (RS256 without `GATEWAY_JWT_PUBLIC_KEY`)."""
+    if settings.jwt_algorithm == "HS256":
+        assert settings.jwt_secret is not None  # guaranteed by the settings validator
+        return StaticKey(settings.jwt_kid, settings.jwt_secret.get_secret_value())
+    if settings.jwt_public_key:
+        return StaticKey(settings.jwt_kid, settings.jwt_public_key)
+    return JwksKeys(
+        users,
+        algorithm=settings.jwt_algorithm,
+        refresh_seconds=settings.jwks_refresh_seconds,
+        max_age_seconds=settings.jwks_max_age_seconds,
+    )
+
+
+class VerifiedTokens:
+    """Tokens verified already, each with its identity until it expires (`exp` + leeway), at most
+    `max_entries`, the oldest dropped first. A token is its own proof: what was true of it once is
+    true until it expires, so a hit skips the signature check and nothing about revocation changes."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Identity]] = {}
+
+    def get(self, token: str) -> Identity | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        if entry[0] <= time.time():
+            del self._entries[token]
+            return None
+        return entry[1]
+
+    def put(self, token: str, until: float, identity: Identity) -> None:
+        if self.max_entries <= 0:
+            return
+        while len(self._entries) >= self.max_entries:
+            del self._entries[next(iter(self._entries))]
+        self._entries[token] = (until, identity)
+
+
 class JwtVerifier:
-    """Verifies access tokens issued by the users service (HS256 or RS256, with a known `kid`)."""
+    """Verifies access tokens issued by the users service (HS256 or RS256), by their `kid`."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.algorithm = settings.jwt_algorithm
-        self.kid = settings.jwt_kid
         self.issuer = settings.jwt_issuer
         self.leeway = settings.jwt_leeway_seconds
-        if self.algorithm == "RS256":
-            assert settings.jwt_public_key is not None
-            self._key = settings.jwt_public_key
-        else:
-            assert settings.jwt_secret is not None
-            self._key = settings.jwt_secret.get_secret_value()
+        self.verified = VerifiedTokens(settings.jwt_cache_size)
 
-    def verify(self, token: str) -> Identity:
+    async def verify(self, token: str, keys: KeySource) -> Identity:
+        identity = self.verified.get(token)
+        if identity is not None:
+            return identity
         try:
             header = jwt.get_unverified_header(token)
         except JWTError:
             raise _invalid("The token is malformed.") from None
-        if header.get("kid") != self.kid:
+        kid = header.get("kid")
+        key = await keys.key(kid) if isinstance(kid, str) and kid else None
+        if key is None:
             raise _invalid("The token was signed with an unknown key.")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                self._key,
+                key,
                 algorithms=[self.algorithm],
                 issuer=self.issuer,
                 options={"require_exp": True, "require_iat": True, "require_sub": True, "leeway": self.leeway},
@@ -71,7 +115,10 @@ class JwtVerifier:
         tenant_id = claims.get("tid")
         if not isinstance(tenant_id, str) or not tenant_id:
             raise _invalid("The token names no tenant.")
-        return identity_from_claims(claims)
+        identity = identity_from_claims(claims)
+        # jose has checked `exp` is a number.
+        self.verified.put(token, float(claims["exp"]) + self.leeway, identity)
+        return identity
 
 
 class AnonymousRoutes:
@@ -127,13 +174,14 @@ class AuthenticationMiddleware:
         failures = self.state.value.auth_failures
         anonymous_failures = self.anonymous_routes.match(scope) if self.anonymous_routes.entries else None
         try:
-            if anonymous_failures is not None:
-                address = self.client_address(scope)
-                await failures.check(address)
-                request_context(scope).principal = ANONYMOUS
-                await self.app(scope, receive, self._counting(send, failures, address, anonymous_failures))
-                return
-            identity = await self._authenticate(scope, failures)
+            if anonymous_failures is None:
+                identity = await self._authenticate(scope, failures)
+            else:
+                identity = ANONYMOUS
+                if anonymous_failures:
+                    address = self.client_address(scope)
+                    await failures.check(address)
+                    send = self._counting(send, failures, address, anonymous_failures)
         except PorticoError as exc:
             await send_problem(exc, scope, receive, send)
             return
@@ -161,7 +209,7 @@ class AuthenticationMiddleware:
         try:
             if api_key is None:
                 assert authorization is not None
-                identity = self._resolve(authorization)
+                identity = await self._resolve(authorization)
             else:
                 identity = await self._resolve_key(self.state.value.api_keys, api_key, failures, scope)
         except Unauthorized as exc:
@@ -175,11 +223,11 @@ class AuthenticationMiddleware:
             raise TenantMismatch("X-Tenant-Id does not match the tenant of the credentials.")
         return identity
 
-    def _resolve(self, authorization: bytes) -> Identity:
+    async def _resolve(self, authorization: bytes) -> Identity:
         scheme, _, token = authorization.decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _invalid("Use 'Authorization: Bearer <token>'.")
-        return self.verifier.verify(token.strip())
+        return await self.verifier.verify(token.strip(), self.state.value.jwt_keys)
 
     async def _resolve_key(
         self, resolver: ApiKeyResolver, raw: bytes, failures: AuthFailures, scope: Scope

@@ -63,8 +63,14 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     # one Redis. No braces: the first {...} of a key is its Redis Cluster hash tag.
     redis_key_prefix: str = Field(default="portico:", pattern=r"^[^{}]*$")
 
-    # RS256: the users service's public key, PEM.
+    # RS256: the users service's public key, PEM. Unset: the keys of its JWKS (/.well-known/jwks.json),
+    # fetched again on an unknown kid at most once per `jwks_refresh_seconds`, and once they are
+    # `jwks_max_age_seconds` old.
     jwt_public_key: str | None = None
+    jwks_refresh_seconds: float = Field(default=10.0, gt=0)
+    jwks_max_age_seconds: float = Field(default=300.0, gt=0)
+    # Verified access tokens remembered until they expire, per process (0: none).
+    jwt_cache_size: int = Field(default=10_000, ge=0)
     # Tokens are accepted this many seconds past `exp` to absorb clock skew between hosts.
     jwt_leeway_seconds: int = 10
 
@@ -153,8 +159,6 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
 
     @model_validator(mode="after")
     def _key_for_algorithm(self) -> GatewaySettings:
-        if self.jwt_algorithm == "RS256" and not self.jwt_public_key:
-            raise ValueError("GATEWAY_JWT_PUBLIC_KEY is required with RS256")
         if self.jwt_algorithm == "HS256" and self.jwt_secret is None:
             raise ValueError("GATEWAY_JWT_SECRET is required with HS256")
         return self

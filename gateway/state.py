@@ -15,6 +15,7 @@ from gateway.aggregate import Composer
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.authfailures import AuthFailures
 from gateway.edge.idempotency import Idempotency
+from gateway.edge.jwks import KeySource
 from gateway.edge.ratelimit import RateLimiter
 from gateway.edge.store import RedisClient
 from gateway.proxy import Upstreams
@@ -38,6 +39,8 @@ class GatewayState:
     # Failed authentications per client address (gateway/auth.py).
     auth_failures: AuthFailures
     api_keys: ApiKeyResolver
+    # The keys access tokens are verified with (gateway/edge/jwks.py).
+    jwt_keys: KeySource
     # The order events of every tenant, for /v1/events and /v1/ws.
     events: Hub
 

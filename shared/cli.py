@@ -13,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from shared.logging import configure_logging
-from shared.serving import serving_protocol
+from shared.serving import serve_workers, serving_protocol
 from shared.settings import BaseServiceSettings, ProcessSettings
 
 S = TypeVar("S", bound=ProcessSettings)
@@ -66,15 +66,26 @@ def run_cli(
         migrate(settings)
         logging.getLogger("portico").info("%s migrated to head", name)
         return
+    port = served.port(settings)
+    # Only `serve`: a background worker (webhook delivery) runs as one process and scales by replicas.
+    if settings.workers > 1 and args.command == "serve":
+
+        def load() -> FastAPI:
+            # In each worker, after the fork: logging and the app are the worker's own.
+            configure_logging(served.process, level=settings.log_level, json_lines=settings.log_json)
+            return served.app_factory(settings)
+
+        serve_workers(served.process, settings, port, load)
+        return
     uvicorn.run(
         served.app_factory(settings),
         host=settings.host,
-        port=served.port(settings),
+        port=port,
         log_config=None,
         access_log=False,
         proxy_headers=False,
         # httptools with the process's limits on the request head (431 beyond them).
         http=serving_protocol(settings),
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         timeout_keep_alive=settings.server_keep_alive_seconds,
     )

@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+import fcntl
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,6 +18,21 @@ from starlette.responses import Response
 from shared.networks import Networks
 
 UNMATCHED = "<unmatched>"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def samples_locked(directory: str | Path, *, exclusive: bool) -> Iterator[None]:
+    """Multiprocess mode: a scrape reads the sample files under a shared lock, and the master folds
+    an exited worker's files into the archive under an exclusive one (`shared/serving.py`), so a
+    scrape sees the files either before the fold or after it, never half of it (a counter that
+    counted twice, or not at all, for a moment would go backwards after)."""
+    with (Path(directory) / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class HttpMetrics:
@@ -38,10 +58,22 @@ def metrics_endpoint(registry: CollectorRegistry, allowed: Networks) -> Callable
     is whatever the client wrote, and a client behind a proxy arrives from the proxy's (private)
     address, so the route must also not be published through one."""
 
+    directory = os.environ.get(MULTIPROC_ENV)
+    exposed = registry
+    if directory:
+        # Several workers (`shared/serving.py`): the samples of every worker, live or exited, summed.
+        exposed = CollectorRegistry()
+        MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
+
     async def metrics(request: Request) -> Response:
         client = request.scope.get("client")
         if client is None or client[0] not in allowed:
             raise HTTPException(404)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        if directory:
+            with samples_locked(directory, exclusive=False):
+                body = generate_latest(exposed)
+        else:
+            body = generate_latest(exposed)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return metrics

@@ -96,15 +96,13 @@ class ObservabilityMiddleware:
             if kind == "http":
                 self._record(scope, status or 500, time.perf_counter() - start)
             if traced is not None:
-                span = traced[0]
-                if span.is_recording():
-                    span.set_attribute(REQUEST_ID, request_id)
-                    principal = context.principal
-                    if principal is not None and not principal.is_anonymous:
-                        span.set_attribute(PRINCIPAL, principal.subject)
-                        if principal.tenant_id is not None:
-                            span.set_attribute(TENANT_ID, principal.tenant_id)
-                self.spans.finish(span, scope, status or (500 if kind == "http" else 0), error)
+                caller: dict[str, str | int] = {REQUEST_ID: request_id}
+                principal = context.principal
+                if principal is not None and not principal.is_anonymous:
+                    caller[PRINCIPAL] = principal.subject
+                    if principal.tenant_id is not None:
+                        caller[TENANT_ID] = principal.tenant_id
+                self.spans.finish(traced[0], scope, status or (500 if kind == "http" else 0), error, caller)
             if token is not None:
                 otel_context.detach(token)
 

@@ -100,6 +100,15 @@ class ProcessSettings(BaseSettings):
     http_keepalive_expiry_seconds: float = Field(default=15.0, gt=0)
     # How long this process's server keeps an idle connection open (uvicorn's default is 5 s).
     server_keep_alive_seconds: int = Field(default=30, ge=1)
+    # Serving (`python -m <process> serve`, `shared/serving.py`): 1 is one uvicorn process; more is a
+    # gunicorn master with that many uvicorn workers on one socket.
+    workers: int = Field(default=1, ge=1, le=256)
+    # With several workers, each is replaced after this many requests plus a random 0 to
+    # `max_requests_jitter` (so they do not all restart at once); 0 never replaces one.
+    max_requests: int = Field(default=10_000, ge=0)
+    max_requests_jitter: int = Field(default=1_000, ge=0)
+    # After SIGTERM: no new connections, requests in flight get this long to finish.
+    shutdown_timeout_seconds: int = Field(default=10, ge=1)
 
     @model_validator(mode="after")
     def _client_idles_out_first(self) -> ProcessSettings:

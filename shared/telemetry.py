@@ -62,6 +62,8 @@ def exporting_enabled() -> bool:
     return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
+# Not yet in the stable attribute modules of the semantic conventions package.
+URL_TEMPLATE = "url.template"
 # Paths never traced: probes and scrapes would drown the real traces.
 UNTRACED_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 # What the gateway puts on its server span about the request and the caller (never a credential).
@@ -165,46 +167,56 @@ class ServerSpans:
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in found.items() if k in _PROPAGATED}
         parent = self._propagator.extract(carrier) if carrier else None
         method = scope.get("method", "GET")
-        span = self.tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
-        if span.is_recording():
-            scheme = scope.get("scheme", "http")
-            span.set_attributes({HTTP_REQUEST_METHOD: method, URL_SCHEME: scheme, URL_PATH: scope["path"]})
-            # The query is left out: it may hold a credential (`/v1/ws?token=...`).
-            host = found.get(b"host")
-            if host is not None:
-                address, port = split_host(host.decode("latin-1"))
-                span.set_attribute(SERVER_ADDRESS, address)
-                if port is not None:
-                    span.set_attribute(SERVER_PORT, port)
-            client = scope.get("client")
-            if client:
-                span.set_attribute(CLIENT_ADDRESS, client[0])
-                span.set_attribute(CLIENT_PORT, client[1])
-            agent = found.get(b"user-agent")
-            if agent is not None:
-                span.set_attribute(USER_AGENT_ORIGINAL, agent.decode("latin-1"))
-            if "http_version" in scope:
-                span.set_attribute(NETWORK_PROTOCOL_VERSION, scope["http_version"])
+        # Given at the start (one attribute set built once, rather than one locked update each).
+        # The query is left out: it may hold a credential (`/v1/ws?token=...`).
+        attributes: dict[str, str | int] = {
+            HTTP_REQUEST_METHOD: method,
+            URL_SCHEME: scope.get("scheme", "http"),
+            URL_PATH: scope["path"],
+        }
+        host = found.get(b"host")
+        if host is not None:
+            address, port = split_host(host.decode("latin-1"))
+            attributes[SERVER_ADDRESS] = address
+            if port is not None:
+                attributes[SERVER_PORT] = port
+        client = scope.get("client")
+        if client:
+            attributes[CLIENT_ADDRESS] = client[0]
+            attributes[CLIENT_PORT] = client[1]
+        agent = found.get(b"user-agent")
+        if agent is not None:
+            attributes[USER_AGENT_ORIGINAL] = agent.decode("latin-1")
+        if "http_version" in scope:
+            attributes[NETWORK_PROTOCOL_VERSION] = scope["http_version"]
+        span = self.tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         return span, trace.set_span_in_context(span, parent)
 
     @staticmethod
-    def finish(span: Span, scope: Scope, status: int, error: BaseException | None = None) -> None:
-        """Names the span after its route, records the outcome, and ends it."""
+    def finish(
+        span: Span,
+        scope: Scope,
+        status: int,
+        error: BaseException | None = None,
+        attributes: dict[str, str | int] | None = None,
+    ) -> None:
+        """Names the span after its route, records the outcome (and `attributes`), and ends it."""
         if span.is_recording():
+            outcome = attributes if attributes is not None else {}
             route = getattr(scope.get("route"), "path", None)
-            method = scope.get("method", "GET")
             if route:
-                span.update_name(f"{method} {route}")
-                span.set_attribute(HTTP_ROUTE, route)
+                span.update_name(f"{scope.get('method', 'GET')} {route}")
+                outcome[HTTP_ROUTE] = route
             if status:
-                span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
+                outcome[HTTP_RESPONSE_STATUS_CODE] = status
             if isinstance(error, Exception):
                 span.record_exception(error)
-                span.set_attribute(ERROR_TYPE, type(error).__qualname__)
+                outcome[ERROR_TYPE] = type(error).__qualname__
                 span.set_status(StatusCode.ERROR)
             elif status >= 500:
-                span.set_attribute(ERROR_TYPE, str(status))
+                outcome[ERROR_TYPE] = str(status)
                 span.set_status(StatusCode.ERROR)
+            span.set_attributes(outcome)
         span.end()
 
 
@@ -239,26 +251,23 @@ class TracingTransport(httpx.AsyncBaseTransport):
         peer = self.peers.get((url.scheme, url.host, url.port or _default_port(url.scheme)))
         template = path_template(url.path)
         name = f"{request.method} {peer} {template}" if peer else f"{request.method} {template}"
+        attributes: dict[str, str | int] = {
+            HTTP_REQUEST_METHOD: request.method,
+            # Without the query, like the server span's path.
+            URL_FULL: str(url).partition("?")[0],
+            URL_TEMPLATE: template,
+            SERVER_ADDRESS: url.host,
+            SERVER_PORT: url.port or _default_port(url.scheme),
+        }
+        if peer:
+            attributes[PEER_SERVICE] = peer
         with self.tracer.start_as_current_span(
-            name, kind=SpanKind.CLIENT, record_exception=False, set_status_on_exception=False
+            name, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False, set_status_on_exception=False
         ) as span:
             carrier: dict[str, str] = {}
             self._propagator.inject(carrier)
             for key, value in carrier.items():
                 request.headers[key] = value
-            if span.is_recording():
-                span.set_attributes(
-                    {
-                        HTTP_REQUEST_METHOD: request.method,
-                        # Without the query, like the server span's path.
-                        URL_FULL: str(url).partition("?")[0],
-                        SERVER_ADDRESS: url.host,
-                        SERVER_PORT: url.port or _default_port(url.scheme),
-                        "url.template": template,
-                    }
-                )
-                if peer:
-                    span.set_attribute(PEER_SERVICE, peer)
             try:
                 response = await self.inner.handle_async_request(request)
             except Exception as exc:

@@ -8,6 +8,7 @@ import contextlib
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -32,29 +33,39 @@ PASSWORD = "correct-horse-9"
 
 class PrivateRedis:
     """A redis-server of the test's own, which it may stop, pause and restart: the machine's shared
-    Redis serves other test sessions and is never touched."""
+    Redis serves other test sessions and is never touched.
 
-    def __init__(self) -> None:
+    Alone (`unix_socket` given), it listens on a Unix socket in a folder of its own: while it is
+    stopped the socket refuses connections, and nothing else can ever take its address, so a restart
+    comes back where the gateway looks for it. In a cluster it needs a TCP port (the nodes announce
+    host and port to each other)."""
+
+    def __init__(self, unix_socket: Path | None = None) -> None:
         self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not shutil.which(self.binary):
             raise RuntimeError(
                 "redis-server is not installed; the Redis outage tests need it (apt-get install redis-server)"
             )
-        self.port = free_port()
+        self.unix_socket = unix_socket
+        self.port = 0 if unix_socket is not None else free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.unix_socket is not None:
+            return f"unix://{self.unix_socket}?db=0"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, *options: str) -> None:
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.unix_socket is not None:
+            command += ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(
             [*command, *options],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         while True:
             try:
@@ -62,7 +73,7 @@ class PrivateRedis:
                 return
             except redis.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                    raise RuntimeError(f"redis-server at {self.url} did not start") from None
                 time.sleep(0.05)
             finally:
                 client.close()
@@ -89,14 +100,15 @@ class PrivateRedis:
 
 @contextlib.contextmanager
 def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.resume()
-        server.stop()
+    with tempfile.TemporaryDirectory(prefix="portico-redis-") as directory:
+        server = PrivateRedis(Path(directory) / "redis.sock")
+        server.start()
+        try:
+            yield server
+        finally:
+            if server.proc is not None and server.proc.poll() is None:
+                server.resume()
+            server.stop()
 
 
 class PrivateRedisCluster:

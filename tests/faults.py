@@ -1,12 +1,14 @@
 """Fault injectors: the failures a real process cannot be asked to produce on cue.
 
 - `HttpFaultProxy`: a real HTTP/1.1 proxy in front of one of our services. Each request matching a
-  rule gets that rule's fault: held until released, answered without reaching the service, forwarded
+  rule gets that rule's fault: held until released (then any of the others), answered without
+  reaching the service, forwarded
   and then answered wrongly (the service did the work, the caller hears something else), forwarded
   and then never answered, or forwarded and then the connection dropped. Everything else passes
   through unchanged.
 - `TcpProxy`: a byte-for-byte TCP proxy (in front of PostgreSQL) that can cut every connection and
   refuse new ones, then come back.
+- `refused_port`: an address that refuses connections by construction, for "unreachable".
 - `failing_statements`: a trigger that makes the database refuse one kind of statement on one table
   (for one tenant), for the steps whose failure no process can be asked for.
 - `ServiceProcess`: one of our services as a real subprocess, which a test can hang (`SIGSTOP`),
@@ -38,7 +40,7 @@ import httpx
 
 from scripts.devstack import DEFAULT_PORTS, Stack, free_port
 
-Action = Literal["forward", "hold", "answer", "forward_then_answer", "forward_then_hang", "forward_then_drop", "drop"]
+Action = Literal["forward", "answer", "forward_then_answer", "forward_then_hang", "forward_then_drop", "drop"]
 
 
 @dataclass
@@ -52,7 +54,9 @@ class Fault:
     body: bytes = b""
     content_type: str = "application/json"
     times: int | None = None  # None: every matching request; else only the next `times` ones
-    released: asyncio.Event = field(default_factory=asyncio.Event)  # for "hold"
+    # Held: the request waits at the proxy until `release()`, then meets its action.
+    hold: bool = False
+    released: asyncio.Event = field(default_factory=asyncio.Event)
     hits: int = 0
     # Set once a matching request has reached the proxy (and, for the forward_* actions, the service).
     seen: asyncio.Event = field(default_factory=asyncio.Event)
@@ -79,6 +83,8 @@ class HttpFaultProxy:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
     forwarded: list[tuple[str, str, int]] = field(default_factory=list)
+    # Every request that reached the proxy: method, target and headers (names lowercased).
+    received: list[tuple[str, str, list[tuple[str, str]]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.sock = socket.socket()
@@ -140,6 +146,7 @@ class HttpFaultProxy:
             if request is None:
                 return
             method, target = request.method.decode(), request.target.decode()
+            self.received.append((method, target, [(k.decode().lower(), v.decode()) for k, v in request.headers]))
             path = target.split("?", 1)[0]
             fault = next((f for f in self.faults if f.matches(method, path)), None)
             if fault is not None:
@@ -181,7 +188,7 @@ class HttpFaultProxy:
     async def _respond(
         self, fault: Fault | None, request: h11.Request, target: str, body: bytes
     ) -> tuple[int | None, list[tuple[str, str]], bytes]:
-        if fault is not None and fault.action == "hold":
+        if fault is not None and fault.hold:
             await fault.released.wait()
         if fault is not None and fault.action == "drop":
             return None, [], b""
@@ -288,6 +295,17 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
 
 
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A local port that refuses every connection for as long as the block runs: bound by this
+    process and never listened on, so nothing else can take it meanwhile (a port merely freed could
+    be picked up by any other program)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        yield port
+
+
 @contextlib.asynccontextmanager
 async def failing_statements(dsn: str, table: str, statement: str, tenant_id: str | None = None) -> AsyncIterator[None]:
     """While the block runs, every `statement` (INSERT, UPDATE or DELETE) on `table` raises in the
@@ -323,12 +341,21 @@ class ServiceProcess:
     env: Mapping[str, str]
     log_dir: Path
     cwd: Path
+    # Applied last, over what the stack sets (its port and the other services' addresses).
+    own_env: Mapping[str, str] = field(default_factory=dict)
     stack: Stack | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         # The other services' addresses are the stack's defaults; the processes run here call none.
         ports = {**DEFAULT_PORTS, self.name: free_port()}
-        self.stack = Stack(ports=ports, env=self.env, log_dir=self.log_dir, cwd=self.cwd, workers=())
+        self.stack = Stack(
+            ports=ports,
+            env=self.env,
+            env_for={self.name: self.own_env},
+            log_dir=self.log_dir,
+            cwd=self.cwd,
+            workers=(),
+        )
         self.stack.start_one(self.name)
         self.stack.wait_ready(timeout, self.name)
 

@@ -13,6 +13,8 @@ from services.users.schemas import TenantCreate, TenantCreated, TokenOut, TokenR
 from services.users.service import InvalidCredentials, UserNotFound
 
 router = APIRouter(prefix="/v1", tags=["users"])
+# Public, outside /v1: where verifiers of access tokens find their keys.
+well_known = APIRouter(tags=["users"])
 
 Reader, Writer = readers_and_writers("users")
 
@@ -77,5 +79,20 @@ add_forwards(
             answer=UserOut,
             errors=[UserNotFound],
         ),
+    ],
+)
+
+add_forwards(
+    well_known,
+    "users",
+    [
+        Forward(
+            "GET",
+            "/.well-known/jwks.json",
+            AnyCaller,
+            "jwks",
+            "The public keys access tokens are signed with (JWKS, RFC 7517); empty with HS256",
+            anonymous=True,
+        )
     ],
 )

@@ -3,17 +3,19 @@ each route is its dependency (`deps.py`), and each handler is one call of `servi
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Form, Response
 
 from services.users import service
 from services.users.deps import (
+    HasherDep,
     IssuerDep,
     KeyManager,
     KeysDep,
     SettingsDep,
     TenantCaller,
+    ThrottleDep,
     UsersDep,
     UsersRead,
     UsersWrite,
@@ -38,11 +40,31 @@ from services.users.schemas import (
     api_key_out,
 )
 from shared.contract import NO_STORE
-from shared.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    ValidationFailed,
+)
 from shared.identity import IdentityDep
 from shared.pagination import Page, PageDep
 
 router = APIRouter()
+
+# Public keys change seldom, and verifiers fetch them again on an unknown kid.
+JWKS_CACHE_CONTROL = "public, max-age=60"
+
+
+@router.get("/.well-known/jwks.json")
+async def jwks(issuer: IssuerDep, response: Response, _: IdentityDep) -> dict[str, Any]:
+    """The public keys access tokens are signed with (RFC 7517): the current one, the next one and
+    those whose tokens may still be alive. Empty with HS256."""
+    response.headers["Cache-Control"] = JWKS_CACHE_CONTROL
+    return issuer.jwks()
+
 
 KEY_ERRORS = {**Forbidden.openapi_response(), **NotFound.openapi_response()}
 
@@ -53,28 +75,40 @@ KEY_ERRORS = {**Forbidden.openapi_response(), **NotFound.openapi_response()}
     response_model=TenantCreated,
     responses={**ValidationFailed.openapi_response(), **Conflict.openapi_response()},
 )
-async def create_tenant(data: TenantCreate, repo: UsersDep, settings: SettingsDep, _: IdentityDep) -> TenantCreated:
-    tenant, admin = await service.bootstrap_tenant(repo, data)
+async def create_tenant(
+    data: TenantCreate, repo: UsersDep, hasher: HasherDep, settings: SettingsDep, _: IdentityDep
+) -> TenantCreated:
+    tenant, admin = await service.bootstrap_tenant(repo, hasher, data)
     return TenantCreated(tenant=TenantOut.model_validate(tenant), user=await service.user_out(repo, settings, admin))
 
 
-@router.post("/auth/token", response_model=TokenOut, responses=Unauthorized.openapi_response())
+@router.post(
+    "/auth/token",
+    response_model=TokenOut,
+    responses={
+        **Unauthorized.openapi_response(),
+        **TooManyRequests.openapi_response(),
+        **ServiceUnavailable.openapi_response(),
+    },
+)
 async def token(
     form: Annotated[TokenRequest, Form()],
     repo: UsersDep,
+    hasher: HasherDep,
+    throttle: ThrottleDep,
     issuer: IssuerDep,
     response: Response,
     _: IdentityDep,
 ) -> TokenOut:
     response.headers["Cache-Control"] = NO_STORE
-    return await service.issue_token(repo, issuer, form.username, form.password)
+    return await service.issue_token(repo, hasher, throttle, issuer, form.username, form.password)
 
 
 @router.post("/users", status_code=201, response_model=UserOut, responses={**Conflict.openapi_response(), **KEY_ERRORS})
 async def create_user(
-    data: UserCreate, repo: UsersDep, keys: KeysDep, settings: SettingsDep, caller: UsersWrite
+    data: UserCreate, repo: UsersDep, keys: KeysDep, hasher: HasherDep, settings: SettingsDep, caller: UsersWrite
 ) -> UserOut:
-    return await service.user_out(repo, settings, await service.create_user(repo, keys, caller, data))
+    return await service.user_out(repo, settings, await service.create_user(repo, keys, hasher, caller, data))
 
 
 @router.get("/users/me", response_model=UserOut)

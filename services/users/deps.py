@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends
 
 from services.users.repository import ApiKeyRepository, UserRepository
-from services.users.security import TokenIssuer
+from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer, UsersContext
 from services.users.service import UserRequired
 from services.users.settings import UsersSettings
 from shared.contract import TenantIdentity, key_id_of
@@ -16,8 +16,8 @@ from shared.db import SessionDep
 from shared.identity import Authorize, TenantIdentityDep
 from shared.state import ServiceState, StateDependencies
 
-# What the users service adds to the common state: the issuer of access tokens.
-state = StateDependencies[ServiceState[UsersSettings, TokenIssuer]]()
+# What the users service adds to the common state: the token issuer, the hasher, the login throttle.
+state = StateDependencies[ServiceState[UsersSettings, UsersContext]]()
 
 
 async def get_users(session: SessionDep) -> UserRepository:
@@ -29,7 +29,9 @@ async def get_keys(session: SessionDep) -> ApiKeyRepository:
 
 
 SettingsDep = Annotated[UsersSettings, Depends(state.provide(lambda s: s.settings))]
-IssuerDep = Annotated[TokenIssuer, Depends(state.provide(lambda s: s.context))]
+IssuerDep = Annotated[TokenIssuer, Depends(state.provide(lambda s: s.context.issuer))]
+HasherDep = Annotated[PasswordHasher, Depends(state.provide(lambda s: s.context.hasher))]
+ThrottleDep = Annotated[LoginThrottle, Depends(state.provide(lambda s: s.context.throttle))]
 UsersDep = Annotated[UserRepository, Depends(get_users)]
 KeysDep = Annotated[ApiKeyRepository, Depends(get_keys)]
 

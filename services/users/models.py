@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime, new_id, utcnow
@@ -33,6 +33,9 @@ class User(Base, TenantRow):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Wrong passwords since the last good one, and until when the next attempt waits (services/users/security.py).
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    login_blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     # What the user's open orders may add up to; None: the default of the tenant's plan (settings).
     credit_limit_cents: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
@@ -62,3 +65,16 @@ class ApiKey(Base, TenantRow):
     @property
     def scope_set(self) -> frozenset[str]:
         return frozenset(self.scopes.split())
+
+
+class SigningKey(Base):
+    """An RS256 key access tokens are signed with (`services/users/signing.py`). Generations are
+    unique, so two instances rotating at once make one new key."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, unique=True)
+    # PEM (PKCS#8). The database holds it as it holds the password hashes: keep it encrypted at rest.
+    private_pem: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
-from services.users.models import ApiKey, Tenant, User
+from services.users.models import ApiKey, SigningKey, Tenant, User
 from shared.errors import Conflict
 from shared.repository import Repository
 
@@ -35,6 +35,29 @@ class UserRepository(Repository):
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
         return await self.session.get(Tenant, tenant_id)
 
+    async def release(self) -> None:
+        """Ends the transaction so far, which has only read, so its connection goes back to the pool
+        before slow work that needs none (password hashing); the next statement takes one again."""
+        await self.session.commit()
+
+    async def count_failed_login(self, user_id: str) -> int:
+        """One more wrong password, counted atomically; answers the count."""
+        count = await self.session.scalar(
+            update(User)
+            .where(User.id == user_id)
+            .values(failed_logins=User.failed_logins + 1)
+            .returning(User.failed_logins)
+        )
+        return int(count or 0)
+
+    async def block_logins(self, user_id: str, until: datetime | None) -> None:
+        await self.session.execute(update(User).where(User.id == user_id).values(login_blocked_until=until))
+
+    async def reset_failed_logins(self, user_id: str) -> None:
+        await self.session.execute(
+            update(User).where(User.id == user_id).values(failed_logins=0, login_blocked_until=None)
+        )
+
 
 class ApiKeyRepository(Repository):
     async def resolve(self, key_hash: str) -> tuple[ApiKey, Tenant, User] | None:
@@ -50,3 +73,9 @@ class ApiKeyRepository(Repository):
 
     async def touch(self, key_id: str, when: datetime) -> None:
         await self.session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=when))
+
+
+class SigningKeyRepository(Repository):
+    async def newest(self, limit: int) -> list[SigningKey]:
+        rows = await self.session.scalars(select(SigningKey).order_by(SigningKey.generation.desc()).limit(limit))
+        return list(rows)

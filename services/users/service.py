@@ -3,6 +3,7 @@ it is given share the request's session) and takes callers as the route's depend
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 from services.users.authority import ensure_grantable, ensure_holds, held_by, key_authority, role_authority
@@ -19,11 +20,11 @@ from services.users.schemas import (
     UserUpdate,
     api_key_out,
 )
-from services.users.security import TokenIssuer, hash_password, verify_password
+from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer
 from services.users.settings import UsersSettings
 from shared.contract import ROLE_SCOPES, TenantIdentity, hash_api_key, key_id_of, new_api_key
 from shared.db import new_id, utcnow
-from shared.errors import Conflict, Forbidden, NotFound, Unauthorized
+from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized
 from shared.pagination import Page, PageQuery
 from shared.repository import matching
 
@@ -34,28 +35,36 @@ class UserNotFound(NotFound, code="USER_NOT_FOUND", title="User not found", reso
 class InvalidCredentials(Unauthorized, code="INVALID_CREDENTIALS", title="Invalid credentials"): ...
 
 
-async def bootstrap_tenant(repo: UserRepository, data: TenantCreate) -> tuple[Tenant, User]:
-    """Creates a tenant and its first admin in one transaction."""
+class LoginThrottled(TooManyRequests, code="LOGIN_THROTTLED", title="Too many wrong passwords"): ...
+
+
+async def bootstrap_tenant(repo: UserRepository, hasher: PasswordHasher, data: TenantCreate) -> tuple[Tenant, User]:
+    """Creates a tenant and its first admin in one transaction (the password is hashed before it
+    starts, so no connection is held meanwhile)."""
     tenant = Tenant(id=new_id(), name=data.name, plan=data.plan)
     admin = User(
         tenant_id=tenant.id,
         email=data.admin_email.lower(),
-        password_hash=await hash_password(data.admin_password),
+        password_hash=await hasher.hash(data.admin_password),
         role="admin",
     )
     await repo.add_tenant_with_admin(tenant, admin)
     return tenant, admin
 
 
-async def create_user(repo: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity, data: UserCreate) -> User:
+async def create_user(
+    repo: UserRepository, keys: ApiKeyRepository, hasher: PasswordHasher, identity: TenantIdentity, data: UserCreate
+) -> User:
     """A user of the caller's tenant, holding no more than the caller does (`authority.py`)."""
     held = await held_by(repo, keys, identity)
     ensure_holds(held, "users:write")
     ensure_grantable(held, role_authority(data.role), f"a user with the {data.role} role")
+    # Nothing written yet: the connection goes back to the pool while the password is hashed.
+    await repo.release()
     user = User(
         tenant_id=identity.tenant_id,
         email=data.email.lower(),
-        password_hash=await hash_password(data.password),
+        password_hash=await hasher.hash(data.password),
         role=data.role,
     )
     await repo.add_user(user)
@@ -104,13 +113,43 @@ async def update_user(repo: UserRepository, tenant_id: str, user_id: str, data: 
     return user
 
 
-async def issue_token(repo: UserRepository, issuer: TokenIssuer, email: str, password: str) -> TokenOut:
+async def issue_token(
+    repo: UserRepository,
+    hasher: PasswordHasher,
+    throttle: LoginThrottle,
+    issuer: TokenIssuer,
+    email: str,
+    password: str,
+) -> TokenOut:
+    """An access token for a good email and password.
+
+    The user and tenant are read, then the connection goes back to the pool before the password is
+    verified (in a thread, bounded by the hasher), so logins never hold connections the other routes
+    need. An account past its free wrong passwords answers 429 `LOGIN_THROTTLED` until its delay ends,
+    without verifying anything (`LoginThrottle`)."""
     user = await repo.get_user_by_email(email.strip().lower())
-    if not await verify_password(password, user.password_hash if user else None) or user is None:
+    tenant = await repo.get_tenant(user.tenant_id) if user is not None else None
+    now = utcnow()
+    if user is not None and user.login_blocked_until is not None and user.login_blocked_until > now:
+        wait = max(1, math.ceil((user.login_blocked_until - now).total_seconds()))
+        hasher.metrics.logins.labels("throttled").inc()
+        raise LoginThrottled(
+            f"Too many wrong passwords for this account; try again in {wait} s.",
+            headers={"Retry-After": str(wait)},
+            extra={"retry_after": wait},
+        )
+    await repo.release()
+    if not await hasher.verify(password, user.password_hash if user else None) or user is None or tenant is None:
+        if user is not None:
+            failures = await repo.count_failed_login(user.id)
+            await repo.block_logins(user.id, throttle.blocked_until(failures, utcnow()))
+            # Kept although the request fails (its session rolls back what is left).
+            await repo.release()
+        hasher.metrics.logins.labels("wrong_password").inc()
         raise InvalidCredentials("The email or password is wrong.")
-    tenant = await repo.get_tenant(user.tenant_id)
-    if tenant is None:  # pragma: no cover - the foreign key makes this impossible
-        raise InvalidCredentials("The email or password is wrong.")
+    if user.failed_logins or user.login_blocked_until is not None:
+        await repo.reset_failed_logins(user.id)
+    hasher.metrics.logins.labels("ok").inc()
     token = issuer.issue(
         subject=user.id, tenant_id=tenant.id, scopes=ROLE_SCOPES[user.role], plan=tenant.plan, role=user.role
     )

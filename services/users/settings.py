@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 from pydantic import Field, SecretStr, model_validator
@@ -15,12 +16,31 @@ class UsersSettings(BaseServiceSettings, AccessTokenSettings):
     port: int = PROCESSES["users"].port
     database_url: str = sqlite_url("users")
 
-    # RS256 signing key, PEM; the gateway holds the matching public key.
+    # RS256: keys are kept in the database, rotated and published as a JWKS (services/users/signing.py).
+    # This PEM, when given, is the first of them (with `jwt_kid`); otherwise one is generated.
     jwt_private_key: SecretStr | None = None
+    # RS256: how old the newest key gets before the next is made, how long a new key is published
+    # before it signs (more than the gateways' GATEWAY_JWKS_REFRESH_SECONDS), how often each instance
+    # reads the keys again.
+    jwt_key_rotation_seconds: float = Field(default=30 * 86400, gt=0)
+    jwt_key_activation_seconds: float = Field(default=60, ge=0)
+    jwt_key_refresh_seconds: float = Field(default=30, gt=0)
     access_token_ttl_seconds: int = Field(default=3600, ge=60, le=86400)
     # How long a rotated API key keeps working, unless the rotation asks for another period.
     api_key_rotation_grace_seconds: int = Field(default=86400, ge=0, le=30 * 86400)
 
+    # argon2 runs in threads, at most this many at once (default: the CPU cores); logins and sign-ups
+    # beyond them wait in a queue of at most `password_hash_queue`, and beyond that are refused with
+    # 503 and Retry-After. No database connection is held while a password is hashed or verified.
+    password_hash_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    password_hash_queue: int = Field(default=32, ge=0)
+    # A caller that waited this long without its turn is refused the same way (keep it below the
+    # gateway's GATEWAY_HTTP_TIMEOUT_SECONDS, so the client gets the 503 rather than a 504).
+    password_hash_queue_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Per account: this many consecutive wrong passwords are free; each further one makes the next
+    # attempt wait 1 s, 2 s, 4 s, ... up to `login_max_delay_seconds` (429 with Retry-After meanwhile).
+    login_free_failures: int = Field(default=5, ge=0)
+    login_max_delay_seconds: int = Field(default=60, ge=1, le=3600)
     # What a user's open orders may add up to, by the tenant's plan, unless an admin set the user's
     # own limit (PATCH /users/{id} with credit_limit_cents).
     credit_limit_free_cents: int = Field(default=100_000, ge=0, le=MAX_CREDIT_LIMIT_CENTS)
@@ -38,8 +58,6 @@ class UsersSettings(BaseServiceSettings, AccessTokenSettings):
 
     @model_validator(mode="after")
     def _key_for_algorithm(self) -> UsersSettings:
-        if self.jwt_algorithm == "RS256" and self.jwt_private_key is None:
-            raise ValueError("USERS_JWT_PRIVATE_KEY is required with RS256")
         if self.jwt_algorithm == "HS256" and self.jwt_secret is None:
             raise ValueError("USERS_JWT_SECRET is required with HS256")
         return self

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import time
 import uuid
+from collections import Counter
 
 import httpx
 from jose import jwt
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import JWT_SECRET
 
@@ -74,8 +78,15 @@ async def test_bad_tokens_are_401_with_a_challenge(gateway):
     no_tenant = jwt.encode(
         {k: v for k, v in claims.items() if k != "tid"}, JWT_SECRET, algorithm="HS256", headers={"kid": "portico-1"}
     )
-    alg_none = token.rsplit(".", 1)[0] + "."
-    for bad in (forged, expired, unknown_kid, no_tenant, alg_none, "garbage", token[:-3] + "abc"):
+    # Unsigned tokens: a real {"alg": "none"} header, however it is capitalised, with or without the
+    # signature of the genuine token kept on.
+    unsigned = []
+    for alg in ("none", "None", "nOnE", "NONE"):
+        header = b64url(json.dumps({"alg": alg, "typ": "JWT", "kid": "portico-1"}).encode())
+        payload = token.split(".")[1]
+        unsigned += [f"{header}.{payload}.", f"{header}.{payload}.{token.split('.')[2]}"]
+    stripped = token.rsplit(".", 1)[0] + "."  # the genuine header (HS256) without its signature
+    for bad in (forged, expired, unknown_kid, no_tenant, *unsigned, stripped, "garbage", token[:-3] + "abc"):
         response = await gateway.get("/v1/users/me", headers={"Authorization": f"Bearer {bad}"})
         assert_problem(response, 401, "INVALID_TOKEN")
         assert response.headers["www-authenticate"].startswith("Bearer")
@@ -153,16 +164,34 @@ async def test_health_and_metrics(gateway, stack):
     ready = await gateway.get("/health/ready")
     assert ready.status_code == 200
     assert set(ready.json()["checks"]) == {"users", "orders", "inventory", "webhooks", "redis"}
-    await gateway.get("/v1/users/me")
-    metrics = await gateway.get("/metrics")
-    assert metrics.status_code == 200
-    text = metrics.text
-    assert 'route="/v1/users/me"' in text
-    assert 'route="/health/ready"' in text
+    before = await requests_counted(gateway)
+    anonymous = await gateway.get("/v1/users/me")
+    assert_problem(anonymous, 401, "AUTHENTICATION_REQUIRED")
+    after = await requests_counted(gateway)
+    # Counted under the route's template and the status it got, once; as was the readiness probe.
+    assert after[("GET", "/v1/users/me", "401")] - before[("GET", "/v1/users/me", "401")] == 1
+    assert after[("GET", "/health/ready", "200")] >= 1
     for service in ("users", "orders", "inventory", "webhooks"):
         async with httpx.AsyncClient(base_url=stack.url(service)) as client:
             assert (await client.get("/health/ready")).status_code == 200
             assert "http_requests_total" in (await client.get("/metrics")).text
+
+
+async def requests_counted(client: httpx.AsyncClient) -> Counter[tuple[str, str, str]]:
+    """http_requests_total of a process, by (method, route, status)."""
+    metrics = await client.get("/metrics")
+    assert metrics.status_code == 200
+    counted: Counter[tuple[str, str, str]] = Counter()
+    for family in text_string_to_metric_families(metrics.text):
+        for sample in family.samples:
+            if sample.name == "http_requests_total":
+                labels = sample.labels
+                counted[(labels["method"], labels["route"], labels["status"])] += sample.value
+    return counted
+
+
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def is_redis(span) -> bool:
@@ -180,14 +209,15 @@ async def test_one_trace_through_gateway_users_and_sql(gateway, otlp):
     assert response.status_code == 200
 
     wanted = {"gateway", "users"}
-    deadline = time.monotonic() + 15
+    # Each process exports its spans in batches of its own: wait for every span asserted on below.
+    deadline = time.monotonic() + 60
     spans = []
     while time.monotonic() < deadline:
         spans = otlp.trace(trace_id)
-        services = {s.service for s in spans}
+        kinds = {(s.service, s.kind) for s in spans}
         has_sql = any(s.service == "users" and "SELECT" in s.name.upper() for s in spans)
         has_redis = any(is_redis(s) for s in spans)
-        if wanted <= services and has_sql and has_redis:
+        if {("gateway", 2), ("gateway", 3), ("users", 2)} <= kinds and has_sql and has_redis:
             break
         await asyncio.sleep(0.2)
     by_id = {s.span_id: s for s in spans}

@@ -5,6 +5,7 @@ stack, a delivery's trace from the order that caused it to the attempt."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -81,6 +82,11 @@ def check_walkthrough_output(out: str) -> str:
     """Checks one run's output against what the walkthrough's comments promise; answers its admin's email."""
     emails = re.findall(r'"email":"(admin-[0-9a-f]{8}@acme\.example\.com)"', out)
     assert emails, out
+    # Who am I: the admin the tenant was created with, answered by /v1/users/me itself (the creation
+    # answer prints the same email, so the check is on the /me line alone).
+    [me] = re.findall(r"^(\{.*\}) me: 200$", out, re.M)
+    assert json.loads(me)["email"] == emails[0]
+    assert json.loads(me)["role"] == "admin"
     assert '"stock_after":15' in out
     assert out.lower().count("idempotent-replayed: true") == 1
     assert '"stock":13' in out
@@ -172,7 +178,15 @@ async def test_a_delivery_attempt_continues_the_trace_of_the_order_that_caused_i
         return [s for s in otlp.trace(trace_id) if s.service == "webhooks-worker" and s.name == "webhook attempt"]
 
     async def exported() -> bool:
-        return bool(attempts())
+        # Each process exports in batches of its own: wait for every span asserted on below, not
+        # just the first batch to arrive.
+        spans = otlp.trace(trace_id)
+        return (
+            bool(attempts())
+            and any(s.service == "gateway" and s.kind == SERVER for s in spans)
+            and any(s.service == "gateway" and s.kind == CLIENT for s in spans)
+            and any(s.service == "orders" and s.kind == SERVER for s in spans)
+        )
 
     await eventually(exported, timeout=60)
     spans = otlp.trace(trace_id)
@@ -182,6 +196,9 @@ async def test_a_delivery_attempt_continues_the_trace_of_the_order_that_caused_i
     assert attempt.attributes["webhook.event_type"] == "order.created"
     # The same trace as the gateway's span of the order...
     assert [s.name for s in spans if s.service == "gateway" and s.kind == SERVER] == ["POST /v1/orders"]
+    # The gateway's call to the orders service is the parent of the orders service's span.
+    gateway_clients = {s.span_id for s in spans if s.service == "gateway" and s.kind == CLIENT}
     # ...and a child of the orders service's span that wrote the event.
     orders_server = {s.span_id: s for s in spans if s.service == "orders" and s.kind == SERVER}
     assert attempt.parent_span_id in orders_server, (attempt, spans)
+    assert orders_server[attempt.parent_span_id].parent_span_id in gateway_clients, spans

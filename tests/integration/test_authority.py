@@ -218,3 +218,53 @@ async def test_a_demoted_creator_cannot_rotate_its_old_keys_into_more_than_it_ho
     ):
         assert attempt.status_code == 403, attempt.text
         assert attempt.json()["error_code"] in ("SCOPE_NOT_HELD", "INSUFFICIENT_SCOPE")
+
+
+async def test_through_the_gateway_a_users_write_key_creates_no_admin_and_no_member(stack):
+    """The reported escalation, end to end: a key holding only `users:write` is refused both roles,
+    and nobody it tried to create can log in."""
+    from tests.edge_support import gateway_settings, in_process_gateway, signup
+
+    async with in_process_gateway(gateway_settings(stack)) as gateway:
+        tenant = await signup(gateway)
+        created = await gateway.post(
+            "/v1/api-keys", json={"name": "writer", "scopes": ["users:write"]}, headers=tenant.auth
+        )
+        assert created.status_code == 201, created.text
+        key = {"X-API-Key": created.json()["api_key"]}
+        for role in ("admin", "member"):
+            email = unique_email(role)
+            refused = await gateway.post(
+                "/v1/users", json={"email": email, "password": PASSWORD, "role": role}, headers=key
+            )
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["error_code"] == "SCOPE_NOT_HELD"
+            login = await gateway.post("/v1/auth/token", data={"username": email, "password": PASSWORD})
+            assert login.status_code == 401
+        # The admin's own token still creates both.
+        for role in ("admin", "member"):
+            made = await gateway.post(
+                "/v1/users", json={"email": unique_email(role), "password": PASSWORD, "role": role}, headers=tenant.auth
+            )
+            assert made.status_code == 201, made.text
+
+
+async def test_no_key_of_any_scope_set_creates_a_user(users_client, signer, tenant, migrated):
+    """Every one of the 255 non-empty scope sets a key can hold: none creates an admin or a member (a
+    user would manage keys, which no key does), and the tenant's users stay as they were."""
+    tenant_id = tenant.admin.identity.tenant_id
+    before = await db_rows(migrated, "SELECT id FROM users WHERE tenant_id = $1", tenant_id)
+    scopes = sorted(ALL_SCOPES)
+    subsets = [frozenset(combo) for size in range(1, len(scopes) + 1) for combo in itertools.combinations(scopes, size)]
+    assert len(subsets) == 255
+    for subset in subsets:
+        actor = await key_actor(tenant.admin, subset, signer)
+        for role in ("admin", "member"):
+            response = await users_client.post(
+                "/users",
+                json={"email": unique_email(role), "password": PASSWORD, "role": role},
+                headers=actor.caller.headers,
+            )
+            assert response.status_code == 403, f"{sorted(subset)} creating a {role}: {response.text}"
+    after = await db_rows(migrated, "SELECT id FROM users WHERE tenant_id = $1", tenant_id)
+    assert len(after) == len(before)

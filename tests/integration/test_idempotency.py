@@ -4,11 +4,13 @@ in-process gateway in front of the real services."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from gateway.app import create_redis
@@ -31,6 +33,7 @@ from tests.edge_support import (
     signup,
     unique_prefix,
 )
+from tests.faults import HttpFaultProxy
 
 # ---------------------------------------------------------------- the store contract
 
@@ -99,14 +102,28 @@ async def test_only_the_owner_completes_or_releases(store):
 
 async def test_a_crashed_owners_lock_expires_and_records_expire(store):
     await store.claim("{t:a}:crash", "fp", "crashed", 300)
-    assert (await store.claim("{t:a}:crash", "fp", "retry", 300)).outcome == "in_flight"
-    await asyncio.sleep(0.4)
-    assert (await store.claim("{t:a}:crash", "fp", "retry", 30_000)).outcome == "acquired"
+    claimed_at = time.monotonic()  # the lock was taken by now
+
+    async def outcome(fingerprint: str, owner: str) -> tuple[str, float]:
+        sent = time.monotonic()
+        return (await store.claim("{t:a}:crash", fingerprint, owner, 30_000)).outcome, sent
+
+    # In flight until the lock's 300 ms are over; a retry sent after that takes the key.
+    while (found := await outcome("fp", "retry"))[0] == "in_flight":
+        assert found[1] - claimed_at < 0.3 + 0.002, "the lock outlived its 300 ms"
+        assert found[1] - claimed_at < 60
+        await asyncio.sleep(0.02)
+    assert found[0] == "acquired"
     # The crashed owner cannot complete what is no longer its own.
     assert not await store.complete("{t:a}:crash", "crashed", RESPONSE, 60_000)
     assert await store.complete("{t:a}:crash", "retry", RESPONSE, 300)
-    await asyncio.sleep(0.4)
-    assert (await store.claim("{t:a}:crash", "fp2", "later", 30_000)).outcome == "acquired"
+    completed_at = time.monotonic()  # the record was written by now
+    # Done, then forgotten when the record's 300 ms are over.
+    while (found := await outcome("fp2", "later"))[0] == "mismatch":
+        assert found[1] - completed_at < 0.3 + 0.002, "the record outlived its 300 ms"
+        assert found[1] - completed_at < 60
+        await asyncio.sleep(0.02)
+    assert found[0] == "acquired"
 
 
 async def test_redis_records_are_prefixed_and_hash_tagged(infra):
@@ -130,6 +147,20 @@ def backend(request, infra) -> dict:
     """Settings that pick the store: in-process, or the session's Redis (the Redis Cluster has a
     test of its own below: the store contract above already runs on it)."""
     return backend_settings(request, infra)
+
+
+async def users_served(stack, method: str, route: str) -> float:
+    """How many requests the users service process answered on `route`, by its own /metrics."""
+    async with httpx.AsyncClient(base_url=stack.url("users")) as users:
+        text = (await users.get("/metrics")).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "http_requests_total"
+        and sample.labels["method"] == method
+        and sample.labels["route"] == route
+    )
 
 
 def new_user() -> dict:
@@ -197,6 +228,7 @@ async def test_concurrent_repeats_run_once(stack, backend):
         admin = await signup(gateway)
         body = new_user()
         headers = {**admin.auth, "Idempotency-Key": str(uuid.uuid4())}
+        creations_before = await users_served(stack, "POST", "/users")
         answers = await asyncio.gather(*(gateway.post("/v1/users", json=body, headers=headers) for _ in range(20)))
         created = [a for a in answers if a.status_code == 201]
         assert {a.status_code for a in answers} <= {201, 409}
@@ -205,7 +237,8 @@ async def test_concurrent_repeats_run_once(stack, backend):
         for conflict in (a for a in answers if a.status_code == 409):
             assert conflict.json()["error_code"] == "IDEMPOTENCY_KEY_IN_USE"
             assert conflict.headers["retry-after"] == "1"
-        # Exactly one user: the password works and no second account exists.
+        # The request reached the users service exactly once (its own count), and made one user.
+        assert await users_served(stack, "POST", "/users") - creations_before == 1
         assert await login(gateway, body["email"])
 
 
@@ -309,49 +342,21 @@ async def test_an_oversized_body_is_413_before_a_key_is_taken(stack, infra):
         await client.aclose()
 
 
-@contextlib.asynccontextmanager
-async def recording_service() -> AsyncIterator[tuple[int, list[bytes]]]:
-    """A real HTTP server standing in for the users service that records what it receives."""
-    received: list[bytes] = []
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")),
-            0,
-        )
-        await reader.readexactly(length)
-        received.append(head)
-        body = b'{"id":"u1","email":"a@example.com","role":"member","tenant_id":"t"}'
-        writer.write(
-            b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: "
-            + str(len(body)).encode()
-            + b"\r\n\r\n"
-            + body
-        )
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], received
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-async def test_the_key_is_forwarded_to_the_service():
-    async with recording_service() as (port, received):
-        settings = gateway_settings(None, users_url=f"http://127.0.0.1:{port}")
-        async with in_process_gateway(settings) as gateway:
-            headers = {**bearer("pro"), "Idempotency-Key": "forward-me"}
-            user = new_user()
-            first = await gateway.post("/v1/users", json=user, headers=headers)
-            assert first.status_code == 201
-            replay = await gateway.post("/v1/users", json=user, headers=headers)
-            assert replay.headers["idempotent-replayed"] == "true"
-    assert len(received) == 1
-    assert b"idempotency-key: forward-me" in received[0].lower()
+async def test_the_key_is_forwarded_to_the_service(stack):
+    """The service sees the caller's key too (it keeps its own record of it), once: the replay is the
+    gateway's. The users service is the real one, behind a fault injector that only records."""
+    users = HttpFaultProxy(stack.url("users"))
+    async with users, in_process_gateway(gateway_settings(stack, users_url=users.url)) as gateway:
+        admin = await signup(gateway)
+        headers = {**admin.auth, "Idempotency-Key": "forward-me"}
+        user = new_user()
+        first = await gateway.post("/v1/users", json=user, headers=headers)
+        assert first.status_code == 201, first.text
+        replay = await gateway.post("/v1/users", json=user, headers=headers)
+        assert replay.headers["idempotent-replayed"] == "true"
+    creations = [request for request in users.received if request[:2] == ("POST", "/users")]
+    assert len(creations) == 1
+    assert ("idempotency-key", "forward-me") in creations[0][2]
 
 
 async def test_gateways_on_a_redis_cluster_replay_there(redis_cluster, infra):
@@ -397,10 +402,10 @@ async def test_a_store_outage_follows_the_failure_mode(stack, mode):
                 assert response.json()["stage"] == "idempotency"
             # Requests without a key do not need the store.
             assert (await gateway.get("/v1/users/me", headers=admin.auth)).status_code == 200
-            server.start()
+            server.start()  # at the same address: a private socket nothing else can take
             body = new_user()
             headers = {**admin.auth, "Idempotency-Key": "after"}
-            deadline = asyncio.get_running_loop().time() + 5
+            deadline = asyncio.get_running_loop().time() + 60
             while (first := await gateway.post("/v1/users", json=body, headers=headers)).status_code == 503:
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.1)

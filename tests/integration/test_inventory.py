@@ -339,20 +339,66 @@ async def test_scopes_and_identity_are_enforced(admin: Caller, inventory: httpx.
     assert await stock_of(admin, mug["id"]) == 10
 
 
-async def test_sqlite_and_postgres_agree_on_a_released_marker(sqlite_inventory, signer):
-    caller = Caller(sqlite_inventory, signer, "inventory", tenant_identity())
+async def released_marker_story(client: httpx.AsyncClient, signer) -> list[tuple]:
+    """A release before its reserve call, then a reserve and release of another order: what each step
+    answered, and the stock at the end."""
+    caller = Caller(client, signer, "inventory", tenant_identity())
     mug = await new_product(caller, stock=3)
-    assert (await caller.post("/orders/o-1/reservation/release")).status_code == 200
-    assert_problem(await caller.post("/reservations", json=reserve_body("o-1", (mug["id"], 1))), 409)
+    story: list[tuple] = []
+    marker = await caller.post("/orders/o-1/reservation/release")
+    story.append(("release before reserve", marker.status_code, marker.json()["status"]))
+    late = await caller.post("/reservations", json=reserve_body("o-1", (mug["id"], 1)))
+    story.append(("late reserve", late.status_code, late.json()["error_code"]))
+    story.append(("stock", await stock_of(caller, mug["id"])))
     ok = await caller.post("/reservations", json=reserve_body("o-2", (mug["id"], 3)))
-    assert ok.status_code == 201
-    assert (await caller.post(f"/reservations/{ok.json()['id']}/release")).json()["status"] == "released"
-    assert await stock_of(caller, mug["id"]) == 3
+    story.append(("reserve", ok.status_code, ok.json()["status"]))
+    story.append(("stock", await stock_of(caller, mug["id"])))
+    released = await caller.post(f"/reservations/{ok.json()['id']}/release")
+    story.append(("release", released.status_code, released.json()["status"]))
+    again = await caller.post("/orders/o-2/reservation/release")
+    story.append(("release again", again.status_code, again.json()["status"]))
+    story.append(("stock", await stock_of(caller, mug["id"])))
+    return story
+
+
+async def test_sqlite_and_postgres_agree_on_a_released_marker(sqlite_inventory, inventory, signer):
+    expected = [
+        ("release before reserve", 200, "released"),
+        ("late reserve", 409, "RESERVATION_RELEASED"),
+        ("stock", 3),
+        ("reserve", 201, "reserved"),
+        ("stock", 0),
+        ("release", 200, "released"),
+        ("release again", 200, "released"),
+        ("stock", 3),
+    ]
+    assert await released_marker_story(sqlite_inventory, signer) == expected
+    assert await released_marker_story(inventory, signer) == expected
 
 
 # ---------------------------------------------------------------- the stock maximum
 
 MAX_STOCK = 1_000_000_000
+
+
+async def test_a_stock_adjustment_above_the_maximum_is_refused_and_changes_nothing(either_backend, signer):
+    admin = Caller(either_backend, signer, "inventory", tenant_identity())
+    mug = await new_product(admin, stock=MAX_STOCK - 2)
+    path = f"/products/{mug['id']}/stock-adjustments"
+    over = await admin.post(path, json={"delta": 3, "reason": "count"})
+    body = assert_problem(over, 409, "STOCK_LIMIT_EXCEEDED", field="delta")
+    assert body["errors"][0]["available"] == MAX_STOCK - 2
+    assert await stock_of(admin, mug["id"]) == MAX_STOCK - 2
+    assert (await admin.get(path)).json()["items"] == []
+    # Exactly to the maximum is allowed; one more is not.
+    filled = await admin.post(path, json={"delta": 2, "reason": "count"})
+    assert filled.status_code == 201, filled.text
+    assert filled.json()["stock_after"] == MAX_STOCK
+    assert_problem(await admin.post(path, json={"delta": 1, "reason": "count"}), 409, "STOCK_LIMIT_EXCEEDED")
+    # A delta past the maximum on its own is a malformed request.
+    assert_problem(await admin.post(path, json={"delta": MAX_STOCK + 1, "reason": "x"}), 422, field="delta")
+    assert await stock_of(admin, mug["id"]) == MAX_STOCK
+    assert len((await admin.get(path)).json()["items"]) == 1
 
 
 async def test_a_release_never_takes_stock_past_the_maximum(either_backend, signer):

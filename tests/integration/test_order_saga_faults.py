@@ -211,6 +211,7 @@ def mismatched_reservation(quantity: int) -> bytes:
 WRONG_ANSWERS = {
     "5xx": ({"action": "forward_then_answer", "status": 500, "body": b'{"detail": "boom"}'}, 502),
     "garbage": ({"action": "forward_then_answer", "status": 201, "body": b"<html>not json"}, 502),
+    "unexpected-4xx": ({"action": "forward_then_answer", "status": 418, "body": b"{}"}, 502),
     "json-not-a-reservation": ({"action": "forward_then_answer", "status": 201, "body": b'{"id": 1}'}, 502),
     "another-orders-reservation": (
         {"action": "forward_then_answer", "status": 201, "body": mismatched_reservation(2)},
@@ -258,13 +259,14 @@ async def test_a_reserve_call_that_times_out_after_taking_stock_releases_it(
     await tenant.placed_once(mug, 3, key, stock=10)
 
 
+@pytest.mark.parametrize("release_status", [503, 418])
 async def test_a_failed_compensation_is_finished_by_the_recovery_task(
-    tenant: Tenant, saga: Saga, inventory_proxy: HttpFaultProxy
+    tenant: Tenant, saga: Saga, inventory_proxy: HttpFaultProxy, release_status: int
 ):
     mug = await tenant.product(stock=10)
     key = unique("key")
     inventory_proxy.add(*RESERVE, action="forward_then_answer", status=500, times=1)
-    release = inventory_proxy.add(*RELEASE, action="answer", status=503)
+    release = inventory_proxy.add(*RELEASE, action="answer", status=release_status)
 
     failed = await tenant.place(mug, 4, key)
 
@@ -290,7 +292,8 @@ async def test_inventory_hung_by_sigstop_leaks_no_stock(tenant: Tenant, saga: Sa
     async with saga.orders(http_timeout_seconds=1) as impatient:
         inventory_process.pause()
         try:
-            failed = await tenant.place(mug, 5, key, via=impatient)
+            # Bounded, so that the process is resumed whatever happens here.
+            failed = await asyncio.wait_for(tenant.place(mug, 5, key, via=impatient), 90)
         finally:
             inventory_process.resume()
     assert_problem(failed, 504, "DOWNSTREAM_TIMEOUT")
@@ -333,7 +336,7 @@ async def test_an_attempt_given_up_while_reserving_is_not_stored(
     succeeds, storing the order finds the attempt expired: 503, and the stock is released."""
     mug = await tenant.product(stock=10)
     key = unique("key")
-    held = inventory_proxy.add(*RESERVE, action="hold", times=1)
+    held = inventory_proxy.add(*RESERVE, action="forward", hold=True, times=1)
     refused_release = inventory_proxy.add(*RELEASE, action="answer", status=503)
     placing = asyncio.create_task(tenant.place(mug, 3, key))
     await asyncio.wait_for(held.seen.wait(), 60)
@@ -354,13 +357,16 @@ async def test_an_attempt_given_up_while_reserving_is_not_stored(
     await tenant.placed_once(mug, 3, key, stock=10)
 
 
-@pytest.mark.parametrize("lost", ["refused", "answer-lost"])
+@pytest.mark.parametrize("lost", ["refused", "unexpected-answer", "answer-lost"])
 async def test_an_unconfirmed_order_is_confirmed_by_the_recovery_task(
     tenant: Tenant, saga: Saga, inventory_proxy: HttpFaultProxy, lost: str
 ):
     mug = await tenant.product(stock=10)
     if lost == "refused":
-        inventory_proxy.add(*CONFIRM, action="answer", status=503, times=1)
+        # The request's confirmation and the recovery task's first one fail; the next one lands.
+        inventory_proxy.add(*CONFIRM, action="answer", status=503, times=2)
+    elif lost == "unexpected-answer":
+        inventory_proxy.add(*CONFIRM, action="answer", status=418, body=b"{}", times=1)
     else:
         inventory_proxy.add(*CONFIRM, action="forward_then_drop", times=1)
 
@@ -372,7 +378,7 @@ async def test_an_unconfirmed_order_is_confirmed_by_the_recovery_task(
     assert await tenant.orders_stored() == [
         {"id": placed.json()["id"], "status": "confirmed", "reservation_status": "reserved"}
     ]
-    expected = "reserved" if lost == "refused" else "confirmed"
+    expected = "confirmed" if lost == "answer-lost" else "reserved"
     assert [r["status"] for r in await tenant.reservations()] == [expected]
     assert await tenant.stock(mug) == 8
 
@@ -413,6 +419,7 @@ async def test_recovery_leaves_an_order_whose_reservation_was_released_and_says_
     ("fault", "status"),
     [
         ({"action": "answer", "status": 500}, 502),
+        ({"action": "answer", "status": 418, "body": b"{}"}, 502),
         ({"action": "answer", "status": 200, "body": b"[1, 2]"}, 502),
         ({"action": "answer", "status": 200, "body": b"not json"}, 502),
         ({"action": "drop"}, 503),
@@ -488,3 +495,26 @@ async def _true(value: object = True) -> bool:
 
 async def _equals(value: object, expected: object) -> bool:
     return await value == expected  # type: ignore[misc]
+
+
+async def test_a_reservation_released_before_its_confirmation_is_logged_and_the_order_stands(
+    tenant: Tenant, inventory_proxy: HttpFaultProxy, caplog: pytest.LogCaptureFixture
+):
+    """Someone releases the reservation at the inventory service between the order being stored and
+    its confirmation: confirming is refused (409), the placed order is answered as stored, and the
+    inconsistency is logged as an error rather than hidden."""
+    mug = await tenant.product(stock=10)
+    held = inventory_proxy.add(*CONFIRM, action="forward", hold=True, times=1)
+    with caplog.at_level(logging.ERROR, logger="portico.orders"):
+        placing = asyncio.create_task(tenant.place(mug, 2, unique("key")))
+        await asyncio.wait_for(held.seen.wait(), 60)
+        [reservation] = await tenant.reservations()
+        released = await tenant.inventory.post(f"/reservations/{reservation['id']}/release")
+        assert released.status_code == 200, released.text
+        held.release()
+        placed = await placing
+    assert placed.status_code == 201, placed.text
+    assert inventory_proxy.forwarded[-1][2] == 409
+    assert any("was released" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+    assert (await tenant.orders_stored())[0]["reservation_status"] == "reserved"
+    assert await tenant.stock(mug) == 10

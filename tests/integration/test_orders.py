@@ -17,7 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
-from scripts.devstack import Stack, free_port
+from scripts.devstack import Stack
 from services.inventory.app import create_app as create_inventory_app
 from services.inventory.settings import InventorySettings
 from services.orders.app import create_app as create_orders_app
@@ -26,6 +26,7 @@ from shared.contract import ROLE_SCOPES, Identity
 from shared.db import utcnow
 from shared.identity import IdentitySigner
 from tests.conftest import app_client, internal_headers, settings_kwargs
+from tests.faults import refused_port
 from tests.infra import Servers
 from tests.orders_support import PASSWORD, SMALL_POOL, Caller, assert_problem, bootstrap_tenant, db_fetch, unique
 
@@ -352,7 +353,7 @@ async def test_orders_page_through_with_a_cursor(shop: Shop):
     assert seen == placed[::-1]
 
 
-async def test_event_feed_is_for_services_with_the_scope(orders, signer, shop: Shop):
+async def test_event_feed_is_for_services_with_the_scope(orders, signer, shop: Shop, migrated: Servers):
     user = await orders.get("/events", headers=internal_headers(signer, "orders", shop.orders.identity))
     assert_problem(user, 403, "SERVICE_ONLY")
     no_scope = Identity(subject="service:webhooks", scopes=frozenset({"orders:read"}))
@@ -370,16 +371,26 @@ async def test_event_feed_is_for_services_with_the_scope(orders, signer, shop: S
     page = await orders.get("/events", params={"after": 10**12}, headers=relay_headers(signer))
     assert page.json() == {"items": [], "next_after": 10**12}
 
+    # From where the feed ends now, three orders of this tenant: one page, then pages of two.
+    [start] = await db_fetch(migrated, "orders", "SELECT coalesce(max(seq), 0) AS seq FROM outbox")
     mug = await shop.product(stock=5)
-    for _ in range(3):
-        await shop.order((mug["id"], 1))
-    everything = await orders.get("/events", params={"limit": 500}, headers=relay_headers(signer))
-    seqs = [e["seq"] for e in everything.json()["items"]]
-    assert seqs == sorted(seqs)
-    first_two = (await orders.get("/events", params={"limit": 2}, headers=relay_headers(signer))).json()
-    assert [e["seq"] for e in first_two["items"]] == seqs[:2]
-    rest = await orders.get("/events", params={"after": first_two["next_after"]}, headers=relay_headers(signer))
-    assert [e["seq"] for e in rest.json()["items"]][:3] == seqs[2:5]
+    placed = [(await shop.order((mug["id"], 1))).json()["id"] for _ in range(3)]
+    whole = await orders.get("/events", params={"after": start["seq"], "limit": 500}, headers=relay_headers(signer))
+    events = whole.json()["items"]
+    assert [(e["type"], e["data"]["id"]) for e in events] == [("order.created", order_id) for order_id in placed]
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(set(seqs))
+    assert whole.json()["next_after"] == seqs[-1]
+    paged, after = [], start["seq"]
+    while True:
+        page = (await orders.get("/events", params={"after": after, "limit": 2}, headers=relay_headers(signer))).json()
+        assert len(page["items"]) <= 2
+        if not page["items"]:
+            assert page["next_after"] == after
+            break
+        paged += [e["seq"] for e in page["items"]]
+        after = page["next_after"]
+    assert paged == seqs
 
 
 async def test_event_feed_serves_one_tenant_when_asked(orders, signer, shop: Shop, users_client, inventory):
@@ -521,8 +532,9 @@ async def test_recovery_releases_what_requests_left_behind(migrated: Servers, st
     # 2. A cancellation while the inventory service was unreachable: cancelled, stock still held.
     order = (await shop.order((mug["id"], 3))).json()
     assert await shop.stock(mug["id"]) == 3
-    async with orders_app(migrated, stack, inventory_url=f"http://127.0.0.1:{free_port()}") as cut_off:
-        cancelled = await shop.orders.to(cut_off, "orders").post(f"/orders/{order['id']}/cancel")
+    with refused_port() as port:
+        async with orders_app(migrated, stack, inventory_url=f"http://127.0.0.1:{port}") as cut_off:
+            cancelled = await shop.orders.to(cut_off, "orders").post(f"/orders/{order['id']}/cancel")
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
     assert await shop.stock(mug["id"]) == 3

@@ -20,7 +20,6 @@ import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from scripts.devstack import free_port
 from services.webhooks.app import create_app
 from services.webhooks.relay import FeedError, OrdersRelay
 from services.webhooks.settings import WebhooksSettings
@@ -28,9 +27,11 @@ from shared.contract import Identity
 from shared.errors import DownstreamBadResponse, DownstreamUnavailable
 from shared.http import ServiceClient, create_http_client
 from shared.identity import IdentitySigner
-from tests.conftest import app_client, internal_headers, settings_kwargs
+from tests.conftest import app_client, internal_headers, service_env, settings_kwargs
 from tests.e2e.test_webhooks_flow import Shop
+from tests.faults import ServiceProcess, eventually, refused_port
 from tests.infra import Servers
+from tests.orders_support import db_fetch
 from tests.webhook_support import HooksDb, hooks_db
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,8 @@ def relay_for(db: HooksDb, http: httpx.AsyncClient, signer: IdentitySigner, orde
 
 @contextlib.asynccontextmanager
 async def feed_answering(*answers: bytes) -> AsyncIterator[str]:
-    """A real HTTP server that answers each request with the next of `answers` (the last one repeats)."""
+    """Fault injector: an orders feed that breaks its contract (the real orders service cannot be
+    made to), answering each request with the next of `answers` (the last one repeats)."""
     remaining = list(answers)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -91,9 +93,10 @@ async def assert_nothing_stored(db: HooksDb) -> None:
 
 
 async def test_unreachable_orders_service_stores_nothing(relay_db, http, signer):
-    relay = relay_for(relay_db, http, signer, f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(DownstreamUnavailable):
-        await relay.run_once()
+    with refused_port() as port:
+        relay = relay_for(relay_db, http, signer, f"http://127.0.0.1:{port}")
+        with pytest.raises(DownstreamUnavailable):
+            await relay.run_once()
     await assert_nothing_stored(relay_db)
 
 
@@ -124,40 +127,55 @@ async def test_a_feed_that_breaks_its_contract_stores_nothing(relay_db, http, si
     await assert_nothing_stored(relay_db)
 
 
+def retries_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "portico.webhooks.relay" and "retrying" in r.getMessage()]
+
+
 async def test_the_loop_backs_off_logs_and_stops_promptly(relay_db, http, signer, caplog):
     caplog.set_level(logging.WARNING, logger="portico.webhooks.relay")
-    relay = relay_for(relay_db, http, signer, f"http://127.0.0.1:{free_port()}", interval=0.01, max_backoff=0.05)
-    for failures in range(1, 12):
-        step = min(0.05, 0.01 * 2**failures)
-        assert step / 2 <= relay.backoff(failures) <= step
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop))
-    await asyncio.sleep(0.4)
-    stop.set()
-    started = time.monotonic()
-    await asyncio.wait_for(task, 2)
-    assert time.monotonic() - started < 0.5
-    failures = [r for r in caplog.records if r.name == "portico.webhooks.relay" and "retrying" in r.getMessage()]
-    assert len(failures) >= 3
-    assert "orders service is unreachable" in failures[0].getMessage()
+    with refused_port() as port:
+        relay = relay_for(relay_db, http, signer, f"http://127.0.0.1:{port}", interval=0.01, max_backoff=0.05)
+        for failures in range(1, 12):
+            step = min(0.05, 0.01 * 2**failures)
+            assert step / 2 <= relay.backoff(failures) <= step
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+
+        async def retried_three_times() -> bool:
+            return len(retries_logged(caplog)) >= 3
+
+        await eventually(retried_three_times)
+        # Stopping is prompt: the loop is waiting out a backoff of at most 50 ms, and the stop ends
+        # that wait. Were it not, the task would still run after its backoff plus the next call.
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    assert "orders service is unreachable" in retries_logged(caplog)[0].getMessage()
     await assert_nothing_stored(relay_db)
 
 
 async def test_the_service_runs_the_relay_for_its_lifetime(relay_db, migrated, caplog):
     caplog.set_level(logging.WARNING, logger="portico.webhooks.relay")
-    settings = WebhooksSettings(
-        **{**settings_kwargs(migrated, "webhooks"), "database_url": relay_db.url},
-        orders_url=f"http://127.0.0.1:{free_port()}",
-        relay_interval_seconds=0.02,
-        relay_max_backoff_seconds=0.05,
-    )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app) as state:
-        assert isinstance(state["app"].context.relay, OrdersRelay)
-        await asyncio.sleep(0.3)
-        started = time.monotonic()
-    assert time.monotonic() - started < 2
-    assert any("retrying" in r.getMessage() for r in caplog.records if r.name == "portico.webhooks.relay")
+    with refused_port() as port:
+        settings = WebhooksSettings(
+            **{**settings_kwargs(migrated, "webhooks"), "database_url": relay_db.url},
+            orders_url=f"http://127.0.0.1:{port}",
+            relay_interval_seconds=0.02,
+            relay_max_backoff_seconds=0.05,
+        )
+        app = create_app(settings)
+        async with app.router.lifespan_context(app) as state:
+            relay = state["app"].context.relay
+            assert isinstance(relay, OrdersRelay)
+
+            async def running() -> bool:
+                return bool(retries_logged(caplog))
+
+            await eventually(running)
+            [task] = [t for t in asyncio.all_tasks() if t.get_name() == "webhooks-relay"]
+        # The lifespan's end stopped the relay, without needing to cancel it.
+        assert task.done()
+        assert not task.cancelled()
+        assert not any("cancelled" in r.getMessage() for r in caplog.records if r.name == "portico.webhooks.relay")
 
 
 # The real orders service: events made by placing and cancelling orders through the gateway.
@@ -239,6 +257,12 @@ async def blocked_relay_backend(db: HooksDb) -> int:
     raise AssertionError("the relay never reached its cursor update")
 
 
+async def last_order_event(migrated: Servers) -> int:
+    """The seq of the newest event in the orders service's outbox."""
+    [row] = await db_fetch(migrated, "orders", "SELECT max(seq) AS seq FROM outbox")
+    return int(row["seq"])
+
+
 async def counts(db: HooksDb, tenant_id: str, endpoints: dict[str, dict]) -> dict[str, object]:
     conn = await asyncpg.connect(db.dsn)
     try:
@@ -302,8 +326,8 @@ async def test_each_event_reaches_each_matching_endpoint_exactly_once(relay_db, 
         await drain(relay)
         stored = await counts(relay_db, shop.tenant_id, endpoints)
         assert {k: v for k, v in stored.items() if k != "position"} == expected
-        end = stored["position"]
-        assert end == await relay.position()
+        # The cursor stands at the orders service's last event: this tenant's last cancellation.
+        assert stored["position"] == await last_order_event(migrated)
 
         # Reading everything again (a lost cursor, a replayed feed) adds nothing.
         await relay_db.fetchval("UPDATE webhook_relay_cursors SET position = $1 RETURNING position", start)
@@ -350,3 +374,59 @@ async def test_an_endpoint_gets_only_what_happens_after_it_is_registered(
         stored = await counts(relay_db, shop.tenant_id, {"endpoint": endpoint})
         assert stored["events"] == 3
         assert stored["endpoint"] == [("order.cancelled", "pending"), ("order.created", "pending")]
+
+
+async def test_a_relay_process_killed_mid_batch_leaves_nothing_and_relays_exactly_once_after_restart(
+    relay_db, http, signer, migrated, stack, gateway, tmp_path
+):
+    """The webhooks service's own relay, in a real process: SIGKILLed while a batch is written (its
+    events and deliveries inserted, its cursor update waiting on a lock this test holds), nothing of
+    that batch remains; the process started again relays every event exactly once."""
+    shop = await Shop.open(gateway)
+    async with registry_on(relay_db, migrated) as registry:
+        endpoints = {
+            "both": await register(registry, signer, shop.tenant_id, events=["order.created", "order.cancelled"]),
+        }
+    await skip_to_the_end(relay_db, http, signer, stack.url("orders"))
+    order_ids = [await shop.order() for _ in range(4)]
+    await shop.cancel(order_ids[0])
+    expected = sorted([("order.created", "pending")] * 4 + [("order.cancelled", "pending")])
+    before = await counts(relay_db, shop.tenant_id, endpoints)
+    assert before["both"] == []
+
+    relay_process = ServiceProcess(
+        "webhooks",
+        service_env(migrated),
+        tmp_path / "logs",
+        ROOT,
+        own_env={
+            "WEBHOOKS_DATABASE_URL": relay_db.url,
+            "WEBHOOKS_ORDERS_URL": stack.url("orders"),
+            "WEBHOOKS_RELAY_BATCH_SIZE": "2",
+            "WEBHOOKS_RELAY_INTERVAL_SECONDS": "0.05",
+        },
+    )
+    try:
+        async with cursor_row_locked(relay_db):
+            await asyncio.to_thread(relay_process.start)
+            backend = await blocked_relay_backend(relay_db)  # the batch is written, not committed
+            await asyncio.to_thread(relay_process.kill)
+        # Its database session ends with it, rolled back: wait for the server to notice.
+
+        async def backend_gone() -> bool:
+            return await relay_db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend) == 0
+
+        await eventually(backend_gone)
+        assert await counts(relay_db, shop.tenant_id, endpoints) == before
+
+        await asyncio.to_thread(relay_process.start)
+
+        async def relayed() -> bool:
+            return (await counts(relay_db, shop.tenant_id, endpoints))["position"] == await last_order_event(migrated)
+
+        await eventually(relayed)
+    finally:
+        await asyncio.to_thread(relay_process.stop)
+    stored = await counts(relay_db, shop.tenant_id, endpoints)
+    assert stored["events"] == 5
+    assert stored["both"] == expected

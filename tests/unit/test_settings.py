@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
 from gateway.app import create_app
+from gateway.auth import key_source
+from gateway.edge.jwks import JwksKeys, StaticKey
 from gateway.settings import GatewaySettings
 from services.users.settings import UsersSettings
+from shared.http import ServiceClient
+from shared.identity import IdentitySigner
 
 STRONG = "s" * 40
 
@@ -39,6 +44,10 @@ def test_production_turns_docs_and_openapi_off():
     assert {"/docs", "/openapi.json"} <= dev_paths
 
 
-def test_rs256_needs_a_key():
-    with pytest.raises(ValidationError, match="JWT_PUBLIC_KEY"):
-        GatewaySettings(jwt_algorithm="RS256")
+async def test_rs256_takes_a_key_from_the_settings_or_else_the_jwks():
+    async with httpx.AsyncClient() as http:
+        users = ServiceClient("users", "http://127.0.0.1:1", http, IdentitySigner("s" * 40))
+        assert isinstance(key_source(GatewaySettings(jwt_algorithm="RS256"), users), JwksKeys)
+        pinned = GatewaySettings(jwt_algorithm="RS256", jwt_public_key="PEM")
+        assert isinstance(key_source(pinned, users), StaticKey)
+        assert isinstance(key_source(GatewaySettings(), users), StaticKey)

@@ -66,13 +66,6 @@ CASES: list[tuple[type[BaseSettings], str, dict[str, Any], str, dict[str, Any]]]
     (
         GatewaySettings,
         "_key_for_algorithm",
-        {"jwt_algorithm": "RS256"},
-        "GATEWAY_JWT_PUBLIC_KEY is required",
-        {"jwt_algorithm": "RS256", "jwt_public_key": "-----BEGIN PUBLIC KEY-----"},
-    ),
-    (
-        GatewaySettings,
-        "_key_for_algorithm",
         {"jwt_algorithm": "HS256", "jwt_secret": None},
         "GATEWAY_JWT_SECRET is required",
         {"jwt_algorithm": "HS256", "jwt_secret": STRONG},
@@ -111,13 +104,6 @@ CASES: list[tuple[type[BaseSettings], str, dict[str, Any], str, dict[str, Any]]]
         {"cors_allow_origins": ["*"], "cors_allow_credentials": True},
         "CORS credentials",
         {"cors_allow_origins": ["https://app.example.com"], "cors_allow_credentials": True},
-    ),
-    (
-        UsersSettings,
-        "_key_for_algorithm",
-        {"jwt_algorithm": "RS256"},
-        "USERS_JWT_PRIVATE_KEY is required",
-        {"jwt_algorithm": "RS256", "jwt_private_key": "-----BEGIN PRIVATE KEY-----"},
     ),
     (
         UsersSettings,

@@ -11,12 +11,14 @@ import time
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from jose import jwt
 
-from gateway.auth import InvalidToken, JwtVerifier
+from gateway.auth import InvalidToken, JwtVerifier, VerifiedTokens
+from gateway.edge.jwks import StaticKey
 from gateway.settings import GatewaySettings
 from services.users.security import TokenIssuer
 from services.users.settings import UsersSettings
-from shared.contract import ROLE_SCOPES
+from shared.contract import ROLE_SCOPES, Identity
 
 
 def rsa_pair() -> tuple[str, str]:
@@ -36,20 +38,40 @@ def issue(issuer: TokenIssuer) -> str:
     return issuer.issue(subject="u1", tenant_id="t1", scopes=ROLE_SCOPES["member"], plan="pro", role="member")
 
 
-def test_rs256_round_trip_and_wrong_key():
+def rs256_token(private: str, kid: str = "k2", **overrides: object) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": "u1",
+        "tid": "t1",
+        "scope": " ".join(sorted(ROLE_SCOPES["member"])),
+        "plan": "pro",
+        "iss": "portico",
+        "iat": now,
+        "exp": now + 60,
+        **overrides,
+    }
+    return jwt.encode(claims, private, algorithm="RS256", headers={"kid": kid})
+
+
+RS256 = GatewaySettings(jwt_algorithm="RS256")
+
+
+async def test_rs256_round_trip_and_wrong_key():
     private, public = rsa_pair()
     _, other_public = rsa_pair()
-    token = issue(TokenIssuer(UsersSettings(jwt_algorithm="RS256", jwt_private_key=private, jwt_kid="k2")))
-    identity = JwtVerifier(GatewaySettings(jwt_algorithm="RS256", jwt_public_key=public, jwt_kid="k2")).verify(token)
+    token = rs256_token(private)
+    identity = await JwtVerifier(RS256).verify(token, StaticKey("k2", public))
     assert identity.subject == "u1"
     assert identity.tenant_id == "t1"
     assert identity.scopes == ROLE_SCOPES["member"]
     assert identity.plan == "pro"
     with pytest.raises(InvalidToken):
-        JwtVerifier(GatewaySettings(jwt_algorithm="RS256", jwt_public_key=other_public, jwt_kid="k2")).verify(token)
+        await JwtVerifier(RS256).verify(token, StaticKey("k2", other_public))
+    with pytest.raises(InvalidToken, match="unknown key"):
+        await JwtVerifier(RS256).verify(token, StaticKey("k3", public))
 
 
-def test_an_hs256_token_is_refused_by_an_rs256_gateway():
+async def test_an_hs256_token_is_refused_by_an_rs256_gateway():
     # The classic confusion attack: an HS256 token "signed" with the public key.
     _, public = rsa_pair()
 
@@ -62,11 +84,30 @@ def test_an_hs256_token_is_refused_by_an_rs256_gateway():
     signature = b64(hmac.new(public.encode(), header + b"." + claims, hashlib.sha256).digest())
     forged = (header + b"." + claims + b"." + signature).decode()
     with pytest.raises(InvalidToken):
-        JwtVerifier(GatewaySettings(jwt_algorithm="RS256", jwt_public_key=public, jwt_kid="k2")).verify(forged)
+        await JwtVerifier(RS256).verify(forged, StaticKey("k2", public))
 
 
-def test_hs256_round_trip():
+async def test_hs256_round_trip():
     token = issue(TokenIssuer(UsersSettings(jwt_secret="a" * 40)))
-    assert JwtVerifier(GatewaySettings(jwt_secret="a" * 40)).verify(token).tenant_id == "t1"
+    hs256 = GatewaySettings(jwt_secret="a" * 40)
+    assert (await JwtVerifier(hs256).verify(token, StaticKey("portico-1", "a" * 40))).tenant_id == "t1"
     with pytest.raises(InvalidToken):
-        JwtVerifier(GatewaySettings(jwt_secret="b" * 40)).verify(token)
+        await JwtVerifier(hs256).verify(token, StaticKey("portico-1", "b" * 40))
+
+
+async def test_a_verified_token_is_remembered_until_it_expires_and_the_memory_is_bounded():
+    private, public = rsa_pair()
+    verifier = JwtVerifier(GatewaySettings(jwt_algorithm="RS256", jwt_cache_size=2, jwt_leeway_seconds=0))
+    keys = StaticKey("k2", public)
+    tokens = [rs256_token(private, jti=str(n)) for n in range(3)]
+    for token in tokens:
+        await verifier.verify(token, keys)
+    # Remembered: the same token verifies even with no key at all now; the oldest was dropped.
+    gone = StaticKey("none", public)
+    assert (await verifier.verify(tokens[2], gone)).subject == "u1"
+    with pytest.raises(InvalidToken):
+        await verifier.verify(tokens[0], gone)
+    # Nothing is answered from memory past the token's expiry.
+    remembered = VerifiedTokens(10)
+    remembered.put("token", time.time() - 1, Identity(subject="u1"))
+    assert remembered.get("token") is None

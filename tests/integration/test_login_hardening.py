@@ -1,0 +1,157 @@
+"""Logins against the users service on real PostgreSQL: password checks hold no database connection
+and are bounded (a flood queues or is refused with 503), and wrong passwords slow one account down
+progressively without locking its owner out for long."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from services.users.app import create_app
+from services.users.security import LoginThrottle
+from services.users.settings import UsersSettings
+from shared.contract import ANONYMOUS
+from tests.conftest import app_client, internal_headers, settings_kwargs
+from tests.integration.test_api_keys import PASSWORD, db_rows, tenant_admin
+
+
+@contextlib.asynccontextmanager
+async def users_app(infra, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    clients = app_client(create_app(UsersSettings(**{**settings_kwargs(infra, "users"), **overrides})))
+    try:
+        yield await anext(clients)
+    finally:
+        await clients.aclose()
+
+
+async def login(client: httpx.AsyncClient, signer, email: str, password: str) -> httpx.Response:
+    return await client.post(
+        "/auth/token",
+        data={"username": email, "password": password},
+        headers=internal_headers(signer, "users", ANONYMOUS),
+    )
+
+
+async def admin_email(client: httpx.AsyncClient, signer, migrated) -> tuple[str, Any]:
+    admin = await tenant_admin(client, signer)
+    rows = await db_rows(migrated, "SELECT email FROM users WHERE id = $1", admin.identity.subject)
+    return rows[0]["email"], admin
+
+
+async def test_password_checks_hold_no_connection_while_they_wait_or_hash(migrated, signer):
+    """One connection in the pool and 3 s to get it, thirty logins checked one at a time: the other
+    routes keep answering while they run. Logins that held the connection while argon2 ran left the
+    others waiting behind every one of them (503 DATABASE_UNAVAILABLE)."""
+    async with users_app(
+        migrated,
+        db_pool_size=1,
+        db_max_overflow=0,
+        db_pool_timeout_seconds=3.0,
+        password_hash_concurrency=1,
+        password_hash_queue=100,
+        password_hash_queue_timeout_seconds=300,
+    ) as client:
+        email, admin = await admin_email(client, signer, migrated)
+        logins = [asyncio.ensure_future(login(client, signer, email, PASSWORD)) for _ in range(30)]
+        await asyncio.wait(logins, return_when=asyncio.FIRST_COMPLETED)
+        others = []
+        while not all(task.done() for task in logins) and len(others) < 6:
+            others.append(await client.get("/users/me", headers=admin.headers))
+        answers = await asyncio.gather(*logins)
+        assert others, "the logins were over before another route was called"
+        assert [a.status_code for a in others] == [200] * len(others), [a.text for a in others]
+        assert [a.status_code for a in answers] == [200] * 30
+
+
+async def test_a_caller_that_waits_too_long_for_its_turn_is_refused_with_503(migrated, signer):
+    async with users_app(
+        migrated, password_hash_concurrency=1, password_hash_queue=100, password_hash_queue_timeout_seconds=0.01
+    ) as client:
+        email, _ = await admin_email(client, signer, migrated)
+        answers = await asyncio.gather(*(login(client, signer, email, PASSWORD) for _ in range(8)))
+        codes = [a.status_code for a in answers]
+        assert set(codes) <= {200, 503}, [a.text for a in answers]
+        assert 503 in codes, codes
+        assert {a.json()["error_code"] for a in answers if a.status_code == 503} == {"PASSWORD_HASHING_BUSY"}
+
+
+async def test_a_login_flood_beyond_the_queue_is_refused_with_503_and_retry_after(migrated, signer):
+    async with users_app(migrated, password_hash_concurrency=1, password_hash_queue=1) as client:
+        email, _ = await admin_email(client, signer, migrated)
+        answers = await asyncio.gather(*(login(client, signer, email, PASSWORD) for _ in range(16)))
+        codes = [a.status_code for a in answers]
+        assert set(codes) <= {200, 503}, [a.text for a in answers]
+        assert 200 in codes, codes
+        assert 503 in codes, codes
+        busy = next(a for a in answers if a.status_code == 503)
+        assert busy.headers["content-type"] == "application/problem+json"
+        assert busy.json()["error_code"] == "PASSWORD_HASHING_BUSY"
+        assert busy.headers["retry-after"] == "1"
+        # Once the flood is over, logins work again.
+        assert (await login(client, signer, email, PASSWORD)).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert 'users_password_hashing_total{outcome="refused_queue_full"}' in metrics
+
+
+def test_the_delay_doubles_from_one_second_up_to_the_cap():
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    throttle = LoginThrottle(free=5, max_delay_seconds=60)
+    delays = [throttle.blocked_until(n, now) for n in range(1, 14)]
+    assert delays[:5] == [None] * 5
+    seconds = [(d - now).total_seconds() for d in delays[5:] if d is not None]
+    assert seconds == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert (throttle.blocked_until(10**6, now) - now).total_seconds() == 60  # type: ignore[operator]
+
+
+async def test_wrong_passwords_slow_one_account_down_and_the_owner_gets_in_soon(migrated, signer):
+    async with users_app(migrated, login_free_failures=2, login_max_delay_seconds=2) as client:
+        email, _ = await admin_email(client, signer, migrated)
+        other, _ = await admin_email(client, signer, migrated)
+        for _ in range(2):
+            assert (await login(client, signer, email, "wrong-password")).status_code == 401
+        # Each further wrong password makes the next attempt wait (1 s, then 2 s): one is refused soon.
+        answers = []
+        for _ in range(10):
+            answers.append(await login(client, signer, email, "wrong-password"))
+            if answers[-1].status_code == 429:
+                break
+        throttled = answers[-1]
+        assert throttled.status_code == 429, [a.text for a in answers]
+        assert throttled.json()["error_code"] == "LOGIN_THROTTLED"
+        assert 1 <= int(throttled.headers["retry-after"]) <= 2
+        # Another account is not affected.
+        assert (await login(client, signer, other, PASSWORD)).status_code == 200
+        # The owner gets in once the delay is over (at most the cap after the last wrong password).
+        deadline = time.monotonic() + 30
+        while True:
+            owner = await login(client, signer, email, PASSWORD)
+            if owner.status_code == 200:
+                break
+            assert owner.status_code == 429, owner.text
+            assert int(owner.headers["retry-after"]) <= 2
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        rows = await db_rows(migrated, "SELECT failed_logins, login_blocked_until FROM users WHERE email = $1", email)
+        assert (rows[0]["failed_logins"], rows[0]["login_blocked_until"]) == (0, None)
+        # A good password starts the count over: the next wrong one is a plain 401.
+        assert (await login(client, signer, email, "wrong-password")).status_code == 401
+        metrics = (await client.get("/metrics")).text
+        for outcome in ("ok", "wrong_password", "throttled"):
+            assert f'users_logins_total{{outcome="{outcome}"}}' in metrics
+
+
+@pytest.mark.parametrize("password", ["wrong-password", PASSWORD])
+async def test_an_unknown_email_is_the_same_401_and_never_throttled(migrated, signer, password):
+    async with users_app(migrated, login_free_failures=0) as client:
+        for _ in range(3):
+            answer = await login(client, signer, "nobody-here@example.com", password)
+            assert answer.status_code == 401
+            assert answer.json()["error_code"] == "INVALID_CREDENTIALS"
