@@ -126,8 +126,18 @@ def create_redis(settings: GatewaySettings, *, wait_seconds: float = 0.0) -> Red
         "retry": Retry(NoBackoff(), 1),
     }
     if settings.redis_cluster:
-        # max_connections is per node here.
-        return RedisCluster.from_url(settings.redis_url, max_connections=settings.redis_max_connections, **timeouts)
+        # max_connections is per node here. reinitialize_steps=0: a MOVED answer only patches the
+        # client's slot map (and the call follows the redirect). redis-py's default instead closes
+        # the connections of every node on each 5th MOVED, which fails the other calls in flight on
+        # them: under concurrency (a burst sent before the client had read the map, a slot moved
+        # during a reshard) that turned redirects into errors and, through the retry, counted a
+        # script twice. The whole map is still read again after a connection error or CLUSTERDOWN.
+        return RedisCluster.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            reinitialize_steps=0,
+            **timeouts,
+        )
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,

@@ -3,6 +3,7 @@ services, extra gateway processes, and tenants with tokens."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import signal
@@ -10,10 +11,10 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -136,6 +137,7 @@ class PrivateRedisCluster:
                 "--cluster-node-timeout", "5000",
                 "--cluster-port", str(bus_port),
                 "--dir", str(self.directory),
+                "--logfile", str(self.directory / f"redis-{server.port}.log"),
             )  # fmt: skip
         clients = [server.client() for server in self.servers]
         try:
@@ -193,6 +195,18 @@ async def in_process_gateway(settings: GatewaySettings) -> AsyncIterator[httpx.A
         yield await anext(clients)
     finally:
         await clients.aclose()
+
+
+T = TypeVar("T")
+
+
+async def concurrently(calls: Iterator[Coroutine[Any, Any, T]]) -> list[T]:
+    """Runs the calls at once and returns their results in order. Unlike `asyncio.gather`, a failing
+    call cancels the others and waits for them, so none is left running on a client the test's
+    fixture is about to close (where it would reopen connections nobody closes)."""
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(call) for call in calls]
+    return [task.result() for task in tasks]
 
 
 def unique_prefix(base: str) -> str:

@@ -23,6 +23,7 @@ from tests.edge_support import (
     backend_settings,
     bearer,
     cluster_settings,
+    concurrently,
     gateway_settings,
     in_process_gateway,
     private_redis,
@@ -54,7 +55,7 @@ def policy(limit: int, window: int = 60, name: str = "p") -> Policy:
 
 async def test_concurrent_hits_admit_exactly_the_limit(store):
     quota = policy(100)
-    verdicts = await asyncio.gather(*(store.hit("t:exact", [quota]) for _ in range(300)))
+    verdicts = await concurrently(store.hit("t:exact", [quota]) for _ in range(300))
     admitted = [v for v in verdicts if v.admitted]
     assert len(admitted) == 100
     assert sorted(v.states[0].remaining for v in admitted) == list(range(100))
@@ -428,6 +429,29 @@ async def test_on_a_cluster_each_call_stays_in_one_slot_and_callers_spread_over_
         # Without the tag, two callers' keys in one script is what the cluster client refuses.
         with pytest.raises(RedisClusterException, match="same key slot"):
             await client.eval("return 1", 2, f"{prefix}rl:t:one:pro", f"{prefix}rl:t:two:pro")
+    finally:
+        await client.aclose()
+
+
+async def test_on_a_cluster_redirects_do_not_break_the_calls_in_flight(redis_cluster, infra):
+    """A client whose slot map is out of date (a slot moved to another node, or a burst of calls sent
+    before the client had read the map) is answered MOVED by the node it asked. The gateway's client
+    follows each redirect and patches its map; it must not close every node's connections, which
+    would fail the other callers' calls in flight on them."""
+    client = create_redis(gateway_settings(None, **cluster_settings(redis_cluster, infra)))
+    assert isinstance(client, RedisCluster)
+    store = RedisRateLimitStore(client, unique_prefix(infra.redis_prefix))
+    quota = policy(1000)
+    try:
+        await store.hit("t:moved", [quota])  # the client has read the map and loaded the script
+        slot = key_slot(store.key("t:moved", quota).encode())
+        owner = client.nodes_manager.slots_cache[slot][0]
+        elsewhere = next(node for node in client.get_primaries() if node.name != owner.name)
+        client.nodes_manager.slots_cache[slot] = [elsewhere]
+        verdicts = await concurrently(store.hit("t:moved", [quota]) for _ in range(300))
+        assert all(v.admitted for v in verdicts)
+        assert sorted(v.states[0].remaining for v in verdicts) == list(range(1000 - 301, 1000 - 1))
+        assert client.nodes_manager.slots_cache[slot][0].name == owner.name
     finally:
         await client.aclose()
 
