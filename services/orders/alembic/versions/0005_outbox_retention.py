@@ -2,8 +2,8 @@
 
 Readers of the feed resuming from before it learn that they missed events and must resync.
 
-Revision ID: 0004_outbox_retention
-Revises: 0003_attempt_caller
+Revision ID: 0005_outbox_retention
+Revises: 0004_credit_claims
 
 """
 from typing import Sequence, Union
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision: str = '0004_outbox_retention'
-down_revision: Union[str, Sequence[str], None] = '0003_attempt_caller'
+revision: str = '0005_outbox_retention'
+down_revision: Union[str, Sequence[str], None] = '0004_credit_claims'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
