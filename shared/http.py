@@ -110,6 +110,9 @@ class UpstreamMetrics:
             "The circuit breaker of each called service: 0 closed, 1 half-open, 2 open.",
             ("service",),
             registry=registry,
+            # Under several workers each has its own breakers: the worst state among live workers,
+            # and an exited worker's value goes with it (its file is removed when it is folded).
+            multiprocess_mode="livemax",
         )
 
 

@@ -143,7 +143,7 @@ async def test_a_store_cut_before_the_release_still_answers(
         admin = await signup(gateway)
         body = new_user()
         headers = {**admin.auth, "Idempotency-Key": str(uuid.uuid4())}
-        held = users_proxy.add(*CREATE_USER, action="answer", status=503, hold=True, times=1)
+        held = users_proxy.add(*CREATE_USER, action="answer", status=500, hold=True, times=1)
         failing = asyncio.create_task(gateway.post("/v1/users", json=body, headers=headers))
         await asyncio.wait_for(held.seen.wait(), 60)
         redis_proxy.cut()

@@ -369,7 +369,7 @@ async def test_event_feed_is_for_services_with_the_scope(orders, signer, shop: S
     ]:
         assert_problem(await orders.get("/events", params=params, headers=relay_headers(signer)), 422, field=field)
     page = await orders.get("/events", params={"after": 10**12}, headers=relay_headers(signer))
-    assert page.json() == {"items": [], "next_after": 10**12}
+    assert page.json() == {"items": [], "next_after": 10**12, "pruned_through": 0}
 
     # From where the feed ends now, three orders of this tenant: one page, then pages of two.
     [start] = await db_fetch(migrated, "orders", "SELECT coalesce(max(seq), 0) AS seq FROM outbox")
