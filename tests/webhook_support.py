@@ -290,6 +290,7 @@ async def running_worker(
     endpoint_concurrency: int = 4,
     lease_seconds: float = 30.0,
     stop_grace: float = 5.0,
+    poll_interval: float = 0.02,
     tracer_provider: TracerProvider | None = None,
 ) -> AsyncIterator[DeliveryWorker]:
     http = create_session(concurrency, endpoint_concurrency)
@@ -298,7 +299,7 @@ async def running_worker(
         concurrency=concurrency,
         endpoint_concurrency=endpoint_concurrency,
         lease_seconds=lease_seconds,
-        poll_interval=0.02,
+        poll_interval=poll_interval,
         stop_grace=stop_grace,
         schedule=schedule,
     )

@@ -99,6 +99,9 @@ class Claimed:
 class ClaimResult:
     claimed: list[Claimed]
     cancelled: int  # deliveries found pending for an endpoint that was disabled
+    # Endpoints with due deliveries left behind because they were at `endpoint_limit`: one of their
+    # attempts finishing frees a slot these could take at once.
+    held_back: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +122,26 @@ class WorkerRepository(DeliveryRepository):
         claims by other workers pass over them instead of waiting or taking the same ones; holding
         the endpoint row while counting its leases keeps the per-endpoint bound exact across
         workers. SQLite ignores the locks: it has one writer at a time and runs one worker.
+
+        The result names the endpoints whose due deliveries stayed behind only because the endpoint
+        was at its limit, so the worker can claim again as soon as one of their attempts ends.
         """
         in_flight = (Delivery.status == PENDING) & (Delivery.lease_expires_at > now)
-        full = (
-            select(Delivery.endpoint_id)
-            .where(in_flight)
-            .group_by(Delivery.endpoint_id)
-            .having(func.count() >= endpoint_limit)
+        full = list(
+            await self.session.scalars(
+                select(Delivery.endpoint_id)
+                .where(in_flight)
+                .group_by(Delivery.endpoint_id)
+                .having(func.count() >= endpoint_limit)
+            )
         )
+        held_back: set[str] = set()
+        if full:
+            held_back.update(
+                await self.session.scalars(
+                    select(Delivery.endpoint_id).where(_due(now), Delivery.endpoint_id.in_(full)).distinct()
+                )
+            )
         candidates = (
             await self.session.execute(
                 select(Delivery.id, Delivery.endpoint_id)
@@ -137,7 +152,7 @@ class WorkerRepository(DeliveryRepository):
             )
         ).all()
         if not candidates:
-            return ClaimResult([], 0)
+            return ClaimResult([], 0, frozenset(held_back))
         endpoint_ids = sorted({row.endpoint_id for row in candidates})
         statuses = dict(
             (
@@ -167,7 +182,9 @@ class WorkerRepository(DeliveryRepository):
                 continue  # another worker holds the endpoint now; next time
             if status != ACTIVE:
                 orphaned.append(row.id)
-            elif len(picked) < limit and busy.get(row.endpoint_id, 0) < endpoint_limit:
+            elif busy.get(row.endpoint_id, 0) >= endpoint_limit:
+                held_back.add(row.endpoint_id)
+            elif len(picked) < limit:
                 picked.append(row.id)
                 busy[row.endpoint_id] = busy.get(row.endpoint_id, 0) + 1
         cancelled = 0
@@ -180,7 +197,7 @@ class WorkerRepository(DeliveryRepository):
             )
             cancelled = int(result.rowcount)  # type: ignore[attr-defined]  # an UPDATE answers a CursorResult
         if not picked:
-            return ClaimResult([], cancelled)
+            return ClaimResult([], cancelled, frozenset(held_back))
         # The conditions again: on SQLite nothing above was locked.
         leased = (
             await self.session.scalars(
@@ -191,7 +208,7 @@ class WorkerRepository(DeliveryRepository):
             )
         ).all()
         if not leased:
-            return ClaimResult([], cancelled)
+            return ClaimResult([], cancelled, frozenset(held_back))
         rows = (
             await self.session.execute(
                 select(Delivery, Endpoint, Event)
@@ -220,7 +237,7 @@ class WorkerRepository(DeliveryRepository):
             )
             for delivery, endpoint, event in rows
         ]
-        return ClaimResult(claimed, cancelled)
+        return ClaimResult(claimed, cancelled, frozenset(held_back))
 
     async def record(self, claimed: Claimed, result: AttemptResult, decision: Decision, now: datetime) -> bool:
         """Writes an attempt's outcome; answers whether the worker still held the delivery.

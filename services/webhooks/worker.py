@@ -9,6 +9,10 @@ and claims skip leased rows.
 
 Concurrency: each worker runs up to `worker_concurrency` attempts at once, and every worker together
 at most `endpoint_concurrency` to one endpoint, so a slow receiver holds a few slots, never all.
+When a claim leaves due deliveries behind because their endpoint was at that limit, the worker claims
+again as soon as one of its own attempts to that endpoint ends, not at the next poll: otherwise one
+busy endpoint would get at most `endpoint_concurrency` attempts per poll interval, however fast it
+answers.
 
 Stopping: no new claims; attempts in flight get `worker_stop_grace_seconds` to finish and be
 recorded; what is still running then is cancelled and its leases are given back at once.
@@ -135,6 +139,11 @@ class DeliveryWorker:
         self.rng = rng or random.Random()
         self.in_flight: dict[str, _InFlight] = {}
         self._slot_freed = asyncio.Event()
+        # Endpoints the last claim left due deliveries of (they were at their limit), the endpoints
+        # whose attempts ended since that claim began, and the wake-up for one of those ending.
+        self._held_back: frozenset[str] = frozenset()
+        self._ended: set[str] = set()
+        self._endpoint_freed = asyncio.Event()
         self.running = False
 
     # The loop
@@ -177,11 +186,14 @@ class DeliveryWorker:
         return max(1, self.config.concurrency // 4)
 
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
-        """Until stop, enough free slots for a claim when too few are free, or the timeout."""
+        """Until stop, enough free slots for a claim when too few are free, a slot at an endpoint the
+        last claim left due deliveries of when enough are free, or the timeout."""
         self._slot_freed.clear()
         waiters = [asyncio.ensure_future(stop.wait())]
         if self.config.concurrency - len(self.in_flight) < self.batch:
             waiters.append(asyncio.ensure_future(self._slot_freed.wait()))
+        elif self._held_back:
+            waiters.append(asyncio.ensure_future(self._endpoint_freed.wait()))
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -190,6 +202,9 @@ class DeliveryWorker:
 
     async def claim_and_start(self, free: int) -> int:
         token = f"{self.config.worker_id}:{uuid.uuid4().hex}"
+        # Attempts that end while the claim runs may have freed what it saw full: noted from here.
+        self._ended.clear()
+        self._endpoint_freed.clear()
         # A poll is no trace of its own; each attempt is.
         with suppress_instrumentation():
             async with transaction(self.sessionmaker, WorkerRepository) as repo:
@@ -200,6 +215,11 @@ class DeliveryWorker:
                     token=token,
                     now=utcnow(),
                 )
+        self._held_back = result.held_back
+        if self._held_back & self._ended:
+            self._endpoint_freed.set()
+        else:
+            self._endpoint_freed.clear()
         if result.cancelled:
             self.metrics.deliveries.labels("cancelled").inc(result.cancelled)
         for claimed in result.claimed:
@@ -209,7 +229,12 @@ class DeliveryWorker:
         return len(result.claimed)
 
     def _done(self, delivery_id: str, _: object) -> None:
-        self.in_flight.pop(delivery_id, None)
+        entry = self.in_flight.pop(delivery_id, None)
+        if entry is not None:
+            endpoint_id = entry.claimed.endpoint_id
+            self._ended.add(endpoint_id)
+            if endpoint_id in self._held_back:
+                self._endpoint_freed.set()
         if self.config.concurrency - len(self.in_flight) >= self.batch:
             self._slot_freed.set()
 

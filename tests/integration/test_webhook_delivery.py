@@ -444,6 +444,45 @@ async def test_a_slow_endpoint_holds_at_most_its_bound_across_workers(pg):
     assert len({r.webhook_id for r in slow.received}) == 12
 
 
+async def test_a_busy_endpoint_is_claimed_again_as_its_attempts_end_not_at_the_next_poll(db):
+    # Two endpoints with more due deliveries than their bound; the worker polls once an hour, so
+    # every delivery past the first claim is made only if an attempt ending frees its endpoint's slot.
+    async with Receiver() as first, Receiver() as second:
+        deliveries = [
+            *await db.deliveries(await db.endpoint(first.url), 10),
+            *await db.deliveries(await db.endpoint(second.url), 10),
+        ]
+        async with running_worker(db, endpoint_concurrency=2, concurrency=8, poll_interval=3600):
+            await settled(db, deliveries)
+    assert await db.statuses(deliveries) == ["succeeded"] * 20
+    assert len({r.webhook_id for r in first.received}) == 10
+    assert len({r.webhook_id for r in second.received}) == 10
+
+
+async def test_a_claim_names_the_endpoints_it_left_due_deliveries_of_at_their_limit(pg):
+    from services.webhooks.delivery_repository import WorkerRepository
+
+    async with Receiver() as receiver:
+        busy = await pg.endpoint(receiver.url)
+        quiet = await pg.endpoint(receiver.url)
+        await pg.deliveries(busy, 3)
+        await pg.deliveries(quiet, 1)
+
+        async def claim(token: str):
+            async with pg.sessionmaker.begin() as session:
+                return await WorkerRepository(session).claim(
+                    limit=10, endpoint_limit=2, lease_seconds=30, token=token, now=utcnow()
+                )
+
+        first = await claim("a")
+        assert sorted(c.endpoint_id for c in first.claimed) == sorted([busy.id, busy.id, quiet.id])
+        assert first.held_back == {busy.id}
+        # The busy endpoint is full now (its two leases), its third delivery still due.
+        again = await claim("b")
+        assert again.claimed == []
+        assert again.held_back == {busy.id}
+
+
 async def _equals(value, expected) -> bool:
     return value() == expected
 
