@@ -1,5 +1,6 @@
 """Webhook delivery on PostgreSQL: deliveries per second with 1 and 2 workers to a receiver that
-answers at once, and the time from an event's commit to the receiver's 200 at a steady rate.
+answers at once, and the time from an event's commit to the receiver's 200 at a steady rate, with
+the events spread over every endpoint and with all of them to one endpoint.
 
     .venv/bin/python -m bench.webhooks --events 2000 --rate 50 --seconds 20
 
@@ -21,6 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
@@ -141,11 +143,14 @@ class Feeder:
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         self.receiver_url = f"http://127.0.0.1:{receiver_port}/hooks"
         self.endpoints: list[Endpoint] = []
+        # Where the next delivery goes: every call carries on the round over the endpoints, so
+        # deliveries added one at a time spread over them as a backlog does.
+        self.cursor = 0
 
-    async def setup(self) -> None:
+    async def setup(self, endpoints: int = ENDPOINTS) -> None:
         past = utcnow() - timedelta(minutes=1)
         async with self.sessionmaker.begin() as session:
-            for _ in range(ENDPOINTS):
+            for _ in range(endpoints):
                 endpoint = Endpoint(
                     id=new_id(),
                     tenant_id=str(uuid.uuid4()),
@@ -163,8 +168,9 @@ class Feeder:
         """`count` deliveries in one transaction; answers their webhook ids."""
         now = utcnow()
         events, deliveries = [], []
-        for i in range(count):
-            endpoint = self.endpoints[i % len(self.endpoints)]
+        for _ in range(count):
+            endpoint = self.endpoints[self.cursor % len(self.endpoints)]
+            self.cursor += 1
             event = Event(
                 id=new_id(),
                 seq=0,
@@ -227,27 +233,36 @@ async def throughput(url: str, count: int, events: int) -> float:
         receiver.server.close()
 
 
-async def latency(url: str, rate: float, seconds: float) -> tuple[float, float, int]:
+@dataclass(frozen=True)
+class Latency:
+    p50: float
+    p99: float
+    events: int
+    fed_rate: float  # events per second the feeder committed: below the asked rate, it fell behind
+
+
+async def latency(url: str, rate: float, seconds: float, endpoints: int) -> Latency:
     receiver = InstantReceiver()
     await receiver.start()
     feeder = Feeder(url, receiver.port)
-    await feeder.setup()
+    await feeder.setup(endpoints)
     committed: dict[str, float] = {}
     try:
         with workers(url, 1):
             interval = 1 / rate
-            next_at = time.monotonic()
+            started = next_at = time.monotonic()
             end = next_at + seconds
             while next_at < end:
                 [webhook_id] = await feeder.add(1)
                 committed[webhook_id] = time.time()
                 next_at += interval
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            fed_rate = len(committed) / (time.monotonic() - started)
             await wait_for(receiver, list(committed), timeout=120)
         samples = sorted(receiver.arrivals[i] - at for i, at in committed.items())
         p50 = statistics.median(samples)
         p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-        return p50, p99, len(samples)
+        return Latency(p50, p99, len(samples), fed_rate)
     finally:
         await feeder.close()
         assert receiver.server is not None
@@ -263,17 +278,20 @@ async def main() -> None:
     args = parser.parse_args()
     admin = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     admin = admin.replace("postgresql+asyncpg://", "postgresql://", 1)
-    print(f"PostgreSQL; receiver answering 200 at once; {ENDPOINTS} endpoints; default worker settings")
+    print(f"PostgreSQL; receiver answering 200 at once; {ENDPOINTS} endpoints unless said; default worker settings")
     for count in (int(n) for n in args.workers.split(",")):
         async with database(admin) as url:
             rate = await throughput(url, count, args.events)
         print(f"throughput, {count} worker(s): {rate:.0f} deliveries/s ({args.events} deliveries)")
-    async with database(admin) as url:
-        p50, p99, n = await latency(url, args.rate, args.seconds)
-    print(
-        f"commit -> receiver 200, {args.rate:g} events/s for {args.seconds:g}s, 1 worker: "
-        f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms ({n} events)"
-    )
+    # Spread over every endpoint, then all to one (which the per-endpoint bound limits).
+    for endpoints in (ENDPOINTS, 1):
+        async with database(admin) as url:
+            found = await latency(url, args.rate, args.seconds, endpoints)
+        print(
+            f"commit -> receiver 200, {args.rate:g} events/s for {args.seconds:g}s, 1 worker, "
+            f"{endpoints} endpoint(s): p50 {found.p50 * 1000:.0f} ms, p99 {found.p99 * 1000:.0f} ms "
+            f"({found.events} events, fed at {found.fed_rate:.0f}/s)"
+        )
 
 
 if __name__ == "__main__":
