@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket, WebSocketDisconnect
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
@@ -29,13 +31,19 @@ from gateway.realtime.hub import Admission, Expired, Hub, Overflowed
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
 from shared.contract import DEFAULT_PLAN, PLANS, AuthenticationRequired, Identity, is_well_formed
-from shared.errors import BadRequest, PorticoError, TooManyRequests, Unauthorized
+from shared.errors import BadRequest, DownstreamError, PorticoError, TooManyRequests, Unauthorized
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
 EventsReader = Annotated[Identity, Depends(RequireScope("orders:read"))]
 HubDep = Annotated[Hub, Depends(state.provide(lambda s: s.events))]
 MAX_EVENT_ID = 2**63 - 1
+# What a store or service blip raises while a stream runs: the stream ends and the client reconnects
+# (SSE: with Last-Event-ID; WebSocket: close 1013 "try again later") rather than a 500 or a 1011.
+TRANSIENT_FAILURES = (RedisError, DownstreamError)
 
 
 class InvalidLastEventId(BadRequest, code="INVALID_LAST_EVENT_ID", title="Invalid Last-Event-ID"): ...
@@ -112,6 +120,7 @@ EVENTS_DOCS[200].update(
     openapi_extra=EVENTS_EXTRA,
 )
 async def events(
+    request: Request,
     identity: EventsReader,
     hub: HubDep,
     settings: SettingsDep,
@@ -126,18 +135,27 @@ async def events(
     tenant = identity.tenant_id
     assert tenant is not None
     await resumable(hub, tenant, after)
+    gateway: GatewayState = state.of(request)
+    caller = await http_caller(gateway, request, identity)
     admission = admit(hub, identity, settings)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
+        watch = asyncio.create_task(watch_credentials(gateway, caller))
         try:
             yield ServerSentEvent(comment="stream open", retry=settings.sse_retry_ms)
-            async for event in hub.stream(tenant, after):
+            async for event in until_done(hub.stream(tenant, after), watch):
                 yield ServerSentEvent(data=event.data, event=event.type, id=str(event.id))
+            # Ends here when the credentials stopped working (expired, revoked): the client's
+            # reconnect with fresh ones resumes from its last id.
         except (Overflowed, Expired):
             # The client fell too far behind (or what it missed is gone): the stream ends; the client
             # reconnects with its last id (and gets a 410 if it must resync).
             return
+        except TRANSIENT_FAILURES as exc:
+            logger.warning("event stream of tenant %s ended: %s: %s", tenant, type(exc).__name__, exc)
+            return
         finally:
+            watch.cancel()
             admission.release()
 
     return EventSourceResponse(
@@ -164,6 +182,53 @@ class WsCaller:
     # The access token's expiry (Unix seconds); None for an API key, which is checked again instead.
     expires_at: float | None
     api_key: str | None
+
+
+async def http_caller(gateway: GatewayState, request: Request, identity: Identity) -> WsCaller:
+    """The credentials an HTTP stream was opened with, as the authentication stage accepted them."""
+    api_key = request.headers.get("x-api-key")
+    if api_key is not None:
+        return WsCaller(identity, None, api_key.strip())
+    token = request.headers.get("authorization", "").partition(" ")[2]
+    _, expires_at = await gateway.tokens.verify_with_expiry(token.strip(), gateway.jwt_keys)
+    return WsCaller(identity, expires_at, None)
+
+
+async def watch_credentials(gateway: GatewayState, caller: WsCaller) -> str:
+    """Returns (with the reason) when the credentials a stream was opened with stop working: at the
+    access token's expiry; for an API key, the first recheck that finds it revoked or expired.
+    Raises what the users service raises when it cannot tell."""
+    if caller.expires_at is not None:
+        await asyncio.sleep(max(0.0, caller.expires_at - time.time()))
+        return "token expired"
+    assert caller.api_key is not None
+    while True:
+        await asyncio.sleep(max(gateway.settings.api_key_cache_ttl_seconds, API_KEY_RECHECK_SECONDS))
+        if await gateway.api_keys.resolve(caller.api_key) is None:
+            return "API key revoked or expired"
+
+
+async def until_done(source: AsyncIterator[T], stop: asyncio.Task[Any]) -> AsyncIterator[T]:
+    """The items of `source` until `stop` finishes (its exception, if any, is raised)."""
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(source))
+            await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.done():
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await following
+                stop.result()
+                return
+            try:
+                item = following.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class RealtimeRateLimited(TooManyRequests, code="RATE_LIMITED", title="Too Many Requests"): ...
@@ -225,6 +290,13 @@ async def websocket_events(websocket: WebSocket, token: str | None = None, last_
         await resumable(gateway.events, caller.identity.tenant_id, after)
         await count_connect(gateway, caller.identity)
         admission = admit(gateway.events, caller.identity, gateway.settings)
+    except TRANSIENT_FAILURES as exc:
+        # The users service or the event store could not answer: not the client's fault; accepted
+        # only to tell it to come back (1013), which a refusal of the upgrade cannot say.
+        logger.warning("WebSocket connection deferred: %s: %s", type(exc).__name__, exc)
+        await websocket.accept()
+        await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="service unavailable: reconnect later")
+        return
     except (PorticoError, StoreUnavailable) as exc:
         reason = exc.code if isinstance(exc, PorticoError) else "EDGE_STORE_UNAVAILABLE"
         await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=reason)
@@ -278,6 +350,9 @@ class WsSession:
             return CLOSE_TRY_AGAIN_LATER, "too far behind: reconnect with last_event_id"
         except Expired:
             return CLOSE_POLICY_VIOLATION, "EVENTS_EXPIRED"
+        except TRANSIENT_FAILURES as exc:
+            logger.warning("WebSocket of tenant %s closed: %s: %s", tenant, type(exc).__name__, exc)
+            return CLOSE_TRY_AGAIN_LATER, "service unavailable: reconnect with last_event_id"
         except (WebSocketDisconnect, RuntimeError):
             pass
         return 1000, ""
@@ -301,14 +376,11 @@ class WsSession:
             return CLOSE_TRY_AGAIN_LATER, "too far behind: reconnect with last_event_id"
 
     async def credentials(self) -> tuple[int, str]:
-        if self.caller.expires_at is not None:
-            await asyncio.sleep(max(0.0, self.caller.expires_at - time.time()))
-            return CLOSE_POLICY_VIOLATION, "token expired"
-        assert self.caller.api_key is not None
-        while True:
-            await asyncio.sleep(max(self.gateway.settings.api_key_cache_ttl_seconds, API_KEY_RECHECK_SECONDS))
-            if await self.gateway.api_keys.resolve(self.caller.api_key) is None:
-                return CLOSE_POLICY_VIOLATION, "API key revoked or expired"
+        try:
+            return CLOSE_POLICY_VIOLATION, await watch_credentials(self.gateway, self.caller)
+        except TRANSIENT_FAILURES as exc:
+            logger.warning("WebSocket API key recheck failed: %s: %s", type(exc).__name__, exc)
+            return CLOSE_TRY_AGAIN_LATER, "service unavailable: reconnect with last_event_id"
 
     async def shutdown(self) -> tuple[int, str]:
         await self.gateway.events.draining.wait()

@@ -7,15 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from jose import jwt
 
 from scripts.devstack import Stack, free_port
-from tests.conftest import ROOT
-from tests.edge_support import Tenant, extra_gateways, signup
+from tests.conftest import JWT_SECRET, ROOT
+from tests.edge_support import PrivateRedis, Tenant, bearer, extra_gateways, private_redis, signup
 
 DEADLINE = 30.0
 
@@ -29,6 +32,8 @@ class SseReader:
     retry: int | None = None
     headers: httpx.Headers | None = None
     status: int | None = None
+    # True when the server ended the response (not the client).
+    finished: bool = False
 
     async def read(self, client: httpx.AsyncClient, auth: dict[str, str], last_event_id: str | None = None) -> None:
         headers = {**auth, "Accept": "text/event-stream"}
@@ -53,6 +58,7 @@ class SseReader:
                         {"id": int(current["id"]), "type": current["event"], **json.loads(current["data"])}
                     )
                     current = {}
+            self.finished = True
 
     @property
     def ids(self) -> list[int]:
@@ -252,3 +258,58 @@ async def test_a_plan_caps_the_connections_of_a_tenant(gateway, roomy_gateway):
         assert status == 200
     for _, writer in held[1:]:
         writer.close()
+
+
+def expiring_bearer(seconds: int) -> dict[str, str]:
+    """Authorization whose access token expires in `seconds`."""
+    now = int(time.time())
+    claims = {
+        "sub": str(uuid.uuid4()),
+        "tid": str(uuid.uuid4()),
+        "scope": "orders:read",
+        "plan": "pro",
+        "role": "member",
+        "iat": now,
+        "exp": now + seconds,
+        "iss": "portico",
+    }
+    return {
+        "Authorization": "Bearer " + jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"kid": "portico-1"})
+    }
+
+
+async def test_the_stream_ends_when_its_token_expires(gateway):
+    async with reading(str(gateway.base_url), expiring_bearer(3)) as stream:
+        assert stream.status == 200
+        await until(lambda: stream.comments, "the stream to open")
+        # The reader's task ends when the server ends the response.
+        await until(lambda: stream.finished, "the stream to end at the token's expiry")
+
+
+@pytest.fixture
+def gateway_on_private_redis(stack: Stack) -> Iterator[tuple[str, PrivateRedis]]:
+    """A gateway of the test's own on a Redis of the test's own, which the test may stop."""
+    with private_redis() as redis_server:
+        own = Stack(
+            ports={**stack.ports, "gateway": free_port()},
+            env=stack.env,
+            env_for={"gateway": {"GATEWAY_REDIS_URL": redis_server.url}},
+            cwd=ROOT,
+            workers=(),
+        )
+        own.start_one("gateway")
+        try:
+            own.wait_ready(60)
+            yield own.url(), redis_server
+        finally:
+            own.stop()
+
+
+async def test_a_redis_outage_ends_the_stream_cleanly(gateway_on_private_redis):
+    url, redis_server = gateway_on_private_redis
+    redis_server.stop()
+    async with httpx.AsyncClient(base_url=url, timeout=DEADLINE) as client:
+        # A complete response (an aborted one raises here): the client reconnects with Last-Event-ID.
+        response = await client.get("/v1/events", headers={**bearer(), "Accept": "text/event-stream"})
+    assert response.status_code == 200
+    assert ": stream open" in response.text

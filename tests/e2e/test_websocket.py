@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -18,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from scripts.devstack import Stack, free_port
+from shared.contract import new_api_key
 from tests.conftest import JWT_SECRET, ROOT
 from tests.e2e.test_realtime import place_and_cancel, reading, until
 from tests.edge_support import Tenant, signup
@@ -164,3 +167,56 @@ async def test_refused_credentials_spend_the_addresss_failure_budget(stack, gate
             assert json.loads(await asyncio.wait_for(ws.recv(), DEADLINE)) == {"type": "pong"}
     finally:
         strict.stop()
+
+
+class AnswersFiveHundred(BaseHTTPRequestHandler):
+    """A users service stand-in in the middle of a blip: every request (the key lookup is a POST) fails."""
+
+    def do_POST(self) -> None:
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def gateway_with_failing_users(stack: Stack) -> Iterator[str]:
+    """A gateway of the test's own whose users service answers 500 to everything."""
+    users = ThreadingHTTPServer(("127.0.0.1", 0), AnswersFiveHundred)
+    threading.Thread(target=users.serve_forever, daemon=True).start()
+    own = Stack(
+        ports={**stack.ports, "gateway": free_port()},
+        env=stack.env,
+        env_for={"gateway": {"GATEWAY_USERS_URL": f"http://127.0.0.1:{users.server_port}"}},
+        cwd=ROOT,
+        workers=(),
+    )
+    own.start_one("gateway")
+    try:
+        # Not ready (its users service fails), but alive.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(own.url() + "/health/live", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.2)
+        yield own.url()
+    finally:
+        own.stop()
+        users.shutdown()
+        users.server_close()
+
+
+async def test_the_connection_closes_with_1013_when_the_users_service_cannot_resolve_the_key(
+    gateway_with_failing_users,
+):
+    async with connect(ws_url(gateway_with_failing_users, new_api_key())) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), DEADLINE)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1013
