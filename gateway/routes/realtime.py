@@ -210,22 +210,28 @@ async def watch_credentials(gateway: GatewayState, caller: WsCaller) -> str:
 
 async def until_done(source: AsyncIterator[T], stop: asyncio.Task[Any]) -> AsyncIterator[T]:
     """The items of `source` until `stop` finishes (its exception, if any, is raised)."""
+    following: asyncio.Future[T] | None = None
     try:
         while True:
             following = asyncio.ensure_future(anext(source))
             await asyncio.wait({following, stop}, return_when=asyncio.FIRST_COMPLETED)
             if stop.done():
-                following.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await following
                 stop.result()
                 return
             try:
                 item = following.result()
             except StopAsyncIteration:
                 return
+            following = None
             yield item
     finally:
+        # The pending read first (ours stopped, or the reader was cancelled): `source` can only be
+        # closed once nothing runs in it.
+        if following is not None:
+            following.cancel()
+            await asyncio.wait({following})
+            if not following.cancelled():
+                following.exception()  # retrieved: the stream has ended already
         aclose = getattr(source, "aclose", None)
         if aclose is not None:
             await aclose()
