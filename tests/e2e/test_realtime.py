@@ -313,3 +313,16 @@ async def test_a_redis_outage_ends_the_stream_cleanly(gateway_on_private_redis):
         response = await client.get("/v1/events", headers={**bearer(), "Accept": "text/event-stream"})
     assert response.status_code == 200
     assert ": stream open" in response.text
+
+
+async def test_the_stream_ends_when_its_api_key_is_revoked(gateway):
+    acme = await signup(gateway)
+    key = await gateway.post("/v1/api-keys", json={"name": "sse", "scopes": ["orders:read"]}, headers=acme.auth)
+    assert key.status_code == 201, key.text
+    async with reading(str(gateway.base_url), {"X-API-Key": key.json()["api_key"]}) as stream:
+        assert stream.status == 200
+        await until(lambda: stream.comments, "the stream to open")
+        revoked = await gateway.delete(f"/v1/api-keys/{key.json()['id']}", headers=acme.auth)
+        assert revoked.status_code == 204, revoked.text
+        # Rechecked every max(GATEWAY_API_KEY_CACHE_TTL_SECONDS, 5) seconds.
+        await until(lambda: stream.finished, "the stream to end once its API key is revoked")
