@@ -256,8 +256,16 @@ class Composer:
         return deadline, values, call_for
 
     async def _timed(self, part: Part, call: Call, values: Mapping[str, asyncio.Future[Any]]) -> Any:
-        async with asyncio.timeout(call.timeout):
-            value = await part.fetch(call)
+        """A part's answer within its deadline. A fetch that trips over the answer it got (not an
+        object, a missing or ill-typed field) is a bad answer from the part's service (502 naming it),
+        for every part and check alike."""
+        try:
+            async with asyncio.timeout(call.timeout):
+                value = await part.fetch(call)
+        except (LookupError, TypeError, ValueError, AttributeError):
+            raise DownstreamBadResponse(
+                part.service, f"The {part.service} service answered in an unexpected shape."
+            ) from None
         values[part.name].set_result(value)
         return value
 

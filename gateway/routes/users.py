@@ -10,7 +10,7 @@ from gateway.openapi import FORM
 from gateway.routes.forward import Forward, add_forwards
 from services.users.repository import EmailTaken
 from services.users.schemas import TenantCreate, TenantCreated, TokenOut, TokenRequest, UserCreate, UserOut, UserUpdate
-from services.users.service import InvalidCredentials, UserNotFound
+from services.users.service import InvalidCredentials, UserNotFound, UserRequired
 
 router = APIRouter(prefix="/v1", tags=["users"])
 # Public, outside /v1: where verifiers of access tokens find their keys.
@@ -74,10 +74,10 @@ add_forwards(
             "/users/{user_id}",
             Writer,
             "update_user",
-            "Set a user's credit limit (admin); null returns to the plan's default",
+            "Set a user's credit limit (an admin's token, never an API key); null returns to the plan's default",
             body=UserUpdate,
             answer=UserOut,
-            errors=[UserNotFound],
+            errors=[UserNotFound, UserRequired],
         ),
     ],
 )

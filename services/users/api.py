@@ -124,13 +124,14 @@ async def get_user(user_id: str, repo: UsersDep, settings: SettingsDep, caller: 
 @router.patch(
     "/users/{user_id}",
     response_model=UserOut,
-    responses={**NotFound.openapi_response(), **ValidationFailed.openapi_response()},
+    responses={**KEY_ERRORS, **ValidationFailed.openapi_response()},
 )
 async def update_user(
-    user_id: str, data: UserUpdate, repo: UsersDep, settings: SettingsDep, caller: UsersWrite
+    user_id: str, data: UserUpdate, repo: UsersDep, keys: KeysDep, settings: SettingsDep, caller: UsersWrite
 ) -> UserOut:
-    """An admin sets a user's credit limit (`null`: back to the plan's default)."""
-    return await service.user_out(repo, settings, await service.update_user(repo, caller.tenant_id, user_id, data))
+    """An admin sets a user's credit limit (`null`: back to the plan's default): an admin's token
+    only, never an API key (403 `USER_REQUIRED`) nor a user who is no longer an admin (403)."""
+    return await service.user_out(repo, settings, await service.update_user(repo, keys, caller, user_id, data))
 
 
 @router.post("/api-keys", status_code=201, response_model=ApiKeyCreated, responses=KEY_ERRORS)

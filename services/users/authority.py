@@ -3,9 +3,10 @@ keys, key rotations): **no caller can create or grant more authority than it hol
 
 Authority is a set of names: the API scopes of the contract, plus what a role can do that no scope
 names. A user can manage their own API keys (`api-keys:own`); an admin every key of the tenant
-(`api-keys:tenant`). An API key holds its scopes and nothing else: it can mint no key, and no user,
-whose authority would outlive the key's revocation. So a key with `users:write` creates nobody (a
-member alone holds scopes the key lacks, and manages keys), and only an admin creates an admin.
+(`api-keys:tenant`) and sets users' credit limits (`users:credit-limits`). An API key holds its
+scopes and nothing else: it can mint no key, and no user, whose authority would outlive the key's
+revocation. So a key with `users:write` creates nobody (a member alone holds scopes the key lacks,
+and manages keys), sets no credit limit, and only an admin creates an admin.
 
 What a caller holds is read afresh from the database, not taken from its token: a token's scopes cut
 down to its user's role today; a key's scopes cut down to its creator's role today, and nothing once
@@ -24,8 +25,9 @@ from shared.errors import Forbidden
 
 MANAGE_OWN_KEYS = "api-keys:own"
 MANAGE_TENANT_KEYS = "api-keys:tenant"
+SET_CREDIT_LIMITS = "users:credit-limits"
 ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
-    "admin": frozenset({MANAGE_OWN_KEYS, MANAGE_TENANT_KEYS}),
+    "admin": frozenset({MANAGE_OWN_KEYS, MANAGE_TENANT_KEYS, SET_CREDIT_LIMITS}),
     "member": frozenset({MANAGE_OWN_KEYS}),
 }
 

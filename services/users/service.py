@@ -6,7 +6,14 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta
 
-from services.users.authority import ensure_grantable, ensure_holds, held_by, key_authority, role_authority
+from services.users.authority import (
+    SET_CREDIT_LIMITS,
+    ensure_grantable,
+    ensure_holds,
+    held_by,
+    key_authority,
+    role_authority,
+)
 from services.users.models import ApiKey, Tenant, User
 from services.users.repository import ApiKeyRepository, UserRepository
 from services.users.schemas import (
@@ -104,9 +111,18 @@ async def user_out(repo: UserRepository, settings: UsersSettings, user: User) ->
     )
 
 
-async def update_user(repo: UserRepository, tenant_id: str, user_id: str, data: UserUpdate) -> User:
-    """An admin's change to a user of the tenant (only what the body names changes)."""
-    user = await get_user(repo, tenant_id, user_id)
+async def update_user(
+    repo: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity, user_id: str, data: UserUpdate
+) -> User:
+    """An admin's change to a user of the tenant (only what the body names changes). The caller must be
+    a user, not a key, and an admin today (`authority.py`: read afresh, so a demoted admin's token
+    still carrying `users:write` is refused)."""
+    if key_id_of(identity.subject) is not None:
+        raise UserRequired("Credit limits are set with an admin's access token, not with an API key.")
+    held = await held_by(repo, keys, identity)
+    ensure_holds(held, "users:write")
+    ensure_holds(held, SET_CREDIT_LIMITS)
+    user = await get_user(repo, identity.tenant_id, user_id)
     if "credit_limit_cents" in data.model_fields_set:
         user.credit_limit_cents = data.credit_limit_cents
         await repo.save()

@@ -149,3 +149,15 @@ async def test_credit_answered_in_a_bad_shape_is_a_bad_answer(services: Stack, s
         response = await gateway.post("/v1/orders/validate", json=one_of(product["id"]), headers=services_tenant.auth)
     body = assert_problem(response, 502, "DOWNSTREAM_BAD_RESPONSE")
     assert body["service"] == "orders"
+
+
+@pytest.mark.parametrize("answer", [[{"total_cents": 1}], "in stock", 7, None])
+async def test_stock_answered_with_something_not_an_object_is_a_bad_answer(
+    services: Stack, services_tenant: Tenant, answer: Any
+):
+    odd = ScriptedService(lambda method, path: answer_json(200, answer))
+    async with odd.running(), gateway_on(services, inventory_url=odd.url) as gateway:
+        response = await gateway.post("/v1/orders/validate", json=one_of("p-1"), headers=services_tenant.auth)
+    body = assert_problem(response, 502, "DOWNSTREAM_BAD_RESPONSE")
+    assert body["service"] == "inventory"
+    assert odd.requests == [("POST", "/stock-checks")]

@@ -146,4 +146,12 @@ async def test_credit_limit_per_plan_set_by_an_admin_and_enforced(gateway):
     member, member_auth = await member_of(gateway, auth)
     refused = await gateway.patch(f"/v1/users/{member['id']}", json={"credit_limit_cents": 10**9}, headers=member_auth)
     assert_problem(refused, 403)
+    # Nor may an API key, even one holding users:write.
+    key = await gateway.post("/v1/api-keys", json={"name": "writer", "scopes": ["users:write"]}, headers=auth)
+    assert key.status_code == 201, key.text
+    by_key = await gateway.patch(
+        f"/v1/users/{user_id}", json={"credit_limit_cents": 10**9}, headers={"X-API-Key": key.json()["api_key"]}
+    )
+    assert_problem(by_key, 403, "USER_REQUIRED")
+    assert (await gateway.get("/v1/users/me", headers=auth)).json()["credit_limit_cents"] == 100_000
     assert_problem(await gateway.patch(f"/v1/users/{user_id}", json={"credit_limit_cents": -1}, headers=auth), 422)

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from jose import jwt
 
-from services.users.authority import MANAGE_OWN_KEYS, MANAGE_TENANT_KEYS
-from shared.contract import ALL_SCOPES, ANONYMOUS, ROLE_SCOPES, Identity, key_subject
+from services.users.authority import MANAGE_OWN_KEYS, MANAGE_TENANT_KEYS, SET_CREDIT_LIMITS
+from shared.contract import ALL_SCOPES, ANONYMOUS, ROLE_SCOPES, Identity, key_id_of, key_subject
 from shared.identity import IdentitySigner
 from tests.conftest import internal_headers
 from tests.integration.test_api_keys import PASSWORD, Caller, db_rows, member_of, resolve, tenant_admin, unique_email
@@ -26,7 +26,7 @@ from tests.integration.test_api_keys import PASSWORD, Caller, db_rows, member_of
 MEMBER = ROLE_SCOPES["member"]
 # What each kind of caller holds, as the rule states it (the test's model, not the service's code).
 ROLE_HOLDS = {
-    "admin": ALL_SCOPES | {MANAGE_OWN_KEYS, MANAGE_TENANT_KEYS},
+    "admin": ALL_SCOPES | {MANAGE_OWN_KEYS, MANAGE_TENANT_KEYS, SET_CREDIT_LIMITS},
     "member": MEMBER | {MANAGE_OWN_KEYS},
 }
 # The scope sets of the keys that call: each scope alone, and the sets people actually give keys.
@@ -268,3 +268,75 @@ async def test_no_key_of_any_scope_set_creates_a_user(users_client, signer, tena
             assert response.status_code == 403, f"{sorted(subset)} creating a {role}: {response.text}"
     after = await db_rows(migrated, "SELECT id FROM users WHERE tenant_id = $1", tenant_id)
     assert len(after) == len(before)
+
+
+async def credit_limit_in_db(infra, user_id: str) -> int | None:
+    rows = await db_rows(infra, "SELECT credit_limit_cents FROM users WHERE id = $1", user_id)
+    return rows[0]["credit_limit_cents"]
+
+
+async def test_only_an_admin_token_sets_a_credit_limit(users_client, signer, tenant, migrated):
+    """Setting a credit limit is an admin's: a member's token, and every key (even one holding
+    `users:write` or every scope), is refused and changes nothing."""
+    target = tenant.member.identity.subject
+    for limit, actor in enumerate(await actors(tenant, signer), start=1000):
+        allowed = actor.name == "admin token"
+        response = await users_client.patch(
+            f"/users/{target}", json={"credit_limit_cents": limit}, headers=actor.caller.headers
+        )
+        case = f"{actor.name} setting a credit limit: {response.status_code} {response.text}"
+        if allowed:
+            assert response.status_code == 200, case
+            assert response.json()["credit_limit_cents"] == limit, case
+            assert response.json()["credit_limit_custom"] is True, case
+            assert await credit_limit_in_db(migrated, target) == limit, case
+            continue
+        assert response.status_code == 403, case
+        assert response.headers["content-type"] == "application/problem+json", case
+        if key_id_of(actor.caller.identity.subject) is not None and "users:write" in actor.holds:
+            assert response.json()["error_code"] == "USER_REQUIRED", case
+        assert await credit_limit_in_db(migrated, target) != limit, case
+    # The reported case: a key holding only users:write.
+    only_write = await key_actor(tenant.admin, frozenset({"users:write"}), signer)
+    response = await users_client.patch(
+        f"/users/{target}", json={"credit_limit_cents": 10**12}, headers=only_write.caller.headers
+    )
+    assert response.status_code == 403, response.text
+    assert response.json()["error_code"] == "USER_REQUIRED"
+    assert await credit_limit_in_db(migrated, target) != 10**12
+
+
+async def test_a_demoted_admin_token_sets_no_credit_limit(users_client, signer, migrated):
+    """The role is read afresh: a token issued while its user was an admin, still carrying
+    `users:write`, is refused once the user is a member."""
+    admin = await tenant_admin(users_client, signer)
+    second = await users_client.post(
+        "/users", json={"email": unique_email(), "password": PASSWORD, "role": "admin"}, headers=admin.headers
+    )
+    assert second.status_code == 201, second.text
+    second_id = second.json()["id"]
+    old_token = Caller(
+        users_client,
+        signer,
+        Identity(
+            subject=second_id,
+            tenant_id=admin.identity.tenant_id,
+            scopes=ALL_SCOPES,
+            plan=admin.identity.plan,
+            role="admin",
+        ),
+    )
+    # While an admin, the token sets its own limit; once demoted, nothing.
+    allowed = await users_client.patch(
+        f"/users/{second_id}", json={"credit_limit_cents": 5000}, headers=old_token.headers
+    )
+    assert allowed.status_code == 200, allowed.text
+    await db_rows(migrated, "UPDATE users SET role = 'member' WHERE id = $1", second_id)
+    for target in (second_id, admin.identity.subject):
+        refused_patch = await users_client.patch(
+            f"/users/{target}", json={"credit_limit_cents": 10**12}, headers=old_token.headers
+        )
+        assert refused_patch.status_code == 403, refused_patch.text
+        assert refused_patch.json()["error_code"] in ("SCOPE_NOT_HELD", "INSUFFICIENT_SCOPE")
+    assert await credit_limit_in_db(migrated, second_id) == 5000
+    assert await credit_limit_in_db(migrated, admin.identity.subject) is None
