@@ -18,7 +18,7 @@ from jose import jwt
 
 from scripts.devstack import Stack, free_port
 from tests.conftest import JWT_SECRET, ROOT
-from tests.edge_support import PrivateRedis, Tenant, bearer, extra_gateways, private_redis, signup
+from tests.edge_support import Tenant, bearer, extra_gateways, signup
 
 DEADLINE = 30.0
 
@@ -284,25 +284,6 @@ async def test_the_stream_ends_when_its_token_expires(gateway):
         await until(lambda: stream.comments, "the stream to open")
         # The reader's task ends when the server ends the response.
         await until(lambda: stream.finished, "the stream to end at the token's expiry")
-
-
-@pytest.fixture
-def gateway_on_private_redis(stack: Stack) -> Iterator[tuple[str, PrivateRedis]]:
-    """A gateway of the test's own on a Redis of the test's own, which the test may stop."""
-    with private_redis() as redis_server:
-        own = Stack(
-            ports={**stack.ports, "gateway": free_port()},
-            env=stack.env,
-            env_for={"gateway": {"GATEWAY_REDIS_URL": redis_server.url}},
-            cwd=ROOT,
-            workers=(),
-        )
-        own.start_one("gateway")
-        try:
-            own.wait_ready(60)
-            yield own.url(), redis_server
-        finally:
-            own.stop()
 
 
 async def test_a_redis_outage_ends_the_stream_cleanly(gateway_on_private_redis):

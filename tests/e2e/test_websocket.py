@@ -23,7 +23,7 @@ from scripts.devstack import Stack, free_port
 from shared.contract import new_api_key
 from tests.conftest import JWT_SECRET, ROOT
 from tests.e2e.test_realtime import place_and_cancel, reading, until
-from tests.edge_support import Tenant, signup
+from tests.edge_support import Tenant, bearer, signup
 
 DEADLINE = 30.0
 
@@ -216,6 +216,17 @@ async def test_the_connection_closes_with_1013_when_the_users_service_cannot_res
     gateway_with_failing_users,
 ):
     async with connect(ws_url(gateway_with_failing_users, new_api_key())) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), DEADLINE)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1013
+
+
+async def test_the_connection_closes_with_1013_when_redis_fails(gateway_on_private_redis):
+    url, redis_server = gateway_on_private_redis
+    redis_server.stop()
+    token = bearer()["Authorization"].removeprefix("Bearer ")
+    async with connect(ws_url(url, token)) as ws:
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), DEADLINE)
     assert closed.value.rcvd is not None
