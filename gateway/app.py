@@ -225,6 +225,7 @@ async def open_state(
                 ),
                 jwt_keys=key_source(settings, upstreams["users"]),
                 events=hub,
+                # One verifier (and one cache of verified tokens) for HTTP and WebSocket alike.
                 tokens=JwtVerifier(settings),
             )
     finally:
@@ -263,7 +264,6 @@ def edge_pipeline(
     stages.append(
         Middleware(
             AuthenticationMiddleware,
-            verifier=JwtVerifier(settings),
             state=state,
             anonymous=anonymous_forwards(routes),
             trusted_proxies=settings.trusted_proxies,

@@ -167,13 +167,11 @@ class AuthenticationMiddleware:
         self,
         app: ASGIApp,
         *,
-        verifier: JwtVerifier,
         state: GatewaySlot,
         anonymous: Iterable[tuple[APIRoute, frozenset[int]]],
         trusted_proxies: Iterable[str],
     ) -> None:
         self.app = app
-        self.verifier = verifier
         self.state = state
         self.anonymous_routes = AnonymousRoutes(anonymous)
         self.client_address = ClientAddress(trusted_proxies)
@@ -238,7 +236,7 @@ class AuthenticationMiddleware:
         scheme, _, token = authorization.decode("latin-1").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _invalid("Use 'Authorization: Bearer <token>'.")
-        return await self.verifier.verify(token.strip(), self.state.value.jwt_keys)
+        return await self.state.value.tokens.verify(token.strip(), self.state.value.jwt_keys)
 
     async def _resolve_key(
         self, resolver: ApiKeyResolver, raw: bytes, failures: AuthFailures, scope: Scope

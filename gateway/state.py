@@ -42,7 +42,7 @@ class GatewayState:
     api_keys: ApiKeyResolver
     # The keys access tokens are verified with (gateway/edge/jwks.py).
     jwt_keys: KeySource
-    # Access tokens, for the credentials a WebSocket sends in its URL.
+    # Verifies access tokens, with its bounded cache of verified ones: for every request and WebSocket.
     tokens: JwtVerifier
     # The order events of every tenant, for /v1/events and /v1/ws.
     events: Hub

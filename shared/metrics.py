@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -33,6 +34,11 @@ def samples_locked(directory: str | Path, *, exclusive: bool) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_locked(directory: str, registry: CollectorRegistry) -> bytes:
+    with samples_locked(directory, exclusive=False):
+        return generate_latest(registry)
 
 
 class HttpMetrics:
@@ -70,8 +76,9 @@ def metrics_endpoint(registry: CollectorRegistry, allowed: Networks) -> Callable
         if client is None or client[0] not in allowed:
             raise HTTPException(404)
         if directory:
-            with samples_locked(directory, exclusive=False):
-                body = generate_latest(exposed)
+            # Waiting for the lock and reading every worker's files blocks: off the event loop, so a
+            # scrape (or the master's fold it waits for) does not stall this worker's requests.
+            body = await run_in_threadpool(_read_locked, directory, exposed)
         else:
             body = generate_latest(exposed)
         return Response(body, media_type=CONTENT_TYPE_LATEST)

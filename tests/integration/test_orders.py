@@ -537,7 +537,11 @@ async def test_recovery_releases_what_requests_left_behind(migrated: Servers, st
             cancelled = await shop.orders.to(cut_off, "orders").post(f"/orders/{order['id']}/cancel")
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
-    assert await shop.stock(mug["id"]) == 3
+    # This order's stock is still held. (The total may already have risen: the recovery task of an
+    # orders process of the session may release the dead attempt's 4 at any moment from here on.)
+    held_now = {r["order_id"]: r["status"] for r in await shop.reservations()}
+    assert held_now[order["id"]] == "confirmed"
+    assert await shop.stock(mug["id"]) in (3, 3 + 4)
 
     async def repaired() -> bool:
         # The stock comes back before the order row says so: wait for both while the task runs.
