@@ -158,6 +158,8 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     realtime_connections_enterprise: int = Field(default=1_000, ge=0)
 
     # --- GraphQL (POST /graphql): bounds checked before anything is resolved
+    # Tokens the parser reads in one document (braces, names, colons...) before refusing it.
+    graphql_max_tokens: int = Field(default=2_000, ge=1)
     graphql_max_depth: int = Field(default=8, ge=1, le=50)
     graphql_max_aliases: int = Field(default=10, ge=0, le=1000)
     # Each field costs 1, times the `limit` of every page above it (see gateway/graphql/limits.py).

@@ -1,5 +1,5 @@
 """`POST /graphql`: the schema of `schema.py` behind the same edge as REST (authentication, rate
-limits and idempotency run before it), with the depth, alias and cost bounds of the settings."""
+limits and idempotency run before it), with the token, depth, alias and cost bounds of the settings."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Callable
 import strawberry
 from fastapi import APIRouter, Request
 from strawberry.extensions import (
-    AddValidationRules,
     DisableIntrospection,
     MaxAliasesLimiter,
+    MaxTokensLimiter,
     QueryDepthLimiter,
     SchemaExtension,
 )
@@ -19,7 +19,7 @@ from strawberry.fastapi import GraphQLRouter
 
 from gateway.deps import Principal, UpstreamsDep
 from gateway.graphql.context import GraphQLContext
-from gateway.graphql.limits import cost_rule
+from gateway.graphql.limits import QueryCostLimiter
 from gateway.graphql.schema import Mutation, Query
 from gateway.settings import GatewaySettings
 from shared.context import request_id_of
@@ -30,9 +30,12 @@ PATH = "/graphql"
 def create_schema(settings: GatewaySettings) -> strawberry.Schema:
     # Factories: strawberry builds each extension anew for every operation.
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
+        # The parser stops at this many tokens: a document's size is bounded before it is read.
+        functools.partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
+        # Before validation: the depth and alias limits then only ever walk affordable documents.
+        functools.partial(QueryCostLimiter, max_cost=settings.graphql_max_cost),
         functools.partial(QueryDepthLimiter, max_depth=settings.graphql_max_depth),
         functools.partial(MaxAliasesLimiter, max_alias_count=settings.graphql_max_aliases),
-        functools.partial(AddValidationRules, [cost_rule(settings.graphql_max_cost)]),
     ]
     if not settings.docs_enabled:
         # As OpenAPI is off in production, so is the schema's introspection.

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from typing import Any
+
+import strawberry
 from graphql import FragmentDefinitionNode, OperationDefinitionNode, parse
 
 from gateway.graphql.limits import selection_cost
@@ -38,3 +43,52 @@ async def test_the_schema_refuses_deep_aliased_and_costly_documents():
     costly = await schema.execute("{ orders(limit: 60) { nextCursor } }")
     assert costly.errors
     assert costly.errors[0].extensions == {"code": "QUERY_TOO_COSTLY", "cost": 61, "max_cost": 50}
+
+
+def execute_within(schema: strawberry.Schema, query: str, seconds: float = 30) -> Any:
+    """Runs the query in a daemon thread: a document that keeps the schema busy fails the test
+    instead of hanging it."""
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(asyncio.run(schema.execute(query))), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert results, f"the schema was still busy with the document after {seconds} s"
+    return results[0]
+
+
+def doubling_fragments(levels: int) -> str:
+    """A short document whose fragments each spread the next one twice: it expands to 2**levels
+    fields, which a walk over every spread never finishes."""
+    chain = " ".join(f"fragment F{i} on Query {{ ...F{i + 1} ...F{i + 1} }}" for i in range(levels))
+    return f"query {{ ...F0 }} {chain} fragment F{levels} on Query {{ me {{ id }} }}"
+
+
+def test_fragments_spread_over_and_over_are_refused_at_once():
+    schema = create_schema(gateway_settings(None))
+    # 2**41 fields once expanded, in about 500 tokens.
+    result = execute_within(schema, doubling_fragments(40))
+    assert result.errors
+    assert result.errors[0].extensions == {"code": "QUERY_TOO_COSTLY", "cost": 2**41, "max_cost": 2000}
+    assert result.data is None
+
+
+def test_fragment_cycles_and_unknown_fragments_are_refused_at_once():
+    schema = create_schema(gateway_settings(None))
+    names = [f"F{i}" for i in range(14)]
+    # Every fragment spreads every other one: walking each path would take 14! steps.
+    cycles = "query { ...F0 } " + " ".join(
+        f"fragment {name} on Query {{ me {{ id }} {' '.join('...' + other for other in names)} }}" for name in names
+    )
+    result = execute_within(schema, cycles)
+    assert result.errors
+    assert "within itself" in result.errors[0].message
+    unknown = execute_within(schema, "query { ...Missing }")
+    assert unknown.errors
+    assert unknown.errors[0].message == "Unknown fragment 'Missing'."
+
+
+async def test_documents_beyond_the_token_bound_are_refused():
+    schema = create_schema(gateway_settings(None, graphql_max_tokens=20))
+    result = await schema.execute("{ " + " ".join(f"f{i}: me {{ id }}" for i in range(10)) + " }")
+    assert result.errors
+    assert "token" in result.errors[0].message.lower()
