@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import json
@@ -14,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,3 +268,25 @@ def redis_prefix(url: str) -> Iterator[str]:
         for start in range(0, len(keys), 500):
             client.delete(*keys[start : start + 500])
         client.close()
+
+
+@contextlib.asynccontextmanager
+async def migrated_database(admin_dsn: str, service: str) -> AsyncIterator[str]:
+    """A PostgreSQL database of the run's own for `service`, migrated to head; its asyncpg URL.
+    Dropped afterwards."""
+    import asyncpg
+
+    from shared.migrations import upgrade
+
+    name = f"portico_bench_{service}_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin_dsn)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    url = f"{admin_dsn.rpartition('/')[0]}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
+    try:
+        await asyncio.to_thread(upgrade, ROOT / "services" / service, url)
+        yield url
+    finally:
+        conn = await asyncpg.connect(admin_dsn)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()

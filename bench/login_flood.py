@@ -25,35 +25,16 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import ExitStack, asynccontextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg
 import httpx
 
-from bench.common import ROOT, server
+from bench.common import ROOT, migrated_database, server
 from scripts.devstack import free_port
-from shared.migrations import upgrade
 
 PASSWORD = "bench-password-1"
-
-
-@asynccontextmanager
-async def database(admin_dsn: str) -> AsyncIterator[str]:
-    name = f"portico_bench_users_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin_dsn)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = f"{admin_dsn.rpartition('/')[0]}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
-    try:
-        await asyncio.to_thread(upgrade, ROOT / "services" / "users", url)
-        yield url
-    finally:
-        conn = await asyncpg.connect(admin_dsn)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
 
 
 @dataclass
@@ -114,7 +95,7 @@ async def flood(client: httpx.AsyncClient, email: str, until: float, outcomes: c
 async def run(args: argparse.Namespace) -> None:
     admin = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     admin = admin.replace("postgresql+asyncpg://", "postgresql://", 1)
-    async with database(admin) as url:
+    async with migrated_database(admin, "users") as url:
         users_port, gateway_port = free_port(), free_port()
         common = {"PYTHONUNBUFFERED": "1"}
         users_env = {

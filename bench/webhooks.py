@@ -20,20 +20,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-import asyncpg
 import httpx
 
-from bench.common import ROOT
+from bench.common import ROOT, migrated_database
 from scripts.devstack import free_port
 from services.webhooks.models import Delivery, Endpoint, Event
 from services.webhooks.service import new_secret
 from shared.db import new_id, utcnow
-from shared.migrations import upgrade
 
 ENDPOINTS = 16
 
@@ -73,22 +71,6 @@ class InstantReceiver:
             pass
         finally:
             writer.close()
-
-
-@asynccontextmanager
-async def database(admin_dsn: str) -> AsyncIterator[str]:
-    name = f"portico_bench_webhooks_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin_dsn)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = f"{admin_dsn.rpartition('/')[0]}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
-    try:
-        await asyncio.to_thread(upgrade, ROOT / "services" / "webhooks", url)
-        yield url
-    finally:
-        conn = await asyncpg.connect(admin_dsn)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
 
 
 @contextmanager
@@ -280,12 +262,12 @@ async def main() -> None:
     admin = admin.replace("postgresql+asyncpg://", "postgresql://", 1)
     print(f"PostgreSQL; receiver answering 200 at once; {ENDPOINTS} endpoints unless said; default worker settings")
     for count in (int(n) for n in args.workers.split(",")):
-        async with database(admin) as url:
+        async with migrated_database(admin, "webhooks") as url:
             rate = await throughput(url, count, args.events)
         print(f"throughput, {count} worker(s): {rate:.0f} deliveries/s ({args.events} deliveries)")
     # Spread over every endpoint, then all to one (which the per-endpoint bound limits).
     for endpoints in (ENDPOINTS, 1):
-        async with database(admin) as url:
+        async with migrated_database(admin, "webhooks") as url:
             found = await latency(url, args.rate, args.seconds, endpoints)
         print(
             f"commit -> receiver 200, {args.rate:g} events/s for {args.seconds:g}s, 1 worker, "
