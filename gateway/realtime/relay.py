@@ -29,6 +29,7 @@ from shared.contract import EVENTS_READ, Identity
 from shared.errors import DownstreamBadResponse, DownstreamError
 from shared.events import FEED_PATH, FeedEvent, FeedPage
 from shared.http import ServiceClient
+from shared.loops import running_loop
 
 logger = logging.getLogger("portico.gateway.realtime")
 
@@ -174,13 +175,5 @@ class EventRelay:
 @contextlib.asynccontextmanager
 async def running(relay: EventRelay) -> AsyncIterator[EventRelay]:
     """The relay's loop for the life of the gateway."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop), name="realtime-relay")
-    try:
+    async with running_loop(relay.run, name="realtime-relay", stop_timeout=5.0, logger=logger):
         yield relay
-    finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(task, 5.0)
-        except TimeoutError:
-            logger.warning("real-time relay still busy at shutdown: cancelled")

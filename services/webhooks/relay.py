@@ -26,6 +26,7 @@ from shared.contract import Identity
 from shared.errors import DownstreamError
 from shared.events import FeedPage
 from shared.http import ServiceClient
+from shared.loops import running_loop
 from shared.repository import transaction
 from shared.state import ServiceState
 
@@ -157,13 +158,5 @@ async def running_relay(state: ServiceState[WebhooksSettings, None]) -> AsyncIte
     if not state.settings.relay_enabled:
         yield relay
         return
-    stop = asyncio.Event()
-    task = asyncio.create_task(relay.run(stop), name="webhooks-relay")
-    try:
+    async with running_loop(relay.run, name="webhooks-relay", stop_timeout=STOP_TIMEOUT_SECONDS, logger=logger):
         yield relay
-    finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(task, STOP_TIMEOUT_SECONDS)
-        except TimeoutError:
-            logger.warning("relay batch still running at shutdown after %.0fs: cancelled", STOP_TIMEOUT_SECONDS)
