@@ -27,20 +27,28 @@ class OrderRepository(Repository):
 
     async def open_total(self, tenant_id: str, user_id: str) -> int:
         """What the user's open (not cancelled) orders add up to, with the credit their pending attempts
-        hold (an attempt's order is stored in the transaction that ends its claim)."""
-        orders = await self.session.scalar(
-            select(func.coalesce(func.sum(Order.total_cents), 0)).where(
-                Order.tenant_id == tenant_id, Order.user_id == user_id, Order.status != "cancelled"
-            )
+        hold (an attempt's order is stored in the transaction that ends its claim).
+
+        One statement, so one snapshot: read as two, an order committed between them would be counted
+        in neither (its claim already ended, the order not yet seen) and let a concurrent order pass
+        the limit.
+        """
+        orders = (
+            select(func.coalesce(func.sum(Order.total_cents), 0))
+            .where(Order.tenant_id == tenant_id, Order.user_id == user_id, Order.status != "cancelled")
+            .scalar_subquery()
         )
-        claims = await self.session.scalar(
-            select(func.coalesce(func.sum(OrderAttempt.credit_cents), 0)).where(
+        claims = (
+            select(func.coalesce(func.sum(OrderAttempt.credit_cents), 0))
+            .where(
                 OrderAttempt.tenant_id == tenant_id,
                 OrderAttempt.user_id == user_id,
                 OrderAttempt.state == "pending",
             )
+            .scalar_subquery()
         )
-        return int(orders or 0) + int(claims or 0)
+        total = await self.session.scalar(select(orders + claims))
+        return int(total or 0)
 
     async def claim_credit(self, attempt_id: str, user_id: str, cents: int) -> bool:
         """Records the credit a pending attempt holds; False when it is no longer pending."""
