@@ -168,7 +168,8 @@ async def open_state(
         rate_store = RedisRateLimitStore(redis, settings.redis_key_prefix)
         idempotency_store = RedisIdempotencyStore(redis, settings.redis_key_prefix)
     else:
-        rate_store, idempotency_store = MemoryRateLimitStore(), MemoryIdempotencyStore()
+        rate_store = MemoryRateLimitStore()
+        idempotency_store = MemoryIdempotencyStore(settings.idempotency_memory_max_bytes)
 
     auth_failure_store: RateLimitStore = (
         RedisRateLimitStore(redis, settings.redis_key_prefix) if redis is not None else MemoryRateLimitStore()

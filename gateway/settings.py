@@ -120,6 +120,8 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     idempotency_lock_seconds: float = Field(default=30.0, gt=0)
     idempotency_failure_mode: IdempotencyFailureMode = "closed"
     idempotency_max_response_bytes: int = Field(default=1024 * 1024, ge=0)
+    # The in-process store (no Redis): what its kept answers may add up to; the oldest go first.
+    idempotency_memory_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
     # --- HTTP hygiene
     security_headers_enabled: bool = True

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import time
 import uuid
@@ -48,6 +49,8 @@ from shared.errors import PorticoError, send_problem
 
 if TYPE_CHECKING:
     from gateway.state import GatewaySlot
+
+logger = logging.getLogger(__name__)
 
 HEADER = IDEMPOTENCY_HEADER.lower().encode("ascii")
 KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN.encode("ascii"))
@@ -170,30 +173,76 @@ class _Record:
     owner: str
     expires_at: float  # monotonic
     response: StoredResponse | None = None
+    size: int = 0  # bytes of the kept answer, counted against the store's bound
+
+
+def _answer_size(scope_key: str, response: StoredResponse) -> int:
+    """What a kept answer costs, roughly: its key, body and headers, plus the objects around them."""
+    return len(scope_key) + len(response.body) + sum(len(k) + len(v) for k, v in response.headers) + 256
 
 
 class MemoryIdempotencyStore:
-    """The same records in-process, for a single gateway process without Redis."""
+    """The same records in-process, for a single gateway process without Redis.
+
+    Bounded: the kept answers add up to at most `max_bytes`; storing one past that drops the oldest
+    answers first (a repeat of a dropped key then runs again, as after the TTL). Claims of requests in
+    flight are never dropped; there are as many as requests in flight, each a few hundred bytes.
+    """
 
     SWEEP_EVERY = 1_000
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        # Claims in the order they were taken, answers in the order they were kept (`complete`
+        # moves a record to the end): the oldest answer comes first.
         self._records: dict[str, _Record] = {}
+        self._bytes = 0
         self._calls = 0
+        self.evicted = 0
+
+    @property
+    def kept_bytes(self) -> int:
+        return self._bytes
+
+    def _drop(self, scope_key: str) -> None:
+        record = self._records.pop(scope_key)
+        self._bytes -= record.size
 
     def _live(self, scope_key: str, now: float) -> _Record | None:
         record = self._records.get(scope_key)
         if record is not None and record.expires_at <= now:
-            del self._records[scope_key]
+            self._drop(scope_key)
             return None
         return record
+
+    def _evict(self) -> None:
+        """Drops the oldest kept answers until the rest fit."""
+        excess = self._bytes - self.max_bytes
+        oldest: list[str] = []
+        for scope_key, record in self._records.items():
+            if excess <= 0:
+                break
+            if record.response is not None:
+                oldest.append(scope_key)
+                excess -= record.size
+        for scope_key in oldest:
+            self._drop(scope_key)
+        if self.evicted == 0 or (self.evicted + len(oldest)) // 10_000 > self.evicted // 10_000:
+            logger.warning(
+                "the in-process idempotency store is full (%d bytes): dropped the %d oldest answers "
+                "(%d so far); raise GATEWAY_IDEMPOTENCY_MEMORY_MAX_BYTES or use Redis",
+                self.max_bytes,
+                len(oldest),
+                self.evicted + len(oldest),
+            )
+        self.evicted += len(oldest)
 
     async def claim(self, scope_key: str, fingerprint: str, owner: str, lock_ms: int) -> Claim:
         now = time.monotonic()
         self._calls += 1
         if self._calls % self.SWEEP_EVERY == 0:
             for stale in [k for k, r in self._records.items() if r.expires_at <= now]:
-                del self._records[stale]
+                self._drop(stale)
         record = self._live(scope_key, now)
         if record is None:
             self._records[scope_key] = _Record(fingerprint, owner, now + lock_ms / 1000)
@@ -210,12 +259,18 @@ class MemoryIdempotencyStore:
             return False
         record.response = response
         record.expires_at = time.monotonic() + ttl_ms / 1000
+        record.size = _answer_size(scope_key, response)
+        # Kept answers in the order they were kept: the oldest is dropped first.
+        self._records[scope_key] = self._records.pop(scope_key)
+        self._bytes += record.size
+        if self._bytes > self.max_bytes:
+            self._evict()
         return True
 
     async def release(self, scope_key: str, owner: str) -> None:
         record = self._live(scope_key, time.monotonic())
         if record is not None and record.owner == owner and record.response is None:
-            del self._records[scope_key]
+            self._drop(scope_key)
 
 
 class Idempotency:

@@ -126,6 +126,37 @@ async def test_a_crashed_owners_lock_expires_and_records_expire(store):
     assert found[0] == "acquired"
 
 
+async def test_the_in_process_store_keeps_its_answers_within_its_bound(caplog):
+    """No flood of new keys grows the gateway without Redis past its bound: the oldest answers go
+    first, the newest are still replayed, and a request in flight keeps its claim."""
+    store = MemoryIdempotencyStore(max_bytes=20_000)
+    answer = StoredResponse(201, [(b"content-type", b"application/json")], b"x" * 1_000, True)
+    await store.claim("{t:a}:in-flight", "fp", "slow", 30_000)
+    for n in range(100):
+        assert (await store.claim(f"{{t:a}}:{n}", "fp", "owner", 30_000)).outcome == "acquired"
+        assert await store.complete(f"{{t:a}}:{n}", "owner", answer, 60_000)
+        assert store.kept_bytes <= store.max_bytes
+
+    assert store.evicted > 0
+    assert (await store.claim("{t:a}:99", "fp", "other", 30_000)).outcome == "done"
+    # Dropped: a repeat runs again, as after the TTL.
+    assert (await store.claim("{t:a}:0", "fp", "other", 30_000)).outcome == "acquired"
+    assert (await store.claim("{t:a}:in-flight", "fp", "other", 30_000)).outcome == "in_flight"
+    assert "the in-process idempotency store is full" in caplog.text
+
+    # The answer of the request claimed first but finished last is the newest one kept.
+    assert await store.complete("{t:a}:in-flight", "slow", answer, 60_000)
+    assert (await store.claim("{t:a}:in-flight", "fp", "other", 30_000)).outcome == "done"
+
+    # An expired answer gives its bytes back.
+    await store.claim("{t:a}:short", "fp", "owner", 30_000)
+    assert await store.complete("{t:a}:short", "owner", answer, 1)
+    full = store.kept_bytes
+    await asyncio.sleep(0.01)
+    assert (await store.claim("{t:a}:short", "fp", "later", 30_000)).outcome == "acquired"
+    assert store.kept_bytes < full
+
+
 async def test_redis_records_are_prefixed_and_hash_tagged(infra):
     client = Redis.from_url(infra.redis_url)
     prefix = unique_prefix(infra.redis_prefix)
