@@ -14,6 +14,7 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,12 @@ class Run:
     journeys: list[tuple[float, str, str, float]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    # Computed once: every per-second series reads them for each of its requests.
+    @cached_property
     def start(self) -> float:
         return min(r.t for r in self.requests)
 
-    @property
+    @cached_property
     def duration(self) -> float:
         return max(1.0, max(r.t for r in self.requests) - self.start)
 
@@ -111,8 +113,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def per_second(run: Run, requests: Iterable[Request]) -> list[int]:
     counts = [0] * (int(run.duration) + 1)
+    start = run.start
     for r in requests:
-        counts[int(r.t - run.start)] += 1
+        counts[int(r.t - start)] += 1
     return counts
 
 
