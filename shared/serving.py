@@ -60,8 +60,9 @@ logger = logging.getLogger("portico.server")
 # connection is closed: a client that writes before it reads then gets the 431 rather than a reset.
 LINGER_BYTES = 8 * 1024 * 1024
 LINGER_SECONDS = 2.0
-# When the server shuts down, how long a connection it accepted may take to send its first request.
-FIRST_REQUEST_SECONDS = 2.0
+# When the server shuts down, how long a connection without a request in progress (just accepted, or
+# idle after an answer) may take to send its next request, which is then answered and is its last.
+NEXT_REQUEST_SECONDS = 2.0
 
 
 class RequestHeadersTooLarge(
@@ -144,13 +145,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # Shutting down (SIGTERM, or a worker replaced after its `max_requests`)
 
     def shutdown(self) -> None:
-        """uvicorn closes every connection without a request in progress at once, including one it
-        has just accepted whose first request is still on its way: that client, which did nothing
-        wrong, gets a reset. Such a connection is given `FIRST_REQUEST_SECONDS` instead; its request
-        is answered with `Connection: close`. Connections idle after an answer close at once."""
-        if self.cycle is None and self._refusal is None:
+        """uvicorn closes every connection without a request in progress at once: one it has just
+        accepted whose first request is still on its way, and a keep-alive one whose client is sending
+        its next request as the answer to the last one arrives. Either client, which did nothing
+        wrong, gets a reset (and a worker replaced after its `max_requests` does this to every busy
+        keep-alive client it has). Such a connection is given `NEXT_REQUEST_SECONDS` instead: a
+        request that arrives is answered with `Connection: close`; then the connection closes."""
+        if self._refusal is None and (self.cycle is None or self.cycle.response_complete):
             self._closing = True
-            self._linger_timer = self.loop.call_later(FIRST_REQUEST_SECONDS, self._close_unless_busy)
+            self._linger_timer = self.loop.call_later(NEXT_REQUEST_SECONDS, self._close_unless_busy)
             return
         super().shutdown()
 

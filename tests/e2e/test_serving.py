@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -216,3 +217,59 @@ def test_sigterm_finishes_the_request_in_flight_and_stops_listening(tmp_path, us
         users.release.set()
         stop(gateway)
         request.join(5)
+
+
+def _read_answer(conn: socket.socket) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 answer with a Content-Length: (head, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, f"the connection closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    assert length, head
+    while len(body) < int(length[1]):
+        chunk = conn.recv(65536)
+        assert chunk, "the connection closed in the middle of an answer"
+        body += chunk
+    return head, body
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_keep_alive_client_that_sends_as_the_server_stops_is_answered_not_reset(tmp_path, users, workers):
+    """A keep-alive connection idle between two requests when the server begins to stop (SIGTERM, or
+    a worker replaced after its `max_requests`): the client's next request is answered, with
+    `Connection: close`, where closing the idle connection at once would reset it."""
+    # One process has no metrics directory to share.
+    gateway = start_gateway(tmp_path, users.url, own_metrics_dir=workers != "1", workers=workers)
+    request = b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    try:
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as conn:
+            conn.sendall(request)
+            head, _ = _read_answer(conn)
+            assert head.startswith(b"HTTP/1.1 200")
+            assert b"connection: close" not in head.lower()
+
+            gateway.process.send_signal(signal.SIGTERM)
+            # Listening stops in the same step as every open connection is told to shut down.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", gateway.port), timeout=1).close()
+                except OSError:
+                    break
+                assert time.monotonic() < deadline, "the gateway kept accepting connections after SIGTERM"
+                time.sleep(0.05)
+
+            conn.sendall(request)
+            head, body = _read_answer(conn)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert b"connection: close" in head.lower()
+            assert json.loads(body) == {"status": "ok"}
+            assert conn.recv(1) == b"", "the connection stays open after its last answer"
+        # A clean stop: gunicorn's master exits 0; one uvicorn process re-raises the SIGTERM it
+        # handled once it has shut down.
+        assert gateway.process.wait(30) == (0 if workers != "1" else -signal.SIGTERM)
+    finally:
+        stop(gateway)
