@@ -20,6 +20,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Mapping
+from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -39,6 +40,8 @@ from shared.settings import ProcessSettings
 from shared.telemetry import TracingTransport
 
 if TYPE_CHECKING:
+    from urllib.request import Request
+
     from shared.identity import IdentitySigner
 
 logger = logging.getLogger("portico.http")
@@ -62,12 +65,35 @@ def create_http_client(settings: ProcessSettings, tracer_provider: TracerProvide
     if settings.http_transport == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
-        inner = AiohttpTransport(limits=limits, trust_env=False)
+        def session() -> aiohttp.ClientSession:
+            # What httpx-aiohttp builds by default, without aiohttp's cookie jar (see _NoCookies).
+            connector = aiohttp.TCPConnector(
+                limit=settings.http_max_connections,
+                keepalive_timeout=settings.http_keepalive_expiry_seconds,
+                ssl=aiohttp_transport.ssl_context,
+            )
+            return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+        aiohttp_transport = AiohttpTransport(limits=limits, trust_env=False, client=session)
+        inner = aiohttp_transport
     else:
         inner = httpx.AsyncHTTPTransport(limits=limits)
     transport = TracingTransport(inner, tracer_provider, peers=_peers(settings))
     timeout = httpx.Timeout(settings.http_timeout_seconds, connect=settings.http_connect_timeout_seconds)
-    return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)
+    return httpx.AsyncClient(
+        transport=transport, timeout=timeout, trust_env=False, cookies=CookieJar(policy=_NoCookies())
+    )
+
+
+class _NoCookies(DefaultCookiePolicy):
+    """The process's one client calls services for every caller: a cookie one answer sets must never
+    ride along on another caller's request, so none is kept."""
+
+    def set_ok(self, cookie: Cookie, request: Request) -> bool:
+        return False
+
+    def return_ok(self, cookie: Cookie, request: Request) -> bool:
+        return False
 
 
 def _peers(settings: ProcessSettings) -> dict[str, str]:
