@@ -28,8 +28,8 @@ from gateway.aggregate import (
 from gateway.deps import ComposerDep, RequireScope
 from gateway.openapi import operation_docs
 from services.orders.schemas import OrderOut
+from services.users.errors import UserNotFound
 from services.users.schemas import UserOut
-from services.users.service import UserNotFound
 from shared.contract import MAX_ITEMS, CreditLimitExceeded, Identity, LineItems, ResourceIdPath
 from shared.errors import DownstreamBadResponse
 from shared.pagination import Page

@@ -17,9 +17,8 @@ from starlette.responses import Response
 
 from gateway.deps import Principal, gateway_state
 from gateway.routes.forward import PAGE_QUERY, Forward, add_forwards
-from services.users.authority import ScopeNotHeld
+from services.users.errors import ApiKeyNotFound, ApiKeyNotRotatable, ScopeNotHeld, UserRequired
 from services.users.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ApiKeyRotate, ApiKeyRotated
-from services.users.service import ApiKeyNotFound, ApiKeyNotRotatable, UserRequired
 from shared.pagination import Page
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])

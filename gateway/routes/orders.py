@@ -8,9 +8,8 @@ from fastapi import APIRouter, Query
 
 from gateway.deps import readers_and_writers
 from gateway.routes.forward import PAGE_QUERY, Forward, add_forwards
-from services.orders.downstream import ProductNotFound, StockConflict, UnknownUser
+from services.orders.errors import OrderAlreadyCancelled, OrderNotFound, ProductNotFound, StockConflict, UnknownUser
 from services.orders.schemas import OrderCreate, OrderOut
-from services.orders.service import OrderAlreadyCancelled, OrderNotFound
 from shared.contract import RESOURCE_ID_PATTERN, CreditLimitExceeded
 from shared.pagination import Page
 

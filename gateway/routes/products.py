@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from gateway.deps import readers_and_writers
 from gateway.routes.forward import PAGE_QUERY, Forward, add_forwards
-from services.inventory.repository import SkuTaken
+from services.inventory.errors import InsufficientStock, ProductNotFound, SkuTaken, StockLimitExceeded
 from services.inventory.schemas import (
     ProductCreate,
     ProductOut,
@@ -14,7 +14,6 @@ from services.inventory.schemas import (
     StockAdjustmentCreate,
     StockAdjustmentOut,
 )
-from services.inventory.service import InsufficientStock, ProductNotFound, StockLimitExceeded
 from shared.pagination import Page
 
 router = APIRouter(prefix="/v1", tags=["products"])

@@ -8,9 +8,8 @@ from fastapi import APIRouter
 from gateway.deps import AnyCaller, Principal, readers_and_writers
 from gateway.openapi import FORM
 from gateway.routes.forward import Forward, add_forwards
-from services.users.repository import EmailTaken
+from services.users.errors import EmailTaken, InvalidCredentials, UserNotFound, UserRequired
 from services.users.schemas import TenantCreate, TenantCreated, TokenOut, TokenRequest, UserCreate, UserOut, UserUpdate
-from services.users.service import InvalidCredentials, UserNotFound, UserRequired
 
 router = APIRouter(prefix="/v1", tags=["users"])
 # Public, outside /v1: where verifiers of access tokens find their keys.

@@ -7,6 +7,13 @@ from fastapi import APIRouter, Depends
 
 from gateway.deps import RequirePlan, readers_and_writers
 from gateway.routes.forward import PAGE_QUERY, Forward, add_forwards
+from services.webhooks.errors import (
+    DeliveryNotFound,
+    EndpointDisabled,
+    EndpointLimitReached,
+    EndpointNotFound,
+    UrlRefused,
+)
 from services.webhooks.schemas import (
     DeliveryDetail,
     DeliveryOut,
@@ -14,13 +21,6 @@ from services.webhooks.schemas import (
     EndpointOut,
     EndpointUpdate,
     EndpointWithSecret,
-)
-from services.webhooks.service import (
-    DeliveryNotFound,
-    EndpointDisabled,
-    EndpointLimitReached,
-    EndpointNotFound,
-    UrlRefused,
 )
 from shared.errors import PaymentRequired
 from shared.pagination import Page

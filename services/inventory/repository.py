@@ -8,13 +8,10 @@ from typing import NamedTuple
 
 from sqlalchemy import select, update
 
+from services.inventory.errors import SkuTaken
 from services.inventory.models import Product, Reservation, ReservationItem
 from shared.db import utcnow
-from shared.errors import Conflict
 from shared.repository import Repository
-
-
-class SkuTaken(Conflict, code="SKU_TAKEN", title="SKU already in use"): ...
 
 
 class TakenStock(NamedTuple):

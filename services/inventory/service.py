@@ -7,6 +7,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from services.inventory.errors import (
+    InsufficientStock,
+    ProductNotFound,
+    ReservationMismatch,
+    ReservationNotFound,
+    ReservationReleased,
+    StockLimitExceeded,
+)
 from services.inventory.models import MAX_STOCK, Product, Reservation, ReservationItem, StockAdjustment
 from services.inventory.repository import InventoryRepository
 from services.inventory.schemas import (
@@ -22,31 +30,11 @@ from services.inventory.schemas import (
     StockCheckOut,
 )
 from shared.db import new_id, utcnow
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.errors import ValidationFailed
 from shared.pagination import Page, PageQuery
 from shared.repository import matching
 
 logger = logging.getLogger("portico.inventory")
-
-
-class ProductNotFound(NotFound, code="PRODUCT_NOT_FOUND", title="Product not found", resource="product"): ...
-
-
-class ReservationNotFound(
-    NotFound, code="RESERVATION_NOT_FOUND", title="Reservation not found", resource="reservation"
-): ...
-
-
-class InsufficientStock(Conflict, code="INSUFFICIENT_STOCK", title="Insufficient stock"): ...
-
-
-class StockLimitExceeded(Conflict, code="STOCK_LIMIT_EXCEEDED", title="Stock limit exceeded"): ...
-
-
-class ReservationReleased(Conflict, code="RESERVATION_RELEASED", title="Reservation already released"): ...
-
-
-class ReservationMismatch(Conflict, code="RESERVATION_MISMATCH", title="Order already has a different reservation"): ...
 
 
 def field_error(field: str, msg: str, type_: str, **extra: Any) -> dict[str, Any]:

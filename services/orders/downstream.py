@@ -8,36 +8,14 @@ from typing import Any, NamedTuple
 import httpx
 from pydantic import ValidationError
 
+from services.orders.errors import ProductNotFound, ReservationInvalid, ReservationRefused, StockConflict, UnknownUser
 from services.orders.schemas import ReservationIn
 from shared.context import request_id_var
 from shared.contract import Identity, LineItem
 from shared.errors import (
-    Conflict,
     DownstreamBadResponse,
-    Forbidden,
-    NotFound,
-    PorticoError,
-    ValidationFailed,
 )
 from shared.http import ServiceClient
-
-
-class UnknownUser(Forbidden, code="UNKNOWN_USER", title="Unknown user"): ...
-
-
-class ReservationRefused(PorticoError):
-    """The inventory service answered and took no stock: nothing needs releasing."""
-
-
-class ProductNotFound(ReservationRefused, NotFound, code="PRODUCT_NOT_FOUND", title="Product not found"): ...
-
-
-class StockConflict(ReservationRefused, Conflict, code="INSUFFICIENT_STOCK", title="Insufficient stock"): ...
-
-
-class ReservationInvalid(ReservationRefused, ValidationFailed):
-    pass
-
 
 REFUSALS: dict[int, type[ReservationRefused]] = {404: ProductNotFound, 409: StockConflict, 422: ReservationInvalid}
 

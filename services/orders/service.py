@@ -20,6 +20,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.orders import downstream
+from services.orders.errors import (
+    EventsBusy,
+    OrderAlreadyCancelled,
+    OrderAttemptExpired,
+    OrderNotFound,
+    OrdersBusy,
+    ReservationRefused,
+)
 from services.orders.models import Order, OrderAttempt, OrderItem, OrderStatusChange, OutboxEvent
 from services.orders.repository import OrderRepository
 from services.orders.schemas import CreditOut, EventFeed, EventOut, OrderCreate, OrderOut, ReservationIn
@@ -27,10 +35,7 @@ from services.orders.settings import OrdersSettings
 from shared.contract import CreditLimitExceeded, IdempotencyKeyInUse, IdempotencyKeyReused, Identity, TenantIdentity
 from shared.db import LockNotAvailable, new_id, utcnow
 from shared.errors import (
-    Conflict,
-    NotFound,
     PorticoError,
-    ServiceUnavailable,
     ValidationFailed,
 )
 from shared.http import ServiceClient
@@ -39,21 +44,6 @@ from shared.repository import matching, transaction
 from shared.telemetry import current_traceparent
 
 logger = logging.getLogger("portico.orders")
-
-
-class OrderNotFound(NotFound, code="ORDER_NOT_FOUND", title="Order not found", resource="order"): ...
-
-
-class OrderAlreadyCancelled(Conflict, code="ORDER_ALREADY_CANCELLED", title="Order already cancelled"): ...
-
-
-class OrderAttemptExpired(ServiceUnavailable, code="ORDER_ATTEMPT_EXPIRED", title="Order attempt expired"): ...
-
-
-class EventsBusy(ServiceUnavailable, code="EVENTS_BUSY", title="Event feed busy"): ...
-
-
-class OrdersBusy(ServiceUnavailable, code="ORDERS_BUSY", title="Too many orders in progress"): ...
 
 
 @dataclass
@@ -234,7 +224,7 @@ async def _create_order(
         raise
     try:
         reservation = await downstream.reserve(ctx.inventory, identity, attempt.id, user.id, data.items)
-    except downstream.ReservationRefused:
+    except ReservationRefused:
         await _run_to_completion(ctx, _forget_attempt(ctx, attempt.id))
         raise
     except BaseException:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from services.users.errors import ScopeNotHeld
 from services.users.models import ApiKey, User
 from services.users.repository import ApiKeyRepository, UserRepository
 from shared.contract import ALL_SCOPES, ROLE_SCOPES, InsufficientScope, TenantIdentity, key_id_of
 from shared.db import utcnow
-from shared.errors import Forbidden
 
 MANAGE_OWN_KEYS = "api-keys:own"
 MANAGE_TENANT_KEYS = "api-keys:tenant"
@@ -30,9 +30,6 @@ ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
     "admin": frozenset({MANAGE_OWN_KEYS, MANAGE_TENANT_KEYS, SET_CREDIT_LIMITS}),
     "member": frozenset({MANAGE_OWN_KEYS}),
 }
-
-
-class ScopeNotHeld(Forbidden, code="SCOPE_NOT_HELD", title="Scope not held"): ...
 
 
 def role_authority(role: str) -> frozenset[str]:

@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends
 
+from services.users.errors import UserRequired
 from services.users.repository import ApiKeyRepository, UserRepository
 from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer, UsersContext
-from services.users.service import UserRequired
 from services.users.settings import UsersSettings
 from shared.contract import TenantIdentity, key_id_of
 from shared.db import SessionDep

@@ -6,12 +6,9 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
+from services.users.errors import EmailTaken
 from services.users.models import ApiKey, SigningKey, Tenant, User
-from shared.errors import Conflict
 from shared.repository import Repository
-
-
-class EmailTaken(Conflict, code="EMAIL_TAKEN", title="Email already registered"): ...
 
 
 class UserRepository(Repository):

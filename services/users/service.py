@@ -14,6 +14,14 @@ from services.users.authority import (
     key_authority,
     role_authority,
 )
+from services.users.errors import (
+    ApiKeyNotFound,
+    ApiKeyNotRotatable,
+    InvalidCredentials,
+    LoginThrottled,
+    UserNotFound,
+    UserRequired,
+)
 from services.users.models import ApiKey, Tenant, User
 from services.users.repository import ApiKeyRepository, UserRepository
 from services.users.schemas import (
@@ -31,18 +39,8 @@ from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer
 from services.users.settings import UsersSettings
 from shared.contract import ROLE_SCOPES, TenantIdentity, hash_api_key, key_id_of, new_api_key
 from shared.db import new_id, utcnow
-from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized
 from shared.pagination import Page, PageQuery
 from shared.repository import matching
-
-
-class UserNotFound(NotFound, code="USER_NOT_FOUND", title="User not found", resource="user"): ...
-
-
-class InvalidCredentials(Unauthorized, code="INVALID_CREDENTIALS", title="Invalid credentials"): ...
-
-
-class LoginThrottled(TooManyRequests, code="LOGIN_THROTTLED", title="Too many wrong passwords"): ...
 
 
 async def bootstrap_tenant(repo: UserRepository, hasher: PasswordHasher, data: TenantCreate) -> tuple[Tenant, User]:
@@ -170,15 +168,6 @@ async def issue_token(
         subject=user.id, tenant_id=tenant.id, scopes=ROLE_SCOPES[user.role], plan=tenant.plan, role=user.role
     )
     return TokenOut(access_token=token, expires_in=issuer.ttl)
-
-
-class ApiKeyNotFound(NotFound, code="API_KEY_NOT_FOUND", title="API key not found", resource="API key"): ...
-
-
-class UserRequired(Forbidden, code="USER_REQUIRED", title="A user is required"): ...
-
-
-class ApiKeyNotRotatable(Conflict, code="API_KEY_NOT_ROTATABLE", title="API key cannot be rotated"): ...
 
 
 async def _manageable(keys: ApiKeyRepository, identity: TenantIdentity, key_id: str) -> ApiKey:

@@ -9,6 +9,13 @@ import secrets
 from datetime import timedelta
 
 from services.webhooks.delivery_repository import DeliveryRepository
+from services.webhooks.errors import (
+    DeliveryNotFound,
+    EndpointDisabled,
+    EndpointLimitReached,
+    EndpointNotFound,
+    UrlRefused,
+)
 from services.webhooks.models import ACTIVE, DISABLED, Delivery, Endpoint
 from services.webhooks.repository import EndpointRepository
 from services.webhooks.schemas import (
@@ -23,30 +30,10 @@ from services.webhooks.settings import WebhooksSettings
 from services.webhooks.signing import SECRET_PREFIX
 from services.webhooks.url_safety import DnsUnavailable, Resolver, UnsafeUrl, check_url
 from shared.db import new_id, utcnow
-from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.pagination import Page, PageQuery
 
 # Standard Webhooks takes secrets of 24 to 64 bytes.
 SECRET_BYTES = 32
-
-
-class EndpointNotFound(
-    NotFound, code="WEBHOOK_ENDPOINT_NOT_FOUND", title="Webhook endpoint not found", resource="webhook endpoint"
-): ...
-
-
-class EndpointLimitReached(Conflict, code="WEBHOOK_ENDPOINT_LIMIT_REACHED", title="Webhook endpoint limit reached"): ...
-
-
-class UrlRefused(ValidationFailed, code="WEBHOOK_URL_REFUSED", title="Webhook URL refused"): ...
-
-
-class DeliveryNotFound(
-    NotFound, code="WEBHOOK_DELIVERY_NOT_FOUND", title="Webhook delivery not found", resource="webhook delivery"
-): ...
-
-
-class EndpointDisabled(Conflict, code="WEBHOOK_ENDPOINT_DISABLED", title="Webhook endpoint disabled"): ...
 
 
 def new_secret() -> str:

@@ -1,0 +1,30 @@
+"""The errors the users service answers with: part of its API, as its schemas are. The gateway
+imports them (never the service's code) to document and relay what it forwards."""
+
+from __future__ import annotations
+
+from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized
+
+
+class UserNotFound(NotFound, code="USER_NOT_FOUND", title="User not found", resource="user"): ...
+
+
+class InvalidCredentials(Unauthorized, code="INVALID_CREDENTIALS", title="Invalid credentials"): ...
+
+
+class LoginThrottled(TooManyRequests, code="LOGIN_THROTTLED", title="Too many wrong passwords"): ...
+
+
+class ApiKeyNotFound(NotFound, code="API_KEY_NOT_FOUND", title="API key not found", resource="API key"): ...
+
+
+class UserRequired(Forbidden, code="USER_REQUIRED", title="A user is required"): ...
+
+
+class ApiKeyNotRotatable(Conflict, code="API_KEY_NOT_ROTATABLE", title="API key cannot be rotated"): ...
+
+
+class EmailTaken(Conflict, code="EMAIL_TAKEN", title="Email already registered"): ...
+
+
+class ScopeNotHeld(Forbidden, code="SCOPE_NOT_HELD", title="Scope not held"): ...
