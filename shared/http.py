@@ -36,6 +36,7 @@ from shared.errors import (
     DownstreamTimeout,
     DownstreamUnavailable,
 )
+from shared.metrics import LATENCY_BUCKETS
 from shared.settings import ProcessSettings
 from shared.telemetry import TracingTransport
 
@@ -129,7 +130,7 @@ class UpstreamMetrics:
             "Time a call to another service took, retries included.",
             ("service", "method"),
             registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            buckets=LATENCY_BUCKETS,
         )
         self.circuit = Gauge(
             "portico_circuit_state",

@@ -18,6 +18,9 @@ from starlette.responses import Response
 
 from shared.networks import Networks
 
+# Seconds: the buckets of every request-duration histogram (served and upstream), from 1 ms to 10 s.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 UNMATCHED = "<unmatched>"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -54,7 +57,7 @@ class HttpMetrics:
             "Time to answer an HTTP request.",
             ("method", "route"),
             registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            buckets=LATENCY_BUCKETS,
         )
 
 
