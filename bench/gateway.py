@@ -61,7 +61,7 @@ from bench.nginx import nginx, require_nginx
 from scripts.devstack import free_port
 
 SERVERS = ("uvicorn", "uvicorn-httptools", "granian", "gunicorn")
-GATEWAYS = ("textbook", "assembled", "aiohttp", "nginx", "portico")
+GATEWAYS = ("textbook", "assembled", "lean", "aiohttp", "nginx", "portico")
 FACTORY = "bench.portico_asgi:app"
 BOUNDED_HTTP = "shared.serving:BoundedHttpToolsProtocol"
 # What `python -m gateway serve` gives uvicorn (GATEWAY_SERVER_KEEP_ALIVE_SECONDS and its graceful
@@ -188,7 +188,11 @@ def comparator(rig: Rig, name: str) -> Iterator[tuple[str, int]]:
         "BENCH_REDIS_PREFIX": f"{rig.redis_prefix}slowapi",
         "BENCH_OTLP_ENDPOINT": rig.sink_url,
     }
-    command = [sys.executable, "-m", "bench.comparators", name, str(port)]
+    if name == "lean":
+        env["BENCH_REDIS_PREFIX"] = rig.redis_prefix
+        command = [sys.executable, "-m", "bench.lean", str(port)]
+    else:
+        command = [sys.executable, "-m", "bench.comparators", name, str(port)]
     with server(command, env=env, health_url=f"{base}/health") as proc:
         yield base, proc.pid
 

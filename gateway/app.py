@@ -1,33 +1,26 @@
-"""The gateway's app factory, its lifespan and its edge pipeline.
+"""The gateway's app factory and its lifespan.
 
-Every request passes these stages, outermost first (pure ASGI; `edge_pipeline` below is the list):
+Every request passes, outermost first (all pure ASGI):
 
-1-3. observability                 request id, server span (continues   shared/middleware.py
-                                   `traceparent`), metrics, access log  shared/telemetry.py
-    (Starlette's error middleware, which renders unhandled exceptions as 500)
- 4. body size limit                413 before the body is read          shared/middleware.py
- 5. security headers               nosniff, framing, CSP, HSTS          edge/hygiene.py
- 6. trusted hosts                  400 for another Host                 edge/hygiene.py
- 7. CORS                           preflights answered here             edge/hygiene.py
- 8. gzip                           bodies of 500 bytes or more          Starlette
- 9. authentication                 JWT or X-API-Key, tenant check       auth.py, edge/apikeys.py
-10. rate limit                     per tenant / client address, 429     edge/ratelimit.py
-11. idempotency                    Idempotency-Key replay, 409, 422     edge/idempotency.py
-12. caching                        ETag/304, private, no-store          edge/caching.py
-13. deprecation                    headers of retired routes, counted   edge/deprecation.py
-14. routes                         per-route scopes (403), plans (402)  routes/*.py -> proxy.py
+1-3. observability   request id, server span (continues `traceparent`),    shared/middleware.py
+                     metrics, access log                                    shared/telemetry.py
+     (Starlette's error middleware, which renders unhandled exceptions as 500)
+ 4. body size limit  413 before the body is read                           shared/middleware.py
+ 5. gzip             answers of 500 bytes or more, when the client asks     Starlette
+ 6. the edge         route match, hygiene, authentication, rate limit,      gateway/edge/pipeline.py
+                     idempotency, the forwarded routes themselves, caching,
+                     deprecation: one layer, one pass
+ 7. FastAPI          the routes that are not forwarded: aggregates, real    gateway/routes/*.py
+                     time, GraphQL, docs, probes
 
-Stages 5-8 and 10-12 can be switched off by settings (the benchmark measures each one). What a stage
-hands the next (the request id, the principal) is in the request context (`shared/context.py`).
+The edge's stages can be switched off by settings (hygiene, rate limit, idempotency, ETags; the
+benchmark measures each one). What a stage hands the next (the request id, the route, the caller) is
+in the request context (`shared/context.py`).
 
-Everything that holds a connection or state (the HTTP client, Redis, the stores, the API key cache)
-is built in the lifespan (`open_state`) as one `GatewayState` (`gateway/state.py`). Routes reach it
-through `gateway/deps.py`. The stages get a `LifespanSlot` when the pipeline is built, which the
-lifespan fills with that state. Why a slot rather than building the stage chain in the lifespan:
-Starlette builds the middleware stack on the first ASGI call, which is the lifespan's own startup,
-so the stack exists before the state does; building the stages in the lifespan instead would need
-one more layer on every request to reach a chain made later. The slot costs one attribute read where
-a stage uses the state, and nothing is looked up by name.
+Everything that holds a connection or state (the HTTP pool, Redis, the stores, the API key cache) is
+built in the lifespan (`open_state`) as one `GatewayState` (`gateway/state.py`). Routes reach it
+through `gateway/deps.py`; the edge is handed the parts it uses, as one `EdgeRuntime`, for the life
+of the lifespan (`Edge.running`).
 """
 
 from __future__ import annotations
@@ -35,60 +28,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable
 
 from fastapi import FastAPI
 from opentelemetry import trace
-from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute
 
-from gateway.aggregate import Composer, UpstreamRefused, upstream_refused_handler
-from gateway.auth import AuthenticationMiddleware, JwtVerifier, key_source
+from gateway.composer import Composer, UpstreamRefused, upstream_refused_handler
+from gateway.edge.addresses import ClientAddress
 from gateway.edge.apikeys import ApiKeyResolver
+from gateway.edge.authentication import Authenticator, JwtVerifier, key_source
 from gateway.edge.authfailures import AuthFailures
-from gateway.edge.caching import CachingMiddleware
-from gateway.edge.deprecation import DeprecationMiddleware
-from gateway.edge.hygiene import CorsMiddleware, SecurityHeadersMiddleware, TrustedHostMiddleware
-from gateway.edge.idempotency import (
-    Idempotency,
-    IdempotencyMiddleware,
-    IdempotencyStore,
-    MemoryIdempotencyStore,
-    RedisIdempotencyStore,
-)
+from gateway.edge.forwarding import Forwarder
+from gateway.edge.idempotency import Idempotency, IdempotencyStore, MemoryIdempotencyStore, RedisIdempotencyStore
 from gateway.edge.metrics import EdgeMetrics
+from gateway.edge.pipeline import Edge, EdgeRuntime
 from gateway.edge.ratelimit import (
     MemoryRateLimitStore,
     RateLimiter,
-    RateLimitMiddleware,
+    RateLimits,
     RateLimitStore,
     RedisRateLimitStore,
-    RoutePolicies,
+    route_quotas,
 )
-from gateway.edge.store import RedisClient, StoreCaller
+from gateway.edge.router import RouteTable
+from gateway.edge.store import RedisClient, ScriptBatcher, StoreCaller
 from gateway.graphql import graphiql
 from gateway.graphql.router import graphql_router
-from gateway.openapi import add_components, documented_bodies
-from gateway.proxy import Upstreams
+from gateway.openapi import add_components
 from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
 from gateway.realtime.relay import EventRelay, OrdersFeed, running
 from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore
 from gateway.routes import aggregates, api_keys, orders, products, realtime, users, webhooks
-from gateway.routes.forward import anonymous_forwards, deprecated_routes
-from gateway.settings import FailureMode, GatewaySettings
-from gateway.state import GatewaySlot, GatewayState
+from gateway.routes.forward import ForwardRouter, compiled_routes
+from gateway.settings import FailureMode, GatewaySettings, Quota
+from gateway.state import GatewayState
+from gateway.upstreams import Upstreams
 from shared.app import ReadinessCheck, add_health_routes, create_fastapi, install_common
 from shared.contract import ANONYMOUS
-from shared.http import CallPolicy, ServiceClient, UpstreamMetrics, create_http_client
+from shared.http import CallPolicy, ServiceClient, UpstreamMetrics, create_http_pool
 from shared.identity import IdentitySigner
-from shared.state import LifespanSlot, LifespanState, lifespan_state_of
+from shared.state import LifespanState, lifespan_state_of
 from shared.telemetry import create_tracer_provider, set_global_provider_once, start_export
 
 logger = logging.getLogger("portico.gateway")
@@ -147,38 +133,93 @@ def create_redis(settings: GatewaySettings, *, wait_seconds: float = 0.0) -> Red
     return Redis.from_pool(pool)
 
 
+# The forwarded routes, in the order they are added (a route earlier in a router wins a tie).
+FORWARD_ROUTERS: tuple[ForwardRouter, ...] = (
+    users.well_known,
+    users.router,
+    api_keys.router,
+    products.router,
+    orders.router,
+    webhooks.router,
+)
+
+
 @contextlib.asynccontextmanager
 async def open_state(
-    settings: GatewaySettings, provider: TracerProvider, metrics: EdgeMetrics, upstream_metrics: UpstreamMetrics
+    settings: GatewaySettings,
+    provider: TracerProvider,
+    metrics: EdgeMetrics,
+    upstream_metrics: UpstreamMetrics,
+    quotas: dict[tuple[str, str], Quota],
 ) -> AsyncIterator[GatewayState]:
     """Builds everything the gateway owns (the edge stores on Redis when configured, in-process
     otherwise) and closes it on the way out."""
-    http = create_http_client(settings, provider)
+    http = create_http_pool(settings, provider)
     signer = IdentitySigner(settings.internal_token_secret.get_secret_value(), settings.internal_token_ttl_seconds)
-    policy = CallPolicy(settings, upstream_metrics)
+    policy = CallPolicy(settings, upstream_metrics, provider)
     upstreams = Upstreams(
-        {name: ServiceClient(name, url, http, signer, policy) for name, url in settings.service_urls().items()}
+        {
+            name: ServiceClient(name, url, http.client, signer, policy, session=http.session)
+            for name, url in settings.service_urls().items()
+        }
     )
     redis: RedisClient | None = None
+    scripts: ScriptBatcher | None = None
     rate_store: RateLimitStore
     idempotency_store: IdempotencyStore
+    counts: RedisRateLimitStore | None = None
     if settings.redis_url:
+        # The edge's Redis work is recorded as events on the request's span (`RequestContext.event`),
+        # not as a span per command.
         redis = create_redis(settings)
-        RedisInstrumentor.instrument_client(redis, tracer_provider=provider)
-        rate_store = RedisRateLimitStore(redis, settings.redis_key_prefix)
-        idempotency_store = RedisIdempotencyStore(redis, settings.redis_key_prefix)
+        scripts = ScriptBatcher(redis)
+        rate_store = counts = RedisRateLimitStore(scripts, settings.redis_key_prefix)
+        idempotency_store = RedisIdempotencyStore(scripts, settings.redis_key_prefix)
     else:
         rate_store = MemoryRateLimitStore()
         idempotency_store = MemoryIdempotencyStore(settings.idempotency_memory_max_bytes)
-
-    auth_failure_store: RateLimitStore = (
-        RedisRateLimitStore(redis, settings.redis_key_prefix) if redis is not None else MemoryRateLimitStore()
-    )
 
     def caller(stage: str, failure_mode: FailureMode) -> StoreCaller:
         # In-process stores do no I/O: a deadline would only cost time.
         timeout = settings.redis_timeout_seconds if redis is not None else None
         return StoreCaller(stage, timeout=timeout, mode=failure_mode, metrics=metrics)
+
+    rate_limiter = RateLimiter(rate_store, caller("rate_limit", settings.rate_limit_failure_mode))
+    api_keys = ApiKeyResolver(
+        upstreams["users"],
+        ttl_seconds=settings.api_key_cache_ttl_seconds,
+        max_entries=settings.api_key_cache_size,
+        max_unknown_entries=settings.api_key_negative_cache_size,
+        metrics=metrics,
+    )
+    authenticator = Authenticator(
+        tokens=JwtVerifier(settings),
+        keys=key_source(settings, upstreams["users"]),
+        api_keys=api_keys,
+        # Never fails open: while Redis fails, each process counts failures alone.
+        failures=AuthFailures(
+            RateLimiter(counts or MemoryRateLimitStore(), caller("auth_failures", "local")),
+            settings.auth_failure_limit,
+            metrics,
+        ),
+        client_address=ClientAddress(settings.trusted_proxies),
+    )
+    edge = EdgeRuntime(
+        authenticator=authenticator,
+        rate_limits=RateLimits(settings, rate_limiter, metrics, quotas) if settings.rate_limit_enabled else None,
+        idempotency=(
+            Idempotency(
+                idempotency_store,
+                caller("idempotency", settings.idempotency_failure_mode),
+                settings,
+                metrics,
+                counts=counts,
+            )
+            if settings.idempotency_enabled
+            else None
+        ),
+        forwarder=Forwarder(upstreams, api_keys),
+    )
 
     store: EventStore
     if redis is not None:
@@ -205,79 +246,28 @@ async def open_state(
                 upstreams=upstreams,
                 composer=Composer(
                     upstreams,
-                    trace.get_tracer("portico.gateway.aggregate", tracer_provider=provider),
+                    trace.get_tracer("portico.gateway.composer", tracer_provider=provider),
                     settings.aggregate_timeout_seconds,
                 ),
                 redis=redis,
-                rate_limiter=RateLimiter(rate_store, caller("rate_limit", settings.rate_limit_failure_mode)),
-                idempotency=Idempotency(idempotency_store, caller("idempotency", settings.idempotency_failure_mode)),
-                # Never fails open: while Redis fails, each process counts failures alone.
-                auth_failures=AuthFailures(
-                    RateLimiter(auth_failure_store, caller("auth_failures", "local")),
-                    settings.auth_failure_limit,
-                    metrics,
-                ),
-                api_keys=ApiKeyResolver(
-                    upstreams["users"],
-                    ttl_seconds=settings.api_key_cache_ttl_seconds,
-                    max_entries=settings.api_key_cache_size,
-                    max_unknown_entries=settings.api_key_negative_cache_size,
-                    metrics=metrics,
-                ),
-                jwt_keys=key_source(settings, upstreams["users"]),
+                authenticator=authenticator,
+                rate_limiter=rate_limiter,
                 events=hub,
-                # One verifier (and one cache of verified tokens) for HTTP and WebSocket alike.
-                tokens=JwtVerifier(settings),
+                edge=edge,
             )
     finally:
         await hub.close()
+        if scripts is not None:
+            await scripts.aclose()
         await asyncio.gather(http.aclose(), *(client.aclose() for client in (redis, blocking) if client is not None))
 
 
-def edge_pipeline(
-    routes: Sequence[BaseRoute], settings: GatewaySettings, metrics: EdgeMetrics, state: GatewaySlot
-) -> list[Middleware]:
-    """Stages 5 to 12, outermost first. Needs the routes: per-route rate limits bind to them."""
-    stages: list[Middleware] = []
-    if settings.security_headers_enabled:
-        stages.append(
-            Middleware(
-                SecurityHeadersMiddleware,
-                hsts_max_age=settings.hsts_max_age_seconds,
-                hsts_include_subdomains=settings.hsts_include_subdomains,
-            )
-        )
-    if settings.trusted_hosts != ["*"]:
-        stages.append(Middleware(TrustedHostMiddleware, hosts=settings.trusted_hosts))
-    if settings.cors_allow_origins:
-        stages.append(
-            Middleware(
-                CorsMiddleware,
-                origins=settings.cors_allow_origins,
-                allow_credentials=settings.cors_allow_credentials,
-                max_age=settings.cors_max_age_seconds,
-            )
-        )
-    if settings.gzip_enabled:
-        stages.append(
-            Middleware(GZipMiddleware, minimum_size=settings.gzip_minimum_bytes, compresslevel=settings.gzip_level)
-        )
-    stages.append(
-        Middleware(
-            AuthenticationMiddleware,
-            state=state,
-            anonymous=anonymous_forwards(routes),
-            trusted_proxies=settings.trusted_proxies,
-        )
-    )
-    if settings.rate_limit_enabled:
-        policies = RoutePolicies(routes, settings)
-        stages.append(Middleware(RateLimitMiddleware, settings=settings, routes=policies, metrics=metrics, state=state))
-    if settings.idempotency_enabled:
-        stages.append(Middleware(IdempotencyMiddleware, settings=settings, metrics=metrics, state=state))
-    stages.append(Middleware(CachingMiddleware, etag=settings.etag_enabled))
-    stages.append(Middleware(DeprecationMiddleware, routes=deprecated_routes(routes), counter=metrics.deprecated_calls))
-    return stages
+def routes_of(app: FastAPI, routers: Iterable[object]) -> list[BaseRoute]:
+    """The routes FastAPI runs: the app's own and those of `routers` (FastAPI includes a router as one
+    entry of the app's routes)."""
+    found = [route for route in app.router.routes if getattr(route, "path", None) is not None]
+    found += [route for router in routers for route in getattr(router, "routes", ())]
+    return found
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -287,24 +277,29 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     edge_metrics = EdgeMetrics()
     registry = CollectorRegistry()
     upstream_metrics = UpstreamMetrics(registry)
-    slot: GatewaySlot = LifespanSlot("the gateway's state")
+    edge = Edge(settings=cfg, metrics=edge_metrics)
+    quotas: dict[tuple[str, str], Quota] = {}
+    current: GatewayState | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[LifespanState[GatewayState]]:
+        nonlocal current
         start_export(provider)
         try:
-            async with open_state(cfg, provider, edge_metrics, upstream_metrics) as state:
-                with slot.filled(state):
+            async with open_state(cfg, provider, edge_metrics, upstream_metrics, quotas) as state:
+                current = state
+                with edge.running(state.edge):
                     yield lifespan_state_of(state)
         finally:
+            current = None
             provider.shutdown()
 
     app = create_fastapi(cfg, "Portico API", lifespan)
 
     async def before_shutdown() -> None:
         # WebSockets close with 1013 (reconnect elsewhere) before the server stops.
-        with contextlib.suppress(RuntimeError):  # outside the lifespan: nothing to close
-            await slot.value.events.drain(DRAIN_SECONDS)
+        if current is not None:
+            await current.events.drain(DRAIN_SECONDS)
 
     app.state.before_shutdown = before_shutdown
     checks: dict[str, ReadinessCheck[GatewayState]] = {name: _service_check(name) for name in cfg.service_urls()}
@@ -312,26 +307,32 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         checks["redis"] = _check_redis
     add_health_routes(app, checks, timeout=cfg.ready_timeout_seconds)
     # The aggregate routes first: their paths are more specific than the forwarded ones around them.
-    routers = [
-        users.well_known,
-        *(module.router for module in (aggregates, users, api_keys, products, orders, webhooks, realtime)),
-    ]
-    for router in routers:
-        app.include_router(router)
+    others = [aggregates.router]
+    app.include_router(aggregates.router)
+    for router in FORWARD_ROUTERS:
+        # For the reference only: the edge answers these routes (`gateway/routes/forward.py`).
+        app.include_router(router.docs)
+    app.include_router(realtime.router)
+    others.append(realtime.router)
     if cfg.docs_enabled:
         # Before the GraphQL router: its GET /graphql is GraphiQL's page.
         app.include_router(graphiql.router)
+        others.append(graphiql.router)
     graphql = graphql_router(cfg)
     app.include_router(graphql)
-    routers.append(graphql)
-    routes = [route for router in routers for route in router.routes]
-    bodies = documented_bodies(routes)
-    app.openapi_hooks.append(lambda schema: add_components(schema, bodies))
-    # add_middleware wraps what is already there, so the stages go on innermost first; install_common
-    # then adds stage 4 around them, and stages 1-3 (one layer) outside Starlette's error middleware.
-    for stage in reversed(edge_pipeline(routes, cfg, edge_metrics, slot)):
-        app.add_middleware(stage.cls, *stage.args, **stage.kwargs)
+    others.append(graphql)
+    bodies = [body.model for router in FORWARD_ROUTERS for body in router.documented_bodies]
+    app.openapi_hooks.append(lambda schema: add_components(schema, list(dict.fromkeys(bodies))))
+    # add_middleware wraps what is already there, so the edge goes on first (innermost); install_common
+    # then adds the body limit around it, and observability (one layer) outside Starlette's errors.
+    app.add_middleware(edge.wrap)
+    if cfg.gzip_enabled:
+        app.add_middleware(GZipMiddleware, minimum_size=cfg.gzip_minimum_bytes, compresslevel=cfg.gzip_level)
     http_metrics = install_common(app, cfg, provider, database=False, registry=registry)
     app.add_exception_handler(UpstreamRefused, upstream_refused_handler)
     edge_metrics.register(http_metrics.registry)
+    forwards = compiled_routes(FORWARD_ROUTERS)
+    edge.table = RouteTable(forwards, routes_of(app, others))
+    rows = {(route.method, route.path): route.rate_limit for route in forwards if route.rate_limit is not None}
+    quotas.update(route_quotas(rows, cfg, edge.table.routes()))
     return app

@@ -1,7 +1,7 @@
-"""Every dependency a gateway route can ask for, typed: the lifespan's collaborators, the caller,
-scopes and plan gates. A route names what it needs (`upstreams: UpstreamsDep, identity: Principal`)
-and never reaches into the request for it. A new collaborator of the lifespan (a field of
-`GatewayState`) gets its dependency here, in one line like those below.
+"""Every dependency a gateway route can ask for, typed: the lifespan's collaborators, the caller and
+its scopes. A route names what it needs (`composer: ComposerDep, identity: Principal`) and never
+reaches into the request for it. A new collaborator of the lifespan (a field of `GatewayState`) gets
+its dependency here, in one line like those below.
 
 Dependencies are `async def`: FastAPI runs plain `def` dependencies in a thread pool, a thread hop
 per request for an attribute lookup.
@@ -9,82 +9,53 @@ per request for an attribute lookup.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from gateway.aggregate import Composer
-from gateway.edge.apikeys import ApiKeyResolver
-from gateway.edge.ratelimit import RateLimiter
-from gateway.proxy import Upstreams
+from gateway.composer import Composer
+from gateway.edge.authentication import Authenticator, Caller
+from gateway.realtime.hub import Hub
+from gateway.routes.forward import Access
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
-from shared.context import principal_of
-from shared.contract import PLANS, AuthenticationRequired, Identity
-from shared.errors import PaymentRequired
+from gateway.upstreams import Upstreams
+from shared.context import request_context
+from shared.contract import Identity
 from shared.state import StateDependencies
 
 state = StateDependencies[GatewayState]()
-gateway_state = state.of
 
 SettingsDep = Annotated[GatewaySettings, Depends(state.provide(lambda s: s.settings))]
 UpstreamsDep = Annotated[Upstreams, Depends(state.provide(lambda s: s.upstreams))]
 ComposerDep = Annotated[Composer, Depends(state.provide(lambda s: s.composer))]
-ApiKeysDep = Annotated[ApiKeyResolver, Depends(state.provide(lambda s: s.api_keys))]
-RateLimiterDep = Annotated[RateLimiter, Depends(state.provide(lambda s: s.rate_limiter))]
+AuthenticatorDep = Annotated[Authenticator, Depends(state.provide(lambda s: s.authenticator))]
+HubDep = Annotated[Hub, Depends(state.provide(lambda s: s.events))]
 
 
-async def current_identity(conn: HTTPConnection) -> Identity:
-    """The caller as the authentication stage resolved it; anonymous when no credentials were sent."""
-    return principal_of(conn.scope)
+async def current_caller(conn: HTTPConnection) -> Caller:
+    """The caller as the edge authenticated it (with what it proved itself: a token's expiry, a key)."""
+    caller = request_context(conn.scope).caller
+    if not isinstance(caller, Caller):
+        raise RuntimeError("the edge has not authenticated this request")
+    return caller
 
 
-async def require_principal(conn: HTTPConnection) -> Identity:
-    identity = principal_of(conn.scope)
-    if identity.is_anonymous:
-        raise AuthenticationRequired("This route needs credentials.")
-    return identity
+CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
-AnyCaller = Annotated[Identity, Depends(current_identity)]
-Principal = Annotated[Identity, Depends(require_principal)]
+class RequireAccess:
+    """Route dependency: the caller must pass `access` (401, 402 or 403 otherwise), as a forwarded
+    route's row says it (`gateway/routes/forward.py`)."""
+
+    def __init__(self, access: Access) -> None:
+        self.access = access
+
+    async def __call__(self, caller: CallerDep) -> Identity:
+        self.access.check(caller.identity)
+        return caller.identity
 
 
-class RequireScope:
-    """Route dependency: the caller must hold `scope` (403 naming it otherwise)."""
-
-    def __init__(self, scope: str) -> None:
-        self.scope = scope
-
-    async def __call__(self, identity: Principal) -> Identity:
-        identity.require_scope(self.scope)
-        return identity
-
-
-def readers_and_writers(domain: str) -> tuple[Any, Any]:
-    """The caller dependencies of a domain's routes: those that read need `<domain>:read`, those that
-    change need `<domain>:write`."""
-    return (
-        Annotated[Identity, Depends(RequireScope(f"{domain}:read"))],
-        Annotated[Identity, Depends(RequireScope(f"{domain}:write"))],
-    )
-
-
-class RequirePlan:
-    """Route dependency: the caller's tenant must be on one of `plans` (402 naming them otherwise)."""
-
-    def __init__(self, *plans: str, feature: str) -> None:
-        unknown = set(plans) - set(PLANS)
-        if unknown:
-            raise ValueError(f"unknown plans {sorted(unknown)}")
-        self.plans = tuple(p for p in PLANS if p in plans)
-        self.feature = feature
-
-    async def __call__(self, identity: Principal) -> Identity:
-        if identity.plan not in self.plans:
-            raise PaymentRequired(
-                f"{self.feature} needs the {' or '.join(self.plans)} plan; this tenant is on {identity.plan}.",
-                extra={"required_plans": list(self.plans), "current_plan": identity.plan},
-            )
-        return identity
+# Any caller with credentials.
+Principal = Annotated[Identity, Depends(RequireAccess(Access()))]

@@ -9,9 +9,10 @@ id is also in a context variable, for log lines.
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import INVALID_SPAN, Span
 from starlette.types import Scope
@@ -30,9 +31,23 @@ class RequestContext:
     # Who is calling, once the gateway's authentication stage ran (anonymous included); services
     # learn it from the internal identity token instead (`shared/identity.py`).
     principal: Identity | None = None
+    # How the principal proved itself (the gateway's `Caller`: a token's expiry, an API key), for
+    # connections that outlive their request.
+    caller: Any = None
+    # The route template, once the gateway's edge matched the request (before any stage runs, so
+    # that its own answers, a 401 or a 429, are labelled with it too).
+    route: str | None = None
     # The request's server span; a non-recording one when the request is not traced or not sampled,
     # so a stage records on it without asking.
     span: Span = INVALID_SPAN
+    # What the stages decided, set on the server span in one go when it ends.
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def event(self, name: str, started: float) -> None:
+        """Records a piece of the edge's work (a Redis call, named by its purpose) on the server span,
+        with how long it took: `started` is its `time.perf_counter()`."""
+        if self.span.is_recording():
+            self.span.add_event(name, {"portico.duration_ms": round((time.perf_counter() - started) * 1000, 3)})
 
 
 def open_context(scope: Scope, request_id: str, span: Span = INVALID_SPAN) -> RequestContext:

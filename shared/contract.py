@@ -6,8 +6,7 @@
 - scopes, what each role holds, and the plans;
 - the shape of an API key;
 - Idempotency-Key rules and the errors they answer with;
-- the pattern of resource ids, and the line items an order and its reservation carry;
-- the public routes whose answers hold a secret (`Cache-Control: no-store`).
+- the pattern of resource ids, and the line items an order and its reservation carry.
 
 Plumbing that enforces these (token signing, the edge stages, the database) stays in the modules
 that use it; only the agreement is here.
@@ -324,15 +323,6 @@ class ReservedLine(BaseModel):
 
 # --------------------------------------------------------------------------- answers that hold secrets
 
+# What a service sends with an answer that holds a secret (a token, a new API key, a webhook secret);
+# the gateway's routes of those answers say `secret` too (`gateway/routes/forward.py`).
 NO_STORE = "no-store"
-# Public routes (method, route template) whose answers hold a secret: the gateway sends them with
-# `Cache-Control: no-store` whatever the service said, and its idempotency store never keeps their body.
-SECRET_ROUTES: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("POST", "/v1/auth/token"),
-        ("POST", "/v1/api-keys"),
-        ("POST", "/v1/api-keys/{key_id}/rotate"),
-        ("POST", "/v1/webhooks/endpoints"),
-        ("POST", "/v1/webhooks/endpoints/{endpoint_id}/rotate-secret"),
-    }
-)

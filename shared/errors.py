@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Self
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from opentelemetry import trace
@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from shared.context import request_id_of, request_id_var
 
 PROBLEM_JSON = "application/problem+json"
+PROBLEM_JSON_BYTES = PROBLEM_JSON.encode("ascii")
 PROBLEM_BASE = "https://portico.dev/problems/"
 
 logger = logging.getLogger("portico.errors")
@@ -225,28 +226,37 @@ def problem_body(
     return body
 
 
-def problem_response(exc: PorticoError, request_id: str | None = None) -> Response:
-    """Renders a Portico error; usable from handlers and from plain ASGI middleware."""
-    rid = request_id or request_id_var.get()
+def _problem_json(exc: PorticoError, request_id: str | None) -> bytes:
     body = problem_body(
         status=exc.status_code,
         title=exc.title,
         detail=exc.detail,
         error_code=exc.code,
         slug=exc.slug,
-        request_id=rid,
+        request_id=request_id,
         errors=exc.errors,
         extra=exc.extra,
     )
+    return orjson.dumps(body, default=str)
+
+
+def problem_response(exc: PorticoError, request_id: str | None = None) -> Response:
+    """Renders a Portico error; usable from handlers and from plain ASGI middleware."""
+    rid = request_id or request_id_var.get()
     headers = dict(exc.headers)
     if rid:
         headers.setdefault("X-Request-ID", rid)
     return Response(
-        content=json.dumps(body, separators=(",", ":"), default=str),
-        status_code=exc.status_code,
-        headers=headers,
-        media_type=PROBLEM_JSON,
+        content=_problem_json(exc, rid), status_code=exc.status_code, headers=headers, media_type=PROBLEM_JSON
     )
+
+
+def problem_message(exc: PorticoError, request_id: str | None) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The raw headers and body of a Portico error, for code that sends ASGI messages itself."""
+    body = _problem_json(exc, request_id)
+    headers = [(b"content-type", PROBLEM_JSON_BYTES), (b"content-length", str(len(body)).encode("latin-1"))]
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in exc.headers.items()]
+    return headers, body
 
 
 async def send_problem(exc: PorticoError, scope: Scope, receive: Receive, send: Send) -> None:
@@ -280,15 +290,17 @@ async def _portico_error_handler(request: Request, exc: Exception) -> Response:
     return problem_response(exc, _request_id(request))
 
 
+def validation_failed(errors: Sequence[Any]) -> PorticoError:
+    """The error of a request whose parameters or body broke their rules (pydantic's errors, with
+    FastAPI's locations: `("query", "limit")`)."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return MalformedBody("The request body is not valid JSON.")
+    return ValidationFailed("The request did not pass validation.", errors=_jsonable_errors(errors))
+
+
 async def _validation_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = list(exc.errors())
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return problem_response(MalformedBody("The request body is not valid JSON."), _request_id(request))
-    return problem_response(
-        ValidationFailed("The request did not pass validation.", errors=_jsonable_errors(errors)),
-        _request_id(request),
-    )
+    return problem_response(validation_failed(list(exc.errors())), _request_id(request))
 
 
 async def _http_exception_handler(request: Request, exc: Exception) -> Response:

@@ -8,6 +8,7 @@ import fcntl
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -44,6 +45,24 @@ def _read_locked(directory: str, registry: CollectorRegistry) -> bytes:
         return generate_latest(registry)
 
 
+class LabelCache:
+    """The children of a labelled metric, kept by their label values: `labels()` takes a lock and
+    builds a key on every call, which the hot path pays per request otherwise. Label values are
+    bounded by design (methods, route templates, statuses), so is this."""
+
+    __slots__ = ("children", "metric")
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.metric.labels(*values)
+        return child
+
+
 class HttpMetrics:
     """The HTTP server metrics of one app, in the app's own registry."""
 
@@ -59,6 +78,12 @@ class HttpMetrics:
             registry=registry,
             buckets=LATENCY_BUCKETS,
         )
+        self._requests = LabelCache(self.requests)
+        self._duration = LabelCache(self.duration)
+
+    def record(self, method: str, route: str, status: str, seconds: float) -> None:
+        self._requests(method, route, status).inc()
+        self._duration(method, route).observe(seconds)
 
 
 def metrics_endpoint(registry: CollectorRegistry, allowed: Networks) -> Callable[[Request], Awaitable[Response]]:

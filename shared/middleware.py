@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import time
-import uuid
 
 from opentelemetry import context as otel_context
 from opentelemetry.trace import INVALID_SPAN
@@ -39,7 +39,7 @@ def _declared_length(value: bytes | None) -> int:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class ObservabilityMiddleware:
@@ -47,9 +47,9 @@ class ObservabilityMiddleware:
 
     - the request id: a well-formed `X-Request-ID` is accepted, else one is made; it is echoed on the
       answer and is in every log line and error body;
-    - the server span (`ServerSpans`), current while the request runs, so downstream calls, Redis
-      commands and SQL are its children; it ends named after the route, with the caller's tenant and
-      principal when the gateway resolved one;
+    - the server span (`ServerSpans`), current while the request runs, so downstream calls and SQL
+      are its children; it ends named after the route, with the caller's tenant and principal when
+      the gateway resolved one, and what the stages decided (`RequestContext.attributes`);
     - `http_requests_total` and `http_request_duration_seconds`, by route template;
     - one JSON access line, written while the span is still current (it carries the trace id).
 
@@ -93,26 +93,25 @@ class ObservabilityMiddleware:
             error = exc
             raise
         finally:
+            route = context.route or getattr(scope.get("route"), "path", None)
             if kind == "http":
-                self._record(scope, status or 500, time.perf_counter() - start)
+                self._record(scope, route, status or 500, time.perf_counter() - start)
             if traced is not None:
-                caller: dict[str, str | int] = {REQUEST_ID: request_id}
+                attributes = context.attributes
+                attributes[REQUEST_ID] = request_id
                 principal = context.principal
                 if principal is not None and not principal.is_anonymous:
-                    caller[PRINCIPAL] = principal.subject
+                    attributes[PRINCIPAL] = principal.subject
                     if principal.tenant_id is not None:
-                        caller[TENANT_ID] = principal.tenant_id
-                self.spans.finish(traced[0], scope, status or (500 if kind == "http" else 0), error, caller)
+                        attributes[TENANT_ID] = principal.tenant_id
+                self.spans.finish(traced[0], scope, route, status or (500 if kind == "http" else 0), error, attributes)
             if token is not None:
                 otel_context.detach(token)
 
-    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
-        route = getattr(scope.get("route"), "path", None)
+    def _record(self, scope: Scope, route: str | None, status: int, elapsed: float) -> None:
         method = scope["method"]
-        template = route or UNMATCHED
-        self.metrics.requests.labels(method, template, str(status)).inc()
-        self.metrics.duration.labels(method, template).observe(elapsed)
-        if self.access_log:
+        self.metrics.record(method, route or UNMATCHED, str(status), elapsed)
+        if self.access_log and access_logger.isEnabledFor(logging.INFO):
             access_logger.info(
                 "%s %s %s",
                 method,

@@ -21,28 +21,33 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.semconv._incubating.attributes.peer_attributes import PEER_SERVICE
+from opentelemetry.semconv._incubating.attributes.peer_attributes import PEER_SERVICE as PEER_SERVICE
 from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS, CLIENT_PORT
-from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE as ERROR_TYPE
 from opentelemetry.semconv.attributes.http_attributes import (
-    HTTP_REQUEST_METHOD,
+    HTTP_REQUEST_METHOD as HTTP_REQUEST_METHOD,
+)
+from opentelemetry.semconv.attributes.http_attributes import (
     HTTP_RESPONSE_STATUS_CODE,
     HTTP_ROUTE,
 )
 from opentelemetry.semconv.attributes.network_attributes import NETWORK_PROTOCOL_VERSION
-from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
-from opentelemetry.semconv.attributes.url_attributes import URL_FULL, URL_PATH, URL_SCHEME
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS as SERVER_ADDRESS
+from opentelemetry.semconv.attributes.server_attributes import SERVER_PORT as SERVER_PORT
+from opentelemetry.semconv.attributes.url_attributes import URL_FULL as URL_FULL
+from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_SCHEME
 from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
 from opentelemetry.trace import Span, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -55,7 +60,7 @@ if TYPE_CHECKING:
 # that wrote it, so work done later for that row (a webhook delivery) continues the same trace.
 TRACEPARENT_LENGTH = 55
 TRACEPARENT_PATTERN = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-_W3C = TraceContextTextMapPropagator()
+W3C = TraceContextTextMapPropagator()
 
 
 def exporting_enabled() -> bool:
@@ -119,7 +124,7 @@ def set_global_provider_once(provider: TracerProvider) -> None:
 def current_traceparent() -> str | None:
     """The W3C `traceparent` of the current span; None outside any span."""
     carrier: dict[str, str] = {}
-    _W3C.inject(carrier)
+    W3C.inject(carrier)
     return carrier.get("traceparent")
 
 
@@ -128,7 +133,7 @@ def context_of(traceparent: str | None) -> Context | None:
     when there is no valid one to continue."""
     if traceparent is None or not TRACEPARENT_PATTERN.match(traceparent):
         return None
-    context = _W3C.extract({"traceparent": traceparent})
+    context = W3C.extract({"traceparent": traceparent})
     return context if trace.get_current_span(context).get_span_context().is_valid else None
 
 
@@ -196,14 +201,14 @@ class ServerSpans:
     def finish(
         span: Span,
         scope: Scope,
+        route: str | None,
         status: int,
         error: BaseException | None = None,
-        attributes: dict[str, str | int] | None = None,
+        attributes: dict[str, Any] | None = None,
     ) -> None:
-        """Names the span after its route, records the outcome (and `attributes`), and ends it."""
+        """Names the span after its route template, records the outcome (and `attributes`), and ends it."""
         if span.is_recording():
             outcome = attributes if attributes is not None else {}
-            route = getattr(scope.get("route"), "path", None)
             if route:
                 span.update_name(f"{scope.get('method', 'GET')} {route}")
                 outcome[HTTP_ROUTE] = route
@@ -247,8 +252,11 @@ class TracingTransport(httpx.AsyncBaseTransport):
         self._propagator = propagate.get_global_textmap()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not is_instrumentation_enabled():
+            # A background loop polling, or a probe: no span, and no trace context to carry.
+            return await self.inner.handle_async_request(request)
         url = request.url
-        peer = self.peers.get((url.scheme, url.host, url.port or _default_port(url.scheme)))
+        peer = self.peers.get((url.scheme, url.host, url.port or default_port(url.scheme)))
         template = path_template(url.path)
         name = f"{request.method} {peer} {template}" if peer else f"{request.method} {template}"
         attributes: dict[str, str | int] = {
@@ -257,7 +265,7 @@ class TracingTransport(httpx.AsyncBaseTransport):
             URL_FULL: str(url).partition("?")[0],
             URL_TEMPLATE: template,
             SERVER_ADDRESS: url.host,
-            SERVER_PORT: url.port or _default_port(url.scheme),
+            SERVER_PORT: url.port or default_port(url.scheme),
         }
         if peer:
             attributes[PEER_SERVICE] = peer
@@ -275,24 +283,33 @@ class TracingTransport(httpx.AsyncBaseTransport):
                     span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
                     span.set_status(StatusCode.ERROR)
                 raise
-            if span.is_recording():
-                span.set_attribute(HTTP_RESPONSE_STATUS_CODE, response.status_code)
-                if response.status_code >= 500:
-                    span.set_attribute(ERROR_TYPE, str(response.status_code))
-                    span.set_status(StatusCode.ERROR)
+            finish_client_span(span, response.status_code, end=False)
             return response
 
     async def aclose(self) -> None:
         await self.inner.aclose()
 
 
-def _default_port(scheme: str) -> int:
+def finish_client_span(span: Span, status: int, *, end: bool = True) -> None:
+    """Records a call's answer on its client span: a 4xx or 5xx is an error of the call (the HTTP
+    conventions; a server span is in error only for a 5xx)."""
+    if span.is_recording():
+        if status >= 400:
+            span.set_attributes({HTTP_RESPONSE_STATUS_CODE: status, ERROR_TYPE: str(status)})
+            span.set_status(StatusCode.ERROR)
+        else:
+            span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
+    if end:
+        span.end()
+
+
+def default_port(scheme: str) -> int:
     return 443 if scheme == "https" else 80
 
 
 def _origin(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url)
-    return parts.scheme, parts.hostname or "", parts.port or _default_port(parts.scheme)
+    return parts.scheme, parts.hostname or "", parts.port or default_port(parts.scheme)
 
 
 def split_host(value: str) -> tuple[str, int | None]:

@@ -7,29 +7,33 @@
 - An answer to an authenticated caller is tenant data: `Cache-Control: private, no-cache` (a browser
   may keep it but must revalidate, which the ETag makes cheap; a shared cache must not keep it) and
   `Vary: Authorization, X-API-Key`, unless the route set its own Cache-Control.
-- Answers that carry a secret (new API keys, tokens, webhook secrets) are `Cache-Control: no-store`,
-  whatever the service said.
+- Answers that carry a secret (new API keys, tokens, webhook secrets: the routes whose row says
+  `secret`) are `Cache-Control: no-store`, whatever the service said.
+
+The edge applies these to a forwarded route's answer, which it holds whole (`finish`), and to the
+answers of the routes FastAPI runs, as they stream out (`ConditionalAnswer`).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable
 
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Send
 
-from shared.asgi import BodyChunks, header, on_response_start
-from shared.context import request_context, span_of
-from shared.contract import NO_STORE, SECRET_ROUTES
+from gateway.edge.hygiene import add_vary
+from shared.asgi import BodyChunks
 
+CACHE_CONTROL = b"cache-control"
+NO_STORE = b"no-store"
 PRIVATE = b"private, no-cache"
-VARY_CREDENTIALS = "Authorization, X-API-Key"
+VARY_CREDENTIALS = b"Authorization, X-API-Key"
+ETAG = b"etag"
 # Bodies larger than this are streamed on without an ETag rather than held in memory.
 MAX_ETAG_BYTES = 4 * 1024 * 1024
 # Headers a 304 keeps (RFC 9110 section 15.4.5).
 NOT_MODIFIED_HEADERS = frozenset({b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"})
+EVENT_STREAM = b"text/event-stream"
 
 
 def weak_etag(body: bytes) -> bytes:
@@ -50,86 +54,86 @@ def matches(if_none_match: bytes, etag: bytes) -> bool:
     return any(_opaque(candidate) == wanted for candidate in if_none_match.split(b","))
 
 
-class CachingMiddleware:
-    def __init__(self, app: ASGIApp, *, etag: bool, secret_routes: Iterable[tuple[str, str]] = SECRET_ROUTES) -> None:
-        self.app = app
-        self.etag = etag
-        self.secret_routes = frozenset(secret_routes)
+def _value(raw: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in raw:
+        if key == name:
+            return value
+    return None
 
-    def _is_secret(self, scope: Scope) -> bool:
-        route = scope.get("route")
-        return route is not None and (scope["method"], getattr(route, "path", "")) in self.secret_routes
 
-    def _cache_headers(self, scope: Scope, message: Message) -> None:
-        headers = MutableHeaders(scope=message)
-        if self._is_secret(scope):
-            headers["cache-control"] = NO_STORE
-            return
-        identity = request_context(scope).principal
-        if identity is None or identity.tenant_id is None:
-            return
-        if "cache-control" not in headers:
-            headers.raw.append((b"cache-control", PRIVATE))
-        headers.add_vary_header(VARY_CREDENTIALS)
+def cache_headers(raw: list[tuple[bytes, bytes]], *, secret: bool, tenant: bool) -> None:
+    """Sets the answer's Cache-Control (and Vary) by who asked and what the answer holds."""
+    if secret:
+        raw[:] = [(key, value) for key, value in raw if key != CACHE_CONTROL]
+        raw.append((CACHE_CONTROL, NO_STORE))
+        return
+    if not tenant:
+        return
+    if _value(raw, CACHE_CONTROL) is None:
+        raw.append((CACHE_CONTROL, PRIVATE))
+    add_vary(raw, VARY_CREDENTIALS)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if not self.etag or scope["method"] != "GET":
-            await self.app(scope, receive, on_response_start(send, lambda message: self._cache_headers(scope, message)))
-            return
-        await self._conditional(scope, receive, send)
 
-    async def _conditional(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if_none_match = header(scope, b"if-none-match")
-        start: Message | None = None
-        held = BodyChunks()
-        buffering = False
+def conditional(raw: list[tuple[bytes, bytes]], body: bytes, if_none_match: bytes | None) -> bool:
+    """Tags a GET's 200 answer (`raw` gains the ETag); True when `If-None-Match` matches it, and the
+    answer is then a 304 with only the headers a 304 keeps (`raw` is cut down to them)."""
+    etag = _value(raw, ETAG)
+    if etag is None:
+        etag = weak_etag(body)
+        raw.append((ETAG, etag))
+    if if_none_match is None or not matches(if_none_match, etag):
+        return False
+    raw[:] = [(key, value) for key, value in raw if key in NOT_MODIFIED_HEADERS]
+    return True
 
-        async def flush() -> None:
-            nonlocal buffering
-            buffering = False
-            assert start is not None
-            await send(start)
-            for chunk in held.chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            held.chunks.clear()
 
-        async def capture(message: Message) -> None:
-            nonlocal start, buffering
-            if message["type"] == "http.response.start":
-                self._cache_headers(scope, message)
-                content_type = MutableHeaders(scope=message).get("content-type", "")
-                if message["status"] == 200 and not content_type.startswith("text/event-stream"):
-                    start, buffering = message, True
-                    return
-                await send(message)
+def taggable(status: int, raw: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a GET's answer gets an ETag: a 200 that is not an event stream."""
+    return status == 200 and not (_value(raw, b"content-type") or b"").startswith(EVENT_STREAM)
+
+
+class ConditionalAnswer:
+    """A `send` for an answer that streams out of a route: a GET's 200 is held until its end to be
+    tagged (up to `MAX_ETAG_BYTES`, past which it streams on untagged), and answered 304 when
+    `If-None-Match` matches. `not_modified` is True once a 304 went out instead."""
+
+    def __init__(self, send: Send, if_none_match: bytes | None) -> None:
+        self.send = send
+        self.if_none_match = if_none_match
+        self.start: Message | None = None
+        self.held = BodyChunks()
+        self.not_modified = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if taggable(message["status"], message.get("headers", [])):
+                self.start = message
                 return
-            if message["type"] != "http.response.body" or not buffering:
-                await send(message)
-                return
-            held.add(message.get("body", b""))
-            if message.get("more_body", False):
-                if held.size > MAX_ETAG_BYTES:
-                    await flush()
-                return
-            await self._finish(scope, start, held.joined(), if_none_match, send)
+            await self.send(message)
+            return
+        if message["type"] != "http.response.body" or self.start is None:
+            await self.send(message)
+            return
+        self.held.add(message.get("body", b""))
+        if message.get("more_body", False):
+            if self.held.size > MAX_ETAG_BYTES:
+                await self._flush()
+            return
+        start, self.start = self.start, None
+        raw = list(start.get("headers", []))
+        body = self.held.joined()
+        if conditional(raw, body, self.if_none_match):
+            self.not_modified = True
+            await self.send({"type": "http.response.start", "status": 304, "headers": raw})
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await self.send({**start, "headers": raw})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
-        await self.app(scope, receive, capture)
-
-    async def _finish(
-        self, scope: Scope, start: Message | None, body: bytes, if_none_match: bytes | None, send: Send
-    ) -> None:
+    async def _flush(self) -> None:
+        start, self.start = self.start, None
         assert start is not None
-        headers = MutableHeaders(scope=start)
-        etag = headers.get("etag", "").encode("latin-1") or weak_etag(body)
-        headers["etag"] = etag.decode("latin-1")
-        if if_none_match is not None and matches(if_none_match, etag):
-            span_of(scope).add_event("cache.not_modified", {"http.response.status_code": 304})
-            kept = [(k, v) for k, v in headers.raw if k in NOT_MODIFIED_HEADERS]
-            await send({"type": "http.response.start", "status": 304, "headers": kept})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        await send(start)
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await self.send(start)
+        for chunk in self.held.chunks:
+            await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self.held.chunks.clear()

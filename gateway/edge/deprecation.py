@@ -1,48 +1,48 @@
 """Deprecated calls: the headers of a deprecated route, and a count of every deprecated call.
 
-A route the gateway itself deprecates (`Forward(..., deprecation=...)`, or any route listed here) gets
-the contract's `Deprecation`, `Sunset` and `Link: <successor>; rel="successor-version"` headers on
-every answer; a service may also mark one answer deprecated (the webhooks service does when a request
-uses the retired `enabled` field). Either way, the call is counted in
-`portico_deprecated_calls_total{method, route}` by route template, so operators see who still uses
-what is going away (the access log line of the request names the caller's tenant).
+A route the gateway itself deprecates (`Forward(..., deprecation=...)`) gets the contract's
+`Deprecation`, `Sunset` and `Link: <successor>; rel="successor-version"` headers on every answer; a
+service may also mark one answer deprecated (the webhooks service does when a request uses the
+retired `enabled` field). Either way, the call is counted in `portico_deprecated_calls_total{method,
+route}` by route template, so operators see who still uses what is going away (the access log line of
+the request names the caller's tenant).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from prometheus_client import Counter
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.asgi import on_response_start
-from shared.deprecation import DEPRECATION, Deprecation
+from shared.deprecation import DEPRECATION, LINK, Deprecation
 
-# (method, route template) -> its deprecation.
-DeprecatedRoutes = Mapping[tuple[str, str], Deprecation]
+_DEPRECATION = DEPRECATION.lower().encode("ascii")
+_LINK = LINK.lower().encode("ascii")
 
 
-class DeprecationMiddleware:
-    def __init__(self, app: ASGIApp, *, routes: DeprecatedRoutes, counter: Counter) -> None:
-        self.app = app
-        self.routes = routes
+def mark(raw: list[tuple[bytes, bytes]], deprecation: Deprecation) -> None:
+    """Adds a deprecation's headers to an answer; a `Link` it already has is kept, the successor added."""
+    for name, value in deprecation.headers().items():
+        key, encoded = name.lower().encode("ascii"), value.encode("latin-1")
+        for i, (existing_key, existing) in enumerate(raw):
+            if existing_key == key:
+                raw[i] = (key, existing + b", " + encoded if key == _LINK else encoded)
+                break
+        else:
+            raw.append((key, encoded))
+
+
+class Deprecations:
+    def __init__(self, counter: Counter) -> None:
         self.counter = counter
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+    def apply(
+        self, raw: list[tuple[bytes, bytes]], method: str, route: str | None, deprecation: Deprecation | None
+    ) -> None:
+        """Marks the answer of a deprecated route, and counts it when it says Deprecation (whoever said so)."""
+        if route is None:
             return
-
-        def mark(message: Message) -> None:
-            route = getattr(scope.get("route"), "path", None)
-            if route is None:
-                return
-            headers = MutableHeaders(scope=message)
-            deprecation = self.routes.get((scope["method"], route))
-            if deprecation is not None and DEPRECATION not in headers:
-                deprecation.mark(headers)
-            if DEPRECATION in headers:
-                self.counter.labels(scope["method"], route).inc()
-
-        await self.app(scope, receive, on_response_start(send, mark))
+        said = any(key == _DEPRECATION for key, _ in raw)
+        if deprecation is not None and not said:
+            mark(raw, deprecation)
+            said = True
+        if said:
+            self.counter.labels(method, route).inc()

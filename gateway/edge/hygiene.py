@@ -1,20 +1,20 @@
 """HTTP hygiene at the outer edge: security headers, trusted hosts and CORS (gzip is Starlette's).
 
-These run before authentication, so every answer, a 401 or a 429 included, carries the security
-headers and, for an allowed origin, the CORS headers a browser needs to read it.
+The edge (`gateway/edge/pipeline.py`) applies these before authentication, so every answer, a 401 or
+a 429 included, carries the security headers and, for an allowed origin, the CORS headers a browser
+needs to read it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-from shared.asgi import header, headers, on_response_start
-from shared.context import request_id_of
+from shared.asgi import header, headers
 from shared.docs import DOCS_CSP, DOCS_PAGES
-from shared.errors import BadRequest, Forbidden, problem_response, send_problem
+from shared.errors import BadRequest, Forbidden
 
 CORS_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 CORS_REQUEST_HEADERS = frozenset(
@@ -66,11 +66,10 @@ def _host_of(value: str) -> str:
     return value.split(":", 1)[0]
 
 
-class TrustedHostMiddleware:
-    """Refuses requests whose Host is not one of `hosts` (`*.example.com` matches subdomains)."""
+class TrustedHosts:
+    """Which `Host` headers are served: `*.example.com` matches subdomains."""
 
-    def __init__(self, app: ASGIApp, *, hosts: Iterable[str]) -> None:
-        self.app = app
+    def __init__(self, hosts: Iterable[str]) -> None:
         patterns = [h.strip().lower() for h in hosts]
         self.exact = frozenset(p for p in patterns if not p.startswith("*."))
         self.suffixes = tuple(p[1:] for p in patterns if p.startswith("*."))
@@ -78,29 +77,29 @@ class TrustedHostMiddleware:
     def allowed(self, host: str) -> bool:
         return host in self.exact or (bool(self.suffixes) and host.endswith(self.suffixes))
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+    def refusal(self, scope: Scope) -> InvalidHost | None:
+        """The 400 for a request to another host; None when its host is served here."""
         host = (header(scope, b"host") or b"").decode("latin-1")
         if self.allowed(_host_of(host)):
-            await self.app(scope, receive, send)
-            return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "invalid host"})
-            return
-        await send_problem(InvalidHost(f"The host {host!r} is not served here."), scope, receive, send)
+            return None
+        return InvalidHost(f"The host {host!r} is not served here.")
 
 
-class CorsMiddleware:
-    """CORS for the configured origins; preflights are answered here, before authentication.
+class Preflight(NamedTuple):
+    """A CORS preflight's answer: 204 with these headers, or a 403 problem (with `Vary: Origin`)."""
+
+    headers: list[tuple[bytes, bytes]]
+    refusal: CorsRefused | None
+
+
+class Cors:
+    """CORS for the configured origins; preflights are answered at the edge, before authentication.
 
     A preflight from an origin, for a method or with headers that are not allowed is refused with a
     403 problem (not a bare answer a browser would only report as a network error in the console).
     """
 
-    def __init__(self, app: ASGIApp, *, origins: Iterable[str], allow_credentials: bool, max_age: int) -> None:
-        self.app = app
+    def __init__(self, *, origins: Iterable[str], allow_credentials: bool, max_age: int) -> None:
         self.origins = frozenset(o.rstrip("/") for o in origins)
         self.any_origin = "*" in self.origins
         self.allow_credentials = allow_credentials
@@ -118,41 +117,22 @@ class CorsMiddleware:
             headers.append((b"access-control-allow-credentials", b"true"))
         return headers
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def check(self, scope: Scope) -> tuple[Preflight | None, list[tuple[bytes, bytes]]]:
+        """A preflight's answer (or None for any other request), and the headers an allowed origin's
+        answer carries (none without an allowed `Origin`; a `Vary: Origin` to merge is among them)."""
         origin, request_method, request_headers = headers(
             scope, b"origin", b"access-control-request-method", b"access-control-request-headers"
         )
         if origin is None:
-            await self.app(scope, receive, send)
-            return
+            return None, []
         allowed = self.any_origin or origin.decode("latin-1") in self.origins
         if scope["method"] == "OPTIONS" and request_method is not None:
-            await self._preflight(scope, receive, send, origin if allowed else None, request_method, request_headers)
-            return
+            return self._preflight(origin if allowed else None, request_method, request_headers), []
         if not allowed:
-            await self.app(scope, receive, send)
-            return
-        cors_headers = [*self._origin_headers(origin), (b"access-control-expose-headers", self.expose)]
+            return None, []
+        return None, [*self._origin_headers(origin), (b"access-control-expose-headers", self.expose), VARY_ORIGIN]
 
-        def add_cors(message: Message) -> None:
-            response_headers = MutableHeaders(scope=message)
-            response_headers.raw.extend(cors_headers)
-            response_headers.add_vary_header("Origin")
-
-        await self.app(scope, receive, on_response_start(send, add_cors))
-
-    async def _preflight(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        origin: bytes | None,
-        method: bytes,
-        requested: bytes | None,
-    ) -> None:
+    def _preflight(self, origin: bytes | None, method: bytes, requested: bytes | None) -> Preflight:
         names = [h.strip().lower() for h in (requested or b"").decode("latin-1").split(",") if h.strip()]
         refused_headers = sorted(set(names) - CORS_REQUEST_HEADERS)
         problem = None
@@ -163,10 +143,7 @@ class CorsMiddleware:
         elif refused_headers:
             problem = f"The headers {', '.join(refused_headers)} are not allowed cross-origin."
         if problem is not None:
-            response = problem_response(CorsRefused(problem), request_id_of(scope))
-            response.headers.append("Vary", "Origin")
-            await response(scope, receive, send)
-            return
+            return Preflight([VARY_ORIGIN], CorsRefused(problem))
         assert origin is not None
         answer = [
             *self._origin_headers(origin),
@@ -176,16 +153,15 @@ class CorsMiddleware:
         ]
         if names:
             answer.append((b"access-control-allow-headers", ", ".join(names).encode()))
-        await send({"type": "http.response.start", "status": 204, "headers": answer})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return Preflight(answer, None)
 
 
-class SecurityHeadersMiddleware:
+class SecurityHeaders:
     """Headers that keep browsers from sniffing, framing or leaking API answers; HSTS when the
-    gateway is reached over TLS (`hsts_max_age_seconds` > 0)."""
+    gateway is reached over TLS (`hsts_max_age_seconds` > 0). Every answer gets them, the edge's own
+    refusals included; a header the answer already has (a page's own policy) is kept."""
 
-    def __init__(self, app: ASGIApp, *, hsts_max_age: int, hsts_include_subdomains: bool) -> None:
-        self.app = app
+    def __init__(self, *, hsts_max_age: int, hsts_include_subdomains: bool) -> None:
         common = [
             (b"x-content-type-options", b"nosniff"),
             (b"x-frame-options", b"DENY"),
@@ -197,16 +173,36 @@ class SecurityHeadersMiddleware:
         # The docs pages run scripts and styles, all served by this process (`shared/docs.py`).
         self.docs_headers = [*common, (b"content-security-policy", DOCS_CSP.encode())]
         self.api_headers = [*common, (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")]
+        self.names = frozenset(name for name, _ in self.api_headers)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        extra = self.docs_headers if scope["path"] in DOCS_PAGES else self.api_headers
+    def for_path(self, path: str) -> list[tuple[bytes, bytes]]:
+        return self.docs_headers if path in DOCS_PAGES else self.api_headers
 
-        def add_missing(message: Message) -> None:
-            raw = MutableHeaders(scope=message).raw
-            present = {name for name, _ in raw}
+    def add_missing(self, raw: list[tuple[bytes, bytes]], path: str) -> None:
+        present = {name for name, _ in raw if name in self.names}
+        extra = self.for_path(path)
+        if present:
             raw.extend(pair for pair in extra if pair[0] not in present)
+        else:
+            raw.extend(extra)
 
-        await self.app(scope, receive, on_response_start(send, add_missing))
+
+VARY = b"vary"
+VARY_ORIGIN = (VARY, b"Origin")
+
+
+def add_headers(raw: list[tuple[bytes, bytes]], extra: Iterable[tuple[bytes, bytes]]) -> None:
+    """Adds `extra` to an answer's raw headers, merging a `Vary` into the one it has."""
+    for name, value in extra:
+        if name == VARY:
+            add_vary(raw, value)
+        else:
+            raw.append((name, value))
+
+
+def add_vary(raw: list[tuple[bytes, bytes]], value: bytes) -> None:
+    for i, (name, existing) in enumerate(raw):
+        if name == VARY:
+            raw[i] = (VARY, existing + b", " + value)
+            return
+    raw.append((VARY, value))

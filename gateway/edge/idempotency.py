@@ -19,23 +19,29 @@ tenant to scope a key to); the key is always forwarded to the service.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+import orjson
+from starlette.types import Message, Receive, Scope
 
 from gateway.edge.metrics import EdgeMetrics
-from gateway.edge.store import RedisClient, StoreCaller, StoreUnavailable
+from gateway.edge.ratelimit import (
+    SLIDING_WINDOWS_FUNCTION,
+    Policy,
+    RedisRateLimitStore,
+    Verdict,
+    verdict_of,
+    window_args,
+)
+from gateway.edge.store import Arg, Script, ScriptBatcher, StoreCaller
 from gateway.settings import GatewaySettings
-from shared.asgi import BodyChunks, header
-from shared.context import principal_of, span_of
 from shared.contract import (
     IDEMPOTENCY_HEADER,
     IDEMPOTENCY_KEY_PATTERN,
@@ -43,12 +49,9 @@ from shared.contract import (
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     IdempotentResponseNotStored,
-    InvalidIdempotencyKey,
+    Identity,
 )
-from shared.errors import PorticoError, send_problem
-
-if TYPE_CHECKING:
-    from gateway.state import GatewaySlot
+from shared.errors import PorticoError
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +77,11 @@ class StoredResponse:
     replayable: bool
 
     def encoded_headers(self) -> bytes:
-        return json.dumps([[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers]).encode()
+        return orjson.dumps([[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers])
 
     @staticmethod
     def decode_headers(raw: bytes) -> list[tuple[bytes, bytes]]:
-        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(raw)]
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in orjson.loads(raw)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +90,19 @@ class Claim:
     response: StoredResponse | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class KeyedRequest:
+    """A keyed write as its record knows it: the key (scoped to tenant, method, path and caller), the
+    request's fingerprint, and the owner this attempt claims the key as."""
+
+    scope_key: str
+    fingerprint: str
+    owner: str
+
+
 class IdempotencyStore(Protocol):
-    async def claim(self, scope_key: str, fingerprint: str, owner: str, lock_ms: int) -> Claim:
-        """Takes the key for `owner` unless a record exists; answers what the record says."""
+    async def claim(self, request: KeyedRequest, lock_ms: int) -> Claim:
+        """Takes the key for the request's owner unless a record exists; answers what the record says."""
 
     async def complete(self, scope_key: str, owner: str, response: StoredResponse, ttl_ms: int) -> bool:
         """Stores the outcome, if `owner` still holds the key."""
@@ -98,59 +111,97 @@ class IdempotencyStore(Protocol):
         """Gives the key up, if `owner` still holds it and it is not done."""
 
 
-# KEYS[1]: the record. ARGV: fingerprint, owner, lock ms.
-CLAIM_LUA = """
-local rec = redis.call('HMGET', KEYS[1], 'fp', 'st', 'own')
-if not rec[1] then
-  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'st', 'p', 'own', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {'acquired'}
+# The claim of a record, as a Lua function: takes `key` for `owner` (for `lock` ms) unless a record
+# exists, else answers what the record says.
+CLAIM_FUNCTION = """
+local function claim(key, fp, owner, lock)
+  local rec = redis.call('HMGET', key, 'fp', 'st', 'own')
+  if not rec[1] then
+    redis.call('HSET', key, 'fp', fp, 'st', 'p', 'own', owner)
+    redis.call('PEXPIRE', key, lock)
+    return {'acquired'}
+  end
+  if rec[1] ~= fp then return {'mismatch'} end
+  if rec[2] == 'p' then
+    if rec[3] == owner then return {'acquired'} end
+    return {'in_flight'}
+  end
+  local r = redis.call('HMGET', key, 'status', 'headers', 'body', 'replay')
+  return {'done', r[1], r[2], r[3] or '', r[4]}
 end
-if rec[1] ~= ARGV[1] then return {'mismatch'} end
-if rec[2] == 'p' then
-  if rec[3] == ARGV[2] then return {'acquired'} end
-  return {'in_flight'}
-end
-local r = redis.call('HMGET', KEYS[1], 'status', 'headers', 'body', 'replay')
-return {'done', r[1], r[2], r[3] or '', r[4]}
 """
+# KEYS[1]: the record. ARGV: fingerprint, owner, lock ms.
+CLAIM = Script(CLAIM_FUNCTION + "return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])")
+# A keyed write's rate limit and claim in one script: KEYS are the policies' counters, then the
+# record; ARGV the fingerprint, owner and lock ms, then the windows' arguments. The key is claimed
+# only when the request is admitted.
+COUNT_AND_CLAIM = Script(
+    SLIDING_WINDOWS_FUNCTION
+    + CLAIM_FUNCTION
+    + """
+local out = sliding_windows(#KEYS - 1, 3)
+if out[1] == 1 then
+  local c = claim(KEYS[#KEYS], ARGV[1], ARGV[2], ARGV[3])
+  for i = 1, #c do out[#out + 1] = c[i] end
+end
+return out
+"""
+)
 
 # ARGV: owner, status, headers, body, replayable (1/0), ttl ms.
-COMPLETE_LUA = """
+COMPLETE = Script("""
 if redis.call('HGET', KEYS[1], 'own') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'st', 'd', 'status', ARGV[2], 'headers', ARGV[3], 'body', ARGV[4], 'replay', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return 1
-"""
+""")
 
 # ARGV: owner.
-RELEASE_LUA = """
+RELEASE = Script("""
 local rec = redis.call('HMGET', KEYS[1], 'own', 'st')
 if rec[1] == ARGV[1] and rec[2] == 'p' then
   redis.call('DEL', KEYS[1])
   return 1
 end
 return 0
-"""
+""")
+
+
+def claim_of(raw: Sequence[Any]) -> Claim:
+    outcome = raw[0].decode()
+    if outcome != "done":
+        return Claim(outcome)
+    status, headers, body, replay = raw[1:5]
+    return Claim("done", StoredResponse(int(status), StoredResponse.decode_headers(headers), body, replay == b"1"))
 
 
 class RedisIdempotencyStore:
-    def __init__(self, redis: RedisClient, prefix: str) -> None:
+    def __init__(self, scripts: ScriptBatcher, prefix: str) -> None:
         self.prefix = prefix
-        self._claim = redis.register_script(CLAIM_LUA)
-        self._complete = redis.register_script(COMPLETE_LUA)
-        self._release = redis.register_script(RELEASE_LUA)
+        self.scripts = scripts
 
     def key(self, scope_key: str) -> str:
         return self.prefix + "idem:" + scope_key
 
-    async def claim(self, scope_key: str, fingerprint: str, owner: str, lock_ms: int) -> Claim:
-        raw = await self._claim(keys=[self.key(scope_key)], args=[fingerprint, owner, lock_ms])
-        outcome = raw[0].decode()
-        if outcome != "done":
-            return Claim(outcome)
-        status, headers, body, replay = raw[1:5]
-        return Claim("done", StoredResponse(int(status), StoredResponse.decode_headers(headers), body, replay == b"1"))
+    async def claim(self, request: KeyedRequest, lock_ms: int) -> Claim:
+        args: list[Arg] = [request.fingerprint, request.owner, lock_ms]
+        return claim_of(await self.scripts.call(CLAIM, [self.key(request.scope_key)], args))
+
+    async def count_and_claim(
+        self,
+        counters: RedisRateLimitStore,
+        subject: str,
+        policies: Sequence[Policy],
+        request: KeyedRequest,
+        lock_ms: int,
+    ) -> tuple[Verdict, Claim | None]:
+        """Counts a keyed write in its rate-limit policies and, when it is admitted, claims its key: one
+        script, one round trip (the record and the counters share the tenant's hash tag)."""
+        keys = [*counters.keys(subject, policies), self.key(request.scope_key)]
+        args: list[Arg] = [request.fingerprint, request.owner, lock_ms, *window_args(policies, 1)]
+        raw = await self.scripts.call(COUNT_AND_CLAIM, keys, args)
+        verdict = verdict_of(policies, raw)
+        return verdict, claim_of(raw[1 + 3 * len(policies) :]) if verdict.admitted else None
 
     async def complete(self, scope_key: str, owner: str, response: StoredResponse, ttl_ms: int) -> bool:
         args: list[bytes | str | int] = [
@@ -161,10 +212,10 @@ class RedisIdempotencyStore:
             int(response.replayable),
             ttl_ms,
         ]
-        return bool(await self._complete(keys=[self.key(scope_key)], args=args))
+        return bool(await self.scripts.call(COMPLETE, [self.key(scope_key)], args))
 
     async def release(self, scope_key: str, owner: str) -> None:
-        await self._release(keys=[self.key(scope_key)], args=[owner])
+        await self.scripts.call(RELEASE, [self.key(scope_key)], [owner])
 
 
 @dataclass(slots=True)
@@ -237,7 +288,8 @@ class MemoryIdempotencyStore:
             )
         self.evicted += len(oldest)
 
-    async def claim(self, scope_key: str, fingerprint: str, owner: str, lock_ms: int) -> Claim:
+    async def claim(self, request: KeyedRequest, lock_ms: int) -> Claim:
+        scope_key, fingerprint, owner = request.scope_key, request.fingerprint, request.owner
         now = time.monotonic()
         self._calls += 1
         if self._calls % self.SWEEP_EVERY == 0:
@@ -273,30 +325,22 @@ class MemoryIdempotencyStore:
             self._drop(scope_key)
 
 
-class Idempotency:
-    """A store and how to call it (deadline, failure mode); built in the lifespan."""
-
-    def __init__(self, store: IdempotencyStore, caller: StoreCaller) -> None:
-        self.store = store
-        self.call = caller
+class Disconnected(Exception):
+    """The client went away before its request's body arrived."""
 
 
-class _Disconnected(Exception):
-    pass
-
-
-async def _read_body(receive: Receive) -> bytes:
+async def read_body(receive: Receive) -> bytes:
     chunks: list[bytes] = []
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _Disconnected
+            raise Disconnected
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
+def replaying(body: bytes, receive: Receive) -> Receive:
     """A receive that hands the app the body already read, then the client's own messages."""
     sent = False
 
@@ -310,132 +354,108 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-class IdempotencyMiddleware:
-    def __init__(self, app: ASGIApp, *, settings: GatewaySettings, metrics: EdgeMetrics, state: GatewaySlot) -> None:
-        self.app = app
-        self.state = state
+class Idempotency:
+    """The idempotency stage: a store, how to call it (deadline, failure mode), and its rules. Built
+    in the lifespan; the edge (`gateway/edge/pipeline.py`) runs it."""
+
+    def __init__(
+        self,
+        store: IdempotencyStore,
+        caller: StoreCaller,
+        settings: GatewaySettings,
+        metrics: EdgeMetrics,
+        *,
+        counts: RedisRateLimitStore | None = None,
+    ) -> None:
+        self.store = store
+        self.call = caller
+        self.metrics = metrics
         self.lock_ms = int(settings.idempotency_lock_seconds * 1000)
         self.ttl_ms = settings.idempotency_ttl_seconds * 1000
         self.max_bytes = settings.idempotency_max_response_bytes
-        self.metrics = metrics
+        # With both on Redis, a keyed write's rate-limit count and its claim go in one script.
+        self.counts = counts if isinstance(store, RedisIdempotencyStore) else None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in IDEMPOTENT_METHODS:
-            await self.app(scope, receive, send)
-            return
-        raw_key = header(scope, HEADER)
-        caller = principal_of(scope)
-        tenant_id = caller.tenant_id
-        if raw_key is None or tenant_id is None:
-            await self.app(scope, receive, send)
-            return
-        if not KEY_RE.match(raw_key):
-            await send_problem(InvalidIdempotencyKey(), scope, receive, send)
-            return
-        try:
-            body = await _read_body(receive)
-        except _Disconnected:
-            return
-        except PorticoError as exc:  # the body limit, enforced while the body arrives
-            await send_problem(exc, scope, receive, send)
-            return
-        receive = _replaying(body, receive)
+    def count_and_claim(
+        self, subject: str, policies: Sequence[Policy], request: KeyedRequest
+    ) -> Callable[[], Awaitable[tuple[Verdict, Claim | None]]]:
+        """The shared call that counts a keyed write (`RateLimiter.hit_with`) and claims its key."""
+        store, counts = self.store, self.counts
+        assert isinstance(store, RedisIdempotencyStore)
+        assert counts is not None
 
-        method, path = scope["method"], scope["path"]
-        subject = caller.subject.encode()
-        key_hash = hashlib.sha256(b"\0".join([method.encode(), path.encode(), subject, raw_key])).hexdigest()
+        def call() -> Awaitable[tuple[Verdict, Claim | None]]:
+            return store.count_and_claim(counts, subject, policies, request, self.lock_ms)
+
+        return call
+
+    @staticmethod
+    def applies(method: str, identity: Identity) -> bool:
+        """Keyed writes are scoped to a tenant: anonymous requests go through untouched."""
+        return method in IDEMPOTENT_METHODS and identity.tenant_id is not None
+
+    @staticmethod
+    def request(scope: Scope, identity: Identity, raw_key: bytes, body: bytes) -> KeyedRequest:
+        method, path = scope["method"].encode(), scope["path"].encode()
+        key_hash = hashlib.sha256(b"\0".join([method, path, identity.subject.encode(), raw_key])).hexdigest()
+        fingerprint = hashlib.sha256(b"\0".join([method, path, scope.get("query_string", b""), body])).hexdigest()
         # The caller's tenant as hash tag: on Redis Cluster a tenant's records share a slot.
-        scope_key = f"{{t:{tenant_id}}}:{key_hash}"
-        fingerprint = hashlib.sha256(
-            b"\0".join([method.encode(), path.encode(), scope.get("query_string", b""), body])
-        ).hexdigest()
-        owner = uuid.uuid4().hex
-        idempotency = self.state.value.idempotency
-        try:
-            claim = await idempotency.call(idempotency.store.claim(scope_key, fingerprint, owner, self.lock_ms))
-        except StoreUnavailable:
-            span_of(scope).set_attribute(OUTCOME, f"fail_{idempotency.call.mode}")
-            await idempotency.call.without_store(self.app, scope, receive, send)
-            return
+        return KeyedRequest(f"{{t:{identity.tenant_id}}}:{key_hash}", fingerprint, uuid.uuid4().hex)
 
-        if claim.outcome == "acquired":
-            await self._first(scope, receive, send, idempotency, scope_key, owner)
-            return
+    async def claim(self, request: KeyedRequest) -> Claim:
+        """Raises StoreUnavailable when the store failed."""
+        return await self.call(self.store.claim(request, self.lock_ms))
+
+    def refusal(self, claim: Claim, attributes: dict[str, Any]) -> PorticoError | None:
+        """What a repeat is answered instead of running again: None for a replay of the stored answer
+        (`claim.response`), else the error."""
         outcome = claim.outcome if claim.outcome != "done" else "replayed"
         self.metrics.idempotency.labels(outcome).inc()
-        span = span_of(scope)
-        span.set_attribute(OUTCOME, outcome)
+        attributes[OUTCOME] = outcome
         if claim.outcome == "mismatch":
-            error: PorticoError = IdempotencyKeyReused()
-        elif claim.outcome == "in_flight":
-            error = IdempotencyKeyInUse()
-        else:
-            assert claim.response is not None
-            if claim.response.replayable:
-                span.add_event("idempotency.replayed", {"http.response.status_code": claim.response.status})
-                await self._replay(claim.response, send)
-                return
-            error = IdempotentResponseNotStored(
-                f"A request with this Idempotency-Key was already done ({claim.response.status}); its response "
-                "held a secret or was too large and was not kept. List the resource to find the result."
-            )
-        await send_problem(error, scope, receive, send)
+            return IdempotencyKeyReused()
+        if claim.outcome == "in_flight":
+            return IdempotencyKeyInUse()
+        assert claim.response is not None
+        if claim.response.replayable:
+            return None
+        return IdempotentResponseNotStored(
+            f"A request with this Idempotency-Key was already done ({claim.response.status}); its response "
+            "held a secret or was too large and was not kept. List the resource to find the result."
+        )
 
-    async def _replay(self, response: StoredResponse, send: Send) -> None:
-        headers = [*response.headers, REPLAYED, (b"content-length", str(len(response.body)).encode())]
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": response.body, "more_body": False})
-
-    async def _first(
-        self, scope: Scope, receive: Receive, send: Send, idempotency: Idempotency, scope_key: str, owner: str
+    async def settle(
+        self,
+        request: KeyedRequest,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes | None,
+        attributes: dict[str, Any],
     ) -> None:
-        status = 0
-        headers: list[tuple[bytes, bytes]] = []
-        body = BodyChunks(keep_up_to=self.max_bytes)
-        settled = False
+        """Stores the first answer of a key (`body` None: held back, a secret or too large), or
+        releases the key for an answer about the caller or the moment. Raises StoreUnavailable."""
+        if not storable(status):
+            self.metrics.idempotency.labels("released").inc()
+            attributes[OUTCOME] = "released"
+            await self.call(self.store.release(request.scope_key, request.owner))
+            return
+        no_store = any(name == b"cache-control" and b"no-store" in value.lower() for name, value in headers)
+        replayable = not no_store and body is not None
+        kept = StoredResponse(
+            status,
+            [(k, v) for k, v in headers if k not in UNSTORED_HEADERS],
+            body if replayable and body is not None else b"",
+            replayable,
+        )
+        outcome = "stored" if replayable else "stored_without_body"
+        self.metrics.idempotency.labels(outcome).inc()
+        attributes[OUTCOME] = outcome
+        await self.call(self.store.complete(request.scope_key, request.owner, kept, self.ttl_ms))
 
-        span = span_of(scope)
+    async def release(self, request: KeyedRequest) -> None:
+        await self.call(self.store.release(request.scope_key, request.owner))
 
-        async def settle() -> None:
-            nonlocal settled
-            settled = True
-            try:
-                if not storable(status):
-                    self.metrics.idempotency.labels("released").inc()
-                    span.set_attribute(OUTCOME, "released")
-                    await idempotency.call(idempotency.store.release(scope_key, owner))
-                    return
-                no_store = any(name == b"cache-control" and b"no-store" in value.lower() for name, value in headers)
-                replayable = not no_store and body.complete
-                kept = StoredResponse(
-                    status,
-                    [(k, v) for k, v in headers if k not in UNSTORED_HEADERS],
-                    body.joined() if replayable else b"",
-                    replayable,
-                )
-                outcome = "stored" if replayable else "stored_without_body"
-                self.metrics.idempotency.labels(outcome).inc()
-                span.set_attribute(OUTCOME, outcome)
-                await idempotency.call(idempotency.store.complete(scope_key, owner, kept, self.ttl_ms))
-            except StoreUnavailable:
-                # Counted and logged by the caller; the lock expires on its own.
-                pass
 
-        async def capture(message: Message) -> None:
-            nonlocal status, headers
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
-            elif message["type"] == "http.response.body":
-                body.add(message.get("body", b""))
-                if not message.get("more_body", False):
-                    # Kept before the client sees the end, so a retry after the answer always finds it.
-                    await settle()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            if not settled:
-                with contextlib.suppress(StoreUnavailable):
-                    await idempotency.call(idempotency.store.release(scope_key, owner))
+def replay_message(response: StoredResponse) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    headers = [*response.headers, REPLAYED, (b"content-length", str(len(response.body)).encode())]
+    return response.status, headers, response.body

@@ -17,10 +17,13 @@ fraction of a percent). The other way round, when they came at its start, it ref
 the same amount.
 
 When Redis fails, the `local` failure mode (the default) counts in this process until it answers
-again (`RateLimiter`). Every policy of a request is checked and counted in one Lua script (EVALSHA, loaded once), so any
-number of gateway instances share the counts exactly. Keys carry the caller in a hash tag
-(`{t:<tenant>}` or `{a:<address>}`), so on Redis Cluster all of one caller's keys live in one slot and
-the multi-key script stays legal. The time is Redis's own (`TIME`), so gateway clocks do not matter.
+again (`RateLimiter`). Every policy of a request is checked and counted in one Lua script (EVALSHA,
+loaded once), so any number of gateway instances share the counts exactly; the scripts of concurrent
+requests travel to Redis together in one pipeline (`ScriptBatcher`), each still atomic on its own. A
+keyed write's idempotency claim runs in the same script as its count (`gateway/edge/idempotency.py`).
+Keys carry the caller in a hash tag (`{t:<tenant>}` or `{a:<address>}`), so on Redis Cluster all of
+one caller's keys live in one slot and the multi-key script stays legal. The time is Redis's own
+(`TIME`), so gateway clocks do not matter.
 """
 
 from __future__ import annotations
@@ -28,85 +31,92 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol, TypeVar
 
-from fastapi.routing import APIRoute
-from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from gateway.edge.addresses import ClientAddress
 from gateway.edge.metrics import EdgeMetrics
-from gateway.edge.store import RedisClient, StoreCaller, StoreUnavailable
+from gateway.edge.store import Script, ScriptBatcher, StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings, Quota
-from shared.asgi import extend_headers, on_response_start
-from shared.context import principal_of, request_id_of, span_of
 from shared.contract import DEFAULT_PLAN, Identity
-from shared.errors import TooManyRequests, problem_response
+from shared.errors import TooManyRequests
 
-if TYPE_CHECKING:
-    from gateway.state import GatewaySlot
+T = TypeVar("T")
 
-# KEYS: one per policy. ARGV: cost, then limit and window (ms) per policy.
-# Returns: admitted (1/0), then remaining, reset (ms) and retry-after (ms) per policy.
-SLIDING_WINDOW_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cost = tonumber(ARGV[1])
-local n = #KEYS
-local starts, prevs, curs, ests = {}, {}, {}, {}
-local admitted = 1
-for i = 1, n do
-  local limit = tonumber(ARGV[2 * i])
-  local window = tonumber(ARGV[2 * i + 1])
-  local v = redis.call('HMGET', KEYS[i], 's', 'p', 'c')
-  local s, p, c = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
-  if s == nil then
-    s = now
-    p = 0
-    c = 0
-  end
-  local elapsed = now - s
-  if elapsed >= window then
-    local k = math.floor(elapsed / window)
-    if k == 1 then p = c else p = 0 end
-    c = 0
-    s = s + k * window
-    elapsed = now - s
-  end
-  local est = p * (window - elapsed) / window + c
-  if est + cost > limit then admitted = 0 end
-  starts[i], prevs[i], curs[i], ests[i] = s, p, c, est
-end
-local out = {admitted}
-for i = 1, n do
-  local limit = tonumber(ARGV[2 * i])
-  local window = tonumber(ARGV[2 * i + 1])
-  local s, p, c, est = starts[i], prevs[i], curs[i], ests[i]
-  local elapsed = now - s
-  local retry = 0
-  if est + cost > limit then
-    if c + cost <= limit then
-      retry = (window - elapsed) - (limit - c - cost) * window / p
-    else
-      retry = (window - elapsed) + window - (limit - cost) * window / c
+# The sliding windows of `n` policies, as a Lua function shared by the scripts that count requests:
+# KEYS[1..n] are the policies' counters; from ARGV[base + 1]: the cost, then limit and window (ms) of
+# each policy. Answers {admitted (1/0), then remaining, reset (ms) and retry-after (ms) per policy}.
+SLIDING_WINDOWS_FUNCTION = """
+local function sliding_windows(n, base)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local cost = tonumber(ARGV[base + 1])
+  local starts, prevs, curs, ests = {}, {}, {}, {}
+  local admitted = 1
+  for i = 1, n do
+    local limit = tonumber(ARGV[base + 2 * i])
+    local window = tonumber(ARGV[base + 2 * i + 1])
+    local v = redis.call('HMGET', KEYS[i], 's', 'p', 'c')
+    local s, p, c = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
+    if s == nil then
+      s = now
+      p = 0
+      c = 0
     end
-    if retry < 1 then retry = 1 end
-  elseif admitted == 1 then
-    c = c + cost
-    est = est + cost
-    redis.call('HSET', KEYS[i], 's', s, 'p', p, 'c', c)
-    redis.call('PEXPIRE', KEYS[i], 2 * window)
+    local elapsed = now - s
+    if elapsed >= window then
+      local k = math.floor(elapsed / window)
+      if k == 1 then p = c else p = 0 end
+      c = 0
+      s = s + k * window
+      elapsed = now - s
+    end
+    local est = p * (window - elapsed) / window + c
+    if est + cost > limit then admitted = 0 end
+    starts[i], prevs[i], curs[i], ests[i] = s, p, c, est
   end
-  local remaining = math.floor(limit - est)
-  if remaining < 0 then remaining = 0 end
-  out[#out + 1] = remaining
-  out[#out + 1] = window - elapsed
-  out[#out + 1] = math.ceil(retry)
+  local out = {admitted}
+  for i = 1, n do
+    local limit = tonumber(ARGV[base + 2 * i])
+    local window = tonumber(ARGV[base + 2 * i + 1])
+    local s, p, c, est = starts[i], prevs[i], curs[i], ests[i]
+    local elapsed = now - s
+    local retry = 0
+    if est + cost > limit then
+      if c + cost <= limit then
+        retry = (window - elapsed) - (limit - c - cost) * window / p
+      else
+        retry = (window - elapsed) + window - (limit - cost) * window / c
+      end
+      if retry < 1 then retry = 1 end
+    elseif admitted == 1 then
+      c = c + cost
+      est = est + cost
+      redis.call('HSET', KEYS[i], 's', s, 'p', p, 'c', c)
+      redis.call('PEXPIRE', KEYS[i], 2 * window)
+    end
+    local remaining = math.floor(limit - est)
+    if remaining < 0 then remaining = 0 end
+    out[#out + 1] = remaining
+    out[#out + 1] = window - elapsed
+    out[#out + 1] = math.ceil(retry)
+  end
+  return out
 end
-return out
 """
+# KEYS: one per policy. ARGV: cost, then limit and window (ms) per policy.
+SLIDING_WINDOW = Script(SLIDING_WINDOWS_FUNCTION + "return sliding_windows(#KEYS, 0)")
+
+
+def window_args(policies: Sequence[Policy], cost: int) -> list[int]:
+    """The ARGV of `sliding_windows` for `policies`."""
+    args = [cost]
+    for policy in policies:
+        args += [policy.quota.limit, policy.quota.window_seconds * 1000]
+    return args
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +162,8 @@ class RateLimitStore(Protocol):
         """Checks every policy for `subject` and counts the request in all of them, or in none."""
 
 
-def _verdict(policies: Sequence[Policy], raw: Sequence[int]) -> Verdict:
+def verdict_of(policies: Sequence[Policy], raw: Sequence[int]) -> Verdict:
+    """The verdict in the answer of `sliding_windows` (which may go on with more after it)."""
     states = tuple(
         PolicyState(policy, int(raw[1 + 3 * i]), int(raw[2 + 3 * i]), int(raw[3 + 3 * i]))
         for i, policy in enumerate(policies)
@@ -161,20 +172,20 @@ def _verdict(policies: Sequence[Policy], raw: Sequence[int]) -> Verdict:
 
 
 class RedisRateLimitStore:
-    def __init__(self, redis: RedisClient, prefix: str) -> None:
+    def __init__(self, scripts: ScriptBatcher, prefix: str) -> None:
         self.prefix = prefix
-        # register_script sends EVALSHA and loads the script only when Redis does not know it yet.
-        self._script = redis.register_script(SLIDING_WINDOW_LUA)
+        # Sent by digest (EVALSHA), with the calls of other requests of the same moment.
+        self.scripts = scripts
 
     def key(self, subject: str, policy: Policy) -> str:
         return f"{self.prefix}rl:{{{subject}}}:{policy.key}"
 
+    def keys(self, subject: str, policies: Sequence[Policy]) -> list[str]:
+        return [self.key(subject, policy) for policy in policies]
+
     async def hit(self, subject: str, policies: Sequence[Policy], cost: int = 1) -> Verdict:
-        args: list[int] = [cost]
-        for policy in policies:
-            args += [policy.quota.limit, policy.quota.window_seconds * 1000]
-        raw = await self._script(keys=[self.key(subject, p) for p in policies], args=args)
-        return _verdict(policies, raw)
+        raw = await self.scripts.call(SLIDING_WINDOW, self.keys(subject, policies), window_args(policies, cost))
+        return verdict_of(policies, raw)
 
 
 class MemoryRateLimitStore:
@@ -238,7 +249,7 @@ class MemoryRateLimitStore:
                 est += cost
                 self._counters[(subject, policy.key)] = state
             raw += [max(0, math.floor(limit - est)), int(window - elapsed), math.ceil(retry)]
-        return _verdict(policies, raw)
+        return verdict_of(policies, raw)
 
     def _sweep(self, now: int) -> None:
         for key in [k for k, v in self._counters.items() if v[3] <= now]:
@@ -269,50 +280,39 @@ class RateLimiter:
     async def hit(self, subject: str, policies: Sequence[Policy], cost: int = 1) -> Verdict:
         """Counts the request in the shared store, or in the local one while the shared one fails.
         Raises StoreUnavailable when the shared store failed and the mode is `open` or `closed`."""
+
+        async def shared() -> tuple[Verdict, None]:
+            return await self.store.hit(subject, policies, cost), None
+
+        verdict, _ = await self.hit_with(subject, policies, shared, cost)
+        return verdict
+
+    async def hit_with(
+        self,
+        subject: str,
+        policies: Sequence[Policy],
+        shared: Callable[[], Awaitable[tuple[Verdict, T]]],
+        cost: int = 1,
+    ) -> tuple[Verdict, T | None]:
+        """As `hit`, counting through `shared`: a call of the shared store that counts these policies
+        and may do more in the same script (a keyed write's idempotency claim). While the shared store
+        fails, the local count has no more to give: None."""
         if self.local is None:
-            return await self.call(self.store.hit(subject, policies, cost))
+            return await self.call(shared())
         if self._local_until and (self._probing or time.monotonic() < self._local_until):
             self.call.passed_by()
-            return await self.local.hit(subject, policies, cost)
+            return await self.local.hit(subject, policies, cost), None
         probing = self._probing = bool(self._local_until)
         try:
-            verdict = await self.call(self.store.hit(subject, policies, cost))
+            outcome = await self.call(shared())
         except StoreUnavailable:
             self._local_until = time.monotonic() + self.retry_seconds
-            return await self.local.hit(subject, policies, cost)
+            return await self.local.hit(subject, policies, cost), None
         finally:
             if probing:
                 self._probing = False
         self._local_until = 0.0
-        return verdict
-
-
-class RoutePolicies:
-    """The per-route quotas of the settings, bound to the gateway's routes when the app is built.
-
-    Matching runs before routing (the limit is checked before the route runs), so each policy keeps
-    its route's compiled pattern; a request whose method no route policy names costs one set lookup.
-    """
-
-    def __init__(self, routes: Iterable[BaseRoute], settings: GatewaySettings) -> None:
-        self.entries: list[tuple[APIRoute, str, Policy]] = []
-        api_routes = [r for r in routes if isinstance(r, APIRoute)]
-        for name, quota in settings.rate_limit_routes.items():
-            method, _, path = name.partition(" ")
-            route = next((r for r in api_routes if r.path == path and method in (r.methods or ())), None)
-            if route is None:
-                raise ValueError(f"rate_limit_routes names {name!r}, which is not a route of the gateway")
-            self.entries.append((route, method, Policy(name, quota)))
-        self.methods = frozenset(method for _, method, _ in self.entries)
-
-    def match(self, scope: Scope) -> Policy | None:
-        if scope["method"] not in self.methods:
-            return None
-        path = scope["path"]
-        for route, method, policy in self.entries:
-            if scope["method"] == method and route.path_regex.match(path):
-                return policy
-        return None
+        return outcome
 
 
 def _sf_string(value: str) -> str:
@@ -346,82 +346,78 @@ def _reset_for(state: PolicyState) -> int:
     return state.reset_seconds
 
 
-class RateLimitMiddleware:
-    """Counts each request against its caller's plan quota (or the anonymous quota per client address)
-    and its route's quota, answering 429 with Retry-After when one is spent."""
+class RateLimits:
+    """The rate-limit stage: which quotas a request counts against, and what its answer says of them.
+
+    A request counts against its caller's plan quota (per tenant) or, without a tenant, against the
+    anonymous quota of its client address; and against its route's own quota when it has one (the
+    route's row, `Forward.rate_limit`, or `GATEWAY_RATE_LIMIT_ROUTES`, which wins). Every answer carries
+    the headers of the tightest policy; a spent quota is 429 with `Retry-After`.
+    """
 
     def __init__(
         self,
-        app: ASGIApp,
-        *,
         settings: GatewaySettings,
-        routes: RoutePolicies,
+        limiter: RateLimiter,
         metrics: EdgeMetrics,
-        state: GatewaySlot,
+        route_quotas: Mapping[tuple[str, str], Quota],
     ) -> None:
-        self.app = app
-        self.state = state
-        self.settings = settings
-        self.routes = routes
+        self.limiter = limiter
         self.metrics = metrics
         self.exempt = frozenset(settings.rate_limit_exempt_paths)
         self.client_address = ClientAddress(settings.trusted_proxies)
         self.anonymous = Policy("anonymous", settings.rate_limit_anonymous)
         self.plans: dict[str | None, Policy] = {plan: Policy(plan, q) for plan, q in settings.plan_quotas().items()}
         self.default_plan = self.plans[DEFAULT_PLAN]
+        self.routes = {route: Policy(f"{route[0]} {route[1]}", quota) for route, quota in route_quotas.items()}
 
-    def policies_for(self, scope: Scope, identity: Identity) -> tuple[str, list[Policy]]:
+    def policies(self, scope: Scope, identity: Identity, route: str | None) -> tuple[str, list[Policy]]:
+        """Whose count (`subject`) and which policies a request of `route` (a template) counts against."""
         if identity.tenant_id is None:
             subject, policies = f"a:{self.client_address(scope)}", [self.anonymous]
         else:
             subject, policies = f"t:{identity.tenant_id}", [self.plans.get(identity.plan, self.default_plan)]
-        route = self.routes.match(scope) if self.routes.entries else None
-        if route is not None:
-            policies.append(route)
+        if route is not None and self.routes:
+            policy = self.routes.get((scope.get("method", "GET"), route))
+            if policy is not None:
+                policies.append(policy)
         return subject, policies
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
-            await self.app(scope, receive, send)
-            return
-        limiter = self.state.value.rate_limiter
-        subject, policies = self.policies_for(scope, principal_of(scope))
-        try:
-            verdict = await limiter.hit(subject, policies)
-        except StoreUnavailable:
-            span_of(scope).set_attribute("portico.rate_limit.decision", f"fail_{limiter.call.mode}")
-            await limiter.call.without_store(self.app, scope, receive, send)
-            return
-        headers = rate_limit_headers(verdict)
+    def decided(self, verdict: Verdict, attributes: dict[str, Any]) -> TooManyRequests | None:
+        """Counts the decision and notes it for the request's span; the 429 when a quota is spent."""
         tightest = verdict.tightest
-        span = span_of(scope)
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    "portico.rate_limit.decision": "admitted" if verdict.admitted else "refused",
-                    "portico.rate_limit.policy": tightest.policy.name,
-                    "portico.rate_limit.remaining": tightest.remaining,
-                }
-            )
-        if not verdict.admitted:
-            self.metrics.rate_limit.labels(tightest.policy.name, "refused").inc()
-            retry_after = math.ceil(tightest.retry_after_ms / 1000)
-            span.add_event("rate_limit.refused", {"portico.rate_limit.retry_after_seconds": retry_after})
-            quota = tightest.policy.quota
-            error = TooManyRequests(
-                f"The {tightest.policy.name} quota of {quota.limit} requests per {quota.window_seconds} s is "
-                f"spent; retry in {retry_after} s.",
-                headers={"Retry-After": str(retry_after)},
-                extra={
-                    "policy": tightest.policy.name,
-                    "limit": quota.limit,
-                    "window_seconds": quota.window_seconds,
-                    "retry_after": retry_after,
-                },
-            )
-            response = problem_response(error, request_id_of(scope))
-            response.raw_headers.extend(headers)
-            await response(scope, receive, send)
-            return
-        self.metrics.rate_limit.labels(tightest.policy.name, "admitted").inc()
-        await self.app(scope, receive, on_response_start(send, lambda message: extend_headers(message, headers)))
+        decision = "admitted" if verdict.admitted else "refused"
+        self.metrics.rate_limit.labels(tightest.policy.name, decision).inc()
+        attributes["portico.rate_limit.decision"] = decision
+        attributes["portico.rate_limit.policy"] = tightest.policy.name
+        attributes["portico.rate_limit.remaining"] = tightest.remaining
+        if verdict.admitted:
+            return None
+        retry_after = math.ceil(tightest.retry_after_ms / 1000)
+        quota = tightest.policy.quota
+        return TooManyRequests(
+            f"The {tightest.policy.name} quota of {quota.limit} requests per {quota.window_seconds} s is "
+            f"spent; retry in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+            extra={
+                "policy": tightest.policy.name,
+                "limit": quota.limit,
+                "window_seconds": quota.window_seconds,
+                "retry_after": retry_after,
+            },
+        )
+
+
+def route_quotas(
+    rows: Mapping[tuple[str, str], Quota], settings: GatewaySettings, routes: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], Quota]:
+    """The quota of each route that has one of its own: the rows', then the settings' (which win, and
+    must name a route of the gateway, as `METHOD /template`)."""
+    known = set(routes)
+    quotas = dict(rows)
+    for name, quota in settings.rate_limit_routes.items():
+        method, _, path = name.partition(" ")
+        if (method, path) not in known:
+            raise ValueError(f"rate_limit_routes names {name!r}, which is not a route of the gateway")
+        quotas[(method, path)] = quota
+    return quotas

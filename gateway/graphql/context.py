@@ -11,7 +11,7 @@ from graphql import GraphQLError
 from strawberry.dataloader import DataLoader
 from strawberry.fastapi import BaseContext
 
-from gateway.proxy import Upstreams
+from gateway.upstreams import Upstreams
 from shared.contract import Identity
 from shared.errors import DownstreamError
 

@@ -1,4 +1,4 @@
-"""Aggregate routes, declared as parts (`gateway/aggregate.py` runs them).
+"""Aggregate routes, declared as parts (`gateway/composer.py` runs them).
 
 - `GET /v1/users/{user_id}/dashboard`: the user (required), their orders and the stock their open
   orders hold (optional), fetched at once; a partial answer says which parts are missing.
@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from gateway.aggregate import (
+from gateway.composer import (
     Call,
     CheckFailed,
     Outcome,
@@ -25,8 +25,9 @@ from gateway.aggregate import (
     json_response,
     page_of,
 )
-from gateway.deps import ComposerDep, RequireScope
+from gateway.deps import ComposerDep, RequireAccess
 from gateway.openapi import operation_docs
+from gateway.routes.forward import Access
 from services.orders.schemas import OrderOut
 from services.users.errors import UserNotFound
 from services.users.schemas import UserOut
@@ -36,8 +37,8 @@ from shared.pagination import Page
 
 router = APIRouter(prefix="/v1", tags=["aggregates"])
 
-OrdersReader = Annotated[Identity, Depends(RequireScope("orders:read"))]
-OrdersWriter = Annotated[Identity, Depends(RequireScope("orders:write"))]
+OrdersReader = Annotated[Identity, Depends(RequireAccess(Access(scope="orders:read")))]
+OrdersWriter = Annotated[Identity, Depends(RequireAccess(Access(scope="orders:write")))]
 
 
 async def _users_and_orders_reader(identity: OrdersReader) -> Identity:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
-from gateway.deps import readers_and_writers
-from gateway.routes.forward import PAGE_QUERY, Forward, add_forwards
+from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter, readers_and_writers
 from services.orders.errors import OrderAlreadyCancelled, OrderNotFound, ProductNotFound, StockConflict, UnknownUser
 from services.orders.schemas import OrderCreate, OrderOut
 from shared.contract import RESOURCE_ID_PATTERN, CreditLimitExceeded
 from shared.pagination import Page
 
-router = APIRouter(prefix="/v1", tags=["orders"])
+router = ForwardRouter("orders", prefix="/v1", tags=["orders"])
 
 Reader, Writer = readers_and_writers("orders")
 LIST_QUERY = {
@@ -22,47 +21,43 @@ LIST_QUERY = {
     **PAGE_QUERY,
 }
 
-add_forwards(
-    router,
-    "orders",
-    [
-        Forward(
-            "POST",
-            "/orders",
-            Writer,
-            "create_order",
-            "Place an order: reserves every item's stock or none, and emits order.created",
-            status_code=201,
-            body=OrderCreate,
-            answer=OrderOut,
-            errors=[ProductNotFound, StockConflict, UnknownUser, CreditLimitExceeded],
-        ),
-        Forward(
-            "GET",
-            "/orders",
-            Reader,
-            "list_orders",
-            "The tenant's orders, newest first",
-            query=LIST_QUERY,
-            answer=Page[OrderOut],
-        ),
-        Forward(
-            "GET",
-            "/orders/{order_id}",
-            Reader,
-            "get_order",
-            "An order of the tenant, with its items and status history",
-            answer=OrderOut,
-            errors=[OrderNotFound],
-        ),
-        Forward(
-            "POST",
-            "/orders/{order_id}/cancel",
-            Writer,
-            "cancel_order",
-            "Cancel an order: releases its stock and emits order.cancelled",
-            answer=OrderOut,
-            errors=[OrderNotFound, OrderAlreadyCancelled],
-        ),
-    ],
+router.add(
+    Forward(
+        "POST",
+        "/orders",
+        Writer,
+        "create_order",
+        "Place an order: reserves every item's stock or none, and emits order.created",
+        status_code=201,
+        body=OrderCreate,
+        answer=OrderOut,
+        errors=[ProductNotFound, StockConflict, UnknownUser, CreditLimitExceeded],
+    ),
+    Forward(
+        "GET",
+        "/orders",
+        Reader,
+        "list_orders",
+        "The tenant's orders, newest first",
+        query=LIST_QUERY,
+        answer=Page[OrderOut],
+    ),
+    Forward(
+        "GET",
+        "/orders/{order_id}",
+        Reader,
+        "get_order",
+        "An order of the tenant, with its items and status history",
+        answer=OrderOut,
+        errors=[OrderNotFound],
+    ),
+    Forward(
+        "POST",
+        "/orders/{order_id}/cancel",
+        Writer,
+        "cancel_order",
+        "Cancel an order: releases its stock and emits order.cancelled",
+        answer=OrderOut,
+        errors=[OrderNotFound, OrderAlreadyCancelled],
+    ),
 )

@@ -13,37 +13,30 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket, WebSocketDisconnect
-from redis.exceptions import RedisError
+from fastapi import APIRouter, Depends, Header, Query, WebSocket, WebSocketDisconnect
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from gateway.deps import RequireScope, SettingsDep, state
-from gateway.edge.addresses import ClientAddress
-from gateway.edge.credentials import InvalidApiKey
-from gateway.edge.ratelimit import Policy
-from gateway.edge.store import StoreUnavailable
+from gateway.deps import AuthenticatorDep, CallerDep, HubDep, RequireAccess, SettingsDep, current_caller
+from gateway.edge.authentication import Authenticator, Caller
+from gateway.edge.pipeline import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, TRANSIENT_FAILURES
 from gateway.openapi import operation_docs
 from gateway.realtime.hub import Admission, Expired, Hub, Overflowed
+from gateway.routes.forward import Access
 from gateway.settings import GatewaySettings
-from gateway.state import GatewayState
-from shared.contract import DEFAULT_PLAN, PLANS, AuthenticationRequired, Identity, is_well_formed
-from shared.errors import BadRequest, DownstreamError, PorticoError, TooManyRequests, Unauthorized
+from shared.contract import DEFAULT_PLAN, PLANS, Identity
+from shared.errors import BadRequest, PorticoError, TooManyRequests
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
-EventsReader = Annotated[Identity, Depends(RequireScope("orders:read"))]
-HubDep = Annotated[Hub, Depends(state.provide(lambda s: s.events))]
+EVENTS_READ = Access(scope="orders:read")
+EventsReader = Annotated[Identity, Depends(RequireAccess(EVENTS_READ))]
 MAX_EVENT_ID = 2**63 - 1
-# What a store or service blip raises while a stream runs: the stream ends and the client reconnects
-# (SSE: with Last-Event-ID; WebSocket: close 1013 "try again later") rather than a 500 or a 1011.
-TRANSIENT_FAILURES = (RedisError, DownstreamError)
 
 
 class InvalidLastEventId(BadRequest, code="INVALID_LAST_EVENT_ID", title="Invalid Last-Event-ID"): ...
@@ -120,8 +113,9 @@ EVENTS_DOCS[200].update(
     openapi_extra=EVENTS_EXTRA,
 )
 async def events(
-    request: Request,
     identity: EventsReader,
+    caller: CallerDep,
+    authenticator: AuthenticatorDep,
     hub: HubDep,
     settings: SettingsDep,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -135,12 +129,10 @@ async def events(
     tenant = identity.tenant_id
     assert tenant is not None
     await resumable(hub, tenant, after)
-    gateway: GatewayState = state.of(request)
-    caller = await http_caller(gateway, request, identity)
     admission = admit(hub, identity, settings)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        watch = asyncio.create_task(watch_credentials(gateway, caller))
+        watch = asyncio.create_task(watch_credentials(authenticator, settings, caller))
         try:
             yield ServerSentEvent(comment="stream open", retry=settings.sse_retry_ms)
             async for event in until_done(hub.stream(tenant, after), watch):
@@ -168,43 +160,20 @@ async def events(
     )
 
 
-# WebSocket close codes (RFC 6455): refused or no longer authorised, and "reconnect later" (the
-# process is stopping, or the client fell more than its buffer behind).
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TRY_AGAIN_LATER = 1013
 # How often a connection made with an API key checks that the key still works (revoked, expired).
 API_KEY_RECHECK_SECONDS = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class WsCaller:
-    identity: Identity
-    # The access token's expiry (Unix seconds); None for an API key, which is checked again instead.
-    expires_at: float | None
-    api_key: str | None
-
-
-async def http_caller(gateway: GatewayState, request: Request, identity: Identity) -> WsCaller:
-    """The credentials an HTTP stream was opened with, as the authentication stage accepted them."""
-    api_key = request.headers.get("x-api-key")
-    if api_key is not None:
-        return WsCaller(identity, None, api_key.strip())
-    token = request.headers.get("authorization", "").partition(" ")[2]
-    _, expires_at = await gateway.tokens.verify_with_expiry(token.strip(), gateway.jwt_keys)
-    return WsCaller(identity, expires_at, None)
-
-
-async def watch_credentials(gateway: GatewayState, caller: WsCaller) -> str:
+async def watch_credentials(authenticator: Authenticator, settings: GatewaySettings, caller: Caller) -> str:
     """Returns (with the reason) when the credentials a stream was opened with stop working: at the
     access token's expiry; for an API key, the first recheck that finds it revoked or expired.
     Raises what the users service raises when it cannot tell."""
     if caller.expires_at is not None:
         await asyncio.sleep(max(0.0, caller.expires_at - time.time()))
         return "token expired"
-    assert caller.api_key is not None
     while True:
-        await asyncio.sleep(max(gateway.settings.api_key_cache_ttl_seconds, API_KEY_RECHECK_SECONDS))
-        if await gateway.api_keys.resolve(caller.api_key) is None:
+        await asyncio.sleep(max(settings.api_key_cache_ttl_seconds, API_KEY_RECHECK_SECONDS))
+        if not await authenticator.still_valid(caller):
             return "API key revoked or expired"
 
 
@@ -237,65 +206,25 @@ async def until_done(source: AsyncIterator[T], stop: asyncio.Task[Any]) -> Async
             await aclose()
 
 
-class RealtimeRateLimited(TooManyRequests, code="RATE_LIMITED", title="Too Many Requests"): ...
-
-
-async def ws_caller(gateway: GatewayState, token: str | None, address: str) -> WsCaller:
-    """The caller of a WebSocket: `?token=` holds an access token or an API key. A bad one counts in
-    the client address's failed-authentication budget, as on HTTP (`gateway/edge/authfailures.py`)."""
-    if not token:
-        raise AuthenticationRequired("Send the access token or API key as ?token=.")
-    try:
-        if is_well_formed(token):
-            found, identity = gateway.api_keys.cached(token)
-            if not found:
-                # Only the users service can tell: not for an address whose failures are spent.
-                await gateway.auth_failures.check(address)
-                identity = await gateway.api_keys.resolve(token)
-            if identity is None:
-                raise InvalidApiKey("The API key is unknown, revoked or expired.")
-            return WsCaller(identity, None, token)
-        identity, expires_at = await gateway.tokens.verify_with_expiry(token, gateway.jwt_keys)
-    except Unauthorized as exc:
-        refusal = await gateway.auth_failures.failed(address)
-        raise (refusal or exc) from None
-    return WsCaller(identity, expires_at, None)
-
-
-async def count_connect(gateway: GatewayState, identity: Identity) -> None:
-    """A connection counts as one request of the tenant's plan quota (429 when it is spent)."""
-    if not gateway.settings.rate_limit_enabled:
-        return
-    quotas = gateway.settings.plan_quotas()
-    plan = identity.plan if identity.plan in PLANS else DEFAULT_PLAN
-    try:
-        verdict = await gateway.rate_limiter.hit(
-            f"t:{identity.tenant_id}",
-            [Policy(plan, quotas[plan])],
-        )
-    except StoreUnavailable:
-        if gateway.settings.rate_limit_failure_mode == "closed":
-            raise
-        return
-    if not verdict.admitted:
-        raise RealtimeRateLimited(f"The {plan} quota is spent.")
-
-
 @router.websocket("/ws")
-async def websocket_events(websocket: WebSocket, token: str | None = None, last_event_id: str | None = None) -> None:
+async def websocket_events(
+    websocket: WebSocket,
+    hub: HubDep,
+    settings: SettingsDep,
+    authenticator: AuthenticatorDep,
+    last_event_id: str | None = None,
+) -> None:
     """The tenant's order events as JSON text frames `{"id", "type", "data"}`; `{"type": "ping"}` is
     answered `{"type": "pong"}`. Refused before it is accepted (close 1008, an HTTP 403 to the
-    upgrade) without good credentials in `?token=`, the `orders:read` scope, quota or a free
-    connection of the plan."""
-    gateway: GatewayState = state.of(websocket)
+    upgrade) without good credentials in `?token=` or quota (the edge checks both, as for a
+    request), the `orders:read` scope, or a free connection of the plan."""
     try:
-        caller = await ws_caller(gateway, token, ClientAddress(gateway.settings.trusted_proxies)(websocket.scope))
-        caller.identity.require_scope("orders:read")
+        caller = await current_caller(websocket)
+        EVENTS_READ.check(caller.identity)
         after = parse_event_id(last_event_id)
         assert caller.identity.tenant_id is not None
-        await resumable(gateway.events, caller.identity.tenant_id, after)
-        await count_connect(gateway, caller.identity)
-        admission = admit(gateway.events, caller.identity, gateway.settings)
+        await resumable(hub, caller.identity.tenant_id, after)
+        admission = admit(hub, caller.identity, settings)
     except TRANSIENT_FAILURES as exc:
         # The users service or the event store could not answer: not the client's fault; accepted
         # only to tell it to come back (1013), which a refusal of the upgrade cannot say.
@@ -303,13 +232,12 @@ async def websocket_events(websocket: WebSocket, token: str | None = None, last_
         await websocket.accept()
         await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="service unavailable: reconnect later")
         return
-    except (PorticoError, StoreUnavailable) as exc:
-        reason = exc.code if isinstance(exc, PorticoError) else "EDGE_STORE_UNAVAILABLE"
-        await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=reason)
+    except PorticoError as exc:
+        await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=exc.code)
         return
     try:
         await websocket.accept()
-        code, reason = await WsSession(websocket, gateway, caller, after).run()
+        code, reason = await WsSession(websocket, hub, settings, authenticator, caller, after).run()
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
             await websocket.close(code=code, reason=reason)
     finally:
@@ -319,16 +247,26 @@ async def websocket_events(websocket: WebSocket, token: str | None = None, last_
 class WsSession:
     """One accepted WebSocket: events out, pings in, and the reasons to close it, whichever comes first."""
 
-    def __init__(self, websocket: WebSocket, gateway: GatewayState, caller: WsCaller, after: int | None) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        hub: Hub,
+        settings: GatewaySettings,
+        authenticator: Authenticator,
+        caller: Caller,
+        after: int | None,
+    ) -> None:
         self.websocket = websocket
-        self.gateway = gateway
+        self.hub = hub
+        self.settings = settings
+        self.authenticator = authenticator
         self.caller = caller
         self.after = after
         self.sending = asyncio.Lock()
 
     async def send(self, text: str) -> None:
         async with self.sending:
-            await asyncio.wait_for(self.websocket.send_text(text), self.gateway.settings.events_send_timeout_seconds)
+            await asyncio.wait_for(self.websocket.send_text(text), self.settings.events_send_timeout_seconds)
 
     async def run(self) -> tuple[int, str]:
         """Answers the close code and reason (1000 when the client left)."""
@@ -350,7 +288,7 @@ class WsSession:
         tenant = self.caller.identity.tenant_id
         assert tenant is not None
         try:
-            async for event in self.gateway.events.stream(tenant, self.after):
+            async for event in self.hub.stream(tenant, self.after):
                 await self.send(event.frame())
         except (Overflowed, TimeoutError):
             return CLOSE_TRY_AGAIN_LATER, "too far behind: reconnect with last_event_id"
@@ -383,11 +321,11 @@ class WsSession:
 
     async def credentials(self) -> tuple[int, str]:
         try:
-            return CLOSE_POLICY_VIOLATION, await watch_credentials(self.gateway, self.caller)
+            return CLOSE_POLICY_VIOLATION, await watch_credentials(self.authenticator, self.settings, self.caller)
         except TRANSIENT_FAILURES as exc:
             logger.warning("WebSocket API key recheck failed: %s: %s", type(exc).__name__, exc)
             return CLOSE_TRY_AGAIN_LATER, "service unavailable: reconnect with last_event_id"
 
     async def shutdown(self) -> tuple[int, str]:
-        await self.gateway.events.draining.wait()
+        await self.hub.draining.wait()
         return CLOSE_TRY_AGAIN_LATER, "server shutting down"

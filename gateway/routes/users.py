@@ -3,95 +3,91 @@ credentials, so they reach the service as nobody; an access token is a secret (`
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
-from gateway.deps import AnyCaller, Principal, readers_and_writers
 from gateway.openapi import FORM
-from gateway.routes.forward import Forward, add_forwards
+from gateway.routes.forward import ANONYMOUS_ACCESS, PRINCIPAL, Forward, ForwardRouter, readers_and_writers
+from gateway.settings import Quota
 from services.users.errors import EmailTaken, InvalidCredentials, UserNotFound, UserRequired
 from services.users.schemas import TenantCreate, TenantCreated, TokenOut, TokenRequest, UserCreate, UserOut, UserUpdate
 
-router = APIRouter(prefix="/v1", tags=["users"])
+router = ForwardRouter("users", prefix="/v1", tags=["users"])
 # Public, outside /v1: where verifiers of access tokens find their keys.
-well_known = APIRouter(tags=["users"])
+well_known = ForwardRouter("users", tags=["users"])
 
 Reader, Writer = readers_and_writers("users")
+# Sign-up and login, per client address, on top of the anonymous quota: guessing costs a password hash.
+ANONYMOUS_WRITES = Quota(120, 60)
 
-add_forwards(
-    router,
-    "users",
-    [
-        Forward(
-            "POST",
-            "/tenants",
-            AnyCaller,
-            "create_tenant",
-            "Create a tenant and its first admin user",
-            status_code=201,
-            body=TenantCreate,
-            answer=TenantCreated,
-            errors=[EmailTaken],
-            anonymous=True,
-            failure_statuses=frozenset({409}),
-        ),
-        Forward(
-            "POST",
-            "/auth/token",
-            AnyCaller,
-            "issue_token",
-            "Exchange email and password for an access token (OAuth2 password form)",
-            body=TokenRequest,
-            body_media_type=FORM,
-            answer=TokenOut,
-            errors=[InvalidCredentials],
-            anonymous=True,
-            failure_statuses=frozenset({401}),
-        ),
-        Forward(
-            "POST",
-            "/users",
-            Writer,
-            "create_user",
-            "Create a user in the caller's tenant (admin)",
-            status_code=201,
-            body=UserCreate,
-            answer=UserOut,
-            errors=[EmailTaken],
-        ),
-        Forward("GET", "/users/me", Principal, "me", "The calling user", answer=UserOut, errors=[UserNotFound]),
-        Forward(
-            "GET",
-            "/users/{user_id}",
-            Reader,
-            "get_user",
-            "A user of the caller's tenant",
-            answer=UserOut,
-            errors=[UserNotFound],
-        ),
-        Forward(
-            "PATCH",
-            "/users/{user_id}",
-            Writer,
-            "update_user",
-            "Set a user's credit limit (an admin's token, never an API key); null returns to the plan's default",
-            body=UserUpdate,
-            answer=UserOut,
-            errors=[UserNotFound, UserRequired],
-        ),
-    ],
+router.add(
+    Forward(
+        "POST",
+        "/tenants",
+        ANONYMOUS_ACCESS,
+        "create_tenant",
+        "Create a tenant and its first admin user",
+        status_code=201,
+        body=TenantCreate,
+        answer=TenantCreated,
+        errors=[EmailTaken],
+        # A taken email tells the address that the account exists: a failed authentication.
+        failure_statuses=frozenset({409}),
+        rate_limit=ANONYMOUS_WRITES,
+    ),
+    Forward(
+        "POST",
+        "/auth/token",
+        ANONYMOUS_ACCESS,
+        "issue_token",
+        "Exchange email and password for an access token (OAuth2 password form)",
+        body=TokenRequest,
+        body_media_type=FORM,
+        answer=TokenOut,
+        errors=[InvalidCredentials],
+        failure_statuses=frozenset({401}),
+        secret=True,
+        rate_limit=ANONYMOUS_WRITES,
+    ),
+    Forward(
+        "POST",
+        "/users",
+        Writer,
+        "create_user",
+        "Create a user in the caller's tenant (admin)",
+        status_code=201,
+        body=UserCreate,
+        answer=UserOut,
+        errors=[EmailTaken],
+        # Emails are unique across every tenant: a taken one says an account exists somewhere, so
+        # probing them spends the address's failed-authentication budget, as sign-up does.
+        failure_statuses=frozenset({409}),
+    ),
+    Forward("GET", "/users/me", PRINCIPAL, "me", "The calling user", answer=UserOut, errors=[UserNotFound]),
+    Forward(
+        "GET",
+        "/users/{user_id}",
+        Reader,
+        "get_user",
+        "A user of the caller's tenant",
+        answer=UserOut,
+        errors=[UserNotFound],
+    ),
+    Forward(
+        "PATCH",
+        "/users/{user_id}",
+        Writer,
+        "update_user",
+        "Set a user's credit limit (an admin's token, never an API key); null returns to the plan's default",
+        body=UserUpdate,
+        answer=UserOut,
+        errors=[UserNotFound, UserRequired],
+    ),
 )
 
-add_forwards(
-    well_known,
-    "users",
-    [
-        Forward(
-            "GET",
-            "/.well-known/jwks.json",
-            AnyCaller,
-            "jwks",
-            "The public keys access tokens are signed with (JWKS, RFC 7517); empty with HS256",
-            anonymous=True,
-        )
-    ],
+well_known.add(
+    Forward(
+        "GET",
+        "/.well-known/jwks.json",
+        ANONYMOUS_ACCESS,
+        "jwks",
+        "The public keys access tokens are signed with (JWKS, RFC 7517); empty with HS256",
+    )
 )

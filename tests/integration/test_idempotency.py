@@ -16,10 +16,12 @@ from redis.asyncio import Redis
 from gateway.app import create_redis
 from gateway.edge.idempotency import (
     IdempotencyStore,
+    KeyedRequest,
     MemoryIdempotencyStore,
     RedisIdempotencyStore,
     StoredResponse,
 )
+from gateway.edge.store import ScriptBatcher
 from tests.edge_support import (
     BACKENDS,
     PASSWORD,
@@ -47,7 +49,7 @@ async def store(request, infra) -> AsyncIterator[IdempotencyStore]:
     # The gateway's own client: its pool (or cluster client) and timeouts.
     client = create_redis(gateway_settings(None, **settings))
     try:
-        yield RedisIdempotencyStore(client, settings["redis_key_prefix"])
+        yield RedisIdempotencyStore(ScriptBatcher(client), settings["redis_key_prefix"])
     finally:
         await client.aclose()
 
@@ -58,55 +60,55 @@ RESPONSE = StoredResponse(
 
 
 async def test_a_claim_locks_with_its_fingerprint(store):
-    assert (await store.claim("{t:a}:k", "fp1", "owner-1", 30_000)).outcome == "acquired"
-    assert (await store.claim("{t:a}:k", "fp1", "owner-2", 30_000)).outcome == "in_flight"
-    assert (await store.claim("{t:a}:k", "fp2", "owner-2", 30_000)).outcome == "mismatch"
+    assert (await store.claim(KeyedRequest("{t:a}:k", "fp1", "owner-1"), 30_000)).outcome == "acquired"
+    assert (await store.claim(KeyedRequest("{t:a}:k", "fp1", "owner-2"), 30_000)).outcome == "in_flight"
+    assert (await store.claim(KeyedRequest("{t:a}:k", "fp2", "owner-2"), 30_000)).outcome == "mismatch"
     # The owner asking again (a retried store call) still holds it.
-    assert (await store.claim("{t:a}:k", "fp1", "owner-1", 30_000)).outcome == "acquired"
+    assert (await store.claim(KeyedRequest("{t:a}:k", "fp1", "owner-1"), 30_000)).outcome == "acquired"
     # Another key, or the same key of another tenant, is free.
-    assert (await store.claim("{t:a}:other", "fp1", "owner-2", 30_000)).outcome == "acquired"
-    assert (await store.claim("{t:b}:k", "fp1", "owner-2", 30_000)).outcome == "acquired"
+    assert (await store.claim(KeyedRequest("{t:a}:other", "fp1", "owner-2"), 30_000)).outcome == "acquired"
+    assert (await store.claim(KeyedRequest("{t:b}:k", "fp1", "owner-2"), 30_000)).outcome == "acquired"
 
 
 async def test_a_completed_request_is_replayed_byte_for_byte(store):
-    await store.claim("{t:a}:done", "fp", "owner", 30_000)
+    await store.claim(KeyedRequest("{t:a}:done", "fp", "owner"), 30_000)
     assert await store.complete("{t:a}:done", "owner", RESPONSE, 60_000)
-    claim = await store.claim("{t:a}:done", "fp", "someone-else", 30_000)
+    claim = await store.claim(KeyedRequest("{t:a}:done", "fp", "someone-else"), 30_000)
     assert claim.outcome == "done"
     assert claim.response == RESPONSE
-    assert (await store.claim("{t:a}:done", "fp-other", "someone-else", 30_000)).outcome == "mismatch"
+    assert (await store.claim(KeyedRequest("{t:a}:done", "fp-other", "someone-else"), 30_000)).outcome == "mismatch"
 
 
 async def test_an_outcome_without_body_is_kept_as_such(store):
-    await store.claim("{t:a}:secret", "fp", "owner", 30_000)
+    await store.claim(KeyedRequest("{t:a}:secret", "fp", "owner"), 30_000)
     kept = StoredResponse(201, [(b"cache-control", b"no-store")], b"", False)
     assert await store.complete("{t:a}:secret", "owner", kept, 60_000)
-    claim = await store.claim("{t:a}:secret", "fp", "other", 30_000)
+    claim = await store.claim(KeyedRequest("{t:a}:secret", "fp", "other"), 30_000)
     assert claim.outcome == "done"
     assert claim.response is not None
     assert not claim.response.replayable
 
 
 async def test_only_the_owner_completes_or_releases(store):
-    await store.claim("{t:a}:own", "fp", "owner", 30_000)
+    await store.claim(KeyedRequest("{t:a}:own", "fp", "owner"), 30_000)
     assert not await store.complete("{t:a}:own", "intruder", RESPONSE, 60_000)
     await store.release("{t:a}:own", "intruder")
-    assert (await store.claim("{t:a}:own", "fp", "other", 30_000)).outcome == "in_flight"
+    assert (await store.claim(KeyedRequest("{t:a}:own", "fp", "other"), 30_000)).outcome == "in_flight"
     await store.release("{t:a}:own", "owner")
-    assert (await store.claim("{t:a}:own", "fp", "other", 30_000)).outcome == "acquired"
+    assert (await store.claim(KeyedRequest("{t:a}:own", "fp", "other"), 30_000)).outcome == "acquired"
     # A done record is never released.
     await store.complete("{t:a}:own", "other", RESPONSE, 60_000)
     await store.release("{t:a}:own", "other")
-    assert (await store.claim("{t:a}:own", "fp", "third", 30_000)).outcome == "done"
+    assert (await store.claim(KeyedRequest("{t:a}:own", "fp", "third"), 30_000)).outcome == "done"
 
 
 async def test_a_crashed_owners_lock_expires_and_records_expire(store):
-    await store.claim("{t:a}:crash", "fp", "crashed", 300)
+    await store.claim(KeyedRequest("{t:a}:crash", "fp", "crashed"), 300)
     claimed_at = time.monotonic()  # the lock was taken by now
 
     async def outcome(fingerprint: str, owner: str) -> tuple[str, float]:
         sent = time.monotonic()
-        return (await store.claim("{t:a}:crash", fingerprint, owner, 30_000)).outcome, sent
+        return (await store.claim(KeyedRequest("{t:a}:crash", fingerprint, owner), 30_000)).outcome, sent
 
     # In flight until the lock's 300 ms are over; a retry sent after that takes the key.
     while (found := await outcome("fp", "retry"))[0] == "in_flight":
@@ -131,29 +133,29 @@ async def test_the_in_process_store_keeps_its_answers_within_its_bound(caplog):
     first, the newest are still replayed, and a request in flight keeps its claim."""
     store = MemoryIdempotencyStore(max_bytes=20_000)
     answer = StoredResponse(201, [(b"content-type", b"application/json")], b"x" * 1_000, True)
-    await store.claim("{t:a}:in-flight", "fp", "slow", 30_000)
+    await store.claim(KeyedRequest("{t:a}:in-flight", "fp", "slow"), 30_000)
     for n in range(100):
-        assert (await store.claim(f"{{t:a}}:{n}", "fp", "owner", 30_000)).outcome == "acquired"
+        assert (await store.claim(KeyedRequest(f"{{t:a}}:{n}", "fp", "owner"), 30_000)).outcome == "acquired"
         assert await store.complete(f"{{t:a}}:{n}", "owner", answer, 60_000)
         assert store.kept_bytes <= store.max_bytes
 
     assert store.evicted > 0
-    assert (await store.claim("{t:a}:99", "fp", "other", 30_000)).outcome == "done"
+    assert (await store.claim(KeyedRequest("{t:a}:99", "fp", "other"), 30_000)).outcome == "done"
     # Dropped: a repeat runs again, as after the TTL.
-    assert (await store.claim("{t:a}:0", "fp", "other", 30_000)).outcome == "acquired"
-    assert (await store.claim("{t:a}:in-flight", "fp", "other", 30_000)).outcome == "in_flight"
+    assert (await store.claim(KeyedRequest("{t:a}:0", "fp", "other"), 30_000)).outcome == "acquired"
+    assert (await store.claim(KeyedRequest("{t:a}:in-flight", "fp", "other"), 30_000)).outcome == "in_flight"
     assert "the in-process idempotency store is full" in caplog.text
 
     # The answer of the request claimed first but finished last is the newest one kept.
     assert await store.complete("{t:a}:in-flight", "slow", answer, 60_000)
-    assert (await store.claim("{t:a}:in-flight", "fp", "other", 30_000)).outcome == "done"
+    assert (await store.claim(KeyedRequest("{t:a}:in-flight", "fp", "other"), 30_000)).outcome == "done"
 
     # An expired answer gives its bytes back.
-    await store.claim("{t:a}:short", "fp", "owner", 30_000)
+    await store.claim(KeyedRequest("{t:a}:short", "fp", "owner"), 30_000)
     assert await store.complete("{t:a}:short", "owner", answer, 1)
     full = store.kept_bytes
     await asyncio.sleep(0.01)
-    assert (await store.claim("{t:a}:short", "fp", "later", 30_000)).outcome == "acquired"
+    assert (await store.claim(KeyedRequest("{t:a}:short", "fp", "later"), 30_000)).outcome == "acquired"
     assert store.kept_bytes < full
 
 
@@ -161,8 +163,8 @@ async def test_redis_records_are_prefixed_and_hash_tagged(infra):
     client = Redis.from_url(infra.redis_url)
     prefix = unique_prefix(infra.redis_prefix)
     try:
-        store = RedisIdempotencyStore(client, prefix)
-        await store.claim("{t:tenant-9}:abc", "fp", "owner", 30_000)
+        store = RedisIdempotencyStore(ScriptBatcher(client), prefix)
+        await store.claim(KeyedRequest("{t:tenant-9}:abc", "fp", "owner"), 30_000)
         keys = [k.decode() async for k in client.scan_iter(match=prefix + "*")]
         assert keys == [f"{prefix}idem:{{t:tenant-9}}:abc"]
         assert 0 < await client.pttl(keys[0]) <= 30_000

@@ -15,8 +15,9 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from gateway.app import create_app, create_redis
-from gateway.edge.idempotency import RedisIdempotencyStore
+from gateway.edge.idempotency import KeyedRequest, RedisIdempotencyStore
 from gateway.edge.ratelimit import MemoryRateLimitStore, Policy, RateLimitStore, RedisRateLimitStore
+from gateway.edge.store import ScriptBatcher
 from gateway.settings import Quota
 from tests.edge_support import (
     BACKENDS,
@@ -44,7 +45,7 @@ async def store(request, infra) -> AsyncIterator[RateLimitStore]:
     # The gateway's own client: its pool (or cluster client) and timeouts.
     client = create_redis(gateway_settings(None, **settings))
     try:
-        yield RedisRateLimitStore(client, settings["redis_key_prefix"])
+        yield RedisRateLimitStore(ScriptBatcher(client), settings["redis_key_prefix"])
     finally:
         await client.aclose()
 
@@ -126,7 +127,7 @@ async def test_redis_keys_are_prefixed_hash_tagged_and_expire(infra):
     client = Redis.from_url(infra.redis_url)
     prefix = unique_prefix(infra.redis_prefix)
     try:
-        store = RedisRateLimitStore(client, prefix)
+        store = RedisRateLimitStore(ScriptBatcher(client), prefix)
         await store.hit("t:tenant-1", [policy(10, 30, "pro"), policy(5, 30, "GET /v1/users/me")])
         keys = sorted([k.decode() async for k in client.scan_iter(match=prefix + "*")])
         assert keys == [f"{prefix}rl:{{t:tenant-1}}:GET:/v1/users/me", f"{prefix}rl:{{t:tenant-1}}:pro"]
@@ -140,7 +141,7 @@ async def test_the_script_is_loaded_once_then_called_by_its_digest():
     with private_redis() as server:
         client = Redis.from_url(server.url)
         try:
-            store = RedisRateLimitStore(client, "p:")
+            store = RedisRateLimitStore(ScriptBatcher(client), "p:")
             for _ in range(20):
                 await store.hit("t:x", [policy(100)])
             stats = await client.info("commandstats")
@@ -409,7 +410,8 @@ async def test_on_a_cluster_each_call_stays_in_one_slot_and_callers_spread_over_
     client = create_redis(gateway_settings(None, redis_url=redis_cluster.url, redis_cluster=True))
     assert isinstance(client, RedisCluster)
     prefix = unique_prefix(infra.redis_prefix)
-    rate, idempotency = RedisRateLimitStore(client, prefix), RedisIdempotencyStore(client, prefix)
+    scripts = ScriptBatcher(client)
+    rate, idempotency = RedisRateLimitStore(scripts, prefix), RedisIdempotencyStore(scripts, prefix)
     policies = [policy(10, name="pro"), policy(5, name="POST /v1/auth/token"), policy(3, name="GET /v1/users/me")]
     try:
         tenants = [str(uuid.uuid4()) for _ in range(30)]
@@ -419,7 +421,7 @@ async def test_on_a_cluster_each_call_stays_in_one_slot_and_callers_spread_over_
             assert len({key_slot(rate.key(subject, p).encode()) for p in policies}) == 1, subject
         for tenant in tenants:
             scope_key = f"{{t:{tenant}}}:{uuid.uuid4().hex}"
-            assert (await idempotency.claim(scope_key, "fp", "owner", 30_000)).outcome == "acquired"
+            assert (await idempotency.claim(KeyedRequest(scope_key, "fp", "owner"), 30_000)).outcome == "acquired"
             assert key_slot(idempotency.key(scope_key).encode()) == key_slot(
                 rate.key(f"t:{tenant}", policies[0]).encode()
             )
@@ -440,7 +442,7 @@ async def test_on_a_cluster_redirects_do_not_break_the_calls_in_flight(redis_clu
     would fail the other callers' calls in flight on them."""
     client = create_redis(gateway_settings(None, **cluster_settings(redis_cluster, infra)))
     assert isinstance(client, RedisCluster)
-    store = RedisRateLimitStore(client, unique_prefix(infra.redis_prefix))
+    store = RedisRateLimitStore(ScriptBatcher(client), unique_prefix(infra.redis_prefix))
     quota = policy(1000)
     try:
         await store.hit("t:moved", [quota])  # the client has read the map and loaded the script

@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.app import create_app
-from gateway.auth import key_source
+from gateway.edge.authentication import key_source
 from gateway.edge.jwks import JwksKeys, StaticKey
 from gateway.settings import GatewaySettings
 from services.users.settings import UsersSettings

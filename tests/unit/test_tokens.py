@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
-from gateway.auth import InvalidToken, JwtVerifier, VerifiedTokens
+from gateway.edge.authentication import InvalidToken, JwtVerifier, VerifiedTokens
 from gateway.edge.jwks import StaticKey
 from gateway.settings import GatewaySettings
 from services.users.security import TokenIssuer
@@ -60,7 +60,7 @@ async def test_rs256_round_trip_and_wrong_key():
     private, public = rsa_pair()
     _, other_public = rsa_pair()
     token = rs256_token(private)
-    identity = await JwtVerifier(RS256).verify(token, StaticKey("k2", public))
+    identity, _ = await JwtVerifier(RS256).verify(token, StaticKey("k2", public))
     assert identity.subject == "u1"
     assert identity.tenant_id == "t1"
     assert identity.scopes == ROLE_SCOPES["member"]
@@ -90,7 +90,7 @@ async def test_an_hs256_token_is_refused_by_an_rs256_gateway():
 async def test_hs256_round_trip():
     token = issue(TokenIssuer(UsersSettings(jwt_secret="a" * 40)))
     hs256 = GatewaySettings(jwt_secret="a" * 40)
-    assert (await JwtVerifier(hs256).verify(token, StaticKey("portico-1", "a" * 40))).tenant_id == "t1"
+    assert (await JwtVerifier(hs256).verify(token, StaticKey("portico-1", "a" * 40)))[0].tenant_id == "t1"
     with pytest.raises(InvalidToken):
         await JwtVerifier(hs256).verify(token, StaticKey("portico-1", "b" * 40))
 
@@ -104,10 +104,10 @@ async def test_a_verified_token_is_remembered_until_it_expires_and_the_memory_is
         await verifier.verify(token, keys)
     # Remembered: the same token verifies even with no key at all now; the oldest was dropped.
     gone = StaticKey("none", public)
-    assert (await verifier.verify(tokens[2], gone)).subject == "u1"
+    assert (await verifier.verify(tokens[2], gone))[0].subject == "u1"
     with pytest.raises(InvalidToken):
         await verifier.verify(tokens[0], gone)
     # Nothing is answered from memory past the token's expiry.
     remembered = VerifiedTokens(10)
     remembered.put("token", time.time() - 1, Identity(subject="u1"))
-    assert remembered.get("token") is None
+    assert remembered.entry("token") is None

@@ -32,7 +32,7 @@ import httpx
 from opentelemetry.trace import Status, StatusCode, Tracer
 from starlette.responses import Response
 
-from gateway.proxy import Upstreams, relay
+from gateway.upstreams import Upstreams, relay
 from shared.context import request_id_var
 from shared.contract import Identity
 from shared.errors import (
