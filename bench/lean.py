@@ -62,7 +62,8 @@ class Observability:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         request_id = uuid.uuid4().hex
         scope["request_id"] = request_id
         carrier = {k.decode(): v.decode() for k, v in scope["headers"] if k == b"traceparent"}
