@@ -53,6 +53,8 @@ class UsersSettings(BaseServiceSettings, AccessTokenSettings):
     password_hash_concurrency: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,
+        # The default depends on the machine: the settings reference names it instead of a number.
+        json_schema_extra={"default_text": "the CPU cores"},
         description=(
             "Password hashes and checks (argon2, in threads) run at most this many at once; default: the CPU "
             "cores. No database connection is held while a password is hashed or verified."
