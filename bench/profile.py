@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--lines", type=int, default=40, help="lines of each table")
+    parser.add_argument("--save", help="also write the raw profile here (for pstats or snakeviz)")
     args = parser.parse_args()
 
     with redis_prefix(args.redis_url) as prefix, contextlib.ExitStack() as stack:
@@ -110,6 +111,8 @@ def profile(args: argparse.Namespace, port: int) -> None:
     threading.Thread(target=load, daemon=True).start()
     asyncio.run(serve())
 
+    if args.save:
+        profiler.dump_stats(args.save)
     stats = pstats.Stats(profiler, stream=(out := io.StringIO()))
     total = stats.total_tt  # type: ignore[attr-defined]
     requests = outcome["requests"]

@@ -6,14 +6,13 @@ Every request passes, outermost first (all pure ASGI):
                      metrics, access log                                    shared/telemetry.py
      (Starlette's error middleware, which renders unhandled exceptions as 500)
  4. body size limit  413 before the body is read                           shared/middleware.py
- 5. gzip             answers of 500 bytes or more, when the client asks     Starlette
- 6. the edge         route match, hygiene, authentication, rate limit,      gateway/edge/pipeline.py
+ 5. the edge         route match, hygiene, authentication, rate limit,      gateway/edge/pipeline.py
                      idempotency, the forwarded routes themselves, caching,
-                     deprecation: one layer, one pass
- 7. FastAPI          the routes that are not forwarded: aggregates, real    gateway/routes/*.py
+                     deprecation, gzip: one layer, one pass
+ 6. FastAPI          the routes that are not forwarded: aggregates, real    gateway/routes/*.py
                      time, GraphQL, docs, probes
 
-The edge's stages can be switched off by settings (hygiene, rate limit, idempotency, ETags; the
+The edge's stages can be switched off by settings (hygiene, rate limit, idempotency, ETags, gzip; the
 benchmark measures each one). What a stage hands the next (the request id, the route, the caller) is
 in the request context (`shared/context.py`).
 
@@ -37,7 +36,6 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import BaseRoute
 
 from gateway.composer import Composer, UpstreamRefused, upstream_refused_handler
@@ -326,8 +324,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # add_middleware wraps what is already there, so the edge goes on first (innermost); install_common
     # then adds the body limit around it, and observability (one layer) outside Starlette's errors.
     app.add_middleware(edge.wrap)
-    if cfg.gzip_enabled:
-        app.add_middleware(GZipMiddleware, minimum_size=cfg.gzip_minimum_bytes, compresslevel=cfg.gzip_level)
     http_metrics = install_common(app, cfg, provider, database=False, registry=registry)
     app.add_exception_handler(UpstreamRefused, upstream_refused_handler)
     edge_metrics.register(http_metrics.registry)

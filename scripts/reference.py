@@ -406,44 +406,10 @@ def metrics_page() -> str:
 
 # --------------------------------------------------------------------------- errors
 
-# The "when" of error classes whose module this page cannot give a docstring to yet, by class. A class
-# that has a docstring of its own must not be here (tests/unit/test_reference.py checks both ways).
+# The "when" of error classes whose docstring says something else (the base class describes the
+# hierarchy). A class that has a "when" docstring of its own must not be here (tests/unit/test_reference.py
+# checks both ways).
 WHEN_ELSEWHERE: dict[str, str] = {
-    "gateway.edge.credentials.AmbiguousCredentials": "A request carried both `Authorization` and `X-API-Key`.",
-    "gateway.edge.credentials.InvalidToken": (
-        "An access token that does not verify (signature, algorithm, unknown `kid`, expired, missing claims): "
-        'with `WWW-Authenticate: Bearer ... error="invalid_token"`.'
-    ),
-    "gateway.edge.credentials.InvalidApiKey": (
-        "An API key that is malformed, unknown, revoked or expired: with "
-        '`WWW-Authenticate: ApiKey realm="portico", header="X-API-Key"`.'
-    ),
-    "gateway.edge.credentials.TenantMismatch": "An `X-Tenant-Id` that disagrees with the tenant of the token or key.",
-    "gateway.edge.hygiene.InvalidHost": "A `Host` that is not in `GATEWAY_TRUSTED_HOSTS`.",
-    "gateway.edge.hygiene.CorsRefused": (
-        "A CORS preflight from an origin, for a method or with a header the gateway does not allow; the detail "
-        "names what was refused."
-    ),
-    "gateway.edge.authfailures.TooManyAuthFailures": (
-        "The client address spent its failed-authentication budget (`GATEWAY_AUTH_FAILURE_LIMIT`): "
-        "`Retry-After`, before any downstream call."
-    ),
-    "gateway.edge.store.EdgeStoreUnavailable": (
-        "Redis failed and the stage fails closed (`GATEWAY_*_FAILURE_MODE`): `stage` names it, `Retry-After: 1`."
-    ),
-    "gateway.routes.realtime.InvalidLastEventId": "A `Last-Event-ID` that is not an event id this API sent.",
-    "gateway.routes.realtime.EventsExpired": (
-        "`GET /v1/events` resuming from before what the orders feed still keeps: `pruned_through`, and "
-        '`"resync": "/v1/orders"` (read the state, then reconnect without an id).'
-    ),
-    "gateway.routes.realtime.ConnectionLimitReached": (
-        "The tenant holds its plan's real-time connections on this gateway instance "
-        "(`GATEWAY_REALTIME_CONNECTIONS_*`): `Retry-After`."
-    ),
-    "gateway.routes.realtime.RealtimeRateLimited": (
-        "Opening a WebSocket when the tenant's quota is spent (the upgrade is refused; an HTTP request gets "
-        "the rate limiter's own 429)."
-    ),
     "shared.errors.PorticoError": (
         "An unhandled error: nothing of it in the body, and a full log line with the trace id in the process's log."
     ),
@@ -588,7 +554,7 @@ class HeaderLists:
 
 
 def header_lists() -> HeaderLists:
-    from gateway import openapi, proxy
+    from gateway import openapi, upstreams
     from gateway.edge import hygiene
 
     request_docs = {
@@ -600,9 +566,9 @@ def header_lists() -> HeaderLists:
         "description"
     ]
     return HeaderLists(
-        forwarded_request=frozenset(proxy.FORWARD_REQUEST_HEADERS),
+        forwarded_request=frozenset(name.decode() for name in upstreams.FORWARD_REQUEST_HEADERS),
         cors_request=frozenset(hygiene.CORS_REQUEST_HEADERS),
-        forwarded_response=frozenset(proxy.FORWARD_RESPONSE_HEADERS),
+        forwarded_response=frozenset(name.decode() for name in upstreams.FORWARD_RESPONSE_HEADERS),
         cors_exposed=frozenset(h.lower() for h in hygiene.CORS_EXPOSED_HEADERS),
         openapi_response={name.lower(): spec["description"] for name, spec in openapi.HEADERS.items()},
         openapi_request=request_docs,

@@ -384,10 +384,9 @@ class ServiceClient:
         self.breaker = self.policy.breaker(name)
         self.metrics = self.policy.metrics
         settings = self.policy.settings
+        # The whole call within the timeout (one timer per call, not one per read of the socket).
         self._forward_timeout = aiohttp.ClientTimeout(
-            sock_connect=settings.http_connect_timeout_seconds,
-            sock_read=settings.http_timeout_seconds,
-            connect=settings.http_timeout_seconds,
+            total=settings.http_timeout_seconds, sock_connect=settings.http_connect_timeout_seconds
         )
         origin = urlsplit(self.base_url)
         self._address = origin.hostname or ""

@@ -27,15 +27,19 @@ from starlette.types import Scope
 from gateway.edge.addresses import ClientAddress
 from gateway.edge.apikeys import ApiKeyResolver
 from gateway.edge.authfailures import AuthFailures
-from gateway.edge.credentials import AmbiguousCredentials, InvalidApiKey, InvalidToken, TenantMismatch
+from gateway.edge.credentials import (
+    API_KEY_CHALLENGE,
+    AmbiguousCredentials,
+    InvalidApiKey,
+    InvalidToken,
+    TenantMismatch,
+)
 from gateway.edge.jwks import JwksKeys, KeySource, StaticKey
 from gateway.settings import GatewaySettings
 from shared.asgi import headers
 from shared.contract import ANONYMOUS, AuthenticationRequired, Identity, identity_from_claims, is_well_formed
 from shared.errors import Unauthorized
 from shared.http import ServiceClient
-
-API_KEY_CHALLENGE = 'ApiKey realm="portico", header="X-API-Key"'
 
 
 def _invalid(detail: str) -> InvalidToken:

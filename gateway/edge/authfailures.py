@@ -30,7 +30,9 @@ from shared.errors import TooManyRequests
 
 class TooManyAuthFailures(
     TooManyRequests, code="TOO_MANY_AUTH_FAILURES", title="Too many failed authentications", slug="quota-exceeded"
-): ...
+):
+    """The client address spent its failed-authentication budget (`GATEWAY_AUTH_FAILURE_LIMIT`):
+    `Retry-After`, before any downstream call."""
 
 
 class AuthFailures:

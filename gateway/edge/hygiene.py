@@ -53,10 +53,13 @@ CORS_EXPOSED_HEADERS = (
 )
 
 
-class InvalidHost(BadRequest, code="INVALID_HOST", title="Invalid Host header"): ...
+class InvalidHost(BadRequest, code="INVALID_HOST", title="Invalid Host header"):
+    """A `Host` that is not in `GATEWAY_TRUSTED_HOSTS`."""
 
 
-class CorsRefused(Forbidden, code="CORS_REFUSED", title="Cross-origin request refused"): ...
+class CorsRefused(Forbidden, code="CORS_REFUSED", title="Cross-origin request refused"):
+    """A CORS preflight from an origin, for a method or with a header the gateway does not allow;
+    the detail names what was refused."""
 
 
 def _host_of(value: str) -> str:

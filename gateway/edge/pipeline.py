@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.edge.authentication import ANONYMOUS_CALLER, Authenticator, Caller
 from gateway.edge.caching import ConditionalAnswer, cache_headers, conditional, taggable
+from gateway.edge.compression import Compression
 from gateway.edge.deprecation import Deprecations
 from gateway.edge.forwarding import Forwarder
 from gateway.edge.hygiene import Cors, SecurityHeaders, TrustedHosts, add_headers
@@ -106,6 +107,11 @@ class Edge:
                 max_age=settings.cors_max_age_seconds,
             )
             if settings.cors_allow_origins
+            else None
+        )
+        self.compression = (
+            Compression(minimum=settings.gzip_minimum_bytes, level=settings.gzip_level)
+            if settings.gzip_enabled
             else None
         )
         self.etag = settings.etag_enabled
@@ -373,7 +379,16 @@ class Edge:
             receive = replaying(body, receive)
         answer = RouteAnswer(self, scope, context, send, keyed, extra)
         try:
-            await self.app(scope, receive, answer.send)
+            if self.compression is None:
+                await self.app(scope, receive, answer.send)
+            else:
+                app = self.app
+
+                async def finished(scope: Scope, receive: Receive, compressing: Send) -> None:
+                    answer.outer = compressing
+                    await app(scope, receive, answer.send)
+
+                await self.compression.responder(scope, finished)(scope, receive, send)
         finally:
             if keyed is not None and not answer.settled:
                 await self._release(keyed)
@@ -402,10 +417,12 @@ class Edge:
         self, send: Send, scope: Scope, status: int, headers: Headers, body: bytes | None, extra: Headers
     ) -> None:
         """Sends a whole answer (`body` None: a 304, which has none)."""
+        self.finish_headers(scope, headers, extra)
         if body is not None:
+            if self.compression is not None:
+                body = await self.compression.encode(scope, headers, body)
             headers = [(name, value) for name, value in headers if name != b"content-length"]
             headers.append((b"content-length", str(len(body)).encode("latin-1")))
-        self.finish_headers(scope, headers, extra)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body or b"", "more_body": False})
 
@@ -492,7 +509,8 @@ class RouteAnswer:
         self.keyed = keyed
         self.extra = extra
         self.settled = False
-        self._outer = send
+        # Where the finished answer goes: the client, or the compression on its way there.
+        self.outer = send
         self._status = 0
         self._headers: Headers = []
         self._body = BodyChunks(keep_up_to=edge.runtime.idempotency.max_bytes if edge.runtime.idempotency else None)
@@ -539,4 +557,4 @@ class RouteAnswer:
             raw = list(message.get("headers", ()))
             self.edge.finish_headers(self.scope, raw, self.extra)
             message = {**message, "headers": raw}
-        await self._outer(message)
+        await self.outer(message)

@@ -149,7 +149,9 @@ class StoreUnavailable(Exception):
     """The store failed or timed out; `stage` says whose."""
 
 
-class EdgeStoreUnavailable(ServiceUnavailable, code="EDGE_STORE_UNAVAILABLE", title="Service Unavailable"): ...
+class EdgeStoreUnavailable(ServiceUnavailable, code="EDGE_STORE_UNAVAILABLE", title="Service Unavailable"):
+    """Redis failed and the stage fails closed (`GATEWAY_*_FAILURE_MODE`): `stage` names it,
+    `Retry-After: 1`."""
 
 
 class StoreCaller:

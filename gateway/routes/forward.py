@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter
 from pydantic import BaseModel, ValidationError, create_model
 
+from gateway.edge.credentials import API_KEY_CHALLENGE
 from gateway.openapi import JSON, Credentials, DocumentedBody, operation_docs
 from gateway.settings import Quota
 from shared.contract import PLANS, AuthenticationRequired, Identity, Plan, ResourceIdPath
@@ -49,6 +50,10 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 QueryParameter = tuple[Any, Any]
 # The query parameters of a list; the service validates them again.
 PAGE_QUERY: Mapping[str, QueryParameter] = {"limit": (LimitQuery, DEFAULT_LIMIT), "cursor": (CursorQuery, None)}
+
+
+BEARER_CHALLENGE = 'Bearer realm="portico"'
+CHALLENGES = f"{BEARER_CHALLENGE}, {API_KEY_CHALLENGE}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +89,9 @@ class Access:
         if self.anonymous:
             return
         if identity.is_anonymous:
-            raise AuthenticationRequired("This route needs credentials.")
+            # Every scheme the route takes, one challenge each (RFC 9110 section 11.6.1).
+            challenge = CHALLENGES if self.api_key else BEARER_CHALLENGE
+            raise AuthenticationRequired("This route needs credentials.", challenge=challenge)
         if self.plans and identity.plan not in self.plans:
             plans = tuple(plan for plan in PLANS if plan in self.plans)
             raise PaymentRequired(

@@ -39,10 +39,13 @@ EventsReader = Annotated[Identity, Depends(RequireAccess(EVENTS_READ))]
 MAX_EVENT_ID = 2**63 - 1
 
 
-class InvalidLastEventId(BadRequest, code="INVALID_LAST_EVENT_ID", title="Invalid Last-Event-ID"): ...
+class InvalidLastEventId(BadRequest, code="INVALID_LAST_EVENT_ID", title="Invalid Last-Event-ID"):
+    """A `Last-Event-ID` that is not an event id this API sent."""
 
 
-class EventsExpired(PorticoError, status=410, code="EVENTS_EXPIRED", title="Events no longer kept"): ...
+class EventsExpired(PorticoError, status=410, code="EVENTS_EXPIRED", title="Events no longer kept"):
+    """`GET /v1/events` resuming from before what the orders feed still keeps: `pruned_through`,
+    and `"resync": "/v1/orders"` (read the state, then reconnect without an id)."""
 
 
 async def resumable(hub: Hub, tenant_id: str, after: int | None) -> None:
@@ -59,9 +62,9 @@ async def resumable(hub: Hub, tenant_id: str, after: int | None) -> None:
         ) from None
 
 
-class ConnectionLimitReached(
-    TooManyRequests, code="REALTIME_CONNECTION_LIMIT", title="Too many real-time connections"
-): ...
+class ConnectionLimitReached(TooManyRequests, code="REALTIME_CONNECTION_LIMIT", title="Too many real-time connections"):
+    """The tenant holds its plan's real-time connections on this gateway instance
+    (`GATEWAY_REALTIME_CONNECTIONS_*`): `Retry-After`."""
 
 
 def parse_event_id(raw: str | None) -> int | None:

@@ -92,6 +92,15 @@ async def test_bad_tokens_are_401_with_a_challenge(gateway):
         assert response.headers["www-authenticate"].startswith("Bearer")
     no_credentials = await gateway.get("/v1/users/me")
     assert_problem(no_credentials, 401, "AUTHENTICATION_REQUIRED")
+    # Both ways in are offered: a bearer token and an API key.
+    assert (
+        no_credentials.headers["www-authenticate"]
+        == 'Bearer realm="portico", ApiKey realm="portico", header="X-API-Key"'
+    )
+    # A route keys may not call offers the token only.
+    keys = await gateway.get("/v1/api-keys")
+    assert_problem(keys, 401, "AUTHENTICATION_REQUIRED")
+    assert keys.headers["www-authenticate"] == 'Bearer realm="portico"'
     wrong_scheme = await gateway.get("/v1/users/me", headers={"Authorization": f"Basic {token}"})
     assert_problem(wrong_scheme, 401, "INVALID_TOKEN")
 

@@ -10,7 +10,8 @@ import pytest
 from pydantic import Field
 
 from gateway.edge.metrics import EdgeMetrics
-from gateway.edge.ratelimit import RateLimitMiddleware, RoutePolicies
+from gateway.edge.ratelimit import MemoryRateLimitStore, RateLimiter, RateLimits
+from gateway.edge.store import StoreCaller
 from gateway.settings import GatewaySettings
 from scripts import reference
 
@@ -78,13 +79,10 @@ def test_rate_limit_examples_in_the_docs_name_the_policies_the_gateway_sends(hea
     """The plan quotas are named after the plan (`"pro"`), the anonymous quota `"anonymous"`, a route's
     quota after its `"METHOD /route/template"`: every example in the docs uses those names."""
     settings = GatewaySettings.model_construct(rate_limit_routes={})
-    stage = RateLimitMiddleware(
-        None,  # type: ignore[arg-type]  # the stage is only asked for its policies here, never called
-        settings=settings,
-        routes=RoutePolicies([], settings),
-        metrics=EdgeMetrics(),
-        state=None,  # type: ignore[arg-type]
-    )
+    metrics = EdgeMetrics()
+    caller = StoreCaller("rate_limit", timeout=None, mode="local", metrics=metrics)
+    limiter = RateLimiter(MemoryRateLimitStore(), caller)
+    stage = RateLimits(settings, limiter, metrics, {})
     names = {policy.name for policy in stage.plans.values()} | {stage.anonymous.name}
     assert "pro" in names
     examples = 0
