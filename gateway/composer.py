@@ -22,7 +22,6 @@ and its connection closed, never returned to the pool half-read. A part may use 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, Literal
 
 import httpx
 from opentelemetry.trace import Status, StatusCode, Tracer
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from gateway.upstreams import Upstreams, relay
@@ -187,7 +187,7 @@ class Outcome:
     """How one part or check ended."""
 
     service: str
-    status: str
+    status: PartStatus | CheckStatus
     elapsed_ms: float = 0.0
     value: Any = None
     error_code: str | None = None
@@ -208,7 +208,7 @@ class _RequiredPartFailed(Exception):
         self.outcome = outcome
 
 
-def _part_failure(part: Part, exc: BaseException) -> tuple[str, str, str]:
+def _part_failure(part: Part, exc: BaseException) -> tuple[PartStatus, str, str]:
     """(status, error_code, detail) of a part that raised."""
     if isinstance(exc, CircuitOpen):
         return "skipped", exc.code, exc.detail
@@ -359,10 +359,6 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
     return error
 
 
-def json_response(body: Any, status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(
-        json.dumps(body, separators=(",", ":"), default=str),
-        status_code=status_code,
-        media_type="application/json",
-        headers=dict(headers or {}),
-    )
+def model_response(answer: BaseModel, headers: Mapping[str, str] | None = None) -> Response:
+    """An aggregate's answer, built (and so checked) as the model the reference shows."""
+    return Response(answer.model_dump_json(), media_type="application/json", headers=dict(headers or {}))

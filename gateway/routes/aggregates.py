@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -17,12 +18,13 @@ from starlette.responses import Response
 from gateway.composer import (
     Call,
     CheckFailed,
+    Fetch,
     Outcome,
     Part,
     UpstreamRefused,
     get_json,
     json_object,
-    json_response,
+    model_response,
     page_of,
 )
 from gateway.deps import ComposerDep, RequireAccess
@@ -31,7 +33,7 @@ from gateway.routes.forward import Access
 from services.orders.schemas import OrderOut
 from services.users.errors import UserNotFound
 from services.users.schemas import UserOut
-from shared.contract import MAX_ITEMS, CreditLimitExceeded, Identity, LineItems, ResourceIdPath
+from shared.contract import MAX_ITEMS, CreditLimitExceeded, Identity, LineItems, ResourceIdPath, key_id_of
 from shared.errors import DownstreamBadResponse
 from shared.pagination import Page
 
@@ -47,30 +49,10 @@ async def _users_and_orders_reader(identity: OrdersReader) -> Identity:
 
 
 DashboardReader = Annotated[Identity, Depends(_users_and_orders_reader)]
+# The dashboard of the caller's own user: `/v1/users/me/dashboard`.
+ME = "me"
 
 # --------------------------------------------------------------------------- dashboard
-
-
-def reservation_lines(body: Any) -> dict[str, Any]:
-    """A page of reservations, as the lines they hold: `{"order_id", "product_id", "quantity"}`."""
-    page = page_of(body)
-    lines = [
-        {"order_id": reservation["order_id"], "product_id": line["product_id"], "quantity": line["quantity"]}
-        for reservation in page["items"]
-        for line in reservation["items"]
-    ]
-    return {"items": lines, "next_cursor": page["next_cursor"]}
-
-
-DASHBOARD = (
-    Part("user", "users", get_json("/users/{user_id}", shape=json_object), required=True),
-    Part("orders", "orders", get_json("/orders", {"user_id": "{user_id}"}, shape=page_of)),
-    Part(
-        "reservations",
-        "inventory",
-        get_json("/reservations", {"user_id": "{user_id}", "open": "true", "limit": "100"}, shape=reservation_lines),
-    ),
-)
 
 
 class PartOutcome(BaseModel):
@@ -82,7 +64,8 @@ class PartOutcome(BaseModel):
     )
     service: str
     elapsed_ms: float
-    error_code: str | None = None
+    # Only for a part that failed.
+    error_code: str | None = Field(default=None, exclude_if=lambda code: code is None)
 
 
 class ReservedStock(BaseModel):
@@ -103,6 +86,53 @@ class Dashboard(BaseModel):
     orders: Page[OrderOut] | None
     reservations: ReservedStockPage | None
     parts: dict[str, PartOutcome]
+
+
+def reservation_lines(body: Any) -> dict[str, Any]:
+    """A page of reservations, as the lines they hold: `{"order_id", "product_id", "quantity"}`."""
+    page = page_of(body)
+    lines = [
+        {"order_id": reservation["order_id"], "product_id": line["product_id"], "quantity": line["quantity"]}
+        for reservation in page["items"]
+        for line in reservation["items"]
+    ]
+    return {"items": lines, "next_cursor": page["next_cursor"]}
+
+
+async def user_id(call: Call) -> str:
+    """The user the dashboard is of: `me` is the caller's own user (a user's token names it; for an
+    API key, the users service says whose key it is, in the user part's answer)."""
+    wanted = call.params["user_id"]
+    if wanted != ME:
+        return wanted
+    if not call.identity.is_service and key_id_of(call.identity.subject) is None:
+        return call.identity.subject
+    user: UserOut = await call.value_of("user")
+    return user.id
+
+
+def of_user(path: str, query: dict[str, str], shape: Callable[[Any], Any]) -> Fetch:
+    """A part that GETs `path` with `query` and the dashboard's user as `user_id`."""
+
+    async def fetch(call: Call) -> Any:
+        return shape(await call.json("GET", path, params={**query, "user_id": await user_id(call)}))
+
+    return fetch
+
+
+def orders_page(body: Any) -> Page[OrderOut]:
+    return Page[OrderOut].model_validate(page_of(body))
+
+
+def reserved_stock(body: Any) -> ReservedStockPage:
+    return ReservedStockPage.model_validate(reservation_lines(body))
+
+
+DASHBOARD = (
+    Part("user", "users", get_json("/users/{user_id}", shape=UserOut.model_validate), required=True),
+    Part("orders", "orders", of_user("/orders", {}, orders_page)),
+    Part("reservations", "inventory", of_user("/reservations", {"open": "true", "limit": "100"}, reserved_stock)),
+)
 
 
 DASHBOARD_DOCS, DASHBOARD_EXTRA = operation_docs("GET", status_code=200, credentials="any", errors=[UserNotFound])
@@ -129,10 +159,14 @@ DASHBOARD_DOCS[200].update(
 )
 async def dashboard(user_id: ResourceIdPath, composer: ComposerDep, identity: DashboardReader) -> Response:
     outcomes = await composer.gather(DASHBOARD, identity, {"user_id": user_id})
-    body: dict[str, Any] = {name: outcome.value for name, outcome in outcomes.items()}
-    body["parts"] = {name: outcome.part_body() for name, outcome in outcomes.items()}
+    answer = Dashboard(
+        user=outcomes["user"].value,
+        orders=outcomes["orders"].value,
+        reservations=outcomes["reservations"].value,
+        parts={name: PartOutcome.model_validate(outcome.part_body()) for name, outcome in outcomes.items()},
+    )
     complete = all(outcome.status == "ok" for outcome in outcomes.values())
-    return json_response(body, headers={"X-Aggregate-Complete": "true" if complete else "false"})
+    return model_response(answer, headers={"X-Aggregate-Complete": "true" if complete else "false"})
 
 
 # --------------------------------------------------------------------------- order validation
@@ -236,15 +270,15 @@ async def validate_order(draft: OrderDraft, composer: ComposerDep, identity: Ord
     outcomes = await composer.all_or_nothing(ORDER_CHECKS, identity, {}, draft.model_dump())
     stock = outcomes["stock"]
     failures = [
-        {"check": name, "error_code": outcome.error_code, "detail": outcome.detail}
+        CheckFailure(check=name, error_code=outcome.error_code, detail=outcome.detail)
         for name, outcome in outcomes.items()
         if outcome.status == "failed"
     ]
-    body = {
-        "valid": not failures and all(outcome.status == "passed" for outcome in outcomes.values()),
-        "total_cents": stock.value if stock.status == "passed" else None,
-        "checks": {name: outcome.status for name, outcome in outcomes.items()},
-        "failures": failures,
-        "details": {name: _check_body(outcome) for name, outcome in outcomes.items()},
-    }
-    return json_response(body)
+    answer = OrderValidation(
+        valid=not failures and all(outcome.status == "passed" for outcome in outcomes.values()),
+        total_cents=stock.value if stock.status == "passed" else None,
+        checks={name: outcome.status for name, outcome in outcomes.items()},
+        failures=failures,
+        details={name: CheckOutcome.model_validate(_check_body(outcome)) for name, outcome in outcomes.items()},
+    )
+    return model_response(answer)
