@@ -430,9 +430,10 @@ class Edge:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket is admitted as a request is: the same authentication (its credential in
-        `?token=`), the same quotas and the same failure modes. A refusal closes it before it is
-        accepted (1008, the error code as reason); a failure of a store or service accepts it only to
-        say "reconnect later" (1013), which a refused upgrade cannot say."""
+        `?token=`), the same quotas (its route's own included) and the same failure modes. A refusal
+        closes it before it is accepted (1008, the error code as reason); what a request would get as
+        a 503 (a store or service failing) accepts it only to say "reconnect later" (1013), which a
+        refused upgrade cannot say."""
         assert self.app is not None
         runtime = self.runtime
         context = request_context(scope)
@@ -447,21 +448,23 @@ class Edge:
             await self._admit_connection(scope, context, caller)
         except TRANSIENT_FAILURES as exc:
             logger.warning("WebSocket connection deferred: %s: %s", type(exc).__name__, exc)
-            await send({"type": "websocket.accept"})
-            await send(
-                {
-                    "type": "websocket.close",
-                    "code": CLOSE_TRY_AGAIN_LATER,
-                    "reason": "service unavailable: reconnect later",
-                }
-            )
+            await self._reconnect_later(send, "service unavailable: reconnect later")
             return
         except PorticoError as exc:
-            await send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION, "reason": exc.code})
+            if exc.status_code == 503:
+                # What a request gets as a 503 (a store failing closed): come back later.
+                await self._reconnect_later(send, exc.code)
+            else:
+                await send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION, "reason": exc.code})
             return
         context.principal = caller.identity
         context.caller = caller
         await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _reconnect_later(send: Send, reason: str) -> None:
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": reason})
 
     async def _admit_connection(self, scope: Scope, context: RequestContext, caller: Caller) -> None:
         """A connection counts as one request of its caller's quotas (429's code when one is spent)."""

@@ -378,6 +378,7 @@ class RateLimits:
         else:
             subject, policies = f"t:{identity.tenant_id}", [self.plans.get(identity.plan, self.default_plan)]
         if route is not None and self.routes:
+            # A WebSocket's scope has no method: its upgrade is a GET.
             policy = self.routes.get((scope.get("method", "GET"), route))
             if policy is not None:
                 policies.append(policy)

@@ -139,9 +139,10 @@ class RouteTable:
         self._http[path.count("/")].append(template)
 
     def routes(self) -> list[tuple[str, str]]:
-        """Every (method, template) an HTTP request can match."""
+        """Every (method, template) a request can match; a WebSocket's is its upgrade, a GET."""
         templates = [t for bucket in self._http.values() for t in bucket]
         found = [(method, t.route.path) for t in templates for method in sorted(t.methods)]
+        found += [("GET", t.route.path) for bucket in self._websocket.values() for t in bucket]
         found += [(method, other.path) for _, other in self._irregular for method in sorted(other.methods)]
         return found
 
