@@ -33,7 +33,6 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from gateway.upstreams import Upstreams, relay
-from shared.context import request_id_var
 from shared.contract import Identity
 from shared.errors import (
     CircuitOpen,
@@ -43,6 +42,7 @@ from shared.errors import (
     PorticoError,
 )
 from shared.http import ServiceClient
+from shared.request_id import request_id_var
 
 PartStatus = Literal["ok", "error", "timeout", "skipped"]
 CheckStatus = Literal["passed", "failed", "cancelled"]

@@ -15,9 +15,9 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from gateway.composer import Composer
+from gateway.edge.access import Access
 from gateway.edge.authentication import Authenticator, Caller
 from gateway.realtime.hub import Hub
-from gateway.routes.forward import Access
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
 from gateway.upstreams import Upstreams

@@ -19,12 +19,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter
 from starlette.routing import BaseRoute
 
+from gateway.edge.access import Credentials
 from gateway.edge.authfailures import TooManyAuthFailures
 from gateway.edge.credentials import AmbiguousCredentials, InvalidApiKey, InvalidToken, TenantMismatch
 from gateway.edge.store import EdgeStoreUnavailable
@@ -227,9 +228,6 @@ def problem_responses(errors: Iterable[type[PorticoError]]) -> dict[int | str, d
             response["headers"] = _headers("X-Request-ID")
         responses[status] = response
     return responses
-
-
-Credentials = Literal["none", "any", "token"]
 
 
 @dataclass(frozen=True)

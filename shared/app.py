@@ -22,15 +22,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
-from shared.context import request_id_of
+from shared.caller import require_identity
 from shared.db import PoolMetrics, create_engine, create_sessionmaker
 from shared.docs import add_offline_docs
 from shared.errors import PROBLEM_BASE, PROBLEM_JSON, PROBLEM_SCHEMA, ServiceUnavailable, install_error_handlers
 from shared.http import CallPolicy, UpstreamMetrics, create_http_client
-from shared.identity import IdentitySigner, IdentityVerifier, require_identity
+from shared.identity import IdentitySigner, IdentityVerifier
 from shared.metrics import HttpMetrics, metrics_endpoint
 from shared.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
 from shared.networks import Networks
+from shared.request_id import request_id_of
 from shared.settings import BaseServiceSettings, ProcessSettings
 from shared.state import LifespanState, ServiceState, app_state, lifespan_state_of
 from shared.telemetry import (

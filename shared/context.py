@@ -10,19 +10,16 @@ id is also in a context variable, for log lines.
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import INVALID_SPAN, Span
 from starlette.types import Scope
 
+from shared.request_id import CONTEXT_KEY, request_id_var
+
 if TYPE_CHECKING:
     from shared.contract import Identity
-
-request_id_var: ContextVar[str | None] = ContextVar("portico_request_id", default=None)
-
-_KEY = "portico.context"
 
 
 @dataclass(slots=True)
@@ -51,20 +48,14 @@ class RequestContext:
 
 
 def open_context(scope: Scope, request_id: str, span: Span = INVALID_SPAN) -> RequestContext:
-    context = scope[_KEY] = RequestContext(request_id, span=span)
+    context = scope[CONTEXT_KEY] = RequestContext(request_id, span=span)
     request_id_var.set(request_id)
     return context
 
 
 def request_context(scope: Scope) -> RequestContext:
-    context: RequestContext = scope[_KEY]
+    context: RequestContext = scope[CONTEXT_KEY]
     return context
-
-
-def request_id_of(scope: Scope) -> str | None:
-    """The request id, also for errors rendered before or around the request context stage."""
-    context: RequestContext | None = scope.get(_KEY)
-    return context.request_id if context is not None else request_id_var.get()
 
 
 def principal_of(scope: Scope) -> Identity:
@@ -77,5 +68,5 @@ def principal_of(scope: Scope) -> Identity:
 
 def span_of(scope: Scope) -> Span:
     """The request's server span, to record what a stage decided (a non-recording span outside one)."""
-    context: RequestContext | None = scope.get(_KEY)
+    context: RequestContext | None = scope.get(CONTEXT_KEY)
     return context.span if context is not None else INVALID_SPAN

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from shared.context import request_id_of, request_id_var
+from shared.request_id import request_id_of, request_id_var
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_JSON_BYTES = PROBLEM_JSON.encode("ascii")

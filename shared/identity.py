@@ -7,24 +7,20 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Request
 from jose import JWTError, jwt
 
 from shared.contract import (
     IDENTITY_ALGORITHM,
     IDENTITY_CHALLENGE,
-    IDENTITY_HEADER,
     IDENTITY_ISSUER,
     IDENTITY_LEEWAY_SECONDS,
     Identity,
-    TenantIdentity,
     identity_claims,
     identity_from_claims,
 )
 from shared.errors import Unauthorized
-from shared.state import ServiceState, app_state
 
 logger = logging.getLogger("portico.identity")
 
@@ -124,38 +120,3 @@ class IdentityVerifier:
         if issued > time.time() + IDENTITY_LEEWAY_SECONDS:
             raise InvalidIdentity("issued in the future")
         return claims
-
-
-async def require_identity(request: Request) -> Identity:
-    """Dependency of every non-health route of a service: the identity the internal token names.
-    FastAPI resolves it once per request, however many dependencies ask for it."""
-    token = request.headers.get(IDENTITY_HEADER)
-    if not token:
-        raise MissingInternalIdentity("Requests must come through the gateway.", challenge=IDENTITY_CHALLENGE)
-    state: ServiceState[Any, Any] = app_state(request)
-    return state.identity_verifier.verify(token)
-
-
-IdentityDep = Annotated[Identity, Depends(require_identity)]
-
-
-async def require_tenant_identity(identity: IdentityDep) -> TenantIdentity:
-    return identity.for_tenant()
-
-
-TenantIdentityDep = Annotated[TenantIdentity, Depends(require_tenant_identity)]
-
-
-class Authorize:
-    """Route dependency of a service: the caller must belong to a tenant (401) and hold `scope` (403).
-
-    Each service names its own in its `deps.py`, so handlers hold only the domain call:
-    `OrdersWrite = Annotated[TenantIdentity, Depends(Authorize("orders:write"))]`.
-    """
-
-    def __init__(self, scope: str) -> None:
-        self.scope = scope
-
-    async def __call__(self, identity: TenantIdentityDep) -> TenantIdentity:
-        identity.require_scope(self.scope)
-        return identity

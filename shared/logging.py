@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import orjson
 from opentelemetry import trace
 
-from shared.context import request_id_var
+from shared.request_id import request_id_var
 
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 

@@ -15,9 +15,10 @@ from opentelemetry.trace import INVALID_SPAN
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.asgi import header
-from shared.context import open_context, request_id_of
+from shared.context import open_context
 from shared.errors import PayloadTooLarge, problem_response
 from shared.metrics import UNMATCHED, HttpMetrics
+from shared.request_id import request_id_of
 from shared.telemetry import PRINCIPAL, REQUEST_ID, TENANT_ID, ServerSpans
 
 REQUEST_ID_HEADER = b"x-request-id"

@@ -40,7 +40,7 @@ from gateway.edge.authentication import ANONYMOUS_CALLER, Authenticator, Caller
 from gateway.edge.caching import ConditionalAnswer, cache_headers, conditional, taggable
 from gateway.edge.compression import Compression
 from gateway.edge.deprecation import Deprecations
-from gateway.edge.forwarding import Forwarder
+from gateway.edge.forwarding import CompiledForward, Forwarder
 from gateway.edge.hygiene import Cors, SecurityHeaders, TrustedHosts, add_headers
 from gateway.edge.idempotency import (
     HEADER,
@@ -58,7 +58,6 @@ from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.ratelimit import RateLimits, rate_limit_headers
 from gateway.edge.router import Found, RouteTable, WrongMethod
 from gateway.edge.store import StoreUnavailable
-from gateway.routes.forward import CompiledForward
 from gateway.settings import GatewaySettings
 from shared.asgi import BodyChunks, header
 from shared.context import RequestContext, request_context

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from starlette.routing import BaseRoute, Match, Mount, WebSocketRoute
 from starlette.types import Scope
 
-from gateway.routes.forward import CompiledForward
+from gateway.edge.forwarding import CompiledForward
 
 _NO_PARAMS: dict[str, str] = {}
 

@@ -22,7 +22,7 @@ from gateway.graphql.context import GraphQLContext
 from gateway.graphql.limits import QueryCostLimiter
 from gateway.graphql.schema import Mutation, Query
 from gateway.settings import GatewaySettings
-from shared.context import request_id_of
+from shared.request_id import request_id_of
 
 PATH = "/graphql"
 

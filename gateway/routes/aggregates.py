@@ -28,8 +28,8 @@ from gateway.composer import (
     page_of,
 )
 from gateway.deps import ComposerDep, RequireAccess
+from gateway.edge.access import Access
 from gateway.openapi import operation_docs
-from gateway.routes.forward import Access
 from services.orders.schemas import OrderOut
 from services.users.errors import UserNotFound
 from services.users.schemas import UserOut

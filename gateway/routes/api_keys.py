@@ -9,7 +9,8 @@ here makes this gateway process forget it at once; other processes follow within
 
 from __future__ import annotations
 
-from gateway.routes.forward import PAGE_QUERY, USER_TOKEN, Forward, ForwardRouter
+from gateway.edge.access import USER_TOKEN
+from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
 from services.users.errors import ApiKeyNotFound, ApiKeyNotRotatable, ScopeNotHeld, UserRequired
 from services.users.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ApiKeyRotate, ApiKeyRotated
 from shared.pagination import Page

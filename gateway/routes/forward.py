@@ -28,17 +28,17 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import BaseModel
 
-from gateway.edge.credentials import API_KEY_CHALLENGE
-from gateway.openapi import JSON, Credentials, DocumentedBody, operation_docs
+from gateway.edge.access import Access
+from gateway.edge.forwarding import CompiledForward, Parameters, QueryParameter
+from gateway.openapi import JSON, DocumentedBody, operation_docs
 from gateway.settings import Quota
-from shared.contract import PLANS, AuthenticationRequired, Identity, Plan, ResourceIdPath
+from shared.contract import Plan, ResourceIdPath
 from shared.deprecation import Deprecation
-from shared.errors import PaymentRequired, PorticoError, validation_failed
+from shared.errors import PorticoError
 from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -46,73 +46,8 @@ PATH_PARAMETER = re.compile(r"{(\w+)}")
 # Methods whose requests carry a body the service reads.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-# A query parameter shown in the reference and validated at the edge: (annotation, default).
-QueryParameter = tuple[Any, Any]
 # The query parameters of a list; the service validates them again.
 PAGE_QUERY: Mapping[str, QueryParameter] = {"limit": (LimitQuery, DEFAULT_LIMIT), "cursor": (CursorQuery, None)}
-
-
-BEARER_CHALLENGE = 'Bearer realm="portico"'
-CHALLENGES = f"{BEARER_CHALLENGE}, {API_KEY_CHALLENGE}"
-
-
-@dataclass(frozen=True, slots=True)
-class Access:
-    """Who may call a route, checked in this order: credentials (401), plan (402), scope (403).
-
-    `anonymous`: the route is for callers without credentials (sign-up, login). It is sent to the
-    service as nobody and credentials sent anyway are not looked at: the caller is its client address
-    (for the authentication-failure limit and the rate limits). `api_key`: whether an API key may call
-    it, as the reference says (keys are managed with a user's token; the users service refuses a key).
-    """
-
-    anonymous: bool = False
-    scope: str | None = None
-    plans: tuple[Plan, ...] = ()
-    # The feature the plans unlock, named in the 402.
-    feature: str = ""
-    api_key: bool = True
-
-    def __post_init__(self) -> None:
-        unknown = set(self.plans) - set(PLANS)
-        if unknown:
-            raise ValueError(f"unknown plans {sorted(unknown)}")
-
-    @property
-    def credentials(self) -> Credentials:
-        """What the reference says the route takes."""
-        return "none" if self.anonymous else "any" if self.api_key else "token"
-
-    def check(self, identity: Identity) -> None:
-        """Raises 401 for a route that needs a caller and has none, 402 for a plan that does not
-        unlock it, 403 for a missing scope."""
-        if self.anonymous:
-            return
-        if identity.is_anonymous:
-            # Every scheme the route takes, one challenge each (RFC 9110 section 11.6.1).
-            challenge = CHALLENGES if self.api_key else BEARER_CHALLENGE
-            raise AuthenticationRequired("This route needs credentials.", challenge=challenge)
-        if self.plans and identity.plan not in self.plans:
-            plans = tuple(plan for plan in PLANS if plan in self.plans)
-            raise PaymentRequired(
-                f"{self.feature} needs the {' or '.join(plans)} plan; this tenant is on {identity.plan}.",
-                extra={"required_plans": list(plans), "current_plan": identity.plan},
-            )
-        if self.scope is not None:
-            identity.require_scope(self.scope)
-
-
-ANONYMOUS_ACCESS = Access(anonymous=True)
-# Any caller with credentials, whatever its scopes.
-PRINCIPAL = Access()
-# A user's token only (never an API key), whatever its scopes.
-USER_TOKEN = Access(api_key=False)
-
-
-def readers_and_writers(domain: str) -> tuple[Access, Access]:
-    """The access of a domain's routes: those that read need `<domain>:read`, those that change
-    need `<domain>:write`."""
-    return Access(scope=f"{domain}:read"), Access(scope=f"{domain}:write")
 
 
 @dataclass(frozen=True)
@@ -149,69 +84,6 @@ class Forward:
     rate_limit: Quota | None = None
     # A retired route: `deprecated` in OpenAPI, and the deprecation headers on every answer.
     deprecation: Deprecation | None = None
-
-
-class Parameters:
-    """The path parameters (ids) and documented query parameters of a route, validated as FastAPI
-    would (the same pydantic rules and the same error locations), without a dependency graph."""
-
-    __slots__ = ("model", "query_names")
-
-    def __init__(self, path_names: Sequence[str], query: Mapping[str, QueryParameter]) -> None:
-        fields: dict[str, Any] = dict.fromkeys(path_names, (ResourceIdPath, ...))
-        fields.update(query)
-        self.model: type[BaseModel] = create_model("Parameters", **fields)
-        self.query_names = frozenset(query)
-
-    def check(self, path_params: Mapping[str, str], query_string: bytes) -> None:
-        """Raises 422 naming every parameter that breaks its rule."""
-        values: dict[str, Any] = dict(path_params)
-        if self.query_names and query_string:
-            # As Starlette reads a query: latin-1, blank values kept, the last of repeated names wins.
-            for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
-                if name in self.query_names:
-                    values[name] = value
-        try:
-            self.model.model_validate(values)
-        except ValidationError as exc:
-            self._refuse(exc, path_params)
-
-    @staticmethod
-    def _refuse(exc: ValidationError, path_params: Mapping[str, str]) -> NoReturn:
-        errors = [
-            {**error, "loc": ("path" if error["loc"][0] in path_params else "query", *error["loc"])}
-            for error in exc.errors(include_url=False)
-        ]
-        raise validation_failed(errors) from None
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class CompiledForward:
-    """A row as the edge runs it."""
-
-    method: str
-    # The public route template: what metrics, spans and access lines name the route by.
-    path: str
-    name: str
-    service: str
-    # The service's path, with the route's path parameters in braces.
-    upstream: str
-    access: Access
-    parameters: Parameters | None
-    reads_body: bool
-    failure_statuses: frozenset[int]
-    forget_key_on: int | None
-    secret: bool
-    rate_limit: Quota | None
-    deprecation: Deprecation | None
-    # The service's path as spans name it, ids as `{id}`, and the client span's name:
-    # `<METHOD> <service> <path template>`.
-    upstream_template: str
-    span_name: str
-
-    def upstream_path(self, path_params: Mapping[str, str]) -> str:
-        # Path parameters were validated as ids, so they are safe to put in the service's path.
-        return self.upstream.format_map(path_params) if path_params else self.upstream
 
 
 def _documentation_only(row: Forward) -> Any:

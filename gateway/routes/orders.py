@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 
 from fastapi import Query
 
-from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter, readers_and_writers
+from gateway.edge.access import readers_and_writers
+from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
 from services.orders.errors import OrderAlreadyCancelled, OrderNotFound, ProductNotFound, StockConflict, UnknownUser
 from services.orders.schemas import OrderCreate, OrderOut
 from shared.contract import RESOURCE_ID_PATTERN, CreditLimitExceeded

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter, readers_and_writers
+from gateway.edge.access import readers_and_writers
+from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
 from services.inventory.errors import InsufficientStock, ProductNotFound, SkuTaken, StockLimitExceeded
 from services.inventory.schemas import (
     ProductCreate,

@@ -20,11 +20,11 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
 from gateway.deps import AuthenticatorDep, CallerDep, HubDep, RequireAccess, SettingsDep, current_caller
+from gateway.edge.access import Access
 from gateway.edge.authentication import Authenticator, Caller
 from gateway.edge.pipeline import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, TRANSIENT_FAILURES
 from gateway.openapi import operation_docs
 from gateway.realtime.hub import Admission, Expired, Hub, Overflowed
-from gateway.routes.forward import Access
 from gateway.settings import GatewaySettings
 from shared.contract import DEFAULT_PLAN, PLANS, Identity
 from shared.errors import BadRequest, PorticoError, TooManyRequests

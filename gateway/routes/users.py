@@ -3,8 +3,9 @@ credentials, so they reach the service as nobody; an access token is a secret (`
 
 from __future__ import annotations
 
+from gateway.edge.access import ANONYMOUS_ACCESS, PRINCIPAL, readers_and_writers
 from gateway.openapi import FORM
-from gateway.routes.forward import ANONYMOUS_ACCESS, PRINCIPAL, Forward, ForwardRouter, readers_and_writers
+from gateway.routes.forward import Forward, ForwardRouter
 from gateway.settings import Quota
 from services.users.errors import EmailTaken, InvalidCredentials, UserNotFound, UserRequired
 from services.users.schemas import TenantCreate, TenantCreated, TokenOut, TokenRequest, UserCreate, UserOut, UserUpdate

@@ -3,7 +3,8 @@ every route, so a free tenant gets 402 whatever else is wrong with its request."
 
 from __future__ import annotations
 
-from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter, readers_and_writers
+from gateway.edge.access import readers_and_writers
+from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
 from services.webhooks.errors import (
     DeliveryNotFound,
     EndpointDisabled,

@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import Depends
 
 from services.inventory.repository import InventoryRepository
+from shared.caller import Authorize
 from shared.contract import TenantIdentity
 from shared.db import SessionDep
-from shared.identity import Authorize
 
 
 async def get_repo(session: SessionDep) -> InventoryRepository:

@@ -5,11 +5,9 @@ from datetime import datetime
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from services.inventory.schemas import MAX_STOCK
 from shared.db import AutoIncrement, UTCDateTime, new_id, utcnow
 from shared.repository import TenantRow
-
-# The most units a product holds. Every sum of stock and prices stays far inside a 64-bit integer.
-MAX_STOCK = 1_000_000_000
 
 
 class Base(DeclarativeBase):

@@ -5,10 +5,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.inventory.models import MAX_STOCK
 from shared.contract import LineItems, ReservedLine, ResourceIdField
 from shared.schemas import PLAIN_TEXT_PATTERN, refuse_null
 
+# The most units a product holds (the database holds every product to it too). Every sum of stock and
+# prices stays far inside a 64-bit integer.
+MAX_STOCK = 1_000_000_000
 # Bounds keep every sum (line totals, order totals, stock) far inside a 64-bit integer.
 MAX_PRICE_CENTS = 10_000_000_000
 

@@ -15,9 +15,10 @@ from services.inventory.errors import (
     ReservationReleased,
     StockLimitExceeded,
 )
-from services.inventory.models import MAX_STOCK, Product, Reservation, ReservationItem, StockAdjustment
+from services.inventory.models import Product, Reservation, ReservationItem, StockAdjustment
 from services.inventory.repository import InventoryRepository
 from services.inventory.schemas import (
+    MAX_STOCK,
     ProductCreate,
     ProductOut,
     ProductUpdate,

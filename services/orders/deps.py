@@ -10,8 +10,8 @@ from fastapi import Depends
 from services.orders.errors import ServiceOnly
 from services.orders.service import OrdersContext
 from services.orders.settings import OrdersSettings
+from shared.caller import Authorize, IdentityDep
 from shared.contract import EVENTS_READ, Identity, TenantIdentity
-from shared.identity import Authorize, IdentityDep
 from shared.state import ServiceState, StateDependencies
 
 # What the orders service adds to the common state: its context, with the recovery task running.

@@ -10,12 +10,12 @@ from pydantic import ValidationError
 
 from services.orders.errors import ProductNotFound, ReservationInvalid, ReservationRefused, StockConflict, UnknownUser
 from services.orders.schemas import ReservationIn
-from shared.context import request_id_var
 from shared.contract import Identity, LineItem
 from shared.errors import (
     DownstreamBadResponse,
 )
 from shared.http import ServiceClient
+from shared.request_id import request_id_var
 
 REFUSALS: dict[int, type[ReservationRefused]] = {404: ProductNotFound, 409: StockConflict, 422: ReservationInvalid}
 

@@ -36,9 +36,8 @@ from services.users.schemas import (
     UserCreate,
     UserOut,
     UserUpdate,
-    api_key_created,
-    api_key_out,
 )
+from shared.caller import IdentityDep
 from shared.contract import NO_STORE
 from shared.errors import (
     Conflict,
@@ -49,7 +48,6 @@ from shared.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from shared.identity import IdentityDep
 from shared.pagination import Page, PageDep
 
 router = APIRouter()
@@ -140,7 +138,7 @@ async def create_api_key(
 ) -> ApiKeyCreated:
     response.headers["Cache-Control"] = NO_STORE
     key, raw = await service.create_api_key(repo, keys, caller, data)
-    return api_key_created(key, raw)
+    return service.api_key_created(key, raw)
 
 
 @router.get("/api-keys", response_model=Page[ApiKeyOut], responses=Forbidden.openapi_response())
@@ -174,7 +172,7 @@ async def rotate_api_key(
     new, raw, old = await service.rotate_api_key(
         repo, keys, caller, key_id, settings.api_key_rotation_grace_seconds if grace is None else grace
     )
-    return ApiKeyRotated(**api_key_created(new, raw).model_dump(), previous=api_key_out(old))
+    return ApiKeyRotated(**service.api_key_created(new, raw).model_dump(), previous=service.api_key_out(old))
 
 
 @router.post("/api-keys/resolve", response_model=ApiKeyResolved, responses=NotFound.openapi_response())

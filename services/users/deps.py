@@ -11,9 +11,9 @@ from services.users.errors import UserRequired
 from services.users.repository import ApiKeyRepository, UserRepository
 from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer, UsersContext
 from services.users.settings import UsersSettings
+from shared.caller import Authorize, TenantIdentityDep
 from shared.contract import TenantIdentity, key_id_of
 from shared.db import SessionDep
-from shared.identity import Authorize, TenantIdentityDep
 from shared.state import ServiceState, StateDependencies
 
 # What the users service adds to the common state: the token issuer, the hasher, the login throttle.

@@ -5,7 +5,6 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
 
-from services.users.models import ApiKey
 from shared.contract import ALL_SCOPES, DEFAULT_PLAN, KEY_HASH_RE, MAX_CREDIT_LIMIT_CENTS, Plan, Role
 from shared.schemas import PLAIN_TEXT_PATTERN
 
@@ -165,11 +164,3 @@ class ApiKeyResolved(BaseModel):
     scopes: list[str]
     created_by: str
     expires_at: datetime | None
-
-
-def api_key_out(key: ApiKey) -> ApiKeyOut:
-    return ApiKeyOut.model_validate(key)
-
-
-def api_key_created(key: ApiKey, raw: str) -> ApiKeyCreated:
-    return ApiKeyCreated(**api_key_out(key).model_dump(), api_key=raw)

@@ -26,6 +26,7 @@ from services.users.models import ApiKey, Tenant, User
 from services.users.repository import ApiKeyRepository, UserRepository
 from services.users.schemas import (
     ApiKeyCreate,
+    ApiKeyCreated,
     ApiKeyOut,
     ApiKeyResolved,
     TenantCreate,
@@ -33,7 +34,6 @@ from services.users.schemas import (
     UserCreate,
     UserOut,
     UserUpdate,
-    api_key_out,
 )
 from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer
 from services.users.settings import UsersSettings
@@ -41,6 +41,14 @@ from shared.contract import ROLE_SCOPES, TenantIdentity, hash_api_key, key_id_of
 from shared.db import new_id, utcnow
 from shared.pagination import Page, PageQuery
 from shared.repository import matching
+
+
+def api_key_out(key: ApiKey) -> ApiKeyOut:
+    return ApiKeyOut.model_validate(key)
+
+
+def api_key_created(key: ApiKey, raw: str) -> ApiKeyCreated:
+    return ApiKeyCreated(**api_key_out(key).model_dump(), api_key=raw)
 
 
 async def bootstrap_tenant(repo: UserRepository, hasher: PasswordHasher, data: TenantCreate) -> tuple[Tenant, User]:

@@ -13,9 +13,9 @@ from services.webhooks.delivery_repository import DeliveryRepository
 from services.webhooks.repository import EndpointRepository
 from services.webhooks.settings import WebhooksSettings
 from services.webhooks.url_safety import Resolver
+from shared.caller import Authorize
 from shared.contract import TenantIdentity
 from shared.db import SessionDep
-from shared.identity import Authorize
 from shared.state import ServiceState, StateDependencies
 
 state = StateDependencies[ServiceState[WebhooksSettings, WebhooksContext]]()

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter
 
+from gateway.edge.access import PRINCIPAL
 from gateway.edge.deprecation import Deprecations
-from gateway.routes.forward import PRINCIPAL, Forward, ForwardRouter
+from gateway.routes.forward import Forward, ForwardRouter
 from shared.deprecation import Deprecation
 
 OLD = Deprecation(

@@ -1,0 +1,27 @@
+"""The request id, readable from anywhere that handles a request: a context variable (for log lines
+and errors rendered outside a route) and the request context's own (`shared/context.py`).
+
+Apart from the request context so that what renders errors (`shared/errors.py`) needs nothing that
+knows about callers or spans."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Protocol
+
+from starlette.types import Scope
+
+request_id_var: ContextVar[str | None] = ContextVar("portico_request_id", default=None)
+
+# Where a request's context is kept in its ASGI scope (`shared/context.py` opens it).
+CONTEXT_KEY = "portico.context"
+
+
+class _HasRequestId(Protocol):
+    request_id: str
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The request id, also for errors rendered before or around the request context stage."""
+    context: _HasRequestId | None = scope.get(CONTEXT_KEY)
+    return context.request_id if context is not None else request_id_var.get()
