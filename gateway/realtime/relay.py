@@ -1,4 +1,4 @@
-"""The real-time relay: copies the orders feed into the per-tenant event streams.
+"""The real-time relay: copies the orders feed into the per-tenant event streams and the live stream.
 
 Like the webhooks relay it pulls (`GET /events` on the orders service, in seq order, never skipping
 an event that commits late). With Redis, one gateway instance at a time relays: it holds a lease
@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ from gateway.edge.store import RedisClient
 from gateway.realtime.store import EventStore, StreamEvent
 from shared.contract import EVENTS_READ, Identity
 from shared.errors import DownstreamBadResponse, DownstreamError
-from shared.events import FEED_PATH, FeedEvent, FeedPage
+from shared.events import FEED_PATH, FeedPage
 from shared.http import ServiceClient
 from shared.loops import running_loop
 
@@ -137,15 +136,7 @@ class EventRelay:
                 return 0
             after = await self.position.get()
             page = await self.feed.page(after, self.batch_size)
-            by_tenant: dict[str, list[FeedEvent]] = defaultdict(list)
-            for event in page.items:
-                by_tenant[event.tenant_id].append(event)
-            await asyncio.gather(
-                *(
-                    self.store.append(tenant, [StreamEvent.from_feed(e) for e in events])
-                    for tenant, events in by_tenant.items()
-                )
-            )
+            await self.store.append([StreamEvent.from_feed(event) for event in page.items])
             if page.next_after > after:
                 await self.position.set(page.next_after)
         return len(page.items)

@@ -27,7 +27,7 @@ from gateway.edge.credentials import InvalidApiKey
 from gateway.edge.ratelimit import Policy
 from gateway.edge.store import StoreUnavailable
 from gateway.openapi import operation_docs
-from gateway.realtime.hub import Admission, Expired, Hub, Overflowed
+from gateway.realtime.hub import Admission, Expired, Hub, Interrupted, Overflowed
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
 from shared.contract import DEFAULT_PLAN, PLANS, AuthenticationRequired, Identity, is_well_formed
@@ -43,7 +43,7 @@ HubDep = Annotated[Hub, Depends(state.provide(lambda s: s.events))]
 MAX_EVENT_ID = 2**63 - 1
 # What a store or service blip raises while a stream runs: the stream ends and the client reconnects
 # (SSE: with Last-Event-ID; WebSocket: close 1013 "try again later") rather than a 500 or a 1011.
-TRANSIENT_FAILURES = (RedisError, DownstreamError)
+TRANSIENT_FAILURES = (RedisError, DownstreamError, Interrupted)
 
 
 class InvalidLastEventId(BadRequest, code="INVALID_LAST_EVENT_ID", title="Invalid Last-Event-ID"): ...

@@ -88,9 +88,14 @@ async def until(condition, what: str, deadline: float = DEADLINE) -> None:
         await asyncio.sleep(0.05)
 
 
+# The instances the cross-instance tests read from have a Redis pool of this many connections, fewer
+# than the tenants streaming on them in `test_a_tenant_streams_live_however_many_others_stream`.
+SMALL_POOL = 4
+
+
 @pytest.fixture(scope="module")
 def two_more(stack: Stack) -> Iterator[list[str]]:
-    with extra_gateways(stack, 2) as urls:
+    with extra_gateways(stack, 2, env={"GATEWAY_REDIS_MAX_CONNECTIONS": str(SMALL_POOL)}) as urls:
         yield urls
 
 
@@ -138,6 +143,48 @@ async def test_every_instance_sees_every_event_once_in_order_and_tenants_never_c
             assert all(set(e) == {"id", "type", "timestamp", "data"} for e in reader.events)
         assert first.ids == second.ids
         assert others.events == []
+
+
+async def event_latency(gateway: httpx.AsyncClient, tenant: Tenant, product_id: str, reader: SseReader) -> float:
+    """Seconds from placing one order to its event's arrival on `reader`."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    order = await gateway.post(
+        "/v1/orders", json={"items": [{"product_id": product_id, "quantity": 1}]}, headers=tenant.auth
+    )
+    assert order.status_code == 201, order.text
+    await until(lambda: any(e["data"]["id"] == order.json()["id"] for e in reader.events), "the order's event")
+    return loop.time() - started
+
+
+async def test_a_tenant_streams_live_however_many_others_stream(gateway, two_more, record_property):
+    """Three times as many tenants stream on one instance as its Redis pool has connections: a
+    tenant's events still arrive about as soon as when it streams there alone."""
+    acme = await signup(gateway)
+    product = await gateway.post(
+        "/v1/products", json={"sku": "RT-CROWD", "name": "Mug", "price_cents": 100, "stock": 100}, headers=acme.auth
+    )
+    assert product.status_code == 201, product.text
+    url, product_id = two_more[0], product.json()["id"]
+    async with reading(url, acme.auth) as alone:
+        await until(lambda: alone.comments, "the stream to open")
+        controls = [await event_latency(gateway, acme, product_id, alone) for _ in range(2)]
+    async with contextlib.AsyncExitStack() as crowd:
+        others = [
+            await crowd.enter_async_context(reading(url, bearer(tenant_id=str(uuid.uuid4()))))
+            for _ in range(3 * SMALL_POOL)
+        ]
+        await until(lambda: all(other.comments for other in others), "the other tenants' streams to open")
+        async with reading(url, acme.auth) as crowded:
+            await until(lambda: crowded.comments, "the stream to open")
+            measured = [await event_latency(gateway, acme, product_id, crowded) for _ in range(3)]
+        assert all(other.status == 200 and not other.finished for other in others)
+    figures = (
+        f"alone {[round(c, 2) for c in controls]} s; among {len(others)} others {[round(m, 2) for m in measured]} s"
+    )
+    record_property("crowded_stream_latency", figures)
+    # Generous: a loaded machine slows both alike; a stalled read waits for a pool connection.
+    assert max(measured) < 3 * max(controls) + 2.0, figures
 
 
 async def test_resuming_on_another_instance_after_the_first_died(stack, gateway, two_more):
