@@ -1,19 +1,23 @@
-"""The real-time hub in-process against the stack's orders service and the session's Redis: one reader
-for every tenant on an instance, resuming from before what a stream still holds, a stalled reader cut
-off while the others keep receiving, and an instance that fell behind the live stream's trim ending
-its connections."""
+"""The real-time hub and relay in-process against the stack's orders service and the session's Redis:
+one reader for every tenant on an instance, resuming from before what a stream still holds, a stalled
+reader cut off while the others keep receiving, an instance that fell behind the live stream's trim
+ending its connections, and the relay's spans."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import httpx
 import pytest
+from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.app import create_redis
 from gateway.realtime.hub import Expired, Hub, Lagged, Overflowed
@@ -259,3 +263,70 @@ async def until_async(condition, what: str, deadline: float = 30.0) -> None:
         if loop.time() > end:
             raise AssertionError(f"waited {deadline}s for {what}")
         await asyncio.sleep(0.1)
+
+
+async def test_an_idle_relay_makes_no_span_and_a_batch_one_linked_to_its_events(
+    migrated: Servers, gateway: httpx.AsyncClient, feed: OrdersFeed
+):
+    """A poll that finds nothing is no span, its Redis calls (and the lease's release) included; a
+    batch that carries events is one span, linked to the traces that wrote them."""
+    provider = TracerProvider()
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    settings = gateway_settings(
+        None, redis_url=migrated.redis_url, redis_key_prefix=unique_prefix(migrated.redis_prefix)
+    )
+    redis = create_redis(settings)
+    # Recorded as the gateway records its Redis calls. (The feed's HTTP calls go through the pooled
+    # client's own span layer, on a provider of their own here.)
+    RedisInstrumentor.instrument_client(redis, tracer_provider=provider)
+    relay = EventRelay(
+        feed,
+        RedisEventStore(redis, redis, settings.redis_key_prefix, maxlen=1000),
+        redis=redis,
+        prefix=settings.redis_key_prefix,
+        interval=0.05,
+        batch_size=500,
+        lease_seconds=3,
+        tracer=provider.get_tracer("portico.gateway.realtime"),
+    )
+    try:
+        # Up to the feed's end (this session's earlier events), then nothing new.
+        while await relay.run_once():
+            pass
+        spans.clear()
+        stop = asyncio.Event()
+        looping = asyncio.create_task(relay.run(stop))
+        await asyncio.sleep(1.0)  # about 20 polls
+        stop.set()
+        await looping
+        assert [span.name for span in spans.get_finished_spans()] == []
+        assert await redis.exists(f"{settings.redis_key_prefix}events:{{relay}}:lease") == 0  # let go
+        spans.clear()
+
+        acme = await signup(gateway)
+        trace_id = os.urandom(16).hex()
+        product = await gateway.post(
+            "/v1/products",
+            json={"sku": f"RELAY-{uuid.uuid4().hex[:8]}", "name": "Mug", "price_cents": 100, "stock": 10},
+            headers=acme.auth,
+        )
+        assert product.status_code == 201, product.text
+        order = await gateway.post(
+            "/v1/orders",
+            json={"items": [{"product_id": product.json()["id"], "quantity": 1}]},
+            headers={**acme.auth, "traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"},
+        )
+        assert order.status_code == 201, order.text
+        read = 0
+        while not read:
+            read = await relay.run_once()
+        [batch] = spans.get_finished_spans()
+        assert batch.name == "events.relay"
+        assert batch.parent is None
+        assert batch.attributes is not None
+        assert batch.attributes["messaging.batch.message_count"] == read
+        assert trace_id in {format(link.context.trace_id, "032x") for link in batch.links}
+        assert format(batch.context.trace_id, "032x") != trace_id
+    finally:
+        await redis.aclose()
