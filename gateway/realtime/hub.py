@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from gateway.realtime.relay import OrdersFeed
 from gateway.realtime.store import EventStore, LiveEvent, StreamEvent
+from gateway.realtime.tasks import cancel_and_wait
 from shared.errors import DownstreamError
 from shared.events import FEED_MAX_LIMIT
 
@@ -243,11 +244,8 @@ class Hub:
         self.subscribers.clear()
 
     async def close(self) -> None:
-        reader = self.reader
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        if self.reader is not None:
+            await cancel_and_wait(self.reader)
         self._end_all(lambda: Interrupted("the gateway is stopping"))
 
     async def check_resumable(self, tenant_id: str, after: int) -> None:

@@ -28,6 +28,7 @@ from gateway.edge.ratelimit import Policy
 from gateway.edge.store import StoreUnavailable
 from gateway.openapi import operation_docs
 from gateway.realtime.hub import Admission, Expired, Hub, Interrupted, Overflowed
+from gateway.realtime.tasks import cancel_and_wait
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
 from shared.contract import DEFAULT_PLAN, PLANS, AuthenticationRequired, Identity, is_well_formed
@@ -228,10 +229,7 @@ async def until_done(source: AsyncIterator[T], stop: asyncio.Task[Any]) -> Async
         # The pending read first (ours stopped, or the reader was cancelled): `source` can only be
         # closed once nothing runs in it.
         if following is not None:
-            following.cancel()
-            await asyncio.wait({following})
-            if not following.cancelled():
-                following.exception()  # retrieved: the stream has ended already
+            await cancel_and_wait(following)
         aclose = getattr(source, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -341,9 +339,7 @@ class WsSession:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
         return next(iter(done)).result()
 
     async def events(self) -> tuple[int, str]:

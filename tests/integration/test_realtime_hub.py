@@ -23,6 +23,7 @@ from gateway.app import create_redis
 from gateway.realtime.hub import Expired, Hub, Lagged, Overflowed
 from gateway.realtime.relay import EventRelay, OrdersFeed
 from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore, StreamEvent
+from gateway.routes.realtime import until_done
 from scripts.devstack import Stack
 from services.orders.app import create_app as create_orders_app
 from services.orders.settings import OrdersSettings
@@ -117,6 +118,38 @@ async def test_an_instance_that_fell_behind_the_live_streams_trim_ends_its_conne
         await first.aclose()
         await second.aclose()
         await hub.close()
+
+
+async def test_a_stream_stopped_at_any_moment_of_its_redis_calls_ends(migrated: Servers, feed: OrdersFeed):
+    """A stream stopped while it subscribes (its credentials expired the moment it opened) ends, at
+    whichever point of a Redis call the stop lands. On Python 3.11 a cancel that lands as redis-py's
+    inner `asyncio.wait_for` finishes is lost, and a single cancel would leave the stream waiting for
+    events for good, its connection held."""
+    settings = gateway_settings(
+        None, redis_url=migrated.redis_url, redis_key_prefix=unique_prefix(migrated.redis_prefix)
+    )
+    redis, blocking = create_redis(settings), create_redis(settings, wait_seconds=1.0)
+    store = RedisEventStore(redis, blocking, settings.redis_key_prefix, maxlen=1000)
+    try:
+        for steps in range(60):
+            hub = Hub(store, feed, buffer_size=10)
+            expired = asyncio.Event()
+            stop = asyncio.create_task(expired.wait())
+            consuming = asyncio.create_task(consume(until_done(hub.stream(str(uuid.uuid4()), None), stop)))
+            for _ in range(steps % 30):
+                await asyncio.sleep(0)
+            expired.set()
+            done, _ = await asyncio.wait({consuming}, timeout=5)
+            assert consuming in done, f"the stream stopped after {steps % 30} steps did not end"
+            assert consuming.result() == []
+            await hub.close()
+    finally:
+        await redis.aclose()
+        await blocking.aclose()
+
+
+async def consume(events) -> list[StreamEvent]:
+    return [event async for event in events]
 
 
 async def take(events, count: int) -> list[StreamEvent]:
