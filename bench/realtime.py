@@ -1,8 +1,10 @@
 """Real-time delivery: the time from an order event's write to its arrival at SSE and WebSocket
-clients, and the gateway's memory per idle SSE connection.
+clients, the same for one tenant among many streaming tenants, and the gateway's memory per idle SSE
+connection.
 
     .venv/bin/python -m bench.realtime --connections 100 --rate 10 --seconds 20 --idle 1000
     .venv/bin/python -m bench.realtime --redis-url redis://127.0.0.1:6379/0   # the gateway's streams in Redis
+    .venv/bin/python -m bench.realtime --redis-url redis://127.0.0.1:6379/0 --tenants 300 --connections 0 --idle 0
 
 Starts the five processes on the embedded defaults (SQLite per service) in a temporary folder, or
 with the gateway's streams in Redis when `--redis-url` is given. One tenant holds `--connections`
@@ -10,6 +12,11 @@ SSE streams and as many WebSockets while orders are placed at `--rate` per secon
 when each event arrived. Latency is arrival minus the event's `timestamp` (written with the order,
 just before its transaction commits), so it includes the relay's poll interval. Then `--idle` more
 SSE streams are opened and the gateway's RSS is read before and after.
+
+With `--tenants N`, first N other tenants (tokens made up for them) each hold one SSE stream on the
+gateway, and the bench's tenant, streaming too, places `--crowd-orders` orders at 2 per second: the
+write-to-arrival time of its events says whether the others' streams hold it up (with Redis, every
+streaming tenant used to hold one connection of the pool, `--redis-pool`, for its blocking read).
 """
 
 from __future__ import annotations
@@ -29,21 +36,21 @@ from pathlib import Path
 import httpx
 from websockets.asyncio.client import connect
 
-from bench.common import redis_prefix
+from bench.common import bearer, redis_prefix
 from scripts.devstack import PROCESSES, Stack, free_port
 
 PASSWORD = "correct-horse-9"
 
 
 @contextlib.contextmanager
-def stack(workdir: Path, redis_url: str | None) -> Iterator[Stack]:
+def stack(workdir: Path, redis_url: str | None, redis_pool: int | None) -> Iterator[Stack]:
     with contextlib.ExitStack() as scope:
         prefix = scope.enter_context(redis_prefix(redis_url)) if redis_url else None
-        yield scope.enter_context(_stack(workdir, redis_url, prefix))
+        yield scope.enter_context(_stack(workdir, redis_url, prefix, redis_pool))
 
 
 @contextlib.contextmanager
-def _stack(workdir: Path, redis_url: str | None, prefix: str | None) -> Iterator[Stack]:
+def _stack(workdir: Path, redis_url: str | None, prefix: str | None, redis_pool: int | None) -> Iterator[Stack]:
     env = {
         "PYTHONUNBUFFERED": "1",
         "GATEWAY_REALTIME_CONNECTIONS_PRO": "100000",
@@ -52,6 +59,8 @@ def _stack(workdir: Path, redis_url: str | None, prefix: str | None) -> Iterator
     if redis_url and prefix:
         env["GATEWAY_REDIS_URL"] = redis_url
         env["GATEWAY_REDIS_KEY_PREFIX"] = prefix
+    if redis_pool:
+        env["GATEWAY_REDIS_MAX_CONNECTIONS"] = str(redis_pool)
     running = Stack(
         ports={name: free_port() for name in PROCESSES},
         env=env,
@@ -114,6 +123,45 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
+async def among_tenants(
+    args: argparse.Namespace, client: httpx.AsyncClient, port: int, token: str, product_id: str
+) -> None:
+    """The bench's tenant's write-to-arrival time while `--tenants` other tenants hold a stream each."""
+    readies = [asyncio.Event() for _ in range(args.tenants)]
+    others = [
+        asyncio.create_task(sse_client(port, bearer(scopes="orders:read", plan="pro"), [], ready)) for ready in readies
+    ]
+    for start_at in range(0, args.tenants, 100):
+        await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in readies[start_at : start_at + 100])), 60)
+    latencies: list[float] = []
+    mine_ready = asyncio.Event()
+    mine = asyncio.create_task(sse_client(port, token, latencies, mine_ready))
+    await asyncio.wait_for(mine_ready.wait(), 60)
+    await asyncio.sleep(2)  # every stream subscribed behind its answer's head
+    auth = {"Authorization": f"Bearer {token}"}
+    for _ in range(args.crowd_orders):
+        order = await client.post(
+            "/v1/orders", json={"items": [{"product_id": product_id, "quantity": 1}]}, headers=auth
+        )
+        order.raise_for_status()
+        await asyncio.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while len(latencies) < args.crowd_orders and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    for task in [*others, mine]:
+        task.cancel()
+    await asyncio.gather(*others, mine, return_exceptions=True)
+    print(f"{args.crowd_orders} orders at 2/s by one tenant streaming among {args.tenants} other streaming tenants")
+    if not latencies:
+        print("write -> its SSE client: no events arrived within 60 s of the last order")
+        return
+    print(
+        f"write -> its SSE client: p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
+        f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms "
+        f"({len(latencies)} of {args.crowd_orders} events)"
+    )
+
+
 async def measure(args: argparse.Namespace, running: Stack) -> None:
     base = running.url()
     port = running.ports["gateway"]
@@ -135,6 +183,11 @@ async def measure(args: argparse.Namespace, running: Stack) -> None:
         )
         product.raise_for_status()
         product_id = product.json()["id"]
+
+        if args.tenants:
+            await among_tenants(args, client, port, token, product_id)
+        if not args.connections:
+            return
 
         sse: list[float] = []
         ws: list[float] = []
@@ -203,10 +256,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20, help="length of the latency run")
     parser.add_argument("--idle", type=int, default=1000, help="idle SSE connections for the memory figure")
     parser.add_argument("--redis-url", default=None, help="keep the gateway's streams in this Redis")
+    parser.add_argument("--redis-pool", type=int, default=None, help="GATEWAY_REDIS_MAX_CONNECTIONS (default 200)")
+    parser.add_argument("--tenants", type=int, default=0, help="other tenants streaming, one SSE stream each")
+    parser.add_argument("--crowd-orders", type=int, default=20, help="orders placed while --tenants stream")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="bench-realtime-") as workdir,
-        stack(Path(workdir), args.redis_url) as running,
+        stack(Path(workdir), args.redis_url, args.redis_pool) as running,
     ):
         asyncio.run(measure(args, running))
 

@@ -234,6 +234,7 @@ async def open_state(
         interval=settings.events_poll_interval_seconds,
         batch_size=settings.events_poll_batch_size,
         lease_seconds=settings.events_relay_lease_seconds,
+        tracer=trace.get_tracer("portico.gateway.realtime", tracer_provider=provider),
     )
     hub = Hub(store, feed, buffer_size=settings.events_buffer_size)
     try:

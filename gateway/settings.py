@@ -287,7 +287,10 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     events_stream_maxlen: int = Field(
         default=10_000,
         ge=10,
-        description="About this many events are kept per tenant stream; older ones are read back from the orders feed.",
+        description=(
+            "About this many events are kept per tenant stream (older ones are read back from the orders feed), "
+            "and in the live stream all instances read."
+        ),
     )
     events_poll_interval_seconds: float = Field(
         default=0.2,

@@ -1,38 +1,62 @@
-"""The connections' side: one subscription per tenant per gateway instance, shared by all of that
-tenant's connections on it, and each connection's bounded buffer.
+"""The connections' side: one reader of the live stream per gateway instance, handing each event to
+the subscribers of its tenant, and each connection's bounded buffer.
 
-A tenant's `Channel` is one task reading the tenant's stream (a blocking read) and handing each event
-to every `Subscriber` of the tenant. A subscriber buffers at most `buffer_size` events; a connection
-that falls further behind (a stalled reader) is `overflowed` and closed, and its client resumes with
-the last id it saw. Nothing here grows with a slow client.
+The `Hub`'s reader is one task, started by the first connection on the instance and stopping a
+moment after the last one leaves. It reads every tenant's events with one blocking read (one Redis
+connection, however many tenants stream here) and hands each to every `Subscriber` of the event's
+tenant, and to no other. A subscriber buffers at most `buffer_size` events; a connection that falls
+further behind (a stalled reader) is `overflowed` and closed, and its client resumes with the last id
+it saw. Nothing here grows with a slow client.
+
+When the reader cannot go on, every connection on the instance ends and its client resumes from its
+last id, here or on another instance: the live stream failed (`Interrupted`: Redis is down), or it
+trimmed entries before the reader read them (`Lagged`: the reader fell that far behind, so some of the
+connections' events are only in their tenants' streams now).
 
 `Hub.stream(tenant, after)` is what a connection iterates: with `after`, first everything after it
-(from the stream, or from the orders feed for what the stream has trimmed), then the live events,
-each exactly once, in id order.
+(from the tenant's stream, or from the orders feed for what the stream has trimmed), then the live
+events, each exactly once, in id order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from redis.exceptions import RedisError
 
 from gateway.realtime.relay import OrdersFeed
-from gateway.realtime.store import EventStore, StreamEvent
+from gateway.realtime.store import EventStore, LiveEvent, StreamEvent
+from gateway.realtime.tasks import cancel_and_wait
 from shared.errors import DownstreamError
 from shared.events import FEED_MAX_LIMIT
 
 logger = logging.getLogger("portico.gateway.realtime")
 
-# How long one blocking read of a tenant's stream waits before it looks again.
+# How long one blocking read of the live stream waits before it looks again (and notices that no
+# connection is left).
 READ_WAIT_SECONDS = 1.0
-READ_COUNT = 100
+# Entries one read of the live stream hands out at most (one relay batch).
+READ_COUNT = FEED_MAX_LIMIT
 
 
 class Overflowed(Exception):
     """The connection fell more than its buffer behind and is closed."""
+
+
+class Lagged(Overflowed):
+    """The instance's reader fell so far behind that the live stream trimmed events it had not read:
+    every connection here ends and resumes from its last id, which its tenant's stream still has."""
+
+
+class Interrupted(Exception):
+    """Reading the live stream failed (Redis is down or did not answer): the connection ends and its
+    client reconnects with its last id."""
 
 
 class Expired(Exception):
@@ -45,34 +69,43 @@ class Expired(Exception):
 
 
 class Subscriber:
-    __slots__ = ("buffer", "limit", "overflowed", "ready", "start")
+    __slots__ = ("buffer", "error", "limit", "ready", "start")
 
     def __init__(self, limit: int, start: int) -> None:
         self.buffer: deque[StreamEvent] = deque()
         self.limit = limit
-        self.overflowed = False
+        # Why the connection ends; raised once the events buffered before it are taken.
+        self.error: Exception | None = None
         self.ready = asyncio.Event()
-        # The channel's position when this subscriber joined: every later event reaches its buffer.
+        # The reader's position when this subscriber joined: every later event of its tenant reaches
+        # its buffer.
         self.start = start
 
+    @property
+    def overflowed(self) -> bool:
+        return isinstance(self.error, Overflowed)
+
     def offer(self, event: StreamEvent) -> None:
-        if self.overflowed:
+        if self.error is not None:
             return
         if len(self.buffer) >= self.limit:
-            self.overflowed = True
             self.buffer.clear()
+            self.end(Overflowed())
         else:
             self.buffer.append(event)
-        self.ready.set()
+            self.ready.set()
+
+    def end(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+            self.ready.set()
 
     async def next(self) -> StreamEvent:
         while not self.buffer:
-            if self.overflowed:
-                raise Overflowed
+            if self.error is not None:
+                raise self.error
             self.ready.clear()
             await self.ready.wait()
-        if self.overflowed:
-            raise Overflowed
         return self.buffer.popleft()
 
 
@@ -99,42 +132,17 @@ class Admission:
                 self.hub.idle.set()
 
 
-class Channel:
-    """One tenant's subscription on this instance."""
-
-    def __init__(self, hub: Hub, tenant_id: str, position: int) -> None:
-        self.hub = hub
-        self.tenant_id = tenant_id
-        self.position = position
-        self.subscribers: set[Subscriber] = set()
-        self.task: asyncio.Task[None] | None = None
-
-    async def run(self) -> None:
-        failures = 0
-        while self.subscribers:
-            try:
-                events = await self.hub.store.wait(self.tenant_id, self.position, READ_COUNT, READ_WAIT_SECONDS)
-            except Exception:
-                failures += 1
-                logger.exception("reading the events of tenant %s failed (failure %d)", self.tenant_id, failures)
-                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
-                continue
-            failures = 0
-            for event in events:
-                if event.id <= self.position:
-                    continue
-                self.position = event.id
-                for subscriber in self.subscribers:
-                    subscriber.offer(event)
-
-
 class Hub:
     def __init__(self, store: EventStore, feed: OrdersFeed, *, buffer_size: int) -> None:
         self.store = store
         self.feed = feed
         self.buffer_size = buffer_size
-        self.channels: dict[str, Channel] = {}
-        self._opening: dict[str, asyncio.Lock] = {}
+        # The subscribers of each tenant with a connection here: the reader's fan-out.
+        self.subscribers: dict[str, set[Subscriber]] = {}
+        # The id of the newest live event the reader has handed out (or started after).
+        self.position = 0
+        self.reader: asyncio.Task[None] | None = None
+        self._starting = asyncio.Lock()
         # Open connections (SSE and WebSocket) per tenant on this instance.
         self.open: dict[str, int] = {}
         # Set when the process is about to stop: WebSocket connections close with 1013.
@@ -160,39 +168,85 @@ class Hub:
         return Admission(self, tenant_id)
 
     async def subscribe(self, tenant_id: str) -> Subscriber:
-        channel = self.channels.get(tenant_id)
-        if channel is None:
-            lock = self._opening.setdefault(tenant_id, asyncio.Lock())
-            async with lock:
-                channel = self.channels.get(tenant_id)
-                if channel is None:
-                    channel = Channel(self, tenant_id, await self.store.last_id(tenant_id))
-                    self.channels[tenant_id] = channel
-            self._opening.pop(tenant_id, None)
-        subscriber = Subscriber(self.buffer_size, channel.position)
-        channel.subscribers.add(subscriber)
-        if channel.task is None or channel.task.done():
-            channel.task = asyncio.create_task(channel.run(), name=f"realtime-channel-{tenant_id}")
+        """A subscriber of the tenant's live events from now on (starting the reader when it is not
+        running). Raises what the store raises when it cannot say where the live stream is."""
+        if self.reader is None:
+            async with self._starting:
+                if self.reader is None:
+                    self.position = await self.store.head()
+                    # A context of its own: not the first connection's request (its span, its request id).
+                    self.reader = asyncio.create_task(
+                        self._read(), name="realtime-reader", context=contextvars.Context()
+                    )
+        # No await from here on: the reader hands this subscriber every event after `position`.
+        subscriber = Subscriber(self.buffer_size, self.position)
+        self.subscribers.setdefault(tenant_id, set()).add(subscriber)
         return subscriber
 
     def unsubscribe(self, tenant_id: str, subscriber: Subscriber) -> None:
-        channel = self.channels.get(tenant_id)
-        if channel is None:
+        subscribers = self.subscribers.get(tenant_id)
+        if subscribers is None:
             return
-        channel.subscribers.discard(subscriber)
-        if not channel.subscribers:
-            # The last connection of the tenant here: the subscription ends with it.
-            del self.channels[tenant_id]
-            if channel.task is not None:
-                channel.task.cancel()
+        subscribers.discard(subscriber)
+        if not subscribers:
+            # The reader stops at its next look when no tenant is left; cancelling its read instead
+            # would cost its Redis connection each time the last connection leaves.
+            del self.subscribers[tenant_id]
+
+    async def _read(self) -> None:
+        """Hands out the live stream's events while any connection is open here; ends them all when
+        it cannot go on."""
+        try:
+            # A loop that runs while nothing happens: it makes no span (nor does its Redis client).
+            with suppress_instrumentation():
+                while self.subscribers:
+                    self.hand_out(await self.store.listen(self.position, READ_COUNT, READ_WAIT_SECONDS))
+        except Exception as exc:
+            # Redis failing is expected now and then (logged without a traceback); anything else is not.
+            logger.log(
+                logging.WARNING if isinstance(exc, RedisError) else logging.ERROR,
+                "reading the live events failed (%s: %s): the %d connections here end and resume from their last ids",
+                type(exc).__name__,
+                exc,
+                self._connections(),
+                exc_info=not isinstance(exc, RedisError),
+            )
+            reason = f"reading the live events failed: {type(exc).__name__}"
+            self._end_all(lambda: Interrupted(reason))
+        finally:
+            # No await between the last look at `subscribers` and this: a connection that comes after
+            # starts a reader of its own.
+            self.reader = None
+
+    def hand_out(self, batch: Sequence[LiveEvent]) -> None:
+        for live in batch:
+            if live.event.id <= self.position:
+                continue
+            if live.prev > self.position:
+                logger.warning(
+                    "the live stream trimmed events after %d before this instance read them: the %d connections "
+                    "here end and resume from their last ids",
+                    self.position,
+                    self._connections(),
+                )
+                self._end_all(Lagged)
+            self.position = live.event.id
+            for subscriber in self.subscribers.get(live.event.tenant_id, ()):
+                subscriber.offer(live.event)
+
+    def _connections(self) -> int:
+        return sum(len(subscribers) for subscribers in self.subscribers.values())
+
+    def _end_all(self, error: Callable[[], Exception]) -> None:
+        for subscribers in self.subscribers.values():
+            for subscriber in subscribers:
+                subscriber.end(error())
+        self.subscribers.clear()
 
     async def close(self) -> None:
-        tasks = [channel.task for channel in self.channels.values() if channel.task is not None]
-        self.channels.clear()
-        for task in tasks:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.reader is not None:
+            await cancel_and_wait(self.reader)
+        self._end_all(lambda: Interrupted("the gateway is stopping"))
 
     async def check_resumable(self, tenant_id: str, after: int) -> None:
         """Raises `Expired` when what came after `after` is no longer all kept (before a stream opens,
@@ -240,15 +294,17 @@ class Hub:
 
     async def stream(self, tenant_id: str, after: int | None) -> AsyncIterator[StreamEvent]:
         """The tenant's events after `after` (None: from now on), live, each once, in order.
-        Raises `Overflowed` when the reader fell more than its buffer behind, `Expired` when events
-        after `after` are no longer kept."""
+        Raises `Overflowed` when the reader fell more than its buffer behind (`Lagged`: the instance's
+        reader did), `Interrupted` when the live stream failed, `Expired` when events after `after`
+        are no longer kept."""
         subscriber = await self.subscribe(tenant_id)
         try:
             last = subscriber.start if after is None else after
             if after is not None:
                 async for event in self.backlog(tenant_id, after):
-                    if subscriber.overflowed:
-                        raise Overflowed
+                    if subscriber.error is not None:
+                        # Ended while the backlog was read: the client resumes from what it got.
+                        raise subscriber.error
                     yield event
                     last = event.id
             while True:

@@ -1,4 +1,4 @@
-"""The real-time relay: copies the orders feed into the per-tenant event streams.
+"""The real-time relay: copies the orders feed into the per-tenant event streams and the live stream.
 
 Like the webhooks relay it pulls (`GET /events` on the orders service, in seq order, never skipping
 an event that commits late). With Redis, one gateway instance at a time relays: it holds a lease
@@ -14,11 +14,14 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.trace import Link, Tracer
 from pydantic import ValidationError
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
@@ -30,6 +33,7 @@ from shared.errors import DownstreamBadResponse, DownstreamError
 from shared.events import FEED_PATH, FeedEvent, FeedPage
 from shared.http import ServiceClient
 from shared.loops import running_loop
+from shared.telemetry import context_of
 
 logger = logging.getLogger("portico.gateway.realtime")
 
@@ -101,8 +105,10 @@ class EventRelay:
         batch_size: int,
         lease_seconds: float,
         max_backoff: float = 10.0,
+        tracer: Tracer | None = None,
     ) -> None:
         self.feed = feed
+        self.tracer = tracer
         self.store = store
         self.interval = interval
         self.batch_size = batch_size
@@ -132,25 +138,47 @@ class EventRelay:
     async def run_once(self) -> int:
         """Relays one batch after the stored position; answers how many events it read (0: none new,
         or another instance relays)."""
+        # A poll is no trace of its own (nor are its Redis calls); a batch that carries events is one
+        # span, linked to the traces that wrote them.
         with suppress_instrumentation():
             if not await self._hold_lease():
                 return 0
             after = await self.position.get()
             page = await self.feed.page(after, self.batch_size)
-            by_tenant: dict[str, list[FeedEvent]] = defaultdict(list)
-            for event in page.items:
-                by_tenant[event.tenant_id].append(event)
-            await asyncio.gather(
-                *(
-                    self.store.append(tenant, [StreamEvent.from_feed(e) for e in events])
-                    for tenant, events in by_tenant.items()
-                )
-            )
-            if page.next_after > after:
-                await self.position.set(page.next_after)
+            with self._batch_span(page.items, after) if page.items else contextlib.nullcontext():
+                await self.store.append([StreamEvent.from_feed(event) for event in page.items])
+                if page.next_after > after:
+                    await self.position.set(page.next_after)
         return len(page.items)
 
+    def _batch_span(self, events: Sequence[FeedEvent], after: int) -> AbstractContextManager[object]:
+        if self.tracer is None:
+            return contextlib.nullcontext()
+        links: dict[int, Link] = {}
+        for event in events:
+            context = context_of(event.traceparent)
+            if context is not None:
+                span_context = trace.get_current_span(context).get_span_context()
+                # One link per trace; the SDK keeps at most its link limit (128 by default) of them.
+                links.setdefault(span_context.trace_id, Link(span_context))
+        return self.tracer.start_as_current_span(
+            "events.relay",
+            # A new trace of the relay's own, not a child of whatever started the loop.
+            context=Context(),
+            links=list(links.values()),
+            attributes={
+                "messaging.batch.message_count": len(events),
+                "portico.events.after": after,
+                "portico.events.last": events[-1].seq,
+            },
+        )
+
     async def run(self, stop: asyncio.Event) -> None:
+        # Everything the loop does, its lease's release at the end included, is no span of its own.
+        with suppress_instrumentation():
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             try:

@@ -24,7 +24,8 @@ from gateway.edge.access import Access
 from gateway.edge.authentication import Authenticator, Caller
 from gateway.edge.pipeline import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, TRANSIENT_FAILURES
 from gateway.openapi import operation_docs
-from gateway.realtime.hub import Admission, Expired, Hub, Overflowed
+from gateway.realtime.hub import Admission, Expired, Hub, Interrupted, Overflowed
+from gateway.realtime.tasks import cancel_and_wait
 from gateway.settings import GatewaySettings
 from shared.contract import DEFAULT_PLAN, PLANS, Identity
 from shared.errors import BadRequest, PorticoError, TooManyRequests
@@ -37,6 +38,9 @@ router = APIRouter(prefix="/v1", tags=["events"])
 EVENTS_READ = Access(scope="orders:read")
 EventsReader = Annotated[Identity, Depends(RequireAccess(EVENTS_READ))]
 MAX_EVENT_ID = 2**63 - 1
+# What a store or service blip raises while a stream runs: the stream ends and the client reconnects
+# (SSE: with Last-Event-ID; WebSocket: close 1013 "try again later") rather than a 500 or a 1011.
+STREAM_FAILURES = (*TRANSIENT_FAILURES, Interrupted)
 
 
 class InvalidLastEventId(BadRequest, code="INVALID_LAST_EVENT_ID", title="Invalid Last-Event-ID"):
@@ -146,7 +150,7 @@ async def events(
             # The client fell too far behind (or what it missed is gone): the stream ends; the client
             # reconnects with its last id (and gets a 410 if it must resync).
             return
-        except TRANSIENT_FAILURES as exc:
+        except STREAM_FAILURES as exc:
             logger.warning("event stream of tenant %s ended: %s: %s", tenant, type(exc).__name__, exc)
             return
         finally:
@@ -200,10 +204,7 @@ async def until_done(source: AsyncIterator[T], stop: asyncio.Task[Any]) -> Async
         # The pending read first (ours stopped, or the reader was cancelled): `source` can only be
         # closed once nothing runs in it.
         if following is not None:
-            following.cancel()
-            await asyncio.wait({following})
-            if not following.cancelled():
-                following.exception()  # retrieved: the stream has ended already
+            await cancel_and_wait(following)
         aclose = getattr(source, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -228,7 +229,7 @@ async def websocket_events(
         assert caller.identity.tenant_id is not None
         await resumable(hub, caller.identity.tenant_id, after)
         admission = admit(hub, caller.identity, settings)
-    except TRANSIENT_FAILURES as exc:
+    except STREAM_FAILURES as exc:
         # The users service or the event store could not answer: not the client's fault; accepted
         # only to tell it to come back (1013), which a refusal of the upgrade cannot say.
         logger.warning("WebSocket connection deferred: %s: %s", type(exc).__name__, exc)
@@ -282,9 +283,7 @@ class WsSession:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
         return next(iter(done)).result()
 
     async def events(self) -> tuple[int, str]:
@@ -297,7 +296,7 @@ class WsSession:
             return CLOSE_TRY_AGAIN_LATER, "too far behind: reconnect with last_event_id"
         except Expired:
             return CLOSE_POLICY_VIOLATION, "EVENTS_EXPIRED"
-        except TRANSIENT_FAILURES as exc:
+        except STREAM_FAILURES as exc:
             logger.warning("WebSocket of tenant %s closed: %s: %s", tenant, type(exc).__name__, exc)
             return CLOSE_TRY_AGAIN_LATER, "service unavailable: reconnect with last_event_id"
         except (WebSocketDisconnect, RuntimeError):
@@ -325,7 +324,7 @@ class WsSession:
     async def credentials(self) -> tuple[int, str]:
         try:
             return CLOSE_POLICY_VIOLATION, await watch_credentials(self.authenticator, self.settings, self.caller)
-        except TRANSIENT_FAILURES as exc:
+        except STREAM_FAILURES as exc:
             logger.warning("WebSocket API key recheck failed: %s: %s", type(exc).__name__, exc)
             return CLOSE_TRY_AGAIN_LATER, "service unavailable: reconnect with last_event_id"
 

@@ -32,8 +32,9 @@ class SseReader:
     retry: int | None = None
     headers: httpx.Headers | None = None
     status: int | None = None
-    # True when the server ended the response (not the client).
+    # True when the server ended the response (not the client), and when (Unix seconds).
     finished: bool = False
+    ended_at: float | None = None
 
     async def read(self, client: httpx.AsyncClient, auth: dict[str, str], last_event_id: str | None = None) -> None:
         headers = {**auth, "Accept": "text/event-stream"}
@@ -58,7 +59,7 @@ class SseReader:
                         {"id": int(current["id"]), "type": current["event"], **json.loads(current["data"])}
                     )
                     current = {}
-            self.finished = True
+            self.finished, self.ended_at = True, time.time()
 
     @property
     def ids(self) -> list[int]:
@@ -88,9 +89,14 @@ async def until(condition, what: str, deadline: float = DEADLINE) -> None:
         await asyncio.sleep(0.05)
 
 
+# The instances the cross-instance tests read from have a Redis pool of this many connections, fewer
+# than the tenants streaming on them in `test_a_tenant_streams_live_however_many_others_stream`.
+SMALL_POOL = 4
+
+
 @pytest.fixture(scope="module")
 def two_more(stack: Stack) -> Iterator[list[str]]:
-    with extra_gateways(stack, 2) as urls:
+    with extra_gateways(stack, 2, env={"GATEWAY_REDIS_MAX_CONNECTIONS": str(SMALL_POOL)}) as urls:
         yield urls
 
 
@@ -118,26 +124,83 @@ async def test_every_instance_sees_every_event_once_in_order_and_tenants_never_c
     async with (
         reading(two_more[0], acme.auth) as first,
         reading(two_more[1], acme.auth) as second,
-        reading(two_more[1], other.auth) as others,
+        reading(two_more[0], other.auth) as other_first,
+        reading(two_more[1], other.auth) as other_second,
     ):
-        assert first.status == 200
-        assert first.headers is not None
-        assert first.headers["content-type"].startswith("text/event-stream")
-        assert first.headers["cache-control"] == "no-cache"
-        assert first.headers["x-accel-buffering"] == "no"
-        # The writes go through a third instance.
-        placed = await place_and_cancel(gateway, acme, 3)
-        await until(lambda: len(first.events) >= 4 and len(second.events) >= 4, "four events on both instances")
-        await asyncio.sleep(0.5)  # room for a duplicate to show up, were there one
+        for reader in (first, second, other_first, other_second):
+            assert reader.status == 200
+            assert reader.headers is not None
+            assert reader.headers["content-type"].startswith("text/event-stream")
+            assert reader.headers["cache-control"] == "no-cache"
+            assert reader.headers["x-accel-buffering"] == "no"
+        # The writes go through a third instance; both tenants write, at once.
+        placed, other_placed = await asyncio.gather(
+            place_and_cancel(gateway, acme, 3), place_and_cancel(gateway, other, 2)
+        )
+        await until(
+            lambda: (
+                min(len(first.events), len(second.events)) >= 4
+                and min(len(other_first.events), len(other_second.events)) >= 3
+            ),
+            "every event on both instances",
+        )
+        await asyncio.sleep(0.5)  # room for a duplicate, or the other tenant's event, to show up, were there one
         assert first.retry is not None
-        for reader in (first, second):
+        for reader, tenant, orders in (
+            (first, acme, placed),
+            (second, acme, placed),
+            (other_first, other, other_placed),
+            (other_second, other, other_placed),
+        ):
             assert reader.ids == sorted(set(reader.ids))
-            assert [e["type"] for e in reader.events] == ["order.created"] * 3 + ["order.cancelled"]
-            assert [e["data"]["id"] for e in reader.events] == [*placed, placed[0]]
-            assert {e["data"]["tenant_id"] for e in reader.events} == {acme.id}
+            assert [e["type"] for e in reader.events] == ["order.created"] * len(orders) + ["order.cancelled"]
+            assert [e["data"]["id"] for e in reader.events] == [*orders, orders[0]]
+            assert {e["data"]["tenant_id"] for e in reader.events} == {tenant.id}
             assert all(set(e) == {"id", "type", "timestamp", "data"} for e in reader.events)
         assert first.ids == second.ids
-        assert others.events == []
+        assert other_first.ids == other_second.ids
+
+
+async def event_latency(gateway: httpx.AsyncClient, tenant: Tenant, product_id: str, reader: SseReader) -> float:
+    """Seconds from placing one order to its event's arrival on `reader`."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    order = await gateway.post(
+        "/v1/orders", json={"items": [{"product_id": product_id, "quantity": 1}]}, headers=tenant.auth
+    )
+    assert order.status_code == 201, order.text
+    await until(lambda: any(e["data"]["id"] == order.json()["id"] for e in reader.events), "the order's event")
+    return loop.time() - started
+
+
+async def test_a_tenant_streams_live_however_many_others_stream(gateway, two_more, record_property):
+    """Three times as many tenants stream on one instance as its Redis pool has connections: a
+    tenant's events still arrive about as soon as when it streams there alone."""
+    acme = await signup(gateway)
+    product = await gateway.post(
+        "/v1/products", json={"sku": "RT-CROWD", "name": "Mug", "price_cents": 100, "stock": 100}, headers=acme.auth
+    )
+    assert product.status_code == 201, product.text
+    url, product_id = two_more[0], product.json()["id"]
+    async with reading(url, acme.auth) as alone:
+        await until(lambda: alone.comments, "the stream to open")
+        controls = [await event_latency(gateway, acme, product_id, alone) for _ in range(2)]
+    async with contextlib.AsyncExitStack() as crowd:
+        others = [
+            await crowd.enter_async_context(reading(url, bearer(tenant_id=str(uuid.uuid4()))))
+            for _ in range(3 * SMALL_POOL)
+        ]
+        await until(lambda: all(other.comments for other in others), "the other tenants' streams to open")
+        async with reading(url, acme.auth) as crowded:
+            await until(lambda: crowded.comments, "the stream to open")
+            measured = [await event_latency(gateway, acme, product_id, crowded) for _ in range(3)]
+        assert all(other.status == 200 and not other.finished for other in others)
+    figures = (
+        f"alone {[round(c, 2) for c in controls]} s; among {len(others)} others {[round(m, 2) for m in measured]} s"
+    )
+    record_property("crowded_stream_latency", figures)
+    # Generous: a loaded machine slows both alike; a stalled read waits for a pool connection.
+    assert max(measured) < 3 * max(controls) + 2.0, figures
 
 
 async def test_resuming_on_another_instance_after_the_first_died(stack, gateway, two_more):
@@ -260,8 +323,8 @@ async def test_a_plan_caps_the_connections_of_a_tenant(gateway, roomy_gateway):
         writer.close()
 
 
-def expiring_bearer(seconds: int) -> dict[str, str]:
-    """Authorization whose access token expires in `seconds`."""
+def expiring_bearer(seconds: int) -> tuple[dict[str, str], int]:
+    """Authorization whose access token expires in `seconds` (at most one less), and its `exp`."""
     now = int(time.time())
     claims = {
         "sub": str(uuid.uuid4()),
@@ -273,37 +336,77 @@ def expiring_bearer(seconds: int) -> dict[str, str]:
         "exp": now + seconds,
         "iss": "portico",
     }
-    return {
-        "Authorization": "Bearer " + jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"kid": "portico-1"})
-    }
+    token = jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"kid": "portico-1"})
+    return {"Authorization": f"Bearer {token}"}, now + seconds
+
+
+async def answered_at(client: httpx.AsyncClient, at: float) -> float:
+    """When (Unix seconds) the gateway answers a request sent at `at`: how late it runs then."""
+    await asyncio.sleep(max(0.0, at - time.time()))
+    response = await client.get("/health/live")
+    assert response.status_code == 200
+    return time.time()
+
+
+# How much later than a request sent at the same moment a connection may end at its token's expiry.
+# A loaded machine delays both alike; a connection that outlived its token by this much did not end
+# at its expiry.
+EXPIRY_MARGIN_SECONDS = 2.0
 
 
 async def test_the_stream_ends_when_its_token_expires(gateway):
-    async with reading(str(gateway.base_url), expiring_bearer(3)) as stream:
+    auth, expires_at = expiring_bearer(4)
+    async with reading(str(gateway.base_url), auth) as stream:
         assert stream.status == 200
-        await until(lambda: stream.comments, "the stream to open")
+        control = asyncio.create_task(answered_at(gateway, expires_at))
         # The reader's task ends when the server ends the response.
         await until(lambda: stream.finished, "the stream to end at the token's expiry")
+        answered = await control
+    assert stream.ended_at is not None
+    # Not before the token expired, and about when a request sent then was answered.
+    assert stream.ended_at >= expires_at, (stream.ended_at, expires_at)
+    assert stream.ended_at <= answered + EXPIRY_MARGIN_SECONDS, (stream.ended_at, answered)
 
 
-async def test_a_redis_outage_ends_the_stream_cleanly(gateway_on_private_redis):
+async def test_a_redis_outage_ends_the_stream_cleanly(gateway, gateway_on_private_redis):
     url, redis_server = gateway_on_private_redis
-    redis_server.stop()
+    acme = await signup(gateway)
+    async with reading(url, acme.auth) as stream:
+        assert stream.status == 200
+        await place_and_cancel(gateway, acme, 1)
+        await until(lambda: len(stream.events) >= 2, "the events on the open stream")
+        redis_server.stop()
+        # Ends, and completely (an aborted response ends the reader with an error instead): the
+        # client reconnects with Last-Event-ID.
+        await until(lambda: stream.finished, "the stream to end when Redis fails")
+    # A stream opened while Redis is down ends the same way.
     async with httpx.AsyncClient(base_url=url, timeout=DEADLINE) as client:
-        # A complete response (an aborted one raises here): the client reconnects with Last-Event-ID.
-        response = await client.get("/v1/events", headers={**bearer(), "Accept": "text/event-stream"})
+        response = await client.get("/v1/events", headers={**acme.auth, "Accept": "text/event-stream"})
     assert response.status_code == 200
     assert ": stream open" in response.text
 
 
 async def test_the_stream_ends_when_its_api_key_is_revoked(gateway):
     acme = await signup(gateway)
-    key = await gateway.post("/v1/api-keys", json={"name": "sse", "scopes": ["orders:read"]}, headers=acme.auth)
-    assert key.status_code == 201, key.text
-    async with reading(str(gateway.base_url), {"X-API-Key": key.json()["api_key"]}) as stream:
-        assert stream.status == 200
-        await until(lambda: stream.comments, "the stream to open")
-        revoked = await gateway.delete(f"/v1/api-keys/{key.json()['id']}", headers=acme.auth)
-        assert revoked.status_code == 204, revoked.text
-        # Rechecked every max(GATEWAY_API_KEY_CACHE_TTL_SECONDS, 5) seconds.
-        await until(lambda: stream.finished, "the stream to end once its API key is revoked")
+    keys = []
+    for name in ("kept", "revoked"):
+        key = await gateway.post("/v1/api-keys", json={"name": name, "scopes": ["orders:read"]}, headers=acme.auth)
+        assert key.status_code == 201, key.text
+        keys.append(key.json())
+    kept, revoked = keys
+    base = str(gateway.base_url)
+    # The control opens first, so each of its rechecks comes before the other stream's.
+    async with reading(base, {"X-API-Key": kept["api_key"]}) as control:
+        await until(lambda: control.comments, "the control stream to open")
+        async with reading(base, {"X-API-Key": revoked["api_key"]}) as stream:
+            assert stream.status == 200
+            await until(lambda: stream.comments, "the stream to open")
+            deleted = await gateway.delete(f"/v1/api-keys/{revoked['id']}", headers=acme.auth)
+            assert deleted.status_code == 204, deleted.text
+            # Rechecked every max(GATEWAY_API_KEY_CACHE_TTL_SECONDS, 5) seconds.
+            await until(lambda: stream.finished, "the stream to end once its API key is revoked")
+        # The stream whose key still works went through the same rechecks, and goes on.
+        await place_and_cancel(gateway, acme, 1)
+        await until(lambda: len(control.events) >= 2, "events on the stream whose key still works")
+        assert not control.finished
+        assert [e["type"] for e in control.events] == ["order.created", "order.cancelled"]

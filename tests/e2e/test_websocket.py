@@ -22,8 +22,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from scripts.devstack import Stack, free_port
 from shared.contract import new_api_key
 from tests.conftest import JWT_SECRET, ROOT
-from tests.e2e.test_realtime import place_and_cancel, reading, until
-from tests.edge_support import Tenant, bearer, signup
+from tests.e2e.test_realtime import EXPIRY_MARGIN_SECONDS, answered_at, place_and_cancel, reading, until
+from tests.edge_support import Tenant, signup
 
 DEADLINE = 30.0
 
@@ -40,7 +40,8 @@ async def frames(ws: ClientConnection, count: int) -> list[dict]:
     return got
 
 
-def short_token(tenant: Tenant, seconds: int) -> str:
+def short_token(tenant: Tenant, seconds: int) -> tuple[str, int]:
+    """An access token of the tenant's admin that expires in `seconds` (at most one less), and its `exp`."""
     now = int(time.time())
     claims = {
         "sub": tenant.admin_id,
@@ -52,7 +53,7 @@ def short_token(tenant: Tenant, seconds: int) -> str:
         "exp": now + seconds,
         "iss": "portico",
     }
-    return jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"kid": "portico-1"})
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"kid": "portico-1"}), now + seconds
 
 
 async def test_bad_credentials_are_refused_before_the_connection_is_accepted(stack, gateway):
@@ -101,11 +102,18 @@ async def test_events_arrive_as_frames_with_the_ids_of_the_stream(stack, gateway
 
 async def test_the_connection_closes_with_1008_when_its_token_expires(stack, gateway):
     acme = await signup(gateway)
-    async with connect(ws_url(stack.url(), short_token(acme, 3))) as ws:
+    token, expires_at = short_token(acme, 4)
+    async with connect(ws_url(stack.url(), token)) as ws:
+        control = asyncio.create_task(answered_at(gateway, expires_at))
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), DEADLINE)
+        closed_at = time.time()
+        answered = await control
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1008
+    # Not before the token expired, and about when a request sent then was answered.
+    assert closed_at >= expires_at, (closed_at, expires_at)
+    assert closed_at <= answered + EXPIRY_MARGIN_SECONDS, (closed_at, answered)
 
 
 @pytest.fixture(params=[1, 2], ids=["one-process", "two-workers"])
@@ -222,11 +230,19 @@ async def test_the_connection_closes_with_1013_when_the_users_service_cannot_res
     assert closed.value.rcvd.code == 1013
 
 
-async def test_the_connection_closes_with_1013_when_redis_fails(gateway_on_private_redis):
+async def test_the_connection_closes_with_1013_when_redis_fails(gateway, gateway_on_private_redis):
     url, redis_server = gateway_on_private_redis
-    redis_server.stop()
-    token = bearer()["Authorization"].removeprefix("Bearer ")
-    async with connect(ws_url(url, token)) as ws:
+    acme = await signup(gateway)
+    async with connect(ws_url(url, acme.token)) as ws:
+        await place_and_cancel(gateway, acme, 1)
+        assert [f["type"] for f in await frames(ws, 2)] == ["order.created", "order.cancelled"]
+        redis_server.stop()
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), DEADLINE)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1013
+    # A connection made while Redis is down is told the same.
+    async with connect(ws_url(url, acme.token)) as ws:
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), DEADLINE)
     assert closed.value.rcvd is not None

@@ -1,21 +1,29 @@
-"""The real-time hub in-process against the stack's orders service and the session's Redis: resuming
-from before what a stream still holds, and a stalled reader cut off while the others keep receiving."""
+"""The real-time hub and relay in-process against the stack's orders service and the session's Redis:
+one reader for every tenant on an instance, resuming from before what a stream still holds, a stalled
+reader cut off while the others keep receiving, an instance that fell behind the live stream's trim
+ending its connections, and the relay's spans."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import uuid
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import httpx
 import pytest
+from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.app import create_redis
-from gateway.realtime.hub import Expired, Hub, Overflowed
+from gateway.realtime.hub import Expired, Hub, Lagged, Overflowed
 from gateway.realtime.relay import EventRelay, OrdersFeed
-from gateway.realtime.store import MemoryEventStore, RedisEventStore, StreamEvent
+from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore, StreamEvent
+from gateway.routes.realtime import until_done
 from scripts.devstack import Stack
 from services.orders.app import create_app as create_orders_app
 from services.orders.settings import OrdersSettings
@@ -36,6 +44,112 @@ async def feed(stack: Stack):
         yield OrdersFeed(ServiceClient("orders", stack.url("orders"), http, IdentitySigner(INTERNAL_SECRET, 60)))
     finally:
         await http.aclose()
+
+
+StoreOf = Callable[[int], EventStore]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store_of(request: pytest.FixtureRequest, migrated: Servers) -> AsyncIterator[StoreOf]:
+    """Makes a store keeping about `maxlen` events per stream: in-process, or in the session's Redis
+    under a prefix of its own with ONE connection for the blocking reads."""
+    if request.param == "memory":
+        yield MemoryEventStore
+        return
+    settings = gateway_settings(
+        None, redis_url=migrated.redis_url, redis_key_prefix=unique_prefix(migrated.redis_prefix)
+    )
+    redis = create_redis(settings)
+    blocking = create_redis(settings.model_copy(update={"redis_max_connections": 1}), wait_seconds=1.0)
+    try:
+        yield lambda maxlen: RedisEventStore(redis, blocking, settings.redis_key_prefix, maxlen)
+    finally:
+        await redis.aclose()
+        await blocking.aclose()
+
+
+async def test_one_reader_serves_every_tenant_and_tenants_never_cross(store_of: StoreOf, feed: OrdersFeed):
+    store = store_of(1000)
+    hub = Hub(store, feed, buffer_size=10)
+    tenants = [str(uuid.uuid4()) for _ in range(30)]
+    streams = [hub.stream(tenant, None) for tenant in tenants]
+    try:
+        receiving = [asyncio.create_task(take(stream, 2)) for stream in streams]
+        await until(lambda: len(hub.subscribers) == len(tenants), "every tenant subscribed")
+        # Two events of every tenant, interleaved, in one batch (as the relay adds them).
+        await store.append(
+            [StreamEvent(seq, tenants[(seq - 1) % len(tenants)], "order.created", "{}") for seq in range(1, 61)]
+        )
+        for index, (tenant, got) in enumerate(zip(tenants, await asyncio.gather(*receiving), strict=True)):
+            assert [e.tenant_id for e in got] == [tenant, tenant]
+            assert [e.id for e in got] == [index + 1, index + 1 + len(tenants)]
+    finally:
+        for stream in streams:
+            await stream.aclose()
+        await hub.close()
+
+
+async def test_an_instance_that_fell_behind_the_live_streams_trim_ends_its_connections(
+    store_of: StoreOf, feed: OrdersFeed
+):
+    """The live stream trimmed events this instance had not read: its connections end (their clients
+    resume from their last ids, which their tenants' streams have), and new ones are served."""
+    store = store_of(10)
+    hub = Hub(store, feed, buffer_size=1000)
+    acme, other = str(uuid.uuid4()), str(uuid.uuid4())
+    first, second = hub.stream(acme, None), hub.stream(other, None)
+    try:
+        ending = [asyncio.create_task(take(stream, 1)) for stream in (first, second)]
+        await until(lambda: len(hub.subscribers) == 2, "both subscribed")
+        # Far more than the live stream keeps, added before the reader can read any of it.
+        await store.append([StreamEvent(seq, (acme, other)[seq % 2], "order.created", "{}") for seq in range(1, 301)])
+        for task in ending:
+            with pytest.raises(Lagged):
+                await task
+        later = hub.stream(acme, None)
+        try:
+            receiving = asyncio.create_task(take(later, 1))
+            await until(lambda: acme in hub.subscribers, "the new connection subscribed")
+            await store.append([StreamEvent(301, acme, "order.created", "{}")])
+            assert [e.id for e in await receiving] == [301]
+        finally:
+            await later.aclose()
+    finally:
+        await first.aclose()
+        await second.aclose()
+        await hub.close()
+
+
+async def test_a_stream_stopped_at_any_moment_of_its_redis_calls_ends(migrated: Servers, feed: OrdersFeed):
+    """A stream stopped while it subscribes (its credentials expired the moment it opened) ends, at
+    whichever point of a Redis call the stop lands. On Python 3.11 a cancel that lands as redis-py's
+    inner `asyncio.wait_for` finishes is lost, and a single cancel would leave the stream waiting for
+    events for good, its connection held."""
+    settings = gateway_settings(
+        None, redis_url=migrated.redis_url, redis_key_prefix=unique_prefix(migrated.redis_prefix)
+    )
+    redis, blocking = create_redis(settings), create_redis(settings, wait_seconds=1.0)
+    store = RedisEventStore(redis, blocking, settings.redis_key_prefix, maxlen=1000)
+    try:
+        for steps in range(60):
+            hub = Hub(store, feed, buffer_size=10)
+            expired = asyncio.Event()
+            stop = asyncio.create_task(expired.wait())
+            consuming = asyncio.create_task(consume(until_done(hub.stream(str(uuid.uuid4()), None), stop)))
+            for _ in range(steps % 30):
+                await asyncio.sleep(0)
+            expired.set()
+            done, _ = await asyncio.wait({consuming}, timeout=5)
+            assert consuming in done, f"the stream stopped after {steps % 30} steps did not end"
+            assert consuming.result() == []
+            await hub.close()
+    finally:
+        await redis.aclose()
+        await blocking.aclose()
+
+
+async def consume(events) -> list[StreamEvent]:
+    return [event async for event in events]
 
 
 async def take(events, count: int) -> list[StreamEvent]:
@@ -82,9 +196,9 @@ async def test_a_stalled_reader_is_cut_off_while_others_keep_receiving(migrated:
         stalled, fast = hub.stream(tenant, None), hub.stream(tenant, None)
         first_stalled = asyncio.create_task(anext(stalled))
         receiving = asyncio.create_task(take(fast, 40))
-        await until(lambda: tenant in hub.channels and len(hub.channels[tenant].subscribers) == 2, "both subscribed")
+        await until(lambda: len(hub.subscribers.get(tenant, ())) == 2, "both subscribed")
         for seq in range(1, 41):
-            await store.append(tenant, [StreamEvent(seq, "order.created", "{}")])
+            await store.append([StreamEvent(seq, tenant, "order.created", "{}")])
         got = await receiving
         assert [e.id for e in got] == list(range(1, 41))
         assert (await first_stalled).id == 1
@@ -93,7 +207,7 @@ async def test_a_stalled_reader_is_cut_off_while_others_keep_receiving(migrated:
             await anext(stalled)
         await stalled.aclose()
         await fast.aclose()
-        assert tenant not in hub.channels  # the last connection gone, the subscription ends
+        assert tenant not in hub.subscribers  # the last connection gone, the subscription ends
     finally:
         await hub.close()
         await redis.aclose()
@@ -182,3 +296,70 @@ async def until_async(condition, what: str, deadline: float = 30.0) -> None:
         if loop.time() > end:
             raise AssertionError(f"waited {deadline}s for {what}")
         await asyncio.sleep(0.1)
+
+
+async def test_an_idle_relay_makes_no_span_and_a_batch_one_linked_to_its_events(
+    migrated: Servers, gateway: httpx.AsyncClient, feed: OrdersFeed
+):
+    """A poll that finds nothing is no span, its Redis calls (and the lease's release) included; a
+    batch that carries events is one span, linked to the traces that wrote them."""
+    provider = TracerProvider()
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    settings = gateway_settings(
+        None, redis_url=migrated.redis_url, redis_key_prefix=unique_prefix(migrated.redis_prefix)
+    )
+    redis = create_redis(settings)
+    # Recorded as the gateway records its Redis calls. (The feed's HTTP calls go through the pooled
+    # client's own span layer, on a provider of their own here.)
+    RedisInstrumentor.instrument_client(redis, tracer_provider=provider)
+    relay = EventRelay(
+        feed,
+        RedisEventStore(redis, redis, settings.redis_key_prefix, maxlen=1000),
+        redis=redis,
+        prefix=settings.redis_key_prefix,
+        interval=0.05,
+        batch_size=500,
+        lease_seconds=3,
+        tracer=provider.get_tracer("portico.gateway.realtime"),
+    )
+    try:
+        # Up to the feed's end (this session's earlier events), then nothing new.
+        while await relay.run_once():
+            pass
+        spans.clear()
+        stop = asyncio.Event()
+        looping = asyncio.create_task(relay.run(stop))
+        await asyncio.sleep(1.0)  # about 20 polls
+        stop.set()
+        await looping
+        assert [span.name for span in spans.get_finished_spans()] == []
+        assert await redis.exists(f"{settings.redis_key_prefix}events:{{relay}}:lease") == 0  # let go
+        spans.clear()
+
+        acme = await signup(gateway)
+        trace_id = os.urandom(16).hex()
+        product = await gateway.post(
+            "/v1/products",
+            json={"sku": f"RELAY-{uuid.uuid4().hex[:8]}", "name": "Mug", "price_cents": 100, "stock": 10},
+            headers=acme.auth,
+        )
+        assert product.status_code == 201, product.text
+        order = await gateway.post(
+            "/v1/orders",
+            json={"items": [{"product_id": product.json()["id"], "quantity": 1}]},
+            headers={**acme.auth, "traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"},
+        )
+        assert order.status_code == 201, order.text
+        read = 0
+        while not read:
+            read = await relay.run_once()
+        [batch] = spans.get_finished_spans()
+        assert batch.name == "events.relay"
+        assert batch.parent is None
+        assert batch.attributes is not None
+        assert batch.attributes["messaging.batch.message_count"] == read
+        assert trace_id in {format(link.context.trace_id, "032x") for link in batch.links}
+        assert format(batch.context.trace_id, "032x") != trace_id
+    finally:
+        await redis.aclose()
