@@ -19,9 +19,13 @@ from shared.context import open_context
 from shared.errors import PayloadTooLarge, problem_response
 from shared.metrics import UNMATCHED, HttpMetrics
 from shared.request_id import request_id_of
-from shared.telemetry import PRINCIPAL, REQUEST_ID, TENANT_ID, ServerSpans
+from shared.telemetry import PRINCIPAL, REQUEST_ID, TENANT_ID, ServerSpans, traceresponse
 
 REQUEST_ID_HEADER = b"x-request-id"
+TRACERESPONSE_HEADER = b"traceresponse"
+# The status of a request whose client left before its answer started (metrics, access log, span).
+CLIENT_CLOSED = "client_closed"
+OUTCOME = "portico.outcome"
 # Accepted from clients as is; anything else is replaced, so ids are safe to log and forward.
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{8,128}$")
 
@@ -77,26 +81,43 @@ class ObservabilityMiddleware:
         context = open_context(scope, request_id, traced[0] if traced is not None else INVALID_SPAN)
         token = otel_context.attach(traced[1]) if traced is not None else None
         status = 0
+        # The client went away before its answer started: its own outcome (nginx's 499), never a 5xx.
+        closed = False
+
+        async def watched() -> Message:
+            nonlocal closed
+            message = await receive()
+            if message["type"] == "http.disconnect" and not status:
+                closed = True
+            return message
+
+        stamped = [(REQUEST_ID_HEADER, raw_id)]
+        if traced is not None:
+            # W3C Trace Context Level 2: the trace a sampled request's answer belongs to.
+            span_context = traced[0].get_span_context()
+            if span_context.trace_flags.sampled:
+                stamped.append((TRACERESPONSE_HEADER, traceresponse(span_context)))
 
         async def stamp(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [(k, v) for k, v in message.get("headers", ()) if k != REQUEST_ID_HEADER]
-                headers.append((REQUEST_ID_HEADER, raw_id))
+                headers += stamped
                 message["headers"] = headers
             await send(message)
 
         error: BaseException | None = None
         try:
-            await self.app(scope, receive, stamp)
+            await self.app(scope, receive if kind != "http" else watched, stamp)
         except BaseException as exc:
             error = exc
             raise
         finally:
             route = context.route or getattr(scope.get("route"), "path", None)
+            answered = status or (500 if kind == "http" else 0)
             if kind == "http":
-                self._record(scope, route, status or 500, time.perf_counter() - start)
+                self._record(scope, route, CLIENT_CLOSED if closed else answered, time.perf_counter() - start)
             if traced is not None:
                 attributes = context.attributes
                 attributes[REQUEST_ID] = request_id
@@ -105,11 +126,14 @@ class ObservabilityMiddleware:
                     attributes[PRINCIPAL] = principal.subject
                     if principal.tenant_id is not None:
                         attributes[TENANT_ID] = principal.tenant_id
-                self.spans.finish(traced[0], scope, route, status or (500 if kind == "http" else 0), error, attributes)
+                if closed:
+                    attributes[OUTCOME] = CLIENT_CLOSED
+                    answered, error = 0, None
+                self.spans.finish(traced[0], scope, route, answered, error, attributes)
             if token is not None:
                 otel_context.detach(token)
 
-    def _record(self, scope: Scope, route: str | None, status: int, elapsed: float) -> None:
+    def _record(self, scope: Scope, route: str | None, status: int | str, elapsed: float) -> None:
         method = scope["method"]
         self.metrics.record(method, route or UNMATCHED, str(status), elapsed)
         if self.access_log and access_logger.isEnabledFor(logging.INFO):

@@ -7,13 +7,16 @@ Recorded spans are exported only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, over OTLP/HTTP, through a `BatchSpanProcessor` (a
 background thread: a request never waits for the exporter).
 
-Spans carry the stable HTTP semantic conventions (`http.request.method`, `url.full`,
-`server.address`, `http.response.status_code`, ...). The server span (`ServerSpans`) and the client
-span (`TracingTransport`) are our own rather than the ASGI and httpx instrumentations: one span per
-request and per call, no `http send`/`receive` sub-spans, no scan of the route table, attributes
-built only for a span that is recorded. The Redis and SQLAlchemy instrumentations stay; they are
-switched to the stable database conventions (`OTEL_SEMCONV_STABILITY_OPT_IN=database` unless the
-variable is set).
+Spans carry the stable HTTP and database semantic conventions (`http.request.method`, `url.full`,
+`server.address`, `http.response.status_code`, `db.operation.name`, ...). The server span
+(`ServerSpans`), the client spans (`TracingTransport`, and `ServiceClient.forward` in
+`shared/http.py`) and the SQL spans (`SqlSpans`) are our own rather than the ASGI, httpx and
+SQLAlchemy instrumentations: one span per request, per call and per statement, named after what
+they did (a route template, a service and path template, an operation and table), no `http
+send`/`receive` sub-spans, attributes built only for a span that is recorded. The gateway's Redis
+work on the hot path is recorded as events on the server span (`shared/context.py`), not as spans.
+Work done while instrumentation is suppressed (probes, background loops with nothing to carry)
+makes no span at all.
 """
 
 from __future__ import annotations
@@ -25,9 +28,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
-from opentelemetry import metrics, propagate, trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -35,6 +37,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.semconv._incubating.attributes.peer_attributes import PEER_SERVICE as PEER_SERVICE
 from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS, CLIENT_PORT
+from opentelemetry.semconv.attributes.db_attributes import (
+    DB_COLLECTION_NAME,
+    DB_NAMESPACE,
+    DB_OPERATION_NAME,
+    DB_QUERY_TEXT,
+    DB_SYSTEM_NAME,
+)
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE as ERROR_TYPE
 from opentelemetry.semconv.attributes.http_attributes import (
     HTTP_REQUEST_METHOD as HTTP_REQUEST_METHOD,
@@ -49,8 +58,9 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_PORT as SE
 from opentelemetry.semconv.attributes.url_attributes import URL_FULL as URL_FULL
 from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_SCHEME
 from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
-from opentelemetry.trace import Span, SpanKind, StatusCode
+from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from sqlalchemy import event
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -77,8 +87,6 @@ TENANT_ID = "portico.tenant_id"
 # The caller: a user id, `key:<API key id>` or `service:<name>` (OpenTelemetry's `enduser.id`).
 PRINCIPAL = "enduser.id"
 
-SEMCONV_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
-
 
 def create_tracer_provider(default_service_name: str, sample_ratio: float = 1.0) -> TracerProvider:
     """A provider per app; `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` win over the default name.
@@ -86,8 +94,6 @@ def create_tracer_provider(default_service_name: str, sample_ratio: float = 1.0)
     New traces are kept with probability `sample_ratio`; a request continuing a trace follows its
     caller's decision. It starts nothing: `start_export` (called from the lifespan) adds the exporter.
     """
-    # Read once per process by the Redis and SQLAlchemy instrumentations, when they first instrument.
-    os.environ.setdefault(SEMCONV_OPT_IN, "database")
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: default_service_name}
     return TracerProvider(resource=Resource.create(attributes), sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
 
@@ -102,17 +108,70 @@ def start_export(provider: TracerProvider) -> bool:
     return True
 
 
-def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
-    """SQL spans for one engine, through this app's provider.
+# The table a statement is about: the first one it reads, writes or joins (quotes and a schema kept
+# out). Not a SQL parser: a name for the span, and nothing else depends on it.
+_SQL_TABLE = re.compile(r'\b(?:FROM|INTO|UPDATE|JOIN)\s+(?:"?\w+"?\.)?"?(\w+)"?', re.IGNORECASE)
+_SQL_OPERATION = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(\w+)", re.DOTALL)
 
-    `SQLAlchemyInstrumentor().instrument()` is once per process and patches engine creation
-    globally; an engine tracer per engine keeps several apps in one process (tests) apart.
-    """
-    tracer = trace.get_tracer("opentelemetry.instrumentation.sqlalchemy", tracer_provider=provider)
-    usage = metrics.get_meter("opentelemetry.instrumentation.sqlalchemy").create_up_down_counter(
-        name="db.client.connections.usage", unit="connections", description="Connections in use."
-    )
-    EngineTracer(tracer, engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+
+def sql_span_name(statement: str) -> tuple[str, str | None, str]:
+    """A statement's operation and table, and its span's name: `<OPERATION> <table>`."""
+    found = _SQL_OPERATION.match(statement)
+    operation = found[1].upper() if found else "SQL"
+    table = _SQL_TABLE.search(statement)
+    name = table[1] if table else None
+    return operation, name, f"{operation} {name}" if name else operation
+
+
+class SqlSpans:
+    """A CLIENT span for each statement an engine runs, named `<OPERATION> <table>` with the stable
+    database conventions (`db.system.name`, `db.namespace`, `db.operation.name`,
+    `db.collection.name`, `db.query.text`: the statement with its parameters as placeholders, never
+    their values). Nothing while instrumentation is suppressed (probes, idle background loops)."""
+
+    def __init__(self, engine: AsyncEngine, provider: TracerProvider) -> None:
+        self.tracer = provider.get_tracer("portico.sql")
+        url = engine.url
+        system = {"postgresql": "postgresql", "sqlite": "sqlite"}.get(url.get_backend_name(), url.get_backend_name())
+        self.attributes: dict[str, str | int] = {DB_SYSTEM_NAME: system}
+        if url.database:
+            self.attributes[DB_NAMESPACE] = url.database
+        if url.host:
+            self.attributes[SERVER_ADDRESS] = url.host
+        if url.port:
+            self.attributes[SERVER_PORT] = url.port
+        event.listen(engine.sync_engine, "before_cursor_execute", self._before)
+        event.listen(engine.sync_engine, "after_cursor_execute", self._after)
+        event.listen(engine.sync_engine, "handle_error", self._failed)
+
+    def _before(self, conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        if not is_instrumentation_enabled():
+            return
+        operation, table, name = sql_span_name(statement)
+        attributes = {**self.attributes, DB_OPERATION_NAME: operation, DB_QUERY_TEXT: statement}
+        if table is not None:
+            attributes[DB_COLLECTION_NAME] = table
+        context._portico_span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+
+    @staticmethod
+    def _after(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        span: Span | None = getattr(context, "_portico_span", None)
+        if span is not None:
+            span.end()
+
+    @staticmethod
+    def _failed(exception_context: Any) -> None:
+        span: Span | None = getattr(exception_context.execution_context, "_portico_span", None)
+        if span is not None:
+            span.set_attribute(ERROR_TYPE, type(exception_context.original_exception).__qualname__)
+            span.set_status(StatusCode.ERROR)
+            span.end()
+
+
+def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
+    """SQL spans for one engine, through this app's provider (so that several apps in one process,
+    as in tests, stay apart)."""
+    SqlSpans(engine, provider)
 
 
 def set_global_provider_once(provider: TracerProvider) -> None:
@@ -126,6 +185,12 @@ def current_traceparent() -> str | None:
     carrier: dict[str, str] = {}
     W3C.inject(carrier)
     return carrier.get("traceparent")
+
+
+def traceresponse(span_context: SpanContext) -> bytes:
+    """The `traceresponse` value of an answer (W3C Trace Context Level 2): version, trace id, the
+    span that answered, flags."""
+    return b"00-%032x-%016x-%02x" % (span_context.trace_id, span_context.span_id, span_context.trace_flags)
 
 
 def context_of(traceparent: str | None) -> Context | None:

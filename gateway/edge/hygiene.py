@@ -46,6 +46,7 @@ CORS_EXPOSED_HEADERS = (
     "X-RateLimit-Reset",
     "Idempotent-Replayed",
     "X-Request-ID",
+    "traceresponse",
     "X-Aggregate-Complete",
     "Deprecation",
     "Sunset",
