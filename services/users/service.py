@@ -14,6 +14,7 @@ from services.users.authority import (
     key_authority,
     role_authority,
 )
+from services.users.emails import canonical_email_or_none
 from services.users.errors import (
     ApiKeyNotFound,
     ApiKeyNotRotatable,
@@ -49,7 +50,7 @@ async def bootstrap_tenant(repo: UserRepository, hasher: PasswordHasher, data: T
     tenant = Tenant(id=new_id(), name=data.name, plan=data.plan)
     admin = User(
         tenant_id=tenant.id,
-        email=data.admin_email.lower(),
+        email=data.admin_email,
         password_hash=await hasher.hash(data.admin_password),
         role="admin",
     )
@@ -68,7 +69,7 @@ async def create_user(
     await repo.release()
     user = User(
         tenant_id=identity.tenant_id,
-        email=data.email.lower(),
+        email=data.email,
         password_hash=await hasher.hash(data.password),
         role=data.role,
     )
@@ -135,13 +136,15 @@ async def issue_token(
     email: str,
     password: str,
 ) -> TokenOut:
-    """An access token for a good email and password.
+    """An access token for a good email and password. The email is put in canonical form as sign-up
+    put it (`emails.py`); a name that is no valid address finds no account and answers the same 401.
 
     The user and tenant are read, then the connection goes back to the pool before the password is
     verified (in a thread, bounded by the hasher), so logins never hold connections the other routes
     need. An account past its free wrong passwords answers 429 `LOGIN_THROTTLED` until its delay ends,
     without verifying anything (`LoginThrottle`)."""
-    user = await repo.get_user_by_email(email.strip().lower())
+    canonical = canonical_email_or_none(email)
+    user = await repo.get_user_by_email(canonical) if canonical is not None else None
     tenant = await repo.get_tenant(user.tenant_id) if user is not None else None
     now = utcnow()
     if user is not None and user.login_blocked_until is not None and user.login_blocked_until > now:

@@ -214,3 +214,82 @@ async def test_malformed_json_is_400(users_client, signer):
     )
     assert response.status_code == 400
     assert response.json()["error_code"] == "MALFORMED_BODY"
+
+
+async def _login(client: httpx.AsyncClient, signer: IdentitySigner, username: str, password: str) -> httpx.Response:
+    return await client.post(
+        "/auth/token",
+        data={"username": username, "password": password},
+        headers=internal_headers(signer, "users", ANONYMOUS),
+    )
+
+
+async def test_an_email_logs_in_however_it_was_typed_at_sign_up(users_client, signer):
+    tag = uuid.uuid4().hex[:8]
+    # Decomposed é, upper case, an upper-case IDN domain: how a keyboard or a form may send it.
+    typed = f"Jose\u0301-{tag}@B\u00dcCHER.example"
+    created = await users_client.post(
+        "/tenants",
+        json={"name": "Unicode", "admin_email": typed, "admin_password": "correct-horse-9"},
+        headers=internal_headers(signer, "users", ANONYMOUS),
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["user"]["email"] == f"jos\u00e9-{tag}@b\u00fccher.example"
+    for username in (
+        typed,
+        f"jos\u00e9-{tag}@b\u00fccher.example",
+        f"JOS\u00c9-{tag}@xn--bcher-kva.example",
+        f" jose\u0301-{tag}@b\u00fccher.example ",
+    ):
+        response = await _login(users_client, signer, username, "correct-horse-9")
+        assert response.status_code == 200, (username, response.text)
+
+
+async def test_lookalike_emails_are_one_account(users_client, signer):
+    tag = uuid.uuid4().hex[:8]
+    first = await users_client.post(
+        "/tenants",
+        json={"name": "First", "admin_email": f"office-{tag}@example.com", "admin_password": "correct-horse-9"},
+        headers=internal_headers(signer, "users", ANONYMOUS),
+    )
+    assert first.status_code == 201, first.text
+    # A ligature, fullwidth letters: another spelling of the same name, not a second account.
+    for lookalike in (f"o\ufb03ce-{tag}@example.com", f"\uff4f\uff46\uff46ice-{tag}@example.com"):
+        again = await users_client.post(
+            "/tenants",
+            json={"name": "Second", "admin_email": lookalike, "admin_password": "another-pass-1"},
+            headers=internal_headers(signer, "users", ANONYMOUS),
+        )
+        assert again.status_code == 409, (lookalike, again.text)
+        assert again.json()["error_code"] == "EMAIL_TAKEN"
+        assert (await _login(users_client, signer, lookalike, "correct-horse-9")).status_code == 200
+
+    admin = admin_identity(first.json())
+    member = await users_client.post(
+        "/users",
+        json={"email": f"\u212aELVIN-{tag}@Example.com", "password": "member-pass-1"},
+        headers=internal_headers(signer, "users", admin),
+    )
+    assert member.status_code == 201, member.text
+    assert member.json()["email"] == f"kelvin-{tag}@example.com"
+    assert (await _login(users_client, signer, f"Kelvin-{tag}@example.com", "member-pass-1")).status_code == 200
+    taken = await users_client.post(
+        "/users",
+        json={"email": f"kelvin-{tag}@EXAMPLE.com", "password": "member-pass-1"},
+        headers=internal_headers(signer, "users", admin),
+    )
+    assert taken.status_code == 409
+    refused = await users_client.post(
+        "/users",
+        json={"email": f"x\uff20y-{tag}@example.com", "password": "member-pass-1"},
+        headers=internal_headers(signer, "users", admin),
+    )
+    assert refused.status_code == 422
+    assert [error["field"] for error in refused.json()["errors"]] == ["email"]
+
+
+async def test_a_username_that_is_no_address_is_the_same_401(users_client, signer):
+    for username in ("not-an-email", "x\uff20y@example.com", "a" * 300):
+        response = await _login(users_client, signer, username, "correct-horse-9")
+        assert response.status_code == 401, username
+        assert response.json()["error_code"] == "INVALID_CREDENTIALS"
