@@ -8,7 +8,14 @@ from fastapi import APIRouter
 from gateway.deps import AnyCaller, Principal, readers_and_writers
 from gateway.openapi import FORM
 from gateway.routes.forward import Forward, add_forwards
-from services.users.errors import EmailTaken, InvalidCredentials, UserNotFound, UserRequired
+from services.users.errors import (
+    EmailTaken,
+    InvalidCredentials,
+    PlanNotSelfService,
+    TokenFormRequired,
+    UserNotFound,
+    UserRequired,
+)
 from services.users.schemas import TenantCreate, TenantCreated, TokenOut, TokenRequest, UserCreate, UserOut, UserUpdate
 
 router = APIRouter(prefix="/v1", tags=["users"])
@@ -30,7 +37,7 @@ add_forwards(
             status_code=201,
             body=TenantCreate,
             answer=TenantCreated,
-            errors=[EmailTaken],
+            errors=[EmailTaken, PlanNotSelfService],
             anonymous=True,
             failure_statuses=frozenset({409}),
         ),
@@ -43,7 +50,7 @@ add_forwards(
             body=TokenRequest,
             body_media_type=FORM,
             answer=TokenOut,
-            errors=[InvalidCredentials],
+            errors=[InvalidCredentials, TokenFormRequired],
             anonymous=True,
             failure_statuses=frozenset({401}),
         ),

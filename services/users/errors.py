@@ -3,7 +3,7 @@ imports them (never the service's code) to document and relay what it forwards."
 
 from __future__ import annotations
 
-from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized
+from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, UnsupportedMediaType
 
 
 class UserNotFound(NotFound, code="USER_NOT_FOUND", title="User not found", resource="user"): ...
@@ -28,3 +28,14 @@ class EmailTaken(Conflict, code="EMAIL_TAKEN", title="Email already registered")
 
 
 class ScopeNotHeld(Forbidden, code="SCOPE_NOT_HELD", title="Scope not held"): ...
+
+
+class PlanNotSelfService(Forbidden, code="PLAN_NOT_SELF_SERVICE", title="Plan not available at sign-up"): ...
+
+
+class TenantNotFound(NotFound, code="TENANT_NOT_FOUND", title="Tenant not found", resource="tenant"): ...
+
+
+class TokenFormRequired(UnsupportedMediaType, title="A form is required"):
+    """The token route takes the OAuth2 password form, not JSON: said so, rather than a 422 of fields
+    missing from a form the client never meant to send."""

@@ -4,6 +4,7 @@ it is given share the request's session) and takes callers as the route's depend
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from services.users.authority import (
@@ -20,6 +21,8 @@ from services.users.errors import (
     ApiKeyNotRotatable,
     InvalidCredentials,
     LoginThrottled,
+    PlanNotSelfService,
+    TenantNotFound,
     UserNotFound,
     UserRequired,
 )
@@ -38,15 +41,24 @@ from services.users.schemas import (
 )
 from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer
 from services.users.settings import UsersSettings
-from shared.contract import ROLE_SCOPES, TenantIdentity, hash_api_key, key_id_of, new_api_key
+from shared.contract import ROLE_SCOPES, Plan, TenantIdentity, hash_api_key, key_id_of, new_api_key
 from shared.db import new_id, utcnow
 from shared.pagination import Page, PageQuery
 from shared.repository import matching
 
 
-async def bootstrap_tenant(repo: UserRepository, hasher: PasswordHasher, data: TenantCreate) -> tuple[Tenant, User]:
+async def bootstrap_tenant(
+    repo: UserRepository, hasher: PasswordHasher, data: TenantCreate, signup_plans: Sequence[str]
+) -> tuple[Tenant, User]:
     """Creates a tenant and its first admin in one transaction (the password is hashed before it
-    starts, so no connection is held meanwhile)."""
+    starts, so no connection is held meanwhile). Anyone may sign up, so only on `signup_plans`: a
+    plan beyond them is an operator's to give (`change_plan`), and is refused before any work."""
+    if data.plan not in signup_plans:
+        raise PlanNotSelfService(
+            f"The {data.plan} plan is not available at sign-up; choose {' or '.join(signup_plans)}. "
+            "Another plan is given to an existing tenant by the operator.",
+            extra={"allowed_plans": list(signup_plans)},
+        )
     tenant = Tenant(id=new_id(), name=data.name, plan=data.plan)
     admin = User(
         tenant_id=tenant.id,
@@ -56,6 +68,18 @@ async def bootstrap_tenant(repo: UserRepository, hasher: PasswordHasher, data: T
     )
     await repo.add_tenant_with_admin(tenant, admin)
     return tenant, admin
+
+
+async def change_plan(repo: UserRepository, tenant_id: str, plan: Plan) -> tuple[Tenant, str]:
+    """An operator puts a tenant on `plan`; answers the tenant and the plan it had. The users service
+    reads the plan afresh (credit limits at once); tokens carry the plan they were issued with."""
+    tenant = await repo.get_tenant(tenant_id, lock=True)
+    if tenant is None:
+        raise TenantNotFound.for_id(tenant_id)
+    previous = tenant.plan
+    tenant.plan = plan
+    await repo.save()
+    return tenant, previous
 
 
 async def create_user(
