@@ -96,9 +96,12 @@ FORM_MEDIA_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/fo
 async def form_body(request: Request, _: IdentityDep) -> None:
     """Refuses a body that is no form (JSON, most often) with 415 saying what the route takes. Checked
     before the form's fields (those of a JSON body would all be missing), after the caller's identity
-    (around the gateway, 401 comes first)."""
+    (around the gateway, 401 comes first). No body at all, whatever its Content-Type says (an HTTP
+    client may label an empty body `application/octet-stream`), is no other format: its 422 names
+    the missing fields."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type not in FORM_MEDIA_TYPES:
+    # Not a form, so not read yet; bounded by the body size limit (shared/middleware.py).
+    if media_type not in FORM_MEDIA_TYPES and await request.body():
         raise TokenFormRequired(
             "This route takes application/x-www-form-urlencoded with the fields username (the email) and "
             f"password, the OAuth2 password form, not {media_type or 'a body without a Content-Type'}."

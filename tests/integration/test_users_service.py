@@ -302,7 +302,7 @@ async def test_a_token_request_that_is_no_form_is_415_saying_what_the_route_take
     for request in (
         {"json": body},
         {"content": b"username=x&password=y", "headers": {"content-type": "text/plain"}},
-        {"content": b""},
+        {"content": b"username=x&password=y"},
     ):
         response = await users_client.post(
             "/auth/token", **{**request, "headers": {**headers, **request.get("headers", {})}}
@@ -315,6 +315,13 @@ async def test_a_token_request_that_is_no_form_is_415_saying_what_the_route_take
             assert named in problem["detail"]
         # Nothing about the account: the body was not read.
         assert body["username"] not in response.text
+    # No body at all is no other format: the fields it lacks are named, as before.
+    for empty in (
+        await users_client.post("/auth/token", headers=headers),
+        await users_client.post("/auth/token", headers={**headers, "content-type": "application/octet-stream"}),
+    ):
+        assert empty.status_code == 422
+        assert {error["field"] for error in empty.json()["errors"]} == {"username", "password"}
     # Both kinds of form are read, with or without a charset.
     for form in (
         {"data": body, "headers": {**headers, "content-type": "application/x-www-form-urlencoded; charset=utf-8"}},
