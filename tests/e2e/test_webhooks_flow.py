@@ -142,9 +142,9 @@ async def test_free_plan_gets_402_on_every_webhooks_route(gateway):
     problem(anonymous, 401, "AUTHENTICATION_REQUIRED")
 
 
-async def test_registry_through_the_gateway(gateway):
+async def test_registry_through_the_gateway(gateway, migrated):
     for plan in ("pro", "enterprise"):
-        admin = await signup(gateway, plan=plan)
+        admin = await signup(gateway, plan=plan, infra=migrated)
         created = await admin.request(
             "POST", "/v1/webhooks/endpoints", json={"url": PUBLIC_URL, "events": ["order.created", "order.cancelled"]}
         )
