@@ -104,6 +104,9 @@ async def run(args: argparse.Namespace) -> None:
             "USERS_DATABASE_URL": url,
             "USERS_ACCESS_LOG": "false",
             "USERS_LOG_LEVEL": "WARNING",
+            # The bench's own deployment offers enterprise at sign-up (its quota keeps the measured
+            # tenant clear of rate limits); the default offers free and pro only.
+            "USERS_SIGNUP_PLANS": "free,pro,enterprise",
         }
         gateway_env = {
             **common,

@@ -30,7 +30,7 @@ from locust import HttpUser, between, events, task
 from locust.env import Environment
 from locust.exception import StopUser
 
-from loadtest.bootstrap import PASSWORD, PLANS, Tenant, bootstrap, load, save
+from loadtest.bootstrap import PASSWORD, PLANS, SELF_SERVICE_PLANS, Tenant, bootstrap, load, save
 from loadtest.outcomes import ERROR, JOURNEY_FIELDS, OK, REQUEST_FIELDS, UNAVAILABLE, classify
 
 OUT = Path(os.environ.get("LOADTEST_OUT", "var/loadtest/adhoc"))
@@ -448,7 +448,8 @@ class Onboarding(PorticoUser):
 
     @task
     def sign_up(self) -> None:
-        self.tenant.plan = random.choice(PLANS)
+        # Sign-up is self-service: only the plans it offers (others are an operator's to give).
+        self.tenant.plan = random.choice(SELF_SERVICE_PLANS)
         self.auth = {}
         email = f"owner-{uuid.uuid4().hex[:12]}@load.example.com"
         body = {"name": "Onboarding load", "plan": self.tenant.plan, "admin_email": email, "admin_password": PASSWORD}

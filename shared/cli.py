@@ -1,9 +1,10 @@
-"""`python -m <process> [serve|migrate|<worker>]`: the entry point of every process."""
+"""`python -m <process> [serve|migrate|<worker>|<task> ...]`: the entry point of every process."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,16 @@ class Served(Generic[S]):
     port: Callable[[S], int]
 
 
+@dataclass(frozen=True)
+class Task(Generic[S]):
+    """A one-off command an operator runs with the process's settings (`python -m <process> <name>
+    <arguments>`): `arguments` declares its arguments, `run` does the work and answers the exit status."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[S, argparse.Namespace], int]
+
+
 def alembic_migrations(service_dir: Path) -> Callable[[BaseServiceSettings], None]:
     """Migrates a service's database with the Alembic scripts in `<service_dir>/alembic`."""
 
@@ -48,17 +59,26 @@ def run_cli(
     migrate: Callable[[S], None] | None = None,
     *,
     workers: Mapping[str, Served[S]] | None = None,
+    tasks: Mapping[str, Task[S]] | None = None,
 ) -> None:
     """Serves the app that `app_factory` builds from the process's settings, migrates its database
-    (`migrate`, for processes that have one), or serves one of its `workers` (command -> app)."""
+    (`migrate`, for processes that have one), serves one of its `workers` (command -> app), or runs
+    one of its `tasks` and exits with its status."""
     process = name.rsplit(".", 1)[-1]
     commands: dict[str, Served[S]] = {"serve": Served(process, app_factory, lambda s: s.port), **(workers or {})}
     parser = argparse.ArgumentParser(prog=f"python -m {name}")
-    parser.add_argument("command", choices=[*commands, "migrate"], nargs="?", default="serve")
+    subcommands = parser.add_subparsers(dest="command")
+    for command in [*commands, "migrate"]:
+        subcommands.add_parser(command)
+    for command, task in (tasks or {}).items():
+        task.arguments(subcommands.add_parser(command, help=task.help, description=task.help))
     args = parser.parse_args()
+    args.command = args.command or "serve"
     settings = settings_type()
     served = commands.get(args.command)
     configure_logging(served.process if served else process, level=settings.log_level, json_lines=settings.log_json)
+    if tasks and args.command in tasks:
+        sys.exit(tasks[args.command].run(settings, args))
     if served is None:
         if migrate is None:
             logging.getLogger("portico").info("%s has no database to migrate", name)

@@ -27,6 +27,7 @@ from scripts.devstack import Stack, free_port
 from shared.contract import ALL_SCOPES
 from tests.conftest import INTERNAL_SECRET, JWT_SECRET, ROOT, app_client
 from tests.infra import Servers
+from tests.plans import grant_plan, signup_plan
 
 PASSWORD = "correct-horse-9"
 
@@ -276,12 +277,16 @@ class Tenant:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-async def signup(gateway: httpx.AsyncClient, plan: str = "pro") -> Tenant:
+async def signup(gateway: httpx.AsyncClient, plan: str = "pro", infra: Servers | None = None) -> Tenant:
+    """A tenant on `plan` and its admin's token; a plan sign-up does not offer is given on `infra`'s
+    users database, as an operator gives it (`tests/plans.py`)."""
     email = f"edge-{uuid.uuid4().hex[:12]}@example.com"
     created = await gateway.post(
-        "/v1/tenants", json={"name": "Edge", "plan": plan, "admin_email": email, "admin_password": PASSWORD}
+        "/v1/tenants",
+        json={"name": "Edge", "plan": signup_plan(plan), "admin_email": email, "admin_password": PASSWORD},
     )
     assert created.status_code == 201, created.text
+    await grant_plan(infra, created.json()["tenant"]["id"], plan)
     token = await gateway.post("/v1/auth/token", data={"username": email, "password": PASSWORD})
     assert token.status_code == 200, token.text
     body = created.json()

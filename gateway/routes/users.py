@@ -7,7 +7,14 @@ from gateway.edge.access import ANONYMOUS_ACCESS, PRINCIPAL, readers_and_writers
 from gateway.openapi import FORM
 from gateway.routes.forward import Forward, ForwardRouter
 from gateway.settings import Quota
-from services.users.errors import EmailTaken, InvalidCredentials, UserNotFound, UserRequired
+from services.users.errors import (
+    EmailTaken,
+    InvalidCredentials,
+    PlanNotSelfService,
+    TokenFormRequired,
+    UserNotFound,
+    UserRequired,
+)
 from services.users.schemas import TenantCreate, TenantCreated, TokenOut, TokenRequest, UserCreate, UserOut, UserUpdate
 
 router = ForwardRouter("users", prefix="/v1", tags=["users"])
@@ -28,7 +35,7 @@ router.add(
         status_code=201,
         body=TenantCreate,
         answer=TenantCreated,
-        errors=[EmailTaken],
+        errors=[EmailTaken, PlanNotSelfService],
         # A taken email tells the address that the account exists: a failed authentication.
         failure_statuses=frozenset({409}),
         rate_limit=ANONYMOUS_WRITES,
@@ -42,7 +49,7 @@ router.add(
         body=TokenRequest,
         body_media_type=FORM,
         answer=TokenOut,
-        errors=[InvalidCredentials],
+        errors=[InvalidCredentials, TokenFormRequired],
         failure_statuses=frozenset({401}),
         secret=True,
         rate_limit=ANONYMOUS_WRITES,

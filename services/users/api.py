@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Form, Response
+from fastapi import APIRouter, Body, Depends, Form, Request, Response
 
 from services.users import service
 from services.users.deps import (
@@ -20,6 +20,7 @@ from services.users.deps import (
     UsersRead,
     UsersWrite,
 )
+from services.users.errors import PlanNotSelfService, TokenFormRequired
 from services.users.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -71,20 +72,47 @@ KEY_ERRORS = {**Forbidden.openapi_response(), **NotFound.openapi_response()}
     "/tenants",
     status_code=201,
     response_model=TenantCreated,
-    responses={**ValidationFailed.openapi_response(), **Conflict.openapi_response()},
+    responses={
+        **ValidationFailed.openapi_response(),
+        **Conflict.openapi_response(),
+        **PlanNotSelfService.openapi_response(),
+    },
 )
 async def create_tenant(
     data: TenantCreate, repo: UsersDep, hasher: HasherDep, settings: SettingsDep, _: IdentityDep
 ) -> TenantCreated:
-    tenant, admin = await service.bootstrap_tenant(repo, hasher, data)
+    """Sign-up, on one of the plans `USERS_SIGNUP_PLANS` lists (403 `PLAN_NOT_SELF_SERVICE` with
+    `allowed_plans` otherwise)."""
+    tenant, admin = await service.bootstrap_tenant(repo, hasher, data, settings.signup_plans)
     return TenantCreated(tenant=TenantOut.model_validate(tenant), user=await service.user_out(repo, settings, admin))
+
+
+# The OAuth2 password grant is a form (RFC 6749, 4.3.2); multipart is a form too, and FastAPI reads it.
+FORM_MEDIA_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+async def form_body(request: Request, _: IdentityDep) -> None:
+    """Refuses a body that is no form (JSON, most often) with 415 saying what the route takes. Checked
+    before the form's fields (those of a JSON body would all be missing), after the caller's identity
+    (around the gateway, 401 comes first). No body at all, whatever its Content-Type says (an HTTP
+    client may label an empty body `application/octet-stream`), is no other format: its 422 names
+    the missing fields."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    # Not a form, so not read yet; bounded by the body size limit (shared/middleware.py).
+    if media_type not in FORM_MEDIA_TYPES and await request.body():
+        raise TokenFormRequired(
+            "This route takes application/x-www-form-urlencoded with the fields username (the email) and "
+            f"password, the OAuth2 password form, not {media_type or 'a body without a Content-Type'}."
+        )
 
 
 @router.post(
     "/auth/token",
     response_model=TokenOut,
+    dependencies=[Depends(form_body)],
     responses={
         **Unauthorized.openapi_response(),
+        **TokenFormRequired.openapi_response(),
         **TooManyRequests.openapi_response(),
         **ServiceUnavailable.openapi_response(),
     },

@@ -3,7 +3,7 @@ imports them (never the service's code) to document and relay what it forwards."
 
 from __future__ import annotations
 
-from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized
+from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, UnsupportedMediaType
 
 
 class UserNotFound(NotFound, code="USER_NOT_FOUND", title="User not found", resource="user"):
@@ -39,3 +39,17 @@ class EmailTaken(Conflict, code="EMAIL_TAKEN", title="Email already registered")
 class ScopeNotHeld(Forbidden, code="SCOPE_NOT_HELD", title="Scope not held"):
     """Creating a user, an API key or a rotation that would grant scopes the caller does not hold:
     `missing_scopes`."""
+
+
+class PlanNotSelfService(Forbidden, code="PLAN_NOT_SELF_SERVICE", title="Plan not available at sign-up"):
+    """Sign-up on a plan `USERS_SIGNUP_PLANS` does not list (`allowed_plans`): an operator gives it
+    (`python -m services.users set-plan`)."""
+
+
+class TenantNotFound(NotFound, code="TENANT_NOT_FOUND", title="Tenant not found", resource="tenant"):
+    """The operator's `set-plan` named no tenant."""
+
+
+class TokenFormRequired(UnsupportedMediaType, title="A form is required"):
+    """A token request whose body is no form (JSON, most often): the route takes the OAuth2 password
+    form, and says so rather than answering a 422 of fields missing from a form never meant."""

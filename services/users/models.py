@@ -28,7 +28,8 @@ class User(Base, TenantRow):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    # Stored lower-cased; the unique index makes emails unique across the whole system.
+    # Stored in canonical form (services/users/emails.py); the unique index makes emails unique
+    # across the whole system.
     email: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(20))

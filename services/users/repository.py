@@ -29,8 +29,8 @@ class UserRepository(Repository):
     async def get_user_by_email(self, email: str) -> User | None:
         return await self.session.scalar(select(User).where(User.email == email))
 
-    async def get_tenant(self, tenant_id: str) -> Tenant | None:
-        return await self.session.get(Tenant, tenant_id)
+    async def get_tenant(self, tenant_id: str, *, lock: bool = False) -> Tenant | None:
+        return await self.session.get(Tenant, tenant_id, with_for_update=lock)
 
     async def release(self) -> None:
         """Ends the transaction so far, which has only read, so its connection goes back to the pool

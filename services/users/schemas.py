@@ -3,8 +3,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from services.users.emails import Email
 from shared.contract import ALL_SCOPES, DEFAULT_PLAN, KEY_HASH_RE, MAX_CREDIT_LIMIT_CENTS, Plan, Role
 from shared.schemas import PLAIN_TEXT_PATTERN
 
@@ -23,7 +24,7 @@ class TenantCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN)
     plan: Plan = DEFAULT_PLAN
-    admin_email: EmailStr
+    admin_email: Email
     admin_password: str = Field(min_length=8, max_length=128)
 
 
@@ -41,7 +42,7 @@ class UserCreate(BaseModel):
         json_schema_extra={"examples": [{"email": "grace@example.com", "password": "an0ther-pass", "role": "member"}]},
     )
 
-    email: EmailStr
+    email: Email
     password: str = Field(min_length=8, max_length=128)
     role: Role = "member"
 

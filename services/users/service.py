@@ -4,6 +4,7 @@ it is given share the request's session) and takes callers as the route's depend
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from services.users.authority import (
@@ -14,11 +15,14 @@ from services.users.authority import (
     key_authority,
     role_authority,
 )
+from services.users.emails import canonical_email_or_none
 from services.users.errors import (
     ApiKeyNotFound,
     ApiKeyNotRotatable,
     InvalidCredentials,
     LoginThrottled,
+    PlanNotSelfService,
+    TenantNotFound,
     UserNotFound,
     UserRequired,
 )
@@ -37,7 +41,7 @@ from services.users.schemas import (
 )
 from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer
 from services.users.settings import UsersSettings
-from shared.contract import ROLE_SCOPES, TenantIdentity, hash_api_key, key_id_of, new_api_key
+from shared.contract import ROLE_SCOPES, Plan, TenantIdentity, hash_api_key, key_id_of, new_api_key
 from shared.db import new_id, utcnow
 from shared.pagination import Page, PageQuery
 from shared.repository import matching
@@ -51,18 +55,39 @@ def api_key_created(key: ApiKey, raw: str) -> ApiKeyCreated:
     return ApiKeyCreated(**api_key_out(key).model_dump(), api_key=raw)
 
 
-async def bootstrap_tenant(repo: UserRepository, hasher: PasswordHasher, data: TenantCreate) -> tuple[Tenant, User]:
+async def bootstrap_tenant(
+    repo: UserRepository, hasher: PasswordHasher, data: TenantCreate, signup_plans: Sequence[str]
+) -> tuple[Tenant, User]:
     """Creates a tenant and its first admin in one transaction (the password is hashed before it
-    starts, so no connection is held meanwhile)."""
+    starts, so no connection is held meanwhile). Anyone may sign up, so only on `signup_plans`: a
+    plan beyond them is an operator's to give (`change_plan`), and is refused before any work."""
+    if data.plan not in signup_plans:
+        raise PlanNotSelfService(
+            f"The {data.plan} plan is not available at sign-up; choose {' or '.join(signup_plans)}. "
+            "Another plan is given to an existing tenant by the operator.",
+            extra={"allowed_plans": list(signup_plans)},
+        )
     tenant = Tenant(id=new_id(), name=data.name, plan=data.plan)
     admin = User(
         tenant_id=tenant.id,
-        email=data.admin_email.lower(),
+        email=data.admin_email,
         password_hash=await hasher.hash(data.admin_password),
         role="admin",
     )
     await repo.add_tenant_with_admin(tenant, admin)
     return tenant, admin
+
+
+async def change_plan(repo: UserRepository, tenant_id: str, plan: Plan) -> tuple[Tenant, str]:
+    """An operator puts a tenant on `plan`; answers the tenant and the plan it had. The users service
+    reads the plan afresh (credit limits at once); tokens carry the plan they were issued with."""
+    tenant = await repo.get_tenant(tenant_id, lock=True)
+    if tenant is None:
+        raise TenantNotFound.for_id(tenant_id)
+    previous = tenant.plan
+    tenant.plan = plan
+    await repo.save()
+    return tenant, previous
 
 
 async def create_user(
@@ -76,7 +101,7 @@ async def create_user(
     await repo.release()
     user = User(
         tenant_id=identity.tenant_id,
-        email=data.email.lower(),
+        email=data.email,
         password_hash=await hasher.hash(data.password),
         role=data.role,
     )
@@ -143,13 +168,15 @@ async def issue_token(
     email: str,
     password: str,
 ) -> TokenOut:
-    """An access token for a good email and password.
+    """An access token for a good email and password. The email is put in canonical form as sign-up
+    put it (`emails.py`); a name that is no valid address finds no account and answers the same 401.
 
     The user and tenant are read, then the connection goes back to the pool before the password is
     verified (in a thread, bounded by the hasher), so logins never hold connections the other routes
     need. An account past its free wrong passwords answers 429 `LOGIN_THROTTLED` until its delay ends,
     without verifying anything (`LoginThrottle`)."""
-    user = await repo.get_user_by_email(email.strip().lower())
+    canonical = canonical_email_or_none(email)
+    user = await repo.get_user_by_email(canonical) if canonical is not None else None
     tenant = await repo.get_tenant(user.tenant_id) if user is not None else None
     now = utcnow()
     if user is not None and user.login_blocked_until is not None and user.login_blocked_until > now:

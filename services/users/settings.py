@@ -3,10 +3,13 @@ from __future__ import annotations
 import os
 from typing import ClassVar
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from shared.contract import MAX_CREDIT_LIMIT_CENTS, PROCESSES
-from shared.settings import AccessTokenSettings, BaseServiceSettings, process_config, sqlite_url
+from shared.contract import MAX_CREDIT_LIMIT_CENTS, PLANS, PROCESSES
+from shared.settings import AccessTokenSettings, BaseServiceSettings, ListSetting, process_config, sqlite_url
+
+# What anyone may choose at sign-up unless the deployment says otherwise (USERS_SIGNUP_PLANS).
+DEFAULT_SIGNUP_PLANS: tuple[str, ...] = ("free", "pro")
 
 
 class UsersSettings(BaseServiceSettings, AccessTokenSettings):
@@ -86,6 +89,15 @@ class UsersSettings(BaseServiceSettings, AccessTokenSettings):
     login_max_delay_seconds: int = Field(
         default=60, ge=1, le=3600, description="The longest a throttled account waits for its next login."
     )
+    signup_plans: ListSetting = Field(
+        default_factory=lambda: list(DEFAULT_SIGNUP_PLANS),
+        min_length=1,
+        description=(
+            "The plans self-service sign-up (POST /v1/tenants, anonymous) may choose, comma-separated; another plan "
+            "is refused with 403 PLAN_NOT_SELF_SERVICE and given by an operator (`python -m services.users set-plan "
+            "<tenant_id> <plan>`)."
+        ),
+    )
     credit_limit_free_cents: int = Field(
         default=100_000,
         ge=0,
@@ -110,6 +122,15 @@ class UsersSettings(BaseServiceSettings, AccessTokenSettings):
             "enterprise": self.credit_limit_enterprise_cents,
         }
         return limits.get(plan, self.credit_limit_free_cents)
+
+    @field_validator("signup_plans")
+    @classmethod
+    def _known_plans(cls, plans: list[str]) -> list[str]:
+        unknown = sorted(set(plans) - set(PLANS))
+        if unknown:
+            raise ValueError(f"unknown plans {', '.join(unknown)}; known: {', '.join(PLANS)}")
+        # In the plans' own order, each once, whatever order the setting gave.
+        return [plan for plan in PLANS if plan in plans]
 
     @model_validator(mode="after")
     def _key_for_algorithm(self) -> UsersSettings:

@@ -98,8 +98,8 @@ async def test_two_gateways_admit_exactly_the_quota(stack, gateway):
 # ---------------------------------------------------------------- idempotency across processes
 
 
-async def test_fifty_concurrent_orders_with_one_key_create_one_order(gateway, other):
-    tenant = await signup(gateway, plan="enterprise")
+async def test_fifty_concurrent_orders_with_one_key_create_one_order(gateway, other, migrated):
+    tenant = await signup(gateway, plan="enterprise", infra=migrated)
     product = await gateway.post(
         "/v1/products",
         json={"sku": f"SKU-{uuid.uuid4().hex[:8]}", "name": "Lamp", "price_cents": 4200, "stock": 100},

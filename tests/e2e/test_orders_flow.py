@@ -10,15 +10,21 @@ import httpx
 
 from tests.infra import Servers
 from tests.orders_support import PASSWORD, assert_problem, db_fetch, unique
+from tests.plans import grant_plan, signup_plan
 
 
-async def signup(gateway: httpx.AsyncClient, plan: str = "pro") -> tuple[dict, dict[str, str]]:
-    """A tenant and its admin; answers the creation body and the admin's auth header."""
+async def signup(
+    gateway: httpx.AsyncClient, plan: str = "pro", infra: Servers | None = None
+) -> tuple[dict, dict[str, str]]:
+    """A tenant and its admin; answers the creation body and the admin's auth header. A plan sign-up
+    does not offer is given on `infra`'s users database, as an operator gives it (`tests/plans.py`)."""
     email = f"{unique('admin')}@example.com"
     created = await gateway.post(
-        "/v1/tenants", json={"name": "Shop", "plan": plan, "admin_email": email, "admin_password": PASSWORD}
+        "/v1/tenants",
+        json={"name": "Shop", "plan": signup_plan(plan), "admin_email": email, "admin_password": PASSWORD},
     )
     assert created.status_code == 201, created.text
+    await grant_plan(infra, created.json()["tenant"]["id"], plan)
     return created.json(), await login(gateway, email)
 
 
@@ -102,7 +108,7 @@ async def test_product_order_cancel_walkthrough(gateway):
 
 
 async def test_200_concurrent_orders_never_oversell(gateway, migrated: Servers):
-    created, auth = await signup(gateway, plan="enterprise")
+    created, auth = await signup(gateway, plan="enterprise", infra=migrated)
     product = await new_product(gateway, auth, stock=50, price_cents=700)
     results = await asyncio.gather(
         *(gateway.post("/v1/orders", json=one_of(product["id"]), headers=auth) for _ in range(200))

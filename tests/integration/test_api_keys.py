@@ -17,6 +17,7 @@ from shared.contract import ALL_SCOPES, ANONYMOUS, API_KEY_RE, ROLE_SCOPES, Iden
 from shared.identity import IdentitySigner
 from tests.conftest import internal_headers
 from tests.infra import Servers
+from tests.plans import grant_plan
 
 PASSWORD = "correct-horse-9"
 
@@ -215,7 +216,9 @@ async def test_listing_pages_newest_first_and_never_shows_a_key(users_client, si
 
 
 async def test_resolve_answers_the_identity_and_notes_the_use(users_client, signer, migrated):
-    admin = await tenant_admin(users_client, signer, plan="enterprise")
+    admin = await tenant_admin(users_client, signer)
+    # A plan given since sign-up is the one a key resolves to: read afresh, not remembered.
+    await grant_plan(migrated, admin.identity.tenant_id, "enterprise")
     key = await admin.created("svc", ["orders:read", "orders:write"])
     before = await db_rows(migrated, "SELECT last_used_at FROM api_keys WHERE id = $1", key["id"])
     assert before[0]["last_used_at"] is None

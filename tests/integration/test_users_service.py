@@ -37,8 +37,8 @@ def admin_identity(created: dict) -> Identity:
 
 
 async def test_bootstrap_creates_tenant_and_admin(users_client, signer):
-    created = await bootstrap(users_client, signer, plan="enterprise")
-    assert created["tenant"]["plan"] == "enterprise"
+    created = await bootstrap(users_client, signer, plan="free")
+    assert created["tenant"]["plan"] == "free"
     assert created["user"]["role"] == "admin"
     assert created["user"]["tenant_id"] == created["tenant"]["id"]
     assert "password" not in str(created)
@@ -214,3 +214,151 @@ async def test_malformed_json_is_400(users_client, signer):
     )
     assert response.status_code == 400
     assert response.json()["error_code"] == "MALFORMED_BODY"
+
+
+async def _login(client: httpx.AsyncClient, signer: IdentitySigner, username: str, password: str) -> httpx.Response:
+    return await client.post(
+        "/auth/token",
+        data={"username": username, "password": password},
+        headers=internal_headers(signer, "users", ANONYMOUS),
+    )
+
+
+async def test_an_email_logs_in_however_it_was_typed_at_sign_up(users_client, signer):
+    tag = uuid.uuid4().hex[:8]
+    # Decomposed é, upper case, an upper-case IDN domain: how a keyboard or a form may send it.
+    typed = f"Jose\u0301-{tag}@B\u00dcCHER.example"
+    created = await users_client.post(
+        "/tenants",
+        json={"name": "Unicode", "admin_email": typed, "admin_password": "correct-horse-9"},
+        headers=internal_headers(signer, "users", ANONYMOUS),
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["user"]["email"] == f"jos\u00e9-{tag}@b\u00fccher.example"
+    for username in (
+        typed,
+        f"jos\u00e9-{tag}@b\u00fccher.example",
+        f"JOS\u00c9-{tag}@xn--bcher-kva.example",
+        f" jose\u0301-{tag}@b\u00fccher.example ",
+    ):
+        response = await _login(users_client, signer, username, "correct-horse-9")
+        assert response.status_code == 200, (username, response.text)
+
+
+async def test_lookalike_emails_are_one_account(users_client, signer):
+    tag = uuid.uuid4().hex[:8]
+    first = await users_client.post(
+        "/tenants",
+        json={"name": "First", "admin_email": f"office-{tag}@example.com", "admin_password": "correct-horse-9"},
+        headers=internal_headers(signer, "users", ANONYMOUS),
+    )
+    assert first.status_code == 201, first.text
+    # A ligature, fullwidth letters: another spelling of the same name, not a second account.
+    for lookalike in (f"o\ufb03ce-{tag}@example.com", f"\uff4f\uff46\uff46ice-{tag}@example.com"):
+        again = await users_client.post(
+            "/tenants",
+            json={"name": "Second", "admin_email": lookalike, "admin_password": "another-pass-1"},
+            headers=internal_headers(signer, "users", ANONYMOUS),
+        )
+        assert again.status_code == 409, (lookalike, again.text)
+        assert again.json()["error_code"] == "EMAIL_TAKEN"
+        assert (await _login(users_client, signer, lookalike, "correct-horse-9")).status_code == 200
+
+    admin = admin_identity(first.json())
+    member = await users_client.post(
+        "/users",
+        json={"email": f"\u212aELVIN-{tag}@Example.com", "password": "member-pass-1"},
+        headers=internal_headers(signer, "users", admin),
+    )
+    assert member.status_code == 201, member.text
+    assert member.json()["email"] == f"kelvin-{tag}@example.com"
+    assert (await _login(users_client, signer, f"Kelvin-{tag}@example.com", "member-pass-1")).status_code == 200
+    taken = await users_client.post(
+        "/users",
+        json={"email": f"kelvin-{tag}@EXAMPLE.com", "password": "member-pass-1"},
+        headers=internal_headers(signer, "users", admin),
+    )
+    assert taken.status_code == 409
+    refused = await users_client.post(
+        "/users",
+        json={"email": f"x\uff20y-{tag}@example.com", "password": "member-pass-1"},
+        headers=internal_headers(signer, "users", admin),
+    )
+    assert refused.status_code == 422
+    assert [error["field"] for error in refused.json()["errors"]] == ["email"]
+
+
+async def test_a_username_that_is_no_address_is_the_same_401(users_client, signer):
+    for username in ("not-an-email", "x\uff20y@example.com", "a" * 300):
+        response = await _login(users_client, signer, username, "correct-horse-9")
+        assert response.status_code == 401, username
+        assert response.json()["error_code"] == "INVALID_CREDENTIALS"
+
+
+async def test_a_token_request_that_is_no_form_is_415_saying_what_the_route_takes(users_client, signer):
+    created = await bootstrap(users_client, signer)
+    body = {"username": created["user"]["email"], "password": "correct-horse-9"}
+    headers = internal_headers(signer, "users", ANONYMOUS)
+    for request in (
+        {"json": body},
+        {"content": b"username=x&password=y", "headers": {"content-type": "text/plain"}},
+        {"content": b"username=x&password=y"},
+    ):
+        response = await users_client.post(
+            "/auth/token", **{**request, "headers": {**headers, **request.get("headers", {})}}
+        )
+        assert response.status_code == 415, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["error_code"] == "UNSUPPORTED_MEDIA_TYPE"
+        for named in ("application/x-www-form-urlencoded", "username", "password"):
+            assert named in problem["detail"]
+        # Nothing about the account: the body was not read.
+        assert body["username"] not in response.text
+    # No body at all is no other format: the fields it lacks are named, as before.
+    for empty in (
+        await users_client.post("/auth/token", headers=headers),
+        await users_client.post("/auth/token", headers={**headers, "content-type": "application/octet-stream"}),
+    ):
+        assert empty.status_code == 422
+        assert {error["field"] for error in empty.json()["errors"]} == {"username", "password"}
+    # Both kinds of form are read, with or without a charset.
+    for form in (
+        {"data": body, "headers": {**headers, "content-type": "application/x-www-form-urlencoded; charset=utf-8"}},
+        {"files": {key: (None, value) for key, value in body.items()}, "headers": headers},
+    ):
+        response = await users_client.post("/auth/token", **form)
+        assert response.status_code == 200, response.text
+    # Around the gateway, whatever the body: 401 first.
+    assert (await users_client.post("/auth/token", json=body)).status_code == 401
+
+
+async def test_the_token_route_documents_its_form_and_the_415(users_client):
+    operation = (await users_client.get("/openapi.json")).json()["paths"]["/auth/token"]["post"]
+    assert list(operation["requestBody"]["content"]) == ["application/x-www-form-urlencoded"]
+    assert {"200", "401", "415"} <= set(operation["responses"])
+
+
+async def test_an_email_taken_in_another_tenant_answers_as_one_taken_in_ones_own(users_client, signer):
+    mine = await bootstrap(users_client, signer)
+    theirs = await bootstrap(users_client, signer)
+    headers = internal_headers(signer, "users", admin_identity(mine))
+
+    def shape(response: httpx.Response, email: str) -> dict:
+        assert response.status_code == 409, response.text
+        problem = {k: v for k, v in response.json().items() if k not in ("request_id", "trace_id")}
+        return {**problem, "detail": problem["detail"].replace(email, "<email>")}
+
+    answers = {}
+    for whose, created in (("own", mine), ("other", theirs)):
+        email = created["user"]["email"]
+        response = await users_client.post(
+            "/users", json={"email": email.upper(), "password": "member-pass-1"}, headers=headers
+        )
+        answers[whose] = shape(response, email)
+        # Nothing names the tenant that holds the address, nor its user.
+        for held_by in (theirs["tenant"]["id"], theirs["user"]["id"]):
+            assert held_by not in response.text
+    assert answers["own"] == answers["other"]
+    assert answers["other"]["error_code"] == "EMAIL_TAKEN"
+    assert set(answers["other"]) == {"type", "title", "status", "detail", "error_code", "errors"}

@@ -1,0 +1,65 @@
+"""What an operator runs against the users database: `python -m services.users <command> ...`, with
+the service's own settings (the same `USERS_*` environment as the running service).
+
+- `set-plan <tenant_id> <plan>`: puts a tenant on a plan. Sign-up offers only the plans
+  `USERS_SIGNUP_PLANS` lists; any other plan, and every change later, is given this way. The users
+  service reads the plan afresh on each request (credit limits change at once); access tokens carry
+  the plan they were issued with until they expire, and the gateway's API-key cache keeps a key's
+  plan for up to `GATEWAY_API_KEY_CACHE_TTL_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from services.users import service
+from services.users.errors import TenantNotFound
+from services.users.repository import UserRepository
+from services.users.settings import UsersSettings
+from shared.cli import Task
+from shared.contract import PLANS, Plan
+from shared.db import create_engine, create_sessionmaker
+from shared.repository import transaction
+
+logger = logging.getLogger("portico.users.commands")
+
+
+async def set_plan(settings: UsersSettings, tenant_id: str, plan: Plan) -> str:
+    """Puts the tenant on `plan` in one transaction; answers the plan it had (TenantNotFound when
+    there is no such tenant)."""
+    engine = create_engine(settings)
+    try:
+        async with transaction(create_sessionmaker(engine), UserRepository) as repo:
+            _, previous = await service.change_plan(repo, tenant_id, plan)
+    finally:
+        await engine.dispose()
+    # The audit line: who ran it is the deployment's to record (the shell, the job that ran it).
+    logger.info("tenant %s moved from the %s plan to the %s plan", tenant_id, previous, plan)
+    return previous
+
+
+def _set_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("tenant_id", help="the tenant's id (`tenant.id` in the sign-up answer)")
+    parser.add_argument("plan", choices=PLANS)
+
+
+def _run_set_plan(settings: UsersSettings, args: argparse.Namespace) -> int:
+    try:
+        previous = asyncio.run(set_plan(settings, args.tenant_id, args.plan))
+    except TenantNotFound as exc:
+        print(exc.detail, file=sys.stderr)
+        return 1
+    print(f"tenant {args.tenant_id}: plan {previous} -> {args.plan}")
+    return 0
+
+
+TASKS: dict[str, Task[UsersSettings]] = {
+    "set-plan": Task(
+        help="put a tenant on a plan (new access tokens carry it; existing ones keep theirs until they expire)",
+        arguments=_set_plan_arguments,
+        run=_run_set_plan,
+    )
+}
