@@ -528,6 +528,10 @@ REQUEST_HEADERS: dict[str, str] = {
 }
 RESPONSE_HEADERS: dict[str, str] = {
     "location": "The new resource's URL, on a 201.",
+    "traceresponse": (
+        "On the answer of a sampled request: `00-<trace id>-<span id>-<flags>` (W3C Trace Context Level 2), "
+        "the trace to look up in Jaeger ([observe](../operations/observe.md))."
+    ),
     "x-aggregate-complete": (
         "On aggregate routes: `true` only when every part answered ([aggregation](../concepts/aggregation.md))."
     ),

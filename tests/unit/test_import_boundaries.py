@@ -93,4 +93,4 @@ def test_importing_the_gateway_loads_no_database_model():
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     services = json.loads(loaded.stdout)
     assert services, "the gateway documents the services' schemas, so it imports some"
-    assert all(name.rsplit(".", 1)[-1] in API_MODULES or name.count(".") == 1 for name in services), services
+    assert [name for name in services if name.rsplit(".", 1)[-1] == "models"] == []
