@@ -166,6 +166,9 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     graphql_max_aliases: int = Field(default=10, ge=0, le=1000)
     # Each field costs 1, times the `limit` of every page above it (see gateway/graphql/limits.py).
     graphql_max_cost: int = Field(default=2_000, ge=1)
+    # How often one response name may be selected at one place of the answer (the same field asked
+    # for again there, directly or through fragments): GraphQL's validation compares every pair.
+    graphql_max_field_repeats: int = Field(default=10, ge=1, le=100)
 
     @model_validator(mode="after")
     def _key_for_algorithm(self) -> GatewaySettings:

@@ -20,10 +20,9 @@ from strawberry.types import Info
 
 from gateway.graphql.context import GraphQLContext
 from shared.contract import RESOURCE_ID_PATTERN
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 GraphQLInfo = Info[GraphQLContext, None]
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
 
 
 class HasScope(BasePermission):

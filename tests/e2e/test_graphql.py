@@ -1,6 +1,6 @@
 """POST /graphql with every process real: the same data as REST through one schema, one batched
 inventory call for the products of many orders, REST error codes in extensions.code, per-field
-scopes, and the depth, alias and cost bounds."""
+scopes, the depth, alias, repeat and cost bounds, and REST's page limits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import re
 
 import httpx
 
-from tests.edge_support import Tenant, signup
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from tests.edge_support import Tenant, concurrently, signup
 
 ORDERS_WITH_PRODUCTS = """
 query Orders($limit: Int!) {
@@ -150,10 +151,21 @@ async def test_depth_aliases_and_cost_are_bounded(gateway):
     tenant = await signup(gateway)
     deep = "{ orders { items { items { product { id } } } } }"
     assert "errors" not in await gql(gateway, tenant.auth, deep)
+    # Nine fields nested (the schema has four levels; the bound is checked before the names are).
+    too_deep = "{ me { a { b { c { d { e { f { g { h { id } } } } } } } } } }"
+    refused = await gql(gateway, tenant.auth, too_deep)
+    assert refused.get("data") is None
+    assert refused["errors"][0]["extensions"] == {"code": "QUERY_TOO_DEEP", "depth": 9, "max_depth": 8}
+    assert "exceeds maximum operation depth of 8" in refused["errors"][0]["message"]
     aliases = "{ " + " ".join(f"m{i}: me {{ id }}" for i in range(11)) + " }"
     refused = await gql(gateway, tenant.auth, aliases)
     assert refused.get("data") is None
     assert "aliases" in refused["errors"][0]["message"]
+    assert refused["errors"][0]["extensions"]["code"] == "TOO_MANY_ALIASES"
+    repeated = "{ " + " ".join(["me { id }"] * 495) + " }"
+    refused = await gql(gateway, tenant.auth, repeated)
+    assert refused.get("data") is None
+    assert refused["errors"][0]["extensions"]["code"] == "FIELD_REPEATED_TOO_OFTEN"
     costly = "{ orders(limit: 100) { items { id status totalCents userId items { quantity unitPriceCents "
     costly += "lineTotalCents product { id sku name priceCents stock } } } } "
     costly += "products(limit: 100) { items { id sku name priceCents stock } } }"  # 1,501 + 601
@@ -161,3 +173,24 @@ async def test_depth_aliases_and_cost_are_bounded(gateway):
     assert too_costly["errors"][0]["extensions"]["code"] == "QUERY_TOO_COSTLY"
     fragments = "fragment F on Query { me { id } } query { ...F }"
     assert (await gql(gateway, tenant.auth, fragments))["data"]["me"]["id"] == tenant.admin_id
+
+
+async def test_pages_have_rests_limits(gateway):
+    tenant = await signup(gateway)
+    count = DEFAULT_LIMIT // 2
+    await concurrently(
+        gateway.post(
+            "/v1/products",
+            json={"sku": f"GQL-PAGE-{i}-{tenant.id[:6]}", "name": "Page", "price_cents": 100, "stock": 1},
+            headers=tenant.auth,
+        )
+        for i in range(count)
+    )
+    rest = (await gateway.get("/v1/products", headers=tenant.auth)).json()
+    answer = await gql(gateway, tenant.auth, "{ products { items { id } nextCursor } }")
+    assert len(answer["data"]["products"]["items"]) == len(rest["items"]) == count
+    largest = await gql(gateway, tenant.auth, f"{{ products(limit: {MAX_LIMIT}) {{ items {{ id }} }} }}")
+    assert "errors" not in largest, largest
+    beyond = await gql(gateway, tenant.auth, f"{{ products(limit: {MAX_LIMIT + 1}) {{ items {{ id }} }} }}")
+    assert beyond["errors"][0]["extensions"]["code"] == "VALIDATION_FAILED"
+    assert beyond["errors"][0]["message"] == f"limit must be 1 to {MAX_LIMIT}."
