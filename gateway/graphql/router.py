@@ -18,6 +18,7 @@ from gateway.graphql.limits import BoundedValidation, Bounds, paged_fields
 from gateway.graphql.schema import Mutation, Query
 from gateway.settings import GatewaySettings
 from shared.context import request_id_of
+from shared.contract import IDEMPOTENCY_HEADER, checked_idempotency_key
 
 PATH = "/graphql"
 
@@ -50,8 +51,14 @@ def create_schema(settings: GatewaySettings) -> PorticoSchema:
 
 
 async def graphql_context(request: Request, identity: Principal, upstreams: UpstreamsDep) -> GraphQLContext:
-    """Who asks (anonymous callers are refused with 401, as on REST) and the services to ask."""
-    return GraphQLContext(identity=identity, upstreams=upstreams, request_id=request_id_of(request.scope))
+    """Who asks (anonymous callers are refused with 401, as on REST), the services to ask, and the
+    request's Idempotency-Key (400 INVALID_IDEMPOTENCY_KEY for a malformed one, as the services answer)."""
+    return GraphQLContext(
+        identity=identity,
+        upstreams=upstreams,
+        request_id=request_id_of(request.scope),
+        idempotency_key=checked_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER)),
+    )
 
 
 def graphql_router(settings: GatewaySettings) -> APIRouter:
