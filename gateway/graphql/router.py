@@ -30,6 +30,7 @@ from gateway.graphql.context import GraphQLContext
 from gateway.graphql.errors import PorticoSchema
 from gateway.graphql.limits import BoundedValidation, Bounds, paged_fields
 from gateway.graphql.schema import Mutation, Query
+from gateway.graphql.telemetry import OperationOnSpan
 from gateway.settings import GatewaySettings
 from shared.context import request_id_of
 from shared.contract import IDEMPOTENCY_HEADER, checked_idempotency_key
@@ -59,6 +60,7 @@ def create_schema(settings: GatewaySettings) -> PorticoSchema:
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         # The parser stops at this many tokens: a document's size is bounded before it is read.
         functools.partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
+        OperationOnSpan,
         # Cost, depth, aliases and repeats, before validation; then validation, with a budget.
         functools.partial(BoundedValidation, bounds, hide_suggestions=not settings.docs_enabled),
     ]

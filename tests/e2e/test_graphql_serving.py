@@ -1,7 +1,7 @@
 """POST /graphql as a process serves it: a document built to keep GraphQL's validation busy costs the
 gateway a few milliseconds of CPU and holds no other tenant up; what the HTTP layer refuses is
-problem+json; what the caller got wrong is logged at INFO without a traceback; GraphiQL opens saying
-how to authenticate."""
+problem+json; what the caller got wrong is logged at INFO without a traceback; the server span
+names the operation; GraphiQL opens saying how to authenticate."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import httpx
 
 from scripts.devstack import Stack
 from tests.e2e.test_foundation import assert_problem
+from tests.e2e.test_traces import gateway_server, spans_of, traceparent
 from tests.edge_support import PASSWORD, signup
 
 # 495 times the same field: 4.9 KB, under 2,000 tokens, a cost of 990, depth 1, no alias.
@@ -168,6 +169,29 @@ async def test_a_mistyped_field_is_logged_at_info_without_a_traceback(stack, gat
             assert line["logger"] == "portico.gateway.graphql", line
             assert line["level"] == "INFO", line
             assert "exc_info" not in line, line
+
+
+async def test_the_server_span_names_the_operation(gateway, otlp):
+    tenant = await signup(gateway)
+    trace_id, parent = traceparent()
+    document = 'query Me { me { id } } mutation Cancel { cancelOrder(id: "o-1") { id } }'
+    response = await gateway.post(
+        "/graphql",
+        json={"query": document, "operationName": "Me"},
+        headers={**tenant.auth, "traceparent": parent},
+    )
+    assert response.json()["data"]["me"]["id"] == tenant.admin_id
+    [server] = gateway_server(await spans_of(otlp, trace_id, lambda spans: bool(gateway_server(spans))))
+    assert server.name == "POST /graphql"
+    assert server.attributes["graphql.operation.name"] == "Me"
+    assert server.attributes["graphql.operation.type"] == "query"
+
+    trace_id, parent = traceparent()
+    anonymous = 'mutation { cancelOrder(id: "o-1") { id } }'
+    await gateway.post("/graphql", json={"query": anonymous}, headers={**tenant.auth, "traceparent": parent})
+    [server] = gateway_server(await spans_of(otlp, trace_id, lambda spans: bool(gateway_server(spans))))
+    assert server.attributes["graphql.operation.type"] == "mutation"
+    assert "graphql.operation.name" not in server.attributes
 
 
 async def test_graphiql_opens_saying_how_to_authenticate(gateway):
