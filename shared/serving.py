@@ -67,7 +67,9 @@ NEXT_REQUEST_SECONDS = 2.0
 
 class RequestHeadersTooLarge(
     PorticoError, status=431, code="REQUEST_HEADERS_TOO_LARGE", title="Request Header Fields Too Large"
-): ...
+):
+    """A request head over `MAX_HEADER_LINE_BYTES`, `MAX_HEADER_BYTES` or `MAX_HEADER_FIELDS`,
+    answered by the server while it arrives, with `Connection: close`."""
 
 
 @dataclass(frozen=True, slots=True)
