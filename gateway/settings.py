@@ -323,14 +323,34 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
         ge=1,
         description="Tokens the parser reads in one document (braces, names, colons...) before refusing it.",
     )
-    graphql_max_depth: int = Field(default=8, ge=1, le=50, description="The deepest a query may nest.")
-    graphql_max_aliases: int = Field(default=10, ge=0, le=1000, description="Aliases one document may hold.")
+    graphql_max_depth: int = Field(
+        default=8,
+        ge=1,
+        le=50,
+        description="The deepest an operation may nest (fields with a selection); deeper is `QUERY_TOO_DEEP`.",
+    )
+    graphql_max_aliases: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="Aliases one document may hold, fragments counted where spread; more is `TOO_MANY_ALIASES`.",
+    )
     graphql_max_cost: int = Field(
         default=2_000,
         ge=1,
         description=(
             "Each field costs 1, times the `limit` of every page above it (see gateway/graphql/limits.py); a "
-            "costlier query is refused with `QUERY_TOO_COSTLY`."
+            "costlier document is refused with `QUERY_TOO_COSTLY`."
+        ),
+    )
+    graphql_max_field_repeats: int = Field(
+        default=10,
+        ge=1,
+        le=100,
+        description=(
+            "How often one response name may be selected at one place of the answer (the same field asked for "
+            "again there, directly or through fragments), as GraphQL's validation compares every pair of them; "
+            "more is `FIELD_REPEATED_TOO_OFTEN`."
         ),
     )
 

@@ -1,9 +1,14 @@
 """GraphiQL at `GET /graphql`, only where the API reference is on (never in production), with every
-asset served by the gateway itself from `static/`: nothing is loaded from a CDN."""
+asset served by the gateway itself from `static/`: nothing is loaded from a CDN.
+
+Every request needs credentials, which the browser does not send on its own: the page opens with a
+placeholder `Authorization` header in the Headers tab and a query whose comment says where a token
+(or an API key) comes from, so a first run says how to get past its 401."""
 
 from __future__ import annotations
 
 import gzip
+import json
 from functools import cache
 from importlib.resources import files
 from typing import Annotated
@@ -30,6 +35,23 @@ ASSETS = {
 }
 # The files never change while the process runs.
 CACHE_CONTROL = "public, max-age=86400"
+# What the editors open with (GraphiQL's defaultHeaders and defaultQuery).
+DEFAULT_HEADERS = {"Authorization": "Bearer <token>"}
+DEFAULT_QUERY = """\
+# Portico's GraphQL API: every request needs credentials, set in the Headers tab below.
+#
+# A bearer token: POST /v1/auth/token with a form (username=<your email>, password=<your password>):
+#   curl -d username=you@example.com -d password=... https://<this host>/v1/auth/token
+# and its access_token in place of <token>: {"Authorization": "Bearer eyJ..."}
+# Or an API key (POST /v1/api-keys answers it once): {"X-API-Key": "<key>"}
+#
+# Then run this query, and reload the schema (the circling arrows) for the docs and completion.
+
+query Me {
+  me { id email role tenantId }
+}
+"""
+PLACEHOLDER = b"__GRAPHIQL_DEFAULTS__"
 
 
 @cache
@@ -37,9 +59,16 @@ def _read(name: str) -> bytes:
     return (STATIC / name).read_bytes()
 
 
+@cache
+def _page() -> bytes:
+    defaults = json.dumps({"headers": DEFAULT_HEADERS, "query": DEFAULT_QUERY})
+    # Data in a <script> element: "<" escaped, so nothing in it can close the element.
+    return _read("graphiql.html").replace(PLACEHOLDER, defaults.replace("<", "\\u003c").encode())
+
+
 @router.get("/graphql")
 async def graphiql() -> HTMLResponse:
-    return HTMLResponse(_read("graphiql.html"), headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
+    return HTMLResponse(_page(), headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
 
 
 @router.get("/graphql/static/{name}")

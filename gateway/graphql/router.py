@@ -1,62 +1,144 @@
 """`POST /graphql`: the schema of `schema.py` behind the same edge as REST (authentication, rate
-limits and idempotency run before it), with the token, depth, alias and cost bounds of the settings."""
+limits and idempotency run before it), with the bounds of `limits.py` and the error handling of
+`errors.py`.
+
+Only POST is served here: GraphiQL's page is `graphiql.py`'s `GET /graphql` (where the API reference
+is on), queries are not taken over GET, and there are no subscriptions (real-time events are
+/v1/events and /v1/ws). Every refusal of the HTTP layer is problem+json, as on REST: a body that is
+not JSON (or nests too deeply to read) is 400 MALFORMED_BODY, another content type 415, another
+method 405 with an `Allow` naming what `/graphql` really serves.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
+from typing import Any
 
-import strawberry
-from fastapi import APIRouter, Request
-from strawberry.extensions import (
-    DisableIntrospection,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    QueryDepthLimiter,
-    SchemaExtension,
-)
+from cross_web import HTTPException
+from fastapi import Request
+from fastapi.routing import APIRoute
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+from strawberry.extensions import DisableIntrospection, MaxTokensLimiter, SchemaExtension
 from strawberry.fastapi import GraphQLRouter
+from strawberry.types.unset import UNSET
 
 from gateway.deps import Principal, UpstreamsDep
 from gateway.graphql.context import GraphQLContext
-from gateway.graphql.limits import QueryCostLimiter
+from gateway.graphql.errors import PorticoSchema
+from gateway.graphql.limits import BoundedValidation, Bounds, paged_fields
 from gateway.graphql.schema import Mutation, Query
+from gateway.graphql.telemetry import OperationOnSpan
 from gateway.settings import GatewaySettings
+from shared.contract import IDEMPOTENCY_HEADER, checked_idempotency_key
+from shared.errors import (
+    BadRequest,
+    MalformedBody,
+    MethodNotAllowed,
+    UnsupportedMediaType,
+    send_problem,
+)
 from shared.request_id import request_id_of
 
 PATH = "/graphql"
+JSON = "application/json"
 
 
-def create_schema(settings: GatewaySettings) -> strawberry.Schema:
+def create_schema(settings: GatewaySettings) -> PorticoSchema:
+    # Filled from the schema once it is built: which fields take `limit`, and their default page.
+    pages: dict[str, int] = {}
+    bounds = Bounds(
+        max_cost=settings.graphql_max_cost,
+        max_depth=settings.graphql_max_depth,
+        max_aliases=settings.graphql_max_aliases,
+        max_repeats=settings.graphql_max_field_repeats,
+        pages=pages,
+    )
     # Factories: strawberry builds each extension anew for every operation.
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         # The parser stops at this many tokens: a document's size is bounded before it is read.
         functools.partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
-        # Before validation: the depth and alias limits then only ever walk affordable documents.
-        functools.partial(QueryCostLimiter, max_cost=settings.graphql_max_cost),
-        functools.partial(QueryDepthLimiter, max_depth=settings.graphql_max_depth),
-        functools.partial(MaxAliasesLimiter, max_alias_count=settings.graphql_max_aliases),
+        OperationOnSpan,
+        # Cost, depth, aliases and repeats, before validation; then validation, with a budget.
+        functools.partial(BoundedValidation, bounds, hide_suggestions=not settings.docs_enabled),
     ]
     if not settings.docs_enabled:
         # As OpenAPI is off in production, so is the schema's introspection.
         extensions.append(DisableIntrospection)
-    return strawberry.Schema(query=Query, mutation=Mutation, extensions=extensions)
+    schema = PorticoSchema(
+        query=Query, mutation=Mutation, extensions=extensions, hide_suggestions=not settings.docs_enabled
+    )
+    pages.update(paged_fields(schema._schema))
+    return schema
 
 
 async def graphql_context(request: Request, identity: Principal, upstreams: UpstreamsDep) -> GraphQLContext:
-    """Who asks (anonymous callers are refused with 401, as on REST) and the services to ask."""
-    return GraphQLContext(identity=identity, upstreams=upstreams, request_id=request_id_of(request.scope))
-
-
-def graphql_router(settings: GatewaySettings) -> APIRouter:
-    return GraphQLRouter[GraphQLContext, None](
-        create_schema(settings),
-        path=PATH,
-        # GraphiQL is served by `graphiql.py`, with its assets from the gateway itself.
-        graphql_ide=None,
-        allow_queries_via_get=False,
-        # No subscriptions: real-time events are /v1/events and /v1/ws.
-        subscription_protocols=(),
-        context_getter=graphql_context,
-        tags=["graphql"],
+    """Who asks (anonymous callers are refused with 401, as on REST), the services to ask, and the
+    request's Idempotency-Key (400 INVALID_IDEMPOTENCY_KEY for a malformed one, as the services answer)."""
+    return GraphQLContext(
+        identity=identity,
+        upstreams=upstreams,
+        request_id=request_id_of(request.scope),
+        idempotency_key=checked_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER)),
     )
+
+
+class MethodNotAllowedApp:
+    """Answers any method no route of `/graphql` serves: 405 problem+json, `Allow` naming those that
+    are. An ASGI app rather than an endpoint function, which Starlette would route for GET only."""
+
+    def __init__(self, allowed: list[str]) -> None:
+        self.allow = ", ".join(allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = MethodNotAllowed(f"{scope['method']} is not served at {PATH}.", headers={"Allow": self.allow})
+        await send_problem(refusal, scope, receive, send)
+
+
+class GraphQLEndpoint(GraphQLRouter[GraphQLContext, None]):
+    """`/graphql`'s routes. `graphiql`: the app serves GraphiQL's `GET /graphql` (`graphiql.py`,
+    included where the API reference is on)."""
+
+    def __init__(self, schema: PorticoSchema, *, graphiql: bool) -> None:
+        super().__init__(
+            schema,
+            path=PATH,
+            graphql_ide=None,
+            allow_queries_via_get=False,
+            subscription_protocols=(),
+            context_getter=graphql_context,
+            tags=["graphql"],
+        )
+        # strawberry also routes GET (queries, its own IDE) and WebSocket (subscriptions) here: none
+        # of them is served, so none is routed, and a 405 names only what is.
+        self.routes[:] = [route for route in self.routes if isinstance(route, APIRoute) and route.methods == {"POST"}]
+        # Last, and for every method: reached only by one no route of the path takes.
+        allowed = ["GET", "POST"] if graphiql else ["POST"]
+        self.routes.append(Route(PATH, MethodNotAllowedApp(allowed), include_in_schema=False))
+
+    async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != JSON:
+            raise UnsupportedMediaType(
+                f'POST {PATH} takes {JSON}: {{"query": "...", "variables": {{...}}, "operationName": "..."}}.'
+            )
+        try:
+            return await super().run(request, context, root_value)
+        except HTTPException as exc:
+            # strawberry's refusals of a POST are 400s: no query, a query or variables not of the
+            # right type, a batch.
+            raise BadRequest(exc.reason) from None
+
+    def decode_json(self, data: str | bytes) -> object:
+        try:
+            return json.loads(data)
+        except RecursionError:
+            raise MalformedBody("The request body nests too deeply to be read.") from None
+        except ValueError:
+            raise MalformedBody("The request body is not valid JSON.") from None
+
+
+def graphql_router(settings: GatewaySettings) -> GraphQLEndpoint:
+    return GraphQLEndpoint(create_schema(settings), graphiql=settings.docs_enabled)

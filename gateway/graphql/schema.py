@@ -5,6 +5,11 @@ services' rules are exactly those of REST. Each field that reads a domain needs 
 (`HasScope`): a caller without `products:read` gets its orders, and an error on each order line's
 `product`. An order line's `product` goes through the request's DataLoader, so the products of every
 order in one answer cost one batched call of the inventory service.
+
+Mutations answer a nullable order: the mutations of one document run one after the other, and one
+that fails is `null` with its error while the orders the others placed or cancelled are in `data`.
+Each sends the service an Idempotency-Key of its own, derived from the request's
+(`GraphQLContext.mutation_key`), so a document sent again with the same key places nothing twice.
 """
 
 from __future__ import annotations
@@ -20,10 +25,9 @@ from strawberry.types import Info
 
 from gateway.graphql.context import GraphQLContext
 from shared.contract import RESOURCE_ID_PATTERN
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 GraphQLInfo = Info[GraphQLContext, None]
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
 
 
 class HasScope(BasePermission):
@@ -181,13 +185,15 @@ class Mutation:
         extensions=needs("orders:write"),
         description="Place an order: reserves every item's stock or none, and emits order.created.",
     )
-    async def create_order(self, info: GraphQLInfo, items: list[OrderItemInput]) -> Order:
+    async def create_order(self, info: GraphQLInfo, items: list[OrderItemInput]) -> Order | None:
         body = {"items": [{"product_id": str(i.product_id), "quantity": i.quantity} for i in items]}
-        return Order.of(await info.context.call("orders", "POST", "/orders", json_body=body))
+        key = info.context.mutation_key(str(info.path.key))
+        return Order.of(await info.context.call("orders", "POST", "/orders", json_body=body, idempotency_key=key))
 
     @strawberry.mutation(
         extensions=needs("orders:write"),
         description="Cancel an order: releases its stock and emits order.cancelled.",
     )
-    async def cancel_order(self, info: GraphQLInfo, id: strawberry.ID) -> Order:
-        return Order.of(await info.context.call("orders", "POST", f"/orders/{_id(id)}/cancel"))
+    async def cancel_order(self, info: GraphQLInfo, id: strawberry.ID) -> Order | None:
+        key = info.context.mutation_key(str(info.path.key))
+        return Order.of(await info.context.call("orders", "POST", f"/orders/{_id(id)}/cancel", idempotency_key=key))

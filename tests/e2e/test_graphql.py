@@ -1,14 +1,18 @@
 """POST /graphql with every process real: the same data as REST through one schema, one batched
 inventory call for the products of many orders, REST error codes in extensions.code, per-field
-scopes, and the depth, alias and cost bounds."""
+scopes, the depth, alias and cost bounds, REST's page limits, and mutation documents that keep what
+they did when one of their mutations fails, sending each mutation's own Idempotency-Key on."""
 
 from __future__ import annotations
 
 import re
+import uuid
 
 import httpx
 
-from tests.edge_support import Tenant, signup
+from gateway.graphql.context import field_idempotency_key
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from tests.edge_support import Tenant, concurrently, gateway_settings, in_process_gateway, signup
 
 ORDERS_WITH_PRODUCTS = """
 query Orders($limit: Int!) {
@@ -139,7 +143,7 @@ async def test_scopes_are_enforced_per_field_and_credentials_as_on_rest(gateway)
         "mutation($p: ID!) { createOrder(items: [{productId: $p, quantity: 1}]) { id } }",
         p=products[0]["id"],
     )
-    assert write["data"] is None
+    assert write["data"] == {"createOrder": None}
     assert write["errors"][0]["extensions"]["code"] == "INSUFFICIENT_SCOPE"
     anonymous = await gateway.post("/graphql", json={"query": "{ me { id } }"})
     assert anonymous.status_code == 401
@@ -150,10 +154,21 @@ async def test_depth_aliases_and_cost_are_bounded(gateway):
     tenant = await signup(gateway)
     deep = "{ orders { items { items { product { id } } } } }"
     assert "errors" not in await gql(gateway, tenant.auth, deep)
+    # Nine fields nested (the schema has four levels; the bound is checked before the names are).
+    too_deep = "{ me { a { b { c { d { e { f { g { h { id } } } } } } } } } }"
+    refused = await gql(gateway, tenant.auth, too_deep)
+    assert refused.get("data") is None
+    assert refused["errors"][0]["extensions"] == {"code": "QUERY_TOO_DEEP", "depth": 9, "max_depth": 8}
+    assert "exceeds maximum operation depth of 8" in refused["errors"][0]["message"]
     aliases = "{ " + " ".join(f"m{i}: me {{ id }}" for i in range(11)) + " }"
     refused = await gql(gateway, tenant.auth, aliases)
     assert refused.get("data") is None
     assert "aliases" in refused["errors"][0]["message"]
+    assert refused["errors"][0]["extensions"]["code"] == "TOO_MANY_ALIASES"
+    repeated = "{ " + " ".join(["me { id }"] * 495) + " }"
+    refused = await gql(gateway, tenant.auth, repeated)
+    assert refused.get("data") is None
+    assert refused["errors"][0]["extensions"]["code"] == "FIELD_REPEATED_TOO_OFTEN"
     costly = "{ orders(limit: 100) { items { id status totalCents userId items { quantity unitPriceCents "
     costly += "lineTotalCents product { id sku name priceCents stock } } } } "
     costly += "products(limit: 100) { items { id sku name priceCents stock } } }"  # 1,501 + 601
@@ -161,3 +176,113 @@ async def test_depth_aliases_and_cost_are_bounded(gateway):
     assert too_costly["errors"][0]["extensions"]["code"] == "QUERY_TOO_COSTLY"
     fragments = "fragment F on Query { me { id } } query { ...F }"
     assert (await gql(gateway, tenant.auth, fragments))["data"]["me"]["id"] == tenant.admin_id
+
+
+PLACE_THREE = """
+mutation Place($p: ID!) {
+  first: createOrder(items: [{productId: $p, quantity: 1}]) { id status totalCents }
+  second: createOrder(items: [{productId: $p, quantity: 1}]) { id status totalCents }
+  third: createOrder(items: [{productId: $p, quantity: 1}]) { id status totalCents }
+}
+"""
+
+
+async def product_with_credit_for_two(gateway: httpx.AsyncClient, tenant: Tenant) -> dict:
+    """A product of 400 cents, and the tenant's admin allowed 1,000 cents of open orders: two fit."""
+    patched = await gateway.patch(
+        f"/v1/users/{tenant.admin_id}", json={"credit_limit_cents": 1000}, headers=tenant.auth
+    )
+    assert patched.status_code == 200, patched.text
+    created = await gateway.post(
+        "/v1/products",
+        json={"sku": f"GQL-CREDIT-{uuid.uuid4().hex[:8]}", "name": "Lamp", "price_cents": 400, "stock": 50},
+        headers=tenant.auth,
+    )
+    assert created.status_code == 201, created.text
+    return created.json()
+
+
+async def test_a_failing_mutation_keeps_the_orders_the_others_placed(gateway):
+    tenant = await signup(gateway)
+    product = await product_with_credit_for_two(gateway, tenant)
+    headers = {**tenant.auth, "Idempotency-Key": f"place-{uuid.uuid4().hex}"}
+    response = await gateway.post(
+        "/graphql", json={"query": PLACE_THREE, "variables": {"p": product["id"]}}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    placed = [answer["data"]["first"], answer["data"]["second"]]
+    assert [order["status"] for order in placed] == ["confirmed", "confirmed"]
+    assert answer["data"]["third"] is None
+    [error] = answer["errors"]
+    assert error["path"] == ["third"]
+    assert error["extensions"]["code"] == "CREDIT_LIMIT_EXCEEDED"
+    # What REST sees: exactly the two orders the answer names, and their stock taken.
+    orders = (await gateway.get("/v1/orders", headers=tenant.auth)).json()["items"]
+    assert sorted(o["id"] for o in orders) == sorted(o["id"] for o in placed)
+    stock = (await gateway.get(f"/v1/products/{product['id']}", headers=tenant.auth)).json()["stock"]
+    assert stock == 48
+    # The same document with the same key: the same answer, the ids of the placed orders included.
+    again = await gateway.post(
+        "/graphql", json={"query": PLACE_THREE, "variables": {"p": product["id"]}}, headers=headers
+    )
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == answer
+    assert len((await gateway.get("/v1/orders", headers=tenant.auth)).json()["items"]) == 2
+
+
+PLACE_TWO = """
+mutation Place($p: ID!) {
+  first: createOrder(items: [{productId: $p, quantity: 1}]) { id }
+  second: createOrder(items: [{productId: $p, quantity: 2}]) { id }
+}
+"""
+
+
+async def test_each_mutation_sends_its_own_key_on_to_the_service(stack, gateway):
+    tenant, products, _ = await shop(gateway)
+    product = products[0]
+    key = f"place-{uuid.uuid4().hex}"
+    body = {"query": PLACE_TWO, "variables": {"p": product["id"]}}
+    before = (await gateway.get(f"/v1/products/{product['id']}", headers=tenant.auth)).json()["stock"]
+    # A gateway without its idempotency stage, as when its store has forgotten the key (past its TTL,
+    # or failing open): what keeps the document from placing its orders twice is the orders service.
+    async with in_process_gateway(gateway_settings(stack, idempotency_enabled=False)) as bare:
+        first = await bare.post("/graphql", json=body, headers={**tenant.auth, "Idempotency-Key": key})
+        again = await bare.post("/graphql", json=body, headers={**tenant.auth, "Idempotency-Key": key})
+        # The request's key itself is not one the document's mutations used: a REST order with it is new.
+        rest = await bare.post(
+            "/v1/orders",
+            json={"items": [{"product_id": product["id"], "quantity": 1}]},
+            headers={**tenant.auth, "Idempotency-Key": key},
+        )
+    assert "errors" not in first.json(), first.text
+    # Each mutation had a key of its own (one key for both would be refused as reused for another body).
+    assert first.json()["data"]["first"]["id"] != first.json()["data"]["second"]["id"]
+    assert again.json() == first.json()
+    assert rest.status_code == 201, rest.text
+    assert rest.json()["id"] not in {first.json()["data"]["first"]["id"], first.json()["data"]["second"]["id"]}
+    stock = (await gateway.get(f"/v1/products/{product['id']}", headers=tenant.auth)).json()["stock"]
+    assert stock == before - 3 - 1  # the document's two orders once, and the REST order
+    assert field_idempotency_key(key, "first") != field_idempotency_key(key, "second")
+
+
+async def test_pages_have_rests_limits(gateway):
+    tenant = await signup(gateway)
+    count = DEFAULT_LIMIT // 2
+    await concurrently(
+        gateway.post(
+            "/v1/products",
+            json={"sku": f"GQL-PAGE-{i}-{tenant.id[:6]}", "name": "Page", "price_cents": 100, "stock": 1},
+            headers=tenant.auth,
+        )
+        for i in range(count)
+    )
+    rest = (await gateway.get("/v1/products", headers=tenant.auth)).json()
+    answer = await gql(gateway, tenant.auth, "{ products { items { id } nextCursor } }")
+    assert len(answer["data"]["products"]["items"]) == len(rest["items"]) == count
+    largest = await gql(gateway, tenant.auth, f"{{ products(limit: {MAX_LIMIT}) {{ items {{ id }} }} }}")
+    assert "errors" not in largest, largest
+    beyond = await gql(gateway, tenant.auth, f"{{ products(limit: {MAX_LIMIT + 1}) {{ items {{ id }} }} }}")
+    assert beyond["errors"][0]["extensions"]["code"] == "VALIDATION_FAILED"
+    assert beyond["errors"][0]["message"] == f"limit must be 1 to {MAX_LIMIT}."

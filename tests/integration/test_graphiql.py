@@ -43,3 +43,13 @@ async def test_no_graphiql_and_no_introspection_in_production():
         )
         assert introspection.status_code == 200
         assert "introspection" in introspection.json()["errors"][0]["message"].lower()
+
+
+async def test_without_graphiql_a_405_names_post_alone():
+    async with in_process_gateway(gateway_settings(None, environment="production")) as gateway:
+        for method in ("GET", "OPTIONS", "PUT"):
+            refused = await gateway.request(method, "/graphql", headers=bearer())
+            assert refused.status_code == 405
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.headers["allow"] == "POST"
+            assert refused.json()["error_code"] == "METHOD_NOT_ALLOWED"

@@ -7,10 +7,11 @@ import threading
 from typing import Any
 
 import strawberry
-from graphql import FragmentDefinitionNode, OperationDefinitionNode, parse
+from graphql import FragmentDefinitionNode, OperationDefinitionNode, get_introspection_query, parse
 
-from gateway.graphql.limits import selection_cost
+from gateway.graphql.limits import paged_fields, selection_cost
 from gateway.graphql.router import create_schema
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from tests.edge_support import gateway_settings
 
 LINES = "{ orders(limit: 10) { items { items { product { id sku } } } } }"
@@ -27,8 +28,8 @@ def test_cost_multiplies_what_is_under_a_page():
     assert cost("{ me { id email } }") == 3
     # orders 1 + 10 x (items 1 + (items 1 + (product 1 + 2)))
     assert cost(LINES) == 1 + 10 * (1 + (1 + (1 + 2)))
-    # A variable limit counts as the largest page.
-    assert cost("query($n: Int!) { orders(limit: $n) { nextCursor } }") == 1 + 100 * 1
+    # A variable limit counts as the largest page (REST's, shared/pagination.py).
+    assert cost("query($n: Int!) { orders(limit: $n) { nextCursor } }") == 1 + MAX_LIMIT * 1
     assert cost("fragment F on Query { me { id } } query { ...F ...F }") == 4
 
 
@@ -92,3 +93,81 @@ async def test_documents_beyond_the_token_bound_are_refused():
     result = await schema.execute("{ " + " ".join(f"f{i}: me {{ id }}" for i in range(10)) + " }")
     assert result.errors
     assert "token" in result.errors[0].message.lower()
+
+
+def refused(result: Any) -> dict[str, Any]:
+    assert result.errors, result
+    assert result.data is None
+    extensions: dict[str, Any] = result.errors[0].extensions
+    return extensions
+
+
+async def test_one_field_selected_over_and_over_at_one_place_is_refused():
+    schema = create_schema(gateway_settings(None, graphql_max_field_repeats=3))
+    # 495 times: within the tokens, cost, depth and alias bounds, and over a second of validation.
+    big = create_schema(gateway_settings(None))
+    assert refused(await big.execute("{ " + " ".join(["me { id }"] * 495) + " }")) == {
+        "code": "FIELD_REPEATED_TOO_OFTEN",
+        "field": "me",
+        "count": 495,
+        "max_repeats": 10,
+    }
+    # However the repeats come to one place: inline fragments, fragment spreads, merged parents.
+    inline = "{ me { id } ... on Query { me { id } } ... on Query { me { id } ... on Query { me { id } } } }"
+    assert refused(await schema.execute(inline))["field"] == "me"
+    spreads = "{ me { id } ...A ...B ...C } fragment A on Query { me { id } } fragment B on Query { me { id } } "
+    spreads += "fragment C on Query { me { id } }"
+    assert refused(await schema.execute(spreads))["count"] == 4
+    merged = "{ me { id id } me { id id } }"
+    assert refused(await schema.execute(merged))["field"] == "me.id"
+    # A fragment no operation spreads is validated all the same, so it is bounded too.
+    unused = "{ me { id } } fragment U on Query { me { id } me { id } me { id } me { id } }"
+    assert refused(await schema.execute(unused))["field"] == "me"
+
+
+async def test_repeats_within_the_bound_are_served_as_graphql_merges_them():
+    schema = create_schema(gateway_settings(None, graphql_max_field_repeats=3))
+    # One fragment spread twice at one place is merged once; aliases are other response names.
+    document = "{ ...A ...A __typename __typename a: __typename b: __typename } fragment A on Query { __typename }"
+    result = await schema.execute(document)
+    assert result.errors is None
+    assert result.data == {"__typename": "Query", "a": "Query", "b": "Query"}
+
+
+def test_cost_counts_variables_as_sent_and_default_pages():
+    document = parse("query($n: Int!) { orders(limit: $n) { nextCursor } }")
+    operation = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
+    assert selection_cost(operation.selection_set, {}, variables={"n": 10}) == 1 + 10
+    assert selection_cost(operation.selection_set, {}, variables={"n": "10"}) == 1 + MAX_LIMIT
+    assert selection_cost(operation.selection_set, {}, variables={"n": 10_000}) == 1 + MAX_LIMIT
+    schema = create_schema(gateway_settings(None))
+    pages = paged_fields(schema._schema)
+    assert pages == {"products": DEFAULT_LIMIT, "orders": DEFAULT_LIMIT}
+    default = parse("{ orders { nextCursor } }").definitions[0]
+    assert isinstance(default, OperationDefinitionNode)
+    assert selection_cost(default.selection_set, {}, pages) == 1 + DEFAULT_LIMIT
+
+
+async def test_validation_that_would_take_long_is_cut_short():
+    schema = create_schema(gateway_settings(None))
+    # Two hundred fragments spread at one place, each selecting a field of its own: no bound of the
+    # document is crossed, and GraphQL's merge rule compares every pair of fragments.
+    fragments = " ".join(f"fragment F{i} on Query {{ f{i} }}" for i in range(200))
+    document = "{ " + " ".join(f"...F{i}" for i in range(200)) + " } " + fragments
+    result = execute_within(schema, document)
+    assert result.errors[0].message == "Validation aborted."
+    assert result.errors[0].extensions == {"code": "QUERY_TOO_COMPLEX"}
+
+
+async def test_depth_and_aliases_count_through_fragments():
+    schema = create_schema(gateway_settings(None, graphql_max_depth=2, graphql_max_aliases=2))
+    deep = "{ orders(limit: 1) { ...Page } } fragment Page on OrderPage { items { id } }"
+    assert "QUERY_TOO_DEEP" not in str([e.extensions for e in (await schema.execute(deep)).errors or []])
+    deeper = "{ orders(limit: 1) { ...Page } } fragment Page on OrderPage { items { items { quantity } } }"
+    assert refused(await schema.execute(deeper)) == {"code": "QUERY_TOO_DEEP", "depth": 3, "max_depth": 2}
+    aliased = "{ ...A ...B } fragment A on Query { a: me { id } b: me { id } } fragment B on Query { c: me { id } }"
+    assert refused(await schema.execute(aliased)) == {"code": "TOO_MANY_ALIASES", "aliases": 3, "max_aliases": 2}
+    # Introspection is not counted in depth (GraphiQL's own query nests a dozen levels).
+    introspection = await create_schema(gateway_settings(None)).execute(get_introspection_query())
+    assert introspection.errors is None
+    assert introspection.data is not None

@@ -1,0 +1,75 @@
+"""What the answer and the log say of each kind of GraphQL error: the caller's mistakes are coded and
+logged at INFO without a traceback; a resolver that fails is an ERROR with its traceback and answers
+no internals; where introspection is off, no message suggests a name of the schema."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.aggregate_support import ScriptedService, answer_json
+from tests.edge_support import bearer, gateway_settings, in_process_gateway
+
+GRAPHQL_LOGGER = "portico.gateway.graphql"
+
+# Each of these asks for a name the schema nearly has; GraphQL would suggest it.
+MISTAKES = [
+    ({"query": "{ mee { id } }"}, "Did you mean 'me'?"),
+    ({"query": "{ orders(limt: 5) { nextCursor } }"}, "Did you mean 'limit'?"),
+    ({"query": 'mutation { createOrder(items: [{prodId: "p-1", quantity: 1}]) { id } }'}, "Did you mean 'productId'?"),
+    ({"query": "query($i: [OrderItemInpt!]!) { me { id } }", "variables": {"i": []}}, "Did you mean 'OrderItemInput'"),
+    (
+        {
+            "query": "mutation($i: [OrderItemInput!]!) { createOrder(items: $i) { id } }",
+            "variables": {"i": [{"prodId": "p-1", "quantity": 1}]},
+        },
+        "Did you mean 'productId'?",
+    ),
+]
+
+
+@pytest.mark.parametrize(("environment", "suggested"), [("test", True), ("production", False)])
+async def test_names_are_suggested_only_where_introspection_is_on(environment, suggested):
+    async with in_process_gateway(gateway_settings(None, environment=environment)) as gateway:
+        for body, suggestion in MISTAKES:
+            response = await gateway.post("/graphql", json=body, headers=bearer())
+            assert response.status_code == 200, response.text
+            errors = response.json()["errors"]
+            assert {e["extensions"]["code"] for e in errors} == {"GRAPHQL_VALIDATION_FAILED"}, errors
+            messages = " ".join(e["message"] for e in errors)
+            assert (suggestion in messages) is suggested, messages
+            assert ("Did you mean" in messages) is suggested, messages
+
+
+async def test_mistakes_are_logged_at_info_and_a_failing_resolver_at_error(caplog):
+    # A users service that answers a user without most of its fields: the resolver fails.
+    odd = ScriptedService(lambda method, path: answer_json(200, {"id": "u-1"}))
+    caplog.set_level(logging.INFO, logger=GRAPHQL_LOGGER)
+    async with odd.running(), in_process_gateway(gateway_settings(None, users_url=odd.url)) as gateway:
+        typo = await gateway.post("/graphql", json={"query": "{ mee { id } }"}, headers=bearer())
+        assert typo.json()["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+        syntax = await gateway.post("/graphql", json={"query": "{ me { id }"}, headers=bearer())
+        assert syntax.json()["errors"][0]["extensions"]["code"] == "GRAPHQL_PARSE_FAILED"
+        mistakes = [r for r in caplog.records if r.name.startswith(("strawberry", GRAPHQL_LOGGER))]
+        assert [(r.name, r.levelno, r.exc_info) for r in mistakes] == [(GRAPHQL_LOGGER, logging.INFO, None)] * 2
+        caplog.clear()
+
+        failed = await gateway.post("/graphql", json={"query": "{ me { id email } }"}, headers=bearer())
+    assert failed.status_code == 200
+    assert failed.json() == {
+        "data": None,
+        "errors": [
+            {
+                "message": "An internal error occurred.",
+                "locations": [{"line": 1, "column": 3}],
+                "path": ["me"],
+                "extensions": {"code": "INTERNAL_ERROR"},
+            }
+        ],
+    }
+    [record] = [r for r in caplog.records if r.name.startswith(("strawberry", GRAPHQL_LOGGER))]
+    assert record.name == GRAPHQL_LOGGER
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], KeyError)
