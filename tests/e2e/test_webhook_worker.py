@@ -8,97 +8,34 @@ same `webhook-id`. Exactly once when nothing fails: three workers, 500 deliverie
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 
-from scripts.devstack import free_port
-from tests.conftest import INTERNAL_SECRET
 from tests.infra import Servers
-from tests.webhook_support import HooksDb, Received, Receiver, answer, eventually, hooks_db, http_answer
+from tests.webhook_support import (
+    WORKER_LEASE_SECONDS,
+    HooksDb,
+    Received,
+    Receiver,
+    Workers,
+    answer,
+    eventually,
+    hooks_db,
+    http_answer,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-LEASE_SECONDS = 10
+LEASE_SECONDS = WORKER_LEASE_SECONDS
 
 
 @pytest.fixture
 async def pg(migrated: Servers, tmp_path) -> AsyncIterator[HooksDb]:
     async with hooks_db(migrated, "postgresql", tmp_path) as found:
         yield found
-
-
-class Workers:
-    """`python -m services.webhooks worker` processes on the test's database."""
-
-    def __init__(self, db: HooksDb, log_dir: Path) -> None:
-        self.db = db
-        self.log_dir = log_dir
-        self.procs: list[tuple[subprocess.Popen[bytes], int]] = []
-
-    def start(self) -> tuple[subprocess.Popen[bytes], int]:
-        port = free_port()
-        env = {
-            **os.environ,
-            "WEBHOOKS_ENVIRONMENT": "test",
-            "WEBHOOKS_INTERNAL_TOKEN_SECRET": INTERNAL_SECRET,
-            "WEBHOOKS_DATABASE_URL": self.db.url,
-            "WEBHOOKS_DB_POOL_SIZE": "4",
-            "WEBHOOKS_WORKER_PORT": str(port),
-            "WEBHOOKS_ALLOW_PRIVATE_URLS": "true",
-            "WEBHOOKS_DELIVERY_TIMEOUT_SECONDS": "5",
-            "WEBHOOKS_DELIVERY_LEASE_SECONDS": str(LEASE_SECONDS),
-            "WEBHOOKS_RETRY_SCHEDULE_SECONDS": "0.5,0.5,0.5,0.5",
-            "WEBHOOKS_WORKER_POLL_INTERVAL_SECONDS": "0.05",
-            "OTEL_SERVICE_NAME": "webhooks-worker",
-            "PYTHONUNBUFFERED": "1",
-        }
-        log = open(self.log_dir / f"worker-{port}.log", "ab")  # noqa: SIM115 - the child keeps its own copy
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "services.webhooks", "worker"],
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        self.procs.append((proc, port))
-        return proc, port
-
-    async def ready(self, port: int, timeout: float = 60.0) -> None:
-        async def answers() -> bool:
-            try:
-                async with httpx.AsyncClient(timeout=2) as client:
-                    return (await client.get(f"http://127.0.0.1:{port}/health/ready")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await eventually(answers, timeout, interval=0.2)
-
-    async def metrics(self, port: int) -> str:
-        async with httpx.AsyncClient(timeout=5) as client:
-            return (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-
-    def stop_all(self) -> None:
-        for proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, _ in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture

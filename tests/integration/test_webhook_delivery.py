@@ -103,6 +103,9 @@ async def test_deliveries_verify_with_the_standard_webhooks_library(db):
     assert len(spans) == 3
     assert all(s.parent is None and s.attributes["http.response.status_code"] == 204 for s in spans)
     assert {s.attributes["webhook.id"] for s in spans} == set(by_id)
+    # The tenant under the contract's one name, as on every other process's spans.
+    assert {s.attributes["portico.tenant_id"] for s in spans} == {endpoint.tenant_id}
+    assert not any("tenant.id" in s.attributes for s in spans)
 
 
 async def test_an_expired_previous_secret_no_longer_signs(pg):
@@ -476,11 +479,11 @@ async def test_a_claim_names_the_endpoints_it_left_due_deliveries_of_at_their_li
 
         first = await claim("a")
         assert sorted(c.endpoint_id for c in first.claimed) == sorted([busy.id, busy.id, quiet.id])
-        assert first.held_back == {busy.id}
+        assert first.held_back.endpoints == {busy.id}
         # The busy endpoint is full now (its two leases), its third delivery still due.
         again = await claim("b")
         assert again.claimed == []
-        assert again.held_back == {busy.id}
+        assert again.held_back.endpoints == {busy.id}
 
 
 async def _equals(value, expected) -> bool:
