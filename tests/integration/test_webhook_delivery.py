@@ -124,10 +124,19 @@ async def test_an_expired_previous_secret_no_longer_signs(pg):
 
 
 async def test_failures_follow_the_schedule_to_the_dead_letter_and_replay_keeps_the_webhook_id(db):
-    async with Receiver(answer(500, b"upstream exploded " + b"x" * 5000)) as receiver:
+    pause = 0.05
+
+    async def fails_after_a_pause(_: Received, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(pause)
+        writer.write(http_answer(500, b"upstream exploded " + b"x" * 5000))
+        await writer.drain()
+        return True
+
+    schedule, timeout = (0.05, 0.1), 5.0
+    async with Receiver(fails_after_a_pause) as receiver:
         endpoint = await db.endpoint(receiver.url)
         [delivery] = await db.deliveries(endpoint)
-        async with running_worker(db, schedule=(0.05, 0.1)):
+        async with running_worker(db, schedule=schedule, timeout=timeout):
             await settled(db, [delivery])
         stored = await db.delivery(delivery.id)
         assert (stored.status, stored.attempts, stored.last_status_code, stored.next_attempt_at) == (
@@ -141,11 +150,18 @@ async def test_failures_follow_the_schedule_to_the_dead_letter_and_replay_keeps_
         for entry in log:
             assert entry.error.startswith("HTTP 500: upstream exploded")
             assert len(entry.error) <= len("HTTP 500: ") + BODY_EXCERPT_BYTES
-            assert entry.duration_ms >= 0
-        # Scheduled 0.05 s and then 0.1 s (each within 10%) after the failures before them.
-        gaps = [(b.at - a.at).total_seconds() for a, b in itertools.pairwise(log)]
-        assert gaps[0] >= 0.045, gaps
-        assert gaps[1] >= 0.09, gaps
+            # At least the receiver's own pause; at most the attempt's deadline.
+            assert pause * 1000 <= entry.duration_ms <= timeout * 1000, entry.duration_ms
+        # Scheduled 0.05 s and then 0.1 s (each within 10%) after the failed attempts before them
+        # ended, as the worker measured them (so a loaded machine moves nothing here), and not
+        # attempted before that.
+        for (entry, following), delay in zip(itertools.pairwise(log), schedule, strict=True):
+            assert entry.next_attempt_at is not None
+            waited = (entry.next_attempt_at - entry.at).total_seconds() - entry.duration_ms / 1000
+            # Half a millisecond either way: the duration is logged in whole milliseconds.
+            assert delay * 0.9 - 0.0005 <= waited <= delay * 1.1 + 0.0005, (delay, waited)
+            assert following.at >= entry.next_attempt_at
+        assert log[-1].next_attempt_at is None  # the dead letter: nothing more was scheduled
         assert len({r.webhook_id for r in receiver.received}) == 1
 
         receiver.handler = answer(200)
@@ -432,13 +448,16 @@ async def test_a_slow_endpoint_holds_at_most_its_bound_across_workers(pg):
         fast_endpoint = await pg.endpoint(fast.url)
         quick = await pg.deliveries(fast_endpoint, 6)
         async with (
-            running_worker(pg, endpoint_concurrency=2, concurrency=8),
-            running_worker(pg, endpoint_concurrency=2, concurrency=8),
+            running_worker(pg, endpoint_concurrency=2, concurrency=8) as first,
+            running_worker(pg, endpoint_concurrency=2, concurrency=8) as second,
         ):
             # The fast endpoint is served while the slow one holds its two slots.
             await settled(pg, quick)
             await eventually(lambda: _equals(lambda: gate.holding, 2))
-            await asyncio.sleep(0.3)  # room for a wrong third claim to show up
+            # Two more claims by each worker, the second begun after the first ended: a wrong third
+            # claim would have been made in one of them.
+            marks = [(worker, worker.claims + 2) for worker in (first, second)]
+            await eventually(lambda: _all_true(worker.claims >= mark for worker, mark in marks))
             assert gate.most == 2
             gate.open.set()
             await settled(pg, held)
@@ -490,6 +509,43 @@ async def _equals(value, expected) -> bool:
     return value() == expected
 
 
+async def _all_true(checks) -> bool:
+    return all(checks)
+
+
+async def test_two_claims_at_once_take_different_rows_and_neither_waits_for_the_other(pg):
+    """Two workers' claims in two transactions at the same time: the second passes over what the
+    first holds (SKIP LOCKED) and takes other rows at once, instead of waiting or taking the same."""
+    from services.webhooks.delivery_repository import WorkerRepository
+
+    async with Receiver() as receiver:
+        # Three tenants, oldest first; a claim of two slots serves the first two.
+        endpoints = [await pg.endpoint(receiver.url) for _ in range(3)]
+        for endpoint in endpoints:
+            await pg.deliveries(endpoint, 4)
+
+        async def claim(session, token: str, limit: int):
+            return await WorkerRepository(session).claim(
+                limit=limit, endpoint_limit=10, lease_seconds=30, token=token, now=utcnow()
+            )
+
+        async with pg.sessionmaker() as one, pg.sessionmaker() as other, one.begin():
+            first = await claim(one, "first", 2)
+            # The first claim's transaction is still open: its rows are locked, its leases unseen.
+            async with other.begin():
+                second = await asyncio.wait_for(claim(other, "second", 10), 30)
+    firsts = {c.delivery_id for c in first.claimed}
+    seconds = {c.delivery_id for c in second.claimed}
+    assert len(firsts) == 2
+    assert {c.endpoint_id for c in first.claimed} == {endpoints[0].id, endpoints[1].id}
+    assert len(seconds) == 4
+    assert {c.endpoint_id for c in second.claimed} == {endpoints[2].id}
+    assert not firsts & seconds
+    leases = {d: (await pg.delivery(d)).lease_token for d in firsts | seconds}
+    assert {leases[d] for d in firsts} == {"first"}
+    assert {leases[d] for d in seconds} == {"second"}
+
+
 async def test_a_lapsed_lease_is_claimed_again_and_an_unexpired_one_is_not(pg):
     from services.webhooks.delivery_repository import WorkerRepository
 
@@ -503,9 +559,12 @@ async def test_a_lapsed_lease_is_claimed_again_and_an_unexpired_one_is_not(pg):
                 row.lease_token, row.lease_expires_at = "dead-worker:1", expires
         async with running_worker(pg):
             await settled(pg, [lapsed])
-            await asyncio.sleep(0.3)
+            # A delivery made now is sent only by a claim that starts after it: that claim would have
+            # taken the leased one too, were it claimable.
+            [marker] = await pg.deliveries(endpoint)
+            await settled(pg, [marker])
         assert (await pg.delivery(held.id)).status == "pending"
-        assert [r.webhook_id for r in receiver.received] == [lapsed.webhook_id]
+        assert [r.webhook_id for r in receiver.received] == [lapsed.webhook_id, marker.webhook_id]
         # A claim never takes a row another claim holds (SKIP LOCKED), nor a leased one.
         async with pg.sessionmaker.begin() as session:
             result = await WorkerRepository(session).claim(
