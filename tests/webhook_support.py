@@ -301,6 +301,7 @@ async def running_worker(
     tenant_concurrency: int = 8,
     tenant_host_concurrency: int = 4,
     failure_rule: FailureRule = NEVER_DISABLE,
+    retention_batch: int = 1000,
     lease_seconds: float = 30.0,
     stop_grace: float = 5.0,
     poll_interval: float = 0.02,
@@ -318,6 +319,7 @@ async def running_worker(
         tenant_concurrency=tenant_concurrency,
         tenant_host_concurrency=tenant_host_concurrency,
         failure_rule=failure_rule,
+        retention_batch=retention_batch,
     )
     provider = tracer_provider or TracerProvider()
     worker = DeliveryWorker(

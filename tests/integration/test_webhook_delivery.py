@@ -708,3 +708,52 @@ async def test_a_slow_answer_within_the_timeout_is_a_success_and_its_time_is_log
     [entry] = await attempt_log(pg, delivery.id)
     assert (entry.status_code, entry.error) == (200, None)
     assert entry.duration_ms >= 1000
+
+
+# Retention.
+
+
+async def test_the_retention_deletes_in_short_batches_only_finished_deliveries_older_than_it(db):
+    from sqlalchemy import event, select, update
+
+    from services.webhooks.models import Delivery, Event
+
+    async with Receiver() as receiver:
+        endpoint = await db.endpoint(receiver.url)
+        async with running_worker(db, retention_batch=2) as worker:
+            pass  # stopped: the purge below is the only one
+        old, recent, owed = (
+            await db.deliveries(endpoint, 5),
+            await db.deliveries(endpoint, 2),
+            await db.deliveries(endpoint),
+        )
+        now = utcnow()
+        async with db.sessionmaker.begin() as session:
+            for rows, age, status in ((old, 31, "succeeded"), (recent, 29, "failed"), (owed, 31, "pending")):
+                await session.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_([d.id for d in rows]))
+                    .values(status=status, created_at=now - timedelta(days=age))
+                )
+                await session.execute(
+                    update(Event)
+                    .where(Event.id.in_([d.event_id for d in rows]))
+                    .values(received_at=now - timedelta(days=age))
+                )
+        deletes: list[str] = []
+
+        def note(conn, cursor, statement: str, *_: object) -> None:
+            if statement.lstrip().upper().startswith("DELETE FROM WEBHOOK_DELIVERIES"):
+                deletes.append(statement)
+
+        event.listen(db.engine.sync_engine, "before_cursor_execute", note)
+        try:
+            deleted = await worker.purge()
+        finally:
+            event.remove(db.engine.sync_engine, "before_cursor_execute", note)
+    # Five deliveries and their five events, the deliveries two at a time (a transaction each).
+    assert deleted == (5, 5)
+    assert len(deletes) == 3
+    async with db.sessionmaker() as session:
+        left = set(await session.scalars(select(Delivery.id)))
+    assert left == {d.id for d in (*recent, *owed)}
