@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -12,10 +16,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
+import httpx
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from scripts.devstack import free_port
+from services.webhooks.delivery_repository import NEVER_DISABLE, FailureRule
 from services.webhooks.models import Delivery, Endpoint, Event
 from services.webhooks.sender import Sender, create_session
 from services.webhooks.service import new_secret
@@ -24,6 +31,7 @@ from services.webhooks.url_safety import Resolver
 from services.webhooks.worker import DeliveryWorker, WorkerConfig, WorkerMetrics
 from shared.db import create_engine, create_sessionmaker, new_id, utcnow
 from shared.migrations import upgrade
+from tests.conftest import INTERNAL_SECRET
 from tests.infra import Servers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,13 +57,15 @@ class HooksDb:
         finally:
             await conn.close()
 
-    async def endpoint(self, url: str, *, tenant_id: str | None = None, **fields: object) -> Endpoint:
+    async def endpoint(
+        self, url: str, *, tenant_id: str | None = None, events: list[str] | None = None, **fields: object
+    ) -> Endpoint:
         now = utcnow() - timedelta(minutes=1)
         endpoint = Endpoint(
             id=new_id(),
             tenant_id=tenant_id or str(uuid.uuid4()),
             url=url,
-            events=["order.cancelled", "order.created"],
+            events=events or ["order.cancelled", "order.created"],
             status="active",
             secret=new_secret(),
             created_at=now,
@@ -288,12 +298,16 @@ async def running_worker(
     schedule: tuple[float, ...] = (0.05, 0.05),
     concurrency: int = 8,
     endpoint_concurrency: int = 4,
+    tenant_concurrency: int = 8,
+    tenant_host_concurrency: int = 4,
+    failure_rule: FailureRule = NEVER_DISABLE,
+    retention_batch: int = 1000,
     lease_seconds: float = 30.0,
     stop_grace: float = 5.0,
     poll_interval: float = 0.02,
     tracer_provider: TracerProvider | None = None,
 ) -> AsyncIterator[DeliveryWorker]:
-    http = create_session(concurrency, endpoint_concurrency)
+    http = create_session(concurrency)
     sender = Sender(http, timeout=timeout, allow_private=allow_private, resolver=resolver)
     config = WorkerConfig(
         concurrency=concurrency,
@@ -302,6 +316,10 @@ async def running_worker(
         poll_interval=poll_interval,
         stop_grace=stop_grace,
         schedule=schedule,
+        tenant_concurrency=tenant_concurrency,
+        tenant_host_concurrency=tenant_host_concurrency,
+        failure_rule=failure_rule,
+        retention_batch=retention_batch,
     )
     provider = tracer_provider or TracerProvider()
     worker = DeliveryWorker(
@@ -315,3 +333,89 @@ async def running_worker(
         stop.set()
         await asyncio.wait_for(task, 60)
         await http.close()
+
+
+# The worker as real processes.
+
+# How long a worker process's lease lasts, unless a test says otherwise.
+WORKER_LEASE_SECONDS = 10
+
+
+class Workers:
+    """`python -m services.webhooks worker` processes on the test's database."""
+
+    def __init__(self, db: HooksDb, log_dir: Path) -> None:
+        self.db = db
+        self.log_dir = log_dir
+        self.procs: list[tuple[subprocess.Popen[bytes], int]] = []
+
+    def start(self, **env: str) -> tuple[subprocess.Popen[bytes], int]:
+        """A worker, with `env` over the tests' defaults (a short timeout and lease, fast retries)."""
+        port = free_port()
+        env = {
+            **os.environ,
+            "WEBHOOKS_ENVIRONMENT": "test",
+            "WEBHOOKS_INTERNAL_TOKEN_SECRET": INTERNAL_SECRET,
+            "WEBHOOKS_DATABASE_URL": self.db.url,
+            "WEBHOOKS_DB_POOL_SIZE": "4",
+            "WEBHOOKS_WORKER_PORT": str(port),
+            "WEBHOOKS_ALLOW_PRIVATE_URLS": "true",
+            "WEBHOOKS_DELIVERY_TIMEOUT_SECONDS": "5",
+            "WEBHOOKS_DELIVERY_LEASE_SECONDS": str(WORKER_LEASE_SECONDS),
+            "WEBHOOKS_RETRY_SCHEDULE_SECONDS": "0.5,0.5,0.5,0.5",
+            "WEBHOOKS_WORKER_POLL_INTERVAL_SECONDS": "0.05",
+            "OTEL_SERVICE_NAME": "webhooks-worker",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        log = open(self.log_dir / f"worker-{port}.log", "ab")  # noqa: SIM115 - the child keeps its own copy
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.webhooks", "worker"],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.procs.append((proc, port))
+        return proc, port
+
+    async def ready(self, port: int, timeout: float = 60.0) -> None:
+        async def answers() -> bool:
+            try:
+                async with httpx.AsyncClient(timeout=2) as client:
+                    return (await client.get(f"http://127.0.0.1:{port}/health/ready")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(answers, timeout, interval=0.2)
+
+    async def started(self, count: int = 1, **env: str) -> list[int]:
+        """`count` workers, started at once and ready; answers their ports."""
+        ports = [self.start(**env)[1] for _ in range(count)]
+        for port in ports:
+            await self.ready(port)
+        return ports
+
+    async def metrics(self, port: int) -> str:
+        async with httpx.AsyncClient(timeout=5) as client:
+            return (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+
+    async def metric(self, port: int, sample: str) -> float:
+        """One sample's value, e.g. `portico_webhook_deliveries_total{outcome="succeeded"}`."""
+        text = await self.metrics(port)
+        return float(text.split("\n" + sample + " ")[1].split()[0])
+
+    def stop_all(self) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

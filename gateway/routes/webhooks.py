@@ -19,6 +19,8 @@ from services.webhooks.schemas import (
     EndpointOut,
     EndpointUpdate,
     EndpointWithSecret,
+    Recovered,
+    RecoverRequest,
 )
 from shared.errors import PaymentRequired
 from shared.pagination import Page
@@ -66,7 +68,7 @@ router.add(
         ENDPOINT,
         Writer,
         "update_endpoint",
-        "Change a webhook endpoint's url, events or status (`enabled` is the older shape of status)",
+        "Change a webhook endpoint's url, events, status or rate limit (`enabled` is the older shape of status)",
         body=EndpointUpdate,
         answer=EndpointOut,
         errors=[EndpointNotFound, UrlRefused],
@@ -89,6 +91,17 @@ router.add(
         answer=EndpointWithSecret,
         errors=[EndpointNotFound],
         secret=True,
+    ),
+    Forward(
+        "POST",
+        ENDPOINT + "/recover",
+        Writer,
+        "recover_endpoint",
+        "Send again every failed delivery of the endpoint made since a time (each with its own webhook-id)",
+        status_code=202,
+        body=RecoverRequest,
+        answer=Recovered,
+        errors=[EndpointNotFound, EndpointDisabled],
     ),
     Forward(
         "GET",

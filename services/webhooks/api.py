@@ -24,6 +24,8 @@ from services.webhooks.schemas import (
     EndpointOut,
     EndpointUpdate,
     EndpointWithSecret,
+    Recovered,
+    RecoverRequest,
 )
 from shared.contract import NO_STORE
 from shared.deprecation import WEBHOOK_ENDPOINT_ENABLED
@@ -99,6 +101,18 @@ async def rotate_secret(
     endpoint_id: RowId, repo: RepoDep, settings: SettingsDep, caller: WebhooksWrite, response: Response
 ) -> EndpointWithSecret:
     return with_secret(await service.rotate_secret(repo, settings, caller.tenant_id, endpoint_id), response)
+
+
+@router.post(
+    "/{endpoint_id}/recover",
+    status_code=202,
+    response_model=Recovered,
+    responses={**NotFound.openapi_response(), **Conflict.openapi_response(), **ValidationFailed.openapi_response()},
+)
+async def recover_endpoint(
+    endpoint_id: RowId, data: RecoverRequest, repo: RepoDep, deliveries: DeliveryRepoDep, caller: WebhooksWrite
+) -> Recovered:
+    return await service.recover(repo, deliveries, caller.tenant_id, endpoint_id, data)
 
 
 @router.get(

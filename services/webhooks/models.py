@@ -37,6 +37,15 @@ class Endpoint(Base, TenantRow):
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Attempts started per second at most, across every worker (None: no limit).
+    rate_limit_per_second: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The earliest start of the endpoint's next attempt under its rate limit; the claims that lock the
+    # endpoint row move it on, one interval per attempt.
+    rate_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Failed attempts since the last one that succeeded, and when the first of them was made: the
+    # failure rule disables an endpoint on these (`WEBHOOKS_FAILING_ENDPOINT_*`).
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
     @property
     def enabled(self) -> bool:
@@ -49,18 +58,19 @@ class Endpoint(Base, TenantRow):
 
 
 class Event(Base):
-    """An order event as the orders outbox published it; its id is the outbox's, so it is stored once."""
+    """An event owed to endpoints: an order event as the orders outbox published it (its id is the
+    outbox's, so it is stored once), or one this service makes itself (`endpoint.disabled`, seq 0)."""
 
     __tablename__ = "webhook_events"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    # Position in the orders feed.
+    # Position in the orders feed (0 for the service's own events).
     seq: Mapped[int] = mapped_column(BigInteger)
     tenant_id: Mapped[str] = mapped_column(String(64), index=True)
     type: Mapped[str] = mapped_column(String(100))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     # The trace of the request that wrote the event, which each delivery attempt continues.
     traceparent: Mapped[str | None] = mapped_column(String(TRACEPARENT_LENGTH), default=None)
 
@@ -73,6 +83,12 @@ class Delivery(Base, TenantRow):
         UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_deliveries_event_endpoint"),
         Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at", "id"),
         Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+        # A claim's tenants with due work, and the due deliveries of each in order.
+        Index("ix_webhook_deliveries_status_tenant_next", "status", "tenant_id", "next_attempt_at"),
+        # Attempts in flight (a live lease), counted by every claim.
+        Index("ix_webhook_deliveries_lease", "lease_expires_at"),
+        # What the retention deletes, oldest first.
+        Index("ix_webhook_deliveries_created", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -118,6 +134,8 @@ class DeliveryAttempt(Base):
     duration_ms: Mapped[int] = mapped_column(Integer)
     # What went wrong, with at most a few hundred bytes of what the receiver answered.
     error: Mapped[str | None] = mapped_column(String(500), default=None)
+    # When the attempt that follows a failed one was scheduled (None: none was; the last one or a success).
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class RelayCursor(Base):

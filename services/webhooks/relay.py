@@ -15,28 +15,48 @@ import logging
 import random
 from collections.abc import AsyncIterator
 
+from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import Link, Tracer
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.webhooks.repository import RelayRepository, StoredBatch
 from services.webhooks.settings import WebhooksSettings
-from shared.contract import Identity
+from shared.contract import EVENTS_READ, Identity
 from shared.errors import DownstreamError
-from shared.events import FeedPage
+from shared.events import FeedEvent, FeedPage
 from shared.http import ServiceClient
 from shared.loops import running_loop
 from shared.repository import transaction
 from shared.state import ServiceState
+from shared.telemetry import context_of
 
 logger = logging.getLogger("portico.webhooks.relay")
 
 SOURCE = "orders"
-RELAY_IDENTITY = Identity(subject="service:webhooks", scopes=frozenset({"events:read"}))
+RELAY_IDENTITY = Identity(subject="service:webhooks", scopes=frozenset({EVENTS_READ}))
 # How long shutdown waits for the batch in flight before cancelling it (its transaction then rolls
 # back, and the batch is read again on the next start).
 STOP_TIMEOUT_SECONDS = 5.0
+# A batch span links to at most this many of its events' traces (OpenTelemetry's default link limit).
+MAX_LINKS = 128
+
+
+def links_to(events: list[FeedEvent]) -> list[Link]:
+    """One link per distinct trace the events were written in (the first MAX_LINKS of them)."""
+    links: list[Link] = []
+    seen: set[str] = set()
+    for event in events:
+        traceparent = event.traceparent
+        context = context_of(traceparent)
+        if traceparent is None or context is None or traceparent in seen:
+            continue
+        seen.add(traceparent)
+        links.append(Link(trace.get_current_span(context).get_span_context()))
+        if len(links) == MAX_LINKS:
+            break
+    return links
 
 
 class FeedError(RuntimeError):
@@ -71,17 +91,25 @@ class OrdersRelay:
         Raises what went wrong (the orders service unreachable or answering nonsense, the database
         failing); nothing is stored then.
         """
-        # An idle poll every interval would be a trace of its own each time: only batches are traced.
+        # A poll is traced only when it carries events: reading the cursor and the feed, and moving
+        # the cursor past a page without events, make no span (nor SQL spans) at all.
         with suppress_instrumentation():
             after = await self.position()
             page = await self.fetch(after)
-        if not page.items and page.next_after <= after:
-            return None
+            if not page.items:
+                if page.next_after <= after:
+                    return None
+                async with transaction(self.sessionmaker, RelayRepository) as repo:
+                    return await repo.store_batch(SOURCE, page.items, page.next_after)
         with contextlib.ExitStack() as scope:
             if self.tracer is not None:
+                # A root span of its own (a batch holds the events of many requests), linked to the
+                # trace of each event it carries.
                 scope.enter_context(
                     self.tracer.start_as_current_span(
                         "webhooks.relay batch",
+                        context=trace.set_span_in_context(trace.INVALID_SPAN),
+                        links=links_to(page.items),
                         attributes={"relay.after": after, "relay.events": len(page.items)},
                     )
                 )

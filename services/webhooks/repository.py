@@ -31,6 +31,27 @@ class EndpointRepository(Repository):
         )
 
 
+def wants(endpoint: Endpoint, event_type: str, occurred_at: datetime) -> bool:
+    """Whether an event is owed to the endpoint: one of its types, and not from before it was
+    registered (an endpoint gets the events that happen after it is, not the backlog)."""
+    return event_type in endpoint.events and endpoint.created_at <= occurred_at
+
+
+def delivery_row(event_id: str, tenant_id: str, event_type: str, endpoint_id: str, now: datetime) -> dict[str, Any]:
+    """A new pending delivery of an event to an endpoint, due at once."""
+    return {
+        "id": new_id(),
+        "tenant_id": tenant_id,
+        "event_id": event_id,
+        "endpoint_id": endpoint_id,
+        "event_type": event_type,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class StoredBatch:
     read: int  # events in the batch
@@ -105,21 +126,8 @@ class RelayRepository(Repository):
         rows: list[dict[str, Any]] = []
         for event in events:
             for endpoint in by_tenant.get(event.tenant_id, ()):
-                # An endpoint gets the events that happen after it is registered, not the backlog.
-                if event.type in endpoint.events and endpoint.created_at <= event.created_at:
-                    rows.append(
-                        {
-                            "id": new_id(),
-                            "tenant_id": event.tenant_id,
-                            "event_id": event.id,
-                            "endpoint_id": endpoint.id,
-                            "event_type": event.type,
-                            "status": "pending",
-                            "attempts": 0,
-                            "next_attempt_at": now,
-                            "created_at": now,
-                        }
-                    )
+                if wants(endpoint, event.type, event.created_at):
+                    rows.append(delivery_row(event.id, event.tenant_id, event.type, endpoint.id, now))
         return rows
 
     async def _advance(self, source: str, position: int, now: datetime) -> None:

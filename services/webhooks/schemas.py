@@ -1,17 +1,21 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.deprecation import WEBHOOK_ENDPOINT_ENABLED
 from shared.schemas import refuse_null
 
-EventType = Literal["order.created", "order.cancelled"]
-EVENT_TYPES: tuple[str, ...] = ("order.created", "order.cancelled")
+# `endpoint.disabled` is this service's own: sent to a tenant's other endpoints when one is disabled
+# for it (`{"endpoint_id", "reason": "gone" | "failing"}`).
+EventType = Literal["order.created", "order.cancelled", "endpoint.disabled"]
+EVENT_TYPES: tuple[str, ...] = ("order.created", "order.cancelled", "endpoint.disabled")
 NOT_NULL = refuse_null("must not be null; leave the field out to keep it")
 EndpointStatus = Literal["active", "disabled"]
+# Attempts started per second at most, across every worker; null: no limit.
+RateLimit = Annotated[int | None, Field(ge=1, le=10_000, examples=[20])]
 DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
 
 
@@ -38,6 +42,7 @@ class EndpointCreate(BaseModel):
     status: EndpointStatus | None = None
     # The older shape of `status`.
     enabled: bool | None = WEBHOOK_ENDPOINT_ENABLED.field()
+    rate_limit_per_second: RateLimit = None
 
     @field_validator("events")
     @classmethod
@@ -66,6 +71,8 @@ class EndpointUpdate(BaseModel):
     status: Annotated[EndpointStatus | None, NOT_NULL] = None
     # The older shape of `status`.
     enabled: Annotated[bool | None, NOT_NULL] = WEBHOOK_ENDPOINT_ENABLED.field()
+    # Null lifts the limit; left out, it stays as it is.
+    rate_limit_per_second: RateLimit = None
 
     @field_validator("events")
     @classmethod
@@ -85,6 +92,10 @@ class EndpointUpdate(BaseModel):
             return "active" if self.enabled else "disabled"
         return None
 
+    @property
+    def changes_rate_limit(self) -> bool:
+        return "rate_limit_per_second" in self.model_fields_set
+
 
 class EndpointOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -95,6 +106,7 @@ class EndpointOut(BaseModel):
     status: EndpointStatus
     # The older shape of `status` (enabled is status == "active"), kept for existing clients.
     enabled: bool = WEBHOOK_ENDPOINT_ENABLED.field(...)
+    rate_limit_per_second: int | None
     created_at: datetime
     updated_at: datetime
 
@@ -136,3 +148,22 @@ class DeliveryDetail(DeliveryOut):
     """One delivery with its attempt log, oldest attempt first."""
 
     attempt_log: list[AttemptOut]
+
+
+class RecoverRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"since": "2026-01-31T08:00:00Z"}]})
+
+    # RFC 3339, with its offset: the failed deliveries made at or after this time are sent again.
+    since: AwareDatetime
+
+    @field_validator("since")
+    @classmethod
+    def _not_ahead(cls, since: datetime) -> datetime:
+        if since > datetime.now(UTC):
+            raise ValueError("must not be in the future")
+        return since
+
+
+class Recovered(BaseModel):
+    # Failed deliveries made pending again, each on a fresh retry schedule with its own webhook-id.
+    requeued: int

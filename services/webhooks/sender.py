@@ -18,6 +18,7 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -68,13 +69,30 @@ class PinnedResolver(AbstractResolver):
         return None
 
 
-def create_session(max_connections: int, per_host: int) -> aiohttp.ClientSession:
-    """The worker's one client session: pinned resolution, no DNS cache, no cookies, no proxies."""
+def host_key(url: str) -> str:
+    """The receiver host a URL reaches, as connections are pooled: `host:port`."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return url
+    host = (parts.hostname or "").rstrip(".")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def create_session(max_connections: int) -> aiohttp.ClientSession:
+    """The worker's one client session: pinned resolution, no DNS cache, no cookies, no proxies.
+
+    No limit per host here: a pool's limit per host is shared by every tenant, so one tenant's slow
+    receivers would hold the connections another tenant's receiver on the same host waits for. The
+    claim bounds connections per tenant and host instead (`tenant_host_concurrency`), and the
+    worker's slots bound the total, so no attempt ever waits here for a connection.
+    """
     connector = aiohttp.TCPConnector(
         resolver=PinnedResolver(),
         use_dns_cache=False,
         limit=max_connections,
-        limit_per_host=per_host,
+        limit_per_host=0,
         keepalive_timeout=15,
     )
     return aiohttp.ClientSession(

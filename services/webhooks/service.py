@@ -25,6 +25,8 @@ from services.webhooks.schemas import (
     EndpointCreate,
     EndpointOut,
     EndpointUpdate,
+    Recovered,
+    RecoverRequest,
 )
 from services.webhooks.settings import WebhooksSettings
 from services.webhooks.signing import SECRET_PREFIX
@@ -82,6 +84,7 @@ async def create_endpoint(
         url=url,
         events=list(data.events),
         status=data.initial_status,
+        rate_limit_per_second=data.rate_limit_per_second,
         secret=new_secret(),
         created_at=now,
         updated_at=now,
@@ -113,7 +116,13 @@ async def update_endpoint(
         endpoint.url = await checked_url(data.url, settings, resolver)
     if data.events is not None:
         endpoint.events = list(data.events)
+    if data.changes_rate_limit:
+        endpoint.rate_limit_per_second = data.rate_limit_per_second
     disabling = data.new_status == DISABLED and endpoint.status != DISABLED
+    if data.new_status == ACTIVE and endpoint.status != ACTIVE:
+        # Enabled again: its failures so far no longer count towards the failure rule.
+        endpoint.consecutive_failures = 0
+        endpoint.failing_since = None
     if data.new_status is not None:
         endpoint.status = data.new_status
     endpoint.updated_at = utcnow()
@@ -122,6 +131,19 @@ async def update_endpoint(
         # Like a 410 from the receiver: nothing more goes to a disabled endpoint.
         await deliveries.cancel_pending(endpoint.id)
     return endpoint
+
+
+async def recover(
+    repo: EndpointRepository, deliveries: DeliveryRepository, tenant_id: str, endpoint_id: str, data: RecoverRequest
+) -> Recovered:
+    """Sends again every failed delivery of the endpoint made since `data.since`, each as a replay
+    (same `webhook-id`, fresh schedule). A disabled endpoint gets nothing: enable it first."""
+    endpoint = await get_endpoint(repo, tenant_id, endpoint_id)
+    if endpoint.status != ACTIVE:
+        raise EndpointDisabled(
+            f"The endpoint {endpoint.id} is disabled; enable it (PATCH status active) before recovering."
+        )
+    return Recovered(requeued=await deliveries.requeue_failed(endpoint.id, data.since, utcnow()))
 
 
 async def delete_endpoint(repo: EndpointRepository, tenant_id: str, endpoint_id: str) -> None:

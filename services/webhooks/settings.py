@@ -129,6 +129,17 @@ class WebhooksSettings(BaseServiceSettings):
         le=1000,
         description="Attempts to one endpoint at once across every worker: a slow receiver holds at most this many.",
     )
+    # A tenant whose receivers hang holds at most its share of each worker's slots and connections,
+    # and the other tenants' deliveries keep flowing.
+    tenant_concurrency: int = Field(
+        default=8, ge=1, le=1000, description="Attempts one tenant may have in flight in one worker."
+    )
+    tenant_host_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Connections one worker opens for one tenant to one receiver host (host:port).",
+    )
     worker_poll_interval_seconds: float = Field(
         default=0.5, gt=0, le=60, description="How often an idle worker looks for due deliveries."
     )
@@ -149,6 +160,39 @@ class WebhooksSettings(BaseServiceSettings):
             "On SIGTERM the worker stops claiming and lets attempts in flight finish this long, then gives back "
             "what is left."
         ),
+    )
+
+    failing_endpoint_seconds: float = Field(
+        default=5 * 24 * 3600,
+        ge=0,
+        le=365 * 24 * 3600,
+        description=(
+            "The failure rule: an endpoint whose attempts have all failed for this long (and at least "
+            "`failing_endpoint_attempts` times in a row) is disabled, and `endpoint.disabled` (reason "
+            "`failing`) sent to the tenant's other endpoints."
+        ),
+    )
+    failing_endpoint_attempts: int = Field(
+        default=10,
+        ge=0,
+        le=100_000,
+        description="The failed attempts in a row the failure rule needs at least; 0 turns the rule off.",
+    )
+
+    delivery_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        le=3650,
+        description=(
+            "Finished deliveries (with their attempt logs) are deleted by the workers this long after they "
+            "were made; pending ones stay whatever their age."
+        ),
+    )
+    retention_interval_seconds: float = Field(
+        default=3600.0, gt=0, le=7 * 24 * 3600, description="How often each worker deletes what is past retention."
+    )
+    retention_batch_size: int = Field(
+        default=1000, ge=1, le=100_000, description="Rows deleted per transaction, so each stays short."
     )
 
     @model_validator(mode="after")

@@ -7,12 +7,21 @@ transaction of its own. A worker that dies anywhere in between leaves a lease th
 by two workers at once: a lease outlives the longest attempt (the settings refuse anything else),
 and claims skip leased rows.
 
-Concurrency: each worker runs up to `worker_concurrency` attempts at once, and every worker together
-at most `endpoint_concurrency` to one endpoint, so a slow receiver holds a few slots, never all.
-When a claim leaves due deliveries behind because their endpoint was at that limit, the worker claims
-again as soon as one of its own attempts to that endpoint ends, not at the next poll: otherwise one
+Concurrency and fairness: each worker runs up to `worker_concurrency` attempts at once, and every
+worker together at most `endpoint_concurrency` to one endpoint, so a slow receiver holds a few slots,
+never all. Within a worker, one tenant has at most `tenant_concurrency` attempts in flight and at
+most `tenant_host_concurrency` connections to one receiver host, and each claim hands the free slots
+round robin to the tenants with due work (those it served longest ago first): a tenant whose
+receivers hang, or whose backlog is huge, never delays another tenant's delivery. An endpoint's
+`rate_limit_per_second` spaces its attempts across all workers. When a claim leaves due deliveries
+behind because of one of those bounds, the worker claims again as soon as one of its own attempts
+that held the bound ends (or the rate limit's next turn comes), not at the next poll: otherwise one
 busy endpoint would get at most `endpoint_concurrency` attempts per poll interval, however fast it
 answers.
+
+Retention: every worker deletes finished deliveries (and their attempt logs) older than
+`delivery_retention_days` every `retention_interval_seconds`, a batch per short transaction, so the
+clean-up never holds locks a claim or a record waits on for long.
 
 Stopping: no new claims; attempts in flight get `worker_stop_grace_seconds` to finish and be
 recorded; what is still running then is cancelled and its leases are given back at once.
@@ -27,8 +36,10 @@ import json
 import logging
 import random
 import uuid
+from collections import Counter as Tally
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from opentelemetry import trace
@@ -38,7 +49,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.webhooks.delivery_repository import Claimed, WorkerRepository
+from services.webhooks.delivery_repository import (
+    Claimed,
+    FailureRule,
+    HeldBack,
+    Load,
+    Recorded,
+    WorkerRepository,
+)
 from services.webhooks.models import webhook_id_of
 from services.webhooks.schedule import Decision, decide
 from services.webhooks.sender import AttemptResult, Sender, create_session
@@ -48,7 +66,7 @@ from services.webhooks.url_safety import Resolver
 from shared.db import utcnow
 from shared.repository import transaction
 from shared.state import ServiceState
-from shared.telemetry import context_of
+from shared.telemetry import TENANT_ID, context_of, current_traceparent
 
 logger = logging.getLogger("portico.webhooks.worker")
 
@@ -59,6 +77,9 @@ RECORD_TRIES = 3
 RECORD_GRACE_SECONDS = 5.0
 STATS_INTERVAL_SECONDS = 5.0
 MAX_IDLE_BACKOFF_SECONDS = 10.0
+DEFAULT_FAILURE_RULE = FailureRule(seconds=5 * 24 * 3600, attempts=10)
+# The worker remembers when it last served this many tenants at most (the oldest are forgotten first).
+SERVED_MEMORY = 10_000
 
 
 class WorkerMetrics:
@@ -90,6 +111,14 @@ class WorkerMetrics:
             "How long the longest-waiting due delivery has been due (0 when none waits).",
             registry=registry,
         )
+        self.deleted = Counter(
+            "portico_webhook_retention_deleted_total",
+            "Rows the retention deleted: finished deliveries (with their attempt logs) and events.",
+            ("kind",),
+            registry=registry,
+        )
+        for kind in ("deliveries", "events"):
+            self.deleted.labels(kind)
 
 
 def envelope(claimed: Claimed) -> bytes:
@@ -119,6 +148,12 @@ class WorkerConfig:
     stop_grace: float = 10.0
     schedule: Sequence[float] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    tenant_concurrency: int = 8
+    tenant_host_concurrency: int = 4
+    failure_rule: FailureRule = DEFAULT_FAILURE_RULE
+    retention_days: float = 30.0
+    retention_interval: float = 3600.0
+    retention_batch: int = 1000
 
 
 class DeliveryWorker:
@@ -139,11 +174,16 @@ class DeliveryWorker:
         self.rng = rng or random.Random()
         self.in_flight: dict[str, _InFlight] = {}
         self._slot_freed = asyncio.Event()
-        # Endpoints the last claim left due deliveries of (they were at their limit), the endpoints
-        # whose attempts ended since that claim began, and the wake-up for one of those ending.
-        self._held_back: frozenset[str] = frozenset()
-        self._ended: set[str] = set()
-        self._endpoint_freed = asyncio.Event()
+        # What the last claim left due deliveries of because of a bound (endpoints, tenants, hosts),
+        # the attempts that ended since that claim began, and the wake-up for one of those ending.
+        self._held_back = HeldBack()
+        self._ended: list[Claimed] = []
+        self._bound_freed = asyncio.Event()
+        # When a rate-limited endpoint's next delivery may be claimed.
+        self._next_turn_at: datetime | None = None
+        # Claims made, and the claim each tenant last got deliveries in (least recently served first).
+        self.claims = 0
+        self._served: dict[str, int] = {}
         self.running = False
 
     # The loop
@@ -152,6 +192,7 @@ class DeliveryWorker:
         """Claims and attempts until `stop` is set, then finishes or gives back what it holds."""
         self.running = True
         stats = asyncio.create_task(self._stats_loop(stop), name="webhooks-worker-stats")
+        retention = asyncio.create_task(self._retention_loop(stop), name="webhooks-worker-retention")
         failures = 0
         try:
             while not stop.is_set():
@@ -176,9 +217,10 @@ class DeliveryWorker:
                 await self._wait(stop, self.config.poll_interval)
         finally:
             await self._drain()
-            stats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stats
+            for task in (stats, retention):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             self.running = False
 
     @property
@@ -186,25 +228,38 @@ class DeliveryWorker:
         return max(1, self.config.concurrency // 4)
 
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
-        """Until stop, enough free slots for a claim when too few are free, a slot at an endpoint the
-        last claim left due deliveries of when enough are free, or the timeout."""
+        """Until stop, enough free slots for a claim when too few are free; when enough are free, a
+        bound the last claim left due deliveries behind at freed, or a rate limit's next turn; or
+        the timeout."""
         self._slot_freed.clear()
         waiters = [asyncio.ensure_future(stop.wait())]
         if self.config.concurrency - len(self.in_flight) < self.batch:
             waiters.append(asyncio.ensure_future(self._slot_freed.wait()))
-        elif self._held_back:
-            waiters.append(asyncio.ensure_future(self._endpoint_freed.wait()))
+        else:
+            if self._held_back:
+                waiters.append(asyncio.ensure_future(self._bound_freed.wait()))
+            if self._next_turn_at is not None:
+                seconds = max(0.0, min(seconds, (self._next_turn_at - utcnow()).total_seconds()))
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()
 
+    def load(self) -> Load:
+        """What this worker has in flight by tenant and by tenant and host, for the bounds of a claim."""
+        tenants: Tally[str] = Tally()
+        hosts: Tally[tuple[str, str]] = Tally()
+        for entry in self.in_flight.values():
+            tenants[entry.claimed.tenant_id] += 1
+            hosts[entry.claimed.tenant_id, entry.claimed.host] += 1
+        return Load(tenants, hosts, self._served)
+
     async def claim_and_start(self, free: int) -> int:
         token = f"{self.config.worker_id}:{uuid.uuid4().hex}"
         # Attempts that end while the claim runs may have freed what it saw full: noted from here.
         self._ended.clear()
-        self._endpoint_freed.clear()
+        self._bound_freed.clear()
         # A poll is no trace of its own; each attempt is.
         with suppress_instrumentation():
             async with transaction(self.sessionmaker, WorkerRepository) as repo:
@@ -214,27 +269,36 @@ class DeliveryWorker:
                     lease_seconds=self.config.lease_seconds,
                     token=token,
                     now=utcnow(),
+                    tenant_limit=min(self.config.tenant_concurrency, self.config.concurrency),
+                    host_limit=self.config.tenant_host_concurrency,
+                    load=self.load(),
                 )
+        self.claims += 1
         self._held_back = result.held_back
-        if self._held_back & self._ended:
-            self._endpoint_freed.set()
+        self._next_turn_at = result.next_turn_at
+        if any(self._held_back.freed_by(claimed) for claimed in self._ended):
+            self._bound_freed.set()
         else:
-            self._endpoint_freed.clear()
+            self._bound_freed.clear()
         if result.cancelled:
             self.metrics.deliveries.labels("cancelled").inc(result.cancelled)
         for claimed in result.claimed:
+            self._served[claimed.tenant_id] = self.claims
             task = asyncio.create_task(self._guarded(claimed), name=f"webhook-attempt-{claimed.delivery_id}")
             self.in_flight[claimed.delivery_id] = _InFlight(claimed, task)
             task.add_done_callback(functools.partial(self._done, claimed.delivery_id))
+        if len(self._served) > SERVED_MEMORY:
+            # Forgetting a tenant puts it first next time, which is where a tenant not served lately belongs.
+            for tenant, _ in sorted(self._served.items(), key=lambda item: item[1])[: SERVED_MEMORY // 2]:
+                del self._served[tenant]
         return len(result.claimed)
 
     def _done(self, delivery_id: str, _: object) -> None:
         entry = self.in_flight.pop(delivery_id, None)
         if entry is not None:
-            endpoint_id = entry.claimed.endpoint_id
-            self._ended.add(endpoint_id)
-            if endpoint_id in self._held_back:
-                self._endpoint_freed.set()
+            self._ended.append(entry.claimed)
+            if self._held_back.freed_by(entry.claimed):
+                self._bound_freed.set()
         if self.config.concurrency - len(self.in_flight) >= self.batch:
             self._slot_freed.set()
 
@@ -248,6 +312,9 @@ class DeliveryWorker:
             logger.exception("attempt at delivery %s failed unexpectedly", claimed.delivery_id)
 
     async def attempt(self, claimed: Claimed) -> None:
+        if claimed.not_before is not None:
+            # The endpoint's rate limit gave this attempt a turn a little ahead: it starts then.
+            await asyncio.sleep(max(0.0, (claimed.not_before - utcnow()).total_seconds()))
         webhook_id = webhook_id_of(claimed.delivery_id)
         attributes: dict[str, Any] = {
             "webhook.id": webhook_id,
@@ -256,7 +323,7 @@ class DeliveryWorker:
             "webhook.event_id": claimed.event_id,
             "webhook.event_type": claimed.event_type,
             "webhook.attempt": claimed.attempts + 1,
-            "tenant.id": claimed.tenant_id,
+            TENANT_ID: claimed.tenant_id,
             "http.request.method": "POST",
             "url.full": claimed.url,
         }
@@ -275,27 +342,28 @@ class DeliveryWorker:
                 span.set_attribute("http.response.status_code", result.status_code)
             if not result.ok:
                 span.set_status(Status(StatusCode.ERROR, result.error))
-            now = utcnow()
+            # The schedule counts from the attempt's end, as the attempt itself measured it.
+            ended = result.at + timedelta(seconds=result.duration)
             decision = decide(
                 result.status_code,
                 result.retry_after,
                 claimed.round_attempts + 1,
                 self.config.schedule,
-                now,
+                ended,
                 self.rng,
             )
             span.set_attribute("webhook.outcome", decision.outcome)
             entry = self.in_flight.get(claimed.delivery_id)
             if entry is not None:
                 entry.recording = True
-            held = await self._record(claimed, result, decision)
-        if held is None:
+            recorded = await self._record(claimed, result, decision)
+        if recorded is None:
             return
-        outcome = decision.outcome if held else "lease_lost"
+        outcome = decision.outcome if recorded.held else "lease_lost"
         self.metrics.deliveries.labels(outcome).inc()
-        self._log(claimed, webhook_id, result, decision, held)
+        self._log(claimed, webhook_id, result, decision, recorded)
 
-    async def _record(self, claimed: Claimed, result: AttemptResult, decision: Decision) -> bool | None:
+    async def _record(self, claimed: Claimed, result: AttemptResult, decision: Decision) -> Recorded | None:
         """Records the outcome (retrying briefly); None when it could not be, so the lease will lapse."""
         for attempt in range(1, RECORD_TRIES + 1):
             try:
@@ -312,11 +380,17 @@ class DeliveryWorker:
                 await asyncio.sleep(0.2 * 2**attempt)
         return None
 
-    async def _record_once(self, claimed: Claimed, result: AttemptResult, decision: Decision) -> bool:
+    async def _record_once(self, claimed: Claimed, result: AttemptResult, decision: Decision) -> Recorded:
         async with transaction(self.sessionmaker, WorkerRepository) as repo:
-            return await repo.record(claimed, result, decision, utcnow())
+            # An `endpoint.disabled` this attempt causes continues the attempt's trace.
+            return await repo.record(
+                claimed, result, decision, utcnow(), self.config.failure_rule, current_traceparent()
+            )
 
-    def _log(self, claimed: Claimed, webhook_id: str, result: AttemptResult, decision: Decision, held: bool) -> None:
+    def _log(
+        self, claimed: Claimed, webhook_id: str, result: AttemptResult, decision: Decision, recorded: Recorded
+    ) -> None:
+        held = recorded.held
         extra = {
             "delivery_id": claimed.delivery_id,
             "webhook_id": webhook_id,
@@ -325,6 +399,15 @@ class DeliveryWorker:
             "duration_ms": result.duration_ms,
             "outcome": decision.outcome if held else "lease_lost",
         }
+        if recorded.disabled == "failing":
+            logger.warning(
+                "endpoint %s disabled: its attempts have all failed for %.0fs, %d or more in a row; its "
+                "pending deliveries are cancelled",
+                claimed.endpoint_id,
+                self.config.failure_rule.seconds,
+                self.config.failure_rule.attempts,
+                extra=extra,
+            )
         if not held:
             logger.warning(
                 "delivery %s changed hands during its attempt (cancelled, deleted or its lease lapsed); "
@@ -385,6 +468,47 @@ class DeliveryWorker:
         self.metrics.deliveries.labels("released").inc(released)
         logger.warning("stopping: gave back %d deliveries whose attempts had not finished", released)
 
+    # Retention
+
+    async def _retention_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.purge(stop)
+            except (SQLAlchemyError, OSError) as exc:
+                logger.warning("could not delete expired deliveries: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.retention_interval)
+
+    async def purge(self, stop: asyncio.Event | None = None) -> tuple[int, int]:
+        """Deletes what the retention period is over for, a batch per transaction; answers how many
+        deliveries and events it deleted."""
+        cutoff = utcnow() - timedelta(days=self.config.retention_days)
+        batch = self.config.retention_batch
+        totals = [0, 0]
+        for index, step in enumerate(
+            (WorkerRepository.delete_expired_deliveries, WorkerRepository.delete_expired_events)
+        ):
+            while stop is None or not stop.is_set():
+                # A clean-up is no trace of its own.
+                with suppress_instrumentation():
+                    async with transaction(self.sessionmaker, WorkerRepository) as repo:
+                        deleted = await step(repo, cutoff, batch)
+                totals[index] += deleted
+                if deleted < batch:
+                    break
+                # Between batches, the claims and records waiting on the database go first.
+                await asyncio.sleep(0)
+        self.metrics.deleted.labels("deliveries").inc(totals[0])
+        self.metrics.deleted.labels("events").inc(totals[1])
+        if any(totals):
+            logger.info(
+                "deleted %d deliveries and %d events older than %g days",
+                totals[0],
+                totals[1],
+                self.config.retention_days,
+            )
+        return totals[0], totals[1]
+
     # Gauges
 
     async def _stats_loop(self, stop: asyncio.Event) -> None:
@@ -414,6 +538,12 @@ def worker_config(settings: WebhooksSettings) -> WorkerConfig:
         poll_interval=settings.worker_poll_interval_seconds,
         stop_grace=settings.worker_stop_grace_seconds,
         schedule=settings.retry_schedule_seconds,
+        tenant_concurrency=settings.tenant_concurrency,
+        tenant_host_concurrency=settings.tenant_host_concurrency,
+        failure_rule=FailureRule(settings.failing_endpoint_seconds, settings.failing_endpoint_attempts),
+        retention_days=settings.delivery_retention_days,
+        retention_interval=settings.retention_interval_seconds,
+        retention_batch=settings.retention_batch_size,
     )
 
 
@@ -424,7 +554,7 @@ async def running_delivery_worker(
     """The worker and its running loop, for the life of the worker process. On the way out it stops
     claiming, and finishes or gives back what it holds within its grace period."""
     settings = state.settings
-    http = create_session(settings.worker_concurrency, settings.endpoint_concurrency)
+    http = create_session(settings.worker_concurrency)
     sender = Sender(
         http,
         timeout=settings.delivery_timeout_seconds,

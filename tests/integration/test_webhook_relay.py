@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.webhooks.app import create_app
 from services.webhooks.relay import FeedError, OrdersRelay
@@ -27,6 +31,7 @@ from shared.contract import Identity
 from shared.errors import DownstreamBadResponse, DownstreamUnavailable
 from shared.http import ServiceClient, create_http_client
 from shared.identity import IdentitySigner
+from shared.telemetry import instrument_engine
 from tests.conftest import app_client, internal_headers, service_env, settings_kwargs
 from tests.e2e.test_webhooks_flow import Shop
 from tests.faults import ServiceProcess, eventually, refused_port
@@ -430,3 +435,137 @@ async def test_a_relay_process_killed_mid_batch_leaves_nothing_and_relays_exactl
     stored = await counts(relay_db, shop.tenant_id, endpoints)
     assert stored["events"] == 5
     assert stored["both"] == expected
+
+
+# Traces: a poll is traced only when it carries events.
+
+TRACE_A = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACE_B = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def feed_page(next_after: int, *events: tuple[int, str | None]) -> bytes:
+    items = [
+        {
+            "seq": seq,
+            "id": str(uuid.uuid4()),
+            "type": "order.created",
+            "tenant_id": "t",
+            "created_at": "2026-01-01T00:00:00+00:00",
+            "data": {"id": str(seq)},
+            "traceparent": traceparent,
+        }
+        for seq, traceparent in events
+    ]
+    return http_answer(200, json.dumps({"items": items, "next_after": next_after}).encode())
+
+
+async def test_only_a_batch_that_carries_events_is_traced_and_it_links_to_their_traces(relay_db, http, signer):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrument_engine(relay_db.engine, provider)
+    answers = (
+        feed_page(0),  # nothing new
+        feed_page(7),  # nothing carried, but the feed moved on (its events were pruned): the cursor follows
+        feed_page(7),
+        feed_page(9, (8, TRACE_A), (9, TRACE_B)),
+    )
+    async with feed_answering(*answers) as url:
+        relay = relay_for(relay_db, http, signer, url, tracer=provider.get_tracer("relay"))
+        assert await relay.run_once() is None
+        moved = await relay.run_once()
+        assert moved is not None
+        assert (moved.read, moved.position) == (0, 7)
+        assert await relay.run_once() is None
+        # Three polls, the cursor moved once: no span at all, SQL included.
+        assert exporter.get_finished_spans() == ()
+        stored = await relay.run_once()
+    assert stored is not None
+    assert (stored.events, stored.position) == (2, 9)
+    spans = exporter.get_finished_spans()
+    [batch] = [s for s in spans if s.name == "webhooks.relay batch"]
+    assert batch.parent is None
+    linked = {format(link.context.trace_id, "032x") for link in batch.links}
+    assert linked == {TRACE_A.split("-")[1], TRACE_B.split("-")[1]}
+    sql = [s for s in spans if s is not batch]
+    assert sql
+    assert all(s.context.trace_id == batch.context.trace_id for s in sql)
+
+
+class Feed:
+    """An orders feed on a real socket, serving the events a test gives it after the position asked
+    for, and counting the polls it serves."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, str | None]] = []
+        self.head = 0
+        self.polls = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            target = head.split(b" ", 2)[1].decode()
+            after = int(parse_qs(urlsplit(target).query).get("after", ["0"])[0])
+            self.polls += 1
+            writer.write(feed_page(self.head, *(e for e in self.events if e[0] > after)))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_the_services_relay_traces_nothing_while_idle(relay_db, migrated, otlp, tmp_path):
+    """The webhooks service as a real process, exporting its spans: polls that carry nothing (the
+    cursor moving on included) make no span; a batch of events makes one, its SQL inside it."""
+    feed = Feed()
+    server = await asyncio.start_server(feed.handle, "127.0.0.1", 0)
+    service = f"webhooks-{uuid.uuid4().hex[:8]}"
+    process = ServiceProcess(
+        "webhooks",
+        service_env(migrated),
+        tmp_path / "logs",
+        ROOT,
+        own_env={
+            "WEBHOOKS_DATABASE_URL": relay_db.url,
+            "WEBHOOKS_ORDERS_URL": f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+            "WEBHOOKS_RELAY_INTERVAL_SECONDS": "0.05",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_SERVICE_NAME": service,
+        },
+    )
+
+    def relay_spans() -> list:
+        # Calls to the orders service are the HTTP client's spans, not the relay's own.
+        return [s for s in otlp.spans if s.service == service and s.attributes.get("peer.service") != "orders"]
+
+    async def polled(times: int) -> bool:
+        return feed.polls >= times
+
+    try:
+        await asyncio.to_thread(process.start)
+        await eventually(lambda: polled(5))
+        feed.head = 7
+        await eventually(lambda: _cursor_at(relay_db, 7))
+        mark = feed.polls
+        await eventually(lambda: polled(mark + 5))
+        feed.events, feed.head = [(8, TRACE_A), (9, TRACE_B)], 9
+        await eventually(lambda: _cursor_at(relay_db, 9))
+
+        async def exported() -> bool:
+            return any(s.name == "webhooks.relay batch" for s in relay_spans())
+
+        await eventually(exported)
+    finally:
+        await asyncio.to_thread(process.stop)
+        server.close()
+    spans = relay_spans()
+    [batch] = [s for s in spans if s.name == "webhooks.relay batch"]
+    # Everything else it traced is the batch's SQL, in the batch's trace.
+    assert {s.trace_id for s in spans} == {batch.trace_id}
+    assert len(spans) > 1
+
+
+async def _cursor_at(db: HooksDb, position: int) -> bool:
+    return await db.fetchval("SELECT coalesce(max(position), 0) FROM webhook_relay_cursors") == position
