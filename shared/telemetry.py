@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -187,6 +188,13 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
+def unsampled_traceparent() -> str:
+    """A `traceparent` that asks whoever receives it not to record the work (the sampled flag off):
+    what a call made while instrumentation is suppressed carries, so that the service it calls,
+    whose sampler follows its caller's decision, records no span for it either."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
+
+
 def traceresponse(span_context: SpanContext) -> bytes:
     """The `traceresponse` value of an answer (W3C Trace Context Level 2): version, trace id, the
     span that answered, flags."""
@@ -318,7 +326,9 @@ class TracingTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not is_instrumentation_enabled():
-            # A background loop polling, or a probe: no span, and no trace context to carry.
+            # A background loop polling, or a probe: no span here, and the service called is told
+            # not to record one either (a trace context that is not sampled).
+            request.headers["traceparent"] = unsampled_traceparent()
             return await self.inner.handle_async_request(request)
         url = request.url
         peer = self.peers.get((url.scheme, url.host, url.port or default_port(url.scheme)))

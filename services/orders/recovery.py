@@ -19,6 +19,8 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+
 from services.orders import downstream
 from services.orders.service import OrdersContext, release_cancelled, service_identity
 from shared.db import utcnow
@@ -80,7 +82,9 @@ async def recover_once(ctx: OrdersContext) -> None:
 async def _loop(ctx: OrdersContext) -> None:
     while True:
         try:
-            await recover_once(ctx)
+            # A clean-up, not a request: it makes no span (nor does what it calls: its calls say so).
+            with suppress_instrumentation():
+                await recover_once(ctx)
         except Exception:
             # A database or network hiccup must not end the task: the next round tries again.
             logger.exception("order recovery round failed")
