@@ -1,5 +1,6 @@
 """No Docker engine runs here, so the compose file is checked against the code it runs, the Prometheus
-configuration by promtool, and the Grafana dashboard against the metrics the processes export."""
+configuration by promtool, and the Grafana provisioning (the dashboard's queries against what the
+processes export: tests/unit/test_dashboard.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import promql_parser
 import yaml
 
 from gateway.settings import GatewaySettings
@@ -35,27 +35,6 @@ WORKER = "webhooks-worker"
 WORKER_PORT = 8005
 SCRAPED = {**DEFAULT_PORTS, WORKER: WORKER_PORT}
 
-# Every metric the processes export (name: labels); histograms add _bucket (with `le`), _sum, _count.
-COUNTERS_AND_GAUGES = {
-    "http_requests_total": {"method", "route", "status"},
-    "gateway_rate_limit_decisions_total": {"policy", "decision"},
-    "portico_upstream_requests_total": {"service", "method", "status"},
-    "portico_circuit_state": {"service"},
-    "portico_webhook_deliveries_total": {"outcome"},
-    "portico_webhook_queue_depth": set(),
-    "portico_webhook_oldest_pending_age_seconds": set(),
-}
-HISTOGRAMS = {
-    "http_request_duration_seconds": {"method", "route"},
-    "portico_upstream_request_duration_seconds": {"service", "method"},
-    "portico_webhook_attempt_duration_seconds": set(),
-}
-METRICS = {
-    **COUNTERS_AND_GAUGES,
-    **{f"{name}_bucket": labels | {"le"} for name, labels in HISTOGRAMS.items()},
-    **{f"{name}_{suffix}": labels for name, labels in HISTOGRAMS.items() for suffix in ("sum", "count")},
-}
-TARGET_LABELS = {"job", "instance"}
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
 
@@ -219,54 +198,6 @@ def dashboard() -> dict:
 
 def dashboard_panels() -> list[dict]:
     return [panel for panel in dashboard()["panels"] if panel["type"] != "row"]
-
-
-def dashboard_queries() -> list[str]:
-    queries = [target["expr"] for panel in dashboard_panels() for target in panel["targets"]]
-    variables = [variable["definition"] for variable in dashboard()["templating"]["list"]]
-    return queries + [re.sub(r"^label_values\((\w+),.*\)$", r"\1", v) for v in variables]
-
-
-def selectors_and_labels(query: str) -> tuple[set[str], set[str]]:
-    """The metric names a query selects and every label name it matches or groups by."""
-    expr = promql_parser.parse(query.replace("$__rate_interval", "1m").replace("$process", "gateway"))
-    names: set[str] = set()
-    labels: set[str] = set()
-
-    def visit(node: object) -> None:
-        if isinstance(node, promql_parser.VectorSelector):
-            assert node.name, f"a selector without a metric name in {query!r}"
-            names.add(node.name)
-            labels.update(matcher.name for matcher in node.matchers.matchers)
-        elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
-            labels.update(node.modifier.labels)
-
-    promql_parser.walk(expr, visit)
-    return names, labels
-
-
-def test_the_dashboard_queries_only_metrics_the_processes_export():
-    for query in dashboard_queries():
-        names, labels = selectors_and_labels(query)
-        unknown = names - set(METRICS)
-        assert not unknown, f"{query!r} reads {unknown}, which no process exports"
-        known = TARGET_LABELS.union(*(METRICS[name] for name in names))
-        assert labels <= known, f"{query!r} uses labels {labels - known} that {names} do not have"
-
-
-def test_the_dashboard_shows_what_operators_look_for():
-    selected = set().union(*(selectors_and_labels(query)[0] for query in dashboard_queries()))
-    for metric in (
-        "http_requests_total",  # request and error rate by route
-        "http_request_duration_seconds_bucket",  # latency by route
-        "gateway_rate_limit_decisions_total",
-        "portico_circuit_state",
-        "portico_upstream_request_duration_seconds_bucket",
-        "portico_webhook_queue_depth",
-    ):
-        assert metric in selected, metric
-    titles = {panel["title"] for panel in dashboard_panels()}
-    assert len(titles) == len(dashboard_panels()), "panel titles are unique"
 
 
 # Where Docker puts compose networks unless a subnet is declared: its default address pools.
