@@ -63,6 +63,28 @@ async def test_a_client_that_leaves_is_client_closed_never_a_500(stack, gateway)
     assert [(line["level"], line["http_status"]) for line in lines] == [("INFO", "client_closed")] * 5
 
 
+async def test_the_edges_own_answers_are_labelled_with_their_route(gateway):
+    """A 401 the edge answers before any route runs, and a replay, are counted under the route they
+    were for, not as unmatched."""
+    before = (await gateway.get("/metrics")).text
+    refused = await gateway.get("/v1/users/me", headers={"Authorization": "Bearer not-a-token"})
+    assert refused.status_code == 401
+    _, token = await signup(gateway)
+    auth = {"Authorization": f"Bearer {token}", "Idempotency-Key": uuid.uuid4().hex}
+    body = {"email": f"{unique('member')}@example.com", "password": "correct-horse-9", "role": "member"}
+    for _ in range(2):
+        assert (await gateway.post("/v1/users", json=body, headers=auth)).status_code == 201
+    after = (await gateway.get("/metrics")).text
+    assert counted(after, "/v1/users/me", "401") == counted(before, "/v1/users/me", "401") + 1
+
+    def posted(metrics: str) -> float:
+        pattern = r'^http_requests_total\{method="POST",route="/v1/users",status="201"\} (\S+)$'
+        found = re.search(pattern, metrics, re.M)
+        return float(found[1]) if found else 0.0
+
+    assert posted(after) == posted(before) + 2
+
+
 async def test_a_sampled_answer_names_its_trace_and_an_unsampled_one_does_not(gateway, otlp):
     _, token = await signup(gateway)
     trace_id, parent = traceparent()

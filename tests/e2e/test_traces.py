@@ -118,7 +118,12 @@ async def test_replay_and_not_modified_are_recorded_on_the_server_span(gateway, 
     assert again.status_code == 201
     assert again.headers["idempotent-replayed"] == "true"
     [replayed] = gateway_server(await spans_of(otlp, trace_id, lambda spans: bool(gateway_server(spans))))
+    # Named after its route like any other answer, though the edge answered it without the route.
+    assert replayed.name == "POST /v1/users"
+    assert replayed.attributes["http.route"] == "/v1/users"
     assert replayed.attributes["portico.idempotency.outcome"] == "replayed"
+    # The claim's Redis call is an event of the request's span, named by what it is for.
+    assert "idempotency.claim" in replayed.events
     assert "idempotency.replayed" in replayed.events
 
     me = await gateway.get("/v1/users/me", headers=auth)
