@@ -37,6 +37,7 @@ from gateway.edge.credentials import (
 from gateway.edge.jwks import JwksKeys, KeySource, StaticKey
 from gateway.settings import GatewaySettings
 from shared.asgi import headers
+from shared.context import request_context
 from shared.contract import ANONYMOUS, AuthenticationRequired, Identity, identity_from_claims, is_well_formed
 from shared.errors import Unauthorized
 from shared.http import ServiceClient
@@ -217,7 +218,9 @@ class Authenticator:
             if not found:
                 # Only the users service can tell: not for an address whose failures are spent.
                 await self.failures.check(self.client_address(scope))
+                started = time.perf_counter()
                 identity = await self.api_keys.resolve(key)
+                request_context(scope).event("apikey.lookup", started)
         if identity is None:
             raise InvalidApiKey("The API key is unknown, revoked or expired.", challenge=API_KEY_CHALLENGE)
         return Caller(identity, api_key=key)
