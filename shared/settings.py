@@ -81,7 +81,7 @@ class ProcessSettings(BaseSettings):
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     # The request head (request line and header fields): larger ones are refused with 431 while they
-    # arrive (shared/serving.py).
+    # arrive (shared/serving/protocol.py).
     max_header_line_bytes: int = Field(default=16 * 1024, ge=256)
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     max_header_fields: int = Field(default=100, ge=8)
@@ -100,7 +100,7 @@ class ProcessSettings(BaseSettings):
     http_keepalive_expiry_seconds: float = Field(default=15.0, gt=0)
     # How long this process's server keeps an idle connection open (uvicorn's default is 5 s).
     server_keep_alive_seconds: int = Field(default=30, ge=1)
-    # Serving (`python -m <process> serve`, `shared/serving.py`): 1 is one uvicorn process; more is a
+    # Serving (`python -m <process> serve`, `shared/serving/`): 1 is one uvicorn process; more is a
     # gunicorn master with that many uvicorn workers on one socket.
     workers: int = Field(default=1, ge=1, le=256)
     # With several workers, each is replaced after this many requests plus a random 0 to

@@ -1,4 +1,4 @@
-"""How every process is served: uvicorn's httptools protocol with a bounded request head.
+"""uvicorn's httptools protocol with a bounded request head.
 
 uvicorn's httptools protocol keeps whatever a client sends as a request's head, however large:
 httptools collects a header's name and value across reads until the line ends, and uvicorn keeps
@@ -20,38 +20,26 @@ It costs a few integer operations per read and per header. Any uvicorn-based ser
 `python -m <process>` passes it to uvicorn with the process's limits (`serving_protocol`);
 `uvicorn --http shared.serving:BoundedHttpToolsProtocol` and gunicorn's uvicorn worker (its
 `CONFIG_KWARGS["http"]`) get the default limits. Servers with their own HTTP parser (granian, h11)
-apply their own limits instead; the README lists them.
+apply their own limits instead; the docs list them.
+
+It subclasses uvicorn's `HttpToolsProtocol` and so relies on some of its internals (its parser
+callbacks, `_unset_keepalive_if_required`, `_should_upgrade`, ...): uvicorn is pinned to one minor
+release in pyproject.toml, and `tests/unit/test_serving_internals.py` fails on any change of what is
+used here.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
-import shutil
-import socket
-import sys
-import tempfile
 import uuid
 from asyncio import TimerHandle
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import httptools
-import uvicorn
-from gunicorn.app.base import BaseApplication
-from gunicorn.arbiter import Arbiter
-from prometheus_client import multiprocess as prometheus_multiprocess
-from prometheus_client import values as prometheus_values
-from prometheus_client.mmap_dict import MmapedDict
-from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-from uvicorn_worker import UvicornWorker
 
 from shared.errors import PorticoError, problem_response
-from shared.metrics import MULTIPROC_ENV, samples_locked
 from shared.settings import ProcessSettings
 
 logger = logging.getLogger("portico.server")
@@ -245,179 +233,3 @@ def serving_protocol(settings: ProcessSettings) -> type[BoundedHttpToolsProtocol
         limits = HeaderLimits.of(settings)
 
     return Protocol
-
-
-# Several workers: a gunicorn master and uvicorn workers
-
-
-# What the master adds to the shutdown timeout before it kills a worker: the worker's own lifespan
-# shutdown (closing pools, flushing spans) runs after its in-flight requests are done.
-SHUTDOWN_MARGIN_SECONDS = 5
-
-
-# An app that has long-lived connections to end on its own terms before the server cuts them (the
-# gateway's WebSockets close with 1013) sets `app.state.before_shutdown` to an async callable.
-BEFORE_SHUTDOWN = "before_shutdown"
-
-
-def before_shutdown_of(app: Any) -> Callable[[], Awaitable[None]] | None:
-    state = getattr(app, "state", None)
-    hook: Callable[[], Awaitable[None]] | None = getattr(state, BEFORE_SHUTDOWN, None)
-    return hook
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server, which on shutdown first lets the app close its long-lived connections:
-    uvicorn itself would end every WebSocket with 1012 as its first step."""
-
-    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]] | None) -> None:
-        super().__init__(config)
-        self.before_shutdown = before_shutdown
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        if self.before_shutdown is not None:
-            try:
-                await self.before_shutdown()
-            except Exception:
-                logging.getLogger("portico").exception("closing long-lived connections before shutdown failed")
-        await super().shutdown(sockets)
-
-
-def gunicorn_worker(settings: ProcessSettings) -> type[UvicornWorker]:
-    """uvicorn-worker's gunicorn worker, serving as `python -m <process> serve` does: the bounded
-    protocol with the process's limits, no proxy headers, our access log rather than uvicorn's, and
-    in-flight requests finished within `shutdown_timeout_seconds`. (uvicorn-worker passes none of
-    gunicorn's graceful timeout to uvicorn, whose shutdown then waits for in-flight requests without
-    bound until the master kills the worker.)"""
-
-    class Worker(UvicornWorker):  # type: ignore[misc]
-        CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
-            "loop": "auto",
-            "http": serving_protocol(settings),
-            "proxy_headers": False,
-            "access_log": False,
-            "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
-        }
-
-        async def _serve(self) -> None:
-            # uvicorn-worker's own, with the draining server (so a stopping worker's WebSockets close
-            # with the app's code too).
-            self.config.app = self.wsgi
-            server = DrainingServer(self.config, before_shutdown_of(self.wsgi))
-            self._install_sigquit_handler()
-            await server.serve(sockets=self.sockets)
-            if not server.started:
-                sys.exit(Arbiter.WORKER_BOOT_ERROR)
-
-    return Worker
-
-
-def prepare_multiprocess_metrics(process: str) -> Path:
-    """Prometheus multiprocess mode for the workers about to start: every worker writes its samples to
-    files in one directory (`PROMETHEUS_MULTIPROC_DIR`, or a new temporary one), and `/metrics`
-    in any worker sums them all (`shared/metrics.py`). What a worker that exits (recycled or killed)
-    counted is folded into an archive file (`fold_exited_worker`), so no counter ever goes backwards
-    or loses what a dead worker counted, and the directory holds the files of the live workers only.
-
-    Files of an earlier run in the directory are removed: a new master is a restart, as for one
-    process."""
-    configured = os.environ.get(MULTIPROC_ENV)
-    if configured:
-        directory = Path(configured)
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in [*directory.glob("*.db"), directory / ".lock"]:
-            stale.unlink(missing_ok=True)
-    else:
-        directory = Path(tempfile.mkdtemp(prefix=f"portico-{process}-metrics-"))
-        master = os.getpid()
-
-        def remove() -> None:
-            # Workers inherit this exit hook with the fork; only the master's exit removes the files.
-            if os.getpid() == master:
-                shutil.rmtree(directory, ignore_errors=True)
-
-        atexit.register(remove)
-        os.environ[MULTIPROC_ENV] = str(directory)
-    # prometheus_client chooses how values are stored when it is first imported, which was before
-    # the variable was set: choose again, before any worker creates a metric.
-    prometheus_values.ValueClass = prometheus_values.get_value_class()  # type: ignore[no-untyped-call]
-    return directory
-
-
-class _GunicornServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, load: Callable[[], ASGIApp], options: dict[str, Any]) -> None:
-        self._load = load
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> ASGIApp:
-        return self._load()
-
-
-def fold_exited_worker(directory: Path, pid: int) -> None:
-    """Adds what an exited worker counted (its counter, histogram and summary files) into one archive
-    file per kind, and removes its files. Without this, every recycled worker would leave files
-    behind: the directory would grow without bound, and every scrape would read them all. Its live
-    gauges go (`mark_process_dead`); gauges of other modes are left as prometheus_client keeps them.
-    """
-    prometheus_multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
-    with samples_locked(directory, exclusive=True):
-        for kind in ("counter", "histogram", "summary"):
-            exited = directory / f"{kind}_{pid}.db"
-            if not exited.exists():
-                continue
-            # The collector takes the kind from the name before the first "_" and sums the rest.
-            archive = MmapedDict(str(directory / f"{kind}_archive.db"))  # type: ignore[no-untyped-call]
-            try:
-                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(str(exited)):  # type: ignore[no-untyped-call]
-                    total, _ = archive.read_value(key)  # type: ignore[no-untyped-call]
-                    archive.write_value(key, total + value, timestamp)  # type: ignore[no-untyped-call]
-            finally:
-                archive.close()  # type: ignore[no-untyped-call]
-            exited.unlink()
-
-
-def _worker_exited(server: Any, worker: Any) -> None:
-    directory = os.environ.get(MULTIPROC_ENV)
-    if not directory:
-        return
-    try:
-        fold_exited_worker(Path(directory), worker.pid)
-    except OSError:
-        # Never the master's end: the exited worker's files stay, and are still summed.
-        server.log.exception("could not fold the metrics of exited worker %s", worker.pid)
-
-
-def serve_workers(process: str, settings: ProcessSettings, port: int, load: Callable[[], ASGIApp]) -> None:
-    """Serves `load()`'s app with `settings.workers` uvicorn workers under a gunicorn master.
-
-    The master binds the socket and keeps it; each worker builds the app in its own process (not
-    preloaded: pools and threads are per worker). SIGTERM to the master stops accepting, lets each
-    worker finish its in-flight requests within `shutdown_timeout_seconds`, and kills any worker still
-    running `SHUTDOWN_MARGIN_SECONDS` later. A worker is replaced after `max_requests` requests (plus
-    jitter); a worker that dies is replaced at once.
-    """
-    prepare_multiprocess_metrics(process)
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    options: dict[str, Any] = {
-        "bind": f"{host}:{port}",
-        "workers": settings.workers,
-        "worker_class": gunicorn_worker(settings),
-        "graceful_timeout": settings.shutdown_timeout_seconds + SHUTDOWN_MARGIN_SECONDS,
-        "keepalive": settings.server_keep_alive_seconds,
-        "max_requests": settings.max_requests,
-        "max_requests_jitter": settings.max_requests_jitter if settings.max_requests else 0,
-        "child_exit": _worker_exited,
-        # gunicorn's control socket lives at one path per user ($HOME/.gunicorn), which every master
-        # on the host would share, and which a read-only root file system cannot hold.
-        "control_socket_disable": True,
-        "proc_name": f"portico-{process}",
-        "accesslog": None,
-        "errorlog": "-",
-        "loglevel": settings.log_level.lower(),
-    }
-    _GunicornServer(load, options).run()
