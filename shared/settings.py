@@ -85,6 +85,9 @@ class ProcessSettings(BaseSettings):
     max_header_line_bytes: int = Field(default=16 * 1024, ge=256)
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     max_header_fields: int = Field(default=100, ge=8)
+    # From a request's first byte (the first request's: from the connection) until its head is
+    # complete; beyond it 408 and the connection closed, as nginx's client_header_timeout.
+    server_header_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # Peers that may read /metrics (addresses or CIDRs), judged on the connection's own address.
     metrics_allowed_networks: ListSetting = Field(default_factory=lambda: list(PRIVATE_NETWORKS))

@@ -16,11 +16,17 @@ and closes the connection as soon as it is over a limit:
 
 The trailer fields of a chunked body are header fields too, and count against the same limits.
 
-It costs a few integer operations per read and per header. Any uvicorn-based server can use it:
-`python -m <process>` passes it to uvicorn with the process's limits (`serving_protocol`);
-`uvicorn --http shared.serving:BoundedHttpToolsProtocol` and gunicorn's uvicorn worker (its
-`CONFIG_KWARGS["http"]`) get the default limits. Servers with their own HTTP parser (granian, h11)
-apply their own limits instead; the docs list them.
+A head must also arrive in time, as nginx's `client_header_timeout` has it: a connection whose
+request head is not complete within `timeout_seconds` of its first byte (the first request's: of the
+connection itself) is answered 408 (problem+json) and closed; one that has sent nothing at all is
+closed without an answer. A client dribbling its headers a byte at a time no longer holds a
+connection (and its buffers) for as long as it likes.
+
+It costs a few integer operations per read and per header, and one timer per request head. Any
+uvicorn-based server can use it: `python -m <process>` passes it to uvicorn with the process's
+limits (`serving_protocol`); `uvicorn --http shared.serving:BoundedHttpToolsProtocol` and
+gunicorn's uvicorn worker (its `CONFIG_KWARGS["http"]`) get the default limits. Servers with their
+own HTTP parser (granian, h11) apply their own limits instead; the docs list them.
 
 It subclasses uvicorn's `HttpToolsProtocol` and so relies on some of its internals (its parser
 callbacks, `_unset_keepalive_if_required`, `_should_upgrade`, ...): uvicorn is pinned to one minor
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from asyncio import TimerHandle
+from asyncio import Handle, TimerHandle
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -63,10 +69,20 @@ class HeaderLimits:
     line_bytes: int = 16 * 1024
     total_bytes: int = 64 * 1024
     fields: int = 100
+    # From a request's first byte (the first request's: from the connection) to its head's end.
+    timeout_seconds: float = 10.0
 
     @classmethod
     def of(cls, settings: ProcessSettings) -> HeaderLimits:
-        return cls(settings.max_header_line_bytes, settings.max_header_bytes, settings.max_header_fields)
+        return cls(
+            settings.max_header_line_bytes,
+            settings.max_header_bytes,
+            settings.max_header_fields,
+            settings.server_header_timeout_seconds,
+        )
+
+
+class RequestHeadTimeout(PorticoError, status=408, code="REQUEST_HEAD_TIMEOUT", title="Request Timeout"): ...
 
 
 class _Refused(Exception):
@@ -74,7 +90,8 @@ class _Refused(Exception):
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing request heads over `limits` with 431."""
+    """uvicorn's httptools protocol, refusing request heads over `limits` with 431, and those that do
+    not arrive within them with 408."""
 
     limits: ClassVar[HeaderLimits] = HeaderLimits()
 
@@ -89,13 +106,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # The parsed head: its exact size (target and fields) and its number of fields.
         self._head_size = 0
         self._fields = 0
+        # The deadline of the request head on its way (or, once it passed, the verdict waiting for the
+        # loop's pending reads); None when no head is on its way.
+        self._head_timer: Handle | None = None
+        # Whether any byte of that head has arrived (a connection that sent nothing is not answered).
+        self._head_started = False
         self._refusal: str | None = None
+        self._refusal_error: type[PorticoError] = RequestHeadersTooLarge
         self._linger_budget = 0
         self._linger_timer: TimerHandle | None = None
         # The server is shutting down: the request that arrives is the connection's last.
         self._closing = False
 
     # uvicorn's reading of the connection, with the count in front of the parser
+
+    # Any: asyncio's Protocol declares a BaseTransport here, uvicorn's a Transport.
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        # The first request's head has its time from the connection on, so that a connection that
+        # sends nothing, or too little, does not stay open either.
+        self._start_head_clock()
 
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None:
@@ -128,6 +158,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger_timer is not None:
             self._linger_timer.cancel()
+        self._stop_head_clock()
         super().connection_lost(exc)
 
     # Shutting down (SIGTERM, or a worker replaced after its `max_requests`)
@@ -155,6 +186,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._head_size = 0
         self._fields = 0
+        self._head_started = True
+        if self._head_timer is None:
+            self._start_head_clock()
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -175,6 +209,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._stop_head_clock()
+        self._head_started = False
         self._counting = False
         self._head_bytes = 0
         super().on_headers_complete()
@@ -194,6 +230,43 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._counting = True
         self._head_bytes = 0
 
+    # The head's deadline
+
+    def _start_head_clock(self) -> None:
+        self._head_timer = self.loop.call_later(self.limits.timeout_seconds, self._head_timed_out)
+
+    def _stop_head_clock(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        # Bytes that arrived while the loop was busy elsewhere are still unread: the verdict waits one
+        # whole turn of the loop, reads included, so a head that came in time is never refused because
+        # this process was slow to read it. (Two steps: a callback scheduled now may run before the
+        # loop's next poll for reads, one scheduled by that callback runs after it.)
+        self._head_timer = self.loop.call_soon(self._after_pending_reads)
+
+    def _after_pending_reads(self) -> None:
+        self._head_timer = self.loop.call_soon(self._head_deadline_passed)
+
+    def _head_deadline_passed(self) -> None:
+        self._head_timer = None
+        if self._refusal is not None or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # An earlier request on this connection is still being answered, and uvicorn reads no
+            # further meanwhile (pipelining): this head is given another full period.
+            self._start_head_clock()
+            return
+        if not self._head_started:
+            # Nothing of a request arrived: nothing to answer.
+            self.transport.close()
+            return
+        self._refusal = f"the request head did not arrive within {self.limits.timeout_seconds:g} s"
+        self._refusal_error = RequestHeadTimeout
+        self._refuse()
+
     # Refusing
 
     def _stop(self, reason: str) -> None:
@@ -201,15 +274,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         raise _Refused(reason)
 
     def _refuse(self) -> None:
-        """Answers 431 and closes the connection, unless an earlier request's answer is still being
-        written on it, in which case the connection is closed at once."""
+        """Answers the refusal (431, or 408 for a head out of time) and closes the connection, unless
+        an earlier request's answer is still being written on it, in which case the connection is
+        closed at once."""
         assert self._refusal is not None
+        self._stop_head_clock()
         logger.info("refused a request head from %s: %s", self.client[0] if self.client else "?", self._refusal)
         if self.cycle is not None and not self.cycle.response_complete:
             self.transport.close()
             return
-        response = problem_response(RequestHeadersTooLarge(f"Refused: {self._refusal}."), uuid.uuid4().hex)
-        content = [STATUS_LINE[431]]
+        error = self._refusal_error(f"Refused: {self._refusal}.")
+        response = problem_response(error, uuid.uuid4().hex)
+        content = [STATUS_LINE[error.status_code]]
         for name, value in [*self.server_state.default_headers, *response.raw_headers, (b"connection", b"close")]:
             content += [name, b": ", value, b"\r\n"]
         content += [b"\r\n", bytes(response.body)]

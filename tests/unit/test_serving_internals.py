@@ -34,6 +34,7 @@ PROTOCOL_METHODS = {
         "_loop: 'asyncio.AbstractEventLoop | None' = None) -> 'None'"
     ),
     "data_received": "(self, data: 'bytes') -> 'None'",
+    "connection_made": "(self, transport: 'asyncio.Transport') -> 'None'",
     "connection_lost": "(self, exc: 'Exception | None') -> 'None'",
     "shutdown": "(self) -> 'None'",
     "on_message_begin": "(self) -> 'None'",
