@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.glogging import Logger
 from starlette.types import ASGIApp
 from uvicorn_worker import UvicornWorker
 
@@ -62,6 +63,19 @@ def gunicorn_worker(settings: ProcessSettings) -> type[UvicornWorker]:
 
 # gunicorn ships no type information, so its class is Any to mypy, and strict mode refuses to
 # subclass Any.
+class _ProcessLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, writing through the process's own handler (`configure_logging`) rather than
+    handlers of its own: the master's and the workers' lines are JSON like every other line of the
+    process, and pass the same redaction of credentials."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            log.handlers[:] = []
+            log.propagate = True
+
+
+# As above: gunicorn's classes are Any to mypy.
 class _GunicornServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, load: Callable[[], ASGIApp], options: dict[str, Any]) -> None:
         self._load = load
@@ -112,7 +126,7 @@ def serve_workers(process: str, settings: ProcessSettings, port: int, load: Call
         "control_socket_disable": True,
         "proc_name": f"portico-{process}",
         "accesslog": None,
-        "errorlog": "-",
+        "logger_class": _ProcessLogger,
         "loglevel": settings.log_level.lower(),
     }
     _GunicornServer(load, options).run()
