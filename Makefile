@@ -5,12 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+DOCS_STAMP := $(VENV)/.docs-installed
 # uv installs exactly what uv.lock pins; the same lock builds the image (deploy/Dockerfile).
 UV_VERSION := 0.13.8
 UV := $(VENV)/bin/uv
 EXTRAS := --extra dev --extra loadtest
 
-.PHONY: help install lock run test coverage lint fmt migrate loadtest soak bench clean
+.PHONY: help install lock run test coverage lint fmt migrate loadtest soak bench docs docs-build docs-reference clean
 .DEFAULT_GOAL := help
 
 ## This list: every target and what it does.
@@ -32,6 +33,10 @@ install: $(STAMP)
 $(BENCH_STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --inexact $(EXTRAS) --extra bench || { echo "uv.lock does not match pyproject.toml: run make lock"; exit 1; }
 	touch $(BENCH_STAMP)
+
+$(DOCS_STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --inexact $(EXTRAS) --extra docs || { echo "uv.lock does not match pyproject.toml: run make lock"; exit 1; }
+	touch $(DOCS_STAMP)
 
 ## Re-resolve uv.lock after a change to the dependencies in pyproject.toml (then commit both).
 lock: $(UV)
@@ -69,6 +74,19 @@ fmt: $(STAMP)
 ## make bench BENCH_ARGS="--seconds 10 --rounds 5" (see python -m bench.gateway --help).
 bench: $(BENCH_STAMP)
 	$(PY) -m bench.gateway $(BENCH_ARGS)
+
+## The documentation site (docs/, mkdocs.yml), served with live reload at http://127.0.0.1:8080.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8080
+
+## The site built into var/site, every warning an error (CI runs this).
+docs-build: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir var/site
+
+## Regenerate the reference pages (settings, metrics, errors, headers) from the code; commit them
+## with the change (tests/unit/test_reference.py fails while one is out of date).
+docs-reference: $(STAMP)
+	$(PY) -m scripts.reference
 
 ## Migrate every service's database that is not at head (SQLite in ./var unless <SERVICE>_DATABASE_URL says).
 migrate: $(STAMP)

@@ -1,1 +1,1 @@
-"""Benchmarks, run by hand; results are recorded in the README."""
+"""Benchmarks, run by hand; results are recorded in docs/benchmarks/."""

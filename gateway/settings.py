@@ -47,125 +47,289 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     model_config = process_config("gateway")
     secret_fields: ClassVar[tuple[str, ...]] = ("internal_token_secret", "jwt_secret")
 
-    port: int = PROCESSES["gateway"].port
+    port: int = Field(default=PROCESSES["gateway"].port, description="The port the gateway listens on.")
 
-    users_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["users"].default_url)
-    orders_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["orders"].default_url)
-    inventory_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["inventory"].default_url)
-    webhooks_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["webhooks"].default_url)
+    users_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl(PROCESSES["users"].default_url), description="Where the users service is."
+    )
+    orders_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl(PROCESSES["orders"].default_url), description="Where the orders service is."
+    )
+    inventory_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl(PROCESSES["inventory"].default_url), description="Where the inventory service is."
+    )
+    webhooks_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl(PROCESSES["webhooks"].default_url), description="Where the webhooks service is."
+    )
 
-    # Unset: in-process stores (one gateway process). Set: Redis, shared by every gateway instance.
-    redis_url: str | None = None
-    # True: `redis_url` names a node of a Redis Cluster, reached through redis-py's cluster client.
+    redis_url: str | None = Field(
+        default=None,
+        description=(
+            "Unset: in-process stores (one gateway process). Set: Redis, shared by every gateway instance, for "
+            "rate limits, idempotency records and event streams."
+        ),
+    )
     # Every script's keys share a hash tag (the tenant or client address), so each runs on one node.
-    redis_cluster: bool = False
-    # Every key the gateway writes starts with this, so several deployments (or test runs) can share
-    # one Redis. No braces: the first {...} of a key is its Redis Cluster hash tag.
-    redis_key_prefix: str = Field(default="portico:", pattern=r"^[^{}]*$")
+    redis_cluster: bool = Field(
+        default=False,
+        description="True: `redis_url` names a node of a Redis Cluster, reached through redis-py's cluster client.",
+    )
+    redis_key_prefix: str = Field(
+        default="portico:",
+        pattern=r"^[^{}]*$",
+        description=(
+            "Every key the gateway writes starts with this, so several deployments (or test runs) can share one "
+            "Redis. No braces: the first {...} of a key is its Redis Cluster hash tag."
+        ),
+    )
 
-    # RS256: the users service's public key, PEM. Unset: the keys of its JWKS (/.well-known/jwks.json),
-    # fetched again on an unknown kid at most once per `jwks_refresh_seconds`, and once they are
-    # `jwks_max_age_seconds` old.
-    jwt_public_key: str | None = None
-    jwks_refresh_seconds: float = Field(default=10.0, gt=0)
-    jwks_max_age_seconds: float = Field(default=300.0, gt=0)
-    # Verified access tokens remembered until they expire, per process (0: none).
-    jwt_cache_size: int = Field(default=10_000, ge=0)
-    # Tokens are accepted this many seconds past `exp` to absorb clock skew between hosts.
-    jwt_leeway_seconds: int = 10
+    jwt_public_key: str | None = Field(
+        default=None,
+        description=(
+            "RS256: the users service's public key, PEM. Unset: the keys of its JWKS (/.well-known/jwks.json), "
+            "fetched again on an unknown kid at most once per `jwks_refresh_seconds`, and once they are "
+            "`jwks_max_age_seconds` old."
+        ),
+    )
+    jwks_refresh_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="RS256 without `jwt_public_key`: an unknown `kid` fetches the JWKS again at most this often.",
+    )
+    jwks_max_age_seconds: float = Field(
+        default=300.0, gt=0, description="The JWKS is fetched again once it is this old, so retired keys go away."
+    )
+    jwt_cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        description="Verified access tokens remembered per process until they expire, oldest dropped first (0: none).",
+    )
+    jwt_leeway_seconds: int = Field(
+        default=10, description="Tokens are accepted this many seconds past `exp`, to absorb clock skew between hosts."
+    )
 
-    ready_timeout_seconds: float = 2.0
+    ready_timeout_seconds: float = Field(
+        default=2.0, description="How long `/health/ready` waits for each dependency's check."
+    )
 
-    # --- Aggregate routes (dashboard, order validation): every part and check, and so the whole
-    # answer, ends within this budget whatever a service does.
-    aggregate_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+    aggregate_timeout_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description=(
+            "The budget of an aggregate route (dashboard, order validation): every part and check, and so the "
+            "whole answer, ends within it whatever a service does."
+        ),
+    )
 
     # --- Redis (rate limits and idempotency records; unset: in-process stores)
-    # Every store call gives up after this long and follows its stage's failure mode.
-    redis_timeout_seconds: float = Field(default=1.0, gt=0, le=10)
-    redis_max_connections: int = Field(default=200, ge=1)
+    redis_timeout_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=10,
+        description=(
+            "Deadline of each store call (and the socket, connect and pool timeouts); past it the call follows its "
+            "stage's failure mode."
+        ),
+    )
+    redis_max_connections: int = Field(
+        default=200, ge=1, description="The Redis pool of each gateway process (per node on a cluster)."
+    )
 
     # --- API keys
-    # How long a resolved key (or an unknown one) is remembered by one gateway process: the bound on
-    # how long a revoked key keeps working there.
-    api_key_cache_ttl_seconds: float = Field(default=5.0, ge=0, le=300)
-    api_key_cache_size: int = Field(default=10_000, ge=1)
-    # Unknown keys are remembered apart, so a flood of them never evicts keys that work.
-    api_key_negative_cache_size: int = Field(default=10_000, ge=1)
+    api_key_cache_ttl_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description=(
+            "How long a resolved (or unknown) API key is remembered by one gateway process: the bound on how long "
+            "a revoked key keeps working there. 0 asks the users service on every request."
+        ),
+    )
+    api_key_cache_size: int = Field(
+        default=10_000, ge=1, description="Working API keys remembered per process (oldest dropped first)."
+    )
+    api_key_negative_cache_size: int = Field(
+        default=10_000,
+        ge=1,
+        description=(
+            "Unknown, revoked or expired API keys remembered per process, apart from the working ones, so a flood "
+            "of them never evicts keys that work."
+        ),
+    )
 
-    # --- Failed authentication (bad JWT, unknown API key, wrong password, taken email at sign-up),
-    # counted per client address whatever credential is sent; past the limit, 429 before any
-    # downstream call. Counted in Redis when configured, in-process while Redis fails (never open).
-    auth_failure_limit: QuotaSetting = Quota(30, 60)
+    auth_failure_limit: QuotaSetting = Field(
+        default=Quota(30, 60),
+        description=(
+            "Failed authentications (bad JWT, unknown API key, wrong password, taken email at sign-up) per client "
+            "address, whatever credential is sent; past it, 429 before any downstream call. Counted in Redis when "
+            "configured, in-process while Redis fails (never open)."
+        ),
+    )
 
     # --- Rate limits: per tenant by plan, per client address for anonymous callers
-    rate_limit_enabled: bool = True
-    rate_limit_free: QuotaSetting = Quota(100, 60)
-    rate_limit_pro: QuotaSetting = Quota(1_000, 60)
-    rate_limit_enterprise: QuotaSetting = Quota(10_000, 60)
-    rate_limit_anonymous: QuotaSetting = Quota(600, 60)
-    # Extra quotas for single routes ("METHOD /route/template"), counted on top of the plan's.
-    rate_limit_routes: dict[str, QuotaSetting] = Field(
-        default_factory=lambda: {"POST /v1/auth/token": Quota(120, 60), "POST /v1/tenants": Quota(120, 60)}
+    rate_limit_enabled: bool = Field(default=True, description="The rate limit stage.")
+    rate_limit_free: QuotaSetting = Field(
+        default=Quota(100, 60),
+        description="Per-tenant quota of the free plan (and of a caller whose plan is unknown).",
     )
-    rate_limit_failure_mode: FailureMode = "local"
-    rate_limit_exempt_paths: ListSetting = Field(default_factory=lambda: ["/health/live", "/health/ready", "/metrics"])
-    # Peers whose X-Forwarded-For is believed (addresses or CIDRs): load balancers in front of the gateway.
-    trusted_proxies: ListSetting = Field(default_factory=list)
+    rate_limit_pro: QuotaSetting = Field(default=Quota(1_000, 60), description="Per-tenant quota of the pro plan.")
+    rate_limit_enterprise: QuotaSetting = Field(
+        default=Quota(10_000, 60), description="Per-tenant quota of the enterprise plan."
+    )
+    rate_limit_anonymous: QuotaSetting = Field(
+        default=Quota(600, 60), description="Per client address, for callers without credentials."
+    )
+    rate_limit_routes: dict[str, QuotaSetting] = Field(
+        default_factory=lambda: {"POST /v1/auth/token": Quota(120, 60), "POST /v1/tenants": Quota(120, 60)},
+        description=(
+            'Extra quotas by `"METHOD /route/template"` (JSON), counted on top of the plan\'s; a template that is '
+            "not a route stops the start."
+        ),
+    )
+    rate_limit_failure_mode: FailureMode = Field(
+        default="local",
+        description=(
+            "When the store fails: `local` (each process counts alone until Redis answers), `open` (no limit) or "
+            "`closed` (503)."
+        ),
+    )
+    rate_limit_exempt_paths: ListSetting = Field(
+        default_factory=lambda: ["/health/live", "/health/ready", "/metrics"], description="Paths never counted."
+    )
+    trusted_proxies: ListSetting = Field(
+        default_factory=list,
+        description=(
+            "Peers whose X-Forwarded-For is believed (addresses or CIDRs): the load balancers in front of the gateway."
+        ),
+    )
 
     # --- Idempotency
-    idempotency_enabled: bool = True
-    idempotency_ttl_seconds: int = Field(default=86_400, ge=1)
-    # A request that crashed its process leaves a lock that expires after this long.
-    idempotency_lock_seconds: float = Field(default=30.0, gt=0)
-    idempotency_failure_mode: IdempotencyFailureMode = "closed"
-    idempotency_max_response_bytes: int = Field(default=1024 * 1024, ge=0)
-    # The in-process store (no Redis): what its kept answers may add up to; the oldest go first.
-    idempotency_memory_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    idempotency_enabled: bool = Field(default=True, description="The idempotency stage.")
+    idempotency_ttl_seconds: int = Field(
+        default=86_400, ge=1, description="How long a first answer is kept and replayed."
+    )
+    idempotency_lock_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "The lock of a request in flight, which a process that died mid-request leaves to expire; must exceed "
+            "`http_timeout_seconds`."
+        ),
+    )
+    idempotency_failure_mode: IdempotencyFailureMode = Field(
+        default="closed", description="When the store fails: `open` (run without idempotency) or `closed` (503)."
+    )
+    idempotency_max_response_bytes: int = Field(
+        default=1024 * 1024, ge=0, description="Larger answers are not kept (a repeat gets 409)."
+    )
+    idempotency_memory_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description=(
+            "Without Redis: what the in-process store's kept answers may add up to; past it the oldest go first."
+        ),
+    )
 
     # --- HTTP hygiene
-    security_headers_enabled: bool = True
-    # 0 leaves Strict-Transport-Security off; set it when clients reach the gateway over TLS.
-    hsts_max_age_seconds: int = Field(default=0, ge=0)
-    hsts_include_subdomains: bool = False
-    trusted_hosts: ListSetting = Field(default_factory=lambda: ["*"])
-    cors_allow_origins: ListSetting = Field(default_factory=list)
-    cors_allow_credentials: bool = False
-    cors_max_age_seconds: int = Field(default=600, ge=0)
-    gzip_enabled: bool = True
-    gzip_minimum_bytes: int = Field(default=500, ge=0)
-    gzip_level: int = Field(default=6, ge=1, le=9)
-    etag_enabled: bool = True
+    security_headers_enabled: bool = Field(default=True, description="The security headers on every answer.")
+    hsts_max_age_seconds: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "`Strict-Transport-Security` max-age; 0 leaves it off. Set it when clients reach the gateway over TLS."
+        ),
+    )
+    hsts_include_subdomains: bool = Field(default=False, description="Adds `includeSubDomains` to HSTS.")
+    trusted_hosts: ListSetting = Field(
+        default_factory=lambda: ["*"],
+        description="Allowed `Host` names (`*.example.com` matches subdomains); `*` turns the check off.",
+    )
+    cors_allow_origins: ListSetting = Field(
+        default_factory=list,
+        description="Origins allowed to call from a browser (`*` for any); empty turns CORS off.",
+    )
+    cors_allow_credentials: bool = Field(
+        default=False, description="CORS with credentials (refused together with `*` origins)."
+    )
+    cors_max_age_seconds: int = Field(
+        default=600, ge=0, description="How long a browser may keep a preflight's answer."
+    )
+    gzip_enabled: bool = Field(default=True, description="gzip for clients that accept it.")
+    gzip_minimum_bytes: int = Field(default=500, ge=0, description="Smaller answers are not compressed.")
+    gzip_level: int = Field(default=6, ge=1, le=9, description="The gzip compression level.")
+    etag_enabled: bool = Field(default=True, description="Weak ETags and 304 on GET.")
 
     # --- Real time (/v1/events, /v1/ws)
-    # A comment line on every idle SSE stream this often (keeps proxies from closing it).
-    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
-    # The `retry:` hint: how long an SSE client waits before it reconnects.
-    sse_retry_ms: int = Field(default=2_000, ge=0, le=600_000)
-    # Events one connection may fall behind before it is closed (its client resumes from its last id).
-    events_buffer_size: int = Field(default=256, ge=1, le=100_000)
-    # A send to a client that takes longer than this closes the connection (a stalled reader).
-    events_send_timeout_seconds: float = Field(default=10.0, gt=0)
-    # About this many events are kept per tenant stream; older ones are read back from the orders feed.
-    events_stream_maxlen: int = Field(default=10_000, ge=10)
-    # How often the relay asks the orders feed for new events when it has nothing to do.
-    events_poll_interval_seconds: float = Field(default=0.2, gt=0, le=5)
-    events_poll_batch_size: int = Field(default=500, ge=1, le=500)
-    # With Redis, the instance that relays holds a lease this long (renewed every poll); another
-    # instance takes over within this time after it dies.
-    events_relay_lease_seconds: float = Field(default=3.0, gt=0)
-    # Connections (SSE and WebSocket together) one tenant may hold open on one gateway instance.
-    realtime_connections_free: int = Field(default=5, ge=0)
-    realtime_connections_pro: int = Field(default=100, ge=0)
-    realtime_connections_enterprise: int = Field(default=1_000, ge=0)
+    sse_heartbeat_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description="A comment line on every idle SSE stream this often (keeps proxies from closing it).",
+    )
+    sse_retry_ms: int = Field(
+        default=2_000,
+        ge=0,
+        le=600_000,
+        description="The `retry:` hint sent when a stream opens: how long an SSE client waits before it reconnects.",
+    )
+    events_buffer_size: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Events one connection may fall behind before it is closed (its client resumes from its last id).",
+    )
+    events_send_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A send to a client that takes longer than this closes the connection (a stalled reader).",
+    )
+    events_stream_maxlen: int = Field(
+        default=10_000,
+        ge=10,
+        description="About this many events are kept per tenant stream; older ones are read back from the orders feed.",
+    )
+    events_poll_interval_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        le=5,
+        description="How often the relay asks the orders feed for new events when it has nothing to do.",
+    )
+    events_poll_batch_size: int = Field(
+        default=500, ge=1, le=500, description="Events per feed page (a full page is followed at once)."
+    )
+    events_relay_lease_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description=(
+            "With Redis, the instance that relays holds a lease this long (renewed every poll); another instance "
+            "takes over within this time after it dies."
+        ),
+    )
+    realtime_connections_free: int = Field(
+        default=5,
+        ge=0,
+        description="Connections (SSE and WebSocket together) a free tenant may hold open on one gateway instance.",
+    )
+    realtime_connections_pro: int = Field(default=100, ge=0, description="The same for a pro tenant.")
+    realtime_connections_enterprise: int = Field(default=1_000, ge=0, description="The same for an enterprise tenant.")
 
     # --- GraphQL (POST /graphql): bounds checked before anything is resolved
-    # Tokens the parser reads in one document (braces, names, colons...) before refusing it.
-    graphql_max_tokens: int = Field(default=2_000, ge=1)
-    graphql_max_depth: int = Field(default=8, ge=1, le=50)
-    graphql_max_aliases: int = Field(default=10, ge=0, le=1000)
-    # Each field costs 1, times the `limit` of every page above it (see gateway/graphql/limits.py).
-    graphql_max_cost: int = Field(default=2_000, ge=1)
+    graphql_max_tokens: int = Field(
+        default=2_000,
+        ge=1,
+        description="Tokens the parser reads in one document (braces, names, colons...) before refusing it.",
+    )
+    graphql_max_depth: int = Field(default=8, ge=1, le=50, description="The deepest a query may nest.")
+    graphql_max_aliases: int = Field(default=10, ge=0, le=1000, description="Aliases one document may hold.")
+    graphql_max_cost: int = Field(
+        default=2_000,
+        ge=1,
+        description=(
+            "Each field costs 1, times the `limit` of every page above it (see gateway/graphql/limits.py); a "
+            "costlier query is refused with `QUERY_TOO_COSTLY`."
+        ),
+    )
 
     @model_validator(mode="after")
     def _key_for_algorithm(self) -> GatewaySettings:

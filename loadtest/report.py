@@ -222,18 +222,36 @@ def _save(fig: Any, path: Path) -> None:
     small.save(path, optimize=True)
 
 
-def plot_latency(run: Run, path: Path, top: int = 14) -> None:
-    stats = [s for s in route_stats(run) if not math.isnan(s.p50)][:top][::-1]
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.32 * len(stats) + 1.2)))
-    y = range(len(stats))
+def latency_rows(run: Run) -> list[tuple[str, RouteStats | None]]:
+    """Every route of the run, busiest first, with its latencies; a route with no answer of its own
+    (only 429s) or that the gateway does not serve is a row too, labelled so, without bars."""
+    rows: list[tuple[str, RouteStats | None]] = []
+    for stats in route_stats(run):
+        if math.isnan(stats.p50):
+            rows.append((f"{stats.route} (no answer of its own: {stats.rate_limited} answered 429)", None))
+        else:
+            rows.append((stats.route, stats))
+    served = {stats.route for stats in route_stats(run)}
+    rows += [(f"{route} (not served)", None) for route in unavailable_routes(run) if route not in served]
+    return rows
+
+
+def plot_latency(run: Run, path: Path) -> None:
+    rows = latency_rows(run)[::-1]
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.32 * len(rows) + 1.2)))
     height = 0.27
     for offset, (label, attr, color) in enumerate(
         (("p50", "p50", "#a5d8ff"), ("p95", "p95", "#339af0"), ("p99", "p99", "#1864ab"))
     ):
+        drawn = [(i, stats) for i, (_, stats) in enumerate(rows) if stats is not None]
         ax.barh(
-            [i + (offset - 1) * height for i in y], [getattr(s, attr) for s in stats], height, label=label, color=color
+            [i + (offset - 1) * height for i, _ in drawn],
+            [getattr(stats, attr) for _, stats in drawn],
+            height,
+            label=label,
+            color=color,
         )
-    ax.set_yticks(list(y), [s.route for s in stats], fontsize=7)
+    ax.set_yticks(list(range(len(rows))), [label for label, _ in rows], fontsize=7)
     ax.set_xlabel("latency (ms)")
     ax.set_xscale("log")
     ax.set_title("Latency percentiles per route (answers of the route itself)", fontsize=10)

@@ -3,19 +3,30 @@
 /^## / { doc = doc (doc == "" ? "" : " ") substr($0, 4); next }
 /^[A-Za-z][A-Za-z0-9_.-]*:/ {
     if (doc != "") {
-        target = substr($0, 1, index($0, ":") - 1)
-        line = sprintf("  %-10s", target)
-        words = split(doc, word, " ")
-        for (i = 1; i <= words; i++) {
-            if (length(line) + 1 + length(word[i]) > 100 && length(line) > 13) {
-                print line
-                line = sprintf("  %-10s", "")
-            }
-            line = line " " word[i]
-        }
-        print line
+        n++
+        target[n] = substr($0, 1, index($0, ":") - 1)
+        text[n] = doc
+        if (length(target[n]) > width) width = length(target[n])
     }
     doc = ""
     next
 }
 { doc = "" }
+END {
+    for (t = 1; t <= n; t++) {
+        line = sprintf("  %-" width "s ", target[t])
+        indent = sprintf("%" (width + 3) "s", "")
+        first = 1
+        words = split(text[t], word, " ")
+        for (i = 1; i <= words; i++) {
+            if (!first && length(line) + 1 + length(word[i]) > 100) {
+                print line
+                line = indent
+                first = 1
+            }
+            line = line (first ? "" : " ") word[i]
+            first = 0
+        }
+        print line
+    }
+}

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp
 from shared.context import request_id_of
 from shared.db import PoolMetrics, create_engine, create_sessionmaker
 from shared.docs import add_offline_docs
-from shared.errors import PROBLEM_SCHEMA, install_error_handlers
+from shared.errors import PROBLEM_BASE, PROBLEM_JSON, PROBLEM_SCHEMA, ServiceUnavailable, install_error_handlers
 from shared.http import CallPolicy, UpstreamMetrics, create_http_client
 from shared.identity import IdentitySigner, IdentityVerifier, require_identity
 from shared.metrics import HttpMetrics, metrics_endpoint
@@ -72,12 +72,19 @@ class ServiceSpec(Generic[S, C]):
 OpenApiHook = Callable[[dict[str, Any]], None]
 
 
+class NotReady(ServiceUnavailable, code="NOT_READY", title="Not ready"):
+    """`/health/ready` when a dependency's check fails (the database for a service; every service and
+    Redis for the gateway); the answer names the failing dependencies, the reasons go to the log."""
+
+
 class PorticoAPI(FastAPI):
     """FastAPI with the shared Problem schema in its OpenAPI document, hooks that complete it, and
     room for one layer outside Starlette's error middleware: the observability stage, so that a 500
     rendered for an unhandled exception is still inside the request's span, counted and logged."""
 
     outermost: Middleware | None = None
+    # Every metric the process serves on /metrics (set by `install_common`).
+    metrics_registry: CollectorRegistry | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -119,6 +126,7 @@ def install_common(
         ObservabilityMiddleware, spans=ServerSpans(provider), metrics=metrics, access_log=settings.access_log
     )
     allowed = Networks(settings.metrics_allowed_networks)
+    app.metrics_registry = registry
     app.add_route("/metrics", metrics_endpoint(registry, allowed), include_in_schema=False)
     return metrics
 
@@ -152,16 +160,16 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck[T]], timeou
             logger.warning("not ready: %s", "; ".join(f"{name}: {why}" for name, why in sorted(failing.items())))
             return JSONResponse(
                 {
-                    "type": "https://portico.dev/problems/not-ready",
-                    "title": "Not ready",
-                    "status": 503,
+                    "type": PROBLEM_BASE + NotReady.slug,
+                    "title": NotReady.title,
+                    "status": NotReady.status_code,
                     "detail": f"Failing dependencies: {', '.join(sorted(failing))}.",
-                    "error_code": "NOT_READY",
+                    "error_code": NotReady.error_code,
                     "request_id": request_id_of(request.scope),
                     "checks": {name: "failing" if name in failing else "ok" for name in checks},
                 },
                 status_code=503,
-                media_type="application/problem+json",
+                media_type=PROBLEM_JSON,
             )
         return JSONResponse({"status": "ok", "checks": dict.fromkeys(checks, "ok")})
 

@@ -125,12 +125,13 @@ IDENTITY_LEEWAY_SECONDS = 5
 SERVICE_SUBJECT_PREFIX = "service:"
 
 
-class AuthenticationRequired(
-    Unauthorized, code="AUTHENTICATION_REQUIRED", title="Unauthorized", slug="unauthorized"
-): ...
+class AuthenticationRequired(Unauthorized, code="AUTHENTICATION_REQUIRED", title="Unauthorized", slug="unauthorized"):
+    """The route needs a caller and the request carried no credential (at the gateway), or no tenant
+    identity (at a service)."""
 
 
-class InsufficientScope(Forbidden, code="INSUFFICIENT_SCOPE", title="Forbidden", slug="forbidden"): ...
+class InsufficientScope(Forbidden, code="INSUFFICIENT_SCOPE", title="Forbidden", slug="forbidden"):
+    """The caller lacks the route's scope: `required_scope` names it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +245,8 @@ _KEY_FIELD = {"loc": ["header", "idempotency-key"], "field": "idempotency-key"}
 
 
 class InvalidIdempotencyKey(BadRequest, code="INVALID_IDEMPOTENCY_KEY", title="Invalid Idempotency-Key"):
+    """An `Idempotency-Key` that is empty, longer than 255 characters or not visible ASCII."""
+
     def __init__(self) -> None:
         super().__init__(
             "Idempotency-Key must be 1 to 255 visible ASCII characters.", errors=[{**_KEY_FIELD, "msg": "invalid"}]
@@ -261,6 +264,8 @@ def checked_idempotency_key(raw: str | None) -> str | None:
 
 
 class IdempotencyKeyInUse(Conflict, code="IDEMPOTENCY_KEY_IN_USE", title="Idempotency-Key in use"):
+    """The first request with this `Idempotency-Key` is still running: `Retry-After: 1`."""
+
     def __init__(self) -> None:
         super().__init__(
             "A request with this Idempotency-Key is still being processed; retry shortly.",
@@ -269,6 +274,9 @@ class IdempotencyKeyInUse(Conflict, code="IDEMPOTENCY_KEY_IN_USE", title="Idempo
 
 
 class IdempotencyKeyReused(ValidationFailed, code="IDEMPOTENCY_KEY_REUSED", title="Idempotency-Key reused"):
+    """The `Idempotency-Key` was used by this caller for a different request (method, path, query or
+    body)."""
+
     def __init__(self) -> None:
         super().__init__(
             "This Idempotency-Key was used for a different request; use a new key for a new request.",
@@ -276,7 +284,8 @@ class IdempotencyKeyReused(ValidationFailed, code="IDEMPOTENCY_KEY_REUSED", titl
         )
 
 
-class IdempotentResponseNotStored(Conflict, code="IDEMPOTENT_RESPONSE_NOT_STORED", title="Request already done"): ...
+class IdempotentResponseNotStored(Conflict, code="IDEMPOTENT_RESPONSE_NOT_STORED", title="Request already done"):
+    """A repeat of a keyed request whose answer was not kept (it held a secret, or was too large)."""
 
 
 # --------------------------------------------------------------------------- resources
@@ -306,7 +315,9 @@ LineItems = Annotated[list[LineItem], Field(min_length=1, max_length=MAX_ITEMS)]
 MAX_CREDIT_LIMIT_CENTS = 10**15
 
 
-class CreditLimitExceeded(ValidationFailed, code="CREDIT_LIMIT_EXCEEDED", title="Credit limit exceeded"): ...
+class CreditLimitExceeded(ValidationFailed, code="CREDIT_LIMIT_EXCEEDED", title="Credit limit exceeded"):
+    """The user's open orders and this one would pass their credit limit: `credit_limit_cents`,
+    `open_cents` and `total_cents` in the body."""
 
 
 class ReservedLine(BaseModel):

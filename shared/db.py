@@ -151,6 +151,14 @@ def raising_lock_not_available() -> Iterator[None]:
         raise LockNotAvailable(str(exc.orig)) from exc
 
 
+POOL_GAUGES = {
+    "portico_db_pool_size": "Connections the pool keeps open.",
+    "portico_db_pool_checked_out": "Connections in use.",
+    "portico_db_pool_overflow": "Connections open beyond the pool size.",
+    "portico_db_pool_waiters": "Requests waiting for a free connection.",
+}
+
+
 class PoolMetrics(Collector):
     """The state of one process's database pool, read when /metrics is scraped:
     `portico_db_pool_size` (connections kept open), `portico_db_pool_checked_out` (in use),
@@ -169,19 +177,25 @@ class PoolMetrics(Collector):
     def watch(self, engine: AsyncEngine | None) -> None:
         self.engine = engine
 
+    def describe(self) -> Iterator[Metric]:
+        """The gauges this collector serves, whether or not a pool is watched yet (the registry and the
+        generated metrics reference read their names from here)."""
+        for name, documentation in POOL_GAUGES.items():
+            yield GaugeMetricFamily(name, documentation, value=0)
+
     def collect(self) -> Iterator[Metric]:
         pool = self.engine.sync_engine.pool if self.engine is not None else None
         if not isinstance(pool, QueuePool):
             # No engine yet, or SQLite's pool, which keeps no count.
             return
         values = {
-            "portico_db_pool_size": ("Connections the pool keeps open.", pool.size()),
-            "portico_db_pool_checked_out": ("Connections in use.", pool.checkedout()),
-            "portico_db_pool_overflow": ("Connections open beyond the pool size.", max(0, pool.overflow())),
-            "portico_db_pool_waiters": ("Requests waiting for a free connection.", _waiters(pool)),
+            "portico_db_pool_size": pool.size(),
+            "portico_db_pool_checked_out": pool.checkedout(),
+            "portico_db_pool_overflow": max(0, pool.overflow()),
+            "portico_db_pool_waiters": _waiters(pool),
         }
-        for name, (documentation, value) in values.items():
-            yield GaugeMetricFamily(name, documentation, value=value)
+        for name, value in values.items():
+            yield GaugeMetricFamily(name, POOL_GAUGES[name], value=value)
 
 
 def _waiters(pool: QueuePool) -> int:

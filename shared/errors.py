@@ -80,26 +80,37 @@ class PorticoError(Exception):
         }
 
 
-class BadRequest(PorticoError, status=400, code="BAD_REQUEST", title="Bad Request"): ...
+class BadRequest(PorticoError, status=400, code="BAD_REQUEST", title="Bad Request"):
+    """A request the process cannot make sense of (a Starlette 400, or a malformed header the route
+    reads)."""
 
 
-class MalformedBody(BadRequest, code="MALFORMED_BODY", title="Malformed request body"): ...
+class MalformedBody(BadRequest, code="MALFORMED_BODY", title="Malformed request body"):
+    """A body that is not valid JSON (or not the form a route takes)."""
 
 
 class Unauthorized(PorticoError, status=401, code="UNAUTHORIZED", title="Unauthorized"):
+    """A request without the credentials the route needs (any other 401 of the framework)."""
+
     def __init__(
         self, detail: str | None = None, *, error_code: str | None = None, challenge: str = 'Bearer realm="portico"'
     ) -> None:
         super().__init__(detail, error_code=error_code, headers={"WWW-Authenticate": challenge})
 
 
-class PaymentRequired(PorticoError, status=402, code="PLAN_UPGRADE_REQUIRED", title="Plan upgrade required"): ...
+class PaymentRequired(PorticoError, status=402, code="PLAN_UPGRADE_REQUIRED", title="Plan upgrade required"):
+    """The tenant's plan does not include the feature: the answer names `required_plans` and
+    `current_plan`."""
 
 
-class Forbidden(PorticoError, status=403, code="FORBIDDEN", title="Forbidden"): ...
+class Forbidden(PorticoError, status=403, code="FORBIDDEN", title="Forbidden"):
+    """The caller may not do this (any other 403)."""
 
 
 class NotFound(PorticoError, status=404, code="NOT_FOUND", title="Not Found"):
+    """No such route, or no such resource for this caller: another tenant's resource answers exactly
+    as a missing one."""
+
     # What is missing, as `for_id` names it: "No <resource> <id>."
     resource: ClassVar[str] = "resource"
 
@@ -113,27 +124,34 @@ class NotFound(PorticoError, status=404, code="NOT_FOUND", title="Not Found"):
         return cls(f"No {cls.resource} {resource_id}.")
 
 
-class MethodNotAllowed(PorticoError, status=405, code="METHOD_NOT_ALLOWED", title="Method Not Allowed"): ...
+class MethodNotAllowed(PorticoError, status=405, code="METHOD_NOT_ALLOWED", title="Method Not Allowed"):
+    """The route exists but not for this method."""
 
 
-class Conflict(PorticoError, status=409, code="CONFLICT", title="Conflict"): ...
+class Conflict(PorticoError, status=409, code="CONFLICT", title="Conflict"):
+    """The request conflicts with the resource's state (any other 409)."""
 
 
-class PayloadTooLarge(PorticoError, status=413, code="PAYLOAD_TOO_LARGE", title="Request body too large"): ...
+class PayloadTooLarge(PorticoError, status=413, code="PAYLOAD_TOO_LARGE", title="Request body too large"):
+    """A request body over `MAX_BODY_BYTES`, refused before it is read in full."""
 
 
-class UnsupportedMediaType(PorticoError, status=415, code="UNSUPPORTED_MEDIA_TYPE", title="Unsupported Media Type"): ...
+class UnsupportedMediaType(PorticoError, status=415, code="UNSUPPORTED_MEDIA_TYPE", title="Unsupported Media Type"):
+    """A body in a media type the route does not take."""
 
 
-class ValidationFailed(PorticoError, status=422, code="VALIDATION_FAILED", title="Validation failed"): ...
+class ValidationFailed(PorticoError, status=422, code="VALIDATION_FAILED", title="Validation failed"):
+    """The body, a query or a path parameter is not valid: `errors` names each field and what is
+    wrong."""
 
 
-class TooManyRequests(
-    PorticoError, status=429, code="RATE_LIMITED", title="Too Many Requests", slug="quota-exceeded"
-): ...
+class TooManyRequests(PorticoError, status=429, code="RATE_LIMITED", title="Too Many Requests", slug="quota-exceeded"):
+    """A rate-limit quota is spent: `Retry-After`, and `policy`, `limit`, `window_seconds`,
+    `retry_after` in the body."""
 
 
-class ServiceUnavailable(PorticoError, status=503, code="SERVICE_UNAVAILABLE", title="Service Unavailable"): ...
+class ServiceUnavailable(PorticoError, status=503, code="SERVICE_UNAVAILABLE", title="Service Unavailable"):
+    """The process cannot serve the request now (any other 503), with `Retry-After`."""
 
 
 class DownstreamError(PorticoError):
@@ -152,15 +170,19 @@ class DownstreamError(PorticoError):
         self.service = service
 
 
-class DownstreamBadResponse(DownstreamError, status=502, code="DOWNSTREAM_BAD_RESPONSE", title="Bad Gateway"): ...
+class DownstreamBadResponse(DownstreamError, status=502, code="DOWNSTREAM_BAD_RESPONSE", title="Bad Gateway"):
+    """A called service answered a 5xx of its own, or something that is not the answer it owes (its
+    body is not passed on); `service` names it."""
 
 
-class DownstreamUnavailable(
-    DownstreamError, status=503, code="DOWNSTREAM_UNAVAILABLE", title="Service Unavailable"
-): ...
+class DownstreamUnavailable(DownstreamError, status=503, code="DOWNSTREAM_UNAVAILABLE", title="Service Unavailable"):
+    """A called service could not be reached (refused, reset, or closed without answering, after the
+    retry of a safe call): `Retry-After: 1`, `service` names it."""
 
 
-class DownstreamTimeout(DownstreamError, status=504, code="DOWNSTREAM_TIMEOUT", title="Gateway Timeout"): ...
+class DownstreamTimeout(DownstreamError, status=504, code="DOWNSTREAM_TIMEOUT", title="Gateway Timeout"):
+    """A called service did not answer within the caller's timeout (`HTTP_TIMEOUT_SECONDS`);
+    `service` names it."""
 
 
 class CircuitOpen(DownstreamUnavailable, code="CIRCUIT_OPEN", title="Service Unavailable"):
@@ -308,7 +330,9 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     return problem_response(err, _request_id(request))
 
 
-class DatabaseUnavailable(ServiceUnavailable, code="DATABASE_UNAVAILABLE", title="Database unavailable"): ...
+class DatabaseUnavailable(ServiceUnavailable, code="DATABASE_UNAVAILABLE", title="Database unavailable"):
+    """The service's database is down, or no pool connection came within `DB_POOL_TIMEOUT_SECONDS`:
+    `Retry-After: 1`."""
 
 
 def _database_unavailable_handler(

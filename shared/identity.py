@@ -28,6 +28,20 @@ from shared.state import ServiceState, app_state
 
 logger = logging.getLogger("portico.identity")
 
+
+class InvalidInternalIdentity(
+    Unauthorized, code="INVALID_INTERNAL_IDENTITY", title="Unauthorized", slug="unauthorized"
+):
+    """A service got an internal identity token that does not verify (signature, audience, issuer,
+    lifetime or dates); the same answer whatever the reason, which goes to the service's log only."""
+
+
+class MissingInternalIdentity(
+    Unauthorized, code="MISSING_INTERNAL_IDENTITY", title="Unauthorized", slug="unauthorized"
+):
+    """A request reached a service without an internal identity token: around the gateway."""
+
+
 # python-jose checks a claim only when it is present (a token without `aud` passes any audience
 # check), so every claim the checks rely on is required.
 _DECODE_OPTIONS: dict[str, Any] = {
@@ -89,10 +103,8 @@ class IdentityVerifier:
         except (JWTError, InvalidIdentity) as exc:
             # The library's words describe the token's flaw to whoever forged it: logged only.
             logger.info("refused an internal identity token: %s", exc)
-            raise Unauthorized(
-                "The internal identity token is invalid.",
-                error_code="INVALID_INTERNAL_IDENTITY",
-                challenge=IDENTITY_CHALLENGE,
+            raise InvalidInternalIdentity(
+                "The internal identity token is invalid.", challenge=IDENTITY_CHALLENGE
             ) from None
         return identity_from_claims(claims)
 
@@ -119,11 +131,7 @@ async def require_identity(request: Request) -> Identity:
     FastAPI resolves it once per request, however many dependencies ask for it."""
     token = request.headers.get(IDENTITY_HEADER)
     if not token:
-        raise Unauthorized(
-            "Requests must come through the gateway.",
-            error_code="MISSING_INTERNAL_IDENTITY",
-            challenge=IDENTITY_CHALLENGE,
-        )
+        raise MissingInternalIdentity("Requests must come through the gateway.", challenge=IDENTITY_CHALLENGE)
     state: ServiceState[Any, Any] = app_state(request)
     return state.identity_verifier.verify(token)
 

@@ -53,7 +53,8 @@ async def page_query(limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = No
 PageDep = Annotated[PageQuery, Depends(page_query)]
 
 
-class InvalidCursor(ValidationFailed, code="INVALID_CURSOR", title="Invalid cursor"): ...
+class InvalidCursor(ValidationFailed, code="INVALID_CURSOR", title="Invalid cursor"):
+    """A `cursor` that is not the `next_cursor` of an earlier page."""
 
 
 class Page(BaseModel, Generic[T]):

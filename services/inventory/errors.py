@@ -6,24 +6,31 @@ from __future__ import annotations
 from shared.errors import Conflict, NotFound
 
 
-class ProductNotFound(NotFound, code="PRODUCT_NOT_FOUND", title="Product not found", resource="product"): ...
+class ProductNotFound(NotFound, code="PRODUCT_NOT_FOUND", title="Product not found", resource="product"):
+    """No such product in the caller's tenant."""
 
 
 class ReservationNotFound(
     NotFound, code="RESERVATION_NOT_FOUND", title="Reservation not found", resource="reservation"
-): ...
+):
+    """No such reservation."""
 
 
-class InsufficientStock(Conflict, code="INSUFFICIENT_STOCK", title="Insufficient stock"): ...
+class InsufficientStock(Conflict, code="INSUFFICIENT_STOCK", title="Insufficient stock"):
+    """Not enough stock for a reservation or a negative adjustment."""
 
 
-class StockLimitExceeded(Conflict, code="STOCK_LIMIT_EXCEEDED", title="Stock limit exceeded"): ...
+class StockLimitExceeded(Conflict, code="STOCK_LIMIT_EXCEEDED", title="Stock limit exceeded"):
+    """An adjustment would take a product's stock above 1,000,000,000 units."""
 
 
-class ReservationReleased(Conflict, code="RESERVATION_RELEASED", title="Reservation already released"): ...
+class ReservationReleased(Conflict, code="RESERVATION_RELEASED", title="Reservation already released"):
+    """A reserve call for an order whose reservation was already released (the order was given up)."""
 
 
-class ReservationMismatch(Conflict, code="RESERVATION_MISMATCH", title="Order already has a different reservation"): ...
+class ReservationMismatch(Conflict, code="RESERVATION_MISMATCH", title="Order already has a different reservation"):
+    """A reserve call for an order that already holds a reservation of other items."""
 
 
-class SkuTaken(Conflict, code="SKU_TAKEN", title="SKU already in use"): ...
+class SkuTaken(Conflict, code="SKU_TAKEN", title="SKU already in use"):
+    """A product with this SKU already exists in the tenant."""

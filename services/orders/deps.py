@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends
 
+from services.orders.errors import ServiceOnly
 from services.orders.service import OrdersContext
 from services.orders.settings import OrdersSettings
 from shared.contract import EVENTS_READ, Identity, TenantIdentity
-from shared.errors import Forbidden
 from shared.identity import Authorize, IdentityDep
 from shared.state import ServiceState, StateDependencies
 
@@ -21,7 +21,7 @@ state = StateDependencies[ServiceState[OrdersSettings, OrdersContext]]()
 async def require_event_reader(identity: IdentityDep) -> Identity:
     """The event feed serves Portico's own services (the webhooks relay), never a tenant's caller."""
     if not identity.is_service:
-        raise Forbidden("The event feed serves Portico services only.", error_code="SERVICE_ONLY")
+        raise ServiceOnly("The event feed serves Portico services only.")
     identity.require_scope(EVENTS_READ)
     return identity
 

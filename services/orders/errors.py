@@ -6,32 +6,48 @@ from __future__ import annotations
 from shared.errors import Conflict, Forbidden, NotFound, PorticoError, ServiceUnavailable, ValidationFailed
 
 
-class OrderNotFound(NotFound, code="ORDER_NOT_FOUND", title="Order not found", resource="order"): ...
+class OrderNotFound(NotFound, code="ORDER_NOT_FOUND", title="Order not found", resource="order"):
+    """No such order in the caller's tenant."""
 
 
-class OrderAlreadyCancelled(Conflict, code="ORDER_ALREADY_CANCELLED", title="Order already cancelled"): ...
+class OrderAlreadyCancelled(Conflict, code="ORDER_ALREADY_CANCELLED", title="Order already cancelled"):
+    """Cancelling an order that is already cancelled."""
 
 
-class OrderAttemptExpired(ServiceUnavailable, code="ORDER_ATTEMPT_EXPIRED", title="Order attempt expired"): ...
+class OrderAttemptExpired(ServiceUnavailable, code="ORDER_ATTEMPT_EXPIRED", title="Order attempt expired"):
+    """The order's attempt was given up by the recovery task while its request still ran: retry with
+    the same `Idempotency-Key`."""
 
 
-class EventsBusy(ServiceUnavailable, code="EVENTS_BUSY", title="Event feed busy"): ...
+class EventsBusy(ServiceUnavailable, code="EVENTS_BUSY", title="Event feed busy"):
+    """The event feed waited `ORDERS_EVENTS_LOCK_TIMEOUT_MS` for order transactions in flight:
+    `Retry-After: 1`."""
 
 
-class OrdersBusy(ServiceUnavailable, code="ORDERS_BUSY", title="Too many orders in progress"): ...
+class OrdersBusy(ServiceUnavailable, code="ORDERS_BUSY", title="Too many orders in progress"):
+    """Too many orders are being placed at once: no slot within `ORDERS_PLACEMENT_QUEUE_SECONDS`,
+    `Retry-After: 1`."""
 
 
-class UnknownUser(Forbidden, code="UNKNOWN_USER", title="Unknown user"): ...
+class ServiceOnly(Forbidden, code="SERVICE_ONLY", title="Forbidden", slug="forbidden"):
+    """The internal event feed was asked by a caller that is not one of Portico's services."""
+
+
+class UnknownUser(Forbidden, code="UNKNOWN_USER", title="Unknown user"):
+    """The token's user no longer exists."""
 
 
 class ReservationRefused(PorticoError):
     """The inventory service answered and took no stock: nothing needs releasing."""
 
 
-class ProductNotFound(ReservationRefused, NotFound, code="PRODUCT_NOT_FOUND", title="Product not found"): ...
+class ProductNotFound(ReservationRefused, NotFound, code="PRODUCT_NOT_FOUND", title="Product not found"):
+    """An order line names a product that does not exist in the tenant (`items.N.product_id`)."""
 
 
-class StockConflict(ReservationRefused, Conflict, code="INSUFFICIENT_STOCK", title="Insufficient stock"): ...
+class StockConflict(ReservationRefused, Conflict, code="INSUFFICIENT_STOCK", title="Insufficient stock"):
+    """An order asks for more units than a product has in stock (`items.N.quantity`, with
+    `available`)."""
 
 
 class ReservationInvalid(ReservationRefused, ValidationFailed):

@@ -30,7 +30,9 @@ _hasher = PasswordHash.recommended()
 _DUMMY_HASH = _hasher.hash("portico-timing-equaliser")
 
 
-class HashingBusy(ServiceUnavailable, code="PASSWORD_HASHING_BUSY", title="Service Unavailable"): ...
+class HashingBusy(ServiceUnavailable, code="PASSWORD_HASHING_BUSY", title="Service Unavailable"):
+    """Too many password checks are waiting, or this one waited
+    `USERS_PASSWORD_HASH_QUEUE_TIMEOUT_SECONDS`: `Retry-After: 1`."""
 
 
 class PasswordMetrics:

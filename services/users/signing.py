@@ -46,7 +46,9 @@ SKEW = timedelta(seconds=60)
 LOADED = 20
 
 
-class NoSigningKey(ServiceUnavailable, code="NO_SIGNING_KEY", title="Service Unavailable"): ...
+class NoSigningKey(ServiceUnavailable, code="NO_SIGNING_KEY", title="Service Unavailable"):
+    """The users service has not loaded a signing key yet (just started, its keys still being read or
+    made): `Retry-After: 1`."""
 
 
 @dataclass(frozen=True, slots=True)

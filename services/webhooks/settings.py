@@ -34,46 +34,122 @@ RetrySchedule = Annotated[
 class WebhooksSettings(BaseServiceSettings):
     model_config = process_config("webhooks")
 
-    port: int = PROCESSES["webhooks"].port
-    database_url: str = sqlite_url("webhooks")
+    port: int = Field(default=PROCESSES["webhooks"].port, description="The port the webhooks service listens on.")
+    database_url: str = Field(
+        default=sqlite_url("webhooks"),
+        description=(
+            "The webhooks database (the service's and the delivery worker's): a SQLite file under ./var by "
+            "default, `postgresql+asyncpg://...` for PostgreSQL."
+        ),
+    )
 
-    # The orders service, whose event feed the relay pulls.
-    orders_url: AnyHttpUrl = AnyHttpUrl(PROCESSES["orders"].default_url)
-    # Off only where something else drives the relay (tests call `OrdersRelay.run_once` themselves).
-    relay_enabled: bool = True
-    relay_interval_seconds: float = Field(default=0.5, gt=0, le=60)
-    relay_batch_size: int = Field(default=100, ge=1, le=500)  # the orders feed serves at most 500
-    relay_max_backoff_seconds: float = Field(default=30.0, gt=0, le=600)
+    orders_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl(PROCESSES["orders"].default_url),
+        description="The orders service, whose event feed the relay pulls.",
+    )
+    relay_enabled: bool = Field(
+        default=True,
+        description="The relay; off only where something else drives it (tests call `OrdersRelay.run_once`).",
+    )
+    relay_interval_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="The relay's poll interval when idle; a full batch is followed at once by the next.",
+    )
+    relay_batch_size: int = Field(
+        default=100, ge=1, le=500, description="Events per poll (the orders feed serves at most 500)."
+    )
+    relay_max_backoff_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="After failures the relay waits exponentially longer, with jitter, up to this.",
+    )
 
-    # For local demos only: lets endpoints point at loopback and private networks (a receiver on
-    # localhost or in a compose network). Link-local, multicast, unspecified and cloud metadata
-    # addresses stay refused whatever this says.
-    allow_private_urls: bool = False
-    dns_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
-    # Bounds the fan-out of one event and the size of a tenant's registry.
-    max_endpoints_per_tenant: int = Field(default=20, ge=1, le=1000)
-    # After a rotation the previous secret keeps signing deliveries this long, next to the new one,
-    # so receivers can switch without dropping any (Standard Webhooks allows several signatures).
-    secret_rotation_grace_seconds: int = Field(default=24 * 3600, ge=0, le=7 * 24 * 3600)
+    allow_private_urls: bool = Field(
+        default=False,
+        description=(
+            "For local demos only: lets endpoints point at loopback and private networks (a receiver on localhost "
+            "or in a compose network). Link-local, multicast, unspecified, reserved and cloud metadata addresses "
+            "stay refused whatever this says."
+        ),
+    )
+    dns_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description=(
+            "How long resolving an endpoint's host may take; a registration whose lookup times out is accepted."
+        ),
+    )
+    max_endpoints_per_tenant: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="Endpoints one tenant may have; it also bounds how many deliveries one event makes.",
+    )
+    secret_rotation_grace_seconds: int = Field(
+        default=24 * 3600,
+        ge=0,
+        le=7 * 24 * 3600,
+        description=(
+            "After a rotation the previous secret keeps signing deliveries this long, next to the new one, so "
+            "receivers can switch without dropping any (Standard Webhooks allows several signatures)."
+        ),
+    )
 
-    # The delivery worker (`python -m services.webhooks worker`) serves its probes and metrics here.
-    worker_port: int = WORKERS["webhooks-worker"].port
-    # A 2xx within this time is success; the whole attempt (resolving, connecting, sending, the
-    # answer's headers and the few bytes of body kept) must fit in it.
-    delivery_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
-    # Delays after each failed attempt; one attempt more than there are delays.
-    retry_schedule_seconds: RetrySchedule = DEFAULT_RETRY_SCHEDULE
-    # Attempts one worker runs at once, and attempts to one endpoint across every worker: a slow
-    # receiver holds at most this many, whatever the backlog.
-    worker_concurrency: int = Field(default=32, ge=1, le=1000)
-    endpoint_concurrency: int = Field(default=4, ge=1, le=1000)
-    # How often an idle worker looks for due deliveries.
-    worker_poll_interval_seconds: float = Field(default=0.5, gt=0, le=60)
-    # A claimed delivery is the worker's until then; a worker that dies lets it go when it expires.
-    delivery_lease_seconds: float = Field(default=60.0, gt=0, le=3600)
-    # On SIGTERM the worker stops claiming and lets attempts in flight finish this long, then gives
-    # back what is left.
-    worker_stop_grace_seconds: float = Field(default=10.0, ge=0, le=300)
+    worker_port: int = Field(
+        default=WORKERS["webhooks-worker"].port,
+        description=(
+            "The port of the delivery worker (`python -m services.webhooks worker`): its `/health/live`, "
+            "`/health/ready` (database reachable and the loop running) and `/metrics`, on `host`."
+        ),
+    )
+    delivery_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description=(
+            "A 2xx within this time is success; the whole attempt (resolving, connecting, sending, the answer's "
+            "headers and the few bytes of body kept) must fit in it."
+        ),
+    )
+    retry_schedule_seconds: RetrySchedule = Field(
+        default=DEFAULT_RETRY_SCHEDULE,
+        description=(
+            "Delays after each failed attempt (comma-separated, 1 to 50 of them, each with up to 10% jitter); one "
+            "attempt more than there are delays."
+        ),
+    )
+    worker_concurrency: int = Field(default=32, ge=1, le=1000, description="Attempts one worker runs at once.")
+    endpoint_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Attempts to one endpoint at once across every worker: a slow receiver holds at most this many.",
+    )
+    worker_poll_interval_seconds: float = Field(
+        default=0.5, gt=0, le=60, description="How often an idle worker looks for due deliveries."
+    )
+    delivery_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "How long a claimed delivery is the worker's (at least `delivery_timeout_seconds` + 5); a worker that "
+            "dies lets it go when it expires."
+        ),
+    )
+    worker_stop_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=300,
+        description=(
+            "On SIGTERM the worker stops claiming and lets attempts in flight finish this long, then gives back "
+            "what is left."
+        ),
+    )
 
     @model_validator(mode="after")
     def _lease_outlives_an_attempt(self) -> WebhooksSettings:

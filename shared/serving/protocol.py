@@ -61,7 +61,9 @@ NEXT_REQUEST_SECONDS = 2.0
 
 class RequestHeadersTooLarge(
     PorticoError, status=431, code="REQUEST_HEADERS_TOO_LARGE", title="Request Header Fields Too Large"
-): ...
+):
+    """A request head over `MAX_HEADER_LINE_BYTES`, `MAX_HEADER_BYTES` or `MAX_HEADER_FIELDS`,
+    answered by the server while it arrives, with `Connection: close`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,9 @@ class HeaderLimits:
         )
 
 
-class RequestHeadTimeout(PorticoError, status=408, code="REQUEST_HEAD_TIMEOUT", title="Request Timeout"): ...
+class RequestHeadTimeout(PorticoError, status=408, code="REQUEST_HEAD_TIMEOUT", title="Request Timeout"):
+    """A request head not complete within `SERVER_HEADER_TIMEOUT_SECONDS` of its first byte, answered by
+    the server with `Connection: close`."""
 
 
 class _Refused(Exception):

@@ -27,12 +27,26 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)
 
 
+# The docs site's getting-started page includes the README's walkthrough between these markers
+# (pymdownx.snippets), so the block run here is the one both print.
+SNIPPET_START = "<!-- --8<-- [start:walkthrough] -->"
+SNIPPET_END = "<!-- --8<-- [end:walkthrough] -->"
+
+
 def walkthrough() -> str:
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Walkthrough") :]
     match = re.search(r"```sh\n(.*?)```", section, re.S)
     assert match is not None, "the README has no walkthrough block"
     return match.group(1)
+
+
+def test_the_docs_site_shows_the_walkthrough_this_test_runs():
+    readme = (ROOT / "README.md").read_text()
+    included = readme[readme.index(SNIPPET_START) : readme.index(SNIPPET_END)]
+    assert f"```sh\n{walkthrough()}```" in included
+    page = (ROOT / "docs" / "getting-started.md").read_text()
+    assert '--8<-- "README.md:walkthrough"' in page
 
 
 @pytest.fixture(scope="module")

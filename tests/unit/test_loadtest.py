@@ -132,6 +132,31 @@ def test_report_files_and_figures(tmp_path):
             assert png.width >= 600
 
 
+def test_every_route_of_the_run_is_on_the_latency_chart(tmp_path, monkeypatch):
+    """Seventeen routes, as the kit's journeys make: the busy ones, the quiet ones, one whose every
+    request was refused with 429 and one the gateway does not serve; each is a row of the chart."""
+    routes = [f"/v1/route-{n:02d}" for n in range(15)]
+    rows = [row(i / 10, route=route, latency=10.0 + n) for n, route in enumerate(routes) for i in range(n + 1)]
+    rows += [row(3, route="/v1/events", status=429, outcome=RATE_LIMITED, code="RATE_LIMITED")] * 2
+    rows += [row(4, route="/v1/orders/validate", method="POST", status=405, outcome=UNAVAILABLE)]
+    run = report.read_run(write_run(tmp_path, rows))
+    drawn = []
+
+    def keep_labels(fig, path):
+        drawn.extend(label.get_text() for label in fig.axes[0].get_yticklabels())
+        report.plt.close(fig)
+
+    monkeypatch.setattr(report, "_save", keep_labels)
+    report.plot_latency(run, tmp_path / "latency.png")
+    assert len(drawn) == 17
+    for route in routes:
+        assert f"GET {route}" in drawn
+    assert "GET /v1/events (no answer of its own: 2 answered 429)" in drawn
+    assert "POST /v1/orders/validate (not served)" in drawn
+    # Busiest first, from the top of the chart.
+    assert drawn[-1] == f"GET {routes[-1]}"
+
+
 def test_an_empty_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no request"):
         report.write_report(write_run(tmp_path, []))

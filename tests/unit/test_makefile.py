@@ -26,12 +26,11 @@ def listed(output: str) -> dict[str, str]:
     targets: dict[str, str] = {}
     current = ""
     for line in output.splitlines():
-        name, text = line[:13].strip(), line[13:].strip()
-        if name:
-            current = name
-            targets[current] = text
+        if line.startswith("  ") and not line.startswith("   "):
+            current, _, text = line.strip().partition(" ")
+            targets[current] = text.strip()
         else:
-            targets[current] += " " + text
+            targets[current] += " " + line.strip()
     return targets
 
 
