@@ -1,4 +1,5 @@
-# Every entry point of the project; CI calls exactly these.
+# Every entry point of the project; CI calls exactly these. `make` (or `make help`) lists them: a
+# target's `## ...` lines above it are what the list says of it.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,12 @@ UV_VERSION := 0.13.8
 UV := $(VENV)/bin/uv
 EXTRAS := --extra dev --extra loadtest
 
-.PHONY: install lock run test coverage lint fmt migrate loadtest soak bench docs docs-build docs-reference clean
+.PHONY: help install lock run test coverage lint fmt migrate loadtest soak bench docs docs-build docs-reference clean
+.DEFAULT_GOAL := help
+
+## This list: every target and what it does.
+help:
+	@awk -f scripts/make-help.awk $(MAKEFILE_LIST)
 
 $(UV):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install Python 3.11 (or run make PYTHON=python3)"; exit 1; }
@@ -21,6 +27,7 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --inexact $(EXTRAS) || { echo "uv.lock does not match pyproject.toml: run make lock"; exit 1; }
 	touch $(STAMP)
 
+## Create .venv with exactly what uv.lock pins (the dev and loadtest extras too); other targets do it first.
 install: $(STAMP)
 
 $(BENCH_STAMP): pyproject.toml uv.lock | $(UV)
@@ -52,12 +59,14 @@ coverage: $(STAMP)
 	$(VENV)/bin/coverage html --quiet --directory var/coverage/html
 	$(VENV)/bin/coverage report
 
+## ruff check, ruff format --check and mypy strict, as CI runs them.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy gateway services shared scripts
 	$(VENV)/bin/lint-imports --no-cache
 
+## Format the code and apply ruff's fixes.
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
@@ -80,6 +89,7 @@ docs-build: $(DOCS_STAMP)
 docs-reference: $(STAMP)
 	$(PY) -m scripts.reference
 
+## Migrate every service's database that is not at head (SQLite in ./var unless <SERVICE>_DATABASE_URL says).
 migrate: $(STAMP)
 	$(PY) -m scripts.devstack migrate
 
@@ -92,5 +102,6 @@ loadtest: $(STAMP)
 soak: $(STAMP)
 	$(PY) -m loadtest --soak $(LOADTEST_ARGS)
 
+## Remove .venv, var/ and the tools' caches.
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,5 @@
 """The gateway's gunicorn worker class as `python -m gateway serve` builds it with `GATEWAY_WORKERS`
-(`shared/serving.py`: the bounded protocol with the gateway's limits, its graceful shutdown), for
+(`shared/serving/workers.py`: the bounded protocol with the gateway's limits, its graceful shutdown), for
 `gunicorn -k bench.portico_worker.UvicornWorker ...`."""
 
 from __future__ import annotations

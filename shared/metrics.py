@@ -40,7 +40,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 @contextlib.contextmanager
 def samples_locked(directory: str | Path, *, exclusive: bool) -> Iterator[None]:
     """Multiprocess mode: a scrape reads the sample files under a shared lock, and the master folds
-    an exited worker's files into the archive under an exclusive one (`shared/serving.py`), so a
+    an exited worker's files into the archive under an exclusive one (`shared/serving/multiprocess.py`), so a
     scrape sees the files either before the fold or after it, never half of it (a counter that
     counted twice, or not at all, for a moment would go backwards after)."""
     with (Path(directory) / ".lock").open("a") as lock:
@@ -106,7 +106,7 @@ def metrics_endpoint(registry: CollectorRegistry, allowed: Networks) -> Callable
     directory = os.environ.get(MULTIPROC_ENV)
     exposed = registry
     if directory:
-        # Several workers (`shared/serving.py`): the samples of every worker, live or exited, summed.
+        # Several workers (`shared/serving/`): the samples of every worker, live or exited, summed.
         exposed = CollectorRegistry()
         MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
 

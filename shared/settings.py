@@ -117,7 +117,7 @@ class ProcessSettings(BaseSettings):
         ge=256,
         description=(
             "Bytes of one line of a request head (the request target, or one header's name and value); a longer "
-            "one is refused with 431 while it arrives (`shared/serving.py`)."
+            "one is refused with 431 while it arrives (`shared/serving/protocol.py`)."
         ),
     )
     max_header_bytes: int = Field(
@@ -129,6 +129,15 @@ class ProcessSettings(BaseSettings):
         default=100,
         ge=8,
         description="Header fields of a request (trailers included); more are refused with 431 while they arrive.",
+    )
+    server_header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "How long a request head may take to arrive, from its first byte (the first request's: from the "
+            "connection); past it the server answers 408 and closes the connection, or closes a connection that "
+            "sent nothing (as nginx's `client_header_timeout`)."
+        ),
     )
 
     metrics_allowed_networks: ListSetting = Field(
@@ -179,7 +188,7 @@ class ProcessSettings(BaseSettings):
         le=256,
         description=(
             "`serve` with 1: one uvicorn process; more: a gunicorn master with that many uvicorn workers on one "
-            "socket (`shared/serving.py`)."
+            "socket (`shared/serving/`)."
         ),
     )
     max_requests: int = Field(

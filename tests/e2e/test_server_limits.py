@@ -1,6 +1,6 @@
 """What every process's server refuses before the app sees a request (request heads over the limits,
-431), and who may read /metrics. Real processes: the session's stack, and one gateway of its own with
-other settings."""
+431, or out of time, 408), and who may read /metrics. Real processes: the session's stack, and one
+gateway of its own with other settings."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ from shared.contract import PROCESSES
 from tests.conftest import ROOT
 
 ALL = tuple(PROCESSES)
+# The narrow gateway's SERVER_HEADER_TIMEOUT_SECONDS.
+HEAD_TIMEOUT = 3.0
+# How long a connection is watched for the close the header timeout owes: far past it, so that only a
+# process without the timeout (one that never closes) fails, however busy the machine.
+WATCH = HEAD_TIMEOUT + 30
 
 
 @dataclass
@@ -175,6 +180,7 @@ def narrow_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> It
                 "GATEWAY_MAX_HEADER_BYTES": "4096",
                 "GATEWAY_MAX_HEADER_FIELDS": "20",
                 "GATEWAY_METRICS_ALLOWED_NETWORKS": "10.0.0.0/8,fd00::/8",
+                "GATEWAY_SERVER_HEADER_TIMEOUT_SECONDS": str(HEAD_TIMEOUT),
             }
         },
         log_dir=tmp_path_factory.mktemp("narrow-gateway"),
@@ -213,3 +219,86 @@ def test_metrics_are_404_outside_the_allowed_networks(narrow_gateway: Stack):
     }
     # X-Forwarded-For is not believed.
     assert httpx.get(f"{base}/metrics", headers={"X-Forwarded-For": "10.1.2.3"}).status_code == 404
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """What the server writes until it closes the connection (a reset ends it too)."""
+    sock.settimeout(WATCH)
+    raw = b""
+    try:
+        while data := sock.recv(65536):
+            raw += data
+    except ConnectionResetError:
+        pass
+    return raw
+
+
+def test_a_request_head_dribbled_past_the_header_timeout_is_answered_408_and_closed(narrow_gateway: Stack):
+    """A client writing its head a byte at a time, never ending it: the connection is answered 408 and
+    closed once the timeout has passed since the connection was made, not before (half of it, for
+    clocks), and not long after."""
+
+    def endless_head() -> Iterator[bytes]:
+        yield from (bytes([b]) for b in b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        while True:
+            yield b"a"
+
+    with socket.create_connection(("127.0.0.1", narrow_gateway.ports["gateway"]), timeout=WATCH) as sock:
+        started = time.monotonic()
+        for byte in endless_head():
+            assert time.monotonic() - started < WATCH, f"the connection is still open after {WATCH} s"
+            try:
+                sock.sendall(byte)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if select.select([sock], [], [], 0.2)[0]:
+                break
+        raw = read_to_end(sock)
+        closed_after = time.monotonic() - started
+    assert closed_after >= HEAD_TIMEOUT / 2, f"closed after {closed_after:.2f} s"
+    assert closed_after < WATCH, f"closed after {closed_after:.2f} s"
+    answer = _parse(raw, 0)
+    assert answer.status == 408, answer
+    assert answer.headers["connection"] == "close"
+    problem = answer.problem()
+    assert problem["error_code"] == "REQUEST_HEAD_TIMEOUT"
+    assert problem["detail"] == f"Refused: the request head did not arrive within {HEAD_TIMEOUT:g} s."
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(narrow_gateway: Stack):
+    with socket.create_connection(("127.0.0.1", narrow_gateway.ports["gateway"]), timeout=WATCH) as sock:
+        started = time.monotonic()
+        try:
+            raw = read_to_end(sock)
+        except TimeoutError:
+            pytest.fail(f"the connection is still open after {WATCH} s")
+        closed_after = time.monotonic() - started
+    # Nothing was asked, so nothing is answered.
+    assert raw == b""
+    assert HEAD_TIMEOUT / 2 <= closed_after < WATCH, f"closed after {closed_after:.2f} s"
+
+
+def read_answer(sock: socket.socket) -> Answer:
+    raw = b""
+    while True:
+        if b"\r\n\r\n" in raw:
+            answer = _parse(raw, 0)
+            if len(answer.body) >= int(answer.headers.get("content-length", 0)):
+                return answer
+        data = sock.recv(65536)
+        assert data, f"closed without an answer: {raw!r}"
+        raw += data
+
+
+def test_the_header_timeout_runs_from_a_requests_first_byte_not_from_the_last_answer(narrow_gateway: Stack):
+    """A keep-alive connection idle between requests for longer than the header timeout (but within
+    the keep-alive timeout) still serves its next request."""
+    with socket.create_connection(("127.0.0.1", narrow_gateway.ports["gateway"]), timeout=WATCH) as sock:
+        sock.sendall(request())
+        first = read_answer(sock)
+        assert first.status == 200, first
+        assert "close" not in first.headers.get("connection", "")
+        time.sleep(HEAD_TIMEOUT + 1)
+        sock.sendall(request())
+        second = read_answer(sock)
+        assert second.status == 200, second

@@ -1,22 +1,27 @@
 """Migrations up and down on PostgreSQL and SQLite, with rows in the tables: each keeps what the rows
-said, and head is exactly what the models say."""
+said, and head is exactly what the models say. A database at head is not migrated again, nor is a
+process started for it; one behind is."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
+from scripts.devstack import Stack
 from services.orders.models import Base as OrdersBase
 from services.webhooks.models import Base as WebhooksBase
-from shared.migrations import alembic_config, upgrade
+from shared.contract import PROCESSES, SERVICES
+from shared.migrations import alembic_config, at_head, current_revisions, head_revisions, upgrade
 from tests.infra import Servers
 from tests.webhook_support import ROOT, WEBHOOKS_DIR, _create_pg, _drop_pg
 
@@ -184,3 +189,51 @@ async def test_every_service_migrates_up_down_and_up_again_on_postgresql(migrate
         assert await differences(url, base) == []
     finally:
         await _drop_pg(migrated, name)
+
+
+@pytest.mark.parametrize("service", list(SERVICE_BASES))
+def test_the_head_read_from_the_files_is_alembics(service):
+    directory = ROOT / "services" / service
+    assert head_revisions(directory) == set(ScriptDirectory(str(directory / "alembic")).get_heads())
+
+
+async def test_a_database_at_head_is_not_migrated_again(empty_url, caplog):
+    assert not await asyncio.to_thread(at_head, WEBHOOKS_DIR, empty_url)
+    await asyncio.to_thread(upgrade, WEBHOOKS_DIR, empty_url, "0002_delivery")
+    assert await asyncio.to_thread(current_revisions, empty_url) == {"0002_delivery"}
+    assert not await asyncio.to_thread(at_head, WEBHOOKS_DIR, empty_url)
+    await asyncio.to_thread(upgrade, WEBHOOKS_DIR, empty_url)
+    assert await asyncio.to_thread(at_head, WEBHOOKS_DIR, empty_url)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        await asyncio.to_thread(upgrade, WEBHOOKS_DIR, empty_url)
+    # Alembic's environment never ran (it logs its context first thing).
+    assert [r.name for r in caplog.records] == ["portico.migrations"], caplog.text
+    assert await differences(empty_url) == []
+
+
+def test_only_the_databases_behind_are_migrated_and_by_their_own_processes(tmp_path):
+    """As `make run` migrates: every service's database is at head but one, one revision behind. Only
+    that one's `python -m services.<name> migrate` runs (each process logs to its own file), and it
+    brings the database to head; run again, nothing runs at all."""
+    urls = {name: f"sqlite+aiosqlite:///{tmp_path / name}.db" for name in SERVICES}
+    for name, url in urls.items():
+        upgrade(ROOT / "services" / name, url)
+    users_dir = ROOT / "services" / "users"
+    (users_head,) = head_revisions(users_dir)
+    command.downgrade(alembic_config(users_dir, urls["users"]), "-1")
+    assert current_revisions(urls["users"]) != {users_head}
+    logs = tmp_path / "logs"
+    stack = Stack(
+        env={f"{PROCESSES[name].env_prefix}DATABASE_URL": url for name, url in urls.items()}, log_dir=logs, cwd=ROOT
+    )
+
+    stack.migrate()
+    assert sorted(p.name for p in logs.glob("*.log")) == ["users.log"]
+    assert f"-> {users_head}" in (logs / "users.log").read_text()
+    assert all(at_head(ROOT / "services" / name, url) for name, url in urls.items())
+
+    written = (logs / "users.log").stat().st_size
+    stack.migrate()
+    assert sorted(p.name for p in logs.glob("*.log")) == ["users.log"]
+    assert (logs / "users.log").stat().st_size == written

@@ -1,0 +1,315 @@
+"""uvicorn's httptools protocol with a bounded request head.
+
+uvicorn's httptools protocol keeps whatever a client sends as a request's head, however large:
+httptools collects a header's name and value across reads until the line ends, and uvicorn keeps
+every header of the request. A client sending megabytes of header (or a hundred thousand small
+headers) makes the process hold them all before any application code can refuse anything.
+
+`BoundedHttpToolsProtocol` counts the head while it arrives and refuses it with 431 (problem+json)
+and closes the connection as soon as it is over a limit:
+
+- the bytes received while a head is incomplete, checked after each read: what the parser buffers
+  is bounded by the total limit plus one read, never by what the client sends;
+- each line (the request target, or one header's name and value) and the whole head, exactly, in the
+  parser's callbacks;
+- the number of header fields.
+
+The trailer fields of a chunked body are header fields too, and count against the same limits.
+
+A head must also arrive in time, as nginx's `client_header_timeout` has it: a connection whose
+request head is not complete within `timeout_seconds` of its first byte (the first request's: of the
+connection itself) is answered 408 (problem+json) and closed; one that has sent nothing at all is
+closed without an answer. A client dribbling its headers a byte at a time no longer holds a
+connection (and its buffers) for as long as it likes.
+
+It costs a few integer operations per read and per header, and one timer per request head. Any
+uvicorn-based server can use it: `python -m <process>` passes it to uvicorn with the process's
+limits (`serving_protocol`); `uvicorn --http shared.serving:BoundedHttpToolsProtocol` and
+gunicorn's uvicorn worker (its `CONFIG_KWARGS["http"]`) get the default limits. Servers with their
+own HTTP parser (granian, h11) apply their own limits instead; the docs list them.
+
+It subclasses uvicorn's `HttpToolsProtocol` and so relies on some of its internals (its parser
+callbacks, `_unset_keepalive_if_required`, `_should_upgrade`, ...): uvicorn is pinned to one minor
+release in pyproject.toml, and `tests/unit/test_serving_internals.py` fails on any change of what is
+used here.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from asyncio import Handle, TimerHandle
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from shared.errors import PorticoError, problem_response
+from shared.settings import ProcessSettings
+
+logger = logging.getLogger("portico.server")
+
+# After a refusal, how much more of the head is read and discarded, and for how long, before the
+# connection is closed: a client that writes before it reads then gets the 431 rather than a reset.
+LINGER_BYTES = 8 * 1024 * 1024
+LINGER_SECONDS = 2.0
+# When the server shuts down, how long a connection without a request in progress (just accepted, or
+# idle after an answer) may take to send its next request, which is then answered and is its last.
+NEXT_REQUEST_SECONDS = 2.0
+
+
+class RequestHeadersTooLarge(
+    PorticoError, status=431, code="REQUEST_HEADERS_TOO_LARGE", title="Request Header Fields Too Large"
+):
+    """A request head over `MAX_HEADER_LINE_BYTES`, `MAX_HEADER_BYTES` or `MAX_HEADER_FIELDS`,
+    answered by the server while it arrives, with `Connection: close`."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderLimits:
+    line_bytes: int = 16 * 1024
+    total_bytes: int = 64 * 1024
+    fields: int = 100
+    # From a request's first byte (the first request's: from the connection) to its head's end.
+    timeout_seconds: float = 10.0
+
+    @classmethod
+    def of(cls, settings: ProcessSettings) -> HeaderLimits:
+        return cls(
+            settings.max_header_line_bytes,
+            settings.max_header_bytes,
+            settings.max_header_fields,
+            settings.server_header_timeout_seconds,
+        )
+
+
+class RequestHeadTimeout(PorticoError, status=408, code="REQUEST_HEAD_TIMEOUT", title="Request Timeout"):
+    """A request head not complete within `SERVER_HEADER_TIMEOUT_SECONDS` of its first byte, answered by
+    the server with `Connection: close`."""
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a head that is over a limit."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing request heads over `limits` with 431, and those that do
+    not arrive within them with 408."""
+
+    limits: ClassVar[HeaderLimits] = HeaderLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # True while header fields may be arriving: from the end of one request until the next one's
+        # headers are complete, and from a chunk's size line until its data (after the last chunk:
+        # the trailer fields).
+        self._counting = True
+        # Bytes received while counting: bounds what the parser buffers.
+        self._head_bytes = 0
+        # The parsed head: its exact size (target and fields) and its number of fields.
+        self._head_size = 0
+        self._fields = 0
+        # The deadline of the request head on its way (or, once it passed, the verdict waiting for the
+        # loop's pending reads); None when no head is on its way.
+        self._head_timer: Handle | None = None
+        # Whether any byte of that head has arrived (a connection that sent nothing is not answered).
+        self._head_started = False
+        self._refusal: str | None = None
+        self._refusal_error: type[PorticoError] = RequestHeadersTooLarge
+        self._linger_budget = 0
+        self._linger_timer: TimerHandle | None = None
+        # The server is shutting down: the request that arrives is the connection's last.
+        self._closing = False
+
+    # uvicorn's reading of the connection, with the count in front of the parser
+
+    # Any: asyncio's Protocol declares a BaseTransport here, uvicorn's a Transport.
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        # The first request's head has its time from the connection on, so that a connection that
+        # sends nothing, or too little, does not stay open either.
+        self._start_head_clock()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            self._discard(len(data))
+            return
+        self._unset_keepalive_if_required()
+        if self._counting:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._refusal is not None:
+                self._refuse()
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._counting and self._head_bytes > self.limits.total_bytes:
+            # Still no end of the head: what is buffered already is over the limit.
+            self._refusal = f"the request head exceeds {self.limits.total_bytes} bytes"
+            self._refuse()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        self._stop_head_clock()
+        super().connection_lost(exc)
+
+    # Shutting down (SIGTERM, or a worker replaced after its `max_requests`)
+
+    def shutdown(self) -> None:
+        """uvicorn closes every connection without a request in progress at once: one it has just
+        accepted whose first request is still on its way, and a keep-alive one whose client is sending
+        its next request as the answer to the last one arrives. Either client, which did nothing
+        wrong, gets a reset (and a worker replaced after its `max_requests` does this to every busy
+        keep-alive client it has). Such a connection is given `NEXT_REQUEST_SECONDS` instead: a
+        request that arrives is answered with `Connection: close`; then the connection closes."""
+        if self._refusal is None and (self.cycle is None or self.cycle.response_complete):
+            self._closing = True
+            self._linger_timer = self.loop.call_later(NEXT_REQUEST_SECONDS, self._close_unless_busy)
+            return
+        super().shutdown()
+
+    def _close_unless_busy(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_size = 0
+        self._fields = 0
+        self._head_started = True
+        if self._head_timer is None:
+            self._start_head_clock()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.limits.line_bytes:
+            self._stop(f"the request target exceeds {self.limits.line_bytes} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # As sent: `name: value` and the line's end.
+        size = len(name) + len(value) + 4
+        self._fields += 1
+        self._head_size += size
+        if size > self.limits.line_bytes:
+            self._stop(f"a header line exceeds {self.limits.line_bytes} bytes")
+        if self._fields > self.limits.fields:
+            self._stop(f"the request has more than {self.limits.fields} header fields")
+        if self._head_size + len(self.url) > self.limits.total_bytes:
+            self._stop(f"the request head exceeds {self.limits.total_bytes} bytes")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._stop_head_clock()
+        self._head_started = False
+        self._counting = False
+        self._head_bytes = 0
+        super().on_headers_complete()
+        if self._closing and self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def on_chunk_header(self) -> None:
+        self._counting = True
+
+    def on_body(self, body: bytes) -> None:
+        self._counting = False
+        self._head_bytes = 0
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._counting = True
+        self._head_bytes = 0
+
+    # The head's deadline
+
+    def _start_head_clock(self) -> None:
+        self._head_timer = self.loop.call_later(self.limits.timeout_seconds, self._head_timed_out)
+
+    def _stop_head_clock(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        # Bytes that arrived while the loop was busy elsewhere are still unread: the verdict waits one
+        # whole turn of the loop, reads included, so a head that came in time is never refused because
+        # this process was slow to read it. (Two steps: a callback scheduled now may run before the
+        # loop's next poll for reads, one scheduled by that callback runs after it.)
+        self._head_timer = self.loop.call_soon(self._after_pending_reads)
+
+    def _after_pending_reads(self) -> None:
+        self._head_timer = self.loop.call_soon(self._head_deadline_passed)
+
+    def _head_deadline_passed(self) -> None:
+        self._head_timer = None
+        if self._refusal is not None or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # An earlier request on this connection is still being answered, and uvicorn reads no
+            # further meanwhile (pipelining): this head is given another full period.
+            self._start_head_clock()
+            return
+        if not self._head_started:
+            # Nothing of a request arrived: nothing to answer.
+            self.transport.close()
+            return
+        self._refusal = f"the request head did not arrive within {self.limits.timeout_seconds:g} s"
+        self._refusal_error = RequestHeadTimeout
+        self._refuse()
+
+    # Refusing
+
+    def _stop(self, reason: str) -> None:
+        self._refusal = reason
+        raise _Refused(reason)
+
+    def _refuse(self) -> None:
+        """Answers the refusal (431, or 408 for a head out of time) and closes the connection, unless
+        an earlier request's answer is still being written on it, in which case the connection is
+        closed at once."""
+        assert self._refusal is not None
+        self._stop_head_clock()
+        logger.info("refused a request head from %s: %s", self.client[0] if self.client else "?", self._refusal)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()
+            return
+        error = self._refusal_error(f"Refused: {self._refusal}.")
+        response = problem_response(error, uuid.uuid4().hex)
+        content = [STATUS_LINE[error.status_code]]
+        for name, value in [*self.server_state.default_headers, *response.raw_headers, (b"connection", b"close")]:
+            content += [name, b": ", value, b"\r\n"]
+        content += [b"\r\n", bytes(response.body)]
+        self.transport.write(b"".join(content))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        # Linger: read and drop what the client is still sending, within a bound, then close.
+        self._linger_budget = LINGER_BYTES
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def _discard(self, size: int) -> None:
+        self._linger_budget -= size
+        if self._linger_budget < 0:
+            self.transport.close()
+
+
+def serving_protocol(settings: ProcessSettings) -> type[BoundedHttpToolsProtocol]:
+    """The bounded protocol with the process's header limits, for uvicorn's `http=`."""
+
+    class Protocol(BoundedHttpToolsProtocol):
+        limits = HeaderLimits.of(settings)
+
+    return Protocol

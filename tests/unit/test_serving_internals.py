@@ -1,0 +1,168 @@
+"""`shared/serving/` subclasses uvicorn's httptools protocol and uvicorn-worker's worker, and reads
+prometheus_client's sample files: internals those packages may change in any release. Each is
+pinned to one minor release (pyproject.toml); these tests name every internal used, with its
+signature (and, where our code re-implements a method, a digest of its source), so that an upgrade
+that changes any of it fails here, by name, rather than in production."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import hashlib
+import inspect
+from pathlib import Path
+
+import pytest
+from gunicorn.workers.base import Worker as GunicornWorker
+from prometheus_client import multiprocess, values
+from prometheus_client.mmap_dict import MmapedDict
+from uvicorn import Config, Server
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
+from uvicorn_worker import UvicornWorker
+
+from shared.serving import BoundedHttpToolsProtocol, gunicorn_worker
+from shared.settings import ProcessSettings
+from tests.conftest import ROOT
+
+SERVING = ROOT / "shared" / "serving"
+
+# HttpToolsProtocol's methods that BoundedHttpToolsProtocol overrides or calls.
+PROTOCOL_METHODS = {
+    "__init__": (
+        "(self, config: 'Config', server_state: 'ServerState', app_state: 'dict[str, Any]', "
+        "_loop: 'asyncio.AbstractEventLoop | None' = None) -> 'None'"
+    ),
+    "data_received": "(self, data: 'bytes') -> 'None'",
+    "connection_made": "(self, transport: 'asyncio.Transport') -> 'None'",
+    "connection_lost": "(self, exc: 'Exception | None') -> 'None'",
+    "shutdown": "(self) -> 'None'",
+    "on_message_begin": "(self) -> 'None'",
+    "on_url": "(self, url: 'bytes') -> 'None'",
+    "on_header": "(self, name: 'bytes', value: 'bytes') -> 'None'",
+    "on_headers_complete": "(self) -> 'None'",
+    "on_body": "(self, body: 'bytes') -> 'None'",
+    "on_message_complete": "(self) -> 'None'",
+    "_unset_keepalive_if_required": "(self) -> 'None'",
+    "_should_upgrade": "(self) -> 'bool'",
+    "_unsupported_upgrade_warning": "(self) -> 'None'",
+    "handle_websocket_upgrade": "(self) -> 'None'",
+    "send_400_response": "(self, msg: 'str') -> 'None'",
+}
+# HttpToolsProtocol's instance attributes that BoundedHttpToolsProtocol reads.
+PROTOCOL_ATTRIBUTES = {"parser", "cycle", "url", "transport", "server_state", "loop", "client", "logger", "limits"}
+# RequestResponseCycle's attributes it reads or sets.
+CYCLE_ATTRIBUTES = {"response_complete", "keep_alive"}
+# Methods our code re-implements rather than extends, with the digest of the source they copy: a change
+# there is to be read and carried over.
+COPIED = {
+    (HttpToolsProtocol, "data_received"): "010a7ae59a5d3b1a5e7326ce246878568629d126a076d8af5ba10cab040fae43",
+    (UvicornWorker, "_serve"): "eb799ef03d6393179135c6235dc0a9a00884ad34bc600a0b8cc514d22c25aafc",
+}
+# What the gunicorn worker class uses of uvicorn-worker's, and of uvicorn's server.
+WORKER_METHODS = {"_install_sigquit_handler": "(self) -> 'None'", "_serve": "(self) -> 'None'"}
+WORKER_ATTRIBUTES = {"config", "wsgi", "sockets", "CONFIG_KWARGS"}
+SERVER_METHODS = {
+    "__init__": "(self, config: 'Config') -> 'None'",
+    "shutdown": "(self, sockets: 'list[socket.socket] | None' = None) -> 'None'",
+}
+# prometheus_client's unannotated sample-file functions, which shared/serving/multiprocess.py types.
+PROMETHEUS_FUNCTIONS = {
+    (MmapedDict, "__init__"): "(self, filename, read_mode=False)",
+    (MmapedDict, "read_all_values_from_file"): "(filename)",
+    (MmapedDict, "read_value"): "(self, key)",
+    (MmapedDict, "write_value"): "(self, key, value, timestamp)",
+    (MmapedDict, "close"): "(self)",
+    (multiprocess, "mark_process_dead"): "(pid, path=None)",
+    (values, "get_value_class"): "()",
+}
+
+
+def self_attributes(path: Path, class_name: str) -> tuple[set[str], set[str]]:
+    """The names `class_name` in `path` reads as `self.<name>`, and the names it defines itself
+    (methods, class attributes, and attributes it assigns as `self.<name> = ...`)."""
+    tree = ast.parse(path.read_text())
+    (cls,) = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef) and node.name == class_name]
+    used: set[str] = set()
+    defined: set[str] = set()
+    for node in cls.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            defined.add(node.target.id)
+        elif isinstance(node, ast.Assign):
+            defined.update(target.id for target in node.targets if isinstance(target, ast.Name))
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+            (defined if isinstance(node.ctx, ast.Store) else used).add(node.attr)
+    return used, defined
+
+
+def test_every_uvicorn_internal_the_protocol_uses_is_named_here():
+    used, defined = self_attributes(SERVING / "protocol.py", "BoundedHttpToolsProtocol")
+    # Its own attributes are set in its __init__ (assigned), or are class attributes.
+    unnamed = used - (defined - set(PROTOCOL_METHODS)) - set(PROTOCOL_METHODS) - PROTOCOL_ATTRIBUTES
+    assert not unnamed, f"BoundedHttpToolsProtocol uses {unnamed} of uvicorn's protocol: name them in this test"
+
+
+def test_every_uvicorn_worker_internal_the_worker_uses_is_named_here():
+    used, defined = self_attributes(SERVING / "workers.py", "Worker")
+    unnamed = used - (defined - set(WORKER_METHODS)) - set(WORKER_METHODS) - WORKER_ATTRIBUTES
+    assert not unnamed, f"the gunicorn worker uses {unnamed} of uvicorn-worker's: name them in this test"
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOL_METHODS))
+def test_the_protocol_methods_used_are_uvicorns_as_they_were(name):
+    method = getattr(HttpToolsProtocol, name, None)
+    assert method is not None, f"uvicorn's HttpToolsProtocol has no {name} any more: shared/serving/protocol.py"
+    assert str(inspect.signature(method)) == PROTOCOL_METHODS[name], f"HttpToolsProtocol.{name} changed"
+
+
+def test_the_protocol_attributes_used_are_uvicorns_as_they_were():
+    async def app(scope, receive, send):
+        raise NotImplementedError
+
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = BoundedHttpToolsProtocol(Config(app, log_config=None), ServerState(), {}, _loop=loop)
+        protocol.on_message_begin()
+        missing = {name for name in PROTOCOL_ATTRIBUTES if not hasattr(protocol, name)}
+    finally:
+        loop.close()
+    assert not missing, f"uvicorn's HttpToolsProtocol has no {missing} any more: shared/serving/protocol.py"
+    cycle_init = inspect.getsource(RequestResponseCycle.__init__)
+    for name in CYCLE_ATTRIBUTES:
+        assert f"self.{name} = " in cycle_init, f"uvicorn's RequestResponseCycle has no {name} any more"
+    assert STATUS_LINE[431] == b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+
+
+@pytest.mark.parametrize(("owner", "name"), sorted(COPIED, key=lambda key: key[1]))
+def test_the_methods_re_implemented_here_are_unchanged_upstream(owner, name):
+    digest = hashlib.sha256(inspect.getsource(getattr(owner, name)).encode()).hexdigest()
+    assert digest == COPIED[owner, name], (
+        f"{owner.__module__}.{owner.__name__}.{name} changed: shared/serving re-implements it, carry the change over"
+    )
+
+
+def test_the_worker_internals_used_are_uvicorn_workers_as_they_were():
+    for name, signature in WORKER_METHODS.items():
+        method = getattr(UvicornWorker, name, None)
+        assert method is not None, f"uvicorn-worker's UvicornWorker has no {name} any more"
+        assert str(inspect.signature(method)) == signature, f"UvicornWorker.{name} changed"
+    # `config` is uvicorn-worker's, built with CONFIG_KWARGS; `wsgi` and `sockets` are gunicorn's.
+    worker_init = inspect.getsource(UvicornWorker.__init__)
+    assert "config_kwargs.update(self.CONFIG_KWARGS)" in worker_init
+    assert "self.config = Config(**config_kwargs)" in worker_init
+    gunicorn_worker_source = inspect.getsource(GunicornWorker)
+    assert "self.wsgi = " in gunicorn_worker_source
+    assert "self.sockets = " in gunicorn_worker_source
+    assert issubclass(gunicorn_worker(ProcessSettings()), UvicornWorker)
+    for name, signature in SERVER_METHODS.items():
+        assert str(inspect.signature(getattr(Server, name))) == signature, f"uvicorn.Server.{name} changed"
+
+
+@pytest.mark.parametrize(("owner", "name"), sorted(PROMETHEUS_FUNCTIONS, key=lambda key: key[1]))
+def test_the_prometheus_sample_file_functions_used_are_as_they_were(owner, name):
+    function = getattr(owner, name, None)
+    assert function is not None, f"prometheus_client's {owner.__name__} has no {name} any more"
+    assert str(inspect.signature(function)) == PROMETHEUS_FUNCTIONS[owner, name], f"{owner.__name__}.{name} changed"
