@@ -170,7 +170,7 @@ async def open_state(
         # The edge's Redis work is recorded as events on the request's span (`RequestContext.event`),
         # not as a span per command.
         redis = create_redis(settings)
-        scripts = ScriptBatcher(redis)
+        scripts = ScriptBatcher(redis, timeout=settings.redis_timeout_seconds)
         rate_store = counts = RedisRateLimitStore(scripts, settings.redis_key_prefix)
         idempotency_store = RedisIdempotencyStore(scripts, settings.redis_key_prefix)
     else:
@@ -178,9 +178,7 @@ async def open_state(
         idempotency_store = MemoryIdempotencyStore(settings.idempotency_memory_max_bytes)
 
     def caller(stage: str, failure_mode: FailureMode) -> StoreCaller:
-        # In-process stores do no I/O: a deadline would only cost time.
-        timeout = settings.redis_timeout_seconds if redis is not None else None
-        return StoreCaller(stage, timeout=timeout, mode=failure_mode, metrics=metrics)
+        return StoreCaller(stage, io=redis is not None, mode=failure_mode, metrics=metrics)
 
     rate_limiter = RateLimiter(rate_store, caller("rate_limit", settings.rate_limit_failure_mode))
     api_keys = ApiKeyResolver(

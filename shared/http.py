@@ -52,10 +52,10 @@ from shared.telemetry import (
     SERVER_PORT,
     URL_FULL,
     URL_TEMPLATE,
-    W3C,
     TracingTransport,
     default_port,
     finish_client_span,
+    traceparent_of,
 )
 
 if TYPE_CHECKING:
@@ -555,9 +555,10 @@ class ServiceClient:
                 PEER_SERVICE: self.name,
             },
         )
-        carrier: dict[str, str] = {}
-        W3C.inject(carrier, context=trace.set_span_in_context(span))
-        headers.extend(carrier.items())
+        headers.append(("traceparent", traceparent_of(span)))
+        trace_state = span.get_span_context().trace_state
+        if trace_state:
+            headers.append(("tracestate", trace_state.to_header()))
         try:
             while True:
                 try:

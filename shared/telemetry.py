@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.semconv._incubating.attributes.peer_attributes import PEER_SERVICE as PEER_SERVICE
-from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS, CLIENT_PORT
+from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS
 from opentelemetry.semconv.attributes.db_attributes import (
     DB_COLLECTION_NAME,
     DB_NAMESPACE,
@@ -195,6 +195,13 @@ def unsampled_traceparent() -> str:
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
 
 
+def traceparent_of(span: Span) -> str:
+    """The `traceparent` that makes `span` the parent of the work it is sent with (what the
+    propagator would write for it, without building a context to read it back from)."""
+    context = span.get_span_context()
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
 def traceresponse(span_context: SpanContext) -> bytes:
     """The `traceresponse` value of an answer (W3C Trace Context Level 2): version, trace id, the
     span that answered, flags."""
@@ -260,8 +267,9 @@ class ServerSpans:
                 attributes[SERVER_PORT] = port
         client = scope.get("client")
         if client:
+            # The port is left out (an opt-in attribute of the conventions): every attribute costs the
+            # exporter its encoding, per span.
             attributes[CLIENT_ADDRESS] = client[0]
-            attributes[CLIENT_PORT] = client[1]
         agent = found.get(b"user-agent")
         if agent is not None:
             attributes[USER_AGENT_ORIGINAL] = agent.decode("latin-1")

@@ -64,10 +64,14 @@ class ScriptBatcher:
 
     On Redis Cluster each call goes alone (redis-py's cluster pipelines refuse scripts); the cluster
     client sends it to the node that owns its keys' slot.
+
+    `timeout`: a batch (or a call sent alone) that Redis has not answered by then fails each of its
+    calls with TimeoutError: one deadline per batch, not one timer per call.
     """
 
-    def __init__(self, redis: RedisClient, *, max_batch: int = 512) -> None:
+    def __init__(self, redis: RedisClient, *, timeout: float | None = None, max_batch: int = 512) -> None:
         self.redis = redis
+        self.timeout = timeout
         self.max_batch = max_batch
         self.alone = isinstance(redis, RedisCluster)
         self._pending: list[tuple[Script, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]] = []
@@ -87,11 +91,12 @@ class ScriptBatcher:
         return await future
 
     async def _alone(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        try:
-            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self.redis.script_load(script.lua)
-            return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        async with asyncio.timeout(self.timeout):
+            try:
+                return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await self.redis.script_load(script.lua)
+                return await self.redis.evalsha(script.sha, len(keys), *keys, *args)
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -102,18 +107,8 @@ class ScriptBatcher:
 
     async def _send(self, batch: list[tuple[Script, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]]) -> None:
         try:
-            results = await self._execute(batch)
-            missing = {
-                script.lua: script
-                for (script, *_), result in zip(batch, results, strict=True)
-                if isinstance(result, NoScriptError)
-            }
-            if missing:
-                for script in missing.values():
-                    await self.redis.script_load(script.lua)
-                again = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-                for i, result in zip(again, await self._execute([batch[i] for i in again]), strict=True):
-                    results[i] = result
+            async with asyncio.timeout(self.timeout):
+                results = await self._answers(batch)
         except Exception as exc:
             # Every caller gets the failure and follows its stage's failure mode.
             for *_, future in batch:
@@ -131,6 +126,24 @@ class ScriptBatcher:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    async def _answers(
+        self, batch: list[tuple[Script, Sequence[Arg], Sequence[Arg], asyncio.Future[Any]]]
+    ) -> list[Any]:
+        """The batch's answers, the scripts Redis did not know loaded and their calls sent again."""
+        results = await self._execute(batch)
+        missing = {
+            script.lua: script
+            for (script, *_), result in zip(batch, results, strict=True)
+            if isinstance(result, NoScriptError)
+        }
+        if missing:
+            for script in missing.values():
+                await self.redis.script_load(script.lua)
+            again = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            for i, result in zip(again, await self._execute([batch[i] for i in again]), strict=True):
+                results[i] = result
+        return results
 
     async def _execute(self, batch: Sequence[tuple[Script, Sequence[Arg], Sequence[Arg], Any]]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
@@ -155,12 +168,13 @@ class EdgeStoreUnavailable(ServiceUnavailable, code="EDGE_STORE_UNAVAILABLE", ti
 
 
 class StoreCaller:
-    """Runs one stage's store calls under its deadline, counting and logging failures."""
+    """Runs one stage's store calls, counting and logging failures (a call to Redis fails by its
+    deadline too: `ScriptBatcher`'s)."""
 
-    def __init__(self, stage: str, *, timeout: float | None, mode: FailureMode, metrics: EdgeMetrics) -> None:
-        """`timeout` None: the store does no I/O (in-process) and needs no deadline."""
+    def __init__(self, stage: str, *, io: bool, mode: FailureMode, metrics: EdgeMetrics) -> None:
+        """`io` False: the store is in-process and cannot fail."""
         self.stage = stage
-        self.timeout = timeout
+        self.io = io
         self.mode = mode
         self.metrics = metrics
         self._outcome = self.metrics.store_errors.labels(stage, f"fail_{mode}")
@@ -169,11 +183,10 @@ class StoreCaller:
         self._failing = False
 
     async def __call__(self, call: Awaitable[T]) -> T:
-        if self.timeout is None:
+        if not self.io:
             return await call
         try:
-            async with asyncio.timeout(self.timeout):
-                result = await call
+            result = await call
         except (RedisError, OSError, TimeoutError) as exc:
             self.failed(exc)
             raise StoreUnavailable(self.stage) from exc

@@ -80,7 +80,7 @@ def test_rate_limit_examples_in_the_docs_name_the_policies_the_gateway_sends(hea
     quota after its `"METHOD /route/template"`: every example in the docs uses those names."""
     settings = GatewaySettings.model_construct(rate_limit_routes={})
     metrics = EdgeMetrics()
-    caller = StoreCaller("rate_limit", timeout=None, mode="local", metrics=metrics)
+    caller = StoreCaller("rate_limit", io=False, mode="local", metrics=metrics)
     limiter = RateLimiter(MemoryRateLimitStore(), caller)
     stage = RateLimits(settings, limiter, metrics, {})
     names = {policy.name for policy in stage.plans.values()} | {stage.anonymous.name}
