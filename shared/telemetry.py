@@ -103,9 +103,9 @@ def start_export(provider: TracerProvider) -> bool:
     """Adds the OTLP/HTTP batch exporter when an endpoint is configured; says whether it did."""
     if not exporting_enabled() or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return False
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from shared.otlp import SpanExporter
 
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(SpanExporter()))
     return True
 
 
