@@ -140,6 +140,26 @@ async def test_sign_up_is_limited_per_address_and_taken_emails_count(stack, sett
         )
 
 
+async def test_taken_emails_at_user_creation_count_against_the_address(stack, settings):
+    """An admin probing which emails have accounts (in any tenant) by creating users spends the
+    address's budget as a sign-up would: a valid token does not lift it."""
+    async with in_process_gateway(settings) as gateway:
+        elsewhere = await signup(gateway)
+        prober = await signup(gateway)
+        headers = {**from_address(random_address()), **prober.auth}
+        user = {"email": elsewhere.email, "password": PASSWORD, "role": "member"}
+        for _ in range(3):
+            taken = await gateway.post("/v1/users", json=user, headers=headers)
+            assert taken.status_code == 409, taken.text
+            assert taken.json()["error_code"] == "EMAIL_TAKEN"
+        before = await served(stack, "/users")
+        assert_limited(await gateway.post("/v1/users", json=user, headers=headers))
+        # Refused before the users service was asked.
+        assert await served(stack, "/users") == before
+        # Reading with the same token is not held up: only routes whose answers count are.
+        assert (await gateway.get("/v1/users/me", headers=headers)).status_code == 200
+
+
 async def test_login_route_quota_counts_per_address_even_with_a_token(stack, infra):
     settings = gateway_settings(
         stack,
