@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import BigInteger, DateTime, Integer, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import CursorResult, Dialect, Result, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -122,6 +122,14 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 def table_of(model: type[DeclarativeBase]) -> Table:
     """The Table a declarative model maps, typed as one (`__table__` is typed as any FROM clause)."""
     return model.metadata.tables[model.__tablename__]
+
+
+def rows_changed(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE changed. SQLAlchemy types every execution's result as a
+    `Result`; those statements' are `CursorResult`s, which count them."""
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"{type(result).__name__} counts no changed rows: not an UPDATE or DELETE")
+    return result.rowcount
 
 
 def dialect_insert(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:

@@ -108,7 +108,7 @@ def metrics_endpoint(registry: CollectorRegistry, allowed: Networks) -> Callable
     if directory:
         # Several workers (`shared/serving/`): the samples of every worker, live or exited, summed.
         exposed = CollectorRegistry()
-        MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
+        MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]  # unannotated, as above
 
     async def metrics(request: Request) -> Response:
         client = request.scope.get("client")

@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, select, text, update
 
 from services.orders.models import Order, OrderAttempt, OutboxEvent, OutboxRetention
-from shared.db import raising_lock_not_available
+from shared.db import raising_lock_not_available, rows_changed
 from shared.repository import Repository
 
 
@@ -179,7 +179,7 @@ class OrderRepository(Repository):
             .where(OutboxRetention.id == 1, OutboxRetention.pruned_through < through)
             .values(pruned_through=through)
         )
-        return int(removed.rowcount or 0)  # type: ignore[attr-defined]
+        return rows_changed(removed)
 
     async def events_after(
         self, after: int, limit: int, lock_timeout_ms: int, tenant_id: str | None = None

@@ -36,7 +36,7 @@ from services.webhooks.models import ACTIVE, DISABLED, Delivery, DeliveryAttempt
 from services.webhooks.repository import DELIVERIES, delivery_row, wants
 from services.webhooks.schedule import Decision
 from services.webhooks.sender import AttemptResult, host_key
-from shared.db import UTCDateTime, new_id, utcnow
+from shared.db import UTCDateTime, new_id, rows_changed, utcnow
 from shared.repository import Repository
 
 PENDING = "pending"
@@ -67,10 +67,6 @@ def _due(now: datetime) -> Any:
 
 def _in_flight(now: datetime) -> Any:
     return and_(Delivery.status == PENDING, Delivery.lease_expires_at > now)
-
-
-def _rowcount(result: Any) -> int:
-    return int(result.rowcount)
 
 
 class DeliveryRepository(Repository):
@@ -109,7 +105,7 @@ class DeliveryRepository(Repository):
             .where(Delivery.endpoint_id == endpoint_id, Delivery.status == FAILED, Delivery.created_at >= since)
             .values(status=PENDING, next_attempt_at=now, round_attempts=0, replays=Delivery.replays + 1)
         )
-        return _rowcount(result)
+        return rows_changed(result)
 
     async def cancel_pending(self, endpoint_id: str) -> int:
         """Ends every pending delivery of an endpoint that was disabled; in-flight attempts lose their lease."""
@@ -118,7 +114,7 @@ class DeliveryRepository(Repository):
             .where(Delivery.endpoint_id == endpoint_id, Delivery.status == PENDING)
             .values(status=CANCELLED, next_attempt_at=None, lease_token=None, lease_expires_at=None)
         )
-        return _rowcount(result)
+        return rows_changed(result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,7 +497,7 @@ class WorkerRepository(DeliveryRepository):
             .where(Delivery.id.in_(delivery_ids), Delivery.status == PENDING)
             .values(status=CANCELLED, next_attempt_at=None)
         )
-        return _rowcount(result)
+        return rows_changed(result)
 
     async def _advance_rate_clocks(self, targets: Mapping[str, _Target]) -> None:
         """Stores where each rate-limited endpoint's next turn now stands (its row is locked)."""
@@ -709,7 +705,7 @@ class WorkerRepository(DeliveryRepository):
             .where(Delivery.id.in_(list(delivery_ids)), Delivery.lease_token == token)
             .values(lease_token=None, lease_expires_at=None)
         )
-        return _rowcount(result)
+        return rows_changed(result)
 
     async def queue_stats(self, now: datetime) -> QueueStats:
         """Deliveries due and waiting for a worker, and since when the oldest of them is due."""
@@ -739,7 +735,7 @@ class WorkerRepository(DeliveryRepository):
             return 0
         # The conditions again: a replay may have made one pending since (and on SQLite nothing was locked).
         result = await self.session.execute(delete(Delivery).where(Delivery.id.in_(ids), expired))
-        return _rowcount(result)
+        return rows_changed(result)
 
     async def delete_expired_events(self, cutoff: datetime, batch: int) -> int:
         """Deletes up to `batch` events received before `cutoff` that no delivery refers to any more."""
@@ -759,7 +755,7 @@ class WorkerRepository(DeliveryRepository):
         if not ids:
             return 0
         result = await self.session.execute(delete(Event).where(Event.id.in_(ids), unused))
-        return _rowcount(result)
+        return rows_changed(result)
 
 
 def signing_secrets(endpoint: Endpoint, now: datetime | None = None) -> tuple[str, ...]:
