@@ -48,6 +48,8 @@ EJECTED = "ejected"
 # The decay of the peak-EWMA latency (Finagle's default): a slow spell is forgotten within seconds.
 EWMA_DECAY_SECONDS = 10.0
 UNMEASURED_SECONDS = 1.0
+# A drained instance's series are dropped this long after its last request ended (and was counted).
+FORGET_AFTER_SECONDS = 1.0
 # How long one DNS query may take, all its servers and retries included.
 DNS_LIFETIME_SECONDS = 2.0
 
@@ -421,10 +423,15 @@ class Fleet:
                 )
 
     def _forget(self, instance: Instance) -> None:
+        """An instance that left has drained: its metrics series go, once its last request is counted."""
         if instance.label in self.draining:
             del self.draining[instance.label]
-        if self.on_forget is not None and instance.label not in self.members:
-            self.on_forget(instance.label)
+        with contextlib.suppress(RuntimeError):  # no loop: nothing was counted
+            asyncio.get_running_loop().call_later(FORGET_AFTER_SECONDS, self._forgotten, instance.label)
+
+    def _forgotten(self, label: str) -> None:
+        if self.on_forget is not None and label not in self.members and label not in self.draining:
+            self.on_forget(label)
 
     def _gauge(self) -> None:
         self._healthy.set(len(self.available))
