@@ -27,10 +27,10 @@ import httpx
 import pytest
 
 from scripts.devstack import Stack, free_port
-from tests.aggregate_support import frozen, gateway_on, metric
+from tests.aggregate_support import ScriptedService, answer_json, frozen, gateway_on, metric, problem
 from tests.conftest import ROOT, service_env
 from tests.e2e.test_orders_flow import new_product, one_of
-from tests.edge_support import Tenant, signup
+from tests.edge_support import Tenant, bearer, signup
 from tests.faults import refused_port
 from tests.infra import Servers
 from tests.orders_support import assert_problem
@@ -191,7 +191,8 @@ async def test_a_killed_instance_fails_no_read_and_no_keyed_order_twice(fleet: S
                         break
                     assert response.status_code in (409, 502, 503, 504), response.text
                     assert time.monotonic() < give_up, response.text
-                    await asyncio.sleep(0.2)
+                    # After a failure, past the orders service's release of what the attempt held.
+                    await asyncio.sleep(3)
 
         async def kill() -> None:
             await asyncio.sleep(3)
@@ -424,3 +425,34 @@ def test_a_service_url_that_does_not_parse_stops_the_start():
     assert result.returncode != 0
     assert "GATEWAY_INVENTORY_URL" in result.stderr
     assert "empty entry" in result.stderr
+
+
+async def test_the_circuit_opens_only_when_no_instance_is_healthy(fleet: Stack):
+    failing = {"a": True, "b": False}
+
+    def instance(name: str) -> Callable[[str, str], Any]:
+        def answer(method: str, path: str) -> Any:
+            if failing[name]:
+                return problem(500, "INTERNAL_ERROR", "boom")
+            return answer_json(200, {"id": "u-1", "email": "a@example.com", "role": "admin", "tenant_id": "t-1"})
+
+        return answer
+
+    a, b = ScriptedService(instance("a")), ScriptedService(instance("b"))
+    settings = {"users_url": f"{a.url},{b.url}", "circuit_failure_threshold": 2, "upstream_ejection_failures": 2}
+    async with a.running(), b.running():
+        settings["users_url"] = f"{a.url},{b.url}"
+        async with gateway_on(fleet, **{**GATEWAY, **settings}) as gateway:
+            auth = bearer()
+            statuses = Counter([(await gateway.get("/v1/users/me", headers=auth)).status_code for _ in range(20)])
+            # The failing instance answered until it was ejected; the circuit of users stayed closed.
+            assert statuses[200] >= 18, statuses
+            assert statuses[502] <= 2, statuses
+            text = (await gateway.get("/metrics")).text
+            assert metric(text, "portico_circuit_state", service="users") == 0
+            assert metric(text, "portico_upstream_instances", service="users", state="ejected") == 1
+
+            # Now none is healthy: the service's circuit opens.
+            failing["b"] = True
+            answers = [await gateway.get("/v1/users/me", headers=auth) for _ in range(4)]
+            assert answers[-1].json()["error_code"] == "CIRCUIT_OPEN", [r.status_code for r in answers]
