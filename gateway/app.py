@@ -256,7 +256,9 @@ async def open_state(
         await hub.close()
         if scripts is not None:
             await scripts.aclose()
-        await asyncio.gather(http.aclose(), *(client.aclose() for client in (redis, blocking) if client is not None))
+        await asyncio.gather(
+            http.aclose(), policy.aclose(), *(client.aclose() for client in (redis, blocking) if client is not None)
+        )
 
 
 def routes_of(app: FastAPI, routers: Iterable[object]) -> list[BaseRoute]:

@@ -5,11 +5,20 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AnyHttpUrl, BeforeValidator, Field, PlainSerializer, model_validator
+from pydantic import BeforeValidator, Field, PlainSerializer, model_validator
 from pydantic_settings import NoDecode
 
 from shared.contract import PROCESSES, SERVICES, Plan
-from shared.settings import AccessTokenSettings, ListSetting, ProcessSettings, process_config
+from shared.settings import (
+    SERVICE_URL,
+    AccessTokenSettings,
+    ListSetting,
+    ProcessSettings,
+    ServiceAddress,
+    ServiceAddressSetting,
+    process_config,
+    service_address,
+)
 
 _QUOTA_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*s?\s*$")
 
@@ -49,17 +58,17 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
 
     port: int = Field(default=PROCESSES["gateway"].port, description="The port the gateway listens on.")
 
-    users_url: AnyHttpUrl = Field(
-        default=AnyHttpUrl(PROCESSES["users"].default_url), description="Where the users service is."
+    users_url: ServiceAddressSetting = Field(
+        default=service_address(PROCESSES["users"].default_url), description=SERVICE_URL.format("users")
     )
-    orders_url: AnyHttpUrl = Field(
-        default=AnyHttpUrl(PROCESSES["orders"].default_url), description="Where the orders service is."
+    orders_url: ServiceAddressSetting = Field(
+        default=service_address(PROCESSES["orders"].default_url), description=SERVICE_URL.format("orders")
     )
-    inventory_url: AnyHttpUrl = Field(
-        default=AnyHttpUrl(PROCESSES["inventory"].default_url), description="Where the inventory service is."
+    inventory_url: ServiceAddressSetting = Field(
+        default=service_address(PROCESSES["inventory"].default_url), description=SERVICE_URL.format("inventory")
     )
-    webhooks_url: AnyHttpUrl = Field(
-        default=AnyHttpUrl(PROCESSES["webhooks"].default_url), description="Where the webhooks service is."
+    webhooks_url: ServiceAddressSetting = Field(
+        default=service_address(PROCESSES["webhooks"].default_url), description=SERVICE_URL.format("webhooks")
     )
 
     redis_url: str | None = Field(
@@ -386,11 +395,11 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
             "enterprise": self.realtime_connections_enterprise,
         }
 
-    def service_urls(self) -> dict[str, str]:
+    def service_urls(self) -> dict[str, ServiceAddress]:
         urls = {
             "users": self.users_url,
             "orders": self.orders_url,
             "inventory": self.inventory_url,
             "webhooks": self.webhooks_url,
         }
-        return {name: str(urls[name]) for name in SERVICES}
+        return {name: urls[name] for name in SERVICES}

@@ -26,6 +26,11 @@ DEFAULT_PORTS: dict[str, int] = {name: process.port for name, process in contrac
 WORKER_PORTS: dict[str, int] = {name: worker.port for name, worker in contract.WORKERS.items()}
 
 
+def service_of(name: str) -> str:
+    """The process an instance name runs: `inventory#2` is a second inventory instance."""
+    return name.partition("#")[0]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -35,7 +40,12 @@ def free_port() -> int:
 
 @dataclass
 class Stack:
-    """The whole system on one machine. `env` applies to every process; `env_for` to one."""
+    """The whole system on one machine. `env` applies to every process; `env_for` to one.
+
+    More instances of a service are more names in `ports`, `<service>#<n>` (`inventory#2`): every
+    process that calls the service is given all of its instances' URLs, a fleet. `hosts` binds an
+    instance to another loopback address than 127.0.0.1. With `keep_env_urls`, a `<PREFIX><SERVICE>_URL`
+    already in the environment is passed on as it is (`make run`)."""
 
     ports: Mapping[str, int] = field(default_factory=lambda: {**DEFAULT_PORTS, **WORKER_PORTS})
     env: Mapping[str, str] = field(default_factory=dict)
@@ -45,6 +55,8 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # Which of the contract's workers start with the stack.
     workers: tuple[str, ...] = tuple(contract.WORKERS)
+    hosts: Mapping[str, str] = field(default_factory=dict)
+    keep_env_urls: bool = False
 
     def __post_init__(self) -> None:
         # Ports given without the workers' (tests move the processes to free ports): theirs too.
@@ -53,7 +65,15 @@ class Stack:
             self.ports = {**self.ports, **missing}
 
     def url(self, name: str = "gateway") -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
+        return f"http://{self.hosts.get(name, '127.0.0.1')}:{self.ports[name]}"
+
+    def instances(self, service: str) -> list[str]:
+        """The names of a service's instances (the service's own name first)."""
+        return [name for name in self.ports if service_of(name) == service]
+
+    def service_url(self, service: str) -> str:
+        """What a caller is told of a service: its one URL, or its instances' URLs, comma-separated."""
+        return ",".join(self.url(name) for name in self.instances(service))
 
     def process_env(self, name: str) -> dict[str, str]:
         if name in contract.WORKERS:
@@ -64,20 +84,24 @@ class Stack:
             env.update(self.env_for.get(name, {}))
             return env
         env = {**os.environ, **self.env}
-        prefix = contract.PROCESSES[name].env_prefix
+        process = service_of(name)
+        prefix = contract.PROCESSES[process].env_prefix
         env[f"{prefix}PORT"] = str(self.ports[name])
+        if name in self.hosts:
+            env[f"{prefix}HOST"] = self.hosts[name]
         # Every process is told where every service is; each reads the URLs its settings have.
         for service in contract.SERVICES:
-            if service != name:
-                env[f"{prefix}{service.upper()}_URL"] = self.url(service)
-        env["OTEL_SERVICE_NAME"] = name
+            variable = f"{prefix}{service.upper()}_URL"
+            if service != process and not (self.keep_env_urls and variable in env):
+                env[variable] = self.service_url(service)
+        env["OTEL_SERVICE_NAME"] = process
         env.update(self.env_for.get(name, {}))
         return env
 
     @staticmethod
     def module(name: str) -> str:
         worker = contract.WORKERS.get(name)
-        return worker.module if worker is not None else PROCESSES[name]
+        return worker.module if worker is not None else PROCESSES[service_of(name)]
 
     def _run(self, name: str, command: str, *, start_new_session: bool = False) -> subprocess.Popen[bytes]:
         """Runs `python -m <process> <command>`; its output goes to its log file, or to ours without a
@@ -160,10 +184,11 @@ class Stack:
             raise RuntimeError(f"migrating failed: {', '.join(failed)}")
 
     def start(self, timeout: float = 60.0) -> None:
-        for name in (*PROCESSES, *self.workers):
+        extra = [name for name in self.ports if name not in PROCESSES and service_of(name) in PROCESSES]
+        for name in (*extra, *PROCESSES, *self.workers):
             self.start_one(name)
         self.wait_ready(timeout)
-        for name in self.workers:
+        for name in (*extra, *self.workers):
             self.wait_ready(timeout, name)
 
     def start_one(self, name: str) -> None:

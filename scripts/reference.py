@@ -168,6 +168,8 @@ def _type_text(annotation: Any) -> str:
             return "secret string"
         if issubclass(annotation, AnyUrl):
             return "URL"
+        if annotation.__name__ == "ServiceAddress":
+            return "URL, comma-separated URLs, or `dns+http://name:port`"
         if annotation.__name__ == "Quota":
             return "quota (`<requests>/<seconds>s`)"
     if get_origin(annotation) is not None and hasattr(annotation, "__metadata__"):

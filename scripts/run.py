@@ -1,13 +1,22 @@
-"""`make run`: migrate, start all five processes on embedded defaults, print how to use them."""
+"""`make run`: migrate, start all five processes on embedded defaults, print how to use them.
+
+The URL settings in the environment are honoured: a `GATEWAY_<SERVICE>_URL` listing several local URLs
+(`http://127.0.0.1:8003,http://127.0.0.1:8013`) starts an instance of the service on each, and every
+process that calls the service is told the same list unless its own setting is in the environment too."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-from scripts.devstack import Stack
+from scripts.devstack import DEFAULT_PORTS, WORKER_PORTS, Stack
+from shared.contract import PROCESSES, SERVICES
+from shared.settings import service_address
 
 ROOT = Path(__file__).resolve().parent.parent
 WALKTHROUGH = """
@@ -40,10 +49,43 @@ Ctrl-C stops everything.
 """
 
 
+def _local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def instances_from(environ: Mapping[str, str]) -> tuple[dict[str, int], dict[str, str]]:
+    """Ports and hosts of the processes to start: the defaults, and one instance per local URL of a
+    service in the gateway's URL settings (`GATEWAY_INVENTORY_URL`). Refuses a setting that does not
+    parse, naming it."""
+    ports = {**DEFAULT_PORTS, **WORKER_PORTS}
+    hosts: dict[str, str] = {}
+    for service in SERVICES:
+        variable = f"{PROCESSES['gateway'].env_prefix}{service.upper()}_URL"
+        if variable not in environ:
+            continue
+        try:
+            address = service_address(environ[variable])
+        except ValueError as exc:
+            raise SystemExit(f"{variable}: {exc}") from None
+        local = [endpoint for endpoint in address.endpoints if _local(endpoint.host)]
+        for index, endpoint in enumerate(local):
+            name = service if index == 0 else f"{service}#{index + 1}"
+            ports[name] = endpoint.port
+            if endpoint.host not in ("127.0.0.1", "localhost"):
+                hosts[name] = endpoint.host
+    return ports, hosts
+
+
 def main() -> int:
     # A local demo: webhook endpoints on this machine (a receiver on localhost) are allowed.
     env = {"PYTHONUNBUFFERED": "1", "WEBHOOKS_ALLOW_PRIVATE_URLS": "true"}
-    stack = Stack(log_dir=ROOT / "var" / "log", cwd=ROOT, env=env)
+    ports, hosts = instances_from(os.environ)
+    stack = Stack(ports=ports, hosts=hosts, keep_env_urls=True, log_dir=ROOT / "var" / "log", cwd=ROOT, env=env)
     print("migrating the embedded SQLite databases in ./var ...", flush=True)
     stack.migrate()
     print("starting gateway, users, orders, inventory, webhooks and the webhook delivery worker ...", flush=True)
@@ -64,7 +106,7 @@ def main() -> int:
                 gw=stack.url(),
                 logs=stack.log_dir,
                 worker=stack.url("webhooks-worker"),
-                **{n: stack.url(n) for n in stack.ports if n.isidentifier()},
+                **{n: stack.service_url(n) for n in stack.ports if n.isidentifier()},
             ),
             flush=True,
         )

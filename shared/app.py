@@ -213,6 +213,7 @@ def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: Collec
         pool_metrics.watch(engine)
         secret = settings.internal_token_secret.get_secret_value()
         http: httpx.AsyncClient | None = create_http_client(settings, provider) if spec.needs_http_client else None
+        call_policy = CallPolicy(settings, upstream_metrics)
         base: ServiceState[S, None] = ServiceState(
             settings=settings,
             engine=engine,
@@ -221,7 +222,7 @@ def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: Collec
             identity_signer=IdentitySigner(secret, settings.internal_token_ttl_seconds),
             tracer_provider=provider,
             http=http,
-            call_policy=CallPolicy(settings, upstream_metrics),
+            call_policy=call_policy,
             context=None,
         )
         try:
@@ -234,6 +235,7 @@ def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: Collec
                 logger.info("%s ready (exporting traces: %s)", spec.name, exporting)
                 yield lifespan_state_of(state)
         finally:
+            await call_policy.aclose()
             if http is not None:
                 await http.aclose()
             pool_metrics.watch(None)

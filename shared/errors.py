@@ -186,6 +186,16 @@ class DownstreamTimeout(DownstreamError, status=504, code="DOWNSTREAM_TIMEOUT", 
     `service` names it."""
 
 
+class NoInstance(DownstreamUnavailable, code="SERVICE_UNAVAILABLE", title="Service Unavailable"):
+    """No instance of `service` is known: its DNS name has not answered with an address since the
+    process started. `Retry-After`; `service` names it."""
+
+    def __init__(self, service: str, retry_after: int) -> None:
+        super().__init__(
+            service, f"No instance of the {service} service is known yet.", headers={"Retry-After": str(retry_after)}
+        )
+
+
 class CircuitOpen(DownstreamUnavailable, code="CIRCUIT_OPEN", title="Service Unavailable"):
     """Calls to `service` failed repeatedly: refused at once, without a call, until a trial succeeds."""
 

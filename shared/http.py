@@ -14,8 +14,11 @@ span named after the service and route it calls and carries `traceparent`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import functools
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -23,12 +26,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 import orjson
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -41,19 +44,21 @@ from shared.errors import (
     DownstreamError,
     DownstreamTimeout,
     DownstreamUnavailable,
+    NoInstance,
 )
+from shared.fleet import Fleet, FleetMetrics, Instance
 from shared.metrics import LATENCY_BUCKETS, LabelCache
-from shared.settings import ProcessSettings
+from shared.settings import ProcessSettings, ServiceAddress, service_address
 from shared.telemetry import (
     ERROR_TYPE,
     HTTP_REQUEST_METHOD,
+    PEER_EXTENSION,
     PEER_SERVICE,
     SERVER_ADDRESS,
     SERVER_PORT,
     URL_FULL,
     URL_TEMPLATE,
     TracingTransport,
-    default_port,
     finish_client_span,
     traceparent_of,
 )
@@ -78,6 +83,7 @@ NO_ANSWER_TIMEOUT = "timeout"
 NO_ANSWER_UNREACHABLE = "unreachable"
 NO_ANSWER_CIRCUIT_OPEN = "circuit_open"
 NO_ANSWER_CANCELLED = "cancelled"
+NO_ANSWER_NO_INSTANCE = "no_instance"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +149,16 @@ class _NoCookies(DefaultCookiePolicy):
 
 
 def _peers(settings: ProcessSettings) -> dict[str, str]:
-    """The services this process calls, by base URL (its `<process>_url` settings), to name client spans."""
-    urls = {name: getattr(settings, f"{name}_url", None) for name in PROCESSES}
-    return {str(url): name for name, url in urls.items() if url is not None}
+    """The services this process calls, by the base URLs of their fixed instances (its `<process>_url`
+    settings), to name client spans. `ServiceClient` names its own calls' service (`PEER_EXTENSION`)."""
+    peers: dict[str, str] = {}
+    for name in PROCESSES:
+        address = getattr(settings, f"{name}_url", None)
+        if isinstance(address, ServiceAddress):
+            peers.update((endpoint.base_url, name) for endpoint in address.endpoints)
+        elif address is not None:
+            peers[str(address)] = name
+    return peers
 
 
 def _refused(exc: httpx.TimeoutException) -> bool:
@@ -165,9 +178,10 @@ class UpstreamMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "portico_upstream_requests_total",
-            "Calls to other services, by service, method and status (or timeout, unreachable, "
-            "circuit_open, cancelled when there was no answer).",
-            ("service", "method", "status"),
+            "Calls to other services (each attempt: a retry counts again), by service, method, status (or "
+            "timeout, unreachable, circuit_open, no_instance, cancelled when there was no answer) and instance "
+            "(host:port; empty when no instance was called).",
+            ("service", "method", "status", "instance"),
             registry=registry,
         )
         self.duration = Histogram(
@@ -186,16 +200,26 @@ class UpstreamMetrics:
             # and an exited worker's value goes with it (its file is removed when it is folded).
             multiprocess_mode="livemax",
         )
+        self.fleet = FleetMetrics(registry)
         self._requests = LabelCache(self.requests)
         self._duration = LabelCache(self.duration)
 
-    def count(self, service: str, method: str, status: str) -> None:
-        self._requests(service, method, status).inc()
+    def count(self, service: str, method: str, status: str, instance: str = "") -> None:
+        self._requests(service, method, status, instance).inc()
 
-    def call(self, service: str, method: str, status: str, seconds: float) -> None:
-        """Counts and times one call."""
-        self._requests(service, method, status).inc()
+    def observe(self, service: str, method: str, seconds: float) -> None:
+        """Times one call, its retries included."""
         self._duration(service, method).observe(seconds)
+
+    def retry(self, service: str, outcome: str) -> None:
+        self.fleet.retries.labels(service, outcome).inc()
+
+    def forget_instance(self, service: str, instance: str) -> None:
+        """Drops the series of an instance that left its fleet, so they stay bounded by the live ones."""
+        for key in [key for key in self._requests.children if key[0] == service and key[3] == instance]:
+            del self._requests.children[key]
+            with contextlib.suppress(KeyError):
+                self.requests.remove(*key)
 
 
 class CircuitState(enum.IntEnum):
@@ -288,6 +312,7 @@ class CallPolicy:
         self.settings = settings
         self.metrics = metrics or UpstreamMetrics(CollectorRegistry())
         self.breakers: dict[str, CircuitBreaker] = {}
+        self.fleets: dict[tuple[str, str], Fleet] = {}
         # The client spans of `ServiceClient.forward` (other calls get theirs from `TracingTransport`).
         self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("portico.client")
 
@@ -296,6 +321,21 @@ class CallPolicy:
         if breaker is None:
             breaker = self.breakers[service] = CircuitBreaker(service, self.settings, self.metrics)
         return breaker
+
+    def fleet(self, service: str, address: ServiceAddress, probe: Callable[[Instance], Awaitable[bool]]) -> Fleet:
+        """The instances of `service` at `address`, shared by every client of it in this process."""
+        key = (service, str(address))
+        fleet = self.fleets.get(key)
+        if fleet is None:
+            forget = functools.partial(self.metrics.forget_instance, service)
+            fleet = self.fleets[key] = Fleet(
+                service, address, self.settings, self.metrics.fleet, probe, on_forget=forget
+            )
+        return fleet
+
+    async def aclose(self) -> None:
+        """Stops the fleets' discovery and health checks (the lifespan's end)."""
+        await asyncio.gather(*(fleet.aclose() for fleet in self.fleets.values()))
 
 
 def _problem_of(content_type: str, body: bytes) -> dict[str, Any]:
@@ -368,7 +408,7 @@ class ServiceClient:
     def __init__(
         self,
         name: str,
-        base_url: str,
+        base_url: str | ServiceAddress,
         client: httpx.AsyncClient,
         signer: IdentitySigner,
         policy: CallPolicy | None = None,
@@ -376,7 +416,6 @@ class ServiceClient:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.name = name
-        self.base_url = base_url.rstrip("/")
         self.client = client
         self.session = session
         self.signer = signer
@@ -388,10 +427,16 @@ class ServiceClient:
         self._forward_timeout = aiohttp.ClientTimeout(
             total=settings.http_timeout_seconds, sock_connect=settings.http_connect_timeout_seconds
         )
-        origin = urlsplit(self.base_url)
-        self._address = origin.hostname or ""
-        self._port = origin.port or default_port(origin.scheme)
         self._tracer = self.policy.tracer
+        address = base_url if isinstance(base_url, ServiceAddress) else service_address(base_url)
+        self.fleet = self.policy.fleet(name, address, self._probe)
+        # Instances found through DNS are called at their addresses; over TLS the name is what the
+        # certificate and the Host header carry.
+        self._sni = address.dns_name if address.dns_name is not None and address.scheme == "https" else None
+        self._host = f"{address.dns_name}:{address.port}" if self._sni else None
+        self._extensions: dict[str, Any] = {PEER_EXTENSION: name}
+        if self._sni:
+            self._extensions["sni_hostname"] = self._sni
 
     def _retries(self, method: str, idempotency_key: bool) -> int:
         safe = method in SAFE_METHODS or idempotency_key
@@ -412,11 +457,11 @@ class ServiceClient:
         """Sends a request; answers with the response of any status below 500, or raises a
         downstream error (CircuitOpen at once while the service's circuit is open)."""
 
-        async def call() -> tuple[int, httpx.Response]:
-            response = await self._send(method, path, identity, headers, content, json, params, timeout)
+        async def call() -> tuple[int, httpx.Response, Instance]:
+            response, instance = await self._send(method, path, identity, headers, content, json, params, timeout)
             if response.status_code >= 500:
                 await response.aread()
-            return response.status_code, response
+            return response.status_code, response, instance
 
         def failure(response: httpx.Response) -> tuple[DownstreamError, bool]:
             return failure_of(
@@ -448,9 +493,11 @@ class ServiceClient:
         if self.session is None:
             return await self._forward_through_httpx(method, path, identity, headers, body, query, keep)
 
-        async def call() -> tuple[int, Answer]:
-            answer = await self._forward(method, path, identity, headers, body, query, span_name, template, keep)
-            return answer.status, answer
+        async def call() -> tuple[int, Answer, Instance]:
+            answer, instance = await self._forward(
+                method, path, identity, headers, body, query, span_name, template, keep
+            )
+            return answer.status, answer, instance
 
         def failure(answer: Answer) -> tuple[DownstreamError, bool]:
             content_type, retry_after = answer.header(b"content-type"), answer.header(b"retry-after")
@@ -490,7 +537,7 @@ class ServiceClient:
     async def _through_breaker(
         self,
         method: str,
-        call: Callable[[], Awaitable[tuple[int, R]]],
+        call: Callable[[], Awaitable[tuple[int, R, Instance]]],
         failure: Callable[[R], tuple[DownstreamError, bool]],
         shedding: Callable[[R], bool],
     ) -> R:
@@ -502,9 +549,15 @@ class ServiceClient:
         except CircuitOpen:
             self.metrics.count(self.name, method, NO_ANSWER_CIRCUIT_OPEN)
             raise
+        fleet = self.fleet
         try:
             try:
-                code, answer = await call()
+                code, answer, instance = await call()
+            except NoInstance:
+                # No call was made: nothing to hold against the service's circuit.
+                status = NO_ANSWER_NO_INSTANCE
+                raise
+            # Failures without an answer are counted where they happen, with their instance.
             except DownstreamTimeout:
                 status, failed = NO_ANSWER_TIMEOUT, True
                 raise
@@ -512,17 +565,29 @@ class ServiceClient:
                 status, failed = NO_ANSWER_UNREACHABLE, True
                 raise
             status = str(code)
+            self.metrics.count(self.name, method, status, instance.label)
             if code >= 500:
                 error, own = failure(answer)
                 # A 503 with Retry-After is the service shedding load on purpose (it answered, and
                 # says when to come back): not held against its circuit, which would cut its reads off too.
                 failed = own and not (code == 503 and shedding(answer))
+                if fleet.tracked:
+                    if failed:
+                        fleet.failed(instance, asyncio.get_running_loop().time())
+                    else:
+                        fleet.succeeded(instance)
                 raise error
             failed = False
+            if fleet.tracked:
+                fleet.succeeded(instance)
             return answer
         finally:
-            self.breaker.after_call(trial, failed=failed)
-            self.metrics.call(self.name, method, status, time.perf_counter() - started)
+            if status in (NO_ANSWER_CANCELLED, NO_ANSWER_NO_INSTANCE):
+                self.metrics.count(self.name, method, status)
+            # While another instance is healthy, the fleet routes around a failing one: the circuit of
+            # the whole service opens only when none is.
+            self.breaker.after_call(trial, failed=fleet.all_failing() if failed else failed)
+            self.metrics.observe(self.name, method, time.perf_counter() - started)
 
     async def _forward(
         self,
@@ -535,23 +600,29 @@ class ServiceClient:
         span_name: str,
         template: str,
         keep: frozenset[bytes],
-    ) -> Answer:
+    ) -> tuple[Answer, Instance]:
         assert self.session is not None
-        url = URL(self.base_url + path + ("?" + query.decode("latin-1") if query else ""), encoded=True)
+        fleet = self.fleet
+        target = path + ("?" + query.decode("latin-1") if query else "")
         headers.append((IDENTITY_HEADER, self.signer.sign(identity, self.name)))
+        if self._host is not None:
+            headers.append(("Host", self._host))
         retries = self._retries(method, any(name == IDEMPOTENCY_KEY for name, _ in headers))
         loop = asyncio.get_running_loop()
+        now = loop.time()
         # A retry must still fit in the pool's timeout, counted from the first attempt.
-        deadline = loop.time() + self.policy.settings.http_timeout_seconds
+        deadline = now + self.policy.settings.http_timeout_seconds
+        instance = fleet.single or fleet.choose(now) or await self._first_instance(method, deadline)
+        fleet.budget.deposit(now)
         span = self._tracer.start_span(
             span_name,
             kind=SpanKind.CLIENT,
             attributes={
                 HTTP_REQUEST_METHOD: method,
-                URL_FULL: self.base_url + path,
+                URL_FULL: instance.base_url + path,
                 URL_TEMPLATE: template,
-                SERVER_ADDRESS: self._address,
-                SERVER_PORT: self._port,
+                SERVER_ADDRESS: instance.host,
+                SERVER_PORT: instance.port,
                 PEER_SERVICE: self.name,
             },
         )
@@ -559,39 +630,63 @@ class ServiceClient:
         trace_state = span.get_span_context().trace_state
         if trace_state:
             headers.append(("tracestate", trace_state.to_header()))
+        tried: list[Instance] | None = None
         try:
             while True:
+                attempt = instance
+                if fleet.tracked:
+                    fleet.begin(attempt, now)
                 try:
                     async with self.session.request(
                         method,
-                        url,
+                        URL(attempt.base_url + target, encoded=True),
                         headers=headers,
                         data=body,
                         allow_redirects=False,
                         auto_decompress=False,
                         timeout=self._forward_timeout,
+                        server_hostname=self._sni,
                     ) as response:
                         content = await response.read()
                     kept = [(name.lower(), value) for name, value in response.raw_headers if name.lower() in keep]
                     answer = Answer(response.status, kept, content)
                     break
                 except aiohttp.ClientError as exc:
+                    timed_out = isinstance(exc, aiohttp.ServerTimeoutError)
+                    self._attempt_failed(attempt, method, NO_ANSWER_TIMEOUT if timed_out else NO_ANSWER_UNREACHABLE)
                     connect_failed = isinstance(exc, _NOT_ANSWERED) or type(exc) is aiohttp.ClientOSError
-                    if connect_failed and retries > 0 and await self._pause_for_retry(deadline):
-                        retries -= 1
-                        continue
-                    if isinstance(exc, aiohttp.ServerTimeoutError):
+                    if connect_failed and retries > 0:
+                        tried = [*(tried or ()), attempt]
+                        following = await self._next_attempt(attempt, tried, deadline)
+                        if following is not None:
+                            retries -= 1
+                            instance = following
+                            if following is not attempt:
+                                span.set_attributes(
+                                    {
+                                        URL_FULL: following.base_url + path,
+                                        SERVER_ADDRESS: following.host,
+                                        SERVER_PORT: following.port,
+                                    }
+                                )
+                            continue
+                    if timed_out:
                         raise DownstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
                     raise self._unreachable() from exc
                 except TimeoutError as exc:
+                    self._attempt_failed(attempt, method, NO_ANSWER_TIMEOUT)
                     raise DownstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
+                finally:
+                    if fleet.tracked:
+                        began, now = now, loop.time()
+                        fleet.end(attempt, began, now)
         except BaseException as exc:
             span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
             span.set_status(StatusCode.ERROR)
             span.end()
             raise
         finish_client_span(span, answer.status)
-        return answer
+        return answer, instance
 
     async def _send(
         self,
@@ -603,50 +698,103 @@ class ServiceClient:
         json: Any,
         params: Any,
         timeout: float | None,  # noqa: ASYNC109
-    ) -> httpx.Response:
+    ) -> tuple[httpx.Response, Instance]:
+        fleet = self.fleet
         request_headers = httpx.Headers(headers)
         request_headers[IDENTITY_HEADER] = self.signer.sign(identity, self.name)
+        if self._host is not None:
+            request_headers["Host"] = self._host
         retries = self._retries(method, IDEMPOTENCY_HEADER in request_headers)
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        now = loop.time()
+        given = None if timeout is None else now + timeout
+        # Retries fit in the call's time: its own timeout, or the pool's.
+        deadline = given if given is not None else now + self.policy.settings.http_timeout_seconds
+        instance = fleet.single or fleet.choose(now) or await self._first_instance(method, deadline)
+        fleet.budget.deposit(now)
+        tried: list[Instance] | None = None
         while True:
-            left = None if deadline is None else max(0.001, deadline - loop.time())
+            attempt = instance
+            left = None if given is None else max(0.001, given - loop.time())
+            if fleet.tracked:
+                fleet.begin(attempt, now)
             try:
-                return await self.client.request(
+                response = await self.client.request(
                     method,
-                    self.base_url + path,
+                    attempt.base_url + path,
                     headers=request_headers,
                     content=content,
                     json=json,
                     params=params,
                     timeout=left if left is not None else httpx.USE_CLIENT_DEFAULT,
+                    extensions=self._extensions,
                 )
-            except httpx.TimeoutException as exc:
-                refused = _refused(exc)
-                connect_failed = refused or isinstance(exc, httpx.ConnectTimeout)
-                if connect_failed and retries > 0 and await self._pause_for_retry(deadline):
-                    retries -= 1
-                    continue
-                if refused:
-                    raise self._unreachable() from exc
-                raise DownstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
-            except httpx.ConnectError as exc:
-                if retries > 0 and await self._pause_for_retry(deadline):
-                    retries -= 1
-                    continue
-                raise self._unreachable() from exc
+                return response, attempt
             except httpx.TransportError as exc:
+                refused = isinstance(exc, httpx.TimeoutException) and _refused(exc)
+                timed_out = isinstance(exc, httpx.TimeoutException) and not refused
+                self._attempt_failed(attempt, method, NO_ANSWER_TIMEOUT if timed_out else NO_ANSWER_UNREACHABLE)
+                connect_failed = refused or isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError)
+                if connect_failed and retries > 0:
+                    tried = [*(tried or ()), attempt]
+                    following = await self._next_attempt(attempt, tried, deadline)
+                    if following is not None:
+                        retries -= 1
+                        instance = following
+                        continue
+                if timed_out:
+                    raise DownstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
                 raise self._unreachable() from exc
+            finally:
+                if fleet.tracked:
+                    began, now = now, loop.time()
+                    fleet.end(attempt, began, now)
+
+    def _attempt_failed(self, instance: Instance, method: str, status: str) -> None:
+        """An attempt got no answer: counted against its instance."""
+        self.metrics.count(self.name, method, status, instance.label)
+        if self.fleet.tracked:
+            self.fleet.failed(instance, asyncio.get_running_loop().time())
+
+    async def _next_attempt(self, failed: Instance, tried: list[Instance], deadline: float) -> Instance | None:
+        """Where a retry goes: another healthy instance at once, else the same one after a random pause;
+        None when the call's time or the service's retry budget does not allow one."""
+        loop = asyncio.get_running_loop()
+        following = self.fleet.choose_other(tried) if self.fleet.tracked else None
+        pause = 0.0 if following is not None else random.uniform(0, self.policy.settings.http_retry_jitter_seconds)
+        now = loop.time()
+        if now + pause >= deadline:
+            return None
+        if not self.fleet.budget.withdraw(now):
+            self.metrics.retry(self.name, "budget_exhausted")
+            return None
+        self.metrics.retry(self.name, "sent")
+        if following is None:
+            await asyncio.sleep(pause)
+        return following or failed
+
+    async def _first_instance(self, method: str, deadline: float) -> Instance:
+        """A DNS name not resolved yet: waits for its first answer, within the call's time."""
+        loop = asyncio.get_running_loop()
+        await self.fleet.wait_resolved(max(0.0, deadline - loop.time()))
+        instance = self.fleet.choose(loop.time())
+        if instance is None:
+            retry_after = max(1, math.ceil(self.policy.settings.upstream_dns_min_ttl_seconds))
+            raise NoInstance(self.name, retry_after)
+        return instance
+
+    async def _probe(self, instance: Instance) -> bool:
+        """An ejected instance's health check: its `/health/ready`, untraced (a background loop)."""
+        url = instance.base_url + "/health/ready"
+        headers = {"Host": self._host} if self._host else None
+        with suppress_instrumentation():
+            if self.session is not None:
+                async with self.session.get(url, headers=headers, server_hostname=self._sni) as answer:
+                    return answer.status == 200
+            response = await self.client.get(url, headers=headers, extensions=self._extensions)
+            return response.status_code == 200
 
     def _unreachable(self) -> DownstreamUnavailable:
         return DownstreamUnavailable(
             self.name, f"The {self.name} service is unreachable.", headers={"Retry-After": "1"}
         )
-
-    async def _pause_for_retry(self, deadline: float | None) -> bool:
-        """Waits a random moment before a retry; False when no time would be left for it."""
-        pause = random.uniform(0, self.policy.settings.http_retry_jitter_seconds)
-        if deadline is not None and asyncio.get_running_loop().time() + pause >= deadline:
-            return False
-        await asyncio.sleep(pause)
-        return True

@@ -4,11 +4,22 @@ access tokens. Each process subclasses them with its own env prefix (`process_co
 
 from __future__ import annotations
 
+import ipaddress
 import json
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, SecretStr, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.contract import PROCESSES
@@ -41,6 +52,122 @@ def _split_list(value: Any) -> Any:
 
 
 ListSetting = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One instance of a service: the base URL requests go to, and its `host:port` (the `instance`
+    label of the upstream metrics, and the client span's `server.address` and `server.port`)."""
+
+    base_url: str
+    host: str
+    port: int
+
+    @property
+    def label(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def endpoint(scheme: str, host: str, port: int, path: str = "") -> Endpoint:
+    literal = f"[{host}]" if ":" in host else host
+    return Endpoint(f"{scheme}://{literal}:{port}{path}", host, port)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAddress:
+    """Where a called service is (a `<SERVICE>_URL` setting): one URL, a comma-separated list of
+    instance URLs (a fleet), or `dns+http://name:port` (`dns+https://`), meaning every A and AAAA
+    record of `name`, resolved again on the records' TTL (`shared/fleet.py`)."""
+
+    # The instances of a fixed list (one for a single URL); empty for a DNS name.
+    endpoints: tuple[Endpoint, ...] = ()
+    # A DNS name: the scheme, name, port and path prefix each of its addresses is called with.
+    scheme: str = "http"
+    dns_name: str | None = None
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.dns_name is None:
+            return ",".join(e.base_url for e in self.endpoints)
+        return f"dns+{self.scheme}://{self.dns_name}:{self.port}{self.path}"
+
+    def endpoint_at(self, address: str) -> Endpoint:
+        """The instance at one of the DNS name's addresses."""
+        return endpoint(self.scheme, address, self.port, self.path)
+
+
+def _url_parts(text: str) -> tuple[str, str, int, str]:
+    """scheme, host, port and path of one http(s) URL; ValueError saying what is wrong."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        # They would reach logs, metrics and spans with the URL.
+        raise ValueError(f"a service URL carries no credentials ({parts.hostname})")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{text!r}: a service URL has no query or fragment")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), parts.path.rstrip("/")
+
+
+def parse_service_address(value: Any) -> Any:
+    """`ServiceAddress` from a setting's text (other values are left to pydantic)."""
+    if isinstance(value, ServiceAddress) or not isinstance(value, str):
+        return value
+    items = [item.strip() for item in value.split(",")]
+    if not value.strip() or any(not item for item in items):
+        raise ValueError(f"{value!r} has an empty entry: give one URL, or URLs separated by single commas")
+    if any(item.startswith("dns+") for item in items):
+        if len(items) > 1:
+            raise ValueError("a dns+http:// name stands alone: it is not part of a list")
+        scheme, host, port, path = _url_parts(items[0][len("dns+") :])
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return ServiceAddress(scheme=scheme, dns_name=host.lower(), port=port, path=path)
+        raise ValueError(f"{items[0]!r} names an address, not a DNS name: write it as {scheme}://")
+    endpoints = tuple(endpoint(*_url_parts(item)) for item in items)
+    labels = [e.label for e in endpoints]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{value!r} lists an instance twice")
+    return ServiceAddress(endpoints)
+
+
+def service_address(url: str) -> ServiceAddress:
+    address: ServiceAddress = parse_service_address(url)
+    return address
+
+
+def name_server(text: str) -> tuple[str, int]:
+    """`address`, `address:port` or `[v6]:port` of a DNS server, as (address, port)."""
+    address, port = text, 53
+    if text.startswith("["):
+        address, _, rest = text[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else -1 if rest else 53
+    elif text.count(":") == 1:
+        address, _, digits = text.partition(":")
+        port = int(digits) if digits.isdigit() else -1
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a name server address (address or address:port)") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{text!r} has no valid port")
+    return address, port
+
+
+SERVICE_URL = (
+    "Where the {} service is: one URL, a comma-separated list of its instances' URLs, or "
+    "`dns+http://name:port` for every address of a DNS name (a Kubernetes headless Service)."
+)
+# A service's address in settings: see `ServiceAddress`.
+ServiceAddressSetting = Annotated[
+    ServiceAddress, NoDecode, BeforeValidator(parse_service_address), PlainSerializer(str, return_type=str)
+]
 
 
 class Environment(StrEnum):
@@ -243,10 +370,111 @@ class ProcessSettings(BaseSettings):
         default=0.05, ge=0, le=1, description="The longest random pause before such a retry."
     )
 
+    # Fleets: a service's URL setting may name several instances (`shared/fleet.py`).
+    upstream_dns_min_ttl_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="A `dns+http://` name is resolved again after its records' TTL, but never sooner than this.",
+    )
+    upstream_dns_max_ttl_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "A `dns+http://` name is resolved again at least this often, whatever its records' TTL, so instances "
+            "added or removed are seen within it."
+        ),
+    )
+    upstream_dns_servers: ListSetting = Field(
+        default_factory=list,
+        description=(
+            "Name servers (`address` or `address:port`) that resolve `dns+http://` names; empty: the system's "
+            "(`/etc/resolv.conf`, with its search domains)."
+        ),
+    )
+    upstream_balancer: Literal["least_request", "peak_ewma"] = Field(
+        default="least_request",
+        description=(
+            "How a request picks one of a service's healthy instances: the less loaded of two drawn at random, by "
+            "requests in flight (`least_request`) or by in-flight requests times recent latency (`peak_ewma`)."
+        ),
+    )
+    upstream_ejection_failures: int = Field(
+        default=5,
+        ge=1,
+        description=(
+            "Consecutive failures of one instance (refused, reset, timed out, or a 5xx of its own) that take it "
+            "out of its fleet until a check of its `/health/ready` passes. At most half of a fleet is out at once."
+        ),
+    )
+    upstream_ejection_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "How long an instance stays out before its first check; doubled each time it is taken out again "
+            "within `upstream_ejection_max_seconds` of coming back."
+        ),
+    )
+    upstream_ejection_max_seconds: float = Field(
+        default=30.0, gt=0, description="The longest an instance stays out before it is checked."
+    )
+    upstream_stall_seconds: float = Field(
+        default=3.0,
+        ge=0,
+        description=(
+            "An instance with requests in flight that has answered none for this long, while the rest of its "
+            "fleet answers, is taken out too (a hung process accepts connections and never answers); its "
+            "requests in flight go on. 0: never."
+        ),
+    )
+    upstream_health_check_interval_seconds: float = Field(
+        default=1.0, gt=0, description="How often an instance that is out, past its wait, is checked."
+    )
+    upstream_health_check_timeout_seconds: float = Field(
+        default=1.0, gt=0, description="How long a check of `/health/ready` may take."
+    )
+    upstream_retry_budget_ratio: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description=(
+            "Retries to one service stay within this share of its requests over `upstream_retry_budget_window_seconds` "
+            "(plus `upstream_retry_budget_min_retries`), so retries cannot multiply an outage."
+        ),
+    )
+    upstream_retry_budget_min_retries: int = Field(
+        default=10, ge=0, description="Retries allowed in any window whatever the number of requests."
+    )
+    upstream_retry_budget_window_seconds: float = Field(
+        default=10.0, ge=1, le=600, description="The sliding window of the retry budget."
+    )
+
     @model_validator(mode="after")
     def _client_idles_out_first(self) -> ProcessSettings:
         if self.http_keepalive_expiry_seconds >= self.server_keep_alive_seconds:
             raise ValueError("http_keepalive_expiry_seconds must be below server_keep_alive_seconds")
+        return self
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _service_address(cls, value: Any, info: ValidationInfo) -> Any:
+        """A service's address that does not parse stops the start, naming the environment variable."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None or field.annotation is not ServiceAddress:
+            return value
+        try:
+            return parse_service_address(value)
+        except ValueError as exc:
+            variable = f"{cls.model_config.get('env_prefix', '')}{(info.field_name or '').upper()}"
+            raise ValueError(f"{variable}: {exc}") from None
+
+    @model_validator(mode="after")
+    def _fleets(self) -> ProcessSettings:
+        if self.upstream_dns_min_ttl_seconds > self.upstream_dns_max_ttl_seconds:
+            raise ValueError("upstream_dns_min_ttl_seconds must not exceed upstream_dns_max_ttl_seconds")
+        if self.upstream_ejection_seconds > self.upstream_ejection_max_seconds:
+            raise ValueError("upstream_ejection_seconds must not exceed upstream_ejection_max_seconds")
+        for server in self.upstream_dns_servers:
+            name_server(server)  # a malformed address stops the start
         return self
 
     @model_validator(mode="after")

@@ -316,12 +316,17 @@ def path_template(path: str) -> str:
     return _ID_SEGMENT.sub("/{id}", path)
 
 
+# The httpx request extension that names the service a request goes to.
+PEER_EXTENSION = "portico.peer_service"
+
+
 class TracingTransport(httpx.AsyncBaseTransport):
     """Wraps a transport: each call is a CLIENT span, named `<method> <service> <path template>`
     (`GET users /v1/users/{id}`) with `peer.service`, and carries `traceparent`.
 
-    `peers` maps a base URL to the name of the service there; calls elsewhere are named
-    `<method> <path template>`.
+    `peers` maps a base URL to the name of the service there, unless the request names it in its
+    `PEER_EXTENSION` extension (`ServiceClient` does: its instances may be found through DNS); calls
+    elsewhere are named `<method> <path template>`.
     """
 
     def __init__(
@@ -339,7 +344,9 @@ class TracingTransport(httpx.AsyncBaseTransport):
             request.headers["traceparent"] = unsampled_traceparent()
             return await self.inner.handle_async_request(request)
         url = request.url
-        peer = self.peers.get((url.scheme, url.host, url.port or default_port(url.scheme)))
+        peer = request.extensions.get(PEER_EXTENSION) or self.peers.get(
+            (url.scheme, url.host, url.port or default_port(url.scheme))
+        )
         template = path_template(url.path)
         name = f"{request.method} {peer} {template}" if peer else f"{request.method} {template}"
         attributes: dict[str, str | int] = {

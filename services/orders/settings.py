@@ -1,9 +1,16 @@
 from __future__ import annotations
 
-from pydantic import AnyHttpUrl, Field
+from pydantic import Field
 
 from shared.contract import PROCESSES
-from shared.settings import BaseServiceSettings, process_config, sqlite_url
+from shared.settings import (
+    SERVICE_URL,
+    BaseServiceSettings,
+    ServiceAddressSetting,
+    process_config,
+    service_address,
+    sqlite_url,
+)
 
 
 class OrdersSettings(BaseServiceSettings):
@@ -17,11 +24,11 @@ class OrdersSettings(BaseServiceSettings):
         ),
     )
 
-    users_url: AnyHttpUrl = Field(
-        default=AnyHttpUrl(PROCESSES["users"].default_url), description="Where the users service is."
+    users_url: ServiceAddressSetting = Field(
+        default=service_address(PROCESSES["users"].default_url), description=SERVICE_URL.format("users")
     )
-    inventory_url: AnyHttpUrl = Field(
-        default=AnyHttpUrl(PROCESSES["inventory"].default_url), description="Where the inventory service is."
+    inventory_url: ServiceAddressSetting = Field(
+        default=service_address(PROCESSES["inventory"].default_url), description=SERVICE_URL.format("inventory")
     )
     http_timeout_seconds: float = Field(
         default=4.0,

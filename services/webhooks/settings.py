@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AnyHttpUrl, BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import NoDecode
 
 from shared.contract import PROCESSES, WORKERS
-from shared.settings import BaseServiceSettings, process_config, sqlite_url
+from shared.settings import BaseServiceSettings, ServiceAddressSetting, process_config, service_address, sqlite_url
 
 DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 # Time a lease keeps beyond the attempt's own timeout, for recording its outcome.
@@ -43,8 +43,8 @@ class WebhooksSettings(BaseServiceSettings):
         ),
     )
 
-    orders_url: AnyHttpUrl = Field(
-        default=AnyHttpUrl(PROCESSES["orders"].default_url),
+    orders_url: ServiceAddressSetting = Field(
+        default=service_address(PROCESSES["orders"].default_url),
         description="The orders service, whose event feed the relay pulls.",
     )
     relay_enabled: bool = Field(

@@ -81,6 +81,28 @@ def test_environment_variables_match_the_settings_classes():
             assert variable[len(prefix) :].lower() in fields, f"{name}: {variable} is no setting of {settings_cls}"
 
 
+# Services that run as two replicas, and the callers' settings that find every replica through DNS.
+REPLICATED = {
+    "orders": {"gateway": "GATEWAY_ORDERS_URL", "webhooks": "WEBHOOKS_ORDERS_URL"},
+    "inventory": {"gateway": "GATEWAY_INVENTORY_URL", "orders": "ORDERS_INVENTORY_URL"},
+}
+
+
+def test_orders_and_inventory_run_two_replicas_their_callers_find_through_dns():
+    services = compose()["services"]
+    for name, callers in REPLICATED.items():
+        assert services[name]["deploy"]["replicas"] == 2, name
+        assert "ports" not in services[name], "two replicas cannot publish one port"
+        for caller, variable in callers.items():
+            value = services[caller]["environment"][variable]
+            assert value == f"dns+http://{name}:{DEFAULT_PORTS[name]}", (caller, variable)
+            prefix = SETTINGS[caller].model_config["env_prefix"]
+            field = variable[len(prefix) :].lower()
+            assert str(getattr(SETTINGS[caller](**{field: value}), field)) == value
+            # Compose's DNS answers with a long TTL: the caller looks again within seconds anyway.
+            assert float(services[caller]["environment"][f"{prefix}UPSTREAM_DNS_MAX_TTL_SECONDS"]) <= 5
+
+
 def test_services_use_their_own_databases():
     services = compose()["services"]
     urls = {

@@ -155,17 +155,57 @@ def test_autoscalers_and_disruption_budgets(path):
     docs = render(path)
     deployments = of_kind(docs, "Deployment")
     autoscalers = of_kind(docs, "HorizontalPodAutoscaler")
-    assert set(autoscalers) == {"gateway", WORKER}
+    assert set(autoscalers) == {"gateway", WORKER, *FLEETS}
     for name, hpa in autoscalers.items():
         assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
         assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
         assert "replicas" not in deployments[name]["spec"], "the autoscaler owns the replica count"
+        if name in FLEETS:
+            assert hpa["spec"]["minReplicas"] >= 2, name
     budgets = of_kind(docs, "PodDisruptionBudget")
     assert set(budgets) == set(DEPLOYMENTS)
     for name, budget in budgets.items():
         labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
         assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
         assert budget["spec"]["maxUnavailable"] == 1, "never blocks a drain of a single replica"
+
+
+# The services that run as fleets of 2+ pods, autoscaled, and the callers' settings that find them.
+FLEETS = ("users", "orders", "inventory")
+CALLED = {
+    "users": ("GATEWAY_USERS_URL", "ORDERS_USERS_URL"),
+    "orders": ("GATEWAY_ORDERS_URL", "WEBHOOKS_ORDERS_URL"),
+    "inventory": ("GATEWAY_INVENTORY_URL", "ORDERS_INVENTORY_URL"),
+    "webhooks": ("GATEWAY_WEBHOOKS_URL",),
+}
+
+
+@BOTH
+def test_callers_find_every_pod_of_a_service_through_a_headless_service(path):
+    docs = render(path)
+    services, deployments = of_kind(docs, "Service"), of_kind(docs, "Deployment")
+    (config,) = of_kind(docs, "ConfigMap").values()
+    for name, variables in CALLED.items():
+        # Headless: the name resolves to the ready pods themselves, not to one virtual address.
+        assert services[name]["spec"]["clusterIP"] == "None", name
+        assert not services[name]["spec"].get("publishNotReadyAddresses"), "only ready pods take requests"
+        for variable in variables:
+            assert config["data"][variable] == f"dns+http://{name}:{DEFAULT_PORTS[name]}", variable
+            prefix = variable.split("_", 1)[0] + "_"
+            settings = SETTINGS[prefix](**{variable[len(prefix) :].lower(): config["data"][variable]})
+            assert settings.model_dump()[variable[len(prefix) :].lower()] == config["data"][variable]
+        # A terminating pod leaves DNS at once; it serves until every caller has looked again (the DNS
+        # cache's TTL, 5 s for CoreDNS's cluster records, and the caller's longest wait), then drains
+        # what it has in flight, all within the grace period.
+        pod = deployments[name]["spec"]["template"]["spec"]
+        pause = int(app(deployments[name])["lifecycle"]["preStop"]["exec"]["command"][1])
+        callers = {variable.split("_", 1)[0] for variable in variables}
+        for caller in callers:
+            longest = float(config["data"].get(f"{caller}_UPSTREAM_DNS_MAX_TTL_SECONDS", "30"))
+            assert pause >= 5 + longest + 5, (name, caller, pause)
+        shutdown = SETTINGS[f"{name.upper()}_"].model_fields["shutdown_timeout_seconds"].default
+        assert pause + shutdown < pod["terminationGracePeriodSeconds"], name
+    assert services["gateway"]["spec"].get("clusterIP") != "None", "the Ingress reaches the gateway's ClusterIP"
 
 
 def settings_variable(name: str) -> bool:

@@ -113,6 +113,27 @@ CASES: list[tuple[type[BaseSettings], str, dict[str, Any], str, dict[str, Any]]]
         {"jwt_algorithm": "HS256", "jwt_secret": STRONG},
     ),
     (
+        OrdersSettings,
+        "_fleets",
+        {"upstream_dns_min_ttl_seconds": 31, "upstream_dns_max_ttl_seconds": 30},
+        "upstream_dns_min_ttl_seconds must not exceed",
+        {"upstream_dns_min_ttl_seconds": 30, "upstream_dns_max_ttl_seconds": 30},
+    ),
+    (
+        GatewaySettings,
+        "_fleets",
+        {"upstream_ejection_seconds": 40, "upstream_ejection_max_seconds": 30},
+        "upstream_ejection_seconds must not exceed",
+        {"upstream_ejection_seconds": 30, "upstream_ejection_max_seconds": 30},
+    ),
+    (
+        GatewaySettings,
+        "_fleets",
+        {"upstream_dns_servers": ["10.0.0.10:99999"]},
+        "10.0.0.10:99999",
+        {"upstream_dns_servers": ["10.0.0.10:5353", "10.0.0.11", "[fd00::1]:53"]},
+    ),
+    (
         WebhooksSettings,
         "_lease_outlives_an_attempt",
         {"delivery_timeout_seconds": 10, "delivery_lease_seconds": 14.9},
