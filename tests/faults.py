@@ -53,6 +53,8 @@ class Fault:
     status: int = 503
     body: bytes = b""
     content_type: str = "application/json"
+    # More headers of an `answer`.
+    headers: list[tuple[str, str]] = field(default_factory=list)
     times: int | None = None  # None: every matching request; else only the next `times` ones
     # Held: the request waits at the proxy until `release()`, then meets its action.
     hold: bool = False
@@ -219,7 +221,7 @@ class HttpFaultProxy:
 
 
 def _content_headers(fault: Fault) -> list[tuple[str, str]]:
-    return [("content-type", fault.content_type)]
+    return [("content-type", fault.content_type), *fault.headers]
 
 
 @dataclass

@@ -64,8 +64,14 @@ OUTCOME = "portico.idempotency.outcome"
 UNSTORED_HEADERS = frozenset({b"content-length", b"x-request-id", b"date", b"server", b"set-cookie"})
 
 
-def storable(status: int) -> bool:
-    return status not in (401, 402, 403, 408, 429) and status < 500
+def storable(status: int, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer is the request's outcome, kept for the key: not one about the caller's
+    credentials or the moment. An error that says when to try again (`Retry-After`: the service's
+    own 409 `IDEMPOTENCY_KEY_IN_USE` while its first attempt is still being undone, a 429) is about
+    the moment, whatever its status."""
+    if status >= 500 or status in (401, 402, 403, 408, 429):
+        return False
+    return status < 400 or not any(name == b"retry-after" for name, _ in headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,7 +440,7 @@ class Idempotency:
     ) -> None:
         """Stores the first answer of a key (`body` None: held back, a secret or too large), or
         releases the key for an answer about the caller or the moment. Raises StoreUnavailable."""
-        if not storable(status):
+        if not storable(status, headers):
             self.metrics.idempotency.labels("released").inc()
             attributes[OUTCOME] = "released"
             await self.call(self.store.release(request.scope_key, request.owner))

@@ -162,6 +162,41 @@ async def test_a_store_cut_before_the_release_still_answers(
         await eventually(runs_again, timeout=60, interval=0.5)
 
 
+async def test_a_service_saying_its_key_is_in_use_is_not_kept_for_the_key(stack: Stack, users_proxy: HttpFaultProxy):
+    """The service's own 409 IDEMPOTENCY_KEY_IN_USE (its first attempt with the key is still being
+    undone, `Retry-After: 1`) says when to try again: the gateway passes it on and releases the key,
+    so the retry runs instead of meeting that 409 again for the key's lifetime."""
+    settings = gateway_settings(stack, users_url=users_proxy.url, rate_limit_enabled=False)
+    async with in_process_gateway(settings) as gateway:
+        admin = await signup(gateway)
+        body = new_user()
+        headers = {**admin.auth, "Idempotency-Key": str(uuid.uuid4())}
+        in_use = (
+            b'{"type":"about:blank","title":"Idempotency-Key in use","status":409,'
+            b'"error_code":"IDEMPOTENCY_KEY_IN_USE","request_id":"in-use",'
+            b'"detail":"A request with this Idempotency-Key is still being processed; retry shortly."}'
+        )
+        users_proxy.add(
+            *CREATE_USER,
+            action="answer",
+            status=409,
+            body=in_use,
+            content_type="application/problem+json",
+            headers=[("retry-after", "1")],
+            times=1,
+        )
+        busy = await gateway.post("/v1/users", json=body, headers=headers)
+        assert_problem(busy, 409, "IDEMPOTENCY_KEY_IN_USE")
+        assert busy.headers["retry-after"] == "1"
+        retry = await gateway.post("/v1/users", json=body, headers=headers)
+        assert retry.status_code == 201, retry.text
+        assert "idempotent-replayed" not in retry.headers
+        again = await gateway.post("/v1/users", json=body, headers=headers)
+        assert again.status_code == 201
+        assert again.headers["idempotent-replayed"] == "true"
+        assert [f for f in users_proxy.forwarded if f[:2] == CREATE_USER] == [("POST", "/users", 201)]
+
+
 async def test_a_client_gone_mid_body_leaves_no_claim(stack: Stack):
     """A client that sends half its body and disconnects: nothing was claimed, so the whole request
     with the same key runs at once, on the stack's real gateway process."""
