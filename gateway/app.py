@@ -49,6 +49,7 @@ from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.pipeline import Edge, EdgeRuntime
 from gateway.edge.ratelimit import (
     MemoryRateLimitStore,
+    MonthlyQuotas,
     RateLimiter,
     RateLimits,
     RateLimitStore,
@@ -57,13 +58,24 @@ from gateway.edge.ratelimit import (
 )
 from gateway.edge.router import RouteTable
 from gateway.edge.store import RedisClient, ScriptBatcher, StoreCaller
+from gateway.edge.usage import (
+    MemoryThresholdMarks,
+    MemoryUsageStore,
+    Metering,
+    QuotaAnnouncer,
+    RedisThresholdMarks,
+    RedisUsageStore,
+    ThresholdMarks,
+    UsageReader,
+    UsageStore,
+)
 from gateway.graphql import graphiql
 from gateway.graphql.router import graphql_router
 from gateway.openapi import add_components
 from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
 from gateway.realtime.relay import EventRelay, OrdersFeed, running
 from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore
-from gateway.routes import aggregates, api_keys, orders, products, realtime, users, webhooks
+from gateway.routes import aggregates, api_keys, orders, products, realtime, usage, users, webhooks
 from gateway.routes.forward import ForwardRouter, compiled_routes
 from gateway.settings import FailureMode, GatewaySettings, Quota
 from gateway.state import GatewayState
@@ -166,6 +178,9 @@ async def open_state(
     rate_store: RateLimitStore
     idempotency_store: IdempotencyStore
     counts: RedisRateLimitStore | None = None
+    usage_store: UsageStore
+    marks: ThresholdMarks
+    retention = settings.usage_retention_days * 86_400
     if settings.redis_url:
         # The edge's Redis work is recorded as events on the request's span (`RequestContext.event`),
         # not as a span per command.
@@ -173,9 +188,13 @@ async def open_state(
         scripts = ScriptBatcher(redis, timeout=settings.redis_timeout_seconds)
         rate_store = counts = RedisRateLimitStore(scripts, settings.redis_key_prefix)
         idempotency_store = RedisIdempotencyStore(scripts, settings.redis_key_prefix)
+        usage_store = RedisUsageStore(scripts, redis, settings.redis_key_prefix, retention)
+        marks = RedisThresholdMarks(redis, counts)
     else:
-        rate_store = MemoryRateLimitStore()
+        rate_store = memory_counts = MemoryRateLimitStore()
         idempotency_store = MemoryIdempotencyStore(settings.idempotency_memory_max_bytes)
+        usage_store = MemoryUsageStore(retention)
+        marks = MemoryThresholdMarks(memory_counts)
 
     def caller(stage: str, failure_mode: FailureMode) -> StoreCaller:
         return StoreCaller(stage, io=redis is not None, mode=failure_mode, metrics=metrics)
@@ -200,9 +219,14 @@ async def open_state(
         ),
         client_address=ClientAddress(settings.trusted_proxies),
     )
+    rate_limits = RateLimits(settings, rate_limiter, metrics, quotas) if settings.rate_limit_enabled else None
+    announcer = QuotaAnnouncer(marks, upstreams["orders"])
+    if rate_limits is not None:
+        rate_limits.announcer = announcer
+    metering = Metering(usage_store, caller("usage", "local")) if settings.usage_enabled else None
     edge = EdgeRuntime(
         authenticator=authenticator,
-        rate_limits=RateLimits(settings, rate_limiter, metrics, quotas) if settings.rate_limit_enabled else None,
+        rate_limits=rate_limits,
         idempotency=(
             Idempotency(
                 idempotency_store,
@@ -215,6 +239,7 @@ async def open_state(
             else None
         ),
         forwarder=Forwarder(upstreams, api_keys),
+        metering=metering,
     )
 
     store: EventStore
@@ -251,9 +276,13 @@ async def open_state(
                 rate_limiter=rate_limiter,
                 events=hub,
                 edge=edge,
+                usage=UsageReader(usage_store, marks, MonthlyQuotas(settings)),
             )
     finally:
         await hub.close()
+        await announcer.aclose()
+        if metering is not None:
+            await metering.aclose()
         if scripts is not None:
             await scripts.aclose()
         await asyncio.gather(
@@ -313,6 +342,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.include_router(router.docs)
     app.include_router(realtime.router)
     others.append(realtime.router)
+    app.include_router(usage.router)
+    others.append(usage.router)
     if cfg.docs_enabled:
         # Before the GraphQL router: its GET /graphql is GraphiQL's page.
         app.include_router(graphiql.router)

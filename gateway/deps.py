@@ -17,6 +17,7 @@ from starlette.requests import HTTPConnection
 from gateway.composer import Composer
 from gateway.edge.access import Access
 from gateway.edge.authentication import Authenticator, Caller
+from gateway.edge.usage import UsageReader
 from gateway.realtime.hub import Hub
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState
@@ -32,6 +33,7 @@ UpstreamsDep = Annotated[Upstreams, Depends(state.provide(lambda s: s.upstreams)
 ComposerDep = Annotated[Composer, Depends(state.provide(lambda s: s.composer))]
 AuthenticatorDep = Annotated[Authenticator, Depends(state.provide(lambda s: s.authenticator))]
 HubDep = Annotated[Hub, Depends(state.provide(lambda s: s.events))]
+UsageDep = Annotated[UsageReader, Depends(state.provide(lambda s: s.usage))]
 
 
 async def current_caller(conn: HTTPConnection) -> Caller:

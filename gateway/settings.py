@@ -206,6 +206,28 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     rate_limit_exempt_paths: ListSetting = Field(
         default_factory=lambda: ["/health/live", "/health/ready", "/metrics"], description="Paths never counted."
     )
+    # --- Usage and monthly quotas (gateway/edge/usage.py)
+    usage_enabled: bool = Field(
+        default=True,
+        description=(
+            "Metering: every answer to a tenant counted by route template, status class and hour (`GET /v1/usage`)."
+        ),
+    )
+    usage_retention_days: int = Field(
+        default=62,
+        ge=1,
+        le=400,
+        description="How long each hour's usage counts are kept (in Redis, or in this process when embedded).",
+    )
+    quota_free: int | None = Field(
+        default=100_000,
+        ge=1,
+        description="Requests per calendar month (UTC) of a free tenant (and of a caller whose plan is unknown).",
+    )
+    quota_pro: int | None = Field(default=10_000_000, ge=1, description="Requests per calendar month of a pro tenant.")
+    quota_enterprise: int | None = Field(
+        default=None, ge=1, description="Requests per calendar month of an enterprise tenant (unset: unlimited)."
+    )
     trusted_proxies: ListSetting = Field(
         default_factory=list,
         description=(
@@ -387,6 +409,10 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     def plan_quotas(self) -> dict[Plan, Quota]:
         """Each plan's per-tenant quota (a caller without a known plan is counted as DEFAULT_PLAN)."""
         return {"free": self.rate_limit_free, "pro": self.rate_limit_pro, "enterprise": self.rate_limit_enterprise}
+
+    def monthly_quotas(self) -> dict[str, int | None]:
+        """Each plan's requests per calendar month (None: unlimited)."""
+        return {"free": self.quota_free, "pro": self.quota_pro, "enterprise": self.quota_enterprise}
 
     def realtime_connection_caps(self) -> dict[Plan, int]:
         return {

@@ -15,6 +15,7 @@ from gateway.edge.authentication import Authenticator
 from gateway.edge.pipeline import EdgeRuntime
 from gateway.edge.ratelimit import RateLimiter
 from gateway.edge.store import RedisClient
+from gateway.edge.usage import UsageReader
 from gateway.realtime.hub import Hub
 from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstreams
@@ -38,3 +39,5 @@ class GatewayState:
     events: Hub
     # What the edge runs with.
     edge: EdgeRuntime
+    # The tenants' metered use and monthly quotas (`GET /v1/usage`, the dashboard).
+    usage: UsageReader

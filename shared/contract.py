@@ -95,15 +95,20 @@ ALL_SCOPES: frozenset[str] = frozenset(
         "orders:write",
         "webhooks:read",
         "webhooks:write",
+        "usage:read",
     }
 )
 # Held only by Portico's own services acting on their own (the webhooks relay reads the order events).
 EVENTS_READ = "events:read"
+# Held only by the gateway: it adds its own events (`quota.threshold_reached`) to the orders feed.
+EVENTS_WRITE = "events:write"
+# The tenant's own use (`GET /v1/usage`): an admin's, never a member's.
+USAGE_READ = "usage:read"
 
 Role = Literal["admin", "member"]
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "admin": ALL_SCOPES,
-    "member": frozenset({s for s in ALL_SCOPES if s.endswith(":read")} | {"orders:write"}),
+    "member": frozenset({s for s in ALL_SCOPES if s.endswith(":read") and s != USAGE_READ} | {"orders:write"}),
 }
 
 Plan = Literal["free", "pro", "enterprise"]
@@ -142,6 +147,8 @@ class Identity:
     scopes: frozenset[str] = field(default_factory=frozenset)
     plan: str | None = None
     role: str | None = None
+    # The tenant's own monthly request quota, where an operator set one (None: the plan's).
+    quota: int | None = None
 
     @property
     def is_anonymous(self) -> bool:
@@ -157,7 +164,7 @@ class Identity:
             return self
         if self.tenant_id is None:
             raise AuthenticationRequired("This route needs an authenticated tenant.")
-        return TenantIdentity(self.subject, self.tenant_id, self.scopes, self.plan, self.role)
+        return TenantIdentity(self.subject, self.tenant_id, self.scopes, self.plan, self.role, self.quota)
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -183,6 +190,8 @@ def identity_claims(identity: Identity) -> dict[str, Any]:
         claims["plan"] = identity.plan
     if identity.role is not None:
         claims["role"] = identity.role
+    if identity.quota is not None:
+        claims["quota"] = identity.quota
     return claims
 
 
@@ -193,7 +202,13 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
         scopes=frozenset(str(claims.get("scope", "")).split()),
         plan=claims.get("plan"),
         role=claims.get("role"),
+        quota=_quota_claim(claims.get("quota")),
     )
+
+
+def _quota_claim(value: Any) -> int | None:
+    # Only a positive whole number is a quota; anything else leaves the plan's.
+    return value if type(value) is int and value > 0 else None
 
 
 # --------------------------------------------------------------------------- API keys

@@ -151,6 +151,11 @@ class TooManyRequests(PorticoError, status=429, code="RATE_LIMITED", title="Too 
     `retry_after` in the body."""
 
 
+class QuotaExceeded(TooManyRequests, code="QUOTA_EXCEEDED", title="Too Many Requests", slug="monthly-quota-exceeded"):
+    """The tenant's monthly request quota is spent: `Retry-After` is the start of the next month (UTC),
+    and `policy`, `limit`, `period_start`, `period_end`, `retry_after` are in the body."""
+
+
 class ServiceUnavailable(PorticoError, status=503, code="SERVICE_UNAVAILABLE", title="Service Unavailable"):
     """The process cannot serve the request now (any other 503), with `Retry-After`."""
 

@@ -57,3 +57,25 @@ class FeedPage(BaseModel):
     next_after: int = Field(ge=0)
     # Every event up to this seq was removed by the feed's retention (0: none was).
     pruned_through: int = Field(default=0, ge=0)
+
+
+# Events the gateway itself originates and adds to the feed (`POST /events` on the orders service).
+QUOTA_THRESHOLD_REACHED = "quota.threshold_reached"
+PUBLISHED_EVENT_TYPES: tuple[str, ...] = (QUOTA_THRESHOLD_REACHED,)
+
+
+class PublishedEvent(BaseModel):
+    """An event another Portico service adds to the feed. `id` is chosen by the publisher and names
+    the event for good: publishing it again (a retry, another gateway instance) adds nothing."""
+
+    id: str = Field(min_length=1, max_length=36)
+    type: str = Field(min_length=1, max_length=64)
+    tenant_id: str = Field(min_length=1, max_length=36)
+    data: dict[str, Any]
+
+    @field_validator("type")
+    @classmethod
+    def _published(cls, value: str) -> str:
+        if value not in PUBLISHED_EVENT_TYPES:
+            raise ValueError(f"must be one of {', '.join(PUBLISHED_EVENT_TYPES)}")
+        return value

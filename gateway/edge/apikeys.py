@@ -121,6 +121,7 @@ class ApiKeyResolver:
                 tenant_id=str(body["tenant_id"]),
                 scopes=frozenset(str(s) for s in body["scopes"]),
                 plan=str(body["plan"]),
+                quota=_quota(body.get("monthly_quota")),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise DownstreamBadResponse(
@@ -144,3 +145,11 @@ class ApiKeyResolver:
         """Drops a key this process revoked or rotated, so the change applies here at once."""
         for stale in [h for h, e in self.known.entries.items() if e.key_id == key_id]:
             del self.known.entries[stale]
+
+
+def _quota(value: object) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or value < 1:
+        raise ValueError("monthly_quota")
+    return value

@@ -58,6 +58,7 @@ from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.ratelimit import RateLimits, rate_limit_headers
 from gateway.edge.router import Found, RouteTable, WrongMethod
 from gateway.edge.store import StoreUnavailable
+from gateway.edge.usage import Metering
 from gateway.settings import GatewaySettings
 from shared.asgi import BodyChunks, header
 from shared.context import RequestContext, request_context
@@ -85,6 +86,8 @@ class EdgeRuntime:
     rate_limits: RateLimits | None
     idempotency: Idempotency | None
     forwarder: Forwarder
+    # Counts every answer to a tenant before it is sent (`gateway/edge/usage.py`); None: switched off.
+    metering: Metering | None = None
 
 
 class Edge:
@@ -243,7 +246,7 @@ class Edge:
                     return
             context.event("ratelimit", started)
             if verdict is not None:
-                refusal = limits.decided(verdict, context.attributes)
+                refusal = limits.decided(verdict, context.attributes, subject)
                 extra += rate_limit_headers(verdict)
                 if refusal is not None:
                     await self._problem(send, scope, context, refusal, extra)
@@ -388,6 +391,12 @@ class Edge:
                     await app(scope, receive, answer.send)
 
                 await self.compression.responder(scope, finished)(scope, receive, send)
+        except Exception:
+            # Unhandled: the error middleware outside the edge answers 500, counted here.
+            metering = self.runtime.metering
+            if metering is not None and not answer.started:
+                await metering.count(context, 500)
+            raise
         finally:
             if keyed is not None and not answer.settled:
                 await self._release(keyed)
@@ -416,6 +425,9 @@ class Edge:
         self, send: Send, scope: Scope, status: int, headers: Headers, body: bytes | None, extra: Headers
     ) -> None:
         """Sends a whole answer (`body` None: a 304, which has none)."""
+        metering = self.runtime.metering
+        if metering is not None:
+            await metering.count(request_context(scope), status)
         self.finish_headers(scope, headers, extra)
         if body is not None:
             if self.compression is not None:
@@ -478,7 +490,7 @@ class Edge:
             if unavailable is not None:
                 raise unavailable from None
             return
-        refusal = limits.decided(verdict, context.attributes)
+        refusal = limits.decided(verdict, context.attributes, subject)
         if refusal is not None:
             raise refusal
 
@@ -511,6 +523,7 @@ class RouteAnswer:
         self.keyed = keyed
         self.extra = extra
         self.settled = False
+        self.started = False
         # Where the finished answer goes: the client, or the compression on its way there.
         self.outer = send
         self._status = 0
@@ -554,6 +567,10 @@ class RouteAnswer:
 
     async def _finish(self, message: Message) -> None:
         if message["type"] == "http.response.start":
+            self.started = True
+            metering = self.edge.runtime.metering
+            if metering is not None:
+                await metering.count(self.context, message["status"])
             if message["status"] == 304:
                 self.context.span.add_event("cache.not_modified", {"http.response.status_code": 304})
             raw = list(message.get("headers", ()))

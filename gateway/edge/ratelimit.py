@@ -39,16 +39,24 @@ from starlette.types import Scope
 
 from gateway.edge.addresses import ClientAddress
 from gateway.edge.metrics import EdgeMetrics
+from gateway.edge.periods import Month, current_month, rfc3339
 from gateway.edge.store import Script, ScriptBatcher, StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings, Quota
 from shared.contract import DEFAULT_PLAN, Identity
-from shared.errors import TooManyRequests
+from shared.errors import QuotaExceeded, TooManyRequests
 
 T = TypeVar("T")
 
 # The sliding windows of `n` policies, as a Lua function shared by the scripts that count requests:
 # KEYS[1..n] are the policies' counters; from ARGV[base + 1]: the cost, then limit and window (ms) of
 # each policy. Answers {admitted (1/0), then remaining, reset (ms) and retry-after (ms) per policy}.
+#
+# CALENDAR: a policy whose window is negative is a calendar period's counter (the monthly quota,
+# `Policy.period`): its key names the period, -window is the time left in it (ms), and a limit of -1
+# is no limit. It counts every admitted request until its key expires (a day after the period). Its
+# 80% and 100% thresholds are each decided once per period, by the request that reaches them (`e80`,
+# `e100` keep the count that did), and stay pending until the gateway has published their event
+# (`s80`, `s100`). Its third answer is retry-after * 4 plus the pending thresholds (1: 80%, 2: 100%).
 SLIDING_WINDOWS_FUNCTION = """
 local function sliding_windows(n, base)
   local t = redis.call('TIME')
@@ -59,6 +67,13 @@ local function sliding_windows(n, base)
   for i = 1, n do
     local limit = tonumber(ARGV[base + 2 * i])
     local window = tonumber(ARGV[base + 2 * i + 1])
+    if window < 0 then
+      -- A calendar period's counter: see CALENDAR below.
+      local v = redis.call('HMGET', KEYS[i], 'c', 'e80', 's80', 'e100', 's100')
+      local c = tonumber(v[1]) or 0
+      if limit >= 0 and c + cost > limit then admitted = 0 end
+      starts[i], prevs[i], curs[i], ests[i] = 0, v, c, c
+    else
     local v = redis.call('HMGET', KEYS[i], 's', 'p', 'c')
     local s, p, c = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
     if s == nil then
@@ -77,11 +92,40 @@ local function sliding_windows(n, base)
     local est = p * (window - elapsed) / window + c
     if est + cost > limit then admitted = 0 end
     starts[i], prevs[i], curs[i], ests[i] = s, p, c, est
+    end
   end
   local out = {admitted}
   for i = 1, n do
     local limit = tonumber(ARGV[base + 2 * i])
     local window = tonumber(ARGV[base + 2 * i + 1])
+    if window < 0 then
+      local v, c = prevs[i], curs[i]
+      local retry = 0
+      if limit >= 0 and c + cost > limit then
+        retry = -window
+      elseif admitted == 1 then
+        c = redis.call('HINCRBY', KEYS[i], 'c', cost)
+        if c == cost then redis.call('PEXPIRE', KEYS[i], -window + 86400000) end
+      end
+      local flags = 0
+      if limit >= 0 then
+        if not v[2] and c >= math.ceil(limit * 0.8) then
+          redis.call('HSET', KEYS[i], 'e80', c)
+          v[2] = c
+        end
+        if not v[4] and c >= limit then
+          redis.call('HSET', KEYS[i], 'e100', c)
+          v[4] = c
+        end
+        if v[2] and not v[3] then flags = flags + 1 end
+        if v[4] and not v[5] then flags = flags + 2 end
+      end
+      local remaining = 0
+      if limit >= 0 then remaining = math.max(0, limit - c) end
+      out[#out + 1] = remaining
+      out[#out + 1] = -window
+      out[#out + 1] = retry * 4 + flags
+    else
     local s, p, c, est = starts[i], prevs[i], curs[i], ests[i]
     local elapsed = now - s
     local retry = 0
@@ -103,6 +147,7 @@ local function sliding_windows(n, base)
     out[#out + 1] = remaining
     out[#out + 1] = window - elapsed
     out[#out + 1] = math.ceil(retry)
+    end
   end
   return out
 end
@@ -115,20 +160,34 @@ def window_args(policies: Sequence[Policy], cost: int) -> list[int]:
     """The ARGV of `sliding_windows` for `policies`."""
     args = [cost]
     for policy in policies:
-        args += [policy.quota.limit, policy.quota.window_seconds * 1000]
+        if policy.period:
+            args += [policy.quota.limit, -max(1, policy.period_end_ms - int(time.time() * 1000))]
+        else:
+            args += [policy.quota.limit, policy.quota.window_seconds * 1000]
     return args
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """A named quota. The name is what clients see in RateLimit-Policy."""
+    """A named quota. The name is what clients see in RateLimit-Policy.
+
+    With a `period` (e.g. `2026-12`), a calendar period's counter instead of a sliding window: the
+    monthly quota. It ends at `period_end_ms` (Unix ms); its quota's window is the period's length,
+    and a limit of -1 is no limit (counted, never refused, not shown to clients)."""
 
     name: str
     quota: Quota
+    period: str = ""
+    period_end_ms: int = 0
 
     @property
     def key(self) -> str:
-        return self.name.replace(" ", ":")
+        base = self.name.replace(" ", ":")
+        return f"{base}:{self.period}" if self.period else base
+
+    @property
+    def unlimited(self) -> bool:
+        return self.quota.limit < 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +206,8 @@ class PolicyState:
 class Verdict:
     admitted: bool
     states: tuple[PolicyState, ...]
+    # A calendar policy whose thresholds are decided but not yet published (bits: 1 80%, 2 100%).
+    pending: tuple[tuple[Policy, int], ...] = ()
 
     @property
     def tightest(self) -> PolicyState:
@@ -164,11 +225,18 @@ class RateLimitStore(Protocol):
 
 def verdict_of(policies: Sequence[Policy], raw: Sequence[int]) -> Verdict:
     """The verdict in the answer of `sliding_windows` (which may go on with more after it)."""
-    states = tuple(
-        PolicyState(policy, int(raw[1 + 3 * i]), int(raw[2 + 3 * i]), int(raw[3 + 3 * i]))
-        for i, policy in enumerate(policies)
-    )
-    return Verdict(bool(raw[0]), states)
+    states: list[PolicyState] = []
+    pending: list[tuple[Policy, int]] = []
+    for i, policy in enumerate(policies):
+        remaining, reset, retry = int(raw[1 + 3 * i]), int(raw[2 + 3 * i]), int(raw[3 + 3 * i])
+        if policy.period:
+            retry, flags = divmod(retry, 4)
+            if flags:
+                pending.append((policy, flags))
+            if policy.unlimited:
+                continue
+        states.append(PolicyState(policy, remaining, reset, retry))
+    return Verdict(bool(raw[0]), tuple(states), tuple(pending))
 
 
 class RedisRateLimitStore:
@@ -199,6 +267,8 @@ class MemoryRateLimitStore:
     def __init__(self) -> None:
         # (subject, policy key) -> [window start ms, previous count, current count, expires at ms]
         self._counters: dict[tuple[str, str], list[float]] = {}
+        # (subject, calendar policy key) -> `period_state`
+        self._periods: dict[tuple[str, str], list[float]] = {}
         self._hits = 0
 
     @staticmethod
@@ -214,6 +284,12 @@ class MemoryRateLimitStore:
         rows: list[tuple[list[float], float]] = []
         admitted = True
         for policy in policies:
+            if policy.period:
+                period = self.period_state(subject, policy)
+                if not policy.unlimited and period[0] + cost > policy.quota.limit:
+                    admitted = False
+                rows.append((period, period[0]))
+                continue
             limit, window = policy.quota.limit, policy.quota.window_seconds * 1000
             state = self._counters.get((subject, policy.key))
             if state is None or state[3] <= now:
@@ -233,6 +309,9 @@ class MemoryRateLimitStore:
             rows.append((state, est))
         raw: list[int] = [int(admitted)]
         for policy, (state, est) in zip(policies, rows, strict=True):
+            if policy.period:
+                raw += self._count_period(state, policy, cost, admitted)
+                continue
             limit, window = policy.quota.limit, policy.quota.window_seconds * 1000
             start, prev, cur = state[0], state[1], state[2]
             elapsed = now - start
@@ -251,9 +330,40 @@ class MemoryRateLimitStore:
             raw += [max(0, math.floor(limit - est)), int(window - elapsed), math.ceil(retry)]
         return verdict_of(policies, raw)
 
+    def period_state(self, subject: str, policy: Policy) -> list[float]:
+        """A calendar policy's [count, count at 80%, 80% published, count at 100%, 100% published,
+        period end (Unix ms)] (0: not yet), as CALENDAR in the script keeps them."""
+        key = (subject, policy.key)
+        state = self._periods.get(key)
+        if state is None:
+            state = self._periods[key] = [0, 0, 0, 0, 0, policy.period_end_ms]
+        return state
+
+    @staticmethod
+    def _count_period(state: list[float], policy: Policy, cost: int, admitted: bool) -> list[int]:
+        limit = policy.quota.limit
+        left = max(1, policy.period_end_ms - int(time.time() * 1000))
+        retry = 0
+        if limit >= 0 and state[0] + cost > limit:
+            retry = left
+        elif admitted:
+            state[0] += cost
+        flags = 0
+        if limit >= 0:
+            if not state[1] and state[0] >= math.ceil(limit * 0.8):
+                state[1] = state[0]
+            if not state[3] and state[0] >= limit:
+                state[3] = state[0]
+            flags = (1 if state[1] and not state[2] else 0) + (2 if state[3] and not state[4] else 0)
+        return [max(0, int(limit - state[0])) if limit >= 0 else 0, left, retry * 4 + flags]
+
     def _sweep(self, now: int) -> None:
         for key in [k for k, v in self._counters.items() if v[3] <= now]:
             del self._counters[key]
+        # A period's count is kept a day after it ends, as in Redis.
+        wall = time.time() * 1000 - 86_400_000
+        for key in [k for k, v in self._periods.items() if v[5] <= wall]:
+            del self._periods[key]
 
 
 class RateLimiter:
@@ -319,7 +429,7 @@ def _sf_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1024)
 def _policy_header(policies: tuple[Policy, ...]) -> bytes:
     # The same few policy combinations come back on every request: formatted once each.
     return ", ".join(f"{_sf_string(p.name)};q={p.quota.limit};w={p.quota.window_seconds}" for p in policies).encode()
@@ -346,6 +456,60 @@ def _reset_for(state: PolicyState) -> int:
     return state.reset_seconds
 
 
+MONTHLY = "monthly"
+
+
+class MonthlyPolicies:
+    """The monthly quota's policy of each limit, for the current calendar month (UTC): one object per
+    limit and month, so the hot path looks one up and formats its header once."""
+
+    MAX_LIMITS = 1024
+
+    def __init__(self) -> None:
+        self.month: Month = current_month()
+        self._end = self.month.end.timestamp()
+        self._policies: dict[int, Policy] = {}
+
+    def policy(self, limit: int | None) -> Policy:
+        """The policy of `limit` requests this month (None: no limit, counted only)."""
+        if time.time() >= self._end:
+            self.month = current_month()
+            self._end = self.month.end.timestamp()
+            self._policies = {}
+        key = -1 if limit is None else limit
+        policy = self._policies.get(key)
+        if policy is None:
+            if len(self._policies) >= self.MAX_LIMITS:
+                self._policies = {}
+            month = self.month
+            policy = Policy(MONTHLY, Quota(key, month.seconds), period=month.label, period_end_ms=month.end_ms)
+            self._policies[key] = policy
+        return policy
+
+
+class MonthlyQuotas:
+    """Each tenant's monthly quota: its own (an operator's, carried by its credentials), else its
+    plan's (`GATEWAY_QUOTA_*`; None: no limit)."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.limits: dict[str, int | None] = dict(settings.monthly_quotas())
+        self.default = self.limits[DEFAULT_PLAN]
+        self.policies = MonthlyPolicies()
+
+    def limit(self, identity: Identity) -> int | None:
+        if identity.quota is not None:
+            return identity.quota
+        return self.limits.get(identity.plan or DEFAULT_PLAN, self.default)
+
+    def policy(self, identity: Identity) -> Policy:
+        return self.policies.policy(self.limit(identity))
+
+
+class ThresholdAnnouncer(Protocol):
+    def pending(self, subject: str, policy: Policy, flags: int) -> None:
+        """A quota threshold of `subject` was decided and its event is not yet published."""
+
+
 class RateLimits:
     """The rate-limit stage: which quotas a request counts against, and what its answer says of them.
 
@@ -370,6 +534,10 @@ class RateLimits:
         self.plans: dict[str | None, Policy] = {plan: Policy(plan, q) for plan, q in settings.plan_quotas().items()}
         self.default_plan = self.plans[DEFAULT_PLAN]
         self.routes = {route: Policy(f"{route[0]} {route[1]}", quota) for route, quota in route_quotas.items()}
+        # The monthly quota, counted in the same script as the windows (`gateway/edge/usage.py`).
+        self.monthly = MonthlyQuotas(settings)
+        # Publishes the quota thresholds' events; set in the lifespan.
+        self.announcer: ThresholdAnnouncer | None = None
 
     def policies(self, scope: Scope, identity: Identity, route: str | None) -> tuple[str, list[Policy]]:
         """Whose count (`subject`) and which policies a request of `route` (a template) counts against."""
@@ -382,10 +550,16 @@ class RateLimits:
             policy = self.routes.get((scope.get("method", "GET"), route))
             if policy is not None:
                 policies.append(policy)
+        if identity.tenant_id is not None:
+            policies.append(self.monthly.policy(identity))
         return subject, policies
 
-    def decided(self, verdict: Verdict, attributes: dict[str, Any]) -> TooManyRequests | None:
-        """Counts the decision and notes it for the request's span; the 429 when a quota is spent."""
+    def decided(self, verdict: Verdict, attributes: dict[str, Any], subject: str = "") -> TooManyRequests | None:
+        """Counts the decision and notes it for the request's span; the 429 when a quota is spent.
+        Hands `subject`'s pending quota thresholds to the announcer."""
+        if verdict.pending and self.announcer is not None:
+            for policy, flags in verdict.pending:
+                self.announcer.pending(subject, policy, flags)
         tightest = verdict.tightest
         decision = "admitted" if verdict.admitted else "refused"
         self.metrics.rate_limit.labels(tightest.policy.name, decision).inc()
@@ -396,6 +570,20 @@ class RateLimits:
             return None
         retry_after = math.ceil(tightest.retry_after_ms / 1000)
         quota = tightest.policy.quota
+        if tightest.policy.period:
+            month = self.monthly.policies.month
+            return QuotaExceeded(
+                f"The monthly quota of {quota.limit} requests is spent; it starts again at "
+                f"{rfc3339(month.end)}, in {retry_after} s.",
+                headers={"Retry-After": str(retry_after)},
+                extra={
+                    "policy": tightest.policy.name,
+                    "limit": quota.limit,
+                    "period_start": rfc3339(month.start),
+                    "period_end": rfc3339(month.end),
+                    "retry_after": retry_after,
+                },
+            )
         return TooManyRequests(
             f"The {tightest.policy.name} quota of {quota.limit} requests per {quota.window_seconds} s is "
             f"spent; retry in {retry_after} s.",

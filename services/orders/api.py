@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query
 from starlette.responses import Response
 
 from services.orders import service
-from services.orders.deps import ContextDep, EventsReader, OrdersRead, OrdersWrite
+from services.orders.deps import ContextDep, EventsPublisher, EventsReader, OrdersRead, OrdersWrite
 from services.orders.schemas import CreditOut, EventFeed, OrderCreate, OrderOut, OrderStatus
 from shared.contract import RESOURCE_ID_PATTERN, ResourceIdPath, checked_idempotency_key
 from shared.errors import (
@@ -22,7 +22,7 @@ from shared.errors import (
     ServiceUnavailable,
     ValidationFailed,
 )
-from shared.events import FEED_MAX_LIMIT
+from shared.events import FEED_MAX_LIMIT, PublishedEvent
 from shared.pagination import Page, PageDep
 
 router = APIRouter()
@@ -110,3 +110,15 @@ async def events(
     """Order events in seq order (every tenant's, or one tenant's), for other Portico services: the
     webhooks relay, and the gateway's real-time relay and stream resumption."""
     return await service.event_feed(ctx, after, limit, tenant_id)
+
+
+@router.post(
+    "/events",
+    status_code=202,
+    responses={**Forbidden.openapi_response(), **ServiceUnavailable.openapi_response()},
+)
+async def publish_event(ctx: ContextDep, _: EventsPublisher, event: PublishedEvent) -> Response:
+    """Adds another service's event to the feed (the gateway's `quota.threshold_reached`), once: an
+    event whose id is already there is not added again. 202 either way."""
+    await service.publish_event(ctx, event)
+    return Response(status_code=202)

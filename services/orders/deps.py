@@ -11,7 +11,7 @@ from services.orders.errors import ServiceOnly
 from services.orders.service import OrdersContext
 from services.orders.settings import OrdersSettings
 from shared.caller import Authorize, IdentityDep
-from shared.contract import EVENTS_READ, Identity, TenantIdentity
+from shared.contract import EVENTS_READ, EVENTS_WRITE, Identity, TenantIdentity
 from shared.state import ServiceState, StateDependencies
 
 # What the orders service adds to the common state: its context, with the recovery task running.
@@ -26,7 +26,16 @@ async def require_event_reader(identity: IdentityDep) -> Identity:
     return identity
 
 
+async def require_event_publisher(identity: IdentityDep) -> Identity:
+    """Only Portico's own services add events to the feed (the gateway, its quota events)."""
+    if not identity.is_service:
+        raise ServiceOnly("Only Portico services add events to the feed.")
+    identity.require_scope(EVENTS_WRITE)
+    return identity
+
+
 ContextDep = Annotated[OrdersContext, Depends(state.provide(lambda s: s.context))]
 OrdersRead = Annotated[TenantIdentity, Depends(Authorize("orders:read"))]
 OrdersWrite = Annotated[TenantIdentity, Depends(Authorize("orders:write"))]
 EventsReader = Annotated[Identity, Depends(require_event_reader)]
+EventsPublisher = Annotated[Identity, Depends(require_event_publisher)]

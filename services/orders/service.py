@@ -38,6 +38,7 @@ from shared.errors import (
     PorticoError,
     ValidationFailed,
 )
+from shared.events import PublishedEvent
 from shared.http import ServiceClient
 from shared.pagination import Page, PageQuery
 from shared.repository import matching, transaction
@@ -407,6 +408,20 @@ async def release_cancelled(ctx: OrdersContext, identity: Identity, order: Order
     except PorticoError as exc:
         logger.warning(
             "releasing the stock of cancelled order %s failed (%s); the recovery task retries", order.id, exc
+        )
+
+
+async def publish_event(ctx: OrdersContext, event: PublishedEvent) -> None:
+    """Adds `event` to the outbox unless its id is there already (a publisher's retry)."""
+    async with ctx.transaction() as repo:
+        await repo.insert_if_absent(
+            OutboxEvent(
+                id=event.id,
+                tenant_id=event.tenant_id,
+                type=event.type,
+                data=event.data,
+                traceparent=current_traceparent(),
+            )
         )
 
 

@@ -6,6 +6,9 @@ the service's own settings (the same `USERS_*` environment as the running servic
   service reads the plan afresh on each request (credit limits change at once); access tokens carry
   the plan they were issued with until they expire, and the gateway's API-key cache keeps a key's
   plan for up to `GATEWAY_API_KEY_CACHE_TTL_SECONDS`.
+- `set-quota <tenant_id> <requests|plan>`: gives a tenant its own monthly request quota (requests per
+  calendar month, UTC), or (`plan`) returns it to its plan's (`GATEWAY_QUOTA_*`). It reaches the
+  gateway as the plan does: in access tokens issued from then on, and in API-key lookups.
 """
 
 from __future__ import annotations
@@ -56,10 +59,55 @@ def _run_set_plan(settings: UsersSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def set_quota(settings: UsersSettings, tenant_id: str, quota: int | None) -> int | None:
+    """Gives the tenant its own monthly quota (None: its plan's) in one transaction; answers the one it
+    had (TenantNotFound when there is no such tenant)."""
+    engine = create_engine(settings)
+    try:
+        async with transaction(create_sessionmaker(engine), UserRepository) as repo:
+            _, previous = await service.change_quota(repo, tenant_id, quota)
+    finally:
+        await engine.dispose()
+    logger.info("tenant %s monthly quota changed from %s to %s", tenant_id, previous, quota)
+    return previous
+
+
+def _quota(value: str) -> int | None:
+    if value == "plan":
+        return None
+    try:
+        quota = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a number of requests nor 'plan'") from None
+    if quota < 1:
+        raise argparse.ArgumentTypeError("a quota allows at least 1 request")
+    return quota
+
+
+def _set_quota_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("tenant_id", help="the tenant's id (`tenant.id` in the sign-up answer)")
+    parser.add_argument("quota", type=_quota, help="requests per calendar month (UTC), or `plan` for the plan's")
+
+
+def _run_set_quota(settings: UsersSettings, args: argparse.Namespace) -> int:
+    try:
+        previous = asyncio.run(set_quota(settings, args.tenant_id, args.quota))
+    except TenantNotFound as exc:
+        print(exc.detail, file=sys.stderr)
+        return 1
+    print(f"tenant {args.tenant_id}: monthly quota {previous or 'plan'} -> {args.quota or 'plan'}")
+    return 0
+
+
 TASKS: dict[str, Task[UsersSettings]] = {
     "set-plan": Task(
         help="put a tenant on a plan (new access tokens carry it; existing ones keep theirs until they expire)",
         arguments=_set_plan_arguments,
         run=_run_set_plan,
-    )
+    ),
+    "set-quota": Task(
+        help="give a tenant its own monthly request quota, or `plan` for its plan's (carried like the plan)",
+        arguments=_set_quota_arguments,
+        run=_run_set_quota,
+    ),
 }

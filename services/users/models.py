@@ -20,6 +20,8 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200))
     plan: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Requests per calendar month an operator gave this tenant (`set-quota`); None: its plan's.
+    monthly_quota: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class User(Base, TenantRow):

@@ -164,4 +164,6 @@ class ApiKeyResolved(BaseModel):
     plan: Plan
     scopes: list[str]
     created_by: str
+    # The tenant's own monthly request quota, where an operator set one (null: the plan's).
+    monthly_quota: int | None = None
     expires_at: datetime | None

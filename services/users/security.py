@@ -161,9 +161,18 @@ class TokenIssuer:
         secret = settings.jwt_secret
         self._secret = secret.get_secret_value() if secret is not None else None
 
-    def issue(self, *, subject: str, tenant_id: str, scopes: frozenset[str], plan: str, role: str) -> str:
+    def issue(
+        self,
+        *,
+        subject: str,
+        tenant_id: str,
+        scopes: frozenset[str],
+        plan: str,
+        role: str,
+        quota: int | None = None,
+    ) -> str:
         now = int(time.time())
-        identity = Identity(subject=subject, tenant_id=tenant_id, scopes=scopes, plan=plan, role=role)
+        identity = Identity(subject=subject, tenant_id=tenant_id, scopes=scopes, plan=plan, role=role, quota=quota)
         claims: dict[str, Any] = {**identity_claims(identity), "iss": self.issuer, "iat": now, "exp": now + self.ttl}
         if self.keys is not None:
             key = self.keys.signing_key(utcnow())

@@ -90,6 +90,18 @@ async def change_plan(repo: UserRepository, tenant_id: str, plan: Plan) -> tuple
     return tenant, previous
 
 
+async def change_quota(repo: UserRepository, tenant_id: str, quota: int | None) -> tuple[Tenant, int | None]:
+    """An operator gives a tenant its own monthly request quota (None: back to its plan's); answers the
+    tenant and the quota it had. Tokens and the gateway's API-key cache carry it as they carry the plan."""
+    tenant = await repo.get_tenant(tenant_id, lock=True)
+    if tenant is None:
+        raise TenantNotFound.for_id(tenant_id)
+    previous = tenant.monthly_quota
+    tenant.monthly_quota = quota
+    await repo.save()
+    return tenant, previous
+
+
 async def create_user(
     repo: UserRepository, keys: ApiKeyRepository, hasher: PasswordHasher, identity: TenantIdentity, data: UserCreate
 ) -> User:
@@ -200,7 +212,12 @@ async def issue_token(
         await repo.reset_failed_logins(user.id)
     hasher.metrics.logins.labels("ok").inc()
     token = issuer.issue(
-        subject=user.id, tenant_id=tenant.id, scopes=ROLE_SCOPES[user.role], plan=tenant.plan, role=user.role
+        subject=user.id,
+        tenant_id=tenant.id,
+        scopes=ROLE_SCOPES[user.role],
+        plan=tenant.plan,
+        role=user.role,
+        quota=tenant.monthly_quota,
     )
     return TokenOut(access_token=token, expires_in=issuer.ttl)
 
@@ -298,6 +315,7 @@ async def resolve_api_key(keys: ApiKeyRepository, key_hash: str) -> ApiKeyResolv
         id=key.id,
         tenant_id=tenant.id,
         plan=tenant.plan,
+        monthly_quota=tenant.monthly_quota,
         scopes=sorted(key_authority(key.scope_set, creator.role)),
         created_by=creator.id,
         expires_at=key.expires_at,

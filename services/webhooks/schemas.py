@@ -9,9 +9,10 @@ from shared.deprecation import WEBHOOK_ENDPOINT_ENABLED
 from shared.schemas import refuse_null
 
 # `endpoint.disabled` is this service's own: sent to a tenant's other endpoints when one is disabled
-# for it (`{"endpoint_id", "reason": "gone" | "failing"}`).
-EventType = Literal["order.created", "order.cancelled", "endpoint.disabled"]
-EVENT_TYPES: tuple[str, ...] = ("order.created", "order.cancelled", "endpoint.disabled")
+# for it (`{"endpoint_id", "reason": "gone" | "failing"}`). `quota.threshold_reached` is the gateway's, through
+# the orders feed (`{"threshold": 80 | 100, "period_start", "limit", "used"}`).
+EventType = Literal["order.created", "order.cancelled", "endpoint.disabled", "quota.threshold_reached"]
+EVENT_TYPES: tuple[str, ...] = ("order.created", "order.cancelled", "endpoint.disabled", "quota.threshold_reached")
 NOT_NULL = refuse_null("must not be null; leave the field out to keep it")
 EndpointStatus = Literal["active", "disabled"]
 # Attempts started per second at most, across every worker; null: no limit.

@@ -1,0 +1,341 @@
+"""Usage: every answer to a tenant metered, and the monthly quota's threshold events.
+
+Metering. Every answer the gateway gives a tenant (an authenticated caller with a tenant: the edge's
+own answers, a 429 included, and every route's) is counted once, by tenant, route template, status
+class and hour (UTC): one Redis hash per tenant and hour, `<prefix>usage:{t:<tenant>}:<YYYYMMDDHH>`,
+field `<class> <route template>`, kept `GATEWAY_USAGE_RETENTION_DAYS`. The class is `2xx` for every
+answer under 400 (a 304 or a redirect is a success too), `4xx` and `5xx`. A request that matched no
+route is counted under the route `unmatched`.
+
+The count is written before the answer is sent (its `http.response.start`), through the edge's script
+batcher: one command, pipelined with the other requests' scripts of the same moment. So:
+
+- an answer a client received was counted: none is lost, whenever a gateway process dies;
+- none is counted twice: the write happens once per answer, and is not retried (a write that failed
+  is counted in this process and added to Redis when it answers again, as one HINCRBY each);
+- the one bound: a process killed after the count was written and before the answer left counts an
+  answer its client never received (at most the requests in flight at that moment; their clients saw
+  the connection fail). While Redis fails, the counts of that time wait in the process (and are lost
+  if it dies before Redis answers again).
+
+Embedded (no Redis), the same counts are kept in this process.
+
+The monthly quota (requests per calendar month, UTC) is counted in the rate limit's own script
+(`gateway/edge/ratelimit.py`, CALENDAR): one round trip, exact across gateway instances. Its 80% and
+100% thresholds are decided in that script, once per period, by the request that reaches them; the
+event `quota.threshold_reached` is then added to the orders service's feed (`POST /events`), the same
+feed as the order events, so it reaches `/v1/events`, `/v1/ws` and webhooks like any of them. The event's
+id is derived from (tenant, period, threshold) and the feed adds an id only once, so a publication that
+is repeated (a retry, a second gateway instance, a process that died before it marked the event
+published) adds nothing: each threshold's event is in the feed once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from redis.exceptions import RedisError
+
+from gateway.edge.periods import HOUR_SECONDS, hour_label, rfc3339
+from gateway.edge.ratelimit import MemoryRateLimitStore, MonthlyQuotas, Policy, RedisRateLimitStore
+from gateway.edge.store import RedisClient, Script, ScriptBatcher, StoreCaller, StoreUnavailable
+from shared.context import RequestContext
+from shared.contract import EVENTS_WRITE, Identity
+from shared.errors import PorticoError
+from shared.events import QUOTA_THRESHOLD_REACHED
+from shared.http import ServiceClient
+
+logger = logging.getLogger("portico.gateway.usage")
+
+STATUS_CLASSES = ("2xx", "4xx", "5xx")
+UNMATCHED = "unmatched"
+
+# KEYS[1]: the tenant's hash of the hour. ARGV: the field, the hash's time to live (s).
+COUNT = Script(
+    """
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return n
+"""
+)
+
+
+def status_class(status: int) -> str:
+    return "2xx" if status < 400 else "4xx" if status < 500 else "5xx"
+
+
+class UsageStore(Protocol):
+    async def add(self, tenant_id: str, hour: int, field: str) -> None:
+        """Counts one answer of `tenant_id` in the hour that starts at `hour` (Unix s)."""
+
+    async def hours(self, tenant_id: str, hours: Sequence[int]) -> list[dict[str, int]]:
+        """The counts of each of `hours`, by field."""
+
+
+class RedisUsageStore:
+    def __init__(self, scripts: ScriptBatcher, redis: RedisClient, prefix: str, retention_seconds: int) -> None:
+        self.scripts = scripts
+        self.redis = redis
+        self.prefix = prefix
+        self.ttl = retention_seconds
+
+    def key(self, tenant_id: str, hour: int) -> str:
+        return f"{self.prefix}usage:{{t:{tenant_id}}}:{hour_label(hour)}"
+
+    async def add(self, tenant_id: str, hour: int, field: str) -> None:
+        await self.scripts.call(COUNT, [self.key(tenant_id, hour)], [field, self.ttl])
+
+    async def add_many(self, counts: Counter[tuple[str, int, str]]) -> None:
+        """Adds counts kept in the process while Redis failed."""
+        pipe = self.redis.pipeline(transaction=False)
+        for (tenant_id, hour, field), n in counts.items():
+            key = self.key(tenant_id, hour)
+            pipe.hincrby(key, field, n)
+            pipe.expire(key, self.ttl, nx=True)
+        await pipe.execute()
+
+    async def hours(self, tenant_id: str, hours: Sequence[int]) -> list[dict[str, int]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for hour in hours:
+            pipe.hgetall(self.key(tenant_id, hour))
+        answers = await pipe.execute()
+        return [{_text(k): int(v) for k, v in answer.items()} for answer in answers]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class MemoryUsageStore:
+    """The counts in this process, for a single gateway without Redis; hours past the retention are
+    dropped as each new hour starts."""
+
+    def __init__(self, retention_seconds: int) -> None:
+        self.retention = retention_seconds
+        self._hours: dict[tuple[str, int], Counter[str]] = {}
+        self._latest = 0
+
+    async def add(self, tenant_id: str, hour: int, field: str) -> None:
+        if hour > self._latest:
+            self._latest = hour
+            oldest = hour - self.retention
+            for key in [k for k in self._hours if k[1] < oldest]:
+                del self._hours[key]
+        counts = self._hours.get((tenant_id, hour))
+        if counts is None:
+            counts = self._hours[(tenant_id, hour)] = Counter()
+        counts[field] += 1
+
+    async def hours(self, tenant_id: str, hours: Sequence[int]) -> list[dict[str, int]]:
+        return [dict(self._hours.get((tenant_id, hour), ())) for hour in hours]
+
+
+class Metering:
+    """Counts each answer to a tenant (`count`, awaited before the answer is sent).
+
+    While Redis fails, answers are counted in the process and Redis is not asked again for
+    `retry_seconds` (so a hung Redis costs one answer the timeout per interval, as the rate limit's
+    `local` mode); the first write that succeeds after that adds what was kept."""
+
+    def __init__(self, store: UsageStore, caller: StoreCaller, *, retry_seconds: float = 1.0) -> None:
+        self.store = store
+        self.call = caller
+        self.retry_seconds = retry_seconds
+        self.kept: Counter[tuple[str, int, str]] = Counter()
+        self._local_until = 0.0
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def count(self, context: RequestContext, status: int) -> None:
+        identity = context.principal
+        if identity is None or identity.tenant_id is None:
+            return
+        tenant_id = identity.tenant_id
+        hour = int(time.time()) // HOUR_SECONDS * HOUR_SECONDS
+        field = f"{status_class(status)} {context.route or UNMATCHED}"
+        if self._local_until and time.monotonic() < self._local_until:
+            self.call.passed_by()
+            self.kept[(tenant_id, hour, field)] += 1
+            return
+        started = time.perf_counter()
+        try:
+            await self.call(self.store.add(tenant_id, hour, field))
+        except StoreUnavailable:
+            self._local_until = time.monotonic() + self.retry_seconds
+            self.kept[(tenant_id, hour, field)] += 1
+            return
+        finally:
+            context.event("usage.count", started)
+        self._local_until = 0.0
+        if self.kept and self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        kept, self.kept = self.kept, Counter()
+        try:
+            assert isinstance(self.store, RedisUsageStore)
+            await self.call(self.store.add_many(kept))
+        except StoreUnavailable:
+            self.kept.update(kept)
+        finally:
+            self._flushing = None
+
+    async def aclose(self) -> None:
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- quota thresholds
+
+PUBLISHER = Identity(subject="service:gateway", scopes=frozenset({EVENTS_WRITE}))
+EVENT_NAMESPACE = uuid.UUID("6f3c2a5e-8d1b-4f7a-9c0e-5b2d7e4a1f90")
+THRESHOLDS = ((80, 1), (100, 2))
+
+
+def threshold_event_id(tenant_id: str, period: str, threshold: int) -> str:
+    """The one id of a threshold's event: the same from every gateway, every time."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"quota:{tenant_id}:{period}:{threshold}"))
+
+
+class ThresholdMarks(Protocol):
+    async def used(self, subject: str, policy: Policy) -> int:
+        """The requests counted in `policy`'s period so far."""
+
+    async def threshold_count(self, subject: str, policy: Policy, threshold: int) -> int | None:
+        """The count that reached `threshold` of `policy` (None: not reached)."""
+
+    async def mark_published(self, subject: str, policy: Policy, threshold: int) -> None:
+        """The threshold's event is in the feed: the counting script stops reporting it."""
+
+
+class RedisThresholdMarks:
+    def __init__(self, redis: RedisClient, counts: RedisRateLimitStore) -> None:
+        self.redis = redis
+        self.counts = counts
+
+    async def used(self, subject: str, policy: Policy) -> int:
+        value = await self.redis.hget(self.counts.key(subject, policy), "c")
+        return int(value) if value is not None else 0
+
+    async def threshold_count(self, subject: str, policy: Policy, threshold: int) -> int | None:
+        value = await self.redis.hget(self.counts.key(subject, policy), f"e{threshold}")
+        return int(value) if value is not None else None
+
+    async def mark_published(self, subject: str, policy: Policy, threshold: int) -> None:
+        await self.redis.hset(self.counts.key(subject, policy), f"s{threshold}", 1)
+
+
+class MemoryThresholdMarks:
+    def __init__(self, counts: MemoryRateLimitStore) -> None:
+        self.counts = counts
+
+    async def used(self, subject: str, policy: Policy) -> int:
+        return int(self.counts.period_state(subject, policy)[0])
+
+    async def threshold_count(self, subject: str, policy: Policy, threshold: int) -> int | None:
+        state = self.counts.period_state(subject, policy)
+        value = state[1 if threshold == 80 else 3]
+        return int(value) if value else None
+
+    async def mark_published(self, subject: str, policy: Policy, threshold: int) -> None:
+        self.counts.period_state(subject, policy)[2 if threshold == 80 else 4] = 1
+
+
+class QuotaAnnouncer:
+    """Publishes the events of quota thresholds the counting script reports as pending, one task per
+    threshold at a time in this process; a publication that failed is tried again by a request at
+    least `retry_seconds` later (the script reports the threshold until it is marked published)."""
+
+    MAX_REMEMBERED = 10_000
+
+    def __init__(self, marks: ThresholdMarks, orders: ServiceClient, *, retry_seconds: float = 5.0) -> None:
+        self.marks = marks
+        self.orders = orders
+        self.retry_seconds = retry_seconds
+        self._quiet: dict[tuple[str, str, int], float] = {}
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    def pending(self, subject: str, policy: Policy, flags: int) -> None:
+        now = time.monotonic()
+        for threshold, bit in THRESHOLDS:
+            if not flags & bit:
+                continue
+            key = (subject, policy.key, threshold)
+            if self._quiet.get(key, 0.0) > now:
+                continue
+            if len(self._quiet) >= self.MAX_REMEMBERED:
+                self._quiet = {k: v for k, v in self._quiet.items() if v > now}
+            self._quiet[key] = now + self.retry_seconds
+            task = asyncio.create_task(self.publish(subject, policy, threshold))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def publish(self, subject: str, policy: Policy, threshold: int) -> bool:
+        """Adds the threshold's event to the feed and marks it published; False when it could not."""
+        tenant_id = subject.removeprefix("t:")
+        try:
+            used = await self.marks.threshold_count(subject, policy, threshold)
+            if used is None:
+                return False
+            event: dict[str, Any] = {
+                "id": threshold_event_id(tenant_id, policy.period, threshold),
+                "type": QUOTA_THRESHOLD_REACHED,
+                "tenant_id": tenant_id,
+                "data": {
+                    "threshold": threshold,
+                    "period_start": f"{policy.period}-01T00:00:00Z",
+                    "limit": policy.quota.limit,
+                    "used": used,
+                },
+            }
+            response = await self.orders.send("POST", "/events", identity=PUBLISHER, json=event)
+            if response.status_code != 202:
+                logger.warning(
+                    "the orders service answered %s to a quota event; it is published again later",
+                    response.status_code,
+                )
+                return False
+            await self.marks.mark_published(subject, policy, threshold)
+        except (RedisError, OSError, TimeoutError, PorticoError) as exc:
+            # The script reports the threshold again: a later request publishes it.
+            logger.warning(
+                "publishing a quota event failed (%s: %s); it is published again later", type(exc).__name__, exc
+            )
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class UsageReader:
+    """What `GET /v1/usage` and the dashboard read: a tenant's counts by hour, and its monthly quota."""
+
+    def __init__(self, store: UsageStore, marks: ThresholdMarks, monthly: MonthlyQuotas) -> None:
+        self.store = store
+        self.marks = marks
+        self.monthly = monthly
+
+    async def hours(self, tenant_id: str, hours: Sequence[int]) -> list[dict[str, int]]:
+        return await self.store.hours(tenant_id, hours)
+
+    async def quota(self, identity: Identity) -> dict[str, Any]:
+        """`{"period_start", "period_end", "limit" (null: none), "used"}` of the current month."""
+        assert identity.tenant_id is not None
+        policy = self.monthly.policy(identity)
+        month = self.monthly.policies.month
+        return {
+            "period_start": rfc3339(month.start),
+            "period_end": rfc3339(month.end),
+            "limit": None if policy.unlimited else policy.quota.limit,
+            "used": await self.marks.used(f"t:{identity.tenant_id}", policy),
+        }
