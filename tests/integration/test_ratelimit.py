@@ -17,6 +17,7 @@ from redis.exceptions import RedisClusterException
 from gateway.app import create_app, create_redis
 from gateway.edge.idempotency import KeyedRequest, RedisIdempotencyStore
 from gateway.edge.ratelimit import MemoryRateLimitStore, Policy, RateLimitStore, RedisRateLimitStore
+from gateway.edge.periods import current_month
 from gateway.edge.store import ScriptBatcher
 from gateway.settings import Quota
 from tests.edge_support import (
@@ -52,6 +53,11 @@ async def store(request, infra) -> AsyncIterator[RateLimitStore]:
 
 def policy(limit: int, window: int = 60, name: str = "p") -> Policy:
     return Policy(name, Quota(limit, window))
+
+
+def monthly_policy(limit: int) -> str:
+    """The monthly quota's member of RateLimit-Policy: its window is this calendar month's length."""
+    return f'"monthly";q={limit};w={current_month().seconds}'
 
 
 async def test_concurrent_hits_admit_exactly_the_limit(store):
@@ -168,8 +174,9 @@ async def test_answers_carry_the_draft_headers(stack, backend):
         tenant = await signup(gateway, plan="pro")
         me = await gateway.get("/v1/users/me", headers=tenant.auth)
         assert me.status_code == 200, me.text
-        assert me.headers["ratelimit-policy"] == '"pro";q=1000;w=60'
-        assert me.headers["ratelimit"] == '"pro";r=999;t=60'
+        # The monthly quota is the second policy (`t`: the seconds left in the month).
+        assert me.headers["ratelimit-policy"] == f'"pro";q=1000;w=60, {monthly_policy(10_000_000)}'
+        assert me.headers["ratelimit"].startswith('"pro";r=999;t=60, "monthly";r=9999999;t=')
         assert me.headers["x-ratelimit-limit"] == "1000"
         assert me.headers["x-ratelimit-remaining"] == "999"
         assert me.headers["x-ratelimit-reset"] == "60"
@@ -201,7 +208,7 @@ async def test_a_spent_quota_is_429_quota_exceeded_with_retry_after(stack, backe
         assert 60 <= retry_after <= 120
         assert problem["retry_after"] == retry_after
         assert refused.headers["x-ratelimit-remaining"] == "0"
-        assert refused.headers["ratelimit"] == f'"free";r=0;t={retry_after}'
+        assert refused.headers["ratelimit"].startswith(f'"free";r=0;t={retry_after}, "monthly";r=99997;t=')
         # Another tenant is not affected.
         other = await signup(gateway, plan="free")
         assert (await gateway.get("/v1/users/me", headers=other.auth)).status_code == 200
@@ -242,8 +249,10 @@ async def test_route_policies_count_on_top_of_the_plan(stack, backend):
     async with in_process_gateway(settings) as gateway:
         tenant = await signup(gateway, plan="pro")
         first = await gateway.get("/v1/users/me", headers=tenant.auth)
-        assert first.headers["ratelimit-policy"] == '"pro";q=1000;w=60, "GET /v1/users/me";q=2;w=60'
-        assert first.headers["ratelimit"] == '"pro";r=999;t=60, "GET /v1/users/me";r=1;t=60'
+        assert first.headers["ratelimit-policy"] == (
+            f'"pro";q=1000;w=60, "GET /v1/users/me";q=2;w=60, {monthly_policy(10_000_000)}'
+        )
+        assert first.headers["ratelimit"].startswith('"pro";r=999;t=60, "GET /v1/users/me";r=1;t=60, "monthly";')
         # The X- headers describe the tightest policy.
         assert first.headers["x-ratelimit-limit"] == "2"
         assert first.headers["x-ratelimit-remaining"] == "1"
@@ -254,7 +263,7 @@ async def test_route_policies_count_on_top_of_the_plan(stack, backend):
         # Other routes still work and the refused request did not use the plan's quota.
         other = await gateway.get(f"/v1/users/{tenant.admin_id}", headers=tenant.auth)
         assert other.status_code == 200
-        assert other.headers["ratelimit"] == '"pro";r=997;t=60'
+        assert other.headers["ratelimit"].startswith('"pro";r=997;t=60, "monthly";r=9999997;t=')
 
 
 def test_a_route_policy_for_a_route_that_does_not_exist_stops_the_start():
@@ -388,14 +397,18 @@ async def test_local_mode_keeps_every_quota_per_instance_while_redis_is_down_the
                 while True:
                     probe = str(uuid.uuid4())
                     await gateway.get("/v1/nothing-here", headers=bearer("free", tenant_id=probe))
-                    if server.client().keys(f"*{probe}*"):
+                    if server.client().keys(f"*rl:{{t:{probe}}}*"):
                         break
                     assert time.monotonic() < deadline, "the gateway did not go back to Redis"
                     await asyncio.sleep(0.2)
             together = bearer("free")
             assert await codes([(one, together), (two, together)] * 3) == [404, 404, 404, 404, 429, 429]
 
-    failures = [r for r in caplog.records if "counted by this gateway process alone" in r.getMessage()]
+    failures = [
+        r
+        for r in caplog.records
+        if "counted by this gateway process alone" in r.getMessage() and getattr(r, "edge_stage", "") == "rate_limit"
+    ]
     assert 1 <= len(failures) <= 4, [r.getMessage() for r in failures]  # throttled: not one per request
     assert any("answers again" in r.getMessage() for r in caplog.records)
 
@@ -475,7 +488,12 @@ async def test_gateways_on_a_redis_cluster_count_there(redis_cluster, infra):
         keys = [k.decode() async for k in client.scan_iter(match=f"{cluster['redis_key_prefix']}*")]
     finally:
         await client.aclose()
-    assert keys == [f"{cluster['redis_key_prefix']}rl:{{t:{tenant}}}:free"]
+    # The plan's window, the monthly quota and the usage of the hour: all in the tenant's slot.
+    prefix = cluster["redis_key_prefix"]
+    assert len(keys) == 3, keys
+    assert all(f"{{t:{tenant}}}" in key for key in keys), keys
+    assert {key.removeprefix(prefix).split(":", 1)[0] for key in keys} == {"rl", "usage"}
+    assert f"{prefix}rl:{{t:{tenant}}}:free" in keys
 
 
 def test_a_key_prefix_with_braces_is_refused():
