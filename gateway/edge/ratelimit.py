@@ -457,6 +457,9 @@ def _reset_for(state: PolicyState) -> int:
 
 
 MONTHLY = "monthly"
+# Routes a tenant past its monthly quota can still call, to see where it stands (still metered, and
+# still under the plan's rate limit).
+OUTSIDE_MONTHLY_QUOTA = frozenset({"/v1/usage"})
 
 
 class MonthlyPolicies:
@@ -550,7 +553,7 @@ class RateLimits:
             policy = self.routes.get((scope.get("method", "GET"), route))
             if policy is not None:
                 policies.append(policy)
-        if identity.tenant_id is not None:
+        if identity.tenant_id is not None and route not in OUTSIDE_MONTHLY_QUOTA:
             policies.append(self.monthly.policy(identity))
         return subject, policies
 

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict
 from shared.contract import LineItems, ReservedLine
 
 OrderStatus = Literal["confirmed", "cancelled"]
-EventType = Literal["order.created", "order.cancelled"]
+# The order events, and those other services add to the feed (`shared.events.PUBLISHED_EVENT_TYPES`).
+EventType = Literal["order.created", "order.cancelled", "quota.threshold_reached"]
 
 
 class OrderCreate(BaseModel):
