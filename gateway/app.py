@@ -84,6 +84,7 @@ from shared.app import ReadinessCheck, add_health_routes, create_fastapi, instal
 from shared.contract import ANONYMOUS
 from shared.http import CallPolicy, ServiceClient, UpstreamMetrics, create_http_pool
 from shared.identity import IdentitySigner
+from shared.loops import running_loop
 from shared.state import LifespanState, lifespan_state_of
 from shared.telemetry import create_tracer_provider, set_global_provider_once, start_export
 
@@ -223,7 +224,7 @@ async def open_state(
     announcer = QuotaAnnouncer(marks, upstreams["orders"])
     if rate_limits is not None:
         rate_limits.announcer = announcer
-    metering = Metering(usage_store, caller("usage", "local")) if settings.usage_enabled else None
+    metering = Metering(usage_store, caller("usage", "local"), metrics) if settings.usage_enabled else None
     edge = EdgeRuntime(
         authenticator=authenticator,
         rate_limits=rate_limits,
@@ -261,7 +262,11 @@ async def open_state(
     )
     hub = Hub(store, feed, buffer_size=settings.events_buffer_size)
     try:
-        async with running(relay):
+        async with running(relay), contextlib.AsyncExitStack() as loops:
+            if metering is not None:
+                await loops.enter_async_context(
+                    running_loop(metering.export_loop, name="usage-export", stop_timeout=1.0, logger=logger)
+                )
             yield GatewayState(
                 settings=settings,
                 http=http,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 def _counter(name: str, documentation: str, labels: tuple[str, ...]) -> Counter:
     # Made unregistered: the app's registry exists only once the common middleware is installed.
     return Counter(name, documentation, labels, registry=None)
+
+
+# How many tenants `portico_usage_top_tenant_requests` exports.
+TOP_TENANTS = 10
 
 
 class EdgeMetrics:
@@ -43,8 +47,18 @@ class EdgeMetrics:
             ("method", "route"),
         )
 
+        # Per tenant, but only the few with most requests: a label per tenant would be unbounded.
+        self.top_tenants = Gauge(
+            "portico_usage_top_tenant_requests",
+            "Requests this gateway process answered each tenant in the current hour (UTC), for the "
+            f"{TOP_TENANTS} tenants with most (the others are not exported).",
+            ("tenant",),
+            registry=None,
+        )
+
     def register(self, registry: CollectorRegistry) -> None:
         collectors = (
+            self.top_tenants,
             self.store_errors,
             self.rate_limit,
             self.idempotency,

@@ -33,6 +33,7 @@ published) adds nothing: each threshold's event is in the feed once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -42,6 +43,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
+from gateway.edge.metrics import TOP_TENANTS, EdgeMetrics
 from gateway.edge.periods import HOUR_SECONDS, hour_label, rfc3339
 from gateway.edge.ratelimit import MemoryRateLimitStore, MonthlyQuotas, Policy, RedisRateLimitStore
 from gateway.edge.store import RedisClient, Script, ScriptBatcher, StoreCaller, StoreUnavailable
@@ -54,6 +56,8 @@ from shared.http import ServiceClient
 logger = logging.getLogger("portico.gateway.usage")
 
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
+# How often the top tenants' gauge is set.
+EXPORT_SECONDS = 5.0
 UNMATCHED = "unmatched"
 
 # KEYS[1]: the tenant's hash of the hour. ARGV: the field, the hash's time to live (s).
@@ -143,11 +147,17 @@ class Metering:
     `retry_seconds` (so a hung Redis costs one answer the timeout per interval, as the rate limit's
     `local` mode); the first write that succeeds after that adds what was kept."""
 
-    def __init__(self, store: UsageStore, caller: StoreCaller, *, retry_seconds: float = 1.0) -> None:
+    def __init__(
+        self, store: UsageStore, caller: StoreCaller, metrics: EdgeMetrics, *, retry_seconds: float = 1.0
+    ) -> None:
         self.store = store
         self.call = caller
+        self.metrics = metrics
         self.retry_seconds = retry_seconds
         self.kept: Counter[tuple[str, int, str]] = Counter()
+        # This process's answers per tenant in `self._hour`, for the top tenants' gauge.
+        self._hour = 0
+        self._by_tenant: Counter[str] = Counter()
         self._local_until = 0.0
         self._flushing: asyncio.Task[None] | None = None
 
@@ -157,6 +167,9 @@ class Metering:
             return
         tenant_id = identity.tenant_id
         hour = int(time.time()) // HOUR_SECONDS * HOUR_SECONDS
+        if hour != self._hour:
+            self._hour, self._by_tenant = hour, Counter()
+        self._by_tenant[tenant_id] += 1
         field = f"{status_class(status)} {context.route or UNMATCHED}"
         if self._local_until and time.monotonic() < self._local_until:
             self.call.passed_by()
@@ -174,6 +187,22 @@ class Metering:
         self._local_until = 0.0
         if self.kept and self._flushing is None:
             self._flushing = asyncio.create_task(self._flush())
+
+    def export_top_tenants(self) -> None:
+        """Sets the gauge of the tenants with most answers this hour (and drops the others')."""
+        gauge = self.metrics.top_tenants
+        if int(time.time()) // HOUR_SECONDS * HOUR_SECONDS != self._hour:
+            self._by_tenant = Counter()
+        gauge.clear()
+        for tenant_id, n in self._by_tenant.most_common(TOP_TENANTS):
+            gauge.labels(tenant_id).set(n)
+
+    async def export_loop(self, stop: asyncio.Event) -> None:
+        """Exports the top tenants every `EXPORT_SECONDS` until `stop` (the lifespan's end)."""
+        while not stop.is_set():
+            self.export_top_tenants()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), EXPORT_SECONDS)
 
     async def _flush(self) -> None:
         kept, self.kept = self.kept, Counter()
