@@ -27,13 +27,22 @@ from gateway.composer import (
     model_response,
     page_of,
 )
-from gateway.deps import ComposerDep, RequireAccess
+from gateway.deps import ComposerDep, RequireAccess, UsageDep
 from gateway.edge.access import Access
 from gateway.openapi import operation_docs
+from gateway.routes.usage import QuotaUse
 from services.orders.schemas import OrderOut
 from services.users.errors import UserNotFound
 from services.users.schemas import UserOut
-from shared.contract import MAX_ITEMS, CreditLimitExceeded, Identity, LineItems, ResourceIdPath, key_id_of
+from shared.contract import (
+    MAX_ITEMS,
+    USAGE_READ,
+    CreditLimitExceeded,
+    Identity,
+    LineItems,
+    ResourceIdPath,
+    key_id_of,
+)
 from shared.errors import DownstreamBadResponse
 from shared.pagination import Page
 
@@ -86,6 +95,8 @@ class Dashboard(BaseModel):
     orders: Page[OrderOut] | None
     reservations: ReservedStockPage | None
     parts: dict[str, PartOutcome]
+    # The tenant's use of its monthly quota, for a caller that may read it (`usage:read`); else null.
+    usage: QuotaUse | None = None
 
 
 def reservation_lines(body: Any) -> dict[str, Any]:
@@ -157,13 +168,19 @@ DASHBOARD_DOCS[200].update(
     responses=DASHBOARD_DOCS,
     openapi_extra=DASHBOARD_EXTRA,
 )
-async def dashboard(user_id: ResourceIdPath, composer: ComposerDep, identity: DashboardReader) -> Response:
+async def dashboard(
+    user_id: ResourceIdPath, composer: ComposerDep, identity: DashboardReader, usage: UsageDep
+) -> Response:
     outcomes = await composer.gather(DASHBOARD, identity, {"user_id": user_id})
+    quota = None
+    if USAGE_READ in identity.scopes and identity.tenant_id is not None:
+        quota = QuotaUse.model_validate(await usage.quota(identity))
     answer = Dashboard(
         user=outcomes["user"].value,
         orders=outcomes["orders"].value,
         reservations=outcomes["reservations"].value,
         parts={name: PartOutcome.model_validate(outcome.part_body()) for name, outcome in outcomes.items()},
+        usage=quota,
     )
     complete = all(outcome.status == "ok" for outcome in outcomes.values())
     return model_response(answer, headers={"X-Aggregate-Complete": "true" if complete else "false"})

@@ -249,6 +249,16 @@ async def test_usage_is_for_admins_and_its_range_is_checked(gateway):
     # Counted before it was answered, the usage call of a moment ago is there now.
     assert total(await usage_of(gateway, admin.auth), "/v1/usage", "2xx") >= 2
 
+    # The dashboard carries the month's use against the quota, for whoever may read usage.
+    board = await gateway.get("/v1/users/me/dashboard", headers=admin.auth)
+    assert board.status_code == 200, board.text
+    assert set(board.json()["usage"]) == {"period_start", "period_end", "limit", "used"}
+    assert board.json()["usage"]["limit"] == 10_000_000
+    assert board.json()["usage"]["used"] >= 3
+    members_board = await gateway.get("/v1/users/me/dashboard", headers=member)
+    assert members_board.status_code == 200, members_board.text
+    assert members_board.json()["usage"] is None
+
     bad = [
         {"from": "yesterday"},
         {"from": "2026-01-01T00:00:00"},  # no offset
