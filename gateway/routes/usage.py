@@ -19,6 +19,7 @@ from gateway.deps import RequireAccess, SettingsDep, UsageDep
 from gateway.edge.access import Access
 from gateway.edge.periods import HOUR_SECONDS, current_month, rfc3339
 from gateway.edge.usage import STATUS_CLASSES
+from gateway.openapi import operation_docs
 from shared.contract import USAGE_READ, Identity
 from shared.errors import ValidationFailed
 
@@ -60,12 +61,17 @@ def _invalid(field: str, message: str) -> ValidationFailed:
     )
 
 
+USAGE_DOCS, USAGE_EXTRA = operation_docs("GET", status_code=200, credentials="any")
+
+
 @router.get(
     "/usage",
     name="usage",
     operation_id="usage",
     summary="The tenant's requests by hour or day, route and status class, and its monthly quota",
     response_model=Usage,
+    responses=USAGE_DOCS,
+    openapi_extra=USAGE_EXTRA,
 )
 async def usage(
     identity: UsageReaderIdentity,

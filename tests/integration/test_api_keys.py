@@ -232,6 +232,8 @@ async def test_resolve_answers_the_identity_and_notes_the_use(users_client, sign
         "scopes": ["orders:read", "orders:write"],
         "created_by": admin.identity.subject,
         "expires_at": None,
+        # The tenant's own monthly quota: none given, the plan's applies.
+        "monthly_quota": None,
     }
     after = await db_rows(migrated, "SELECT last_used_at FROM api_keys WHERE id = $1", key["id"])
     assert after[0]["last_used_at"] is not None
