@@ -16,8 +16,8 @@ from redis.exceptions import RedisClusterException
 
 from gateway.app import create_app, create_redis
 from gateway.edge.idempotency import KeyedRequest, RedisIdempotencyStore
-from gateway.edge.ratelimit import MemoryRateLimitStore, Policy, RateLimitStore, RedisRateLimitStore
 from gateway.edge.periods import current_month
+from gateway.edge.ratelimit import MemoryRateLimitStore, Policy, RateLimitStore, RedisRateLimitStore
 from gateway.edge.store import ScriptBatcher
 from gateway.settings import Quota
 from tests.edge_support import (
