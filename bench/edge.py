@@ -11,11 +11,15 @@ bench.edge downstream PORT`: a fixed user document, and an identity for any API 
 numbers are the gateway's own cost, not a service's. Each row starts a gateway with the settings of
 that row; rounds go through every row in turn so drift on the machine hits all rows alike. The table
 gives the median of the rounds, the ratio to the row's baseline, and the time the stages add per
-request (1/rate - 1/baseline rate).
+request (1/rate - 1/baseline rate), and the gateway process's own CPU time per request (user +
+system, read with psutil around the measured run): on a shared machine that last column moves far
+less than the rates do.
 
 GET rows: `GET /v1/users/me` with a JWT, stages added one at a time. POST rows: `POST /v1/users`
 with a new `Idempotency-Key` on every request (each is a first request: claim, forward, store),
-against the same request without idempotency. Quotas are raised so that nothing is refused: the
+against the same request without idempotency. The rate limit's rows include the monthly quota (counted
+in the same script); the metering rows count each answer by tenant, route, status class and hour
+(`gateway/edge/usage.py`). Quotas are raised so that nothing is refused: the
 table measures the cost of counting, not of refusing.
 """
 
@@ -31,6 +35,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import psutil
 import uvicorn
 
 from bench.common import bearer, post_script, process, redis_prefix, require_wrk, wrk
@@ -60,6 +65,7 @@ ALL_OFF = {
     "GATEWAY_ETAG_ENABLED": "false",
     "GATEWAY_RATE_LIMIT_ENABLED": "false",
     "GATEWAY_IDEMPOTENCY_ENABLED": "false",
+    "GATEWAY_USAGE_ENABLED": "false",
     "GATEWAY_RATE_LIMIT_ENTERPRISE": "1000000000/60s",
     "GATEWAY_RATE_LIMIT_ROUTES": "{}",
 }
@@ -68,12 +74,13 @@ GZIP_ON = {"GATEWAY_GZIP_ENABLED": "true"}
 ETAG_ON = {"GATEWAY_ETAG_ENABLED": "true"}
 LIMIT_ON = {"GATEWAY_RATE_LIMIT_ENABLED": "true"}
 IDEMPOTENCY_ON = {"GATEWAY_IDEMPOTENCY_ENABLED": "true"}
+USAGE_ON = {"GATEWAY_USAGE_ENABLED": "true"}
 
 
 def rows(redis_env: Mapping[str, str]) -> list[tuple[str, str, dict[str, str]]]:
     """(name, workload, settings) of every row; the first row of each workload is its baseline."""
     hygiene = {**HEADERS_ON, **GZIP_ON, **ETAG_ON}
-    everything = {**hygiene, **LIMIT_ON, **redis_env, **IDEMPOTENCY_ON}
+    everything = {**hygiene, **LIMIT_ON, **redis_env, **USAGE_ON, **IDEMPOTENCY_ON}
     return [
         ("baseline: JWT auth + proxy", "get", {}),
         ("+ security headers", "get", HEADERS_ON),
@@ -81,11 +88,24 @@ def rows(redis_env: Mapping[str, str]) -> list[tuple[str, str, dict[str, str]]]:
         ("+ ETag and Cache-Control", "get", hygiene),
         ("+ rate limit, in-process store", "get", {**hygiene, **LIMIT_ON}),
         ("+ rate limit, Redis (one EVALSHA)", "get", {**hygiene, **LIMIT_ON, **redis_env}),
+        ("+ metering, in-process store", "get", {**hygiene, **LIMIT_ON, **USAGE_ON}),
+        ("+ metering, Redis (one more EVALSHA, pipelined)", "get", {**hygiene, **LIMIT_ON, **redis_env, **USAGE_ON}),
         ("+ idempotency (a GET passes through)", "get", everything),
         ("all stages, X-API-Key instead of JWT (cached)", "get-key", everything),
-        ("baseline: POST, all stages but idempotency", "post", {**hygiene, **LIMIT_ON, **redis_env}),
+        ("baseline: POST, all stages but idempotency", "post", {**hygiene, **LIMIT_ON, **redis_env, **USAGE_ON}),
         ("+ idempotency, Redis (claim + store per request)", "post-key", everything),
     ]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of the gateway process and its workers so far: what a request costs
+    the gateway, whatever else the machine runs meanwhile."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in (root, *root.children(recursive=True)):
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 async def downstream(scope, receive, send):
@@ -127,6 +147,7 @@ def main() -> None:
         redis_env = {"GATEWAY_REDIS_URL": args.redis_url, "GATEWAY_REDIS_KEY_PREFIX": prefix}
         table = rows(redis_env)
         results: dict[str, list[float]] = {name: [] for name, _, _ in table}
+        cpu: dict[str, list[float]] = {name: [] for name, _, _ in table}
         for _ in range(args.rounds):
             for name, workload, settings in table:
                 port = free_port()
@@ -149,27 +170,31 @@ def main() -> None:
                         Path(scratch), keyed=workload == "post-key", headers=post_headers, body=user_body
                     )
                     headers = {}
-                with process("gateway", "serve", env=env, health_url=f"{base}/health/live"):
+                with process("gateway", "serve", env=env, health_url=f"{base}/health/live") as gateway:
                     wrk(
                         url, seconds=2, connections=args.connections, headers=headers, script=script, threads=2
                     )  # warm-up
-                    rate = wrk(
+                    before = cpu_seconds(gateway.pid)
+                    measured = wrk(
                         url,
                         seconds=args.seconds,
                         connections=args.connections,
                         headers=headers,
                         script=script,
                         threads=2,
-                    ).requests_per_second
+                    )
+                    cpu_us = (cpu_seconds(gateway.pid) - before) / max(1, measured.requests) * 1e6
+                rate = measured.requests_per_second
                 results[name].append(rate)
-                print(f"{name}: {rate:.0f} req/s", file=sys.stderr, flush=True)
+                cpu[name].append(cpu_us)
+                print(f"{name}: {rate:.0f} req/s, {cpu_us:.0f} CPU µs/request", file=sys.stderr, flush=True)
 
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; wrk -t2 -c{args.connections}, "
         f"{args.seconds} s x {args.rounds} rounds; one gateway worker, downstream answering at once\n"
     )
-    print("| stage | req/s (median) | rounds | vs baseline | added per request |")
-    print("|---|---|---|---|---|")
+    print("| stage | req/s (median) | rounds | vs baseline | added per request | gateway CPU µs/request (median) |")
+    print("|---|---|---|---|---|---|")
     baseline = 0.0
     for name, _, _ in table:
         median = statistics.median(results[name])
@@ -177,7 +202,10 @@ def main() -> None:
             baseline = median
         added = (1 / median - 1 / baseline) * 1e6
         runs = ", ".join(f"{v:.0f}" for v in results[name])
-        print(f"| {name} | {median:.0f} | {runs} | {median / baseline:.2f}x | {added:+.0f} µs |")
+        print(
+            f"| {name} | {median:.0f} | {runs} | {median / baseline:.2f}x | {added:+.0f} µs "
+            f"| {statistics.median(cpu[name]):.0f} |"
+        )
 
 
 if __name__ == "__main__":
