@@ -55,7 +55,7 @@ async def test_a_monthly_quota_admits_exactly_its_limit_and_each_threshold_is_re
     # The monthly state is the second; its remaining tells which request each was.
     by_count = {10 - v.states[1].remaining: v for v in admitted}
     assert sorted(by_count) == list(range(1, 11))
-    pending = {n: dict((p.key, flags) for p, flags in v.pending).get(quota.key, 0) for n, v in by_count.items()}
+    pending = {n: {p.key: flags for p, flags in v.pending}.get(quota.key, 0) for n, v in by_count.items()}
     # Nothing before 80% (8 of 10); the 80% one pending from the 8th on; the 100% one from the 10th.
     assert [pending[n] for n in range(1, 11)] == [0] * 7 + [1, 1, 3]
     refused = [v for v in verdicts if not v.admitted]
@@ -66,7 +66,7 @@ async def test_a_monthly_quota_admits_exactly_its_limit_and_each_threshold_is_re
         # Until the period ends: an hour here.
         assert 3_500_000 < state.retry_after_ms <= 3_600_000
         assert verdict.tightest.policy == quota
-        assert dict((p.key, f) for p, f in verdict.pending)[quota.key] == 3
+        assert {p.key: f for p, f in verdict.pending}[quota.key] == 3
     assert await marks.threshold_count(subject, quota, 80) == 8
     assert await marks.threshold_count(subject, quota, 100) == 10
     assert await marks.used(subject, quota) == 10
