@@ -14,6 +14,7 @@ from gateway.edge.ratelimit import MemoryRateLimitStore, RateLimiter, RateLimits
 from gateway.edge.store import StoreCaller
 from gateway.settings import GatewaySettings
 from scripts import reference
+from shared.contract import Identity
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,14 +77,17 @@ def _hand_written_pages() -> list[Path]:
 
 @pytest.mark.parametrize("header", ["RateLimit-Policy", "RateLimit"])
 def test_rate_limit_examples_in_the_docs_name_the_policies_the_gateway_sends(header):
-    """The plan quotas are named after the plan (`"pro"`), the anonymous quota `"anonymous"`, a route's
-    quota after its `"METHOD /route/template"`: every example in the docs uses those names."""
+    """The plan quotas are named after the plan (`"pro"`), the anonymous quota `"anonymous"`, the monthly
+    quota `"monthly"`, a route's quota after its `"METHOD /route/template"`: every example in the docs
+    uses those names."""
     settings = GatewaySettings.model_construct(rate_limit_routes={})
     metrics = EdgeMetrics()
     caller = StoreCaller("rate_limit", io=False, mode="local", metrics=metrics)
     limiter = RateLimiter(MemoryRateLimitStore(), caller)
     stage = RateLimits(settings, limiter, metrics, {})
-    names = {policy.name for policy in stage.plans.values()} | {stage.anonymous.name}
+    # The monthly quota's policy, as the stage makes it for any tenant.
+    monthly = stage.monthly.policy(Identity(subject="u", tenant_id="t", plan="pro")).name
+    names = {policy.name for policy in stage.plans.values()} | {stage.anonymous.name, monthly}
     assert "pro" in names
     examples = 0
     for page in _hand_written_pages():
