@@ -276,9 +276,13 @@ class MemoryThresholdMarks:
 
 
 class QuotaAnnouncer:
-    """Publishes the events of quota thresholds the counting script reports as pending, one task per
-    threshold at a time in this process; a publication that failed is tried again by a request at
-    least `retry_seconds` later (the script reports the threshold until it is marked published)."""
+    """Publishes the events of quota thresholds the counting script reports as pending.
+
+    One task at a time per tenant and period in this process publishes what is pending, 80% before
+    100% (and a threshold reported meanwhile after those), so a tenant's events are in the feed in
+    that order: a second gateway that publishes the same events waits, at the feed's unique id, for
+    the first one's 80% before it adds its 100%. A publication that failed is tried again by a request
+    at least `retry_seconds` later (the script reports the threshold until it is marked published)."""
 
     MAX_REMEMBERED = 10_000
 
@@ -286,23 +290,39 @@ class QuotaAnnouncer:
         self.marks = marks
         self.orders = orders
         self.retry_seconds = retry_seconds
-        self._quiet: dict[tuple[str, str, int], float] = {}
-        self._tasks: set[asyncio.Task[bool]] = set()
+        # (subject, policy key) -> thresholds reported pending and not yet taken by its task
+        self._wanted: dict[tuple[str, str], int] = {}
+        self._quiet: dict[tuple[str, str], float] = {}
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     def pending(self, subject: str, policy: Policy, flags: int) -> None:
+        key = (subject, policy.key)
+        running = self._tasks.get(key)
+        if running is not None and not running.done():
+            # Taken by the running task before it ends (it reads `_wanted` again after each pass).
+            self._wanted[key] = self._wanted.get(key, 0) | flags
+            return
         now = time.monotonic()
-        for threshold, bit in THRESHOLDS:
-            if not flags & bit:
-                continue
-            key = (subject, policy.key, threshold)
-            if self._quiet.get(key, 0.0) > now:
-                continue
-            if len(self._quiet) >= self.MAX_REMEMBERED:
-                self._quiet = {k: v for k, v in self._quiet.items() if v > now}
-            self._quiet[key] = now + self.retry_seconds
-            task = asyncio.create_task(self.publish(subject, policy, threshold))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if self._quiet.get(key, 0.0) > now:
+            return
+        if len(self._quiet) >= self.MAX_REMEMBERED:
+            self._quiet = {k: v for k, v in self._quiet.items() if v > now}
+        self._wanted[key] = flags
+        task = asyncio.create_task(self._publish_pending(subject, policy, key))
+        self._tasks[key] = task
+        task.add_done_callback(lambda done: self._forget(key, done))
+
+    def _forget(self, key: tuple[str, str], done: asyncio.Task[None]) -> None:
+        if self._tasks.get(key) is done:
+            del self._tasks[key]
+
+    async def _publish_pending(self, subject: str, policy: Policy, key: tuple[str, str]) -> None:
+        while flags := self._wanted.pop(key, 0):
+            for threshold, bit in THRESHOLDS:
+                if flags & bit and not await self.publish(subject, policy, threshold):
+                    self._wanted.pop(key, None)
+                    self._quiet[key] = time.monotonic() + self.retry_seconds
+                    return
 
     async def publish(self, subject: str, policy: Policy, threshold: int) -> bool:
         """Adds the threshold's event to the feed and marks it published; False when it could not."""
@@ -340,7 +360,7 @@ class QuotaAnnouncer:
 
     async def aclose(self) -> None:
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
 
 # --------------------------------------------------------------------------- reading
