@@ -568,3 +568,28 @@ async def test_recovery_releases_what_requests_left_behind(migrated: Servers, st
         "/reservations", json={"order_id": crashed, "items": [{"product_id": mug["id"], "quantity": 4}]}
     )
     assert_problem(late, 409, "RESERVATION_RELEASED")
+
+
+async def test_a_service_adds_its_event_to_the_feed_once(orders, signer, shop: Shop, migrated: Servers):
+    """The gateway adds its own events (`quota.threshold_reached`) to the feed: only a service with
+    `events:write`, only the types other services publish, and an id already there adds nothing."""
+    publisher = Identity(subject="service:gateway", scopes=frozenset({"events:write"}))
+    tenant = str(uuid.uuid4())
+    event = {
+        "id": str(uuid.uuid4()),
+        "type": "quota.threshold_reached",
+        "tenant_id": tenant,
+        "data": {"threshold": 80, "period_start": "2026-12-01T00:00:00Z", "limit": 10, "used": 8},
+    }
+    user = await orders.post("/events", json=event, headers=internal_headers(signer, "orders", shop.orders.identity))
+    assert_problem(user, 403, "SERVICE_ONLY")
+    assert_problem(await orders.post("/events", json=event, headers=relay_headers(signer)), 403, "INSUFFICIENT_SCOPE")
+    headers = internal_headers(signer, "orders", publisher)
+    order_event = {**event, "type": "order.created"}
+    assert_problem(await orders.post("/events", json=order_event, headers=headers), 422, field="type")
+    for _ in range(2):
+        assert (await orders.post("/events", json=event, headers=headers)).status_code == 202
+    page = await orders.get("/events", params={"tenant_id": tenant}, headers=relay_headers(signer))
+    assert [(e["id"], e["type"], e["data"]) for e in page.json()["items"]] == [
+        (event["id"], event["type"], event["data"])
+    ]
