@@ -41,8 +41,6 @@ from shared.contract import (
     InvalidIdempotencyKey,
 )
 from shared.errors import (
-    PROBLEM_BASE,
-    PROBLEM_JSON,
     CircuitOpen,
     DownstreamBadResponse,
     DownstreamTimeout,

@@ -15,7 +15,16 @@ from services.users.errors import (
     ME_ERRORS,
     UPDATE_USER_ERRORS,
 )
-from services.users.schemas import TenantCreate, TenantCreated, TokenOut, TokenRequest, UserCreate, UserOut, UserUpdate
+from services.users.schemas import (
+    Jwks,
+    TenantCreate,
+    TenantCreated,
+    TokenOut,
+    TokenRequest,
+    UserCreate,
+    UserOut,
+    UserUpdate,
+)
 
 router = ForwardRouter("users", prefix="/v1", tags=["users"])
 # Public, outside /v1: where verifiers of access tokens find their keys.
@@ -131,6 +140,7 @@ well_known.add(
         ANONYMOUS_ACCESS,
         "jwks",
         "The public keys access tokens are signed with (JWKS, RFC 7517); empty with HS256",
+        answer=Jwks,
         description=(
             "For services that verify Portico's access tokens themselves: the current signing key, the next "
             "one and those whose tokens may still be valid, by `kid`. No credentials needed."

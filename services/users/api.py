@@ -41,6 +41,7 @@ from services.users.schemas import (
     ApiKeyResolved,
     ApiKeyRotate,
     ApiKeyRotated,
+    Jwks,
     TenantCreate,
     TenantCreated,
     TenantOut,
@@ -65,7 +66,7 @@ router = APIRouter()
 JWKS_CACHE_CONTROL = "public, max-age=60"
 
 
-@router.get("/.well-known/jwks.json")
+@router.get("/.well-known/jwks.json", response_model=Jwks)
 async def jwks(issuer: IssuerDep, response: Response, _: IdentityDep) -> dict[str, Any]:
     """The public keys access tokens are signed with (RFC 7517): the current one, the next one and
     those whose tokens may still be alive. Empty with HS256."""
