@@ -177,9 +177,10 @@ class GraphQLEndpoint(GraphQLRouter[GraphQLContext, None]):
         )
         # strawberry also routes GET (queries, its own IDE) and WebSocket (subscriptions) here: none
         # of them is served, so none is routed, and a 405 names only what is.
-        self.routes[:] = [route for route in self.routes if isinstance(route, APIRoute) and route.methods == {"POST"}]
-        for route in self.routes:
+        posts = [route for route in self.routes if isinstance(route, APIRoute) and route.methods == {"POST"}]
+        for route in posts:
             _document(route)
+        self.routes[:] = posts
         # Last, and for every method: reached only by one no route of the path takes.
         allowed = ["GET", "POST"] if graphiql else ["POST"]
         self.routes.append(Route(PATH, MethodNotAllowedApp(allowed), include_in_schema=False))

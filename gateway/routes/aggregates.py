@@ -82,6 +82,28 @@ class ReservedStockPage(BaseModel):
 class Dashboard(BaseModel):
     """The answer of the dashboard: each optional part is null when it failed (see `parts`)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user": model_example(UserOut),
+                    "orders": model_example(Page[OrderOut]),
+                    "reservations": None,
+                    "parts": {
+                        "user": {"status": "ok", "service": "users", "elapsed_ms": 4.2},
+                        "orders": {"status": "ok", "service": "orders", "elapsed_ms": 7.9},
+                        "reservations": {
+                            "status": "timeout",
+                            "service": "inventory",
+                            "elapsed_ms": 500.0,
+                            "error_code": "DOWNSTREAM_TIMEOUT",
+                        },
+                    },
+                }
+            ]
+        }
+    )
+
     user: UserOut
     orders: Page[OrderOut] | None
     reservations: ReservedStockPage | None
@@ -256,6 +278,31 @@ class CheckOutcome(BaseModel):
 
 
 class OrderValidation(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "valid": False,
+                    "total_cents": 3998,
+                    "checks": {"user": "passed", "credit": "failed", "stock": "passed"},
+                    "failures": [
+                        {
+                            "check": "credit",
+                            "error_code": "CREDIT_LIMIT_EXCEEDED",
+                            "detail": "This order of 3998 cents and the user's open orders of 98000 cents would "
+                            "exceed the credit limit of 100000 cents.",
+                        }
+                    ],
+                    "details": {
+                        "user": {"status": "passed", "service": "users", "elapsed_ms": 3.1},
+                        "credit": {"status": "failed", "service": "orders", "elapsed_ms": 9.4},
+                        "stock": {"status": "passed", "service": "inventory", "elapsed_ms": 6.8},
+                    },
+                }
+            ]
+        }
+    )
+
     valid: bool
     total_cents: int | None
     checks: dict[str, str]

@@ -134,6 +134,7 @@ class ForwardRouter:
         # The documentation-only routes, included in the app for its OpenAPI document.
         self.docs = APIRouter(prefix=prefix, tags=list(tags))
         self.compiled: list[CompiledForward] = []
+        self.rows: list[Forward] = []
         self.documented_bodies: list[DocumentedBody] = []
 
     def add(self, *rows: Forward) -> None:
@@ -144,6 +145,7 @@ class ForwardRouter:
         return iter(self.compiled)
 
     def _add(self, row: Forward) -> None:
+        self.rows.append(row)
         access = row.access
         if self.plans:
             access = Access(access.anonymous, access.scope, self.plans, self.feature, access.api_key)

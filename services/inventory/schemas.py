@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
 
 from shared.contract import LineItems, ReservedLine, ResourceIdField
 from shared.schemas import PLAIN_TEXT_PATTERN, refuse_null
@@ -24,7 +25,7 @@ PriceCents = Annotated[int, Field(strict=True, ge=0, le=MAX_PRICE_CENTS)]
 ReservationStatus = Literal["reserved", "confirmed", "released"]
 NOT_NULL = refuse_null("may be omitted but not null")
 # The example of a product in the reference (ids as the other services' examples use them).
-EXAMPLE_PRODUCT = {
+EXAMPLE_PRODUCT: JsonDict = {
     "id": "0b9d6c2e-5d7c-4a5e-9a4b-2f1e8c3d7a61",
     "sku": "TSHIRT-BLUE-M",
     "name": "T-shirt, blue, M",

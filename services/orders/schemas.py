@@ -4,11 +4,12 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+from pydantic.config import JsonDict
 
 from shared.contract import LineItems, ReservedLine
 
 # The example of an order in the reference (ids as the other services' examples use them).
-EXAMPLE_ORDER = {
+EXAMPLE_ORDER: JsonDict = {
     "id": "5b2e6f0a-3c1d-4e8f-9a7b-6c5d4e3f2a1b",
     "status": "confirmed",
     "items": [

@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
 
 from services.users.emails import Email
 from shared.contract import ALL_SCOPES, DEFAULT_PLAN, KEY_HASH_RE, MAX_CREDIT_LIMIT_CENTS, Plan, Role
@@ -15,8 +16,8 @@ MAX_ROTATION_GRACE_SECONDS = 30 * 86400
 EXAMPLE_TENANT_ID = "b7e3c1d2-4f5a-4e6b-9c8d-7a6b5c4d3e2f"
 EXAMPLE_USER_ID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
 EXAMPLE_KEY_ID = "1f0e3dad-9990-4e64-a0b4-4f6e0a7c3c21"
-EXAMPLE_TENANT = {"id": EXAMPLE_TENANT_ID, "name": "Acme", "plan": "pro"}
-EXAMPLE_USER = {
+EXAMPLE_TENANT: JsonDict = {"id": EXAMPLE_TENANT_ID, "name": "Acme", "plan": "pro"}
+EXAMPLE_USER: JsonDict = {
     "id": EXAMPLE_USER_ID,
     "email": "ada@example.com",
     "role": "admin",
@@ -25,7 +26,7 @@ EXAMPLE_USER = {
     "credit_limit_cents": 100000,
     "credit_limit_custom": False,
 }
-EXAMPLE_KEY = {
+EXAMPLE_KEY: JsonDict = {
     "id": EXAMPLE_KEY_ID,
     "name": "reporting",
     "scopes": ["orders:read"],

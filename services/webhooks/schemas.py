@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from shared.deprecation import WEBHOOK_ENDPOINT_ENABLED
 from shared.schemas import refuse_null
@@ -19,7 +20,7 @@ RateLimit = Annotated[int | None, Field(ge=1, le=10_000, examples=[20])]
 DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
 
 # Examples of the reference (ids as the other services' examples use them).
-EXAMPLE_ENDPOINT = {
+EXAMPLE_ENDPOINT: JsonDict = {
     "id": "2a7c1e9b-8d4f-4b3a-9e6c-1f2d3c4b5a69",
     "url": "https://hooks.example.com/portico",
     "events": ["order.cancelled", "order.created"],
@@ -30,7 +31,7 @@ EXAMPLE_ENDPOINT = {
     "updated_at": "2026-01-31T12:00:00Z",
 }
 EXAMPLE_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw1lqdk9YnTWk="
-EXAMPLE_DELIVERY = {
+EXAMPLE_DELIVERY: JsonDict = {
     "id": "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b",
     "endpoint_id": EXAMPLE_ENDPOINT["id"],
     "event_id": "3d4e5f60-7182-4a3b-9c4d-5e6f70819203",
