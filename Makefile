@@ -59,7 +59,7 @@ coverage: $(STAMP)
 	$(VENV)/bin/coverage html --quiet --directory var/coverage/html
 	$(VENV)/bin/coverage report
 
-## ruff check, ruff format --check and mypy strict, as CI runs them.
+## ruff check, ruff format --check, mypy strict and the import boundaries (import-linter), as CI runs them.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -62,8 +62,8 @@ from gateway.graphql.router import graphql_router
 from gateway.openapi import add_components, describe_api
 from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
 from gateway.realtime.relay import EventRelay, OrdersFeed, running
-from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore
-from gateway.routes import aggregates, api_keys, orders, products, realtime, users, webhooks
+from gateway.realtime.streams import EventStore, MemoryEventStore, RedisEventStore
+from gateway.routes import aggregates, api_keys, events, orders, products, users, webhooks
 from gateway.routes.forward import ForwardRouter, compiled_routes
 from gateway.settings import FailureMode, GatewaySettings, Quota
 from gateway.state import GatewayState
@@ -311,8 +311,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     for router in FORWARD_ROUTERS:
         # For the reference only: the edge answers these routes (`gateway/routes/forward.py`).
         app.include_router(router.docs)
-    app.include_router(realtime.router)
-    others.append(realtime.router)
+    app.include_router(events.router)
+    others.append(events.router)
     if cfg.docs_enabled:
         # Before the GraphQL router: its GET /graphql is GraphiQL's page.
         app.include_router(graphiql.router)
