@@ -65,13 +65,19 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
         "type": "http",
         "scheme": "bearer",
         "bearerFormat": "JWT",
-        "description": "An access token from `POST /v1/auth/token`: `Authorization: Bearer <token>`.",
+        "description": (
+            "An access token from `POST /v1/auth/token`: `Authorization: Bearer <token>`. Send one credential, "
+            "not both: a token with an `X-API-Key` too is 400 `AMBIGUOUS_CREDENTIALS`."
+        ),
     },
     API_KEY: {
         "type": "apiKey",
         "in": "header",
         "name": "X-API-Key",
-        "description": "An API key from `POST /v1/api-keys` (`sk_...`). Send one credential, not both.",
+        "description": (
+            "An API key from `POST /v1/api-keys` (`sk_...`). Send one credential, not both: a key with an "
+            "`Authorization` header too is 400 `AMBIGUOUS_CREDENTIALS`."
+        ),
     },
 }
 
