@@ -51,7 +51,7 @@ GRAPHQL_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["query"],
     "properties": {
-        "query": {"type": "string", "description": "The GraphQL document: one query or mutation."},
+        "query": {"type": "string", "minLength": 1, "description": "The GraphQL document: one query or mutation."},
         "variables": {
             "type": ["object", "null"],
             "additionalProperties": True,

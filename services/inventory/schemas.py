@@ -80,7 +80,13 @@ class StockAdjustmentCreate(BaseModel):
         extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [{"delta": 25, "reason": "restock"}]}
     )
 
-    delta: int = Field(strict=True, ge=-MAX_STOCK, le=MAX_STOCK, description="Units added (>0) or removed (<0).")
+    delta: int = Field(
+        strict=True,
+        ge=-MAX_STOCK,
+        le=MAX_STOCK,
+        description="Units added (>0) or removed (<0); never zero.",
+        json_schema_extra={"not": {"const": 0}},
+    )
     reason: str = Field(
         min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN, examples=["restock", "damaged in transit"]
     )

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, field_validator
 from pydantic.config import JsonDict
 
 from services.users.emails import Email
@@ -113,8 +113,9 @@ class TokenRequest(BaseModel):
         json_schema_extra={"examples": [{"username": "ada@example.com", "password": "s3cret-pass"}]}
     )
 
-    username: str = Field(max_length=320, pattern=PLAIN_TEXT_PATTERN)
-    password: str = Field(max_length=128)
+    # An empty field is no field in a form (FastAPI reads it as missing): at least one character.
+    username: str = Field(min_length=1, max_length=320, pattern=PLAIN_TEXT_PATTERN)
+    password: str = Field(min_length=1, max_length=128)
 
 
 class TokenOut(BaseModel):
@@ -135,6 +136,9 @@ class TokenOut(BaseModel):
     expires_in: int
 
 
+SCOPE_NAMES: list[JsonValue] = [*sorted(ALL_SCOPES)]
+
+
 def _known_scopes(scopes: list[str]) -> list[str]:
     unknown = sorted(set(scopes) - ALL_SCOPES)
     if unknown:
@@ -148,7 +152,12 @@ class ApiKeyCreate(BaseModel):
     )
 
     name: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT_PATTERN)
-    scopes: Annotated[list[str], AfterValidator(_known_scopes)] = Field(min_length=1, max_length=len(ALL_SCOPES))
+    scopes: Annotated[list[str], AfterValidator(_known_scopes)] = Field(
+        min_length=1,
+        max_length=len(ALL_SCOPES),
+        # The schema names the scopes there are, which the validator checks.
+        json_schema_extra={"items": {"type": "string", "enum": SCOPE_NAMES}},
+    )
 
 
 class ApiKeyRotate(BaseModel):
