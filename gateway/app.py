@@ -59,7 +59,7 @@ from gateway.edge.router import RouteTable
 from gateway.edge.store import RedisClient, ScriptBatcher, StoreCaller
 from gateway.graphql import graphiql
 from gateway.graphql.router import graphql_router
-from gateway.openapi import add_components
+from gateway.openapi import add_components, describe_api
 from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
 from gateway.realtime.relay import EventRelay, OrdersFeed, running
 from gateway.realtime.streams import EventStore, MemoryEventStore, RedisEventStore
@@ -322,6 +322,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     others.append(graphql)
     bodies = [body.model for router in FORWARD_ROUTERS for body in router.documented_bodies]
     app.openapi_hooks.append(lambda schema: add_components(schema, list(dict.fromkeys(bodies))))
+    features = {router.feature: router.plans for router in FORWARD_ROUTERS if router.plans}
+    app.openapi_hooks.append(lambda schema: describe_api(schema, cfg, features))
     # add_middleware wraps what is already there, so the edge goes on first (innermost); install_common
     # then adds the body limit around it, and observability (one layer) outside Starlette's errors.
     app.add_middleware(edge.wrap)

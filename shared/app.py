@@ -31,6 +31,7 @@ from shared.identity import IdentitySigner, IdentityVerifier
 from shared.metrics import HttpMetrics, metrics_endpoint
 from shared.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
 from shared.networks import Networks
+from shared.problem_docs import live_docs, ready_docs
 from shared.request_id import request_id_of
 from shared.settings import BaseServiceSettings, ProcessSettings
 from shared.state import LifespanState, ServiceState, app_state, lifespan_state_of
@@ -174,8 +175,8 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck[T]], timeou
             )
         return JSONResponse({"status": "ok", "checks": dict.fromkeys(checks, "ok")})
 
-    app.add_api_route("/health/live", live, methods=["GET"], tags=["health"])
-    app.add_api_route("/health/ready", ready, methods=["GET"], tags=["health"])
+    app.add_api_route("/health/live", live, methods=["GET"], tags=["health"], **live_docs())
+    app.add_api_route("/health/ready", ready, methods=["GET"], tags=["health"], **ready_docs(list(checks), NotReady))
 
 
 def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[FastAPI], Any]) -> PorticoAPI:
@@ -191,6 +192,8 @@ def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[Fa
         docs_url=None,
         redoc_url=None,
         openapi_url=OPENAPI_URL if settings.docs_enabled else None,
+        # Operation ids are the route names (`create_order`, `live`), so a generated client's functions are too.
+        generate_unique_id_function=lambda route: route.name,
     )
     if settings.docs_enabled:
         add_offline_docs(app, OPENAPI_URL)
