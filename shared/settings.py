@@ -458,10 +458,14 @@ class ProcessSettings(BaseSettings):
         ),
     )
     admission_initial_limit: int = Field(
-        default=32, ge=1, description="The limit of requests in progress the process starts with."
+        default=100, ge=1, description="The limit of requests in progress the process starts with."
     )
     admission_min_limit: int = Field(
-        default=4, ge=1, description="The limit never falls below this, however slow requests get."
+        default=20,
+        ge=1,
+        description=(
+            "The limit never falls below this, however slow requests get (a burst of this many is always admitted)."
+        ),
     )
     admission_max_limit: int = Field(
         default=1000, ge=1, description="The limit never grows above this, however fast requests are."
@@ -487,7 +491,7 @@ class ProcessSettings(BaseSettings):
         description="The limit is recomputed once per window, from the mean time of the requests finished in it.",
     )
     admission_queue_size: int = Field(
-        default=16,
+        default=50,
         ge=0,
         description=(
             "Requests past the limit that may wait for a slot (a freed slot goes to the best plan waiting); "
@@ -495,7 +499,7 @@ class ProcessSettings(BaseSettings):
         ),
     )
     admission_queue_timeout_seconds: float = Field(
-        default=0.05,
+        default=0.1,
         ge=0,
         le=5,
         description="The longest a request waits in the queue before it is answered 503 `OVERLOADED`.",
