@@ -5,8 +5,9 @@ Adaptive concurrency limit
 Every process admits at most `limit` requests in progress. The limit is not fixed: it follows the
 latency of the requests it admits, as Netflix's `Gradient2Limit` (and Envoy's `adaptive_concurrency`
 filter) does. Each window (`ADMISSION_WINDOW_SECONDS`) the mean time of the requests finished in it
-is the short RTT; an exponential average of the short RTTs over many windows is the long RTT, the
-process's latency when it is not overloaded. Then, once per window:
+is the short RTT; an exponential average of the short RTTs is the long RTT, the process's latency
+when it is not overloaded: it follows a rise slowly (over some 600 windows, so that an overload does
+not become the new normal while it lasts) and a fall quickly (over some 10). Then, once per window:
 
     gradient  = clamp(tolerance * long_rtt / short_rtt, 0.5, 1.0)
     new_limit = limit * gradient + sqrt(limit)            # sqrt(limit): room to probe upwards
@@ -15,9 +16,8 @@ process's latency when it is not overloaded. Then, once per window:
 While latency stays within `tolerance` of the long RTT the limit grows by sqrt(limit) per window
 (smoothed); when requests start to wait for the CPU, the pool or a slow downstream, short RTT rises,
 the gradient falls below one and the limit shrinks with it, at most halving per window. The limit
-does not grow while the process uses less than half of it (it would say nothing about the limit),
-and the long RTT forgets faster when it is far above the short one (after a load spike it must come
-down, or the limit would stay high on a latency that no longer holds).
+does not move while the process uses less than half of it (its latency would say nothing about the
+limit).
 
 Past the limit a request may wait in a short queue (`ADMISSION_QUEUE_SIZE` requests, each at most
 `ADMISSION_QUEUE_TIMEOUT_SECONDS`); a slot that frees goes to the waiting request of the highest
@@ -87,8 +87,10 @@ deadline_var: contextvars.ContextVar[float | None] = contextvars.ContextVar("por
 # faster the long RTT forgets when it is more than twice the short one.
 MIN_GRADIENT = 0.5
 LONG_RTT_DECAY = 0.95
-# Windows the long RTT averages over.
-LONG_WINDOWS = 100
+# Windows the long RTT averages over when latency rises (Gradient2's 600: a minute of 0.1 s windows),
+# and when it falls.
+LONG_WINDOWS = 600
+FAST_WINDOWS = 10
 
 
 class AdmissionMetrics:
@@ -171,7 +173,7 @@ class AdaptiveLimit:
         self._peak = 0
         # How many requests of each rank may be in progress, from the limit and the rank's share.
         self.ceilings: list[int] = [0] * len(RANKS)
-        self._waiting: list[deque[asyncio.Future[None]]] = [deque() for _ in RANKS]
+        self._waiting: list[deque[asyncio.Future[bool]]] = [deque() for _ in RANKS]
         self._queued = 0
         self._long_rtt = 0.0
         self._sum = 0.0
@@ -201,31 +203,54 @@ class AdaptiveLimit:
 
     async def wait(self, rank: int) -> str | None:
         """Queues a request that `enter` refused, for a slot it may take: None once it has one, else
-        why it is refused (`limit`: no room in the queue; `queue_timeout`: its wait ran out)."""
-        if self._queued >= self.settings.queue_size or self.settings.queue_timeout_seconds <= 0:
+        why it is refused (`limit`: no room in the queue; `queue_timeout`: its wait ran out). A full
+        queue makes room for a request by refusing the newest waiting request of a lower rank."""
+        if self.settings.queue_timeout_seconds <= 0:
             return SHED_LIMIT
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._queued >= self.settings.queue_size and not self._evict_below(rank):
+            return SHED_LIMIT
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         waiting = self._waiting[rank]
         waiting.append(future)
         self._queued += 1
         try:
             async with asyncio.timeout(self.settings.queue_timeout_seconds):
-                await future
+                slot = await future
         except TimeoutError:
             # A slot handed over just as the wait ran out is the request's all the same.
-            return None if future.done() and not future.cancelled() else SHED_QUEUE_TIMEOUT
-        except BaseException:
             if future.done() and not future.cancelled():
+                return None if future.result() else SHED_LIMIT
+            return SHED_QUEUE_TIMEOUT
+        except BaseException:
+            if future.done() and not future.cancelled() and future.result():
                 self.cancelled_slot()
             raise
         finally:
-            if not future.done():
-                # Still waiting: it leaves the queue without a slot.
+            if future.cancelled() or not future.done():
+                # Timed out or cancelled while waiting (the task's cancellation cancels the future it
+                # waits on): it leaves the queue without a slot, unless `_wake` took it out already.
                 future.cancel()
-                waiting.remove(future)
+                try:
+                    waiting.remove(future)
+                except ValueError:
+                    pass
+                else:
+                    self._queued -= 1
+        # True: `_wake` handed this request its slot (and counted it) before waking it; False: a
+        # request of a higher rank took its place in the queue.
+        return None if slot else SHED_LIMIT
+
+    def _evict_below(self, rank: int) -> bool:
+        """Refuses the newest waiting request of the lowest rank below `rank`, if any."""
+        for lower in range(rank):
+            waiting = self._waiting[lower]
+            while waiting:
+                future = waiting.pop()
                 self._queued -= 1
-        # `_wake` handed this request its slot (and counted it) before waking it.
-        return None
+                if not future.done():
+                    future.set_result(False)
+                    return True
+        return False
 
     def leave(self, started: float) -> None:
         """Ends an admitted request that began at `started` (`time.perf_counter()`)."""
@@ -261,7 +286,7 @@ class AdaptiveLimit:
                 self.in_flight += 1
                 if self.metrics is not None:
                     self.metrics.in_progress.inc()
-                future.set_result(None)
+                future.set_result(True)
 
     def _update(self, now: float) -> None:
         """Once a window: the gradient of the long RTT over this window's mean, and the new limit."""
@@ -275,10 +300,13 @@ class AdaptiveLimit:
         long = self._long_rtt
         if long == 0.0:
             long = short
-        else:
+        elif short > long:
+            # Slowly up: sustained overload must not become the new normal within one overload.
             long += (short - long) / LONG_WINDOWS
+        else:
+            # Quickly down: the process is faster again (a spike is over, a slow dependency recovered).
+            long += (short - long) / FAST_WINDOWS
             if long > 2 * short:
-                # Latency fell a long way (a spike is over): forget the old level faster.
                 long *= LONG_RTT_DECAY
         self._long_rtt = long
         limit = self.limit
