@@ -39,6 +39,8 @@ import timeit
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import httpx
+
 from bench.common import bearer, redis_prefix, require_wrk, server, wrk
 from bench.gateway import rss_mib, table, worker_pid
 from bench.nginx import nginx, require_nginx
@@ -213,7 +215,9 @@ class OpenLoop:
 
 
 @contextlib.contextmanager
-def gateway(port: int, downstream: int, redis_url: str, prefix: str, secret: str, admission: bool) -> Iterator[int]:
+def gateway(
+    port: int, downstream: int, redis_url: str, prefix: str, secret: str, admission: bool, extra: dict[str, str]
+) -> Iterator[int]:
     env = {
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(port),
@@ -229,6 +233,7 @@ def gateway(port: int, downstream: int, redis_url: str, prefix: str, secret: str
         "GATEWAY_ACCESS_LOG": "false",
         "GATEWAY_ADMISSION_ENABLED": "true" if admission else "false",
         "OTEL_TRACES_EXPORTER": "none",
+        **(extra if admission else {}),
     }
     command = [sys.executable, "-m", "gateway", "serve"]
     with server(command, env=env, health_url=f"http://127.0.0.1:{port}/health/live", cpus=GATEWAY_CPUS) as proc:
@@ -332,9 +337,10 @@ async def measure(args: argparse.Namespace) -> None:
     downstream = free_port()
     phases: list[Phase] = []
     recoveries: list[list[str]] = []
+    shed_lines: list[str] = []
     with redis_prefix(args.redis_url) as prefix, nginx(downstream, cpus=others):
         port = free_port()
-        with gateway(port, downstream, args.redis_url, prefix, secret, admission=False):
+        with gateway(port, downstream, args.redis_url, prefix, secret, admission=False, extra={}):
             url = f"http://127.0.0.1:{port}{PATH}"
             headers = {"Authorization": f"Bearer {tokens['enterprise']}"}
             wrk(url, headers=headers, seconds=2, connections=32, cpus=others, strict=False)
@@ -342,9 +348,10 @@ async def measure(args: argparse.Namespace) -> None:
                 url, headers=headers, seconds=args.capacity_seconds, connections=32, cpus=others, strict=False
             ).requests_per_second
         print(f"capacity of one gateway worker (wrk -c32, closed loop, admission off): {capacity:.0f} req/s")
-        for mode, admission in (("off", False), ("on", True)):
+        modes = [("off", False), ("on", True)]
+        for mode, admission in [m for m in modes if m[0] in args.modes]:
             port = free_port()
-            with gateway(port, downstream, args.redis_url, prefix, secret, admission=admission) as pid:
+            with gateway(port, downstream, args.redis_url, prefix, secret, admission, args.gateway_env) as pid:
                 worker = worker_pid(pid)
                 client = OpenLoop("127.0.0.1", port, tokens)
                 await client.warm(64)
@@ -359,6 +366,8 @@ async def measure(args: argparse.Namespace) -> None:
                     started = time.monotonic()
                     load = await client.run(capacity * 0.8, args.recovery_seconds)
                     recoveries.append(recovery(mode, load, started))
+                if admission:
+                    shed_lines = admission_figures(port)
                 for connection in client.idle:
                     if connection.transport is not None:
                         connection.transport.close()
@@ -370,6 +379,15 @@ async def measure(args: argparse.Namespace) -> None:
     summarise(phases, capacity)
     print("\nAfter 3x, load drops to 0.8x: success share / p99 of the admitted, second by second\n")
     table(["admission", *(f"{s + 1} s" for s in range(int(args.recovery_seconds)))], recoveries)
+    print("\nThe gateway's admission metrics at the end of the run (admission on)\n")
+    print("```text\n" + "\n".join(shed_lines) + "\n```")
+
+
+def admission_figures(port: int) -> list[str]:
+    """The admission metrics the gateway serves (`/metrics`)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    wanted = ("portico_concurrency_limit ", "portico_requests_in_progress ", "portico_requests_shed_total{")
+    return [line for line in text.splitlines() if line.startswith(wanted)]
 
 
 # --- the admission step's own cost
@@ -455,7 +473,18 @@ def main() -> None:
     parser.add_argument("--recovery-seconds", type=float, default=5)
     parser.add_argument("--multiples", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 2.0, 3.0])
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--modes", default="off,on", help="admission off, on, or both (default)")
+    parser.add_argument(
+        "--set",
+        dest="gateway_env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the gateway with admission on (GATEWAY_ADMISSION_QUEUE_SIZE=0, ...); repeatable",
+    )
     args = parser.parse_args()
+    args.modes = args.modes.split(",")
+    args.gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
     if args.micro:
         micro()
         return
