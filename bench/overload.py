@@ -396,13 +396,17 @@ def admission_figures(port: int) -> list[str]:
 def micro() -> None:
     """The cost of what admission adds to a request, in-process: the limit's enter and leave, the
     caller's rank from a verified token, the deadline set for the calls, and the disconnect watcher."""
+    from prometheus_client import CollectorRegistry
+
     from gateway.edge.admission import caller_rank
     from gateway.edge.authentication import JwtVerifier
     from gateway.settings import GatewaySettings
-    from shared.admission import AdaptiveLimit, LimitSettings, deadline_var, format_deadline
+    from shared.admission import AdaptiveLimit, AdmissionMetrics, LimitSettings, deadline_var, format_deadline
 
     settings = GatewaySettings()
-    gate = AdaptiveLimit(LimitSettings.of(settings), None, settings.admission_plan_shares)
+    gate = AdaptiveLimit(
+        LimitSettings.of(settings), AdmissionMetrics(CollectorRegistry()), settings.admission_plan_shares
+    )
     perf = time.perf_counter
 
     def enter_leave() -> None:
@@ -458,11 +462,80 @@ def micro() -> None:
         rows.append([name, f"{best * 1e6:.2f} µs"])
     watcher = min(asyncio.run(watcher_cost(20_000)) for _ in range(3))
     rows.append(["disconnect watcher: task, start, cancel (forwarded routes)", f"{watcher * 1e6:.2f} µs"])
+    refused = min(asyncio.run(refusal_cost(5_000)) for _ in range(3))
+    rows.append(
+        ["a refused request through the whole app (503 OVERLOADED; no HTTP parsing)", f"{refused * 1e6:.1f} µs"]
+    )
     print(
         f"\n{datetime.date.today()}, {platform.machine()}, Python {platform.python_version()}, "
         "best of 5 (loaded machine)\n"
     )
     table(["step", "per request"], rows)
+
+
+async def refusal_cost(n: int) -> float:
+    """Seconds per request the gateway's app takes to refuse one (observability, route match, admission,
+    the problem+json answer), driven in-process: what a shed request costs besides HTTP parsing."""
+    from gateway.app import create_app
+    from gateway.edge.pipeline import Edge
+    from gateway.settings import GatewaySettings
+
+    unused = f"http://127.0.0.1:{free_port()}"
+    settings = GatewaySettings(
+        access_log=False,
+        users_url=unused,
+        orders_url=unused,
+        inventory_url=unused,
+        webhooks_url=unused,
+        admission_min_limit=1,
+        admission_initial_limit=1,
+        admission_max_limit=1,
+        admission_queue_size=0,
+    )
+    app = create_app(settings)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": PATH,
+        "raw_path": PATH.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"authorization", f"Bearer {bearer(plan='free')}".encode())],
+        "state": {},
+        "client": ("127.0.0.1", 5555),
+        "server": ("127.0.0.1", 8000),
+    }
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, object]:
+        # As a server does: the (empty) body, then nothing until the client leaves. Only the first
+        # request, admitted, reads it (its call to a users service that is not there fails at once).
+        await asyncio.sleep(0)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(int(message["status"]))  # type: ignore[call-overload]
+
+    async with app.router.lifespan_context(app) as state:
+        scope["state"] = dict(state or {})
+        await app(dict(scope), receive, send)  # builds the middleware stack
+        node = app.middleware_stack
+        while node is not None and not isinstance(node, Edge):
+            node = getattr(node, "app", None)
+        assert node is not None
+        assert node.gate is not None
+        node.gate.in_flight = 1  # the one slot is taken: every request is refused
+        started = time.perf_counter()
+        for _ in range(n):
+            await app(dict(scope), receive, send)
+        elapsed = (time.perf_counter() - started) / n
+        node.gate.in_flight = 0
+    assert statuses[-1] == 503, statuses[-1]
+    return elapsed
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ While latency stays within `tolerance` of the long RTT the limit grows by sqrt(l
 (smoothed); when requests start to wait for the CPU, the pool or a slow downstream, short RTT rises,
 the gradient falls below one and the limit shrinks with it, at most halving per window. The limit
 does not move while the process uses less than half of it (its latency would say nothing about the
-limit).
+limit); once the process has not used half of it for a while, a request that would be refused resets
+it to the initial limit (an overload that lowered it is over).
 
 Past the limit a request may wait in a short queue (`ADMISSION_QUEUE_SIZE` requests, each at most
 `ADMISSION_QUEUE_TIMEOUT_SECONDS`); a slot that frees goes to the waiting request of the highest
@@ -51,6 +52,7 @@ import asyncio
 import contextlib
 import contextvars
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -61,7 +63,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.asgi import header
 from shared.errors import DeadlineExceeded, Overloaded, PorticoError, problem_message
-from shared.metrics import LabelCache
+from shared.metrics import MULTIPROC_ENV, LabelCache
 from shared.request_id import request_id_of
 from shared.settings import ProcessSettings
 
@@ -91,6 +93,10 @@ LONG_RTT_DECAY = 0.95
 # and when it falls.
 LONG_WINDOWS = 600
 FAST_WINDOWS = 10
+# A limit lowered by an overload goes back to the initial limit once the process has not used it for
+# this many windows (and at least this long): a burst after a quiet spell is measured afresh.
+IDLE_WINDOWS = 50
+MIN_IDLE_SECONDS = 5.0
 
 
 class AdmissionMetrics:
@@ -166,6 +172,16 @@ class AdaptiveLimit:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        # The gauges read this object when scraped (nothing to do per request), except under several
+        # workers (Prometheus' multiprocess mode), where only values written to the shared files count:
+        # then each request counts itself in and out.
+        self._counted: Gauge | None = None
+        if metrics is not None:
+            if os.environ.get(MULTIPROC_ENV):
+                self._counted = metrics.in_progress
+            else:
+                metrics.in_progress.set_function(lambda: self.in_flight)
+                metrics.limit.set_function(lambda: int(self.limit))
         self.shares = tuple((shares or {}).get(name, 1.0) for name in RANKS)
         self.limit = float(settings.initial)
         self.in_flight = 0
@@ -179,13 +195,16 @@ class AdaptiveLimit:
         self._sum = 0.0
         self._count = 0
         self._window_end = 0.0
+        # When the process last used at least half its limit (`time.perf_counter()`).
+        self._busy_at = time.perf_counter()
         self._set_ceilings()
 
     def _set_ceilings(self) -> None:
         limit = self.limit
         # At least one request of every rank may run, so no caller is refused forever by a tiny limit.
         self.ceilings = [max(1, int(limit * share)) for share in self.shares]
-        if self.metrics is not None:
+        if self._counted is not None:
+            assert self.metrics is not None
             self.metrics.limit.set(int(limit))
 
     def enter(self, rank: int) -> bool:
@@ -197,14 +216,21 @@ class AdaptiveLimit:
         self.in_flight = in_flight
         if in_flight > self._peak:
             self._peak = in_flight
-        if self.metrics is not None:
-            self.metrics.in_progress.inc()
+        if self._counted is not None:
+            self._counted.inc()
         return True
 
     async def wait(self, rank: int) -> str | None:
         """Queues a request that `enter` refused, for a slot it may take: None once it has one, else
         why it is refused (`limit`: no room in the queue; `queue_timeout`: its wait ran out). A full
         queue makes room for a request by refusing the newest waiting request of a lower rank."""
+        if self.limit < self.settings.initial and self._idle_since_busy():
+            # The limit was lowered by an overload that is long over: the process starts again from
+            # its initial limit rather than refuse a burst on an old measurement.
+            self.limit = float(self.settings.initial)
+            self._set_ceilings()
+            if self.enter(rank):
+                return None
         if self.settings.queue_timeout_seconds <= 0:
             return SHED_LIMIT
         if self._queued >= self.settings.queue_size and not self._evict_below(rank):
@@ -240,6 +266,11 @@ class AdaptiveLimit:
         # request of a higher rank took its place in the queue.
         return None if slot else SHED_LIMIT
 
+    def _idle_since_busy(self) -> bool:
+        """Whether the process has not used its limit for `IDLE_WINDOWS` windows."""
+        idle = max(IDLE_WINDOWS * self.settings.window_seconds, MIN_IDLE_SECONDS)
+        return time.perf_counter() - self._busy_at > idle
+
     def _evict_below(self, rank: int) -> bool:
         """Refuses the newest waiting request of the lowest rank below `rank`, if any."""
         for lower in range(rank):
@@ -256,8 +287,8 @@ class AdaptiveLimit:
         """Ends an admitted request that began at `started` (`time.perf_counter()`)."""
         now = time.perf_counter()
         self.in_flight -= 1
-        if self.metrics is not None:
-            self.metrics.in_progress.dec()
+        if self._counted is not None:
+            self._counted.dec()
         self._sum += now - started
         self._count += 1
         if now >= self._window_end:
@@ -268,8 +299,8 @@ class AdaptiveLimit:
     def cancelled_slot(self) -> None:
         """A request handed a slot while waiting was cancelled before it could use it: the slot is freed."""
         self.in_flight -= 1
-        if self.metrics is not None:
-            self.metrics.in_progress.dec()
+        if self._counted is not None:
+            self._counted.dec()
         if self._queued:
             self._wake()
 
@@ -284,8 +315,8 @@ class AdaptiveLimit:
                 if future.done():
                     continue
                 self.in_flight += 1
-                if self.metrics is not None:
-                    self.metrics.in_progress.inc()
+                if self._counted is not None:
+                    self._counted.inc()
                 future.set_result(True)
 
     def _update(self, now: float) -> None:
@@ -313,6 +344,7 @@ class AdaptiveLimit:
         if peak < limit / 2:
             # The process is not using its limit: its latency says nothing about a larger one.
             return
+        self._busy_at = now
         gradient = max(MIN_GRADIENT, min(1.0, settings.tolerance * long / short))
         proposed = limit * gradient + math.sqrt(limit)
         limit = limit * (1 - settings.smoothing) + proposed * settings.smoothing

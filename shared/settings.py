@@ -458,7 +458,12 @@ class ProcessSettings(BaseSettings):
         ),
     )
     admission_initial_limit: int = Field(
-        default=100, ge=1, description="The limit of requests in progress the process starts with."
+        default=200,
+        ge=1,
+        description=(
+            "The limit of requests in progress the process starts with, and goes back to once an overload that "
+            "lowered it is over (the process has not used half its limit for 5 s)."
+        ),
     )
     admission_min_limit: int = Field(
         default=20,

