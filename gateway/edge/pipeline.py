@@ -208,23 +208,25 @@ class Edge:
                 return
             extra += cors_headers
 
-        gate = self.gate
-        if gate is None or scope["path"] in UNLIMITED_PATHS:
+        if scope["path"] in UNLIMITED_PATHS:
+            # Neither limited nor given a deadline: a stream's calls go on for as long as it lasts.
             await self._admitted(scope, receive, send, context, runtime, found, params, compiled, extra)
             return
-        rank = (
-            ANONYMOUS_RANK
-            if compiled is not None and compiled.access.anonymous
-            else caller_rank(scope, runtime.authenticator)
-        )
-        if not gate.enter(rank):
-            refused = await gate.wait(rank)
-            if refused is not None:
-                assert self.admission is not None
-                self.admission.count_shed(refused, RANKS[rank])
-                context.attributes[ADMISSION] = refused
-                await self._problem(send, scope, context, overloaded(gate.retry_after()), extra)
-                return
+        gate = self.gate
+        if gate is not None:
+            rank = (
+                ANONYMOUS_RANK
+                if compiled is not None and compiled.access.anonymous
+                else caller_rank(scope, runtime.authenticator)
+            )
+            if not gate.enter(rank):
+                refused = await gate.wait(rank)
+                if refused is not None:
+                    assert self.admission is not None
+                    self.admission.count_shed(refused, RANKS[rank])
+                    context.attributes[ADMISSION] = refused
+                    await self._problem(send, scope, context, overloaded(gate.retry_after()), extra)
+                    return
         started = time.perf_counter()
         # The services are told when the gateway gives up on the request: its own timeout budget.
         token = deadline_var.set(time.time() + self.budget)
@@ -232,7 +234,8 @@ class Edge:
             await self._admitted(scope, receive, send, context, runtime, found, params, compiled, extra)
         finally:
             deadline_var.reset(token)
-            gate.leave(started)
+            if gate is not None:
+                gate.leave(started)
 
     async def _admitted(
         self,

@@ -7,6 +7,7 @@ hook on every engine."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +23,7 @@ from shared.contract import IDENTITY_HEADER
 from shared.identity import IdentitySigner
 from tests.aggregate_support import ScriptedService, answer_json
 from tests.conftest import app_client, settings_kwargs
+from tests.edge_support import bearer, gateway_settings, in_process_gateway
 from tests.infra import Servers
 from tests.orders_support import tenant_identity
 
@@ -100,3 +102,37 @@ async def test_the_order_saga_starts_no_step_past_the_deadline(migrated: Servers
         assert users.requests == [("GET", "/users/me")]
         # (The app's recovery task may confirm reservations of other tests' orders meanwhile.)
         assert RESERVE not in inventory.requests
+
+
+async def test_the_gateway_sends_each_service_the_time_it_will_wait():
+    heads: list[bytes] = []
+
+    async def recording(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                heads.append(await reader.readuntil(b"\r\n\r\n"))
+                body = b'{"id": "u-1", "email": "a@example.com", "role": "admin", "tenant_id": "t-1"}'
+                head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+                writer.write(head.encode() + body)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(recording, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    services = {f"{name}_url": url for name in ("users", "orders", "inventory", "webhooks")}
+    try:
+        settings = gateway_settings(None, http_timeout_seconds=7.0, **services)
+        async with in_process_gateway(settings) as gateway:
+            sent = time.time()
+            response = await gateway.get("/v1/users/me", headers=bearer("pro"))
+            assert response.status_code == 200, response.text
+    finally:
+        server.close()
+    (head,) = [h for h in heads if h.startswith(b"GET /users/me ")]
+    deadlines = [
+        line for line in head.decode("latin-1").split("\r\n") if line.lower().startswith("x-request-deadline:")
+    ]
+    assert len(deadlines) == 1, head
+    deadline = float(deadlines[0].split(":", 1)[1])
+    assert sent < deadline <= time.time() + 7.0
+    assert deadlines[0].split(":", 1)[1].strip().split(".")[1].isdigit()  # milliseconds
