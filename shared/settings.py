@@ -496,7 +496,7 @@ class ProcessSettings(BaseSettings):
         description="The limit is recomputed once per window, from the mean time of the requests finished in it.",
     )
     admission_queue_size: int = Field(
-        default=50,
+        default=100,
         ge=0,
         description=(
             "Requests past the limit that may wait for a slot (a freed slot goes to the best plan waiting); "
@@ -504,7 +504,7 @@ class ProcessSettings(BaseSettings):
         ),
     )
     admission_queue_timeout_seconds: float = Field(
-        default=0.1,
+        default=0.5,
         ge=0,
         le=5,
         description="The longest a request waits in the queue before it is answered 503 `OVERLOADED`.",
