@@ -135,6 +135,8 @@ async def hanging_gateway(
             "GATEWAY_HTTP_TIMEOUT_SECONDS": "60",
             "GATEWAY_IDEMPOTENCY_LOCK_SECONDS": "120",
             "GATEWAY_ETAG_ENABLED": "false",
+            # Calls left hanging at the scripted service need not hold the gateway's stop.
+            "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS": "1",
         }
         urls = {f"GATEWAY_{name.upper()}_URL": service.url for name in ("users", "orders", "inventory", "webhooks")}
         with one_process("gateway", {**env, **urls}, tmp_path_factory.mktemp("overload-gateway")) as stack:
