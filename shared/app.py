@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
+from shared.admission import AdaptiveLimit, AdmissionMetrics, AdmissionMiddleware, LimitSettings
 from shared.caller import require_identity
 from shared.db import PoolMetrics, create_engine, create_sessionmaker
 from shared.docs import add_offline_docs
@@ -117,13 +118,20 @@ def install_common(
     database: bool,
     registry: CollectorRegistry | None = None,
     on_pool_timeout: Callable[[], None] | None = None,
+    admission: bool = True,
 ) -> HttpMetrics:
     """Middleware, error handlers, metrics and tracing shared by the gateway and the services.
-    `registry`: where the process's own metrics already are, to serve them on `/metrics` too."""
+    `registry`: where the process's own metrics already are, to serve them on `/metrics` too.
+    `admission`: the admission stage (`shared/admission.py`), outside the body limit; the gateway's
+    edge admits requests itself, by the caller's plan."""
     metrics = HttpMetrics(registry or CollectorRegistry())
     registry = metrics.registry
     install_error_handlers(app, database=database, on_pool_timeout=on_pool_timeout)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if admission:
+        admission_metrics = AdmissionMetrics(registry)
+        limit = AdaptiveLimit(LimitSettings.of(settings), admission_metrics) if settings.admission_enabled else None
+        app.add_middleware(AdmissionMiddleware, limit=limit, metrics=admission_metrics)
     app.outermost = Middleware(
         ObservabilityMiddleware, spans=ServerSpans(provider), metrics=metrics, access_log=settings.access_log
     )
