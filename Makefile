@@ -10,6 +10,7 @@ DOCS_STAMP := $(VENV)/.docs-installed
 UV_VERSION := 0.13.8
 UV := $(VENV)/bin/uv
 EXTRAS := --extra dev --extra loadtest
+TEST_WORKERS ?= 2
 
 .PHONY: help install lock run test coverage lint fmt migrate loadtest soak bench docs docs-build docs-reference clean
 .DEFAULT_GOAL := help
@@ -46,9 +47,10 @@ lock: $(UV)
 run: $(STAMP)
 	$(PY) -m scripts.run
 
-## The whole suite, against real PostgreSQL and Redis.
+## The whole suite, against real PostgreSQL and Redis, in TEST_WORKERS processes (default 2; a test
+## file runs whole in one of them). make test TEST_WORKERS=0 runs it in this process.
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 ## The suite under coverage, with the processes the tests start measured too (pyproject.toml,
 ## [tool.coverage]); the data lands in var/coverage/, the report on the terminal and in var/coverage/html.
@@ -59,7 +61,7 @@ coverage: $(STAMP)
 	$(VENV)/bin/coverage html --quiet --directory var/coverage/html
 	$(VENV)/bin/coverage report
 
-## ruff check, ruff format --check and mypy strict, as CI runs them.
+## ruff check, ruff format --check, mypy strict and the import boundaries (import-linter), as CI runs them.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -6,8 +6,8 @@ Every request passes, outermost first (all pure ASGI):
                      metrics, access log                                    shared/telemetry.py
      (Starlette's error middleware, which renders unhandled exceptions as 500)
  4. body size limit  413 before the body is read                           shared/middleware.py
- 5. the edge         route match, hygiene, authentication, rate limit,      gateway/edge/pipeline.py
-                     idempotency, the forwarded routes themselves, caching,
+ 5. the edge         route match, hygiene, admission, authentication,      gateway/edge/pipeline.py
+                     rate limit, idempotency, the forwarded routes themselves, caching,
                      deprecation, gzip: one layer, one pass
  6. FastAPI          the routes that are not forwarded: aggregates, real    gateway/routes/*.py
                      time, GraphQL, docs, probes
@@ -71,15 +71,16 @@ from gateway.edge.usage import (
 )
 from gateway.graphql import graphiql
 from gateway.graphql.router import graphql_router
-from gateway.openapi import add_components
+from gateway.openapi import add_components, describe_api
 from gateway.realtime.hub import READ_WAIT_SECONDS, Hub
 from gateway.realtime.relay import EventRelay, OrdersFeed, running
-from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore
-from gateway.routes import aggregates, api_keys, orders, products, realtime, usage, users, webhooks
+from gateway.realtime.streams import EventStore, MemoryEventStore, RedisEventStore
+from gateway.routes import aggregates, api_keys, events, orders, products, usage, users, webhooks
 from gateway.routes.forward import ForwardRouter, compiled_routes
 from gateway.settings import FailureMode, GatewaySettings, Quota
 from gateway.state import GatewayState
 from gateway.upstreams import Upstreams
+from shared.admission import AdmissionMetrics
 from shared.app import ReadinessCheck, add_health_routes, create_fastapi, install_common
 from shared.contract import ANONYMOUS
 from shared.http import CallPolicy, ServiceClient, UpstreamMetrics, create_http_pool
@@ -310,7 +311,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     edge_metrics = EdgeMetrics()
     registry = CollectorRegistry()
     upstream_metrics = UpstreamMetrics(registry)
-    edge = Edge(settings=cfg, metrics=edge_metrics)
+    edge = Edge(settings=cfg, metrics=edge_metrics, admission=AdmissionMetrics(registry))
     quotas: dict[tuple[str, str], Quota] = {}
     current: GatewayState | None = None
 
@@ -345,8 +346,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     for router in FORWARD_ROUTERS:
         # For the reference only: the edge answers these routes (`gateway/routes/forward.py`).
         app.include_router(router.docs)
-    app.include_router(realtime.router)
-    others.append(realtime.router)
+    app.include_router(events.router)
+    others.append(events.router)
     app.include_router(usage.router)
     others.append(usage.router)
     if cfg.docs_enabled:
@@ -358,10 +359,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     others.append(graphql)
     bodies = [body.model for router in FORWARD_ROUTERS for body in router.documented_bodies]
     app.openapi_hooks.append(lambda schema: add_components(schema, list(dict.fromkeys(bodies))))
+    features = {router.feature: router.plans for router in FORWARD_ROUTERS if router.plans}
+    app.openapi_hooks.append(lambda schema: describe_api(schema, cfg, features))
     # add_middleware wraps what is already there, so the edge goes on first (innermost); install_common
     # then adds the body limit around it, and observability (one layer) outside Starlette's errors.
     app.add_middleware(edge.wrap)
-    http_metrics = install_common(app, cfg, provider, database=False, registry=registry)
+    http_metrics = install_common(app, cfg, provider, database=False, registry=registry, admission=False)
     app.add_exception_handler(UpstreamRefused, upstream_refused_handler)
     edge_metrics.register(http_metrics.registry)
     forwards = compiled_routes(FORWARD_ROUTERS)

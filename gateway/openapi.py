@@ -16,7 +16,6 @@ who may call it, its body and the errors its service answers). `Forward` rows us
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ from gateway.edge.access import Credentials
 from gateway.edge.authfailures import TooManyAuthFailures
 from gateway.edge.credentials import AmbiguousCredentials, InvalidApiKey, InvalidToken, TenantMismatch
 from gateway.edge.store import EdgeStoreUnavailable
+from gateway.settings import GatewaySettings, Quota
 from shared.contract import (
     IDEMPOTENCY_HEADER,
     IDEMPOTENCY_KEY_PATTERN,
@@ -41,8 +41,6 @@ from shared.contract import (
     InvalidIdempotencyKey,
 )
 from shared.errors import (
-    PROBLEM_BASE,
-    PROBLEM_JSON,
     CircuitOpen,
     DownstreamBadResponse,
     DownstreamTimeout,
@@ -53,12 +51,12 @@ from shared.errors import (
     TooManyRequests,
     ValidationFailed,
 )
-from shared.pagination import InvalidCursor
+from shared.pagination import InvalidCursor, Page
+from shared.problem_docs import problem_responses as shared_problem_responses
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 SCHEMAS_REF = "#/components/schemas/{model}"
-PROBLEM_REF = {"$ref": SCHEMAS_REF.format(model="Problem")}
 
 BEARER = "bearerAuth"
 API_KEY = "apiKeyAuth"
@@ -67,13 +65,19 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
         "type": "http",
         "scheme": "bearer",
         "bearerFormat": "JWT",
-        "description": "An access token from `POST /v1/auth/token`: `Authorization: Bearer <token>`.",
+        "description": (
+            "An access token from `POST /v1/auth/token`: `Authorization: Bearer <token>`. Send one credential, "
+            "not both: a token with an `X-API-Key` too is 400 `AMBIGUOUS_CREDENTIALS`."
+        ),
     },
     API_KEY: {
         "type": "apiKey",
         "in": "header",
         "name": "X-API-Key",
-        "description": "An API key from `POST /v1/api-keys` (`sk_...`). Send one credential, not both.",
+        "description": (
+            "An API key from `POST /v1/api-keys` (`sk_...`). Send one credential, not both: a key with an "
+            "`Authorization` header too is 400 `AMBIGUOUS_CREDENTIALS`."
+        ),
     },
 }
 
@@ -83,15 +87,21 @@ def _header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 INTEGER = {"type": "integer", "minimum": 0}
+# The settings' defaults, for the figures the reference quotes (a deployment may change them).
+_DEFAULTS = GatewaySettings.model_construct()
+_PRO = _DEFAULTS.rate_limit_pro
 STRING = {"type": "string"}
 HEADERS: dict[str, dict[str, Any]] = {
     "X-Request-ID": _header("The request's id (the client's own `X-Request-ID` when it sent a valid one).", STRING),
     "RateLimit-Policy": _header(
-        'The quotas this request counts against, e.g. `"plan-pro";q=1000;w=60` (draft-ietf-httpapi-ratelimit-headers).',
+        "The quotas this request counts against (draft-ietf-httpapi-ratelimit-headers), each named, with its "
+        f'limit `q` and window `w` in seconds, e.g. `"pro";q={_PRO.limit};w={_PRO.window_seconds}`.',
         STRING,
     ),
     "RateLimit": _header(
-        'What is left of each quota, e.g. `"plan-pro";r=999;t=42` (r: remaining, t: seconds).', STRING
+        f'What is left of each quota, e.g. `"pro";r={_PRO.limit - 1};t=42` (r: requests remaining, t: seconds until '
+        "the window resets).",
+        STRING,
     ),
     "X-RateLimit-Limit": _header("The tightest quota's limit.", INTEGER),
     "X-RateLimit-Remaining": _header("Requests left in the tightest quota's window.", INTEGER),
@@ -141,19 +151,6 @@ IF_NONE_MATCH_PARAMETER: dict[str, Any] = {
     "schema": {"type": "string"},
 }
 
-EXAMPLE_REQUEST_ID = "3f1d2c9e8b7a4d6c9f0e1a2b3c4d5e6f"
-EXAMPLE_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-_EXAMPLE_FIELD_ERRORS: dict[str, list[dict[str, Any]]] = {
-    ValidationFailed.error_code: [
-        {
-            "loc": ["body", "items", "0", "quantity"],
-            "field": "items.0.quantity",
-            "msg": "Input should be greater than or equal to 1",
-            "type": "greater_than_equal",
-        }
-    ],
-}
-
 # What a caller can get back from the edge, whatever the route: rate limiting and failing services.
 EDGE_ERRORS: tuple[type[PorticoError], ...] = (
     ValidationFailed,
@@ -185,49 +182,103 @@ IDEMPOTENCY_ERRORS: tuple[type[PorticoError], ...] = (
 BODY_ERRORS: tuple[type[PorticoError], ...] = (MalformedBody, PayloadTooLarge)
 
 
-def problem_example(error: type[PorticoError]) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "type": PROBLEM_BASE + error.slug,
-        "title": error.title,
-        "status": error.status_code,
-        "detail": f"{error.title}.",
-        "error_code": error.error_code,
-        "request_id": EXAMPLE_REQUEST_ID,
-        "trace_id": EXAMPLE_TRACE_ID,
-    }
-    if error.error_code in _EXAMPLE_FIELD_ERRORS:
-        body["errors"] = _EXAMPLE_FIELD_ERRORS[error.error_code]
-    return body
+# What the example body of each error says: as the gateway or the service words it, with example values.
+EXAMPLE_DETAILS: dict[str, str] = {
+    "AMBIGUOUS_CREDENTIALS": "Send either Authorization or X-API-Key, not both.",
+    "AUTHENTICATION_REQUIRED": "This route needs credentials.",
+    "INVALID_TOKEN": "The access token has expired.",
+    "INVALID_API_KEY": "The API key is unknown, revoked or expired.",
+    "INVALID_CREDENTIALS": "The email or password is wrong.",
+    "INSUFFICIENT_SCOPE": "Missing scope orders:write.",
+    "TENANT_MISMATCH": "X-Tenant-Id does not match the tenant of the credentials.",
+    "USER_REQUIRED": "API keys are managed with a user's access token, not with an API key.",
+    "SCOPE_NOT_HELD": "A caller cannot grant more authority than it holds: the key would hold webhooks:write.",
+    "PLAN_NOT_SELF_SERVICE": (
+        "The enterprise plan is not available at sign-up; choose free or pro. Another plan is given to an "
+        "existing tenant by the operator."
+    ),
+    "PLAN_UPGRADE_REQUIRED": "Webhooks needs the pro or enterprise plan; this tenant is on free.",
+    "UNKNOWN_USER": "The user these credentials were issued to no longer exists.",
+    "RATE_LIMITED": (
+        f"The pro quota of {_DEFAULTS.rate_limit_pro.limit} requests per {_DEFAULTS.rate_limit_pro.window_seconds} s "
+        "is spent; retry in 12 s."
+    ),
+    "TOO_MANY_AUTH_FAILURES": (
+        f"Too many failed authentications from this address (at most {_DEFAULTS.auth_failure_limit.limit} per "
+        f"{_DEFAULTS.auth_failure_limit.window_seconds} s); retry in 41 s."
+    ),
+    "LOGIN_THROTTLED": "Too many wrong passwords for this account; try again in 30 s.",
+    "REALTIME_CONNECTION_LIMIT": (
+        f"The free plan allows {_DEFAULTS.realtime_connections_free} real-time connections per gateway instance; "
+        "close one."
+    ),
+    "MALFORMED_BODY": "The request body is not valid JSON.",
+    "PAYLOAD_TOO_LARGE": f"The request body exceeds the limit of {_DEFAULTS.max_body_bytes} bytes.",
+    "UNSUPPORTED_MEDIA_TYPE": (
+        "This route takes application/x-www-form-urlencoded with the fields username (the email) and password, "
+        "the OAuth2 password form, not application/json."
+    ),
+    "VALIDATION_FAILED": "items.0.quantity: Input should be greater than or equal to 1",
+    "INVALID_CURSOR": "The cursor is not one this list handed out.",
+    "INVALID_IDEMPOTENCY_KEY": "Idempotency-Key must be 1 to 255 visible ASCII characters.",
+    "IDEMPOTENCY_KEY_IN_USE": "A request with this Idempotency-Key is still being processed; retry shortly.",
+    "IDEMPOTENCY_KEY_REUSED": "This Idempotency-Key was used for a different request; use a new key for a new request.",
+    "IDEMPOTENT_RESPONSE_NOT_STORED": (
+        "A request with this Idempotency-Key was already done (201); its response held a secret or was too "
+        "large and was not kept. List the resource to find the result."
+    ),
+    "CIRCUIT_OPEN": "The orders service is failing; calls to it are paused for up to 5 s.",
+    "DOWNSTREAM_UNAVAILABLE": "The orders service is unavailable.",
+    "DOWNSTREAM_TIMEOUT": "The orders service did not answer in time.",
+    "DOWNSTREAM_BAD_RESPONSE": "The orders service answered something that is not JSON.",
+    "EDGE_STORE_UNAVAILABLE": "The rate limit store is unavailable; try again shortly.",
+    "EMAIL_TAKEN": "The email ada@example.com is already registered.",
+    "USER_NOT_FOUND": "No user 7c9e6679-7425-40de-944b-e07fc1f90ae7.",
+    "API_KEY_NOT_FOUND": "No API key 1f0e3dad-9990-4e64-a0b4-4f6e0a7c3c21.",
+    "API_KEY_NOT_ROTATABLE": "The API key 1f0e3dad-9990-4e64-a0b4-4f6e0a7c3c21 is revoked.",
+    "PRODUCT_NOT_FOUND": "No product 0b9d6c2e-5d7c-4a5e-9a4b-2f1e8c3d7a61.",
+    "SKU_TAKEN": "The SKU TSHIRT-BLUE-M is already used by another product.",
+    "INSUFFICIENT_STOCK": "Product 0b9d6c2e-5d7c-4a5e-9a4b-2f1e8c3d7a61 has 1 in stock; 2 were asked for.",
+    "STOCK_LIMIT_EXCEEDED": (
+        "Product 0b9d6c2e-5d7c-4a5e-9a4b-2f1e8c3d7a61 has 999999990 in stock; the most a product holds is 1000000000."
+    ),
+    "CREDIT_LIMIT_EXCEEDED": (
+        "This order of 3998 cents and the user's open orders of 98000 cents would exceed the credit limit of "
+        "100000 cents."
+    ),
+    "ORDER_NOT_FOUND": "No order 5b2e6f0a-3c1d-4e8f-9a7b-6c5d4e3f2a1b.",
+    "ORDER_ALREADY_CANCELLED": "Order 5b2e6f0a-3c1d-4e8f-9a7b-6c5d4e3f2a1b is already cancelled.",
+    "ORDERS_BUSY": "Too many orders are being placed right now; retry shortly.",
+    "ORDER_ATTEMPT_EXPIRED": "The order took too long to place and was given up; its stock was released. Try again.",
+    "WEBHOOK_URL_REFUSED": "The host 10.0.0.7 is a private address.",
+    "WEBHOOK_ENDPOINT_LIMIT_REACHED": "A tenant can register at most 20 webhook endpoints; delete one first.",
+    "WEBHOOK_ENDPOINT_NOT_FOUND": "No webhook endpoint 2a7c1e9b-8d4f-4b3a-9e6c-1f2d3c4b5a69.",
+    "WEBHOOK_DELIVERY_NOT_FOUND": "No webhook delivery 9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b.",
+    "WEBHOOK_ENDPOINT_DISABLED": (
+        "The endpoint 2a7c1e9b-8d4f-4b3a-9e6c-1f2d3c4b5a69 is disabled; enable it (PATCH status active) before "
+        "recovering."
+    ),
+    "INVALID_LAST_EVENT_ID": "Last-Event-ID must be the id of an event this API sent (a decimal number).",
+    "EVENTS_EXPIRED": (
+        "Events after 1041 are no longer kept (the oldest kept comes after 5120). Resync: read the current state "
+        "(GET /v1/orders), then open the stream without Last-Event-ID."
+    ),
+    "BAD_REQUEST": "No GraphQL query found in the request.",
+}
+
+
+def _problem_headers(status: int) -> dict[str, Any]:
+    if status == 401:
+        return _headers("WWW-Authenticate", "X-Request-ID")
+    if status == 429:
+        return _headers("Retry-After", *RATE_LIMIT_HEADERS, "X-Request-ID")
+    return _headers("X-Request-ID")
 
 
 def problem_responses(errors: Iterable[type[PorticoError]]) -> dict[int | str, dict[str, Any]]:
-    """One problem+json response per status among `errors`, naming each `error_code` it may carry."""
-    by_status: dict[int, dict[str, type[PorticoError]]] = defaultdict(dict)
-    for error in errors:
-        by_status[error.status_code].setdefault(error.error_code, error)
-    responses: dict[int | str, dict[str, Any]] = {}
-    for status in sorted(by_status):
-        codes = by_status[status]
-        response: dict[str, Any] = {
-            "description": "; ".join(f"`{code}`: {error.title}" for code, error in codes.items()),
-            "x-error-codes": list(codes),
-            "content": {
-                PROBLEM_JSON: {
-                    "schema": PROBLEM_REF,
-                    "examples": {
-                        code: {"summary": error.title, "value": problem_example(error)} for code, error in codes.items()
-                    },
-                }
-            },
-        }
-        if status == 401:
-            response["headers"] = _headers("WWW-Authenticate", "X-Request-ID")
-        elif status == 429:
-            response["headers"] = _headers("Retry-After", *RATE_LIMIT_HEADERS, "X-Request-ID")
-        else:
-            response["headers"] = _headers("X-Request-ID")
-        responses[status] = response
-    return responses
+    """One problem+json response per status among `errors`, naming each `error_code` it may carry, with
+    an example body per code saying what the gateway or the service would (`EXAMPLE_DETAILS`)."""
+    return shared_problem_responses(errors, details=EXAMPLE_DETAILS, headers_of=_problem_headers)
 
 
 @dataclass(frozen=True)
@@ -239,10 +290,27 @@ class DocumentedBody:
     required: bool = True
 
     def request_body(self) -> dict[str, Any]:
-        return {
-            "required": self.required,
-            "content": {self.media_type: {"schema": {"$ref": SCHEMAS_REF.format(model=self.model.__name__)}}},
-        }
+        content: dict[str, Any] = {"schema": {"$ref": SCHEMAS_REF.format(model=self.model.__name__)}}
+        example = model_example(self.model)
+        if example is not None:
+            content["example"] = example
+        return {"required": self.required, "content": {self.media_type: content}}
+
+
+# What a `next_cursor` looks like: opaque to clients (base64url of the last item's sort key).
+EXAMPLE_CURSOR = "eyJjIjoiMjAyNi0wMS0zMVQwOTozMDowMFoiLCJpIjoiOGQzZTFmMmEifQ"
+
+
+def model_example(model: type[BaseModel]) -> Any:
+    """The first example a model's `json_schema_extra` gives; for a `Page[X]`, a page of X's example
+    with a `next_cursor`. None when the model gives none."""
+    generic = model.__pydantic_generic_metadata__
+    if generic["origin"] is Page:
+        item = model_example(generic["args"][0])
+        return None if item is None else {"items": [item], "next_cursor": EXAMPLE_CURSOR}
+    extra = model.model_config.get("json_schema_extra")
+    examples = extra.get("examples") if isinstance(extra, dict) else None
+    return examples[0] if isinstance(examples, list) and examples else None
 
 
 def operation_docs(
@@ -255,12 +323,14 @@ def operation_docs(
     paged: bool = False,
     parses_body: bool = False,
     conditional: bool | None = None,
+    answer: type[BaseModel] | None = None,
 ) -> tuple[dict[int | str, dict[str, Any]], dict[str, Any]]:
     """The `responses` and `openapi_extra` of one route. `credentials`: "none" (sign-up, login),
     "any" (a token or an API key) or "token" (a user's token only); `body`: a body the route
     forwards without parsing; `parses_body`: the route has a body parameter of its own (which
     FastAPI documents); `paged`: a list with `cursor`; `conditional`: answers carry an ETag and
-    `If-None-Match` may get 304 (every GET unless told otherwise, e.g. for a stream)."""
+    `If-None-Match` may get 304 (every GET unless told otherwise, e.g. for a stream); `answer`: the
+    success answer's model, whose example the success response shows."""
     all_errors = [*errors, *EDGE_ERRORS]
     extra: dict[str, Any] = {}
     if credentials == "none":
@@ -286,6 +356,9 @@ def operation_docs(
     success_headers += ["Idempotent-Replayed"] if idempotent else []
     success_headers += ["ETag"] if conditional else []
     responses: dict[int | str, dict[str, Any]] = {status_code: {"headers": _headers(*success_headers)}}
+    example = model_example(answer) if answer is not None else None
+    if example is not None:
+        responses[status_code]["content"] = {JSON: {"example": example}}
     if conditional:
         responses[304] = {
             "description": "Not Modified: the `If-None-Match` tag still matches; no body.",
@@ -318,3 +391,173 @@ def add_components(schema: dict[str, Any], bodies: Sequence[type[BaseModel]]) ->
         for name, definition in definitions.items():
             if schemas.setdefault(name, definition) != definition:
                 raise RuntimeError(f"Two schemas are named {name} in the OpenAPI document; rename one model.")
+
+
+# Every tag of the document, in the order the reference shows them, with what its operations are for.
+TAGS: list[dict[str, str]] = [
+    {
+        "name": "users",
+        "description": (
+            "Sign-up (a tenant and its first admin), access tokens (the OAuth2 password form), the users of a "
+            "tenant and their credit limits, and the public keys tokens are signed with."
+        ),
+    },
+    {
+        "name": "api keys",
+        "description": (
+            "Long-lived credentials for programs: `X-API-Key: sk_...`, with some of their creator's scopes. "
+            "Created, listed, rotated (with a grace period) and revoked with a user's access token."
+        ),
+    },
+    {
+        "name": "products",
+        "description": "The tenant's catalogue: products (SKU, name, price in cents) and their stock adjustments.",
+    },
+    {
+        "name": "orders",
+        "description": (
+            "Orders reserve every line's stock or none, count against the user's credit limit, and emit "
+            "`order.created` / `order.cancelled` to webhooks and the event stream."
+        ),
+    },
+    {
+        "name": "aggregates",
+        "description": (
+            "Answers the gateway composes from several services at once: a user's dashboard (partial when a "
+            "part fails, with `X-Aggregate-Complete: false`) and an order's checks without placing it."
+        ),
+    },
+    {
+        "name": "webhooks",
+        "description": (
+            "Endpoints that receive the tenant's events, signed per Standard Webhooks; their deliveries, "
+            "attempt logs, replays and recovery after an outage. A paid feature."
+        ),
+    },
+    {
+        "name": "events",
+        "description": (
+            "The tenant's order events as they happen, as server-sent events (resumable with `Last-Event-ID`); "
+            "the same stream is at `/v1/ws` as a WebSocket."
+        ),
+    },
+    {
+        "name": "graphql",
+        "description": (
+            "One endpoint for reads and writes across users, products and orders, behind the same edge as REST "
+            "(credentials, rate limits, idempotency). Outside production, GraphiQL is at `GET /graphql`."
+        ),
+    },
+    {"name": "health", "description": "Probes for orchestrators: liveness, and readiness of every dependency."},
+]
+
+
+def _quota(quota: Quota) -> str:
+    return f"{quota.limit:,} requests per {quota.window_seconds} s"
+
+
+def api_description(settings: GatewaySettings, plan_features: Mapping[str, Sequence[str]]) -> str:
+    """The document's `info.description` (Markdown): how to use the API as a whole. The figures come from
+    `settings`; `plan_features`: each paid feature and the plans that include it."""
+    plans = settings.plan_quotas()
+    connections = settings.realtime_connection_caps()
+    feature_of = {plan: [name for name, allowed in plan_features.items() if plan in allowed] for plan in plans}
+    plan_rows = "\n".join(
+        f"| `{plan}` | {_quota(quota)} | {connections[plan]:,} | {', '.join(feature_of[plan]) or '-'} |"
+        for plan, quota in plans.items()
+    )
+    route_rows = "\n".join(f"- `{route}`: {_quota(quota)}" for route, quota in settings.rate_limit_routes.items())
+    return f"""\
+Portico's public API: users and tenants, API keys, products and stock, orders, webhooks, a real-time event
+stream and GraphQL, behind one gateway. Bodies are JSON (`application/json`) unless an operation says
+otherwise.
+
+## Authentication
+
+Most operations need one credential, either:
+
+- **A bearer access token** (`bearerAuth`): `POST /v1/auth/token` with the form fields `username` (the
+  email) and `password` answers `{{"access_token": "...", "token_type": "bearer", "expires_in": ...}}`; send
+  it as `Authorization: Bearer <access_token>`. A token acts as its user, with the scopes of the user's
+  role.
+- **An API key** (`apiKeyAuth`): created with `POST /v1/api-keys` (with a token), sent as
+  `X-API-Key: sk_...`. A key holds the scopes it was given and acts for the tenant.
+
+Send one of them, **never both**: a request with both `Authorization` and `X-API-Key` is refused with 400
+`AMBIGUOUS_CREDENTIALS`. Without credentials an operation that needs them answers 401
+`AUTHENTICATION_REQUIRED`; a token or key that does not verify is 401 `INVALID_TOKEN` / `INVALID_API_KEY`,
+with a `WWW-Authenticate` challenge; a missing scope is 403 `INSUFFICIENT_SCOPE`. Signing up
+(`POST /v1/tenants`), logging in and the JWKS need no credentials (`security: []`). Repeated failed
+authentications from one address ({_quota(settings.auth_failure_limit)}) are answered 429
+`TOO_MANY_AUTH_FAILURES`.
+
+## Tenants
+
+Every resource belongs to a tenant, the organisation that signed up. Credentials carry their tenant: every
+operation sees only that tenant's data (another tenant's resource is 404, as one that does not exist).
+`X-Tenant-Id` is optional; when sent it must name the credentials' tenant (403 `TENANT_MISMATCH`).
+
+## Plans and quotas
+
+A tenant is on a plan. Each plan has a request quota, counted per tenant across every gateway instance, and
+a number of real-time connections per gateway instance:
+
+| Plan | Requests | Real-time connections | Paid features |
+| --- | --- | --- | --- |
+{plan_rows}
+
+Callers without credentials are counted per client address: {_quota(settings.rate_limit_anonymous)}. Some
+routes have a quota of their own, counted on top, per tenant (per client address without credentials):
+
+{route_rows}
+
+A feature a plan does not include answers 402 `PLAN_UPGRADE_REQUIRED` with `required_plans` and
+`current_plan`.
+
+## Rate-limit headers
+
+Every answer says where the caller stands (draft-ietf-httpapi-ratelimit-headers):
+`RateLimit-Policy` lists the quotas the request counted against (`"<name>";q=<limit>;w=<window seconds>`),
+`RateLimit` what is left of each (`"<name>";r=<remaining>;t=<seconds to reset>`), and
+`X-RateLimit-Limit` / `X-RateLimit-Remaining` / `X-RateLimit-Reset` repeat the tightest one. A spent quota
+is 429 `RATE_LIMITED` with `Retry-After` (seconds).
+
+## Idempotency
+
+`POST` and `PATCH` with credentials take an `Idempotency-Key` header (1 to 255 visible ASCII characters,
+e.g. a UUID): repeating the request with the same key and body gets the first answer again, with
+`Idempotent-Replayed: true`, instead of doing the work twice, for {settings.idempotency_ttl_seconds:,} s.
+While the first is still running a repeat is 409 `IDEMPOTENCY_KEY_IN_USE` (retry after `Retry-After`);
+the same key with a different request is 422 `IDEMPOTENCY_KEY_REUSED`. An answer that holds a secret (a
+token, a new API key or webhook secret) is never stored: its repeat is 409
+`IDEMPOTENT_RESPONSE_NOT_STORED`.
+
+## Errors
+
+Every error is `application/problem+json` (RFC 9457): `type`, `title`, `status`, `detail`, a stable
+`error_code` to branch on, the `request_id` (also in `X-Request-ID`) and `trace_id` to quote when reporting
+a problem, and for a refused field `errors` (`loc`, `field`, `msg`, `type`). Each operation lists the
+codes each status may carry (`x-error-codes`), with an example. 5xx answers from the gateway say which
+service failed (`service`): 502 a bad answer, 503 unavailable (or its circuit open, with `Retry-After`),
+504 too slow.
+
+## Pagination
+
+Lists answer `{{"items": [...], "next_cursor": "..."}}`, newest first. Pass `next_cursor` back as `cursor`
+for the next page; it is `null` on the last. `limit` sets the page size. A cursor is opaque: a forged one is
+422 `INVALID_CURSOR`.
+
+## Caching
+
+`GET` answers carry an `ETag`; send it back in `If-None-Match` to get `304 Not Modified` without a body
+when nothing changed.
+"""
+
+
+def describe_api(schema: dict[str, Any], settings: GatewaySettings, plan_features: Mapping[str, Sequence[str]]) -> None:
+    """`info.description` and the tags' descriptions, in the document."""
+    schema["info"]["description"] = api_description(settings, plan_features)
+    used = {
+        tag for item in schema["paths"].values() for operation in item.values() for tag in operation.get("tags", ())
+    }
+    schema["tags"] = [tag for tag in TAGS if tag["name"] in used]

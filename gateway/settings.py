@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, PlainSerializer, model_validator
 from pydantic_settings import NoDecode
 
-from shared.contract import PROCESSES, SERVICES, Plan
+from shared.contract import PLANS, PROCESSES, SERVICES, Plan
 from shared.settings import (
     SERVICE_URL,
     AccessTokenSettings,
@@ -177,6 +177,14 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     )
 
     # --- Rate limits: per tenant by plan, per client address for anonymous callers
+    admission_plan_shares: dict[str, float] = Field(
+        default_factory=lambda: {"anonymous": 0.5, "free": 0.5, "pro": 0.8, "enterprise": 1.0},
+        description=(
+            "The share of the adaptive limit each plan's requests may fill (JSON; `anonymous` for callers without "
+            "credentials): a request is admitted while fewer requests are in progress than its plan's share of "
+            "the limit, so under pressure the lower shares are refused first (503 `OVERLOADED`)."
+        ),
+    )
     rate_limit_enabled: bool = Field(default=True, description="The rate limit stage.")
     rate_limit_free: QuotaSetting = Field(
         default=Quota(100, 60),
@@ -389,6 +397,16 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     def _key_for_algorithm(self) -> GatewaySettings:
         if self.jwt_algorithm == "HS256" and self.jwt_secret is None:
             raise ValueError("GATEWAY_JWT_SECRET is required with HS256")
+        return self
+
+    @model_validator(mode="after")
+    def _plan_shares(self) -> GatewaySettings:
+        ranked = ("anonymous", *PLANS)
+        for plan, share in self.admission_plan_shares.items():
+            if plan not in ranked:
+                raise ValueError(f"GATEWAY_ADMISSION_PLAN_SHARES: {plan!r} is not one of {', '.join(ranked)}")
+            if not 0 < share <= 1:
+                raise ValueError(f"GATEWAY_ADMISSION_PLAN_SHARES: the share of {plan} must be in (0, 1]")
         return self
 
     @model_validator(mode="after")

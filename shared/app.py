@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
+from shared.admission import AdaptiveLimit, AdmissionMetrics, AdmissionMiddleware, LimitSettings
 from shared.caller import require_identity
 from shared.db import PoolMetrics, create_engine, create_sessionmaker
 from shared.docs import add_offline_docs
@@ -31,6 +32,7 @@ from shared.identity import IdentitySigner, IdentityVerifier
 from shared.metrics import HttpMetrics, metrics_endpoint
 from shared.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
 from shared.networks import Networks
+from shared.problem_docs import live_docs, ready_docs
 from shared.request_id import request_id_of
 from shared.settings import BaseServiceSettings, ProcessSettings
 from shared.state import LifespanState, ServiceState, app_state, lifespan_state_of
@@ -116,13 +118,20 @@ def install_common(
     database: bool,
     registry: CollectorRegistry | None = None,
     on_pool_timeout: Callable[[], None] | None = None,
+    admission: bool = True,
 ) -> HttpMetrics:
     """Middleware, error handlers, metrics and tracing shared by the gateway and the services.
-    `registry`: where the process's own metrics already are, to serve them on `/metrics` too."""
+    `registry`: where the process's own metrics already are, to serve them on `/metrics` too.
+    `admission`: the admission stage (`shared/admission.py`), outside the body limit; the gateway's
+    edge admits requests itself, by the caller's plan."""
     metrics = HttpMetrics(registry or CollectorRegistry())
     registry = metrics.registry
     install_error_handlers(app, database=database, on_pool_timeout=on_pool_timeout)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if admission:
+        admission_metrics = AdmissionMetrics(registry)
+        limit = AdaptiveLimit(LimitSettings.of(settings), admission_metrics) if settings.admission_enabled else None
+        app.add_middleware(AdmissionMiddleware, limit=limit, metrics=admission_metrics)
     app.outermost = Middleware(
         ObservabilityMiddleware, spans=ServerSpans(provider), metrics=metrics, access_log=settings.access_log
     )
@@ -174,8 +183,8 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck[T]], timeou
             )
         return JSONResponse({"status": "ok", "checks": dict.fromkeys(checks, "ok")})
 
-    app.add_api_route("/health/live", live, methods=["GET"], tags=["health"])
-    app.add_api_route("/health/ready", ready, methods=["GET"], tags=["health"])
+    app.add_api_route("/health/live", live, methods=["GET"], tags=["health"], **live_docs())
+    app.add_api_route("/health/ready", ready, methods=["GET"], tags=["health"], **ready_docs(list(checks), NotReady))
 
 
 def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[FastAPI], Any]) -> PorticoAPI:
@@ -191,6 +200,8 @@ def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[Fa
         docs_url=None,
         redoc_url=None,
         openapi_url=OPENAPI_URL if settings.docs_enabled else None,
+        # Operation ids are the route names (`create_order`, `live`), so a generated client's functions are too.
+        generate_unique_id_function=lambda route: route.name,
     )
     if settings.docs_enabled:
         add_offline_docs(app, OPENAPI_URL)

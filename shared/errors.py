@@ -212,6 +212,16 @@ class CircuitOpen(DownstreamUnavailable, code="CIRCUIT_OPEN", title="Service Una
         )
 
 
+class Overloaded(ServiceUnavailable, code="OVERLOADED", title="Overloaded"):
+    """The process has as many requests in progress as its adaptive limit allows (for the caller's
+    plan, at the gateway): refused at once, before any work, with `Retry-After` (`shared/admission.py`)."""
+
+
+class DeadlineExceeded(PorticoError, status=504, code="DEADLINE_EXCEEDED", title="Deadline exceeded"):
+    """The request's `X-Request-Deadline` passed before the work could start: its caller has given
+    up on it, so it is refused without touching the database or calling anyone."""
+
+
 _STATUS_ERRORS: dict[int, type[PorticoError]] = {
     cls.status_code: cls
     for cls in (

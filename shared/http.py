@@ -37,9 +37,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from yarl import URL
 
+from shared.admission import DEADLINE_HEADER_NAME, deadline_var, format_deadline
 from shared.contract import IDEMPOTENCY_HEADER, IDENTITY_HEADER, PROCESSES, Identity
 from shared.errors import (
     CircuitOpen,
+    DeadlineExceeded,
     DownstreamBadResponse,
     DownstreamError,
     DownstreamTimeout,
@@ -455,7 +457,15 @@ class ServiceClient:
         timeout: float | None = None,  # noqa: ASYNC109 - a per-call override of the pool's timeout
     ) -> httpx.Response:
         """Sends a request; answers with the response of any status below 500, or raises a
-        downstream error (CircuitOpen at once while the service's circuit is open)."""
+        downstream error (CircuitOpen at once while the service's circuit is open). Within a request
+        that has a deadline (`shared/admission.py`) the call carries it on and takes no longer than the
+        time left of it; once it has passed, 504 `DEADLINE_EXCEEDED` without a call."""
+        deadline = deadline_var.get()
+        if deadline is not None:
+            left = deadline - time.time()
+            if left <= 0:
+                raise DeadlineExceeded(f"The request's deadline passed before the call to the {self.name} service.")
+            timeout = min(timeout if timeout is not None else self.policy.settings.http_timeout_seconds, left)
 
         async def call() -> tuple[int, httpx.Response, Instance]:
             response, instance = await self._send(method, path, identity, headers, content, json, params, timeout)
@@ -607,6 +617,9 @@ class ServiceClient:
         headers.append((IDENTITY_HEADER, self.signer.sign(identity, self.name)))
         if self._host is not None:
             headers.append(("Host", self._host))
+        deadline = deadline_var.get()
+        if deadline is not None:
+            headers.append((DEADLINE_HEADER_NAME, format_deadline(deadline)))
         retries = self._retries(method, any(name == IDEMPOTENCY_KEY for name, _ in headers))
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -705,6 +718,9 @@ class ServiceClient:
         if self._host is not None:
             request_headers["Host"] = self._host
         retries = self._retries(method, IDEMPOTENCY_HEADER in request_headers)
+        deadline = deadline_var.get()
+        if deadline is not None:
+            request_headers[DEADLINE_HEADER_NAME] = format_deadline(deadline)
         loop = asyncio.get_running_loop()
         now = loop.time()
         given = None if timeout is None else now + timeout

@@ -448,6 +448,69 @@ class ProcessSettings(BaseSettings):
         default=10.0, ge=1, le=600, description="The sliding window of the retry budget."
     )
 
+    # Admission control: an adaptive limit of requests in progress (`shared/admission.py`).
+    admission_enabled: bool = Field(
+        default=True,
+        description=(
+            "Admission control: at most an adaptive number of requests in progress, the rest answered 503 "
+            "`OVERLOADED` with `Retry-After` at once (probes and `/metrics` never). Off: every request is "
+            "admitted (deadlines are still honoured)."
+        ),
+    )
+    admission_initial_limit: int = Field(
+        default=200,
+        ge=1,
+        description=(
+            "The limit of requests in progress the process starts with, and goes back to once an overload that "
+            "lowered it is over (the process has not used half its limit for 5 s)."
+        ),
+    )
+    admission_min_limit: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "The limit never falls below this, however slow requests get (a burst of this many is always admitted)."
+        ),
+    )
+    admission_max_limit: int = Field(
+        default=1000, ge=1, description="The limit never grows above this, however fast requests are."
+    )
+    admission_rtt_tolerance: float = Field(
+        default=1.5,
+        ge=1.0,
+        description=(
+            "How much slower than its usual (long-term) latency the process may answer before the limit "
+            "shrinks: the gradient is `tolerance * long RTT / short RTT`, at most 1."
+        ),
+    )
+    admission_smoothing: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="How far the limit moves towards each window's new estimate (1: all the way at once).",
+    )
+    admission_window_seconds: float = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="The limit is recomputed once per window, from the mean time of the requests finished in it.",
+    )
+    admission_queue_size: int = Field(
+        default=100,
+        ge=0,
+        description=(
+            "Requests past the limit that may wait for a slot (a freed slot goes to the best plan waiting); "
+            "0: none wait."
+        ),
+    )
+    admission_queue_timeout_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        le=5,
+        description="The longest a request waits in the queue before it is answered 503 `OVERLOADED`.",
+    )
+    admission_retry_after_seconds: int = Field(default=1, ge=1, description="`Retry-After` of a 503 `OVERLOADED`.")
+
     @model_validator(mode="after")
     def _client_idles_out_first(self) -> ProcessSettings:
         if self.http_keepalive_expiry_seconds >= self.server_keep_alive_seconds:
@@ -475,6 +538,12 @@ class ProcessSettings(BaseSettings):
             raise ValueError("upstream_ejection_seconds must not exceed upstream_ejection_max_seconds")
         for server in self.upstream_dns_servers:
             name_server(server)  # a malformed address stops the start
+        return self
+
+    @model_validator(mode="after")
+    def _admission_limits(self) -> ProcessSettings:
+        if not self.admission_min_limit <= self.admission_initial_limit <= self.admission_max_limit:
+            raise ValueError("admission limits must hold admission_min_limit <= initial <= admission_max_limit")
         return self
 
     @model_validator(mode="after")

@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # Strong secrets for the test environment (weak ones are refused outside development).
 INTERNAL_SECRET = secrets.token_urlsafe(48)
 JWT_SECRET = secrets.token_urlsafe(48)
+# The suite's bursts (up to 200 requests of one tenant at once) assert exact outcomes, on a test machine
+# busy with two sessions: the adaptive limit would rightly shed some of them. So the suite's processes
+# have a fixed, high limit; admission has tests of its own (tests/e2e/test_overload.py sets its own).
+FIXED_ADMISSION = {"admission_min_limit": 1000, "admission_initial_limit": 1000, "admission_max_limit": 1000}
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +60,8 @@ def service_env(infra: Servers) -> dict[str, str]:
         prefix = process.env_prefix
         env[f"{prefix}ENVIRONMENT"] = "test"
         env[f"{prefix}INTERNAL_TOKEN_SECRET"] = INTERNAL_SECRET
+        for setting, value in FIXED_ADMISSION.items():
+            env[f"{prefix}{setting.upper()}"] = str(value)
         if process.has_database:
             env[f"{prefix}DATABASE_URL"] = infra.database_url(name)
             # Four services, several stacks per session: keep well inside PostgreSQL's 100 connections.
@@ -70,6 +76,7 @@ def settings_kwargs(infra: Servers, service: str) -> dict[str, Any]:
         "internal_token_secret": INTERNAL_SECRET,
         "database_url": infra.database_url(service),
         "access_log": False,
+        **FIXED_ADMISSION,
     }
     if service == "users":
         kwargs["jwt_secret"] = JWT_SECRET

@@ -25,7 +25,7 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from scripts.devstack import Stack, free_port
 from shared.contract import ALL_SCOPES
-from tests.conftest import INTERNAL_SECRET, JWT_SECRET, ROOT, app_client
+from tests.conftest import FIXED_ADMISSION, INTERNAL_SECRET, JWT_SECRET, ROOT, app_client
 from tests.infra import Servers
 from tests.plans import grant_plan, signup_plan
 
@@ -181,6 +181,7 @@ def gateway_settings(stack: Stack | None, **overrides: Any) -> GatewaySettings:
         "internal_token_secret": INTERNAL_SECRET,
         "jwt_secret": JWT_SECRET,
         "access_log": False,
+        **FIXED_ADMISSION,
     }
     if stack is not None:
         for service in ("users", "orders", "inventory", "webhooks"):

@@ -2,7 +2,8 @@
 
 - `HttpFaultProxy`: a real HTTP/1.1 proxy in front of one of our services. Each request matching a
   rule gets that rule's fault: held until released (then any of the others), answered without
-  reaching the service, forwarded
+  reaching the service, forwarded (its answer optionally held until released, so the service can be
+  killed after doing the work and before the caller hears of it)
   and then answered wrongly (the service did the work, the caller hears something else), forwarded
   and then never answered, or forwarded and then the connection dropped. Everything else passes
   through unchanged.
@@ -58,10 +59,15 @@ class Fault:
     times: int | None = None  # None: every matching request; else only the next `times` ones
     # Held: the request waits at the proxy until `release()`, then meets its action.
     hold: bool = False
+    # Answer held (forward_* actions): the service has answered, and its answer waits at the proxy
+    # until `release()`, then meets the action (a test can kill the service meanwhile).
+    hold_answer: bool = False
     released: asyncio.Event = field(default_factory=asyncio.Event)
     hits: int = 0
-    # Set once a matching request has reached the proxy (and, for the forward_* actions, the service).
+    # Set once a matching request has reached the proxy (not yet the service: see `answered`).
     seen: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set once the service answered a forwarded request (its work is done, whatever the caller hears).
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def matches(self, method: str, path: str) -> bool:
@@ -207,6 +213,10 @@ class HttpFaultProxy:
             return None, [], b""  # the service is down: so is the connection to it
         method = request.method.decode()
         self.forwarded.append((method, target, answer.status_code))
+        if fault is not None:
+            fault.answered.set()
+            if fault.hold_answer:
+                await fault.released.wait()
         if fault is not None and fault.action == "forward_then_answer":
             fault.done.set()
             return fault.status, _content_headers(fault), fault.body

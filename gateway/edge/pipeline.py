@@ -2,6 +2,7 @@
 
     route            matched once, before anything else (`gateway/edge/router.py`)
     hygiene          trusted hosts (400), CORS preflights, security headers    `gateway/edge/hygiene.py`
+    admission        the adaptive limit by the caller's plan (503 OVERLOADED)   `gateway/edge/admission.py`
     authentication   JWT or API key, tenant check                              `gateway/edge/authentication.py`
     rate limit       the plan's (or client address's) quota and the route's    `gateway/edge/ratelimit.py`
     idempotency      a keyed write's claim, replay, 409, 422                   `gateway/edge/idempotency.py`
@@ -26,16 +27,19 @@ stores, the service clients) are built in the lifespan and handed over as one `E
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.edge.admission import ANONYMOUS_RANK, caller_rank
 from gateway.edge.authentication import ANONYMOUS_CALLER, Authenticator, Caller
 from gateway.edge.caching import ConditionalAnswer, cache_headers, conditional, taggable
 from gateway.edge.compression import Compression
@@ -60,6 +64,15 @@ from gateway.edge.router import Found, RouteTable, WrongMethod
 from gateway.edge.store import StoreUnavailable
 from gateway.edge.usage import Metering
 from gateway.settings import GatewaySettings
+from shared.admission import (
+    EXEMPT_PATHS,
+    RANKS,
+    AdaptiveLimit,
+    AdmissionMetrics,
+    LimitSettings,
+    deadline_var,
+    overloaded,
+)
 from shared.asgi import BodyChunks, header
 from shared.context import RequestContext, request_context
 from shared.contract import InvalidIdempotencyKey
@@ -75,6 +88,11 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 # What a store or service blip raises while a connection is admitted: not the client's fault.
 TRANSIENT_FAILURES = (RedisError, DownstreamError)
+# Never refused for load: the probes, the scrape, and the event stream, a connection that outlives a
+# request (held for minutes, it would fill the limit; its own limits bound it).
+UNLIMITED_PATHS = EXEMPT_PATHS | {"/v1/events"}
+# The span attribute of a request refused for load: why (`limit`, `queue_timeout`).
+ADMISSION = "portico.admission"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +109,9 @@ class EdgeRuntime:
 
 
 class Edge:
-    def __init__(self, *, settings: GatewaySettings, metrics: EdgeMetrics) -> None:
+    def __init__(
+        self, *, settings: GatewaySettings, metrics: EdgeMetrics, admission: AdmissionMetrics | None = None
+    ) -> None:
         # Set once the app has all its routes (`gateway/app.py`), before it serves anything.
         self.table = RouteTable((), ())
         self.security = (
@@ -117,6 +137,14 @@ class Edge:
             else None
         )
         self.etag = settings.etag_enabled
+        # Admission (`gateway/edge/admission.py`): None when switched off by the settings.
+        self.admission = admission
+        self.gate = (
+            AdaptiveLimit(LimitSettings.of(settings), admission, settings.admission_plan_shares)
+            if settings.admission_enabled and admission is not None
+            else None
+        )
+        self.budget = settings.http_timeout_seconds
         self.deprecations = Deprecations(metrics.deprecated_calls)
         self.app: ASGIApp | None = None
         self._runtime: EdgeRuntime | None = None
@@ -183,6 +211,49 @@ class Edge:
                 return
             extra += cors_headers
 
+        if scope["path"] in UNLIMITED_PATHS:
+            # Neither limited nor given a deadline: a stream's calls go on for as long as it lasts.
+            await self._admitted(scope, receive, send, context, runtime, found, params, compiled, extra)
+            return
+        gate = self.gate
+        if gate is not None:
+            rank = (
+                ANONYMOUS_RANK
+                if compiled is not None and compiled.access.anonymous
+                else caller_rank(scope, runtime.authenticator)
+            )
+            if not gate.enter(rank):
+                refused = await gate.wait(rank)
+                if refused is not None:
+                    assert self.admission is not None
+                    self.admission.count_shed(refused, RANKS[rank])
+                    context.attributes[ADMISSION] = refused
+                    await self._problem(send, scope, context, overloaded(gate.retry_after()), extra)
+                    return
+        started = time.perf_counter()
+        # The services are told when the gateway gives up on the request: its own timeout budget.
+        token = deadline_var.set(time.time() + self.budget)
+        try:
+            await self._admitted(scope, receive, send, context, runtime, found, params, compiled, extra)
+        finally:
+            deadline_var.reset(token)
+            if gate is not None:
+                gate.leave(started)
+
+    async def _admitted(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        context: RequestContext,
+        runtime: EdgeRuntime,
+        found: Found | WrongMethod | None,
+        params: dict[str, str],
+        compiled: CompiledForward | None,
+        extra: Headers,
+    ) -> None:
+        """The stages after admission: authentication, rate limit, idempotency, the route."""
+        refusal: PorticoError | None
         authenticator = runtime.authenticator
         counted: str | None = None
         try:
@@ -304,11 +375,25 @@ class Edge:
     ) -> None:
         runtime = self.runtime
         assert context.principal is not None
+        watcher: asyncio.Task[bool] | None = None
+        task = asyncio.current_task()
+        assert task is not None
         try:
             if route.reads_body and body is None:
                 body = await read_body(receive)
+            # A client that goes away while the service works cancels the call (its connection to the
+            # service is closed, which the service sees), rather than the call running to its end.
+            watcher = asyncio.create_task(_cancel_on_disconnect(receive, task))
             answer = await runtime.forwarder.run(route, scope, context.principal, params, body)
             status, headers, content = answer.status, answer.headers, answer.body
+        except asyncio.CancelledError:
+            # Cancelled by the watcher alone: the client left, nobody waits for an answer.
+            left_us = watcher is not None and watcher.done() and not watcher.cancelled() and watcher.result()
+            if left_us and task.uncancel() == 0:
+                await self._release(keyed)
+                return
+            await self._release(keyed)
+            raise
         except PorticoError as exc:
             if exc.status_code >= 500:
                 # As the app's error handler logs what the routes FastAPI runs raise.
@@ -320,6 +405,9 @@ class Edge:
         except BaseException:
             await self._release(keyed)
             raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         if counted is not None and status in route.failure_statuses:
             # The answer is the service's own either way: the failure only counts towards the next.
             await runtime.authenticator.failures.failed(counted)
@@ -493,6 +581,19 @@ class Edge:
         refusal = limits.decided(verdict, context.attributes, subject)
         if refusal is not None:
             raise refusal
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> bool:
+    """Cancels `task` when the client disconnects, and says so (what is left of a body is read and
+    dropped)."""
+    while True:
+        try:
+            message = await receive()
+        except Exception:  # a body over the limit, say: not a disconnect, and not this watcher's to report
+            return False
+        if message["type"] == "http.disconnect":
+            task.cancel()
+            return True
 
 
 def _query_value(scope: Scope, name: str) -> str | None:

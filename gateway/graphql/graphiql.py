@@ -16,9 +16,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from starlette.responses import HTMLResponse, Response
 
+from gateway.openapi import operation_docs
 from shared.errors import NotFound
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(tags=["graphql"])
 STATIC = files("gateway.graphql") / "static"
 # What the page may load: its own scripts and styles; GraphiQL's inline styles and data: fonts.
 CSP = (
@@ -66,12 +67,37 @@ def _page() -> bytes:
     return _read("graphiql.html").replace(PLACEHOLDER, defaults.replace("<", "\\u003c").encode())
 
 
-@router.get("/graphql")
+# In the reference, so that `/graphql`'s methods there are those it serves (its `Allow` names GET too).
+GRAPHIQL_DOCS, GRAPHIQL_EXTRA = operation_docs("GET", status_code=200, credentials="none", conditional=False)
+GRAPHIQL_DOCS[200].update(
+    description="GraphiQL's page.",
+    content={
+        "text/html": {
+            "schema": {"type": "string"},
+            "example": '<!doctype html><html lang="en"><head><title>Portico GraphQL</title>...',
+        }
+    },
+)
+
+
+@router.get(
+    "/graphql",
+    summary="GraphiQL, an in-browser IDE for the GraphQL API",
+    description=(
+        "Outside production only: GraphiQL, with every asset served by the gateway. The page needs no "
+        "credentials; the queries it sends (`POST /graphql`) do: its Headers tab opens with an "
+        "`Authorization: Bearer <token>` placeholder and its query with a comment saying where a token "
+        "comes from."
+    ),
+    response_class=HTMLResponse,
+    responses=GRAPHIQL_DOCS,
+    openapi_extra=GRAPHIQL_EXTRA,
+)
 async def graphiql() -> HTMLResponse:
     return HTMLResponse(_page(), headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
 
 
-@router.get("/graphql/static/{name}")
+@router.get("/graphql/static/{name}", include_in_schema=False)
 async def graphiql_asset(name: str, accept_encoding: Annotated[str, Header()] = "") -> Response:
     asset = ASSETS.get(name)
     if asset is None:

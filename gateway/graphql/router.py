@@ -31,6 +31,7 @@ from gateway.graphql.errors import PorticoSchema
 from gateway.graphql.limits import BoundedValidation, Bounds, paged_fields
 from gateway.graphql.schema import Mutation, Query
 from gateway.graphql.telemetry import OperationOnSpan
+from gateway.openapi import operation_docs
 from gateway.settings import GatewaySettings
 from shared.contract import IDEMPOTENCY_HEADER, checked_idempotency_key
 from shared.errors import (
@@ -44,6 +45,69 @@ from shared.request_id import request_id_of
 
 PATH = "/graphql"
 JSON = "application/json"
+
+# The operation in the OpenAPI document: a GraphQL request (GraphQL over HTTP, JSON) and its answer.
+GRAPHQL_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["query"],
+    "properties": {
+        "query": {"type": "string", "minLength": 1, "description": "The GraphQL document: one query or mutation."},
+        "variables": {
+            "type": ["object", "null"],
+            "additionalProperties": True,
+            "description": "Values of the document's variables, by name.",
+        },
+        "operationName": {
+            "type": ["string", "null"],
+            "description": "Which operation of the document to run, when it holds several.",
+        },
+    },
+}
+GRAPHQL_REQUEST_EXAMPLE = {
+    "query": "query Orders($first: Int!) { orders(limit: $first) { items { id status totalCents } nextCursor } }",
+    "variables": {"first": 10},
+    "operationName": "Orders",
+}
+GRAPHQL_ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "data": {"type": ["object", "null"], "additionalProperties": True},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["message"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "path": {"type": "array", "items": {"type": ["string", "integer"]}},
+                    "locations": {"type": "array", "items": {"type": "object"}},
+                    "extensions": {
+                        "type": "object",
+                        "additionalProperties": True,
+                        "description": "`code`: the error_code a REST route would answer (e.g. `ORDER_NOT_FOUND`).",
+                    },
+                },
+            },
+        },
+    },
+}
+GRAPHQL_ANSWER_EXAMPLE = {
+    "data": {
+        "orders": {
+            "items": [{"id": "5b2e6f0a-3c1d-4e8f-9a7b-6c5d4e3f2a1b", "status": "confirmed", "totalCents": 3998}],
+            "nextCursor": None,
+        }
+    }
+}
+GRAPHQL_DESCRIPTION = f"""Runs one GraphQL query or mutation: a JSON body (`{JSON}`) with `query`, and `variables` and
+`operationName` when the document needs them. Needs credentials as REST does (a bearer token or an
+`X-API-Key`, not both), counts against the same quotas, and a mutation takes an `Idempotency-Key`.
+
+The answer is 200 with `data`, and `errors` for the fields that failed (each error's
+`extensions.code` is the `error_code` REST would answer). Refusals of the request itself are
+problem+json: 400 `MALFORMED_BODY` (not JSON) or `BAD_REQUEST` (no query, a batch, variables not an
+object), 415 for another content type, and the edge's own (401, 429...). Queries are bounded in size,
+depth, aliases and cost. Outside production the schema can be explored with GraphiQL at `GET {PATH}`."""
 
 
 def create_schema(settings: GatewaySettings) -> PorticoSchema:
@@ -113,7 +177,10 @@ class GraphQLEndpoint(GraphQLRouter[GraphQLContext, None]):
         )
         # strawberry also routes GET (queries, its own IDE) and WebSocket (subscriptions) here: none
         # of them is served, so none is routed, and a 405 names only what is.
-        self.routes[:] = [route for route in self.routes if isinstance(route, APIRoute) and route.methods == {"POST"}]
+        posts = [route for route in self.routes if isinstance(route, APIRoute) and route.methods == {"POST"}]
+        for route in posts:
+            _document(route)
+        self.routes[:] = posts
         # Last, and for every method: reached only by one no route of the path takes.
         allowed = ["GET", "POST"] if graphiql else ["POST"]
         self.routes.append(Route(PATH, MethodNotAllowedApp(allowed), include_in_schema=False))
@@ -138,6 +205,28 @@ class GraphQLEndpoint(GraphQLRouter[GraphQLContext, None]):
             raise MalformedBody("The request body nests too deeply to be read.") from None
         except ValueError:
             raise MalformedBody("The request body is not valid JSON.") from None
+
+
+def _document(route: APIRoute) -> None:
+    """strawberry's POST route as the reference shows it: named `graphql`, with its body and answers."""
+    responses, extra = operation_docs(
+        "POST",
+        status_code=200,
+        credentials="any",
+        parses_body=True,
+        errors=[BadRequest, UnsupportedMediaType],
+    )
+    responses[200]["description"] = "The operation's result: `data`, and `errors` for the fields that failed."
+    responses[200]["content"] = {JSON: {"schema": GRAPHQL_ANSWER_SCHEMA, "example": GRAPHQL_ANSWER_EXAMPLE}}
+    extra["requestBody"] = {
+        "required": True,
+        "content": {JSON: {"schema": GRAPHQL_REQUEST_SCHEMA, "example": GRAPHQL_REQUEST_EXAMPLE}},
+    }
+    route.name = route.operation_id = "graphql"
+    route.summary = "Run a GraphQL query or mutation"
+    route.description = GRAPHQL_DESCRIPTION
+    route.responses = responses
+    route.openapi_extra = extra
 
 
 def graphql_router(settings: GatewaySettings) -> GraphQLEndpoint:

@@ -31,7 +31,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis.exceptions import RedisError
 
 from gateway.realtime.relay import OrdersFeed
-from gateway.realtime.store import EventStore, LiveEvent, StreamEvent
+from gateway.realtime.streams import EventStore, LiveEvent, StreamEvent
 from gateway.realtime.tasks import cancel_and_wait
 from shared.errors import DownstreamError
 from shared.events import FEED_MAX_LIMIT

@@ -27,7 +27,7 @@ from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
 from gateway.edge.store import RedisClient
-from gateway.realtime.store import EventStore, StreamEvent
+from gateway.realtime.streams import EventStore, StreamEvent
 from shared.contract import EVENTS_READ, Identity
 from shared.errors import DownstreamBadResponse, DownstreamError
 from shared.events import FEED_PATH, FeedEvent, FeedPage

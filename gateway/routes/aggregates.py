@@ -29,9 +29,9 @@ from gateway.composer import (
 )
 from gateway.deps import ComposerDep, RequireAccess, UsageDep
 from gateway.edge.access import Access
-from gateway.openapi import operation_docs
+from gateway.openapi import model_example, operation_docs
 from gateway.routes.usage import QuotaUse
-from services.orders.schemas import OrderOut
+from services.orders.schemas import OrderCreate, OrderOut
 from services.users.errors import UserNotFound
 from services.users.schemas import UserOut
 from shared.contract import (
@@ -91,6 +91,28 @@ class ReservedStockPage(BaseModel):
 class Dashboard(BaseModel):
     """The answer of the dashboard: each optional part is null when it failed (see `parts`)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user": model_example(UserOut),
+                    "orders": model_example(Page[OrderOut]),
+                    "reservations": None,
+                    "parts": {
+                        "user": {"status": "ok", "service": "users", "elapsed_ms": 4.2},
+                        "orders": {"status": "ok", "service": "orders", "elapsed_ms": 7.9},
+                        "reservations": {
+                            "status": "timeout",
+                            "service": "inventory",
+                            "elapsed_ms": 500.0,
+                            "error_code": "DOWNSTREAM_TIMEOUT",
+                        },
+                    },
+                }
+            ]
+        }
+    )
+
     user: UserOut
     orders: Page[OrderOut] | None
     reservations: ReservedStockPage | None
@@ -146,7 +168,9 @@ DASHBOARD = (
 )
 
 
-DASHBOARD_DOCS, DASHBOARD_EXTRA = operation_docs("GET", status_code=200, credentials="any", errors=[UserNotFound])
+DASHBOARD_DOCS, DASHBOARD_EXTRA = operation_docs(
+    "GET", status_code=200, credentials="any", errors=[UserNotFound], answer=Dashboard
+)
 DASHBOARD_DOCS[200].update(
     description="Every part that answered; `X-Aggregate-Complete: false` when one did not.",
     headers={
@@ -164,6 +188,13 @@ DASHBOARD_DOCS[200].update(
     name="user_dashboard",
     operation_id="user_dashboard",
     summary="A user with their orders and reserved stock, fetched at once; partial when a part fails",
+    description=(
+        "The user (`me` for the caller's own), their latest orders and the stock their open orders hold, "
+        "fetched from the users, orders and inventory services at once. The user is required (404 "
+        "`USER_NOT_FOUND`); when the orders or inventory part fails or is too slow, the answer is still 200 "
+        "with that part `null`, `X-Aggregate-Complete: false`, and `parts` saying how each part ended. "
+        "Needs the `users:read` and `orders:read` scopes."
+    ),
     response_model=Dashboard,
     responses=DASHBOARD_DOCS,
     openapi_extra=DASHBOARD_EXTRA,
@@ -192,7 +223,7 @@ async def dashboard(
 class OrderDraft(BaseModel):
     """The body of `POST /v1/orders`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [model_example(OrderCreate)]})
 
     items: LineItems
 
@@ -264,6 +295,31 @@ class CheckOutcome(BaseModel):
 
 
 class OrderValidation(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "valid": False,
+                    "total_cents": 3998,
+                    "checks": {"user": "passed", "credit": "failed", "stock": "passed"},
+                    "failures": [
+                        {
+                            "check": "credit",
+                            "error_code": "CREDIT_LIMIT_EXCEEDED",
+                            "detail": "This order of 3998 cents and the user's open orders of 98000 cents would "
+                            "exceed the credit limit of 100000 cents.",
+                        }
+                    ],
+                    "details": {
+                        "user": {"status": "passed", "service": "users", "elapsed_ms": 3.1},
+                        "credit": {"status": "failed", "service": "orders", "elapsed_ms": 9.4},
+                        "stock": {"status": "passed", "service": "inventory", "elapsed_ms": 6.8},
+                    },
+                }
+            ]
+        }
+    )
+
     valid: bool
     total_cents: int | None
     checks: dict[str, str]
@@ -271,7 +327,9 @@ class OrderValidation(BaseModel):
     details: dict[str, CheckOutcome]
 
 
-VALIDATE_DOCS, VALIDATE_EXTRA = operation_docs("POST", status_code=200, credentials="any", parses_body=True)
+VALIDATE_DOCS, VALIDATE_EXTRA = operation_docs(
+    "POST", status_code=200, credentials="any", parses_body=True, answer=OrderValidation
+)
 
 
 @router.post(
@@ -279,6 +337,13 @@ VALIDATE_DOCS, VALIDATE_EXTRA = operation_docs("POST", status_code=200, credenti
     name="validate_order",
     operation_id="validate_order",
     summary=f"Check an order (up to {MAX_ITEMS} lines) as POST /v1/orders would, without placing it",
+    description=(
+        "Runs the checks `POST /v1/orders` would (the user exists, every line is in stock now, the order "
+        "fits the user's credit) at once, and places nothing: nothing is reserved, so a later order may "
+        "still be refused. The first check that fails cancels the others. A failed check is not an "
+        "error: the answer is 200 with `valid: false` and the `failures` (their `error_code` is what "
+        "placing the order would answer)."
+    ),
     response_model=OrderValidation,
     responses=VALIDATE_DOCS,
     openapi_extra=VALIDATE_EXTRA,

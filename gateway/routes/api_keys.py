@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from gateway.edge.access import USER_TOKEN
 from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
-from services.users.errors import ApiKeyNotFound, ApiKeyNotRotatable, ScopeNotHeld, UserRequired
+from services.users.errors import (
+    CREATE_API_KEY_ERRORS,
+    LIST_API_KEYS_ERRORS,
+    REVOKE_API_KEY_ERRORS,
+    ROTATE_API_KEY_ERRORS,
+)
 from services.users.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, ApiKeyRotate, ApiKeyRotated
 from shared.pagination import Page
 
@@ -20,8 +25,6 @@ router = ForwardRouter(
     prefix="/v1/api-keys",
     tags=["api keys"],
     upstream_prefix="/api-keys",
-    # Keys are managed with a user's token: the users service answers 403 USER_REQUIRED to a key.
-    errors=[UserRequired],
 )
 
 router.add(
@@ -34,8 +37,14 @@ router.add(
         201,
         body=ApiKeyCreate,
         answer=ApiKeyCreated,
-        errors=[ScopeNotHeld],
+        errors=CREATE_API_KEY_ERRORS,
         secret=True,
+        description=(
+            "Creates an API key for the caller's tenant with some of the caller's own scopes (403 "
+            "`SCOPE_NOT_HELD` for one the caller lacks). The key (`sk_...`) is in this answer only, sent "
+            "with `Cache-Control: no-store`: keep it; send it as `X-API-Key`. Needs a user's access token: "
+            "a key cannot create keys (403 `USER_REQUIRED`)."
+        ),
     ),
     Forward(
         "GET",
@@ -45,6 +54,11 @@ router.add(
         "The API keys the caller may manage, newest first; never the keys",
         query=PAGE_QUERY,
         answer=Page[ApiKeyOut],
+        errors=LIST_API_KEYS_ERRORS,
+        description=(
+            "The tenant's API keys the caller may manage, newest first, a page at a time: their names, "
+            "scopes, last four characters (`hint`), last use and expiry; never a key itself."
+        ),
     ),
     Forward(
         "DELETE",
@@ -53,8 +67,12 @@ router.add(
         "revoke_api_key",
         "Revoke an API key",
         204,
-        errors=[ApiKeyNotFound],
+        errors=REVOKE_API_KEY_ERRORS,
         forget_key_on=204,
+        description=(
+            "Revokes a key at once: this gateway stops accepting it immediately, the others within the key "
+            "cache's TTL. Its rotated-out predecessor, if still in its grace period, is not affected."
+        ),
     ),
     Forward(
         "POST",
@@ -66,7 +84,13 @@ router.add(
         body=ApiKeyRotate,
         body_required=False,
         answer=ApiKeyRotated,
-        errors=[ApiKeyNotFound, ApiKeyNotRotatable],
+        errors=ROTATE_API_KEY_ERRORS,
+        description=(
+            "Issues a new key with the same name and scopes and retires the old one after `grace_seconds` "
+            "(the service's default when the body is left out), so clients can switch without downtime. The "
+            "new key is in this answer only. A revoked, expired or already rotated key is 409 "
+            "`API_KEY_NOT_ROTATABLE`."
+        ),
         forget_key_on=201,
         secret=True,
     ),

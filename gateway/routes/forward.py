@@ -60,6 +60,9 @@ class Forward:
     name: str
     summary: str
     status_code: int = 200
+    # What the reference says of the route beyond its summary (Markdown): what it does, what to send,
+    # the errors a client should expect and handle.
+    description: str = ""
     # Query parameters shown in the reference and validated before the request is sent.
     query: Mapping[str, QueryParameter] = field(default_factory=dict)
     # The request body: the service's model, shown in the reference and validated by the service.
@@ -131,6 +134,7 @@ class ForwardRouter:
         # The documentation-only routes, included in the app for its OpenAPI document.
         self.docs = APIRouter(prefix=prefix, tags=list(tags))
         self.compiled: list[CompiledForward] = []
+        self.rows: list[Forward] = []
         self.documented_bodies: list[DocumentedBody] = []
 
     def add(self, *rows: Forward) -> None:
@@ -141,6 +145,7 @@ class ForwardRouter:
         return iter(self.compiled)
 
     def _add(self, row: Forward) -> None:
+        self.rows.append(row)
         access = row.access
         if self.plans:
             access = Access(access.anonymous, access.scope, self.plans, self.feature, access.api_key)
@@ -176,7 +181,11 @@ class ForwardRouter:
             body=body,
             errors=[*row.errors, *self.errors],
             paged="cursor" in row.query,
+            answer=row.answer,
         )
+        description = row.description
+        if row.deprecation is not None:
+            description = f"{description}\n\n{row.deprecation.note()}".strip()
         self.docs.add_api_route(
             row.path,
             _documentation_only(row),
@@ -190,7 +199,7 @@ class ForwardRouter:
             responses=responses,
             openapi_extra=openapi_extra,
             deprecated=row.deprecation is not None or None,
-            description=row.deprecation.note() if row.deprecation is not None else None,
+            description=description or None,
         )
 
 

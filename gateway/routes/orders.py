@@ -8,9 +8,9 @@ from fastapi import Query
 
 from gateway.edge.access import readers_and_writers
 from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
-from services.orders.errors import OrderAlreadyCancelled, OrderNotFound, ProductNotFound, StockConflict, UnknownUser
+from services.orders.errors import CANCEL_ORDER_ERRORS, CREATE_ORDER_ERRORS, GET_ORDER_ERRORS, LIST_ORDERS_ERRORS
 from services.orders.schemas import OrderCreate, OrderOut
-from shared.contract import RESOURCE_ID_PATTERN, CreditLimitExceeded
+from shared.contract import RESOURCE_ID_PATTERN
 from shared.pagination import Page
 
 router = ForwardRouter("orders", prefix="/v1", tags=["orders"])
@@ -32,7 +32,16 @@ router.add(
         status_code=201,
         body=OrderCreate,
         answer=OrderOut,
-        errors=[ProductNotFound, StockConflict, UnknownUser, CreditLimitExceeded],
+        errors=CREATE_ORDER_ERRORS,
+        description=(
+            "Places an order for the calling user. Every line's stock is reserved in the inventory service "
+            "or none is (409 `INSUFFICIENT_STOCK` names the line and what is `available`; 404 "
+            "`PRODUCT_NOT_FOUND` the unknown product), and the user's open orders plus this one must stay "
+            "within their credit limit (422 `CREDIT_LIMIT_EXCEEDED`). The order is `confirmed` at once and "
+            "an `order.created` event goes to webhooks and the event stream.\n\n"
+            "Send an `Idempotency-Key` to retry safely: a repeat gets the first answer "
+            "(`Idempotent-Replayed: true`) and never places a second order."
+        ),
     ),
     Forward(
         "GET",
@@ -42,6 +51,11 @@ router.add(
         "The tenant's orders, newest first",
         query=LIST_QUERY,
         answer=Page[OrderOut],
+        errors=LIST_ORDERS_ERRORS,
+        description=(
+            "The tenant's orders, newest first, a page at a time: pass the answer's `next_cursor` as `cursor` "
+            "for the next page (null on the last). Filter by `status` or by `user_id`."
+        ),
     ),
     Forward(
         "GET",
@@ -50,7 +64,11 @@ router.add(
         "get_order",
         "An order of the tenant, with its items and status history",
         answer=OrderOut,
-        errors=[OrderNotFound],
+        errors=GET_ORDER_ERRORS,
+        description=(
+            "One order of the caller's tenant: its lines with the prices read when it was placed, its total "
+            "and every status it went through. An order of another tenant is 404, as one that does not exist."
+        ),
     ),
     Forward(
         "POST",
@@ -59,6 +77,11 @@ router.add(
         "cancel_order",
         "Cancel an order: releases its stock and emits order.cancelled",
         answer=OrderOut,
-        errors=[OrderNotFound, OrderAlreadyCancelled],
+        errors=CANCEL_ORDER_ERRORS,
+        description=(
+            "Cancels a confirmed order: its reserved stock goes back to the products, it no longer counts "
+            "against the user's credit, and an `order.cancelled` event is sent. Cancelling it twice is 409 "
+            "`ORDER_ALREADY_CANCELLED`."
+        ),
     ),
 )

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from gateway.edge.access import readers_and_writers
 from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
-from services.inventory.errors import InsufficientStock, ProductNotFound, SkuTaken, StockLimitExceeded
+from services.inventory.errors import (
+    ADJUST_STOCK_ERRORS,
+    CREATE_PRODUCT_ERRORS,
+    GET_PRODUCT_ERRORS,
+    LIST_ADJUSTMENTS_ERRORS,
+    LIST_PRODUCTS_ERRORS,
+    UPDATE_PRODUCT_ERRORS,
+)
 from services.inventory.schemas import (
     ProductCreate,
     ProductOut,
@@ -28,6 +35,12 @@ router.add(
         "The tenant's products, newest first; with ids=a,b,c only those (up to 100), in that order",
         query={**PAGE_QUERY, "ids": (str | None, None)},
         answer=Page[ProductOut],
+        errors=LIST_PRODUCTS_ERRORS,
+        description=(
+            "The tenant's products, newest first, a page at a time (`limit`, and `cursor` from the previous "
+            "page's `next_cursor`). With `ids` (comma-separated, at most 100) only those products, in that "
+            "order, without paging; an unknown id is left out."
+        ),
     ),
     Forward(
         "POST",
@@ -38,7 +51,11 @@ router.add(
         status_code=201,
         body=ProductCreate,
         answer=ProductOut,
-        errors=[SkuTaken],
+        errors=CREATE_PRODUCT_ERRORS,
+        description=(
+            "Adds a product to the tenant's catalogue with its initial `stock`. The `sku` is unique within the "
+            "tenant (409 `SKU_TAKEN`); prices are integers in cents."
+        ),
     ),
     Forward(
         "GET",
@@ -47,7 +64,8 @@ router.add(
         "get_product",
         "A product of the tenant",
         answer=ProductOut,
-        errors=[ProductNotFound],
+        errors=GET_PRODUCT_ERRORS,
+        description="One product of the caller's tenant with its current stock.",
     ),
     Forward(
         "PATCH",
@@ -57,7 +75,12 @@ router.add(
         "Change a product's sku, name or price",
         body=ProductUpdate,
         answer=ProductOut,
-        errors=[ProductNotFound, SkuTaken],
+        errors=UPDATE_PRODUCT_ERRORS,
+        description=(
+            "Changes the fields sent (`sku`, `name`, `price_cents`); those left out stay as they are, and "
+            "none may be null. Stock is changed with stock adjustments, not here. Orders already placed "
+            "keep the price they were placed at."
+        ),
     ),
     Forward(
         "POST",
@@ -68,7 +91,12 @@ router.add(
         status_code=201,
         body=StockAdjustmentCreate,
         answer=StockAdjustmentOut,
-        errors=[ProductNotFound, InsufficientStock, StockLimitExceeded],
+        errors=ADJUST_STOCK_ERRORS,
+        description=(
+            "Adds (`delta` > 0) or removes (`delta` < 0) units with a `reason`, kept in the product's "
+            "adjustment log with the stock after it. Stock never goes below zero (409 `INSUFFICIENT_STOCK`) "
+            "nor above its maximum (409 `STOCK_LIMIT_EXCEEDED`)."
+        ),
     ),
     Forward(
         "GET",
@@ -78,6 +106,7 @@ router.add(
         "A product's stock adjustments, newest first",
         query=PAGE_QUERY,
         answer=Page[StockAdjustmentOut],
-        errors=[ProductNotFound],
+        errors=LIST_ADJUSTMENTS_ERRORS,
+        description="The product's stock adjustments, newest first, a page at a time, each with the stock after it.",
     ),
 )

@@ -6,11 +6,16 @@ from __future__ import annotations
 from gateway.edge.access import readers_and_writers
 from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
 from services.webhooks.errors import (
-    DeliveryNotFound,
-    EndpointDisabled,
-    EndpointLimitReached,
-    EndpointNotFound,
-    UrlRefused,
+    CREATE_ENDPOINT_ERRORS,
+    DELETE_ENDPOINT_ERRORS,
+    GET_DELIVERY_ERRORS,
+    GET_ENDPOINT_ERRORS,
+    LIST_DELIVERIES_ERRORS,
+    LIST_ENDPOINTS_ERRORS,
+    RECOVER_ENDPOINT_ERRORS,
+    REPLAY_DELIVERY_ERRORS,
+    ROTATE_SECRET_ERRORS,
+    UPDATE_ENDPOINT_ERRORS,
 )
 from services.webhooks.schemas import (
     DeliveryDetail,
@@ -48,8 +53,14 @@ router.add(
         status_code=201,
         body=EndpointCreate,
         answer=EndpointWithSecret,
-        errors=[UrlRefused, EndpointLimitReached],
+        errors=CREATE_ENDPOINT_ERRORS,
         secret=True,
+        description=(
+            "Registers a URL to receive the tenant's events (`order.created`, `order.cancelled`, "
+            "`endpoint.disabled`), signed per Standard Webhooks with the endpoint's `secret` (`whsec_...`), "
+            "which is in this answer only. The URL must be http(s) on a public address (422 "
+            "`WEBHOOK_URL_REFUSED` names why not). A pro or enterprise plan feature (402 otherwise)."
+        ),
     ),
     Forward(
         "GET",
@@ -59,9 +70,18 @@ router.add(
         "The tenant's webhook endpoints, newest first",
         query=PAGE_QUERY,
         answer=Page[EndpointOut],
+        errors=LIST_ENDPOINTS_ERRORS,
+        description="The tenant's webhook endpoints, newest first, a page at a time; never their secrets.",
     ),
     Forward(
-        "GET", ENDPOINT, Reader, "get_endpoint", "A webhook endpoint", answer=EndpointOut, errors=[EndpointNotFound]
+        "GET",
+        ENDPOINT,
+        Reader,
+        "get_endpoint",
+        "A webhook endpoint",
+        answer=EndpointOut,
+        errors=GET_ENDPOINT_ERRORS,
+        description="One webhook endpoint of the tenant: its URL, events, status and rate limit; never its secret.",
     ),
     Forward(
         "PATCH",
@@ -71,7 +91,12 @@ router.add(
         "Change a webhook endpoint's url, events, status or rate limit (`enabled` is the older shape of status)",
         body=EndpointUpdate,
         answer=EndpointOut,
-        errors=[EndpointNotFound, UrlRefused],
+        errors=UPDATE_ENDPOINT_ERRORS,
+        description=(
+            "Changes the fields sent; those left out stay. `status: active` re-enables an endpoint that was "
+            "disabled (by hand, or for failing); `rate_limit_per_second: null` lifts its limit. `enabled` is "
+            "the deprecated shape of `status` (the answer then carries `Deprecation`)."
+        ),
     ),
     Forward(
         "DELETE",
@@ -80,7 +105,8 @@ router.add(
         "delete_endpoint",
         "Delete a webhook endpoint",
         status_code=204,
-        errors=[EndpointNotFound],
+        errors=DELETE_ENDPOINT_ERRORS,
+        description="Deletes the endpoint with its deliveries and their attempt logs; nothing more is sent to it.",
     ),
     Forward(
         "POST",
@@ -89,8 +115,12 @@ router.add(
         "rotate_secret",
         "Replace the endpoint's secret (the new one is shown only now; the old one signs for a grace period)",
         answer=EndpointWithSecret,
-        errors=[EndpointNotFound],
+        errors=ROTATE_SECRET_ERRORS,
         secret=True,
+        description=(
+            "Replaces the signing secret; the new one is in this answer only. Until "
+            "`previous_secret_expires_at` deliveries carry signatures by both, so receivers can switch."
+        ),
     ),
     Forward(
         "POST",
@@ -101,7 +131,12 @@ router.add(
         status_code=202,
         body=RecoverRequest,
         answer=Recovered,
-        errors=[EndpointNotFound, EndpointDisabled],
+        errors=RECOVER_ENDPOINT_ERRORS,
+        description=(
+            "After an outage of the receiver: every delivery to this endpoint that failed since `since` is "
+            "made pending again, on a fresh retry schedule. Answers how many were requeued. A disabled "
+            "endpoint is 409 `WEBHOOK_ENDPOINT_DISABLED`: re-enable it first."
+        ),
     ),
     Forward(
         "GET",
@@ -111,7 +146,8 @@ router.add(
         "The endpoint's deliveries, newest first",
         query=PAGE_QUERY,
         answer=Page[DeliveryOut],
-        errors=[EndpointNotFound],
+        errors=LIST_DELIVERIES_ERRORS,
+        description="The endpoint's deliveries, newest first, a page at a time, with their status and attempts.",
     ),
     Forward(
         "GET",
@@ -120,7 +156,8 @@ router.add(
         "get_delivery",
         "A delivery with its attempt log",
         answer=DeliveryDetail,
-        errors=[DeliveryNotFound],
+        errors=GET_DELIVERY_ERRORS,
+        description="One delivery with every attempt: when, the receiver's status code, how long it took, the error.",
     ),
     Forward(
         "POST",
@@ -130,6 +167,10 @@ router.add(
         "Deliver the event again, with the same webhook-id, whatever the delivery's status",
         status_code=202,
         answer=DeliveryOut,
-        errors=[DeliveryNotFound, EndpointDisabled],
+        errors=REPLAY_DELIVERY_ERRORS,
+        description=(
+            "Delivers the event again with the same `webhook-id`, so a receiver that deduplicates sees it "
+            "once; whatever the delivery's status. A disabled endpoint is 409 `WEBHOOK_ENDPOINT_DISABLED`."
+        ),
     ),
 )

@@ -11,6 +11,14 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from services.inventory import service
 from services.inventory.deps import ProductsRead, ProductsWrite, RepoDep, ReservationsRead, ReservationsWrite
+from services.inventory.errors import (
+    ADJUST_STOCK_ERRORS,
+    CREATE_PRODUCT_ERRORS,
+    GET_PRODUCT_ERRORS,
+    LIST_ADJUSTMENTS_ERRORS,
+    LIST_PRODUCTS_ERRORS,
+    UPDATE_PRODUCT_ERRORS,
+)
 from services.inventory.schemas import (
     ProductCreate,
     ProductOut,
@@ -26,6 +34,7 @@ from services.inventory.schemas import (
 from shared.contract import RESOURCE_ID_PATTERN, ResourceIdPath
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.pagination import Page, PageDep
+from shared.problem_docs import route_responses
 
 router = APIRouter()
 
@@ -60,24 +69,24 @@ INVALID = ValidationFailed.openapi_response()
 CONFLICT = Conflict.openapi_response()
 
 
-@router.post("/products", status_code=201, response_model=ProductOut, responses={**INVALID, **CONFLICT})
+@router.post("/products", status_code=201, response_model=ProductOut, responses=route_responses(CREATE_PRODUCT_ERRORS))
 async def create_product(data: ProductCreate, repo: RepoDep, caller: ProductsWrite) -> ProductOut:
     return ProductOut.model_validate(await service.create_product(repo, caller.tenant_id, data))
 
 
-@router.get("/products", response_model=Page[ProductOut], responses=INVALID)
+@router.get("/products", response_model=Page[ProductOut], responses=route_responses(LIST_PRODUCTS_ERRORS))
 async def list_products(
     repo: RepoDep, caller: ProductsRead, page: PageDep, ids: ProductIdsQuery = None
 ) -> Page[ProductOut]:
     return await service.list_products(repo, caller.tenant_id, page, ids)
 
 
-@router.get("/products/{product_id}", response_model=ProductOut, responses=NOT_FOUND)
+@router.get("/products/{product_id}", response_model=ProductOut, responses=route_responses(GET_PRODUCT_ERRORS))
 async def get_product(product_id: ResourceIdPath, repo: RepoDep, caller: ProductsRead) -> ProductOut:
     return ProductOut.model_validate(await service.get_product(repo, caller.tenant_id, product_id))
 
 
-@router.patch("/products/{product_id}", response_model=ProductOut, responses={**NOT_FOUND, **INVALID, **CONFLICT})
+@router.patch("/products/{product_id}", response_model=ProductOut, responses=route_responses(UPDATE_PRODUCT_ERRORS))
 async def update_product(
     product_id: ResourceIdPath, data: ProductUpdate, repo: RepoDep, caller: ProductsWrite
 ) -> ProductOut:
@@ -88,7 +97,7 @@ async def update_product(
     "/products/{product_id}/stock-adjustments",
     status_code=201,
     response_model=StockAdjustmentOut,
-    responses={**NOT_FOUND, **INVALID, **CONFLICT},
+    responses=route_responses(ADJUST_STOCK_ERRORS),
 )
 async def adjust_stock(
     product_id: ResourceIdPath, data: StockAdjustmentCreate, repo: RepoDep, caller: ProductsWrite
@@ -99,7 +108,7 @@ async def adjust_stock(
 @router.get(
     "/products/{product_id}/stock-adjustments",
     response_model=Page[StockAdjustmentOut],
-    responses={**NOT_FOUND, **INVALID},
+    responses=route_responses(LIST_ADJUSTMENTS_ERRORS),
 )
 async def list_adjustments(
     product_id: ResourceIdPath, repo: RepoDep, caller: ProductsRead, page: PageDep

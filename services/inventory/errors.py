@@ -3,7 +3,7 @@ imports them (never the service's code) to document and relay what it forwards."
 
 from __future__ import annotations
 
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, PorticoError
 
 
 class ProductNotFound(NotFound, code="PRODUCT_NOT_FOUND", title="Product not found", resource="product"):
@@ -34,3 +34,14 @@ class ReservationMismatch(Conflict, code="RESERVATION_MISMATCH", title="Order al
 
 class SkuTaken(Conflict, code="SKU_TAKEN", title="SKU already in use"):
     """A product with this SKU already exists in the tenant."""
+
+
+# The errors each route answers besides the common ones (422 for a parameter or body, 403 for a scope
+# the caller lacks), declared once: the route's `responses=` here and the gateway's `Forward` row for
+# it both list these, so the two documents agree.
+LIST_PRODUCTS_ERRORS: tuple[type[PorticoError], ...] = ()
+CREATE_PRODUCT_ERRORS = (SkuTaken,)
+GET_PRODUCT_ERRORS = (ProductNotFound,)
+UPDATE_PRODUCT_ERRORS = (ProductNotFound, SkuTaken)
+ADJUST_STOCK_ERRORS = (ProductNotFound, InsufficientStock, StockLimitExceeded)
+LIST_ADJUSTMENTS_ERRORS = (ProductNotFound,)

@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
 
 from shared.contract import LineItems, ReservedLine, ResourceIdField
 from shared.schemas import PLAIN_TEXT_PATTERN, refuse_null
@@ -23,6 +24,16 @@ ProductName = Annotated[str, Field(min_length=1, max_length=200, pattern=PLAIN_T
 PriceCents = Annotated[int, Field(strict=True, ge=0, le=MAX_PRICE_CENTS)]
 ReservationStatus = Literal["reserved", "confirmed", "released"]
 NOT_NULL = refuse_null("may be omitted but not null")
+# The example of a product in the reference (ids as the other services' examples use them).
+EXAMPLE_PRODUCT: JsonDict = {
+    "id": "0b9d6c2e-5d7c-4a5e-9a4b-2f1e8c3d7a61",
+    "sku": "TSHIRT-BLUE-M",
+    "name": "T-shirt, blue, M",
+    "price_cents": 1999,
+    "stock": 50,
+    "created_at": "2026-01-31T09:50:00Z",
+    "updated_at": "2026-01-31T09:50:00Z",
+}
 
 
 class ProductCreate(BaseModel):
@@ -43,7 +54,9 @@ class ProductCreate(BaseModel):
 class ProductUpdate(BaseModel):
     """A partial update. Stock is not here: it changes only through adjustments and reservations."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [{"price_cents": 2499}]}
+    )
 
     sku: Annotated[Sku | None, NOT_NULL] = None
     name: Annotated[ProductName | None, NOT_NULL] = None
@@ -51,7 +64,7 @@ class ProductUpdate(BaseModel):
 
 
 class ProductOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_PRODUCT]})
 
     id: str
     sku: str
@@ -67,7 +80,13 @@ class StockAdjustmentCreate(BaseModel):
         extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [{"delta": 25, "reason": "restock"}]}
     )
 
-    delta: int = Field(strict=True, ge=-MAX_STOCK, le=MAX_STOCK, description="Units added (>0) or removed (<0).")
+    delta: int = Field(
+        strict=True,
+        ge=-MAX_STOCK,
+        le=MAX_STOCK,
+        description="Units added (>0) or removed (<0); never zero.",
+        json_schema_extra={"not": {"const": 0}},
+    )
     reason: str = Field(
         min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN, examples=["restock", "damaged in transit"]
     )
@@ -81,7 +100,21 @@ class StockAdjustmentCreate(BaseModel):
 
 
 class StockAdjustmentOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "e1d2c3b4-a5f6-4e7d-8c9b-0a1f2e3d4c5b",
+                    "product_id": EXAMPLE_PRODUCT["id"],
+                    "delta": 25,
+                    "reason": "restock",
+                    "stock_after": 75,
+                    "created_at": "2026-01-31T11:00:00Z",
+                }
+            ]
+        },
+    )
 
     id: str
     product_id: str

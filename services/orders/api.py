@@ -11,26 +11,21 @@ from starlette.responses import Response
 
 from services.orders import service
 from services.orders.deps import ContextDep, EventsPublisher, EventsReader, OrdersRead, OrdersWrite
+from services.orders.errors import CANCEL_ORDER_ERRORS, CREATE_ORDER_ERRORS, GET_ORDER_ERRORS, LIST_ORDERS_ERRORS
 from services.orders.schemas import CreditOut, EventFeed, OrderCreate, OrderOut, OrderStatus
-from shared.contract import RESOURCE_ID_PATTERN, ResourceIdPath, checked_idempotency_key
+from shared.contract import RESOURCE_ID_PATTERN, InvalidIdempotencyKey, ResourceIdPath, checked_idempotency_key
 from shared.errors import (
-    BadRequest,
-    Conflict,
     DownstreamBadResponse,
     Forbidden,
-    NotFound,
     ServiceUnavailable,
-    ValidationFailed,
 )
 from shared.events import FEED_MAX_LIMIT, PublishedEvent
 from shared.pagination import Page, PageDep
+from shared.problem_docs import route_responses
 
 router = APIRouter()
 
 JSON = "application/json"
-NOT_FOUND = NotFound.openapi_response()
-INVALID = ValidationFailed.openapi_response()
-CONFLICT = Conflict.openapi_response()
 
 
 @router.post(
@@ -38,11 +33,7 @@ CONFLICT = Conflict.openapi_response()
     status_code=201,
     response_model=OrderOut,
     responses={
-        **BadRequest.openapi_response(),
-        **INVALID,
-        **NOT_FOUND,
-        **CONFLICT,
-        **Forbidden.openapi_response(),
+        **route_responses([InvalidIdempotencyKey, *CREATE_ORDER_ERRORS]),
         **DownstreamBadResponse.openapi_response(),
     },
 )
@@ -65,7 +56,7 @@ async def create_order(
     return Response(placed.body, status_code=201, media_type=JSON, headers=headers)
 
 
-@router.get("/orders", response_model=Page[OrderOut], responses=INVALID)
+@router.get("/orders", response_model=Page[OrderOut], responses=route_responses(LIST_ORDERS_ERRORS))
 async def list_orders(
     ctx: ContextDep,
     caller: OrdersRead,
@@ -82,12 +73,12 @@ async def credit(ctx: ContextDep, caller: OrdersWrite) -> CreditOut:
     return await service.credit(ctx, caller)
 
 
-@router.get("/orders/{order_id}", response_model=OrderOut, responses=NOT_FOUND)
+@router.get("/orders/{order_id}", response_model=OrderOut, responses=route_responses(GET_ORDER_ERRORS))
 async def get_order(order_id: ResourceIdPath, ctx: ContextDep, caller: OrdersRead) -> OrderOut:
     return await service.get_order(ctx, caller.tenant_id, order_id)
 
 
-@router.post("/orders/{order_id}/cancel", response_model=OrderOut, responses={**NOT_FOUND, **CONFLICT})
+@router.post("/orders/{order_id}/cancel", response_model=OrderOut, responses=route_responses(CANCEL_ORDER_ERRORS))
 async def cancel_order(order_id: ResourceIdPath, ctx: ContextDep, caller: OrdersWrite) -> OrderOut:
     return await service.cancel_order(ctx, caller, order_id)
 

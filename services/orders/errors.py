@@ -3,6 +3,7 @@ imports them (never the service's code) to document and relay what it forwards."
 
 from __future__ import annotations
 
+from shared.contract import CreditLimitExceeded, IdempotencyKeyInUse, IdempotencyKeyReused
 from shared.errors import Conflict, Forbidden, NotFound, PorticoError, ServiceUnavailable, ValidationFailed
 
 
@@ -52,3 +53,21 @@ class StockConflict(ReservationRefused, Conflict, code="INSUFFICIENT_STOCK", tit
 
 class ReservationInvalid(ReservationRefused, ValidationFailed):
     pass
+
+
+# The errors each route answers besides the common ones (422 for a parameter or body, 403 for a scope
+# the caller lacks), declared once: the route's `responses=` here and the gateway's `Forward` row for
+# it both list these, so the two documents agree.
+CREATE_ORDER_ERRORS = (
+    ProductNotFound,
+    StockConflict,
+    UnknownUser,
+    CreditLimitExceeded,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    OrdersBusy,
+    OrderAttemptExpired,
+)
+LIST_ORDERS_ERRORS: tuple[type[PorticoError], ...] = ()
+GET_ORDER_ERRORS = (OrderNotFound,)
+CANCEL_ORDER_ERRORS = (OrderNotFound, OrderAlreadyCancelled)

@@ -32,6 +32,7 @@ from services.orders.models import Order, OrderAttempt, OrderItem, OrderStatusCh
 from services.orders.repository import OrderRepository
 from services.orders.schemas import CreditOut, EventFeed, EventOut, OrderCreate, OrderOut, ReservationIn
 from services.orders.settings import OrdersSettings
+from shared.admission import check_deadline, deadline_var, no_deadline
 from shared.contract import CreditLimitExceeded, IdempotencyKeyInUse, IdempotencyKeyReused, Identity, TenantIdentity
 from shared.db import LockNotAvailable, new_id, utcnow
 from shared.errors import (
@@ -149,7 +150,9 @@ async def _forget_attempt(ctx: OrdersContext, attempt_id: str) -> None:
 
 async def _compensate(ctx: OrdersContext, identity: Identity, attempt_id: str) -> None:
     """Releases whatever stock the attempt may hold, then drops it. Whatever fails here is retried
-    by the recovery task, which finds the attempt abandoned."""
+    by the recovery task, which finds the attempt abandoned. It undoes work, so the request's
+    deadline does not stop it (this runs in a task of its own: its context is its own)."""
+    deadline_var.set(None)
     try:
         async with ctx.transaction() as repo:
             await repo.abandon_attempt(attempt_id, utcnow())
@@ -219,7 +222,10 @@ async def _create_order(
             raise IdempotencyKeyInUse()
 
     try:
+        # Past the request's deadline (`X-Request-Deadline`) no new step starts: its caller has given up.
+        check_deadline("the user check")
         user = await downstream.check_user(ctx.users, identity)
+        check_deadline("the reservation")
     except BaseException:
         await _run_to_completion(ctx, _forget_attempt(ctx, attempt.id))
         raise
@@ -233,11 +239,14 @@ async def _create_order(
         await _run_to_completion(ctx, _compensate(ctx, identity, attempt.id))
         raise
     try:
+        check_deadline("the order was stored")
         order, body = await _store(ctx, attempt, user, reservation)
     except BaseException:
         await _run_to_completion(ctx, _compensate(ctx, identity, attempt.id))
         raise
-    await _confirm(ctx, identity, order)
+    # The order is placed: confirming its reservation finishes it, deadline or not.
+    with no_deadline():
+        await _confirm(ctx, identity, order)
     return Placed(body, replayed=False)
 
 

@@ -20,7 +20,19 @@ from services.users.deps import (
     UsersRead,
     UsersWrite,
 )
-from services.users.errors import PlanNotSelfService, TokenFormRequired
+from services.users.errors import (
+    CREATE_API_KEY_ERRORS,
+    CREATE_TENANT_ERRORS,
+    CREATE_USER_ERRORS,
+    GET_USER_ERRORS,
+    ISSUE_TOKEN_ERRORS,
+    LIST_API_KEYS_ERRORS,
+    ME_ERRORS,
+    REVOKE_API_KEY_ERRORS,
+    ROTATE_API_KEY_ERRORS,
+    UPDATE_USER_ERRORS,
+    TokenFormRequired,
+)
 from services.users.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -29,6 +41,7 @@ from services.users.schemas import (
     ApiKeyResolved,
     ApiKeyRotate,
     ApiKeyRotated,
+    Jwks,
     TenantCreate,
     TenantCreated,
     TenantOut,
@@ -41,15 +54,11 @@ from services.users.schemas import (
 from shared.caller import IdentityDep
 from shared.contract import NO_STORE
 from shared.errors import (
-    Conflict,
-    Forbidden,
     NotFound,
     ServiceUnavailable,
-    TooManyRequests,
-    Unauthorized,
-    ValidationFailed,
 )
 from shared.pagination import Page, PageDep
+from shared.problem_docs import route_responses
 
 router = APIRouter()
 
@@ -57,7 +66,7 @@ router = APIRouter()
 JWKS_CACHE_CONTROL = "public, max-age=60"
 
 
-@router.get("/.well-known/jwks.json")
+@router.get("/.well-known/jwks.json", response_model=Jwks)
 async def jwks(issuer: IssuerDep, response: Response, _: IdentityDep) -> dict[str, Any]:
     """The public keys access tokens are signed with (RFC 7517): the current one, the next one and
     those whose tokens may still be alive. Empty with HS256."""
@@ -65,18 +74,11 @@ async def jwks(issuer: IssuerDep, response: Response, _: IdentityDep) -> dict[st
     return issuer.jwks()
 
 
-KEY_ERRORS = {**Forbidden.openapi_response(), **NotFound.openapi_response()}
-
-
 @router.post(
     "/tenants",
     status_code=201,
     response_model=TenantCreated,
-    responses={
-        **ValidationFailed.openapi_response(),
-        **Conflict.openapi_response(),
-        **PlanNotSelfService.openapi_response(),
-    },
+    responses=route_responses(CREATE_TENANT_ERRORS),
 )
 async def create_tenant(
     data: TenantCreate, repo: UsersDep, hasher: HasherDep, settings: SettingsDep, _: IdentityDep
@@ -110,12 +112,7 @@ async def form_body(request: Request, _: IdentityDep) -> None:
     "/auth/token",
     response_model=TokenOut,
     dependencies=[Depends(form_body)],
-    responses={
-        **Unauthorized.openapi_response(),
-        **TokenFormRequired.openapi_response(),
-        **TooManyRequests.openapi_response(),
-        **ServiceUnavailable.openapi_response(),
-    },
+    responses={**route_responses(ISSUE_TOKEN_ERRORS), **ServiceUnavailable.openapi_response()},
 )
 async def token(
     form: Annotated[TokenRequest, Form()],
@@ -130,19 +127,19 @@ async def token(
     return await service.issue_token(repo, hasher, throttle, issuer, form.username, form.password)
 
 
-@router.post("/users", status_code=201, response_model=UserOut, responses={**Conflict.openapi_response(), **KEY_ERRORS})
+@router.post("/users", status_code=201, response_model=UserOut, responses=route_responses(CREATE_USER_ERRORS))
 async def create_user(
     data: UserCreate, repo: UsersDep, keys: KeysDep, hasher: HasherDep, settings: SettingsDep, caller: UsersWrite
 ) -> UserOut:
     return await service.user_out(repo, settings, await service.create_user(repo, keys, hasher, caller, data))
 
 
-@router.get("/users/me", response_model=UserOut)
+@router.get("/users/me", response_model=UserOut, responses=route_responses(ME_ERRORS))
 async def me(repo: UsersDep, keys: KeysDep, settings: SettingsDep, caller: TenantCaller) -> UserOut:
     return await service.user_out(repo, settings, await service.get_me(repo, keys, caller))
 
 
-@router.get("/users/{user_id}", response_model=UserOut, responses=NotFound.openapi_response())
+@router.get("/users/{user_id}", response_model=UserOut, responses=route_responses(GET_USER_ERRORS))
 async def get_user(user_id: str, repo: UsersDep, settings: SettingsDep, caller: UsersRead) -> UserOut:
     return await service.user_out(repo, settings, await service.get_user(repo, caller.tenant_id, user_id))
 
@@ -150,7 +147,7 @@ async def get_user(user_id: str, repo: UsersDep, settings: SettingsDep, caller: 
 @router.patch(
     "/users/{user_id}",
     response_model=UserOut,
-    responses={**KEY_ERRORS, **ValidationFailed.openapi_response()},
+    responses=route_responses(UPDATE_USER_ERRORS),
 )
 async def update_user(
     user_id: str, data: UserUpdate, repo: UsersDep, keys: KeysDep, settings: SettingsDep, caller: UsersWrite
@@ -160,7 +157,9 @@ async def update_user(
     return await service.user_out(repo, settings, await service.update_user(repo, keys, caller, user_id, data))
 
 
-@router.post("/api-keys", status_code=201, response_model=ApiKeyCreated, responses=KEY_ERRORS)
+@router.post(
+    "/api-keys", status_code=201, response_model=ApiKeyCreated, responses=route_responses(CREATE_API_KEY_ERRORS)
+)
 async def create_api_key(
     data: ApiKeyCreate, repo: UsersDep, keys: KeysDep, caller: KeyManager, response: Response
 ) -> ApiKeyCreated:
@@ -169,12 +168,12 @@ async def create_api_key(
     return service.api_key_created(key, raw)
 
 
-@router.get("/api-keys", response_model=Page[ApiKeyOut], responses=Forbidden.openapi_response())
+@router.get("/api-keys", response_model=Page[ApiKeyOut], responses=route_responses(LIST_API_KEYS_ERRORS))
 async def list_api_keys(keys: KeysDep, caller: KeyManager, page: PageDep) -> Page[ApiKeyOut]:
     return await service.list_api_keys(keys, caller, page)
 
 
-@router.delete("/api-keys/{key_id}", status_code=204, responses=KEY_ERRORS)
+@router.delete("/api-keys/{key_id}", status_code=204, responses=route_responses(REVOKE_API_KEY_ERRORS))
 async def revoke_api_key(key_id: str, keys: KeysDep, caller: KeyManager) -> Response:
     await service.revoke_api_key(keys, caller, key_id)
     return Response(status_code=204)
@@ -184,7 +183,7 @@ async def revoke_api_key(key_id: str, keys: KeysDep, caller: KeyManager) -> Resp
     "/api-keys/{key_id}/rotate",
     status_code=201,
     response_model=ApiKeyRotated,
-    responses={**KEY_ERRORS, **Conflict.openapi_response()},
+    responses=route_responses(ROTATE_API_KEY_ERRORS),
 )
 async def rotate_api_key(
     key_id: str,

@@ -53,3 +53,19 @@ class TenantNotFound(NotFound, code="TENANT_NOT_FOUND", title="Tenant not found"
 class TokenFormRequired(UnsupportedMediaType, title="A form is required"):
     """A token request whose body is no form (JSON, most often): the route takes the OAuth2 password
     form, and says so rather than answering a 422 of fields missing from a form never meant."""
+
+
+# The errors each route answers besides the common ones (422 for a parameter or body, 403 for a scope
+# the caller lacks), declared once: the route's `responses=` here and the gateway's `Forward` row for
+# it both list these, so the two documents agree.
+CREATE_TENANT_ERRORS = (EmailTaken, PlanNotSelfService)
+ISSUE_TOKEN_ERRORS = (InvalidCredentials, TokenFormRequired, LoginThrottled)
+CREATE_USER_ERRORS = (EmailTaken,)
+ME_ERRORS = (UserNotFound,)
+GET_USER_ERRORS = (UserNotFound,)
+UPDATE_USER_ERRORS = (UserNotFound, UserRequired)
+# API keys are managed with a user's access token: every key route answers USER_REQUIRED to a key.
+CREATE_API_KEY_ERRORS = (UserRequired, ScopeNotHeld)
+LIST_API_KEYS_ERRORS = (UserRequired,)
+REVOKE_API_KEY_ERRORS = (UserRequired, ApiKeyNotFound)
+ROTATE_API_KEY_ERRORS = (UserRequired, ApiKeyNotFound, ApiKeyNotRotatable)

@@ -1,15 +1,45 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic.config import JsonDict
 
 from services.users.emails import Email
 from shared.contract import ALL_SCOPES, DEFAULT_PLAN, KEY_HASH_RE, MAX_CREDIT_LIMIT_CENTS, Plan, Role
 from shared.schemas import PLAIN_TEXT_PATTERN
 
 MAX_ROTATION_GRACE_SECONDS = 30 * 86400
+
+# Example values, one per resource, so the examples of the reference fit together.
+EXAMPLE_TENANT_ID = "b7e3c1d2-4f5a-4e6b-9c8d-7a6b5c4d3e2f"
+EXAMPLE_USER_ID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+EXAMPLE_KEY_ID = "1f0e3dad-9990-4e64-a0b4-4f6e0a7c3c21"
+EXAMPLE_TENANT: JsonDict = {"id": EXAMPLE_TENANT_ID, "name": "Acme", "plan": "pro"}
+EXAMPLE_USER: JsonDict = {
+    "id": EXAMPLE_USER_ID,
+    "email": "ada@example.com",
+    "role": "admin",
+    "tenant_id": EXAMPLE_TENANT_ID,
+    "created_at": "2026-01-31T09:30:00Z",
+    "credit_limit_cents": 100000,
+    "credit_limit_custom": False,
+}
+EXAMPLE_KEY: JsonDict = {
+    "id": EXAMPLE_KEY_ID,
+    "name": "reporting",
+    "scopes": ["orders:read"],
+    "hint": "x7Qa",
+    "tenant_id": EXAMPLE_TENANT_ID,
+    "created_by": EXAMPLE_USER_ID,
+    "created_at": "2026-01-31T09:45:00Z",
+    "last_used_at": None,
+    "revoked_at": None,
+    "expires_at": None,
+    "replaced_by": None,
+}
+EXAMPLE_RAW_KEY = "sk_Jb3xw0cKq1Z9nR2mT8vY4uL6pS5oE7aH3gF1dC0x7Qa"
 
 
 class TenantCreate(BaseModel):
@@ -29,7 +59,7 @@ class TenantCreate(BaseModel):
 
 
 class TenantOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_TENANT]})
 
     id: str
     name: str
@@ -48,7 +78,7 @@ class UserCreate(BaseModel):
 
 
 class UserOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_USER]})
 
     id: str
     email: str
@@ -64,12 +94,14 @@ class UserOut(BaseModel):
 class UserUpdate(BaseModel):
     """What an admin may change about a user. `credit_limit_cents: null` returns to the plan's default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"credit_limit_cents": 250000}]})
 
     credit_limit_cents: int | None = Field(strict=True, ge=0, le=MAX_CREDIT_LIMIT_CENTS)
 
 
 class TenantCreated(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"tenant": EXAMPLE_TENANT, "user": EXAMPLE_USER}]})
+
     tenant: TenantOut
     user: UserOut
 
@@ -81,14 +113,30 @@ class TokenRequest(BaseModel):
         json_schema_extra={"examples": [{"username": "ada@example.com", "password": "s3cret-pass"}]}
     )
 
-    username: str = Field(max_length=320, pattern=PLAIN_TEXT_PATTERN)
-    password: str = Field(max_length=128)
+    # An empty field is no field in a form (FastAPI reads it as missing): at least one character.
+    username: str = Field(min_length=1, max_length=320, pattern=PLAIN_TEXT_PATTERN)
+    password: str = Field(min_length=1, max_length=128)
 
 
 class TokenOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiI3YzllNjY3OSJ9.3q2-7w",
+                    "token_type": "bearer",
+                    "expires_in": 3600,
+                }
+            ]
+        }
+    )
+
     access_token: str
     token_type: str = "bearer"
     expires_in: int
+
+
+SCOPE_NAMES: list[JsonValue] = [*sorted(ALL_SCOPES)]
 
 
 def _known_scopes(scopes: list[str]) -> list[str]:
@@ -104,11 +152,16 @@ class ApiKeyCreate(BaseModel):
     )
 
     name: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT_PATTERN)
-    scopes: Annotated[list[str], AfterValidator(_known_scopes)] = Field(min_length=1, max_length=len(ALL_SCOPES))
+    scopes: Annotated[list[str], AfterValidator(_known_scopes)] = Field(
+        min_length=1,
+        max_length=len(ALL_SCOPES),
+        # The schema names the scopes there are, which the validator checks.
+        json_schema_extra={"items": {"type": "string", "enum": SCOPE_NAMES}},
+    )
 
 
 class ApiKeyRotate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"grace_seconds": 86400}]})
 
     # How long the old key keeps working; the service's default when omitted.
     grace_seconds: int | None = Field(default=None, ge=0, le=MAX_ROTATION_GRACE_SECONDS)
@@ -117,7 +170,7 @@ class ApiKeyRotate(BaseModel):
 class ApiKeyOut(BaseModel):
     """A key as listings show it: never the key itself, only its last characters."""
 
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_KEY]})
 
     id: str
     name: str
@@ -141,11 +194,31 @@ class ApiKeyOut(BaseModel):
 class ApiKeyCreated(ApiKeyOut):
     """The one answer that holds the raw key."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{**EXAMPLE_KEY, "api_key": EXAMPLE_RAW_KEY}]})
+
     api_key: str
 
 
 class ApiKeyRotated(ApiKeyCreated):
     """The new key, and the old one with the end of its grace period."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **EXAMPLE_KEY,
+                    "id": "6d1b8f3e-2c4a-4e9b-8f7d-3a2b1c0d9e8f",
+                    "created_at": "2026-02-28T10:00:00Z",
+                    "api_key": EXAMPLE_RAW_KEY,
+                    "previous": {
+                        **EXAMPLE_KEY,
+                        "expires_at": "2026-03-01T10:00:00Z",
+                        "replaced_by": "6d1b8f3e-2c4a-4e9b-8f7d-3a2b1c0d9e8f",
+                    },
+                }
+            ]
+        }
+    )
 
     previous: ApiKeyOut
 
@@ -167,3 +240,28 @@ class ApiKeyResolved(BaseModel):
     # The tenant's own monthly request quota, where an operator set one (null: the plan's).
     monthly_quota: int | None = None
     expires_at: datetime | None
+
+
+class Jwks(BaseModel):
+    """A JSON Web Key Set (RFC 7517): the public keys access tokens are signed with, by `kid`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "keys": [
+                        {
+                            "kty": "RSA",
+                            "use": "sig",
+                            "alg": "RS256",
+                            "kid": "2026-01-31",
+                            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6t",
+                            "e": "AQAB",
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
+    keys: list[dict[str, Any]]

@@ -16,6 +16,18 @@ from services.webhooks.deps import (
     WebhooksRead,
     WebhooksWrite,
 )
+from services.webhooks.errors import (
+    CREATE_ENDPOINT_ERRORS,
+    DELETE_ENDPOINT_ERRORS,
+    GET_DELIVERY_ERRORS,
+    GET_ENDPOINT_ERRORS,
+    LIST_DELIVERIES_ERRORS,
+    LIST_ENDPOINTS_ERRORS,
+    RECOVER_ENDPOINT_ERRORS,
+    REPLAY_DELIVERY_ERRORS,
+    ROTATE_SECRET_ERRORS,
+    UPDATE_ENDPOINT_ERRORS,
+)
 from services.webhooks.models import Endpoint
 from services.webhooks.schemas import (
     DeliveryDetail,
@@ -29,17 +41,13 @@ from services.webhooks.schemas import (
 )
 from shared.contract import NO_STORE
 from shared.deprecation import WEBHOOK_ENDPOINT_ENABLED
-from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.pagination import Page, PageDep
+from shared.problem_docs import route_responses
 
 router = APIRouter(prefix="/endpoints")
 deliveries_router = APIRouter(prefix="/deliveries")
 
 RowId = Annotated[str, Path(min_length=1, max_length=64)]
-WRITE_ERRORS = {
-    **ValidationFailed.openapi_response(),
-    **Conflict.openapi_response(),
-}
 
 
 def with_secret(endpoint: Endpoint, response: Response) -> EndpointWithSecret:
@@ -48,7 +56,7 @@ def with_secret(endpoint: Endpoint, response: Response) -> EndpointWithSecret:
     return EndpointWithSecret.model_validate(endpoint)
 
 
-@router.post("", status_code=201, response_model=EndpointWithSecret, responses=WRITE_ERRORS)
+@router.post("", status_code=201, response_model=EndpointWithSecret, responses=route_responses(CREATE_ENDPOINT_ERRORS))
 async def create_endpoint(
     data: EndpointCreate,
     repo: RepoDep,
@@ -62,17 +70,17 @@ async def create_endpoint(
     return with_secret(await service.create_endpoint(repo, settings, caller.tenant_id, data, resolver), response)
 
 
-@router.get("", response_model=Page[EndpointOut])
+@router.get("", response_model=Page[EndpointOut], responses=route_responses(LIST_ENDPOINTS_ERRORS))
 async def list_endpoints(repo: RepoDep, caller: WebhooksRead, page: PageDep) -> Page[EndpointOut]:
     return await service.list_endpoints(repo, caller.tenant_id, page)
 
 
-@router.get("/{endpoint_id}", response_model=EndpointOut, responses=NotFound.openapi_response())
+@router.get("/{endpoint_id}", response_model=EndpointOut, responses=route_responses(GET_ENDPOINT_ERRORS))
 async def get_endpoint(endpoint_id: RowId, repo: RepoDep, caller: WebhooksRead) -> EndpointOut:
     return EndpointOut.model_validate(await service.get_endpoint(repo, caller.tenant_id, endpoint_id))
 
 
-@router.patch("/{endpoint_id}", response_model=EndpointOut, responses={**WRITE_ERRORS, **NotFound.openapi_response()})
+@router.patch("/{endpoint_id}", response_model=EndpointOut, responses=route_responses(UPDATE_ENDPOINT_ERRORS))
 async def update_endpoint(
     endpoint_id: RowId,
     data: EndpointUpdate,
@@ -90,13 +98,15 @@ async def update_endpoint(
     return EndpointOut.model_validate(endpoint)
 
 
-@router.delete("/{endpoint_id}", status_code=204, responses=NotFound.openapi_response())
+@router.delete("/{endpoint_id}", status_code=204, responses=route_responses(DELETE_ENDPOINT_ERRORS))
 async def delete_endpoint(endpoint_id: RowId, repo: RepoDep, caller: WebhooksWrite) -> Response:
     await service.delete_endpoint(repo, caller.tenant_id, endpoint_id)
     return Response(status_code=204)
 
 
-@router.post("/{endpoint_id}/rotate-secret", response_model=EndpointWithSecret, responses=NotFound.openapi_response())
+@router.post(
+    "/{endpoint_id}/rotate-secret", response_model=EndpointWithSecret, responses=route_responses(ROTATE_SECRET_ERRORS)
+)
 async def rotate_secret(
     endpoint_id: RowId, repo: RepoDep, settings: SettingsDep, caller: WebhooksWrite, response: Response
 ) -> EndpointWithSecret:
@@ -107,7 +117,7 @@ async def rotate_secret(
     "/{endpoint_id}/recover",
     status_code=202,
     response_model=Recovered,
-    responses={**NotFound.openapi_response(), **Conflict.openapi_response(), **ValidationFailed.openapi_response()},
+    responses=route_responses(RECOVER_ENDPOINT_ERRORS),
 )
 async def recover_endpoint(
     endpoint_id: RowId, data: RecoverRequest, repo: RepoDep, deliveries: DeliveryRepoDep, caller: WebhooksWrite
@@ -118,13 +128,13 @@ async def recover_endpoint(
 @router.get(
     "/{endpoint_id}/deliveries",
     response_model=Page[DeliveryOut],
-    responses={**NotFound.openapi_response(), **ValidationFailed.openapi_response()},
+    responses=route_responses(LIST_DELIVERIES_ERRORS),
 )
 async def list_deliveries(endpoint_id: RowId, repo: RepoDep, caller: WebhooksRead, page: PageDep) -> Page[DeliveryOut]:
     return await service.list_deliveries(repo, caller.tenant_id, endpoint_id, page)
 
 
-@deliveries_router.get("/{delivery_id}", response_model=DeliveryDetail, responses=NotFound.openapi_response())
+@deliveries_router.get("/{delivery_id}", response_model=DeliveryDetail, responses=route_responses(GET_DELIVERY_ERRORS))
 async def get_delivery(delivery_id: RowId, deliveries: DeliveryRepoDep, caller: WebhooksRead) -> DeliveryDetail:
     return await service.delivery_detail(deliveries, caller.tenant_id, delivery_id)
 
@@ -133,7 +143,7 @@ async def get_delivery(delivery_id: RowId, deliveries: DeliveryRepoDep, caller: 
     "/{delivery_id}/replay",
     status_code=202,
     response_model=DeliveryOut,
-    responses={**NotFound.openapi_response(), **Conflict.openapi_response()},
+    responses=route_responses(REPLAY_DELIVERY_ERRORS),
 )
 async def replay_delivery(delivery_id: RowId, deliveries: DeliveryRepoDep, caller: WebhooksWrite) -> DeliveryOut:
     return await service.replay(deliveries, caller.tenant_id, delivery_id)

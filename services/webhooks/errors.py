@@ -3,7 +3,7 @@ imports them (never the service's code) to document and relay what it forwards."
 
 from __future__ import annotations
 
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.errors import Conflict, NotFound, PorticoError, ValidationFailed
 
 
 class EndpointNotFound(
@@ -29,3 +29,18 @@ class DeliveryNotFound(
 
 class EndpointDisabled(Conflict, code="WEBHOOK_ENDPOINT_DISABLED", title="Webhook endpoint disabled"):
     """Replaying a delivery while its endpoint is disabled."""
+
+
+# The errors each route answers besides the common ones (422 for a parameter or body, 403 for a scope
+# the caller lacks), declared once: the route's `responses=` here and the gateway's `Forward` row for
+# it both list these, so the two documents agree.
+CREATE_ENDPOINT_ERRORS = (UrlRefused, EndpointLimitReached)
+LIST_ENDPOINTS_ERRORS: tuple[type[PorticoError], ...] = ()
+GET_ENDPOINT_ERRORS = (EndpointNotFound,)
+UPDATE_ENDPOINT_ERRORS = (EndpointNotFound, UrlRefused)
+DELETE_ENDPOINT_ERRORS = (EndpointNotFound,)
+ROTATE_SECRET_ERRORS = (EndpointNotFound,)
+RECOVER_ENDPOINT_ERRORS = (EndpointNotFound, EndpointDisabled)
+LIST_DELIVERIES_ERRORS = (EndpointNotFound,)
+GET_DELIVERY_ERRORS = (DeliveryNotFound,)
+REPLAY_DELIVERY_ERRORS = (DeliveryNotFound, EndpointDisabled)

@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from shared.deprecation import WEBHOOK_ENDPOINT_ENABLED
 from shared.schemas import refuse_null
@@ -18,6 +19,32 @@ EndpointStatus = Literal["active", "disabled"]
 # Attempts started per second at most, across every worker; null: no limit.
 RateLimit = Annotated[int | None, Field(ge=1, le=10_000, examples=[20])]
 DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
+
+# Examples of the reference (ids as the other services' examples use them).
+EXAMPLE_ENDPOINT: JsonDict = {
+    "id": "2a7c1e9b-8d4f-4b3a-9e6c-1f2d3c4b5a69",
+    "url": "https://hooks.example.com/portico",
+    "events": ["order.cancelled", "order.created"],
+    "status": "active",
+    "enabled": True,
+    "rate_limit_per_second": 20,
+    "created_at": "2026-01-31T12:00:00Z",
+    "updated_at": "2026-01-31T12:00:00Z",
+}
+EXAMPLE_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw1lqdk9YnTWk="
+EXAMPLE_DELIVERY: JsonDict = {
+    "id": "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b",
+    "endpoint_id": EXAMPLE_ENDPOINT["id"],
+    "event_id": "3d4e5f60-7182-4a3b-9c4d-5e6f70819203",
+    "event_type": "order.created",
+    "webhook_id": "msg_9e8d7c6b5a4f4e3d8c2b1a0f9e8d7c6b",
+    "status": "failed",
+    "attempts": 2,
+    "next_attempt_at": "2026-01-31T12:20:00Z",
+    "last_attempt_at": "2026-01-31T12:15:05Z",
+    "last_status_code": 503,
+    "created_at": "2026-01-31T12:15:00Z",
+}
 
 
 def _status_or_enabled(status: EndpointStatus | None, enabled: bool | None) -> None:
@@ -65,7 +92,9 @@ class EndpointCreate(BaseModel):
 class EndpointUpdate(BaseModel):
     """Only the fields sent change."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"status": "active", "rate_limit_per_second": 50}]}
+    )
 
     url: Annotated[str | None, NOT_NULL] = Field(default=None, min_length=1, max_length=2048)
     events: list[EventType] | None = Field(default=None, min_length=1, max_length=len(EVENT_TYPES) * 4)
@@ -99,7 +128,7 @@ class EndpointUpdate(BaseModel):
 
 
 class EndpointOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_ENDPOINT]})
 
     id: str
     url: str
@@ -115,13 +144,19 @@ class EndpointOut(BaseModel):
 class EndpointWithSecret(EndpointOut):
     """Only the answers to create and rotate carry the secret."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{**EXAMPLE_ENDPOINT, "secret": EXAMPLE_SECRET, "previous_secret_expires_at": None}]
+        }
+    )
+
     secret: str
     # Until then, deliveries are also signed with the secret that was rotated out.
     previous_secret_expires_at: datetime | None = None
 
 
 class DeliveryOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_DELIVERY]})
 
     id: str
     endpoint_id: str
@@ -148,6 +183,20 @@ class AttemptOut(BaseModel):
 class DeliveryDetail(DeliveryOut):
     """One delivery with its attempt log, oldest attempt first."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **EXAMPLE_DELIVERY,
+                    "attempt_log": [
+                        {"at": "2026-01-31T12:15:00Z", "status_code": None, "duration_ms": 10000, "error": "timed out"},
+                        {"at": "2026-01-31T12:15:05Z", "status_code": 503, "duration_ms": 120, "error": None},
+                    ],
+                }
+            ]
+        }
+    )
+
     attempt_log: list[AttemptOut]
 
 
@@ -166,5 +215,7 @@ class RecoverRequest(BaseModel):
 
 
 class Recovered(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"requeued": 12}]})
+
     # Failed deliveries made pending again, each on a fresh retry schedule with its own webhook-id.
     requeued: int

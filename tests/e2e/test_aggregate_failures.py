@@ -43,10 +43,16 @@ def dashboard_path(tenant: Tenant) -> str:
 
 
 async def test_a_frozen_optional_part_times_out_within_the_budget(services: Stack, services_tenant: Tenant):
+    """The frozen part waits out the budget, no less (it was cut by the budget, not given up at once)
+    and no more: the request costs what the same request costs with every service answering (the
+    control, measured just before) plus the budget, held to twice both, a margin for the machine's
+    load that still refuses a part which waited three budgets (or a client's timeout)."""
     async with gateway_on(services) as gateway:
+        healthy, control = await timed_get(gateway, dashboard_path(services_tenant), headers=services_tenant.auth)
+        assert healthy.headers["x-aggregate-complete"] == "true", healthy.text
         with frozen(services, "inventory"):
             response, took = await timed_get(gateway, dashboard_path(services_tenant), headers=services_tenant.auth)
-    assert took < BOUND
+    assert took <= 2 * (BUDGET + control), (took, control)
     assert response.status_code == 200, response.text
     assert response.headers["x-aggregate-complete"] == "false"
     body = response.json()
@@ -57,7 +63,8 @@ async def test_a_frozen_optional_part_times_out_within_the_budget(services: Stac
     assert part["status"] == "timeout"
     assert part["service"] == "inventory"
     assert part["error_code"] == "DOWNSTREAM_TIMEOUT"
-    assert part["elapsed_ms"] <= BOUND * 1000
+    # Its deadline is the budget, set as the request's parts start: it waited for most of it at least.
+    assert BUDGET * 1000 / 2 <= part["elapsed_ms"] <= took * 1000, (part["elapsed_ms"], took)
     assert body["parts"]["user"]["status"] == body["parts"]["orders"]["status"] == "ok"
 
 

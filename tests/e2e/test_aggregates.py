@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from tests.e2e.test_orders_flow import login, new_product, one_of, signup
 from tests.orders_support import PASSWORD, assert_problem, unique
@@ -26,7 +27,9 @@ async def test_dashboard_answers_every_part(gateway):
     assert kept.status_code == cancelled.status_code == 201, (kept.text, cancelled.text)
     assert (await gateway.post(f"/v1/orders/{cancelled.json()['id']}/cancel", headers=auth)).status_code == 200
 
+    started = time.monotonic()
     response = await gateway.get(f"/v1/users/{user_id}/dashboard", headers=auth)
+    took = time.monotonic() - started
     assert response.status_code == 200, response.text
     assert response.headers["x-aggregate-complete"] == "true"
     body = response.json()
@@ -43,6 +46,8 @@ async def test_dashboard_answers_every_part(gateway):
         assert part["status"] == "ok"
         assert part["service"] == service
         assert "error_code" not in part
+        # A call over the network, timed in milliseconds: more than nothing, within the request's own time.
+        assert 0 < part["elapsed_ms"] <= took * 1000, (part["elapsed_ms"], took)
 
     # `me` is the caller's own user, for a token and for an API key (whose user created it): the same
     # parts, not an empty dashboard that says it is complete.

@@ -144,7 +144,23 @@ async def test_every_instance_sees_every_event_once_in_order_and_tenants_never_c
             ),
             "every event on both instances",
         )
-        await asyncio.sleep(0.5)  # room for a duplicate, or the other tenant's event, to show up, were there one
+        # A last event of each tenant's, written after all of the above: each stream is in order, so a
+        # duplicate, or the other tenant's event, would have come before it, were there one.
+        for tenant, orders in ((acme, placed), (other, other_placed)):
+            cancelled = await gateway.post(f"/v1/orders/{orders[1]}/cancel", headers=tenant.auth)
+            assert cancelled.status_code == 200, cancelled.text
+        await until(
+            lambda: all(
+                any(e["type"] == "order.cancelled" and e["data"]["id"] == orders[1] for e in reader.events)
+                for reader, orders in (
+                    (first, placed),
+                    (second, placed),
+                    (other_first, other_placed),
+                    (other_second, other_placed),
+                )
+            ),
+            "each tenant's last event on both instances",
+        )
         assert first.retry is not None
         for reader, tenant, orders in (
             (first, acme, placed),
@@ -153,8 +169,8 @@ async def test_every_instance_sees_every_event_once_in_order_and_tenants_never_c
             (other_second, other, other_placed),
         ):
             assert reader.ids == sorted(set(reader.ids))
-            assert [e["type"] for e in reader.events] == ["order.created"] * len(orders) + ["order.cancelled"]
-            assert [e["data"]["id"] for e in reader.events] == [*orders, orders[0]]
+            assert [e["type"] for e in reader.events] == ["order.created"] * len(orders) + ["order.cancelled"] * 2
+            assert [e["data"]["id"] for e in reader.events] == [*orders, orders[0], orders[1]]
             assert {e["data"]["tenant_id"] for e in reader.events} == {tenant.id}
             assert all(set(e) == {"id", "type", "timestamp", "data"} for e in reader.events)
         assert first.ids == second.ids
@@ -210,7 +226,7 @@ async def test_resuming_on_another_instance_after_the_first_died(stack, gateway,
     try:
         doomed.wait_ready(60)
         async with reading(doomed.url(), acme.auth) as before:
-            await place_and_cancel(gateway, acme, 2)
+            placed = await place_and_cancel(gateway, acme, 2)
             await until(lambda: len(before.events) >= 1, "the first event")
             seen = before.ids[:1]
             # The instance dies while its client has seen one event.
@@ -220,11 +236,14 @@ async def test_resuming_on_another_instance_after_the_first_died(stack, gateway,
         doomed.stop()
     async with reading(two_more[0], acme.auth, last_event_id=str(seen[-1])) as after:
         await until(lambda: len(after.events) >= 2, "the rest after resuming")
-        await asyncio.sleep(0.5)
-        assert [e["type"] for e in after.events] == ["order.created", "order.cancelled"]
+        # One more event, written now: a duplicate of the resumed ones would have come before it.
+        cancelled = await gateway.post(f"/v1/orders/{placed[1]}/cancel", headers=acme.auth)
+        assert cancelled.status_code == 200, cancelled.text
+        await until(lambda: placed[1] in [e["data"]["id"] for e in after.events[2:]], "the last event")
+        assert [e["type"] for e in after.events] == ["order.created", "order.cancelled", "order.cancelled"]
         assert after.ids[0] > seen[-1]
     async with reading(two_more[1], acme.auth, last_event_id="0") as everything:
-        await until(lambda: len(everything.events) >= 3, "every event of the tenant")
+        await until(lambda: len(everything.events) >= 4, "every event of the tenant")
         assert everything.ids == [seen[0], *after.ids]
 
 

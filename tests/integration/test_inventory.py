@@ -18,7 +18,7 @@ from services.inventory.app import create_app
 from services.inventory.settings import InventorySettings
 from shared.contract import Identity
 from shared.migrations import upgrade
-from tests.conftest import INTERNAL_SECRET, ROOT, app_client, settings_kwargs
+from tests.conftest import FIXED_ADMISSION, INTERNAL_SECRET, ROOT, app_client, settings_kwargs
 from tests.infra import Servers
 from tests.orders_support import SMALL_POOL, Caller, assert_problem, tenant_identity, unique
 
@@ -36,7 +36,7 @@ async def sqlite_inventory(tmp_path_factory: pytest.TempPathFactory) -> AsyncIte
     url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('inventory') / 'inventory.db'}"
     await asyncio.to_thread(upgrade, ROOT / "services" / "inventory", url)
     settings = InventorySettings(
-        environment="test", internal_token_secret=INTERNAL_SECRET, database_url=url, access_log=False
+        environment="test", internal_token_secret=INTERNAL_SECRET, database_url=url, access_log=False, **FIXED_ADMISSION
     )
     async for client in app_client(create_app(settings)):
         yield client

@@ -302,8 +302,16 @@ async def test_inventory_hung_by_sigstop_leaks_no_stock(tenant: Tenant, saga: Sa
     assert_problem(failed, 504, "DOWNSTREAM_TIMEOUT")
     assert await tenant.attempts() == ["abandoned"]
 
+    # The reserve the orders service gave up on does reach the resumed process and takes the stock
+    # (unless the release got there after it and gave it back already): there is something to leak.
+    async def reserved() -> bool:
+        return len(await tenant.reservations()) == 1
+
+    await eventually(reserved)
+
     async with saga.recovering():
         await eventually(lambda: tenant.settled(mug, 10))
+    assert [r["status"] for r in await tenant.reservations()] == ["released"]
     assert await tenant.orders_stored() == []
     await tenant.placed_once(mug, 5, key, stock=10)
 
@@ -311,23 +319,31 @@ async def test_inventory_hung_by_sigstop_leaks_no_stock(tenant: Tenant, saga: Sa
 async def test_inventory_killed_mid_reserve_leaks_no_stock(
     tenant: Tenant, saga: Saga, inventory_process: ServiceProcess, inventory_proxy: HttpFaultProxy
 ):
+    """The inventory process takes the stock and is killed before its answer reaches the orders
+    service (the fault injector holds the answer meanwhile, then drops the connection): the reserve
+    fails, the compensation cannot reach the dead process, and the recovery task gives the stock back
+    once the process is up again."""
     mug = await tenant.product(stock=10)
     key = unique("key")
-    arrived = inventory_proxy.add(*RESERVE, action="forward", times=1)
-    inventory_process.pause()
+    reserve = inventory_proxy.add(*RESERVE, action="forward_then_drop", hold_answer=True, times=1)
     placing = asyncio.create_task(tenant.place(mug, 2, key))
-    await asyncio.wait_for(arrived.seen.wait(), 60)
+    await asyncio.wait_for(reserve.answered.wait(), 60)
+    # The inventory service stored the reservation: the stock is held there.
+    assert [r["status"] for r in await tenant.reservations()] == ["reserved"]
+    assert await tenant.stock(mug) == 8
     await asyncio.to_thread(inventory_process.kill)
+    reserve.release()
     failed = await placing
     assert_problem(failed, 503, "DOWNSTREAM_UNAVAILABLE")
-    # The compensation could not reach the dead process either.
+    # The compensation could not reach the dead process either: the stock is still held.
     assert await tenant.attempts() == ["abandoned"]
-    assert await tenant.stock(mug) == 10
+    assert await tenant.stock(mug) == 8
 
     await asyncio.to_thread(inventory_process.start)
     saga.inventory_proxy.upstream = inventory_process.url
     async with saga.recovering():
         await eventually(lambda: tenant.settled(mug, 10))
+    assert [r["status"] for r in await tenant.reservations()] == ["released"]
     assert await tenant.orders_stored() == []
     await tenant.placed_once(mug, 2, key, stock=10)
 

@@ -22,8 +22,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from gateway.app import create_redis
 from gateway.realtime.hub import Expired, Hub, Lagged, Overflowed
 from gateway.realtime.relay import EventRelay, OrdersFeed
-from gateway.realtime.store import EventStore, MemoryEventStore, RedisEventStore, StreamEvent
-from gateway.routes.realtime import until_done
+from gateway.realtime.streams import EventStore, MemoryEventStore, RedisEventStore, StreamEvent
+from gateway.routes.events import until_done
 from scripts.devstack import Stack
 from services.orders.app import create_app as create_orders_app
 from services.orders.settings import OrdersSettings

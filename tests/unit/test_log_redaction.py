@@ -34,32 +34,33 @@ def written(request) -> Iterator[tuple[logging.Logger, io.StringIO]]:
     logger.handlers[:] = []
 
 
-@pytest.mark.parametrize(
-    ("line", "expected"),
-    [
-        (f"/v1/ws?token={JWT}", f"/v1/ws?token={REDACTED}"),
-        (f"/v1/ws?token={KEY}&last_event_id=4", f"/v1/ws?token={REDACTED}&last_event_id=4"),
-        ("/v1/ws?last_event_id=4&access_token=abc.def", f"/v1/ws?last_event_id=4&access_token={REDACTED}"),
-        ("GET /x?API_KEY=opaque-value HTTP/1.1", f"GET /x?API_KEY={REDACTED} HTTP/1.1"),
-        ("password=hunter2 secret=s3cr3t", f"password={REDACTED} secret={REDACTED}"),
-        (f"Authorization: Bearer {JWT}", f"Authorization: Bearer {REDACTED}"),
-        ("authorization: bearer opaque.token-value", f"authorization: bearer {REDACTED}"),
-        # Shaped as credentials, whatever they are called.
-        (f"key was {KEY}.", f"key was {REDACTED}."),
-        (f"sent {JWT} twice", f"sent {REDACTED} twice"),
-        (f"endpoint secret {WHSEC}", f"endpoint secret {REDACTED}"),
-        (f'{{"jwt": "{JWT}"}}', f'{{"jwt": "{REDACTED}"}}'),
-        (
-            "redis://:p4ss@redis:6379/0 and postgresql+asyncpg://app:pw@db/app",
-            f"redis://:{REDACTED}@redis:6379/0 and postgresql+asyncpg://app:{REDACTED}@db/app",
-        ),
-        ("http://127.0.0.1:8001/v1 a@example.com", "http://127.0.0.1:8001/v1 a@example.com"),
-        # Left alone: what only looks a little like one.
-        ("idempotency_key=abc monkey=banana", "idempotency_key=abc monkey=banana"),
-        ("risk_level=high disk_usage=12", "risk_level=high disk_usage=12"),
-        ("/v1/ws?last_event_id=42", "/v1/ws?last_event_id=42"),
-    ],
-)
+# Named by position: the credentials are made up per run, so ids made of them would differ between runs.
+CASES = [
+    (f"/v1/ws?token={JWT}", f"/v1/ws?token={REDACTED}"),
+    (f"/v1/ws?token={KEY}&last_event_id=4", f"/v1/ws?token={REDACTED}&last_event_id=4"),
+    ("/v1/ws?last_event_id=4&access_token=abc.def", f"/v1/ws?last_event_id=4&access_token={REDACTED}"),
+    ("GET /x?API_KEY=opaque-value HTTP/1.1", f"GET /x?API_KEY={REDACTED} HTTP/1.1"),
+    ("password=hunter2 secret=s3cr3t", f"password={REDACTED} secret={REDACTED}"),
+    (f"Authorization: Bearer {JWT}", f"Authorization: Bearer {REDACTED}"),
+    ("authorization: bearer opaque.token-value", f"authorization: bearer {REDACTED}"),
+    # Shaped as credentials, whatever they are called.
+    (f"key was {KEY}.", f"key was {REDACTED}."),
+    (f"sent {JWT} twice", f"sent {REDACTED} twice"),
+    (f"endpoint secret {WHSEC}", f"endpoint secret {REDACTED}"),
+    (f'{{"jwt": "{JWT}"}}', f'{{"jwt": "{REDACTED}"}}'),
+    (
+        "redis://:p4ss@redis:6379/0 and postgresql+asyncpg://app:pw@db/app",
+        f"redis://:{REDACTED}@redis:6379/0 and postgresql+asyncpg://app:{REDACTED}@db/app",
+    ),
+    ("http://127.0.0.1:8001/v1 a@example.com", "http://127.0.0.1:8001/v1 a@example.com"),
+    # Left alone: what only looks a little like one.
+    ("idempotency_key=abc monkey=banana", "idempotency_key=abc monkey=banana"),
+    ("risk_level=high disk_usage=12", "risk_level=high disk_usage=12"),
+    ("/v1/ws?last_event_id=42", "/v1/ws?last_event_id=42"),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), CASES, ids=[f"case{i}" for i in range(len(CASES))])
 def test_redact(line, expected):
     assert redact(line) == expected
 

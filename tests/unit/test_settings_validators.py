@@ -140,6 +140,27 @@ CASES: list[tuple[type[BaseSettings], str, dict[str, Any], str, dict[str, Any]]]
         "at least delivery_timeout_seconds + 5 (15)",
         {"delivery_timeout_seconds": 10, "delivery_lease_seconds": 15},
     ),
+    (
+        OrdersSettings,
+        "_admission_limits",
+        {"admission_min_limit": 10, "admission_initial_limit": 5},
+        "admission_min_limit <= initial <= admission_max_limit",
+        {"admission_min_limit": 5, "admission_initial_limit": 5, "admission_max_limit": 5},
+    ),
+    (
+        GatewaySettings,
+        "_plan_shares",
+        {"admission_plan_shares": {"free": 0.5, "gold": 1.0}},
+        "'gold' is not one of anonymous, free, pro, enterprise",
+        {"admission_plan_shares": {"free": 0.25, "enterprise": 1.0}},
+    ),
+    (
+        GatewaySettings,
+        "_plan_shares",
+        {"admission_plan_shares": {"free": 0}},
+        "the share of free must be in (0, 1]",
+        {"admission_plan_shares": {"free": 1}},
+    ),
 ]
 
 

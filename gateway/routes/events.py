@@ -27,6 +27,7 @@ from gateway.openapi import operation_docs
 from gateway.realtime.hub import Admission, Expired, Hub, Interrupted, Overflowed
 from gateway.realtime.tasks import cancel_and_wait
 from gateway.settings import GatewaySettings
+from services.orders.schemas import EXAMPLE_ORDER
 from shared.contract import DEFAULT_PLAN, PLANS, Identity
 from shared.errors import BadRequest, PorticoError, TooManyRequests
 
@@ -108,13 +109,27 @@ EVENTS_DOCS, EVENTS_EXTRA = operation_docs(
 )
 EVENTS_DOCS[200].update(
     description="The tenant's order events, as they happen",
-    content={"text/event-stream": {"schema": {"type": "string", "description": "Server-sent events."}}},
+    content={
+        "text/event-stream": {
+            "schema": {"type": "string", "description": "Server-sent events."},
+            "example": (
+                f": stream open\nretry: {GatewaySettings.model_fields['sse_retry_ms'].default}\n\n"
+                "id: 1042\nevent: order.created\ndata: "
+                + json.dumps(
+                    {"type": "order.created", "timestamp": EXAMPLE_ORDER["created_at"], "data": EXAMPLE_ORDER},
+                    separators=(",", ":"),
+                )
+                + "\n\n"
+            ),
+        }
+    },
 )
 
 
 @router.get(
     "/events",
     operation_id="events",
+    summary="The tenant's order events, as server-sent events",
     response_class=EventSourceResponse,
     responses=EVENTS_DOCS,
     openapi_extra=EVENTS_EXTRA,

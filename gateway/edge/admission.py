@@ -1,0 +1,65 @@
+"""The edge's admission stage: the caller's rank (its plan), known before any costly work.
+
+The edge admits a request (`shared/admission.py`) after the route is matched and the host checked,
+and before authentication, which may ask the users service about an API key. So the rank comes from
+what the gateway already knows about the credential, without a lookup:
+
+- no credentials (or a route for callers without them): `anonymous`;
+- an access token verified already (the verified-token cache): its plan;
+- an access token not verified yet: the `plan` its payload claims, read without checking the
+  signature. A forged claim gains nothing: the request is authenticated right after admission and a
+  bad token is refused with 401 (counted against the client address), so it holds a slot for no
+  more than a signature check;
+- an API key the gateway remembers (its key cache): its plan;
+- an API key not looked up yet: `free`, as the lowest plan. Its first admitted request looks it up,
+  and the key cache then knows it for `GATEWAY_API_KEY_CACHE_TTL_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import orjson
+from starlette.types import Scope
+
+from gateway.edge.authentication import Authenticator
+from shared.admission import RANK_OF
+from shared.asgi import headers
+from shared.contract import hash_api_key
+
+ANONYMOUS_RANK = RANK_OF["anonymous"]
+LOWEST_PLAN_RANK = RANK_OF["free"]
+
+
+def _claimed_plan(token: str) -> str | None:
+    """The `plan` claim of a JWT's payload, unverified; None when there is none or it does not parse."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 4096:
+        return None
+    payload = parts[1]
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    plan = claims.get("plan") if isinstance(claims, dict) else None
+    return plan if isinstance(plan, str) else None
+
+
+def caller_rank(scope: Scope, authenticator: Authenticator) -> int:
+    """The admission rank of the request's caller (see the module's docstring)."""
+    authorization, api_key = headers(scope, b"authorization", b"x-api-key")
+    plan: str | None
+    if api_key is not None:
+        entry = authenticator.api_keys.known.get(hash_api_key(api_key.decode("latin-1").strip()))
+        plan = entry.identity.plan if entry is not None and entry.identity is not None else None
+    elif authorization is not None:
+        _, _, token = authorization.decode("latin-1").partition(" ")
+        token = token.strip()
+        cached = authenticator.tokens.verified.entry(token)
+        plan = cached[1].plan if cached is not None else _claimed_plan(token)
+    else:
+        return ANONYMOUS_RANK
+    rank = RANK_OF.get(plan, LOWEST_PLAN_RANK) if plan is not None else LOWEST_PLAN_RANK
+    # A claim of "anonymous" with credentials is no plan: the lowest plan's rank.
+    return rank if rank != ANONYMOUS_RANK else LOWEST_PLAN_RANK

@@ -1,0 +1,62 @@
+"""The processes, their modules and default ports (settings, the dev stack, tests and the
+Makefile), and the workers that run beside a service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    name: str
+    module: str  # `python -m <module>`
+    port: int  # where it listens unless its settings say otherwise
+    has_database: bool
+
+    @property
+    def env_prefix(self) -> str:
+        return f"{self.name.upper()}_"
+
+    @property
+    def default_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+# Services first, gateway last: the gateway is ready only when every service is.
+PROCESSES: dict[str, Process] = {
+    process.name: process
+    for process in (
+        Process("users", "services.users", 8001, has_database=True),
+        Process("orders", "services.orders", 8002, has_database=True),
+        Process("inventory", "services.inventory", 8003, has_database=True),
+        Process("webhooks", "services.webhooks", 8004, has_database=True),
+        Process("gateway", "gateway", 8000, has_database=False),
+    )
+}
+# The services behind the gateway; each is also the audience of the identity tokens sent to it.
+SERVICES: tuple[str, ...] = tuple(name for name in PROCESSES if name != "gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A process beside a service, on the service's settings and database (`python -m <module>
+    <command>`), serving only its probes and metrics, on the port its `port_setting` names."""
+
+    name: str
+    service: str
+    command: str
+    port: int
+    port_setting: str
+
+    @property
+    def module(self) -> str:
+        return PROCESSES[self.service].module
+
+    @property
+    def port_env(self) -> str:
+        return PROCESSES[self.service].env_prefix + self.port_setting.upper()
+
+
+WORKERS: dict[str, Worker] = {
+    worker.name: worker for worker in (Worker("webhooks-worker", "webhooks", "worker", 8005, "worker_port"),)
+}

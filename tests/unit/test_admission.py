@@ -1,0 +1,134 @@
+"""The adaptive limit's rules (`shared/admission.py`): plan shares, the queue and its order, and the
+limit following latency. Times are given, never waited for, except the queue's own timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from shared.admission import RANK_OF, AdaptiveLimit, LimitSettings, parse_deadline
+
+FREE, PRO, ENTERPRISE = RANK_OF["free"], RANK_OF["pro"], RANK_OF["enterprise"]
+SHARES = {"anonymous": 0.5, "free": 0.5, "pro": 0.75, "enterprise": 1.0}
+
+
+def fixed(limit: int, *, queue: int = 0, wait: float = 0.0) -> LimitSettings:
+    return LimitSettings(
+        initial=limit,
+        minimum=limit,
+        maximum=limit,
+        tolerance=1.5,
+        smoothing=0.2,
+        window_seconds=0.0,
+        queue_size=queue,
+        queue_timeout_seconds=wait,
+        retry_after_seconds=1,
+    )
+
+
+def test_each_plan_fills_only_its_share_of_the_limit():
+    gate = AdaptiveLimit(fixed(8), shares=SHARES)
+    assert [gate.enter(FREE) for _ in range(5)] == [True] * 4 + [False]
+    assert [gate.enter(PRO) for _ in range(3)] == [True, True, False]
+    assert [gate.enter(ENTERPRISE) for _ in range(3)] == [True, True, False]
+    assert gate.in_flight == 8
+    gate.leave(time.perf_counter())
+    assert not gate.enter(FREE)
+    assert gate.enter(ENTERPRISE)
+
+
+async def test_a_freed_slot_goes_to_the_best_plan_waiting_and_a_full_queue_refuses_the_lower_plans():
+    gate = AdaptiveLimit(fixed(2, queue=2, wait=30.0), shares={"free": 1.0, "pro": 1.0, "enterprise": 1.0})
+    assert gate.enter(ENTERPRISE)
+    assert gate.enter(ENTERPRISE)
+    free = asyncio.ensure_future(gate.wait(FREE))
+    pro = asyncio.ensure_future(gate.wait(PRO))
+    await asyncio.sleep(0)
+    # The queue is full: an enterprise request takes the newest lower-ranked place (the pro one's
+    # would be taken only once no free one waits).
+    enterprise = asyncio.ensure_future(gate.wait(ENTERPRISE))
+    await asyncio.sleep(0)
+    assert await free == "limit"
+    gate.leave(time.perf_counter())
+    assert await enterprise is None
+    assert not pro.done()
+    gate.leave(time.perf_counter())
+    assert await pro is None
+    assert gate.in_flight == 2
+    assert gate._queued == 0
+
+
+async def test_requests_that_wait_out_their_time_leave_the_queue():
+    gate = AdaptiveLimit(fixed(1, queue=3, wait=0.01), shares=SHARES)
+    assert gate.enter(ENTERPRISE)
+    for _ in range(3):
+        assert await asyncio.gather(*(gate.wait(ENTERPRISE) for _ in range(3))) == ["queue_timeout"] * 3
+    assert gate._queued == 0
+    cancelled = asyncio.ensure_future(gate.wait(ENTERPRISE))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    assert gate._queued == 0
+    gate.leave(time.perf_counter())
+    assert gate.in_flight == 0
+
+
+def run_window(gate: AdaptiveLimit, requests: int, rtt: float) -> None:
+    """`requests` in progress at once, each ending after `rtt` seconds (given, not waited)."""
+    for _ in range(requests):
+        assert gate.enter(ENTERPRISE)
+    for _ in range(requests):
+        gate.leave(time.perf_counter() - rtt)
+
+
+def test_the_limit_grows_while_latency_holds_and_shrinks_when_it_rises():
+    settings = LimitSettings(
+        initial=40,
+        minimum=10,
+        maximum=200,
+        tolerance=1.5,
+        smoothing=0.2,
+        window_seconds=0.0,
+        queue_size=0,
+        queue_timeout_seconds=0.0,
+        retry_after_seconds=1,
+    )
+    gate = AdaptiveLimit(settings)
+    for _ in range(20):
+        run_window(gate, int(gate.limit), 0.010)
+    grown = gate.limit
+    assert grown > 40
+    for _ in range(3):
+        run_window(gate, int(gate.limit), 0.100)
+    assert gate.limit < grown / 2
+    assert gate.limit >= settings.minimum
+
+
+def test_an_idle_process_keeps_its_limit():
+    gate = AdaptiveLimit(LimitSettings(50, 10, 1000, 1.5, 0.2, 0.0, 0, 0.0, 1))
+    for _ in range(50):
+        run_window(gate, 2, 0.5)
+    assert gate.limit == 50
+
+
+def test_deadlines_parse_or_are_ignored():
+    assert parse_deadline(b"1765101234.567") == 1765101234.567
+    for value in (None, b"soon", b"nan", b"inf", b""):
+        assert parse_deadline(value) is None
+
+
+async def test_a_limit_lowered_by_an_overload_that_is_over_starts_again_from_the_initial_limit():
+    gate = AdaptiveLimit(LimitSettings(50, 10, 1000, 1.5, 0.2, 0.0, 0, 0.0, 1))
+    for _ in range(5):
+        run_window(gate, int(gate.limit), 0.010)
+    for _ in range(5):
+        run_window(gate, int(gate.limit), 1.0)
+    lowered = int(gate.limit)
+    assert lowered < 50
+    for _ in range(lowered):
+        assert gate.enter(ENTERPRISE)
+    # Still busy: the lowered limit holds.
+    assert await gate.wait(ENTERPRISE) == "limit"
+    gate._busy_at -= 60  # a minute without using it
+    assert await gate.wait(ENTERPRISE) is None
+    assert gate.limit == 50
