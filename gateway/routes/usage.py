@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gateway.deps import RequireAccess, SettingsDep, UsageDep
 from gateway.edge.access import Access
@@ -23,7 +23,8 @@ from gateway.openapi import operation_docs
 from shared.contract import USAGE_READ, Identity
 from shared.errors import ValidationFailed
 
-router = APIRouter(prefix="/v1", tags=["usage"])
+# Under the tenants' and users' tag: the document's tags are `gateway/openapi.py`'s list.
+router = APIRouter(prefix="/v1", tags=["users"])
 
 UsageReaderIdentity = Annotated[Identity, Depends(RequireAccess(Access(scope=USAGE_READ)))]
 MAX_RANGE_DAYS = 31
@@ -50,6 +51,31 @@ class QuotaUse(BaseModel):
 
 
 class Usage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "start": "2026-12-07T10:00:00Z",
+                            "route": "/v1/orders",
+                            "status_class": "2xx",
+                            "requests": 118,
+                        },
+                        {"start": "2026-12-07T10:00:00Z", "route": "/v1/orders", "status_class": "4xx", "requests": 3},
+                    ],
+                    "totals": {"requests": 121, "by_status_class": {"2xx": 118, "4xx": 3, "5xx": 0}},
+                    "quota": {
+                        "period_start": "2026-12-01T00:00:00Z",
+                        "period_end": "2027-01-01T00:00:00Z",
+                        "limit": 10_000_000,
+                        "used": 18_766,
+                    },
+                }
+            ]
+        }
+    )
+
     items: list[UsageItem]
     totals: UsageTotals
     quota: QuotaUse
@@ -69,6 +95,12 @@ USAGE_DOCS, USAGE_EXTRA = operation_docs("GET", status_code=200, credentials="an
     name="usage",
     operation_id="usage",
     summary="The tenant's requests by hour or day, route and status class, and its monthly quota",
+    description=(
+        "Every answer the gateway gave the caller's tenant in `[from, to)` (at most 31 days, within the "
+        "retention), counted by hour or UTC day, route template and status class, with the totals of the "
+        "range and the current month's quota. Tenant admins only (scope `usage:read`); it stays reachable "
+        "past the monthly quota."
+    ),
     response_model=Usage,
     responses=USAGE_DOCS,
     openapi_extra=USAGE_EXTRA,
