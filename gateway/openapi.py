@@ -46,8 +46,10 @@ from shared.errors import (
     DownstreamTimeout,
     DownstreamUnavailable,
     MalformedBody,
+    Overloaded,
     PayloadTooLarge,
     PorticoError,
+    QuotaExceeded,
     TooManyRequests,
     ValidationFailed,
 )
@@ -155,7 +157,10 @@ IF_NONE_MATCH_PARAMETER: dict[str, Any] = {
 EDGE_ERRORS: tuple[type[PorticoError], ...] = (
     ValidationFailed,
     TooManyRequests,
+    QuotaExceeded,
     TooManyAuthFailures,
+    # Refused for load, before any work (`shared/admission.py`).
+    Overloaded,
     DownstreamBadResponse,
     DownstreamUnavailable,
     # Any call to a service may find its circuit open.
@@ -203,6 +208,11 @@ EXAMPLE_DETAILS: dict[str, str] = {
         f"The pro quota of {_DEFAULTS.rate_limit_pro.limit} requests per {_DEFAULTS.rate_limit_pro.window_seconds} s "
         "is spent; retry in 12 s."
     ),
+    "QUOTA_EXCEEDED": (
+        f"The pro plan's monthly quota of {_DEFAULTS.quota_pro:,} requests is spent; it starts again on the 1st "
+        "(00:00 UTC)."
+    ),
+    "OVERLOADED": "The gateway has as many requests in progress as it can serve well; retry in 1 s.",
     "TOO_MANY_AUTH_FAILURES": (
         f"Too many failed authentications from this address (at most {_DEFAULTS.auth_failure_limit.limit} per "
         f"{_DEFAULTS.auth_failure_limit.window_seconds} s); retry in 41 s."
@@ -435,6 +445,13 @@ TAGS: list[dict[str, str]] = [
         ),
     },
     {
+        "name": "usage",
+        "description": (
+            "What the tenant used: requests by hour or day, route and status class, and the month's quota, "
+            "for the tenant's admins (scope `usage:read`)."
+        ),
+    },
+    {
         "name": "events",
         "description": (
             "The tenant's order events as they happen, as server-sent events (resumable with `Last-Event-ID`); "
@@ -456,14 +473,20 @@ def _quota(quota: Quota) -> str:
     return f"{quota.limit:,} requests per {quota.window_seconds} s"
 
 
+def _monthly(quota: int | None) -> str:
+    return "unlimited" if quota is None else f"{quota:,}"
+
+
 def api_description(settings: GatewaySettings, plan_features: Mapping[str, Sequence[str]]) -> str:
     """The document's `info.description` (Markdown): how to use the API as a whole. The figures come from
     `settings`; `plan_features`: each paid feature and the plans that include it."""
     plans = settings.plan_quotas()
     connections = settings.realtime_connection_caps()
     feature_of = {plan: [name for name, allowed in plan_features.items() if plan in allowed] for plan in plans}
+    monthly = settings.monthly_quotas()
     plan_rows = "\n".join(
-        f"| `{plan}` | {_quota(quota)} | {connections[plan]:,} | {', '.join(feature_of[plan]) or '-'} |"
+        f"| `{plan}` | {_quota(quota)} | {_monthly(monthly[plan])} | {connections[plan]:,} | "
+        f"{', '.join(feature_of[plan]) or '-'} |"
         for plan, quota in plans.items()
     )
     route_rows = "\n".join(f"- `{route}`: {_quota(quota)}" for route, quota in settings.rate_limit_routes.items())
@@ -502,8 +525,8 @@ operation sees only that tenant's data (another tenant's resource is 404, as one
 A tenant is on a plan. Each plan has a request quota, counted per tenant across every gateway instance, and
 a number of real-time connections per gateway instance:
 
-| Plan | Requests | Real-time connections | Paid features |
-| --- | --- | --- | --- |
+| Plan | Requests | Requests per month (UTC) | Real-time connections | Paid features |
+| --- | --- | --- | --- | --- |
 {plan_rows}
 
 Callers without credentials are counted per client address: {_quota(settings.rate_limit_anonymous)}. Some
@@ -520,7 +543,15 @@ Every answer says where the caller stands (draft-ietf-httpapi-ratelimit-headers)
 `RateLimit-Policy` lists the quotas the request counted against (`"<name>";q=<limit>;w=<window seconds>`),
 `RateLimit` what is left of each (`"<name>";r=<remaining>;t=<seconds to reset>`), and
 `X-RateLimit-Limit` / `X-RateLimit-Remaining` / `X-RateLimit-Reset` repeat the tightest one. A spent quota
-is 429 `RATE_LIMITED` with `Retry-After` (seconds).
+is 429 `RATE_LIMITED` with `Retry-After` (seconds). A tenant's monthly quota is the policy `"monthly"`,
+listed after the per-minute one; past it, 429 `QUOTA_EXCEEDED` with `Retry-After` to the start of the next
+month. `GET /v1/usage` shows a tenant's admins what it used, by route and status class.
+
+## Overload
+
+When the gateway has as many requests in progress as it can serve well, it answers at once with 503
+`OVERLOADED` and `Retry-After` rather than making every caller wait: anonymous and free-plan requests first,
+then pro, then enterprise.
 
 ## Idempotency
 

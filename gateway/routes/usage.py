@@ -23,8 +23,7 @@ from gateway.openapi import operation_docs
 from shared.contract import USAGE_READ, Identity
 from shared.errors import ValidationFailed
 
-# Under the tenants' and users' tag: the document's tags are `gateway/openapi.py`'s list.
-router = APIRouter(prefix="/v1", tags=["users"])
+router = APIRouter(prefix="/v1", tags=["usage"])
 
 UsageReaderIdentity = Annotated[Identity, Depends(RequireAccess(Access(scope=USAGE_READ)))]
 MAX_RANGE_DAYS = 31
