@@ -8,7 +8,8 @@ removed at the end):
 
 - the rate limit's script with the plan's window alone (as before the monthly quota);
 - the same script with the window and the monthly quota (what every tenant's request now runs);
-- the metering's count of an answer (`Metering.count`: one more script, batched);
+- the metering's count of an answer (`Metering.count`, in the process) with its share of the writes
+  to Redis (`Metering.flush`, one pipeline per 200 answers: 0.1 s at 2,000 answers a second);
 - the count in the in-process store (the embedded gateway).
 
 The figure is this process's CPU time (user + system) per call: the work the gateway's event loop
@@ -56,7 +57,7 @@ async def run(args: argparse.Namespace, prefix: str) -> dict[str, list[float]]:
     plan = Policy("pro", Quota(10**9, 60))
     month = MonthlyPolicies().policy(10**9)
     redis_meter = Metering(
-        RedisUsageStore(scripts, redis, prefix, 86400),
+        RedisUsageStore(redis, prefix, 86400),
         StoreCaller("usage", io=True, mode="local", metrics=metrics),
         metrics,
     )
@@ -68,11 +69,17 @@ async def run(args: argparse.Namespace, prefix: str) -> dict[str, list[float]]:
         RequestContext(request_id="r", principal=Identity(subject="u", tenant_id=t[2:]), route="/v1/users/me")
         for t in tenants
     ]
+
+    async def metered(meter: Metering, i: int) -> None:
+        meter.count(contexts[i % 100], 200)
+        if i % 200 == 199:
+            await meter.flush()
+
     rows: dict[str, Callable[[int], Awaitable[object]]] = {
         "rate limit script, plan window alone": lambda i: counts.hit(tenants[i % 100], [plan]),
         "rate limit script, plan window + monthly quota": lambda i: counts.hit(tenants[i % 100], [plan, month]),
-        "metering, Redis (Metering.count)": lambda i: redis_meter.count(contexts[i % 100], 200),
-        "metering, in-process (Metering.count)": lambda i: memory_meter.count(contexts[i % 100], 200),
+        "metering, Redis (Metering.count, written every 200)": lambda i: metered(redis_meter, i),
+        "metering, in-process (Metering.count)": lambda i: metered(memory_meter, i),
     }
     results: dict[str, list[float]] = {name: [] for name in rows}
     try:

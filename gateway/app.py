@@ -190,7 +190,7 @@ async def open_state(
         scripts = ScriptBatcher(redis, timeout=settings.redis_timeout_seconds)
         rate_store = counts = RedisRateLimitStore(scripts, settings.redis_key_prefix)
         idempotency_store = RedisIdempotencyStore(scripts, settings.redis_key_prefix)
-        usage_store = RedisUsageStore(scripts, redis, settings.redis_key_prefix, retention)
+        usage_store = RedisUsageStore(redis, settings.redis_key_prefix, retention)
         marks = RedisThresholdMarks(redis, counts)
     else:
         rate_store = memory_counts = MemoryRateLimitStore()
@@ -225,7 +225,11 @@ async def open_state(
     announcer = QuotaAnnouncer(marks, upstreams["orders"])
     if rate_limits is not None:
         rate_limits.announcer = announcer
-    metering = Metering(usage_store, caller("usage", "local"), metrics) if settings.usage_enabled else None
+    metering = (
+        Metering(usage_store, caller("usage", "local"), metrics, flush_seconds=settings.usage_flush_seconds)
+        if settings.usage_enabled
+        else None
+    )
     edge = EdgeRuntime(
         authenticator=authenticator,
         rate_limits=rate_limits,
@@ -268,6 +272,10 @@ async def open_state(
                 await loops.enter_async_context(
                     running_loop(metering.export_loop, name="usage-export", stop_timeout=1.0, logger=logger)
                 )
+                # Stopped after the server has answered its last request: its last counts are written then.
+                await loops.enter_async_context(
+                    running_loop(metering.flush_loop, name="usage-flush", stop_timeout=5.0, logger=logger)
+                )
             yield GatewayState(
                 settings=settings,
                 http=http,
@@ -287,8 +295,6 @@ async def open_state(
     finally:
         await hub.close()
         await announcer.aclose()
-        if metering is not None:
-            await metering.aclose()
         if scripts is not None:
             await scripts.aclose()
         await asyncio.gather(

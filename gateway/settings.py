@@ -221,6 +221,15 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
             "Metering: every answer to a tenant counted by route template, status class and hour (`GET /v1/usage`)."
         ),
     )
+    usage_flush_seconds: float = Field(
+        default=0.1,
+        gt=0,
+        le=60,
+        description=(
+            "How often each gateway process writes the answers it counted to Redis, in one pipeline. A process "
+            "killed outright loses at most this long of its counts; one that stops writes them first."
+        ),
+    )
     usage_retention_days: int = Field(
         default=62,
         ge=1,

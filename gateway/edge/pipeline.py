@@ -483,7 +483,7 @@ class Edge:
             # Unhandled: the error middleware outside the edge answers 500, counted here.
             metering = self.runtime.metering
             if metering is not None and not answer.started:
-                await metering.count(context, 500)
+                metering.count(context, 500)
             raise
         finally:
             if keyed is not None and not answer.settled:
@@ -515,7 +515,7 @@ class Edge:
         """Sends a whole answer (`body` None: a 304, which has none)."""
         metering = self.runtime.metering
         if metering is not None:
-            await metering.count(request_context(scope), status)
+            metering.count(request_context(scope), status)
         self.finish_headers(scope, headers, extra)
         if body is not None:
             if self.compression is not None:
@@ -671,7 +671,7 @@ class RouteAnswer:
             self.started = True
             metering = self.edge.runtime.metering
             if metering is not None:
-                await metering.count(self.context, message["status"])
+                metering.count(self.context, message["status"])
             if message["status"] == 304:
                 self.context.span.add_event("cache.not_modified", {"http.response.status_code": 304})
             raw = list(message.get("headers", ()))
