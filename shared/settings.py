@@ -450,11 +450,12 @@ class ProcessSettings(BaseSettings):
 
     # Admission control: an adaptive limit of requests in progress (`shared/admission.py`).
     admission_enabled: bool = Field(
-        default=True,
+        default=False,
         description=(
             "Admission control: at most an adaptive number of requests in progress, the rest answered 503 "
-            "`OVERLOADED` with `Retry-After` at once (probes and `/metrics` never). Off: every request is "
-            "admitted (deadlines are still honoured)."
+            "`OVERLOADED` with `Retry-After` at once (probes and `/metrics` never). Off by default: measured at "
+            "one to three times a gateway worker's capacity, it sheds more than it saves (docs: Overload). "
+            "Off: every request is admitted (deadlines are still honoured)."
         ),
     )
     admission_initial_limit: int = Field(

@@ -30,6 +30,7 @@ from tests.orders_support import tenant_identity
 def fixed_limit(prefix: str, limit: int) -> dict[str, str]:
     """A limit that does not adapt, and no queue: past it, a request is refused at once."""
     return {
+        f"{prefix}ADMISSION_ENABLED": "true",
         f"{prefix}ADMISSION_MIN_LIMIT": str(limit),
         f"{prefix}ADMISSION_INITIAL_LIMIT": str(limit),
         f"{prefix}ADMISSION_MAX_LIMIT": str(limit),
