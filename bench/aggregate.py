@@ -43,7 +43,7 @@ def stand_ins(delays: dict[str, float]) -> Iterator[dict[str, tuple[int, int]]]:
             port = free_port()
             proc = stack.enter_context(
                 process(
-                    "bench.parts_downstream",
+                    "bench.parts_upstream",
                     str(port),
                     str(delay),
                     env={},

@@ -34,20 +34,18 @@ UNREACHABLE_QUOTA = "1000000000/minute"
 
 
 def forwarded(request: Request) -> dict[str, str]:
-    """The request's headers, as such a gateway forwards them (the downstream's Host is its own)."""
+    """The request's headers, as such a gateway forwards them (the upstream's Host is its own)."""
     return {name: value for name, value in request.headers.items() if name != "host"}
 
 
-def pooled_httpx(downstream: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=downstream, limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
-    )
+def pooled_httpx(upstream: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=upstream, limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
 
 
-def textbook(downstream: str) -> FastAPI:
+def textbook(upstream: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with pooled_httpx(downstream) as client:
+        async with pooled_httpx(upstream) as client:
             yield {"client": client}
 
     app = FastAPI(lifespan=lifespan)
@@ -71,7 +69,7 @@ def textbook(downstream: str) -> FastAPI:
     return app
 
 
-def assembled(downstream: str) -> FastAPI:
+def assembled(upstream: str) -> FastAPI:
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -103,7 +101,7 @@ def assembled(downstream: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with pooled_httpx(downstream) as client:
+        async with pooled_httpx(upstream) as client:
             yield {"client": client}
         provider.shutdown()
 
@@ -137,10 +135,10 @@ def assembled(downstream: str) -> FastAPI:
     return app
 
 
-def bare_aiohttp(downstream: str) -> FastAPI:
+def bare_aiohttp(upstream: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with aiohttp.ClientSession(base_url=downstream, connector=aiohttp.TCPConnector(limit=100)) as session:
+        async with aiohttp.ClientSession(base_url=upstream, connector=aiohttp.TCPConnector(limit=100)) as session:
             yield {"session": session}
 
     app = FastAPI(lifespan=lifespan)

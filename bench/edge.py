@@ -6,8 +6,8 @@ by one, in the same run.
 Needs wrk (`apt-get install -y wrk`) and a Redis server (default redis://127.0.0.1:6379/0; its keys
 go under a prefix of their own and are removed at the end).
 
-One gateway process (one uvicorn worker) proxies to a downstream that answers at once (`python -m
-bench.edge downstream PORT`: a fixed user document, and an identity for any API key hash), so the
+One gateway process (one uvicorn worker) proxies to an upstream that answers at once (`python -m
+bench.edge upstream PORT`: a fixed user document, and an identity for any API key hash), so the
 numbers are the gateway's own cost, not a service's. Each row starts a gateway with the settings of
 that row; rounds go through every row in turn so drift on the machine hits all rows alike. The table
 gives the median of the rounds, the ratio to the row's baseline, and the time the stages add per
@@ -108,7 +108,7 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-async def downstream(scope, receive, send):
+async def upstream(scope, receive, send):
     """Answers at once: an identity for any API key hash, the same user for everything else."""
     if scope["type"] != "http":
         return
@@ -132,16 +132,16 @@ def main() -> None:
     token = {"Authorization": f"Bearer {bearer()}"}
     api_key = {"X-API-Key": new_api_key()}
     user_body = json.dumps({"email": "bench@example.com", "password": "correct-horse-9", "role": "member"})
-    downstream_port = free_port()
+    upstream_port = free_port()
     with (
         redis_prefix(args.redis_url) as prefix,
         tempfile.TemporaryDirectory() as scratch,
         process(
             "bench.edge",
-            "downstream",
-            str(downstream_port),
+            "upstream",
+            str(upstream_port),
             env={},
-            health_url=f"http://127.0.0.1:{downstream_port}/",
+            health_url=f"http://127.0.0.1:{upstream_port}/",
         ),
     ):
         redis_env = {"GATEWAY_REDIS_URL": args.redis_url, "GATEWAY_REDIS_KEY_PREFIX": prefix}
@@ -155,7 +155,7 @@ def main() -> None:
                     **ALL_OFF,
                     **settings,
                     "GATEWAY_PORT": str(port),
-                    **{f"GATEWAY_{s}_URL": f"http://127.0.0.1:{downstream_port}" for s in ("USERS", "ORDERS")},
+                    **{f"GATEWAY_{s}_URL": f"http://127.0.0.1:{upstream_port}" for s in ("USERS", "ORDERS")},
                     "GATEWAY_ACCESS_LOG": "false",
                     "GATEWAY_LOG_LEVEL": "WARNING",
                 }
@@ -191,7 +191,7 @@ def main() -> None:
 
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; wrk -t2 -c{args.connections}, "
-        f"{args.seconds} s x {args.rounds} rounds; one gateway worker, downstream answering at once\n"
+        f"{args.seconds} s x {args.rounds} rounds; one gateway worker, upstream answering at once\n"
     )
     print("| stage | req/s (median) | rounds | vs baseline | added per request | gateway CPU µs/request (median) |")
     print("|---|---|---|---|---|---|")
@@ -209,7 +209,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "downstream":
-        uvicorn.run(downstream, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
+    if len(sys.argv) == 3 and sys.argv[1] == "upstream":
+        uvicorn.run(upstream, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
     else:
         main()

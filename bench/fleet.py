@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from bench.static_downstream import BODY
+from bench.static_upstream import BODY
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_IDENTITY = {"subject": "bench", "tenant_id": "bench"}

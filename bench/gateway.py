@@ -8,9 +8,9 @@
 Needs wrk, nginx and a Redis server (default redis://127.0.0.1:6379/0; keys go under a prefix of
 this run's own and are removed at the end), and the `bench` extra (`pip install -e '.[dev,bench]'`).
 
-Every gateway proxies `GET /v1/users/me` (with the same JWT) to ONE static downstream, which answers
-every request with the same JSON document: `--downstream python` (default, `bench/static_downstream.py`,
-one uvicorn worker) or `--downstream nginx`. An OTLP/HTTP receiver (`bench/otlp_sink.py`) takes the
+Every gateway proxies `GET /v1/users/me` (with the same JWT) to ONE static upstream, which answers
+every request with the same JSON document: `--upstream python` (default, `bench/static_upstream.py`,
+one uvicorn worker) or `--upstream nginx`. An OTLP/HTTP receiver (`bench/otlp_sink.py`) takes the
 spans of every gateway that exports them. All gateways run side by side, one worker each:
 
 - textbook: FastAPI, one pooled `httpx.AsyncClient`, forwarding headers, answering `response.json()`
@@ -75,8 +75,8 @@ USER_BODY = json.dumps({"email": "bench@example.com", "password": "correct-horse
 class Rig:
     """What every gateway in a run shares."""
 
-    downstream_url: str
-    downstream_pid: int
+    upstream_url: str
+    upstream_pid: int
     sink_url: str
     sink_pid: int
     redis_url: str
@@ -97,7 +97,7 @@ class Row:
     headers: Mapping[str, str]
     pid: int = 0
     script: Path | None = None
-    # Where wrk, the downstream and the span receiver run while this row is measured (--scaling).
+    # Where wrk, the upstream and the span receiver run while this row is measured (--scaling).
     load_cpus: Collection[int] | None = None
     results: list[WrkResult] = field(default_factory=list)
 
@@ -124,7 +124,7 @@ def portico_env(rig: Rig, port: int) -> dict[str, str]:
     return {
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(port),
-        **{f"GATEWAY_{name}_URL": rig.downstream_url for name in ("USERS", "ORDERS", "INVENTORY", "WEBHOOKS")},
+        **{f"GATEWAY_{name}_URL": rig.upstream_url for name in ("USERS", "ORDERS", "INVENTORY", "WEBHOOKS")},
         "GATEWAY_JWT_SECRET": rig.jwt_secret,
         "GATEWAY_REDIS_URL": rig.redis_url,
         "GATEWAY_REDIS_KEY_PREFIX": rig.redis_prefix,
@@ -178,11 +178,11 @@ def comparator(rig: Rig, name: str) -> Iterator[tuple[str, int]]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     if name == "nginx":
-        with nginx(port, proxy_to=int(rig.downstream_url.rsplit(":", 1)[1])) as pid:
+        with nginx(port, proxy_to=int(rig.upstream_url.rsplit(":", 1)[1])) as pid:
             yield base, pid
         return
     env = {
-        "BENCH_DOWNSTREAM_URL": rig.downstream_url,
+        "BENCH_DOWNSTREAM_URL": rig.upstream_url,
         "BENCH_JWT_SECRET": rig.jwt_secret,
         "BENCH_REDIS_URL": rig.redis_url,
         "BENCH_REDIS_PREFIX": f"{rig.redis_prefix}slowapi",
@@ -199,7 +199,7 @@ def comparator(rig: Rig, name: str) -> Iterator[tuple[str, int]]:
 
 @contextlib.contextmanager
 def rig(args: argparse.Namespace) -> Iterator[Rig]:
-    """The downstream, the span receiver and a Redis key prefix, for the whole run."""
+    """The upstream, the span receiver and a Redis key prefix, for the whole run."""
     require_wrk()
     require_nginx()
     with (
@@ -208,11 +208,11 @@ def rig(args: argparse.Namespace) -> Iterator[Rig]:
         contextlib.ExitStack() as stack,
     ):
         port = free_port()
-        if args.downstream == "nginx":
-            downstream_pid = stack.enter_context(nginx(port))
+        if args.upstream == "nginx":
+            upstream_pid = stack.enter_context(nginx(port))
         else:
-            command = [sys.executable, "-m", "bench.static_downstream", str(port)]
-            downstream_pid = stack.enter_context(server(command, env={}, health_url=f"http://127.0.0.1:{port}/")).pid
+            command = [sys.executable, "-m", "bench.static_upstream", str(port)]
+            upstream_pid = stack.enter_context(server(command, env={}, health_url=f"http://127.0.0.1:{port}/")).pid
         sink_port = free_port()
         secret = secrets.token_urlsafe(32)
         sink = stack.enter_context(
@@ -223,8 +223,8 @@ def rig(args: argparse.Namespace) -> Iterator[Rig]:
             )
         )
         yield Rig(
-            downstream_url=f"http://127.0.0.1:{port}",
-            downstream_pid=downstream_pid,
+            upstream_url=f"http://127.0.0.1:{port}",
+            upstream_pid=upstream_pid,
             sink_url=f"http://127.0.0.1:{sink_port}",
             sink_pid=sink.pid,
             redis_url=args.redis_url,
@@ -289,10 +289,10 @@ def spans_received(rig: Rig) -> dict[str, int]:
 
 
 def header(args: argparse.Namespace, what: str) -> str:
-    downstream = "nginx" if args.downstream == "nginx" else "bench/static_downstream.py (one uvicorn worker)"
+    upstream = "nginx" if args.upstream == "nginx" else "bench/static_upstream.py (one uvicorn worker)"
     return (
         f"{platform.machine()}, {os.cpu_count()} CPUs; wrk -t{args.threads} -c{args.connections}, "
-        f"{args.seconds} s x {args.rounds} rounds, interleaved; {what}; downstream: {downstream}"
+        f"{args.seconds} s x {args.rounds} rounds, interleaved; {what}; upstream: {upstream}"
     )
 
 
@@ -479,7 +479,7 @@ def scaling(args: argparse.Namespace) -> None:
         rows: list[Row] = []
         for server_name in args.server:
             for workers in (1, 2):
-                # The gateway gets its own cores; the downstream, the span receiver and wrk get the rest,
+                # The gateway gets its own cores; the upstream, the span receiver and wrk get the rest,
                 # or share the gateway's when none is left.
                 base, pid = stack.enter_context(portico(r, server_name, workers=workers, cpus=cores[:workers]))
                 name = f"Portico ({server_name}), {workers} worker{'s' if workers > 1 else ''}"
@@ -492,7 +492,7 @@ def scaling(args: argparse.Namespace) -> None:
 
         def run(row: Row, seconds: int) -> WrkResult:
             assert row.load_cpus is not None
-            for pid in (r.downstream_pid, r.sink_pid):
+            for pid in (r.upstream_pid, r.sink_pid):
                 pin(pid, row.load_cpus)
             start = cpu_seconds(row.pid)
             result = plain(row, seconds)
@@ -519,7 +519,7 @@ def scaling(args: argparse.Namespace) -> None:
                 ]
 
     print("\n" + header(args, "Portico with 1 and 2 workers, pinned with taskset") + "\n")
-    columns = ["gateway", "gateway CPUs", "wrk + downstream CPUs", "req/s (median)", "rounds", "vs 1 worker"]
+    columns = ["gateway", "gateway CPUs", "wrk + upstream CPUs", "req/s (median)", "rounds", "vs 1 worker"]
     table([*columns, "gateway CPU time per request", "p50 ms", "p99 ms", "errors"], lines())
     errors_note(rows)
 
@@ -629,7 +629,7 @@ def main() -> None:
         default=list(GATEWAYS),
         help=f"gateways to compare, comma-separated: {', '.join(GATEWAYS)}",
     )
-    parser.add_argument("--downstream", choices=["python", "nginx"], default="python")
+    parser.add_argument("--upstream", choices=["python", "nginx"], default="python")
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--keyed-post", action="store_true", help="POST with a new Idempotency-Key vs without one")

@@ -40,7 +40,7 @@ FIXED_WINDOW = (
     "local n = redis.call('INCR', KEYS[1]) if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return n"
 )
 
-downstream = os.environ["BENCH_DOWNSTREAM_URL"]
+upstream = os.environ["BENCH_DOWNSTREAM_URL"]
 secret = os.environ["BENCH_JWT_SECRET"]
 prefix = os.environ["BENCH_REDIS_PREFIX"]
 provider = TracerProvider(resource=Resource.create({SERVICE_NAME: "lean"}))
@@ -143,7 +143,7 @@ async def health(_: Request) -> Response:
 async def lifespan(_):
     redis = Redis.from_url(os.environ["BENCH_REDIS_URL"])
     state["script"] = redis.register_script(FIXED_WINDOW)
-    async with aiohttp.ClientSession(base_url=downstream, connector=aiohttp.TCPConnector(limit=100)) as session:
+    async with aiohttp.ClientSession(base_url=upstream, connector=aiohttp.TCPConnector(limit=100)) as session:
         state["session"] = session
         yield
     await redis.aclose()

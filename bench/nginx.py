@@ -1,5 +1,5 @@
 """nginx for benchmarks: a private instance (config, pid, logs and temp files under a directory of its
-own), one worker, listening on a loopback port; as a reverse proxy or as a static JSON downstream."""
+own), one worker, listening on a loopback port; as a reverse proxy or as a static JSON upstream."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import server
-from bench.static_downstream import BODY
+from bench.static_upstream import BODY
 
 _CONFIG = """
 worker_processes 1;
@@ -48,15 +48,15 @@ def require_nginx() -> str:
 @contextmanager
 def nginx(port: int, *, proxy_to: int | None = None, cpus: Collection[int] | None = None) -> Iterator[int]:
     """A reverse proxy to 127.0.0.1:`proxy_to` with pooled keep-alive connections, or without
-    `proxy_to` a downstream answering every request with the static JSON document. Yields the pid of
+    `proxy_to` an upstream answering every request with the static JSON document. Yields the pid of
     its master process."""
     if proxy_to is None:
         upstream = ""
         body = BODY.decode().replace("'", "\\'")
         location = f"default_type application/json; return 200 '{body}';"
     else:
-        upstream = f"upstream downstream {{ server 127.0.0.1:{proxy_to}; keepalive 128; }}"
-        location = 'proxy_pass http://downstream; proxy_http_version 1.1; proxy_set_header Connection "";'
+        upstream = f"upstream backend {{ server 127.0.0.1:{proxy_to}; keepalive 128; }}"
+        location = 'proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";'
     with tempfile.TemporaryDirectory(prefix="bench-nginx-") as scratch:
         # Run as root, nginx's worker becomes `nobody`, which must reach the temp paths.
         Path(scratch).chmod(0o755)

@@ -4,7 +4,7 @@ with admission control off and on, in one run.
     .venv/bin/python -m bench.overload [--seconds 10] [--multiples 1,2,3]
     .venv/bin/python -m bench.overload --micro          # the admission step's cost, in-process
 
-Needs wrk (capacity), nginx (the downstream) and Redis (default redis://127.0.0.1:6379/0; keys under a
+Needs wrk (capacity), nginx (the upstream) and Redis (default redis://127.0.0.1:6379/0; keys under a
 prefix of this run's own, removed at the end).
 
 The rig: one gateway worker (`python -m gateway serve`, its full default pipeline, Redis rate limits
@@ -216,13 +216,13 @@ class OpenLoop:
 
 @contextlib.contextmanager
 def gateway(
-    port: int, downstream: int, redis_url: str, prefix: str, secret: str, admission: bool, extra: dict[str, str]
+    port: int, upstream: int, redis_url: str, prefix: str, secret: str, admission: bool, extra: dict[str, str]
 ) -> Iterator[int]:
     env = {
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(port),
         **{
-            f"GATEWAY_{name}_URL": f"http://127.0.0.1:{downstream}"
+            f"GATEWAY_{name}_URL": f"http://127.0.0.1:{upstream}"
             for name in ("USERS", "ORDERS", "INVENTORY", "WEBHOOKS")
         },
         "GATEWAY_JWT_SECRET": secret,
@@ -334,13 +334,13 @@ async def measure(args: argparse.Namespace) -> None:
     tokens = {plan: bearer(plan=plan, secret=secret) for plan in PLANS}
     others = set(range(os.cpu_count() or 1)) - GATEWAY_CPUS or GATEWAY_CPUS
     os.sched_setaffinity(0, others)
-    downstream = free_port()
+    upstream = free_port()
     phases: list[Phase] = []
     recoveries: list[list[str]] = []
     shed_lines: list[str] = []
-    with redis_prefix(args.redis_url) as prefix, nginx(downstream, cpus=others):
+    with redis_prefix(args.redis_url) as prefix, nginx(upstream, cpus=others):
         port = free_port()
-        with gateway(port, downstream, args.redis_url, prefix, secret, admission=False, extra={}):
+        with gateway(port, upstream, args.redis_url, prefix, secret, admission=False, extra={}):
             url = f"http://127.0.0.1:{port}{PATH}"
             headers = {"Authorization": f"Bearer {tokens['enterprise']}"}
             wrk(url, headers=headers, seconds=2, connections=32, cpus=others, strict=False)
@@ -351,7 +351,7 @@ async def measure(args: argparse.Namespace) -> None:
         modes = [("off", False), ("on", True)]
         for mode, admission in [m for m in modes if m[0] in args.modes]:
             port = free_port()
-            with gateway(port, downstream, args.redis_url, prefix, secret, admission, args.gateway_env) as pid:
+            with gateway(port, upstream, args.redis_url, prefix, secret, admission, args.gateway_env) as pid:
                 worker = worker_pid(pid)
                 client = OpenLoop("127.0.0.1", port, tokens)
                 await client.warm(64)

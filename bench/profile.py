@@ -44,7 +44,7 @@ def main() -> None:
         down = free_port()
         stack.enter_context(
             server(
-                [sys.executable, "-m", "bench.static_downstream", str(down)],
+                [sys.executable, "-m", "bench.static_upstream", str(down)],
                 env={},
                 health_url=f"http://127.0.0.1:{down}/",
             )

@@ -1,8 +1,8 @@
-"""Gateway proxy throughput with each downstream transport, in one run.
+"""Gateway proxy throughput with each upstream transport, in one run.
 
     .venv/bin/python -m bench.transport [--seconds 10] [--rounds 3] [--connections 50]
 
-One uvicorn worker of the gateway proxies `GET /v1/users/me` to a static JSON downstream; wrk drives
+One uvicorn worker of the gateway proxies `GET /v1/users/me` to a static JSON upstream; wrk drives
 it. Rounds alternate between transports so drift on the machine hits both alike; the table gives the
 median requests per second and the ratio to httpx's own transport.
 """
@@ -23,18 +23,16 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     args = parser.parse_args()
 
-    downstream_port = free_port()
+    upstream_port = free_port()
     results: dict[str, list[float]] = {"httpx": [], "aiohttp": []}
     token = bearer()
-    with process(
-        "bench.static_downstream", str(downstream_port), env={}, health_url=f"http://127.0.0.1:{downstream_port}/"
-    ):
+    with process("bench.static_upstream", str(upstream_port), env={}, health_url=f"http://127.0.0.1:{upstream_port}/"):
         for _ in range(args.rounds):
             for transport in results:
                 port = free_port()
                 env = {
                     "GATEWAY_PORT": str(port),
-                    "GATEWAY_USERS_URL": f"http://127.0.0.1:{downstream_port}",
+                    "GATEWAY_USERS_URL": f"http://127.0.0.1:{upstream_port}",
                     "GATEWAY_HTTP_TRANSPORT": transport,
                     "GATEWAY_ACCESS_LOG": "false",
                     "GATEWAY_LOG_LEVEL": "WARNING",

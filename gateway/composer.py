@@ -36,10 +36,10 @@ from gateway.upstreams import Upstreams, relay
 from shared.contract import Identity
 from shared.errors import (
     CircuitOpen,
-    DownstreamBadResponse,
-    DownstreamError,
-    DownstreamTimeout,
     PorticoError,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
 )
 from shared.http import ServiceClient
 from shared.request_id import request_id_var
@@ -126,7 +126,7 @@ class Call:
         try:
             return response.json()
         except (ValueError, UnicodeDecodeError):
-            raise DownstreamBadResponse(
+            raise UpstreamBadResponse(
                 self.client.name, f"The {self.client.name} service answered something that is not JSON."
             ) from None
 
@@ -152,7 +152,7 @@ def _shaped(service: str, body: Any, shape: Callable[[Any], Any] | None) -> Any:
     try:
         return shape(body)
     except (ValueError, KeyError, TypeError):
-        raise DownstreamBadResponse(service, f"The {service} service answered in an unexpected shape.") from None
+        raise UpstreamBadResponse(service, f"The {service} service answered in an unexpected shape.") from None
 
 
 def json_object(body: Any) -> dict[str, Any]:
@@ -212,25 +212,25 @@ def _part_failure(part: Part, exc: BaseException) -> tuple[PartStatus, str, str]
     """(status, error_code, detail) of a part that raised."""
     if isinstance(exc, CircuitOpen):
         return "skipped", exc.code, exc.detail
-    if isinstance(exc, DownstreamTimeout):
+    if isinstance(exc, UpstreamTimeout):
         return "timeout", exc.code, exc.detail
     if isinstance(exc, TimeoutError):
-        return "timeout", DownstreamTimeout.error_code, f"The {part.service} service did not answer in time."
+        return "timeout", UpstreamTimeout.error_code, f"The {part.service} service did not answer in time."
     if isinstance(exc, UpstreamRefused):
         return "error", exc.error_code, exc.detail
     if isinstance(exc, PorticoError):
         return "error", exc.code, exc.detail
-    return "error", DownstreamBadResponse.error_code, f"The {part.service} service's answer could not be used."
+    return "error", UpstreamBadResponse.error_code, f"The {part.service} service's answer could not be used."
 
 
 def _as_error(part: Part, outcome: Outcome) -> BaseException:
-    """What a required part's failure answers: the service's own refusal, or a downstream error."""
+    """What a required part's failure answers: the service's own refusal, or an upstream error."""
     error = outcome.error
-    if isinstance(error, UpstreamRefused | DownstreamError):
+    if isinstance(error, UpstreamRefused | UpstreamError):
         return error
     if outcome.status == "timeout":
-        return DownstreamTimeout(part.service, f"The {part.service} service did not answer in time.")
-    return DownstreamBadResponse(part.service, outcome.detail or f"The {part.service} service failed.")
+        return UpstreamTimeout(part.service, f"The {part.service} service did not answer in time.")
+    return UpstreamBadResponse(part.service, outcome.detail or f"The {part.service} service failed.")
 
 
 class Composer:
@@ -263,7 +263,7 @@ class Composer:
             async with asyncio.timeout(call.timeout):
                 value = await part.fetch(call)
         except (LookupError, TypeError, ValueError, AttributeError):
-            raise DownstreamBadResponse(
+            raise UpstreamBadResponse(
                 part.service, f"The {part.service} service answered in an unexpected shape."
             ) from None
         values[part.name].set_result(value)
@@ -332,7 +332,7 @@ class Composer:
                     outcome.status, outcome.error_code, outcome.detail = "failed", failed.error_code, failed.detail
                     raise
                 except TimeoutError:
-                    raise DownstreamTimeout(
+                    raise UpstreamTimeout(
                         check.service, f"The {check.service} service did not answer in time."
                     ) from None
                 finally:

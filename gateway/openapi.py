@@ -42,15 +42,15 @@ from shared.contract import (
 )
 from shared.errors import (
     CircuitOpen,
-    DownstreamBadResponse,
-    DownstreamTimeout,
-    DownstreamUnavailable,
     MalformedBody,
     Overloaded,
     PayloadTooLarge,
     PorticoError,
     QuotaExceeded,
     TooManyRequests,
+    UpstreamBadResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
     ValidationFailed,
 )
 from shared.pagination import InvalidCursor, Page
@@ -161,12 +161,12 @@ EDGE_ERRORS: tuple[type[PorticoError], ...] = (
     TooManyAuthFailures,
     # Refused for load, before any work (`shared/admission.py`).
     Overloaded,
-    DownstreamBadResponse,
-    DownstreamUnavailable,
+    UpstreamBadResponse,
+    UpstreamUnavailable,
     # Any call to a service may find its circuit open.
     CircuitOpen,
     EdgeStoreUnavailable,
-    DownstreamTimeout,
+    UpstreamTimeout,
 )
 # For routes that need credentials.
 CREDENTIAL_ERRORS: tuple[type[PorticoError], ...] = (

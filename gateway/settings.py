@@ -171,7 +171,7 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
         default=Quota(30, 60),
         description=(
             "Failed authentications (bad JWT, unknown API key, wrong password, taken email at sign-up) per client "
-            "address, whatever credential is sent; past it, 429 before any downstream call. Counted in Redis when "
+            "address, whatever credential is sent; past it, 429 before any upstream call. Counted in Redis when "
             "configured, in-process while Redis fails (never open)."
         ),
     )

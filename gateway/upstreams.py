@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 from starlette.responses import Response
 
-from shared.errors import DownstreamBadResponse
+from shared.errors import UpstreamBadResponse
 from shared.http import ServiceClient
 
 # Request headers a service may need; everything else (cookies, credentials, hop-by-hop) stays here.
@@ -54,6 +54,6 @@ def relay(service: str, upstream: httpx.Response) -> Response:
     """A service's httpx answer as the gateway's own (the headers a client may see)."""
     challenge = upstream.headers.get("www-authenticate", "").encode("latin-1")
     if refused_our_identity(upstream.status_code, challenge):
-        raise DownstreamBadResponse(service, f"The {service} service refused the gateway's internal identity.")
+        raise UpstreamBadResponse(service, f"The {service} service refused the gateway's internal identity.")
     headers = {k: v for k, v in upstream.headers.items() if k.encode("latin-1") in FORWARD_RESPONSE_HEADERS}
     return Response(content=upstream.content, status_code=upstream.status_code, headers=headers)

@@ -377,7 +377,7 @@ process's registry holds, as its app builds it. With several workers, gauges car
 unless they say otherwise, and the database pool gauges are not served
 ([several workers](../operations/observe.md#several-workers)). What the label values mean is on the
 page of the part that records them: [the edge](../concepts/edge.md#metrics),
-[calling services](../concepts/downstream.md#when-a-call-fails),
+[calling services](../concepts/upstream.md#when-a-call-fails),
 [database pools](../operations/observe.md#database-pools),
 [users](../concepts/users-and-tokens.md#wrong-passwords-slow-the-account-down),
 [webhook delivery](../concepts/webhooks.md#metrics-on-the-workers-metrics).
@@ -475,7 +475,7 @@ Domain code raises typed exceptions from the `shared/errors.py` hierarchy; one h
 `error_code` is what programs match on; `type` is the problem type's URI; `errors` names each field
 of a validation problem. An error relayed from a service further down keeps its status, code and
 `Retry-After`, and `service` names the service that failed
-([calling services](../concepts/downstream.md#when-a-call-fails)).
+([calling services](../concepts/upstream.md#when-a-call-fails)).
 GraphQL carries the same codes in `errors[].extensions.code` ([GraphQL](../concepts/graphql.md)).
 """
 

@@ -14,7 +14,7 @@ not become the new normal while it lasts) and a fall quickly (over some 10). The
     limit     = clamp(limit * (1 - smoothing) + new_limit * smoothing, min_limit, max_limit)
 
 While latency stays within `tolerance` of the long RTT the limit grows by sqrt(limit) per window
-(smoothed); when requests start to wait for the CPU, the pool or a slow downstream, short RTT rises,
+(smoothed); when requests start to wait for the CPU, the pool or a slow upstream, short RTT rises,
 the gradient falls below one and the limit shrinks with it, at most halving per window. The limit
 does not move while the process uses less than half of it (its latency would say nothing about the
 limit); once the process has not used half of it for a while, a request that would be refused resets

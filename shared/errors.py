@@ -160,7 +160,7 @@ class ServiceUnavailable(PorticoError, status=503, code="SERVICE_UNAVAILABLE", t
     """The process cannot serve the request now (any other 503), with `Retry-After`."""
 
 
-class DownstreamError(PorticoError):
+class UpstreamError(PorticoError):
     """A call to another Portico service failed; `service` names which. `error_code` and `headers`
     (a `Retry-After`) carry what the failing service itself said, when it is passed on."""
 
@@ -176,22 +176,22 @@ class DownstreamError(PorticoError):
         self.service = service
 
 
-class DownstreamBadResponse(DownstreamError, status=502, code="DOWNSTREAM_BAD_RESPONSE", title="Bad Gateway"):
+class UpstreamBadResponse(UpstreamError, status=502, code="DOWNSTREAM_BAD_RESPONSE", title="Bad Gateway"):
     """A called service answered a 5xx of its own, or something that is not the answer it owes (its
     body is not passed on); `service` names it."""
 
 
-class DownstreamUnavailable(DownstreamError, status=503, code="DOWNSTREAM_UNAVAILABLE", title="Service Unavailable"):
+class UpstreamUnavailable(UpstreamError, status=503, code="DOWNSTREAM_UNAVAILABLE", title="Service Unavailable"):
     """A called service could not be reached (refused, reset, or closed without answering, after the
     retry of a safe call): `Retry-After: 1`, `service` names it."""
 
 
-class DownstreamTimeout(DownstreamError, status=504, code="DOWNSTREAM_TIMEOUT", title="Gateway Timeout"):
+class UpstreamTimeout(UpstreamError, status=504, code="DOWNSTREAM_TIMEOUT", title="Gateway Timeout"):
     """A called service did not answer within the caller's timeout (`HTTP_TIMEOUT_SECONDS`);
     `service` names it."""
 
 
-class NoInstance(DownstreamUnavailable, code="SERVICE_UNAVAILABLE", title="Service Unavailable"):
+class NoInstance(UpstreamUnavailable, code="SERVICE_UNAVAILABLE", title="Service Unavailable"):
     """No instance of `service` is known: its DNS name has not answered with an address since the
     process started. `Retry-After`; `service` names it."""
 
@@ -201,7 +201,7 @@ class NoInstance(DownstreamUnavailable, code="SERVICE_UNAVAILABLE", title="Servi
         )
 
 
-class CircuitOpen(DownstreamUnavailable, code="CIRCUIT_OPEN", title="Service Unavailable"):
+class CircuitOpen(UpstreamUnavailable, code="CIRCUIT_OPEN", title="Service Unavailable"):
     """Calls to `service` failed repeatedly: refused at once, without a call, until a trial succeeds."""
 
     def __init__(self, service: str, retry_after: int) -> None:

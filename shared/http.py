@@ -1,9 +1,9 @@
-"""The one pooled downstream HTTP client per process, and calls to other services through it.
+"""The one pooled upstream HTTP client per process, and calls to other services through it.
 
 Every call goes through the called service's circuit breaker, is counted and timed
 (`portico_upstream_requests_total`, `portico_upstream_request_duration_seconds`), and a safe call is
 retried once when its connection could not be made. A 502/503/504 problem that a service relays from
-its own downstream keeps naming the service that failed, and a 503's `Retry-After` is passed on.
+its own upstream keeps naming the service that failed, and a 503's `Retry-After` is passed on.
 
 The transport is a setting. `aiohttp` (httpx-aiohttp) is the default because httpx's own pool
 serialises connection checkout under concurrency (encode/httpx#3215); `httpx` keeps the pure httpx
@@ -42,11 +42,11 @@ from shared.contract import IDEMPOTENCY_HEADER, IDENTITY_HEADER, PROCESSES, Iden
 from shared.errors import (
     CircuitOpen,
     DeadlineExceeded,
-    DownstreamBadResponse,
-    DownstreamError,
-    DownstreamTimeout,
-    DownstreamUnavailable,
     NoInstance,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
 from shared.fleet import Fleet, FleetMetrics, Instance
 from shared.metrics import LATENCY_BUCKETS, LabelCache
@@ -350,16 +350,16 @@ def _problem_of(content_type: str, body: bytes) -> dict[str, Any]:
     return problem if isinstance(problem, dict) else {}
 
 
-_FAILURE_CLASSES: dict[int, type[DownstreamError]] = {
-    502: DownstreamBadResponse,
-    503: DownstreamUnavailable,
-    504: DownstreamTimeout,
+_FAILURE_CLASSES: dict[int, type[UpstreamError]] = {
+    502: UpstreamBadResponse,
+    503: UpstreamUnavailable,
+    504: UpstreamTimeout,
 }
 
 
 def failure_of(
     service: str, status: int, *, content_type: str = "", retry_after: str | None = None, body: bytes = b""
-) -> tuple[DownstreamError, bool]:
+) -> tuple[UpstreamError, bool]:
     """The error a 5xx answer of `service` stands for, and whether it is the service's own failure
     (False: it relays the failure of a service further down, which keeps being named)."""
     problem = _problem_of(content_type, body)
@@ -377,12 +377,12 @@ def failure_of(
         if isinstance(problem.get("detail"), str):
             detail = f"The {service} service is unavailable: {problem['detail']}"
         return (
-            DownstreamUnavailable(service, detail, error_code=code if isinstance(code, str) else None, headers=headers),
+            UpstreamUnavailable(service, detail, error_code=code if isinstance(code, str) else None, headers=headers),
             True,
         )
     if status == 504:
-        return DownstreamTimeout(service, f"The {service} service timed out."), True
-    return DownstreamBadResponse(service, f"The {service} service answered {status}."), True
+        return UpstreamTimeout(service, f"The {service} service timed out."), True
+    return UpstreamBadResponse(service, f"The {service} service answered {status}."), True
 
 
 @dataclass(slots=True)
@@ -457,7 +457,7 @@ class ServiceClient:
         timeout: float | None = None,  # noqa: ASYNC109 - a per-call override of the pool's timeout
     ) -> httpx.Response:
         """Sends a request; answers with the response of any status below 500, or raises a
-        downstream error (CircuitOpen at once while the service's circuit is open). Within a request
+        upstream error (CircuitOpen at once while the service's circuit is open). Within a request
         that has a deadline (`shared/admission.py`) the call carries it on and takes no longer than the
         time left of it; once it has passed, 504 `DEADLINE_EXCEEDED` without a call."""
         deadline = deadline_var.get()
@@ -473,7 +473,7 @@ class ServiceClient:
                 await response.aread()
             return response.status_code, response, instance
 
-        def failure(response: httpx.Response) -> tuple[DownstreamError, bool]:
+        def failure(response: httpx.Response) -> tuple[UpstreamError, bool]:
             return failure_of(
                 self.name,
                 response.status_code,
@@ -509,7 +509,7 @@ class ServiceClient:
             )
             return answer.status, answer, instance
 
-        def failure(answer: Answer) -> tuple[DownstreamError, bool]:
+        def failure(answer: Answer) -> tuple[UpstreamError, bool]:
             content_type, retry_after = answer.header(b"content-type"), answer.header(b"retry-after")
             return failure_of(
                 self.name,
@@ -548,7 +548,7 @@ class ServiceClient:
         self,
         method: str,
         call: Callable[[], Awaitable[tuple[int, R, Instance]]],
-        failure: Callable[[R], tuple[DownstreamError, bool]],
+        failure: Callable[[R], tuple[UpstreamError, bool]],
         shedding: Callable[[R], bool],
     ) -> R:
         started = time.perf_counter()
@@ -568,10 +568,10 @@ class ServiceClient:
                 status = NO_ANSWER_NO_INSTANCE
                 raise
             # Failures without an answer are counted where they happen, with their instance.
-            except DownstreamTimeout:
+            except UpstreamTimeout:
                 status, failed = NO_ANSWER_TIMEOUT, True
                 raise
-            except DownstreamUnavailable:
+            except UpstreamUnavailable:
                 status, failed = NO_ANSWER_UNREACHABLE, True
                 raise
             status = str(code)
@@ -684,11 +684,11 @@ class ServiceClient:
                                 )
                             continue
                     if timed_out:
-                        raise DownstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
+                        raise UpstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
                     raise self._unreachable() from exc
                 except TimeoutError as exc:
                     self._attempt_failed(attempt, method, NO_ANSWER_TIMEOUT)
-                    raise DownstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
+                    raise UpstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
                 finally:
                     if fleet.tracked:
                         began, now = now, loop.time()
@@ -759,7 +759,7 @@ class ServiceClient:
                         instance = following
                         continue
                 if timed_out:
-                    raise DownstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
+                    raise UpstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
                 raise self._unreachable() from exc
             finally:
                 if fleet.tracked:
@@ -810,7 +810,5 @@ class ServiceClient:
             response = await self.client.get(url, headers=headers, extensions=self._extensions)
             return response.status_code == 200
 
-    def _unreachable(self) -> DownstreamUnavailable:
-        return DownstreamUnavailable(
-            self.name, f"The {self.name} service is unreachable.", headers={"Retry-After": "1"}
-        )
+    def _unreachable(self) -> UpstreamUnavailable:
+        return UpstreamUnavailable(self.name, f"The {self.name} service is unreachable.", headers={"Retry-After": "1"})

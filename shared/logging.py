@@ -178,5 +178,5 @@ def configure_logging(service: str, *, level: str = "INFO", json_lines: bool = T
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    # One INFO line per downstream call would double the log volume; failures still log as warnings.
+    # One INFO line per upstream call would double the log volume; failures still log as warnings.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -52,7 +52,7 @@ class ObservabilityMiddleware:
 
     - the request id: a well-formed `X-Request-ID` is accepted, else one is made; it is echoed on the
       answer and is in every log line and error body;
-    - the server span (`ServerSpans`), current while the request runs, so downstream calls and SQL
+    - the server span (`ServerSpans`), current while the request runs, so upstream calls and SQL
       are its children; it ends named after the route, with the caller's tenant and principal when
       the gateway resolved one, and what the stages decided (`RequestContext.attributes`);
     - `http_requests_total` and `http_request_duration_seconds`, by route template;

@@ -275,26 +275,26 @@ class ProcessSettings(BaseSettings):
         ),
     )
 
-    # Downstream HTTP client (used by the gateway and by services that call others).
+    # Upstream HTTP client (used by the gateway and by services that call others).
     http_transport: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp",
         description=(
-            "Transport of the pooled downstream client: `aiohttp` (httpx-aiohttp) or `httpx` (httpx's own). "
+            "Transport of the pooled upstream client: `aiohttp` (httpx-aiohttp) or `httpx` (httpx's own). "
             "Either way the client keeps no cookies, since it calls services for every caller."
         ),
     )
-    http_max_connections: int = Field(default=200, ge=1, description="Connections of the one downstream client's pool.")
+    http_max_connections: int = Field(default=200, ge=1, description="Connections of the one upstream client's pool.")
     http_max_keepalive: int = Field(
-        default=100, ge=0, description="Idle connections the downstream client's pool keeps open."
+        default=100, ge=0, description="Idle connections the upstream client's pool keeps open."
     )
     http_connect_timeout_seconds: float = Field(
-        default=2.0, gt=0, description="How long a downstream call may take to connect."
+        default=2.0, gt=0, description="How long an upstream call may take to connect."
     )
     http_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
         description=(
-            "How long a downstream call may take before it answers 504 naming the service. Each hop's is below "
+            "How long an upstream call may take before it answers 504 naming the service. Each hop's is below "
             "its caller's, so a hung service is named by the process that called it."
         ),
     )

@@ -21,7 +21,7 @@ from datetime import datetime
 
 from gateway.edge.metrics import EdgeMetrics
 from shared.contract import ANONYMOUS, Identity, hash_api_key, key_subject
-from shared.errors import DownstreamBadResponse
+from shared.errors import UpstreamBadResponse
 from shared.http import ServiceClient
 
 
@@ -112,7 +112,7 @@ class ApiKeyResolver:
         if response.status_code == 404:
             return _Entry(now + self.ttl, None, None)
         if response.status_code != 200:
-            raise DownstreamBadResponse("users", f"The users service answered {response.status_code} for an API key.")
+            raise UpstreamBadResponse("users", f"The users service answered {response.status_code} for an API key.")
         try:
             body = response.json()
             expires_at = datetime.fromisoformat(body["expires_at"]) if body.get("expires_at") else None
@@ -124,7 +124,7 @@ class ApiKeyResolver:
                 quota=_quota(body.get("monthly_quota")),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise DownstreamBadResponse(
+            raise UpstreamBadResponse(
                 "users", "The users service answered an API key lookup it cannot parse."
             ) from None
         ttl = self.ttl

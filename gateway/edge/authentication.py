@@ -9,7 +9,7 @@ headers is 400. No credentials at all is the anonymous caller: a route that need
 403.
 
 Every failed authentication counts against the client address's own limit (`AuthFailures`,
-`gateway/edge/authfailures.py`), which is checked before any downstream call made to authenticate.
+`gateway/edge/authfailures.py`), which is checked before any upstream call made to authenticate.
 Routes for callers without credentials (sign-up, login) never look at credentials: the caller is its
 client address, for the failure limit and the rate limits, so a token of one's own tenant lifts no
 limit there.

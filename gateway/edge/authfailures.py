@@ -6,7 +6,7 @@ sign-up (the 409 that would otherwise let an address enumerate accounts). Past t
 in a sliding 60 s, `GATEWAY_AUTH_FAILURE_LIMIT`) the address is answered 429 `TOO_MANY_AUTH_FAILURES`
 with `Retry-After`:
 
-- before any downstream call made to authenticate: an API key this process does not remember, a
+- before any upstream call made to authenticate: an API key this process does not remember, a
   login, a sign-up; so a flood of guesses costs the users service nothing once the budget is spent;
 - instead of the 401 of one more failure.
 
@@ -32,7 +32,7 @@ class TooManyAuthFailures(
     TooManyRequests, code="TOO_MANY_AUTH_FAILURES", title="Too many failed authentications", slug="quota-exceeded"
 ):
     """The client address spent its failed-authentication budget (`GATEWAY_AUTH_FAILURE_LIMIT`):
-    `Retry-After`, before any downstream call."""
+    `Retry-After`, before any upstream call."""
 
 
 class AuthFailures:

@@ -1,7 +1,7 @@
 """Caching rules of the answers: what a browser or a shared cache may keep, and conditional GETs.
 
 - A GET answered 200 gets a weak ETag (a SHA-256 of the body, unless the service sent its own), and a
-  GET whose `If-None-Match` matches it is answered 304 without the body. The work downstream is still
+  GET whose `If-None-Match` matches it is answered 304 without the body. The work upstream is still
   done; the client saves the transfer. Weak, because gzip further out changes the bytes, not the
   meaning.
 - An answer to an authenticated caller is tenant data: `Cache-Control: private, no-cache` (a browser

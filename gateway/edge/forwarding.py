@@ -25,7 +25,7 @@ from gateway.upstreams import (
 )
 from shared.contract import ANONYMOUS, Identity, ResourceIdPath
 from shared.deprecation import Deprecation
-from shared.errors import DownstreamBadResponse, validation_failed
+from shared.errors import UpstreamBadResponse, validation_failed
 from shared.http import Answer
 from shared.request_id import request_id_of
 
@@ -136,7 +136,7 @@ class Forwarder:
             keep=FORWARD_RESPONSE_HEADERS,
         )
         if refused_our_identity(answer.status, answer.header(b"www-authenticate")):
-            raise DownstreamBadResponse(
+            raise UpstreamBadResponse(
                 route.service, f"The {route.service} service refused the gateway's internal identity."
             )
         if route.forget_key_on is not None and answer.status == route.forget_key_on:

@@ -76,7 +76,7 @@ from shared.admission import (
 from shared.asgi import BodyChunks, header
 from shared.context import RequestContext, request_context
 from shared.contract import InvalidIdempotencyKey
-from shared.errors import DownstreamError, MethodNotAllowed, PorticoError, problem_message
+from shared.errors import MethodNotAllowed, PorticoError, UpstreamError, problem_message
 
 logger = logging.getLogger("portico.gateway.edge")
 error_log = logging.getLogger("portico.errors")
@@ -87,7 +87,7 @@ _NO_PARAMS: dict[str, str] = {}
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 # What a store or service blip raises while a connection is admitted: not the client's fault.
-TRANSIENT_FAILURES = (RedisError, DownstreamError)
+TRANSIENT_FAILURES = (RedisError, UpstreamError)
 # Never refused for load: the probes, the scrape, and the event stream, a connection that outlives a
 # request (held for minutes, it would fill the limit; its own limits bound it).
 UNLIMITED_PATHS = EXEMPT_PATHS | {"/v1/events"}

@@ -15,7 +15,7 @@ from strawberry.fastapi import BaseContext
 
 from gateway.upstreams import Upstreams
 from shared.contract import IDEMPOTENCY_HEADER, Identity
-from shared.errors import DownstreamError
+from shared.errors import UpstreamError
 
 # The inventory service's batch read takes up to this many ids.
 PRODUCT_BATCH = 100
@@ -89,7 +89,7 @@ class GraphQLContext(BaseContext):
             response = await self.upstreams[service].send(
                 method, path, identity=self.identity, params=params, json=json_body, headers=headers or None
             )
-        except DownstreamError as exc:
+        except UpstreamError as exc:
             raise GraphQLError(exc.detail, extensions={"code": exc.code, "status": exc.status_code}) from exc
         if response.status_code >= 400:
             raise problem_error(service, response.status_code, response.content)

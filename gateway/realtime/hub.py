@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from gateway.realtime.relay import OrdersFeed
 from gateway.realtime.streams import EventStore, LiveEvent, StreamEvent
 from gateway.realtime.tasks import cancel_and_wait
-from shared.errors import DownstreamError
+from shared.errors import UpstreamError
 from shared.events import FEED_MAX_LIMIT
 
 logger = logging.getLogger("portico.gateway.realtime")
@@ -254,7 +254,7 @@ class Hub:
         try:
             # Asked every time: events may have been removed before the relay ever saw them.
             page = await self.feed.page(after, 1, tenant_id)
-        except DownstreamError:
+        except UpstreamError:
             if after < await self.store.floor(tenant_id):
                 raise  # the feed is needed for this resume
             return  # the stream holds everything after `after`

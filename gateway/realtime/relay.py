@@ -29,7 +29,7 @@ from redis.exceptions import LockError, RedisError
 from gateway.edge.store import RedisClient
 from gateway.realtime.streams import EventStore, StreamEvent
 from shared.contract import EVENTS_READ, Identity
-from shared.errors import DownstreamBadResponse, DownstreamError
+from shared.errors import UpstreamBadResponse, UpstreamError
 from shared.events import FEED_PATH, FeedEvent, FeedPage
 from shared.http import ServiceClient
 from shared.loops import running_loop
@@ -40,7 +40,7 @@ logger = logging.getLogger("portico.gateway.realtime")
 FEED_IDENTITY = Identity(subject="service:gateway", scopes=frozenset({EVENTS_READ}))
 
 
-class FeedError(DownstreamBadResponse):
+class FeedError(UpstreamBadResponse):
     """The orders service answered, but not with a page of its event feed (a 502 to a client)."""
 
 
@@ -183,7 +183,7 @@ class EventRelay:
         while not stop.is_set():
             try:
                 read = await self.run_once()
-            except (DownstreamError, RedisError) as exc:
+            except (UpstreamError, RedisError) as exc:
                 failures += 1
                 delay = min(self.max_backoff, self.interval * 2.0 ** min(failures, 20)) * random.uniform(0.5, 1.0)
                 logger.warning("real-time relay: %s; retrying in %.1fs (failure %d)", exc, delay, failures)

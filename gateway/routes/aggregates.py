@@ -43,7 +43,7 @@ from shared.contract import (
     ResourceIdPath,
     key_id_of,
 )
-from shared.errors import DownstreamBadResponse
+from shared.errors import UpstreamBadResponse
 from shared.pagination import Page
 
 router = APIRouter(prefix="/v1", tags=["aggregates"])
@@ -247,7 +247,7 @@ async def check_stock(call: Call) -> int:
         raise
     total = body.get("total_cents")
     if not isinstance(total, int) or isinstance(total, bool):
-        raise DownstreamBadResponse("inventory", "The inventory service answered in an unexpected shape.")
+        raise UpstreamBadResponse("inventory", "The inventory service answered in an unexpected shape.")
     return total
 
 

@@ -15,9 +15,9 @@ from services.orders.errors import CANCEL_ORDER_ERRORS, CREATE_ORDER_ERRORS, GET
 from services.orders.schemas import CreditOut, EventFeed, OrderCreate, OrderOut, OrderStatus
 from shared.contract import RESOURCE_ID_PATTERN, InvalidIdempotencyKey, ResourceIdPath, checked_idempotency_key
 from shared.errors import (
-    DownstreamBadResponse,
     Forbidden,
     ServiceUnavailable,
+    UpstreamBadResponse,
 )
 from shared.events import FEED_MAX_LIMIT, PublishedEvent
 from shared.pagination import Page, PageDep
@@ -34,7 +34,7 @@ JSON = "application/json"
     response_model=OrderOut,
     responses={
         **route_responses([InvalidIdempotencyKey, *CREATE_ORDER_ERRORS]),
-        **DownstreamBadResponse.openapi_response(),
+        **UpstreamBadResponse.openapi_response(),
     },
 )
 async def create_order(

@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from services.orders import downstream
+from services.orders import upstream
 from services.orders.service import OrdersContext, release_cancelled, service_identity
 from shared.db import utcnow
 from shared.errors import PorticoError
@@ -47,7 +47,7 @@ async def recover_once(ctx: OrdersContext) -> None:
 
     for attempt in abandoned:
         try:
-            await downstream.release_order(ctx.inventory, service_identity(attempt.tenant_id), attempt.id)
+            await upstream.release_order(ctx.inventory, service_identity(attempt.tenant_id), attempt.id)
         except PorticoError as exc:
             logger.warning("releasing the stock of abandoned attempt %s failed: %s", attempt.id, exc)
             continue
@@ -60,7 +60,7 @@ async def recover_once(ctx: OrdersContext) -> None:
 
     for order in to_confirm:
         try:
-            confirmed = await downstream.confirm(ctx.inventory, service_identity(order.tenant_id), order.reservation_id)
+            confirmed = await upstream.confirm(ctx.inventory, service_identity(order.tenant_id), order.reservation_id)
         except PorticoError as exc:
             logger.warning("confirming reservation %s failed: %s", order.reservation_id, exc)
             continue

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.orders import downstream
+from services.orders import upstream
 from services.orders.errors import (
     EventsBusy,
     OrderAlreadyCancelled,
@@ -156,7 +156,7 @@ async def _compensate(ctx: OrdersContext, identity: Identity, attempt_id: str) -
     try:
         async with ctx.transaction() as repo:
             await repo.abandon_attempt(attempt_id, utcnow())
-        await downstream.release_order(ctx.inventory, identity, attempt_id)
+        await upstream.release_order(ctx.inventory, identity, attempt_id)
         async with ctx.transaction() as repo:
             await repo.delete_attempt(attempt_id)
     except Exception as exc:
@@ -224,13 +224,13 @@ async def _create_order(
     try:
         # Past the request's deadline (`X-Request-Deadline`) no new step starts: its caller has given up.
         check_deadline("the user check")
-        user = await downstream.check_user(ctx.users, identity)
+        user = await upstream.check_user(ctx.users, identity)
         check_deadline("the reservation")
     except BaseException:
         await _run_to_completion(ctx, _forget_attempt(ctx, attempt.id))
         raise
     try:
-        reservation = await downstream.reserve(ctx.inventory, identity, attempt.id, user.id, data.items)
+        reservation = await upstream.reserve(ctx.inventory, identity, attempt.id, user.id, data.items)
     except ReservationRefused:
         await _run_to_completion(ctx, _forget_attempt(ctx, attempt.id))
         raise
@@ -272,7 +272,7 @@ def credit_exceeded(limit: int, open_cents: int, total_cents: int) -> CreditLimi
     )
 
 
-async def _claim_credit(ctx: OrdersContext, attempt: OrderAttempt, user: downstream.CheckedUser, cents: int) -> None:
+async def _claim_credit(ctx: OrdersContext, attempt: OrderAttempt, user: upstream.CheckedUser, cents: int) -> None:
     """Holds `cents` of the user's credit for the attempt, or refuses with CREDIT_LIMIT_EXCEEDED.
 
     The check is made on the prices the reservation took, and concurrent orders of one user never pass
@@ -294,7 +294,7 @@ async def _claim_credit(ctx: OrdersContext, attempt: OrderAttempt, user: downstr
 
 
 async def _store(
-    ctx: OrdersContext, attempt: OrderAttempt, user: downstream.CheckedUser, reservation: ReservationIn
+    ctx: OrdersContext, attempt: OrderAttempt, user: upstream.CheckedUser, reservation: ReservationIn
 ) -> tuple[Order, str]:
     """Stores the order, its event and the attempt's answer, once the user's credit has room for it
     (`_claim_credit`). Raising leaves the stock to be released."""
@@ -343,7 +343,7 @@ def outbox_event(event_type: str, order: OrderOut) -> OutboxEvent:
 
 async def _confirm(ctx: OrdersContext, identity: Identity, order: Order) -> None:
     try:
-        confirmed = await downstream.confirm(ctx.inventory, identity, order.reservation_id)
+        confirmed = await upstream.confirm(ctx.inventory, identity, order.reservation_id)
         if not confirmed:
             logger.error("reservation %s of stored order %s was released", order.reservation_id, order.id)
             return
@@ -355,7 +355,7 @@ async def _confirm(ctx: OrdersContext, identity: Identity, order: Order) -> None
 
 async def credit(ctx: OrdersContext, identity: TenantIdentity) -> CreditOut:
     """The caller's credit: the limit in force (from the users service) and what open orders use."""
-    user = await downstream.check_user(ctx.users, identity)
+    user = await upstream.check_user(ctx.users, identity)
     async with ctx.transaction() as repo:
         open_cents = await repo.open_total(identity.tenant_id, user.id)
     return CreditOut(
@@ -411,7 +411,7 @@ async def cancel_order(ctx: OrdersContext, identity: TenantIdentity, order_id: s
 
 async def release_cancelled(ctx: OrdersContext, identity: Identity, order: Order) -> None:
     try:
-        await downstream.release_order(ctx.inventory, identity, order.id)
+        await upstream.release_order(ctx.inventory, identity, order.id)
         async with ctx.transaction() as repo:
             await repo.set_reservation_status(order.id, ("reserved", "confirmed"), "released")
     except PorticoError as exc:

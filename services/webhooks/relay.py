@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.webhooks.repository import RelayRepository, StoredBatch
 from services.webhooks.settings import WebhooksSettings
 from shared.contract import EVENTS_READ, Identity
-from shared.errors import DownstreamError
+from shared.errors import UpstreamError
 from shared.events import FeedEvent, FeedPage
 from shared.http import ServiceClient
 from shared.loops import running_loop
@@ -152,7 +152,7 @@ class OrdersRelay:
             except Exception as exc:
                 failures += 1
                 delay = self.backoff(failures)
-                if isinstance(exc, DownstreamError | FeedError):
+                if isinstance(exc, UpstreamError | FeedError):
                     logger.warning("relay: %s; retrying in %.1fs (failure %d)", exc, delay, failures)
                 else:
                     logger.exception("relay batch failed; retrying in %.1fs (failure %d)", delay, failures)

@@ -171,7 +171,7 @@ async def test_a_crashed_gateways_lock_expires(stack, gateway, users_proxy):
             headers = {**tenant.auth, "Idempotency-Key": "survives-a-crash"}
             in_flight = asyncio.ensure_future(doomed.post("/v1/users", json=body, headers=headers))
             await asyncio.wait_for(received.wait(), PATIENCE)
-            # The lock is taken before the request goes downstream; the process dies holding it.
+            # The lock is taken before the request goes upstream; the process dies holding it.
             crashing.procs["gateway"].send_signal(signal.SIGKILL)
             crashed_at = time.monotonic()
             with pytest.raises(httpx.TransportError):

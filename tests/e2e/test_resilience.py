@@ -1,4 +1,4 @@
-"""Circuit breakers, precise downstream failures, upstream metrics and the fan-out's trace, on real
+"""Circuit breakers, precise upstream failures, upstream metrics and the fan-out's trace, on real
 processes and on scripted services that fail, flap, or answer 503 with Retry-After."""
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ async def test_gateway_server_span_has_stable_conventions_caller_and_rate_limit(
     assert isinstance(attrs["portico.rate_limit.remaining"], int)
     assert 0 <= attrs["portico.rate_limit.remaining"] < 1000
 
-    # The downstream call: named after the service and route, with the stable client attributes.
+    # The upstream call: named after the service and route, with the stable client attributes.
     # (The Redis command of the rate limiter is a client span too.)
     [client] = [
         s for s in spans if s.service == "gateway" and s.kind == CLIENT and "http.request.method" in s.attributes

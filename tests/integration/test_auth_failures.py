@@ -1,5 +1,5 @@
 """Failed authentication is limited per client address, whatever credential comes with it, before any
-downstream call: in-process gateways in front of the real services (PostgreSQL), counting in Redis
+upstream call: in-process gateways in front of the real services (PostgreSQL), counting in Redis
 (and alone while Redis is down)."""
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from services.webhooks.app import create_app
 from services.webhooks.relay import FeedError, OrdersRelay
 from services.webhooks.settings import WebhooksSettings
 from shared.contract import Identity
-from shared.errors import DownstreamBadResponse, DownstreamUnavailable
+from shared.errors import UpstreamBadResponse, UpstreamUnavailable
 from shared.http import ServiceClient, create_http_client
 from shared.identity import IdentitySigner
 from shared.telemetry import instrument_engine
@@ -100,7 +100,7 @@ async def assert_nothing_stored(db: HooksDb) -> None:
 async def test_unreachable_orders_service_stores_nothing(relay_db, http, signer):
     with refused_port() as port:
         relay = relay_for(relay_db, http, signer, f"http://127.0.0.1:{port}")
-        with pytest.raises(DownstreamUnavailable):
+        with pytest.raises(UpstreamUnavailable):
             await relay.run_once()
     await assert_nothing_stored(relay_db)
 
@@ -108,7 +108,7 @@ async def test_unreachable_orders_service_stores_nothing(relay_db, http, signer)
 @pytest.mark.parametrize(
     ("answer", "error"),
     [
-        (http_answer(500, b'{"detail": "boom"}'), DownstreamBadResponse),
+        (http_answer(500, b'{"detail": "boom"}'), UpstreamBadResponse),
         (http_answer(401, b'{"error_code": "INVALID_INTERNAL_IDENTITY"}'), FeedError),
         (http_answer(404, b'{"error_code": "NOT_FOUND"}'), FeedError),
         (http_answer(200, b"<html>not json</html>", "text/html"), FeedError),

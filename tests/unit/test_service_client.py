@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from shared.contract import Identity
-from shared.errors import DownstreamTimeout, DownstreamUnavailable
+from shared.errors import UpstreamTimeout, UpstreamUnavailable
 from shared.http import CallPolicy, ServiceClient
 from shared.identity import IdentitySigner
 from shared.settings import ProcessSettings
@@ -46,14 +46,14 @@ async def test_a_get_is_retried_once_on_a_connect_error():
 
 async def test_only_once():
     network = Network(failures=2)
-    with pytest.raises(DownstreamUnavailable):
+    with pytest.raises(UpstreamUnavailable):
         await client_on(network).send("GET", "/users/me", identity=CALLER)
     assert network.attempts == 2
 
 
 async def test_a_write_is_never_retried_without_an_idempotency_key():
     network = Network(failures=1)
-    with pytest.raises(DownstreamUnavailable):
+    with pytest.raises(UpstreamUnavailable):
         await client_on(network).send("POST", "/orders", identity=CALLER, json={})
     assert network.attempts == 1
 
@@ -69,14 +69,14 @@ async def test_a_keyed_write_is_retried():
 
 async def test_a_request_that_may_have_arrived_is_not_retried():
     network = Network(failures=1, error=httpx.ReadTimeout)
-    with pytest.raises(DownstreamTimeout):
+    with pytest.raises(UpstreamTimeout):
         await client_on(network).send("GET", "/users/me", identity=CALLER)
     assert network.attempts == 1
 
 
 async def test_no_retry_past_the_calls_time():
     network = Network(failures=1)
-    with pytest.raises(DownstreamUnavailable):
+    with pytest.raises(UpstreamUnavailable):
         await client_on(network, http_retry_jitter_seconds=1.0).send(
             "GET", "/users/me", identity=CALLER, timeout=0.000001
         )
@@ -85,6 +85,6 @@ async def test_no_retry_past_the_calls_time():
 
 async def test_no_retries_when_switched_off():
     network = Network(failures=1)
-    with pytest.raises(DownstreamUnavailable):
+    with pytest.raises(UpstreamUnavailable):
         await client_on(network, http_connect_retries=0).send("GET", "/users/me", identity=CALLER)
     assert network.attempts == 1

@@ -12,7 +12,7 @@ from services.orders.errors import ProductNotFound, ReservationInvalid, Reservat
 from services.orders.schemas import ReservationIn
 from shared.contract import Identity, LineItem
 from shared.errors import (
-    DownstreamBadResponse,
+    UpstreamBadResponse,
 )
 from shared.http import ServiceClient
 from shared.request_id import request_id_var
@@ -33,8 +33,8 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _unexpected(client: ServiceClient, response: httpx.Response, what: str) -> DownstreamBadResponse:
-    return DownstreamBadResponse(client.name, f"The {client.name} service answered {response.status_code} to {what}.")
+def _unexpected(client: ServiceClient, response: httpx.Response, what: str) -> UpstreamBadResponse:
+    return UpstreamBadResponse(client.name, f"The {client.name} service answered {response.status_code} to {what}.")
 
 
 class CheckedUser(NamedTuple):

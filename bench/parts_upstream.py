@@ -1,7 +1,7 @@
 """A stand-in for the users, orders and inventory services behind the dashboard: answers each part's
 path with a small JSON document after a fixed delay (milliseconds, the second argument).
 
-    python -m bench.parts_downstream <port> <delay_ms>
+    python -m bench.parts_upstream <port> <delay_ms>
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Downstream failures seen through an in-process gateway: a port that refuses by construction, and
+"""Upstream failures seen through an in-process gateway: a port that refuses by construction, and
 two fault injectors standing in for the users service (one that reads a request and never answers,
 one that answers 500 with a body that must not leak). The users service cannot be asked for either;
 the same failures of real processes are in test_order_saga_faults.py and test_gateway_faults.py."""
@@ -79,7 +79,7 @@ async def failing_port() -> AsyncIterator[int]:
         yield port
 
 
-# Both downstream transports must map failures the same way.
+# Both upstream transports must map failures the same way.
 pytestmark = pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 
 

@@ -1,4 +1,4 @@
-"""A downstream that answers every request with the same small JSON document.
+"""An upstream that answers every request with the same small JSON document.
 
 Stands in for a service in benchmarks that measure the gateway itself, not the service behind it.
 """
