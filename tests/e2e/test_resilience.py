@@ -198,9 +198,13 @@ async def test_upstream_metrics_and_one_span_per_part(gateway, otlp, stack: Stac
     def parts() -> list[Any]:
         return [s for s in otlp.trace(trace_id) if s.service == "gateway" and s.name.startswith("part ")]
 
-    await eventually(lambda: len(parts()) == 3)
+    def server_spans() -> list[Any]:
+        return [s for s in otlp.trace(trace_id) if s.service == "gateway" and s.kind == 2]
+
+    # The request's span ends last, so it may reach the receiver in a later batch than its parts.
+    await eventually(lambda: len(parts()) == 3 and len(server_spans()) == 1)
     spans = otlp.trace(trace_id)
-    server = next(s for s in spans if s.service == "gateway" and s.kind == 2)
+    server = server_spans()[0]
     by_id = {s.span_id: s for s in spans}
     for part in parts():
         # Under the request's span (through the route's internal spans), each with its service's call.
