@@ -104,7 +104,7 @@ class EdgeRuntime:
     rate_limits: RateLimits | None
     idempotency: Idempotency | None
     forwarder: Forwarder
-    # Counts every answer to a tenant before it is sent (`gateway/edge/usage.py`); None: switched off.
+    # Counts every answer to a tenant as it is sent, in the process (`gateway/edge/usage.py`); None: off.
     metering: Metering | None = None
 
 

@@ -135,7 +135,8 @@ class MemoryUsageStore:
 
 class Metering:
     """Counts each answer to a tenant (`count`, in the process, before the answer is sent) and writes
-    the counts to the store in batches (`flush_loop`, every `flush_seconds`; `flush` at the end).
+    the counts to the store in batches (`flush_loop`: every `flush_seconds`, and once more when the
+    process stops).
 
     While Redis fails, the counts stay in the process and the next write is tried `retry_seconds`
     later; the first write that succeeds adds them all."""
