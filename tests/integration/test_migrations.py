@@ -58,18 +58,6 @@ async def differences(url: str, base: type[DeclarativeBase] = WebhooksBase) -> l
         await engine.dispose()
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def empty_url(request, migrated: Servers, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'webhooks.db'}"
-        return
-    name, dsn = await _create_pg(migrated, "migrations")
-    try:
-        yield dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
-    finally:
-        await _drop_pg(migrated, name)
-
-
 async def test_0002_delivery_up_and_down_keeps_what_endpoints_said(empty_url):
     await asyncio.to_thread(upgrade, WEBHOOKS_DIR, empty_url, "0001")
     await query(empty_url, ENDPOINTS)

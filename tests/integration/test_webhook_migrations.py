@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from alembic import command
 
 from shared.migrations import alembic_config, upgrade
-from tests.infra import Servers
 from tests.integration.test_migrations import columns, differences, query
-from tests.webhook_support import WEBHOOKS_DIR, _create_pg, _drop_pg
+from tests.webhook_support import WEBHOOKS_DIR
 
 ROWS = (
     "INSERT INTO webhook_endpoints (id, tenant_id, url, events, status, secret, created_at, updated_at) VALUES "
@@ -24,18 +22,6 @@ ROWS = (
     "INSERT INTO webhook_delivery_attempts (delivery_id, at, status_code, duration_ms) VALUES "
     "('d', '2026-01-01 00:00:00+00', 500, 12)",
 )
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def empty_url(request, migrated: Servers, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'webhooks.db'}"
-        return
-    name, dsn = await _create_pg(migrated, "migrations")
-    try:
-        yield dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
-    finally:
-        await _drop_pg(migrated, name)
 
 
 async def test_0004_fairness_and_protection_up_and_down_keeps_the_rows(empty_url):
