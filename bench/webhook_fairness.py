@@ -23,8 +23,8 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from bench.common import migrated_database
-from bench.webhooks import workers
-from services.webhooks.models import Delivery, Endpoint, Event
+from bench.webhooks import due_delivery, workers
+from services.webhooks.models import Endpoint, Event
 from services.webhooks.service import new_secret
 from shared.db import new_id, utcnow
 
@@ -104,19 +104,7 @@ async def add_deliveries(sessionmaker: async_sessionmaker[AsyncSession], endpoin
             )
             session.add(event)
             await session.flush()
-            delivery = Delivery(
-                id=new_id(),
-                tenant_id=endpoint.tenant_id,
-                event_id=event.id,
-                endpoint_id=endpoint.id,
-                event_type="order.created",
-                status="pending",
-                attempts=0,
-                round_attempts=0,
-                replays=0,
-                next_attempt_at=now,
-                created_at=now,
-            )
+            delivery = due_delivery(endpoint, event, now)
             session.add(delivery)
             ids.append(delivery.webhook_id)
     return ids

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 
@@ -115,6 +115,23 @@ def workers(url: str, count: int) -> Iterator[list[int]]:
             proc.wait(timeout=30)
 
 
+def due_delivery(endpoint: Endpoint, event: Event, now: datetime) -> Delivery:
+    """A delivery of `event` to `endpoint`, pending and due at `now`, as the relay makes it."""
+    return Delivery(
+        id=new_id(),
+        tenant_id=endpoint.tenant_id,
+        event_id=event.id,
+        endpoint_id=endpoint.id,
+        event_type=event.type,
+        status="pending",
+        attempts=0,
+        round_attempts=0,
+        replays=0,
+        next_attempt_at=now,
+        created_at=now,
+    )
+
+
 class Feeder:
     """Writes events and their pending deliveries as the relay would."""
 
@@ -163,21 +180,7 @@ class Feeder:
                 received_at=now,
             )
             events.append(event)
-            deliveries.append(
-                Delivery(
-                    id=new_id(),
-                    tenant_id=endpoint.tenant_id,
-                    event_id=event.id,
-                    endpoint_id=endpoint.id,
-                    event_type="order.created",
-                    status="pending",
-                    attempts=0,
-                    round_attempts=0,
-                    replays=0,
-                    next_attempt_at=now,
-                    created_at=now,
-                )
-            )
+            deliveries.append(due_delivery(endpoint, event, now))
         async with self.sessionmaker.begin() as session:
             session.add_all(events)
             await session.flush()
