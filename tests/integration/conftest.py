@@ -10,7 +10,7 @@ from tests.webhook_support import _create_pg, _drop_pg
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 async def empty_url(request, migrated: Servers, tmp_path):
-    """An empty webhooks database, on PostgreSQL (created for the test, dropped after) and on SQLite."""
+    """An empty database, on PostgreSQL (created for the test, dropped after) and on SQLite."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'webhooks.db'}"
         return

@@ -12,11 +12,9 @@ from alembic import command
 from services.users.emails import canonical_email
 from services.users.models import Base as UsersBase
 from shared.migrations import alembic_config, upgrade
-from tests.integration.test_migrations import ROOT, differences, empty_url, query
+from tests.integration.test_migrations import ROOT, differences, query
 
 USERS_DIR = ROOT / "services" / "users"
-
-__all__ = ["empty_url"]  # the fixture: an empty PostgreSQL or SQLite database
 
 
 async def test_users_head_is_what_the_models_say(empty_url):
