@@ -425,10 +425,10 @@ def micro() -> None:
     class Auth:
         tokens = verifier
 
-    scope = {"headers": [(b"host", b"x"), (b"authorization", f"Bearer {token}".encode())]}
+    raw = [(b"host", b"x"), (b"authorization", f"Bearer {token}".encode())]
 
     def rank() -> None:
-        caller_rank(scope, Auth())  # type: ignore[arg-type]
+        caller_rank(raw, Auth())  # type: ignore[arg-type]
 
     def deadline() -> None:
         reset = deadline_var.set(time.time() + 10.0)
@@ -466,6 +466,11 @@ def micro() -> None:
     rows.append(
         ["a refused request through the whole app (503 OVERLOADED; no HTTP parsing)", f"{refused * 1e6:.1f} µs"]
     )
+    early, passed = min(asyncio.run(protocol_costs(20_000)) for _ in range(3))
+    rows.append(["a request the server's protocol lets through: the shedder's check", f"{passed * 1e6:.2f} µs"])
+    rows.append(
+        ["a refused request in the server's protocol (parsing, rank, the 503 written)", f"{early * 1e6:.1f} µs"]
+    )
     print(
         f"\n{datetime.date.today()}, {platform.machine()}, Python {platform.python_version()}, "
         "best of 5 (loaded machine)\n"
@@ -487,6 +492,7 @@ async def refusal_cost(n: int) -> float:
         orders_url=unused,
         inventory_url=unused,
         webhooks_url=unused,
+        admission_enabled=True,
         admission_min_limit=1,
         admission_initial_limit=1,
         admission_max_limit=1,
@@ -536,6 +542,81 @@ async def refusal_cost(n: int) -> float:
         node.gate.in_flight = 0
     assert statuses[-1] == 503, statuses[-1]
     return elapsed
+
+
+class _Transport(asyncio.Transport):
+    """Takes what the protocol writes, as a connection whose client reads everything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += len(data)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 8000) if name in {"peername", "sockname"} else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+async def protocol_costs(n: int) -> tuple[float, float]:
+    """Seconds per request, in the gateway's server protocol with admission on: a keep-alive request
+    head (five headers, a verified token of the free plan) parsed, ranked and answered 503 by the
+    shedder, as under overload; and the shedder's check alone, as every request pays while nothing
+    is refused."""
+    from uvicorn import Config
+    from uvicorn.server import ServerState
+
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+    from shared.admission import SHEDDER_KEY
+    from shared.serving import serving_protocol
+
+    unused = f"http://127.0.0.1:{free_port()}"
+    settings = GatewaySettings(
+        access_log=False,
+        users_url=unused,
+        orders_url=unused,
+        inventory_url=unused,
+        webhooks_url=unused,
+        admission_enabled=True,
+        admission_min_limit=1,
+        admission_initial_limit=1,
+        admission_max_limit=1,
+        admission_queue_size=0,
+    )
+    app = create_app(settings)
+    token = bearer(plan="free")
+    head = (
+        f"GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: bench\r\nAccept: */*\r\n"
+        f"Authorization: Bearer {token}\r\nX-Client: overload\r\n\r\n"
+    ).encode()
+    async with app.router.lifespan_context(app) as state:
+        app_state = dict(state or {})
+        shedder = app_state[SHEDDER_KEY]
+        protocol = serving_protocol(settings)(
+            Config(app, log_config=None), ServerState(), app_state, _loop=asyncio.get_running_loop()
+        )
+        transport = _Transport()
+        protocol.connection_made(transport)
+        shedder.limit.in_flight = 1  # the one slot is taken: every request is refused
+        started = time.perf_counter()
+        for _ in range(n):
+            protocol.data_received(head)
+        refused = (time.perf_counter() - started) / n
+        assert transport.written > n * 100, transport.written
+        shedder.limit.in_flight = 0
+        started = time.perf_counter()
+        for _ in range(n):
+            shedder.refusal(PATH.encode(), [])
+        passed = (time.perf_counter() - started) / n
+        protocol.connection_lost(None)
+    return refused, passed
 
 
 def main() -> None:

@@ -329,7 +329,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             async with open_state(cfg, provider, edge_metrics, upstream_metrics, quotas) as state:
                 current = state
                 with edge.running(state.edge):
-                    yield lifespan_state_of(state)
+                    yield lifespan_state_of(state, edge.shedder(state.edge))
         finally:
             current = None
             provider.shutdown()

@@ -55,7 +55,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -64,7 +64,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from shared.asgi import header
 from shared.errors import DeadlineExceeded, Overloaded, PorticoError, problem_message
 from shared.metrics import MULTIPROC_ENV, LabelCache
-from shared.request_id import request_id_of
+from shared.request_id import new_request_id, request_id_of
 from shared.settings import ProcessSettings
 
 DEADLINE_HEADER = b"x-request-deadline"
@@ -189,6 +189,7 @@ class AdaptiveLimit:
         self._peak = 0
         # How many requests of each rank may be in progress, from the limit and the rank's share.
         self.ceilings: list[int] = [0] * len(RANKS)
+        self.lowest_ceiling = 0
         self._waiting: list[deque[asyncio.Future[bool]]] = [deque() for _ in RANKS]
         self._queued = 0
         self._long_rtt = 0.0
@@ -203,6 +204,8 @@ class AdaptiveLimit:
         limit = self.limit
         # At least one request of every rank may run, so no caller is refused forever by a tiny limit.
         self.ceilings = [max(1, int(limit * share)) for share in self.shares]
+        # Below this many requests in progress, no request of any rank is refused.
+        self.lowest_ceiling = min(self.ceilings)
         if self._counted is not None:
             assert self.metrics is not None
             self.metrics.limit.set(int(limit))
@@ -265,6 +268,20 @@ class AdaptiveLimit:
         # True: `_wake` handed this request its slot (and counted it) before waking it; False: a
         # request of a higher rank took its place in the queue.
         return None if slot else SHED_LIMIT
+
+    def refuses(self, rank: int) -> bool:
+        """Whether a request of `rank` arriving now would be refused without waiting: no room for it,
+        no place in the queue, no request of a lower rank waiting that it could take the place of, and
+        no reset of the limit due (`wait` decides those cases). Changes nothing."""
+        if self.in_flight < self.ceilings[rank]:
+            return False
+        if self.limit < self.settings.initial and self._idle_since_busy():
+            return False
+        if self.settings.queue_timeout_seconds <= 0:
+            return True
+        if self._queued < self.settings.queue_size:
+            return False
+        return not any(self._waiting[lower] for lower in range(rank))
 
     def _idle_since_busy(self) -> bool:
         """Whether the process has not used its limit for `IDLE_WINDOWS` windows."""
@@ -395,6 +412,67 @@ def overloaded(retry_after: str) -> Overloaded:
     return Overloaded(
         "The service is overloaded; retry after the time in Retry-After.", headers={"Retry-After": retry_after}
     )
+
+
+# Where a process's lifespan state holds its `Shedder`, for the server's protocol.
+SHEDDER_KEY = "shedder"
+# A rank of the request from its raw headers (the gateway's: the caller's plan).
+Ranker = Callable[[Sequence[tuple[bytes, bytes]]], int]
+
+
+class Shedder:
+    """Refuses a request in the server's HTTP protocol (`shared/serving/protocol.py`), from its head
+    alone, when the limit would refuse it without waiting: the 503 `OVERLOADED` is written to the
+    connection before any ASGI scope, task or stage exists for it.
+
+    Under overload most arrivals are refused, so what a refusal costs decides how much of the CPU is
+    left for the requests admitted: through the app's stages a refusal costs about a fifth of an
+    answer, here a few percent (`bench/overload.py --micro`). A request the limit may still queue, or
+    a path that is never shed, goes on to the app's own admission stage, which decides it as before.
+
+    Such a refusal is counted in `portico_requests_shed_total{reason="limit"}` and carries
+    `Retry-After`, `X-Request-ID` and `headers` (the gateway's security headers); it is not traced or
+    access-logged (at thousands a second either would cost more than the refusal)."""
+
+    __slots__ = ("_body_after", "_body_before", "_head", "exempt", "limit", "metrics", "rank")
+
+    def __init__(
+        self,
+        limit: AdaptiveLimit,
+        metrics: AdmissionMetrics,
+        *,
+        rank: Ranker | None = None,
+        exempt: Iterable[str] = EXEMPT_PATHS,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        self.limit = limit
+        self.metrics = metrics
+        # None: every request has the top rank (services do not rank requests).
+        self.rank = rank
+        self.exempt = frozenset(path.encode("ascii") for path in exempt)
+        # The answer is the same but for its request id: the head and body around it are built once.
+        marker = "0" * len(new_request_id())
+        problem_headers, body = problem_message(overloaded(limit.retry_after()), marker)
+        self._body_before, _, self._body_after = body.partition(marker.encode("ascii"))
+        lines = [name + b": " + value + b"\r\n" for name, value in (*problem_headers, *headers)]
+        self._head = b"".join(lines) + b"x-request-id: "
+
+    def refusal(self, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes] | None:
+        """The header lines and body of the 503 answering a request for `target` (its path and query,
+        as sent) with `headers` (names in lower case), or None to let the app decide it."""
+        limit = self.limit
+        # While nothing is refused (the usual case) this comparison is all a request pays.
+        if limit.in_flight < limit.lowest_ceiling:
+            return None
+        path, _, _ = target.partition(b"?")
+        if path in self.exempt:
+            return None
+        rank = TOP_RANK if self.rank is None else self.rank(headers)
+        if not limit.refuses(rank):
+            return None
+        self.metrics.count_shed(SHED_LIMIT, UNRANKED if self.rank is None else RANKS[rank])
+        request_id = new_request_id().encode("ascii")
+        return self._head + request_id + b"\r\n", self._body_before + request_id + self._body_after
 
 
 class AdmissionMiddleware:

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
-from shared.admission import AdaptiveLimit, AdmissionMetrics, AdmissionMiddleware, LimitSettings
+from shared.admission import AdaptiveLimit, AdmissionMetrics, AdmissionMiddleware, LimitSettings, Shedder
 from shared.caller import require_identity
 from shared.db import PoolMetrics, create_engine, create_sessionmaker
 from shared.docs import add_offline_docs
@@ -88,6 +88,9 @@ class PorticoAPI(FastAPI):
     outermost: Middleware | None = None
     # Every metric the process serves on /metrics (set by `install_common`).
     metrics_registry: CollectorRegistry | None = None
+    # Refuses requests from their heads under overload, in the server's protocol (`Shedder`); handed
+    # to the server through the lifespan state. None: admission is off.
+    shedder: Shedder | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -132,6 +135,8 @@ def install_common(
         admission_metrics = AdmissionMetrics(registry)
         limit = AdaptiveLimit(LimitSettings.of(settings), admission_metrics) if settings.admission_enabled else None
         app.add_middleware(AdmissionMiddleware, limit=limit, metrics=admission_metrics)
+        if limit is not None:
+            app.shedder = Shedder(limit, admission_metrics)
     app.outermost = Middleware(
         ObservabilityMiddleware, spans=ServerSpans(provider), metrics=metrics, access_log=settings.access_log
     )
@@ -244,7 +249,7 @@ def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: Collec
                     # No context factory: the spec's context type is None.
                     state = cast(ServiceState[S, C], base)
                 logger.info("%s ready (exporting traces: %s)", spec.name, exporting)
-                yield lifespan_state_of(state)
+                yield lifespan_state_of(state, app.shedder)
         finally:
             await call_policy.aclose()
             if http is not None:

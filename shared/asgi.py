@@ -6,7 +6,7 @@ no exception for a missing header, since several stages run this on every reques
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from starlette.types import Message, Scope, Send
 
@@ -22,7 +22,11 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 def headers(scope: Scope, *names: bytes) -> list[bytes | None]:
     """The first value of each lower-case header in `names` (None where absent), in one pass."""
-    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    return find_headers(scope["headers"], *names)
+
+
+def find_headers(raw: Iterable[tuple[bytes, bytes]], *names: bytes) -> list[bytes | None]:
+    """`headers` over raw header pairs (names in lower case), as a server's protocol holds them."""
     found: list[bytes | None] = [None] * len(names)
     for key, value in raw:
         if key in names:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import time
 
@@ -18,7 +17,7 @@ from shared.asgi import header
 from shared.context import open_context
 from shared.errors import PayloadTooLarge, problem_response
 from shared.metrics import UNMATCHED, HttpMetrics
-from shared.request_id import request_id_of
+from shared.request_id import new_request_id, request_id_of
 from shared.telemetry import PRINCIPAL, REQUEST_ID, TENANT_ID, ServerSpans, traceresponse
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -41,10 +40,6 @@ def _declared_length(value: bytes | None) -> int:
         return int(value) if value is not None else -1
     except ValueError:
         return -1
-
-
-def new_request_id() -> str:
-    return os.urandom(16).hex()
 
 
 class ObservabilityMiddleware:

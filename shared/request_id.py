@@ -6,6 +6,7 @@ knows about callers or spans."""
 
 from __future__ import annotations
 
+import os
 from contextvars import ContextVar
 from typing import Protocol
 
@@ -15,6 +16,11 @@ request_id_var: ContextVar[str | None] = ContextVar("portico_request_id", defaul
 
 # Where a request's context is kept in its ASGI scope (`shared/context.py` opens it).
 CONTEXT_KEY = "portico.context"
+
+
+def new_request_id() -> str:
+    """A new request id: 32 hex digits."""
+    return os.urandom(16).hex()
 
 
 class _HasRequestId(Protocol):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NotRequired, TypedDict, TypeVar
 
 from starlette.requests import HTTPConnection
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+    from shared.admission import Shedder
     from shared.identity import IdentitySigner, IdentityVerifier
 
 T = TypeVar("T")
@@ -41,13 +42,17 @@ C2 = TypeVar("C2")
 
 
 class LifespanState(TypedDict, Generic[T]):
-    """What a lifespan yields: its one state object."""
+    """What a lifespan yields: its one state object, and for the server's protocol the shedder that
+    refuses requests from their heads under overload (`SHEDDER_KEY`), when admission is on."""
 
     app: T
+    shedder: NotRequired[Shedder]
 
 
-def lifespan_state_of(state: T) -> LifespanState[T]:
-    return {"app": state}
+def lifespan_state_of(state: T, shedder: Shedder | None = None) -> LifespanState[T]:
+    if shedder is None:
+        return {"app": state}
+    return {"app": state, "shedder": shedder}
 
 
 def app_state(conn: HTTPConnection) -> Any:

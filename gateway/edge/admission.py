@@ -13,19 +13,23 @@ what the gateway already knows about the credential, without a lookup:
 - an API key the gateway remembers (its key cache): its plan;
 - an API key not looked up yet: `free`, as the lowest plan. Its first admitted request looks it up,
   and the key cache then knows it for `GATEWAY_API_KEY_CACHE_TTL_SECONDS`.
+
+Under overload the server's protocol ranks requests the same way, from their heads, before the route
+is matched (`Shedder`): there a route open to callers without credentials is ranked by the caller's
+credentials, never lower than the edge ranks it, so the protocol refuses only what the edge would.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 
 import orjson
-from starlette.types import Scope
 
 from gateway.edge.authentication import Authenticator
 from shared.admission import RANK_OF
-from shared.asgi import headers
+from shared.asgi import find_headers
 from shared.contract import hash_api_key
 
 ANONYMOUS_RANK = RANK_OF["anonymous"]
@@ -46,9 +50,11 @@ def _claimed_plan(token: str) -> str | None:
     return plan if isinstance(plan, str) else None
 
 
-def caller_rank(scope: Scope, authenticator: Authenticator) -> int:
-    """The admission rank of the request's caller (see the module's docstring)."""
-    authorization, api_key = headers(scope, b"authorization", b"x-api-key")
+def caller_rank(raw: Sequence[tuple[bytes, bytes]], authenticator: Authenticator) -> int:
+    """The admission rank of the caller of a request with the raw headers `raw` (names in lower
+    case), as the edge's stage and the server's protocol (`Shedder`) both see them (see the module's
+    docstring)."""
+    authorization, api_key = find_headers(raw, b"authorization", b"x-api-key")
     plan: str | None
     if api_key is not None:
         entry = authenticator.api_keys.known.get(hash_api_key(api_key.decode("latin-1").strip()))

@@ -70,6 +70,7 @@ from shared.admission import (
     AdaptiveLimit,
     AdmissionMetrics,
     LimitSettings,
+    Shedder,
     deadline_var,
     overloaded,
 )
@@ -155,6 +156,20 @@ class Edge:
         self.app = app
         return self
 
+    def shedder(self, runtime: EdgeRuntime) -> Shedder | None:
+        """What refuses requests in the server's protocol under overload, ranking callers as the
+        admission stage does; None when admission is off."""
+        if self.gate is None or self.admission is None:
+            return None
+        authenticator = runtime.authenticator
+        return Shedder(
+            self.gate,
+            self.admission,
+            rank=lambda raw: caller_rank(raw, authenticator),
+            exempt=UNLIMITED_PATHS,
+            headers=self.security.api_headers if self.security is not None else (),
+        )
+
     @contextlib.contextmanager
     def running(self, runtime: EdgeRuntime) -> Iterator[None]:
         """The edge serves with `runtime` for the life of the `with` block (the lifespan)."""
@@ -220,7 +235,7 @@ class Edge:
             rank = (
                 ANONYMOUS_RANK
                 if compiled is not None and compiled.access.anonymous
-                else caller_rank(scope, runtime.authenticator)
+                else caller_rank(scope["headers"], runtime.authenticator)
             )
             if not gate.enter(rank):
                 refused = await gate.wait(rank)

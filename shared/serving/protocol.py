@@ -22,6 +22,13 @@ connection itself) is answered 408 (problem+json) and closed; one that has sent 
 closed without an answer. A client dribbling its headers a byte at a time no longer holds a
 connection (and its buffers) for as long as it likes.
 
+Under overload it also refuses requests itself: when the lifespan state holds a `Shedder`
+(`shared/admission.py`, under `SHEDDER_KEY`), each request head is shown to it before uvicorn builds
+the request's scope and task, and a request it refuses is answered 503 `OVERLOADED` on the spot (its
+body, if any, read and dropped; the connection kept alive unless the client asked otherwise). A
+request still on its way on a pipelined connection, one expecting `100 Continue`, an upgrade, and a
+connection whose client is not reading its answers go on to the app, whose own admission decides.
+
 It costs a few integer operations per read and per header, and one timer per request head. Any
 uvicorn-based server can use it: `python -m <process>` passes it to uvicorn with the process's
 limits (`serving_protocol`); `uvicorn --http shared.serving:BoundedHttpToolsProtocol` and
@@ -45,6 +52,7 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from shared.admission import SHEDDER_KEY, Shedder
 from shared.errors import PorticoError, problem_response
 from shared.settings import ProcessSettings
 
@@ -121,6 +129,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._linger_timer: TimerHandle | None = None
         # The server is shutting down: the request that arrives is the connection's last.
         self._closing = False
+        # Refuses requests from their heads under overload (filled by the lifespan before any
+        # connection is accepted); None: the app decides every request.
+        self._shedder: Shedder | None = self.app_state.get(SHEDDER_KEY)
+        # The request on its way was refused here: its body is dropped; whether the connection stays.
+        self._shed = False
+        self._shed_keep_alive = True
 
     # uvicorn's reading of the connection, with the count in front of the parser
 
@@ -187,6 +201,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # Parser callbacks
 
     def on_message_begin(self) -> None:
+        # A request that follows a refused one in the same read: the connection is not idle.
+        self._unset_keepalive_if_required()
         super().on_message_begin()
         self._head_size = 0
         self._fields = 0
@@ -217,6 +233,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_started = False
         self._counting = False
         self._head_bytes = 0
+        if self._shedder is not None and self._shed_here(self._shedder):
+            return
         super().on_headers_complete()
         if self._closing and self.cycle is not None:
             self.cycle.keep_alive = False
@@ -227,12 +245,53 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         self._counting = False
         self._head_bytes = 0
+        if self._shed:
+            return
         super().on_body(body)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
         self._counting = True
         self._head_bytes = 0
+        if self._shed:
+            self._shed_complete()
+            return
+        super().on_message_complete()
+
+    # Shedding (overload)
+
+    def _shed_here(self, shedder: Shedder) -> bool:
+        """Answers the request whose head just arrived with the shedder's 503, if it refuses it."""
+        cycle = self.cycle
+        if (
+            (cycle is not None and not cycle.response_complete)
+            or self.expect_100_continue
+            or self.flow.write_paused
+            or self.parser.should_upgrade()
+        ):
+            return False
+        refusal = shedder.refusal(self.url, self.headers)
+        if refusal is None:
+            return False
+        head, body = refusal
+        keep_alive = not self._closing and self.parser.should_keep_alive() and self.parser.get_http_version() == "1.1"
+        content = [STATUS_LINE[503]]
+        for name, value in self.server_state.default_headers:
+            content += [name, b": ", value, b"\r\n"]
+        content += [head, b"\r\n", body] if keep_alive else [head, b"connection: close\r\n\r\n", body]
+        self.transport.write(b"".join(content))
+        self._shed = True
+        self._shed_keep_alive = keep_alive
+        return True
+
+    def _shed_complete(self) -> None:
+        """The refused request's body is read: the connection waits for its next request, as after any
+        answer, or closes."""
+        self._shed = False
+        if not self._shed_keep_alive:
+            self.transport.close()
+        elif not self.transport.is_closing():
+            handler = self.timeout_keep_alive_handler
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, handler)
 
     # The head's deadline
 

@@ -182,3 +182,75 @@ async def test_the_gateway_sheds_free_callers_before_enterprise_ones(hanging_gat
             for call in holding:
                 call.cancel()
             await asyncio.gather(*holding, return_exceptions=True)
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 answer with a Content-Length, read off a raw connection."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines if line)
+    answer_headers = {name.lower(): value for name, value in fields.items()}
+    body = await reader.readexactly(int(answer_headers["content-length"]))
+    return int(status_line.split(" ")[1]), answer_headers, body
+
+
+async def test_a_shed_request_leaves_its_connection_ready_for_the_next(
+    hanging_gateway: tuple[str, ScriptedService],
+):
+    """Refused from its head alone, a request's body is read and dropped, and the keep-alive
+    connection serves what follows it, pipelined requests included, in order."""
+    url, service = hanging_gateway
+    enterprise, free = bearer("enterprise"), bearer("free")
+    port = int(url.rsplit(":", 1)[1])
+    before = service.requests.count(("GET", "/users/me"))
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        holding = [asyncio.ensure_future(client.get("/v1/users/me", headers=enterprise)) for _ in range(2)]
+        try:
+            await eventually(lambda: service.requests.count(("GET", "/users/me")) == before + 2)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                body = b'{"sku": "S-1", "name": "shed", "price_cents": 100, "stock": 1}'
+                refused = (
+                    f"POST /v1/products HTTP/1.1\r\nHost: gateway\r\nAuthorization: {free['Authorization']}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode() + body
+                ready = b"GET /health/ready HTTP/1.1\r\nHost: gateway\r\n\r\n"
+                authorization = enterprise["Authorization"]
+                admitted = f"GET /v1/products HTTP/1.1\r\nHost: gateway\r\nAuthorization: {authorization}\r\n\r\n"
+                # Pipelined: the refusal, a probe and an enterprise request in one write.
+                writer.write(refused + ready + admitted.encode())
+                await writer.drain()
+                status, headers, payload = await read_answer(reader)
+                assert status == 503
+                assert headers["content-type"] == "application/problem+json"
+                assert headers["retry-after"] == "1"
+                problem = json.loads(payload)
+                assert problem["error_code"] == "OVERLOADED"
+                assert problem["request_id"] == headers["x-request-id"]
+                assert len(headers["x-request-id"]) == 32
+                assert headers["x-content-type-options"] == "nosniff"
+                assert "connection" not in headers
+                assert (await read_answer(reader))[0] == 200
+                assert (await read_answer(reader))[0] == 200
+                # The body of the refused request was not taken for a request of its own: nothing more.
+                writer.write(ready)
+                await writer.drain()
+                assert (await read_answer(reader))[0] == 200
+                # A client that asks for the connection to close gets its refusal, then the close.
+                writer.write(refused.replace(b"Host: gateway\r\n", b"Host: gateway\r\nConnection: close\r\n"))
+                await writer.drain()
+                status, headers, _ = await read_answer(reader)
+                assert status == 503
+                assert headers["connection"] == "close"
+                assert await asyncio.wait_for(reader.read(), 30) == b""
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+            scraped = (await client.get("/metrics")).text
+            assert metric(scraped, "portico_requests_shed_total", reason="limit", plan="free") is not None
+        finally:
+            for call in holding:
+                call.cancel()
+            await asyncio.gather(*holding, return_exceptions=True)
+    assert ("POST", "/products") not in service.requests

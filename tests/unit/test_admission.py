@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from shared.admission import RANK_OF, AdaptiveLimit, LimitSettings, parse_deadline
+import orjson
+from prometheus_client import CollectorRegistry
+
+from shared.admission import RANK_OF, AdaptiveLimit, AdmissionMetrics, LimitSettings, Shedder, parse_deadline
 
 FREE, PRO, ENTERPRISE = RANK_OF["free"], RANK_OF["pro"], RANK_OF["enterprise"]
 SHARES = {"anonymous": 0.5, "free": 0.5, "pro": 0.75, "enterprise": 1.0}
@@ -132,3 +135,66 @@ async def test_a_limit_lowered_by_an_overload_that_is_over_starts_again_from_the
     gate._busy_at -= 60  # a minute without using it
     assert await gate.wait(ENTERPRISE) is None
     assert gate.limit == 50
+
+
+async def test_refuses_says_what_wait_would_answer_without_waiting():
+    gate = AdaptiveLimit(fixed(2, queue=1, wait=30.0), shares=SHARES)
+    assert not gate.refuses(FREE)
+    assert gate.enter(ENTERPRISE)
+    assert gate.refuses(FREE) is False  # the queue has room: `wait` decides
+    assert gate.enter(ENTERPRISE)
+    waiting = asyncio.ensure_future(gate.wait(FREE))
+    await asyncio.sleep(0)
+    # The queue is full of a free request: another free one is refused, a pro one may take its place.
+    assert gate.refuses(FREE)
+    assert not gate.refuses(PRO)
+    gate.leave(time.perf_counter())
+    gate.leave(time.perf_counter())
+    assert await waiting is None
+    assert not gate.refuses(FREE)
+    no_queue = AdaptiveLimit(fixed(1), shares=SHARES)
+    assert no_queue.enter(ENTERPRISE)
+    assert no_queue.refuses(ENTERPRISE)
+
+
+def test_the_shedder_refuses_only_what_the_limit_would_and_never_the_probes():
+    metrics = AdmissionMetrics(CollectorRegistry())
+    gate = AdaptiveLimit(fixed(4), metrics, shares=SHARES)
+    ranks = {b"free": FREE, b"enterprise": ENTERPRISE}
+    shedder = Shedder(
+        gate,
+        metrics,
+        rank=lambda raw: ranks[dict(raw)[b"plan"]],
+        exempt={"/health/ready", "/metrics"},
+        headers=[(b"x-content-type-options", b"nosniff")],
+    )
+    free, enterprise = [(b"plan", b"free")], [(b"plan", b"enterprise")]
+    assert shedder.refusal(b"/v1/users/me", free) is None
+    for _ in range(2):
+        assert gate.enter(ENTERPRISE)
+    # Half the limit in use: free callers are refused, enterprise ones and the probes are not.
+    refused = shedder.refusal(b"/v1/users/me?x=1", free)
+    assert refused is not None
+    assert shedder.refusal(b"/v1/users/me", enterprise) is None
+    assert shedder.refusal(b"/health/ready", free) is None
+    assert shedder.refusal(b"/metrics?name=x", free) is None
+    head, body = refused
+    lines = dict(line.split(b": ", 1) for line in head.split(b"\r\n") if line)
+    problem = orjson.loads(body)
+    assert problem["error_code"] == "OVERLOADED"
+    assert problem["status"] == 503
+    assert problem["request_id"].encode() == lines[b"x-request-id"]
+    assert lines[b"content-type"] == b"application/problem+json"
+    assert lines[b"content-length"] == str(len(body)).encode()
+    assert lines[b"retry-after"] == b"1"
+    assert lines[b"x-content-type-options"] == b"nosniff"
+    again = shedder.refusal(b"/v1/users/me", free)
+    assert again is not None
+    assert orjson.loads(again[1])["request_id"] != problem["request_id"]
+    assert metrics.shed.labels(reason="limit", plan="free")._value.get() == 2
+    # Services rank every request alike.
+    service = Shedder(gate, metrics)
+    for _ in range(2):
+        assert gate.enter(ENTERPRISE)
+    assert service.refusal(b"/products", []) is not None
+    assert metrics.shed.labels(reason="limit", plan="all")._value.get() == 1

@@ -48,9 +48,29 @@ PROTOCOL_METHODS = {
     "_unsupported_upgrade_warning": "(self) -> 'None'",
     "handle_websocket_upgrade": "(self) -> 'None'",
     "send_400_response": "(self, msg: 'str') -> 'None'",
+    "timeout_keep_alive_handler": "(self) -> 'None'",
 }
 # HttpToolsProtocol's instance attributes that BoundedHttpToolsProtocol reads.
-PROTOCOL_ATTRIBUTES = {"parser", "cycle", "url", "transport", "server_state", "loop", "client", "logger", "limits"}
+PROTOCOL_ATTRIBUTES = {
+    "parser",
+    "cycle",
+    "url",
+    "headers",
+    "expect_100_continue",
+    "transport",
+    "flow",
+    "server_state",
+    "app_state",
+    "loop",
+    "client",
+    "logger",
+    "limits",
+    "timeout_keep_alive",
+    "timeout_keep_alive_task",
+}
+# What a refusal under overload reads of uvicorn's flow control and server state.
+FLOW_ATTRIBUTES = {"write_paused"}
+SERVER_STATE_ATTRIBUTES = {"default_headers"}
 # RequestResponseCycle's attributes it reads or sets.
 CYCLE_ATTRIBUTES = {"response_complete", "keep_alive"}
 # Methods our code re-implements rather than extends, with the digest of the source they copy: a change
@@ -127,6 +147,11 @@ def test_the_protocol_attributes_used_are_uvicorns_as_they_were():
         protocol = BoundedHttpToolsProtocol(Config(app, log_config=None), ServerState(), {}, _loop=loop)
         protocol.on_message_begin()
         missing = {name for name in PROTOCOL_ATTRIBUTES if not hasattr(protocol, name)}
+        protocol.connection_made(_Transport())
+        missing |= {f"flow.{name}" for name in FLOW_ATTRIBUTES if not hasattr(protocol.flow, name)}
+        state = protocol.server_state
+        missing |= {f"server_state.{name}" for name in SERVER_STATE_ATTRIBUTES if not hasattr(state, name)}
+        protocol.connection_lost(None)
     finally:
         loop.close()
     assert not missing, f"uvicorn's HttpToolsProtocol has no {missing} any more: shared/serving/protocol.py"
@@ -134,6 +159,20 @@ def test_the_protocol_attributes_used_are_uvicorns_as_they_were():
     for name in CYCLE_ATTRIBUTES:
         assert f"self.{name} = " in cycle_init, f"uvicorn's RequestResponseCycle has no {name} any more"
     assert STATUS_LINE[431] == b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    assert STATUS_LINE[503] == b"HTTP/1.1 503 Service Unavailable\r\n"
+
+
+class _Transport(asyncio.Transport):
+    """Enough of a transport for the protocol to be connected and disconnected."""
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 8000) if name in {"peername", "sockname"} else default
+
+    def is_closing(self):
+        return False
+
+    def close(self):
+        pass
 
 
 @pytest.mark.parametrize(("owner", "name"), sorted(COPIED, key=lambda key: key[1]))
