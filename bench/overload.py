@@ -36,8 +36,9 @@ import sys
 import threading
 import time
 import timeit
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -45,6 +46,9 @@ from bench.common import bearer, redis_prefix, require_wrk, server, wrk
 from bench.gateway import rss_mib, table, worker_pid
 from bench.nginx import nginx, require_nginx
 from scripts.devstack import free_port
+
+if TYPE_CHECKING:
+    from gateway.settings import GatewaySettings
 
 PLANS = ("free", "pro", "enterprise")
 # Of every 10 requests: 5 free, 3 pro, 2 enterprise.
@@ -478,15 +482,12 @@ def micro() -> None:
     table(["step", "per request"], rows)
 
 
-async def refusal_cost(n: int) -> float:
-    """Seconds per request the gateway's app takes to refuse one (observability, route match, admission,
-    the problem+json answer), driven in-process: what a shed request costs besides HTTP parsing."""
-    from gateway.app import create_app
-    from gateway.edge.pipeline import Edge
+def one_slot_settings() -> GatewaySettings:
+    """A gateway in-process with admission on, a limit of one and no queue, and services nowhere."""
     from gateway.settings import GatewaySettings
 
     unused = f"http://127.0.0.1:{free_port()}"
-    settings = GatewaySettings(
+    return GatewaySettings(
         access_log=False,
         users_url=unused,
         orders_url=unused,
@@ -498,6 +499,15 @@ async def refusal_cost(n: int) -> float:
         admission_max_limit=1,
         admission_queue_size=0,
     )
+
+
+async def refusal_cost(n: int) -> float:
+    """Seconds per request the gateway's app takes to refuse one (observability, route match, admission,
+    the problem+json answer), driven in-process: what a shed request costs besides HTTP parsing."""
+    from gateway.app import create_app
+    from gateway.edge.pipeline import Edge
+
+    settings = one_slot_settings()
     app = create_app(settings)
     scope = {
         "type": "http",
@@ -522,9 +532,9 @@ async def refusal_cost(n: int) -> float:
         await asyncio.sleep(0)
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, object]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            statuses.append(int(message["status"]))  # type: ignore[call-overload]
+            statuses.append(int(message["status"]))
 
     async with app.router.lifespan_context(app) as state:
         scope["state"] = dict(state or {})
@@ -573,23 +583,10 @@ async def protocol_costs(n: int) -> tuple[float, float]:
     from uvicorn.server import ServerState
 
     from gateway.app import create_app
-    from gateway.settings import GatewaySettings
     from shared.admission import SHEDDER_KEY
     from shared.serving import serving_protocol
 
-    unused = f"http://127.0.0.1:{free_port()}"
-    settings = GatewaySettings(
-        access_log=False,
-        users_url=unused,
-        orders_url=unused,
-        inventory_url=unused,
-        webhooks_url=unused,
-        admission_enabled=True,
-        admission_min_limit=1,
-        admission_initial_limit=1,
-        admission_max_limit=1,
-        admission_queue_size=0,
-    )
+    settings = one_slot_settings()
     app = create_app(settings)
     token = bearer(plan="free")
     head = (
