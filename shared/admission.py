@@ -432,9 +432,11 @@ class Shedder:
 
     Such a refusal is counted in `portico_requests_shed_total{reason="limit"}` and carries
     `Retry-After`, `X-Request-ID` and `headers` (the gateway's security headers); it is not traced or
-    access-logged (at thousands a second either would cost more than the refusal)."""
+    access-logged (at thousands a second either would cost more than the refusal). A request with a
+    header named in `app_decides` (the gateway's `Origin`, when CORS is on: its refusal carries CORS
+    headers) goes on to the app."""
 
-    __slots__ = ("_body_after", "_body_before", "_head", "exempt", "limit", "metrics", "rank")
+    __slots__ = ("_body_after", "_body_before", "_head", "app_decides", "exempt", "limit", "metrics", "rank")
 
     def __init__(
         self,
@@ -444,8 +446,10 @@ class Shedder:
         rank: Ranker | None = None,
         exempt: Iterable[str] = EXEMPT_PATHS,
         headers: Sequence[tuple[bytes, bytes]] = (),
+        app_decides: Iterable[bytes] = (),
     ) -> None:
         self.limit = limit
+        self.app_decides = frozenset(app_decides)
         self.metrics = metrics
         # None: every request has the top rank (services do not rank requests).
         self.rank = rank
@@ -466,6 +470,8 @@ class Shedder:
             return None
         path, _, _ = target.partition(b"?")
         if path in self.exempt:
+            return None
+        if self.app_decides and any(name in self.app_decides for name, _ in headers):
             return None
         rank = TOP_RANK if self.rank is None else self.rank(headers)
         if not limit.refuses(rank):

@@ -168,6 +168,8 @@ class Edge:
             rank=lambda raw: caller_rank(raw, authenticator),
             exempt=UNLIMITED_PATHS,
             headers=self.security.api_headers if self.security is not None else (),
+            # A browser's request: its refusal carries the CORS headers, which the edge adds.
+            app_decides=(b"origin",) if self.cors is not None else (),
         )
 
     @contextlib.contextmanager

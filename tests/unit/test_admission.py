@@ -192,6 +192,9 @@ def test_the_shedder_refuses_only_what_the_limit_would_and_never_the_probes():
     assert again is not None
     assert orjson.loads(again[1])["request_id"] != problem["request_id"]
     assert metrics.shed.labels(reason="limit", plan="free")._value.get() == 2
+    browsers = Shedder(gate, metrics, rank=lambda raw: FREE, app_decides=[b"origin"])
+    assert browsers.refusal(b"/v1/users/me", [(b"origin", b"https://app.example")]) is None
+    assert browsers.refusal(b"/v1/users/me", free) is not None
     # Services rank every request alike.
     service = Shedder(gate, metrics)
     for _ in range(2):
