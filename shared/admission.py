@@ -416,6 +416,9 @@ def overloaded(retry_after: str) -> Overloaded:
 
 # Where a process's lifespan state holds its `Shedder`, for the server's protocol.
 SHEDDER_KEY = "shedder"
+# In a request's scope: the server's protocol admitted it (`Shedder`) and holds its slot until the
+# answer is sent; the app's admission stage lets it through.
+ADMITTED = "portico.admitted"
 # A rank of the request from its raw headers (the gateway's: the caller's plan).
 Ranker = Callable[[Sequence[tuple[bytes, bytes]]], int]
 
@@ -461,24 +464,33 @@ class Shedder:
         lines = [name + b": " + value + b"\r\n" for name, value in (*problem_headers, *headers)]
         self._head = b"".join(lines) + b"x-request-id: "
 
-    def refusal(self, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes] | None:
-        """The header lines and body of the 503 answering a request for `target` (its path and query,
-        as sent) with `headers` (names in lower case), or None to let the app decide it."""
+    def admit(self, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bool | tuple[bytes, bytes]:
+        """Decides a request for `target` (its path and query, as sent) with `headers` (names in lower
+        case) as its head arrives. True: admitted, its slot taken (the protocol marks the request's
+        scope `ADMITTED` and gives the slot back with `release` when the answer is sent); False: the
+        app's stage decides (a path never shed, or a request that may wait in the queue); else the
+        header lines and body of its 503."""
         limit = self.limit
-        # While nothing is refused (the usual case) this comparison is all a request pays.
-        if limit.in_flight < limit.lowest_ceiling:
-            return None
         path, _, _ = target.partition(b"?")
         if path in self.exempt:
-            return None
+            return False
+        if limit.in_flight < limit.lowest_ceiling:
+            # Room for any plan (the usual case): no need to know the caller's.
+            return limit.enter(0)
         if self.app_decides and any(name in self.app_decides for name, _ in headers):
-            return None
+            return False
         rank = TOP_RANK if self.rank is None else self.rank(headers)
+        if limit.enter(rank):
+            return True
         if not limit.refuses(rank):
-            return None
+            return False
         self.metrics.count_shed(SHED_LIMIT, UNRANKED if self.rank is None else RANKS[rank])
         request_id = new_request_id().encode("ascii")
         return self._head + request_id + b"\r\n", self._body_before + request_id + self._body_after
+
+    def release(self, started: float) -> None:
+        """Gives back the slot of a request admitted at `started` (`time.perf_counter()`)."""
+        self.limit.leave(started)
 
 
 class AdmissionMiddleware:
@@ -496,13 +508,17 @@ class AdmissionMiddleware:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
+        # Admitted already by the server's protocol (`Shedder`), which holds the slot.
+        await self._admit(scope, receive, send, None if ADMITTED in scope else self.gate)
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send, gate: AdaptiveLimit | None) -> None:
+        """The deadline, then (unless admitted already) the limit, then the app."""
         deadline = parse_deadline(header(scope, DEADLINE_HEADER))
         if deadline is not None and deadline <= time.time():
             self.metrics.count_shed(SHED_DEADLINE, UNRANKED)
             error: PorticoError = DeadlineExceeded("The request's deadline passed before the service could start it.")
             await send_refusal(send, error, request_id_of(scope))
             return
-        gate = self.gate
         if gate is None:
             await self._run(scope, receive, send, deadline)
             return

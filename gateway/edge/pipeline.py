@@ -65,6 +65,7 @@ from gateway.edge.store import StoreUnavailable
 from gateway.edge.usage import Metering
 from gateway.settings import GatewaySettings
 from shared.admission import (
+    ADMITTED,
     EXEMPT_PATHS,
     RANKS,
     AdaptiveLimit,
@@ -232,7 +233,8 @@ class Edge:
             # Neither limited nor given a deadline: a stream's calls go on for as long as it lasts.
             await self._admitted(scope, receive, send, context, runtime, found, params, compiled, extra)
             return
-        gate = self.gate
+        # None: admitted already by the server's protocol (`Shedder`), which holds the slot.
+        gate = self.gate if ADMITTED not in scope else None
         if gate is not None:
             rank = (
                 ANONYMOUS_RANK

@@ -44,6 +44,7 @@ used here.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from asyncio import Handle, TimerHandle
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from shared.admission import SHEDDER_KEY, Shedder
+from shared.admission import ADMITTED, SHEDDER_KEY, Shedder
 from shared.errors import PorticoError, problem_response
 from shared.settings import ProcessSettings
 
@@ -135,6 +136,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # The request on its way was refused here: its body is dropped; whether the connection stays.
         self._shed = False
         self._shed_keep_alive = True
+        # The request being answered was admitted here (`time.perf_counter()` then): its slot is given
+        # back when its answer is sent, or when the connection is lost first.
+        self._admitted_at: float | None = None
 
     # uvicorn's reading of the connection, with the count in front of the parser
 
@@ -177,7 +181,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._linger_timer is not None:
             self._linger_timer.cancel()
         self._stop_head_clock()
+        self._release()
         super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        self._release()
+        super().on_response_complete()
 
     # Shutting down (SIGTERM, or a worker replaced after its `max_requests`)
 
@@ -260,19 +269,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # Shedding (overload)
 
     def _shed_here(self, shedder: Shedder) -> bool:
-        """Answers the request whose head just arrived with the shedder's 503, if it refuses it."""
+        """Shows the request whose head just arrived to the shedder: admitted, it goes on to the app
+        holding its slot; refused, it is answered here with the shedder's 503 (True)."""
         cycle = self.cycle
         if (
             (cycle is not None and not cycle.response_complete)
             or self.expect_100_continue
             or self.flow.write_paused
             or self.parser.should_upgrade()
+            or self.limit_concurrency is not None
         ):
+            # The app decides: a pipelined request waits its turn (a slot would be held meanwhile),
+            # and uvicorn's own concurrency limit may answer without the app.
             return False
-        refusal = shedder.refusal(self.url, self.headers)
-        if refusal is None:
+        verdict = shedder.admit(self.url, self.headers)
+        if verdict is True:
+            self._admitted_at = time.perf_counter()
+            self.scope[ADMITTED] = True  # type: ignore[literal-required]  # an extension key of Portico's
             return False
-        head, body = refusal
+        if verdict is False:
+            return False
+        head, body = verdict
         keep_alive = not self._closing and self.parser.should_keep_alive() and self.parser.get_http_version() == "1.1"
         content = [STATUS_LINE[503]]
         for name, value in self.server_state.default_headers:
@@ -282,6 +299,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._shed = True
         self._shed_keep_alive = keep_alive
         return True
+
+    def _release(self) -> None:
+        admitted_at = self._admitted_at
+        if admitted_at is not None:
+            self._admitted_at = None
+            assert self._shedder is not None
+            self._shedder.release(admitted_at)
 
     def _shed_complete(self) -> None:
         """The refused request's body is read: the connection waits for its next request, as after any

@@ -157,7 +157,7 @@ async def test_refuses_says_what_wait_would_answer_without_waiting():
     assert no_queue.refuses(ENTERPRISE)
 
 
-def test_the_shedder_refuses_only_what_the_limit_would_and_never_the_probes():
+def test_the_shedder_admits_or_refuses_as_the_limit_would_and_never_sheds_the_probes():
     metrics = AdmissionMetrics(CollectorRegistry())
     gate = AdaptiveLimit(fixed(4), metrics, shares=SHARES)
     ranks = {b"free": FREE, b"enterprise": ENTERPRISE}
@@ -169,15 +169,18 @@ def test_the_shedder_refuses_only_what_the_limit_would_and_never_the_probes():
         headers=[(b"x-content-type-options", b"nosniff")],
     )
     free, enterprise = [(b"plan", b"free")], [(b"plan", b"enterprise")]
-    assert shedder.refusal(b"/v1/users/me", free) is None
-    for _ in range(2):
-        assert gate.enter(ENTERPRISE)
-    # Half the limit in use: free callers are refused, enterprise ones and the probes are not.
-    refused = shedder.refusal(b"/v1/users/me?x=1", free)
-    assert refused is not None
-    assert shedder.refusal(b"/v1/users/me", enterprise) is None
-    assert shedder.refusal(b"/health/ready", free) is None
-    assert shedder.refusal(b"/metrics?name=x", free) is None
+    # Admitted while there is room: the slot is taken, until released.
+    assert shedder.admit(b"/v1/users/me", free) is True
+    assert shedder.admit(b"/v1/users/me", enterprise) is True
+    assert gate.in_flight == 2
+    # Half the limit in use: free callers are refused, enterprise ones admitted; the probes and the
+    # scrape are left to the app, untouched.
+    refused = shedder.admit(b"/v1/users/me?x=1", free)
+    assert isinstance(refused, tuple)
+    assert shedder.admit(b"/health/ready", free) is False
+    assert shedder.admit(b"/metrics?name=x", free) is False
+    assert shedder.admit(b"/v1/users/me", enterprise) is True
+    assert gate.in_flight == 3
     head, body = refused
     lines = dict(line.split(b": ", 1) for line in head.split(b"\r\n") if line)
     problem = orjson.loads(body)
@@ -188,16 +191,19 @@ def test_the_shedder_refuses_only_what_the_limit_would_and_never_the_probes():
     assert lines[b"content-length"] == str(len(body)).encode()
     assert lines[b"retry-after"] == b"1"
     assert lines[b"x-content-type-options"] == b"nosniff"
-    again = shedder.refusal(b"/v1/users/me", free)
-    assert again is not None
+    again = shedder.admit(b"/v1/users/me", free)
+    assert isinstance(again, tuple)
     assert orjson.loads(again[1])["request_id"] != problem["request_id"]
     assert metrics.shed.labels(reason="limit", plan="free")._value.get() == 2
+    # A browser's request (with `Origin`) is left to the app, whose refusal carries CORS headers.
     browsers = Shedder(gate, metrics, rank=lambda raw: FREE, app_decides=[b"origin"])
-    assert browsers.refusal(b"/v1/users/me", [(b"origin", b"https://app.example")]) is None
-    assert browsers.refusal(b"/v1/users/me", free) is not None
+    assert browsers.admit(b"/v1/users/me", [(b"origin", b"https://app.example")]) is False
+    assert isinstance(browsers.admit(b"/v1/users/me", free), tuple)
+    for _ in range(3):
+        shedder.release(time.perf_counter())
+    assert gate.in_flight == 0
     # Services rank every request alike.
     service = Shedder(gate, metrics)
-    for _ in range(2):
-        assert gate.enter(ENTERPRISE)
-    assert service.refusal(b"/products", []) is not None
+    assert [service.admit(b"/products", []) for _ in range(4)] == [True] * 4
+    assert isinstance(service.admit(b"/products", []), tuple)
     assert metrics.shed.labels(reason="limit", plan="all")._value.get() == 1

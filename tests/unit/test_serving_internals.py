@@ -49,6 +49,7 @@ PROTOCOL_METHODS = {
     "handle_websocket_upgrade": "(self) -> 'None'",
     "send_400_response": "(self, msg: 'str') -> 'None'",
     "timeout_keep_alive_handler": "(self) -> 'None'",
+    "on_response_complete": "(self) -> 'None'",
 }
 # HttpToolsProtocol's instance attributes that BoundedHttpToolsProtocol reads.
 PROTOCOL_ATTRIBUTES = {
@@ -67,6 +68,8 @@ PROTOCOL_ATTRIBUTES = {
     "limits",
     "timeout_keep_alive",
     "timeout_keep_alive_task",
+    "limit_concurrency",
+    "scope",
 }
 # What a refusal under overload reads of uvicorn's flow control and server state.
 FLOW_ATTRIBUTES = {"write_paused"}
