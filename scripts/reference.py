@@ -595,31 +595,37 @@ gateway adds or passes on from a service, and which browsers may read. Every oth
 """
 
 
+def _header_rows(
+    direction: Literal["request", "response"],
+    columns: tuple[frozenset[str], frozenset[str]],
+    openapi_docs: dict[str, str],
+    own_docs: dict[str, str],
+    problems: list[str],
+) -> list[tuple[str, ...]]:
+    """One table's rows: every header in either list or in the OpenAPI document, with "yes" in each
+    column whose list holds it; a header described nowhere is a problem instead."""
+    rows: list[tuple[str, ...]] = []
+    for name in sorted(columns[0] | columns[1] | set(openapi_docs)):
+        text = openapi_docs.get(name) or own_docs.get(name)
+        if not text:
+            problems.append(
+                f"{direction} header {name} has no description: "
+                f"add it to {direction.upper()}_HEADERS in scripts/reference.py"
+            )
+            continue
+        rows.append((f"`{name}`", *(_yes(name in column) for column in columns), text))
+    return rows
+
+
 def headers_page() -> str:
     lists = header_lists()
-    problems = []
-    request_rows = []
-    for name in sorted(lists.cors_request | lists.forwarded_request | set(lists.openapi_request)):
-        text = lists.openapi_request.get(name) or REQUEST_HEADERS.get(name)
-        if not text:
-            problems.append(
-                f"request header {name} has no description: add it to REQUEST_HEADERS in scripts/reference.py"
-            )
-            continue
-        request_rows.append(
-            (f"`{name}`", _yes(name in lists.cors_request), _yes(name in lists.forwarded_request), text)
-        )
-    response_rows = []
-    for name in sorted(lists.cors_exposed | lists.forwarded_response | set(lists.openapi_response)):
-        text = lists.openapi_response.get(name) or RESPONSE_HEADERS.get(name)
-        if not text:
-            problems.append(
-                f"response header {name} has no description: add it to RESPONSE_HEADERS in scripts/reference.py"
-            )
-            continue
-        response_rows.append(
-            (f"`{name}`", _yes(name in lists.forwarded_response), _yes(name in lists.cors_exposed), text)
-        )
+    problems: list[str] = []
+    request_rows = _header_rows(
+        "request", (lists.cors_request, lists.forwarded_request), lists.openapi_request, REQUEST_HEADERS, problems
+    )
+    response_rows = _header_rows(
+        "response", (lists.forwarded_response, lists.cors_exposed), lists.openapi_response, RESPONSE_HEADERS, problems
+    )
     if problems:
         raise MissingDoc(problems)
     body = ["## Request headers", ""]
