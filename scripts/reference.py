@@ -138,6 +138,31 @@ def served_processes() -> list[Served]:
 # --------------------------------------------------------------------------- settings
 
 
+# What a setting's type reads as, by the first class it is a subclass of (a bool is also an int).
+TYPE_TEXTS: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "number"),
+    (str, "string"),
+    (SecretStr, "secret string"),
+    (AnyUrl, "URL"),
+)
+# The project's own setting types, by class name.
+NAMED_TYPE_TEXTS = {
+    "ServiceAddress": "URL, comma-separated URLs, or `dns+http://name:port`",
+    "Quota": "quota (`<requests>/<seconds>s`)",
+}
+# How a bound reads: its words, and the attribute of the `annotated_types` constraint that holds it.
+BOUND_TEXTS: dict[type, tuple[str, str]] = {
+    annotated_types.Ge: (">=", "ge"),
+    annotated_types.Gt: (">", "gt"),
+    annotated_types.Le: ("<=", "le"),
+    annotated_types.Lt: ("<", "lt"),
+    annotated_types.MinLen: ("at least", "min_length"),
+    annotated_types.MaxLen: ("at most", "max_length"),
+}
+
+
 def _type_text(annotation: Any) -> str:
     origin = get_origin(annotation)
     args = get_args(annotation)
@@ -156,22 +181,11 @@ def _type_text(annotation: Any) -> str:
     if inspect.isclass(annotation):
         if issubclass(annotation, enum.Enum):
             return "one of " + ", ".join(f"`{m.value}`" for m in annotation)
-        if issubclass(annotation, bool):
-            return "boolean"
-        if issubclass(annotation, int):
-            return "integer"
-        if issubclass(annotation, float):
-            return "number"
-        if issubclass(annotation, str):
-            return "string"
-        if issubclass(annotation, SecretStr):
-            return "secret string"
-        if issubclass(annotation, AnyUrl):
-            return "URL"
-        if annotation.__name__ == "ServiceAddress":
-            return "URL, comma-separated URLs, or `dns+http://name:port`"
-        if annotation.__name__ == "Quota":
-            return "quota (`<requests>/<seconds>s`)"
+        for base, text in TYPE_TEXTS:
+            if issubclass(annotation, base):
+                return text
+        if annotation.__name__ in NAMED_TYPE_TEXTS:
+            return NAMED_TYPE_TEXTS[annotation.__name__]
     if get_origin(annotation) is not None and hasattr(annotation, "__metadata__"):
         return _type_text(args[0])
     return f"`{annotation}`"
@@ -180,18 +194,10 @@ def _type_text(annotation: Any) -> str:
 def _bounds_text(field: FieldInfo) -> str:
     words = []
     for item in field.metadata:
-        if isinstance(item, annotated_types.Ge):
-            words.append(f">= {_number(item.ge)}")
-        elif isinstance(item, annotated_types.Gt):
-            words.append(f"> {_number(item.gt)}")
-        elif isinstance(item, annotated_types.Le):
-            words.append(f"<= {_number(item.le)}")
-        elif isinstance(item, annotated_types.Lt):
-            words.append(f"< {_number(item.lt)}")
-        elif isinstance(item, annotated_types.MinLen):
-            words.append(f"at least {item.min_length}")
-        elif isinstance(item, annotated_types.MaxLen):
-            words.append(f"at most {item.max_length}")
+        bound = next((kind for kind in BOUND_TEXTS if isinstance(item, kind)), None)
+        if bound is not None:
+            text, attribute = BOUND_TEXTS[bound]
+            words.append(f"{text} {_number(getattr(item, attribute))}")
         elif isinstance(getattr(item, "pattern", None), str):
             words.append(f"matching `{item.pattern}`")
     return ", ".join(words)
@@ -595,31 +601,37 @@ gateway adds or passes on from a service, and which browsers may read. Every oth
 """
 
 
+def _header_rows(
+    direction: Literal["request", "response"],
+    columns: tuple[frozenset[str], frozenset[str]],
+    openapi_docs: dict[str, str],
+    own_docs: dict[str, str],
+    problems: list[str],
+) -> list[tuple[str, ...]]:
+    """One table's rows: every header in either list or in the OpenAPI document, with "yes" in each
+    column whose list holds it; a header described nowhere is a problem instead."""
+    rows: list[tuple[str, ...]] = []
+    for name in sorted(columns[0] | columns[1] | set(openapi_docs)):
+        text = openapi_docs.get(name) or own_docs.get(name)
+        if not text:
+            problems.append(
+                f"{direction} header {name} has no description: "
+                f"add it to {direction.upper()}_HEADERS in scripts/reference.py"
+            )
+            continue
+        rows.append((f"`{name}`", *(_yes(name in column) for column in columns), text))
+    return rows
+
+
 def headers_page() -> str:
     lists = header_lists()
-    problems = []
-    request_rows = []
-    for name in sorted(lists.cors_request | lists.forwarded_request | set(lists.openapi_request)):
-        text = lists.openapi_request.get(name) or REQUEST_HEADERS.get(name)
-        if not text:
-            problems.append(
-                f"request header {name} has no description: add it to REQUEST_HEADERS in scripts/reference.py"
-            )
-            continue
-        request_rows.append(
-            (f"`{name}`", _yes(name in lists.cors_request), _yes(name in lists.forwarded_request), text)
-        )
-    response_rows = []
-    for name in sorted(lists.cors_exposed | lists.forwarded_response | set(lists.openapi_response)):
-        text = lists.openapi_response.get(name) or RESPONSE_HEADERS.get(name)
-        if not text:
-            problems.append(
-                f"response header {name} has no description: add it to RESPONSE_HEADERS in scripts/reference.py"
-            )
-            continue
-        response_rows.append(
-            (f"`{name}`", _yes(name in lists.forwarded_response), _yes(name in lists.cors_exposed), text)
-        )
+    problems: list[str] = []
+    request_rows = _header_rows(
+        "request", (lists.cors_request, lists.forwarded_request), lists.openapi_request, REQUEST_HEADERS, problems
+    )
+    response_rows = _header_rows(
+        "response", (lists.forwarded_response, lists.cors_exposed), lists.openapi_response, RESPONSE_HEADERS, problems
+    )
     if problems:
         raise MissingDoc(problems)
     body = ["## Request headers", ""]

@@ -15,7 +15,8 @@ Each sends the service an Idempotency-Key of its own, derived from the request's
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import strawberry
 from graphql import GraphQLError
@@ -28,6 +29,7 @@ from shared.contract import RESOURCE_ID_PATTERN
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 GraphQLInfo = Info[GraphQLContext, None]
+T = TypeVar("T")
 
 
 class HasScope(BasePermission):
@@ -133,15 +135,19 @@ class Order:
 
 
 @strawberry.type
-class ProductPage:
-    items: list[Product]
+class Page(Generic[T]):
+    """A page of a list, newest first; `Page[Product]` is `ProductPage` in the schema."""
+
+    items: list[T]
     next_cursor: str | None
 
 
-@strawberry.type
-class OrderPage:
-    items: list[Order]
-    next_cursor: str | None
+async def _page(
+    info: GraphQLInfo, service: str, path: str, limit: int, cursor: str | None, of: Callable[[dict[str, Any]], T]
+) -> Page[T]:
+    """One page of a service's list, its items made into `of`'s type."""
+    page = await info.context.call(service, "GET", path, params=_page_params(limit, cursor))
+    return Page(items=[of(item) for item in page["items"]], next_cursor=page["next_cursor"])
 
 
 @strawberry.input
@@ -161,18 +167,16 @@ class Query:
         return User.of(await info.context.call("users", "GET", f"/users/{_id(id)}"))
 
     @strawberry.field(extensions=needs("products:read"), description="The tenant's products, newest first.")
-    async def products(self, info: GraphQLInfo, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> ProductPage:
-        page = await info.context.call("inventory", "GET", "/products", params=_page_params(limit, cursor))
-        return ProductPage(items=[Product.of(p) for p in page["items"]], next_cursor=page["next_cursor"])
+    async def products(self, info: GraphQLInfo, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[Product]:
+        return await _page(info, "inventory", "/products", limit, cursor, Product.of)
 
     @strawberry.field(extensions=needs("products:read"), description="A product of the tenant.")
     async def product(self, info: GraphQLInfo, id: strawberry.ID) -> Product:
         return Product.of(await info.context.call("inventory", "GET", f"/products/{_id(id)}"))
 
     @strawberry.field(extensions=needs("orders:read"), description="The tenant's orders, newest first.")
-    async def orders(self, info: GraphQLInfo, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> OrderPage:
-        page = await info.context.call("orders", "GET", "/orders", params=_page_params(limit, cursor))
-        return OrderPage(items=[Order.of(o) for o in page["items"]], next_cursor=page["next_cursor"])
+    async def orders(self, info: GraphQLInfo, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[Order]:
+        return await _page(info, "orders", "/orders", limit, cursor, Order.of)
 
     @strawberry.field(extensions=needs("orders:read"), description="An order of the tenant.")
     async def order(self, info: GraphQLInfo, id: strawberry.ID) -> Order:

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Query, WebSocket, WebSocketDisconnect
@@ -263,25 +264,17 @@ async def websocket_events(
         admission.release()
 
 
+@dataclass(eq=False)
 class WsSession:
     """One accepted WebSocket: events out, pings in, and the reasons to close it, whichever comes first."""
 
-    def __init__(
-        self,
-        websocket: WebSocket,
-        hub: Hub,
-        settings: GatewaySettings,
-        authenticator: Authenticator,
-        caller: Caller,
-        after: int | None,
-    ) -> None:
-        self.websocket = websocket
-        self.hub = hub
-        self.settings = settings
-        self.authenticator = authenticator
-        self.caller = caller
-        self.after = after
-        self.sending = asyncio.Lock()
+    websocket: WebSocket
+    hub: Hub
+    settings: GatewaySettings
+    authenticator: Authenticator
+    caller: Caller
+    after: int | None
+    sending: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     async def send(self, text: str) -> None:
         async with self.sending:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from gateway.edge.access import readers_and_writers
 from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
+from services.webhooks import schemas
 from services.webhooks.errors import (
     CREATE_ENDPOINT_ERRORS,
     DELETE_ENDPOINT_ERRORS,
@@ -16,16 +17,6 @@ from services.webhooks.errors import (
     REPLAY_DELIVERY_ERRORS,
     ROTATE_SECRET_ERRORS,
     UPDATE_ENDPOINT_ERRORS,
-)
-from services.webhooks.schemas import (
-    DeliveryDetail,
-    DeliveryOut,
-    EndpointCreate,
-    EndpointOut,
-    EndpointUpdate,
-    EndpointWithSecret,
-    Recovered,
-    RecoverRequest,
 )
 from shared.errors import PaymentRequired
 from shared.pagination import Page
@@ -51,8 +42,8 @@ router.add(
         "create_endpoint",
         "Register a webhook endpoint (its secret is shown only now)",
         status_code=201,
-        body=EndpointCreate,
-        answer=EndpointWithSecret,
+        body=schemas.EndpointCreate,
+        answer=schemas.EndpointWithSecret,
         errors=CREATE_ENDPOINT_ERRORS,
         secret=True,
         description=(
@@ -69,7 +60,7 @@ router.add(
         "list_endpoints",
         "The tenant's webhook endpoints, newest first",
         query=PAGE_QUERY,
-        answer=Page[EndpointOut],
+        answer=Page[schemas.EndpointOut],
         errors=LIST_ENDPOINTS_ERRORS,
         description="The tenant's webhook endpoints, newest first, a page at a time; never their secrets.",
     ),
@@ -79,7 +70,7 @@ router.add(
         Reader,
         "get_endpoint",
         "A webhook endpoint",
-        answer=EndpointOut,
+        answer=schemas.EndpointOut,
         errors=GET_ENDPOINT_ERRORS,
         description="One webhook endpoint of the tenant: its URL, events, status and rate limit; never its secret.",
     ),
@@ -89,8 +80,8 @@ router.add(
         Writer,
         "update_endpoint",
         "Change a webhook endpoint's url, events, status or rate limit (`enabled` is the older shape of status)",
-        body=EndpointUpdate,
-        answer=EndpointOut,
+        body=schemas.EndpointUpdate,
+        answer=schemas.EndpointOut,
         errors=UPDATE_ENDPOINT_ERRORS,
         description=(
             "Changes the fields sent; those left out stay. `status: active` re-enables an endpoint that was "
@@ -114,7 +105,7 @@ router.add(
         Writer,
         "rotate_secret",
         "Replace the endpoint's secret (the new one is shown only now; the old one signs for a grace period)",
-        answer=EndpointWithSecret,
+        answer=schemas.EndpointWithSecret,
         errors=ROTATE_SECRET_ERRORS,
         secret=True,
         description=(
@@ -129,8 +120,8 @@ router.add(
         "recover_endpoint",
         "Send again every failed delivery of the endpoint made since a time (each with its own webhook-id)",
         status_code=202,
-        body=RecoverRequest,
-        answer=Recovered,
+        body=schemas.RecoverRequest,
+        answer=schemas.Recovered,
         errors=RECOVER_ENDPOINT_ERRORS,
         description=(
             "After an outage of the receiver: every delivery to this endpoint that failed since `since` is "
@@ -145,7 +136,7 @@ router.add(
         "list_deliveries",
         "The endpoint's deliveries, newest first",
         query=PAGE_QUERY,
-        answer=Page[DeliveryOut],
+        answer=Page[schemas.DeliveryOut],
         errors=LIST_DELIVERIES_ERRORS,
         description="The endpoint's deliveries, newest first, a page at a time, with their status and attempts.",
     ),
@@ -155,7 +146,7 @@ router.add(
         Reader,
         "get_delivery",
         "A delivery with its attempt log",
-        answer=DeliveryDetail,
+        answer=schemas.DeliveryDetail,
         errors=GET_DELIVERY_ERRORS,
         description="One delivery with every attempt: when, the receiver's status code, how long it took, the error.",
     ),
@@ -166,7 +157,7 @@ router.add(
         "replay_delivery",
         "Deliver the event again, with the same webhook-id, whatever the delivery's status",
         status_code=202,
-        answer=DeliveryOut,
+        answer=schemas.DeliveryOut,
         errors=REPLAY_DELIVERY_ERRORS,
         description=(
             "Delivers the event again with the same `webhook-id`, so a receiver that deduplicates sees it "

@@ -9,16 +9,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from services.inventory import service
+from services.inventory import errors, service
 from services.inventory.deps import ProductsRead, ProductsWrite, RepoDep, ReservationsRead, ReservationsWrite
-from services.inventory.errors import (
-    ADJUST_STOCK_ERRORS,
-    CREATE_PRODUCT_ERRORS,
-    GET_PRODUCT_ERRORS,
-    LIST_ADJUSTMENTS_ERRORS,
-    LIST_PRODUCTS_ERRORS,
-    UPDATE_PRODUCT_ERRORS,
-)
 from services.inventory.schemas import (
     ProductCreate,
     ProductOut,
@@ -69,24 +61,28 @@ INVALID = ValidationFailed.openapi_response()
 CONFLICT = Conflict.openapi_response()
 
 
-@router.post("/products", status_code=201, response_model=ProductOut, responses=route_responses(CREATE_PRODUCT_ERRORS))
+@router.post(
+    "/products", status_code=201, response_model=ProductOut, responses=route_responses(errors.CREATE_PRODUCT_ERRORS)
+)
 async def create_product(data: ProductCreate, repo: RepoDep, caller: ProductsWrite) -> ProductOut:
     return ProductOut.model_validate(await service.create_product(repo, caller.tenant_id, data))
 
 
-@router.get("/products", response_model=Page[ProductOut], responses=route_responses(LIST_PRODUCTS_ERRORS))
+@router.get("/products", response_model=Page[ProductOut], responses=route_responses(errors.LIST_PRODUCTS_ERRORS))
 async def list_products(
     repo: RepoDep, caller: ProductsRead, page: PageDep, ids: ProductIdsQuery = None
 ) -> Page[ProductOut]:
     return await service.list_products(repo, caller.tenant_id, page, ids)
 
 
-@router.get("/products/{product_id}", response_model=ProductOut, responses=route_responses(GET_PRODUCT_ERRORS))
+@router.get("/products/{product_id}", response_model=ProductOut, responses=route_responses(errors.GET_PRODUCT_ERRORS))
 async def get_product(product_id: ResourceIdPath, repo: RepoDep, caller: ProductsRead) -> ProductOut:
     return ProductOut.model_validate(await service.get_product(repo, caller.tenant_id, product_id))
 
 
-@router.patch("/products/{product_id}", response_model=ProductOut, responses=route_responses(UPDATE_PRODUCT_ERRORS))
+@router.patch(
+    "/products/{product_id}", response_model=ProductOut, responses=route_responses(errors.UPDATE_PRODUCT_ERRORS)
+)
 async def update_product(
     product_id: ResourceIdPath, data: ProductUpdate, repo: RepoDep, caller: ProductsWrite
 ) -> ProductOut:
@@ -97,7 +93,7 @@ async def update_product(
     "/products/{product_id}/stock-adjustments",
     status_code=201,
     response_model=StockAdjustmentOut,
-    responses=route_responses(ADJUST_STOCK_ERRORS),
+    responses=route_responses(errors.ADJUST_STOCK_ERRORS),
 )
 async def adjust_stock(
     product_id: ResourceIdPath, data: StockAdjustmentCreate, repo: RepoDep, caller: ProductsWrite
@@ -108,7 +104,7 @@ async def adjust_stock(
 @router.get(
     "/products/{product_id}/stock-adjustments",
     response_model=Page[StockAdjustmentOut],
-    responses=route_responses(LIST_ADJUSTMENTS_ERRORS),
+    responses=route_responses(errors.LIST_ADJUSTMENTS_ERRORS),
 )
 async def list_adjustments(
     product_id: ResourceIdPath, repo: RepoDep, caller: ProductsRead, page: PageDep

@@ -17,6 +17,8 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from services.users import service
 from services.users.errors import TenantNotFound
@@ -29,16 +31,35 @@ from shared.repository import transaction
 
 logger = logging.getLogger("portico.users.commands")
 
+T = TypeVar("T")
+
+
+async def _in_transaction(settings: UsersSettings, change: Callable[[UserRepository], Awaitable[T]]) -> T:
+    """Runs `change` in one transaction, on an engine of its own that is disposed of after."""
+    engine = create_engine(settings)
+    try:
+        async with transaction(create_sessionmaker(engine), UserRepository) as repo:
+            return await change(repo)
+    finally:
+        await engine.dispose()
+
+
+def _run_change(change: Coroutine[Any, Any, T], done: Callable[[T], str]) -> int:
+    """Runs a command's change of a tenant and prints what it did; a tenant that does not exist is
+    exit status 1."""
+    try:
+        previous = asyncio.run(change)
+    except TenantNotFound as exc:
+        print(exc.detail, file=sys.stderr)
+        return 1
+    print(done(previous))
+    return 0
+
 
 async def set_plan(settings: UsersSettings, tenant_id: str, plan: Plan) -> str:
     """Puts the tenant on `plan` in one transaction; answers the plan it had (TenantNotFound when
     there is no such tenant)."""
-    engine = create_engine(settings)
-    try:
-        async with transaction(create_sessionmaker(engine), UserRepository) as repo:
-            _, previous = await service.change_plan(repo, tenant_id, plan)
-    finally:
-        await engine.dispose()
+    _, previous = await _in_transaction(settings, lambda repo: service.change_plan(repo, tenant_id, plan))
     # The audit line: who ran it is the deployment's to record (the shell, the job that ran it).
     logger.info("tenant %s moved from the %s plan to the %s plan", tenant_id, previous, plan)
     return previous
@@ -50,24 +71,16 @@ def _set_plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_set_plan(settings: UsersSettings, args: argparse.Namespace) -> int:
-    try:
-        previous = asyncio.run(set_plan(settings, args.tenant_id, args.plan))
-    except TenantNotFound as exc:
-        print(exc.detail, file=sys.stderr)
-        return 1
-    print(f"tenant {args.tenant_id}: plan {previous} -> {args.plan}")
-    return 0
+    return _run_change(
+        set_plan(settings, args.tenant_id, args.plan),
+        lambda previous: f"tenant {args.tenant_id}: plan {previous} -> {args.plan}",
+    )
 
 
 async def set_quota(settings: UsersSettings, tenant_id: str, quota: int | None) -> int | None:
     """Gives the tenant its own monthly quota (None: its plan's) in one transaction; answers the one it
     had (TenantNotFound when there is no such tenant)."""
-    engine = create_engine(settings)
-    try:
-        async with transaction(create_sessionmaker(engine), UserRepository) as repo:
-            _, previous = await service.change_quota(repo, tenant_id, quota)
-    finally:
-        await engine.dispose()
+    _, previous = await _in_transaction(settings, lambda repo: service.change_quota(repo, tenant_id, quota))
     logger.info("tenant %s monthly quota changed from %s to %s", tenant_id, previous, quota)
     return previous
 
@@ -90,13 +103,10 @@ def _set_quota_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_set_quota(settings: UsersSettings, args: argparse.Namespace) -> int:
-    try:
-        previous = asyncio.run(set_quota(settings, args.tenant_id, args.quota))
-    except TenantNotFound as exc:
-        print(exc.detail, file=sys.stderr)
-        return 1
-    print(f"tenant {args.tenant_id}: monthly quota {previous or 'plan'} -> {args.quota or 'plan'}")
-    return 0
+    return _run_change(
+        set_quota(settings, args.tenant_id, args.quota),
+        lambda previous: f"tenant {args.tenant_id}: monthly quota {previous or 'plan'} -> {args.quota or 'plan'}",
+    )
 
 
 TASKS: dict[str, Task[UsersSettings]] = {

@@ -78,12 +78,18 @@ async def bootstrap_tenant(
     return tenant, admin
 
 
-async def change_plan(repo: UserRepository, tenant_id: str, plan: Plan) -> tuple[Tenant, str]:
-    """An operator puts a tenant on `plan`; answers the tenant and the plan it had. The users service
-    reads the plan afresh (credit limits at once); tokens carry the plan they were issued with."""
+async def _locked_tenant(repo: UserRepository, tenant_id: str) -> Tenant:
+    """The tenant, locked for an operator's change until the transaction ends (404 when there is none)."""
     tenant = await repo.get_tenant(tenant_id, lock=True)
     if tenant is None:
         raise TenantNotFound.for_id(tenant_id)
+    return tenant
+
+
+async def change_plan(repo: UserRepository, tenant_id: str, plan: Plan) -> tuple[Tenant, str]:
+    """An operator puts a tenant on `plan`; answers the tenant and the plan it had. The users service
+    reads the plan afresh (credit limits at once); tokens carry the plan they were issued with."""
+    tenant = await _locked_tenant(repo, tenant_id)
     previous = tenant.plan
     tenant.plan = plan
     await repo.save()
@@ -93,9 +99,7 @@ async def change_plan(repo: UserRepository, tenant_id: str, plan: Plan) -> tuple
 async def change_quota(repo: UserRepository, tenant_id: str, quota: int | None) -> tuple[Tenant, int | None]:
     """An operator gives a tenant its own monthly request quota (None: back to its plan's); answers the
     tenant and the quota it had. Tokens and the gateway's API-key cache carry it as they carry the plan."""
-    tenant = await repo.get_tenant(tenant_id, lock=True)
-    if tenant is None:
-        raise TenantNotFound.for_id(tenant_id)
+    tenant = await _locked_tenant(repo, tenant_id)
     previous = tenant.monthly_quota
     tenant.monthly_quota = quota
     await repo.save()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from services.webhooks import service
+from services.webhooks import errors, service
 from services.webhooks.deps import (
     DeliveryRepoDep,
     RepoDep,
@@ -15,18 +15,6 @@ from services.webhooks.deps import (
     SettingsDep,
     WebhooksRead,
     WebhooksWrite,
-)
-from services.webhooks.errors import (
-    CREATE_ENDPOINT_ERRORS,
-    DELETE_ENDPOINT_ERRORS,
-    GET_DELIVERY_ERRORS,
-    GET_ENDPOINT_ERRORS,
-    LIST_DELIVERIES_ERRORS,
-    LIST_ENDPOINTS_ERRORS,
-    RECOVER_ENDPOINT_ERRORS,
-    REPLAY_DELIVERY_ERRORS,
-    ROTATE_SECRET_ERRORS,
-    UPDATE_ENDPOINT_ERRORS,
 )
 from services.webhooks.models import Endpoint
 from services.webhooks.schemas import (
@@ -56,7 +44,9 @@ def with_secret(endpoint: Endpoint, response: Response) -> EndpointWithSecret:
     return EndpointWithSecret.model_validate(endpoint)
 
 
-@router.post("", status_code=201, response_model=EndpointWithSecret, responses=route_responses(CREATE_ENDPOINT_ERRORS))
+@router.post(
+    "", status_code=201, response_model=EndpointWithSecret, responses=route_responses(errors.CREATE_ENDPOINT_ERRORS)
+)
 async def create_endpoint(
     data: EndpointCreate,
     repo: RepoDep,
@@ -70,17 +60,17 @@ async def create_endpoint(
     return with_secret(await service.create_endpoint(repo, settings, caller.tenant_id, data, resolver), response)
 
 
-@router.get("", response_model=Page[EndpointOut], responses=route_responses(LIST_ENDPOINTS_ERRORS))
+@router.get("", response_model=Page[EndpointOut], responses=route_responses(errors.LIST_ENDPOINTS_ERRORS))
 async def list_endpoints(repo: RepoDep, caller: WebhooksRead, page: PageDep) -> Page[EndpointOut]:
     return await service.list_endpoints(repo, caller.tenant_id, page)
 
 
-@router.get("/{endpoint_id}", response_model=EndpointOut, responses=route_responses(GET_ENDPOINT_ERRORS))
+@router.get("/{endpoint_id}", response_model=EndpointOut, responses=route_responses(errors.GET_ENDPOINT_ERRORS))
 async def get_endpoint(endpoint_id: RowId, repo: RepoDep, caller: WebhooksRead) -> EndpointOut:
     return EndpointOut.model_validate(await service.get_endpoint(repo, caller.tenant_id, endpoint_id))
 
 
-@router.patch("/{endpoint_id}", response_model=EndpointOut, responses=route_responses(UPDATE_ENDPOINT_ERRORS))
+@router.patch("/{endpoint_id}", response_model=EndpointOut, responses=route_responses(errors.UPDATE_ENDPOINT_ERRORS))
 async def update_endpoint(
     endpoint_id: RowId,
     data: EndpointUpdate,
@@ -98,14 +88,16 @@ async def update_endpoint(
     return EndpointOut.model_validate(endpoint)
 
 
-@router.delete("/{endpoint_id}", status_code=204, responses=route_responses(DELETE_ENDPOINT_ERRORS))
+@router.delete("/{endpoint_id}", status_code=204, responses=route_responses(errors.DELETE_ENDPOINT_ERRORS))
 async def delete_endpoint(endpoint_id: RowId, repo: RepoDep, caller: WebhooksWrite) -> Response:
     await service.delete_endpoint(repo, caller.tenant_id, endpoint_id)
     return Response(status_code=204)
 
 
 @router.post(
-    "/{endpoint_id}/rotate-secret", response_model=EndpointWithSecret, responses=route_responses(ROTATE_SECRET_ERRORS)
+    "/{endpoint_id}/rotate-secret",
+    response_model=EndpointWithSecret,
+    responses=route_responses(errors.ROTATE_SECRET_ERRORS),
 )
 async def rotate_secret(
     endpoint_id: RowId, repo: RepoDep, settings: SettingsDep, caller: WebhooksWrite, response: Response
@@ -117,7 +109,7 @@ async def rotate_secret(
     "/{endpoint_id}/recover",
     status_code=202,
     response_model=Recovered,
-    responses=route_responses(RECOVER_ENDPOINT_ERRORS),
+    responses=route_responses(errors.RECOVER_ENDPOINT_ERRORS),
 )
 async def recover_endpoint(
     endpoint_id: RowId, data: RecoverRequest, repo: RepoDep, deliveries: DeliveryRepoDep, caller: WebhooksWrite
@@ -128,13 +120,15 @@ async def recover_endpoint(
 @router.get(
     "/{endpoint_id}/deliveries",
     response_model=Page[DeliveryOut],
-    responses=route_responses(LIST_DELIVERIES_ERRORS),
+    responses=route_responses(errors.LIST_DELIVERIES_ERRORS),
 )
 async def list_deliveries(endpoint_id: RowId, repo: RepoDep, caller: WebhooksRead, page: PageDep) -> Page[DeliveryOut]:
     return await service.list_deliveries(repo, caller.tenant_id, endpoint_id, page)
 
 
-@deliveries_router.get("/{delivery_id}", response_model=DeliveryDetail, responses=route_responses(GET_DELIVERY_ERRORS))
+@deliveries_router.get(
+    "/{delivery_id}", response_model=DeliveryDetail, responses=route_responses(errors.GET_DELIVERY_ERRORS)
+)
 async def get_delivery(delivery_id: RowId, deliveries: DeliveryRepoDep, caller: WebhooksRead) -> DeliveryDetail:
     return await service.delivery_detail(deliveries, caller.tenant_id, delivery_id)
 
@@ -143,7 +137,7 @@ async def get_delivery(delivery_id: RowId, deliveries: DeliveryRepoDep, caller: 
     "/{delivery_id}/replay",
     status_code=202,
     response_model=DeliveryOut,
-    responses=route_responses(REPLAY_DELIVERY_ERRORS),
+    responses=route_responses(errors.REPLAY_DELIVERY_ERRORS),
 )
 async def replay_delivery(delivery_id: RowId, deliveries: DeliveryRepoDep, caller: WebhooksWrite) -> DeliveryOut:
     return await service.replay(deliveries, caller.tenant_id, delivery_id)
