@@ -46,6 +46,7 @@ from shared.contract import DEFAULT_PLAN, Identity
 from shared.errors import QuotaExceeded, TooManyRequests
 
 T = TypeVar("T")
+Refusal = TypeVar("Refusal", bound=TooManyRequests)
 
 # The sliding windows of `n` policies, as a Lua function shared by the scripts that count requests:
 # KEYS[1..n] are the policies' counters; from ARGV[base + 1]: the cost, then limit and window (ms) of
@@ -575,29 +576,30 @@ class RateLimits:
         quota = tightest.policy.quota
         if tightest.policy.period:
             month = self.monthly.policies.month
-            return QuotaExceeded(
+            return quota_spent(
+                QuotaExceeded,
                 f"The monthly quota of {quota.limit} requests is spent; it starts again at "
                 f"{rfc3339(month.end)}, in {retry_after} s.",
-                headers={"Retry-After": str(retry_after)},
-                extra={
-                    "policy": tightest.policy.name,
-                    "limit": quota.limit,
-                    "period_start": rfc3339(month.start),
-                    "period_end": rfc3339(month.end),
-                    "retry_after": retry_after,
-                },
+                retry_after,
+                policy=tightest.policy.name,
+                limit=quota.limit,
+                period_start=rfc3339(month.start),
+                period_end=rfc3339(month.end),
             )
-        return TooManyRequests(
+        return quota_spent(
+            TooManyRequests,
             f"The {tightest.policy.name} quota of {quota.limit} requests per {quota.window_seconds} s is "
             f"spent; retry in {retry_after} s.",
-            headers={"Retry-After": str(retry_after)},
-            extra={
-                "policy": tightest.policy.name,
-                "limit": quota.limit,
-                "window_seconds": quota.window_seconds,
-                "retry_after": retry_after,
-            },
+            retry_after,
+            policy=tightest.policy.name,
+            limit=quota.limit,
+            window_seconds=quota.window_seconds,
         )
+
+
+def quota_spent(error: type[Refusal], detail: str, retry_after: int, **facts: Any) -> Refusal:
+    """The 429 of a spent quota: `Retry-After`, and the quota's `facts` then `retry_after` in the body."""
+    return error(detail, headers={"Retry-After": str(retry_after)}, extra={**facts, "retry_after": retry_after})
 
 
 def route_quotas(
