@@ -32,7 +32,7 @@ import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from starlette.types import Scope
@@ -367,6 +367,7 @@ class MemoryRateLimitStore:
             del self._periods[key]
 
 
+@dataclass(eq=False, slots=True)
 class RateLimiter:
     """A store, how to call it (deadline, failure mode), and, in the `local` failure mode, the
     in-process store that counts while the shared one fails. Built in the lifespan; any set of
@@ -379,14 +380,17 @@ class RateLimiter:
     ends the fallback and counting is shared again from what Redis holds.
     """
 
-    def __init__(self, store: RateLimitStore, caller: StoreCaller, *, retry_seconds: float = 1.0) -> None:
-        self.store = store
-        self.call = caller
-        self.local: RateLimitStore | None = MemoryRateLimitStore() if caller.mode == "local" else None
-        self.retry_seconds = retry_seconds
-        # While in the future, the local store counts without asking the shared one.
-        self._local_until = 0.0
-        self._probing = False
+    store: RateLimitStore
+    call: StoreCaller
+    _: KW_ONLY
+    retry_seconds: float = 1.0
+    local: RateLimitStore | None = field(init=False)
+    # While in the future, the local store counts without asking the shared one.
+    _local_until: float = field(init=False, default=0.0)
+    _probing: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.local = MemoryRateLimitStore() if self.call.mode == "local" else None
 
     async def hit(self, subject: str, policies: Sequence[Policy], cost: int = 1) -> Verdict:
         """Counts the request in the shared store, or in the local one while the shared one fails.
