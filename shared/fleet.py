@@ -32,6 +32,7 @@ import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -177,24 +178,40 @@ class RetryBudget:
 Probe = Callable[[Instance], Awaitable[bool]]
 
 
+@dataclass(eq=False, slots=True)
 class Fleet:
     """The instances of one service in one process, shared by every client of the service there."""
 
-    def __init__(
-        self,
-        service: str,
-        address: ServiceAddress,
-        settings: ProcessSettings,
-        metrics: FleetMetrics,
-        probe: Probe,
-        on_forget: Callable[[str], None] | None = None,
-    ) -> None:
-        self.service = service
-        self.address = address
-        self.settings = settings
-        self.metrics = metrics
-        self.probe = probe
-        self.on_forget = on_forget
+    service: str
+    address: ServiceAddress
+    settings: ProcessSettings
+    metrics: FleetMetrics
+    probe: Probe
+    on_forget: Callable[[str], None] | None = None
+    budget: RetryBudget = field(init=False)
+    peak_ewma: bool = field(init=False)
+    stall: float = field(init=False)
+    members: dict[str, Instance] = field(init=False, default_factory=dict)
+    # The members not ejected.
+    available: list[Instance] = field(init=False, default_factory=list)
+    # Removed with requests still in flight.
+    draining: dict[str, Instance] = field(init=False, default_factory=dict)
+    # When any instance last answered.
+    progress: float = field(init=False, default=0.0)
+    sequence: int = field(init=False, default=0)
+    resolved: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _tasks: set[asyncio.Task[None]] = field(init=False, default_factory=set)
+    _checker: asyncio.Task[None] | None = field(init=False, default=None)
+    _resolver: asyncio.Task[None] | None = field(init=False, default=None)
+    _dns_problem: str | None = field(init=False, default=None)
+    _healthy: Gauge = field(init=False)
+    _ejected: Gauge = field(init=False)
+    # A fixed fleet of one: nothing to choose, eject or count (the circuit breaker covers it).
+    single: Instance | None = field(init=False)
+    tracked: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
         self.budget = RetryBudget(
             settings.upstream_retry_budget_ratio,
             settings.upstream_retry_budget_min_retries,
@@ -202,23 +219,13 @@ class Fleet:
         )
         self.peak_ewma = settings.upstream_balancer == "peak_ewma"
         self.stall = settings.upstream_stall_seconds
-        self.members: dict[str, Instance] = {}
-        self.available: list[Instance] = []  # members not ejected
-        self.draining: dict[str, Instance] = {}  # removed with requests still in flight
-        self.progress = 0.0  # when any instance last answered
-        self.sequence = 0
-        self.resolved = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._checker: asyncio.Task[None] | None = None
-        self._resolver: asyncio.Task[None] | None = None
-        self._dns_problem: str | None = None
-        self._healthy = metrics.instances.labels(service, HEALTHY)
-        self._ejected = metrics.instances.labels(service, EJECTED)
-        if address.dns_name is None:
-            self._update(address.endpoints, 0.0)
+        self._healthy = self.metrics.instances.labels(self.service, HEALTHY)
+        self._ejected = self.metrics.instances.labels(self.service, EJECTED)
+        endpoints = self.address.endpoints
+        if self.address.dns_name is None:
+            self._update(endpoints, 0.0)
             self.resolved.set()
-        # A fixed fleet of one: nothing to choose, eject or count (the circuit breaker covers it).
-        self.single = self.available[0] if len(address.endpoints) == 1 else None
+        self.single = self.available[0] if len(endpoints) == 1 else None
         self.tracked = self.single is None
         self.start()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from datetime import datetime
 
 from gateway.edge.metrics import EdgeMetrics
@@ -32,12 +32,12 @@ class _Entry:
     key_id: str | None
 
 
+@dataclass(eq=False, slots=True)
 class _BoundedCache:
     """Entries by key hash, at most `max_entries`, the oldest inserted evicted first."""
 
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self.entries: dict[str, _Entry] = {}
+    max_entries: int
+    entries: dict[str, _Entry] = field(init=False, default_factory=dict)
 
     def get(self, key_hash: str) -> _Entry | None:
         entry = self.entries.get(key_hash)
@@ -57,22 +57,21 @@ class _BoundedCache:
         return len(self.entries)
 
 
+@dataclass(eq=False, slots=True)
 class ApiKeyResolver:
-    def __init__(
-        self,
-        users: ServiceClient,
-        *,
-        ttl_seconds: float,
-        max_entries: int,
-        max_unknown_entries: int,
-        metrics: EdgeMetrics,
-    ) -> None:
-        self.users = users
-        self.ttl = ttl_seconds
-        self.metrics = metrics
+    users: ServiceClient
+    _: KW_ONLY
+    ttl_seconds: float
+    max_entries: InitVar[int]
+    max_unknown_entries: InitVar[int]
+    metrics: EdgeMetrics
+    known: _BoundedCache = field(init=False)
+    unknown: _BoundedCache = field(init=False)
+    _pending: dict[str, asyncio.Task[_Entry]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self, max_entries: int, max_unknown_entries: int) -> None:
         self.known = _BoundedCache(max_entries)
         self.unknown = _BoundedCache(max_unknown_entries)
-        self._pending: dict[str, asyncio.Task[_Entry]] = {}
 
     def cached(self, raw_key: str) -> tuple[bool, Identity | None]:
         """(True, the identity or None for a key known to be bad) when this process remembers the key;
@@ -110,7 +109,7 @@ class ApiKeyResolver:
         response = await self.users.send("POST", "/api-keys/resolve", identity=ANONYMOUS, json={"key_hash": key_hash})
         now = time.monotonic()
         if response.status_code == 404:
-            return _Entry(now + self.ttl, None, None)
+            return _Entry(now + self.ttl_seconds, None, None)
         if response.status_code != 200:
             raise UpstreamBadResponse("users", f"The users service answered {response.status_code} for an API key.")
         try:
@@ -127,7 +126,7 @@ class ApiKeyResolver:
             raise UpstreamBadResponse(
                 "users", "The users service answered an API key lookup it cannot parse."
             ) from None
-        ttl = self.ttl
+        ttl = self.ttl_seconds
         if expires_at is not None:
             ttl = max(0.0, min(ttl, expires_at.timestamp() - time.time()))
         return _Entry(now + ttl, identity, body["id"])

@@ -150,21 +150,13 @@ class Caller:
 ANONYMOUS_CALLER = Caller(ANONYMOUS)
 
 
+@dataclass(eq=False, slots=True, kw_only=True)
 class Authenticator:
-    def __init__(
-        self,
-        *,
-        tokens: JwtVerifier,
-        keys: KeySource,
-        api_keys: ApiKeyResolver,
-        failures: AuthFailures,
-        client_address: ClientAddress,
-    ) -> None:
-        self.tokens = tokens
-        self.keys = keys
-        self.api_keys = api_keys
-        self.failures = failures
-        self.client_address = client_address
+    tokens: JwtVerifier
+    keys: KeySource
+    api_keys: ApiKeyResolver
+    failures: AuthFailures
+    client_address: ClientAddress
 
     async def from_headers(self, scope: Scope) -> Caller:
         """The caller of an HTTP request; the anonymous caller when it sent no credentials."""

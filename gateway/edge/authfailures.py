@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 from gateway.edge.metrics import EdgeMetrics
-from gateway.edge.ratelimit import Policy, RateLimiter
+from gateway.edge.ratelimit import Policy, RateLimiter, quota_spent
 from gateway.settings import Quota
 from shared.errors import TooManyRequests
 
@@ -70,14 +70,12 @@ class AuthFailures:
 
     def _refusal(self, retry_after_ms: int) -> TooManyAuthFailures:
         retry_after = max(1, math.ceil(retry_after_ms / 1000))
-        return TooManyAuthFailures(
+        return quota_spent(
+            TooManyAuthFailures,
             f"Too many failed authentications from this address (at most {self.quota.limit} per "
             f"{self.quota.window_seconds} s); retry in {retry_after} s.",
-            headers={"Retry-After": str(retry_after)},
-            extra={
-                "policy": self.policy.name,
-                "limit": self.quota.limit,
-                "window_seconds": self.quota.window_seconds,
-                "retry_after": retry_after,
-            },
+            retry_after,
+            policy=self.policy.name,
+            limit=self.quota.limit,
+            window_seconds=self.quota.window_seconds,
         )

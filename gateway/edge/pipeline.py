@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -624,34 +624,31 @@ def _query_value(scope: Scope, name: str) -> str | None:
     return value
 
 
+@dataclass(eq=False, repr=False, slots=True)  # no repr: the scope carries the caller's credentials
 class RouteAnswer:
     """The `send` of a route FastAPI runs: finishes its answer as it streams out, as the edge finishes
     a forwarded route's (caching, deprecation, the idempotency record, the stages' headers)."""
 
-    def __init__(
-        self,
-        edge: Edge,
-        scope: Scope,
-        context: RequestContext,
-        send: Send,
-        keyed: KeyedRequest | None,
-        extra: Headers,
-    ) -> None:
-        self.edge = edge
-        self.scope = scope
-        self.context = context
-        self.keyed = keyed
-        self.extra = extra
-        self.settled = False
-        self.started = False
-        # Where the finished answer goes: the client, or the compression on its way there.
-        self.outer = send
-        self._status = 0
-        self._headers: Headers = []
-        self._body = BodyChunks(keep_up_to=edge.runtime.idempotency.max_bytes if edge.runtime.idempotency else None)
+    edge: Edge
+    scope: Scope
+    context: RequestContext
+    # Where the finished answer goes: the client, or the compression on its way there.
+    outer: Send
+    keyed: KeyedRequest | None
+    extra: Headers
+    settled: bool = field(init=False, default=False)
+    started: bool = field(init=False, default=False)
+    _status: int = field(init=False, default=0)
+    _headers: Headers = field(init=False, default_factory=list)
+    _body: BodyChunks = field(init=False)
+    _conditional: ConditionalAnswer | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        idempotency = self.edge.runtime.idempotency
+        self._body = BodyChunks(keep_up_to=idempotency.max_bytes if idempotency else None)
         self._conditional = (
-            ConditionalAnswer(self._finish, header(scope, b"if-none-match"))
-            if scope["method"] == "GET" and edge.etag
+            ConditionalAnswer(self._finish, header(self.scope, b"if-none-match"))
+            if self.scope["method"] == "GET" and self.edge.etag
             else None
         )
 

@@ -32,7 +32,7 @@ import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from starlette.types import Scope
@@ -46,6 +46,7 @@ from shared.contract import DEFAULT_PLAN, Identity
 from shared.errors import QuotaExceeded, TooManyRequests
 
 T = TypeVar("T")
+Refusal = TypeVar("Refusal", bound=TooManyRequests)
 
 # The sliding windows of `n` policies, as a Lua function shared by the scripts that count requests:
 # KEYS[1..n] are the policies' counters; from ARGV[base + 1]: the cost, then limit and window (ms) of
@@ -366,6 +367,7 @@ class MemoryRateLimitStore:
             del self._periods[key]
 
 
+@dataclass(eq=False, slots=True)
 class RateLimiter:
     """A store, how to call it (deadline, failure mode), and, in the `local` failure mode, the
     in-process store that counts while the shared one fails. Built in the lifespan; any set of
@@ -378,14 +380,17 @@ class RateLimiter:
     ends the fallback and counting is shared again from what Redis holds.
     """
 
-    def __init__(self, store: RateLimitStore, caller: StoreCaller, *, retry_seconds: float = 1.0) -> None:
-        self.store = store
-        self.call = caller
-        self.local: RateLimitStore | None = MemoryRateLimitStore() if caller.mode == "local" else None
-        self.retry_seconds = retry_seconds
-        # While in the future, the local store counts without asking the shared one.
-        self._local_until = 0.0
-        self._probing = False
+    store: RateLimitStore
+    call: StoreCaller
+    _: KW_ONLY
+    retry_seconds: float = 1.0
+    local: RateLimitStore | None = field(init=False)
+    # While in the future, the local store counts without asking the shared one.
+    _local_until: float = field(init=False, default=0.0)
+    _probing: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.local = MemoryRateLimitStore() if self.call.mode == "local" else None
 
     async def hit(self, subject: str, policies: Sequence[Policy], cost: int = 1) -> Verdict:
         """Counts the request in the shared store, or in the local one while the shared one fails.
@@ -575,29 +580,30 @@ class RateLimits:
         quota = tightest.policy.quota
         if tightest.policy.period:
             month = self.monthly.policies.month
-            return QuotaExceeded(
+            return quota_spent(
+                QuotaExceeded,
                 f"The monthly quota of {quota.limit} requests is spent; it starts again at "
                 f"{rfc3339(month.end)}, in {retry_after} s.",
-                headers={"Retry-After": str(retry_after)},
-                extra={
-                    "policy": tightest.policy.name,
-                    "limit": quota.limit,
-                    "period_start": rfc3339(month.start),
-                    "period_end": rfc3339(month.end),
-                    "retry_after": retry_after,
-                },
+                retry_after,
+                policy=tightest.policy.name,
+                limit=quota.limit,
+                period_start=rfc3339(month.start),
+                period_end=rfc3339(month.end),
             )
-        return TooManyRequests(
+        return quota_spent(
+            TooManyRequests,
             f"The {tightest.policy.name} quota of {quota.limit} requests per {quota.window_seconds} s is "
             f"spent; retry in {retry_after} s.",
-            headers={"Retry-After": str(retry_after)},
-            extra={
-                "policy": tightest.policy.name,
-                "limit": quota.limit,
-                "window_seconds": quota.window_seconds,
-                "retry_after": retry_after,
-            },
+            retry_after,
+            policy=tightest.policy.name,
+            limit=quota.limit,
+            window_seconds=quota.window_seconds,
         )
+
+
+def quota_spent(error: type[Refusal], detail: str, retry_after: int, **facts: Any) -> Refusal:
+    """The 429 of a spent quota: `Retry-After`, and the quota's `facts` then `retry_after` in the body."""
+    return error(detail, headers={"Retry-After": str(retry_after)}, extra={**facts, "retry_after": retry_after})
 
 
 def route_quotas(

@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
@@ -133,6 +135,7 @@ class MemoryUsageStore:
         return [dict(self._hours.get((tenant_id, hour), ())) for hour in hours]
 
 
+@dataclass(eq=False, slots=True)
 class Metering:
     """Counts each answer to a tenant (`count`, in the process, before the answer is sent) and writes
     the counts to the store in batches (`flush_loop`: every `flush_seconds`, and once more when the
@@ -141,26 +144,21 @@ class Metering:
     While Redis fails, the counts stay in the process and the next write is tried `retry_seconds`
     later; the first write that succeeds adds them all."""
 
-    def __init__(
-        self,
-        store: UsageStore,
-        caller: StoreCaller,
-        metrics: EdgeMetrics,
-        *,
-        flush_seconds: float = 0.1,
-        retry_seconds: float = 1.0,
-    ) -> None:
-        self.store = store
-        self.call = caller
-        self.metrics = metrics
-        self.flush_seconds = flush_seconds
-        self.retry_seconds = retry_seconds
-        # Counted and not written yet: (tenant, hour, field) -> answers. An in-process store is written at once.
-        self.pending: Counter[tuple[str, int, str]] = Counter()
-        self.memory = store if isinstance(store, MemoryUsageStore) else None
-        # This process's answers per tenant in `self._hour`, for the top tenants' gauge.
-        self._hour = 0
-        self._by_tenant: Counter[str] = Counter()
+    store: UsageStore
+    call: StoreCaller
+    metrics: EdgeMetrics
+    _: KW_ONLY
+    flush_seconds: float = 0.1
+    retry_seconds: float = 1.0
+    # Counted and not written yet: (tenant, hour, field) -> answers. An in-process store is written at once.
+    pending: Counter[tuple[str, int, str]] = dataclasses.field(init=False, default_factory=Counter)
+    memory: MemoryUsageStore | None = dataclasses.field(init=False)
+    # This process's answers per tenant in `self._hour`, for the top tenants' gauge.
+    _hour: int = dataclasses.field(init=False, default=0)
+    _by_tenant: Counter[str] = dataclasses.field(init=False, default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.memory = self.store if isinstance(self.store, MemoryUsageStore) else None
 
     def count(self, context: RequestContext, status: int) -> None:
         identity = context.principal

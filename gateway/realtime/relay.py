@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -93,29 +93,24 @@ return 1
 """
 
 
+@dataclass(eq=False, slots=True)
 class EventRelay:
-    def __init__(
-        self,
-        feed: OrdersFeed,
-        store: EventStore,
-        *,
-        redis: RedisClient | None,
-        prefix: str,
-        interval: float,
-        batch_size: int,
-        lease_seconds: float,
-        max_backoff: float = 10.0,
-        tracer: Tracer | None = None,
-    ) -> None:
-        self.feed = feed
-        self.tracer = tracer
-        self.store = store
-        self.interval = interval
-        self.batch_size = batch_size
-        self.max_backoff = max_backoff
+    feed: OrdersFeed
+    store: EventStore
+    _: KW_ONLY
+    redis: InitVar[RedisClient | None]
+    prefix: InitVar[str]
+    interval: float
+    batch_size: int
+    lease_seconds: InitVar[float]
+    max_backoff: float = 10.0
+    tracer: Tracer | None = None
+    position: Position = field(init=False)
+    lease: Lock | None = field(init=False, default=None)
+
+    def __post_init__(self, redis: RedisClient | None, prefix: str, lease_seconds: float) -> None:
         # `{relay}`: the lease and the position share a hash tag, one Cluster node.
         self.position = Position(redis, f"{prefix}events:{{relay}}:position")
-        self.lease: Lock | None = None
         if redis is not None:
             self.lease = Lock(redis, f"{prefix}events:{{relay}}:lease", timeout=lease_seconds, thread_local=False)
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
+from dataclasses import KW_ONLY, dataclass
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
@@ -63,23 +64,15 @@ class FeedError(RuntimeError):
     """The orders service answered, but not with a page of its event feed."""
 
 
+@dataclass(eq=False, slots=True)
 class OrdersRelay:
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        orders: ServiceClient,
-        *,
-        batch_size: int = 100,
-        interval: float = 0.5,
-        max_backoff: float = 30.0,
-        tracer: Tracer | None = None,
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.orders = orders
-        self.batch_size = batch_size
-        self.interval = interval
-        self.max_backoff = max_backoff
-        self.tracer = tracer
+    sessionmaker: async_sessionmaker[AsyncSession]
+    orders: ServiceClient
+    _: KW_ONLY
+    batch_size: int = 100
+    interval: float = 0.5
+    max_backoff: float = 30.0
+    tracer: Tracer | None = None
 
     async def position(self) -> int:
         async with transaction(self.sessionmaker, RelayRepository) as repo:

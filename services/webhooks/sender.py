@@ -16,7 +16,7 @@ import asyncio
 import contextvars
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
@@ -154,22 +154,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass(eq=False, slots=True)
 class Sender:
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        *,
-        timeout: float,
-        allow_private: bool = False,
-        dns_timeout: float = 2.0,
-        resolver: Resolver = system_resolver,
-    ) -> None:
-        self.session = session
-        self.timeout = timeout
-        self.allow_private = allow_private
-        self.dns_timeout = dns_timeout
-        # The system's, or a test's (a name that rebinds).
-        self.resolver = resolver
+    session: aiohttp.ClientSession
+    _: KW_ONLY
+    timeout: float
+    allow_private: bool = False
+    dns_timeout: float = 2.0
+    # The system's, or a test's (a name that rebinds).
+    resolver: Resolver = system_resolver
 
     async def send(self, url: str, headers: dict[str, str], body: bytes) -> AttemptResult:
         """Makes one attempt. Never raises for anything the network or the receiver does."""

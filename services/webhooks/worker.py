@@ -156,35 +156,27 @@ class WorkerConfig:
     retention_batch: int = 1000
 
 
+@dataclass(eq=False, slots=True)
 class DeliveryWorker:
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        sender: Sender,
-        config: WorkerConfig,
-        metrics: WorkerMetrics,
-        tracer: Tracer | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.sender = sender
-        self.config = config
-        self.metrics = metrics
-        self.tracer = tracer or trace.get_tracer("portico.webhooks.worker")
-        self.rng = rng or random.Random()
-        self.in_flight: dict[str, _InFlight] = {}
-        self._slot_freed = asyncio.Event()
-        # What the last claim left due deliveries of because of a bound (endpoints, tenants, hosts),
-        # the attempts that ended since that claim began, and the wake-up for one of those ending.
-        self._held_back = HeldBack()
-        self._ended: list[Claimed] = []
-        self._bound_freed = asyncio.Event()
-        # When a rate-limited endpoint's next delivery may be claimed.
-        self._next_turn_at: datetime | None = None
-        # Claims made, and the claim each tenant last got deliveries in (least recently served first).
-        self.claims = 0
-        self._served: dict[str, int] = {}
-        self.running = False
+    sessionmaker: async_sessionmaker[AsyncSession]
+    sender: Sender
+    config: WorkerConfig
+    metrics: WorkerMetrics
+    tracer: Tracer = field(default_factory=lambda: trace.get_tracer("portico.webhooks.worker"))
+    rng: random.Random = field(default_factory=random.Random)
+    in_flight: dict[str, _InFlight] = field(init=False, default_factory=dict)
+    _slot_freed: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    # What the last claim left due deliveries of because of a bound (endpoints, tenants, hosts),
+    # the attempts that ended since that claim began, and the wake-up for one of those ending.
+    _held_back: HeldBack = field(init=False, default_factory=HeldBack)
+    _ended: list[Claimed] = field(init=False, default_factory=list)
+    _bound_freed: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    # When a rate-limited endpoint's next delivery may be claimed.
+    _next_turn_at: datetime | None = field(init=False, default=None)
+    # Claims made, and the claim each tenant last got deliveries in (least recently served first).
+    claims: int = field(init=False, default=0)
+    _served: dict[str, int] = field(init=False, default_factory=dict)
+    running: bool = field(init=False, default=False)
 
     # The loop
 
