@@ -41,6 +41,7 @@ from shared.contract import (
     InvalidIdempotencyKey,
 )
 from shared.errors import (
+    RETRY_AFTER,
     CircuitOpen,
     MalformedBody,
     Overloaded,
@@ -108,7 +109,7 @@ HEADERS: dict[str, dict[str, Any]] = {
     "X-RateLimit-Limit": _header("The tightest quota's limit.", INTEGER),
     "X-RateLimit-Remaining": _header("Requests left in the tightest quota's window.", INTEGER),
     "X-RateLimit-Reset": _header("Seconds until the tightest quota's window resets.", INTEGER),
-    "Retry-After": _header("Seconds to wait before trying again.", INTEGER),
+    RETRY_AFTER: _header("Seconds to wait before trying again.", INTEGER),
     "Idempotent-Replayed": _header(
         "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key`.",
         {"type": "string", "enum": ["true"]},
@@ -281,7 +282,7 @@ def _problem_headers(status: int) -> dict[str, Any]:
     if status == 401:
         return _headers("WWW-Authenticate", "X-Request-ID")
     if status == 429:
-        return _headers("Retry-After", *RATE_LIMIT_HEADERS, "X-Request-ID")
+        return _headers(RETRY_AFTER, *RATE_LIMIT_HEADERS, "X-Request-ID")
     return _headers("X-Request-ID")
 
 

@@ -62,7 +62,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.asgi import header
-from shared.errors import DeadlineExceeded, Overloaded, PorticoError, problem_message
+from shared.errors import DeadlineExceeded, Overloaded, PorticoError, problem_message, retry_in
 from shared.metrics import MULTIPROC_ENV, LabelCache
 from shared.request_id import new_request_id, request_id_of
 from shared.settings import ProcessSettings
@@ -409,9 +409,7 @@ async def send_refusal(send: Send, error: PorticoError, request_id: str | None) 
 
 
 def overloaded(retry_after: str) -> Overloaded:
-    return Overloaded(
-        "The service is overloaded; retry after the time in Retry-After.", headers={"Retry-After": retry_after}
-    )
+    return Overloaded("The service is overloaded; retry after the time in Retry-After.", headers=retry_in(retry_after))
 
 
 # Where a process's lifespan state holds its `Shedder`, for the server's protocol.

@@ -23,6 +23,13 @@ PROBLEM_BASE = "https://portico.dev/problems/"
 
 logger = logging.getLogger("portico.errors")
 
+RETRY_AFTER = "Retry-After"
+
+
+def retry_in(seconds: int | str) -> dict[str, str]:
+    """The headers of an answer that tells the client when to try again."""
+    return {RETRY_AFTER: str(seconds)}
+
 
 class PorticoError(Exception):
     """Base of every error a process answers on purpose. Subclasses fix status, code and title as
@@ -196,9 +203,7 @@ class NoInstance(UpstreamUnavailable, code="SERVICE_UNAVAILABLE", title="Service
     process started. `Retry-After`; `service` names it."""
 
     def __init__(self, service: str, retry_after: int) -> None:
-        super().__init__(
-            service, f"No instance of the {service} service is known yet.", headers={"Retry-After": str(retry_after)}
-        )
+        super().__init__(service, f"No instance of the {service} service is known yet.", headers=retry_in(retry_after))
 
 
 class CircuitOpen(UpstreamUnavailable, code="CIRCUIT_OPEN", title="Service Unavailable"):
@@ -208,7 +213,7 @@ class CircuitOpen(UpstreamUnavailable, code="CIRCUIT_OPEN", title="Service Unava
         super().__init__(
             service,
             f"The {service} service is failing; calls to it are paused for up to {retry_after} s.",
-            headers={"Retry-After": str(retry_after)},
+            headers=retry_in(retry_after),
         )
 
 
@@ -382,9 +387,7 @@ def _database_unavailable_handler(
         if isinstance(exc, sa_exc.TimeoutError) and on_pool_timeout is not None:
             on_pool_timeout()
         return problem_response(
-            DatabaseUnavailable(
-                "The service's database is unavailable; try again shortly.", headers={"Retry-After": "1"}
-            ),
+            DatabaseUnavailable("The service's database is unavailable; try again shortly.", headers=retry_in(1)),
             _request_id(request),
         )
 

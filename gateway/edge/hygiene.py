@@ -14,7 +14,7 @@ from starlette.types import Scope
 
 from shared.asgi import header, headers
 from shared.docs import DOCS_CSP, DOCS_PAGES
-from shared.errors import BadRequest, Forbidden
+from shared.errors import RETRY_AFTER, BadRequest, Forbidden
 
 CORS_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 CORS_REQUEST_HEADERS = frozenset(
@@ -38,7 +38,7 @@ CORS_REQUEST_HEADERS = frozenset(
 CORS_EXPOSED_HEADERS = (
     "ETag",
     "Location",
-    "Retry-After",
+    RETRY_AFTER,
     "RateLimit",
     "RateLimit-Policy",
     "X-RateLimit-Limit",

@@ -43,7 +43,7 @@ from gateway.edge.periods import Month, current_month, rfc3339
 from gateway.edge.store import Script, ScriptBatcher, StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings, Quota
 from shared.contract import DEFAULT_PLAN, Identity
-from shared.errors import QuotaExceeded, TooManyRequests
+from shared.errors import QuotaExceeded, TooManyRequests, retry_in
 
 T = TypeVar("T")
 Refusal = TypeVar("Refusal", bound=TooManyRequests)
@@ -603,7 +603,7 @@ class RateLimits:
 
 def quota_spent(error: type[Refusal], detail: str, retry_after: int, **facts: Any) -> Refusal:
     """The 429 of a spent quota: `Retry-After`, and the quota's `facts` then `retry_after` in the body."""
-    return error(detail, headers={"Retry-After": str(retry_after)}, extra={**facts, "retry_after": retry_after})
+    return error(detail, headers=retry_in(retry_after), extra={**facts, "retry_after": retry_after})
 
 
 def route_quotas(

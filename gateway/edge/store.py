@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from gateway.edge.metrics import EdgeMetrics
 from gateway.settings import FailureMode
-from shared.errors import ServiceUnavailable
+from shared.errors import ServiceUnavailable, retry_in
 
 T = TypeVar("T")
 
@@ -226,6 +226,6 @@ class StoreCaller:
             return None
         return EdgeStoreUnavailable(
             f"The {self.stage} store is unavailable; try again shortly.",
-            headers={"Retry-After": "1"},
+            headers=retry_in(1),
             extra={"stage": self.stage},
         )

@@ -30,7 +30,7 @@ from gateway.realtime.tasks import cancel_and_wait
 from gateway.settings import GatewaySettings
 from services.orders.schemas import EXAMPLE_ORDER
 from shared.contract import DEFAULT_PLAN, PLANS, Identity
-from shared.errors import BadRequest, PorticoError, TooManyRequests
+from shared.errors import BadRequest, PorticoError, TooManyRequests, retry_in
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -95,7 +95,7 @@ def admit(hub: Hub, identity: Identity, settings: GatewaySettings) -> Admission:
     if admission is None:
         raise ConnectionLimitReached(
             f"The {plan} plan allows {cap} real-time connections per gateway instance; close one.",
-            headers={"Retry-After": "5"},
+            headers=retry_in(5),
             extra={"limit": cap, "current_plan": plan},
         )
     return admission

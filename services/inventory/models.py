@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -48,6 +49,19 @@ class StockAdjustment(Base, TenantRow):
     reason: Mapped[str] = mapped_column(String(200))
     stock_after: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ReservationState(StrEnum):
+    """`Reservation.status` (`schemas.ReservationStatus`): reserved -> confirmed (with its order) ->
+    released, or reserved -> released."""
+
+    RESERVED = "reserved"
+    CONFIRMED = "confirmed"
+    RELEASED = "released"
+
+
+# A reservation whose stock is still held.
+OPEN_RESERVATION = (ReservationState.RESERVED, ReservationState.CONFIRMED)
 
 
 class Reservation(Base, TenantRow):

@@ -15,7 +15,14 @@ from services.inventory.errors import (
     ReservationReleased,
     StockLimitExceeded,
 )
-from services.inventory.models import Product, Reservation, ReservationItem, StockAdjustment
+from services.inventory.models import (
+    OPEN_RESERVATION,
+    Product,
+    Reservation,
+    ReservationItem,
+    ReservationState,
+    StockAdjustment,
+)
 from services.inventory.repository import InventoryRepository
 from services.inventory.schemas import (
     MAX_STOCK,
@@ -162,7 +169,7 @@ async def reserve(repo: InventoryRepository, tenant_id: str, data: ReservationCr
         tenant_id=tenant_id,
         order_id=data.order_id,
         user_id=data.user_id,
-        status="reserved",
+        status=ReservationState.RESERVED,
         created_at=now,
         updated_at=now,
         items=[],
@@ -171,7 +178,7 @@ async def reserve(repo: InventoryRepository, tenant_id: str, data: ReservationCr
         existing = await repo.get_reservation_for_order(tenant_id, data.order_id)
         if existing is None:  # pragma: no cover - the row that conflicted cannot vanish: none is deleted
             raise ReservationMismatch(f"Order {data.order_id} could not be reserved; try again.")
-        if existing.status == "released":
+        if existing.status == ReservationState.RELEASED:
             raise ReservationReleased(f"The reservation for order {data.order_id} was already released.")
         if not _same_items(existing, data):
             raise ReservationMismatch(f"Order {data.order_id} already holds a reservation for other items.")
@@ -238,9 +245,6 @@ async def get_reservation(repo: InventoryRepository, tenant_id: str, reservation
     return await repo.one(Reservation, tenant_id, reservation_id, ReservationNotFound)
 
 
-OPEN_RESERVATION = ("reserved", "confirmed")
-
-
 async def list_reservations(
     repo: InventoryRepository,
     tenant_id: str,
@@ -263,16 +267,17 @@ async def list_reservations(
 async def confirm(repo: InventoryRepository, tenant_id: str, reservation_id: str) -> Reservation:
     """Marks the reservation as belonging to a stored order. Confirming twice is harmless."""
     reservation = await get_reservation(repo, tenant_id, reservation_id)
-    if await repo.move_reservation(tenant_id, reservation.id, ("reserved",), "confirmed", utcnow()):
+    reserved = (ReservationState.RESERVED,)
+    if await repo.move_reservation(tenant_id, reservation.id, reserved, ReservationState.CONFIRMED, utcnow()):
         return await get_reservation(repo, tenant_id, reservation_id)
     reservation = await get_reservation(repo, tenant_id, reservation_id)
-    if reservation.status == "released":
+    if reservation.status == ReservationState.RELEASED:
         raise ReservationReleased(f"Reservation {reservation_id} was released and cannot be confirmed.")
     return reservation
 
 
 async def _release(repo: InventoryRepository, tenant_id: str, reservation: Reservation) -> Reservation:
-    if await repo.move_reservation(tenant_id, reservation.id, ("reserved", "confirmed"), "released", utcnow()):
+    if await repo.move_reservation(tenant_id, reservation.id, OPEN_RESERVATION, ReservationState.RELEASED, utcnow()):
         # Only the caller that moved the status returns the stock: a second release finds it released.
         for item in sorted(reservation.items, key=lambda i: i.product_id):
             left_over = await repo.return_stock(tenant_id, item.product_id, item.quantity, MAX_STOCK)
@@ -316,7 +321,7 @@ async def release_order(repo: InventoryRepository, tenant_id: str, order_id: str
             id=new_id(),
             tenant_id=tenant_id,
             order_id=order_id,
-            status="released",
+            status=ReservationState.RELEASED,
             created_at=now,
             updated_at=now,
             items=[],

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -13,6 +14,35 @@ from shared.telemetry import TRACEPARENT_LENGTH
 
 class Base(DeclarativeBase):
     pass
+
+
+class OrderState(StrEnum):
+    """`Order.status` and `OrderStatusChange.status`: what clients see (`schemas.OrderStatus`)."""
+
+    CONFIRMED = "confirmed"
+    CANCELLED = "cancelled"
+
+
+class ReservationState(StrEnum):
+    """`Order.reservation_status`: what this service last knew of the order's stock at the
+    inventory service (its reservation's own status there)."""
+
+    RESERVED = "reserved"
+    CONFIRMED = "confirmed"
+    RELEASED = "released"
+
+
+# A reservation whose stock is still held: reserved, or confirmed with the order.
+OPEN_RESERVATION = (ReservationState.RESERVED, ReservationState.CONFIRMED)
+
+
+class AttemptState(StrEnum):
+    """`OrderAttempt.state`: pending -> done (order stored) | abandoned (its stock is being
+    released, then the row goes)."""
+
+    PENDING = "pending"
+    DONE = "done"
+    ABANDONED = "abandoned"
 
 
 class Order(Base, TenantRow):

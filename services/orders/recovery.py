@@ -22,6 +22,7 @@ from datetime import timedelta
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from services.orders import upstream
+from services.orders.models import OPEN_RESERVATION, OrderState, ReservationState
 from services.orders.service import OrdersContext, release_cancelled, service_identity
 from shared.db import utcnow
 from shared.errors import PorticoError
@@ -41,9 +42,12 @@ async def recover_once(ctx: OrdersContext) -> None:
         await repo.abandon_stale_attempts(now - timedelta(seconds=settings.attempt_timeout_seconds))
     async with ctx.transaction() as repo:
         abandoned = await repo.abandoned_attempts(settled, BATCH)
-        to_release = await repo.orders_to_reconcile("cancelled", "reserved", settled, BATCH)
-        to_release = [*to_release, *await repo.orders_to_reconcile("cancelled", "confirmed", settled, BATCH)]
-        to_confirm = await repo.orders_to_reconcile("confirmed", "reserved", settled, BATCH)
+        to_release = [
+            order
+            for held in OPEN_RESERVATION
+            for order in await repo.orders_to_reconcile(OrderState.CANCELLED, held, settled, BATCH)
+        ]
+        to_confirm = await repo.orders_to_reconcile(OrderState.CONFIRMED, ReservationState.RESERVED, settled, BATCH)
 
     for attempt in abandoned:
         try:
@@ -68,7 +72,7 @@ async def recover_once(ctx: OrdersContext) -> None:
             logger.error("reservation %s of stored order %s was released", order.reservation_id, order.id)
             continue
         async with ctx.transaction() as repo:
-            await repo.set_reservation_status(order.id, ("reserved",), "confirmed")
+            await repo.set_reservation_status(order.id, (ReservationState.RESERVED,), ReservationState.CONFIRMED)
 
     async with ctx.transaction() as repo:
         await repo.purge_done_attempts(now - timedelta(seconds=settings.idempotency_ttl_seconds))

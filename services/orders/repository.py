@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, select, text, update
 
-from services.orders.models import Order, OrderAttempt, OutboxEvent, OutboxRetention
+from services.orders.models import AttemptState, Order, OrderAttempt, OrderState, OutboxEvent, OutboxRetention
 from shared.db import raising_lock_not_available, rows_changed
 from shared.repository import Repository
 
@@ -35,7 +35,7 @@ class OrderRepository(Repository):
         """
         orders = (
             select(func.coalesce(func.sum(Order.total_cents), 0))
-            .where(Order.tenant_id == tenant_id, Order.user_id == user_id, Order.status != "cancelled")
+            .where(Order.tenant_id == tenant_id, Order.user_id == user_id, Order.status != OrderState.CANCELLED)
             .scalar_subquery()
         )
         claims = (
@@ -43,7 +43,7 @@ class OrderRepository(Repository):
             .where(
                 OrderAttempt.tenant_id == tenant_id,
                 OrderAttempt.user_id == user_id,
-                OrderAttempt.state == "pending",
+                OrderAttempt.state == AttemptState.PENDING,
             )
             .scalar_subquery()
         )
@@ -54,7 +54,7 @@ class OrderRepository(Repository):
         """Records the credit a pending attempt holds; False when it is no longer pending."""
         claimed = await self.session.scalar(
             update(OrderAttempt)
-            .where(OrderAttempt.id == attempt_id, OrderAttempt.state == "pending")
+            .where(OrderAttempt.id == attempt_id, OrderAttempt.state == AttemptState.PENDING)
             .values(user_id=user_id, credit_cents=cents)
             .returning(OrderAttempt.id)
         )
@@ -79,14 +79,14 @@ class OrderRepository(Repository):
         False when the attempt is no longer pending (the recovery task gave up on it), in which case
         the order must not be stored.
         """
-        pending = (OrderAttempt.id == attempt_id, OrderAttempt.state == "pending")
+        pending = (OrderAttempt.id == attempt_id, OrderAttempt.state == AttemptState.PENDING)
         if response_body is None:
             gone = await self.session.scalar(delete(OrderAttempt).where(*pending).returning(OrderAttempt.id))
             return gone is not None
         done = await self.session.scalar(
             update(OrderAttempt)
             .where(*pending)
-            .values(state="done", response_body=response_body, updated_at=now)
+            .values(state=AttemptState.DONE, response_body=response_body, updated_at=now)
             .returning(OrderAttempt.id)
         )
         return done is not None
@@ -94,8 +94,8 @@ class OrderRepository(Repository):
     async def abandon_attempt(self, attempt_id: str, now: datetime) -> None:
         await self.session.execute(
             update(OrderAttempt)
-            .where(OrderAttempt.id == attempt_id, OrderAttempt.state == "pending")
-            .values(state="abandoned", updated_at=now)
+            .where(OrderAttempt.id == attempt_id, OrderAttempt.state == AttemptState.PENDING)
+            .values(state=AttemptState.ABANDONED, updated_at=now)
         )
 
     async def delete_attempt(self, attempt_id: str) -> None:
@@ -105,14 +105,14 @@ class OrderRepository(Repository):
         # updated_at is left as it was, so the recovery task releases these at once.
         await self.session.execute(
             update(OrderAttempt)
-            .where(OrderAttempt.state == "pending", OrderAttempt.updated_at < started_before)
-            .values(state="abandoned")
+            .where(OrderAttempt.state == AttemptState.PENDING, OrderAttempt.updated_at < started_before)
+            .values(state=AttemptState.ABANDONED)
         )
 
     async def abandoned_attempts(self, changed_before: datetime, limit: int) -> Sequence[OrderAttempt]:
         query = (
             select(OrderAttempt)
-            .where(OrderAttempt.state == "abandoned", OrderAttempt.updated_at < changed_before)
+            .where(OrderAttempt.state == AttemptState.ABANDONED, OrderAttempt.updated_at < changed_before)
             .order_by(OrderAttempt.updated_at)
             .limit(limit)
         )
@@ -120,7 +120,9 @@ class OrderRepository(Repository):
 
     async def purge_done_attempts(self, finished_before: datetime) -> None:
         await self.session.execute(
-            delete(OrderAttempt).where(OrderAttempt.state == "done", OrderAttempt.updated_at < finished_before)
+            delete(OrderAttempt).where(
+                OrderAttempt.state == AttemptState.DONE, OrderAttempt.updated_at < finished_before
+            )
         )
 
     # Orders
@@ -130,8 +132,8 @@ class OrderRepository(Repository):
         concurrent cancels, and the later ones no longer find it confirmed)."""
         cancelled = await self.session.scalar(
             update(Order)
-            .where(Order.id == order_id, Order.tenant_id == tenant_id, Order.status == "confirmed")
-            .values(status="cancelled", updated_at=now)
+            .where(Order.id == order_id, Order.tenant_id == tenant_id, Order.status == OrderState.CONFIRMED)
+            .values(status=OrderState.CANCELLED, updated_at=now)
             .returning(Order.id)
         )
         return cancelled is not None

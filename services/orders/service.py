@@ -28,7 +28,17 @@ from services.orders.errors import (
     OrdersBusy,
     ReservationRefused,
 )
-from services.orders.models import Order, OrderAttempt, OrderItem, OrderStatusChange, OutboxEvent
+from services.orders.models import (
+    OPEN_RESERVATION,
+    AttemptState,
+    Order,
+    OrderAttempt,
+    OrderItem,
+    OrderState,
+    OrderStatusChange,
+    OutboxEvent,
+    ReservationState,
+)
 from services.orders.repository import OrderRepository
 from services.orders.schemas import CreditOut, EventFeed, EventOut, OrderCreate, OrderOut, ReservationIn
 from services.orders.settings import OrdersSettings
@@ -38,6 +48,7 @@ from shared.db import LockNotAvailable, new_id, utcnow
 from shared.errors import (
     PorticoError,
     ValidationFailed,
+    retry_in,
 )
 from shared.events import PublishedEvent
 from shared.http import ServiceClient
@@ -177,9 +188,7 @@ async def create_order(
         async with asyncio.timeout(ctx.settings.placement_queue_seconds):
             await ctx.placements.acquire()
     except TimeoutError:
-        raise OrdersBusy(
-            "Too many orders are being placed right now; retry shortly.", headers={"Retry-After": "1"}
-        ) from None
+        raise OrdersBusy("Too many orders are being placed right now; retry shortly.", headers=retry_in(1)) from None
     try:
         return await _create_order(ctx, identity, data, idempotency_key)
     finally:
@@ -204,7 +213,7 @@ async def _create_order(
         caller=identity.subject,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
-        state="pending",
+        state=AttemptState.PENDING,
         created_at=now,
         updated_at=now,
     )
@@ -258,7 +267,7 @@ async def _repeat(repo: OrderRepository, caller: TenantIdentity, key: str, reque
         return None
     if existing.request_hash != request_hash:
         raise IdempotencyKeyReused()
-    if existing.state != "done" or existing.response_body is None:
+    if existing.state != AttemptState.DONE or existing.response_body is None:
         # Still running, or failed and being cleaned up (the key is then free again shortly).
         raise IdempotencyKeyInUse()
     return Placed(existing.response_body, replayed=True)
@@ -289,7 +298,7 @@ async def _claim_credit(ctx: OrdersContext, attempt: OrderAttempt, user: upstrea
         if not await repo.claim_credit(attempt.id, user.id, cents):
             raise OrderAttemptExpired(
                 "The order took too long to place and was given up; its stock was released. Try again.",
-                headers={"Retry-After": "1"},
+                headers=retry_in(1),
             )
 
 
@@ -306,14 +315,14 @@ async def _store(
         id=attempt.id,
         tenant_id=attempt.tenant_id,
         user_id=user.id,
-        status="confirmed",
+        status=OrderState.CONFIRMED,
         total_cents=total_cents,
         reservation_id=reservation.id,
-        reservation_status="reserved",
+        reservation_status=ReservationState.RESERVED,
         created_at=now,
         updated_at=now,
         items=items,
-        history=[OrderStatusChange(status="confirmed", created_at=now)],
+        history=[OrderStatusChange(status=OrderState.CONFIRMED, created_at=now)],
     )
     out = order_out(order)
     body = out.model_dump_json()
@@ -322,7 +331,7 @@ async def _store(
         if not await repo.finish_attempt(attempt.id, stored_body, now):
             raise OrderAttemptExpired(
                 "The order took too long to place and was given up; its stock was released. Try again.",
-                headers={"Retry-After": "1"},
+                headers=retry_in(1),
             )
         await repo.add(order)
         # Last, so the outbox rows of this transaction are held for the shortest time before commit.
@@ -348,7 +357,7 @@ async def _confirm(ctx: OrdersContext, identity: Identity, order: Order) -> None
             logger.error("reservation %s of stored order %s was released", order.reservation_id, order.id)
             return
         async with ctx.transaction() as repo:
-            await repo.set_reservation_status(order.id, ("reserved",), "confirmed")
+            await repo.set_reservation_status(order.id, (ReservationState.RESERVED,), ReservationState.CONFIRMED)
     except PorticoError as exc:
         logger.warning("confirming reservation %s failed (%s); the recovery task retries", order.reservation_id, exc)
 
@@ -401,7 +410,7 @@ async def cancel_order(ctx: OrdersContext, identity: TenantIdentity, order_id: s
                 errors=[{"loc": ["status"], "field": "status", "msg": f"is {order.status}"}],
             )
         order = await _order(repo, tenant_id, order_id)
-        order.history.append(OrderStatusChange(status="cancelled", created_at=now))
+        order.history.append(OrderStatusChange(status=OrderState.CANCELLED, created_at=now))
         await repo.save()
         out = order_out(order)
         await repo.add(outbox_event("order.cancelled", out))
@@ -413,7 +422,7 @@ async def release_cancelled(ctx: OrdersContext, identity: Identity, order: Order
     try:
         await upstream.release_order(ctx.inventory, identity, order.id)
         async with ctx.transaction() as repo:
-            await repo.set_reservation_status(order.id, ("reserved", "confirmed"), "released")
+            await repo.set_reservation_status(order.id, OPEN_RESERVATION, ReservationState.RELEASED)
     except PorticoError as exc:
         logger.warning(
             "releasing the stock of cancelled order %s failed (%s); the recovery task retries", order.id, exc
@@ -441,7 +450,7 @@ async def event_feed(ctx: OrdersContext, after: int, limit: int, tenant_id: str 
             pruned_through = await repo.pruned_through()
     except LockNotAvailable as exc:
         raise EventsBusy(
-            "Order transactions in flight held the feed longer than allowed; retry.", headers={"Retry-After": "1"}
+            "Order transactions in flight held the feed longer than allowed; retry.", headers=retry_in(1)
         ) from exc
     items = [
         EventOut.model_validate(

@@ -52,7 +52,7 @@ from services.users.schemas import (
     UserUpdate,
 )
 from shared.caller import IdentityDep
-from shared.contract import NO_STORE
+from shared.contract import CACHE_CONTROL, NO_STORE
 from shared.errors import (
     NotFound,
     ServiceUnavailable,
@@ -70,7 +70,7 @@ JWKS_CACHE_CONTROL = "public, max-age=60"
 async def jwks(issuer: IssuerDep, response: Response, _: IdentityDep) -> dict[str, Any]:
     """The public keys access tokens are signed with (RFC 7517): the current one, the next one and
     those whose tokens may still be alive. Empty with HS256."""
-    response.headers["Cache-Control"] = JWKS_CACHE_CONTROL
+    response.headers[CACHE_CONTROL] = JWKS_CACHE_CONTROL
     return issuer.jwks()
 
 
@@ -123,7 +123,7 @@ async def token(
     response: Response,
     _: IdentityDep,
 ) -> TokenOut:
-    response.headers["Cache-Control"] = NO_STORE
+    response.headers[CACHE_CONTROL] = NO_STORE
     return await service.issue_token(repo, hasher, throttle, issuer, form.username, form.password)
 
 
@@ -163,7 +163,7 @@ async def update_user(
 async def create_api_key(
     data: ApiKeyCreate, repo: UsersDep, keys: KeysDep, caller: KeyManager, response: Response
 ) -> ApiKeyCreated:
-    response.headers["Cache-Control"] = NO_STORE
+    response.headers[CACHE_CONTROL] = NO_STORE
     key, raw = await service.create_api_key(repo, keys, caller, data)
     return service.api_key_created(key, raw)
 
@@ -194,7 +194,7 @@ async def rotate_api_key(
     response: Response,
     data: Annotated[ApiKeyRotate | None, Body()] = None,
 ) -> ApiKeyRotated:
-    response.headers["Cache-Control"] = NO_STORE
+    response.headers[CACHE_CONTROL] = NO_STORE
     grace = data.grace_seconds if data is not None else None
     new, raw, old = await service.rotate_api_key(
         repo, keys, caller, key_id, settings.api_key_rotation_grace_seconds if grace is None else grace

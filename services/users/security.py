@@ -21,7 +21,7 @@ from services.users.settings import UsersSettings
 from services.users.signing import KeyRing
 from shared.contract import Identity, identity_claims
 from shared.db import utcnow
-from shared.errors import ServiceUnavailable
+from shared.errors import ServiceUnavailable, retry_in
 
 T = TypeVar("T")
 
@@ -95,7 +95,7 @@ class PasswordHasher:
     def _busy(self) -> HashingBusy:
         return HashingBusy(
             "Too many password checks are under way; try again shortly.",
-            headers={"Retry-After": "1"},
+            headers=retry_in(1),
             extra={"concurrency": self.concurrency, "queue": self.queue},
         )
 

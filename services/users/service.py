@@ -43,6 +43,7 @@ from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer
 from services.users.settings import UsersSettings
 from shared.contract import ROLE_SCOPES, Plan, TenantIdentity, hash_api_key, key_id_of, new_api_key
 from shared.db import new_id, utcnow
+from shared.errors import retry_in
 from shared.pagination import Page, PageQuery
 from shared.repository import matching
 
@@ -200,7 +201,7 @@ async def issue_token(
         hasher.metrics.logins.labels("throttled").inc()
         raise LoginThrottled(
             f"Too many wrong passwords for this account; try again in {wait} s.",
-            headers={"Retry-After": str(wait)},
+            headers=retry_in(wait),
             extra={"retry_after": wait},
         )
     await repo.release()

@@ -35,7 +35,7 @@ from services.users.models import SigningKey
 from services.users.repository import SigningKeyRepository
 from services.users.settings import UsersSettings
 from shared.db import utcnow
-from shared.errors import ServiceUnavailable
+from shared.errors import ServiceUnavailable, retry_in
 
 logger = logging.getLogger("portico.users.signing")
 
@@ -113,7 +113,7 @@ class KeyRing:
             if key.created_at <= now - self.activation:
                 return key
         if not self.keys:
-            raise NoSigningKey("No signing key is loaded yet; try again shortly.", headers={"Retry-After": "1"})
+            raise NoSigningKey("No signing key is loaded yet; try again shortly.", headers=retry_in(1))
         return self.keys[-1]
 
     def published(self, now: datetime) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from services.webhooks.schemas import (
     Recovered,
     RecoverRequest,
 )
-from shared.contract import NO_STORE
+from shared.contract import CACHE_CONTROL, NO_STORE
 from shared.deprecation import WEBHOOK_ENDPOINT_ENABLED
 from shared.pagination import Page, PageDep
 from shared.problem_docs import route_responses
@@ -40,7 +40,7 @@ RowId = Annotated[str, Path(min_length=1, max_length=64)]
 
 def with_secret(endpoint: Endpoint, response: Response) -> EndpointWithSecret:
     """The endpoint with its secret; the secret must not linger in any cache on its way."""
-    response.headers["Cache-Control"] = NO_STORE
+    response.headers[CACHE_CONTROL] = NO_STORE
     return EndpointWithSecret.model_validate(endpoint)
 
 

@@ -25,6 +25,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from services.webhooks.url_safety import CheckedUrl, DnsUnavailable, Resolver, UnsafeUrl, check_url, system_resolver
 from shared.db import utcnow
+from shared.errors import RETRY_AFTER
 
 # Bytes of a receiver's answer kept in the attempt log; the rest is never read.
 BODY_EXCERPT_BYTES = 200
@@ -193,7 +194,7 @@ class Sender:
                     async with self.session.post(url, data=body, headers=headers, allow_redirects=False) as response:
                         status = response.status
                         location = response.headers.get("location")
-                        retry_after = response.headers.get("retry-after")
+                        retry_after = response.headers.get(RETRY_AFTER)
                         excerpt = await _read_excerpt(response)
                 finally:
                     _checked.reset(token)

@@ -42,6 +42,9 @@ from shared.contract.access import (
     Role as Role,
 )
 from shared.contract.answers import (
+    CACHE_CONTROL as CACHE_CONTROL,
+)
+from shared.contract.answers import (
     NO_STORE as NO_STORE,
 )
 from shared.contract.apikeys import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from shared.errors import BadRequest, Conflict, ValidationFailed
+from shared.errors import BadRequest, Conflict, ValidationFailed, retry_in
 
 # A key is its caller's own: the gateway and any service that deduplicates on it scope it to the tenant
 # and the caller (the identity's subject: a user, an API key), so no other caller of the tenant is
@@ -41,7 +41,7 @@ class IdempotencyKeyInUse(Conflict, code="IDEMPOTENCY_KEY_IN_USE", title="Idempo
     def __init__(self) -> None:
         super().__init__(
             "A request with this Idempotency-Key is still being processed; retry shortly.",
-            headers={"Retry-After": "1"},
+            headers=retry_in(1),
         )
 
 
