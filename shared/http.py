@@ -34,7 +34,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, StatusCode
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from yarl import URL
 
 from shared.admission import DEADLINE_HEADER_NAME, deadline_var, format_deadline
@@ -49,7 +49,7 @@ from shared.errors import (
     UpstreamUnavailable,
 )
 from shared.fleet import Fleet, FleetMetrics, Instance
-from shared.metrics import LATENCY_BUCKETS, LabelCache
+from shared.metrics import LabelCache, latency_histogram
 from shared.settings import ProcessSettings, ServiceAddress, service_address
 from shared.telemetry import (
     ERROR_TYPE,
@@ -186,12 +186,11 @@ class UpstreamMetrics:
             ("service", "method", "status", "instance"),
             registry=registry,
         )
-        self.duration = Histogram(
+        self.duration = latency_histogram(
             "portico_upstream_request_duration_seconds",
             "Time a call to another service took, retries included.",
             ("service", "method"),
-            registry=registry,
-            buckets=LATENCY_BUCKETS,
+            registry,
         )
         self.circuit = Gauge(
             "portico_circuit_state",
