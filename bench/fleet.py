@@ -99,9 +99,14 @@ def client(urls: str, **settings: Any) -> Any:
     """A ServiceClient of `urls` on its own pool (imported late: `cost --source` swaps the code)."""
     from opentelemetry.sdk.trace import TracerProvider
 
-    from shared.http import CallPolicy, ServiceClient, create_http_pool
+    from shared.http import CallPolicy, ServiceClient
     from shared.identity import IdentitySigner
     from shared.settings import ProcessSettings
+
+    try:
+        from shared.pool import create_http_pool
+    except ImportError:  # code from before the pool had a module of its own
+        from shared.http import create_http_pool
 
     config = ProcessSettings(**settings)
     provider = TracerProvider()
