@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
-import logging
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from yarl import URL
 
 from shared.admission import DEADLINE_HEADER_NAME, deadline_var, format_deadline
+from shared.circuit import CircuitBreaker
 from shared.contract import IDEMPOTENCY_HEADER, IDENTITY_HEADER, Identity
 from shared.errors import (
     CircuitOpen,
@@ -59,8 +57,6 @@ from shared.telemetry import (
 
 if TYPE_CHECKING:
     from shared.identity import IdentitySigner
-
-logger = logging.getLogger("portico.http")
 
 R = TypeVar("R")
 
@@ -138,83 +134,6 @@ class UpstreamMetrics:
                 self.requests.remove(*key)
 
 
-class CircuitState(enum.IntEnum):
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
-
-
-class CircuitBreaker:
-    """closed -> open after `failure_threshold` failures within `window_seconds` -> half-open after
-    `open_seconds`, letting `half_open_calls` trial calls through -> closed when a trial succeeds, open
-    again when one fails. Single-threaded (one event loop), so no lock."""
-
-    def __init__(self, service: str, settings: ProcessSettings, metrics: UpstreamMetrics) -> None:
-        self.service = service
-        self.enabled = settings.circuit_enabled
-        self.threshold = settings.circuit_failure_threshold
-        self.window = settings.circuit_window_seconds
-        self.open_seconds = settings.circuit_open_seconds
-        self.half_open_calls = settings.circuit_half_open_calls
-        self.gauge = metrics.circuit.labels(service)
-        self.state = CircuitState.CLOSED
-        self.failures: deque[float] = deque()
-        self.opened_at = 0.0
-        self.trials = 0
-        self.gauge.set(self.state)
-
-    def _move(self, state: CircuitState, why: str) -> None:
-        if state is self.state:
-            return
-        log = logger.warning if state is CircuitState.OPEN else logger.info
-        log("circuit of %s: %s -> %s (%s)", self.service, self.state.name.lower(), state.name.lower(), why)
-        self.state = state
-        self.gauge.set(state)
-
-    def retry_after(self) -> int:
-        """Whole seconds until a trial call may go through (at least 1)."""
-        left = self.open_seconds - (time.monotonic() - self.opened_at)
-        return max(1, int(left + 0.999))
-
-    def before_call(self) -> bool:
-        """Raises CircuitOpen when the call may not go out; True when it is a half-open trial."""
-        if not self.enabled or self.state is CircuitState.CLOSED:
-            return False
-        if self.state is CircuitState.OPEN:
-            if time.monotonic() - self.opened_at < self.open_seconds:
-                raise CircuitOpen(self.service, self.retry_after())
-            self._move(CircuitState.HALF_OPEN, f"{self.open_seconds:g} s open, trying again")
-            self.trials = 0
-        if self.trials >= self.half_open_calls:
-            raise CircuitOpen(self.service, 1)
-        self.trials += 1
-        return True
-
-    def after_call(self, trial: bool, *, failed: bool | None) -> None:
-        """Records a call's end: `failed` None when it ended without a verdict (cancelled)."""
-        if trial:
-            self.trials = max(0, self.trials - 1)
-        if not self.enabled or failed is None:
-            return
-        now = time.monotonic()
-        if not failed:
-            if self.state is CircuitState.HALF_OPEN:
-                self.failures.clear()
-                self._move(CircuitState.CLOSED, "a trial call succeeded")
-            return
-        if self.state is CircuitState.HALF_OPEN:
-            self.opened_at = now
-            self._move(CircuitState.OPEN, "a trial call failed")
-            return
-        self.failures.append(now)
-        while self.failures and self.failures[0] <= now - self.window:
-            self.failures.popleft()
-        if self.state is CircuitState.CLOSED and len(self.failures) >= self.threshold:
-            self.opened_at = now
-            self.failures.clear()
-            self._move(CircuitState.OPEN, f"{self.threshold} failures within {self.window:g} s")
-
-
 class CallPolicy:
     """What every service client of one process shares: its settings, metrics, and one circuit
     breaker per called service."""
@@ -235,7 +154,9 @@ class CallPolicy:
     def breaker(self, service: str) -> CircuitBreaker:
         breaker = self.breakers.get(service)
         if breaker is None:
-            breaker = self.breakers[service] = CircuitBreaker(service, self.settings, self.metrics)
+            breaker = self.breakers[service] = CircuitBreaker(
+                service, self.settings, self.metrics.circuit.labels(service)
+            )
         return breaker
 
     def fleet(self, service: str, address: ServiceAddress, probe: Callable[[Instance], Awaitable[bool]]) -> Fleet:
