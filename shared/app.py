@@ -24,10 +24,10 @@ from starlette.types import ASGIApp
 
 from shared.admission import AdaptiveLimit, AdmissionMetrics, AdmissionMiddleware, LimitSettings
 from shared.caller import require_identity
+from shared.calls import CallPolicy, UpstreamMetrics
 from shared.db import PoolMetrics, create_engine, create_sessionmaker
 from shared.docs import add_offline_docs
 from shared.errors import PROBLEM_BASE, PROBLEM_JSON, PROBLEM_SCHEMA, ServiceUnavailable, install_error_handlers
-from shared.http import CallPolicy, UpstreamMetrics
 from shared.identity import IdentitySigner, IdentityVerifier
 from shared.metrics import HttpMetrics, metrics_endpoint
 from shared.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
