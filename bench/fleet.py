@@ -99,9 +99,15 @@ def client(urls: str, **settings: Any) -> Any:
     """A ServiceClient of `urls` on its own pool (imported late: `cost --source` swaps the code)."""
     from opentelemetry.sdk.trace import TracerProvider
 
-    from shared.http import CallPolicy, ServiceClient, create_http_pool
+    from shared.http import ServiceClient
     from shared.identity import IdentitySigner
     from shared.settings import ProcessSettings
+
+    try:
+        from shared.calls import CallPolicy
+        from shared.pool import create_http_pool
+    except ImportError:  # code from before these had modules of their own
+        from shared.http import CallPolicy, create_http_pool
 
     config = ProcessSettings(**settings)
     provider = TracerProvider()

@@ -82,10 +82,12 @@ from gateway.state import GatewayState
 from gateway.upstreams import Upstreams
 from shared.admission import AdmissionMetrics
 from shared.app import ReadinessCheck, add_health_routes, create_fastapi, install_common
+from shared.calls import CallPolicy, UpstreamMetrics
 from shared.contract import ANONYMOUS
-from shared.http import CallPolicy, ServiceClient, UpstreamMetrics, create_http_pool
+from shared.http import ServiceClient
 from shared.identity import IdentitySigner
 from shared.loops import running_loop
+from shared.pool import create_http_pool
 from shared.state import LifespanState, lifespan_state_of
 from shared.telemetry import create_tracer_provider, set_global_provider_once, start_export
 

@@ -19,7 +19,7 @@ from gateway.edge.usage import UsageReader
 from gateway.realtime.hub import Hub
 from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstreams
-from shared.http import HttpPool
+from shared.pool import HttpPool
 
 
 @dataclass(frozen=True, slots=True)

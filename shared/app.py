@@ -24,14 +24,15 @@ from starlette.types import ASGIApp
 
 from shared.admission import AdaptiveLimit, AdmissionMetrics, AdmissionMiddleware, LimitSettings, Shedder
 from shared.caller import require_identity
+from shared.calls import CallPolicy, UpstreamMetrics
 from shared.db import PoolMetrics, create_engine, create_sessionmaker
 from shared.docs import add_offline_docs
 from shared.errors import PROBLEM_BASE, PROBLEM_JSON, PROBLEM_SCHEMA, ServiceUnavailable, install_error_handlers
-from shared.http import CallPolicy, UpstreamMetrics, create_http_client
 from shared.identity import IdentitySigner, IdentityVerifier
 from shared.metrics import HttpMetrics, metrics_endpoint
 from shared.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
 from shared.networks import Networks
+from shared.pool import create_http_client
 from shared.problem_docs import live_docs, ready_docs
 from shared.request_id import request_id_of
 from shared.settings import BaseServiceSettings, ProcessSettings

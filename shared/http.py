@@ -1,55 +1,32 @@
-"""The one pooled upstream HTTP client per process, and calls to other services through it.
+"""Calls to other services: `ServiceClient` calls one named service through the process's pool
+(`shared/pool.py`), with an internal identity.
 
-Every call goes through the called service's circuit breaker, is counted and timed
-(`portico_upstream_requests_total`, `portico_upstream_request_duration_seconds`), and a safe call is
-retried once when its connection could not be made. A 502/503/504 problem that a service relays from
-its own upstream keeps naming the service that failed, and a 503's `Retry-After` is passed on.
-
-The transport is a setting. `aiohttp` (httpx-aiohttp) is the default because httpx's own pool
-serialises connection checkout under concurrency (encode/httpx#3215); `httpx` keeps the pure httpx
-transport. Either is wrapped in `TracingTransport` (`shared/telemetry.py`), so every call is a client
-span named after the service and route it calls and carries `traceparent`.
+Every call goes through the called service's circuit breaker, is counted and timed, and a safe call is
+retried when its connection could not be made (`shared/calls.py`). A 502/503/504 problem that a
+service relays from its own upstream keeps naming the service that failed, and a 503's `Retry-After`
+is passed on (`shared/failures.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
-import functools
-import logging
-import math
-import random
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
-import orjson
-from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, StatusCode
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from yarl import URL
 
 from shared.admission import DEADLINE_HEADER_NAME, deadline_var, format_deadline
-from shared.contract import IDEMPOTENCY_HEADER, IDENTITY_HEADER, PROCESSES, Identity
-from shared.errors import (
-    CircuitOpen,
-    DeadlineExceeded,
-    NoInstance,
-    UpstreamBadResponse,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
-from shared.fleet import Fleet, FleetMetrics, Instance
-from shared.metrics import LATENCY_BUCKETS, LabelCache
+from shared.calls import CallPolicy, ServiceCalls
+from shared.contract import IDEMPOTENCY_HEADER, IDENTITY_HEADER, Identity
+from shared.errors import DeadlineExceeded, UpstreamError
+from shared.failures import failure_of
+from shared.fleet import Instance
 from shared.settings import ProcessSettings, ServiceAddress, service_address
 from shared.telemetry import (
     ERROR_TYPE,
@@ -60,329 +37,14 @@ from shared.telemetry import (
     SERVER_PORT,
     URL_FULL,
     URL_TEMPLATE,
-    TracingTransport,
     finish_client_span,
     traceparent_of,
 )
 
 if TYPE_CHECKING:
-    from urllib.request import Request
-
     from shared.identity import IdentitySigner
 
-logger = logging.getLogger("portico.http")
-
-R = TypeVar("R")
-
-# Methods that are safe to send twice; a write is, when it carries an Idempotency-Key.
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 IDEMPOTENCY_KEY = IDEMPOTENCY_HEADER.lower()
-# aiohttp's failures that mean the service never got (or never began to answer) the request: a
-# refused or timed-out connect, a connection reset or closed before any answer. Safe to try again.
-_NOT_ANSWERED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError)
-# Without an answer, the status label of a call says why.
-NO_ANSWER_TIMEOUT = "timeout"
-NO_ANSWER_UNREACHABLE = "unreachable"
-NO_ANSWER_CIRCUIT_OPEN = "circuit_open"
-NO_ANSWER_CANCELLED = "cancelled"
-NO_ANSWER_NO_INSTANCE = "no_instance"
-
-
-@dataclass(frozen=True, slots=True)
-class HttpPool:
-    """The process's one pool of connections to other services. `client` is for calls written against
-    httpx; on the aiohttp transport, `session` is the same pool without httpx's layers around it, for
-    the calls that must cost least (the gateway's forwarded requests, `ServiceClient.forward`)."""
-
-    client: httpx.AsyncClient
-    session: aiohttp.ClientSession | None
-
-    async def aclose(self) -> None:
-        # The client's transport closes the session.
-        await self.client.aclose()
-
-
-def create_http_pool(settings: ProcessSettings, tracer_provider: TracerProvider) -> HttpPool:
-    """Built in a lifespan (aiohttp's session belongs to the running event loop)."""
-    limits = httpx.Limits(
-        max_connections=settings.http_max_connections,
-        max_keepalive_connections=settings.http_max_keepalive,
-        keepalive_expiry=settings.http_keepalive_expiry_seconds,
-    )
-    inner: httpx.AsyncBaseTransport
-    session: aiohttp.ClientSession | None = None
-    if settings.http_transport == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
-
-        aiohttp_transport = AiohttpTransport(limits=limits, trust_env=False)
-        # What httpx-aiohttp builds by default, without aiohttp's cookie jar (see _NoCookies).
-        connector = aiohttp.TCPConnector(
-            limit=settings.http_max_connections,
-            keepalive_timeout=settings.http_keepalive_expiry_seconds,
-            ssl=aiohttp_transport.ssl_context,
-        )
-        session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-        aiohttp_transport.client = session
-        inner = aiohttp_transport
-    else:
-        inner = httpx.AsyncHTTPTransport(limits=limits)
-    transport = TracingTransport(inner, tracer_provider, peers=_peers(settings))
-    timeout = httpx.Timeout(settings.http_timeout_seconds, connect=settings.http_connect_timeout_seconds)
-    client = httpx.AsyncClient(
-        transport=transport, timeout=timeout, trust_env=False, cookies=CookieJar(policy=_NoCookies())
-    )
-    return HttpPool(client, session)
-
-
-def create_http_client(settings: ProcessSettings, tracer_provider: TracerProvider) -> httpx.AsyncClient:
-    """The pool's httpx client, for a process that needs nothing else of it."""
-    return create_http_pool(settings, tracer_provider).client
-
-
-class _NoCookies(DefaultCookiePolicy):
-    """The process's one client calls services for every caller: a cookie one answer sets must never
-    ride along on another caller's request, so none is kept."""
-
-    def set_ok(self, cookie: Cookie, request: Request) -> bool:
-        return False
-
-    def return_ok(self, cookie: Cookie, request: Request) -> bool:
-        return False
-
-
-def _peers(settings: ProcessSettings) -> dict[str, str]:
-    """The services this process calls, by the base URLs of their fixed instances (its `<process>_url`
-    settings), to name client spans. `ServiceClient` names its own calls' service (`PEER_EXTENSION`)."""
-    peers: dict[str, str] = {}
-    for name in PROCESSES:
-        address = getattr(settings, f"{name}_url", None)
-        if isinstance(address, ServiceAddress):
-            peers.update((endpoint.base_url, name) for endpoint in address.endpoints)
-        elif address is not None:
-            peers[str(address)] = name
-    return peers
-
-
-def _refused(exc: httpx.TimeoutException) -> bool:
-    """True when a "timeout" is really a refused, failed or dropped connection.
-
-    httpx-aiohttp maps every aiohttp connection error, a refused connect and a server that closed the
-    connection without answering included, to ConnectTimeout; the aiohttp cause tells them apart (a
-    connection error that is not a TimeoutError).
-    """
-    cause = exc.__cause__
-    return isinstance(cause, OSError | aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError)
-
-
-class UpstreamMetrics:
-    """The metrics of one process's calls to other services, in the process's registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "portico_upstream_requests_total",
-            "Calls to other services (each attempt: a retry counts again), by service, method, status (or "
-            "timeout, unreachable, circuit_open, no_instance, cancelled when there was no answer) and instance "
-            "(host:port; empty when no instance was called).",
-            ("service", "method", "status", "instance"),
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "portico_upstream_request_duration_seconds",
-            "Time a call to another service took, retries included.",
-            ("service", "method"),
-            registry=registry,
-            buckets=LATENCY_BUCKETS,
-        )
-        self.circuit = Gauge(
-            "portico_circuit_state",
-            "The circuit breaker of each called service: 0 closed, 1 half-open, 2 open.",
-            ("service",),
-            registry=registry,
-            # Under several workers each has its own breakers: the worst state among live workers,
-            # and an exited worker's value goes with it (its file is removed when it is folded).
-            multiprocess_mode="livemax",
-        )
-        self.fleet = FleetMetrics(registry)
-        self._requests = LabelCache(self.requests)
-        self._duration = LabelCache(self.duration)
-
-    def count(self, service: str, method: str, status: str, instance: str = "") -> None:
-        self._requests(service, method, status, instance).inc()
-
-    def observe(self, service: str, method: str, seconds: float) -> None:
-        """Times one call, its retries included."""
-        self._duration(service, method).observe(seconds)
-
-    def retry(self, service: str, outcome: str) -> None:
-        self.fleet.retries.labels(service, outcome).inc()
-
-    def forget_instance(self, service: str, instance: str) -> None:
-        """Drops the series of an instance that left its fleet, so they stay bounded by the live ones."""
-        for key in [key for key in self._requests.children if key[0] == service and key[3] == instance]:
-            del self._requests.children[key]
-            with contextlib.suppress(KeyError):
-                self.requests.remove(*key)
-
-
-class CircuitState(enum.IntEnum):
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
-
-
-class CircuitBreaker:
-    """closed -> open after `failure_threshold` failures within `window_seconds` -> half-open after
-    `open_seconds`, letting `half_open_calls` trial calls through -> closed when a trial succeeds, open
-    again when one fails. Single-threaded (one event loop), so no lock."""
-
-    def __init__(self, service: str, settings: ProcessSettings, metrics: UpstreamMetrics) -> None:
-        self.service = service
-        self.enabled = settings.circuit_enabled
-        self.threshold = settings.circuit_failure_threshold
-        self.window = settings.circuit_window_seconds
-        self.open_seconds = settings.circuit_open_seconds
-        self.half_open_calls = settings.circuit_half_open_calls
-        self.gauge = metrics.circuit.labels(service)
-        self.state = CircuitState.CLOSED
-        self.failures: deque[float] = deque()
-        self.opened_at = 0.0
-        self.trials = 0
-        self.gauge.set(self.state)
-
-    def _move(self, state: CircuitState, why: str) -> None:
-        if state is self.state:
-            return
-        log = logger.warning if state is CircuitState.OPEN else logger.info
-        log("circuit of %s: %s -> %s (%s)", self.service, self.state.name.lower(), state.name.lower(), why)
-        self.state = state
-        self.gauge.set(state)
-
-    def retry_after(self) -> int:
-        """Whole seconds until a trial call may go through (at least 1)."""
-        left = self.open_seconds - (time.monotonic() - self.opened_at)
-        return max(1, int(left + 0.999))
-
-    def before_call(self) -> bool:
-        """Raises CircuitOpen when the call may not go out; True when it is a half-open trial."""
-        if not self.enabled or self.state is CircuitState.CLOSED:
-            return False
-        if self.state is CircuitState.OPEN:
-            if time.monotonic() - self.opened_at < self.open_seconds:
-                raise CircuitOpen(self.service, self.retry_after())
-            self._move(CircuitState.HALF_OPEN, f"{self.open_seconds:g} s open, trying again")
-            self.trials = 0
-        if self.trials >= self.half_open_calls:
-            raise CircuitOpen(self.service, 1)
-        self.trials += 1
-        return True
-
-    def after_call(self, trial: bool, *, failed: bool | None) -> None:
-        """Records a call's end: `failed` None when it ended without a verdict (cancelled)."""
-        if trial:
-            self.trials = max(0, self.trials - 1)
-        if not self.enabled or failed is None:
-            return
-        now = time.monotonic()
-        if not failed:
-            if self.state is CircuitState.HALF_OPEN:
-                self.failures.clear()
-                self._move(CircuitState.CLOSED, "a trial call succeeded")
-            return
-        if self.state is CircuitState.HALF_OPEN:
-            self.opened_at = now
-            self._move(CircuitState.OPEN, "a trial call failed")
-            return
-        self.failures.append(now)
-        while self.failures and self.failures[0] <= now - self.window:
-            self.failures.popleft()
-        if self.state is CircuitState.CLOSED and len(self.failures) >= self.threshold:
-            self.opened_at = now
-            self.failures.clear()
-            self._move(CircuitState.OPEN, f"{self.threshold} failures within {self.window:g} s")
-
-
-class CallPolicy:
-    """What every service client of one process shares: its settings, metrics, and one circuit
-    breaker per called service."""
-
-    def __init__(
-        self,
-        settings: ProcessSettings,
-        metrics: UpstreamMetrics | None = None,
-        tracer_provider: trace.TracerProvider | None = None,
-    ) -> None:
-        self.settings = settings
-        self.metrics = metrics or UpstreamMetrics(CollectorRegistry())
-        self.breakers: dict[str, CircuitBreaker] = {}
-        self.fleets: dict[tuple[str, str], Fleet] = {}
-        # The client spans of `ServiceClient.forward` (other calls get theirs from `TracingTransport`).
-        self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("portico.client")
-
-    def breaker(self, service: str) -> CircuitBreaker:
-        breaker = self.breakers.get(service)
-        if breaker is None:
-            breaker = self.breakers[service] = CircuitBreaker(service, self.settings, self.metrics)
-        return breaker
-
-    def fleet(self, service: str, address: ServiceAddress, probe: Callable[[Instance], Awaitable[bool]]) -> Fleet:
-        """The instances of `service` at `address`, shared by every client of it in this process."""
-        key = (service, str(address))
-        fleet = self.fleets.get(key)
-        if fleet is None:
-            forget = functools.partial(self.metrics.forget_instance, service)
-            fleet = self.fleets[key] = Fleet(
-                service, address, self.settings, self.metrics.fleet, probe, on_forget=forget
-            )
-        return fleet
-
-    async def aclose(self) -> None:
-        """Stops the fleets' discovery and health checks (the lifespan's end)."""
-        await asyncio.gather(*(fleet.aclose() for fleet in self.fleets.values()))
-
-
-def _problem_of(content_type: str, body: bytes) -> dict[str, Any]:
-    if not content_type.startswith("application/problem+json"):
-        return {}
-    try:
-        problem = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return {}
-    return problem if isinstance(problem, dict) else {}
-
-
-_FAILURE_CLASSES: dict[int, type[UpstreamError]] = {
-    502: UpstreamBadResponse,
-    503: UpstreamUnavailable,
-    504: UpstreamTimeout,
-}
-
-
-def failure_of(
-    service: str, status: int, *, content_type: str = "", retry_after: str | None = None, body: bytes = b""
-) -> tuple[UpstreamError, bool]:
-    """The error a 5xx answer of `service` stands for, and whether it is the service's own failure
-    (False: it relays the failure of a service further down, which keeps being named)."""
-    problem = _problem_of(content_type, body)
-    named = problem.get("service")
-    cls = _FAILURE_CLASSES.get(status)
-    headers = {"Retry-After": retry_after} if retry_after is not None else None
-    if cls is not None and isinstance(named, str) and named and named != service:
-        detail = str(problem.get("detail") or f"The {named} service failed.")
-        code = problem.get("error_code")
-        return cls(named, detail, error_code=code if isinstance(code, str) else None, headers=headers), False
-    if status == 503:
-        # The service says it cannot serve now (its database, its own limits): passed on as such.
-        code = problem.get("error_code")
-        detail = f"The {service} service is unavailable."
-        if isinstance(problem.get("detail"), str):
-            detail = f"The {service} service is unavailable: {problem['detail']}"
-        return (
-            UpstreamUnavailable(service, detail, error_code=code if isinstance(code, str) else None, headers=headers),
-            True,
-        )
-    if status == 504:
-        return UpstreamTimeout(service, f"The {service} service timed out."), True
-    return UpstreamBadResponse(service, f"The {service} service answered {status}."), True
 
 
 @dataclass(slots=True)
@@ -400,7 +62,7 @@ class Answer:
         return None
 
 
-class ServiceClient:
+class ServiceClient(ServiceCalls):
     """Calls one named service with an internal identity, through its circuit breaker, mapping
     failures to 502/503/504 naming the service that failed.
 
@@ -417,21 +79,17 @@ class ServiceClient:
         *,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        self.name = name
+        address = base_url if isinstance(base_url, ServiceAddress) else service_address(base_url)
+        super().__init__(name, address, policy or CallPolicy(ProcessSettings()))
         self.client = client
         self.session = session
         self.signer = signer
-        self.policy = policy or CallPolicy(ProcessSettings())
-        self.breaker = self.policy.breaker(name)
-        self.metrics = self.policy.metrics
         settings = self.policy.settings
         # The whole call within the timeout (one timer per call, not one per read of the socket).
         self._forward_timeout = aiohttp.ClientTimeout(
             total=settings.http_timeout_seconds, sock_connect=settings.http_connect_timeout_seconds
         )
         self._tracer = self.policy.tracer
-        address = base_url if isinstance(base_url, ServiceAddress) else service_address(base_url)
-        self.fleet = self.policy.fleet(name, address, self._probe)
         # Instances found through DNS are called at their addresses; over TLS the name is what the
         # certificate and the Host header carry.
         self._sni = address.dns_name if address.dns_name is not None and address.scheme == "https" else None
@@ -439,10 +97,6 @@ class ServiceClient:
         self._extensions: dict[str, Any] = {PEER_EXTENSION: name}
         if self._sni:
             self._extensions["sni_hostname"] = self._sni
-
-    def _retries(self, method: str, idempotency_key: bool) -> int:
-        safe = method in SAFE_METHODS or idempotency_key
-        return self.policy.settings.http_connect_retries if safe else 0
 
     async def send(
         self,
@@ -468,10 +122,50 @@ class ServiceClient:
             timeout = min(timeout if timeout is not None else self.policy.settings.http_timeout_seconds, left)
 
         async def call() -> tuple[int, httpx.Response, Instance]:
-            response, instance = await self._send(method, path, identity, headers, content, json, params, timeout)
+            fleet = self.fleet
+            request_headers = httpx.Headers(headers)
+            request_headers[IDENTITY_HEADER] = self.signer.sign(identity, self.name)
+            if self._host is not None:
+                request_headers["Host"] = self._host
+            retries = self._retries(method, IDEMPOTENCY_HEADER in request_headers)
+            deadline = deadline_var.get()
+            if deadline is not None:
+                request_headers[DEADLINE_HEADER_NAME] = format_deadline(deadline)
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            given = None if timeout is None else now + timeout
+            # Retries fit in the call's time: its own timeout, or the pool's.
+            deadline = given if given is not None else now + self.policy.settings.http_timeout_seconds
+            instance = fleet.single or fleet.choose(now) or await self._first_instance(method, deadline)
+            fleet.budget.deposit(now)
+            tried: list[Instance] | None = None
+            while True:
+                attempt = instance
+                left = None if given is None else max(0.001, given - loop.time())
+                if fleet.tracked:
+                    fleet.begin(attempt, now)
+                try:
+                    response = await self.client.request(
+                        method,
+                        attempt.base_url + path,
+                        headers=request_headers,
+                        content=content,
+                        json=json,
+                        params=params,
+                        timeout=left if left is not None else httpx.USE_CLIENT_DEFAULT,
+                        extensions=self._extensions,
+                    )
+                    break
+                except httpx.TransportError as exc:
+                    tried = [*(tried or ()), attempt]
+                    instance = await self._retry_or_raise(exc, method, tried, retries, deadline)
+                finally:
+                    if fleet.tracked:
+                        began, now = now, loop.time()
+                        fleet.end(attempt, began, now)
             if response.status_code >= 500:
                 await response.aread()
-            return response.status_code, response, instance
+            return response.status_code, response, attempt
 
         def failure(response: httpx.Response) -> tuple[UpstreamError, bool]:
             return failure_of(
@@ -500,14 +194,88 @@ class ServiceClient:
         """Relays a request to the service (`headers` as they go, the identity added) and answers what
         it said, as bytes, with the headers named in `keep`; raises as `send` does. One client span,
         `span_name`, with `traceparent`."""
+        target = path + ("?" + query.decode("latin-1") if query else "")
         if self.session is None:
-            return await self._forward_through_httpx(method, path, identity, headers, body, query, keep)
+            # The pure httpx transport (`http_transport=httpx`) has no session.
+            response = await self.send(method, target, identity=identity, headers=headers, content=body)
+            kept = [(name.lower(), value) for name, value in response.headers.raw if name.lower() in keep]
+            return Answer(response.status_code, kept, response.content)
 
         async def call() -> tuple[int, Answer, Instance]:
-            answer, instance = await self._forward(
-                method, path, identity, headers, body, query, span_name, template, keep
+            assert self.session is not None
+            fleet = self.fleet
+            headers.append((IDENTITY_HEADER, self.signer.sign(identity, self.name)))
+            if self._host is not None:
+                headers.append(("Host", self._host))
+            deadline = deadline_var.get()
+            if deadline is not None:
+                headers.append((DEADLINE_HEADER_NAME, format_deadline(deadline)))
+            retries = self._retries(method, any(name == IDEMPOTENCY_KEY for name, _ in headers))
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            # A retry must still fit in the pool's timeout, counted from the first attempt.
+            deadline = now + self.policy.settings.http_timeout_seconds
+            instance = fleet.single or fleet.choose(now) or await self._first_instance(method, deadline)
+            fleet.budget.deposit(now)
+            span = self._tracer.start_span(
+                span_name,
+                kind=SpanKind.CLIENT,
+                attributes={
+                    HTTP_REQUEST_METHOD: method,
+                    URL_FULL: instance.base_url + path,
+                    URL_TEMPLATE: template,
+                    SERVER_ADDRESS: instance.host,
+                    SERVER_PORT: instance.port,
+                    PEER_SERVICE: self.name,
+                },
             )
-            return answer.status, answer, instance
+            headers.append(("traceparent", traceparent_of(span)))
+            trace_state = span.get_span_context().trace_state
+            if trace_state:
+                headers.append(("tracestate", trace_state.to_header()))
+            tried: list[Instance] | None = None
+            try:
+                while True:
+                    attempt = instance
+                    if fleet.tracked:
+                        fleet.begin(attempt, now)
+                    try:
+                        async with self.session.request(
+                            method,
+                            URL(attempt.base_url + target, encoded=True),
+                            headers=headers,
+                            data=body,
+                            allow_redirects=False,
+                            auto_decompress=False,
+                            timeout=self._forward_timeout,
+                            server_hostname=self._sni,
+                        ) as response:
+                            content = await response.read()
+                        kept = [(name.lower(), value) for name, value in response.raw_headers if name.lower() in keep]
+                        answer = Answer(response.status, kept, content)
+                        break
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        tried = [*(tried or ()), attempt]
+                        instance = await self._retry_or_raise(exc, method, tried, retries, deadline)
+                        if instance is not attempt:
+                            span.set_attributes(
+                                {
+                                    URL_FULL: instance.base_url + path,
+                                    SERVER_ADDRESS: instance.host,
+                                    SERVER_PORT: instance.port,
+                                }
+                            )
+                    finally:
+                        if fleet.tracked:
+                            began, now = now, loop.time()
+                            fleet.end(attempt, began, now)
+            except BaseException as exc:
+                span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
+                span.set_status(StatusCode.ERROR)
+                span.end()
+                raise
+            finish_client_span(span, answer.status)
+            return answer.status, answer, attempt
 
         def failure(answer: Answer) -> tuple[UpstreamError, bool]:
             content_type, retry_after = answer.header(b"content-type"), answer.header(b"retry-after")
@@ -523,282 +291,6 @@ class ServiceClient:
             method, call, failure, lambda answer: answer.header(b"retry-after") is not None
         )
 
-    async def _forward_through_httpx(
-        self,
-        method: str,
-        path: str,
-        identity: Identity,
-        headers: list[tuple[str, str]],
-        body: bytes | None,
-        query: bytes,
-        keep: frozenset[bytes],
-    ) -> Answer:
-        """`forward` on the pure httpx transport (`http_transport=httpx`), which has no session."""
-        response = await self.send(
-            method,
-            path + ("?" + query.decode("latin-1") if query else ""),
-            identity=identity,
-            headers=headers,
-            content=body,
-        )
-        kept = [(name.lower(), value) for name, value in response.headers.raw if name.lower() in keep]
-        return Answer(response.status_code, kept, response.content)
-
-    async def _through_breaker(
-        self,
-        method: str,
-        call: Callable[[], Awaitable[tuple[int, R, Instance]]],
-        failure: Callable[[R], tuple[UpstreamError, bool]],
-        shedding: Callable[[R], bool],
-    ) -> R:
-        started = time.perf_counter()
-        status = NO_ANSWER_CANCELLED
-        failed: bool | None = None
-        try:
-            trial = self.breaker.before_call()
-        except CircuitOpen:
-            self.metrics.count(self.name, method, NO_ANSWER_CIRCUIT_OPEN)
-            raise
-        fleet = self.fleet
-        try:
-            try:
-                code, answer, instance = await call()
-            except NoInstance:
-                # No call was made: nothing to hold against the service's circuit.
-                status = NO_ANSWER_NO_INSTANCE
-                raise
-            # Failures without an answer are counted where they happen, with their instance.
-            except UpstreamTimeout:
-                status, failed = NO_ANSWER_TIMEOUT, True
-                raise
-            except UpstreamUnavailable:
-                status, failed = NO_ANSWER_UNREACHABLE, True
-                raise
-            status = str(code)
-            self.metrics.count(self.name, method, status, instance.label)
-            if code >= 500:
-                error, own = failure(answer)
-                # A 503 with Retry-After is the service shedding load on purpose (it answered, and
-                # says when to come back): not held against its circuit, which would cut its reads off too.
-                failed = own and not (code == 503 and shedding(answer))
-                if fleet.tracked:
-                    if failed:
-                        fleet.failed(instance, asyncio.get_running_loop().time())
-                    else:
-                        fleet.succeeded(instance)
-                raise error
-            failed = False
-            if fleet.tracked:
-                fleet.succeeded(instance)
-            return answer
-        finally:
-            if status in (NO_ANSWER_CANCELLED, NO_ANSWER_NO_INSTANCE):
-                self.metrics.count(self.name, method, status)
-            # While another instance is healthy, the fleet routes around a failing one: the circuit of
-            # the whole service opens only when none is.
-            self.breaker.after_call(trial, failed=fleet.all_failing() if failed else failed)
-            self.metrics.observe(self.name, method, time.perf_counter() - started)
-
-    async def _forward(
-        self,
-        method: str,
-        path: str,
-        identity: Identity,
-        headers: list[tuple[str, str]],
-        body: bytes | None,
-        query: bytes,
-        span_name: str,
-        template: str,
-        keep: frozenset[bytes],
-    ) -> tuple[Answer, Instance]:
-        assert self.session is not None
-        fleet = self.fleet
-        target = path + ("?" + query.decode("latin-1") if query else "")
-        headers.append((IDENTITY_HEADER, self.signer.sign(identity, self.name)))
-        if self._host is not None:
-            headers.append(("Host", self._host))
-        deadline = deadline_var.get()
-        if deadline is not None:
-            headers.append((DEADLINE_HEADER_NAME, format_deadline(deadline)))
-        retries = self._retries(method, any(name == IDEMPOTENCY_KEY for name, _ in headers))
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        # A retry must still fit in the pool's timeout, counted from the first attempt.
-        deadline = now + self.policy.settings.http_timeout_seconds
-        instance = fleet.single or fleet.choose(now) or await self._first_instance(method, deadline)
-        fleet.budget.deposit(now)
-        span = self._tracer.start_span(
-            span_name,
-            kind=SpanKind.CLIENT,
-            attributes={
-                HTTP_REQUEST_METHOD: method,
-                URL_FULL: instance.base_url + path,
-                URL_TEMPLATE: template,
-                SERVER_ADDRESS: instance.host,
-                SERVER_PORT: instance.port,
-                PEER_SERVICE: self.name,
-            },
-        )
-        headers.append(("traceparent", traceparent_of(span)))
-        trace_state = span.get_span_context().trace_state
-        if trace_state:
-            headers.append(("tracestate", trace_state.to_header()))
-        tried: list[Instance] | None = None
-        try:
-            while True:
-                attempt = instance
-                if fleet.tracked:
-                    fleet.begin(attempt, now)
-                try:
-                    async with self.session.request(
-                        method,
-                        URL(attempt.base_url + target, encoded=True),
-                        headers=headers,
-                        data=body,
-                        allow_redirects=False,
-                        auto_decompress=False,
-                        timeout=self._forward_timeout,
-                        server_hostname=self._sni,
-                    ) as response:
-                        content = await response.read()
-                    kept = [(name.lower(), value) for name, value in response.raw_headers if name.lower() in keep]
-                    answer = Answer(response.status, kept, content)
-                    break
-                except aiohttp.ClientError as exc:
-                    timed_out = isinstance(exc, aiohttp.ServerTimeoutError)
-                    self._attempt_failed(attempt, method, NO_ANSWER_TIMEOUT if timed_out else NO_ANSWER_UNREACHABLE)
-                    connect_failed = isinstance(exc, _NOT_ANSWERED) or type(exc) is aiohttp.ClientOSError
-                    if connect_failed and retries > 0:
-                        tried = [*(tried or ()), attempt]
-                        following = await self._next_attempt(attempt, tried, deadline)
-                        if following is not None:
-                            retries -= 1
-                            instance = following
-                            if following is not attempt:
-                                span.set_attributes(
-                                    {
-                                        URL_FULL: following.base_url + path,
-                                        SERVER_ADDRESS: following.host,
-                                        SERVER_PORT: following.port,
-                                    }
-                                )
-                            continue
-                    if timed_out:
-                        raise UpstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
-                    raise self._unreachable() from exc
-                except TimeoutError as exc:
-                    self._attempt_failed(attempt, method, NO_ANSWER_TIMEOUT)
-                    raise UpstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
-                finally:
-                    if fleet.tracked:
-                        began, now = now, loop.time()
-                        fleet.end(attempt, began, now)
-        except BaseException as exc:
-            span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
-            span.set_status(StatusCode.ERROR)
-            span.end()
-            raise
-        finish_client_span(span, answer.status)
-        return answer, instance
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        identity: Identity,
-        headers: Mapping[str, str] | list[tuple[str, str]] | list[tuple[bytes, bytes]] | None,
-        content: bytes | None,
-        json: Any,
-        params: Any,
-        timeout: float | None,  # noqa: ASYNC109
-    ) -> tuple[httpx.Response, Instance]:
-        fleet = self.fleet
-        request_headers = httpx.Headers(headers)
-        request_headers[IDENTITY_HEADER] = self.signer.sign(identity, self.name)
-        if self._host is not None:
-            request_headers["Host"] = self._host
-        retries = self._retries(method, IDEMPOTENCY_HEADER in request_headers)
-        deadline = deadline_var.get()
-        if deadline is not None:
-            request_headers[DEADLINE_HEADER_NAME] = format_deadline(deadline)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        given = None if timeout is None else now + timeout
-        # Retries fit in the call's time: its own timeout, or the pool's.
-        deadline = given if given is not None else now + self.policy.settings.http_timeout_seconds
-        instance = fleet.single or fleet.choose(now) or await self._first_instance(method, deadline)
-        fleet.budget.deposit(now)
-        tried: list[Instance] | None = None
-        while True:
-            attempt = instance
-            left = None if given is None else max(0.001, given - loop.time())
-            if fleet.tracked:
-                fleet.begin(attempt, now)
-            try:
-                response = await self.client.request(
-                    method,
-                    attempt.base_url + path,
-                    headers=request_headers,
-                    content=content,
-                    json=json,
-                    params=params,
-                    timeout=left if left is not None else httpx.USE_CLIENT_DEFAULT,
-                    extensions=self._extensions,
-                )
-                return response, attempt
-            except httpx.TransportError as exc:
-                refused = isinstance(exc, httpx.TimeoutException) and _refused(exc)
-                timed_out = isinstance(exc, httpx.TimeoutException) and not refused
-                self._attempt_failed(attempt, method, NO_ANSWER_TIMEOUT if timed_out else NO_ANSWER_UNREACHABLE)
-                connect_failed = refused or isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError)
-                if connect_failed and retries > 0:
-                    tried = [*(tried or ()), attempt]
-                    following = await self._next_attempt(attempt, tried, deadline)
-                    if following is not None:
-                        retries -= 1
-                        instance = following
-                        continue
-                if timed_out:
-                    raise UpstreamTimeout(self.name, f"The {self.name} service did not answer in time.") from exc
-                raise self._unreachable() from exc
-            finally:
-                if fleet.tracked:
-                    began, now = now, loop.time()
-                    fleet.end(attempt, began, now)
-
-    def _attempt_failed(self, instance: Instance, method: str, status: str) -> None:
-        """An attempt got no answer: counted against its instance."""
-        self.metrics.count(self.name, method, status, instance.label)
-        if self.fleet.tracked:
-            self.fleet.failed(instance, asyncio.get_running_loop().time())
-
-    async def _next_attempt(self, failed: Instance, tried: list[Instance], deadline: float) -> Instance | None:
-        """Where a retry goes: another healthy instance at once, else the same one after a random pause;
-        None when the call's time or the service's retry budget does not allow one."""
-        loop = asyncio.get_running_loop()
-        following = self.fleet.choose_other(tried) if self.fleet.tracked else None
-        pause = 0.0 if following is not None else random.uniform(0, self.policy.settings.http_retry_jitter_seconds)
-        now = loop.time()
-        if now + pause >= deadline:
-            return None
-        if not self.fleet.budget.withdraw(now):
-            self.metrics.retry(self.name, "budget_exhausted")
-            return None
-        self.metrics.retry(self.name, "sent")
-        if following is None:
-            await asyncio.sleep(pause)
-        return following or failed
-
-    async def _first_instance(self, method: str, deadline: float) -> Instance:
-        """A DNS name not resolved yet: waits for its first answer, within the call's time."""
-        loop = asyncio.get_running_loop()
-        await self.fleet.wait_resolved(max(0.0, deadline - loop.time()))
-        instance = self.fleet.choose(loop.time())
-        if instance is None:
-            retry_after = max(1, math.ceil(self.policy.settings.upstream_dns_min_ttl_seconds))
-            raise NoInstance(self.name, retry_after)
-        return instance
-
     async def _probe(self, instance: Instance) -> bool:
         """An ejected instance's health check: its `/health/ready`, untraced (a background loop)."""
         url = instance.base_url + "/health/ready"
@@ -809,6 +301,3 @@ class ServiceClient:
                     return answer.status == 200
             response = await self.client.get(url, headers=headers, extensions=self._extensions)
             return response.status_code == 200
-
-    def _unreachable(self) -> UpstreamUnavailable:
-        return UpstreamUnavailable(self.name, f"The {self.name} service is unreachable.", headers={"Retry-After": "1"})

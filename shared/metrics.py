@@ -74,6 +74,11 @@ class LabelCache:
         return child
 
 
+def latency_histogram(name: str, documentation: str, labels: tuple[str, ...], registry: CollectorRegistry) -> Histogram:
+    """A request-duration histogram, on the buckets all of them share."""
+    return Histogram(name, documentation, labels, registry=registry, buckets=LATENCY_BUCKETS)
+
+
 class HttpMetrics:
     """The HTTP server metrics of one app, in the app's own registry."""
 
@@ -82,12 +87,8 @@ class HttpMetrics:
         self.requests = Counter(
             "http_requests_total", "HTTP requests answered.", ("method", "route", "status"), registry=registry
         )
-        self.duration = Histogram(
-            "http_request_duration_seconds",
-            "Time to answer an HTTP request.",
-            ("method", "route"),
-            registry=registry,
-            buckets=LATENCY_BUCKETS,
+        self.duration = latency_histogram(
+            "http_request_duration_seconds", "Time to answer an HTTP request.", ("method", "route"), registry
         )
         self._requests = LabelCache(self.requests)
         self._duration = LabelCache(self.duration)

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Generic, NotRequired, TypedDict, TypeVar
 
 from starlette.requests import HTTPConnection
 
-from shared.http import CallPolicy, ServiceClient
+from shared.calls import CallPolicy
+from shared.http import ServiceClient
 
 if TYPE_CHECKING:
     import httpx

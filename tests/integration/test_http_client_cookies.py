@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 
-from shared.http import create_http_client
+from shared.pool import create_http_client
 from shared.settings import ProcessSettings
 
 

@@ -27,9 +27,10 @@ from gateway.routes.events import until_done
 from scripts.devstack import Stack
 from services.orders.app import create_app as create_orders_app
 from services.orders.settings import OrdersSettings
-from shared.http import ServiceClient, create_http_client
+from shared.http import ServiceClient
 from shared.identity import IdentitySigner
 from shared.migrations import upgrade
+from shared.pool import create_http_client
 from tests.conftest import INTERNAL_SECRET, ROOT, app_client, settings_kwargs
 from tests.e2e.test_realtime import place_and_cancel, until
 from tests.edge_support import gateway_settings, signup, unique_prefix

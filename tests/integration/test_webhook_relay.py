@@ -29,8 +29,9 @@ from services.webhooks.relay import FeedError, OrdersRelay
 from services.webhooks.settings import WebhooksSettings
 from shared.contract import Identity
 from shared.errors import UpstreamBadResponse, UpstreamUnavailable
-from shared.http import ServiceClient, create_http_client
+from shared.http import ServiceClient
 from shared.identity import IdentitySigner
+from shared.pool import create_http_client
 from shared.telemetry import instrument_engine
 from tests.conftest import app_client, internal_headers, service_env, settings_kwargs
 from tests.e2e.test_webhooks_flow import Shop

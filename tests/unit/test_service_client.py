@@ -7,9 +7,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from shared.calls import CallPolicy
 from shared.contract import Identity
 from shared.errors import UpstreamTimeout, UpstreamUnavailable
-from shared.http import CallPolicy, ServiceClient
+from shared.http import ServiceClient
 from shared.identity import IdentitySigner
 from shared.settings import ProcessSettings
 
