@@ -9,7 +9,7 @@ import aiohttp
 import httpx
 import orjson
 
-from shared.errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from shared.errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable, retry_in
 
 # aiohttp's failures that mean the service never got (or never began to answer) the request: a
 # refused or timed-out connect, a connection reset or closed before any answer. Safe to try again.
@@ -46,7 +46,7 @@ def timed_out(service: str) -> UpstreamTimeout:
 
 
 def unreachable(service: str) -> UpstreamUnavailable:
-    return UpstreamUnavailable(service, f"The {service} service is unreachable.", headers={"Retry-After": "1"})
+    return UpstreamUnavailable(service, f"The {service} service is unreachable.", headers=retry_in(1))
 
 
 def _problem_of(content_type: str, body: bytes) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def failure_of(
     problem = _problem_of(content_type, body)
     named = problem.get("service")
     cls = _FAILURE_CLASSES.get(status)
-    headers = {"Retry-After": retry_after} if retry_after is not None else None
+    headers = retry_in(retry_after) if retry_after is not None else None
     if cls is not None and isinstance(named, str) and named and named != service:
         detail = str(problem.get("detail") or f"The {named} service failed.")
         code = problem.get("error_code")
