@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry, Counter
@@ -117,6 +117,19 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 # scope="function": the commit happens before the response is sent, so a failed commit is an error
 # the client sees, never a success that was not stored.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+R = TypeVar("R")
+
+
+def on_session(repository: Callable[[AsyncSession], R]) -> Callable[[AsyncSession], Awaitable[R]]:
+    """A dependency giving a route `repository` on the request's session:
+    `RepoDep = Annotated[InventoryRepository, Depends(on_session(InventoryRepository))]`."""
+
+    # `async def`: FastAPI runs a plain `def` dependency in a thread pool.
+    async def dependency(session: SessionDep) -> R:
+        return repository(session)
+
+    return dependency
 
 
 def table_of(model: type[DeclarativeBase]) -> Table:

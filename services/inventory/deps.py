@@ -11,14 +11,9 @@ from fastapi import Depends
 from services.inventory.repository import InventoryRepository
 from shared.caller import Authorize
 from shared.contract import TenantIdentity
-from shared.db import SessionDep
+from shared.db import on_session
 
-
-async def get_repo(session: SessionDep) -> InventoryRepository:
-    return InventoryRepository(session)
-
-
-RepoDep = Annotated[InventoryRepository, Depends(get_repo)]
+RepoDep = Annotated[InventoryRepository, Depends(on_session(InventoryRepository))]
 ProductsRead = Annotated[TenantIdentity, Depends(Authorize("products:read"))]
 ProductsWrite = Annotated[TenantIdentity, Depends(Authorize("products:write"))]
 ReservationsRead = Annotated[TenantIdentity, Depends(Authorize("orders:read"))]

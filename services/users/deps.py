@@ -13,27 +13,19 @@ from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer, 
 from services.users.settings import UsersSettings
 from shared.caller import Authorize, TenantIdentityDep
 from shared.contract import TenantIdentity, key_id_of
-from shared.db import SessionDep
+from shared.db import on_session
 from shared.state import ServiceState, StateDependencies
 
 # What the users service adds to the common state: the token issuer, the hasher, the login throttle.
 state = StateDependencies[ServiceState[UsersSettings, UsersContext]]()
 
 
-async def get_users(session: SessionDep) -> UserRepository:
-    return UserRepository(session)
-
-
-async def get_keys(session: SessionDep) -> ApiKeyRepository:
-    return ApiKeyRepository(session)
-
-
 SettingsDep = Annotated[UsersSettings, Depends(state.provide(lambda s: s.settings))]
 IssuerDep = Annotated[TokenIssuer, Depends(state.provide(lambda s: s.context.issuer))]
 HasherDep = Annotated[PasswordHasher, Depends(state.provide(lambda s: s.context.hasher))]
 ThrottleDep = Annotated[LoginThrottle, Depends(state.provide(lambda s: s.context.throttle))]
-UsersDep = Annotated[UserRepository, Depends(get_users)]
-KeysDep = Annotated[ApiKeyRepository, Depends(get_keys)]
+UsersDep = Annotated[UserRepository, Depends(on_session(UserRepository))]
+KeysDep = Annotated[ApiKeyRepository, Depends(on_session(ApiKeyRepository))]
 
 
 async def require_user(identity: TenantIdentityDep) -> TenantIdentity:

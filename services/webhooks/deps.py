@@ -15,23 +15,15 @@ from services.webhooks.settings import WebhooksSettings
 from services.webhooks.url_safety import Resolver
 from shared.caller import Authorize
 from shared.contract import TenantIdentity
-from shared.db import SessionDep
+from shared.db import on_session
 from shared.state import ServiceState, StateDependencies
 
 state = StateDependencies[ServiceState[WebhooksSettings, WebhooksContext]]()
 
 
-async def get_repo(session: SessionDep) -> EndpointRepository:
-    return EndpointRepository(session)
-
-
-async def get_delivery_repo(session: SessionDep) -> DeliveryRepository:
-    return DeliveryRepository(session)
-
-
 SettingsDep = Annotated[WebhooksSettings, Depends(state.provide(lambda s: s.settings))]
 ResolverDep = Annotated[Resolver, Depends(state.provide(lambda s: s.context.resolver))]
-RepoDep = Annotated[EndpointRepository, Depends(get_repo)]
-DeliveryRepoDep = Annotated[DeliveryRepository, Depends(get_delivery_repo)]
+RepoDep = Annotated[EndpointRepository, Depends(on_session(EndpointRepository))]
+DeliveryRepoDep = Annotated[DeliveryRepository, Depends(on_session(DeliveryRepository))]
 WebhooksRead = Annotated[TenantIdentity, Depends(Authorize("webhooks:read"))]
 WebhooksWrite = Annotated[TenantIdentity, Depends(Authorize("webhooks:write"))]
