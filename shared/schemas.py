@@ -1,10 +1,11 @@
-"""Pieces of request schemas every service uses."""
+"""Pieces of the schemas every service and the gateway use."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, ConfigDict
+from pydantic.config import JsonDict
 
 # Free text: no control characters (PostgreSQL cannot store NUL, and none belongs in a name).
 PLAIN_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
@@ -20,3 +21,9 @@ def refuse_null(message: str) -> BeforeValidator:
         return value
 
     return BeforeValidator(check)
+
+
+def with_examples(*examples: JsonDict, **config: Unpack[ConfigDict]) -> ConfigDict:
+    """A model's config, with any other options in `config`, whose JSON schema (and so the OpenAPI
+    document) shows `examples`: `model_config = with_examples({...}, extra="forbid")`."""
+    return ConfigDict(json_schema_extra={"examples": [*examples]}, **config)

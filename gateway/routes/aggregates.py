@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from gateway.composer import (
@@ -45,6 +45,7 @@ from shared.contract import (
 )
 from shared.errors import UpstreamBadResponse
 from shared.pagination import Page
+from shared.schemas import with_examples
 
 router = APIRouter(prefix="/v1", tags=["aggregates"])
 
@@ -91,25 +92,21 @@ class ReservedStockPage(BaseModel):
 class Dashboard(BaseModel):
     """The answer of the dashboard: each optional part is null when it failed (see `parts`)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "user": model_example(UserOut),
-                    "orders": model_example(Page[OrderOut]),
-                    "reservations": None,
-                    "parts": {
-                        "user": {"status": "ok", "service": "users", "elapsed_ms": 4.2},
-                        "orders": {"status": "ok", "service": "orders", "elapsed_ms": 7.9},
-                        "reservations": {
-                            "status": "timeout",
-                            "service": "inventory",
-                            "elapsed_ms": 500.0,
-                            "error_code": "DOWNSTREAM_TIMEOUT",
-                        },
-                    },
-                }
-            ]
+    model_config = with_examples(
+        {
+            "user": model_example(UserOut),
+            "orders": model_example(Page[OrderOut]),
+            "reservations": None,
+            "parts": {
+                "user": {"status": "ok", "service": "users", "elapsed_ms": 4.2},
+                "orders": {"status": "ok", "service": "orders", "elapsed_ms": 7.9},
+                "reservations": {
+                    "status": "timeout",
+                    "service": "inventory",
+                    "elapsed_ms": 500.0,
+                    "error_code": "DOWNSTREAM_TIMEOUT",
+                },
+            },
         }
     )
 
@@ -223,7 +220,7 @@ async def dashboard(
 class OrderDraft(BaseModel):
     """The body of `POST /v1/orders`."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [model_example(OrderCreate)]})
+    model_config = with_examples(model_example(OrderCreate), extra="forbid")
 
     items: LineItems
 
@@ -295,28 +292,24 @@ class CheckOutcome(BaseModel):
 
 
 class OrderValidation(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
+    model_config = with_examples(
+        {
+            "valid": False,
+            "total_cents": 3998,
+            "checks": {"user": "passed", "credit": "failed", "stock": "passed"},
+            "failures": [
                 {
-                    "valid": False,
-                    "total_cents": 3998,
-                    "checks": {"user": "passed", "credit": "failed", "stock": "passed"},
-                    "failures": [
-                        {
-                            "check": "credit",
-                            "error_code": "CREDIT_LIMIT_EXCEEDED",
-                            "detail": "This order of 3998 cents and the user's open orders of 98000 cents would "
-                            "exceed the credit limit of 100000 cents.",
-                        }
-                    ],
-                    "details": {
-                        "user": {"status": "passed", "service": "users", "elapsed_ms": 3.1},
-                        "credit": {"status": "failed", "service": "orders", "elapsed_ms": 9.4},
-                        "stock": {"status": "passed", "service": "inventory", "elapsed_ms": 6.8},
-                    },
+                    "check": "credit",
+                    "error_code": "CREDIT_LIMIT_EXCEEDED",
+                    "detail": "This order of 3998 cents and the user's open orders of 98000 cents would "
+                    "exceed the credit limit of 100000 cents.",
                 }
-            ]
+            ],
+            "details": {
+                "user": {"status": "passed", "service": "users", "elapsed_ms": 3.1},
+                "credit": {"status": "failed", "service": "orders", "elapsed_ms": 9.4},
+                "stock": {"status": "passed", "service": "inventory", "elapsed_ms": 6.8},
+            },
         }
     )
 

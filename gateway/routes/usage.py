@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from gateway.deps import RequireAccess, SettingsDep, UsageDep
 from gateway.edge.access import Access
@@ -22,6 +22,7 @@ from gateway.edge.usage import STATUS_CLASSES
 from gateway.openapi import operation_docs
 from shared.contract import USAGE_READ, Identity
 from shared.errors import ValidationFailed
+from shared.schemas import with_examples
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -50,28 +51,19 @@ class QuotaUse(BaseModel):
 
 
 class Usage(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "items": [
-                        {
-                            "start": "2026-12-07T10:00:00Z",
-                            "route": "/v1/orders",
-                            "status_class": "2xx",
-                            "requests": 118,
-                        },
-                        {"start": "2026-12-07T10:00:00Z", "route": "/v1/orders", "status_class": "4xx", "requests": 3},
-                    ],
-                    "totals": {"requests": 121, "by_status_class": {"2xx": 118, "4xx": 3, "5xx": 0}},
-                    "quota": {
-                        "period_start": "2026-12-01T00:00:00Z",
-                        "period_end": "2027-01-01T00:00:00Z",
-                        "limit": 10_000_000,
-                        "used": 18_766,
-                    },
-                }
-            ]
+    model_config = with_examples(
+        {
+            "items": [
+                {"start": "2026-12-07T10:00:00Z", "route": "/v1/orders", "status_class": "2xx", "requests": 118},
+                {"start": "2026-12-07T10:00:00Z", "route": "/v1/orders", "status_class": "4xx", "requests": 3},
+            ],
+            "totals": {"requests": 121, "by_status_class": {"2xx": 118, "4xx": 3, "5xx": 0}},
+            "quota": {
+                "period_start": "2026-12-01T00:00:00Z",
+                "period_end": "2027-01-01T00:00:00Z",
+                "limit": 10_000_000,
+                "used": 18_766,
+            },
         }
     )
 

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
 from shared.contract import LineItems, ReservedLine, ResourceIdField
-from shared.schemas import PLAIN_TEXT_PATTERN, refuse_null
+from shared.schemas import PLAIN_TEXT_PATTERN, refuse_null, with_examples
 
 # The most units a product holds (the database holds every product to it too). Every sum of stock and
 # prices stays far inside a 64-bit integer.
@@ -37,12 +37,10 @@ EXAMPLE_PRODUCT: JsonDict = {
 
 
 class ProductCreate(BaseModel):
-    model_config = ConfigDict(
+    model_config = with_examples(
+        {"sku": "TSHIRT-BLUE-M", "name": "T-shirt, blue, M", "price_cents": 1999, "stock": 50},
         extra="forbid",
         str_strip_whitespace=True,
-        json_schema_extra={
-            "examples": [{"sku": "TSHIRT-BLUE-M", "name": "T-shirt, blue, M", "price_cents": 1999, "stock": 50}]
-        },
     )
 
     sku: Sku
@@ -54,9 +52,7 @@ class ProductCreate(BaseModel):
 class ProductUpdate(BaseModel):
     """A partial update. Stock is not here: it changes only through adjustments and reservations."""
 
-    model_config = ConfigDict(
-        extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [{"price_cents": 2499}]}
-    )
+    model_config = with_examples({"price_cents": 2499}, extra="forbid", str_strip_whitespace=True)
 
     sku: Annotated[Sku | None, NOT_NULL] = None
     name: Annotated[ProductName | None, NOT_NULL] = None
@@ -64,7 +60,7 @@ class ProductUpdate(BaseModel):
 
 
 class ProductOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_PRODUCT]})
+    model_config = with_examples(EXAMPLE_PRODUCT, from_attributes=True)
 
     id: str
     sku: str
@@ -76,9 +72,7 @@ class ProductOut(BaseModel):
 
 
 class StockAdjustmentCreate(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [{"delta": 25, "reason": "restock"}]}
-    )
+    model_config = with_examples({"delta": 25, "reason": "restock"}, extra="forbid", str_strip_whitespace=True)
 
     delta: int = Field(
         strict=True,
@@ -100,20 +94,16 @@ class StockAdjustmentCreate(BaseModel):
 
 
 class StockAdjustmentOut(BaseModel):
-    model_config = ConfigDict(
-        from_attributes=True,
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "e1d2c3b4-a5f6-4e7d-8c9b-0a1f2e3d4c5b",
-                    "product_id": EXAMPLE_PRODUCT["id"],
-                    "delta": 25,
-                    "reason": "restock",
-                    "stock_after": 75,
-                    "created_at": "2026-01-31T11:00:00Z",
-                }
-            ]
+    model_config = with_examples(
+        {
+            "id": "e1d2c3b4-a5f6-4e7d-8c9b-0a1f2e3d4c5b",
+            "product_id": EXAMPLE_PRODUCT["id"],
+            "delta": 25,
+            "reason": "restock",
+            "stock_after": 75,
+            "created_at": "2026-01-31T11:00:00Z",
         },
+        from_attributes=True,
     )
 
     id: str

@@ -3,10 +3,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from pydantic.config import JsonDict
 
 from shared.contract import LineItems, ReservedLine
+from shared.schemas import with_examples
 
 # The example of an order in the reference (ids as the other services' examples use them).
 EXAMPLE_ORDER: JsonDict = {
@@ -36,11 +37,8 @@ EventType = Literal["order.created", "order.cancelled", "quota.threshold_reached
 
 
 class OrderCreate(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"items": [{"product_id": "0b9d6c2e-5d7c-4a5e-9a4b-2f1e8c3d7a61", "quantity": 2}]}]
-        },
+    model_config = with_examples(
+        {"items": [{"product_id": "0b9d6c2e-5d7c-4a5e-9a4b-2f1e8c3d7a61", "quantity": 2}]}, extra="forbid"
     )
 
     items: LineItems
@@ -56,7 +54,7 @@ class StatusChangeOut(BaseModel):
 
 
 class OrderOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_ORDER]})
+    model_config = with_examples(EXAMPLE_ORDER)
 
     id: str
     status: OrderStatus

@@ -8,7 +8,7 @@ from pydantic.config import JsonDict
 
 from services.users.emails import Email
 from shared.contract import ALL_SCOPES, DEFAULT_PLAN, KEY_HASH_RE, MAX_CREDIT_LIMIT_CENTS, Plan, Role
-from shared.schemas import PLAIN_TEXT_PATTERN
+from shared.schemas import PLAIN_TEXT_PATTERN, with_examples
 
 MAX_ROTATION_GRACE_SECONDS = 30 * 86400
 
@@ -43,13 +43,9 @@ EXAMPLE_RAW_KEY = "sk_Jb3xw0cKq1Z9nR2mT8vY4uL6pS5oE7aH3gF1dC0x7Qa"
 
 
 class TenantCreate(BaseModel):
-    model_config = ConfigDict(
+    model_config = with_examples(
+        {"name": "Acme", "plan": "pro", "admin_email": "ada@example.com", "admin_password": "s3cret-pass"},
         extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"name": "Acme", "plan": "pro", "admin_email": "ada@example.com", "admin_password": "s3cret-pass"}
-            ]
-        },
     )
 
     name: str = Field(min_length=1, max_length=200, pattern=PLAIN_TEXT_PATTERN)
@@ -59,7 +55,7 @@ class TenantCreate(BaseModel):
 
 
 class TenantOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_TENANT]})
+    model_config = with_examples(EXAMPLE_TENANT, from_attributes=True)
 
     id: str
     name: str
@@ -67,9 +63,8 @@ class TenantOut(BaseModel):
 
 
 class UserCreate(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"email": "grace@example.com", "password": "an0ther-pass", "role": "member"}]},
+    model_config = with_examples(
+        {"email": "grace@example.com", "password": "an0ther-pass", "role": "member"}, extra="forbid"
     )
 
     email: Email
@@ -78,7 +73,7 @@ class UserCreate(BaseModel):
 
 
 class UserOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_USER]})
+    model_config = with_examples(EXAMPLE_USER, from_attributes=True)
 
     id: str
     email: str
@@ -94,13 +89,13 @@ class UserOut(BaseModel):
 class UserUpdate(BaseModel):
     """What an admin may change about a user. `credit_limit_cents: null` returns to the plan's default."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"credit_limit_cents": 250000}]})
+    model_config = with_examples({"credit_limit_cents": 250000}, extra="forbid")
 
     credit_limit_cents: int | None = Field(strict=True, ge=0, le=MAX_CREDIT_LIMIT_CENTS)
 
 
 class TenantCreated(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"tenant": EXAMPLE_TENANT, "user": EXAMPLE_USER}]})
+    model_config = with_examples({"tenant": EXAMPLE_TENANT, "user": EXAMPLE_USER})
 
     tenant: TenantOut
     user: UserOut
@@ -109,9 +104,7 @@ class TenantCreated(BaseModel):
 class TokenRequest(BaseModel):
     """The OAuth2 password form (`application/x-www-form-urlencoded`): the email as `username`."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"username": "ada@example.com", "password": "s3cret-pass"}]}
-    )
+    model_config = with_examples({"username": "ada@example.com", "password": "s3cret-pass"})
 
     # An empty field is no field in a form (FastAPI reads it as missing): at least one character.
     username: str = Field(min_length=1, max_length=320, pattern=PLAIN_TEXT_PATTERN)
@@ -119,15 +112,11 @@ class TokenRequest(BaseModel):
 
 
 class TokenOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiI3YzllNjY3OSJ9.3q2-7w",
-                    "token_type": "bearer",
-                    "expires_in": 3600,
-                }
-            ]
+    model_config = with_examples(
+        {
+            "access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiI3YzllNjY3OSJ9.3q2-7w",
+            "token_type": "bearer",
+            "expires_in": 3600,
         }
     )
 
@@ -147,9 +136,7 @@ def _known_scopes(scopes: list[str]) -> list[str]:
 
 
 class ApiKeyCreate(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"name": "reporting", "scopes": ["orders:read"]}]}
-    )
+    model_config = with_examples({"name": "reporting", "scopes": ["orders:read"]}, extra="forbid")
 
     name: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT_PATTERN)
     scopes: Annotated[list[str], AfterValidator(_known_scopes)] = Field(
@@ -161,7 +148,7 @@ class ApiKeyCreate(BaseModel):
 
 
 class ApiKeyRotate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"grace_seconds": 86400}]})
+    model_config = with_examples({"grace_seconds": 86400}, extra="forbid")
 
     # How long the old key keeps working; the service's default when omitted.
     grace_seconds: int | None = Field(default=None, ge=0, le=MAX_ROTATION_GRACE_SECONDS)
@@ -170,7 +157,7 @@ class ApiKeyRotate(BaseModel):
 class ApiKeyOut(BaseModel):
     """A key as listings show it: never the key itself, only its last characters."""
 
-    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_KEY]})
+    model_config = with_examples(EXAMPLE_KEY, from_attributes=True)
 
     id: str
     name: str
@@ -194,7 +181,7 @@ class ApiKeyOut(BaseModel):
 class ApiKeyCreated(ApiKeyOut):
     """The one answer that holds the raw key."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{**EXAMPLE_KEY, "api_key": EXAMPLE_RAW_KEY}]})
+    model_config = with_examples({**EXAMPLE_KEY, "api_key": EXAMPLE_RAW_KEY})
 
     api_key: str
 
@@ -202,21 +189,17 @@ class ApiKeyCreated(ApiKeyOut):
 class ApiKeyRotated(ApiKeyCreated):
     """The new key, and the old one with the end of its grace period."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    **EXAMPLE_KEY,
-                    "id": "6d1b8f3e-2c4a-4e9b-8f7d-3a2b1c0d9e8f",
-                    "created_at": "2026-02-28T10:00:00Z",
-                    "api_key": EXAMPLE_RAW_KEY,
-                    "previous": {
-                        **EXAMPLE_KEY,
-                        "expires_at": "2026-03-01T10:00:00Z",
-                        "replaced_by": "6d1b8f3e-2c4a-4e9b-8f7d-3a2b1c0d9e8f",
-                    },
-                }
-            ]
+    model_config = with_examples(
+        {
+            **EXAMPLE_KEY,
+            "id": "6d1b8f3e-2c4a-4e9b-8f7d-3a2b1c0d9e8f",
+            "created_at": "2026-02-28T10:00:00Z",
+            "api_key": EXAMPLE_RAW_KEY,
+            "previous": {
+                **EXAMPLE_KEY,
+                "expires_at": "2026-03-01T10:00:00Z",
+                "replaced_by": "6d1b8f3e-2c4a-4e9b-8f7d-3a2b1c0d9e8f",
+            },
         }
     )
 
@@ -245,20 +228,16 @@ class ApiKeyResolved(BaseModel):
 class Jwks(BaseModel):
     """A JSON Web Key Set (RFC 7517): the public keys access tokens are signed with, by `kid`."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
+    model_config = with_examples(
+        {
+            "keys": [
                 {
-                    "keys": [
-                        {
-                            "kty": "RSA",
-                            "use": "sig",
-                            "alg": "RS256",
-                            "kid": "2026-01-31",
-                            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6t",
-                            "e": "AQAB",
-                        }
-                    ]
+                    "kty": "RSA",
+                    "use": "sig",
+                    "alg": "RS256",
+                    "kid": "2026-01-31",
+                    "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6t",
+                    "e": "AQAB",
                 }
             ]
         }

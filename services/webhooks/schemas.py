@@ -7,7 +7,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from pydantic.config import JsonDict
 
 from shared.deprecation import WEBHOOK_ENDPOINT_ENABLED
-from shared.schemas import refuse_null
+from shared.schemas import refuse_null, with_examples
 
 # `endpoint.disabled` is this service's own: sent to a tenant's other endpoints when one is disabled
 # for it (`{"endpoint_id", "reason": "gone" | "failing"}`). `quota.threshold_reached` is the gateway's, through
@@ -58,11 +58,8 @@ def _distinct_sorted(events: list[EventType]) -> list[EventType]:
 
 
 class EndpointCreate(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"url": "https://hooks.example.com/portico", "events": ["order.created", "order.cancelled"]}]
-        },
+    model_config = with_examples(
+        {"url": "https://hooks.example.com/portico", "events": ["order.created", "order.cancelled"]}, extra="forbid"
     )
 
     url: str = Field(min_length=1, max_length=2048, examples=["https://hooks.example.com/portico"])
@@ -92,9 +89,7 @@ class EndpointCreate(BaseModel):
 class EndpointUpdate(BaseModel):
     """Only the fields sent change."""
 
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"status": "active", "rate_limit_per_second": 50}]}
-    )
+    model_config = with_examples({"status": "active", "rate_limit_per_second": 50}, extra="forbid")
 
     url: Annotated[str | None, NOT_NULL] = Field(default=None, min_length=1, max_length=2048)
     events: list[EventType] | None = Field(default=None, min_length=1, max_length=len(EVENT_TYPES) * 4)
@@ -128,7 +123,7 @@ class EndpointUpdate(BaseModel):
 
 
 class EndpointOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_ENDPOINT]})
+    model_config = with_examples(EXAMPLE_ENDPOINT, from_attributes=True)
 
     id: str
     url: str
@@ -144,11 +139,7 @@ class EndpointOut(BaseModel):
 class EndpointWithSecret(EndpointOut):
     """Only the answers to create and rotate carry the secret."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{**EXAMPLE_ENDPOINT, "secret": EXAMPLE_SECRET, "previous_secret_expires_at": None}]
-        }
-    )
+    model_config = with_examples({**EXAMPLE_ENDPOINT, "secret": EXAMPLE_SECRET, "previous_secret_expires_at": None})
 
     secret: str
     # Until then, deliveries are also signed with the secret that was rotated out.
@@ -156,7 +147,7 @@ class EndpointWithSecret(EndpointOut):
 
 
 class DeliveryOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [EXAMPLE_DELIVERY]})
+    model_config = with_examples(EXAMPLE_DELIVERY, from_attributes=True)
 
     id: str
     endpoint_id: str
@@ -183,17 +174,13 @@ class AttemptOut(BaseModel):
 class DeliveryDetail(DeliveryOut):
     """One delivery with its attempt log, oldest attempt first."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    **EXAMPLE_DELIVERY,
-                    "attempt_log": [
-                        {"at": "2026-01-31T12:15:00Z", "status_code": None, "duration_ms": 10000, "error": "timed out"},
-                        {"at": "2026-01-31T12:15:05Z", "status_code": 503, "duration_ms": 120, "error": None},
-                    ],
-                }
-            ]
+    model_config = with_examples(
+        {
+            **EXAMPLE_DELIVERY,
+            "attempt_log": [
+                {"at": "2026-01-31T12:15:00Z", "status_code": None, "duration_ms": 10000, "error": "timed out"},
+                {"at": "2026-01-31T12:15:05Z", "status_code": 503, "duration_ms": 120, "error": None},
+            ],
         }
     )
 
@@ -201,7 +188,7 @@ class DeliveryDetail(DeliveryOut):
 
 
 class RecoverRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"since": "2026-01-31T08:00:00Z"}]})
+    model_config = with_examples({"since": "2026-01-31T08:00:00Z"}, extra="forbid")
 
     # RFC 3339, with its offset: the failed deliveries made at or after this time are sent again.
     since: AwareDatetime
@@ -215,7 +202,7 @@ class RecoverRequest(BaseModel):
 
 
 class Recovered(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"requeued": 12}]})
+    model_config = with_examples({"requeued": 12})
 
     # Failed deliveries made pending again, each on a fresh retry schedule with its own webhook-id.
     requeued: int
