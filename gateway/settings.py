@@ -10,7 +10,6 @@ from pydantic_settings import NoDecode
 
 from shared.contract import PLANS, PROCESSES, SERVICES, Plan
 from shared.settings import (
-    SERVICE_URL,
     AccessTokenSettings,
     AtLeastOne,
     ListSetting,
@@ -18,7 +17,7 @@ from shared.settings import (
     ServiceAddress,
     ServiceAddressSetting,
     process_config,
-    service_address,
+    service_url,
 )
 
 _QUOTA_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*s?\s*$")
@@ -62,18 +61,10 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     port: int = PROCESSES["gateway"].port
     """The port the gateway listens on."""
 
-    users_url: ServiceAddressSetting = Field(
-        default=service_address(PROCESSES["users"].default_url), description=SERVICE_URL.format("users")
-    )
-    orders_url: ServiceAddressSetting = Field(
-        default=service_address(PROCESSES["orders"].default_url), description=SERVICE_URL.format("orders")
-    )
-    inventory_url: ServiceAddressSetting = Field(
-        default=service_address(PROCESSES["inventory"].default_url), description=SERVICE_URL.format("inventory")
-    )
-    webhooks_url: ServiceAddressSetting = Field(
-        default=service_address(PROCESSES["webhooks"].default_url), description=SERVICE_URL.format("webhooks")
-    )
+    users_url: ServiceAddressSetting = service_url("users")
+    orders_url: ServiceAddressSetting = service_url("orders")
+    inventory_url: ServiceAddressSetting = service_url("inventory")
+    webhooks_url: ServiceAddressSetting = service_url("webhooks")
 
     redis_url: str | None = None
     """Unset: in-process stores (one gateway process). Set: Redis, shared by every gateway instance, for rate limits,

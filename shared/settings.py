@@ -166,10 +166,6 @@ def name_server(text: str) -> tuple[str, int]:
     return address, port
 
 
-SERVICE_URL = (
-    "Where the {} service is: one URL, a comma-separated list of its instances' URLs, or "
-    "`dns+http://name:port` for every address of a DNS name (a Kubernetes headless Service)."
-)
 # A service's address in settings: see `ServiceAddress`.
 ServiceAddressSetting = Annotated[
     ServiceAddress, NoDecode, BeforeValidator(parse_service_address), PlainSerializer(str, return_type=str)
@@ -190,6 +186,34 @@ def process_config(name: str) -> SettingsConfigDict:
 def sqlite_url(name: str) -> str:
     """The embedded default database of a service: a SQLite file under ./var."""
     return f"sqlite+aiosqlite:///./var/{name}.db"
+
+
+# Settings that several processes declare alike but for a service's name, e.g.
+# `port: int = service_port("users")`: their description is built from the name.
+def service_port(name: str) -> Any:
+    """The `port` setting of a service, its own default."""
+    return Field(default=PROCESSES[name].port, description=f"The port the {name} service listens on.")
+
+
+def service_database(name: str) -> Any:
+    """The `database_url` setting of a service, a SQLite file of its own by default."""
+    return Field(
+        default=sqlite_url(name),
+        description=(
+            f"The {name} database: a SQLite file under ./var by default, `postgresql+asyncpg://...` for PostgreSQL."
+        ),
+    )
+
+
+def service_url(name: str) -> Any:
+    """The `<name>_url` setting of a process that calls the `name` service (a `ServiceAddressSetting`)."""
+    return Field(
+        default=service_address(PROCESSES[name].default_url),
+        description=(
+            f"Where the {name} service is: one URL, a comma-separated list of its instances' URLs, or "
+            "`dns+http://name:port` for every address of a DNS name (a Kubernetes headless Service)."
+        ),
+    )
 
 
 # Every settings class: a field's description is the docstring right below it.

@@ -4,32 +4,25 @@ from typing import Annotated
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat
 
-from shared.contract import PROCESSES
 from shared.settings import (
-    SERVICE_URL,
     AtLeastOne,
     BaseServiceSettings,
     ServiceAddressSetting,
     process_config,
-    service_address,
-    sqlite_url,
+    service_database,
+    service_port,
+    service_url,
 )
 
 
 class OrdersSettings(BaseServiceSettings):
     model_config = process_config("orders")
 
-    port: int = PROCESSES["orders"].port
-    """The port the orders service listens on."""
-    database_url: str = sqlite_url("orders")
-    """The orders database: a SQLite file under ./var by default, `postgresql+asyncpg://...` for PostgreSQL."""
+    port: int = service_port("orders")
+    database_url: str = service_database("orders")
 
-    users_url: ServiceAddressSetting = Field(
-        default=service_address(PROCESSES["users"].default_url), description=SERVICE_URL.format("users")
-    )
-    inventory_url: ServiceAddressSetting = Field(
-        default=service_address(PROCESSES["inventory"].default_url), description=SERVICE_URL.format("inventory")
-    )
+    users_url: ServiceAddressSetting = service_url("users")
+    inventory_url: ServiceAddressSetting = service_url("inventory")
     http_timeout_seconds: PositiveFloat = 4.0
     """The longest the orders service waits for users or inventory. Below the gateway's timeout for its calls here
     (GATEWAY_HTTP_TIMEOUT_SECONDS, 10 s): a hung users or inventory service is answered here as a 504 naming it, before

@@ -13,14 +13,15 @@ from pydantic import (
     model_validator,
 )
 
-from shared.contract import MAX_CREDIT_LIMIT_CENTS, PLANS, PROCESSES
+from shared.contract import MAX_CREDIT_LIMIT_CENTS, PLANS
 from shared.settings import (
     AccessTokenSettings,
     AtLeastOne,
     BaseServiceSettings,
     ListSetting,
     process_config,
-    sqlite_url,
+    service_database,
+    service_port,
 )
 
 # What anyone may choose at sign-up unless the deployment says otherwise (USERS_SIGNUP_PLANS).
@@ -32,10 +33,8 @@ class UsersSettings(BaseServiceSettings, AccessTokenSettings):
     model_config = process_config("users")
     secret_fields: ClassVar[tuple[str, ...]] = ("internal_token_secret", "jwt_secret")
 
-    port: int = PROCESSES["users"].port
-    """The port the users service listens on."""
-    database_url: str = sqlite_url("users")
-    """The users database: a SQLite file under ./var by default, `postgresql+asyncpg://...` for PostgreSQL."""
+    port: int = service_port("users")
+    database_url: str = service_database("users")
 
     jwt_private_key: SecretStr | None = None
     """RS256: keys are kept in the database, rotated and published as a JWKS (services/users/signing.py). This PEM, when

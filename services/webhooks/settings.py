@@ -6,7 +6,14 @@ from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import NoDecode
 
 from shared.contract import PROCESSES, WORKERS
-from shared.settings import BaseServiceSettings, ServiceAddressSetting, process_config, service_address, sqlite_url
+from shared.settings import (
+    BaseServiceSettings,
+    ServiceAddressSetting,
+    process_config,
+    service_address,
+    service_port,
+    sqlite_url,
+)
 
 DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 # Time a lease keeps beyond the attempt's own timeout, for recording its outcome.
@@ -36,8 +43,7 @@ Concurrency = Annotated[int, Field(ge=1, le=1000)]
 class WebhooksSettings(BaseServiceSettings):
     model_config = process_config("webhooks")
 
-    port: int = PROCESSES["webhooks"].port
-    """The port the webhooks service listens on."""
+    port: int = service_port("webhooks")
     database_url: str = sqlite_url("webhooks")
     """The webhooks database (the service's and the delivery worker's): a SQLite file under ./var by default,
     `postgresql+asyncpg://...` for PostgreSQL."""
