@@ -2,7 +2,7 @@
 from the code, so they cannot drift from it:
 
 - `docs/reference/settings.md`: every setting of every process, from its pydantic settings model
-  (env name with the process's prefix, type and bounds, default, the field's `description`);
+  (env name with the process's prefix, type and bounds, default, the field's description: the docstring below it);
 - `docs/reference/metrics.md`: every metric each process serves, read from the registry its app
   factory builds (the apps are built, never served);
 - `docs/reference/errors.md`: every error code, from the `PorticoError` classes (status, code, title,
@@ -264,7 +264,7 @@ def _setting_rows(
         if not description:
             problems.append(
                 f"setting {cls.__module__}.{cls.__name__}.{name} ({env(name)}) has no description: "
-                "give it Field(description=...)"
+                "give it a docstring right below it"
             )
             continue
         kind = _type_text(field.annotation)

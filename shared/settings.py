@@ -14,7 +14,10 @@ from urllib.parse import urlsplit
 from pydantic import (
     BeforeValidator,
     Field,
+    NonNegativeFloat,
+    NonNegativeInt,
     PlainSerializer,
+    PositiveFloat,
     SecretStr,
     ValidationInfo,
     field_validator,
@@ -52,6 +55,9 @@ def _split_list(value: Any) -> Any:
 
 
 ListSetting = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+# A whole number of at least 1: counts, sizes and whole seconds that cannot be 0 (said `>= 1` in the
+# schema and the settings reference, where pydantic's PositiveInt would say `> 0`).
+AtLeastOne = Annotated[int, Field(ge=1)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +166,6 @@ def name_server(text: str) -> tuple[str, int]:
     return address, port
 
 
-SERVICE_URL = (
-    "Where the {} service is: one URL, a comma-separated list of its instances' URLs, or "
-    "`dns+http://name:port` for every address of a DNS name (a Kubernetes headless Service)."
-)
 # A service's address in settings: see `ServiceAddress`.
 ServiceAddressSetting = Annotated[
     ServiceAddress, NoDecode, BeforeValidator(parse_service_address), PlainSerializer(str, return_type=str)
@@ -186,331 +188,194 @@ def sqlite_url(name: str) -> str:
     return f"sqlite+aiosqlite:///./var/{name}.db"
 
 
+# Settings that several processes declare alike but for a service's name, e.g.
+# `port: int = service_port("users")`: their description is built from the name.
+def service_port(name: str) -> Any:
+    """The `port` setting of a service, its own default."""
+    return Field(default=PROCESSES[name].port, description=f"The port the {name} service listens on.")
+
+
+def service_database(name: str) -> Any:
+    """The `database_url` setting of a service, a SQLite file of its own by default."""
+    return Field(
+        default=sqlite_url(name),
+        description=(
+            f"The {name} database: a SQLite file under ./var by default, `postgresql+asyncpg://...` for PostgreSQL."
+        ),
+    )
+
+
+def service_url(name: str) -> Any:
+    """The `<name>_url` setting of a process that calls the `name` service (a `ServiceAddressSetting`)."""
+    return Field(
+        default=service_address(PROCESSES[name].default_url),
+        description=(
+            f"Where the {name} service is: one URL, a comma-separated list of its instances' URLs, or "
+            "`dns+http://name:port` for every address of a DNS name (a Kubernetes headless Service)."
+        ),
+    )
+
+
+# Every settings class: a field's description is the docstring right below it.
+_SETTINGS_CONFIG = SettingsConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
+
+
 class ProcessSettings(BaseSettings):
     """Settings every process has. Subclasses set `env_prefix` and add their own fields."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    model_config = _SETTINGS_CONFIG
 
     # Names of SecretStr fields that must be strong outside development.
     secret_fields: ClassVar[tuple[str, ...]] = ("internal_token_secret",)
 
-    environment: Environment = Field(
-        default=Environment.DEVELOPMENT,
-        description=(
-            "`development`, `test` or `production`. Outside development the process refuses to start with a "
-            "default or weak secret (fewer than 32 characters); in production `/docs`, `/redoc` and "
-            "`/openapi.json` are off."
-        ),
-    )
-    host: str = Field(default="127.0.0.1", description="The address the process listens on.")
-    port: int = Field(default=8000, description="The port the process listens on; each process has its own default.")
-    log_level: str = Field(
-        default="INFO", description="The level of the process's log (`DEBUG`, `INFO`, `WARNING`, ...)."
-    )
-    log_json: bool = Field(default=True, description="Log lines as JSON, each with the request id and the trace id.")
-    access_log: bool = Field(default=True, description="One access line per request, carrying its trace id.")
-    trace_sample_ratio: float = Field(
-        default=1.0,
-        ge=0.0,
-        le=1.0,
-        description=(
-            "Share of new traces recorded and exported (`ParentBased(TraceIdRatioBased(ratio))`). A request that "
-            "arrives with a `traceparent` follows its caller's decision, so a trace is kept or dropped whole; a "
-            "dropped request still has a trace id in its logs and error body."
-        ),
-    )
+    environment: Environment = Environment.DEVELOPMENT
+    """`development`, `test` or `production`. Outside development the process refuses to start with a default or weak
+    secret (fewer than 32 characters); in production `/docs`, `/redoc` and `/openapi.json` are off."""
+    host: str = "127.0.0.1"
+    """The address the process listens on."""
+    port: int = 8000
+    """The port the process listens on; each process has its own default."""
+    log_level: str = "INFO"
+    """The level of the process's log (`DEBUG`, `INFO`, `WARNING`, ...)."""
+    log_json: bool = True
+    """Log lines as JSON, each with the request id and the trace id."""
+    access_log: bool = True
+    """One access line per request, carrying its trace id."""
+    trace_sample_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """Share of new traces recorded and exported (`ParentBased(TraceIdRatioBased(ratio))`). A request that arrives with
+    a `traceparent` follows its caller's decision, so a trace is kept or dropped whole; a dropped request still has a
+    trace id in its logs and error body."""
 
-    internal_token_secret: SecretStr = Field(
-        default=SecretStr("dev-internal-secret-change-me"),
-        description="HS256 key of the internal identity token; the same in every process.",
-    )
-    internal_token_ttl_seconds: int = Field(
-        default=60,
-        ge=5,
-        le=3600,
-        description=(
-            "Lifetime of an internal identity token; the same in every process (a service refuses tokens that "
-            "live longer)."
-        ),
-    )
+    internal_token_secret: SecretStr = SecretStr("dev-internal-secret-change-me")
+    """HS256 key of the internal identity token; the same in every process."""
+    internal_token_ttl_seconds: Annotated[int, Field(ge=5, le=3600)] = 60
+    """Lifetime of an internal identity token; the same in every process (a service refuses tokens that live longer)."""
 
-    max_body_bytes: int = Field(
-        default=1024 * 1024,
-        ge=1,
-        description="Larger request bodies are refused with 413 before they are read in full.",
-    )
-    max_header_line_bytes: int = Field(
-        default=16 * 1024,
-        ge=256,
-        description=(
-            "Bytes of one line of a request head (the request target, or one header's name and value); a longer "
-            "one is refused with 431 while it arrives (`shared/serving/protocol.py`)."
-        ),
-    )
-    max_header_bytes: int = Field(
-        default=64 * 1024,
-        ge=1024,
-        description="Bytes of a whole request head; a larger one is refused with 431 while it arrives.",
-    )
-    max_header_fields: int = Field(
-        default=100,
-        ge=8,
-        description="Header fields of a request (trailers included); more are refused with 431 while they arrive.",
-    )
-    server_header_timeout_seconds: float = Field(
-        default=10.0,
-        gt=0,
-        description=(
-            "How long a request head may take to arrive, from its first byte (the first request's: from the "
-            "connection); past it the server answers 408 and closes the connection, or closes a connection that "
-            "sent nothing (as nginx's `client_header_timeout`)."
-        ),
-    )
+    max_body_bytes: AtLeastOne = 1024 * 1024
+    """Larger request bodies are refused with 413 before they are read in full."""
+    max_header_line_bytes: Annotated[int, Field(ge=256)] = 16 * 1024
+    """Bytes of one line of a request head (the request target, or one header's name and value); a longer one is refused
+    with 431 while it arrives (`shared/serving/protocol.py`)."""
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    """Bytes of a whole request head; a larger one is refused with 431 while it arrives."""
+    max_header_fields: Annotated[int, Field(ge=8)] = 100
+    """Header fields of a request (trailers included); more are refused with 431 while they arrive."""
+    server_header_timeout_seconds: PositiveFloat = 10.0
+    """How long a request head may take to arrive, from its first byte (the first request's: from the connection); past
+    it the server answers 408 and closes the connection, or closes a connection that sent nothing (as nginx's
+    `client_header_timeout`)."""
 
-    metrics_allowed_networks: ListSetting = Field(
-        default_factory=lambda: list(PRIVATE_NETWORKS),
-        description=(
-            "Addresses or CIDRs (JSON array or comma-separated) whose connections may read `/metrics`, judged on "
-            "the connection's own address; others get 404. Default: loopback and the private ranges."
-        ),
-    )
+    metrics_allowed_networks: ListSetting = Field(default_factory=lambda: list(PRIVATE_NETWORKS))
+    """Addresses or CIDRs (JSON array or comma-separated) whose connections may read `/metrics`, judged on the
+    connection's own address; others get 404. Default: loopback and the private ranges."""
 
     # Upstream HTTP client (used by the gateway and by services that call others).
-    http_transport: Literal["aiohttp", "httpx"] = Field(
-        default="aiohttp",
-        description=(
-            "Transport of the pooled upstream client: `aiohttp` (httpx-aiohttp) or `httpx` (httpx's own). "
-            "Either way the client keeps no cookies, since it calls services for every caller."
-        ),
-    )
-    http_max_connections: int = Field(default=200, ge=1, description="Connections of the one upstream client's pool.")
-    http_max_keepalive: int = Field(
-        default=100, ge=0, description="Idle connections the upstream client's pool keeps open."
-    )
-    http_connect_timeout_seconds: float = Field(
-        default=2.0, gt=0, description="How long an upstream call may take to connect."
-    )
-    http_timeout_seconds: float = Field(
-        default=10.0,
-        gt=0,
-        description=(
-            "How long an upstream call may take before it answers 504 naming the service. Each hop's is below "
-            "its caller's, so a hung service is named by the process that called it."
-        ),
-    )
-    http_keepalive_expiry_seconds: float = Field(
-        default=15.0,
-        gt=0,
-        description=(
-            "An idle pooled connection is dropped after this long, well before any server would close it (it "
-            "must be below `server_keep_alive_seconds`), so no request goes out on a connection being closed."
-        ),
-    )
-    server_keep_alive_seconds: int = Field(
-        default=30, ge=1, description="How long this process's server keeps an idle connection open."
-    )
-    workers: int = Field(
-        default=1,
-        ge=1,
-        le=256,
-        description=(
-            "`serve` with 1: one uvicorn process; more: a gunicorn master with that many uvicorn workers on one "
-            "socket (`shared/serving/`)."
-        ),
-    )
-    max_requests: int = Field(
-        default=10_000,
-        ge=0,
-        description=(
-            "With several workers, each is replaced after this many requests plus a random 0 to "
-            "`max_requests_jitter`, so they do not all restart at once; 0 never replaces one."
-        ),
-    )
-    max_requests_jitter: int = Field(
-        default=1_000, ge=0, description="The random share added to `max_requests` for each worker."
-    )
-    shutdown_timeout_seconds: int = Field(
-        default=10,
-        ge=1,
-        description="After SIGTERM: no new connections, and requests in flight get this long to finish.",
-    )
+    http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    """Transport of the pooled upstream client: `aiohttp` (httpx-aiohttp) or `httpx` (httpx's own). Either way the
+    client keeps no cookies, since it calls services for every caller."""
+    http_max_connections: AtLeastOne = 200
+    """Connections of the one upstream client's pool."""
+    http_max_keepalive: NonNegativeInt = 100
+    """Idle connections the upstream client's pool keeps open."""
+    http_connect_timeout_seconds: PositiveFloat = 2.0
+    """How long an upstream call may take to connect."""
+    http_timeout_seconds: PositiveFloat = 10.0
+    """How long an upstream call may take before it answers 504 naming the service. Each hop's is below its caller's, so
+    a hung service is named by the process that called it."""
+    http_keepalive_expiry_seconds: PositiveFloat = 15.0
+    """An idle pooled connection is dropped after this long, well before any server would close it (it must be below
+    `server_keep_alive_seconds`), so no request goes out on a connection being closed."""
+    server_keep_alive_seconds: AtLeastOne = 30
+    """How long this process's server keeps an idle connection open."""
+    workers: Annotated[int, Field(ge=1, le=256)] = 1
+    """`serve` with 1: one uvicorn process; more: a gunicorn master with that many uvicorn workers on one socket
+    (`shared/serving/`)."""
+    max_requests: NonNegativeInt = 10_000
+    """With several workers, each is replaced after this many requests plus a random 0 to `max_requests_jitter`, so they
+    do not all restart at once; 0 never replaces one."""
+    max_requests_jitter: NonNegativeInt = 1_000
+    """The random share added to `max_requests` for each worker."""
+    shutdown_timeout_seconds: AtLeastOne = 10
+    """After SIGTERM: no new connections, and requests in flight get this long to finish."""
 
-    circuit_enabled: bool = Field(default=True, description="A circuit breaker per called service.")
-    circuit_failure_threshold: int = Field(
-        default=5,
-        ge=1,
-        description=(
-            "Failures of a service (no answer, or a 5xx of the service's own) within `circuit_window_seconds` "
-            "that open its circuit: calls then answer 503 `CIRCUIT_OPEN` at once."
-        ),
-    )
-    circuit_window_seconds: float = Field(
-        default=10.0, gt=0, description="The window in which failures are counted towards opening a circuit."
-    )
-    circuit_open_seconds: float = Field(
-        default=5.0, gt=0, description="How long an open circuit refuses calls before trial calls go through."
-    )
-    circuit_half_open_calls: int = Field(
-        default=1,
-        ge=1,
-        description=(
-            "Trial calls let through at once by a half-open circuit: a success closes it, a failure opens it again."
-        ),
-    )
-    http_connect_retries: int = Field(
-        default=1,
-        ge=0,
-        le=3,
-        description=(
-            "Safe calls (GET, HEAD, OPTIONS, and writes with an Idempotency-Key) whose connection could not be "
-            "made are retried this many times, within the call's remaining time. Other writes are never retried."
-        ),
-    )
-    http_retry_jitter_seconds: float = Field(
-        default=0.05, ge=0, le=1, description="The longest random pause before such a retry."
-    )
+    circuit_enabled: bool = True
+    """A circuit breaker per called service."""
+    circuit_failure_threshold: AtLeastOne = 5
+    """Failures of a service (no answer, or a 5xx of the service's own) within `circuit_window_seconds` that open its
+    circuit: calls then answer 503 `CIRCUIT_OPEN` at once."""
+    circuit_window_seconds: PositiveFloat = 10.0
+    """The window in which failures are counted towards opening a circuit."""
+    circuit_open_seconds: PositiveFloat = 5.0
+    """How long an open circuit refuses calls before trial calls go through."""
+    circuit_half_open_calls: AtLeastOne = 1
+    """Trial calls let through at once by a half-open circuit: a success closes it, a failure opens it again."""
+    http_connect_retries: Annotated[int, Field(ge=0, le=3)] = 1
+    """Safe calls (GET, HEAD, OPTIONS, and writes with an Idempotency-Key) whose connection could not be made are
+    retried this many times, within the call's remaining time. Other writes are never retried."""
+    http_retry_jitter_seconds: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """The longest random pause before such a retry."""
 
     # Fleets: a service's URL setting may name several instances (`shared/fleet.py`).
-    upstream_dns_min_ttl_seconds: float = Field(
-        default=1.0,
-        gt=0,
-        description="A `dns+http://` name is resolved again after its records' TTL, but never sooner than this.",
-    )
-    upstream_dns_max_ttl_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        description=(
-            "A `dns+http://` name is resolved again at least this often, whatever its records' TTL, so instances "
-            "added or removed are seen within it."
-        ),
-    )
-    upstream_dns_servers: ListSetting = Field(
-        default_factory=list,
-        description=(
-            "Name servers (`address` or `address:port`) that resolve `dns+http://` names; empty: the system's "
-            "(`/etc/resolv.conf`, with its search domains)."
-        ),
-    )
-    upstream_balancer: Literal["least_request", "peak_ewma"] = Field(
-        default="least_request",
-        description=(
-            "How a request picks one of a service's healthy instances: the less loaded of two drawn at random, by "
-            "requests in flight (`least_request`) or by in-flight requests times recent latency (`peak_ewma`)."
-        ),
-    )
-    upstream_ejection_failures: int = Field(
-        default=5,
-        ge=1,
-        description=(
-            "Consecutive failures of one instance (refused, reset, timed out, or a 5xx of its own) that take it "
-            "out of its fleet until a check of its `/health/ready` passes. At most half of a fleet is out at once."
-        ),
-    )
-    upstream_ejection_seconds: float = Field(
-        default=1.0,
-        gt=0,
-        description=(
-            "How long an instance stays out before its first check; doubled each time it is taken out again "
-            "within `upstream_ejection_max_seconds` of coming back."
-        ),
-    )
-    upstream_ejection_max_seconds: float = Field(
-        default=30.0, gt=0, description="The longest an instance stays out before it is checked."
-    )
-    upstream_stall_seconds: float = Field(
-        default=3.0,
-        ge=0,
-        description=(
-            "An instance with requests in flight that has answered none for this long, while the rest of its "
-            "fleet answers, is taken out too (a hung process accepts connections and never answers); its "
-            "requests in flight go on. 0: never."
-        ),
-    )
-    upstream_health_check_interval_seconds: float = Field(
-        default=1.0, gt=0, description="How often an instance that is out, past its wait, is checked."
-    )
-    upstream_health_check_timeout_seconds: float = Field(
-        default=1.0, gt=0, description="How long a check of `/health/ready` may take."
-    )
-    upstream_retry_budget_ratio: float = Field(
-        default=0.2,
-        ge=0,
-        le=1,
-        description=(
-            "Retries to one service stay within this share of its requests over `upstream_retry_budget_window_seconds` "
-            "(plus `upstream_retry_budget_min_retries`), so retries cannot multiply an outage."
-        ),
-    )
-    upstream_retry_budget_min_retries: int = Field(
-        default=10, ge=0, description="Retries allowed in any window whatever the number of requests."
-    )
-    upstream_retry_budget_window_seconds: float = Field(
-        default=10.0, ge=1, le=600, description="The sliding window of the retry budget."
-    )
+    upstream_dns_min_ttl_seconds: PositiveFloat = 1.0
+    """A `dns+http://` name is resolved again after its records' TTL, but never sooner than this."""
+    upstream_dns_max_ttl_seconds: PositiveFloat = 30.0
+    """A `dns+http://` name is resolved again at least this often, whatever its records' TTL, so instances added or
+    removed are seen within it."""
+    upstream_dns_servers: ListSetting = Field(default_factory=list)
+    """Name servers (`address` or `address:port`) that resolve `dns+http://` names; empty: the system's
+    (`/etc/resolv.conf`, with its search domains)."""
+    upstream_balancer: Literal["least_request", "peak_ewma"] = "least_request"
+    """How a request picks one of a service's healthy instances: the less loaded of two drawn at random, by requests in
+    flight (`least_request`) or by in-flight requests times recent latency (`peak_ewma`)."""
+    upstream_ejection_failures: AtLeastOne = 5
+    """Consecutive failures of one instance (refused, reset, timed out, or a 5xx of its own) that take it out of its
+    fleet until a check of its `/health/ready` passes. At most half of a fleet is out at once."""
+    upstream_ejection_seconds: PositiveFloat = 1.0
+    """How long an instance stays out before its first check; doubled each time it is taken out again within
+    `upstream_ejection_max_seconds` of coming back."""
+    upstream_ejection_max_seconds: PositiveFloat = 30.0
+    """The longest an instance stays out before it is checked."""
+    upstream_stall_seconds: NonNegativeFloat = 3.0
+    """An instance with requests in flight that has answered none for this long, while the rest of its fleet answers, is
+    taken out too (a hung process accepts connections and never answers); its requests in flight go on. 0: never."""
+    upstream_health_check_interval_seconds: PositiveFloat = 1.0
+    """How often an instance that is out, past its wait, is checked."""
+    upstream_health_check_timeout_seconds: PositiveFloat = 1.0
+    """How long a check of `/health/ready` may take."""
+    upstream_retry_budget_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2
+    """Retries to one service stay within this share of its requests over `upstream_retry_budget_window_seconds` (plus
+    `upstream_retry_budget_min_retries`), so retries cannot multiply an outage."""
+    upstream_retry_budget_min_retries: NonNegativeInt = 10
+    """Retries allowed in any window whatever the number of requests."""
+    upstream_retry_budget_window_seconds: Annotated[float, Field(ge=1, le=600)] = 10.0
+    """The sliding window of the retry budget."""
 
     # Admission control: an adaptive limit of requests in progress (`shared/admission.py`).
-    admission_enabled: bool = Field(
-        default=False,
-        description=(
-            "Admission control: at most an adaptive number of requests in progress, the rest answered 503 "
-            "`OVERLOADED` with `Retry-After` at once (probes and `/metrics` never). Off by default: measured at "
-            "one to three times a gateway worker's capacity, it sheds more than it saves (docs: Overload). "
-            "Off: every request is admitted (deadlines are still honoured)."
-        ),
-    )
-    admission_initial_limit: int = Field(
-        default=200,
-        ge=1,
-        description=(
-            "The limit of requests in progress the process starts with, and goes back to once an overload that "
-            "lowered it is over (the process has not used half its limit for 5 s)."
-        ),
-    )
-    admission_min_limit: int = Field(
-        default=20,
-        ge=1,
-        description=(
-            "The limit never falls below this, however slow requests get (a burst of this many is always admitted)."
-        ),
-    )
-    admission_max_limit: int = Field(
-        default=1000, ge=1, description="The limit never grows above this, however fast requests are."
-    )
-    admission_rtt_tolerance: float = Field(
-        default=1.5,
-        ge=1.0,
-        description=(
-            "How much slower than its usual (long-term) latency the process may answer before the limit "
-            "shrinks: the gradient is `tolerance * long RTT / short RTT`, at most 1."
-        ),
-    )
-    admission_smoothing: float = Field(
-        default=0.2,
-        gt=0,
-        le=1,
-        description="How far the limit moves towards each window's new estimate (1: all the way at once).",
-    )
-    admission_window_seconds: float = Field(
-        default=0.1,
-        gt=0,
-        le=10,
-        description="The limit is recomputed once per window, from the mean time of the requests finished in it.",
-    )
-    admission_queue_size: int = Field(
-        default=100,
-        ge=0,
-        description=(
-            "Requests past the limit that may wait for a slot (a freed slot goes to the best plan waiting); "
-            "0: none wait."
-        ),
-    )
-    admission_queue_timeout_seconds: float = Field(
-        default=0.5,
-        ge=0,
-        le=5,
-        description="The longest a request waits in the queue before it is answered 503 `OVERLOADED`.",
-    )
-    admission_retry_after_seconds: int = Field(default=1, ge=1, description="`Retry-After` of a 503 `OVERLOADED`.")
+    admission_enabled: bool = False
+    """Admission control: at most an adaptive number of requests in progress, the rest answered 503 `OVERLOADED` with
+    `Retry-After` at once (probes and `/metrics` never). Off by default: measured at one to three times a gateway
+    worker's capacity, it sheds more than it saves (docs: Overload). Off: every request is admitted (deadlines are still
+    honoured)."""
+    admission_initial_limit: AtLeastOne = 200
+    """The limit of requests in progress the process starts with, and goes back to once an overload that lowered it is
+    over (the process has not used half its limit for 5 s)."""
+    admission_min_limit: AtLeastOne = 20
+    """The limit never falls below this, however slow requests get (a burst of this many is always admitted)."""
+    admission_max_limit: AtLeastOne = 1000
+    """The limit never grows above this, however fast requests are."""
+    admission_rtt_tolerance: Annotated[float, Field(ge=1.0)] = 1.5
+    """How much slower than its usual (long-term) latency the process may answer before the limit shrinks: the gradient
+    is `tolerance * long RTT / short RTT`, at most 1."""
+    admission_smoothing: Annotated[float, Field(gt=0, le=1)] = 0.2
+    """How far the limit moves towards each window's new estimate (1: all the way at once)."""
+    admission_window_seconds: Annotated[float, Field(gt=0, le=10)] = 0.1
+    """The limit is recomputed once per window, from the mean time of the requests finished in it."""
+    admission_queue_size: NonNegativeInt = 100
+    """Requests past the limit that may wait for a slot (a freed slot goes to the best plan waiting); 0: none wait."""
+    admission_queue_timeout_seconds: Annotated[float, Field(ge=0, le=5)] = 0.5
+    """The longest a request waits in the queue before it is answered 503 `OVERLOADED`."""
+    admission_retry_after_seconds: AtLeastOne = 1
+    """`Retry-After` of a 503 `OVERLOADED`."""
 
     @model_validator(mode="after")
     def _client_idles_out_first(self) -> ProcessSettings:
@@ -585,46 +450,34 @@ class ProcessSettings(BaseSettings):
 class BaseServiceSettings(ProcessSettings):
     """A process with a database of its own: every service (the gateway has none)."""
 
-    database_url: str = Field(
-        default=sqlite_url("portico"),
-        description=(
-            "The service's database: `sqlite+aiosqlite:///./var/<service>.db` by default, "
-            "`postgresql+asyncpg://...` for PostgreSQL."
-        ),
-    )
-    db_pool_size: int = Field(default=10, ge=1, description="Connections the pool keeps open (PostgreSQL).")
-    db_max_overflow: int = Field(
-        default=10, ge=0, description="Connections the pool may open beyond its size under load."
-    )
+    database_url: str = sqlite_url("portico")
+    """The service's database: `sqlite+aiosqlite:///./var/<service>.db` by default, `postgresql+asyncpg://...` for
+    PostgreSQL."""
+    db_pool_size: AtLeastOne = 10
+    """Connections the pool keeps open (PostgreSQL)."""
+    db_max_overflow: NonNegativeInt = 10
+    """Connections the pool may open beyond its size under load."""
     # Below every caller's timeout (the orders service waits 4 s for a service, the gateway 10 s).
-    db_pool_timeout_seconds: float = Field(
-        default=3.0,
-        gt=0,
-        description=(
-            "A request that waits longer for a connection answers 503 `DATABASE_UNAVAILABLE` with "
-            "`Retry-After: 1` (counted in `portico_db_pool_timeouts_total`). It is below every caller's timeout, "
-            "so the caller relays that 503 rather than timing out and answering 504."
-        ),
-    )
-    db_echo: bool = Field(default=False, description="Log every SQL statement (SQLAlchemy's `echo`).")
+    db_pool_timeout_seconds: PositiveFloat = 3.0
+    """A request that waits longer for a connection answers 503 `DATABASE_UNAVAILABLE` with `Retry-After: 1` (counted in
+    `portico_db_pool_timeouts_total`). It is below every caller's timeout, so the caller relays that 503 rather than
+    timing out and answering 504."""
+    db_echo: bool = False
+    """Log every SQL statement (SQLAlchemy's `echo`)."""
 
 
 class AccessTokenSettings(BaseSettings):
     """Access tokens as the users service signs them and the gateway verifies them (HS256 with a
     shared secret, or RS256 with the users service's private key and the gateway's public one)."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    model_config = _SETTINGS_CONFIG
 
-    jwt_algorithm: Literal["HS256", "RS256"] = Field(
-        default="HS256",
-        description=(
-            "How access tokens are signed: `HS256` with a secret both sides hold, or `RS256` with the users "
-            "service's rotating private keys, published as a JWKS."
-        ),
-    )
-    jwt_secret: SecretStr | None = Field(
-        default=SecretStr("dev-jwt-secret-change-me"),
-        description="HS256: the secret the users service signs with and the gateway verifies with; unused with RS256.",
-    )
-    jwt_kid: str = Field(default="portico-1", description="The `kid` of the configured signing key.")
-    jwt_issuer: str = Field(default="portico", description="The `iss` of access tokens.")
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    """How access tokens are signed: `HS256` with a secret both sides hold, or `RS256` with the users service's rotating
+    private keys, published as a JWKS."""
+    jwt_secret: SecretStr | None = SecretStr("dev-jwt-secret-change-me")
+    """HS256: the secret the users service signs with and the gateway verifies with; unused with RS256."""
+    jwt_kid: str = "portico-1"
+    """The `kid` of the configured signing key."""
+    jwt_issuer: str = "portico"
+    """The `iss` of access tokens."""
