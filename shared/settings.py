@@ -351,11 +351,10 @@ class ProcessSettings(BaseSettings):
     """The sliding window of the retry budget."""
 
     # Admission control: an adaptive limit of requests in progress (`shared/admission.py`).
-    admission_enabled: bool = False
+    admission_enabled: bool = True
     """Admission control: at most an adaptive number of requests in progress, the rest answered 503 `OVERLOADED` with
-    `Retry-After` at once (probes and `/metrics` never). Off by default: measured at one to three times a gateway
-    worker's capacity, it sheds more than it saves (docs: Overload). Off: every request is admitted (deadlines are still
-    honoured)."""
+    `Retry-After` at once, by the server from the request's head (probes and `/metrics` never). Off: every request is
+    admitted (deadlines are still honoured)."""
     admission_initial_limit: AtLeastOne = 200
     """The limit of requests in progress the process starts with, and goes back to once an overload that lowered it is
     over (the process has not used half its limit for 5 s)."""
@@ -370,8 +369,10 @@ class ProcessSettings(BaseSettings):
     """How far the limit moves towards each window's new estimate (1: all the way at once)."""
     admission_window_seconds: Annotated[float, Field(gt=0, le=10)] = 0.1
     """The limit is recomputed once per window, from the mean time of the requests finished in it."""
-    admission_queue_size: NonNegativeInt = 100
-    """Requests past the limit that may wait for a slot (a freed slot goes to the best plan waiting); 0: none wait."""
+    admission_queue_size: NonNegativeInt = 0
+    """Requests past the limit that may wait for a slot (a freed slot goes to the best plan waiting); 0: none wait, a
+    request past the limit is refused at once. None by default: a request that may wait is decided by the app rather
+    than the server, and under sustained overload the queue only adds to the latency of the admitted (docs: Overload)."""
     admission_queue_timeout_seconds: Annotated[float, Field(ge=0, le=5)] = 0.5
     """The longest a request waits in the queue before it is answered 503 `OVERLOADED`."""
     admission_retry_after_seconds: AtLeastOne = 1
