@@ -362,9 +362,10 @@ class ProcessSettings(BaseSettings):
     """The limit never falls below this, however slow requests get (a burst of this many is always admitted)."""
     admission_max_limit: AtLeastOne = 1000
     """The limit never grows above this, however fast requests are."""
-    admission_rtt_tolerance: Annotated[float, Field(ge=1.0)] = 1.5
+    admission_rtt_tolerance: Annotated[float, Field(ge=1.0)] = 3.0
     """How much slower than its usual (long-term) latency the process may answer before the limit shrinks: the gradient
-    is `tolerance * long RTT / short RTT`, at most 1."""
+    is `tolerance * long RTT / short RTT`, at most 1. A process whose requests share one event loop answers more slowly
+    as soon as its CPU is busy, long before it is overloaded: measured, 1.5 shed at capacity and recovered slowly."""
     admission_smoothing: Annotated[float, Field(gt=0, le=1)] = 0.2
     """How far the limit moves towards each window's new estimate (1: all the way at once)."""
     admission_window_seconds: Annotated[float, Field(gt=0, le=10)] = 0.1
