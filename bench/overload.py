@@ -3,6 +3,7 @@ with admission control off and on, in one run.
 
     .venv/bin/python -m bench.overload [--seconds 10] [--multiples 1,2,3]
     .venv/bin/python -m bench.overload --micro          # the admission step's cost, in-process
+    .venv/bin/python -m bench.overload --refusals       # a refusal's cost on a real socket, under wrk
 
 Needs wrk (capacity), nginx (the upstream) and Redis (default redis://127.0.0.1:6379/0; keys under a
 prefix of this run's own, removed at the end).
@@ -617,9 +618,47 @@ async def protocol_costs(n: int) -> tuple[float, float]:
     return refused, passed
 
 
+def refusal_rate(args: argparse.Namespace) -> None:
+    """What a refusal in the server's protocol costs on a real socket: one worker whose limit is one,
+    every request of the free plan, wrk with 32 and 256 keep-alive connections; CPU per request."""
+    require_wrk()
+    require_nginx()
+    from bench.edge import cpu_seconds
+
+    secret = "bench-" + os.urandom(16).hex()
+    one = {f"GATEWAY_ADMISSION_{name}_LIMIT": "1" for name in ("MIN", "INITIAL", "MAX")}
+    others = set(range(os.cpu_count() or 1)) - GATEWAY_CPUS or GATEWAY_CPUS
+    upstream = free_port()
+    with redis_prefix(args.redis_url) as prefix, nginx(upstream, cpus=others):
+        port = free_port()
+        with gateway(port, upstream, args.redis_url, prefix, secret, True, one) as pid:
+            worker = worker_pid(pid)
+            url = f"http://127.0.0.1:{port}{PATH}"
+            headers = {"Authorization": f"Bearer {bearer(plan='free', secret=secret)}"}
+            rows = []
+            for connections in (32, 256):
+                wrk(url, headers=headers, seconds=2, connections=connections, cpus=others, strict=False)
+                before, started = cpu_seconds(worker), time.monotonic()
+                result = wrk(url, headers=headers, seconds=5, connections=connections, cpus=others, strict=False)
+                used, elapsed = cpu_seconds(worker) - before, time.monotonic() - started
+                rows.append(
+                    [
+                        str(connections),
+                        f"{result.requests_per_second:.0f}",
+                        f"{result.non_2xx / max(1, result.requests):.1%}",
+                        f"{used / elapsed:.0%}",
+                        f"{used / max(1, result.requests) * 1e6:.1f} µs",
+                    ]
+                )
+    table(["connections", "requests/s", "refused", "worker CPU", "CPU per request"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--micro", action="store_true", help="only the admission step's cost, in-process")
+    parser.add_argument(
+        "--refusals", action="store_true", help="only what a refusal in the server's protocol costs, under wrk"
+    )
     parser.add_argument("--seconds", type=float, default=10, help="seconds of each load phase")
     parser.add_argument("--capacity-seconds", type=int, default=5)
     parser.add_argument("--recovery-seconds", type=float, default=5)
@@ -639,6 +678,9 @@ def main() -> None:
     args.gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
     if args.micro:
         micro()
+        return
+    if args.refusals:
+        refusal_rate(args)
         return
     asyncio.run(measure(args))
 

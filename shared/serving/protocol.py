@@ -22,12 +22,15 @@ connection itself) is answered 408 (problem+json) and closed; one that has sent 
 closed without an answer. A client dribbling its headers a byte at a time no longer holds a
 connection (and its buffers) for as long as it likes.
 
-Under overload it also refuses requests itself: when the lifespan state holds a `Shedder`
-(`shared/admission.py`, under `SHEDDER_KEY`), each request head is shown to it before uvicorn builds
-the request's scope and task, and a request it refuses is answered 503 `OVERLOADED` on the spot (its
-body, if any, read and dropped; the connection kept alive unless the client asked otherwise). A
-request still on its way on a pipelined connection, one expecting `100 Continue`, an upgrade, and a
-connection whose client is not reading its answers go on to the app, whose own admission decides.
+It also admits requests: when the lifespan state holds a `Shedder` (`shared/admission.py`, under
+`SHEDDER_KEY`), each request head is shown to it before uvicorn starts a task for the request. A
+request it admits takes its slot of the limit there and holds it until its answer is sent (or its
+connection is lost), its scope marked `ADMITTED` so that the app's admission stage lets it through; a
+request it refuses is answered 503 `OVERLOADED` on the spot, its body (if any) read and dropped and
+the connection kept alive unless the client asked otherwise, for a few percent of what an answer
+costs. A request pipelined behind one still being answered, one expecting `100 Continue`, an
+upgrade, and a request on a connection whose client is not reading its answers go on to the app,
+whose own admission stage decides.
 
 It costs a few integer operations per read and per header, and one timer per request head. Any
 uvicorn-based server can use it: `python -m <process>` passes it to uvicorn with the process's
