@@ -373,7 +373,7 @@ class ProcessSettings(BaseSettings):
     admission_queue_size: NonNegativeInt = 0
     """Requests past the limit that may wait for a slot (a freed slot goes to the best plan waiting); 0: none wait, a
     request past the limit is refused at once. None by default: a request that may wait is decided by the app rather
-    than the server, and under sustained overload the queue only adds to the latency of the admitted (docs: Overload)."""
+    than the server, and under sustained overload a queue only adds to the latency of the admitted (docs: Overload)."""
     admission_queue_timeout_seconds: Annotated[float, Field(ge=0, le=5)] = 0.5
     """The longest a request waits in the queue before it is answered 503 `OVERLOADED`."""
     admission_retry_after_seconds: AtLeastOne = 1

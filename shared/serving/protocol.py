@@ -51,7 +51,7 @@ import time
 import uuid
 from asyncio import Handle, TimerHandle
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -288,7 +288,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         verdict = shedder.admit(self.url, self.headers)
         if verdict is True:
             self._admitted_at = time.perf_counter()
-            self.scope[ADMITTED] = True  # type: ignore[literal-required]  # an extension key of Portico's
+            # An extension key of Portico's, which uvicorn's typed scope does not list.
+            cast(dict[str, Any], self.scope)[ADMITTED] = True
             return False
         if verdict is False:
             return False
