@@ -256,6 +256,15 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
                 raise ValueError(f"GATEWAY_ADMISSION_PLAN_SHARES: {plan!r} is not one of {', '.join(ranked)}")
             if not 0 < share <= 1:
                 raise ValueError(f"GATEWAY_ADMISSION_PLAN_SHARES: the share of {plan} must be in (0, 1]")
+        # A plan left out has the whole limit; a better plan never has less than a lower one (the
+        # server's protocol, which ranks callers before the route is known, relies on it).
+        shares = [self.admission_plan_shares.get(plan, 1.0) for plan in ranked]
+        if shares != sorted(shares):
+            raise ValueError(
+                "GATEWAY_ADMISSION_PLAN_SHARES: a plan's share may not be below a lower plan's "
+                f"({', '.join(f'{plan} {share:g}' for plan, share in zip(ranked, shares, strict=True))}; "
+                "a plan left out has 1)"
+            )
         return self
 
     @model_validator(mode="after")

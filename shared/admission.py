@@ -53,6 +53,7 @@ import contextlib
 import contextvars
 import math
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -61,7 +62,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.asgi import header
+from shared.asgi import find_headers, header
 from shared.errors import DeadlineExceeded, Overloaded, PorticoError, problem_message, retry_in
 from shared.metrics import MULTIPROC_ENV, LabelCache
 from shared.request_id import new_request_id, request_id_of
@@ -415,10 +416,14 @@ def overloaded(retry_after: str) -> Overloaded:
 # Where a process's lifespan state holds its `Shedder`, for the server's protocol.
 SHEDDER_KEY = "shedder"
 # In a request's scope: the server's protocol admitted it (`Shedder`) and holds its slot until the
-# answer is sent; the app's admission stage lets it through.
+# request's task ends; the app's admission stage lets it through.
 ADMITTED = "portico.admitted"
-# A rank of the request from its raw headers (the gateway's: the caller's plan).
-Ranker = Callable[[Sequence[tuple[bytes, bytes]]], int]
+# A request's rank from its method, path and raw headers (the gateway's: the caller's plan).
+Ranker = Callable[[bytes, str, Sequence[tuple[bytes, bytes]]], int]
+# The methods whose requests carry no body.
+BODYLESS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE"})
+# A request id a client may send, as the observability stage takes it (`shared/middleware.py`).
+CLIENT_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{8,128}$")
 
 
 class Shedder:
@@ -437,7 +442,17 @@ class Shedder:
     header named in `app_decides` (the gateway's `Origin`, when CORS is on: its refusal carries CORS
     headers) goes on to the app."""
 
-    __slots__ = ("_body_after", "_body_before", "_head", "app_decides", "exempt", "limit", "metrics", "rank")
+    __slots__ = (
+        "_body_after",
+        "_body_before",
+        "_head",
+        "app_decides",
+        "exempt",
+        "limit",
+        "max_body",
+        "metrics",
+        "rank",
+    )
 
     def __init__(
         self,
@@ -448,47 +463,68 @@ class Shedder:
         exempt: Iterable[str] = EXEMPT_PATHS,
         headers: Sequence[tuple[bytes, bytes]] = (),
         app_decides: Iterable[bytes] = (),
+        max_body: int | None = None,
     ) -> None:
         self.limit = limit
-        self.app_decides = frozenset(app_decides)
         self.metrics = metrics
         # None: every request has the top rank (services do not rank requests).
         self.rank = rank
-        self.exempt = frozenset(path.encode("ascii") for path in exempt)
-        # The answer is the same but for its request id: the head and body around it are built once.
+        self.exempt = frozenset(exempt)
+        self.app_decides = frozenset(app_decides)
+        # A request declaring a larger body is left to the app, which refuses it (413) without a slot.
+        self.max_body = max_body
+        # The answer is the same but for its request id: what stands around it is built once.
         marker = "0" * len(new_request_id())
         problem_headers, body = problem_message(overloaded(limit.retry_after()), marker)
         self._body_before, _, self._body_after = body.partition(marker.encode("ascii"))
-        lines = [name + b": " + value + b"\r\n" for name, value in (*problem_headers, *headers)]
-        self._head = b"".join(lines) + b"x-request-id: "
+        lines = [
+            name + b": " + value + b"\r\n" for name, value in (*problem_headers, *headers) if name != b"content-length"
+        ]
+        self._head = b"".join(lines)
 
-    def admit(self, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bool | tuple[bytes, bytes]:
-        """Decides a request for `target` (its path and query, as sent) with `headers` (names in lower
-        case) as its head arrives. True: admitted, its slot taken (the protocol marks the request's
-        scope `ADMITTED` and gives the slot back with `release` when the answer is sent); False: the
-        app's stage decides (a path never shed, or a request that may wait in the queue); else the
-        header lines and body of its 503."""
+    def admit(self, method: bytes, path: str, headers: Sequence[tuple[bytes, bytes]]) -> bool | tuple[bytes, bytes]:
+        """Decides a request (`method`, `path` as the app's scope has it, `headers` with names in
+        lower case) as its head arrives. True: admitted, its slot taken (the protocol marks the
+        request's scope `ADMITTED` and gives the slot back with `release` when its task ends); False:
+        the app's stage decides (a path never shed, a request that may wait in the queue, or one
+        whose declared body the app refuses); else the header lines and body of its 503."""
         limit = self.limit
-        path, _, _ = target.partition(b"?")
         if path in self.exempt:
+            return False
+        if self.max_body is not None and method not in BODYLESS and _declared_body(headers) > self.max_body:
             return False
         if limit.in_flight < limit.lowest_ceiling:
             # Room for any plan (the usual case): no need to know the caller's.
             return limit.enter(0)
         if self.app_decides and any(name in self.app_decides for name, _ in headers):
             return False
-        rank = TOP_RANK if self.rank is None else self.rank(headers)
+        rank = TOP_RANK if self.rank is None else self.rank(method, path, headers)
         if limit.enter(rank):
             return True
         if not limit.refuses(rank):
             return False
         self.metrics.count_shed(SHED_LIMIT, UNRANKED if self.rank is None else RANKS[rank])
-        request_id = new_request_id().encode("ascii")
-        return self._head + request_id + b"\r\n", self._body_before + request_id + self._body_after
+        (sent,) = find_headers(headers, b"x-request-id")
+        request_id = sent if sent is not None and CLIENT_REQUEST_ID.match(sent) else new_request_id().encode("ascii")
+        body = self._body_before + request_id + self._body_after
+        head = b"%scontent-length: %d\r\nx-request-id: %s\r\n" % (self._head, len(body), request_id)
+        return head, body
 
     def release(self, started: float) -> None:
         """Gives back the slot of a request admitted at `started` (`time.perf_counter()`)."""
         self.limit.leave(started)
+
+
+def _declared_body(headers: Sequence[tuple[bytes, bytes]]) -> int:
+    """The body size a request's `Content-Length` declares; 0 without one (or a malformed one,
+    which the app refuses)."""
+    (declared,) = find_headers(headers, b"content-length")
+    if declared is None:
+        return 0
+    try:
+        return int(declared)
+    except ValueError:
+        return 0
 
 
 class AdmissionMiddleware:

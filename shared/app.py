@@ -137,7 +137,7 @@ def install_common(
         limit = AdaptiveLimit(LimitSettings.of(settings), admission_metrics) if settings.admission_enabled else None
         app.add_middleware(AdmissionMiddleware, limit=limit, metrics=admission_metrics)
         if limit is not None:
-            app.shedder = Shedder(limit, admission_metrics)
+            app.shedder = Shedder(limit, admission_metrics, max_body=settings.max_body_bytes)
     app.outermost = Middleware(
         ObservabilityMiddleware, spans=ServerSpans(provider), metrics=metrics, access_log=settings.access_log
     )

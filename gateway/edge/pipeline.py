@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -147,6 +147,7 @@ class Edge:
             else None
         )
         self.budget = settings.http_timeout_seconds
+        self.max_body = settings.max_body_bytes
         self.deprecations = Deprecations(metrics.deprecated_calls)
         self.app: ASGIApp | None = None
         self._runtime: EdgeRuntime | None = None
@@ -158,19 +159,28 @@ class Edge:
         return self
 
     def shedder(self, runtime: EdgeRuntime) -> Shedder | None:
-        """What refuses requests in the server's protocol under overload, ranking callers as the
-        admission stage does; None when admission is off."""
+        """What admits and refuses requests in the server's protocol, ranking callers as the admission
+        stage does; None when admission is off."""
         if self.gate is None or self.admission is None:
             return None
         authenticator = runtime.authenticator
+
+        def rank(method: bytes, path: str, raw: Sequence[tuple[bytes, bytes]]) -> int:
+            # As `_http` ranks: a route open to callers without credentials ranks them all anonymous.
+            found = self.table.match({"type": "http", "method": method.decode("latin-1"), "path": path})
+            if type(found) is Found and type(found.route) is CompiledForward and found.route.access.anonymous:
+                return ANONYMOUS_RANK
+            return caller_rank(raw, authenticator)
+
         return Shedder(
             self.gate,
             self.admission,
-            rank=lambda raw: caller_rank(raw, authenticator),
+            rank=rank,
             exempt=UNLIMITED_PATHS,
             headers=self.security.api_headers if self.security is not None else (),
             # A browser's request: its refusal carries the CORS headers, which the edge adds.
             app_decides=(b"origin",) if self.cors is not None else (),
+            max_body=self.max_body,
         )
 
     @contextlib.contextmanager

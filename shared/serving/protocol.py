@@ -24,13 +24,15 @@ connection (and its buffers) for as long as it likes.
 
 It also admits requests: when the lifespan state holds a `Shedder` (`shared/admission.py`, under
 `SHEDDER_KEY`), each request head is shown to it before uvicorn starts a task for the request. A
-request it admits takes its slot of the limit there and holds it until its answer is sent (or its
-connection is lost), its scope marked `ADMITTED` so that the app's admission stage lets it through; a
-request it refuses is answered 503 `OVERLOADED` on the spot, its body (if any) read and dropped and
-the connection kept alive unless the client asked otherwise, for a few percent of what an answer
-costs. A request pipelined behind one still being answered, one expecting `100 Continue`, an
-upgrade, and a request on a connection whose client is not reading its answers go on to the app,
-whose own admission stage decides.
+request it admits takes its slot of the limit there and holds it until the app is done with it (its
+task ends, answered or not, client there or gone), its scope marked `ADMITTED` so that the app's
+admission stage lets it through. A request it refuses is answered 503 `OVERLOADED` on the spot, for a
+few percent of what an answer costs: without a body its connection stays open for the next request
+(unless the client asked otherwise); with one, the connection closes after the answer (lingering
+as after a 431), so that a refused upload is neither read nor waited for, and nothing sent behind it
+is served. A HEAD request's refusal has no body. A request pipelined behind one still being answered,
+one expecting `100 Continue`, an upgrade, and a request on a connection whose client is not reading
+its answers go on to the app, whose own admission stage decides.
 
 It costs a few integer operations per read and per header, and one timer per request head. Any
 uvicorn-based server can use it: `python -m <process>` passes it to uvicorn with the process's
@@ -46,15 +48,18 @@ used here.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
+import urllib.parse
 import uuid
 from asyncio import Handle, TimerHandle
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from shared.admission import ADMITTED, SHEDDER_KEY, Shedder
 from shared.errors import PorticoError, problem_response
@@ -136,11 +141,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # Refuses requests from their heads under overload (filled by the lifespan before any
         # connection is accepted); None: the app decides every request.
         self._shedder: Shedder | None = self.app_state.get(SHEDDER_KEY)
-        # The request on its way was refused here: its body is dropped; whether the connection stays.
+        # The request on its way was refused here under overload (its body, if any, is not served),
+        # and whether that refusal is answered already (no other answer may follow it).
         self._shed = False
-        self._shed_keep_alive = True
-        # The request being answered was admitted here (`time.perf_counter()` then): its slot is given
-        # back when its answer is sent, or when the connection is lost first.
+        self._refusal_answered = False
+        # The request whose head just arrived was admitted here (`time.perf_counter()` then): its
+        # slot is given back when its task ends (`_start_asgi_task`).
         self._admitted_at: float | None = None
 
     # uvicorn's reading of the connection, with the count in front of the parser
@@ -184,12 +190,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._linger_timer is not None:
             self._linger_timer.cancel()
         self._stop_head_clock()
-        self._release()
         super().connection_lost(exc)
 
-    def on_response_complete(self) -> None:
-        self._release()
-        super().on_response_complete()
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        # uvicorn's, and a request admitted here gives its slot back when its task ends: once the app
+        # is done with it, whether it answered, failed, or lost its client.
+        if self.config.reset_contextvars:
+            task = self.loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
+        else:
+            task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        admitted_at = self._admitted_at
+        if admitted_at is not None:
+            self._admitted_at = None
+            assert self._shedder is not None
+            release = self._shedder.release
+            task.add_done_callback(lambda _: release(admitted_at))
 
     # Shutting down (SIGTERM, or a worker replaced after its `max_requests`)
 
@@ -213,6 +230,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # Parser callbacks
 
     def on_message_begin(self) -> None:
+        if self._refusal is not None:
+            # A request behind one refused with `Connection: close`, in the same read: not served.
+            raise _Refused(self._refusal)
         # A request that follows a refused one in the same read: the connection is not idle.
         self._unset_keepalive_if_required()
         super().on_message_begin()
@@ -265,7 +285,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._counting = True
         self._head_bytes = 0
         if self._shed:
-            self._shed_complete()
+            if self._refusal is None:
+                self._shed_complete()
+            else:
+                # The refused request's body is all read: nothing is lost by closing now.
+                self.transport.close()
             return
         super().on_message_complete()
 
@@ -285,8 +309,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # The app decides: a pipelined request waits its turn (a slot would be held meanwhile),
             # and uvicorn's own concurrency limit may answer without the app.
             return False
-        verdict = shedder.admit(self.url, self.headers)
+        try:
+            # The path as the app's scope will have it (uvicorn's own reading of the target).
+            raw_path = httptools.parse_url(self.url).path
+        except httptools.HttpParserInvalidURLError:
+            return False  # uvicorn answers 400
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        method = self.parser.get_method()
+        verdict = shedder.admit(method, path, self.headers)
         if verdict is True:
+            # Given back when the request's task ends (`_start_asgi_task`).
             self._admitted_at = time.perf_counter()
             # An extension key of Portico's, which uvicorn's typed scope does not list.
             cast(dict[str, Any], self.scope)[ADMITTED] = True
@@ -294,30 +328,44 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if verdict is False:
             return False
         head, body = verdict
-        keep_alive = not self._closing and self.parser.should_keep_alive() and self.parser.get_http_version() == "1.1"
+        # A body on its way is not read: the connection closes after the answer (lingering, as for a
+        # 431), so that a refused upload costs neither time nor memory.
+        with_body = any(
+            name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+            for name, value in self.headers
+        )
+        keep_alive = (
+            not with_body
+            and not self._closing
+            and self.parser.should_keep_alive()
+            and self.parser.get_http_version() == "1.1"
+        )
         content = [STATUS_LINE[503]]
         for name, value in self.server_state.default_headers:
             content += [name, b": ", value, b"\r\n"]
-        content += [head, b"\r\n", body] if keep_alive else [head, b"connection: close\r\n\r\n", body]
+        content += [head, b"\r\n" if keep_alive else b"connection: close\r\n\r\n"]
+        if method != b"HEAD":
+            content.append(body)
         self.transport.write(b"".join(content))
         self._shed = True
-        self._shed_keep_alive = keep_alive
+        if not keep_alive:
+            # Nothing more is read on this connection, not even a request already received behind it.
+            self._refusal = "a refused request's connection closes"
+            self._refusal_answered = True
+            if with_body:
+                if self.transport.can_write_eof():
+                    self.transport.write_eof()
+                self._linger_budget = LINGER_BYTES
+                self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+            else:
+                self.transport.close()
         return True
 
-    def _release(self) -> None:
-        admitted_at = self._admitted_at
-        if admitted_at is not None:
-            self._admitted_at = None
-            assert self._shedder is not None
-            self._shedder.release(admitted_at)
-
     def _shed_complete(self) -> None:
-        """The refused request's body is read: the connection waits for its next request, as after any
-        answer, or closes."""
+        """The refused request (without a body) is over: the connection waits for its next request, as
+        after any answer."""
         self._shed = False
-        if not self._shed_keep_alive:
-            self.transport.close()
-        elif not self.transport.is_closing():
+        if not self.transport.is_closing():
             handler = self.timeout_keep_alive_handler
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, handler)
 
@@ -370,6 +418,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         closed at once."""
         assert self._refusal is not None
         self._stop_head_clock()
+        if self._refusal_answered:
+            # The request was answered already (refused under overload): no second answer.
+            self.transport.close()
+            return
         logger.info("refused a request head from %s: %s", self.client[0] if self.client else "?", self._refusal)
         if self.cycle is not None and not self.cycle.response_complete:
             self.transport.close()

@@ -164,22 +164,24 @@ def test_the_shedder_admits_or_refuses_as_the_limit_would_and_never_sheds_the_pr
     shedder = Shedder(
         gate,
         metrics,
-        rank=lambda raw: ranks[dict(raw)[b"plan"]],
+        rank=lambda method, path, raw: ranks[dict(raw)[b"plan"]],
         exempt={"/health/ready", "/metrics"},
         headers=[(b"x-content-type-options", b"nosniff")],
+        max_body=1000,
     )
     free, enterprise = [(b"plan", b"free")], [(b"plan", b"enterprise")]
     # Admitted while there is room: the slot is taken, until released.
-    assert shedder.admit(b"/v1/users/me", free) is True
-    assert shedder.admit(b"/v1/users/me", enterprise) is True
+    assert shedder.admit(b"GET", "/v1/users/me", free) is True
+    assert shedder.admit(b"GET", "/v1/users/me", enterprise) is True
     assert gate.in_flight == 2
-    # Half the limit in use: free callers are refused, enterprise ones admitted; the probes and the
-    # scrape are left to the app, untouched.
-    refused = shedder.admit(b"/v1/users/me?x=1", free)
+    # Half the limit in use: free callers are refused, enterprise ones admitted; the probes, the
+    # scrape and a body the app refuses (413) are left to the app, untouched.
+    refused = shedder.admit(b"GET", "/v1/users/me", free)
     assert isinstance(refused, tuple)
-    assert shedder.admit(b"/health/ready", free) is False
-    assert shedder.admit(b"/metrics?name=x", free) is False
-    assert shedder.admit(b"/v1/users/me", enterprise) is True
+    assert shedder.admit(b"GET", "/health/ready", free) is False
+    assert shedder.admit(b"GET", "/metrics", free) is False
+    assert shedder.admit(b"POST", "/v1/orders", [*free, (b"content-length", b"1001")]) is False
+    assert shedder.admit(b"GET", "/v1/users/me", enterprise) is True
     assert gate.in_flight == 3
     head, body = refused
     lines = dict(line.split(b": ", 1) for line in head.split(b"\r\n") if line)
@@ -187,23 +189,29 @@ def test_the_shedder_admits_or_refuses_as_the_limit_would_and_never_sheds_the_pr
     assert problem["error_code"] == "OVERLOADED"
     assert problem["status"] == 503
     assert problem["request_id"].encode() == lines[b"x-request-id"]
+    assert len(lines[b"x-request-id"]) == 32
     assert lines[b"content-type"] == b"application/problem+json"
     assert lines[b"content-length"] == str(len(body)).encode()
     assert lines[b"retry-after"] == b"1"
     assert lines[b"x-content-type-options"] == b"nosniff"
-    again = shedder.admit(b"/v1/users/me", free)
-    assert isinstance(again, tuple)
-    assert orjson.loads(again[1])["request_id"] != problem["request_id"]
-    assert metrics.shed.labels(reason="limit", plan="free")._value.get() == 2
+    # A client's own request id is kept, as the app keeps it; a malformed one is replaced.
+    mine = shedder.admit(b"GET", "/v1/users/me", [*free, (b"x-request-id", b"client-id-0001")])
+    assert isinstance(mine, tuple)
+    assert orjson.loads(mine[1])["request_id"] == "client-id-0001"
+    assert b"content-length: %d\r\n" % len(mine[1]) in mine[0]
+    bad = shedder.admit(b"GET", "/v1/users/me", [*free, (b"x-request-id", b"no spaces allowed")])
+    assert isinstance(bad, tuple)
+    assert orjson.loads(bad[1])["request_id"] not in {"no spaces allowed", problem["request_id"]}
+    assert metrics.shed.labels(reason="limit", plan="free")._value.get() == 3
     # A browser's request (with `Origin`) is left to the app, whose refusal carries CORS headers.
-    browsers = Shedder(gate, metrics, rank=lambda raw: FREE, app_decides=[b"origin"])
-    assert browsers.admit(b"/v1/users/me", [(b"origin", b"https://app.example")]) is False
-    assert isinstance(browsers.admit(b"/v1/users/me", free), tuple)
+    browsers = Shedder(gate, metrics, rank=lambda method, path, raw: FREE, app_decides=[b"origin"])
+    assert browsers.admit(b"GET", "/v1/users/me", [(b"origin", b"https://app.example")]) is False
+    assert isinstance(browsers.admit(b"GET", "/v1/users/me", free), tuple)
     for _ in range(3):
         shedder.release(time.perf_counter())
     assert gate.in_flight == 0
     # Services rank every request alike.
     service = Shedder(gate, metrics)
-    assert [service.admit(b"/products", []) for _ in range(4)] == [True] * 4
-    assert isinstance(service.admit(b"/products", []), tuple)
+    assert [service.admit(b"GET", "/products", []) for _ in range(4)] == [True] * 4
+    assert isinstance(service.admit(b"GET", "/products", []), tuple)
     assert metrics.shed.labels(reason="limit", plan="all")._value.get() == 1

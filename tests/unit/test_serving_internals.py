@@ -49,7 +49,7 @@ PROTOCOL_METHODS = {
     "handle_websocket_upgrade": "(self) -> 'None'",
     "send_400_response": "(self, msg: 'str') -> 'None'",
     "timeout_keep_alive_handler": "(self) -> 'None'",
-    "on_response_complete": "(self) -> 'None'",
+    "_start_asgi_task": "(self, cycle: 'RequestResponseCycle', app: 'ASGI3Application') -> 'None'",
 }
 # HttpToolsProtocol's instance attributes that BoundedHttpToolsProtocol reads.
 PROTOCOL_ATTRIBUTES = {
@@ -70,6 +70,8 @@ PROTOCOL_ATTRIBUTES = {
     "timeout_keep_alive_task",
     "limit_concurrency",
     "scope",
+    "config",
+    "tasks",
 }
 # What a refusal under overload reads of uvicorn's flow control and server state.
 FLOW_ATTRIBUTES = {"write_paused"}
@@ -80,6 +82,7 @@ CYCLE_ATTRIBUTES = {"response_complete", "keep_alive"}
 # there is to be read and carried over.
 COPIED = {
     (HttpToolsProtocol, "data_received"): "010a7ae59a5d3b1a5e7326ce246878568629d126a076d8af5ba10cab040fae43",
+    (HttpToolsProtocol, "_start_asgi_task"): "9c08c2571ae9b0380320a24c20c3af18d165f168c21bc3aaf14754a5b0fc2b8a",
     (UvicornWorker, "_serve"): "eb799ef03d6393179135c6235dc0a9a00884ad34bc600a0b8cc514d22c25aafc",
 }
 # What the gunicorn worker class uses of uvicorn-worker's, and of uvicorn's server.

@@ -152,7 +152,7 @@ CASES: list[tuple[type[BaseSettings], str, dict[str, Any], str, dict[str, Any]]]
         "_plan_shares",
         {"admission_plan_shares": {"free": 0.5, "gold": 1.0}},
         "'gold' is not one of anonymous, free, pro, enterprise",
-        {"admission_plan_shares": {"free": 0.25, "enterprise": 1.0}},
+        {"admission_plan_shares": {"anonymous": 0.25, "free": 0.25, "enterprise": 1.0}},
     ),
     (
         GatewaySettings,
@@ -160,6 +160,13 @@ CASES: list[tuple[type[BaseSettings], str, dict[str, Any], str, dict[str, Any]]]
         {"admission_plan_shares": {"free": 0}},
         "the share of free must be in (0, 1]",
         {"admission_plan_shares": {"free": 1}},
+    ),
+    (
+        GatewaySettings,
+        "_plan_shares",
+        {"admission_plan_shares": {"pro": 0.4}},
+        "a plan's share may not be below a lower plan's (anonymous 1, free 1, pro 0.4, enterprise 1",
+        {"admission_plan_shares": {"anonymous": 0.1, "free": 0.2, "pro": 0.4}},
     ),
 ]
 
