@@ -608,10 +608,9 @@ async def protocol_costs(n: int) -> tuple[float, float]:
         refused = (time.perf_counter() - started) / n
         assert transport.written > n * 100, transport.written
         shedder.limit.in_flight = 0
-        path = PATH.encode()
         started = time.perf_counter()
         for _ in range(n):
-            shedder.admit(path, [])
+            shedder.admit(b"GET", PATH, [])
             shedder.release(time.perf_counter())
         passed = (time.perf_counter() - started) / n
         protocol.connection_lost(None)
