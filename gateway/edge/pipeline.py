@@ -110,6 +110,14 @@ class EdgeRuntime:
     metering: Metering | None = None
 
 
+def _rank(route: object, raw: Sequence[tuple[bytes, bytes]], authenticator: Authenticator) -> int:
+    """The admission rank of a request to `route` (None: no route) with the raw headers `raw`: a route
+    open to callers without credentials ranks every caller anonymous, as its access does."""
+    if type(route) is CompiledForward and route.access.anonymous:
+        return ANONYMOUS_RANK
+    return caller_rank(raw, authenticator)
+
+
 class Edge:
     def __init__(
         self, *, settings: GatewaySettings, metrics: EdgeMetrics, admission: AdmissionMetrics | None = None
@@ -166,11 +174,8 @@ class Edge:
         authenticator = runtime.authenticator
 
         def rank(method: bytes, path: str, raw: Sequence[tuple[bytes, bytes]]) -> int:
-            # As `_http` ranks: a route open to callers without credentials ranks them all anonymous.
             found = self.table.match({"type": "http", "method": method.decode("latin-1"), "path": path})
-            if type(found) is Found and type(found.route) is CompiledForward and found.route.access.anonymous:
-                return ANONYMOUS_RANK
-            return caller_rank(raw, authenticator)
+            return _rank(found.route if type(found) is Found else None, raw, authenticator)
 
         return Shedder(
             self.gate,
@@ -246,11 +251,7 @@ class Edge:
         # None: admitted already by the server's protocol (`Shedder`), which holds the slot.
         gate = self.gate if ADMITTED not in scope else None
         if gate is not None:
-            rank = (
-                ANONYMOUS_RANK
-                if compiled is not None and compiled.access.anonymous
-                else caller_rank(scope["headers"], runtime.authenticator)
-            )
+            rank = _rank(compiled, scope["headers"], runtime.authenticator)
             if not gate.enter(rank):
                 refused = await gate.wait(rank)
                 if refused is not None:

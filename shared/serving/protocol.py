@@ -141,10 +141,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # Refuses requests from their heads under overload (filled by the lifespan before any
         # connection is accepted); None: the app decides every request.
         self._shedder: Shedder | None = self.app_state.get(SHEDDER_KEY)
-        # The request on its way was refused here under overload (its body, if any, is not served),
-        # and whether that refusal is answered already (no other answer may follow it).
+        # The request on its way was refused here under overload: answered already (no other answer
+        # may follow it), its body (if any) not served.
         self._shed = False
-        self._refusal_answered = False
         # The request whose head just arrived was admitted here (`time.perf_counter()` then): its
         # slot is given back when its task ends (`_start_asgi_task`).
         self._admitted_at: float | None = None
@@ -340,9 +339,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             and self.parser.should_keep_alive()
             and self.parser.get_http_version() == "1.1"
         )
-        content = [STATUS_LINE[503]]
-        for name, value in self.server_state.default_headers:
-            content += [name, b": ", value, b"\r\n"]
+        content = self._answer_start(503)
         content += [head, b"\r\n" if keep_alive else b"connection: close\r\n\r\n"]
         if method != b"HEAD":
             content.append(body)
@@ -351,12 +348,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not keep_alive:
             # Nothing more is read on this connection, not even a request already received behind it.
             self._refusal = "a refused request's connection closes"
-            self._refusal_answered = True
             if with_body:
-                if self.transport.can_write_eof():
-                    self.transport.write_eof()
-                self._linger_budget = LINGER_BYTES
-                self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+                self._linger()
             else:
                 self.transport.close()
         return True
@@ -418,7 +411,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         closed at once."""
         assert self._refusal is not None
         self._stop_head_clock()
-        if self._refusal_answered:
+        if self._shed:
             # The request was answered already (refused under overload): no second answer.
             self.transport.close()
             return
@@ -428,14 +421,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         error = self._refusal_error(f"Refused: {self._refusal}.")
         response = problem_response(error, uuid.uuid4().hex)
-        content = [STATUS_LINE[error.status_code]]
-        for name, value in [*self.server_state.default_headers, *response.raw_headers, (b"connection", b"close")]:
+        content = self._answer_start(error.status_code)
+        for name, value in [*response.raw_headers, (b"connection", b"close")]:
             content += [name, b": ", value, b"\r\n"]
         content += [b"\r\n", bytes(response.body)]
         self.transport.write(b"".join(content))
+        self._linger()
+
+    def _answer_start(self, status: int) -> list[bytes]:
+        """The status line and the server's default header lines (`Date`, `Server`) of an answer
+        written here rather than by the app."""
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content += [name, b": ", value, b"\r\n"]
+        return content
+
+    def _linger(self) -> None:
+        """After a last answer: read and drop what the client is still sending, within a bound (so
+        that a client writing before it reads gets the answer rather than a reset), then close."""
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        # Linger: read and drop what the client is still sending, within a bound, then close.
         self._linger_budget = LINGER_BYTES
         self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
