@@ -53,7 +53,6 @@ import contextlib
 import contextvars
 import math
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -62,10 +61,10 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.asgi import find_headers, header
+from shared.asgi import declared_length, find_headers, header
 from shared.errors import DeadlineExceeded, Overloaded, PorticoError, problem_message, retry_in
 from shared.metrics import MULTIPROC_ENV, LabelCache
-from shared.request_id import new_request_id, request_id_of
+from shared.request_id import CLIENT_REQUEST_ID, new_request_id, request_id_of
 from shared.settings import ProcessSettings
 
 DEADLINE_HEADER = b"x-request-deadline"
@@ -422,8 +421,6 @@ ADMITTED = "portico.admitted"
 Ranker = Callable[[bytes, str, Sequence[tuple[bytes, bytes]]], int]
 # The methods whose requests carry no body.
 BODYLESS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE"})
-# A request id a client may send, as the observability stage takes it (`shared/middleware.py`).
-CLIENT_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{8,128}$")
 
 
 class Shedder:
@@ -491,7 +488,11 @@ class Shedder:
         limit = self.limit
         if path in self.exempt:
             return False
-        if self.max_body is not None and method not in BODYLESS and _declared_body(headers) > self.max_body:
+        if (
+            self.max_body is not None
+            and method not in BODYLESS
+            and declared_length(find_headers(headers, b"content-length")[0]) > self.max_body
+        ):
             return False
         if limit.in_flight < limit.lowest_ceiling:
             # Room for any plan (the usual case): no need to know the caller's.
@@ -513,18 +514,6 @@ class Shedder:
     def release(self, started: float) -> None:
         """Gives back the slot of a request admitted at `started` (`time.perf_counter()`)."""
         self.limit.leave(started)
-
-
-def _declared_body(headers: Sequence[tuple[bytes, bytes]]) -> int:
-    """The body size a request's `Content-Length` declares; 0 without one (or a malformed one,
-    which the app refuses)."""
-    (declared,) = find_headers(headers, b"content-length")
-    if declared is None:
-        return 0
-    try:
-        return int(declared)
-    except ValueError:
-        return 0
 
 
 class AdmissionMiddleware:

@@ -36,6 +36,15 @@ def find_headers(raw: Iterable[tuple[bytes, bytes]], *names: bytes) -> list[byte
     return found
 
 
+def declared_length(value: bytes | None) -> int:
+    """The body size a `Content-Length` value declares; -1 without one, or for one that is not a
+    number (which the body's reader refuses)."""
+    try:
+        return int(value) if value is not None else -1
+    except ValueError:
+        return -1
+
+
 def header_list(scope: Scope, name: bytes) -> list[bytes]:
     """Every value of a header that may be repeated (X-Forwarded-For)."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]

@@ -6,18 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 
 from opentelemetry import context as otel_context
 from opentelemetry.trace import INVALID_SPAN
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.asgi import header
+from shared.asgi import declared_length, header
 from shared.context import open_context
 from shared.errors import PayloadTooLarge, problem_response
 from shared.metrics import UNMATCHED, HttpMetrics
-from shared.request_id import new_request_id, request_id_of
+from shared.request_id import CLIENT_REQUEST_ID, new_request_id, request_id_of
 from shared.telemetry import PRINCIPAL, REQUEST_ID, TENANT_ID, ServerSpans, traceresponse
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -26,20 +25,11 @@ TRACERESPONSE_HEADER = b"traceresponse"
 CLIENT_CLOSED = "client_closed"
 OUTCOME = "portico.outcome"
 # Accepted from clients as is; anything else is replaced, so ids are safe to log and forward.
-_REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{8,128}$")
-
 # After refusing a streamed body, how much more of it is read and discarded, and for how long.
 LINGER_FACTOR = 4
 LINGER_SECONDS = 2.0
 
 access_logger = logging.getLogger("portico.access")
-
-
-def _declared_length(value: bytes | None) -> int:
-    try:
-        return int(value) if value is not None else -1
-    except ValueError:
-        return -1
 
 
 class ObservabilityMiddleware:
@@ -69,7 +59,7 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send)
             return
         sent = header(scope, REQUEST_ID_HEADER)
-        request_id = sent.decode("ascii") if sent is not None and _REQUEST_ID_RE.match(sent) else new_request_id()
+        request_id = sent.decode("ascii") if sent is not None and CLIENT_REQUEST_ID.match(sent) else new_request_id()
         raw_id = request_id.encode("ascii")
         start = time.perf_counter()
         traced = self.spans.start(scope)
@@ -161,7 +151,7 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if _declared_length(header(scope, b"content-length")) > self.max_bytes:
+        if declared_length(header(scope, b"content-length")) > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
 

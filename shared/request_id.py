@@ -6,6 +6,7 @@ knows about callers or spans."""
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from random import getrandbits
 from typing import Protocol
@@ -16,6 +17,10 @@ request_id_var: ContextVar[str | None] = ContextVar("portico_request_id", defaul
 
 # Where a request's context is kept in its ASGI scope (`shared/context.py` opens it).
 CONTEXT_KEY = "portico.context"
+
+
+# A request id a client may send, kept as the request's own (else a new one is made).
+CLIENT_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{8,128}$")
 
 
 def new_request_id() -> str:
