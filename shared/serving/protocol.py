@@ -161,7 +161,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refusal is not None:
             self._discard(len(data))
             return
+        idle = self.timeout_keep_alive_task is not None
         self._unset_keepalive_if_required()
+        if idle and self._head_timer is None:
+            # The first byte after an answer: the next request's head has its time from here, even
+            # when these bytes are only the blank lines a parser skips before a request line.
+            self._start_head_clock()
         if self._counting:
             self._head_bytes += len(data)
         try:

@@ -278,6 +278,24 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(narr
     assert HEAD_TIMEOUT / 2 <= closed_after < WATCH, f"closed after {closed_after:.2f} s"
 
 
+def test_blank_lines_after_an_answer_do_not_hold_the_connection_open(narrow_gateway: Stack):
+    """A keep-alive client that sends only the blank line a parser skips before a request line: its
+    next head's time runs from that byte, and the connection is closed once it is out (nothing was
+    asked, so nothing is answered)."""
+    with socket.create_connection(("127.0.0.1", narrow_gateway.ports["gateway"]), timeout=WATCH) as sock:
+        sock.sendall(request())
+        assert read_answer(sock).status == 200
+        sock.sendall(b"\r\n")
+        started = time.monotonic()
+        try:
+            raw = read_to_end(sock)
+        except TimeoutError:
+            pytest.fail(f"the connection is still open after {WATCH} s")
+        closed_after = time.monotonic() - started
+    assert raw == b""
+    assert HEAD_TIMEOUT / 2 <= closed_after < WATCH, f"closed after {closed_after:.2f} s"
+
+
 def read_answer(sock: socket.socket) -> Answer:
     raw = b""
     while True:
