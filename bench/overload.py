@@ -20,9 +20,12 @@ plan, sending 50% (free), 30% (pro) and 20% (enterprise) of the requests.
 
 Reported per mode and multiple: goodput (2xx answers per second), its ratio to the 1x goodput, p50
 and p99 of the admitted (2xx) requests, the share of each plan's requests answered 2xx, 503s, other
-failures (timeouts after 5 s, resets, other statuses), and the worker's peak RSS. After the 3x phase,
-load drops to 0.8x at once; the recovery line gives, second by second, the success share and p99 of
-that lighter load.
+failures (timeouts after 5 s, resets, other statuses), the worker's peak RSS, the client's own lag
+(p99 of how late a request was written after it was due: a run whose client could not keep up says
+so), and the worker's concurrency limit and requests in progress as its /metrics gave them every
+0.2 s. After the 3x phase, load drops to 0.8x at once; the recovery line gives, second by second,
+the success share and p99 of that lighter load. `--variant NAME:SETTING=VALUE,...` adds a mode with
+admission on and other settings, run in the same session as the others.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import uvloop
 
 from bench.common import bearer, redis_prefix, require_wrk, server, wrk
 from bench.gateway import rss_mib, table, worker_pid
@@ -77,6 +81,9 @@ class Load:
     rate: float
     seconds: float
     outcomes: list[Outcome] = field(default_factory=list)
+    # How late each request was written, after it was due: the client's own lag, which the latencies
+    # include (a client that cannot keep up measures itself).
+    lags: list[float] = field(default_factory=list)
 
     def of(self, plan: str | None = None, since: float = 0.0, until: float = float("inf")) -> list[Outcome]:
         return [o for o in self.outcomes if (plan is None or o.plan == plan) and since <= o.done < until]
@@ -192,6 +199,7 @@ class OpenLoop:
                     connection = self.idle.pop()
                     connection.send(plan, due)
                     self.pending[connection] = None
+                    load.lags.append(now - due)
                 elif self.opened < self.max_connections:
                     task = asyncio.ensure_future(self._send_new(plan, due))
                     tasks.add(task)
@@ -248,10 +256,14 @@ def gateway(
 class Sampler:
     """The worker's RSS, sampled every 0.2 s in a thread, kept by phase."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, port: int) -> None:
         self.pid = pid
+        self.port = port
         self.phase = "start"
         self.peaks: dict[str, float] = {}
+        # The worker's concurrency limit and requests in progress, read from /metrics at each sample.
+        self.limits: dict[str, list[float]] = {}
+        self.in_progress: dict[str, list[float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -260,6 +272,11 @@ class Sampler:
             with contextlib.suppress(OSError):
                 rss = rss_mib(self.pid)
                 self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
+            with contextlib.suppress(httpx.HTTPError):
+                figures = admission_values(self.port)
+                if "portico_concurrency_limit" in figures:
+                    self.limits.setdefault(self.phase, []).append(figures["portico_concurrency_limit"])
+                    self.in_progress.setdefault(self.phase, []).append(figures["portico_requests_in_progress"])
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -283,6 +300,8 @@ class Phase:
     multiple: float
     load: Load
     rss_mib: float
+    limits: list[float]
+    in_progress: list[float]
 
 
 def summarise(phases: list[Phase], capacity: float) -> None:
@@ -315,10 +334,16 @@ def summarise(phases: list[Phase], capacity: float) -> None:
                 str(shed),
                 str(failed),
                 f"{phase.rss_mib:.0f}",
+                f"{p(load.lags, 0.99) * 1000:.1f}",
+                f"{p(phase.limits, 0.5):.0f} ({p(phase.limits, 0):.0f}-{p(phase.limits, 1):.0f})"
+                if phase.limits
+                else "-",
+                f"{p(phase.in_progress, 0.5):.0f} / {p(phase.in_progress, 1):.0f}" if phase.in_progress else "-",
             ]
         )
     columns = ["admission", "offered", "goodput/s", "vs 1x", "p50 ms", "p99 ms", "p99 vs 1x"]
     columns += [f"{plan} ok" for plan in PLANS] + ["503", "failed", "RSS max MiB"]
+    columns += ["client lag p99 ms", "limit median (range)", "in progress median / max"]
     table(columns, lines)
 
 
@@ -353,26 +378,37 @@ async def measure(args: argparse.Namespace) -> None:
                 url, headers=headers, seconds=args.capacity_seconds, connections=32, cpus=others, strict=False
             ).requests_per_second
         print(f"capacity of one gateway worker (wrk -c32, closed loop, admission off): {capacity:.0f} req/s")
-        modes = [("off", False), ("on", True)]
-        for mode, admission in [m for m in modes if m[0] in args.modes]:
+        modes = [(mode, mode == "on", args.gateway_env) for mode in ("off", "on") if mode in args.modes]
+        modes += [(name, True, {**args.gateway_env, **env}) for name, env in args.variants]
+        for mode, admission, env in modes:
             port = free_port()
-            with gateway(port, upstream, args.redis_url, prefix, secret, admission, args.gateway_env) as pid:
+            with gateway(port, upstream, args.redis_url, prefix, secret, admission, env) as pid:
                 worker = worker_pid(pid)
                 client = OpenLoop("127.0.0.1", port, tokens)
                 await client.warm(64)
                 await client.run(capacity * 0.5, 2)  # warm-up: caches, pools, the limit's first windows
-                with Sampler(worker) as sampler:
+                with Sampler(worker, port) as sampler:
                     for multiple in args.multiples:
                         sampler.phase = f"{multiple}"
                         load = await client.run(capacity * multiple, args.seconds)
-                        phases.append(Phase(mode, multiple, load, sampler.peaks.get(f"{multiple}", 0.0)))
+                        key = f"{multiple}"
+                        phases.append(
+                            Phase(
+                                mode,
+                                multiple,
+                                load,
+                                sampler.peaks.get(key, 0.0),
+                                sampler.limits.get(key, []),
+                                sampler.in_progress.get(key, []),
+                            )
+                        )
                         print(f"  admission {mode}, {multiple:g}x: {len(load.outcomes)} answers", flush=True)
                     sampler.phase = "recovery"
                     started = time.monotonic()
                     load = await client.run(capacity * 0.8, args.recovery_seconds)
                     recoveries.append(recovery(mode, load, started))
                 if admission:
-                    shed_lines = admission_figures(port)
+                    shed_lines += [f"# {mode}", *admission_figures(port)]
                 for connection in client.idle:
                     if connection.transport is not None:
                         connection.transport.close()
@@ -393,6 +429,14 @@ def admission_figures(port: int) -> list[str]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     wanted = ("portico_concurrency_limit ", "portico_requests_in_progress ", "portico_requests_shed_total{")
     return [line for line in text.splitlines() if line.startswith(wanted)]
+
+
+def admission_values(port: int) -> dict[str, float]:
+    """The gateway's unlabelled admission gauges, by name."""
+    return {
+        name: float(value)
+        for name, value in (line.split(" ", 1) for line in admission_figures(port) if "{" not in line)
+    }
 
 
 # --- the admission step's own cost
@@ -672,16 +716,30 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="a setting of the gateway with admission on (GATEWAY_ADMISSION_QUEUE_SIZE=0, ...); repeatable",
     )
+    parser.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="NAME:SETTING=VALUE[,SETTING=VALUE]",
+        help="one more mode, run after the others: admission on with these settings (and --set's); repeatable",
+    )
     args = parser.parse_args()
     args.modes = args.modes.split(",")
     args.gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
+    args.variants = [
+        (name, dict(item.split("=", 1) for item in settings.split(",")))
+        for name, settings in (variant.split(":", 1) for variant in args.variants)
+    ]
     if args.micro:
         micro()
         return
     if args.refusals:
         refusal_rate(args)
         return
-    asyncio.run(measure(args))
+    # The client runs on uvloop, as the gateway does: the less CPU it needs per request, the closer
+    # it keeps to its schedule on a shared CPU (its lag is reported with each phase).
+    uvloop.run(measure(args))
 
 
 if __name__ == "__main__":
