@@ -24,7 +24,7 @@ failures (timeouts after 5 s, resets, other statuses), the worker's peak RSS, th
 (p99 of how late a request was written after it was due: a run whose client could not keep up says
 so), and the worker's concurrency limit and requests in progress as its /metrics gave them every
 0.2 s. After the 3x phase, load drops to 0.8x at once; the recovery line gives, second by second,
-the success share and p99 of that lighter load. `--variant NAME:SETTING=VALUE,...` adds a mode with
+the success share and p99 of that lighter load. `--variant 'NAME:SETTING=VALUE;...'` adds a mode with
 admission on and other settings, run in the same session as the others.
 """
 
@@ -42,7 +42,7 @@ import time
 import timeit
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import uvloop
@@ -101,8 +101,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are asyncio transports in all but their classes.
+        self.transport = cast(asyncio.Transport, transport)
 
     def send(self, plan: str, due: float) -> None:
         assert self.transport is not None
@@ -721,14 +721,14 @@ def main() -> None:
         dest="variants",
         action="append",
         default=[],
-        metavar="NAME:SETTING=VALUE[,SETTING=VALUE]",
+        metavar="NAME:SETTING=VALUE[;SETTING=VALUE]",
         help="one more mode, run after the others: admission on with these settings (and --set's); repeatable",
     )
     args = parser.parse_args()
     args.modes = args.modes.split(",")
     args.gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
     args.variants = [
-        (name, dict(item.split("=", 1) for item in settings.split(",")))
+        (name, dict(item.split("=", 1) for item in settings.split(";")))
         for name, settings in (variant.split(":", 1) for variant in args.variants)
     ]
     if args.micro:
