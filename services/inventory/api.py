@@ -61,28 +61,24 @@ INVALID = ValidationFailed.openapi_response()
 CONFLICT = Conflict.openapi_response()
 
 
-@router.post(
-    "/products", status_code=201, response_model=ProductOut, responses=route_responses(errors.CREATE_PRODUCT_ERRORS)
-)
+@router.post("/products", status_code=201, responses=route_responses(errors.CREATE_PRODUCT_ERRORS))
 async def create_product(data: ProductCreate, repo: RepoDep, caller: ProductsWrite) -> ProductOut:
     return ProductOut.model_validate(await service.create_product(repo, caller.tenant_id, data))
 
 
-@router.get("/products", response_model=Page[ProductOut], responses=route_responses(errors.LIST_PRODUCTS_ERRORS))
+@router.get("/products", responses=route_responses(errors.LIST_PRODUCTS_ERRORS))
 async def list_products(
     repo: RepoDep, caller: ProductsRead, page: PageDep, ids: ProductIdsQuery = None
 ) -> Page[ProductOut]:
     return await service.list_products(repo, caller.tenant_id, page, ids)
 
 
-@router.get("/products/{product_id}", response_model=ProductOut, responses=route_responses(errors.GET_PRODUCT_ERRORS))
+@router.get("/products/{product_id}", responses=route_responses(errors.GET_PRODUCT_ERRORS))
 async def get_product(product_id: ResourceIdPath, repo: RepoDep, caller: ProductsRead) -> ProductOut:
     return ProductOut.model_validate(await service.get_product(repo, caller.tenant_id, product_id))
 
 
-@router.patch(
-    "/products/{product_id}", response_model=ProductOut, responses=route_responses(errors.UPDATE_PRODUCT_ERRORS)
-)
+@router.patch("/products/{product_id}", responses=route_responses(errors.UPDATE_PRODUCT_ERRORS))
 async def update_product(
     product_id: ResourceIdPath, data: ProductUpdate, repo: RepoDep, caller: ProductsWrite
 ) -> ProductOut:
@@ -90,10 +86,7 @@ async def update_product(
 
 
 @router.post(
-    "/products/{product_id}/stock-adjustments",
-    status_code=201,
-    response_model=StockAdjustmentOut,
-    responses=route_responses(errors.ADJUST_STOCK_ERRORS),
+    "/products/{product_id}/stock-adjustments", status_code=201, responses=route_responses(errors.ADJUST_STOCK_ERRORS)
 )
 async def adjust_stock(
     product_id: ResourceIdPath, data: StockAdjustmentCreate, repo: RepoDep, caller: ProductsWrite
@@ -101,11 +94,7 @@ async def adjust_stock(
     return StockAdjustmentOut.model_validate(await service.adjust_stock(repo, caller.tenant_id, product_id, data))
 
 
-@router.get(
-    "/products/{product_id}/stock-adjustments",
-    response_model=Page[StockAdjustmentOut],
-    responses=route_responses(errors.LIST_ADJUSTMENTS_ERRORS),
-)
+@router.get("/products/{product_id}/stock-adjustments", responses=route_responses(errors.LIST_ADJUSTMENTS_ERRORS))
 async def list_adjustments(
     product_id: ResourceIdPath, repo: RepoDep, caller: ProductsRead, page: PageDep
 ) -> Page[StockAdjustmentOut]:
@@ -118,7 +107,6 @@ async def list_adjustments(
 @router.post(
     "/reservations",
     status_code=201,
-    response_model=ReservationOut,
     responses={200: {"description": "The order already holds this reservation."}, **NOT_FOUND, **INVALID, **CONFLICT},
 )
 async def reserve(
@@ -130,7 +118,7 @@ async def reserve(
     return ReservationOut.model_validate(reservation)
 
 
-@router.get("/reservations", response_model=Page[ReservationOut], responses=INVALID)
+@router.get("/reservations", responses=INVALID)
 async def list_reservations(
     repo: RepoDep,
     caller: ReservationsRead,
@@ -147,32 +135,32 @@ async def list_reservations(
     )
 
 
-@router.post("/stock-checks", response_model=StockCheckOut, responses={**NOT_FOUND, **INVALID, **CONFLICT})
+@router.post("/stock-checks", responses={**NOT_FOUND, **INVALID, **CONFLICT})
 async def check_stock(data: StockCheck, repo: RepoDep, caller: ReservationsWrite) -> StockCheckOut:
     """Whether an order's lines are in stock now, and their prices; nothing is reserved."""
     return await service.check_stock(repo, caller.tenant_id, data)
 
 
-@router.get("/reservations/{reservation_id}", response_model=ReservationOut, responses=NOT_FOUND)
+@router.get("/reservations/{reservation_id}", responses=NOT_FOUND)
 async def get_reservation(reservation_id: ResourceIdPath, repo: RepoDep, caller: ReservationsRead) -> ReservationOut:
     return ReservationOut.model_validate(await service.get_reservation(repo, caller.tenant_id, reservation_id))
 
 
-@router.post("/reservations/{reservation_id}/confirm", response_model=ReservationOut, responses=CONFLICT)
+@router.post("/reservations/{reservation_id}/confirm", responses=CONFLICT)
 async def confirm_reservation(
     reservation_id: ResourceIdPath, repo: RepoDep, caller: ReservationsWrite
 ) -> ReservationOut:
     return ReservationOut.model_validate(await service.confirm(repo, caller.tenant_id, reservation_id))
 
 
-@router.post("/reservations/{reservation_id}/release", response_model=ReservationOut, responses=NOT_FOUND)
+@router.post("/reservations/{reservation_id}/release", responses=NOT_FOUND)
 async def release_reservation(
     reservation_id: ResourceIdPath, repo: RepoDep, caller: ReservationsWrite
 ) -> ReservationOut:
     return ReservationOut.model_validate(await service.release(repo, caller.tenant_id, reservation_id))
 
 
-@router.post("/orders/{order_id}/reservation/release", response_model=ReservationOut)
+@router.post("/orders/{order_id}/reservation/release")
 async def release_order_reservation(
     order_id: ResourceIdPath, repo: RepoDep, caller: ReservationsWrite
 ) -> ReservationOut:

@@ -56,7 +56,7 @@ async def create_order(
     return Response(placed.body, status_code=201, media_type=JSON, headers=headers)
 
 
-@router.get("/orders", response_model=Page[OrderOut], responses=route_responses(LIST_ORDERS_ERRORS))
+@router.get("/orders", responses=route_responses(LIST_ORDERS_ERRORS))
 async def list_orders(
     ctx: ContextDep,
     caller: OrdersRead,
@@ -67,27 +67,23 @@ async def list_orders(
     return await service.list_orders(ctx, caller.tenant_id, page, status=status, user_id=user_id)
 
 
-@router.get("/credit", response_model=CreditOut, responses=Forbidden.openapi_response())
+@router.get("/credit", responses=Forbidden.openapi_response())
 async def credit(ctx: ContextDep, caller: OrdersWrite) -> CreditOut:
     """The caller's credit limit and what their open orders use of it (for checking an order first)."""
     return await service.credit(ctx, caller)
 
 
-@router.get("/orders/{order_id}", response_model=OrderOut, responses=route_responses(GET_ORDER_ERRORS))
+@router.get("/orders/{order_id}", responses=route_responses(GET_ORDER_ERRORS))
 async def get_order(order_id: ResourceIdPath, ctx: ContextDep, caller: OrdersRead) -> OrderOut:
     return await service.get_order(ctx, caller.tenant_id, order_id)
 
 
-@router.post("/orders/{order_id}/cancel", response_model=OrderOut, responses=route_responses(CANCEL_ORDER_ERRORS))
+@router.post("/orders/{order_id}/cancel", responses=route_responses(CANCEL_ORDER_ERRORS))
 async def cancel_order(order_id: ResourceIdPath, ctx: ContextDep, caller: OrdersWrite) -> OrderOut:
     return await service.cancel_order(ctx, caller, order_id)
 
 
-@router.get(
-    "/events",
-    response_model=EventFeed,
-    responses={**Forbidden.openapi_response(), **ServiceUnavailable.openapi_response()},
-)
+@router.get("/events", responses={**Forbidden.openapi_response(), **ServiceUnavailable.openapi_response()})
 async def events(
     ctx: ContextDep,
     _: EventsReader,

@@ -74,12 +74,7 @@ async def jwks(issuer: IssuerDep, response: Response, _: IdentityDep) -> dict[st
     return issuer.jwks()
 
 
-@router.post(
-    "/tenants",
-    status_code=201,
-    response_model=TenantCreated,
-    responses=route_responses(CREATE_TENANT_ERRORS),
-)
+@router.post("/tenants", status_code=201, responses=route_responses(CREATE_TENANT_ERRORS))
 async def create_tenant(
     data: TenantCreate, repo: UsersDep, hasher: HasherDep, settings: SettingsDep, _: IdentityDep
 ) -> TenantCreated:
@@ -110,7 +105,6 @@ async def form_body(request: Request, _: IdentityDep) -> None:
 
 @router.post(
     "/auth/token",
-    response_model=TokenOut,
     dependencies=[Depends(form_body)],
     responses={**route_responses(ISSUE_TOKEN_ERRORS), **ServiceUnavailable.openapi_response()},
 )
@@ -127,28 +121,24 @@ async def token(
     return await service.issue_token(repo, hasher, throttle, issuer, form.username, form.password)
 
 
-@router.post("/users", status_code=201, response_model=UserOut, responses=route_responses(CREATE_USER_ERRORS))
+@router.post("/users", status_code=201, responses=route_responses(CREATE_USER_ERRORS))
 async def create_user(
     data: UserCreate, repo: UsersDep, keys: KeysDep, hasher: HasherDep, settings: SettingsDep, caller: UsersWrite
 ) -> UserOut:
     return await service.user_out(repo, settings, await service.create_user(repo, keys, hasher, caller, data))
 
 
-@router.get("/users/me", response_model=UserOut, responses=route_responses(ME_ERRORS))
+@router.get("/users/me", responses=route_responses(ME_ERRORS))
 async def me(repo: UsersDep, keys: KeysDep, settings: SettingsDep, caller: TenantCaller) -> UserOut:
     return await service.user_out(repo, settings, await service.get_me(repo, keys, caller))
 
 
-@router.get("/users/{user_id}", response_model=UserOut, responses=route_responses(GET_USER_ERRORS))
+@router.get("/users/{user_id}", responses=route_responses(GET_USER_ERRORS))
 async def get_user(user_id: str, repo: UsersDep, settings: SettingsDep, caller: UsersRead) -> UserOut:
     return await service.user_out(repo, settings, await service.get_user(repo, caller.tenant_id, user_id))
 
 
-@router.patch(
-    "/users/{user_id}",
-    response_model=UserOut,
-    responses=route_responses(UPDATE_USER_ERRORS),
-)
+@router.patch("/users/{user_id}", responses=route_responses(UPDATE_USER_ERRORS))
 async def update_user(
     user_id: str, data: UserUpdate, repo: UsersDep, keys: KeysDep, settings: SettingsDep, caller: UsersWrite
 ) -> UserOut:
@@ -157,9 +147,7 @@ async def update_user(
     return await service.user_out(repo, settings, await service.update_user(repo, keys, caller, user_id, data))
 
 
-@router.post(
-    "/api-keys", status_code=201, response_model=ApiKeyCreated, responses=route_responses(CREATE_API_KEY_ERRORS)
-)
+@router.post("/api-keys", status_code=201, responses=route_responses(CREATE_API_KEY_ERRORS))
 async def create_api_key(
     data: ApiKeyCreate, repo: UsersDep, keys: KeysDep, caller: KeyManager, response: Response
 ) -> ApiKeyCreated:
@@ -168,7 +156,7 @@ async def create_api_key(
     return service.api_key_created(key, raw)
 
 
-@router.get("/api-keys", response_model=Page[ApiKeyOut], responses=route_responses(LIST_API_KEYS_ERRORS))
+@router.get("/api-keys", responses=route_responses(LIST_API_KEYS_ERRORS))
 async def list_api_keys(keys: KeysDep, caller: KeyManager, page: PageDep) -> Page[ApiKeyOut]:
     return await service.list_api_keys(keys, caller, page)
 
@@ -179,12 +167,7 @@ async def revoke_api_key(key_id: str, keys: KeysDep, caller: KeyManager) -> Resp
     return Response(status_code=204)
 
 
-@router.post(
-    "/api-keys/{key_id}/rotate",
-    status_code=201,
-    response_model=ApiKeyRotated,
-    responses=route_responses(ROTATE_API_KEY_ERRORS),
-)
+@router.post("/api-keys/{key_id}/rotate", status_code=201, responses=route_responses(ROTATE_API_KEY_ERRORS))
 async def rotate_api_key(
     key_id: str,
     repo: UsersDep,
@@ -202,7 +185,7 @@ async def rotate_api_key(
     return ApiKeyRotated(**service.api_key_created(new, raw).model_dump(), previous=service.api_key_out(old))
 
 
-@router.post("/api-keys/resolve", response_model=ApiKeyResolved, responses=NotFound.openapi_response())
+@router.post("/api-keys/resolve", responses=NotFound.openapi_response())
 async def resolve_api_key(data: ApiKeyResolve, keys: KeysDep, _: IdentityDep) -> ApiKeyResolved:
     """For the gateway: the identity behind a key, by the key's SHA-256 (the key itself never travels)."""
     return await service.resolve_api_key(keys, data.key_hash)

@@ -44,9 +44,7 @@ def with_secret(endpoint: Endpoint, response: Response) -> EndpointWithSecret:
     return EndpointWithSecret.model_validate(endpoint)
 
 
-@router.post(
-    "", status_code=201, response_model=EndpointWithSecret, responses=route_responses(errors.CREATE_ENDPOINT_ERRORS)
-)
+@router.post("", status_code=201, responses=route_responses(errors.CREATE_ENDPOINT_ERRORS))
 async def create_endpoint(
     data: EndpointCreate,
     repo: RepoDep,
@@ -60,17 +58,17 @@ async def create_endpoint(
     return with_secret(await service.create_endpoint(repo, settings, caller.tenant_id, data, resolver), response)
 
 
-@router.get("", response_model=Page[EndpointOut], responses=route_responses(errors.LIST_ENDPOINTS_ERRORS))
+@router.get("", responses=route_responses(errors.LIST_ENDPOINTS_ERRORS))
 async def list_endpoints(repo: RepoDep, caller: WebhooksRead, page: PageDep) -> Page[EndpointOut]:
     return await service.list_endpoints(repo, caller.tenant_id, page)
 
 
-@router.get("/{endpoint_id}", response_model=EndpointOut, responses=route_responses(errors.GET_ENDPOINT_ERRORS))
+@router.get("/{endpoint_id}", responses=route_responses(errors.GET_ENDPOINT_ERRORS))
 async def get_endpoint(endpoint_id: RowId, repo: RepoDep, caller: WebhooksRead) -> EndpointOut:
     return EndpointOut.model_validate(await service.get_endpoint(repo, caller.tenant_id, endpoint_id))
 
 
-@router.patch("/{endpoint_id}", response_model=EndpointOut, responses=route_responses(errors.UPDATE_ENDPOINT_ERRORS))
+@router.patch("/{endpoint_id}", responses=route_responses(errors.UPDATE_ENDPOINT_ERRORS))
 async def update_endpoint(
     endpoint_id: RowId,
     data: EndpointUpdate,
@@ -94,50 +92,32 @@ async def delete_endpoint(endpoint_id: RowId, repo: RepoDep, caller: WebhooksWri
     return Response(status_code=204)
 
 
-@router.post(
-    "/{endpoint_id}/rotate-secret",
-    response_model=EndpointWithSecret,
-    responses=route_responses(errors.ROTATE_SECRET_ERRORS),
-)
+@router.post("/{endpoint_id}/rotate-secret", responses=route_responses(errors.ROTATE_SECRET_ERRORS))
 async def rotate_secret(
     endpoint_id: RowId, repo: RepoDep, settings: SettingsDep, caller: WebhooksWrite, response: Response
 ) -> EndpointWithSecret:
     return with_secret(await service.rotate_secret(repo, settings, caller.tenant_id, endpoint_id), response)
 
 
-@router.post(
-    "/{endpoint_id}/recover",
-    status_code=202,
-    response_model=Recovered,
-    responses=route_responses(errors.RECOVER_ENDPOINT_ERRORS),
-)
+@router.post("/{endpoint_id}/recover", status_code=202, responses=route_responses(errors.RECOVER_ENDPOINT_ERRORS))
 async def recover_endpoint(
     endpoint_id: RowId, data: RecoverRequest, repo: RepoDep, deliveries: DeliveryRepoDep, caller: WebhooksWrite
 ) -> Recovered:
     return await service.recover(repo, deliveries, caller.tenant_id, endpoint_id, data)
 
 
-@router.get(
-    "/{endpoint_id}/deliveries",
-    response_model=Page[DeliveryOut],
-    responses=route_responses(errors.LIST_DELIVERIES_ERRORS),
-)
+@router.get("/{endpoint_id}/deliveries", responses=route_responses(errors.LIST_DELIVERIES_ERRORS))
 async def list_deliveries(endpoint_id: RowId, repo: RepoDep, caller: WebhooksRead, page: PageDep) -> Page[DeliveryOut]:
     return await service.list_deliveries(repo, caller.tenant_id, endpoint_id, page)
 
 
-@deliveries_router.get(
-    "/{delivery_id}", response_model=DeliveryDetail, responses=route_responses(errors.GET_DELIVERY_ERRORS)
-)
+@deliveries_router.get("/{delivery_id}", responses=route_responses(errors.GET_DELIVERY_ERRORS))
 async def get_delivery(delivery_id: RowId, deliveries: DeliveryRepoDep, caller: WebhooksRead) -> DeliveryDetail:
     return await service.delivery_detail(deliveries, caller.tenant_id, delivery_id)
 
 
 @deliveries_router.post(
-    "/{delivery_id}/replay",
-    status_code=202,
-    response_model=DeliveryOut,
-    responses=route_responses(errors.REPLAY_DELIVERY_ERRORS),
+    "/{delivery_id}/replay", status_code=202, responses=route_responses(errors.REPLAY_DELIVERY_ERRORS)
 )
 async def replay_delivery(delivery_id: RowId, deliveries: DeliveryRepoDep, caller: WebhooksWrite) -> DeliveryOut:
     return await service.replay(deliveries, caller.tenant_id, delivery_id)
