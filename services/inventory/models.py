@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any, Self
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -15,7 +16,19 @@ class Base(DeclarativeBase):
     pass
 
 
-class Product(Base, TenantRow):
+class Stamped(Base):
+    """A tenant's row that changes after it is made: `new` gives it a fresh id, and stamps it created
+    and updated at the same moment."""
+
+    __abstract__ = True
+
+    @classmethod
+    def new(cls, tenant_id: str, **values: Any) -> Self:
+        now = utcnow()
+        return cls(id=new_id(), tenant_id=tenant_id, created_at=now, updated_at=now, **values)
+
+
+class Product(Stamped, TenantRow):
     __tablename__ = "products"
     __table_args__ = (
         UniqueConstraint("tenant_id", "sku", name="uq_products_tenant_sku"),
@@ -64,7 +77,7 @@ class ReservationState(StrEnum):
 OPEN_RESERVATION = (ReservationState.RESERVED, ReservationState.CONFIRMED)
 
 
-class Reservation(Base, TenantRow):
+class Reservation(Stamped, TenantRow):
     """Stock held for one order. `reserved` -> `confirmed` once the order is stored; either -> `released`.
 
     (tenant_id, order_id) is unique, so an order can hold at most one reservation, a repeated reserve

@@ -50,17 +50,7 @@ def field_error(field: str, msg: str, type_: str, **extra: Any) -> dict[str, Any
 
 
 async def create_product(repo: InventoryRepository, tenant_id: str, data: ProductCreate) -> Product:
-    now = utcnow()
-    product = Product(
-        id=new_id(),
-        tenant_id=tenant_id,
-        sku=data.sku,
-        name=data.name,
-        price_cents=data.price_cents,
-        stock=data.stock,
-        created_at=now,
-        updated_at=now,
-    )
+    product = Product.new(tenant_id, sku=data.sku, name=data.name, price_cents=data.price_cents, stock=data.stock)
     await repo.add_product(product)
     return product
 
@@ -163,16 +153,8 @@ async def reserve(repo: InventoryRepository, tenant_id: str, data: ReservationCr
     instead of taking stock again, so the caller may retry a call whose answer it never got.
     """
     _duplicate_products(data)
-    now = utcnow()
-    reservation = Reservation(
-        id=new_id(),
-        tenant_id=tenant_id,
-        order_id=data.order_id,
-        user_id=data.user_id,
-        status=ReservationState.RESERVED,
-        created_at=now,
-        updated_at=now,
-        items=[],
+    reservation = Reservation.new(
+        tenant_id, order_id=data.order_id, user_id=data.user_id, status=ReservationState.RESERVED, items=[]
     )
     if not await repo.claim_order(reservation):
         existing = await repo.get_reservation_for_order(tenant_id, data.order_id)
@@ -316,16 +298,7 @@ async def release_order(repo: InventoryRepository, tenant_id: str, order_id: str
     order that is still on its way is refused instead of taking stock nobody will release."""
     existing = await repo.get_reservation_for_order(tenant_id, order_id)
     if existing is None:
-        now = utcnow()
-        marker = Reservation(
-            id=new_id(),
-            tenant_id=tenant_id,
-            order_id=order_id,
-            status=ReservationState.RELEASED,
-            created_at=now,
-            updated_at=now,
-            items=[],
-        )
+        marker = Reservation.new(tenant_id, order_id=order_id, status=ReservationState.RELEASED, items=[])
         if await repo.claim_order(marker):
             return marker
         # The reserve call committed meanwhile: release what it took.
