@@ -10,8 +10,8 @@ from fastapi import APIRouter, Path, Response
 from services.webhooks import errors, service
 from services.webhooks.deps import (
     DeliveryRepoDep,
+    RegistrationDep,
     RepoDep,
-    ResolverDep,
     SettingsDep,
     WebhooksRead,
     WebhooksWrite,
@@ -46,16 +46,11 @@ def with_secret(endpoint: Endpoint, response: Response) -> EndpointWithSecret:
 
 @router.post("", status_code=201, responses=route_responses(errors.CREATE_ENDPOINT_ERRORS))
 async def create_endpoint(
-    data: EndpointCreate,
-    repo: RepoDep,
-    settings: SettingsDep,
-    resolver: ResolverDep,
-    caller: WebhooksWrite,
-    response: Response,
+    data: EndpointCreate, repo: RepoDep, registration: RegistrationDep, caller: WebhooksWrite, response: Response
 ) -> EndpointWithSecret:
     if data.enabled is not None:
         WEBHOOK_ENDPOINT_ENABLED.mark(response.headers)
-    return with_secret(await service.create_endpoint(repo, settings, caller.tenant_id, data, resolver), response)
+    return with_secret(await service.create_endpoint(repo, registration, caller.tenant_id, data), response)
 
 
 @router.get("", responses=route_responses(errors.LIST_ENDPOINTS_ERRORS))
@@ -74,15 +69,14 @@ async def update_endpoint(
     data: EndpointUpdate,
     repo: RepoDep,
     deliveries: DeliveryRepoDep,
-    settings: SettingsDep,
-    resolver: ResolverDep,
+    registration: RegistrationDep,
     caller: WebhooksWrite,
     response: Response,
 ) -> EndpointOut:
     if data.enabled is not None:
         # The request used the retired field: the answer says so (and the gateway counts it).
         WEBHOOK_ENDPOINT_ENABLED.mark(response.headers)
-    endpoint = await service.update_endpoint(repo, deliveries, settings, caller.tenant_id, endpoint_id, data, resolver)
+    endpoint = await service.update_endpoint(repo, deliveries, registration, caller.tenant_id, endpoint_id, data)
     return EndpointOut.model_validate(endpoint)
 
 

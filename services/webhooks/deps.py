@@ -1,6 +1,6 @@
-"""Every dependency a webhooks route can ask for: the request's repositories, the settings, the
-resolver registration checks host names with, and who may call what (reading needs webhooks:read,
-changing webhooks:write)."""
+"""Every dependency a webhooks route can ask for: the request's repositories, the settings, what an
+endpoint is registered under (the settings' rules and the resolver that checks host names), and who
+may call what (reading needs webhooks:read, changing webhooks:write)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from fastapi import Depends
 from services.webhooks.context import WebhooksContext
 from services.webhooks.delivery_repository import DeliveryRepository
 from services.webhooks.repository import EndpointRepository
+from services.webhooks.service import Registration
 from services.webhooks.settings import WebhooksSettings
-from services.webhooks.url_safety import Resolver
 from shared.caller import Authorize
 from shared.contract import TenantIdentity
 from shared.db import on_session
@@ -22,7 +22,9 @@ state = StateDependencies[ServiceState[WebhooksSettings, WebhooksContext]]()
 
 
 SettingsDep = Annotated[WebhooksSettings, Depends(state.provide(lambda s: s.settings))]
-ResolverDep = Annotated[Resolver, Depends(state.provide(lambda s: s.context.resolver))]
+RegistrationDep = Annotated[
+    Registration, Depends(state.provide(lambda s: Registration(s.settings, s.context.resolver)))
+]
 RepoDep = Annotated[EndpointRepository, Depends(on_session(EndpointRepository))]
 DeliveryRepoDep = Annotated[DeliveryRepository, Depends(on_session(DeliveryRepository))]
 WebhooksRead = Annotated[TenantIdentity, Depends(Authorize("webhooks:read"))]

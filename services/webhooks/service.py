@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 
 from services.webhooks.delivery_repository import DeliveryRepository
@@ -42,41 +43,47 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
-async def checked_url(url: str, settings: WebhooksSettings, resolver: Resolver) -> str:
-    """The URL if webhooks may be sent to it; a 422 naming `url` otherwise.
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What registering or changing an endpoint checks against: the settings' rules (which addresses
+    are refused, how many endpoints a tenant may have) and the resolver that looks up its host."""
 
-    A host name that does not resolve (yet, or not from here) is accepted: only what can be shown
-    to be non-public is refused now, and every delivery checks the name again before connecting.
-    """
-    try:
-        await check_url(
-            url, allow_private=settings.allow_private_urls, dns_timeout=settings.dns_timeout_seconds, resolver=resolver
-        )
-    except UnsafeUrl as exc:
-        if exc.kind == "unresolvable":
+    settings: WebhooksSettings
+    resolver: Resolver
+
+    async def checked_url(self, url: str) -> str:
+        """The URL if webhooks may be sent to it; a 422 naming `url` otherwise.
+
+        A host name that does not resolve (yet, or not from here) is accepted: only what can be shown
+        to be non-public is refused now, and every delivery checks the name again before connecting.
+        """
+        try:
+            await check_url(
+                url,
+                allow_private=self.settings.allow_private_urls,
+                dns_timeout=self.settings.dns_timeout_seconds,
+                resolver=self.resolver,
+            )
+        except UnsafeUrl as exc:
+            if exc.kind == "unresolvable":
+                return url
+            raise UrlRefused(
+                exc.message,
+                errors=[{"loc": ["body", "url"], "field": "url", "msg": exc.message, "type": f"url.{exc.kind}"}],
+            ) from None
+        except DnsUnavailable:
             return url
-        raise UrlRefused(
-            exc.message,
-            errors=[{"loc": ["body", "url"], "field": "url", "msg": exc.message, "type": f"url.{exc.kind}"}],
-        ) from None
-    except DnsUnavailable:
         return url
-    return url
 
 
 async def create_endpoint(
-    repo: EndpointRepository,
-    settings: WebhooksSettings,
-    tenant_id: str,
-    data: EndpointCreate,
-    resolver: Resolver,
+    repo: EndpointRepository, registration: Registration, tenant_id: str, data: EndpointCreate
 ) -> Endpoint:
-    url = await checked_url(data.url, settings, resolver)
+    url = await registration.checked_url(data.url)
     # A soft limit (two concurrent creates may both pass): it bounds the fan-out of one event.
-    if await repo.count_endpoints(tenant_id) >= settings.max_endpoints_per_tenant:
-        raise EndpointLimitReached(
-            f"A tenant can register at most {settings.max_endpoints_per_tenant} webhook endpoints; delete one first."
-        )
+    limit = registration.settings.max_endpoints_per_tenant
+    if await repo.count_endpoints(tenant_id) >= limit:
+        raise EndpointLimitReached(f"A tenant can register at most {limit} webhook endpoints; delete one first.")
     now = utcnow()
     endpoint = Endpoint(
         id=new_id(),
@@ -105,15 +112,14 @@ async def list_endpoints(repo: EndpointRepository, tenant_id: str, page: PageQue
 async def update_endpoint(
     repo: EndpointRepository,
     deliveries: DeliveryRepository,
-    settings: WebhooksSettings,
+    registration: Registration,
     tenant_id: str,
     endpoint_id: str,
     data: EndpointUpdate,
-    resolver: Resolver,
 ) -> Endpoint:
     endpoint = await get_endpoint(repo, tenant_id, endpoint_id)
     if data.url is not None:
-        endpoint.url = await checked_url(data.url, settings, resolver)
+        endpoint.url = await registration.checked_url(data.url)
     if data.events is not None:
         endpoint.events = list(data.events)
     if data.changes_rate_limit:
