@@ -251,45 +251,26 @@ def current_trace_id() -> str | None:
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
 
-def problem_body(
-    *,
-    status: int,
-    title: str,
-    detail: str,
-    error_code: str,
-    slug: str,
-    request_id: str | None,
-    errors: Sequence[Mapping[str, Any]] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+def problem_body(exc: PorticoError, request_id: str | None) -> dict[str, Any]:
+    """The problem+json body of `exc`, with the request's id and the current trace's."""
     body: dict[str, Any] = {
-        "type": PROBLEM_BASE + slug,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "error_code": error_code,
+        "type": PROBLEM_BASE + exc.slug,
+        "title": exc.title,
+        "status": exc.status_code,
+        "detail": exc.detail,
+        "error_code": exc.code,
         "request_id": request_id,
         "trace_id": current_trace_id(),
     }
-    if errors is not None:
-        body["errors"] = list(errors)
-    if extra:
-        body.update(extra)
+    if exc.errors is not None:
+        body["errors"] = list(exc.errors)
+    if exc.extra:
+        body.update(exc.extra)
     return body
 
 
 def _problem_json(exc: PorticoError, request_id: str | None) -> bytes:
-    body = problem_body(
-        status=exc.status_code,
-        title=exc.title,
-        detail=exc.detail,
-        error_code=exc.code,
-        slug=exc.slug,
-        request_id=request_id,
-        errors=exc.errors,
-        extra=exc.extra,
-    )
-    return orjson.dumps(body, default=str)
+    return orjson.dumps(problem_body(exc, request_id), default=str)
 
 
 def problem_response(exc: PorticoError, request_id: str | None = None) -> Response:
