@@ -6,8 +6,9 @@ which the edge matches (`gateway/edge/router.py`) and runs here."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
@@ -31,6 +32,8 @@ from shared.request_id import request_id_of
 
 # A query parameter shown in the reference and validated at the edge: (annotation, default).
 QueryParameter = tuple[Any, Any]
+# A path parameter of a route template: `{name}`.
+PATH_PARAMETER = re.compile(r"{(\w+)}")
 
 
 class Parameters:
@@ -87,9 +90,14 @@ class CompiledForward:
     rate_limit: Quota | None
     deprecation: Deprecation | None
     # The service's path as spans name it, ids as `{id}`, and the client span's name:
-    # `<METHOD> <service> <path template>`.
-    upstream_template: str
-    span_name: str
+    # `<METHOD> <service> <path template>`; both follow from the fields above.
+    upstream_template: str = field(init=False)
+    span_name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        template = PATH_PARAMETER.sub("{id}", self.upstream)
+        object.__setattr__(self, "upstream_template", template)
+        object.__setattr__(self, "span_name", f"{self.method} {self.service} {template}")
 
     def upstream_path(self, path_params: Mapping[str, str]) -> str:
         # Path parameters were validated as ids, so they are safe to put in the service's path.

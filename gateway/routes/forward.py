@@ -24,7 +24,6 @@ validated here, before anything is sent (`Parameters`).
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
@@ -33,7 +32,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from gateway.edge.access import Access
-from gateway.edge.forwarding import CompiledForward, Parameters, QueryParameter
+from gateway.edge.forwarding import PATH_PARAMETER, CompiledForward, Parameters, QueryParameter
 from gateway.openapi import JSON, DocumentedBody, operation_docs
 from gateway.settings import Quota
 from shared.contract import Plan, ResourceIdPath
@@ -42,7 +41,6 @@ from shared.errors import PorticoError
 from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
-PATH_PARAMETER = re.compile(r"{(\w+)}")
 # Methods whose requests carry a body the service reads.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -150,15 +148,13 @@ class ForwardRouter:
         if self.plans:
             access = Access(access.anonymous, access.scope, self.plans, self.feature, access.api_key)
         path_names = PATH_PARAMETER.findall(row.path)
-        upstream = self.upstream_prefix + row.path
-        upstream_template = PATH_PARAMETER.sub("{id}", upstream)
         self.compiled.append(
             CompiledForward(
                 method=row.method,
                 path=self.prefix + row.path,
                 name=row.name,
                 service=self.service,
-                upstream=upstream,
+                upstream=self.upstream_prefix + row.path,
                 access=access,
                 parameters=Parameters(path_names, row.query) if path_names or row.query else None,
                 reads_body=row.method in BODY_METHODS,
@@ -167,8 +163,6 @@ class ForwardRouter:
                 secret=row.secret,
                 rate_limit=row.rate_limit,
                 deprecation=row.deprecation,
-                upstream_template=upstream_template,
-                span_name=f"{row.method} {self.service} {upstream_template}",
             )
         )
         body = DocumentedBody(row.body, row.body_media_type, row.body_required) if row.body is not None else None
