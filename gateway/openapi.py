@@ -11,14 +11,15 @@
 
 `operation_docs` builds the `responses` and `openapi_extra` of one route from what it is (its method,
 who may call it, its body and the errors its service answers). `Forward` rows use it through
-`add_forwards`; a hand-written route passes its result to `add_api_route` the same way.
+`add_forwards`; a hand-written route passes its result to `add_api_route` (or its decorator) the same
+way, as keyword arguments: `**docs`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter
@@ -324,6 +325,13 @@ def model_example(model: type[BaseModel]) -> Any:
     return examples[0] if isinstance(examples, list) and examples else None
 
 
+class OperationDocs(TypedDict):
+    """The keyword arguments of a route that document its operation beyond what FastAPI derives."""
+
+    responses: dict[int | str, dict[str, Any]]
+    openapi_extra: dict[str, Any]
+
+
 def operation_docs(
     method: str,
     *,
@@ -335,7 +343,7 @@ def operation_docs(
     parses_body: bool = False,
     conditional: bool | None = None,
     answer: type[BaseModel] | None = None,
-) -> tuple[dict[int | str, dict[str, Any]], dict[str, Any]]:
+) -> OperationDocs:
     """The `responses` and `openapi_extra` of one route. `credentials`: "none" (sign-up, login),
     "any" (a token or an API key) or "token" (a user's token only); `body`: a body the route
     forwards without parsing; `parses_body`: the route has a body parameter of its own (which
@@ -376,7 +384,7 @@ def operation_docs(
             "headers": _headers("ETag", "Cache-Control", "X-Request-ID"),
         }
     responses.update(problem_responses(all_errors))
-    return responses, extra
+    return OperationDocs(responses=responses, openapi_extra=extra)
 
 
 def documented_bodies(routes: Iterable[BaseRoute]) -> list[type[BaseModel]]:

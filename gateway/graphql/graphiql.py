@@ -68,8 +68,8 @@ def _page() -> bytes:
 
 
 # In the reference, so that `/graphql`'s methods there are those it serves (its `Allow` names GET too).
-GRAPHIQL_DOCS, GRAPHIQL_EXTRA = operation_docs("GET", status_code=200, credentials="none", conditional=False)
-GRAPHIQL_DOCS[200].update(
+GRAPHIQL_DOCS = operation_docs("GET", status_code=200, credentials="none", conditional=False)
+GRAPHIQL_DOCS["responses"][200].update(
     description="GraphiQL's page.",
     content={
         "text/html": {
@@ -90,8 +90,7 @@ GRAPHIQL_DOCS[200].update(
         "comes from."
     ),
     response_class=HTMLResponse,
-    responses=GRAPHIQL_DOCS,
-    openapi_extra=GRAPHIQL_EXTRA,
+    **GRAPHIQL_DOCS,
 )
 async def graphiql() -> HTMLResponse:
     return HTMLResponse(_page(), headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})

@@ -209,13 +209,14 @@ class GraphQLEndpoint(GraphQLRouter[GraphQLContext, None]):
 
 def _document(route: APIRoute) -> None:
     """strawberry's POST route as the reference shows it: named `graphql`, with its body and answers."""
-    responses, extra = operation_docs(
+    docs = operation_docs(
         "POST",
         status_code=200,
         credentials="any",
         parses_body=True,
         errors=[BadRequest, UnsupportedMediaType],
     )
+    responses, extra = docs["responses"], docs["openapi_extra"]
     responses[200]["description"] = "The operation's result: `data`, and `errors` for the fields that failed."
     responses[200]["content"] = {JSON: {"schema": GRAPHQL_ANSWER_SCHEMA, "example": GRAPHQL_ANSWER_EXAMPLE}}
     extra["requestBody"] = {

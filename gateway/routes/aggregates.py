@@ -165,13 +165,11 @@ DASHBOARD = (
 )
 
 
-DASHBOARD_DOCS, DASHBOARD_EXTRA = operation_docs(
-    "GET", status_code=200, credentials="any", errors=[UserNotFound], answer=Dashboard
-)
-DASHBOARD_DOCS[200].update(
+DASHBOARD_DOCS = operation_docs("GET", status_code=200, credentials="any", errors=[UserNotFound], answer=Dashboard)
+DASHBOARD_DOCS["responses"][200].update(
     description="Every part that answered; `X-Aggregate-Complete: false` when one did not.",
     headers={
-        **DASHBOARD_DOCS[200]["headers"],
+        **DASHBOARD_DOCS["responses"][200]["headers"],
         "X-Aggregate-Complete": {
             "description": "`false` when an optional part is missing from the answer.",
             "schema": {"type": "string", "enum": ["true", "false"]},
@@ -193,8 +191,7 @@ DASHBOARD_DOCS[200].update(
         "Needs the `users:read` and `orders:read` scopes."
     ),
     response_model=Dashboard,
-    responses=DASHBOARD_DOCS,
-    openapi_extra=DASHBOARD_EXTRA,
+    **DASHBOARD_DOCS,
 )
 async def dashboard(
     user_id: ResourceIdPath, composer: ComposerDep, identity: DashboardReader, usage: UsageDep
@@ -320,9 +317,7 @@ class OrderValidation(BaseModel):
     details: dict[str, CheckOutcome]
 
 
-VALIDATE_DOCS, VALIDATE_EXTRA = operation_docs(
-    "POST", status_code=200, credentials="any", parses_body=True, answer=OrderValidation
-)
+VALIDATE_DOCS = operation_docs("POST", status_code=200, credentials="any", parses_body=True, answer=OrderValidation)
 
 
 @router.post(
@@ -338,8 +333,7 @@ VALIDATE_DOCS, VALIDATE_EXTRA = operation_docs(
         "placing the order would answer)."
     ),
     response_model=OrderValidation,
-    responses=VALIDATE_DOCS,
-    openapi_extra=VALIDATE_EXTRA,
+    **VALIDATE_DOCS,
 )
 async def validate_order(draft: OrderDraft, composer: ComposerDep, identity: OrdersWriter) -> Response:
     outcomes = await composer.all_or_nothing(ORDER_CHECKS, identity, {}, draft.model_dump())

@@ -101,14 +101,14 @@ def admit(hub: Hub, identity: Identity, settings: GatewaySettings) -> Admission:
     return admission
 
 
-EVENTS_DOCS, EVENTS_EXTRA = operation_docs(
+EVENTS_DOCS = operation_docs(
     "GET",
     status_code=200,
     credentials="any",
     errors=[InvalidLastEventId, EventsExpired, ConnectionLimitReached],
     conditional=False,
 )
-EVENTS_DOCS[200].update(
+EVENTS_DOCS["responses"][200].update(
     description="The tenant's order events, as they happen",
     content={
         "text/event-stream": {
@@ -132,8 +132,7 @@ EVENTS_DOCS[200].update(
     operation_id="events",
     summary="The tenant's order events, as server-sent events",
     response_class=EventSourceResponse,
-    responses=EVENTS_DOCS,
-    openapi_extra=EVENTS_EXTRA,
+    **EVENTS_DOCS,
 )
 async def events(
     identity: EventsReader,

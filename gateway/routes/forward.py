@@ -168,7 +168,7 @@ class ForwardRouter:
         body = DocumentedBody(row.body, row.body_media_type, row.body_required) if row.body is not None else None
         if body is not None:
             self.documented_bodies.append(body)
-        responses, openapi_extra = operation_docs(
+        docs = operation_docs(
             row.method,
             status_code=row.status_code,
             credentials=access.credentials,
@@ -190,8 +190,7 @@ class ForwardRouter:
             summary=row.summary,
             status_code=row.status_code,
             response_model=row.answer,
-            responses=responses,
-            openapi_extra=openapi_extra,
+            **docs,
             deprecated=row.deprecation is not None or None,
             description=description or None,
         )

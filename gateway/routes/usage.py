@@ -78,7 +78,7 @@ def _invalid(field: str, message: str) -> ValidationFailed:
     )
 
 
-USAGE_DOCS, USAGE_EXTRA = operation_docs("GET", status_code=200, credentials="any")
+USAGE_DOCS = operation_docs("GET", status_code=200, credentials="any")
 
 
 @router.get(
@@ -93,8 +93,7 @@ USAGE_DOCS, USAGE_EXTRA = operation_docs("GET", status_code=200, credentials="an
         "past the monthly quota."
     ),
     response_model=Usage,
-    responses=USAGE_DOCS,
-    openapi_extra=USAGE_EXTRA,
+    **USAGE_DOCS,
 )
 async def usage(
     identity: UsageReaderIdentity,
