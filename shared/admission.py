@@ -65,7 +65,7 @@ from shared.asgi import declared_length, find_headers, header
 from shared.errors import DeadlineExceeded, Overloaded, PorticoError, problem_message, retry_in
 from shared.metrics import MULTIPROC_ENV, LabelCache
 from shared.request_id import CLIENT_REQUEST_ID, new_request_id, request_id_of
-from shared.settings import ProcessSettings
+from shared.settings import ProcessSettings, settings_group
 
 DEADLINE_HEADER = b"x-request-deadline"
 DEADLINE_HEADER_NAME = "X-Request-Deadline"
@@ -132,10 +132,12 @@ class AdmissionMetrics:
 
 @dataclass(frozen=True, slots=True)
 class LimitSettings:
-    initial: int
-    minimum: int
-    maximum: int
-    tolerance: float
+    """The `admission_*` settings of a process, each named here without the prefix."""
+
+    initial_limit: int
+    min_limit: int
+    max_limit: int
+    rtt_tolerance: float
     smoothing: float
     window_seconds: float
     queue_size: int
@@ -144,17 +146,7 @@ class LimitSettings:
 
     @classmethod
     def of(cls, settings: ProcessSettings) -> LimitSettings:
-        return cls(
-            initial=settings.admission_initial_limit,
-            minimum=settings.admission_min_limit,
-            maximum=settings.admission_max_limit,
-            tolerance=settings.admission_rtt_tolerance,
-            smoothing=settings.admission_smoothing,
-            window_seconds=settings.admission_window_seconds,
-            queue_size=settings.admission_queue_size,
-            queue_timeout_seconds=settings.admission_queue_timeout_seconds,
-            retry_after_seconds=settings.admission_retry_after_seconds,
-        )
+        return settings_group(cls, settings, "admission_")
 
 
 class AdaptiveLimit:
@@ -183,7 +175,7 @@ class AdaptiveLimit:
                 metrics.in_progress.set_function(lambda: self.in_flight)
                 metrics.limit.set_function(lambda: int(self.limit))
         self.shares = tuple((shares or {}).get(name, 1.0) for name in RANKS)
-        self.limit = float(settings.initial)
+        self.limit = float(settings.initial_limit)
         self.in_flight = 0
         # The most requests in progress at once in this window: whether the limit was used at all.
         self._peak = 0
@@ -227,10 +219,10 @@ class AdaptiveLimit:
         """Queues a request that `enter` refused, for a slot it may take: None once it has one, else
         why it is refused (`limit`: no room in the queue; `queue_timeout`: its wait ran out). A full
         queue makes room for a request by refusing the newest waiting request of a lower rank."""
-        if self.limit < self.settings.initial and self._idle_since_busy():
+        if self.limit < self.settings.initial_limit and self._idle_since_busy():
             # The limit was lowered by an overload that is long over: the process starts again from
             # its initial limit rather than refuse a burst on an old measurement.
-            self.limit = float(self.settings.initial)
+            self.limit = float(self.settings.initial_limit)
             self._set_ceilings()
             if self.enter(rank):
                 return None
@@ -275,7 +267,7 @@ class AdaptiveLimit:
         no reset of the limit due (`wait` decides those cases). Changes nothing."""
         if self.in_flight < self.ceilings[rank]:
             return False
-        if self.limit < self.settings.initial and self._idle_since_busy():
+        if self.limit < self.settings.initial_limit and self._idle_since_busy():
             return False
         if self.settings.queue_timeout_seconds <= 0:
             return True
@@ -362,10 +354,10 @@ class AdaptiveLimit:
             # The process is not using its limit: its latency says nothing about a larger one.
             return
         self._busy_at = now
-        gradient = max(MIN_GRADIENT, min(1.0, settings.tolerance * long / short))
+        gradient = max(MIN_GRADIENT, min(1.0, settings.rtt_tolerance * long / short))
         proposed = limit * gradient + math.sqrt(limit)
         limit = limit * (1 - settings.smoothing) + proposed * settings.smoothing
-        self.limit = max(float(settings.minimum), min(float(settings.maximum), limit))
+        self.limit = max(float(settings.min_limit), min(float(settings.max_limit), limit))
         self._set_ceilings()
 
     def retry_after(self) -> str:

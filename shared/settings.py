@@ -4,11 +4,12 @@ access tokens. Each process subclasses them with its own env prefix (`process_co
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -27,6 +28,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.contract import PROCESSES
 from shared.networks import PRIVATE_NETWORKS, Networks
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+D = TypeVar("D", bound="DataclassInstance")
 
 # Values that ship in this repository or are commonly pasted from examples.
 # Outside development a process refuses to start with any of them.
@@ -181,6 +187,18 @@ class Environment(StrEnum):
 def process_config(name: str) -> SettingsConfigDict:
     """The settings config of one process: its env prefix (`USERS_`, `GATEWAY_`, ...)."""
     return SettingsConfigDict(env_prefix=PROCESSES[name].env_prefix, extra="ignore", frozen=True)
+
+
+def settings_group(cls: type[D], settings: BaseSettings, prefix: str, **given: Any) -> D:
+    """A `cls` (a dataclass) made of the settings that its fields name after `prefix`: a field `queue_size`
+    with the prefix `admission_` is `settings.admission_queue_size`. Fields in `given` take those values
+    instead."""
+    read = {
+        field.name: getattr(settings, prefix + field.name)
+        for field in dataclasses.fields(cls)
+        if field.init and field.name not in given
+    }
+    return cls(**read, **given)
 
 
 def sqlite_url(name: str) -> str:

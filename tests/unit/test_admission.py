@@ -17,10 +17,10 @@ SHARES = {"anonymous": 0.5, "free": 0.5, "pro": 0.75, "enterprise": 1.0}
 
 def fixed(limit: int, *, queue: int = 0, wait: float = 0.0) -> LimitSettings:
     return LimitSettings(
-        initial=limit,
-        minimum=limit,
-        maximum=limit,
-        tolerance=1.5,
+        initial_limit=limit,
+        min_limit=limit,
+        max_limit=limit,
+        rtt_tolerance=1.5,
         smoothing=0.2,
         window_seconds=0.0,
         queue_size=queue,
@@ -86,10 +86,10 @@ def run_window(gate: AdaptiveLimit, requests: int, rtt: float) -> None:
 
 def test_the_limit_grows_while_latency_holds_and_shrinks_when_it_rises():
     settings = LimitSettings(
-        initial=40,
-        minimum=10,
-        maximum=200,
-        tolerance=1.5,
+        initial_limit=40,
+        min_limit=10,
+        max_limit=200,
+        rtt_tolerance=1.5,
         smoothing=0.2,
         window_seconds=0.0,
         queue_size=0,
@@ -104,7 +104,7 @@ def test_the_limit_grows_while_latency_holds_and_shrinks_when_it_rises():
     for _ in range(3):
         run_window(gate, int(gate.limit), 0.100)
     assert gate.limit < grown / 2
-    assert gate.limit >= settings.minimum
+    assert gate.limit >= settings.min_limit
 
 
 def test_an_idle_process_keeps_its_limit():
