@@ -24,9 +24,9 @@ most `max_cost` fields.
 Why repeats are bounded: GraphQL's rule that fields of one response name must merge
 (OverlappingFieldsCanBeMerged) compares every pair of them, and their selections pairwise below.
 `{ me { id } me { id } ... }` with `me` 495 times is within every other bound (2,000 tokens, cost
-990, depth 1, no alias) and kept that rule busy for over a second. With at most `max_repeats` fields
-per response name and place, and at most `max_cost` fields, the rule compares at most about
-`max_cost * max_repeats / 2` pairs.
+990, depth 1, no alias) and kept that rule busy for over a second. With at most `max_field_repeats`
+fields per response name and place, and at most `max_cost` fields, the rule compares at most about
+`max_cost * max_field_repeats / 2` pairs.
 
 Validation itself runs here too (`BoundedValidation`), with a budget on that rule's comparisons
 (`BoundedOverlapRule`): whatever shape of document gets past the bounds above, its validation stops
@@ -74,10 +74,12 @@ OVERLAP_BUDGET = 20_000
 
 @dataclass(frozen=True, slots=True)
 class Bounds:
+    """The bounds of a document: the `graphql_max_*` settings, each named here without the prefix."""
+
     max_cost: int
     max_depth: int
     max_aliases: int
-    max_repeats: int
+    max_field_repeats: int
     # Fields that take `limit` -> their default page size. Without `limit`, such a field costs its
     # default page; fields not named here cost 1 without `limit`.
     pages: Mapping[str, int] = field(default_factory=dict)
@@ -280,7 +282,7 @@ def document_errors(
     if errors:
         return errors
     roots = [operation.selection_set for operation in operations] + [fragment.selection_set for fragment in unused]
-    repeated = _repeat_error(roots, fragments, bounds.max_repeats)
+    repeated = _repeat_error(roots, fragments, bounds.max_field_repeats)
     return [repeated] if repeated is not None else []
 
 

@@ -42,6 +42,7 @@ from shared.errors import (
     send_problem,
 )
 from shared.request_id import request_id_of
+from shared.settings import settings_group
 
 PATH = "/graphql"
 JSON = "application/json"
@@ -113,13 +114,7 @@ depth, aliases and cost. Outside production the schema can be explored with Grap
 def create_schema(settings: GatewaySettings) -> PorticoSchema:
     # Filled from the schema once it is built: which fields take `limit`, and their default page.
     pages: dict[str, int] = {}
-    bounds = Bounds(
-        max_cost=settings.graphql_max_cost,
-        max_depth=settings.graphql_max_depth,
-        max_aliases=settings.graphql_max_aliases,
-        max_repeats=settings.graphql_max_field_repeats,
-        pages=pages,
-    )
+    bounds = settings_group(Bounds, settings, "graphql_", pages=pages)
     # Factories: strawberry builds each extension anew for every operation.
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         # The parser stops at this many tokens: a document's size is bounded before it is read.
