@@ -14,9 +14,11 @@ Each sends the service an Idempotency-Key of its own, derived from the request's
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
 import strawberry
 from graphql import GraphQLError
@@ -63,39 +65,42 @@ def _id(value: str) -> str:
     return value
 
 
+class FromJson:
+    """A GraphQL type made from a service's JSON (`of`): each of its fields is the JSON member of the
+    same name (an id is a string either way)."""
+
+    if TYPE_CHECKING:
+        # What makes a class a dataclass to the type checker: every subclass is a strawberry type.
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any], **given: Any) -> Self:
+        """The type made from `data`, but for the fields `given`."""
+        read = {
+            field.name: data[field.name] for field in dataclasses.fields(cls) if field.init and field.name not in given
+        }
+        return cls(**read, **given)
+
+
 @strawberry.type
-class User:
+class User(FromJson):
     id: strawberry.ID
     email: str
     role: str
     tenant_id: str
 
-    @classmethod
-    def of(cls, data: dict[str, Any]) -> User:
-        return cls(id=strawberry.ID(data["id"]), email=data["email"], role=data["role"], tenant_id=data["tenant_id"])
-
 
 @strawberry.type
-class Product:
+class Product(FromJson):
     id: strawberry.ID
     sku: str
     name: str
     price_cents: int
     stock: int
 
-    @classmethod
-    def of(cls, data: dict[str, Any]) -> Product:
-        return cls(
-            id=strawberry.ID(data["id"]),
-            sku=data["sku"],
-            name=data["name"],
-            price_cents=data["price_cents"],
-            stock=data["stock"],
-        )
-
 
 @strawberry.type
-class OrderItem:
+class OrderItem(FromJson):
     product_id: strawberry.ID
     quantity: int
     unit_price_cents: int
@@ -108,7 +113,7 @@ class OrderItem:
 
 
 @strawberry.type
-class Order:
+class Order(FromJson):
     id: strawberry.ID
     status: str
     total_cents: int
@@ -116,22 +121,8 @@ class Order:
     items: list[OrderItem]
 
     @classmethod
-    def of(cls, data: dict[str, Any]) -> Order:
-        return cls(
-            id=strawberry.ID(data["id"]),
-            status=data["status"],
-            total_cents=data["total_cents"],
-            user_id=data["user_id"],
-            items=[
-                OrderItem(
-                    product_id=strawberry.ID(item["product_id"]),
-                    quantity=item["quantity"],
-                    unit_price_cents=item["unit_price_cents"],
-                    line_total_cents=item["line_total_cents"],
-                )
-                for item in data["items"]
-            ],
-        )
+    def of(cls, data: Mapping[str, Any], **given: Any) -> Self:
+        return super().of(data, items=[OrderItem.of(item) for item in data["items"]], **given)
 
 
 @strawberry.type
@@ -142,12 +133,37 @@ class Page(Generic[T]):
     next_cursor: str | None
 
 
-async def _page(
-    info: GraphQLInfo, service: str, path: str, limit: int, cursor: str | None, of: Callable[[dict[str, Any]], T]
-) -> Page[T]:
-    """One page of a service's list, its items made into `of`'s type."""
-    page = await info.context.call(service, "GET", path, params=_page_params(limit, cursor))
-    return Page(items=[of(item) for item in page["items"]], next_cursor=page["next_cursor"])
+@dataclass(frozen=True)
+class Resource(Generic[T]):
+    """A resource of a service's REST API, read as REST reads it: one by id (`GET <path>/{id}`) or a
+    page of the list (`GET <path>`), each item made into `of`'s type. Its fields need `scope`."""
+
+    service: str
+    path: str
+    of: Callable[[dict[str, Any]], T]
+    scope: str
+
+    def one(self, description: str) -> T:
+        """The field that answers one of the resource, by `id`."""
+
+        async def resolve(info: GraphQLInfo, id: strawberry.ID) -> T:
+            return self.of(await info.context.call(self.service, "GET", f"{self.path}/{_id(id)}"))
+
+        return strawberry.field(resolver=resolve, extensions=needs(self.scope), description=description)
+
+    def page(self, description: str) -> Page[T]:
+        """The field that answers a page of the resource's list, newest first."""
+
+        async def resolve(info: GraphQLInfo, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[T]:
+            page = await info.context.call(self.service, "GET", self.path, params=_page_params(limit, cursor))
+            return Page(items=[self.of(item) for item in page["items"]], next_cursor=page["next_cursor"])
+
+        return strawberry.field(resolver=resolve, extensions=needs(self.scope), description=description)
+
+
+USERS = Resource("users", "/users", User.of, scope="users:read")
+PRODUCTS = Resource("inventory", "/products", Product.of, scope="products:read")
+ORDERS = Resource("orders", "/orders", Order.of, scope="orders:read")
 
 
 @strawberry.input
@@ -156,31 +172,18 @@ class OrderItemInput:
     quantity: int
 
 
+async def _me(info: GraphQLInfo) -> User:
+    return User.of(await info.context.call("users", "GET", "/users/me"))
+
+
 @strawberry.type
 class Query:
-    @strawberry.field(description="The calling user.")
-    async def me(self, info: GraphQLInfo) -> User:
-        return User.of(await info.context.call("users", "GET", "/users/me"))
-
-    @strawberry.field(extensions=needs("users:read"), description="A user of the caller's tenant.")
-    async def user(self, info: GraphQLInfo, id: strawberry.ID) -> User:
-        return User.of(await info.context.call("users", "GET", f"/users/{_id(id)}"))
-
-    @strawberry.field(extensions=needs("products:read"), description="The tenant's products, newest first.")
-    async def products(self, info: GraphQLInfo, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[Product]:
-        return await _page(info, "inventory", "/products", limit, cursor, Product.of)
-
-    @strawberry.field(extensions=needs("products:read"), description="A product of the tenant.")
-    async def product(self, info: GraphQLInfo, id: strawberry.ID) -> Product:
-        return Product.of(await info.context.call("inventory", "GET", f"/products/{_id(id)}"))
-
-    @strawberry.field(extensions=needs("orders:read"), description="The tenant's orders, newest first.")
-    async def orders(self, info: GraphQLInfo, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> Page[Order]:
-        return await _page(info, "orders", "/orders", limit, cursor, Order.of)
-
-    @strawberry.field(extensions=needs("orders:read"), description="An order of the tenant.")
-    async def order(self, info: GraphQLInfo, id: strawberry.ID) -> Order:
-        return Order.of(await info.context.call("orders", "GET", f"/orders/{_id(id)}"))
+    me: User = strawberry.field(resolver=_me, description="The calling user.")
+    user: User = USERS.one("A user of the caller's tenant.")
+    products: Page[Product] = PRODUCTS.page("The tenant's products, newest first.")
+    product: Product = PRODUCTS.one("A product of the tenant.")
+    orders: Page[Order] = ORDERS.page("The tenant's orders, newest first.")
+    order: Order = ORDERS.one("An order of the tenant.")
 
 
 @strawberry.type
