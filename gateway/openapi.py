@@ -11,7 +11,7 @@
 
 `operation_docs` builds the `responses` and `openapi_extra` of one route from what it is (its method,
 who may call it, its body and the errors its service answers). `Forward` rows use it through
-`add_forwards`; a hand-written route passes its result to `add_api_route` (or its decorator) the same
+`ForwardRouter`; a hand-written route passes its result to `add_api_route` (or its decorator) the same
 way, as keyword arguments: `**docs`.
 """
 
