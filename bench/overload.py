@@ -195,6 +195,10 @@ class OpenLoop:
                 due = start + sent * interval
                 plan = MIX[sent % len(MIX)]
                 sent += 1
+                while self.idle and self.idle[-1].closed:
+                    # Closed by the server while idle (its keep-alive timeout): no longer counted.
+                    self.idle.pop()
+                    self.opened -= 1
                 if self.idle:
                     connection = self.idle.pop()
                     connection.send(plan, due)
