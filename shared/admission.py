@@ -4,9 +4,11 @@ Adaptive concurrency limit
 --------------------------
 Every process admits at most `limit` requests in progress. The limit is not fixed: it follows the
 latency of the requests it admits, as Netflix's `Gradient2Limit` (and Envoy's `adaptive_concurrency`
-filter) does. Each window (`ADMISSION_WINDOW_SECONDS`) the mean time of the requests finished in it
-is the short RTT; an exponential average of the short RTTs is the long RTT, the process's latency
-when it is not overloaded: it follows a rise slowly (over some 600 windows, so that an overload does
+filter) does. Each window (`ADMISSION_WINDOW_SECONDS`) the median time of the requests finished in
+it is the short RTT (a median, as Envoy's filter takes a percentile, p50 by default: a few requests
+that waited out a timeout or a lost packet would move a mean, and cut the limit for everyone); an
+exponential average of the short RTTs is the long RTT, the process's latency when it is not
+overloaded: it follows a rise slowly (over some 600 windows, so that an overload does
 not become the new normal while it lasts) and a fall quickly (over some 10). Then, once per window:
 
     gradient  = clamp(tolerance * long_rtt / short_rtt, 0.5, 1.0)
@@ -41,8 +43,8 @@ left as `X-Request-Deadline: <unix seconds with milliseconds>`; a service passes
 services it calls. A service refuses a request whose deadline has passed with 504
 `DEADLINE_EXCEEDED` before its route runs (no SQL, no call), since the caller has given up on it.
 
-The cost on the hot path is one comparison and two counter updates to admit, and a subtraction,
-two additions and one comparison to release (the limit is recomputed once per window): see
+The cost on the hot path is one comparison and two counter updates to admit, and a subtraction, an
+append and two comparisons to release (the limit is recomputed once per window, sorting its times): see
 `bench/overload.py --micro` and `docs/benchmarks/overload.md`.
 """
 
@@ -97,6 +99,8 @@ FAST_WINDOWS = 10
 # this many windows (and at least this long): a burst after a quiet spell is measured afresh.
 IDLE_WINDOWS = 50
 MIN_IDLE_SECONDS = 5.0
+# The request times a window keeps for its median: the first this many (bounded memory at any rate).
+WINDOW_SAMPLES = 4096
 
 
 class AdmissionMetrics:
@@ -185,8 +189,8 @@ class AdaptiveLimit:
         self._waiting: list[deque[asyncio.Future[bool]]] = [deque() for _ in RANKS]
         self._queued = 0
         self._long_rtt = 0.0
-        self._sum = 0.0
-        self._count = 0
+        # The times of the requests finished in this window.
+        self._samples: list[float] = []
         self._window_end = 0.0
         # When the process last used at least half its limit (`time.perf_counter()`).
         self._busy_at = time.perf_counter()
@@ -298,8 +302,9 @@ class AdaptiveLimit:
         self.in_flight -= 1
         if self._counted is not None:
             self._counted.dec()
-        self._sum += now - started
-        self._count += 1
+        samples = self._samples
+        if len(samples) < WINDOW_SAMPLES:
+            samples.append(now - started)
         if now >= self._window_end:
             self._update(now)
         if self._queued:
@@ -329,14 +334,15 @@ class AdaptiveLimit:
                 future.set_result(True)
 
     def _update(self, now: float) -> None:
-        """Once a window: the gradient of the long RTT over this window's mean, and the new limit."""
+        """Once a window: the gradient of the long RTT over this window's median, and the new limit."""
         settings = self.settings
-        total, count, peak = self._sum, self._count, self._peak
+        samples, peak = self._samples, self._peak
         self._window_end = now + settings.window_seconds
-        self._sum, self._count, self._peak = 0.0, 0, self.in_flight
-        if not count:
+        self._samples, self._peak = [], self.in_flight
+        if not samples:
             return
-        short = max(total / count, 1e-6)
+        samples.sort()
+        short = max(samples[len(samples) // 2], 1e-6)
         long = self._long_rtt
         if long == 0.0:
             long = short

@@ -387,7 +387,7 @@ class ProcessSettings(BaseSettings):
     admission_smoothing: Annotated[float, Field(gt=0, le=1)] = 0.2
     """How far the limit moves towards each window's new estimate (1: all the way at once)."""
     admission_window_seconds: Annotated[float, Field(gt=0, le=10)] = 0.1
-    """The limit is recomputed once per window, from the mean time of the requests finished in it."""
+    """The limit is recomputed once per window, from the median time of the requests finished in it."""
     admission_queue_size: NonNegativeInt = 0
     """Requests past the limit that may wait for a slot (a freed slot goes to the best plan waiting); 0: none wait, a
     request past the limit is refused at once. None by default: a request that may wait is decided by the app rather

@@ -107,6 +107,30 @@ def test_the_limit_grows_while_latency_holds_and_shrinks_when_it_rises():
     assert gate.limit >= settings.min_limit
 
 
+def test_a_few_slow_requests_do_not_cut_the_limit_and_most_do():
+    """A window's latency is its median: a tenth of its requests waiting out a one-second timeout
+    leave the limit alone, half of them cut it."""
+    settings = LimitSettings(40, 10, 200, 1.5, 0.2, 3600.0, 0, 0.0, 1)
+    gate = AdaptiveLimit(settings)
+
+    def window(slow: int) -> None:
+        for _ in range(40):
+            assert gate.enter(ENTERPRISE)
+        for n in range(40):
+            gate.leave(time.perf_counter() - (1.0 if n < slow else 0.010))
+        gate._update(time.perf_counter())  # the window ends
+
+    for _ in range(10):
+        window(0)
+    steady = gate.limit
+    for _ in range(5):
+        window(4)
+    assert gate.limit >= steady
+    before = gate.limit
+    window(30)
+    assert gate.limit < before
+
+
 def test_an_idle_process_keeps_its_limit():
     gate = AdaptiveLimit(LimitSettings(50, 10, 1000, 1.5, 0.2, 0.0, 0, 0.0, 1))
     for _ in range(50):
