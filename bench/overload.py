@@ -24,7 +24,8 @@ failures (timeouts after 5 s, resets, other statuses), the worker's peak RSS, th
 (p99 of how late a request was written after it was due: a run whose client could not keep up says
 so), and the worker's concurrency limit and requests in progress as its /metrics gave them every
 0.2 s. After the 3x phase, load drops to 0.8x at once; the recovery line gives, second by second,
-the success share and p99 of that lighter load. `--variant 'NAME:SETTING=VALUE;...'` adds a mode with
+the success share and p99 of that lighter load, beside the same load before any overload (what
+normal is on that machine). `--variant 'NAME:SETTING=VALUE;...'` adds a mode with
 admission on and other settings, run in the same session as the others.
 """
 
@@ -392,6 +393,11 @@ async def measure(args: argparse.Namespace) -> None:
                 await client.warm(64)
                 await client.run(capacity * 0.5, 2)  # warm-up: caches, pools, the limit's first windows
                 with Sampler(worker, port) as sampler:
+                    # What normal looks like at the load of the recovery phase, before any overload.
+                    sampler.phase = "before"
+                    started = time.monotonic()
+                    load = await client.run(capacity * 0.8, args.recovery_seconds)
+                    recoveries.append(recovery(f"{mode}, before the overload", load, started))
                     for multiple in args.multiples:
                         sampler.phase = f"{multiple}"
                         load = await client.run(capacity * multiple, args.seconds)
@@ -410,7 +416,7 @@ async def measure(args: argparse.Namespace) -> None:
                     sampler.phase = "recovery"
                     started = time.monotonic()
                     load = await client.run(capacity * 0.8, args.recovery_seconds)
-                    recoveries.append(recovery(mode, load, started))
+                    recoveries.append(recovery(f"{mode}, after {args.multiples[-1]:g}x", load, started))
                 if admission:
                     shed_lines += [f"# {mode}", *admission_figures(port)]
                 for connection in client.idle:
@@ -422,7 +428,10 @@ async def measure(args: argparse.Namespace) -> None:
         f"{sorted(others)}; {args.seconds} s per phase; mix 50% free, 30% pro, 20% enterprise\n"
     )
     summarise(phases, capacity)
-    print("\nAfter 3x, load drops to 0.8x: success share / p99 of the admitted, second by second\n")
+    print(
+        "\nAt 0.8x, before the overload and after it (the load drops from the last multiple at once): success "
+        "share / p99 of the admitted, second by second\n"
+    )
     table(["admission", *(f"{s + 1} s" for s in range(int(args.recovery_seconds)))], recoveries)
     print("\nThe gateway's admission metrics at the end of the run (admission on)\n")
     print("```text\n" + "\n".join(shed_lines) + "\n```")
