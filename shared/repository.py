@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, inspect, select
 from sqlalchemy.exc import IntegrityError
@@ -38,6 +39,17 @@ class TenantRow:
 M = TypeVar("M", bound=TenantRow)
 T = TypeVar("T")
 R = TypeVar("R", bound="Repository")
+
+
+@dataclass(frozen=True)
+class ChildRows(Generic[M]):
+    """The `model` rows that belong to a row of `parent`, whose id `link` holds: what
+    `Repository.list_under` lists. `missing` is the 404 for a parent the tenant does not have."""
+
+    model: type[M]
+    link: InstrumentedAttribute[str]
+    parent: type[TenantRow]
+    missing: type[NotFound]
 
 
 class Repository:
@@ -124,22 +136,13 @@ class Repository:
         return page_of(await self.page(model, tenant_id, position, limit, *where), limit, convert)
 
     async def list_under(
-        self,
-        model: type[M],
-        link: InstrumentedAttribute[str],
-        parent: type[TenantRow],
-        parent_id: str,
-        *,
-        tenant_id: str,
-        missing: type[NotFound],
-        query: PageQuery,
-        convert: Callable[[M], T],
+        self, rows: ChildRows[M], tenant_id: str, parent_id: str, query: PageQuery, convert: Callable[[M], T]
     ) -> Page[T]:
-        """A page of the `model` rows that belong to one `parent` row (`link` names it). The tenant
-        must have that parent (`missing`, a 404, otherwise); a bad cursor is judged before that."""
+        """A page of the `rows` that belong to one parent row. The tenant must have that parent
+        (`rows.missing`, a 404, otherwise); a bad cursor is judged before that."""
         position = query.position()
-        await self.one(parent, tenant_id, parent_id, missing)
-        return await self.list_page(model, tenant_id, position, query.limit, convert, link == parent_id)
+        await self.one(rows.parent, tenant_id, parent_id, rows.missing)
+        return await self.list_page(rows.model, tenant_id, position, query.limit, convert, rows.link == parent_id)
 
 
 def matching(*filters: tuple[InstrumentedAttribute[Any], object]) -> list[ColumnElement[bool]]:

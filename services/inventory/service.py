@@ -40,9 +40,12 @@ from services.inventory.schemas import (
 from shared.db import new_id, utcnow
 from shared.errors import ValidationFailed
 from shared.pagination import Page, PageQuery
-from shared.repository import matching
+from shared.repository import ChildRows, matching
 
 logger = logging.getLogger("portico.inventory")
+
+# A product's stock adjustments, listed under it.
+ADJUSTMENTS = ChildRows(StockAdjustment, StockAdjustment.product_id, Product, ProductNotFound)
 
 
 def field_error(field: str, msg: str, type_: str, **extra: Any) -> dict[str, Any]:
@@ -117,16 +120,7 @@ async def list_adjustments(
     repo: InventoryRepository, tenant_id: str, product_id: str, page: PageQuery
 ) -> Page[StockAdjustmentOut]:
     """A product's adjustments, newest first; 404 for a product the tenant does not have."""
-    return await repo.list_under(
-        StockAdjustment,
-        StockAdjustment.product_id,
-        Product,
-        product_id,
-        tenant_id=tenant_id,
-        missing=ProductNotFound,
-        query=page,
-        convert=StockAdjustmentOut.model_validate,
-    )
+    return await repo.list_under(ADJUSTMENTS, tenant_id, product_id, page, StockAdjustmentOut.model_validate)
 
 
 def _duplicate_products(data: ReservationCreate | StockCheck) -> None:

@@ -34,9 +34,13 @@ from services.webhooks.signing import SECRET_PREFIX
 from services.webhooks.url_safety import DnsUnavailable, Resolver, UnsafeUrl, check_url
 from shared.db import new_id, utcnow
 from shared.pagination import Page, PageQuery
+from shared.repository import ChildRows
 
 # Standard Webhooks takes secrets of 24 to 64 bytes.
 SECRET_BYTES = 32
+
+# An endpoint's deliveries, listed under it.
+DELIVERIES = ChildRows(Delivery, Delivery.endpoint_id, Endpoint, EndpointNotFound)
 
 
 def new_secret() -> str:
@@ -176,16 +180,7 @@ async def list_deliveries(
     repo: EndpointRepository, tenant_id: str, endpoint_id: str, page: PageQuery
 ) -> Page[DeliveryOut]:
     """An endpoint's deliveries, newest first; 404 for an endpoint the tenant does not have."""
-    return await repo.list_under(
-        Delivery,
-        Delivery.endpoint_id,
-        Endpoint,
-        endpoint_id,
-        tenant_id=tenant_id,
-        missing=EndpointNotFound,
-        query=page,
-        convert=DeliveryOut.model_validate,
-    )
+    return await repo.list_under(DELIVERIES, tenant_id, endpoint_id, page, DeliveryOut.model_validate)
 
 
 async def delivery_detail(repo: DeliveryRepository, tenant_id: str, delivery_id: str) -> DeliveryDetail:
