@@ -13,12 +13,12 @@ from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import BigInteger, DateTime, Integer, Table, event
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Dialect, Result, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, Relationship, mapped_column, relationship
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
@@ -54,6 +54,26 @@ def new_id() -> str:
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY.
 AutoIncrement = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class SerialKey:
+    """A primary key `id` that the database numbers, first among the table's columns: for rows that
+    clients never address on their own (an order's items, a delivery's attempts)."""
+
+    id: Mapped[int] = mapped_column(AutoIncrement, primary_key=True, autoincrement=True, sort_order=-1)
+
+
+def owner_key(column: str) -> MappedColumn[str]:
+    """The column of a row that exists only as part of another, naming that one (`column`, as
+    "orders.id"): indexed, and the row is deleted with its owner."""
+    return mapped_column(ForeignKey(column, ondelete="CASCADE"), index=True)
+
+
+def owned_rows(order_by: str) -> Relationship[Any]:
+    """A parent's collection of rows that exist only as part of it (an order's items): loaded with the
+    parent (one more SELECT for all the parents a query read), in `order_by` order ("Child.column"),
+    and deleted with it, as is a row taken out of the collection."""
+    return relationship(lazy="selectin", order_by=order_by, cascade="all, delete-orphan")
 
 
 def is_sqlite(url: str) -> bool:

@@ -5,10 +5,10 @@ from enum import StrEnum
 from typing import Any, Self
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.inventory.schemas import MAX_STOCK
-from shared.db import AutoIncrement, UTCDateTime, new_id, utcnow
+from shared.db import SerialKey, UTCDateTime, new_id, owned_rows, owner_key, utcnow
 from shared.repository import TenantRow
 
 
@@ -101,16 +101,13 @@ class Reservation(Stamped, TenantRow):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
-    items: Mapped[list[ReservationItem]] = relationship(
-        lazy="selectin", order_by="ReservationItem.position", cascade="all, delete-orphan"
-    )
+    items: Mapped[list[ReservationItem]] = owned_rows("ReservationItem.position")
 
 
-class ReservationItem(Base):
+class ReservationItem(SerialKey, Base):
     __tablename__ = "reservation_items"
 
-    id: Mapped[int] = mapped_column(AutoIncrement, primary_key=True, autoincrement=True)
-    reservation_id: Mapped[str] = mapped_column(ForeignKey("reservations.id", ondelete="CASCADE"), index=True)
+    reservation_id: Mapped[str] = owner_key("reservations.id")
     # Where the item stood in the request, so answers list items in the order they were asked for.
     position: Mapped[int] = mapped_column(Integer)
     product_id: Mapped[str] = mapped_column(ForeignKey("products.id", ondelete="RESTRICT"), index=True)

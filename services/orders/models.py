@@ -4,10 +4,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import AutoIncrement, UTCDateTime, new_id, utcnow
+from shared.db import AutoIncrement, SerialKey, UTCDateTime, new_id, owned_rows, owner_key, utcnow
 from shared.repository import TenantRow
 from shared.telemetry import TRACEPARENT_LENGTH
 
@@ -66,19 +66,14 @@ class Order(Base, TenantRow):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
-    items: Mapped[list[OrderItem]] = relationship(
-        lazy="selectin", order_by="OrderItem.position", cascade="all, delete-orphan"
-    )
-    history: Mapped[list[OrderStatusChange]] = relationship(
-        lazy="selectin", order_by="OrderStatusChange.id", cascade="all, delete-orphan"
-    )
+    items: Mapped[list[OrderItem]] = owned_rows("OrderItem.position")
+    history: Mapped[list[OrderStatusChange]] = owned_rows("OrderStatusChange.id")
 
 
-class OrderItem(Base):
+class OrderItem(SerialKey, Base):
     __tablename__ = "order_items"
 
-    id: Mapped[int] = mapped_column(AutoIncrement, primary_key=True, autoincrement=True)
-    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    order_id: Mapped[str] = owner_key("orders.id")
     position: Mapped[int] = mapped_column(Integer)
     product_id: Mapped[str] = mapped_column(String(64))
     # Copied from the product when its stock was reserved: later edits of the product leave the order alone.
@@ -88,11 +83,10 @@ class OrderItem(Base):
     unit_price_cents: Mapped[int] = mapped_column(BigInteger)
 
 
-class OrderStatusChange(Base):
+class OrderStatusChange(SerialKey, Base):
     __tablename__ = "order_status_history"
 
-    id: Mapped[int] = mapped_column(AutoIncrement, primary_key=True, autoincrement=True)
-    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    order_id: Mapped[str] = owner_key("orders.id")
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

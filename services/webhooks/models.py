@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import AutoIncrement, UTCDateTime, new_id, utcnow
+from shared.db import SerialKey, UTCDateTime, new_id, utcnow
 from shared.repository import TenantRow
 from shared.telemetry import TRACEPARENT_LENGTH
 
@@ -121,13 +121,12 @@ def webhook_id_of(delivery_id: str) -> str:
     return "msg_" + delivery_id.replace("-", "")
 
 
-class DeliveryAttempt(Base):
+class DeliveryAttempt(SerialKey, Base):
     """One try at a delivery, as the attempt log shows it."""
 
     __tablename__ = "webhook_delivery_attempts"
     __table_args__ = (Index("ix_webhook_delivery_attempts_delivery_at", "delivery_id", "at", "id"),)
 
-    id: Mapped[int] = mapped_column(AutoIncrement, primary_key=True, autoincrement=True)
     delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"))
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
