@@ -10,9 +10,10 @@ prefix of this run's own, removed at the end).
 
 The rig: one gateway worker (`python -m gateway serve`, its full default pipeline, Redis rate limits
 with quotas no run reaches) pinned to CPU 0, in front of nginx answering a static JSON document
-(`GET /v1/users/me`), pinned with this process to the other CPUs. Capacity is what wrk measures,
-closed-loop, with admission off. Then, for each mode (admission off: `GATEWAY_ADMISSION_ENABLED=false`;
-on: the defaults), a fresh gateway gets open-loop load: requests are sent on a fixed schedule (every
+(`GET /v1/users/me`), pinned with this process to the other CPUs. For each mode (admission off:
+`GATEWAY_ADMISSION_ENABLED=false`; on: the defaults) a fresh gateway is started and its capacity is
+what wrk measures, closed-loop, with 32 connections of the enterprise plan, right before its load (a
+shared machine's speed drifts within minutes). Then it gets open-loop load: requests are sent on a fixed schedule (every
 1/rate s, whatever the answers do), each on an idle keep-alive connection (a new one when none is
 idle), and each request's latency is counted from the moment it was due, so a gateway that falls
 behind is charged for the wait (no coordinated omission). The callers are three tenants, one per
@@ -279,7 +280,7 @@ class Sampler:
                 self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
             with contextlib.suppress(httpx.HTTPError):
                 figures = admission_values(self.port)
-                if "portico_concurrency_limit" in figures:
+                if figures.get("portico_concurrency_limit"):  # 0: admission is off
                     self.limits.setdefault(self.phase, []).append(figures["portico_concurrency_limit"])
                     self.in_progress.setdefault(self.phase, []).append(figures["portico_requests_in_progress"])
 
@@ -309,7 +310,7 @@ class Phase:
     in_progress: list[float]
 
 
-def summarise(phases: list[Phase], capacity: float) -> None:
+def summarise(phases: list[Phase]) -> None:
     base: dict[str, float] = {}
     base_p99: dict[str, float] = {}
     lines = []
@@ -374,20 +375,20 @@ async def measure(args: argparse.Namespace) -> None:
     recoveries: list[list[str]] = []
     shed_lines: list[str] = []
     with redis_prefix(args.redis_url) as prefix, nginx(upstream, cpus=others):
-        port = free_port()
-        with gateway(port, upstream, args.redis_url, prefix, secret, admission=False, extra={}):
-            url = f"http://127.0.0.1:{port}{PATH}"
-            headers = {"Authorization": f"Bearer {tokens['enterprise']}"}
-            wrk(url, headers=headers, seconds=2, connections=32, cpus=others, strict=False)
-            capacity = wrk(
-                url, headers=headers, seconds=args.capacity_seconds, connections=32, cpus=others, strict=False
-            ).requests_per_second
-        print(f"capacity of one gateway worker (wrk -c32, closed loop, admission off): {capacity:.0f} req/s")
         modes = [(mode, mode == "on", args.gateway_env) for mode in ("off", "on") if mode in args.modes]
         modes += [(name, True, {**args.gateway_env, **env}) for name, env in args.variants]
         for mode, admission, env in modes:
             port = free_port()
             with gateway(port, upstream, args.redis_url, prefix, secret, admission, env) as pid:
+                # Measured anew for each mode, right before its load: a shared machine's speed drifts
+                # within minutes. Enterprise requests, which the limit's defaults never refuse at 32.
+                url = f"http://127.0.0.1:{port}{PATH}"
+                headers = {"Authorization": f"Bearer {tokens['enterprise']}"}
+                wrk(url, headers=headers, seconds=2, connections=32, cpus=others, strict=False)
+                capacity = wrk(
+                    url, headers=headers, seconds=args.capacity_seconds, connections=32, cpus=others, strict=False
+                ).requests_per_second
+                print(f"admission {mode}: capacity of the worker (wrk -c32, closed loop): {capacity:.0f} req/s")
                 worker = worker_pid(pid)
                 client = OpenLoop("127.0.0.1", port, tokens)
                 await client.warm(64)
@@ -427,7 +428,7 @@ async def measure(args: argparse.Namespace) -> None:
         f"from a loaded machine); one gateway worker on CPU {sorted(GATEWAY_CPUS)}, nginx and the client on "
         f"{sorted(others)}; {args.seconds} s per phase; mix 50% free, 30% pro, 20% enterprise\n"
     )
-    summarise(phases, capacity)
+    summarise(phases)
     print(
         "\nAt 0.8x, before the overload and after it (the load drops from the last multiple at once): success "
         "share / p99 of the admitted, second by second\n"
