@@ -377,7 +377,12 @@ def _database_unavailable_handler(
 
 async def _unhandled_handler(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(PorticoError("An internal error occurred."), _request_id(request))
+    response = problem_response(PorticoError("An internal error occurred."), _request_id(request))
+    # Starlette's ServerErrorMiddleware raises the error again once this answer is sent, and the
+    # server then closes the connection: the answer says so, so that a client opens a new connection
+    # for its next request instead of racing the close.
+    response.headers["connection"] = "close"
+    return response
 
 
 def install_error_handlers(app: FastAPI, *, database: bool, on_pool_timeout: Callable[[], None] | None = None) -> None:

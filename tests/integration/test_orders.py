@@ -482,6 +482,8 @@ async def test_injected_storage_failure_leaves_no_reservation(migrated: Servers,
             )
             assert_problem(failed, 500, "INTERNAL_ERROR")
             assert "injected" not in failed.text
+            # The process closes this connection after the error: the next call opens another.
+            assert failed.headers["connection"] == "close"
             # The stock was reserved, then released again before the answer was sent.
             reservations = await shop.reservations()
             assert [r["status"] for r in reservations] == ["released"]

@@ -68,6 +68,8 @@ async def test_unhandled_error_is_500_without_internals_and_logged_with_the_trac
     response = await client.get("/boom", headers={**headers, "X-Request-ID": "req-boom-0001"})
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/problem+json"
+    # The server closes the connection after an unhandled error; the answer says so.
+    assert response.headers["connection"] == "close"
     body = response.json()
     assert body["error_code"] == "INTERNAL_ERROR"
     assert body["request_id"] == "req-boom-0001"
