@@ -419,7 +419,8 @@ def metrics_page() -> str:
 # checks both ways).
 WHEN_ELSEWHERE: dict[str, str] = {
     "shared.errors.PorticoError": (
-        "An unhandled error: nothing of it in the body, and a full log line with the trace id in the process's log."
+        "An unhandled error: nothing of it in the body, and a full log line with the trace id in the process's log; "
+        "the answer says `Connection: close` (the server closes the connection after it)."
     ),
 }
 
