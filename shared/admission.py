@@ -223,7 +223,7 @@ class AdaptiveLimit:
         """Queues a request that `enter` refused, for a slot it may take: None once it has one, else
         why it is refused (`limit`: no room in the queue; `queue_timeout`: its wait ran out). A full
         queue makes room for a request by refusing the newest waiting request of a lower rank."""
-        if self.limit < self.settings.initial_limit and self._idle_since_busy():
+        if self._reset_due():
             # The limit was lowered by an overload that is long over: the process starts again from
             # its initial limit rather than refuse a burst on an old measurement.
             self.limit = float(self.settings.initial_limit)
@@ -271,7 +271,7 @@ class AdaptiveLimit:
         no reset of the limit due (`wait` decides those cases). Changes nothing."""
         if self.in_flight < self.ceilings[rank]:
             return False
-        if self.limit < self.settings.initial_limit and self._idle_since_busy():
+        if self._reset_due():
             return False
         if self.settings.queue_timeout_seconds <= 0:
             return True
@@ -279,8 +279,11 @@ class AdaptiveLimit:
             return False
         return not any(self._waiting[lower] for lower in range(rank))
 
-    def _idle_since_busy(self) -> bool:
-        """Whether the process has not used its limit for `IDLE_WINDOWS` windows."""
+    def _reset_due(self) -> bool:
+        """Whether the limit is below the initial one and the process has not used it for
+        `IDLE_WINDOWS` windows: the overload that lowered it is over."""
+        if self.limit >= self.settings.initial_limit:
+            return False
         idle = max(IDLE_WINDOWS * self.settings.window_seconds, MIN_IDLE_SECONDS)
         return time.perf_counter() - self._busy_at > idle
 
