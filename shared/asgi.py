@@ -6,9 +6,9 @@ no exception for a missing header, since several stages run this on every reques
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from starlette.types import Message, Scope, Send
+from starlette.types import Scope
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -49,23 +49,6 @@ def header_list(scope: Scope, name: bytes) -> list[bytes]:
     """Every value of a header that may be repeated (X-Forwarded-For)."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     return [value for key, value in raw if key == name]
-
-
-def extend_headers(message: Message, extra: list[tuple[bytes, bytes]]) -> None:
-    """Adds raw headers to an `http.response.start` message."""
-    message["headers"] = [*message.get("headers", ()), *extra]
-
-
-def on_response_start(send: Send, hook: Callable[[Message], None]) -> Send:
-    """A `send` that shows `hook` the `http.response.start` message (to read its status or change its
-    headers) before passing it on; every other message goes through untouched."""
-
-    async def send_after_hook(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            hook(message)
-        await send(message)
-
-    return send_after_hook
 
 
 class BodyChunks:
