@@ -1,4 +1,4 @@
-"""Small pieces every pure ASGI stage needs: reading request headers and seeing the response start.
+"""Small pieces every pure ASGI stage needs: reading request headers and keeping a response body as it passes.
 
 Headers are read straight from the scope's raw list, as bytes: no `Headers` object, no decoding and
 no exception for a missing header, since several stages run this on every request.
