@@ -675,9 +675,16 @@ async def protocol_costs(n: int) -> tuple[float, float]:
     return refused, passed
 
 
+# The open-loop rates `--refusals` measures at: about the refusals a second at 1x and at 3x.
+OPEN_LOOP_RATES = (2000.0, 5000.0)
+
+
 def refusal_rate(args: argparse.Namespace) -> None:
     """What a refusal in the server's protocol costs on a real socket: one worker whose limit is one,
-    every request of the free plan, wrk with 32 and 256 keep-alive connections; CPU per request."""
+    every request of the free plan; CPU per request under wrk (32 and 256 keep-alive connections,
+    requests in bursts) and under the open-loop client (requests one at a time, as in the overload
+    phases). Then what nginx spends answering the same requests from the same client: what the
+    kernel and a server written in C cost per request on this machine, the floor of any refusal."""
     require_wrk()
     require_nginx()
     from bench.edge import cpu_seconds
@@ -685,29 +692,82 @@ def refusal_rate(args: argparse.Namespace) -> None:
     secret = "bench-" + os.urandom(16).hex()
     one = {f"GATEWAY_ADMISSION_{name}_LIMIT": "1" for name in ("MIN", "INITIAL", "MAX")}
     others = set(range(os.cpu_count() or 1)) - GATEWAY_CPUS or GATEWAY_CPUS
+    os.sched_setaffinity(0, others)
+    tokens = {plan: bearer(plan="free", secret=secret) for plan in PLANS}
+    rows = []
     upstream = free_port()
     with redis_prefix(args.redis_url) as prefix, nginx(upstream, cpus=others):
         port = free_port()
         with gateway(port, upstream, args.redis_url, prefix, secret, True, one) as pid:
             worker = worker_pid(pid)
             url = f"http://127.0.0.1:{port}{PATH}"
-            headers = {"Authorization": f"Bearer {bearer(plan='free', secret=secret)}"}
-            rows = []
+            headers = {"Authorization": f"Bearer {tokens['free']}"}
             for connections in (32, 256):
                 wrk(url, headers=headers, seconds=2, connections=connections, cpus=others, strict=False)
                 before, started = cpu_seconds(worker), time.monotonic()
                 result = wrk(url, headers=headers, seconds=5, connections=connections, cpus=others, strict=False)
                 used, elapsed = cpu_seconds(worker) - before, time.monotonic() - started
                 rows.append(
-                    [
-                        str(connections),
-                        f"{result.requests_per_second:.0f}",
-                        f"{result.non_2xx / max(1, result.requests):.1%}",
-                        f"{used / elapsed:.0%}",
-                        f"{used / max(1, result.requests) * 1e6:.1f} µs",
-                    ]
+                    cost_row(
+                        "gateway (refuses)",
+                        f"wrk, {connections} connections",
+                        result.requests,
+                        result.non_2xx,
+                        used,
+                        elapsed,
+                    )
                 )
-    table(["connections", "requests/s", "refused", "worker CPU", "CPU per request"], rows)
+            # With a limit of one, a request arriving while none is in progress is answered: each
+            # open-loop row mixes answers and refusals, and the two rows together give the cost of each.
+            phases = [open_loop_phase(port, worker, tokens, rate) for rate in OPEN_LOOP_RATES]
+            rows += [cost_row("gateway (refuses)", *phase) for phase in phases]
+    floor = free_port()
+    with nginx(floor, cpus=GATEWAY_CPUS) as pid:
+        nginx_worker = worker_pid(pid)
+        rows += [cost_row("nginx (answers)", *open_loop_phase(floor, nginx_worker, tokens, r)) for r in OPEN_LOOP_RATES]
+    table(["server", "load", "requests/s", "refused", "worker CPU", "CPU per request"], rows)
+    refusal, answer = solve_costs(phases)
+    print(
+        f"\ngateway under the open-loop client, solved from its two rows: a refusal {refusal * 1e6:.1f} µs, "
+        f"an answer {answer * 1e6:.0f} µs"
+    )
+
+
+def cost_row(server: str, load: str, requests: int, refused: int, used: float, elapsed: float) -> list[str]:
+    return [
+        server,
+        load,
+        f"{requests / elapsed:.0f}",
+        f"{refused / max(1, requests):.1%}",
+        f"{used / elapsed:.0%}",
+        f"{used / max(1, requests) * 1e6:.1f} µs",
+    ]
+
+
+def open_loop_phase(port: int, pid: int, tokens: dict[str, str], rate: float) -> tuple[str, int, int, float, float]:
+    """Five seconds of open-loop load at `rate` on 127.0.0.1:`port`: the load, how many requests, how
+    many refused, and the CPU seconds process `pid` spent in the elapsed seconds."""
+    from bench.edge import cpu_seconds
+
+    async def run() -> tuple[Load, float, float]:
+        client = OpenLoop("127.0.0.1", port, tokens)
+        await client.warm(64)
+        before, started = cpu_seconds(pid), time.monotonic()
+        load = await client.run(rate, 5.0)
+        return load, cpu_seconds(pid) - before, time.monotonic() - started
+
+    load, used, elapsed = uvloop.run(run())
+    refused = sum(1 for outcome in load.outcomes if outcome.status == 503)
+    return f"open loop, {rate:.0f}/s", len(load.outcomes), refused, used, elapsed
+
+
+def solve_costs(phases: list[tuple[str, int, int, float, float]]) -> tuple[float, float]:
+    """The CPU seconds of one refusal and of one answer, from two phases that mix them in different
+    proportions (each phase: CPU used = answers * answer + refusals * refusal)."""
+    (_, n1, r1, cpu1, _), (_, n2, r2, cpu2, _) = phases[:2]
+    a1, a2 = n1 - r1, n2 - r2
+    refusal = (cpu2 * a1 - cpu1 * a2) / (r2 * a1 - r1 * a2)
+    return refusal, (cpu1 - r1 * refusal) / a1
 
 
 def main() -> None:
