@@ -10,7 +10,7 @@ here makes this gateway process forget it at once; other processes follow within
 from __future__ import annotations
 
 from gateway.edge.access import USER_TOKEN
-from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
+from gateway.routes.forward import Forward, ForwardRouter
 from services.users.errors import (
     CREATE_API_KEY_ERRORS,
     LIST_API_KEYS_ERRORS,
@@ -52,7 +52,6 @@ router.add(
         USER_TOKEN,
         "list_api_keys",
         "The API keys the caller may manage, newest first; never the keys",
-        query=PAGE_QUERY,
         answer=Page[ApiKeyOut],
         errors=LIST_API_KEYS_ERRORS,
         description=(

@@ -38,7 +38,7 @@ from gateway.settings import Quota
 from shared.contract import Plan, ResourceIdPath
 from shared.deprecation import Deprecation
 from shared.errors import PorticoError
-from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
+from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, Page
 
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 # Methods whose requests carry a body the service reads.
@@ -61,7 +61,8 @@ class Forward:
     # What the reference says of the route beyond its summary (Markdown): what it does, what to send,
     # the errors a client should expect and handle.
     description: str = ""
-    # Query parameters shown in the reference and validated before the request is sent.
+    # Query parameters shown in the reference and validated before the request is sent. A list (a
+    # `Page` answer) takes `limit` and `cursor`: PAGE_QUERY when the row names no query of its own.
     query: Mapping[str, QueryParameter] = field(default_factory=dict)
     # The request body: the service's model, shown in the reference and validated by the service.
     body: type[BaseModel] | None = None
@@ -85,6 +86,14 @@ class Forward:
     rate_limit: Quota | None = None
     # A retired route: `deprecated` in OpenAPI, and the deprecation headers on every answer.
     deprecation: Deprecation | None = None
+
+    def __post_init__(self) -> None:
+        if self.answer is None or not issubclass(self.answer, Page):
+            return
+        if not self.query:
+            object.__setattr__(self, "query", PAGE_QUERY)
+        elif not PAGE_QUERY.keys() <= self.query.keys():
+            raise ValueError(f"{self.method} {self.path} answers a page: its query must hold {', '.join(PAGE_QUERY)}")
 
 
 def _documentation_only(row: Forward) -> Any:

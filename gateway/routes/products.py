@@ -104,7 +104,6 @@ router.add(
         Reader,
         "list_adjustments",
         "A product's stock adjustments, newest first",
-        query=PAGE_QUERY,
         answer=Page[StockAdjustmentOut],
         errors=LIST_ADJUSTMENTS_ERRORS,
         description="The product's stock adjustments, newest first, a page at a time, each with the stock after it.",

@@ -4,7 +4,7 @@ every route, so a free tenant gets 402 whatever else is wrong with its request."
 from __future__ import annotations
 
 from gateway.edge.access import readers_and_writers
-from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
+from gateway.routes.forward import Forward, ForwardRouter
 from services.webhooks import schemas
 from services.webhooks.errors import (
     CREATE_ENDPOINT_ERRORS,
@@ -59,7 +59,6 @@ router.add(
         Reader,
         "list_endpoints",
         "The tenant's webhook endpoints, newest first",
-        query=PAGE_QUERY,
         answer=Page[schemas.EndpointOut],
         errors=LIST_ENDPOINTS_ERRORS,
         description="The tenant's webhook endpoints, newest first, a page at a time; never their secrets.",
@@ -135,7 +134,6 @@ router.add(
         Reader,
         "list_deliveries",
         "The endpoint's deliveries, newest first",
-        query=PAGE_QUERY,
         answer=Page[schemas.DeliveryOut],
         errors=LIST_DELIVERIES_ERRORS,
         description="The endpoint's deliveries, newest first, a page at a time, with their status and attempts.",
