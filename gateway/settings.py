@@ -121,11 +121,10 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     admission_plan_shares: dict[str, float] = Field(
         default_factory=lambda: {"anonymous": 0.2, "free": 0.2, "pro": 0.4, "enterprise": 1.0}
     )
-    """The share of the initial adaptive limit each plan's requests may fill (JSON; `anonymous` for callers without
-    credentials): a request is admitted while fewer requests are in progress than its plan's ceiling, so under pressure
-    the lower shares are refused first (503 `OVERLOADED`). The room above a plan's ceiling, kept for better plans, is
-    its share's complement of the initial limit whatever the limit now: a cut comes out of the lower plans' room first.
-    Under overload the requests in progress share the CPU, so a plan's share bounds its share of the work."""
+    """The share of the adaptive limit each plan's requests may fill (JSON; `anonymous` for callers without
+    credentials): a request is admitted while fewer requests are in progress than its plan's share of the limit, so
+    under pressure the lower shares are refused first (503 `OVERLOADED`). Under overload the requests in progress share
+    the CPU, so a plan's share bounds its share of the work: enterprise keeps at least 60% of the limit to itself."""
     rate_limit_enabled: bool = True
     """The rate limit stage."""
     rate_limit_free: QuotaSetting = Quota(100, 60)

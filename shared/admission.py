@@ -30,15 +30,11 @@ rank. Without a slot or a place in the queue, or after its wait, the request is 
 Priority
 --------
 Each request has a rank, its caller's plan (`anonymous`, `free`, `pro`, `enterprise`), and each rank a
-share of the initial limit: a request is admitted while the requests in progress are fewer than its
-plan's ceiling (`GATEWAY_ADMISSION_PLAN_SHARES`, default anonymous and free 0.2, pro 0.4, enterprise
-1.0). So when the process fills up, anonymous and free requests are the first refused (at a fifth of
-the limit), pro next, and enterprise only when the whole limit is in use; a freed slot goes to the
-best-ranked request waiting. A ceiling is the limit less the room kept for better plans, and that
-room is a share's complement of the initial limit: when an overload cuts the limit, the cut comes out
-of the lowest plans' room first (with the initial limit 200 and the limit cut to 140: enterprise 140,
-pro 20, free 1; in proportion they would have been 140, 56, 28). Services admit every request alike
-(the gateway ranked them).
+share of the limit: a request is admitted while the requests in progress are fewer than its plan's
+share of the limit (`GATEWAY_ADMISSION_PLAN_SHARES`, default anonymous and free 0.5, pro 0.8,
+enterprise 1.0). So when the process fills up, anonymous and free requests are the first refused
+(at half the limit), pro next, and enterprise only when the whole limit is in use; a freed slot goes
+to the best-ranked request waiting. Services admit every request alike (the gateway ranked them).
 
 Deadlines
 ---------
@@ -202,12 +198,8 @@ class AdaptiveLimit:
 
     def _set_ceilings(self) -> None:
         limit = self.limit
-        # The room above a rank's ceiling, which only better ranks may fill, is its share's complement
-        # of the initial limit, whatever the limit now: a cut comes out of the lowest ranks' room first,
-        # and a limit grown past the initial one gives every rank the same extra room. At least one
-        # request of every rank may run, so no caller is refused forever by a tiny limit.
-        initial = self.settings.initial_limit
-        self.ceilings = [max(1, int(limit - (1.0 - share) * initial)) for share in self.shares]
+        # At least one request of every rank may run, so no caller is refused forever by a tiny limit.
+        self.ceilings = [max(1, int(limit * share)) for share in self.shares]
         # Below this many requests in progress, no request of any rank is refused.
         self.lowest_ceiling = min(self.ceilings)
         if self._counted is not None:

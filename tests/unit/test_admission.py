@@ -40,39 +40,6 @@ def test_each_plan_fills_only_its_share_of_the_limit():
     assert gate.enter(ENTERPRISE)
 
 
-def test_a_cut_of_the_limit_comes_out_of_the_lower_plans_room_first_and_growth_is_shared():
-    # Shares of an initial limit of 20: free 10, pro 15, enterprise 20. Each window moves the limit all
-    # the way to its new estimate (smoothing 1).
-    gate = AdaptiveLimit(LimitSettings(20, 4, 40, 1.5, 1.0, 3600.0, 0, 0.0, 1), shares=SHARES)
-    assert gate.ceilings[FREE:] == [10, 15, 20]
-
-    def window(rtt: float) -> None:
-        in_progress = int(gate.limit)
-        for _ in range(in_progress):
-            assert gate.enter(ENTERPRISE)
-        for _ in range(in_progress):
-            gate.leave(time.perf_counter() - rtt)
-        gate._update(time.perf_counter())  # the window ends
-
-    window(0.010)
-    for _ in range(10):
-        if gate.limit < 11:
-            break
-        window(1.0)
-    cut = gate.limit
-    assert 4 <= cut < 11
-    # The room kept for better plans stays what it was at the initial limit (5 above pro, 10 above
-    # free): free is down to its one slot, pro has what is left below its 5, enterprise the whole
-    # limit (in proportion, free would still have had half of it).
-    assert gate.ceilings[FREE:] == [1, max(1, int(cut - 5)), int(cut)]
-    for _ in range(10):
-        window(0.010)
-    grown = gate.limit
-    assert grown > 25
-    # Past the initial limit every plan gains the same room.
-    assert gate.ceilings[FREE:] == [int(grown - 10), int(grown - 5), int(grown)]
-
-
 async def test_a_freed_slot_goes_to_the_best_plan_waiting_and_a_full_queue_refuses_the_lower_plans():
     gate = AdaptiveLimit(fixed(2, queue=2, wait=30.0), shares={"free": 1.0, "pro": 1.0, "enterprise": 1.0})
     assert gate.enter(ENTERPRISE)
