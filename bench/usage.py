@@ -27,6 +27,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import CollectorRegistry
+
 from bench.common import redis_prefix
 from gateway.app import create_redis
 from gateway.edge.metrics import EdgeMetrics
@@ -52,7 +54,7 @@ async def run(args: argparse.Namespace, prefix: str) -> dict[str, list[float]]:
     )
     redis = create_redis(settings)
     scripts = ScriptBatcher(redis, timeout=5.0)
-    metrics = EdgeMetrics()
+    metrics = EdgeMetrics(CollectorRegistry())
     counts = RedisRateLimitStore(scripts, prefix)
     plan = Policy("pro", Quota(10**9, 60))
     month = MonthlyPolicies().policy(10**9)

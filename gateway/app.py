@@ -316,8 +316,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     cfg = settings or GatewaySettings()
     provider = create_tracer_provider("gateway", cfg.trace_sample_ratio)
     set_global_provider_once(provider)
-    edge_metrics = EdgeMetrics()
     registry = CollectorRegistry()
+    edge_metrics = EdgeMetrics(registry)
     upstream_metrics = UpstreamMetrics(registry)
     edge = Edge(settings=cfg, metrics=edge_metrics, admission=AdmissionMetrics(registry))
     quotas: dict[tuple[str, str], Quota] = {}
@@ -372,9 +372,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # add_middleware wraps what is already there, so the edge goes on first (innermost); install_common
     # then adds the body limit around it, and observability (one layer) outside Starlette's errors.
     app.add_middleware(edge.wrap)
-    http_metrics = install_common(app, cfg, provider, database=False, registry=registry, admission=False)
+    install_common(app, cfg, provider, database=False, registry=registry, admission=False)
     app.add_exception_handler(UpstreamRefused, upstream_refused_handler)
-    edge_metrics.register(http_metrics.registry)
     forwards = compiled_routes(FORWARD_ROUTERS)
     edge.table = RouteTable(forwards, routes_of(app, others))
     rows = {(route.method, route.path): route.rate_limit for route in forwards if route.rate_limit is not None}

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import Field
 
 from gateway.edge.metrics import EdgeMetrics
@@ -81,7 +82,7 @@ def test_rate_limit_examples_in_the_docs_name_the_policies_the_gateway_sends(hea
     quota `"monthly"`, a route's quota after its `"METHOD /route/template"`: every example in the docs
     uses those names."""
     settings = GatewaySettings.model_construct(rate_limit_routes={})
-    metrics = EdgeMetrics()
+    metrics = EdgeMetrics(CollectorRegistry())
     caller = StoreCaller("rate_limit", io=False, mode="local", metrics=metrics)
     limiter = RateLimiter(MemoryRateLimitStore(), caller)
     stage = RateLimits(settings, limiter, metrics, {})
