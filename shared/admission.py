@@ -33,8 +33,9 @@ Each request has a rank, its caller's plan (`anonymous`, `free`, `pro`, `enterpr
 share of the limit: a request is admitted while the requests in progress are fewer than its plan's
 share of the limit (`GATEWAY_ADMISSION_PLAN_SHARES`, default anonymous and free 0.2, pro 0.4,
 enterprise 1.0). So when the process fills up, anonymous and free requests are the first refused
-(at a fifth of the limit), pro next, and enterprise only when the whole limit is in use; a freed slot goes
-to the best-ranked request waiting. Services admit every request alike (the gateway ranked them).
+(at a fifth of the limit), pro next, and enterprise only when the whole limit is in use; a freed
+slot goes to the best-ranked request waiting. Services admit every request alike (the gateway ranked
+them).
 
 Deadlines
 ---------
