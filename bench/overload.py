@@ -23,11 +23,12 @@ Reported per mode and multiple: goodput (2xx answers per second), its ratio to t
 and p99 of the admitted (2xx) requests, the share of each plan's requests answered 2xx, 503s, other
 failures (timeouts after 5 s, resets, other statuses), the worker's peak RSS, the client's own lag
 (p99 of how late a request was written after it was due: a run whose client could not keep up says
-so), and the worker's concurrency limit and requests in progress as its /metrics gave them every
-0.2 s. After the 3x phase, load drops to 0.8x at once; the recovery line gives, second by second,
+so), the worker's concurrency limit and requests in progress as its /metrics gave them every
+0.2 s, and how busy the gateway's CPU and the others (the client, nginx; Redis runs on either)
+were. After the 3x phase, load drops to 0.8x at once; the recovery line gives, second by second,
 the success share and p99 of that lighter load, beside the same load before any overload (what
-normal is on that machine). `--variant 'NAME:SETTING=VALUE;...'` adds a mode with
-admission on and other settings, run in the same session as the others.
+normal is on that machine). `--variant 'NAME:SETTING=VALUE;...'` adds a mode with admission on and
+other settings, run in the same session as the others.
 """
 
 from __future__ import annotations
@@ -259,14 +260,29 @@ def gateway(
         yield proc.pid
 
 
+def cpu_times() -> dict[int, tuple[int, int]]:
+    """Each CPU's (total, idle) jiffies so far, from /proc/stat."""
+    times = {}
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *values = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                jiffies = [int(value) for value in values]
+                times[int(name[3:])] = (sum(jiffies), jiffies[3] + jiffies[4])
+    return times
+
+
 class Sampler:
-    """The worker's RSS, sampled every 0.2 s in a thread, kept by phase."""
+    """The worker's RSS and how busy the CPUs were, sampled every 0.2 s in a thread, kept by phase."""
 
     def __init__(self, pid: int, port: int) -> None:
         self.pid = pid
         self.port = port
         self.phase = "start"
         self.peaks: dict[str, float] = {}
+        # Per phase, the busy share of the gateway's CPUs and of the others (the client, nginx and
+        # Redis): a rig whose own CPU is full slows the gateway's upstream and its client down.
+        self.busy: dict[str, dict[str, list[float]]] = {}
         # The worker's concurrency limit and requests in progress, read from /metrics at each sample.
         self.limits: dict[str, list[float]] = {}
         self.in_progress: dict[str, list[float]] = {}
@@ -274,10 +290,20 @@ class Sampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        before = cpu_times()
         while not self._stop.wait(0.2):
             with contextlib.suppress(OSError):
                 rss = rss_mib(self.pid)
                 self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
+            now = cpu_times()
+            busy = self.busy.setdefault(self.phase, {"gateway": [], "others": []})
+            for group in ("gateway", "others"):
+                cpus = [cpu for cpu in now if (cpu in GATEWAY_CPUS) == (group == "gateway")]
+                total = sum(now[cpu][0] - before[cpu][0] for cpu in cpus)
+                idle = sum(now[cpu][1] - before[cpu][1] for cpu in cpus)
+                if total > 0:
+                    busy[group].append(1 - idle / total)
+            before = now
             with contextlib.suppress(httpx.HTTPError):
                 figures = admission_values(self.port)
                 if figures.get("portico_concurrency_limit"):  # 0: admission is off
@@ -308,6 +334,7 @@ class Phase:
     rss_mib: float
     limits: list[float]
     in_progress: list[float]
+    busy: dict[str, list[float]]
 
 
 def summarise(phases: list[Phase]) -> None:
@@ -345,11 +372,13 @@ def summarise(phases: list[Phase]) -> None:
                 if phase.limits
                 else "-",
                 f"{p(phase.in_progress, 0.5):.0f} / {p(phase.in_progress, 1):.0f}" if phase.in_progress else "-",
+                " / ".join(f"{p(phase.busy.get(group, []), 0.5):.0%}" for group in ("gateway", "others")),
             ]
         )
     columns = ["admission", "offered", "goodput/s", "vs 1x", "p50 ms", "p99 ms", "p99 vs 1x"]
     columns += [f"{plan} ok" for plan in PLANS] + ["503", "failed", "RSS max MiB"]
     columns += ["client lag p99 ms", "limit median (range)", "in progress median / max"]
+    columns += ["CPU busy, median: gateway's / others'"]
     table(columns, lines)
 
 
@@ -411,6 +440,7 @@ async def measure(args: argparse.Namespace) -> None:
                                 sampler.peaks.get(key, 0.0),
                                 sampler.limits.get(key, []),
                                 sampler.in_progress.get(key, []),
+                                sampler.busy.get(key, {}),
                             )
                         )
                         print(f"  admission {mode}, {multiple:g}x: {len(load.outcomes)} answers", flush=True)
