@@ -3,7 +3,7 @@ with admission control off and on, in one run.
 
     .venv/bin/python -m bench.overload [--seconds 10] [--multiples 1,2,3]
     .venv/bin/python -m bench.overload --micro          # the admission step's cost, in-process
-    .venv/bin/python -m bench.overload --refusals       # a refusal's cost on a real socket, under wrk
+    .venv/bin/python -m bench.overload --refusals       # a refusal's cost on a real socket, beside nginx's
 
 Needs wrk (capacity), nginx (the upstream) and Redis (default redis://127.0.0.1:6379/0; keys under a
 prefix of this run's own, removed at the end).
@@ -705,7 +705,7 @@ async def protocol_costs(n: int) -> tuple[float, float]:
     return refused, passed
 
 
-# The open-loop rates `--refusals` measures at: about the refusals a second at 1x and at 3x.
+# The open-loop rates `--refusals` measures at: about the arrivals a second at 1x and at 3x.
 OPEN_LOOP_RATES = (2000.0, 5000.0)
 
 
@@ -804,7 +804,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--micro", action="store_true", help="only the admission step's cost, in-process")
     parser.add_argument(
-        "--refusals", action="store_true", help="only what a refusal in the server's protocol costs, under wrk"
+        "--refusals",
+        action="store_true",
+        help="only what a refusal in the server's protocol costs on a real socket, beside what nginx spends",
     )
     parser.add_argument("--seconds", type=float, default=10, help="seconds of each load phase")
     parser.add_argument("--capacity-seconds", type=int, default=5)
