@@ -86,69 +86,77 @@ async def test_every_answer_is_counted_once_while_a_gateway_is_killed(stack, gat
     """1,000 requests over two gateway processes, one killed with SIGKILL halfway. The survivor's answers
     are all counted, and so is every answer the killed one gave before its last write to Redis that the
     test saw; the only answers that may be missing are the killed process's since that write (the
-    documented bound), and none is counted twice. A gateway that is stopped writes what it counted."""
+    documented bound), and none is counted twice. A gateway that is stopped writes what it counted.
+
+    The usage is read through a third gateway with the same quota: the 1,000 requests fill the pro
+    plan's default quota (1,000 a minute, counted in Redis for every gateway), past which a read
+    through the stack's own gateway would be refused."""
     tenant = await signup(gateway, plan="pro")
     member_routes = itertools.cycle(["/v1/users/me", "/v1/nothing-here"])
     env = {"GATEWAY_RATE_LIMIT_PRO": "100000/60s"}
     answered = {"/v1/users/me": 0, "/v1/nothing-here": 0}
     by_victim = 0
     lost_in_flight = 0
-    with gateways(stack, 2, env) as (one, two):
-        victim = one.procs["gateway"]
-        async with httpx.AsyncClient(timeout=30) as client:
-            sent = 0
-            lock = asyncio.Lock()
-            # The first 300 answers, then a pause until Redis has every one of them: what the killed
-            # process counted up to there is written, and must stay.
-            first_written = asyncio.Event()
+    with gateways(stack, 1, env) as (reading_gateway,):
+        async with httpx.AsyncClient(base_url=reading_gateway.url(), timeout=30) as reader:
+            with gateways(stack, 2, env) as (one, two):
+                victim = one.procs["gateway"]
+                async with httpx.AsyncClient(timeout=30) as client:
+                    sent = 0
+                    lock = asyncio.Lock()
+                    # The first 300 answers, then a pause until Redis has every one of them: what the killed
+                    # process counted up to there is written, and must stay.
+                    first_written = asyncio.Event()
 
-            async def worker() -> None:
-                nonlocal sent, lost_in_flight, by_victim
-                while True:
-                    async with lock:
-                        if sent >= 1000:
-                            return
-                        sent += 1
-                        number = sent
-                        path = next(member_routes)
-                    if number > 300:
-                        await first_written.wait()
-                    to_victim = bool(number % 2) and victim.poll() is None
-                    if number == 650:
-                        victim.send_signal(signal.SIGKILL)
-                    try:
-                        response = await client.get((one if to_victim else two).url() + path, headers=tenant.auth)
-                    except httpx.TransportError:
-                        lost_in_flight += 1  # no answer: the process died under it
-                        continue
-                    assert response.status_code == (200 if path == "/v1/users/me" else 404), response.text
-                    answered[path] += 1
-                    by_victim += int(to_victim and number > 300)
+                    async def worker() -> None:
+                        nonlocal sent, lost_in_flight, by_victim
+                        while True:
+                            async with lock:
+                                if sent >= 1000:
+                                    return
+                                sent += 1
+                                number = sent
+                                path = next(member_routes)
+                            if number > 300:
+                                await first_written.wait()
+                            to_victim = bool(number % 2) and victim.poll() is None
+                            if number == 650:
+                                victim.send_signal(signal.SIGKILL)
+                            try:
+                                response = await client.get(
+                                    (one if to_victim else two).url() + path, headers=tenant.auth
+                                )
+                            except httpx.TransportError:
+                                lost_in_flight += 1  # no answer: the process died under it
+                                continue
+                            assert response.status_code == (200 if path == "/v1/users/me" else 404), response.text
+                            answered[path] += 1
+                            by_victim += int(to_victim and number > 300)
 
-            async def mark() -> None:
-                await eventually(lambda: _answered(answered, 300))
-                await usage_once_written(gateway, tenant.auth, 300)
-                first_written.set()
+                    async def mark() -> None:
+                        await eventually(lambda: _answered(answered, 300))
+                        await usage_once_written(reader, tenant.auth, 300)
+                        first_written.set()
 
-            await asyncio.gather(mark(), *(worker() for _ in range(16)))
-            victim.wait()
-        assert sum(answered.values()) + lost_in_flight == 1000
-        # The survivor stops as a redeploy stops it (SIGTERM): it writes what it counted before it exits.
-    usage = await usage_once_written(gateway, tenant.auth, sum(answered.values()) - by_victim)
-    me, unmatched = total(usage, "/v1/users/me", "2xx"), total(usage, "unmatched", "4xx")
-    received = sum(answered.values())
-    # None counted twice: at most every answer, and the requests the killed process had in flight.
-    assert me + unmatched <= received + lost_in_flight, (me, unmatched, answered, lost_in_flight)
-    # None lost but the killed process's answers after the first 300 (its unwritten tail is in there).
-    assert me + unmatched >= received - by_victim, (me, unmatched, received, by_victim)
-    reads = total(usage, "/v1/usage", "2xx")
-    assert usage["totals"]["requests"] == me + unmatched + reads
-    assert usage["totals"]["by_status_class"] == {"2xx": me + reads, "4xx": unmatched, "5xx": 0}
-    # The monthly quota counts each admitted request once, on admission, in the rate limit's own script:
-    # every answer, and at most the killed process's requests in flight (the usage calls are outside it).
-    used = usage["quota"]["used"]
-    assert received <= used <= received + lost_in_flight, (used, received, lost_in_flight)
-    assert usage["quota"]["limit"] == 10_000_000
+                    await asyncio.gather(mark(), *(worker() for _ in range(16)))
+                    victim.wait()
+                assert sum(answered.values()) + lost_in_flight == 1000
+                # The survivor stops as a redeploy stops it (SIGTERM): it writes what it counted before it exits.
+            usage = await usage_once_written(reader, tenant.auth, sum(answered.values()) - by_victim)
+            me, unmatched = total(usage, "/v1/users/me", "2xx"), total(usage, "unmatched", "4xx")
+            received = sum(answered.values())
+            # None counted twice: at most every answer, and the requests the killed process had in flight.
+            assert me + unmatched <= received + lost_in_flight, (me, unmatched, answered, lost_in_flight)
+            # None lost but the killed process's answers after the first 300 (its unwritten tail is in there).
+            assert me + unmatched >= received - by_victim, (me, unmatched, received, by_victim)
+            reads = total(usage, "/v1/usage", "2xx")
+            assert usage["totals"]["requests"] == me + unmatched + reads
+            assert usage["totals"]["by_status_class"] == {"2xx": me + reads, "4xx": unmatched, "5xx": 0}
+            # The monthly quota counts each admitted request once, on admission, in the rate limit's own script:
+            # every answer, and at most the killed process's requests in flight (the usage calls are outside it).
+            used = usage["quota"]["used"]
+            assert received <= used <= received + lost_in_flight, (used, received, lost_in_flight)
+            assert usage["quota"]["limit"] == 10_000_000
 
 
 async def test_a_gateway_that_stops_writes_what_it_counted(stack, gateway):
