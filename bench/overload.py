@@ -161,6 +161,14 @@ class OpenLoop:
     async def warm(self, count: int) -> None:
         self.idle += await asyncio.gather(*(self._open() for _ in range(count)))
 
+    def close(self) -> None:
+        """Closes the idle connections (after a run, none is busy)."""
+        for connection in self.idle:
+            if connection.transport is not None:
+                connection.transport.close()
+        self.opened -= len(self.idle)
+        self.idle.clear()
+
     def answered(self, connection: Connection, plan: str, due: float, status: int) -> None:
         now = time.monotonic()
         if self.load is not None:
@@ -450,9 +458,7 @@ async def measure(args: argparse.Namespace) -> None:
                     recoveries.append(recovery(f"{mode}, after {args.multiples[-1]:g}x", load, started))
                 if admission:
                     shed_lines += [f"# {mode}", *admission_figures(port)]
-                for connection in client.idle:
-                    if connection.transport is not None:
-                        connection.transport.close()
+                client.close()
     print(
         f"\n{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs (shared with other work: figures "
         f"from a loaded machine); one gateway worker on CPU {sorted(GATEWAY_CPUS)}, nginx and the client on "
@@ -784,7 +790,9 @@ def open_loop_phase(port: int, pid: int, tokens: dict[str, str], rate: float) ->
         await client.warm(64)
         before, started = cpu_seconds(pid), time.monotonic()
         load = await client.run(rate, 5.0)
-        return load, cpu_seconds(pid) - before, time.monotonic() - started
+        used, elapsed = cpu_seconds(pid) - before, time.monotonic() - started
+        client.close()
+        return load, used, elapsed
 
     load, used, elapsed = uvloop.run(run())
     refused = sum(1 for outcome in load.outcomes if outcome.status == 503)
