@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -59,7 +60,7 @@ from gateway.edge.idempotency import (
     replaying,
 )
 from gateway.edge.metrics import EdgeMetrics
-from gateway.edge.ratelimit import RateLimits, rate_limit_headers
+from gateway.edge.ratelimit import Counted, RateLimits, rate_limit_headers
 from gateway.edge.router import Found, RouteTable, WrongMethod
 from gateway.edge.store import StoreUnavailable
 from gateway.edge.usage import Metering
@@ -326,32 +327,21 @@ class Edge:
 
         claim = None
         limits = runtime.rate_limits
-        if limits is not None and scope["path"] not in limits.exempt:
-            subject, policies = limits.policies(scope, identity, context.route)
+        if limits is not None:
             started = time.perf_counter()
-            try:
-                if keyed is not None and idempotency is not None and idempotency.counts is not None:
-                    verdict, claim = await limits.limiter.hit_with(
-                        subject, policies, idempotency.count_and_claim(subject, policies, keyed)
-                    )
-                    context.event("idempotency.claim", started)
-                else:
-                    verdict = await limits.limiter.hit(subject, policies)
-            except StoreUnavailable:
-                verdict = None
-                mode = limits.limiter.call.mode
-                context.attributes["portico.rate_limit.decision"] = f"fail_{mode}"
-                refusal = limits.limiter.call.refusal()
-                if refusal is not None:
-                    await self._problem(send, scope, context, refusal, extra)
-                    return
+            shared = None
+            if keyed is not None and idempotency is not None and idempotency.counts is not None:
+                shared = functools.partial(idempotency.count_and_claim, request=keyed)
+            counted_as = await limits.count(scope, identity, context.route, context.attributes, shared)
+            claim = counted_as.outcome
+            if shared is not None and counted_as.verdict is not None:
+                context.event("idempotency.claim", started)
             context.event("ratelimit", started)
-            if verdict is not None:
-                refusal = limits.decided(verdict, context.attributes, subject)
-                extra += rate_limit_headers(verdict)
-                if refusal is not None:
-                    await self._problem(send, scope, context, refusal, extra)
-                    return
+            if counted_as.verdict is not None:
+                extra += rate_limit_headers(counted_as.verdict)
+            if counted_as.refusal is not None:
+                await self._problem(send, scope, context, counted_as.refusal, extra)
+                return
 
         if key_error is not None:
             await self._problem(send, scope, context, key_error, extra)
@@ -598,19 +588,11 @@ class Edge:
     async def _admit_connection(self, scope: Scope, context: RequestContext, caller: Caller) -> None:
         """A connection counts as one request of its caller's quotas (429's code when one is spent)."""
         limits = self.runtime.rate_limits
-        if limits is None or scope["path"] in limits.exempt:
+        if limits is None:
             return
-        subject, policies = limits.policies(scope, caller.identity, context.route)
-        try:
-            verdict = await limits.limiter.hit(subject, policies)
-        except StoreUnavailable:
-            unavailable = limits.limiter.call.refusal()
-            if unavailable is not None:
-                raise unavailable from None
-            return
-        refusal = limits.decided(verdict, context.attributes, subject)
-        if refusal is not None:
-            raise refusal
+        counted: Counted[None] = await limits.count(scope, caller.identity, context.route, context.attributes)
+        if counted.refusal is not None:
+            raise counted.refusal
 
 
 async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> bool:

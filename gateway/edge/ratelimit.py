@@ -33,7 +33,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from starlette.types import Scope
 
@@ -43,7 +43,7 @@ from gateway.edge.periods import Month, current_month, rfc3339
 from gateway.edge.store import Script, ScriptBatcher, StoreCaller, StoreUnavailable
 from gateway.settings import GatewaySettings, Quota
 from shared.contract import DEFAULT_PLAN, Identity
-from shared.errors import QuotaExceeded, TooManyRequests, retry_in
+from shared.errors import PorticoError, QuotaExceeded, TooManyRequests, retry_in
 
 T = TypeVar("T")
 Refusal = TypeVar("Refusal", bound=TooManyRequests)
@@ -518,6 +518,21 @@ class ThresholdAnnouncer(Protocol):
         """A quota threshold of `subject` was decided and its event is not yet published."""
 
 
+# Makes the shared store's call that counts these policies (and may do more in the same script).
+SharedCount = Callable[[str, list[Policy]], Callable[[], Awaitable[tuple[Verdict, T]]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Counted(Generic[T]):
+    """What counting a request gave: its verdict (None when the path is exempt or the store failed),
+    its refusal (429 when a quota is spent, the failure mode's 503 when the store failed closed), and
+    what the shared call gave beside the verdict (None when there was none, or the local count)."""
+
+    verdict: Verdict | None
+    refusal: PorticoError | None
+    outcome: T | None
+
+
 class RateLimits:
     """The rate-limit stage: which quotas a request counts against, and what its answer says of them.
 
@@ -561,6 +576,33 @@ class RateLimits:
         if identity.tenant_id is not None and route not in OUTSIDE_MONTHLY_QUOTA:
             policies.append(self.monthly.policy(identity))
         return subject, policies
+
+    async def count(
+        self,
+        scope: Scope,
+        identity: Identity,
+        route: str | None,
+        attributes: dict[str, Any],
+        shared: SharedCount[T] | None = None,
+    ) -> Counted[T]:
+        """Counts a request, or a WebSocket connection (one request of its caller's quotas), against
+        the quotas of `route` (a template): the one admission path of both. `shared` makes the shared
+        store's call, for a keyed write that also claims its key in the same script.
+
+        An exempt path is not counted. While the store fails, the failure mode decides: `closed`
+        refuses (503), `open` lets it through uncounted, `local` counts in this process."""
+        if scope["path"] in self.exempt:
+            return Counted(None, None, None)
+        subject, policies = self.policies(scope, identity, route)
+        try:
+            if shared is None:
+                verdict, outcome = await self.limiter.hit(subject, policies), None
+            else:
+                verdict, outcome = await self.limiter.hit_with(subject, policies, shared(subject, policies))
+        except StoreUnavailable:
+            attributes["portico.rate_limit.decision"] = f"fail_{self.limiter.call.mode}"
+            return Counted(None, self.limiter.call.refusal(), None)
+        return Counted(verdict, self.decided(verdict, attributes, subject), outcome)
 
     def decided(self, verdict: Verdict, attributes: dict[str, Any], subject: str = "") -> TooManyRequests | None:
         """Counts the decision and notes it for the request's span; the 429 when a quota is spent.

@@ -1,0 +1,122 @@
+"""A WebSocket counts against the same quotas as a request, through the edge's one admission path:
+its plan's window, its tenant's monthly quota, and the rate-limit store's failure modes. Driven
+in-process at the ASGI level: the handshake's first answer is what admission decided (accepted, or
+closed before it with the error code as reason)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from starlette.types import Message
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from tests.edge_support import bearer, gateway_settings, private_redis
+
+DEADLINE = 10.0
+Handshake = Callable[[str], Awaitable[Message]]
+
+
+def token_of(plan: str, tenant_id: str | None = None) -> str:
+    return bearer(plan, tenant_id=tenant_id)["Authorization"].removeprefix("Bearer ")
+
+
+@asynccontextmanager
+async def websocket_gateway(settings: GatewaySettings) -> AsyncIterator[Handshake]:
+    """An in-process gateway, and a handshake with its `/v1/ws`: the first message the gateway sends
+    to a connection with `?token=<token>` (after which the client goes away)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app) as state:
+
+        async def handshake(token: str) -> Message:
+            sent: asyncio.Queue[Message] = asyncio.Queue()
+            gone = asyncio.Event()
+            opened = False
+
+            async def receive() -> Message:
+                nonlocal opened
+                if not opened:
+                    opened = True
+                    return {"type": "websocket.connect"}
+                await gone.wait()
+                return {"type": "websocket.disconnect", "code": 1000}
+
+            scope: dict[str, Any] = {
+                "type": "websocket",
+                "asgi": {"version": "3.0"},
+                "scheme": "ws",
+                "path": "/v1/ws",
+                "raw_path": b"/v1/ws",
+                "root_path": "",
+                "query_string": f"token={token}".encode(),
+                "headers": [(b"host", b"test")],
+                "client": ("127.0.0.1", 123),
+                "server": ("test", 80),
+                "subprotocols": [],
+                "state": dict(state or {}),
+            }
+            running = asyncio.create_task(app(scope, receive, sent.put))
+            try:
+                return await asyncio.wait_for(sent.get(), DEADLINE)
+            finally:
+                gone.set()
+                await asyncio.wait_for(running, DEADLINE)
+
+        yield handshake
+
+
+def refused(message: Message) -> str:
+    """The error code a connection was refused with before it was accepted."""
+    assert message["type"] == "websocket.close", message
+    assert message["code"] == 1008
+    return str(message["reason"])
+
+
+async def outcomes(handshake: Handshake, token: str, times: int) -> list[str]:
+    """`accepted`, or the error code of the refusal, of `times` connections in a row."""
+    answers = [await handshake(token) for _ in range(times)]
+    return ["accepted" if a["type"] == "websocket.accept" else refused(a) for a in answers]
+
+
+async def test_a_connection_counts_against_its_plans_quota(stack):
+    settings = gateway_settings(stack, rate_limit_pro="2/60s", rate_limit_free="1/60s")
+    async with websocket_gateway(settings) as handshake:
+        tenant = token_of("pro")
+        assert await outcomes(handshake, tenant, 3) == ["accepted", "accepted", "RATE_LIMITED"]
+        # A free tenant has the free plan's quota; another pro tenant is counted apart.
+        assert await outcomes(handshake, token_of("free"), 2) == ["accepted", "RATE_LIMITED"]
+        assert await outcomes(handshake, token_of("pro"), 1) == ["accepted"]
+
+
+async def test_a_connection_counts_against_its_tenants_monthly_quota(stack):
+    settings = gateway_settings(stack, quota_pro=2)
+    async with websocket_gateway(settings) as handshake:
+        assert await outcomes(handshake, token_of("pro"), 3) == ["accepted", "accepted", "QUOTA_EXCEEDED"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "while_down"),
+    [
+        # `open`: no limit while the store fails.
+        ("open", ["accepted", "accepted", "accepted"]),
+        # `local`: this process counts the same quota on its own.
+        ("local", ["accepted", "accepted", "RATE_LIMITED"]),
+    ],
+)
+async def test_with_the_store_down_a_connection_follows_the_failure_mode(stack, mode, while_down):
+    with private_redis() as server:
+        settings = gateway_settings(
+            stack,
+            redis_url=server.url,
+            redis_timeout_seconds=0.5,
+            rate_limit_failure_mode=mode,
+            rate_limit_pro="2/60s",
+        )
+        async with websocket_gateway(settings) as handshake:
+            assert await outcomes(handshake, token_of("pro"), 1) == ["accepted"]
+            server.stop()  # its socket now refuses at once
+            assert await outcomes(handshake, token_of("pro"), 3) == while_down
