@@ -21,33 +21,14 @@ credentials, never lower than the edge ranks it, so the protocol refuses only wh
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
-
-import orjson
 
 from gateway.edge.authentication import Authenticator
 from shared.admission import RANK_OF
 from shared.asgi import find_headers
-from shared.contract import hash_api_key
 
 ANONYMOUS_RANK = RANK_OF["anonymous"]
 LOWEST_PLAN_RANK = RANK_OF["free"]
-
-
-def _claimed_plan(token: str) -> str | None:
-    """The `plan` claim of a JWT's payload, unverified; None when there is none or it does not parse."""
-    parts = token.split(".")
-    if len(parts) != 3 or len(parts[1]) > 4096:
-        return None
-    payload = parts[1]
-    try:
-        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (binascii.Error, ValueError):
-        return None
-    plan = claims.get("plan") if isinstance(claims, dict) else None
-    return plan if isinstance(plan, str) else None
 
 
 def caller_rank(raw: Sequence[tuple[bytes, bytes]], authenticator: Authenticator) -> int:
@@ -55,17 +36,9 @@ def caller_rank(raw: Sequence[tuple[bytes, bytes]], authenticator: Authenticator
     case), as the edge's stage and the server's protocol (`Shedder`) both see them (see the module's
     docstring)."""
     authorization, api_key = find_headers(raw, b"authorization", b"x-api-key")
-    plan: str | None
-    if api_key is not None:
-        entry = authenticator.api_keys.known.get(hash_api_key(api_key.decode("latin-1").strip()))
-        plan = entry.identity.plan if entry is not None and entry.identity is not None else None
-    elif authorization is not None:
-        _, _, token = authorization.decode("latin-1").partition(" ")
-        token = token.strip()
-        cached = authenticator.tokens.verified.entry(token)
-        plan = cached[1].plan if cached is not None else _claimed_plan(token)
-    else:
+    if api_key is None and authorization is None:
         return ANONYMOUS_RANK
+    plan = authenticator.known_plan(authorization, api_key)
     rank = RANK_OF.get(plan, LOWEST_PLAN_RANK) if plan is not None else LOWEST_PLAN_RANK
     # A claim of "anonymous" with credentials is no plan: the lowest plan's rank.
     return rank if rank != ANONYMOUS_RANK else LOWEST_PLAN_RANK

@@ -17,10 +17,13 @@ limit there.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from jose import ExpiredSignatureError, JWTError, jwt
 from starlette.types import Scope
 
@@ -38,7 +41,14 @@ from gateway.edge.jwks import JwksKeys, KeySource, StaticKey
 from gateway.settings import GatewaySettings
 from shared.asgi import headers
 from shared.context import request_context
-from shared.contract import ANONYMOUS, AuthenticationRequired, Identity, identity_from_claims, is_well_formed
+from shared.contract import (
+    ANONYMOUS,
+    AuthenticationRequired,
+    Identity,
+    hash_api_key,
+    identity_from_claims,
+    is_well_formed,
+)
 from shared.errors import Unauthorized
 from shared.http import ServiceClient
 
@@ -137,6 +147,20 @@ class JwtVerifier:
         return identity, expires_at
 
 
+def claimed_plan(token: str) -> str | None:
+    """The `plan` claim of a JWT's payload, unverified; None when there is none or it does not parse."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 4096:
+        return None
+    payload = parts[1]
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    plan = claims.get("plan") if isinstance(claims, dict) else None
+    return plan if isinstance(plan, str) else None
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     """Who is calling, and with what: an access token's expiry (Unix seconds), or the API key, which a
@@ -174,6 +198,21 @@ class Authenticator:
         if tenant_header is not None and tenant_id is not None and tenant_header.decode("latin-1") != tenant_id:
             raise TenantMismatch("X-Tenant-Id does not match the tenant of the credentials.")
         return caller
+
+    def known_plan(self, authorization: bytes | None, api_key: bytes | None) -> str | None:
+        """The plan of a request's credentials as far as this process knows without asking anyone
+        (admission ranks callers with it, before they are authenticated): a remembered API key's, a
+        verified access token's, or the `plan` a token not verified yet claims. None when it cannot
+        tell (an API key not looked up yet, a token that does not parse, no credentials)."""
+        if api_key is not None:
+            entry = self.api_keys.known.get(hash_api_key(api_key.decode("latin-1").strip()))
+            return entry.identity.plan if entry is not None and entry.identity is not None else None
+        if authorization is None:
+            return None
+        _, _, token = authorization.decode("latin-1").partition(" ")
+        token = token.strip()
+        cached = self.tokens.verified.entry(token)
+        return cached[1].plan if cached is not None else claimed_plan(token)
 
     async def from_token(self, token: str | None, scope: Scope) -> Caller:
         """The caller of a WebSocket, whose `?token=` holds an access token or an API key."""
