@@ -280,7 +280,6 @@ async def open_state(
                 )
             yield GatewayState(
                 settings=settings,
-                http=http,
                 upstreams=upstreams,
                 composer=Composer(
                     upstreams,
@@ -289,7 +288,6 @@ async def open_state(
                 ),
                 redis=redis,
                 authenticator=authenticator,
-                rate_limiter=rate_limiter,
                 events=hub,
                 edge=edge,
                 usage=UsageReader(usage_store, marks, MonthlyQuotas(settings)),

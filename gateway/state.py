@@ -13,20 +13,16 @@ from dataclasses import dataclass
 from gateway.composer import Composer
 from gateway.edge.authentication import Authenticator
 from gateway.edge.pipeline import EdgeRuntime
-from gateway.edge.ratelimit import RateLimiter
 from gateway.edge.store import RedisClient
 from gateway.edge.usage import UsageReader
 from gateway.realtime.hub import Hub
 from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstreams
-from shared.pool import HttpPool
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayState:
     settings: GatewaySettings
-    # The one pool of connections to the services, shared by every service client.
-    http: HttpPool
     upstreams: Upstreams
     # Runs the aggregate routes' parts through the upstreams, within their budget.
     composer: Composer
@@ -34,7 +30,6 @@ class GatewayState:
     redis: RedisClient | None
     # Who is calling: for every request (the edge), every WebSocket and every event stream.
     authenticator: Authenticator
-    rate_limiter: RateLimiter
     # The order events of every tenant, for /v1/events and /v1/ws.
     events: Hub
     # What the edge runs with.
