@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import os
 import statistics
 import sys
@@ -116,7 +117,7 @@ async def run(args: argparse.Namespace) -> None:
             "GATEWAY_ACCESS_LOG": "false",
             "GATEWAY_LOG_LEVEL": "WARNING",
             # The whole flood reaches the users service: what is measured is how the service copes.
-            "GATEWAY_RATE_LIMIT_ROUTES": "{}",
+            "GATEWAY_RATE_LIMIT_ROUTES": json.dumps({"POST /v1/auth/token": "1000000/60s"}),
             "GATEWAY_RATE_LIMIT_ANONYMOUS": "1000000/60s",
         }
         source = args.source.resolve()

@@ -366,7 +366,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     bodies = [body.model for router in FORWARD_ROUTERS for body in router.documented_bodies]
     app.openapi_hooks.append(lambda schema: add_components(schema, list(dict.fromkeys(bodies))))
     features = {router.feature: router.plans for router in FORWARD_ROUTERS if router.plans}
-    app.openapi_hooks.append(lambda schema: describe_api(schema, cfg, features))
+    # `quotas` is filled below, once the routes are known; the document is made on first request.
+    app.openapi_hooks.append(lambda schema: describe_api(schema, cfg, features, quotas))
     # add_middleware wraps what is already there, so the edge goes on first (innermost); install_common
     # then adds the body limit around it, and observability (one layer) outside Starlette's errors.
     app.add_middleware(edge.wrap)

@@ -486,9 +486,14 @@ def _monthly(quota: int | None) -> str:
     return "unlimited" if quota is None else f"{quota:,}"
 
 
-def api_description(settings: GatewaySettings, plan_features: Mapping[str, Sequence[str]]) -> str:
+def api_description(
+    settings: GatewaySettings,
+    plan_features: Mapping[str, Sequence[str]],
+    route_quotas: Mapping[tuple[str, str], Quota],
+) -> str:
     """The document's `info.description` (Markdown): how to use the API as a whole. The figures come from
-    `settings`; `plan_features`: each paid feature and the plans that include it."""
+    `settings`; `plan_features`: each paid feature and the plans that include it; `route_quotas`: the
+    routes that have quotas of their own (method, template)."""
     plans = settings.plan_quotas()
     connections = settings.realtime_connection_caps()
     feature_of = {plan: [name for name, allowed in plan_features.items() if plan in allowed] for plan in plans}
@@ -498,7 +503,10 @@ def api_description(settings: GatewaySettings, plan_features: Mapping[str, Seque
         f"{', '.join(feature_of[plan]) or '-'} |"
         for plan, quota in plans.items()
     )
-    route_rows = "\n".join(f"- `{route}`: {_quota(quota)}" for route, quota in settings.rate_limit_routes.items())
+    route_rows = "\n".join(
+        f"- `{method} {path}`: {_quota(route_quotas[method, path])}"
+        for method, path in sorted(route_quotas, key=lambda route: (route[1], route[0]))
+    )
     return f"""\
 Portico's public API: users and tenants, API keys, products and stock, orders, webhooks, a real-time event
 stream and GraphQL, behind one gateway. Bodies are JSON (`application/json`) unless an operation says
@@ -594,9 +602,14 @@ when nothing changed.
 """
 
 
-def describe_api(schema: dict[str, Any], settings: GatewaySettings, plan_features: Mapping[str, Sequence[str]]) -> None:
+def describe_api(
+    schema: dict[str, Any],
+    settings: GatewaySettings,
+    plan_features: Mapping[str, Sequence[str]],
+    route_quotas: Mapping[tuple[str, str], Quota],
+) -> None:
     """`info.description` and the tags' descriptions, in the document."""
-    schema["info"]["description"] = api_description(settings, plan_features)
+    schema["info"]["description"] = api_description(settings, plan_features, route_quotas)
     used = {
         tag for item in schema["paths"].values() for operation in item.values() for tag in operation.get("tags", ())
     }

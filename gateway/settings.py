@@ -135,11 +135,9 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     """Per-tenant quota of the enterprise plan."""
     rate_limit_anonymous: QuotaSetting = Quota(600, 60)
     """Per client address, for callers without credentials."""
-    rate_limit_routes: dict[str, QuotaSetting] = Field(
-        default_factory=lambda: {"POST /v1/auth/token": Quota(120, 60), "POST /v1/tenants": Quota(120, 60)}
-    )
-    """Extra quotas by `"METHOD /route/template"` (JSON), counted on top of the plan's; a template that is not a route
-    stops the start."""
+    rate_limit_routes: dict[str, QuotaSetting] = Field(default_factory=dict)
+    """Routes' own quotas by `"METHOD /route/template"` (JSON), counted on top of the plan's. One given here replaces
+    the quota the route declares (login and sign-up: 120/60s each); a template that is not a route stops the start."""
     rate_limit_failure_mode: FailureMode = "local"
     """When the store fails: `local` (each process counts alone until Redis answers), `open` (no limit) or `closed`
     (503)."""
