@@ -132,6 +132,15 @@ def test_the_document_describes_the_api_from_the_settings() -> None:
     # The figures are the settings', not copied: other settings, other figures.
     custom = create_gateway(gateway_settings(rate_limit_pro=Quota(1234, 30))).openapi()["info"]["description"]
     assert "| `pro` | 1,234 requests per 30 s |" in custom
+    # The routes' own quotas are the ones in force: the rows', and the setting's over them.
+    assert "- `POST /v1/auth/token`: 120 requests per 60 s" in description
+    assert "- `POST /v1/tenants`: 120 requests per 60 s" in description
+    overridden = create_gateway(
+        gateway_settings(rate_limit_routes={"POST /v1/tenants": Quota(5, 60), "GET /v1/users/me": Quota(7, 10)})
+    ).openapi()["info"]["description"]
+    assert "- `POST /v1/auth/token`: 120 requests per 60 s" in overridden
+    assert "- `POST /v1/tenants`: 5 requests per 60 s" in overridden
+    assert "- `GET /v1/users/me`: 7 requests per 10 s" in overridden
     tags = {tag["name"]: tag["description"] for tag in document["tags"]}
     used = {tag for _, _, operation in operations(document) for tag in operation["tags"]}
     assert used == set(tags)
