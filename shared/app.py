@@ -1,79 +1,45 @@
-"""The app factory every service builds on: a lifespan that owns the engine and clients as one typed
-`ServiceState`, middleware, errors, health, metrics and tracing. The gateway uses the same pieces
-with its own lifespan and state (`gateway/app.py`)."""
+"""What every process's app is made of: the FastAPI app with the shared Problem schema, middleware,
+errors, health, metrics and tracing. The services build on it with a database
+(`shared/service_app.py`); the gateway with its own lifespan and state (`gateway/app.py`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-import httpx
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import FastAPI
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
-from sqlalchemy import text
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
 from shared.admission import AdaptiveLimit, AdmissionMetrics, AdmissionMiddleware, LimitSettings, Shedder
-from shared.caller import require_identity
-from shared.calls import CallPolicy, UpstreamMetrics
-from shared.db import PoolMetrics, create_engine, create_sessionmaker
 from shared.docs import add_offline_docs
 from shared.errors import PROBLEM_BASE, PROBLEM_JSON, PROBLEM_SCHEMA, ServiceUnavailable, install_error_handlers
-from shared.identity import IdentitySigner, IdentityVerifier
 from shared.metrics import HttpMetrics, metrics_endpoint
 from shared.middleware import BodySizeLimitMiddleware, ObservabilityMiddleware
 from shared.networks import Networks
-from shared.pool import create_http_client
 from shared.problem_docs import live_docs, ready_docs
 from shared.request_id import request_id_of
-from shared.settings import BaseServiceSettings, ProcessSettings
-from shared.state import LifespanState, ServiceState, app_state, lifespan_state_of
-from shared.telemetry import (
-    ServerSpans,
-    create_tracer_provider,
-    instrument_engine,
-    set_global_provider_once,
-    start_export,
-)
+from shared.settings import ProcessSettings
+from shared.state import app_state
+from shared.telemetry import ServerSpans
 
 logger = logging.getLogger("portico.app")
 
 T = TypeVar("T")
-S = TypeVar("S", bound=BaseServiceSettings)
-C = TypeVar("C")
 
 # A readiness check gets the process's state and raises when its dependency is not usable.
 ReadinessCheck = Callable[[T], Awaitable[None]]
-# Builds what a service adds to the common state (and runs its workers) for the life of the app.
-ContextFactory = Callable[[ServiceState[S, None]], contextlib.AbstractAsyncContextManager[C]]
-OPENAPI_URL = "/openapi.json"
-
-
-@dataclass
-class ServiceSpec(Generic[S, C]):
-    """What makes one service different from the others."""
-
-    name: str
-    title: str
-    routers: Sequence[APIRouter]
-    needs_http_client: bool = False
-    # The service's own collaborators, built after the engine and clients; None adds nothing.
-    context: ContextFactory[S, C] | None = None
-    readiness_checks: dict[str, ReadinessCheck[ServiceState[S, C]]] = field(default_factory=dict)
-
-
 # Completes a generated OpenAPI document in place (the gateway adds its security schemes, headers and
 # the schemas of the bodies it forwards).
 OpenApiHook = Callable[[dict[str, Any]], None]
+OPENAPI_URL = "/openapi.json"
 
 
 class NotReady(ServiceUnavailable, code="NOT_READY", title="Not ready"):
@@ -119,9 +85,7 @@ def install_common(
     settings: ProcessSettings,
     provider: TracerProvider,
     *,
-    database: bool,
     registry: CollectorRegistry | None = None,
-    on_pool_timeout: Callable[[], None] | None = None,
     admission: bool = True,
 ) -> HttpMetrics:
     """Middleware, error handlers, metrics and tracing shared by the gateway and the services.
@@ -130,7 +94,7 @@ def install_common(
     edge admits requests itself, by the caller's plan."""
     metrics = HttpMetrics(registry or CollectorRegistry())
     registry = metrics.registry
-    install_error_handlers(app, database=database, on_pool_timeout=on_pool_timeout)
+    install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if admission:
         admission_metrics = AdmissionMetrics(registry)
@@ -145,11 +109,6 @@ def install_common(
     app.metrics_registry = registry
     app.add_route("/metrics", metrics_endpoint(registry, allowed), include_in_schema=False)
     return metrics
-
-
-async def check_database(state: ServiceState[Any, Any]) -> None:
-    async with state.engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
 
 
 def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck[T]], timeout: float = 2.0) -> None:
@@ -211,58 +170,4 @@ def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[Fa
     )
     if settings.docs_enabled:
         add_offline_docs(app, OPENAPI_URL)
-    return app
-
-
-def create_service_app(settings: S, spec: ServiceSpec[S, C], *, registry: CollectorRegistry | None = None) -> FastAPI:
-    """The service `spec` describes; `registry` holds metrics of its own (served with the HTTP ones)."""
-    provider = create_tracer_provider(spec.name, settings.trace_sample_ratio)
-    set_global_provider_once(provider)
-    registry = registry or CollectorRegistry()
-    upstream_metrics = UpstreamMetrics(registry)
-    pool_metrics = PoolMetrics(registry)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[LifespanState[ServiceState[S, C]]]:
-        exporting = start_export(provider)
-        engine = create_engine(settings)
-        instrument_engine(engine, provider)
-        pool_metrics.watch(engine)
-        secret = settings.internal_token_secret.get_secret_value()
-        http: httpx.AsyncClient | None = create_http_client(settings, provider) if spec.needs_http_client else None
-        call_policy = CallPolicy(settings, upstream_metrics)
-        base: ServiceState[S, None] = ServiceState(
-            settings=settings,
-            engine=engine,
-            sessionmaker=create_sessionmaker(engine),
-            identity_verifier=IdentityVerifier(secret, spec.name, settings.internal_token_ttl_seconds),
-            identity_signer=IdentitySigner(secret, settings.internal_token_ttl_seconds),
-            tracer_provider=provider,
-            http=http,
-            call_policy=call_policy,
-            context=None,
-        )
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                if spec.context is not None:
-                    state = base.with_context(await stack.enter_async_context(spec.context(base)))
-                else:
-                    # No context factory: the spec's context type is None.
-                    state = cast(ServiceState[S, C], base)
-                logger.info("%s ready (exporting traces: %s)", spec.name, exporting)
-                yield lifespan_state_of(state, app.shedder)
-        finally:
-            await call_policy.aclose()
-            if http is not None:
-                await http.aclose()
-            pool_metrics.watch(None)
-            await engine.dispose()
-            provider.shutdown()
-
-    app = create_fastapi(settings, spec.title, lifespan)
-    install_common(app, settings, provider, database=True, registry=registry, on_pool_timeout=pool_metrics.timeouts.inc)
-    checks: dict[str, ReadinessCheck[ServiceState[S, C]]] = {"database": check_database, **spec.readiness_checks}
-    add_health_routes(app, checks)
-    for router in spec.routers:
-        app.include_router(router, dependencies=[Depends(require_identity)])
     return app

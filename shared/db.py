@@ -1,29 +1,37 @@
-"""Async database engine, the request-scoped session, and what SQL errors mean."""
+"""Async database engine, the request-scoped session, what SQL errors mean (and answer), and the
+readiness check of a service's database."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, Table, event
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, Table, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Dialect, Result, make_url
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, Relationship, mapped_column, relationship
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
+from starlette.responses import Response
 
+from shared.errors import DatabaseUnavailable, problem_response, retry_in
+from shared.request_id import request_id_of
 from shared.settings import BaseServiceSettings
 from shared.state import ServiceState, app_state
+
+# The logger of every error that becomes an answer (`shared/errors.py`).
+logger = logging.getLogger("portico.errors")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -186,10 +194,34 @@ def raising_lock_not_available() -> Iterator[None]:
     """Turns the database's lock timeout into `LockNotAvailable`; other errors pass unchanged."""
     try:
         yield
-    except DBAPIError as exc:
+    except sa_exc.DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
             raise
         raise LockNotAvailable(str(exc.orig)) from exc
+
+
+def install_database_errors(app: FastAPI, on_pool_timeout: Callable[[], None] | None = None) -> None:
+    """A database that refused or dropped the connection, or a pool that had none free in time, is a
+    503 `DATABASE_UNAVAILABLE` (the request may succeed later), not a 500; `on_pool_timeout` counts
+    the waits for a connection that ran out."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        logger.error("database unavailable on %s %s: %r", request.method, request.url.path, exc)
+        if isinstance(exc, sa_exc.TimeoutError) and on_pool_timeout is not None:
+            on_pool_timeout()
+        return problem_response(
+            DatabaseUnavailable("The service's database is unavailable; try again shortly.", headers=retry_in(1)),
+            request_id_of(request.scope),
+        )
+
+    for db_error in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
+        app.add_exception_handler(db_error, handler)
+
+
+async def check_database(state: ServiceState[Any, Any]) -> None:
+    """The readiness check of a service's database."""
+    async with state.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
 
 
 POOL_GAUGES = {

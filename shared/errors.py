@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from opentelemetry import trace
-from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -358,23 +357,6 @@ class DatabaseUnavailable(ServiceUnavailable, code="DATABASE_UNAVAILABLE", title
     `Retry-After: 1`."""
 
 
-def _database_unavailable_handler(
-    on_pool_timeout: Callable[[], None] | None,
-) -> Callable[[Request, Exception], Awaitable[Response]]:
-    async def handler(request: Request, exc: Exception) -> Response:
-        # The database refused or dropped the connection, or the pool had none free in time: the
-        # request may succeed later, so 503 rather than a 500.
-        logger.error("database unavailable on %s %s: %r", request.method, request.url.path, exc)
-        if isinstance(exc, sa_exc.TimeoutError) and on_pool_timeout is not None:
-            on_pool_timeout()
-        return problem_response(
-            DatabaseUnavailable("The service's database is unavailable; try again shortly.", headers=retry_in(1)),
-            _request_id(request),
-        )
-
-    return handler
-
-
 async def _unhandled_handler(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     response = problem_response(PorticoError("An internal error occurred."), _request_id(request))
@@ -385,16 +367,12 @@ async def _unhandled_handler(request: Request, exc: Exception) -> Response:
     return response
 
 
-def install_error_handlers(app: FastAPI, *, database: bool, on_pool_timeout: Callable[[], None] | None = None) -> None:
-    """The one place errors become responses. `database`: the process has a database, whose
-    connection failures answer 503 (`on_pool_timeout` counts the waits for a connection that ran out)."""
+def install_error_handlers(app: FastAPI) -> None:
+    """The one place errors become responses (a process with a database adds its own failures':
+    `shared.db.install_database_errors`)."""
     app.add_exception_handler(PorticoError, _portico_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
-    if database:
-        handler = _database_unavailable_handler(on_pool_timeout)
-        for db_error in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, ConnectionError):
-            app.add_exception_handler(db_error, handler)
     app.add_exception_handler(Exception, _unhandled_handler)
 
 

@@ -17,8 +17,6 @@ from typing import Annotated, Generic, Protocol, TypeVar
 
 from fastapi import Depends, Query
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, and_, or_
-from sqlalchemy.orm import InstrumentedAttribute
 
 from shared.errors import ValidationFailed
 
@@ -93,13 +91,6 @@ class Cursor:
                 errors=[{"loc": ["query", "cursor"], "field": "cursor", "msg": "invalid cursor", "type": "cursor"}],
             ) from None
         return cls(created_at, item_id)
-
-
-def older_than(
-    created_col: InstrumentedAttribute[datetime], id_col: InstrumentedAttribute[str], cursor: Cursor
-) -> ColumnElement[bool]:
-    """The rows after `cursor` in newest-first order."""
-    return or_(created_col < cursor.created_at, and_(created_col == cursor.created_at, id_col < cursor.id))
 
 
 class Keyed(Protocol):

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, inspect, select
+from sqlalchemy import ColumnElement, and_, inspect, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, make_transient_to_detached
 
 from shared.db import dialect_insert, table_of
 from shared.errors import NotFound, PorticoError
-from shared.pagination import Cursor, Page, PageQuery, older_than, page_of
+from shared.pagination import Cursor, Page, PageQuery, page_of
 
 
 class TenantRow:
@@ -143,6 +143,13 @@ class Repository:
         position = query.position()
         await self.one(rows.parent, tenant_id, parent_id, rows.missing)
         return await self.list_page(rows.model, tenant_id, position, query.limit, convert, rows.link == parent_id)
+
+
+def older_than(
+    created_col: InstrumentedAttribute[datetime], id_col: InstrumentedAttribute[str], cursor: Cursor
+) -> ColumnElement[bool]:
+    """The rows after `cursor` in newest-first order."""
+    return or_(created_col < cursor.created_at, and_(created_col == cursor.created_at, id_col < cursor.id))
 
 
 def matching(*filters: tuple[InstrumentedAttribute[Any], object]) -> list[ColumnElement[bool]]:

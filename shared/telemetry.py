@@ -10,9 +10,9 @@ background thread: a request never waits for the exporter).
 Spans carry the stable HTTP and database semantic conventions (`http.request.method`, `url.full`,
 `server.address`, `http.response.status_code`, `db.operation.name`, ...). The server span
 (`ServerSpans`), the client spans (`TracingTransport`, and `ServiceClient.forward` in
-`shared/http.py`) and the SQL spans (`SqlSpans`) are our own rather than the ASGI, httpx and
-SQLAlchemy instrumentations: one span per request, per call and per statement, named after what
-they did (a route template, a service and path template, an operation and table), no `http
+`shared/http.py`) and the SQL spans (`SqlSpans`, in `shared/sql_spans.py`) are our own rather than
+the ASGI, httpx and SQLAlchemy instrumentations: one span per request, per call and per statement,
+named after what they did (a route template, a service and path template, an operation and table), no `http
 send`/`receive` sub-spans, attributes built only for a span that is recorded. The gateway's Redis
 work on the hot path is recorded as events on the server span (`shared/context.py`), not as spans.
 Work done while instrumentation is suppressed (probes, background loops with nothing to carry)
@@ -38,13 +38,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.semconv._incubating.attributes.peer_attributes import PEER_SERVICE as PEER_SERVICE
 from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS
-from opentelemetry.semconv.attributes.db_attributes import (
-    DB_COLLECTION_NAME,
-    DB_NAMESPACE,
-    DB_OPERATION_NAME,
-    DB_QUERY_TEXT,
-    DB_SYSTEM_NAME,
-)
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE as ERROR_TYPE
 from opentelemetry.semconv.attributes.http_attributes import (
     HTTP_REQUEST_METHOD as HTTP_REQUEST_METHOD,
@@ -61,10 +54,8 @@ from opentelemetry.semconv.attributes.url_attributes import URL_PATH, URL_SCHEME
 from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
 from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from sqlalchemy import event
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
     from starlette.types import Scope
 
 # A W3C `traceparent` of version 00, the only one we write: what a stored row keeps of the trace
@@ -107,72 +98,6 @@ def start_export(provider: TracerProvider) -> bool:
 
     provider.add_span_processor(BatchSpanProcessor(SpanExporter()))
     return True
-
-
-# The table a statement is about: the first one it reads, writes or joins (quotes and a schema kept
-# out). Not a SQL parser: a name for the span, and nothing else depends on it.
-_SQL_TABLE = re.compile(r'\b(?:FROM|INTO|UPDATE|JOIN)\s+(?:"?\w+"?\.)?"?(\w+)"?', re.IGNORECASE)
-_SQL_OPERATION = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(\w+)", re.DOTALL)
-
-
-def sql_span_name(statement: str) -> tuple[str, str | None, str]:
-    """A statement's operation and table, and its span's name: `<OPERATION> <table>`."""
-    found = _SQL_OPERATION.match(statement)
-    operation = found[1].upper() if found else "SQL"
-    table = _SQL_TABLE.search(statement)
-    name = table[1] if table else None
-    return operation, name, f"{operation} {name}" if name else operation
-
-
-class SqlSpans:
-    """A CLIENT span for each statement an engine runs, named `<OPERATION> <table>` with the stable
-    database conventions (`db.system.name`, `db.namespace`, `db.operation.name`,
-    `db.collection.name`, `db.query.text`: the statement with its parameters as placeholders, never
-    their values). Nothing while instrumentation is suppressed (probes, idle background loops)."""
-
-    def __init__(self, engine: AsyncEngine, provider: TracerProvider) -> None:
-        self.tracer = provider.get_tracer("portico.sql")
-        url = engine.url
-        system = {"postgresql": "postgresql", "sqlite": "sqlite"}.get(url.get_backend_name(), url.get_backend_name())
-        self.attributes: dict[str, str | int] = {DB_SYSTEM_NAME: system}
-        if url.database:
-            self.attributes[DB_NAMESPACE] = url.database
-        if url.host:
-            self.attributes[SERVER_ADDRESS] = url.host
-        if url.port:
-            self.attributes[SERVER_PORT] = url.port
-        event.listen(engine.sync_engine, "before_cursor_execute", self._before)
-        event.listen(engine.sync_engine, "after_cursor_execute", self._after)
-        event.listen(engine.sync_engine, "handle_error", self._failed)
-
-    def _before(self, conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-        if not is_instrumentation_enabled():
-            return
-        operation, table, name = sql_span_name(statement)
-        attributes = {**self.attributes, DB_OPERATION_NAME: operation, DB_QUERY_TEXT: statement}
-        if table is not None:
-            attributes[DB_COLLECTION_NAME] = table
-        context._portico_span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-
-    @staticmethod
-    def _after(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-        span: Span | None = getattr(context, "_portico_span", None)
-        if span is not None:
-            span.end()
-
-    @staticmethod
-    def _failed(exception_context: Any) -> None:
-        span: Span | None = getattr(exception_context.execution_context, "_portico_span", None)
-        if span is not None:
-            span.set_attribute(ERROR_TYPE, type(exception_context.original_exception).__qualname__)
-            span.set_status(StatusCode.ERROR)
-            span.end()
-
-
-def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
-    """SQL spans for one engine, through this app's provider (so that several apps in one process,
-    as in tests, stay apart)."""
-    SqlSpans(engine, provider)
 
 
 def set_global_provider_once(provider: TracerProvider) -> None:

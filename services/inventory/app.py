@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from services.inventory.api import router
 from services.inventory.settings import InventorySettings
-from shared.app import ServiceSpec, create_service_app
+from shared.service_app import ServiceSpec, create_service_app
 
 MIGRATIONS_DIR = Path(__file__).parent
 

@@ -14,7 +14,7 @@ from services.orders import recovery
 from services.orders.api import router
 from services.orders.service import OrdersContext
 from services.orders.settings import OrdersSettings
-from shared.app import ServiceSpec, create_service_app
+from shared.service_app import ServiceSpec, create_service_app
 from shared.state import ServiceState
 
 MIGRATIONS_DIR = Path(__file__).parent

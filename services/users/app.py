@@ -14,7 +14,7 @@ from services.users.api import router
 from services.users.security import LoginThrottle, PasswordHasher, PasswordMetrics, TokenIssuer, UsersContext
 from services.users.settings import UsersSettings
 from services.users.signing import KeyRing
-from shared.app import ContextFactory, ServiceSpec, create_service_app
+from shared.service_app import ContextFactory, ServiceSpec, create_service_app
 from shared.state import ServiceState
 
 MIGRATIONS_DIR = Path(__file__).parent

@@ -13,7 +13,7 @@ from services.webhooks.relay import OrdersRelay, running_relay
 from services.webhooks.settings import WebhooksSettings
 from services.webhooks.url_safety import Resolver
 from services.webhooks.worker import DeliveryWorker, WorkerMetrics, running_delivery_worker
-from shared.app import ContextFactory
+from shared.service_app import ContextFactory
 from shared.state import ServiceState
 
 

@@ -12,9 +12,9 @@ import pytest
 from fastapi import APIRouter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.app import ServiceSpec, create_service_app
 from shared.caller import IdentityDep
 from shared.contract import Identity
+from shared.service_app import ServiceSpec, create_service_app
 from shared.settings import BaseServiceSettings
 from tests.conftest import INTERNAL_SECRET, app_client, internal_headers
 

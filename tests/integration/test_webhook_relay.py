@@ -32,7 +32,7 @@ from shared.errors import UpstreamBadResponse, UpstreamUnavailable
 from shared.http import ServiceClient
 from shared.identity import IdentitySigner
 from shared.pool import create_http_client
-from shared.telemetry import instrument_engine
+from shared.sql_spans import instrument_engine
 from tests.conftest import app_client, internal_headers, service_env, settings_kwargs
 from tests.e2e.test_webhooks_flow import Shop
 from tests.faults import ServiceProcess, eventually, refused_port
