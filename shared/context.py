@@ -58,14 +58,6 @@ def request_context(scope: Scope) -> RequestContext:
     return context
 
 
-def principal_of(scope: Scope) -> Identity:
-    """The caller as the gateway's authentication stage resolved it."""
-    principal = request_context(scope).principal
-    if principal is None:
-        raise RuntimeError("the authentication stage has not run for this request")
-    return principal
-
-
 def span_of(scope: Scope) -> Span:
     """The request's server span, to record what a stage decided (a non-recording span outside one)."""
     context: RequestContext | None = scope.get(CONTEXT_KEY)

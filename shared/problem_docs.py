@@ -81,11 +81,6 @@ def problem_responses(
     return responses
 
 
-def error_codes(responses: Mapping[Any, Mapping[str, Any]]) -> set[str]:
-    """Every `error_code` an operation's `responses` name."""
-    return {code for response in responses.values() for code in response.get("x-error-codes", ())}
-
-
 def route_responses(errors: Iterable[type[PorticoError]]) -> dict[int | str, dict[str, Any]]:
     """A service route's error responses: its own `errors` and 422 (a parameter or body refused)."""
     return problem_responses([*errors, ValidationFailed])

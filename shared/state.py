@@ -9,7 +9,8 @@ is the one place that knows the key.
 
 Pure ASGI stages are built before the lifespan runs (Starlette builds the middleware stack on the
 first ASGI call, which is the lifespan's own startup), so they cannot be handed the state in their
-constructor; they get a `LifespanSlot` instead, which the lifespan fills.
+constructor: the lifespan hands them what they use for its own duration (the gateway's edge gets its
+`EdgeRuntime` through `Edge.running`, `gateway/edge/pipeline.py`).
 
 To add a lifespan-owned collaborator: a field on the process's state dataclass, built (and closed) in
 its lifespan, and an `Annotated` dependency next to the others in the process's dependency module.
@@ -17,8 +18,7 @@ its lifespan, and an `Annotated` dependency next to the others in the process's 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, NotRequired, TypedDict, TypeVar
 
@@ -80,35 +80,9 @@ class StateDependencies(Generic[T]):
         return state
 
 
-class LifespanSlot(Generic[T]):
-    """A value the lifespan provides to objects built before it runs (the pure ASGI stages)."""
-
-    __slots__ = ("_name", "_value")
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._value: T | None = None
-
-    @property
-    def value(self) -> T:
-        value = self._value
-        if value is None:
-            raise RuntimeError(f"{self._name} is used outside the app's lifespan")
-        return value
-
-    @contextlib.contextmanager
-    def filled(self, value: T) -> Iterator[T]:
-        """Provides `value` for the life of the `with` block."""
-        previous, self._value = self._value, value
-        try:
-            yield value
-        finally:
-            self._value = previous
-
-
 @dataclass(frozen=True, slots=True)
 class ServiceState(Generic[S, C]):
-    """What every service's lifespan owns (`shared/app.py` builds it), plus `context`: what the
+    """What every service's lifespan owns (`shared/service_app.py` builds it), plus `context`: what the
     service itself adds (its collaborators and background workers), built by its `ServiceSpec`."""
 
     settings: S

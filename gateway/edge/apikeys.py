@@ -9,7 +9,7 @@ lookup.
 
 Known keys and unknown ones are cached apart, each bounded: a flood of distinct unknown keys fills
 and churns the cache of unknown keys only, and never evicts a key that works. (How many unknown keys
-an address may try is the authentication-failure limit's to say, `gateway/auth.py`.)
+an address may try is the authentication-failure limit's to say, `gateway/edge/authfailures.py`.)
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The errors of the authentication stage (`gateway/auth.py`), apart from it so that what documents
-them (`gateway/openapi.py`) need not import the stage, which imports the route tables."""
+"""The errors of authentication (`gateway/edge/authentication.py`), apart from it so that what documents
+them (`gateway/openapi.py`) and `Access` (`gateway/edge/access.py`, for its challenge) need not import
+the `Authenticator` and all it runs with (JWT verification, the API key resolver, the stores)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""HTTP hygiene at the outer edge: security headers, trusted hosts and CORS (gzip is Starlette's).
+"""HTTP hygiene at the outer edge: security headers, trusted hosts and CORS (compression is
+`gateway/edge/compression.py`).
 
 The edge (`gateway/edge/pipeline.py`) applies these before authentication, so every answer, a 401 or
 a 429 included, carries the security headers and, for an allowed origin, the CORS headers a browser
