@@ -257,10 +257,6 @@ class MemoryIdempotencyStore:
         self._calls = 0
         self.evicted = 0
 
-    @property
-    def kept_bytes(self) -> int:
-        return self._bytes
-
     def _drop(self, scope_key: str) -> None:
         record = self._records.pop(scope_key)
         self._bytes -= record.size
