@@ -1,8 +1,8 @@
-"""`shared/serving/` subclasses uvicorn's httptools protocol and uvicorn-worker's worker, and reads
-prometheus_client's sample files: internals those packages may change in any release. Each is
-pinned to one minor release (pyproject.toml); these tests name every internal used, with its
-signature (and, where our code re-implements a method, a digest of its source), so that an upgrade
-that changes any of it fails here, by name, rather than in production."""
+"""`shared/serving/` subclasses uvicorn's httptools protocol, uvicorn-worker's worker and gunicorn's
+logger and application base, and reads prometheus_client's sample files: internals those packages may
+change in any release. Each is pinned to one minor release (pyproject.toml); these tests name every
+internal used, with its signature (and, where our code re-implements a method, a digest of its
+source), so that an upgrade that changes any of it fails here, by name, rather than in production."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ import inspect
 from pathlib import Path
 
 import pytest
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.config import Config as GunicornConfig
+from gunicorn.glogging import Logger
 from gunicorn.workers.base import Worker as GunicornWorker
 from prometheus_client import multiprocess, values
 from prometheus_client.mmap_dict import MmapedDict
@@ -92,6 +96,21 @@ SERVER_METHODS = {
     "__init__": "(self, config: 'Config') -> 'None'",
     "shutdown": "(self, sockets: 'list[socket.socket] | None' = None) -> 'None'",
 }
+# What shared/serving/workers.py uses of gunicorn itself: the logger it extends (`setup`, which its
+# constructor calls once it has the two loggers), the application base it fills in (`cfg`, which
+# `load_config` sets), the exit code of a worker that could not boot, and the settings it passes
+# (every key of `options`).
+GUNICORN_METHODS = {
+    (Logger, "setup"): "(self, cfg)",
+    (BaseApplication, "__init__"): "(self, usage=None, prog=None)",
+    (BaseApplication, "load_config"): "(self)",
+    (BaseApplication, "load"): "(self)",
+    (BaseApplication, "run"): "(self)",
+}
+LOGGER_ATTRIBUTES = {"error_log", "access_log"}
+APPLICATION_ATTRIBUTES = {"cfg"}
+# The settings' hooks it sets, with the arguments gunicorn calls them with.
+GUNICORN_HOOKS = {"child_exit": "(server, worker)"}
 # prometheus_client's unannotated sample-file functions, which shared/serving/multiprocess.py types.
 PROMETHEUS_FUNCTIONS = {
     (MmapedDict, "__init__"): "(self, filename, read_mode=False)",
@@ -204,6 +223,55 @@ def test_the_worker_internals_used_are_uvicorn_workers_as_they_were():
     assert issubclass(gunicorn_worker(ProcessSettings()), UvicornWorker)
     for name, signature in SERVER_METHODS.items():
         assert str(inspect.signature(getattr(Server, name))) == signature, f"uvicorn.Server.{name} changed"
+
+
+def test_every_gunicorn_internal_the_master_uses_is_named_here():
+    for class_name, base, attributes in (
+        ("_ProcessLogger", Logger, LOGGER_ATTRIBUTES),
+        ("_GunicornServer", BaseApplication, APPLICATION_ATTRIBUTES),
+    ):
+        methods = {name for owner, name in GUNICORN_METHODS if owner is base}
+        used, defined = self_attributes(SERVING / "workers.py", class_name)
+        unnamed = used - (defined - methods) - methods - attributes
+        assert not unnamed, f"{class_name} uses {unnamed} of gunicorn's {base.__name__}: name them in this test"
+
+
+def gunicorn_options() -> set[str]:
+    """The settings `serve_workers` passes to gunicorn: the keys of its `options`."""
+    tree = ast.parse((SERVING / "workers.py").read_text())
+    (function,) = [
+        node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == "serve_workers"
+    ]
+    (options,) = [
+        node.value
+        for node in ast.walk(function)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "options"
+    ]
+    assert isinstance(options, ast.Dict)
+    return {key.value for key in options.keys if isinstance(key, ast.Constant)}
+
+
+def test_the_gunicorn_internals_used_are_as_they_were():
+    for (owner, name), signature in GUNICORN_METHODS.items():
+        method = getattr(owner, name, None)
+        assert method is not None, f"gunicorn's {owner.__name__} has no {name} any more: shared/serving/workers.py"
+        assert str(inspect.signature(method)) == signature, f"gunicorn's {owner.__name__}.{name} changed"
+    logger_init = inspect.getsource(Logger.__init__)
+    for name in LOGGER_ATTRIBUTES:
+        assert f"self.{name} = " in logger_init, f"gunicorn's Logger has no {name} any more: shared/serving/workers.py"
+    # `_ProcessLogger.setup` rewires the two loggers gunicorn's has set up: the constructor calls it last.
+    assert logger_init.index("self.setup(cfg)") > max(logger_init.index(f"self.{n} = ") for n in LOGGER_ATTRIBUTES)
+    # BaseApplication builds `cfg` before it calls `load_config`, which fills it in.
+    assert "self.cfg = Config(" in inspect.getsource(BaseApplication.load_default_config)
+    assert isinstance(Arbiter.WORKER_BOOT_ERROR, int)
+    config = GunicornConfig()
+    options = gunicorn_options()
+    assert "bind" in options
+    unknown = options - set(config.settings)
+    assert not unknown, f"gunicorn has no setting {unknown} any more: shared/serving/workers.py"
+    for name, signature in GUNICORN_HOOKS.items():
+        assert name in options
+        assert str(inspect.signature(config.settings[name].value)) == signature, f"gunicorn's {name} hook changed"
 
 
 @pytest.mark.parametrize(("owner", "name"), sorted(PROMETHEUS_FUNCTIONS, key=lambda key: key[1]))
