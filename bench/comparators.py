@@ -107,7 +107,10 @@ def assembled(upstream: str) -> FastAPI:
 
     app = FastAPI(lifespan=lifespan)
     app.state.limiter = limiter
-    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(
+        RateLimitExceeded,
+        _rate_limit_exceeded_handler,  # type: ignore[arg-type]  # typed for RateLimitExceeded, not any Exception
+    )
     Instrumentator().instrument(app).expose(app)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
 

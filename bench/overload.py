@@ -498,9 +498,10 @@ def micro() -> None:
     from prometheus_client import CollectorRegistry
 
     from gateway.edge.admission import caller_rank
-    from gateway.edge.authentication import JwtVerifier
+    from gateway.edge.authentication import Authenticator, JwtVerifier
     from gateway.settings import GatewaySettings
     from shared.admission import AdaptiveLimit, AdmissionMetrics, LimitSettings, deadline_var, format_deadline
+    from shared.contract import Identity
 
     settings = GatewaySettings()
     gate = AdaptiveLimit(
@@ -514,20 +515,17 @@ def micro() -> None:
 
     token = bearer(plan="pro")
     verifier = JwtVerifier(settings)
-    verifier.verified.put(token, time.time() + 3600, object())  # type: ignore[arg-type]
-
-    class Plan:
-        plan = "pro"
-
-    verifier.verified.put(token, time.time() + 3600, Plan())  # type: ignore[arg-type]
+    verifier.verified.put(token, time.time() + 3600, Identity("bench", tenant_id="bench", plan="pro"))
 
     class Auth:
+        # The authenticator's own lookup, which for a bearer token reads the verified tokens alone.
         tokens = verifier
+        known_plan = Authenticator.known_plan
 
     raw = [(b"host", b"x"), (b"authorization", f"Bearer {token}".encode())]
 
     def rank() -> None:
-        caller_rank(raw, Auth())  # type: ignore[arg-type]
+        caller_rank(raw, Auth())  # type: ignore[arg-type]  # a stand-in Authenticator: `tokens` is all it uses
 
     def deadline() -> None:
         reset = deadline_var.set(time.time() + 10.0)

@@ -114,7 +114,7 @@ def profile(args: argparse.Namespace, port: int) -> None:
     if args.save:
         profiler.dump_stats(args.save)
     stats = pstats.Stats(profiler, stream=(out := io.StringIO()))
-    total = stats.total_tt  # type: ignore[attr-defined]
+    total = stats.total_tt  # type: ignore[attr-defined]  # set by Stats, missing from typeshed's stub
     requests = outcome["requests"]
     print(
         f"{requests:.0f} requests at {outcome['rate']:.0f} req/s; event loop CPU time "

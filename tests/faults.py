@@ -103,7 +103,7 @@ class HttpFaultProxy:
         return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
 
     def add(self, method: str, path: str, action: Action, **kwargs: object) -> Fault:
-        fault = Fault(method, path, action, **kwargs)  # type: ignore[arg-type]
+        fault = Fault(method, path, action, **kwargs)  # type: ignore[arg-type]  # Fault's own fields
         self.faults.append(fault)
         return fault
 

@@ -134,7 +134,7 @@ def test_the_delay_doubles_from_one_second_up_to_the_cap():
     assert delays[:5] == [None] * 5
     seconds = [(d - now).total_seconds() for d in delays[5:] if d is not None]
     assert seconds == [1, 2, 4, 8, 16, 32, 60, 60]
-    assert (throttle.blocked_until(10**6, now) - now).total_seconds() == 60  # type: ignore[operator]
+    assert (throttle.blocked_until(10**6, now) - now).total_seconds() == 60  # type: ignore[operator]  # blocked: never None
 
 
 async def test_wrong_passwords_slow_one_account_down_and_the_owner_gets_in_soon(migrated, signer):

@@ -189,6 +189,6 @@ def test_a_key_signs_once_published_long_enough_and_stays_published_while_its_to
 
 def test_a_first_key_signs_at_once():
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    ring = KeyRing(UsersSettings(jwt_algorithm="RS256"), sessionmaker=None)  # type: ignore[arg-type]
+    ring = KeyRing(UsersSettings(jwt_algorithm="RS256"), sessionmaker=None)  # type: ignore[arg-type]  # never touched
     ring.keys = [key(1, start)]
     assert ring.signing_key(start).kid == "k1"

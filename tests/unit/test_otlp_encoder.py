@@ -20,7 +20,7 @@ class Kept(SpanExporter):
     def __init__(self) -> None:
         self.spans: list[ReadableSpan] = []
 
-    def export(self, spans):  # type: ignore[no-untyped-def]
+    def export(self, spans):
         self.spans.extend(spans)
         return SpanExportResult.SUCCESS
 
