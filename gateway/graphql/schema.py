@@ -27,7 +27,15 @@ from strawberry.permission import BasePermission, PermissionExtension
 from strawberry.types import Info
 
 from gateway.graphql.context import GraphQLContext
-from shared.contract import RESOURCE_ID_PATTERN
+from shared.contract import (
+    ORDERS_READ,
+    ORDERS_WRITE,
+    PRODUCTS_READ,
+    RESOURCE_ID_PATTERN,
+    USERS_READ,
+    InsufficientScope,
+)
+from shared.errors import ValidationFailed
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 GraphQLInfo = Info[GraphQLContext, None]
@@ -40,7 +48,7 @@ class HasScope(BasePermission):
     def __init__(self, scope: str) -> None:
         self.scope = scope
         self.message = f"This field needs the {scope} scope."
-        self.error_extensions = {"code": "INSUFFICIENT_SCOPE", "required_scope": scope}
+        self.error_extensions = {"code": InsufficientScope.error_code, "required_scope": scope}
 
     def has_permission(self, source: Any, info: GraphQLInfo, **kwargs: Any) -> bool:
         return self.scope in info.context.identity.scopes
@@ -52,7 +60,7 @@ def needs(scope: str) -> list[FieldExtension]:
 
 def _page_params(limit: int, cursor: str | None) -> dict[str, Any]:
     if not 1 <= limit <= MAX_LIMIT:
-        raise GraphQLError(f"limit must be 1 to {MAX_LIMIT}.", extensions={"code": "VALIDATION_FAILED"})
+        raise GraphQLError(f"limit must be 1 to {MAX_LIMIT}.", extensions={"code": ValidationFailed.error_code})
     params: dict[str, Any] = {"limit": limit}
     if cursor is not None:
         params["cursor"] = cursor
@@ -61,7 +69,7 @@ def _page_params(limit: int, cursor: str | None) -> dict[str, Any]:
 
 def _id(value: str) -> str:
     if not re.fullmatch(RESOURCE_ID_PATTERN, value):
-        raise GraphQLError("Not an id.", extensions={"code": "VALIDATION_FAILED"})
+        raise GraphQLError("Not an id.", extensions={"code": ValidationFailed.error_code})
     return value
 
 
@@ -106,7 +114,7 @@ class OrderItem(FromJson):
     unit_price_cents: int
     line_total_cents: int
 
-    @strawberry.field(extensions=needs("products:read"), description="The product as it is now.")
+    @strawberry.field(extensions=needs(PRODUCTS_READ), description="The product as it is now.")
     async def product(self, info: GraphQLInfo) -> Product | None:
         found = await info.context.products.load(str(self.product_id))
         return Product.of(found) if found is not None else None
@@ -161,9 +169,9 @@ class Resource(Generic[T]):
         return strawberry.field(resolver=resolve, extensions=needs(self.scope), description=description)
 
 
-USERS = Resource("users", "/users", User.of, scope="users:read")
-PRODUCTS = Resource("inventory", "/products", Product.of, scope="products:read")
-ORDERS = Resource("orders", "/orders", Order.of, scope="orders:read")
+USERS = Resource("users", "/users", User.of, scope=USERS_READ)
+PRODUCTS = Resource("inventory", "/products", Product.of, scope=PRODUCTS_READ)
+ORDERS = Resource("orders", "/orders", Order.of, scope=ORDERS_READ)
 
 
 @strawberry.input
@@ -189,7 +197,7 @@ class Query:
 @strawberry.type
 class Mutation:
     @strawberry.mutation(
-        extensions=needs("orders:write"),
+        extensions=needs(ORDERS_WRITE),
         description="Place an order: reserves every item's stock or none, and emits order.created.",
     )
     async def create_order(self, info: GraphQLInfo, items: list[OrderItemInput]) -> Order | None:
@@ -198,7 +206,7 @@ class Mutation:
         return Order.of(await info.context.call("orders", "POST", "/orders", json_body=body, idempotency_key=key))
 
     @strawberry.mutation(
-        extensions=needs("orders:write"),
+        extensions=needs(ORDERS_WRITE),
         description="Cancel an order: releases its stock and emits order.cancelled.",
     )
     async def cancel_order(self, info: GraphQLInfo, id: strawberry.ID) -> Order | None:

@@ -29,7 +29,7 @@ from gateway.realtime.hub import Admission, Expired, Hub, Interrupted, Overflowe
 from gateway.realtime.tasks import cancel_and_wait
 from gateway.settings import GatewaySettings
 from services.orders.schemas import EXAMPLE_ORDER
-from shared.contract import DEFAULT_PLAN, PLANS, Identity
+from shared.contract import DEFAULT_PLAN, ORDERS_READ, PLANS, Identity
 from shared.errors import BadRequest, PorticoError, TooManyRequests, retry_in
 
 logger = logging.getLogger(__name__)
@@ -37,8 +37,9 @@ T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
-EVENTS_READ = Access(scope="orders:read")
-EventsReader = Annotated[Identity, Depends(RequireAccess(EVENTS_READ))]
+# Who may follow the tenant's order events (SSE and WebSocket): whoever may read its orders.
+ORDER_EVENTS_ACCESS = Access(scope=ORDERS_READ)
+EventsReader = Annotated[Identity, Depends(RequireAccess(ORDER_EVENTS_ACCESS))]
 MAX_EVENT_ID = 2**63 - 1
 # What a store or service blip raises while a stream runs: the stream ends and the client reconnects
 # (SSE: with Last-Event-ID; WebSocket: close 1013 "try again later") rather than a 500 or a 1011.
@@ -239,7 +240,7 @@ async def websocket_events(
     request), the `orders:read` scope, or a free connection of the plan."""
     try:
         caller = await current_caller(websocket)
-        EVENTS_READ.check(caller.identity)
+        ORDER_EVENTS_ACCESS.check(caller.identity)
         after = parse_event_id(last_event_id)
         assert caller.identity.tenant_id is not None
         await resumable(hub, caller.identity.tenant_id, after)

@@ -10,11 +10,11 @@ from fastapi import Depends
 
 from services.inventory.repository import InventoryRepository
 from shared.caller import Authorize
-from shared.contract import TenantIdentity
+from shared.contract import ORDERS_READ, ORDERS_WRITE, PRODUCTS_READ, PRODUCTS_WRITE, TenantIdentity
 from shared.db import on_session
 
 RepoDep = Annotated[InventoryRepository, Depends(on_session(InventoryRepository))]
-ProductsRead = Annotated[TenantIdentity, Depends(Authorize("products:read"))]
-ProductsWrite = Annotated[TenantIdentity, Depends(Authorize("products:write"))]
-ReservationsRead = Annotated[TenantIdentity, Depends(Authorize("orders:read"))]
-ReservationsWrite = Annotated[TenantIdentity, Depends(Authorize("orders:write"))]
+ProductsRead = Annotated[TenantIdentity, Depends(Authorize(PRODUCTS_READ))]
+ProductsWrite = Annotated[TenantIdentity, Depends(Authorize(PRODUCTS_WRITE))]
+ReservationsRead = Annotated[TenantIdentity, Depends(Authorize(ORDERS_READ))]
+ReservationsWrite = Annotated[TenantIdentity, Depends(Authorize(ORDERS_WRITE))]

@@ -11,7 +11,7 @@ from services.orders.errors import ServiceOnly
 from services.orders.service import OrdersContext
 from services.orders.settings import OrdersSettings
 from shared.caller import Authorize, IdentityDep
-from shared.contract import EVENTS_READ, EVENTS_WRITE, Identity, TenantIdentity
+from shared.contract import EVENTS_READ, EVENTS_WRITE, ORDERS_READ, ORDERS_WRITE, Identity, TenantIdentity
 from shared.state import ServiceState, StateDependencies
 
 # What the orders service adds to the common state: its context, with the recovery task running.
@@ -35,7 +35,7 @@ async def require_event_publisher(identity: IdentityDep) -> Identity:
 
 
 ContextDep = Annotated[OrdersContext, Depends(state.provide(lambda s: s.context))]
-OrdersRead = Annotated[TenantIdentity, Depends(Authorize("orders:read"))]
-OrdersWrite = Annotated[TenantIdentity, Depends(Authorize("orders:write"))]
+OrdersRead = Annotated[TenantIdentity, Depends(Authorize(ORDERS_READ))]
+OrdersWrite = Annotated[TenantIdentity, Depends(Authorize(ORDERS_WRITE))]
 EventsReader = Annotated[Identity, Depends(require_event_reader)]
 EventsPublisher = Annotated[Identity, Depends(require_event_publisher)]

@@ -43,7 +43,14 @@ from services.orders.repository import OrderRepository
 from services.orders.schemas import CreditOut, EventFeed, EventOut, OrderCreate, OrderOut, ReservationIn
 from services.orders.settings import OrdersSettings
 from shared.admission import check_deadline, deadline_var, no_deadline
-from shared.contract import CreditLimitExceeded, IdempotencyKeyInUse, IdempotencyKeyReused, Identity, TenantIdentity
+from shared.contract import (
+    ORDERS_WRITE,
+    CreditLimitExceeded,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    Identity,
+    TenantIdentity,
+)
 from shared.db import LockNotAvailable, new_id, utcnow
 from shared.errors import (
     PorticoError,
@@ -99,7 +106,7 @@ class Placed:
 
 def service_identity(tenant_id: str) -> Identity:
     """Who this service is when it acts on its own (recovery), for one tenant."""
-    return Identity(subject="service:orders", tenant_id=tenant_id, scopes=frozenset({"orders:write"}))
+    return Identity(subject="service:orders", tenant_id=tenant_id, scopes=frozenset({ORDERS_WRITE}))
 
 
 def order_out(order: Order) -> OrderOut:

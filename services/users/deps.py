@@ -12,7 +12,7 @@ from services.users.repository import ApiKeyRepository, UserRepository
 from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer, UsersContext
 from services.users.settings import UsersSettings
 from shared.caller import Authorize, TenantIdentityDep
-from shared.contract import TenantIdentity, key_id_of
+from shared.contract import USERS_READ, USERS_WRITE, TenantIdentity, key_id_of
 from shared.db import on_session
 from shared.state import ServiceState, StateDependencies
 
@@ -38,6 +38,6 @@ async def require_user(identity: TenantIdentityDep) -> TenantIdentity:
 TenantCaller = TenantIdentityDep
 # Callers with users:write: an admin's token, or a key holding it. What they may create is the
 # authority rule's to say (`authority.py`).
-UsersWrite = Annotated[TenantIdentity, Depends(Authorize("users:write"))]
-UsersRead = Annotated[TenantIdentity, Depends(Authorize("users:read"))]
+UsersWrite = Annotated[TenantIdentity, Depends(Authorize(USERS_WRITE))]
+UsersRead = Annotated[TenantIdentity, Depends(Authorize(USERS_READ))]
 KeyManager = Annotated[TenantIdentity, Depends(require_user)]

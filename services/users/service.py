@@ -41,7 +41,7 @@ from services.users.schemas import (
 )
 from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer
 from services.users.settings import UsersSettings
-from shared.contract import ROLE_SCOPES, Plan, TenantIdentity, hash_api_key, key_id_of, new_api_key
+from shared.contract import ROLE_SCOPES, USERS_WRITE, Plan, TenantIdentity, hash_api_key, key_id_of, new_api_key
 from shared.db import new_id, utcnow
 from shared.errors import retry_in
 from shared.pagination import Page, PageQuery
@@ -112,7 +112,7 @@ async def create_user(
 ) -> User:
     """A user of the caller's tenant, holding no more than the caller does (`authority.py`)."""
     held = await held_by(repo, keys, identity)
-    ensure_holds(held, "users:write")
+    ensure_holds(held, USERS_WRITE)
     ensure_grantable(held, role_authority(data.role), f"a user with the {data.role} role")
     # Nothing written yet: the connection goes back to the pool while the password is hashed.
     await repo.release()
@@ -168,7 +168,7 @@ async def update_user(
     if key_id_of(identity.subject) is not None:
         raise UserRequired("Credit limits are set with an admin's access token, not with an API key.")
     held = await held_by(repo, keys, identity)
-    ensure_holds(held, "users:write")
+    ensure_holds(held, USERS_WRITE)
     ensure_holds(held, SET_CREDIT_LIMITS)
     user = await get_user(repo, identity.tenant_id, user_id)
     if "credit_limit_cents" in data.model_fields_set:

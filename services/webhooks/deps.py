@@ -14,7 +14,7 @@ from services.webhooks.repository import EndpointRepository
 from services.webhooks.service import Registration
 from services.webhooks.settings import WebhooksSettings
 from shared.caller import Authorize
-from shared.contract import TenantIdentity
+from shared.contract import WEBHOOKS_READ, WEBHOOKS_WRITE, TenantIdentity
 from shared.db import on_session
 from shared.state import ServiceState, StateDependencies
 
@@ -27,5 +27,5 @@ RegistrationDep = Annotated[
 ]
 RepoDep = Annotated[EndpointRepository, Depends(on_session(EndpointRepository))]
 DeliveryRepoDep = Annotated[DeliveryRepository, Depends(on_session(DeliveryRepository))]
-WebhooksRead = Annotated[TenantIdentity, Depends(Authorize("webhooks:read"))]
-WebhooksWrite = Annotated[TenantIdentity, Depends(Authorize("webhooks:write"))]
+WebhooksRead = Annotated[TenantIdentity, Depends(Authorize(WEBHOOKS_READ))]
+WebhooksWrite = Annotated[TenantIdentity, Depends(Authorize(WEBHOOKS_WRITE))]

@@ -27,13 +27,37 @@ from shared.contract.access import (
     EVENTS_WRITE as EVENTS_WRITE,
 )
 from shared.contract.access import (
+    ORDERS_READ as ORDERS_READ,
+)
+from shared.contract.access import (
+    ORDERS_WRITE as ORDERS_WRITE,
+)
+from shared.contract.access import (
     PLANS as PLANS,
+)
+from shared.contract.access import (
+    PRODUCTS_READ as PRODUCTS_READ,
+)
+from shared.contract.access import (
+    PRODUCTS_WRITE as PRODUCTS_WRITE,
 )
 from shared.contract.access import (
     ROLE_SCOPES as ROLE_SCOPES,
 )
 from shared.contract.access import (
     USAGE_READ as USAGE_READ,
+)
+from shared.contract.access import (
+    USERS_READ as USERS_READ,
+)
+from shared.contract.access import (
+    USERS_WRITE as USERS_WRITE,
+)
+from shared.contract.access import (
+    WEBHOOKS_READ as WEBHOOKS_READ,
+)
+from shared.contract.access import (
+    WEBHOOKS_WRITE as WEBHOOKS_WRITE,
 )
 from shared.contract.access import (
     Plan as Plan,
