@@ -46,6 +46,8 @@ from shared.request_id import request_id_var
 
 PartStatus = Literal["ok", "error", "timeout", "skipped"]
 CheckStatus = Literal["passed", "failed", "cancelled"]
+# The error code of a service's refusal (a 4xx) whose body names none.
+DOWNSTREAM_REFUSED = "DOWNSTREAM_REFUSED"
 
 
 class UpstreamRefused(Exception):
@@ -58,8 +60,9 @@ class UpstreamRefused(Exception):
 
     @property
     def error_code(self) -> str:
-        code = _json_or_none(self.response)
-        return str(code.get("error_code") or "DOWNSTREAM_REFUSED") if isinstance(code, dict) else "DOWNSTREAM_REFUSED"
+        body = _json_or_none(self.response)
+        code = body.get("error_code") if isinstance(body, dict) else None
+        return str(code or DOWNSTREAM_REFUSED)
 
     @property
     def detail(self) -> str:
@@ -195,6 +198,7 @@ class Outcome:
     error: BaseException | None = field(default=None, repr=False)
 
     def part_body(self) -> dict[str, Any]:
+        """The part's entry in an answer's `parts`, as JSON: `error_code` only for a part that failed."""
         body: dict[str, Any] = {"status": self.status, "service": self.service, "elapsed_ms": self.elapsed_ms}
         if self.error_code is not None:
             body["error_code"] = self.error_code

@@ -15,7 +15,7 @@ from strawberry.fastapi import BaseContext
 
 from gateway.upstreams import Upstreams
 from shared.contract import IDEMPOTENCY_HEADER, Identity
-from shared.errors import UpstreamError
+from shared.errors import UpstreamBadResponse, UpstreamError
 
 # The inventory service's batch read takes up to this many ids.
 PRODUCT_BATCH = 100
@@ -29,7 +29,7 @@ def problem_error(service: str, status: int, body: bytes) -> GraphQLError:
         problem = {}
     if not isinstance(problem, dict):
         problem = {}
-    code = problem.get("error_code") or "DOWNSTREAM_BAD_RESPONSE"
+    code = problem.get("error_code") or UpstreamBadResponse.error_code
     extensions: dict[str, Any] = {"code": code, "status": status}
     if problem.get("errors"):
         extensions["errors"] = problem["errors"]

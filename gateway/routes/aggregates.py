@@ -12,15 +12,16 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 from starlette.responses import Response
 
 from gateway.composer import (
     Call,
     CheckFailed,
+    CheckStatus,
     Fetch,
-    Outcome,
     Part,
+    PartStatus,
     UpstreamRefused,
     get_json,
     json_object,
@@ -31,12 +32,16 @@ from gateway.deps import ComposerDep, RequireAccess, UsageDep
 from gateway.edge.access import Access
 from gateway.openapi import model_example, operation_docs
 from gateway.routes.usage import QuotaUse
+from services.orders.errors import UnknownUser
 from services.orders.schemas import OrderCreate, OrderOut
 from services.users.errors import UserNotFound
 from services.users.schemas import UserOut
 from shared.contract import (
     MAX_ITEMS,
+    ORDERS_READ,
+    ORDERS_WRITE,
     USAGE_READ,
+    USERS_READ,
     CreditLimitExceeded,
     Identity,
     LineItems,
@@ -49,26 +54,34 @@ from shared.schemas import with_examples
 
 router = APIRouter(prefix="/v1", tags=["aggregates"])
 
-OrdersReader = Annotated[Identity, Depends(RequireAccess(Access(scope="orders:read")))]
-OrdersWriter = Annotated[Identity, Depends(RequireAccess(Access(scope="orders:write")))]
+OrdersReader = Annotated[Identity, Depends(RequireAccess(Access(scope=ORDERS_READ)))]
+OrdersWriter = Annotated[Identity, Depends(RequireAccess(Access(scope=ORDERS_WRITE)))]
 
 
 async def _users_and_orders_reader(identity: OrdersReader) -> Identity:
-    identity.require_scope("users:read")
+    identity.require_scope(USERS_READ)
     return identity
 
 
 DashboardReader = Annotated[Identity, Depends(_users_and_orders_reader)]
 # The dashboard of the caller's own user: `/v1/users/me/dashboard`.
 ME = "me"
+# The reservations part reads one page of the user's open reservations, this many: the dashboard lists
+# at most 100 (`next_cursor` says when there are more), more than a list's DEFAULT_LIMIT page and
+# within the MAX_LIMIT the inventory service's lists take (shared/pagination.py).
+RESERVATIONS_PAGE_LIMIT = 100
 
 # --------------------------------------------------------------------------- dashboard
+
+
+# A status is documented as a string, its values in the field's description (not as an enum).
+PlainStatus = WithJsonSchema({"type": "string"})
 
 
 class PartOutcome(BaseModel):
     """How one part of an aggregate ended."""
 
-    status: str = Field(
+    status: Annotated[PartStatus, PlainStatus] = Field(
         description="`ok`, or how the part failed: `error` (refused or a bad answer), `timeout`, or "
         "`skipped` (its service's circuit is open)."
     )
@@ -118,15 +131,15 @@ class Dashboard(BaseModel):
     usage: QuotaUse | None = None
 
 
-def reservation_lines(body: Any) -> dict[str, Any]:
-    """A page of reservations, as the lines they hold: `{"order_id", "product_id", "quantity"}`."""
+def reserved_stock(body: Any) -> ReservedStockPage:
+    """A page of reservations, as the lines they hold."""
     page = page_of(body)
     lines = [
-        {"order_id": reservation["order_id"], "product_id": line["product_id"], "quantity": line["quantity"]}
+        ReservedStock(order_id=reservation["order_id"], product_id=line["product_id"], quantity=line["quantity"])
         for reservation in page["items"]
         for line in reservation["items"]
     ]
-    return {"items": lines, "next_cursor": page["next_cursor"]}
+    return ReservedStockPage(items=lines, next_cursor=page["next_cursor"])
 
 
 async def user_id(call: Call) -> str:
@@ -154,14 +167,14 @@ def orders_page(body: Any) -> Page[OrderOut]:
     return Page[OrderOut].model_validate(page_of(body))
 
 
-def reserved_stock(body: Any) -> ReservedStockPage:
-    return ReservedStockPage.model_validate(reservation_lines(body))
-
-
 DASHBOARD = (
     Part("user", "users", get_json("/users/{user_id}", shape=UserOut.model_validate), required=True),
     Part("orders", "orders", of_user("/orders", {}, orders_page)),
-    Part("reservations", "inventory", of_user("/reservations", {"open": "true", "limit": "100"}, reserved_stock)),
+    Part(
+        "reservations",
+        "inventory",
+        of_user("/reservations", {"open": "true", "limit": str(RESERVATIONS_PAGE_LIMIT)}, reserved_stock),
+    ),
 )
 
 
@@ -204,7 +217,7 @@ async def dashboard(
         user=outcomes["user"].value,
         orders=outcomes["orders"].value,
         reservations=outcomes["reservations"].value,
-        parts={name: PartOutcome.model_validate(outcome.part_body()) for name, outcome in outcomes.items()},
+        parts={name: PartOutcome.model_validate(outcome, from_attributes=True) for name, outcome in outcomes.items()},
         usage=quota,
     )
     complete = all(outcome.status == "ok" for outcome in outcomes.values())
@@ -227,7 +240,8 @@ async def check_user(call: Call) -> dict[str, Any]:
         return json_object(await call.json("GET", "/users/me"))
     except UpstreamRefused as refused:
         if refused.response.status_code == 404:
-            raise CheckFailed("UNKNOWN_USER", "The user these credentials were issued to no longer exists.") from None
+            gone = "The user these credentials were issued to no longer exists."
+            raise CheckFailed(UnknownUser.error_code, gone) from None
         raise
 
 
@@ -252,7 +266,7 @@ async def check_credit(call: Call) -> dict[str, Any]:
         credit = json_object(await call.json("GET", "/credit"))
         limit, open_cents = int(credit["credit_limit_cents"]), int(credit["open_cents"])
     except UpstreamRefused as refused:
-        if refused.response.status_code == 404 or refused.error_code == "UNKNOWN_USER":
+        if refused.response.status_code == 404 or refused.error_code == UnknownUser.error_code:
             raise CheckFailed(refused.error_code, refused.detail) from None
         raise
     total: int = await call.value_of("stock")
@@ -272,10 +286,6 @@ ORDER_CHECKS = (
 )
 
 
-def _check_body(outcome: Outcome) -> dict[str, Any]:
-    return {"status": outcome.status, "service": outcome.service, "elapsed_ms": outcome.elapsed_ms}
-
-
 class CheckFailure(BaseModel):
     check: str
     error_code: str | None
@@ -283,7 +293,9 @@ class CheckFailure(BaseModel):
 
 
 class CheckOutcome(BaseModel):
-    status: str = Field(description="`passed`, `failed`, or `cancelled` when another check failed first.")
+    status: Annotated[CheckStatus, PlainStatus] = Field(
+        description="`passed`, `failed`, or `cancelled` when another check failed first."
+    )
     service: str
     elapsed_ms: float
 
@@ -348,6 +360,8 @@ async def validate_order(draft: OrderDraft, composer: ComposerDep, identity: Ord
         total_cents=stock.value if stock.status == "passed" else None,
         checks={name: outcome.status for name, outcome in outcomes.items()},
         failures=failures,
-        details={name: CheckOutcome.model_validate(_check_body(outcome)) for name, outcome in outcomes.items()},
+        details={
+            name: CheckOutcome.model_validate(outcome, from_attributes=True) for name, outcome in outcomes.items()
+        },
     )
     return model_response(answer)
