@@ -336,7 +336,8 @@ class Edge:
             claim = counted_as.outcome
             if shared is not None and counted_as.verdict is not None:
                 context.event("idempotency.claim", started)
-            context.event("ratelimit", started)
+            if counted_as.counted:
+                context.event("ratelimit", started)
             if counted_as.verdict is not None:
                 extra += rate_limit_headers(counted_as.verdict)
             if counted_as.refusal is not None:

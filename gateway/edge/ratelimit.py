@@ -531,6 +531,11 @@ class Counted(Generic[T]):
     verdict: Verdict | None
     refusal: PorticoError | None
     outcome: T | None
+    # False for an exempt path: nothing was asked of the store.
+    counted: bool = True
+
+
+NOT_COUNTED: Counted[Any] = Counted(None, None, None, counted=False)
 
 
 class RateLimits:
@@ -592,7 +597,7 @@ class RateLimits:
         An exempt path is not counted. While the store fails, the failure mode decides: `closed`
         refuses (503), `open` lets it through uncounted, `local` counts in this process."""
         if scope["path"] in self.exempt:
-            return Counted(None, None, None)
+            return NOT_COUNTED
         subject, policies = self.policies(scope, identity, route)
         try:
             if shared is None:
