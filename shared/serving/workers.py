@@ -39,7 +39,7 @@ def gunicorn_worker(settings: ProcessSettings) -> type[UvicornWorker]:
 
     # uvicorn-worker ships no type information, so its class is Any to mypy, and strict mode refuses
     # to subclass Any.
-    class Worker(UvicornWorker):  # type: ignore[misc]
+    class Worker(UvicornWorker):  # type: ignore[misc]  # uvicorn-worker's class is Any (see above)
         CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
             "loop": "auto",
             "http": serving_protocol(settings),
@@ -63,7 +63,7 @@ def gunicorn_worker(settings: ProcessSettings) -> type[UvicornWorker]:
 
 # gunicorn ships no type information, so its class is Any to mypy, and strict mode refuses to
 # subclass Any.
-class _ProcessLogger(Logger):  # type: ignore[misc]
+class _ProcessLogger(Logger):  # type: ignore[misc]  # gunicorn's class is Any (see above)
     """gunicorn's logger, writing through the process's own handler (`configure_logging`) rather than
     handlers of its own: the master's and the workers' lines are JSON like every other line of the
     process, and pass the same redaction of credentials."""
@@ -76,7 +76,7 @@ class _ProcessLogger(Logger):  # type: ignore[misc]
 
 
 # As above: gunicorn's classes are Any to mypy.
-class _GunicornServer(BaseApplication):  # type: ignore[misc]
+class _GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn's class is Any
     def __init__(self, load: Callable[[], ASGIApp], options: dict[str, Any]) -> None:
         self._load = load
         self.options = options
