@@ -55,7 +55,7 @@ from shared.errors import (
     UpstreamUnavailable,
     ValidationFailed,
 )
-from shared.pagination import InvalidCursor, Page
+from shared.pagination import Page
 from shared.problem_docs import problem_responses as shared_problem_responses
 
 JSON = "application/json"
@@ -220,6 +220,8 @@ EXAMPLE_DETAILS: dict[str, str] = {
         f"{_DEFAULTS.auth_failure_limit.window_seconds} s); retry in 41 s."
     ),
     "LOGIN_THROTTLED": "Too many wrong passwords for this account; try again in 30 s.",
+    "PASSWORD_HASHING_BUSY": "Too many password checks are under way; try again shortly.",
+    "NO_SIGNING_KEY": "No signing key is loaded yet; try again shortly.",
     "REALTIME_CONNECTION_LIMIT": (
         f"The free plan allows {_DEFAULTS.realtime_connections_free} real-time connections per gateway instance; "
         "close one."
@@ -339,7 +341,6 @@ def operation_docs(
     credentials: Credentials,
     body: DocumentedBody | None = None,
     errors: Sequence[type[PorticoError]] = (),
-    paged: bool = False,
     parses_body: bool = False,
     conditional: bool | None = None,
     answer: type[BaseModel] | None = None,
@@ -347,9 +348,9 @@ def operation_docs(
     """The `responses` and `openapi_extra` of one route. `credentials`: "none" (sign-up, login),
     "any" (a token or an API key) or "token" (a user's token only); `body`: a body the route
     forwards without parsing; `parses_body`: the route has a body parameter of its own (which
-    FastAPI documents); `paged`: a list with `cursor`; `conditional`: answers carry an ETag and
-    `If-None-Match` may get 304 (every GET unless told otherwise, e.g. for a stream); `answer`: the
-    success answer's model, whose example the success response shows."""
+    FastAPI documents); `conditional`: answers carry an ETag and `If-None-Match` may get 304 (every
+    GET unless told otherwise, e.g. for a stream); `answer`: the success answer's model, whose
+    example the success response shows."""
     all_errors = [*errors, *EDGE_ERRORS]
     extra: dict[str, Any] = {}
     if credentials == "none":
@@ -369,8 +370,6 @@ def operation_docs(
         extra["requestBody"] = body.request_body()
     if body is not None or parses_body:
         all_errors += BODY_ERRORS
-    if paged:
-        all_errors.append(InvalidCursor)
     success_headers = ["X-Request-ID", *RATE_LIMIT_HEADERS, "Cache-Control"]
     success_headers += ["Idempotent-Replayed"] if idempotent else []
     success_headers += ["ETag"] if conditional else []

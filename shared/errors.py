@@ -76,16 +76,6 @@ class PorticoError(Exception):
         self.extra = dict(extra or {})
         super().__init__(self.detail)
 
-    @classmethod
-    def openapi_response(cls) -> dict[int | str, dict[str, Any]]:
-        """Documents this error as a route response in OpenAPI."""
-        return {
-            cls.status_code: {
-                "description": cls.title,
-                "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-            }
-        }
-
 
 class BadRequest(PorticoError, status=400, code="BAD_REQUEST", title="Bad Request"):
     """A request the process cannot make sense of (a Starlette 400, or a malformed header the route

@@ -183,7 +183,6 @@ class ForwardRouter:
             credentials=access.credentials,
             body=body,
             errors=[*row.errors, *self.errors],
-            paged="cursor" in row.query,
             answer=row.answer,
         )
         description = row.description

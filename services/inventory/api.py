@@ -24,7 +24,7 @@ from services.inventory.schemas import (
     StockCheckOut,
 )
 from shared.contract import RESOURCE_ID_PATTERN, ResourceIdPath
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.errors import ValidationFailed
 from shared.pagination import Page, PageDep
 from shared.problem_docs import route_responses
 
@@ -55,10 +55,6 @@ async def product_ids(
 
 
 ProductIdsQuery = Annotated[list[str] | None, Depends(product_ids)]
-
-NOT_FOUND = NotFound.openapi_response()
-INVALID = ValidationFailed.openapi_response()
-CONFLICT = Conflict.openapi_response()
 
 
 @router.post("/products", status_code=201, responses=route_responses(errors.CREATE_PRODUCT_ERRORS))
@@ -107,7 +103,10 @@ async def list_adjustments(
 @router.post(
     "/reservations",
     status_code=201,
-    responses={200: {"description": "The order already holds this reservation."}, **NOT_FOUND, **INVALID, **CONFLICT},
+    responses={
+        200: {"description": "The order already holds this reservation."},
+        **route_responses(errors.RESERVE_ERRORS),
+    },
 )
 async def reserve(
     data: ReservationCreate, response: Response, repo: RepoDep, caller: ReservationsWrite
@@ -118,7 +117,7 @@ async def reserve(
     return ReservationOut.model_validate(reservation)
 
 
-@router.get("/reservations", responses=INVALID)
+@router.get("/reservations", responses=route_responses(errors.LIST_RESERVATIONS_ERRORS))
 async def list_reservations(
     repo: RepoDep,
     caller: ReservationsRead,
@@ -135,32 +134,34 @@ async def list_reservations(
     )
 
 
-@router.post("/stock-checks", responses={**NOT_FOUND, **INVALID, **CONFLICT})
+@router.post("/stock-checks", responses=route_responses(errors.CHECK_STOCK_ERRORS))
 async def check_stock(data: StockCheck, repo: RepoDep, caller: ReservationsWrite) -> StockCheckOut:
     """Whether an order's lines are in stock now, and their prices; nothing is reserved."""
     return await service.check_stock(repo, caller.tenant_id, data)
 
 
-@router.get("/reservations/{reservation_id}", responses=NOT_FOUND)
+@router.get("/reservations/{reservation_id}", responses=route_responses(errors.GET_RESERVATION_ERRORS))
 async def get_reservation(reservation_id: ResourceIdPath, repo: RepoDep, caller: ReservationsRead) -> ReservationOut:
     return ReservationOut.model_validate(await service.get_reservation(repo, caller.tenant_id, reservation_id))
 
 
-@router.post("/reservations/{reservation_id}/confirm", responses=CONFLICT)
+@router.post("/reservations/{reservation_id}/confirm", responses=route_responses(errors.CONFIRM_RESERVATION_ERRORS))
 async def confirm_reservation(
     reservation_id: ResourceIdPath, repo: RepoDep, caller: ReservationsWrite
 ) -> ReservationOut:
     return ReservationOut.model_validate(await service.confirm(repo, caller.tenant_id, reservation_id))
 
 
-@router.post("/reservations/{reservation_id}/release", responses=NOT_FOUND)
+@router.post("/reservations/{reservation_id}/release", responses=route_responses(errors.RELEASE_RESERVATION_ERRORS))
 async def release_reservation(
     reservation_id: ResourceIdPath, repo: RepoDep, caller: ReservationsWrite
 ) -> ReservationOut:
     return ReservationOut.model_validate(await service.release(repo, caller.tenant_id, reservation_id))
 
 
-@router.post("/orders/{order_id}/reservation/release")
+@router.post(
+    "/orders/{order_id}/reservation/release", responses=route_responses(errors.RELEASE_ORDER_RESERVATION_ERRORS)
+)
 async def release_order_reservation(
     order_id: ResourceIdPath, repo: RepoDep, caller: ReservationsWrite
 ) -> ReservationOut:

@@ -4,6 +4,7 @@ imports them (never the service's code) to document and relay what it forwards."
 from __future__ import annotations
 
 from shared.errors import Conflict, NotFound, PorticoError
+from shared.pagination import InvalidCursor
 
 
 class ProductNotFound(NotFound, code="PRODUCT_NOT_FOUND", title="Product not found", resource="product"):
@@ -39,9 +40,17 @@ class SkuTaken(Conflict, code="SKU_TAKEN", title="SKU already in use"):
 # The errors each route answers besides the common ones (422 for a parameter or body, 403 for a scope
 # the caller lacks), declared once: the route's `responses=` here and the gateway's `Forward` row for
 # it both list these, so the two documents agree.
-LIST_PRODUCTS_ERRORS: tuple[type[PorticoError], ...] = ()
+LIST_PRODUCTS_ERRORS = (InvalidCursor,)
 CREATE_PRODUCT_ERRORS = (SkuTaken,)
 GET_PRODUCT_ERRORS = (ProductNotFound,)
 UPDATE_PRODUCT_ERRORS = (ProductNotFound, SkuTaken)
 ADJUST_STOCK_ERRORS = (ProductNotFound, InsufficientStock, StockLimitExceeded)
-LIST_ADJUSTMENTS_ERRORS = (ProductNotFound,)
+LIST_ADJUSTMENTS_ERRORS = (ProductNotFound, InvalidCursor)
+# The orders service's calls.
+RESERVE_ERRORS = (ProductNotFound, InsufficientStock, ReservationReleased, ReservationMismatch)
+LIST_RESERVATIONS_ERRORS = (InvalidCursor,)
+CHECK_STOCK_ERRORS = (ProductNotFound, InsufficientStock)
+GET_RESERVATION_ERRORS = (ReservationNotFound,)
+CONFIRM_RESERVATION_ERRORS = (ReservationNotFound, ReservationReleased)
+RELEASE_RESERVATION_ERRORS = (ReservationNotFound,)
+RELEASE_ORDER_RESERVATION_ERRORS: tuple[type[PorticoError], ...] = ()

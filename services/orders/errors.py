@@ -3,8 +3,9 @@ imports them (never the service's code) to document and relay what it forwards."
 
 from __future__ import annotations
 
-from shared.contract import CreditLimitExceeded, IdempotencyKeyInUse, IdempotencyKeyReused
+from shared.contract import CreditLimitExceeded, IdempotencyKeyInUse, IdempotencyKeyReused, InsufficientScope
 from shared.errors import Conflict, Forbidden, NotFound, PorticoError, ServiceUnavailable, ValidationFailed
+from shared.pagination import InvalidCursor
 
 
 class OrderNotFound(NotFound, code="ORDER_NOT_FOUND", title="Order not found", resource="order"):
@@ -68,6 +69,9 @@ CREATE_ORDER_ERRORS = (
     OrdersBusy,
     OrderAttemptExpired,
 )
-LIST_ORDERS_ERRORS: tuple[type[PorticoError], ...] = ()
+LIST_ORDERS_ERRORS = (InvalidCursor,)
 GET_ORDER_ERRORS = (OrderNotFound,)
 CANCEL_ORDER_ERRORS = (OrderNotFound, OrderAlreadyCancelled)
+# The feed serves Portico's services only, each with its scope.
+READ_EVENTS_ERRORS = (ServiceOnly, InsufficientScope, EventsBusy)
+PUBLISH_EVENT_ERRORS = (ServiceOnly, InsufficientScope)

@@ -28,6 +28,7 @@ from services.users.errors import (
     ISSUE_TOKEN_ERRORS,
     LIST_API_KEYS_ERRORS,
     ME_ERRORS,
+    RESOLVE_API_KEY_ERRORS,
     REVOKE_API_KEY_ERRORS,
     ROTATE_API_KEY_ERRORS,
     UPDATE_USER_ERRORS,
@@ -53,10 +54,6 @@ from services.users.schemas import (
 )
 from shared.caller import IdentityDep
 from shared.contract import CACHE_CONTROL, NO_STORE
-from shared.errors import (
-    NotFound,
-    ServiceUnavailable,
-)
 from shared.pagination import Page, PageDep
 from shared.problem_docs import route_responses
 
@@ -106,7 +103,7 @@ async def form_body(request: Request, _: IdentityDep) -> None:
 @router.post(
     "/auth/token",
     dependencies=[Depends(form_body)],
-    responses={**route_responses(ISSUE_TOKEN_ERRORS), **ServiceUnavailable.openapi_response()},
+    responses=route_responses(ISSUE_TOKEN_ERRORS),
 )
 async def token(
     form: Annotated[TokenRequest, Form()],
@@ -185,7 +182,7 @@ async def rotate_api_key(
     return ApiKeyRotated(**service.api_key_created(new, raw).model_dump(), previous=service.api_key_out(old))
 
 
-@router.post("/api-keys/resolve", responses=NotFound.openapi_response())
+@router.post("/api-keys/resolve", responses=route_responses(RESOLVE_API_KEY_ERRORS))
 async def resolve_api_key(data: ApiKeyResolve, keys: KeysDep, _: IdentityDep) -> ApiKeyResolved:
     """For the gateway: the identity behind a key, by the key's SHA-256 (the key itself never travels)."""
     return await service.resolve_api_key(keys, data.key_hash)

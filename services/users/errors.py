@@ -3,7 +3,16 @@ imports them (never the service's code) to document and relay what it forwards."
 
 from __future__ import annotations
 
-from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, UnsupportedMediaType
+from shared.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from shared.pagination import InvalidCursor
 
 
 class UserNotFound(NotFound, code="USER_NOT_FOUND", title="User not found", resource="user"):
@@ -55,17 +64,30 @@ class TokenFormRequired(UnsupportedMediaType, title="A form is required"):
     form, and says so rather than answering a 422 of fields missing from a form never meant."""
 
 
+class HashingBusy(ServiceUnavailable, code="PASSWORD_HASHING_BUSY", title="Service Unavailable"):
+    """Too many password checks are waiting, or this one waited
+    `USERS_PASSWORD_HASH_QUEUE_TIMEOUT_SECONDS`: `Retry-After: 1`."""
+
+
+class NoSigningKey(ServiceUnavailable, code="NO_SIGNING_KEY", title="Service Unavailable"):
+    """The users service has not loaded a signing key yet (just started, its keys still being read or
+    made): `Retry-After: 1`."""
+
+
 # The errors each route answers besides the common ones (422 for a parameter or body, 403 for a scope
 # the caller lacks), declared once: the route's `responses=` here and the gateway's `Forward` row for
 # it both list these, so the two documents agree.
-CREATE_TENANT_ERRORS = (EmailTaken, PlanNotSelfService)
-ISSUE_TOKEN_ERRORS = (InvalidCredentials, TokenFormRequired, LoginThrottled)
-CREATE_USER_ERRORS = (EmailTaken,)
+# A password is hashed or checked on sign-up, login and a new user: each may find the hashing queue full.
+CREATE_TENANT_ERRORS = (EmailTaken, PlanNotSelfService, HashingBusy)
+ISSUE_TOKEN_ERRORS = (InvalidCredentials, TokenFormRequired, LoginThrottled, HashingBusy, NoSigningKey)
+CREATE_USER_ERRORS = (EmailTaken, HashingBusy)
 ME_ERRORS = (UserNotFound,)
 GET_USER_ERRORS = (UserNotFound,)
 UPDATE_USER_ERRORS = (UserNotFound, UserRequired)
 # API keys are managed with a user's access token: every key route answers USER_REQUIRED to a key.
 CREATE_API_KEY_ERRORS = (UserRequired, ScopeNotHeld)
-LIST_API_KEYS_ERRORS = (UserRequired,)
+LIST_API_KEYS_ERRORS = (UserRequired, InvalidCursor)
 REVOKE_API_KEY_ERRORS = (UserRequired, ApiKeyNotFound)
 ROTATE_API_KEY_ERRORS = (UserRequired, ApiKeyNotFound, ApiKeyNotRotatable)
+# The gateway's own call: revoked, expired and unknown keys alike.
+RESOLVE_API_KEY_ERRORS = (ApiKeyNotFound,)

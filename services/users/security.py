@@ -17,22 +17,18 @@ from jose import jwt
 from prometheus_client import CollectorRegistry, Counter
 from pwdlib import PasswordHash
 
+from services.users.errors import HashingBusy
 from services.users.settings import UsersSettings
 from services.users.signing import KeyRing
 from shared.contract import Identity, identity_claims
 from shared.db import utcnow
-from shared.errors import ServiceUnavailable, retry_in
+from shared.errors import retry_in
 
 T = TypeVar("T")
 
 _hasher = PasswordHash.recommended()
 # Verified against when the email is unknown, so a login takes as long whether or not it exists.
 _DUMMY_HASH = _hasher.hash("portico-timing-equaliser")
-
-
-class HashingBusy(ServiceUnavailable, code="PASSWORD_HASHING_BUSY", title="Service Unavailable"):
-    """Too many password checks are waiting, or this one waited
-    `USERS_PASSWORD_HASH_QUEUE_TIMEOUT_SECONDS`: `Retry-After: 1`."""
 
 
 class PasswordMetrics:

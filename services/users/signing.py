@@ -31,11 +31,12 @@ from jose import jwk
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from services.users.errors import NoSigningKey
 from services.users.models import SigningKey
 from services.users.repository import SigningKeyRepository
 from services.users.settings import UsersSettings
 from shared.db import utcnow
-from shared.errors import ServiceUnavailable, retry_in
+from shared.errors import retry_in
 
 logger = logging.getLogger("portico.users.signing")
 
@@ -44,11 +45,6 @@ ALGORITHM = "RS256"
 SKEW = timedelta(seconds=60)
 # More generations than are ever published at once.
 LOADED = 20
-
-
-class NoSigningKey(ServiceUnavailable, code="NO_SIGNING_KEY", title="Service Unavailable"):
-    """The users service has not loaded a signing key yet (just started, its keys still being read or
-    made): `Retry-After: 1`."""
 
 
 @dataclass(frozen=True, slots=True)

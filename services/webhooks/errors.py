@@ -3,7 +3,8 @@ imports them (never the service's code) to document and relay what it forwards."
 
 from __future__ import annotations
 
-from shared.errors import Conflict, NotFound, PorticoError, ValidationFailed
+from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.pagination import InvalidCursor
 
 
 class EndpointNotFound(
@@ -35,12 +36,12 @@ class EndpointDisabled(Conflict, code="WEBHOOK_ENDPOINT_DISABLED", title="Webhoo
 # the caller lacks), declared once: the route's `responses=` here and the gateway's `Forward` row for
 # it both list these, so the two documents agree.
 CREATE_ENDPOINT_ERRORS = (UrlRefused, EndpointLimitReached)
-LIST_ENDPOINTS_ERRORS: tuple[type[PorticoError], ...] = ()
+LIST_ENDPOINTS_ERRORS = (InvalidCursor,)
 GET_ENDPOINT_ERRORS = (EndpointNotFound,)
 UPDATE_ENDPOINT_ERRORS = (EndpointNotFound, UrlRefused)
 DELETE_ENDPOINT_ERRORS = (EndpointNotFound,)
 ROTATE_SECRET_ERRORS = (EndpointNotFound,)
 RECOVER_ENDPOINT_ERRORS = (EndpointNotFound, EndpointDisabled)
-LIST_DELIVERIES_ERRORS = (EndpointNotFound,)
+LIST_DELIVERIES_ERRORS = (EndpointNotFound, InvalidCursor)
 GET_DELIVERY_ERRORS = (DeliveryNotFound,)
 REPLAY_DELIVERY_ERRORS = (DeliveryNotFound, EndpointDisabled)

@@ -19,14 +19,19 @@ from pydantic import BaseModel
 from gateway.app import FORWARD_ROUTERS
 from gateway.app import create_app as create_gateway
 from gateway.graphql.router import GRAPHQL_REQUEST_EXAMPLE, create_schema
-from gateway.openapi import TAGS, model_example
+from gateway.openapi import BODY_ERRORS, CREDENTIAL_ERRORS, EDGE_ERRORS, IDEMPOTENCY_ERRORS, TAGS, model_example
 from gateway.routes import aggregates
 from gateway.settings import GatewaySettings, Quota
 from shared.errors import PROBLEM_JSON
+from shared.pagination import InvalidCursor
 from tests.conftest import INTERNAL_SECRET, JWT_SECRET
 
 METHODS = ("get", "put", "post", "patch", "delete")
 SERVICES = ("users", "orders", "inventory", "webhooks")
+# The errors the gateway answers itself on every forwarded route (or relays from any service).
+GATEWAY_OWN_CODES = {
+    error.error_code for error in (*EDGE_ERRORS, *CREDENTIAL_ERRORS, *IDEMPOTENCY_ERRORS, *BODY_ERRORS)
+}
 
 
 def gateway_settings(**overrides: Any) -> GatewaySettings:
@@ -76,12 +81,20 @@ def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, A
                 yield method.upper(), path, operation
 
 
-def codes_by_status(operation: dict[str, Any]) -> dict[str, set[str]]:
-    return {
-        status: set(response["x-error-codes"])
-        for status, response in operation["responses"].items()
-        if "x-error-codes" in response
-    }
+def codes_by_status(operation: dict[str, Any], where: str) -> dict[str, set[str]]:
+    """The error codes each problem response of `operation` names; each must name them."""
+    codes: dict[str, set[str]] = {}
+    for status, response in operation["responses"].items():
+        if PROBLEM_JSON in response.get("content", {}):
+            assert response.get("x-error-codes"), f"{where}: {status} names no error codes"
+            codes[status] = set(response["x-error-codes"])
+        elif status[0] in "45":
+            raise AssertionError(f"{where}: {status} is not documented as {PROBLEM_JSON}")
+    return codes
+
+
+def all_codes(by_status: dict[str, set[str]]) -> set[str]:
+    return {code for codes in by_status.values() for code in codes}
 
 
 def has_example(media: dict[str, Any], document: dict[str, Any]) -> bool:
@@ -217,13 +230,30 @@ def test_services_document_the_errors_the_gateway_lists_for_each_route() -> None
         for row in router.rows:
             path, upstream = router.prefix + row.path, router.upstream_prefix + row.path
             where = f"{row.method} {path}"
-            service_codes = codes_by_status(services[router.service][row.method, _template(upstream)])
-            gateway_codes = codes_by_status(gateway[row.method, path])
+            service_codes = codes_by_status(services[router.service][row.method, _template(upstream)], where)
+            gateway_codes = codes_by_status(gateway[row.method, path], where)
             # Whatever the service documents for the route, the gateway documents, under the same status.
             for status, codes in service_codes.items():
                 assert codes <= gateway_codes.get(status, set()), f"{where}: {status}"
-            # The errors the row declares for the service are the ones the service documents.
+            # One source: the row's errors are what the service documents besides the gateway's own
+            # (which the gateway answers before forwarding, or relays for any route), and what the
+            # gateway documents besides its own.
+            own = GATEWAY_OWN_CODES | {error.error_code for error in router.errors}
             declared = {error.error_code for error in row.errors}
-            assert declared <= {code for codes in service_codes.values() for code in codes}, where
+            assert declared <= all_codes(service_codes), where
+            assert all_codes(service_codes) - own == declared - own, where
+            assert all_codes(gateway_codes) - own == declared - own, where
             checked += 1
     assert checked >= 30
+
+
+@pytest.mark.parametrize("process", ["gateway", *SERVICES])
+def test_every_error_response_names_its_codes_and_every_page_its_cursor_error(process: str) -> None:
+    document = (gateway_app() if process == "gateway" else service_app(process)).openapi()
+    pages = 0
+    for method, path, operation in operations(document):
+        codes = all_codes(codes_by_status(operation, f"{process}: {method} {path}"))
+        if any(parameter["name"] == "cursor" for parameter in operation.get("parameters", [])):
+            assert InvalidCursor.error_code in codes, f"{process}: {method} {path}"
+            pages += 1
+    assert pages >= 1
