@@ -6,8 +6,9 @@
 - every error as `application/problem+json`, one response per status listing its `error_code`
   values (`x-error-codes`) with an example body for each;
 - request bodies the gateway documents but does not parse (it forwards the bytes; the service that
-  owns the schema validates them): `documented_body` names the service's pydantic model, and
-  `add_components` puts its JSON schema in `components.schemas`.
+  owns the schema validates them): a `DocumentedBody` names the service's pydantic model (each
+  `ForwardRouter` keeps those of its rows in `documented_bodies`), and `add_components` puts its
+  JSON schema in `components.schemas`.
 
 `operation_docs` builds the `responses` and `openapi_extra` of one route from what it is (its method,
 who may call it, its body and the errors its service answers). `Forward` rows use it through
@@ -21,9 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter
-from starlette.routing import BaseRoute
 
 from gateway.edge.access import Credentials
 from gateway.edge.authfailures import TooManyAuthFailures
@@ -384,16 +383,6 @@ def operation_docs(
         }
     responses.update(problem_responses(all_errors))
     return OperationDocs(responses=responses, openapi_extra=extra)
-
-
-def documented_bodies(routes: Iterable[BaseRoute]) -> list[type[BaseModel]]:
-    """The models of the bodies routes document without parsing (`documented_body` on the endpoint)."""
-    models: list[type[BaseModel]] = []
-    for route in routes:
-        body = getattr(route.endpoint, "documented_body", None) if isinstance(route, APIRoute) else None
-        if isinstance(body, DocumentedBody) and body.model not in models:
-            models.append(body.model)
-    return models
 
 
 def add_components(schema: dict[str, Any], bodies: Sequence[type[BaseModel]]) -> None:
