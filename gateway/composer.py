@@ -197,13 +197,6 @@ class Outcome:
     detail: str | None = None
     error: BaseException | None = field(default=None, repr=False)
 
-    def part_body(self) -> dict[str, Any]:
-        """The part's entry in an answer's `parts`, as JSON: `error_code` only for a part that failed."""
-        body: dict[str, Any] = {"status": self.status, "service": self.service, "elapsed_ms": self.elapsed_ms}
-        if self.error_code is not None:
-            body["error_code"] = self.error_code
-        return body
-
 
 class _RequiredPartFailed(Exception):
     def __init__(self, part: Part, outcome: Outcome) -> None:
