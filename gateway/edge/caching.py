@@ -95,14 +95,13 @@ def taggable(status: int, raw: list[tuple[bytes, bytes]]) -> bool:
 class ConditionalAnswer:
     """A `send` for an answer that streams out of a route: a GET's 200 is held until its end to be
     tagged (up to `MAX_ETAG_BYTES`, past which it streams on untagged), and answered 304 when
-    `If-None-Match` matches. `not_modified` is True once a 304 went out instead."""
+    `If-None-Match` matches."""
 
     def __init__(self, send: Send, if_none_match: bytes | None) -> None:
         self.send = send
         self.if_none_match = if_none_match
         self.start: Message | None = None
         self.held = BodyChunks()
-        self.not_modified = False
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -123,7 +122,6 @@ class ConditionalAnswer:
         raw = list(start.get("headers", []))
         body = self.held.joined()
         if conditional(raw, body, self.if_none_match):
-            self.not_modified = True
             await self.send({"type": "http.response.start", "status": 304, "headers": raw})
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
             return

@@ -5,8 +5,8 @@ The `Hub`'s reader is one task, started by the first connection on the instance 
 moment after the last one leaves. It reads every tenant's events with one blocking read (one Redis
 connection, however many tenants stream here) and hands each to every `Subscriber` of the event's
 tenant, and to no other. A subscriber buffers at most `buffer_size` events; a connection that falls
-further behind (a stalled reader) is `overflowed` and closed, and its client resumes with the last id
-it saw. Nothing here grows with a slow client.
+further behind (a stalled reader) is ended (`Overflowed`) and closed, and its client resumes with the
+last id it saw. Nothing here grows with a slow client.
 
 When the reader cannot go on, every connection on the instance ends and its client resumes from its
 last id, here or on another instance: the live stream failed (`Interrupted`: Redis is down), or it
@@ -80,10 +80,6 @@ class Subscriber:
         # The reader's position when this subscriber joined: every later event of its tenant reaches
         # its buffer.
         self.start = start
-
-    @property
-    def overflowed(self) -> bool:
-        return isinstance(self.error, Overflowed)
 
     def offer(self, event: StreamEvent) -> None:
         if self.error is not None:
