@@ -656,9 +656,10 @@ def rendered() -> dict[Path, str]:
     return {REFERENCE / name: render() for name, render in PAGES.items()}
 
 
-def stale_pages() -> list[Path]:
-    """The reference pages whose text is not what the code gives now."""
-    return [path for path, text in rendered().items() if not path.exists() or path.read_text() != text]
+def stale_pages(pages: dict[Path, str] | None = None) -> list[Path]:
+    """The reference pages whose text is not what the code gives now (`pages`: as `rendered()` gives it)."""
+    pages = rendered() if pages is None else pages
+    return [path for path, text in pages.items() if not path.exists() or path.read_text() != text]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -672,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     except MissingDoc as exc:
         print(exc, file=sys.stderr)
         return 2
-    stale = [path for path, text in pages.items() if not path.exists() or path.read_text() != text]
+    stale = stale_pages(pages)
     for path in stale:
         if args.check:
             print(f"out of date: {path.relative_to(ROOT)} (run {REGENERATE})", file=sys.stderr)
