@@ -170,16 +170,6 @@ class _Measures:
         return total
 
 
-def selection_cost(
-    selection_set: SelectionSetNode | None,
-    fragments: Mapping[str, FragmentDefinitionNode],
-    pages: Mapping[str, int] | None = None,
-    variables: Mapping[str, object] | None = None,
-) -> int:
-    """The cost of a selection; raises `GraphQLError` on a fragment cycle or an unknown fragment."""
-    return _Measures(fragments, pages or {}, variables or {}).selections(selection_set).cost
-
-
 def _merged(
     selection_sets: tuple[SelectionSetNode, ...], fragments: Mapping[str, FragmentDefinitionNode]
 ) -> Iterator[tuple[str, list[FieldNode]]]:

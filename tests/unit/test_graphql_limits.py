@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import strawberry
-from graphql import FragmentDefinitionNode, OperationDefinitionNode, get_introspection_query, parse
+from graphql import get_introspection_query, parse
 
-from gateway.graphql.limits import paged_fields, selection_cost
+from gateway.graphql.limits import Bounds, document_errors, paged_fields
 from gateway.graphql.router import create_schema
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from tests.edge_support import gateway_settings
@@ -17,11 +18,14 @@ from tests.edge_support import gateway_settings
 LINES = "{ orders(limit: 10) { items { items { product { id sku } } } } }"
 
 
-def cost(query: str) -> int:
-    document = parse(query)
-    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
-    operation = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
-    return selection_cost(operation.selection_set, fragments)
+def cost(query: str, pages: Mapping[str, int] | None = None, variables: Mapping[str, object] | None = None) -> int:
+    """What the document costs, as the cost bound's refusal says it (within every other bound)."""
+    bounds = Bounds(max_cost=0, max_depth=1_000, max_aliases=1_000, max_field_repeats=1_000, pages=pages or {})
+    [error] = document_errors(parse(query), bounds, variables)
+    assert error.extensions is not None
+    assert error.extensions["code"] == "QUERY_TOO_COSTLY"
+    total: int = error.extensions["cost"]
+    return total
 
 
 def test_cost_multiplies_what_is_under_a_page():
@@ -135,17 +139,14 @@ async def test_repeats_within_the_bound_are_served_as_graphql_merges_them():
 
 
 def test_cost_counts_variables_as_sent_and_default_pages():
-    document = parse("query($n: Int!) { orders(limit: $n) { nextCursor } }")
-    operation = next(d for d in document.definitions if isinstance(d, OperationDefinitionNode))
-    assert selection_cost(operation.selection_set, {}, variables={"n": 10}) == 1 + 10
-    assert selection_cost(operation.selection_set, {}, variables={"n": "10"}) == 1 + MAX_LIMIT
-    assert selection_cost(operation.selection_set, {}, variables={"n": 10_000}) == 1 + MAX_LIMIT
+    query = "query($n: Int!) { orders(limit: $n) { nextCursor } }"
+    assert cost(query, variables={"n": 10}) == 1 + 10
+    assert cost(query, variables={"n": "10"}) == 1 + MAX_LIMIT
+    assert cost(query, variables={"n": 10_000}) == 1 + MAX_LIMIT
     schema = create_schema(gateway_settings(None))
     pages = paged_fields(schema._schema)
     assert pages == {"products": DEFAULT_LIMIT, "orders": DEFAULT_LIMIT}
-    default = parse("{ orders { nextCursor } }").definitions[0]
-    assert isinstance(default, OperationDefinitionNode)
-    assert selection_cost(default.selection_set, {}, pages) == 1 + DEFAULT_LIMIT
+    assert cost("{ orders { nextCursor } }", pages) == 1 + DEFAULT_LIMIT
 
 
 async def test_validation_that_would_take_long_is_cut_short():
