@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, Protocol
 
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 
 from gateway.edge.metrics import TOP_TENANTS, EdgeMetrics
@@ -361,6 +362,14 @@ class QuotaAnnouncer:
 # --------------------------------------------------------------------------- reading
 
 
+# The current month's quota of a tenant, as `GET /v1/usage` and the dashboard answer it.
+class QuotaUse(BaseModel):
+    period_start: str
+    period_end: str
+    limit: int | None = Field(description="Requests this calendar month (UTC); null: no limit.")
+    used: int
+
+
 class UsageReader:
     """What `GET /v1/usage` and the dashboard read: a tenant's counts by hour, and its monthly quota."""
 
@@ -372,14 +381,14 @@ class UsageReader:
     async def hours(self, tenant_id: str, hours: Sequence[int]) -> list[dict[str, int]]:
         return await self.store.hours(tenant_id, hours)
 
-    async def quota(self, identity: Identity) -> dict[str, Any]:
-        """`{"period_start", "period_end", "limit" (null: none), "used"}` of the current month."""
+    async def quota(self, identity: Identity) -> QuotaUse:
+        """The tenant's quota of the current month, and how much of it is used."""
         assert identity.tenant_id is not None
         policy = self.monthly.policy(identity)
         month = self.monthly.policies.month
-        return {
-            "period_start": rfc3339(month.start),
-            "period_end": rfc3339(month.end),
-            "limit": None if policy.unlimited else policy.quota.limit,
-            "used": await self.marks.used(f"t:{identity.tenant_id}", policy),
-        }
+        return QuotaUse(
+            period_start=rfc3339(month.start),
+            period_end=rfc3339(month.end),
+            limit=None if policy.unlimited else policy.quota.limit,
+            used=await self.marks.used(f"t:{identity.tenant_id}", policy),
+        )

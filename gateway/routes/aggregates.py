@@ -30,8 +30,8 @@ from gateway.composer import (
 )
 from gateway.deps import ComposerDep, RequireAccess, UsageDep
 from gateway.edge.access import Access
+from gateway.edge.usage import QuotaUse
 from gateway.openapi import model_example, operation_docs
-from gateway.routes.usage import QuotaUse
 from services.orders.errors import UnknownUser
 from services.orders.schemas import OrderCreate, OrderOut
 from services.users.errors import UserNotFound
@@ -212,7 +212,7 @@ async def dashboard(
     outcomes = await composer.gather(DASHBOARD, identity, {"user_id": user_id})
     quota = None
     if USAGE_READ in identity.scopes and identity.tenant_id is not None:
-        quota = QuotaUse.model_validate(await usage.quota(identity))
+        quota = await usage.quota(identity)
     answer = Dashboard(
         user=outcomes["user"].value,
         orders=outcomes["orders"].value,

@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from gateway.deps import RequireAccess, SettingsDep, UsageDep
 from gateway.edge.access import Access
 from gateway.edge.periods import HOUR_SECONDS, current_month, rfc3339
-from gateway.edge.usage import STATUS_CLASSES
+from gateway.edge.usage import STATUS_CLASSES, QuotaUse
 from gateway.openapi import operation_docs
 from shared.contract import USAGE_READ, Identity
 from shared.errors import ValidationFailed
@@ -41,13 +41,6 @@ class UsageItem(BaseModel):
 class UsageTotals(BaseModel):
     requests: int
     by_status_class: dict[str, int]
-
-
-class QuotaUse(BaseModel):
-    period_start: str
-    period_end: str
-    limit: int | None = Field(description="Requests this calendar month (UTC); null: no limit.")
-    used: int
 
 
 class Usage(BaseModel):
@@ -143,5 +136,5 @@ async def usage(
     return Usage(
         items=items,
         totals=UsageTotals(requests=sum(by_class.values()), by_status_class=by_class),
-        quota=QuotaUse.model_validate(await reader.quota(identity)),
+        quota=await reader.quota(identity),
     )
