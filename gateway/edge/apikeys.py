@@ -83,6 +83,12 @@ class ApiKeyResolver:
         self.metrics.api_keys.labels("cache", "valid" if entry.identity else "invalid").inc()
         return True, entry.identity
 
+    def remembered(self, raw_key: str) -> Identity | None:
+        """The identity of a working key this process remembers, without counting a lookup (a peek,
+        for ranking a request before it is authenticated)."""
+        entry = self.known.get(hash_api_key(raw_key))
+        return entry.identity if entry is not None else None
+
     async def resolve(self, raw_key: str) -> Identity | None:
         """The identity of a key, or None when the key is unknown, revoked or expired."""
         found, identity = self.cached(raw_key)

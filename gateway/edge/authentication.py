@@ -45,7 +45,6 @@ from shared.contract import (
     ANONYMOUS,
     AuthenticationRequired,
     Identity,
-    hash_api_key,
     identity_from_claims,
     is_well_formed,
 )
@@ -174,6 +173,14 @@ class Caller:
 ANONYMOUS_CALLER = Caller(ANONYMOUS)
 
 
+def _in_tenant(caller: Caller, tenant_header: bytes | None) -> Caller:
+    """`caller`, unless the request's `X-Tenant-Id` names another tenant than its credentials do."""
+    tenant_id = caller.identity.tenant_id
+    if tenant_header is not None and tenant_id is not None and tenant_header.decode("latin-1") != tenant_id:
+        raise TenantMismatch("X-Tenant-Id does not match the tenant of the credentials.")
+    return caller
+
+
 @dataclass(eq=False, slots=True, kw_only=True)
 class Authenticator:
     tokens: JwtVerifier
@@ -194,10 +201,7 @@ class Authenticator:
         else:
             assert authorization is not None
             caller = await self._verified(scope, authorization=authorization.decode("latin-1"))
-        tenant_id = caller.identity.tenant_id
-        if tenant_header is not None and tenant_id is not None and tenant_header.decode("latin-1") != tenant_id:
-            raise TenantMismatch("X-Tenant-Id does not match the tenant of the credentials.")
-        return caller
+        return _in_tenant(caller, tenant_header)
 
     def known_plan(self, authorization: bytes | None, api_key: bytes | None) -> str | None:
         """The plan of a request's credentials as far as this process knows without asking anyone
@@ -205,8 +209,8 @@ class Authenticator:
         verified access token's, or the `plan` a token not verified yet claims. None when it cannot
         tell (an API key not looked up yet, a token that does not parse, no credentials)."""
         if api_key is not None:
-            entry = self.api_keys.known.get(hash_api_key(api_key.decode("latin-1").strip()))
-            return entry.identity.plan if entry is not None and entry.identity is not None else None
+            identity = self.api_keys.remembered(api_key.decode("latin-1").strip())
+            return identity.plan if identity is not None else None
         if authorization is None:
             return None
         _, _, token = authorization.decode("latin-1").partition(" ")
@@ -214,13 +218,29 @@ class Authenticator:
         cached = self.tokens.verified.entry(token)
         return cached[1].plan if cached is not None else claimed_plan(token)
 
+    async def guard_failures(self, scope: Scope) -> str:
+        """The client address of a request whose answer may itself be a failed authentication (a
+        login, a sign-up); refused (429) when that address's failures are spent."""
+        address = self.client_address(scope)
+        await self.failures.check(address)
+        return address
+
+    async def count_failure(self, address: str) -> None:
+        """Counts an answer of the service that was a failed authentication (a wrong password) for
+        `address`; the answer itself stands."""
+        await self.failures.failed(address)
+
     async def from_token(self, token: str | None, scope: Scope) -> Caller:
-        """The caller of a WebSocket, whose `?token=` holds an access token or an API key."""
+        """The caller of a WebSocket, whose `?token=` holds an access token or an API key; an
+        `X-Tenant-Id` a client sends must name its tenant, as on a request."""
         if not token:
             raise AuthenticationRequired("Send the access token or API key as ?token=.")
         if is_well_formed(token):
-            return await self._verified(scope, api_key=token)
-        return await self._verified(scope, token=token)
+            caller = await self._verified(scope, api_key=token)
+        else:
+            caller = await self._verified(scope, token=token)
+        (tenant_header,) = headers(scope, b"x-tenant-id")
+        return _in_tenant(caller, tenant_header)
 
     async def _verified(
         self, scope: Scope, *, api_key: str | None = None, authorization: str | None = None, token: str | None = None
@@ -248,7 +268,7 @@ class Authenticator:
             found, identity = self.api_keys.cached(key)
             if not found:
                 # Only the users service can tell: not for an address whose failures are spent.
-                await self.failures.check(self.client_address(scope))
+                await self.guard_failures(scope)
                 started = time.perf_counter()
                 identity = await self.api_keys.resolve(key)
                 request_context(scope).event("apikey.lookup", started)

@@ -295,8 +295,7 @@ class Edge:
             if compiled is not None and compiled.failure_statuses:
                 # The service's answer may be a failed authentication (a wrong password, a taken email):
                 # not for an address whose failures are spent.
-                counted = authenticator.client_address(scope)
-                await authenticator.failures.check(counted)
+                counted = await authenticator.guard_failures(scope)
         except PorticoError as exc:
             await self._problem(send, scope, context, exc, extra)
             return
@@ -431,7 +430,7 @@ class Edge:
                 watcher.cancel()
         if counted is not None and status in route.failure_statuses:
             # The answer is the service's own either way: the failure only counts towards the next.
-            await runtime.authenticator.failures.failed(counted)
+            await runtime.authenticator.count_failure(counted)
         await self._answer_route(send, scope, context, route, status, headers, content, keyed, extra)
 
     async def _answer_route(
