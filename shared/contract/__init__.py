@@ -7,7 +7,9 @@ module a topic:
   access tokens;
 - `apikeys`: the shape of an API key;
 - `idempotency`: Idempotency-Key rules and the errors they answer with;
-- `resources`: the pattern of resource ids, and the line items an order and its reservation carry;
+- `resources`: the pattern of resource ids, the line items an order and its reservation carry, and
+  the lines as the inventory service reserved them (`ReservedLine`);
+- `credit`: the bound of a user's credit limit, and the error an order past the limit answers;
 - `answers`: what an answer that holds a secret says about caching.
 
 Everything is importable from `shared.contract` itself. Plumbing that enforces these (token signing,
@@ -101,6 +103,12 @@ from shared.contract.apikeys import (
 from shared.contract.apikeys import (
     new_api_key as new_api_key,
 )
+from shared.contract.credit import (
+    MAX_CREDIT_LIMIT_CENTS as MAX_CREDIT_LIMIT_CENTS,
+)
+from shared.contract.credit import (
+    CreditLimitExceeded as CreditLimitExceeded,
+)
 from shared.contract.idempotency import (
     IDEMPOTENCY_HEADER as IDEMPOTENCY_HEADER,
 )
@@ -180,9 +188,6 @@ from shared.contract.processes import (
     Worker as Worker,
 )
 from shared.contract.resources import (
-    MAX_CREDIT_LIMIT_CENTS as MAX_CREDIT_LIMIT_CENTS,
-)
-from shared.contract.resources import (
     MAX_ITEMS as MAX_ITEMS,
 )
 from shared.contract.resources import (
@@ -190,9 +195,6 @@ from shared.contract.resources import (
 )
 from shared.contract.resources import (
     RESOURCE_ID_PATTERN as RESOURCE_ID_PATTERN,
-)
-from shared.contract.resources import (
-    CreditLimitExceeded as CreditLimitExceeded,
 )
 from shared.contract.resources import (
     LineItem as LineItem,

@@ -1,4 +1,5 @@
-"""The pattern of resource ids, and the line items an order and its reservation carry."""
+"""The pattern of resource ids, the line items an order and its reservation carry, and the lines as
+the inventory service reserved them."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ from typing import Annotated
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
-
-from shared.errors import ValidationFailed
 
 # Ids in paths and queries: the UUIDs the services hand out fit, and nothing longer than an id column,
 # nor a dot or slash that could change a forwarded path, gets through.
@@ -29,14 +28,6 @@ class LineItem(BaseModel):
 
 
 LineItems = Annotated[list[LineItem], Field(min_length=1, max_length=MAX_ITEMS)]
-
-# A user's credit limit: what their open (not cancelled) orders may add up to. Far inside a 64-bit sum.
-MAX_CREDIT_LIMIT_CENTS = 10**15
-
-
-class CreditLimitExceeded(ValidationFailed, code="CREDIT_LIMIT_EXCEEDED", title="Credit limit exceeded"):
-    """The user's open orders and this one would pass their credit limit: `credit_limit_cents`,
-    `open_cents` and `total_cents` in the body."""
 
 
 class ReservedLine(BaseModel):
