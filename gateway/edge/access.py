@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.edge.credentials import API_KEY_CHALLENGE
-from shared.contract import PLANS, AuthenticationRequired, Identity, Plan
+from shared.contract import ALL_SCOPES, PLANS, AuthenticationRequired, Identity, Plan
 from shared.errors import PaymentRequired
 
 # What a route takes, as the reference says it: nothing (sign-up, login), a token or an API key, or a
@@ -38,6 +38,8 @@ class Access:
         unknown = set(self.plans) - set(PLANS)
         if unknown:
             raise ValueError(f"unknown plans {sorted(unknown)}")
+        if self.scope is not None and self.scope not in ALL_SCOPES:
+            raise ValueError(f"unknown scope {self.scope!r}")
 
     @property
     def credentials(self) -> Credentials:
@@ -68,9 +70,3 @@ ANONYMOUS_ACCESS = Access(anonymous=True)
 PRINCIPAL = Access()
 # A user's token only (never an API key), whatever its scopes.
 USER_TOKEN = Access(api_key=False)
-
-
-def readers_and_writers(domain: str) -> tuple[Access, Access]:
-    """The access of a domain's routes: those that read need `<domain>:read`, those that change
-    need `<domain>:write`."""
-    return Access(scope=f"{domain}:read"), Access(scope=f"{domain}:write")

@@ -6,16 +6,16 @@ from typing import Annotated, Literal
 
 from fastapi import Query
 
-from gateway.edge.access import readers_and_writers
+from gateway.edge.access import Access
 from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
 from services.orders.errors import CANCEL_ORDER_ERRORS, CREATE_ORDER_ERRORS, GET_ORDER_ERRORS, LIST_ORDERS_ERRORS
 from services.orders.schemas import OrderCreate, OrderOut
-from shared.contract import RESOURCE_ID_PATTERN
+from shared.contract import ORDERS_READ, ORDERS_WRITE, RESOURCE_ID_PATTERN
 from shared.pagination import Page
 
 router = ForwardRouter("orders", prefix="/v1", tags=["orders"])
 
-Reader, Writer = readers_and_writers("orders")
+Reader, Writer = Access(scope=ORDERS_READ), Access(scope=ORDERS_WRITE)
 LIST_QUERY = {
     "status": (Literal["confirmed", "cancelled"] | None, None),
     "user_id": (Annotated[str | None, Query(pattern=RESOURCE_ID_PATTERN)], None),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.edge.access import readers_and_writers
+from gateway.edge.access import Access
 from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
 from services.inventory.errors import (
     ADJUST_STOCK_ERRORS,
@@ -19,11 +19,12 @@ from services.inventory.schemas import (
     StockAdjustmentCreate,
     StockAdjustmentOut,
 )
+from shared.contract import PRODUCTS_READ, PRODUCTS_WRITE
 from shared.pagination import Page
 
 router = ForwardRouter("inventory", prefix="/v1", tags=["products"])
 
-Reader, Writer = readers_and_writers("products")
+Reader, Writer = Access(scope=PRODUCTS_READ), Access(scope=PRODUCTS_WRITE)
 ADJUSTMENTS = "/products/{product_id}/stock-adjustments"
 
 router.add(

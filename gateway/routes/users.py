@@ -3,7 +3,7 @@ credentials, so they reach the service as nobody; an access token is a secret (`
 
 from __future__ import annotations
 
-from gateway.edge.access import ANONYMOUS_ACCESS, PRINCIPAL, readers_and_writers
+from gateway.edge.access import ANONYMOUS_ACCESS, PRINCIPAL, Access
 from gateway.openapi import FORM
 from gateway.routes.forward import Forward, ForwardRouter
 from gateway.settings import Quota
@@ -25,12 +25,13 @@ from services.users.schemas import (
     UserOut,
     UserUpdate,
 )
+from shared.contract import USERS_READ, USERS_WRITE
 
 router = ForwardRouter("users", prefix="/v1", tags=["users"])
 # Public, outside /v1: where verifiers of access tokens find their keys.
 well_known = ForwardRouter("users", tags=["users"])
 
-Reader, Writer = readers_and_writers("users")
+Reader, Writer = Access(scope=USERS_READ), Access(scope=USERS_WRITE)
 # Sign-up and login, per client address, on top of the anonymous quota: guessing costs a password hash.
 ANONYMOUS_WRITES = Quota(120, 60)
 

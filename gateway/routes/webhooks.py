@@ -3,7 +3,7 @@ every route, so a free tenant gets 402 whatever else is wrong with its request."
 
 from __future__ import annotations
 
-from gateway.edge.access import readers_and_writers
+from gateway.edge.access import Access
 from gateway.routes.forward import Forward, ForwardRouter
 from services.webhooks import schemas
 from services.webhooks.errors import (
@@ -18,6 +18,7 @@ from services.webhooks.errors import (
     ROTATE_SECRET_ERRORS,
     UPDATE_ENDPOINT_ERRORS,
 )
+from shared.contract import WEBHOOKS_READ, WEBHOOKS_WRITE
 from shared.errors import PaymentRequired
 from shared.pagination import Page
 
@@ -30,7 +31,7 @@ router = ForwardRouter(
     feature="Webhooks",
 )
 
-Reader, Writer = readers_and_writers("webhooks")
+Reader, Writer = Access(scope=WEBHOOKS_READ), Access(scope=WEBHOOKS_WRITE)
 ENDPOINT = "/endpoints/{endpoint_id}"
 DELIVERY = "/deliveries/{delivery_id}"
 

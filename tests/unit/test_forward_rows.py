@@ -1,4 +1,5 @@
-"""A list row (a `Page` answer) always takes the page's `limit` and `cursor`."""
+"""A list row (a `Page` answer) always takes the page's `limit` and `cursor`; a row's access names only
+scopes and plans that exist."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from gateway.edge.access import PRINCIPAL
+from gateway.edge.access import PRINCIPAL, Access
 from gateway.routes.forward import PAGE_QUERY, Forward, ForwardRouter
 from shared.pagination import Page
 
@@ -44,3 +45,12 @@ def test_a_list_whose_query_leaves_out_the_cursor_is_refused_when_declared():
 def test_a_row_that_is_not_a_list_takes_no_query():
     row = Forward("GET", "/things/{thing_id}", PRINCIPAL, "get_thing", "A thing", answer=Thing)
     assert row.query == {}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"scope": "order:read"}, "unknown scope"), ({"plans": ("gold",)}, "unknown plans")]
+)
+def test_an_access_naming_a_scope_or_plan_that_does_not_exist_is_refused_when_declared(kwargs, message):
+    # A typo would otherwise refuse every caller (403), or every plan (402), at run time.
+    with pytest.raises(ValueError, match=message):
+        Access(**kwargs)
