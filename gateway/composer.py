@@ -42,7 +42,7 @@ from shared.errors import (
     UpstreamTimeout,
 )
 from shared.http import ServiceClient
-from shared.request_id import request_id_var
+from shared.request_id import request_id_headers
 
 PartStatus = Literal["ok", "error", "timeout", "skipped"]
 CheckStatus = Literal["passed", "failed", "cancelled"]
@@ -111,8 +111,7 @@ class Call:
 
     @property
     def headers(self) -> dict[str, str]:
-        request_id = request_id_var.get()
-        return {"x-request-id": request_id} if request_id else {}
+        return request_id_headers()
 
     async def value_of(self, part: str) -> Any:
         """Another part's answer, once it has one (cancelled with this part if it never comes)."""

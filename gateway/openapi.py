@@ -30,9 +30,11 @@ from gateway.edge.credentials import AmbiguousCredentials, InvalidApiKey, Invali
 from gateway.edge.store import EdgeStoreUnavailable
 from gateway.settings import GatewaySettings, Quota
 from shared.contract import (
+    CACHE_CONTROL,
     IDEMPOTENCY_HEADER,
     IDEMPOTENCY_KEY_PATTERN,
     IDEMPOTENT_METHODS,
+    IDEMPOTENT_REPLAYED_HEADER,
     AuthenticationRequired,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
@@ -56,6 +58,7 @@ from shared.errors import (
 )
 from shared.pagination import Page
 from shared.problem_docs import problem_responses as shared_problem_responses
+from shared.request_id import REQUEST_ID_HEADER_NAME
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -95,7 +98,9 @@ _DEFAULTS = GatewaySettings.model_construct()
 _PRO = _DEFAULTS.rate_limit_pro
 STRING = {"type": "string"}
 HEADERS: dict[str, dict[str, Any]] = {
-    "X-Request-ID": _header("The request's id (the client's own `X-Request-ID` when it sent a valid one).", STRING),
+    REQUEST_ID_HEADER_NAME: _header(
+        "The request's id (the client's own `X-Request-ID` when it sent a valid one).", STRING
+    ),
     "RateLimit-Policy": _header(
         "The quotas this request counts against (draft-ietf-httpapi-ratelimit-headers), each named, with its "
         f'limit `q` and window `w` in seconds, e.g. `"pro";q={_PRO.limit};w={_PRO.window_seconds}`.',
@@ -110,13 +115,13 @@ HEADERS: dict[str, dict[str, Any]] = {
     "X-RateLimit-Remaining": _header("Requests left in the tightest quota's window.", INTEGER),
     "X-RateLimit-Reset": _header("Seconds until the tightest quota's window resets.", INTEGER),
     RETRY_AFTER: _header("Seconds to wait before trying again.", INTEGER),
-    "Idempotent-Replayed": _header(
+    IDEMPOTENT_REPLAYED_HEADER: _header(
         "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key`.",
         {"type": "string", "enum": ["true"]},
     ),
     "WWW-Authenticate": _header("The credentials the route accepts (`Bearer` or `ApiKey`).", STRING),
     "ETag": _header("A weak tag of the answer; send it back in `If-None-Match` to get 304 if unchanged.", STRING),
-    "Cache-Control": _header(
+    CACHE_CONTROL: _header(
         "`private, no-cache` for a caller's data; `no-store` for an answer that holds a secret.", STRING
     ),
 }
@@ -282,10 +287,10 @@ EXAMPLE_DETAILS: dict[str, str] = {
 
 def _problem_headers(status: int) -> dict[str, Any]:
     if status == 401:
-        return _headers("WWW-Authenticate", "X-Request-ID")
+        return _headers("WWW-Authenticate", REQUEST_ID_HEADER_NAME)
     if status == 429:
-        return _headers(RETRY_AFTER, *RATE_LIMIT_HEADERS, "X-Request-ID")
-    return _headers("X-Request-ID")
+        return _headers(RETRY_AFTER, *RATE_LIMIT_HEADERS, REQUEST_ID_HEADER_NAME)
+    return _headers(REQUEST_ID_HEADER_NAME)
 
 
 def problem_responses(errors: Iterable[type[PorticoError]]) -> dict[int | str, dict[str, Any]]:
@@ -369,8 +374,8 @@ def operation_docs(
         extra["requestBody"] = body.request_body()
     if body is not None or parses_body:
         all_errors += BODY_ERRORS
-    success_headers = ["X-Request-ID", *RATE_LIMIT_HEADERS, "Cache-Control"]
-    success_headers += ["Idempotent-Replayed"] if idempotent else []
+    success_headers = [REQUEST_ID_HEADER_NAME, *RATE_LIMIT_HEADERS, CACHE_CONTROL]
+    success_headers += [IDEMPOTENT_REPLAYED_HEADER] if idempotent else []
     success_headers += ["ETag"] if conditional else []
     responses: dict[int | str, dict[str, Any]] = {status_code: {"headers": _headers(*success_headers)}}
     example = model_example(answer) if answer is not None else None
@@ -379,7 +384,7 @@ def operation_docs(
     if conditional:
         responses[304] = {
             "description": "Not Modified: the `If-None-Match` tag still matches; no body.",
-            "headers": _headers("ETag", "Cache-Control", "X-Request-ID"),
+            "headers": _headers("ETag", CACHE_CONTROL, REQUEST_ID_HEADER_NAME),
         }
     responses.update(problem_responses(all_errors))
     return OperationDocs(responses=responses, openapi_extra=extra)

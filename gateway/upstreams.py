@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 from starlette.responses import Response
 
+from shared.contract import AGGREGATE_COMPLETE_HEADER, IDEMPOTENT_REPLAYED_HEADER
 from shared.errors import UpstreamBadResponse
 from shared.http import ServiceClient
 
@@ -26,9 +27,9 @@ FORWARD_RESPONSE_HEADERS = frozenset(
         "link",
         "deprecation",
         "sunset",
-        "x-aggregate-complete",
+        AGGREGATE_COMPLETE_HEADER.lower(),
         # The orders service replays a keyed write itself when the gateway's store no longer has it.
-        "idempotent-replayed",
+        IDEMPOTENT_REPLAYED_HEADER.lower(),
     )
 )
 # How a service says it refused the gateway's own identity (`shared/identity.py`).

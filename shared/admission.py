@@ -67,7 +67,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from shared.asgi import declared_length, find_headers, header
 from shared.errors import DeadlineExceeded, Overloaded, PorticoError, problem_message, retry_in
 from shared.metrics import MULTIPROC_ENV, LabelCache
-from shared.request_id import CLIENT_REQUEST_ID, new_request_id, request_id_of
+from shared.request_id import CLIENT_REQUEST_ID, REQUEST_ID_HEADER, new_request_id, request_id_of
 from shared.settings import ProcessSettings, settings_group
 
 DEADLINE_HEADER = b"x-request-deadline"
@@ -507,10 +507,10 @@ class Shedder:
         if not limit.refuses(rank):
             return False
         self.metrics.count_shed(SHED_LIMIT, UNRANKED if self.rank is None else RANKS[rank])
-        (sent,) = find_headers(headers, b"x-request-id")
+        (sent,) = find_headers(headers, REQUEST_ID_HEADER)
         request_id = sent if sent is not None and CLIENT_REQUEST_ID.match(sent) else new_request_id().encode("ascii")
         body = self._body_before + request_id + self._body_after
-        head = b"%scontent-length: %d\r\nx-request-id: %s\r\n" % (self._head, len(body), request_id)
+        head = b"%scontent-length: %d\r\n%s: %s\r\n" % (self._head, len(body), REQUEST_ID_HEADER, request_id)
         return head, body
 
     def release(self, started: float) -> None:

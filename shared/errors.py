@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from shared.request_id import request_id_of, request_id_var
+from shared.request_id import REQUEST_ID_HEADER_NAME, request_id_of, request_id_var
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_JSON_BYTES = PROBLEM_JSON.encode("ascii")
@@ -267,7 +267,7 @@ def problem_response(exc: PorticoError, request_id: str | None = None) -> Respon
     rid = request_id or request_id_var.get()
     headers = dict(exc.headers)
     if rid:
-        headers.setdefault("X-Request-ID", rid)
+        headers.setdefault(REQUEST_ID_HEADER_NAME, rid)
     return Response(
         content=_problem_json(exc, rid), status_code=exc.status_code, headers=headers, media_type=PROBLEM_JSON
     )

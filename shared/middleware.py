@@ -16,10 +16,9 @@ from shared.asgi import declared_length, header
 from shared.context import open_context
 from shared.errors import PayloadTooLarge, problem_response
 from shared.metrics import UNMATCHED, HttpMetrics
-from shared.request_id import CLIENT_REQUEST_ID, new_request_id, request_id_of
+from shared.request_id import CLIENT_REQUEST_ID, REQUEST_ID_HEADER, new_request_id, request_id_of
 from shared.telemetry import PRINCIPAL, REQUEST_ID, TENANT_ID, ServerSpans, traceresponse
 
-REQUEST_ID_HEADER = b"x-request-id"
 TRACERESPONSE_HEADER = b"traceresponse"
 # The status of a request whose client left before its answer started (metrics, access log, span).
 CLIENT_CLOSED = "client_closed"

@@ -19,6 +19,10 @@ request_id_var: ContextVar[str | None] = ContextVar("portico_request_id", defaul
 CONTEXT_KEY = "portico.context"
 
 
+# The header a request's id travels in: accepted from the client, echoed on the answer, and sent on
+# with every call the request makes; `REQUEST_ID_HEADER` is its name as ASGI spells it.
+REQUEST_ID_HEADER_NAME = "X-Request-ID"
+REQUEST_ID_HEADER = REQUEST_ID_HEADER_NAME.lower().encode("ascii")
 # A request id a client may send, kept as the request's own (else a new one is made).
 CLIENT_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{8,128}$")
 
@@ -39,3 +43,10 @@ def request_id_of(scope: Scope) -> str | None:
     """The request id, also for errors rendered before or around the request context stage."""
     context: _HasRequestId | None = scope.get(CONTEXT_KEY)
     return context.request_id if context is not None else request_id_var.get()
+
+
+def request_id_headers() -> dict[str, str]:
+    """The headers that carry the current request's id on a call to another service (none outside a
+    request)."""
+    request_id = request_id_var.get()
+    return {REQUEST_ID_HEADER_NAME: request_id} if request_id else {}

@@ -28,7 +28,7 @@ from shared.contract import ANONYMOUS, Identity, ResourceIdPath
 from shared.deprecation import Deprecation
 from shared.errors import UpstreamBadResponse, validation_failed
 from shared.http import Answer
-from shared.request_id import request_id_of
+from shared.request_id import REQUEST_ID_HEADER_NAME, request_id_of
 
 # A query parameter shown in the reference and validated at the edge: (annotation, default).
 QueryParameter = tuple[Any, Any]
@@ -130,7 +130,7 @@ class Forwarder:
         ]
         request_id = request_id_of(scope)
         if request_id:
-            headers.append(("x-request-id", request_id))
+            headers.append((REQUEST_ID_HEADER_NAME, request_id))
         service = self.upstreams[route.service]
         answer = await service.forward(
             route.method,

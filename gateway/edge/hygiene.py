@@ -14,8 +14,10 @@ from typing import NamedTuple
 from starlette.types import Scope
 
 from shared.asgi import header, headers
+from shared.contract import AGGREGATE_COMPLETE_HEADER, IDEMPOTENT_REPLAYED_HEADER
 from shared.docs import DOCS_CSP, DOCS_PAGES
 from shared.errors import RETRY_AFTER, BadRequest, Forbidden
+from shared.request_id import REQUEST_ID_HEADER_NAME
 
 CORS_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 CORS_REQUEST_HEADERS = frozenset(
@@ -32,7 +34,7 @@ CORS_REQUEST_HEADERS = frozenset(
         "traceparent",
         "tracestate",
         "x-api-key",
-        "x-request-id",
+        REQUEST_ID_HEADER_NAME.lower(),
         "x-tenant-id",
     }
 )
@@ -45,10 +47,10 @@ CORS_EXPOSED_HEADERS = (
     "X-RateLimit-Limit",
     "X-RateLimit-Remaining",
     "X-RateLimit-Reset",
-    "Idempotent-Replayed",
-    "X-Request-ID",
+    IDEMPOTENT_REPLAYED_HEADER,
+    REQUEST_ID_HEADER_NAME,
     "traceresponse",
-    "X-Aggregate-Complete",
+    AGGREGATE_COMPLETE_HEADER,
     "Deprecation",
     "Sunset",
     "Link",

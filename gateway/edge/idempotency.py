@@ -46,22 +46,24 @@ from shared.contract import (
     IDEMPOTENCY_HEADER,
     IDEMPOTENCY_KEY_PATTERN,
     IDEMPOTENT_METHODS,
+    IDEMPOTENT_REPLAYED_HEADER,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     IdempotentResponseNotStored,
     Identity,
 )
 from shared.errors import PorticoError
+from shared.request_id import REQUEST_ID_HEADER
 
 logger = logging.getLogger(__name__)
 
 HEADER = IDEMPOTENCY_HEADER.lower().encode("ascii")
 KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN.encode("ascii"))
-REPLAYED = (b"idempotent-replayed", b"true")
+REPLAYED = (IDEMPOTENT_REPLAYED_HEADER.lower().encode("ascii"), b"true")
 # The server span's attribute: what the stage did (the outcomes of `gateway_idempotency_total`).
 OUTCOME = "portico.idempotency.outcome"
 # Response headers that belong to one exchange, not to the stored outcome.
-UNSTORED_HEADERS = frozenset({b"content-length", b"x-request-id", b"date", b"server", b"set-cookie"})
+UNSTORED_HEADERS = frozenset({b"content-length", REQUEST_ID_HEADER, b"date", b"server", b"set-cookie"})
 
 
 def storable(status: int, headers: Sequence[tuple[bytes, bytes]]) -> bool:

@@ -16,6 +16,7 @@ from strawberry.fastapi import BaseContext
 from gateway.upstreams import Upstreams
 from shared.contract import IDEMPOTENCY_HEADER, Identity
 from shared.errors import UpstreamBadResponse, UpstreamError
+from shared.request_id import REQUEST_ID_HEADER_NAME
 
 # The inventory service's batch read takes up to this many ids.
 PRODUCT_BATCH = 100
@@ -82,7 +83,7 @@ class GraphQLContext(BaseContext):
         problem (the REST `error_code` in `extensions.code`)."""
         headers: dict[str, str] = {}
         if self.request_id:
-            headers["x-request-id"] = self.request_id
+            headers[REQUEST_ID_HEADER_NAME] = self.request_id
         if idempotency_key is not None:
             headers[IDEMPOTENCY_HEADER] = idempotency_key
         try:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Header
 from starlette.responses import HTMLResponse, Response
 
 from gateway.openapi import operation_docs
+from shared.contract import CACHE_CONTROL
 from shared.errors import NotFound
 
 router = APIRouter(tags=["graphql"])
@@ -35,7 +36,7 @@ ASSETS = {
     "graphiql-init.js": ("text/javascript", False),
 }
 # The files never change while the process runs.
-CACHE_CONTROL = "public, max-age=86400"
+ASSET_CACHE_CONTROL = "public, max-age=86400"
 # What the editors open with (GraphiQL's defaultHeaders and defaultQuery).
 DEFAULT_HEADERS = {"Authorization": "Bearer <token>"}
 DEFAULT_QUERY = """\
@@ -93,7 +94,7 @@ GRAPHIQL_DOCS["responses"][200].update(
     **GRAPHIQL_DOCS,
 )
 async def graphiql() -> HTMLResponse:
-    return HTMLResponse(_page(), headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache"})
+    return HTMLResponse(_page(), headers={"Content-Security-Policy": CSP, CACHE_CONTROL: "no-cache"})
 
 
 @router.get("/graphql/static/{name}", include_in_schema=False)
@@ -103,9 +104,9 @@ async def graphiql_asset(name: str, accept_encoding: Annotated[str, Header()] = 
         raise NotFound("No such GraphiQL asset.")
     media_type, compressed = asset
     if not compressed:
-        return Response(_read(name), media_type=media_type, headers={"Cache-Control": CACHE_CONTROL})
+        return Response(_read(name), media_type=media_type, headers={CACHE_CONTROL: ASSET_CACHE_CONTROL})
     body = _read(name + ".gz")
-    headers = {"Cache-Control": CACHE_CONTROL, "Vary": "Accept-Encoding"}
+    headers = {CACHE_CONTROL: ASSET_CACHE_CONTROL, "Vary": "Accept-Encoding"}
     if "gzip" in accept_encoding.lower():
         return Response(body, media_type=media_type, headers={**headers, "Content-Encoding": "gzip"})
     return Response(gzip.decompress(body), media_type=media_type, headers=headers)

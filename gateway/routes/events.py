@@ -29,7 +29,7 @@ from gateway.realtime.hub import Admission, Expired, Hub, Interrupted, Overflowe
 from gateway.realtime.tasks import cancel_and_wait
 from gateway.settings import GatewaySettings
 from services.orders.schemas import EXAMPLE_ORDER
-from shared.contract import DEFAULT_PLAN, ORDERS_READ, PLANS, Identity
+from shared.contract import CACHE_CONTROL, DEFAULT_PLAN, ORDERS_READ, PLANS, Identity
 from shared.errors import BadRequest, PorticoError, TooManyRequests, retry_in
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ async def events(
         stream(),
         ping=settings.sse_heartbeat_seconds,
         send_timeout=settings.events_send_timeout_seconds,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={CACHE_CONTROL: "no-cache", "X-Accel-Buffering": "no"},
         # Runs when the response ends without the stream having started (the client left at once).
         background=BackgroundTask(admission.release),
     )

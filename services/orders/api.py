@@ -21,6 +21,7 @@ from services.orders.errors import (
 )
 from services.orders.schemas import CreditOut, EventFeed, OrderCreate, OrderOut, OrderStatus
 from shared.contract import (
+    IDEMPOTENT_REPLAYED_HEADER,
     RESOURCE_ID_PATTERN,
     InsufficientScope,
     InvalidIdempotencyKey,
@@ -59,7 +60,7 @@ async def create_order(
     key = checked_idempotency_key(idempotency_key)
     placed = await service.create_order(ctx, caller, data, key)
     # The stored bytes themselves, so a replay is exactly the first answer.
-    headers = {"Idempotent-Replayed": "true"} if placed.replayed else {}
+    headers = {IDEMPOTENT_REPLAYED_HEADER: "true"} if placed.replayed else {}
     return Response(placed.body, status_code=201, media_type=JSON, headers=headers)
 
 

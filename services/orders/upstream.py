@@ -15,14 +15,9 @@ from shared.errors import (
     UpstreamBadResponse,
 )
 from shared.http import ServiceClient
-from shared.request_id import request_id_var
+from shared.request_id import request_id_headers
 
 REFUSALS: dict[int, type[ReservationRefused]] = {404: ProductNotFound, 409: StockConflict, 422: ReservationInvalid}
-
-
-def _headers() -> dict[str, str]:
-    request_id = request_id_var.get()
-    return {"x-request-id": request_id} if request_id else {}
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:
@@ -44,7 +39,7 @@ class CheckedUser(NamedTuple):
 
 async def check_user(users: ServiceClient, identity: Identity) -> CheckedUser:
     """The caller must still be a user of its tenant; answers the user and the credit limit in force."""
-    response = await users.send("GET", "/users/me", identity=identity, headers=_headers())
+    response = await users.send("GET", "/users/me", identity=identity, headers=request_id_headers())
     if response.status_code == 404:
         raise UnknownUser("The user these credentials were issued to no longer exists.")
     if response.status_code != 200:
@@ -65,7 +60,7 @@ async def reserve(
         "POST",
         "/reservations",
         identity=identity,
-        headers=_headers(),
+        headers=request_id_headers(),
         json={"order_id": order_id, "user_id": user_id, "items": [item.model_dump() for item in items]},
     )
     if response.status_code in (200, 201):
@@ -92,7 +87,7 @@ async def reserve(
 async def confirm(inventory: ServiceClient, identity: Identity, reservation_id: str) -> bool:
     """True once the reservation is confirmed; False when the inventory service says it was released."""
     response = await inventory.send(
-        "POST", f"/reservations/{reservation_id}/confirm", identity=identity, headers=_headers()
+        "POST", f"/reservations/{reservation_id}/confirm", identity=identity, headers=request_id_headers()
     )
     if response.status_code == 200:
         return True
@@ -104,7 +99,7 @@ async def confirm(inventory: ServiceClient, identity: Identity, reservation_id: 
 async def release_order(inventory: ServiceClient, identity: Identity, order_id: str) -> None:
     """Returns whatever stock the order holds; safe to repeat, and safe before a reserve call lands."""
     response = await inventory.send(
-        "POST", f"/orders/{order_id}/reservation/release", identity=identity, headers=_headers()
+        "POST", f"/orders/{order_id}/reservation/release", identity=identity, headers=request_id_headers()
     )
     if response.status_code != 200:
         raise _unexpected(inventory, response, "a release")

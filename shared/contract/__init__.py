@@ -10,7 +10,7 @@ module a topic:
 - `resources`: the pattern of resource ids, the line items an order and its reservation carry, and
   the lines as the inventory service reserved them (`ReservedLine`);
 - `credit`: the bound of a user's credit limit, and the error an order past the limit answers;
-- `answers`: what an answer that holds a secret says about caching.
+- `answers`: what an answer that holds a secret says about caching, and whether an aggregate is whole.
 
 Everything is importable from `shared.contract` itself. Plumbing that enforces these (token signing,
 the edge stages, the database) stays in the modules that use it; only the agreement is here.
@@ -68,6 +68,9 @@ from shared.contract.access import (
     Role as Role,
 )
 from shared.contract.answers import (
+    AGGREGATE_COMPLETE_HEADER as AGGREGATE_COMPLETE_HEADER,
+)
+from shared.contract.answers import (
     CACHE_CONTROL as CACHE_CONTROL,
 )
 from shared.contract.answers import (
@@ -117,6 +120,9 @@ from shared.contract.idempotency import (
 )
 from shared.contract.idempotency import (
     IDEMPOTENT_METHODS as IDEMPOTENT_METHODS,
+)
+from shared.contract.idempotency import (
+    IDEMPOTENT_REPLAYED_HEADER as IDEMPOTENT_REPLAYED_HEADER,
 )
 from shared.contract.idempotency import (
     IdempotencyKeyInUse as IdempotencyKeyInUse,

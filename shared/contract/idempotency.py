@@ -10,6 +10,9 @@ from shared.errors import BadRequest, Conflict, ValidationFailed, retry_in
 # and the caller (the identity's subject: a user, an API key), so no other caller of the tenant is
 # ever handed an answer given to someone else. The errors below are what every side answers.
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# On an answer given again for a repeated key (`true`): by the gateway, or by a service that replays
+# a keyed write itself.
+IDEMPOTENT_REPLAYED_HEADER = "Idempotent-Replayed"
 IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Visible ASCII, as a Structured Fields string can carry it; long enough for any UUID or ULID.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
