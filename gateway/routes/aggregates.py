@@ -271,10 +271,7 @@ async def check_credit(call: Call) -> dict[str, Any]:
         raise
     total: int = await call.value_of("stock")
     if open_cents + total > limit:
-        exceeded = CreditLimitExceeded(
-            f"This order of {total} cents and the user's open orders of {open_cents} cents would exceed the "
-            f"credit limit of {limit} cents."
-        )
+        exceeded = CreditLimitExceeded.of(limit, open_cents, total)
         raise CheckFailed(exceeded.code, exceeded.detail)
     return {"credit_limit_cents": limit, "open_cents": open_cents, "total_cents": total}
 

@@ -280,14 +280,6 @@ async def _repeat(repo: OrderRepository, caller: TenantIdentity, key: str, reque
     return Placed(existing.response_body, replayed=True)
 
 
-def credit_exceeded(limit: int, open_cents: int, total_cents: int) -> CreditLimitExceeded:
-    return CreditLimitExceeded(
-        f"This order of {total_cents} cents and the user's open orders of {open_cents} cents would exceed "
-        f"the credit limit of {limit} cents.",
-        extra={"credit_limit_cents": limit, "open_cents": open_cents, "total_cents": total_cents},
-    )
-
-
 async def _claim_credit(ctx: OrdersContext, attempt: OrderAttempt, user: upstream.CheckedUser, cents: int) -> None:
     """Holds `cents` of the user's credit for the attempt, or refuses with CREDIT_LIMIT_EXCEEDED.
 
@@ -301,7 +293,7 @@ async def _claim_credit(ctx: OrdersContext, attempt: OrderAttempt, user: upstrea
         await repo.lock_user(attempt.tenant_id, user.id)
         open_cents = await repo.open_total(attempt.tenant_id, user.id)
         if open_cents + cents > user.credit_limit_cents:
-            raise credit_exceeded(user.credit_limit_cents, open_cents, cents)
+            raise CreditLimitExceeded.of(user.credit_limit_cents, open_cents, cents)
         if not await repo.claim_credit(attempt.id, user.id, cents):
             raise OrderAttemptExpired(
                 "The order took too long to place and was given up; its stock was released. Try again.",

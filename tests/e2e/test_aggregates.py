@@ -147,6 +147,8 @@ async def test_credit_limit_per_plan_set_by_an_admin_and_enforced(gateway):
     body = assert_problem(refused, 422, "CREDIT_LIMIT_EXCEEDED")
     assert body["credit_limit_cents"] == 2500
     assert body["open_cents"] == 2000
+    # The check says what placing the order answers.
+    assert validated["failures"][0]["detail"] == body["detail"]
     # The refused order's stock came back.
     assert (await gateway.get(f"/v1/products/{product['id']}", headers=auth)).json()["stock"] == 98
 
