@@ -9,7 +9,7 @@ therefore monotonic per tenant (with gaps where other tenants' events fall).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -18,6 +18,17 @@ from shared.telemetry import TRACEPARENT_PATTERN
 # The most events one feed page holds.
 FEED_MAX_LIMIT = 500
 FEED_PATH = "/events"
+
+# The events the orders service writes with each change to an order.
+OrderEventType = Literal["order.created", "order.cancelled"]
+ORDER_CREATED: OrderEventType = "order.created"
+ORDER_CANCELLED: OrderEventType = "order.cancelled"
+# Events the gateway itself originates and adds to the feed (`POST /events` on the orders service).
+PublishedEventType = Literal["quota.threshold_reached"]
+QUOTA_THRESHOLD_REACHED: PublishedEventType = "quota.threshold_reached"
+PUBLISHED_EVENT_TYPES: tuple[str, ...] = get_args(PublishedEventType)
+# Every type the feed holds.
+FeedEventType = Literal[OrderEventType, PublishedEventType]
 
 
 class FeedEvent(BaseModel):
@@ -57,11 +68,6 @@ class FeedPage(BaseModel):
     next_after: int = Field(ge=0)
     # Every event up to this seq was removed by the feed's retention (0: none was).
     pruned_through: int = Field(default=0, ge=0)
-
-
-# Events the gateway itself originates and adds to the feed (`POST /events` on the orders service).
-QUOTA_THRESHOLD_REACHED = "quota.threshold_reached"
-PUBLISHED_EVENT_TYPES: tuple[str, ...] = (QUOTA_THRESHOLD_REACHED,)
 
 
 class PublishedEvent(BaseModel):

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from pydantic.config import JsonDict
 
 from shared.contract import LineItems, ReservedLine
+from shared.events import FeedEventType
 from shared.schemas import with_examples
 
 # The example of an order in the reference (ids as the other services' examples use them).
@@ -33,7 +34,7 @@ EXAMPLE_ORDER: JsonDict = {
 }
 OrderStatus = Literal["confirmed", "cancelled"]
 # The order events, and those other services add to the feed (`shared.events.PUBLISHED_EVENT_TYPES`).
-EventType = Literal["order.created", "order.cancelled", "quota.threshold_reached"]
+EventType = FeedEventType
 
 
 class OrderCreate(BaseModel):

@@ -57,7 +57,7 @@ from shared.errors import (
     ValidationFailed,
     retry_in,
 )
-from shared.events import PublishedEvent
+from shared.events import ORDER_CANCELLED, ORDER_CREATED, PublishedEvent
 from shared.http import ServiceClient
 from shared.pagination import Page, PageQuery
 from shared.repository import matching, transaction
@@ -334,7 +334,7 @@ async def _store(
             )
         await repo.add(order)
         # Last, so the outbox rows of this transaction are held for the shortest time before commit.
-        await repo.add(outbox_event("order.created", out))
+        await repo.add(outbox_event(ORDER_CREATED, out))
     return order, body
 
 
@@ -412,7 +412,7 @@ async def cancel_order(ctx: OrdersContext, identity: TenantIdentity, order_id: s
         order.history.append(OrderStatusChange(status=OrderState.CANCELLED, created_at=now))
         await repo.save()
         out = order_out(order)
-        await repo.add(outbox_event("order.cancelled", out))
+        await repo.add(outbox_event(ORDER_CANCELLED, out))
     await release_cancelled(ctx, identity, order)
     return out
 

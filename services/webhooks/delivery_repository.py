@@ -35,6 +35,7 @@ from sqlalchemy import (
 from services.webhooks.models import ACTIVE, DISABLED, Delivery, DeliveryAttempt, Endpoint, Event
 from services.webhooks.repository import DELIVERIES, delivery_row, wants
 from services.webhooks.schedule import Decision
+from services.webhooks.schemas import ENDPOINT_DISABLED
 from services.webhooks.sender import AttemptResult, host_key
 from shared.db import UTCDateTime, new_id, rows_changed, utcnow
 from shared.repository import Repository
@@ -51,8 +52,7 @@ TENANT_SCAN = 1000
 RATE_HORIZON_SECONDS = 1.0
 # The attempt log shows at most this many attempts (the latest), however often a delivery is replayed.
 ATTEMPT_LOG_LIMIT = 100
-# The event tenants get when one of their endpoints is disabled for them, and why it was.
-ENDPOINT_DISABLED = "endpoint.disabled"
+# Why an endpoint was disabled, as its `endpoint.disabled` event says.
 GONE = "gone"
 FAILING = "failing"
 

@@ -1,19 +1,22 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 
 from shared.deprecation import WEBHOOK_ENDPOINT_ENABLED
+from shared.events import OrderEventType, PublishedEventType
 from shared.schemas import refuse_null, with_examples
 
 # `endpoint.disabled` is this service's own: sent to a tenant's other endpoints when one is disabled
 # for it (`{"endpoint_id", "reason": "gone" | "failing"}`). `quota.threshold_reached` is the gateway's, through
 # the orders feed (`{"threshold": 80 | 100, "period_start", "limit", "used"}`).
-EventType = Literal["order.created", "order.cancelled", "endpoint.disabled", "quota.threshold_reached"]
-EVENT_TYPES: tuple[str, ...] = ("order.created", "order.cancelled", "endpoint.disabled", "quota.threshold_reached")
+EndpointEventType = Literal["endpoint.disabled"]
+ENDPOINT_DISABLED: EndpointEventType = "endpoint.disabled"
+EventType = Literal[OrderEventType, EndpointEventType, PublishedEventType]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 NOT_NULL = refuse_null("must not be null; leave the field out to keep it")
 EndpointStatus = Literal["active", "disabled"]
 # Attempts started per second at most, across every worker; null: no limit.
