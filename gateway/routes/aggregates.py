@@ -321,7 +321,7 @@ class OrderValidation(BaseModel):
 
     valid: bool
     total_cents: int | None
-    checks: dict[str, str]
+    checks: dict[str, Annotated[CheckStatus, PlainStatus]]
     failures: list[CheckFailure]
     details: dict[str, CheckOutcome]
 
