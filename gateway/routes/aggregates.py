@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, WithJsonSchema
 from starlette.responses import Response
 
 from gateway.composer import (
+    DOWNSTREAM_REFUSED,
     Call,
     CheckFailed,
     CheckStatus,
@@ -87,8 +88,13 @@ class PartOutcome(BaseModel):
     )
     service: str
     elapsed_ms: float
-    # Only for a part that failed.
-    error_code: str | None = Field(default=None, exclude_if=lambda code: code is None)
+    error_code: str | None = Field(
+        default=None,
+        exclude_if=lambda code: code is None,
+        description="Only for a part that failed: what its failure would answer (`DOWNSTREAM_TIMEOUT`, "
+        "`CIRCUIT_OPEN`, `DOWNSTREAM_BAD_RESPONSE`, ...), or its service's own code when the service refused "
+        f"the call (a 4xx); `{DOWNSTREAM_REFUSED}` when that refusal names none.",
+    )
 
 
 class ReservedStock(BaseModel):
@@ -285,7 +291,10 @@ ORDER_CHECKS = (
 
 class CheckFailure(BaseModel):
     check: str
-    error_code: str | None
+    error_code: str | None = Field(
+        description="What placing the order would answer: the code of the check's verdict, or of its "
+        f"service's refusal (a 4xx); `{DOWNSTREAM_REFUSED}` when that refusal names none."
+    )
     detail: str | None
 
 
@@ -339,7 +348,8 @@ VALIDATE_DOCS = operation_docs("POST", status_code=200, credentials="any", parse
         "fits the user's credit) at once, and places nothing: nothing is reserved, so a later order may "
         "still be refused. The first check that fails cancels the others. A failed check is not an "
         "error: the answer is 200 with `valid: false` and the `failures` (their `error_code` is what "
-        "placing the order would answer)."
+        f"placing the order would answer, or `{DOWNSTREAM_REFUSED}` when a service refused a check without "
+        "naming a code)."
     ),
     response_model=OrderValidation,
     **VALIDATE_DOCS,
