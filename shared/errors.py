@@ -172,6 +172,7 @@ class UpstreamError(PorticoError):
         self.service = service
 
 
+# Named from the caller's side (the service it calls); the `DOWNSTREAM_*` codes are public names, so they stay.
 class UpstreamBadResponse(UpstreamError, status=502, code="DOWNSTREAM_BAD_RESPONSE", title="Bad Gateway"):
     """A called service answered a 5xx of its own, or something that is not the answer it owes (its
     body is not passed on); `service` names it."""
