@@ -83,7 +83,7 @@ from gateway.upstreams import Upstreams
 from shared.admission import AdmissionMetrics
 from shared.app import ReadinessCheck, add_health_routes, create_fastapi, install_common
 from shared.calls import CallPolicy, UpstreamMetrics
-from shared.contract import ANONYMOUS
+from shared.contract import ANONYMOUS, READY_PATH
 from shared.http import ServiceClient
 from shared.identity import IdentitySigner
 from shared.loops import running_loop
@@ -98,7 +98,7 @@ DRAIN_SECONDS = 2.0
 
 def _service_check(name: str) -> ReadinessCheck[GatewayState]:
     async def check(state: GatewayState) -> None:
-        response = await state.upstreams[name].send("GET", "/health/ready", identity=ANONYMOUS)
+        response = await state.upstreams[name].send("GET", READY_PATH, identity=ANONYMOUS)
         if response.status_code != 200:
             raise RuntimeError(f"{name} answered {response.status_code}")
 

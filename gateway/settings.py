@@ -8,7 +8,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, NonNegativeInt, PlainSerializer, PositiveFloat, model_validator
 from pydantic_settings import NoDecode
 
-from shared.contract import PLANS, PROCESSES, SERVICES, Plan
+from shared.contract import PLANS, PROBE_PATHS, PROCESSES, SERVICES, Plan
+from shared.events import FEED_MAX_LIMIT
 from shared.settings import (
     AccessTokenSettings,
     AtLeastOne,
@@ -141,7 +142,7 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     rate_limit_failure_mode: FailureMode = "local"
     """When the store fails: `local` (each process counts alone until Redis answers), `open` (no limit) or `closed`
     (503)."""
-    rate_limit_exempt_paths: ListSetting = Field(default_factory=lambda: ["/health/live", "/health/ready", "/metrics"])
+    rate_limit_exempt_paths: ListSetting = Field(default_factory=lambda: list(PROBE_PATHS))
     """Paths never counted."""
     # --- Usage and monthly quotas (gateway/edge/usage.py)
     usage_enabled: bool = True
@@ -213,7 +214,7 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     live stream all instances read."""
     events_poll_interval_seconds: Annotated[float, Field(gt=0, le=5)] = 0.2
     """How often the relay asks the orders feed for new events when it has nothing to do."""
-    events_poll_batch_size: Annotated[int, Field(ge=1, le=500)] = 500
+    events_poll_batch_size: Annotated[int, Field(ge=1, le=FEED_MAX_LIMIT)] = FEED_MAX_LIMIT
     """Events per feed page (a full page is followed at once)."""
     events_relay_lease_seconds: PositiveFloat = 3.0
     """With Redis, the instance that relays holds a lease this long (renewed every poll); another instance takes over

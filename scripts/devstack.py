@@ -207,7 +207,7 @@ class Stack:
                     if proc.poll() is not None:
                         raise RuntimeError(f"{proc_name} exited with code {proc.returncode}")
                 try:
-                    response = client.get(self.url(name) + "/health/ready")
+                    response = client.get(self.url(name) + contract.READY_PATH)
                     if response.status_code == 200:
                         return
                     last = response.text

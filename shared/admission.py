@@ -65,6 +65,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.asgi import declared_length, find_headers, header
+from shared.contract import PROBE_PATHS
 from shared.errors import DeadlineExceeded, Overloaded, PorticoError, problem_message, retry_in
 from shared.metrics import MULTIPROC_ENV, LabelCache
 from shared.request_id import CLIENT_REQUEST_ID, REQUEST_ID_HEADER, new_request_id, request_id_of
@@ -83,7 +84,7 @@ SHED_LIMIT = "limit"
 SHED_QUEUE_TIMEOUT = "queue_timeout"
 SHED_DEADLINE = "deadline"
 # Never refused: the probes (an overloaded process is alive and ready, it is only busy) and the scrape.
-EXEMPT_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
+EXEMPT_PATHS = frozenset(PROBE_PATHS)
 
 # The deadline of the request being served (Unix seconds), which every call it makes carries on.
 deadline_var: contextvars.ContextVar[float | None] = contextvars.ContextVar("portico_deadline", default=None)

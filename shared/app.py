@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
 from shared.admission import AdaptiveLimit, AdmissionMetrics, AdmissionMiddleware, LimitSettings, Shedder
+from shared.contract import LIVE_PATH, METRICS_PATH, READY_PATH
 from shared.docs import add_offline_docs
 from shared.errors import PROBLEM_BASE, PROBLEM_JSON, PROBLEM_SCHEMA, ServiceUnavailable, install_error_handlers
 from shared.metrics import HttpMetrics, metrics_endpoint
@@ -107,7 +108,7 @@ def install_common(
     )
     allowed = Networks(settings.metrics_allowed_networks)
     app.metrics_registry = registry
-    app.add_route("/metrics", metrics_endpoint(registry, allowed), include_in_schema=False)
+    app.add_route(METRICS_PATH, metrics_endpoint(registry, allowed), include_in_schema=False)
     return metrics
 
 
@@ -148,8 +149,8 @@ def add_health_routes(app: FastAPI, checks: dict[str, ReadinessCheck[T]], timeou
             )
         return JSONResponse({"status": "ok", "checks": dict.fromkeys(checks, "ok")})
 
-    app.add_api_route("/health/live", live, methods=["GET"], tags=["health"], **live_docs())
-    app.add_api_route("/health/ready", ready, methods=["GET"], tags=["health"], **ready_docs(list(checks), NotReady))
+    app.add_api_route(LIVE_PATH, live, methods=["GET"], tags=["health"], **live_docs())
+    app.add_api_route(READY_PATH, ready, methods=["GET"], tags=["health"], **ready_docs(list(checks), NotReady))
 
 
 def create_fastapi(settings: ProcessSettings, title: str, lifespan: Callable[[FastAPI], Any]) -> PorticoAPI:

@@ -15,8 +15,9 @@ from pydantic import BaseModel, Field, field_validator
 
 from shared.telemetry import TRACEPARENT_PATTERN
 
-# The most events one feed page holds.
+# The most events one feed page holds, and how many it holds when the reader does not say.
 FEED_MAX_LIMIT = 500
+FEED_DEFAULT_LIMIT = 100
 FEED_PATH = "/events"
 
 # The events the orders service writes with each change to an order.

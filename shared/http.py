@@ -23,7 +23,7 @@ from yarl import URL
 
 from shared.admission import DEADLINE_HEADER_NAME, deadline_var, format_deadline
 from shared.calls import CallPolicy, ServiceCalls
-from shared.contract import IDEMPOTENCY_HEADER, IDENTITY_HEADER, Identity
+from shared.contract import IDEMPOTENCY_HEADER, IDENTITY_HEADER, READY_PATH, Identity
 from shared.errors import DeadlineExceeded, UpstreamError
 from shared.failures import failure_of
 from shared.fleet import Instance
@@ -293,7 +293,7 @@ class ServiceClient(ServiceCalls):
 
     async def _probe(self, instance: Instance) -> bool:
         """An ejected instance's health check: its `/health/ready`, untraced (a background loop)."""
-        url = instance.base_url + "/health/ready"
+        url = instance.base_url + READY_PATH
         headers = {"Host": self._host} if self._host else None
         with suppress_instrumentation():
             if self.session is not None:

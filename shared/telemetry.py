@@ -55,6 +55,8 @@ from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_OR
 from opentelemetry.trace import Span, SpanContext, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from shared.contract import PROBE_PATHS
+
 if TYPE_CHECKING:
     from starlette.types import Scope
 
@@ -72,7 +74,7 @@ def exporting_enabled() -> bool:
 # Not yet in the stable attribute modules of the semantic conventions package.
 URL_TEMPLATE = "url.template"
 # Paths never traced: probes and scrapes would drown the real traces.
-UNTRACED_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
+UNTRACED_PATHS = frozenset(PROBE_PATHS)
 # What the gateway puts on its server span about the request and the caller (never a credential).
 REQUEST_ID = "portico.request_id"
 TENANT_ID = "portico.tenant_id"

@@ -56,7 +56,7 @@ from gateway.edge.store import RedisClient, StoreCaller, StoreUnavailable
 from shared.context import RequestContext
 from shared.contract import EVENTS_WRITE, Identity
 from shared.errors import PorticoError
-from shared.events import QUOTA_THRESHOLD_REACHED
+from shared.events import FEED_PATH, QUOTA_THRESHOLD_REACHED
 from shared.http import ServiceClient
 
 logger = logging.getLogger("portico.gateway.usage")
@@ -338,7 +338,7 @@ class QuotaAnnouncer:
                     "used": used,
                 },
             }
-            response = await self.orders.send("POST", "/events", identity=PUBLISHER, json=event)
+            response = await self.orders.send("POST", FEED_PATH, identity=PUBLISHER, json=event)
             if response.status_code != 202:
                 logger.warning(
                     "the orders service answered %s to a quota event; it is published again later",

@@ -29,7 +29,7 @@ from shared.contract import (
     checked_idempotency_key,
 )
 from shared.errors import UpstreamBadResponse
-from shared.events import FEED_MAX_LIMIT, PublishedEvent
+from shared.events import FEED_DEFAULT_LIMIT, FEED_MAX_LIMIT, FEED_PATH, PublishedEvent
 from shared.pagination import Page, PageDep
 from shared.problem_docs import problem_responses, route_responses
 
@@ -91,13 +91,13 @@ async def cancel_order(order_id: ResourceIdPath, ctx: ContextDep, caller: Orders
     return await service.cancel_order(ctx, caller, order_id)
 
 
-@router.get("/events", responses=route_responses(READ_EVENTS_ERRORS))
+@router.get(FEED_PATH, responses=route_responses(READ_EVENTS_ERRORS))
 async def events(
     ctx: ContextDep,
     _: EventsReader,
     # The seq column is a 64-bit integer.
     after: Annotated[int, Query(ge=0, le=2**63 - 1, description="The last seq already consumed.")] = 0,
-    limit: Annotated[int, Query(ge=1, le=FEED_MAX_LIMIT)] = 100,
+    limit: Annotated[int, Query(ge=1, le=FEED_MAX_LIMIT)] = FEED_DEFAULT_LIMIT,
     tenant_id: Annotated[
         str | None, Query(pattern=RESOURCE_ID_PATTERN, description="Only this tenant's events (resuming a stream).")
     ] = None,
@@ -108,7 +108,7 @@ async def events(
 
 
 @router.post(
-    "/events",
+    FEED_PATH,
     status_code=202,
     responses=route_responses(PUBLISH_EVENT_ERRORS),
 )

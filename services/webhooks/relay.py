@@ -26,7 +26,7 @@ from services.webhooks.repository import RelayRepository, StoredBatch
 from services.webhooks.settings import WebhooksSettings
 from shared.contract import EVENTS_READ, Identity
 from shared.errors import UpstreamError
-from shared.events import FeedEvent, FeedPage
+from shared.events import FEED_PATH, FeedEvent, FeedPage
 from shared.http import ServiceClient
 from shared.loops import running_loop
 from shared.repository import transaction
@@ -121,7 +121,7 @@ class OrdersRelay:
 
     async def fetch(self, after: int) -> FeedPage:
         response = await self.orders.send(
-            "GET", "/events", identity=RELAY_IDENTITY, params={"after": after, "limit": self.batch_size}
+            "GET", FEED_PATH, identity=RELAY_IDENTITY, params={"after": after, "limit": self.batch_size}
         )
         if response.status_code != 200:
             raise FeedError(f"the orders feed answered {response.status_code}: {response.text[:300]}")

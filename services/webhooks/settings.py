@@ -6,6 +6,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import NoDecode
 
 from shared.contract import PROCESSES, WORKERS
+from shared.events import FEED_MAX_LIMIT
 from shared.settings import (
     BaseServiceSettings,
     ServiceAddressSetting,
@@ -54,7 +55,7 @@ class WebhooksSettings(BaseServiceSettings):
     """The relay; off only where something else drives it (tests call `OrdersRelay.run_once`)."""
     relay_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5
     """The relay's poll interval when idle; a full batch is followed at once by the next."""
-    relay_batch_size: Annotated[int, Field(ge=1, le=500)] = 100
+    relay_batch_size: Annotated[int, Field(ge=1, le=FEED_MAX_LIMIT)] = 100
     """Events per poll (the orders feed serves at most 500)."""
     relay_max_backoff_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
     """After failures the relay waits exponentially longer, with jitter, up to this."""

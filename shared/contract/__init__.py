@@ -1,7 +1,8 @@
 """What the gateway and the services must agree on, written once and imported by both sides, one
 module a topic:
 
-- `processes`: the processes, their modules and default ports, and the workers beside a service;
+- `processes`: the processes, their modules and default ports, the workers beside a service, and
+  the probe and metrics paths every one serves;
 - `access`: scopes, what each role holds, and the plans;
 - `identity`: the identity a request is for, as the claims of the internal identity token and of
   access tokens;
@@ -179,7 +180,19 @@ from shared.contract.identity import (
     identity_from_claims as identity_from_claims,
 )
 from shared.contract.processes import (
+    LIVE_PATH as LIVE_PATH,
+)
+from shared.contract.processes import (
+    METRICS_PATH as METRICS_PATH,
+)
+from shared.contract.processes import (
+    PROBE_PATHS as PROBE_PATHS,
+)
+from shared.contract.processes import (
     PROCESSES as PROCESSES,
+)
+from shared.contract.processes import (
+    READY_PATH as READY_PATH,
 )
 from shared.contract.processes import (
     SERVICES as SERVICES,

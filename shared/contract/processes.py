@@ -1,5 +1,5 @@
 """The processes, their modules and default ports (settings, the dev stack, tests and the
-Makefile), and the workers that run beside a service."""
+Makefile), the workers that run beside a service, and the paths every one of them serves."""
 
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ class Worker:
     def port_env(self) -> str:
         return PROCESSES[self.service].env_prefix + self.port_setting.upper()
 
+
+# What every process and worker serves besides its API: liveness, readiness (which the gateway and the
+# health checks of a fleet ask too) and the metrics scrape. None is traced or shed, nor rate limited
+# by default.
+LIVE_PATH = "/health/live"
+READY_PATH = "/health/ready"
+METRICS_PATH = "/metrics"
+PROBE_PATHS: tuple[str, ...] = (LIVE_PATH, READY_PATH, METRICS_PATH)
 
 WORKERS: dict[str, Worker] = {
     worker.name: worker for worker in (Worker("webhooks-worker", "webhooks", "worker", 8005, "worker_port"),)
