@@ -1,8 +1,9 @@
 """Prometheus multiprocess mode under a gunicorn master: one sample file per worker and metric kind,
 summed on every scrape (`shared/metrics.py`), and the files of exited workers folded into archives.
 
-Folding reads and writes prometheus_client's sample files through its `MmapedDict`, which is not part
-of its public API: prometheus-client is pinned to one minor release in pyproject.toml, and
+Folding reads and writes prometheus_client's sample files through its `MmapedDict`, and the workers'
+value class is chosen again by assigning its `values.ValueClass`; neither is part of its public API:
+prometheus-client is pinned to one minor release in pyproject.toml, and
 `tests/unit/test_serving_internals.py` fails on any change of what is used here.
 """
 
@@ -68,7 +69,10 @@ def prepare_multiprocess_metrics(process: str) -> Path:
         atexit.register(remove)
         os.environ[MULTIPROC_ENV] = str(directory)
     # prometheus_client chooses how values are stored when it is first imported, which was before
-    # the variable was set: choose again, before any worker creates a metric.
+    # the variable was set: choose again, before any worker creates a metric. `ValueClass` is no public
+    # API, and assigning one it no longer reads would change nothing, silently.
+    if not hasattr(prometheus_values, "ValueClass"):
+        raise RuntimeError("prometheus_client.values has no ValueClass: the workers' metrics cannot be shared")
     prometheus_values.ValueClass = _get_value_class()
     return directory
 
