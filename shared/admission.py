@@ -65,7 +65,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.asgi import declared_length, find_headers, header
-from shared.contract import PROBE_PATHS
+from shared.contract import PLANS, PROBE_PATHS
 from shared.errors import DeadlineExceeded, Overloaded, PorticoError, problem_message, retry_in
 from shared.metrics import MULTIPROC_ENV, LabelCache
 from shared.request_id import CLIENT_REQUEST_ID, REQUEST_ID_HEADER, new_request_id, request_id_of
@@ -74,7 +74,7 @@ from shared.settings import ProcessSettings, settings_group
 DEADLINE_HEADER = b"x-request-deadline"
 DEADLINE_HEADER_NAME = "X-Request-Deadline"
 # Ranks, lowest first: who is refused first when the process fills up.
-RANKS: tuple[str, ...] = ("anonymous", "free", "pro", "enterprise")
+RANKS: tuple[str, ...] = ("anonymous", *PLANS)
 RANK_OF: dict[str, int] = {name: rank for rank, name in enumerate(RANKS)}
 TOP_RANK = len(RANKS) - 1
 # The `plan` label of a service's refusals: services do not rank requests.

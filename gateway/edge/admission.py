@@ -26,9 +26,10 @@ from collections.abc import Sequence
 from gateway.edge.authentication import Authenticator
 from shared.admission import RANK_OF
 from shared.asgi import find_headers
+from shared.contract import PLANS
 
 ANONYMOUS_RANK = RANK_OF["anonymous"]
-LOWEST_PLAN_RANK = RANK_OF["free"]
+LOWEST_PLAN_RANK = RANK_OF[PLANS[0]]
 
 
 def caller_rank(raw: Sequence[tuple[bytes, bytes]], authenticator: Authenticator) -> int:

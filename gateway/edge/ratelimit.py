@@ -47,6 +47,14 @@ from shared.errors import PorticoError, QuotaExceeded, TooManyRequests, retry_in
 
 T = TypeVar("T")
 Refusal = TypeVar("Refusal", bound=TooManyRequests)
+# Whose counters a tenant's requests go to: `t:<tenant id>`, the hash tag of its keys (and of its usage
+# hashes, `gateway/edge/usage.py`). An anonymous caller's are its client address's, `a:<address>`.
+TENANT_SUBJECT_PREFIX = "t:"
+
+
+def tenant_subject(tenant_id: str) -> str:
+    return TENANT_SUBJECT_PREFIX + tenant_id
+
 
 # The sliding windows of `n` policies, as a Lua function shared by the scripts that count requests:
 # KEYS[1..n] are the policies' counters; from ARGV[base + 1]: the cost, then limit and window (ms) of
@@ -572,7 +580,7 @@ class RateLimits:
         if identity.tenant_id is None:
             subject, policies = f"a:{self.client_address(scope)}", [self.anonymous]
         else:
-            subject, policies = f"t:{identity.tenant_id}", [self.plans.get(identity.plan, self.default_plan)]
+            subject, policies = tenant_subject(identity.tenant_id), [self.plans.get(identity.plan, self.default_plan)]
         if route is not None and self.routes:
             # A WebSocket's scope has no method: its upgrade is a GET.
             policy = self.routes.get((scope.get("method", "GET"), route))

@@ -51,10 +51,17 @@ from redis.exceptions import RedisError
 
 from gateway.edge.metrics import TOP_TENANTS, EdgeMetrics
 from gateway.edge.periods import HOUR_SECONDS, hour_label, rfc3339
-from gateway.edge.ratelimit import MemoryRateLimitStore, MonthlyQuotas, Policy, RedisRateLimitStore
+from gateway.edge.ratelimit import (
+    TENANT_SUBJECT_PREFIX,
+    MemoryRateLimitStore,
+    MonthlyQuotas,
+    Policy,
+    RedisRateLimitStore,
+    tenant_subject,
+)
 from gateway.edge.store import RedisClient, StoreCaller, StoreUnavailable
 from shared.context import RequestContext
-from shared.contract import EVENTS_WRITE, Identity
+from shared.contract import EVENTS_WRITE, Identity, service_subject
 from shared.errors import PorticoError
 from shared.events import FEED_PATH, QUOTA_THRESHOLD_REACHED
 from shared.http import ServiceClient
@@ -86,7 +93,7 @@ class RedisUsageStore:
         self.ttl = retention_seconds
 
     def key(self, tenant_id: str, hour: int) -> str:
-        return f"{self.prefix}usage:{{t:{tenant_id}}}:{hour_label(hour)}"
+        return f"{self.prefix}usage:{{{tenant_subject(tenant_id)}}}:{hour_label(hour)}"
 
     async def add_many(self, counts: Counter[tuple[str, int, str]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -217,7 +224,7 @@ class Metering:
 
 # --------------------------------------------------------------------------- quota thresholds
 
-PUBLISHER = Identity(subject="service:gateway", scopes=frozenset({EVENTS_WRITE}))
+PUBLISHER = Identity(subject=service_subject("gateway"), scopes=frozenset({EVENTS_WRITE}))
 EVENT_NAMESPACE = uuid.UUID("6f3c2a5e-8d1b-4f7a-9c0e-5b2d7e4a1f90")
 THRESHOLDS = ((80, 1), (100, 2))
 
@@ -322,7 +329,7 @@ class QuotaAnnouncer:
 
     async def publish(self, subject: str, policy: Policy, threshold: int) -> bool:
         """Adds the threshold's event to the feed and marks it published; False when it could not."""
-        tenant_id = subject.removeprefix("t:")
+        tenant_id = subject.removeprefix(TENANT_SUBJECT_PREFIX)
         try:
             used = await self.marks.threshold_count(subject, policy, threshold)
             if used is None:
@@ -390,5 +397,5 @@ class UsageReader:
             period_start=rfc3339(month.start),
             period_end=rfc3339(month.end),
             limit=None if policy.unlimited else policy.quota.limit,
-            used=await self.marks.used(f"t:{identity.tenant_id}", policy),
+            used=await self.marks.used(tenant_subject(identity.tenant_id), policy),
         )

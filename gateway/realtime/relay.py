@@ -28,7 +28,7 @@ from redis.exceptions import LockError, RedisError
 
 from gateway.edge.store import RedisClient
 from gateway.realtime.streams import EventStore, StreamEvent
-from shared.contract import EVENTS_READ, Identity
+from shared.contract import EVENTS_READ, Identity, service_subject
 from shared.errors import UpstreamBadResponse, UpstreamError
 from shared.events import FEED_PATH, FeedEvent, FeedPage
 from shared.http import ServiceClient
@@ -37,7 +37,7 @@ from shared.telemetry import context_of
 
 logger = logging.getLogger("portico.gateway.realtime")
 
-FEED_IDENTITY = Identity(subject="service:gateway", scopes=frozenset({EVENTS_READ}))
+FEED_IDENTITY = Identity(subject=service_subject("gateway"), scopes=frozenset({EVENTS_READ}))
 
 
 class FeedError(UpstreamBadResponse):

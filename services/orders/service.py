@@ -50,6 +50,7 @@ from shared.contract import (
     IdempotencyKeyReused,
     Identity,
     TenantIdentity,
+    service_subject,
 )
 from shared.db import LockNotAvailable, new_id, utcnow
 from shared.errors import (
@@ -106,7 +107,7 @@ class Placed:
 
 def service_identity(tenant_id: str) -> Identity:
     """Who this service is when it acts on its own (recovery), for one tenant."""
-    return Identity(subject="service:orders", tenant_id=tenant_id, scopes=frozenset({ORDERS_WRITE}))
+    return Identity(subject=service_subject("orders"), tenant_id=tenant_id, scopes=frozenset({ORDERS_WRITE}))
 
 
 def order_out(order: Order) -> OrderOut:

@@ -41,7 +41,16 @@ from services.users.schemas import (
 )
 from services.users.security import LoginThrottle, PasswordHasher, TokenIssuer
 from services.users.settings import UsersSettings
-from shared.contract import ROLE_SCOPES, USERS_WRITE, Plan, TenantIdentity, hash_api_key, key_id_of, new_api_key
+from shared.contract import (
+    DEFAULT_PLAN,
+    ROLE_SCOPES,
+    USERS_WRITE,
+    Plan,
+    TenantIdentity,
+    hash_api_key,
+    key_id_of,
+    new_api_key,
+)
 from shared.db import new_id, utcnow
 from shared.errors import retry_in
 from shared.pagination import Page, PageQuery
@@ -145,7 +154,7 @@ async def user_out(repo: UserRepository, settings: UsersSettings, user: User) ->
     limit = user.credit_limit_cents
     if limit is None:
         tenant = await repo.get_tenant(user.tenant_id)
-        limit = settings.credit_limit_of(tenant.plan if tenant is not None else "free")
+        limit = settings.credit_limit_of(tenant.plan if tenant is not None else DEFAULT_PLAN)
     return UserOut.model_validate(
         {
             "id": user.id,

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.webhooks.repository import RelayRepository, StoredBatch
 from services.webhooks.settings import WebhooksSettings
-from shared.contract import EVENTS_READ, Identity
+from shared.contract import EVENTS_READ, Identity, service_subject
 from shared.errors import UpstreamError
 from shared.events import FEED_PATH, FeedEvent, FeedPage
 from shared.http import ServiceClient
@@ -36,7 +36,7 @@ from shared.telemetry import context_of
 logger = logging.getLogger("portico.webhooks.relay")
 
 SOURCE = "orders"
-RELAY_IDENTITY = Identity(subject="service:webhooks", scopes=frozenset({EVENTS_READ}))
+RELAY_IDENTITY = Identity(subject=service_subject("webhooks"), scopes=frozenset({EVENTS_READ}))
 # How long shutdown waits for the batch in flight before cancelling it (its transaction then rolls
 # back, and the batch is read again on the next start).
 STOP_TIMEOUT_SECONDS = 5.0

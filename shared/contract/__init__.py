@@ -179,6 +179,9 @@ from shared.contract.identity import (
 from shared.contract.identity import (
     identity_from_claims as identity_from_claims,
 )
+from shared.contract.identity import (
+    service_subject as service_subject,
+)
 from shared.contract.processes import (
     LIVE_PATH as LIVE_PATH,
 )

@@ -39,6 +39,7 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     "member": frozenset({s for s in ALL_SCOPES if s.endswith(":read") and s != USAGE_READ} | {ORDERS_WRITE}),
 }
 
+# The plans, lowest first (the order admission ranks them in).
 Plan = Literal["free", "pro", "enterprise"]
 PLANS: tuple[Plan, ...] = get_args(Plan)
 # What a caller whose plan is unknown is treated as.

@@ -70,6 +70,11 @@ class TenantIdentity(Identity):
 ANONYMOUS = Identity(subject="anonymous")
 
 
+def service_subject(name: str) -> str:
+    """The subject of Portico's own service `name` acting on its own: `service:<name>`."""
+    return SERVICE_SUBJECT_PREFIX + name
+
+
 def identity_claims(identity: Identity) -> dict[str, Any]:
     """The claims that say who a token is for; access tokens and internal identity tokens share them."""
     claims: dict[str, Any] = {"sub": identity.subject, "scope": " ".join(sorted(identity.scopes))}
