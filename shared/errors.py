@@ -23,6 +23,8 @@ PROBLEM_BASE = "https://portico.dev/problems/"
 logger = logging.getLogger("portico.errors")
 
 RETRY_AFTER = "Retry-After"
+# All an unhandled error says of itself (as a 500 in REST, and in GraphQL): nothing of its internals.
+INTERNAL_DETAIL = "An internal error occurred."
 
 
 def retry_in(seconds: int | str) -> dict[str, str]:
@@ -350,7 +352,7 @@ class DatabaseUnavailable(ServiceUnavailable, code="DATABASE_UNAVAILABLE", title
 
 async def _unhandled_handler(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    response = problem_response(PorticoError("An internal error occurred."), _request_id(request))
+    response = problem_response(PorticoError(INTERNAL_DETAIL), _request_id(request))
     # Starlette's ServerErrorMiddleware raises the error again once this answer is sent, and the
     # server then closes the connection: the answer says so, so that a client opens a new connection
     # for its next request instead of racing the close.

@@ -27,9 +27,9 @@ from graphql.validation.validate import ValidationAbortedError
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types import ExecutionContext
 
-logger = logging.getLogger("portico.gateway.graphql")
+from shared.errors import INTERNAL_DETAIL, PorticoError
 
-INTERNAL_MESSAGE = "An internal error occurred."
+logger = logging.getLogger("portico.gateway.graphql")
 
 
 def _where(error: GraphQLError) -> str:
@@ -66,12 +66,12 @@ def _process(error: GraphQLError, *, parsed: bool) -> None:
     code = extensions.get("code")
     if original is not None and not isinstance(original, GraphQLError):
         logger.error("GraphQL field %s failed", _where(error), exc_info=original)
-        error.message = INTERNAL_MESSAGE
-        extensions = {"code": "INTERNAL_ERROR"}
+        error.message = INTERNAL_DETAIL
+        extensions = {"code": PorticoError.error_code}
     elif code is None and error.path is not None:
         # GraphQL's own complaint about what a resolver returned (a null for a non-null field).
         logger.error("GraphQL field %s failed: %s", _where(error), error.message)
-        extensions["code"] = "INTERNAL_ERROR"
+        extensions["code"] = PorticoError.error_code
     elif error.path is None:
         if code is None:
             if isinstance(error, ValidationAbortedError):

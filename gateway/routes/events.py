@@ -303,7 +303,7 @@ class WsSession:
         except (Overflowed, TimeoutError):
             return CLOSE_TRY_AGAIN_LATER, "too far behind: reconnect with last_event_id"
         except Expired:
-            return CLOSE_POLICY_VIOLATION, "EVENTS_EXPIRED"
+            return CLOSE_POLICY_VIOLATION, EventsExpired.error_code
         except STREAM_FAILURES as exc:
             logger.warning("WebSocket of tenant %s closed: %s: %s", tenant, type(exc).__name__, exc)
             return CLOSE_TRY_AGAIN_LATER, "service unavailable: reconnect with last_event_id"
