@@ -44,6 +44,11 @@ from shared.errors import (
 from shared.http import ServiceClient
 from shared.request_id import request_id_headers
 
+# The attributes of a part's (or a check's) span: its name, its service, and how it ended.
+PART = "portico.part"
+PART_SERVICE = "portico.service"
+PART_STATUS = "portico.part.status"
+
 PartStatus = Literal["ok", "error", "timeout", "skipped"]
 CheckStatus = Literal["passed", "failed", "cancelled"]
 # The error code of a service's refusal (a 4xx) whose body names none.
@@ -274,20 +279,20 @@ class Composer:
         async def run(part: Part) -> Outcome:
             started = time.perf_counter()
             with self.tracer.start_as_current_span(
-                f"part {part.name}", attributes={"portico.part": part.name, "portico.service": part.service}
+                f"part {part.name}", attributes={PART: part.name, PART_SERVICE: part.service}
             ) as span:
                 try:
                     value = await self._timed(part, call_for(part), values)
                     outcome = Outcome(part.service, "ok", value=value)
                 except asyncio.CancelledError:
-                    span.set_attribute("portico.part.status", "cancelled")
+                    span.set_attribute(PART_STATUS, "cancelled")
                     raise
                 except Exception as exc:  # every failure of a part is reported in its outcome
                     status, code, detail = _part_failure(part, exc)
                     outcome = Outcome(part.service, status, error_code=code, detail=detail, error=exc)
                     span.set_status(Status(StatusCode.ERROR, detail))
                 outcome.elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
-                span.set_attribute("portico.part.status", outcome.status)
+                span.set_attribute(PART_STATUS, outcome.status)
                 if outcome.status != "ok":
                     values[part.name].cancel()
                     if part.required:
@@ -319,7 +324,7 @@ class Composer:
             started = time.perf_counter()
             outcome = outcomes[check.name]
             with self.tracer.start_as_current_span(
-                f"check {check.name}", attributes={"portico.part": check.name, "portico.service": check.service}
+                f"check {check.name}", attributes={PART: check.name, PART_SERVICE: check.service}
             ) as span:
                 try:
                     outcome.value = await self._timed(check, call_for(check), values)
@@ -333,7 +338,7 @@ class Composer:
                     ) from None
                 finally:
                     outcome.elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
-                    span.set_attribute("portico.part.status", outcome.status)
+                    span.set_attribute(PART_STATUS, outcome.status)
                     if outcome.status != "passed":
                         values[check.name].cancel()
 

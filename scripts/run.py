@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from scripts.devstack import DEFAULT_PORTS, WORKER_PORTS, Stack
-from shared.contract import PROCESSES, SERVICES
+from shared.contract import PROCESSES, SERVICES, WEBHOOKS_WORKER
 from shared.settings import service_address
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def main() -> int:
             WALKTHROUGH.format(
                 gw=stack.url(),
                 logs=stack.log_dir,
-                worker=stack.url("webhooks-worker"),
+                worker=stack.url(WEBHOOKS_WORKER),
                 **{n: stack.service_url(n) for n in stack.ports if n.isidentifier()},
             ),
             flush=True,

@@ -19,13 +19,11 @@ import logging
 import time
 from typing import Any, Protocol
 
-from shared.contract import ANONYMOUS
+from shared.contract import ANONYMOUS, JWKS_PATH
 from shared.errors import PorticoError
 from shared.http import ServiceClient
 
 logger = logging.getLogger("portico.gateway.jwks")
-
-JWKS_PATH = "/.well-known/jwks.json"
 
 
 class KeySource(Protocol):

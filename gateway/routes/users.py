@@ -25,7 +25,7 @@ from services.users.schemas import (
     UserOut,
     UserUpdate,
 )
-from shared.contract import USERS_READ, USERS_WRITE
+from shared.contract import JWKS_PATH, USERS_READ, USERS_WRITE
 
 router = ForwardRouter("users", prefix="/v1", tags=["users"])
 # Public, outside /v1: where verifiers of access tokens find their keys.
@@ -137,7 +137,7 @@ router.add(
 well_known.add(
     Forward(
         "GET",
-        "/.well-known/jwks.json",
+        JWKS_PATH,
         ANONYMOUS_ACCESS,
         "jwks",
         "The public keys access tokens are signed with (JWKS, RFC 7517); empty with HS256",

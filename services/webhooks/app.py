@@ -14,11 +14,11 @@ from services.webhooks.context import check_worker, delivery_context, webhooks_c
 from services.webhooks.settings import WebhooksSettings
 from services.webhooks.url_safety import Resolver, system_resolver
 from services.webhooks.worker import WorkerMetrics
-from shared.contract import WORKERS
+from shared.contract import WEBHOOKS_WORKER, WORKERS
 from shared.service_app import ServiceSpec, create_service_app
 
 MIGRATIONS_DIR = Path(__file__).parent
-WORKER = WORKERS["webhooks-worker"]
+WORKER = WORKERS[WEBHOOKS_WORKER]
 
 
 def create_app(settings: WebhooksSettings | None = None, *, resolver: Resolver = system_resolver) -> FastAPI:

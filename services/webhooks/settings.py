@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import NoDecode
 
-from shared.contract import PROCESSES, WORKERS
+from shared.contract import PROCESSES, WEBHOOKS_WORKER, WORKERS
 from shared.events import FEED_MAX_LIMIT
 from shared.settings import (
     BaseServiceSettings,
@@ -72,7 +72,7 @@ class WebhooksSettings(BaseServiceSettings):
     """After a rotation the previous secret keeps signing deliveries this long, next to the new one, so receivers can
     switch without dropping any (Standard Webhooks allows several signatures)."""
 
-    worker_port: int = WORKERS["webhooks-worker"].port
+    worker_port: int = WORKERS[WEBHOOKS_WORKER].port
     """The port of the delivery worker (`python -m services.webhooks worker`): its `/health/live`, `/health/ready`
     (database reachable and the loop running) and `/metrics`, on `host`."""
     delivery_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 15.0

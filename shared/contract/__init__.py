@@ -159,6 +159,9 @@ from shared.contract.identity import (
     IDENTITY_LEEWAY_SECONDS as IDENTITY_LEEWAY_SECONDS,
 )
 from shared.contract.identity import (
+    JWKS_PATH as JWKS_PATH,
+)
+from shared.contract.identity import (
     SERVICE_SUBJECT_PREFIX as SERVICE_SUBJECT_PREFIX,
 )
 from shared.contract.identity import (
@@ -199,6 +202,9 @@ from shared.contract.processes import (
 )
 from shared.contract.processes import (
     SERVICES as SERVICES,
+)
+from shared.contract.processes import (
+    WEBHOOKS_WORKER as WEBHOOKS_WORKER,
 )
 from shared.contract.processes import (
     WORKERS as WORKERS,

@@ -16,6 +16,9 @@ IDENTITY_CHALLENGE = 'PorticoInternal realm="portico"'
 IDENTITY_LEEWAY_SECONDS = 5
 # Subjects of Portico's own services acting on their own, e.g. `service:webhooks`.
 SERVICE_SUBJECT_PREFIX = "service:"
+# Where the users service publishes the public keys of its access tokens (JWKS), which the gateway
+# fetches and serves at the same path.
+JWKS_PATH = "/.well-known/jwks.json"
 
 
 class AuthenticationRequired(Unauthorized, code="AUTHENTICATION_REQUIRED", title="Unauthorized", slug="unauthorized"):

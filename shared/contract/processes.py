@@ -65,6 +65,8 @@ READY_PATH = "/health/ready"
 METRICS_PATH = "/metrics"
 PROBE_PATHS: tuple[str, ...] = (LIVE_PATH, READY_PATH, METRICS_PATH)
 
+# The webhook delivery worker, beside the webhooks service.
+WEBHOOKS_WORKER = "webhooks-worker"
 WORKERS: dict[str, Worker] = {
-    worker.name: worker for worker in (Worker("webhooks-worker", "webhooks", "worker", 8005, "worker_port"),)
+    worker.name: worker for worker in (Worker(WEBHOOKS_WORKER, "webhooks", "worker", 8005, "worker_port"),)
 }
