@@ -38,6 +38,7 @@ from services.orders.schemas import OrderCreate, OrderOut
 from services.users.errors import UserNotFound
 from services.users.schemas import UserOut
 from shared.contract import (
+    AGGREGATE_COMPLETE_HEADER,
     MAX_ITEMS,
     ORDERS_READ,
     ORDERS_WRITE,
@@ -189,7 +190,7 @@ DASHBOARD_DOCS["responses"][200].update(
     description="Every part that answered; `X-Aggregate-Complete: false` when one did not.",
     headers={
         **DASHBOARD_DOCS["responses"][200]["headers"],
-        "X-Aggregate-Complete": {
+        AGGREGATE_COMPLETE_HEADER: {
             "description": "`false` when an optional part is missing from the answer.",
             "schema": {"type": "string", "enum": ["true", "false"]},
         },
@@ -227,7 +228,7 @@ async def dashboard(
         usage=quota,
     )
     complete = all(outcome.status == "ok" for outcome in outcomes.values())
-    return model_response(answer, headers={"X-Aggregate-Complete": "true" if complete else "false"})
+    return model_response(answer, headers={AGGREGATE_COMPLETE_HEADER: "true" if complete else "false"})
 
 
 # --------------------------------------------------------------------------- order validation

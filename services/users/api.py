@@ -53,7 +53,7 @@ from services.users.schemas import (
     UserUpdate,
 )
 from shared.caller import IdentityDep
-from shared.contract import CACHE_CONTROL, NO_STORE
+from shared.contract import CACHE_CONTROL, JWKS_PATH, NO_STORE
 from shared.pagination import Page, PageDep
 from shared.problem_docs import route_responses
 
@@ -63,7 +63,7 @@ router = APIRouter()
 JWKS_CACHE_CONTROL = "public, max-age=60"
 
 
-@router.get("/.well-known/jwks.json", response_model=Jwks)
+@router.get(JWKS_PATH, response_model=Jwks)
 async def jwks(issuer: IssuerDep, response: Response, _: IdentityDep) -> dict[str, Any]:
     """The public keys access tokens are signed with (RFC 7517): the current one, the next one and
     those whose tokens may still be alive. Empty with HS256."""
