@@ -19,7 +19,7 @@ GET rows: `GET /v1/users/me` with a JWT, stages added one at a time. POST rows: 
 with a new `Idempotency-Key` on every request (each is a first request: claim, forward, store),
 against the same request without idempotency. The rate limit's rows include the monthly quota (counted
 in the same script); the metering rows count each answer by tenant, route, status class and hour
-(`gateway/edge/usage.py`). Quotas are raised so that nothing is refused: the
+(`gateway/edge/metering.py`). Quotas are raised so that nothing is refused: the
 table measures the cost of counting, not of refusing.
 """
 

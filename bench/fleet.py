@@ -100,7 +100,7 @@ def client(urls: str, **settings: Any) -> Any:
     from opentelemetry.sdk.trace import TracerProvider
 
     from shared.http import ServiceClient
-    from shared.identity import IdentitySigner
+    from shared.identity_token import IdentitySigner
     from shared.settings import ProcessSettings
 
     try:

@@ -31,10 +31,10 @@ from prometheus_client import CollectorRegistry
 
 from bench.common import redis_prefix
 from gateway.app import create_redis
+from gateway.edge.metering import MemoryUsageStore, Metering, RedisUsageStore
 from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.ratelimit import MonthlyPolicies, Policy, RedisRateLimitStore
 from gateway.edge.store import ScriptBatcher, StoreCaller
-from gateway.edge.usage import MemoryUsageStore, Metering, RedisUsageStore
 from gateway.settings import GatewaySettings, Quota
 from shared.context import RequestContext
 from shared.contract import Identity

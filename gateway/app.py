@@ -45,6 +45,17 @@ from gateway.edge.authentication import Authenticator, JwtVerifier, key_source
 from gateway.edge.authfailures import AuthFailures
 from gateway.edge.forwarding import Forwarder
 from gateway.edge.idempotency import Idempotency, IdempotencyStore, MemoryIdempotencyStore, RedisIdempotencyStore
+from gateway.edge.metering import (
+    MemoryThresholdMarks,
+    MemoryUsageStore,
+    Metering,
+    QuotaAnnouncer,
+    RedisThresholdMarks,
+    RedisUsageStore,
+    ThresholdMarks,
+    UsageReader,
+    UsageStore,
+)
 from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.pipeline import Edge, EdgeRuntime
 from gateway.edge.ratelimit import (
@@ -58,17 +69,6 @@ from gateway.edge.ratelimit import (
 )
 from gateway.edge.router import RouteTable
 from gateway.edge.store import RedisClient, ScriptBatcher, StoreCaller
-from gateway.edge.usage import (
-    MemoryThresholdMarks,
-    MemoryUsageStore,
-    Metering,
-    QuotaAnnouncer,
-    RedisThresholdMarks,
-    RedisUsageStore,
-    ThresholdMarks,
-    UsageReader,
-    UsageStore,
-)
 from gateway.graphql import graphiql
 from gateway.graphql.router import graphql_router
 from gateway.openapi import add_components, describe_api
@@ -85,7 +85,7 @@ from shared.app import ReadinessCheck, add_health_routes, create_fastapi, instal
 from shared.calls import CallPolicy, UpstreamMetrics
 from shared.contract import ANONYMOUS, READY_PATH
 from shared.http import ServiceClient
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from shared.loops import running_loop
 from shared.pool import create_http_pool
 from shared.state import LifespanState, lifespan_state_of

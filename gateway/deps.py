@@ -17,7 +17,7 @@ from starlette.requests import HTTPConnection
 from gateway.composer import Composer
 from gateway.edge.access import Access
 from gateway.edge.authentication import Authenticator, Caller
-from gateway.edge.usage import UsageReader
+from gateway.edge.metering import UsageReader
 from gateway.realtime.hub import Hub
 from gateway.settings import GatewaySettings
 from gateway.state import GatewayState

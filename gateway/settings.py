@@ -144,7 +144,7 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     (503)."""
     rate_limit_exempt_paths: ListSetting = Field(default_factory=lambda: list(PROBE_PATHS))
     """Paths never counted."""
-    # --- Usage and monthly quotas (gateway/edge/usage.py)
+    # --- Usage and monthly quotas (gateway/edge/metering.py)
     usage_enabled: bool = True
     """Metering: every answer to a tenant counted by route template, status class and hour (`GET /v1/usage`)."""
     usage_flush_seconds: Annotated[float, Field(gt=0, le=60)] = 0.1

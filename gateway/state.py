@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from gateway.composer import Composer
 from gateway.edge.authentication import Authenticator
+from gateway.edge.metering import UsageReader
 from gateway.edge.pipeline import EdgeRuntime
 from gateway.edge.store import RedisClient
-from gateway.edge.usage import UsageReader
 from gateway.realtime.hub import Hub
 from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstreams

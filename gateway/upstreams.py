@@ -32,7 +32,7 @@ FORWARD_RESPONSE_HEADERS = frozenset(
         IDEMPOTENT_REPLAYED_HEADER.lower(),
     )
 )
-# How a service says it refused the gateway's own identity (`shared/identity.py`).
+# How a service says it refused the gateway's own identity (`shared/identity_token.py`).
 INTERNAL_CHALLENGE = b"PorticoInternal"
 
 

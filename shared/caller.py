@@ -1,5 +1,5 @@
 """Who is calling a service, as FastAPI dependencies: the identity the gateway's (or another
-service's) internal token names (`shared/identity.py` verifies it), and the scopes a route needs.
+service's) internal token names (`shared/identity_token.py` verifies it), and the scopes a route needs.
 Every service's `deps.py` builds its own on these."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from shared.contract import IDENTITY_CHALLENGE, IDENTITY_HEADER, Identity, TenantIdentity
-from shared.identity import MissingInternalIdentity
+from shared.identity_token import MissingInternalIdentity
 from shared.state import ServiceState, app_state
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class RequestContext:
     request_id: str
     # Who is calling, once the gateway's authentication stage ran (anonymous included); services
-    # learn it from the internal identity token instead (`shared/identity.py`).
+    # learn it from the internal identity token instead (`shared/identity_token.py`).
     principal: Identity | None = None
     # How the principal proved itself (the gateway's `Caller`: a token's expiry, an API key), for
     # connections that outlive their request.

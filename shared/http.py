@@ -42,7 +42,7 @@ from shared.telemetry import (
 )
 
 if TYPE_CHECKING:
-    from shared.identity import IdentitySigner
+    from shared.identity_token import IdentitySigner
 
 IDEMPOTENCY_KEY = IDEMPOTENCY_HEADER.lower()
 

@@ -19,7 +19,7 @@ from shared.app import ReadinessCheck, add_health_routes, create_fastapi, instal
 from shared.caller import require_identity
 from shared.calls import CallPolicy, UpstreamMetrics
 from shared.db import PoolMetrics, check_database, create_engine, create_sessionmaker, install_database_errors
-from shared.identity import IdentitySigner, IdentityVerifier
+from shared.identity_token import IdentitySigner, IdentityVerifier
 from shared.pool import create_http_client
 from shared.settings import BaseServiceSettings
 from shared.sql_spans import instrument_engine

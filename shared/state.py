@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
     from shared.admission import Shedder
-    from shared.identity import IdentitySigner, IdentityVerifier
+    from shared.identity_token import IdentitySigner, IdentityVerifier
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -12,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from scripts.devstack import Stack, free_port
 from shared.contract import IDENTITY_HEADER, PROCESSES, Identity
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from shared.migrations import upgrade
 from tests.infra import SERVICE_DATABASES, Servers, servers
 from tests.otlp import OtlpReceiver

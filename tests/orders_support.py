@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 
 from shared.contract import ANONYMOUS, ROLE_SCOPES, Identity
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from tests.conftest import internal_headers
 from tests.infra import Servers
 

@@ -59,11 +59,11 @@ from gateway.edge.idempotency import (
     replay_message,
     replaying,
 )
+from gateway.edge.metering import Metering
 from gateway.edge.metrics import EdgeMetrics
 from gateway.edge.ratelimit import Counted, RateLimits, rate_limit_headers
 from gateway.edge.router import Found, RouteTable, WrongMethod
 from gateway.edge.store import StoreUnavailable
-from gateway.edge.usage import Metering
 from gateway.settings import GatewaySettings
 from shared.admission import (
     ADMITTED,
@@ -107,7 +107,7 @@ class EdgeRuntime:
     rate_limits: RateLimits | None
     idempotency: Idempotency | None
     forwarder: Forwarder
-    # Counts every answer to a tenant as it is sent, in the process (`gateway/edge/usage.py`); None: off.
+    # Counts every answer to a tenant as it is sent, in the process (`gateway/edge/metering.py`); None: off.
     metering: Metering | None = None
 
 

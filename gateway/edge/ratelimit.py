@@ -48,7 +48,7 @@ from shared.errors import PorticoError, QuotaExceeded, TooManyRequests, retry_in
 T = TypeVar("T")
 Refusal = TypeVar("Refusal", bound=TooManyRequests)
 # Whose counters a tenant's requests go to: `t:<tenant id>`, the hash tag of its keys (and of its usage
-# hashes, `gateway/edge/usage.py`). An anonymous caller's are its client address's, `a:<address>`.
+# hashes, `gateway/edge/metering.py`). An anonymous caller's are its client address's, `a:<address>`.
 TENANT_SUBJECT_PREFIX = "t:"
 
 
@@ -570,7 +570,7 @@ class RateLimits:
         self.plans: dict[str | None, Policy] = {plan: Policy(plan, q) for plan, q in settings.plan_quotas().items()}
         self.default_plan = self.plans[DEFAULT_PLAN]
         self.routes = {route: Policy(f"{route[0]} {route[1]}", quota) for route, quota in route_quotas.items()}
-        # The monthly quota, counted in the same script as the windows (`gateway/edge/usage.py`).
+        # The monthly quota, counted in the same script as the windows (`gateway/edge/metering.py`).
         self.monthly = MonthlyQuotas(settings)
         # Publishes the quota thresholds' events; set in the lifespan.
         self.announcer: ThresholdAnnouncer | None = None

@@ -31,7 +31,7 @@ from gateway.composer import (
 )
 from gateway.deps import ComposerDep, RequireAccess, UsageDep
 from gateway.edge.access import Access
-from gateway.edge.usage import QuotaUse
+from gateway.edge.metering import QuotaUse
 from gateway.openapi import model_example, operation_docs
 from services.orders.errors import UnknownUser
 from services.orders.schemas import OrderCreate, OrderOut

@@ -1,7 +1,7 @@
 """`GET /v1/usage`: the caller's tenant's metered requests, by hour or day, and its monthly quota.
 
 Scope `usage:read` (tenant admins; members do not hold it). The counts are those of the metering
-(`gateway/edge/usage.py`): every answer the gateway gave the tenant, by route template and status
+(`gateway/edge/metering.py`): every answer the gateway gave the tenant, by route template and status
 class, counted in the hour (UTC) it was answered. A range covers the hours that overlap
 `[from, to)`, at most `MAX_RANGE_DAYS` days, within the retention (`GATEWAY_USAGE_RETENTION_DAYS`).
 """
@@ -17,8 +17,8 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from gateway.deps import RequireAccess, SettingsDep, UsageDep
 from gateway.edge.access import Access
+from gateway.edge.metering import STATUS_CLASSES, QuotaUse
 from gateway.edge.periods import HOUR_SECONDS, current_month, rfc3339
-from gateway.edge.usage import STATUS_CLASSES, QuotaUse
 from gateway.openapi import operation_docs
 from shared.contract import USAGE_READ, Identity
 from shared.errors import ValidationFailed

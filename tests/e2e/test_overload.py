@@ -18,7 +18,7 @@ import pytest
 
 from scripts.devstack import Stack, free_port
 from shared.contract import IDENTITY_HEADER
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from tests.aggregate_support import ScriptedService, answer_json, eventually, metric
 from tests.conftest import ROOT, service_env
 from tests.edge_support import bearer

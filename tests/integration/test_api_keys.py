@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from shared.contract import ALL_SCOPES, ANONYMOUS, API_KEY_RE, ROLE_SCOPES, Identity, hash_api_key, key_subject
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from tests.conftest import internal_headers
 from tests.infra import Servers
 from tests.plans import grant_plan

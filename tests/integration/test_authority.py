@@ -19,7 +19,7 @@ from jose import jwt
 
 from services.users.authority import MANAGE_OWN_KEYS, MANAGE_TENANT_KEYS, SET_CREDIT_LIMITS
 from shared.contract import ALL_SCOPES, ANONYMOUS, ROLE_SCOPES, Identity, key_id_of, key_subject
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from tests.conftest import internal_headers
 from tests.integration.test_api_keys import PASSWORD, Caller, db_rows, member_of, resolve, tenant_admin, unique_email
 

@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI
 
 from shared.contract import ROLE_SCOPES, Identity
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from tests.conftest import app_client, internal_headers, settings_kwargs
 from tests.faults import TcpProxy
 from tests.infra import Servers

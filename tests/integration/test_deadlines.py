@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from services.orders.app import create_app
 from services.orders.settings import OrdersSettings
 from shared.contract import IDENTITY_HEADER
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from tests.aggregate_support import ScriptedService, answer_json
 from tests.conftest import app_client, settings_kwargs
 from tests.edge_support import bearer, gateway_settings, in_process_gateway

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.app import create_redis
+from gateway.edge.metering import MemoryThresholdMarks, RedisThresholdMarks, ThresholdMarks
 from gateway.edge.ratelimit import MONTHLY, MemoryRateLimitStore, Policy, RateLimitStore, RedisRateLimitStore
 from gateway.edge.store import ScriptBatcher
-from gateway.edge.usage import MemoryThresholdMarks, RedisThresholdMarks, ThresholdMarks
 from gateway.settings import Quota
 from tests.edge_support import BACKENDS, backend_settings, concurrently, gateway_settings
 

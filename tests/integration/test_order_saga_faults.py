@@ -25,7 +25,7 @@ from services.inventory.app import create_app as create_inventory_app
 from services.inventory.settings import InventorySettings
 from services.orders.app import create_app as create_orders_app
 from services.orders.settings import OrdersSettings
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from tests.conftest import ROOT, app_client, service_env, settings_kwargs
 from tests.faults import HttpFaultProxy, ServiceProcess, eventually, failing_statements
 from tests.infra import Servers

@@ -24,7 +24,7 @@ from services.orders.app import create_app as create_orders_app
 from services.orders.settings import OrdersSettings
 from shared.contract import ROLE_SCOPES, Identity
 from shared.db import utcnow
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from tests.conftest import app_client, internal_headers, settings_kwargs
 from tests.faults import refused_port
 from tests.infra import Servers

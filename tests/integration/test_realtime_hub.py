@@ -28,7 +28,7 @@ from scripts.devstack import Stack
 from services.orders.app import create_app as create_orders_app
 from services.orders.settings import OrdersSettings
 from shared.http import ServiceClient
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from shared.migrations import upgrade
 from shared.pool import create_http_client
 from tests.conftest import INTERNAL_SECRET, ROOT, app_client, settings_kwargs

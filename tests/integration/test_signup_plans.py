@@ -18,7 +18,7 @@ from services.users.app import create_app
 from services.users.commands import _run_set_plan, _set_plan_arguments
 from services.users.settings import UsersSettings
 from shared.contract import ANONYMOUS, ROLE_SCOPES, Identity
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from tests.conftest import INTERNAL_SECRET, JWT_SECRET, ROOT, app_client, internal_headers, settings_kwargs
 from tests.infra import Servers
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from shared.contract import ANONYMOUS, IDENTITY_HEADER, ROLE_SCOPES, Identity
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from tests.conftest import INTERNAL_SECRET, internal_headers
 
 

@@ -633,7 +633,7 @@ async def test_metrics_count_outcomes_and_measure_the_queue(pg):
 async def test_the_api_shows_a_delivery_with_its_attempt_log_and_replays_it(pg, migrated, signer):
     from services.webhooks.app import create_app
     from services.webhooks.settings import WebhooksSettings
-    from shared.identity import Identity
+    from shared.identity_token import Identity
     from tests.conftest import app_client, internal_headers, settings_kwargs
 
     settings = WebhooksSettings(

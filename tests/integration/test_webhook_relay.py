@@ -30,7 +30,7 @@ from services.webhooks.settings import WebhooksSettings
 from shared.contract import Identity
 from shared.errors import UpstreamBadResponse, UpstreamUnavailable
 from shared.http import ServiceClient
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from shared.pool import create_http_client
 from shared.sql_spans import instrument_engine
 from tests.conftest import app_client, internal_headers, service_env, settings_kwargs

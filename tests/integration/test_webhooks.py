@@ -16,7 +16,7 @@ from services.webhooks.app import create_app
 from services.webhooks.settings import WebhooksSettings
 from services.webhooks.url_safety import DnsUnavailable, UnsafeUrl, check_url
 from shared.contract import Identity
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from tests.conftest import app_client, internal_headers, settings_kwargs
 from tests.infra import Servers
 

@@ -11,7 +11,7 @@ from shared.calls import CallPolicy
 from shared.contract import Identity
 from shared.errors import UpstreamTimeout, UpstreamUnavailable
 from shared.http import ServiceClient
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 from shared.settings import ProcessSettings
 
 CALLER = Identity(subject="u-1", tenant_id="t-1")

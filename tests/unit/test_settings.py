@@ -10,7 +10,7 @@ from gateway.edge.jwks import JwksKeys, StaticKey
 from gateway.settings import GatewaySettings
 from services.users.settings import UsersSettings
 from shared.http import ServiceClient
-from shared.identity import IdentitySigner
+from shared.identity_token import IdentitySigner
 
 STRONG = "s" * 40
 
