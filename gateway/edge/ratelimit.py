@@ -470,6 +470,8 @@ def _reset_for(state: PolicyState) -> int:
 
 
 MONTHLY = "monthly"
+# The request span's attribute saying what the rate limit decided (or `fail_<mode>` while the store fails).
+DECISION = "portico.rate_limit.decision"
 # Routes a tenant past its monthly quota can still call, to see where it stands (still metered, and
 # still under the plan's rate limit).
 OUTSIDE_MONTHLY_QUOTA = frozenset({"/v1/usage"})
@@ -613,7 +615,7 @@ class RateLimits:
             else:
                 verdict, outcome = await self.limiter.hit_with(subject, policies, shared(subject, policies))
         except StoreUnavailable:
-            attributes["portico.rate_limit.decision"] = f"fail_{self.limiter.call.mode}"
+            attributes[DECISION] = f"fail_{self.limiter.call.mode}"
             return Counted(None, self.limiter.call.refusal(), None)
         return Counted(verdict, self.decided(verdict, attributes, subject), outcome)
 
@@ -626,7 +628,7 @@ class RateLimits:
         tightest = verdict.tightest
         decision = "admitted" if verdict.admitted else "refused"
         self.metrics.rate_limit.labels(tightest.policy.name, decision).inc()
-        attributes["portico.rate_limit.decision"] = decision
+        attributes[DECISION] = decision
         attributes["portico.rate_limit.policy"] = tightest.policy.name
         attributes["portico.rate_limit.remaining"] = tightest.remaining
         if verdict.admitted:
