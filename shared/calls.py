@@ -1,7 +1,8 @@
 """What every call to another service goes through, whichever transport carries it (`ServiceClient`,
 `shared/http.py`): the called service's circuit breaker, an instance of its fleet, a retry of a safe
-call whose connection could not be made (within the fleet's retry budget), and the counting and
-timing of it all (`portico_upstream_requests_total`, `portico_upstream_request_duration_seconds`).
+call that got no answer or of a keyed write the service never got (within the fleet's retry budget),
+and the counting and timing of it all (`portico_upstream_requests_total`,
+`portico_upstream_request_duration_seconds`).
 """
 
 from __future__ import annotations
@@ -211,12 +212,17 @@ class ServiceCalls:
         self, exc: Exception, method: str, tried: list[Instance], retries: int, deadline: float
     ) -> Instance:
         """The last of `tried` got no answer, counted against its instance: where the call goes next, or
-        what it ends with (504 when it timed out, else 503) when it may not go again: the service got
-        the request, `retries` are used up, or no retry fits in the call's time or the retry budget."""
+        what it ends with (504 when it timed out, else 503) when it may not go again: a write the
+        service may have got, a timeout, `retries` used up, or no retry that fits in the call's time
+        or the retry budget."""
         attempt = tried[-1]
-        was_timeout, connect_failed = no_answer(exc)
+        was_timeout, never_got_it = no_answer(exc)
         self._attempt_failed(attempt, method, NO_ANSWER_TIMEOUT if was_timeout else NO_ANSWER_UNREACHABLE)
-        if connect_failed and len(tried) <= retries:
+        # A safe method changes nothing, so it also goes again when the service got it and its answer
+        # was lost (a reset, an answer cut off: an instance killed mid-answer), none of which reached
+        # the caller; a keyed write only when the service never got it. Never after a timeout, which
+        # would only add load to a slow service.
+        if (never_got_it or (method in SAFE_METHODS and not was_timeout)) and len(tried) <= retries:
             following = await self._next_attempt(attempt, tried, deadline)
             if following is not None:
                 return following

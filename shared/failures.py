@@ -12,8 +12,15 @@ import orjson
 from shared.errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable, retry_in
 
 # aiohttp's failures that mean the service never got (or never began to answer) the request: a
-# refused or timed-out connect, a connection reset or closed before any answer. Safe to try again.
-_NOT_ANSWERED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError)
+# refused or timed-out connect, a connection reset or closed before any answer, a request that could
+# not be written (a pooled connection the service closed as it was taken: "Cannot write to closing
+# transport"). Safe to try again.
+_NOT_ANSWERED = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientConnectionResetError,
+)
 
 
 def no_answer(exc: Exception) -> tuple[bool, bool]:

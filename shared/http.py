@@ -2,7 +2,8 @@
 (`shared/pool.py`), with an internal identity.
 
 Every call goes through the called service's circuit breaker, is counted and timed, and a safe call is
-retried when its connection could not be made (`shared/calls.py`). A 502/503/504 problem that a
+retried when it got no answer (short of a timeout), a keyed write when the service never got it
+(`shared/calls.py`). A 502/503/504 problem that a
 service relays from its own upstream keeps naming the service that failed, and a 503's `Retry-After`
 is passed on (`shared/failures.py`).
 """

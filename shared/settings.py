@@ -328,8 +328,9 @@ class ProcessSettings(BaseSettings):
     circuit_half_open_calls: AtLeastOne = 1
     """Trial calls let through at once by a half-open circuit: a success closes it, a failure opens it again."""
     http_connect_retries: Annotated[int, Field(ge=0, le=3)] = 1
-    """Safe calls (GET, HEAD, OPTIONS, and writes with an Idempotency-Key) whose connection could not be made are
-    retried this many times, within the call's remaining time. Other writes are never retried."""
+    """Calls that got no answer are retried this many times, within the call's remaining time: GET, HEAD and OPTIONS
+    short of a timeout (a refused connect, a reset, an answer cut off), writes with an Idempotency-Key only when their
+    connection could not be made. Other writes are never retried."""
     http_retry_jitter_seconds: Annotated[float, Field(ge=0, le=1)] = 0.05
     """The longest random pause before such a retry."""
 

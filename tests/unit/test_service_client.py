@@ -1,15 +1,18 @@
-"""The shared service client's retry rule: only safe calls, only when the connection could not be
-made, once, and only within the call's time. The network is httpx's mock transport here, so each
-attempt is counted exactly; the real sockets are in tests/e2e/test_resilience.py."""
+"""The shared service client's retry rule: once, only within the call's time, only safe calls: a GET
+that got no answer short of a timeout, a keyed write only when its connection could not be made. The
+network is httpx's mock transport here, so each attempt is counted exactly; the real sockets are in
+tests/e2e/test_resilience.py."""
 
 from __future__ import annotations
 
+import aiohttp
 import httpx
 import pytest
 
 from shared.calls import CallPolicy
 from shared.contract import Identity
 from shared.errors import UpstreamTimeout, UpstreamUnavailable
+from shared.failures import no_answer
 from shared.http import ServiceClient
 from shared.identity_token import IdentitySigner
 from shared.settings import ProcessSettings
@@ -68,6 +71,22 @@ async def test_a_keyed_write_is_retried():
     assert network.attempts == 2
 
 
+@pytest.mark.parametrize("error", [httpx.ReadError, httpx.RemoteProtocolError])
+async def test_a_get_whose_answer_was_lost_is_retried(error):
+    # The service got it and its answer was lost (an instance killed mid-answer): a GET changes nothing.
+    network = Network(failures=1, error=error)
+    response = await client_on(network).send("GET", "/users/me", identity=CALLER)
+    assert response.status_code == 200
+    assert network.attempts == 2
+
+
+async def test_a_keyed_write_the_service_may_have_got_is_not_retried():
+    network = Network(failures=1, error=httpx.ReadError)
+    with pytest.raises(UpstreamUnavailable):
+        await client_on(network).send("POST", "/orders", identity=CALLER, json={}, headers={"Idempotency-Key": "k-1"})
+    assert network.attempts == 1
+
+
 async def test_a_request_that_may_have_arrived_is_not_retried():
     network = Network(failures=1, error=httpx.ReadTimeout)
     with pytest.raises(UpstreamTimeout):
@@ -89,3 +108,19 @@ async def test_no_retries_when_switched_off():
     with pytest.raises(UpstreamUnavailable):
         await client_on(network, http_connect_retries=0).send("GET", "/users/me", identity=CALLER)
     assert network.attempts == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "timed_out", "never_got_it"),
+    [
+        (aiohttp.ServerDisconnectedError(), False, True),
+        # A pooled connection the service closed (a killed instance) as the request was written.
+        (aiohttp.ClientConnectionResetError("Cannot write to closing transport"), False, True),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), False, True),
+        (aiohttp.ServerTimeoutError("read timeout"), True, False),
+        # The answer began: the service got the request.
+        (aiohttp.ClientPayloadError("Response payload is not completed"), False, False),
+    ],
+)
+def test_what_an_aiohttp_failure_says_of_the_request(error, timed_out, never_got_it):
+    assert no_answer(error) == (timed_out, never_got_it)
