@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +93,12 @@ def internal_headers(signer: IdentitySigner, audience: str, identity: Identity) 
     return {IDENTITY_HEADER: signer.sign(identity, audience)}
 
 
-async def app_client(app: FastAPI, peer: tuple[str, int] = ("127.0.0.1", 123)) -> AsyncIterator[httpx.AsyncClient]:
-    """Drives an app in-process, lifespan included, as a client connected from `peer`. Like uvicorn,
-    each request gets its own shallow copy of the lifespan state."""
+@asynccontextmanager
+async def running_app(
+    app: FastAPI, peer: tuple[str, int] = ("127.0.0.1", 123)
+) -> AsyncIterator[tuple[httpx.AsyncClient, Mapping[str, Any]]]:
+    """Runs an app in-process, lifespan included: a client connected from `peer`, and the lifespan
+    state. Like uvicorn, each request gets its own shallow copy of the state."""
     async with app.router.lifespan_context(app) as state:
 
         async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,7 +107,13 @@ async def app_client(app: FastAPI, peer: tuple[str, int] = ("127.0.0.1", 123)) -
         # As behind a server: an unhandled error is the 500 the app rendered, not an exception here.
         transport = httpx.ASGITransport(app=with_state, raise_app_exceptions=False, client=peer)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
+            yield client, state or {}
+
+
+async def app_client(app: FastAPI, peer: tuple[str, int] = ("127.0.0.1", 123)) -> AsyncIterator[httpx.AsyncClient]:
+    """Drives an app in-process, lifespan included, as a client connected from `peer`."""
+    async with running_app(app, peer) as (client, _):
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -80,7 +80,18 @@ class PasswordHasher:
         self.metrics = metrics
         self._slots = asyncio.Semaphore(concurrency)
         self._waiting = 0
+        self._running = 0
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="argon2", initializer=_lower_priority)
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for their turn."""
+        return self._waiting
+
+    @property
+    def running(self) -> int:
+        """Hashes and checks under way."""
+        return self._running
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -109,9 +120,11 @@ class PasswordHasher:
             raise self._busy() from None
         finally:
             self._waiting -= 1
+        self._running += 1
         try:
             yield
         finally:
+            self._running -= 1
             self._slots.release()
             self.metrics.hashing.labels("done").inc()
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from tests.conftest import running_app
 from tests.edge_support import bearer, gateway_settings, private_redis
 
 DEADLINE = 10.0
@@ -41,7 +42,7 @@ async def websocket_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]
     """An in-process gateway. Its handshake answers the first message the gateway sends to a
     connection with `?token=<token>` (after which the client goes away)."""
     app = create_app(settings)
-    async with app.router.lifespan_context(app) as state:
+    async with running_app(app) as (http, state):
 
         async def handshake(token: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> Message:
             sent: asyncio.Queue[Message] = asyncio.Queue()
@@ -68,7 +69,7 @@ async def websocket_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]
                 "client": ("127.0.0.1", 123),
                 "server": ("test", 80),
                 "subprotocols": [],
-                "state": dict(state or {}),
+                "state": dict(state),
             }
             running = asyncio.create_task(app(scope, receive, sent.put))
             try:
@@ -77,12 +78,7 @@ async def websocket_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]
                 gone.set()
                 await asyncio.wait_for(running, DEADLINE)
 
-        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
-            await app({**scope, "state": dict(state or {})}, receive, send)
-
-        transport = httpx.ASGITransport(app=with_state, client=("127.0.0.1", 123))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield Gateway(handshake, http)
+        yield Gateway(handshake, http)
 
 
 def refused(message: Message) -> str:
