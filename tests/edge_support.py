@@ -190,6 +190,12 @@ def gateway_settings(stack: Stack | None, **overrides: Any) -> GatewaySettings:
     return GatewaySettings(**kwargs)
 
 
+def private_redis_settings(stack: Stack | None, server: PrivateRedis, **overrides: Any) -> GatewaySettings:
+    """`gateway_settings` with the edge stores on `server`, a private Redis the test stops or hangs,
+    each call to it given up after 0.5 s."""
+    return gateway_settings(stack, **{"redis_url": server.url, "redis_timeout_seconds": 0.5, **overrides})
+
+
 @contextlib.asynccontextmanager
 async def in_process_gateway(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
     clients = app_client(create_app(settings))

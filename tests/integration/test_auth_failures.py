@@ -17,6 +17,7 @@ from tests.edge_support import (
     gateway_settings,
     in_process_gateway,
     private_redis,
+    private_redis_settings,
     signup,
     unique_prefix,
 )
@@ -205,10 +206,9 @@ async def test_unknown_keys_cannot_evict_known_ones(stack, settings):
 
 async def test_the_failure_limit_holds_while_redis_is_down(stack):
     with private_redis() as server:
-        settings = gateway_settings(
+        settings = private_redis_settings(
             stack,
-            redis_url=server.url,
-            redis_timeout_seconds=0.5,
+            server,
             auth_failure_limit="3/60s",
             rate_limit_failure_mode="open",  # even where the plan quotas fail open
             idempotency_enabled=False,

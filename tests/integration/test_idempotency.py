@@ -32,6 +32,7 @@ from tests.edge_support import (
     in_process_gateway,
     login,
     private_redis,
+    private_redis_settings,
     signup,
     unique_prefix,
 )
@@ -420,10 +421,9 @@ async def test_gateways_on_a_redis_cluster_replay_there(redis_cluster, infra):
 @pytest.mark.parametrize("mode", ["open", "closed"])
 async def test_a_store_outage_follows_the_failure_mode(stack, mode):
     with private_redis() as server:
-        settings = gateway_settings(
+        settings = private_redis_settings(
             stack,
-            redis_url=server.url,
-            redis_timeout_seconds=0.5,
+            server,
             rate_limit_enabled=False,
             idempotency_failure_mode=mode,
         )

@@ -29,6 +29,7 @@ from tests.edge_support import (
     gateway_settings,
     in_process_gateway,
     private_redis,
+    private_redis_settings,
     signup,
     unique_prefix,
 )
@@ -288,10 +289,9 @@ async def store_errors(gateway: httpx.AsyncClient) -> float:
 @pytest.mark.parametrize("mode", ["open", "closed"])
 async def test_redis_down_follows_the_failure_mode_within_the_timeout_and_recovers(stack, mode):
     with private_redis() as server:
-        settings = gateway_settings(
+        settings = private_redis_settings(
             stack,
-            redis_url=server.url,
-            redis_timeout_seconds=0.5,
+            server,
             rate_limit_failure_mode=mode,
             idempotency_enabled=False,
         )
@@ -339,7 +339,7 @@ async def test_a_hung_redis_costs_at_most_the_timeout(stack):
     waited the timeout twice over and more (one deadline per request's Redis batch, not one per call)."""
     timeout = 0.5
     with private_redis() as server:
-        settings = gateway_settings(stack, redis_url=server.url, redis_timeout_seconds=timeout)
+        settings = private_redis_settings(stack, server, redis_timeout_seconds=timeout)
         async with in_process_gateway(settings) as gateway:
             headers = bearer("pro")
             assert "x-ratelimit-limit" in (await gateway.get("/v1/nothing-here", headers=headers)).headers
@@ -376,10 +376,9 @@ async def test_local_mode_keeps_every_quota_per_instance_while_redis_is_down_the
     counts its own traffic against the same quotas; once it is back they count together again."""
     caplog.set_level("INFO", logger="portico.gateway.edge")
     with private_redis() as server:
-        settings = gateway_settings(
+        settings = private_redis_settings(
             stack,
-            redis_url=server.url,
-            redis_timeout_seconds=0.5,
+            server,
             rate_limit_free="4/60s",
             rate_limit_routes={"POST /v1/auth/token": "2/60s"},
             idempotency_enabled=False,

@@ -19,7 +19,7 @@ from starlette.types import Message
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from tests.conftest import running_app
-from tests.edge_support import bearer, gateway_settings, private_redis
+from tests.edge_support import bearer, gateway_settings, private_redis, private_redis_settings
 
 DEADLINE = 10.0
 Handshake = Callable[..., Awaitable[Message]]
@@ -121,10 +121,9 @@ async def test_a_connection_counts_against_its_tenants_monthly_quota(stack):
 )
 async def test_with_the_store_down_a_connection_follows_the_failure_mode(stack, mode, while_down):
     with private_redis() as server:
-        settings = gateway_settings(
+        settings = private_redis_settings(
             stack,
-            redis_url=server.url,
-            redis_timeout_seconds=0.5,
+            server,
             rate_limit_failure_mode=mode,
             rate_limit_pro="2/60s",
         )
