@@ -25,7 +25,7 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from scripts.devstack import Stack, free_port
 from shared.contract import ALL_SCOPES
-from tests.conftest import FIXED_ADMISSION, INTERNAL_SECRET, JWT_SECRET, ROOT, app_client
+from tests.conftest import FIXED_ADMISSION, INTERNAL_SECRET, JWT_SECRET, ROOT, running_app
 from tests.infra import Servers
 from tests.plans import grant_plan, signup_plan
 
@@ -198,11 +198,8 @@ def private_redis_settings(stack: Stack | None, server: PrivateRedis, **override
 
 @contextlib.asynccontextmanager
 async def in_process_gateway(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
-    clients = app_client(create_app(settings))
-    try:
-        yield await anext(clients)
-    finally:
-        await clients.aclose()
+    async with running_app(create_app(settings)) as (client, _):
+        yield client
 
 
 T = TypeVar("T")

@@ -19,17 +19,17 @@ from services.users.app import create_app
 from services.users.security import LoginThrottle
 from services.users.settings import UsersSettings
 from shared.contract import ANONYMOUS
-from tests.conftest import app_client, internal_headers, running_app, settings_kwargs
+from tests.conftest import internal_headers, running_app, settings_kwargs
 from tests.integration.test_api_keys import PASSWORD, db_rows, tenant_admin
 
 
 @contextlib.asynccontextmanager
 async def users_app(infra, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    clients = app_client(create_app(UsersSettings(**{**settings_kwargs(infra, "users"), **overrides})))
-    try:
-        yield await anext(clients)
-    finally:
-        await clients.aclose()
+    async with running_app(create_app(UsersSettings(**{**settings_kwargs(infra, "users"), **overrides}))) as (
+        client,
+        _,
+    ):
+        yield client
 
 
 async def login(client: httpx.AsyncClient, signer, email: str, password: str) -> httpx.Response:
