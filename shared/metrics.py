@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -51,7 +52,31 @@ def samples_locked(directory: str | Path, *, exclusive: bool) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _read_locked(directory: str, registry: CollectorRegistry) -> bytes:
+def holds_samples(path: Path) -> bool:
+    """Whether a sample file can be read. A process creates its file empty and sizes it a moment
+    later (prometheus_client's `MmapedDict`): read in between, it fails to parse, and it holds
+    nothing yet. Files never shrink, so one that is sized stays readable."""
+    return path.stat().st_size > 0
+
+
+# A typed view of prometheus_client's unannotated merge (mypy checks that the real one fits it).
+_merge: Callable[[list[str], bool], Iterable[Metric]] = MultiProcessCollector.merge
+
+
+class SampleFiles:
+    """Multiprocess mode: every process's samples in `directory`, live or exited, summed; a file that
+    a process is creating at this moment is left to the next scrape (`holds_samples`). Without that,
+    a scrape failed whenever a worker created its first sample of a kind, as every new worker does."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        files = [str(path) for path in sorted(self.directory.glob("*.db")) if holds_samples(path)]
+        return _merge(files, True)
+
+
+def _read_locked(directory: Path, registry: CollectorRegistry) -> bytes:
     with samples_locked(directory, exclusive=False):
         return generate_latest(registry)
 
@@ -104,12 +129,13 @@ def metrics_endpoint(registry: CollectorRegistry, allowed: Networks) -> Callable
     is whatever the client wrote, and a client behind a proxy arrives from the proxy's (private)
     address, so the route must also not be published through one."""
 
-    directory = os.environ.get(MULTIPROC_ENV)
+    configured = os.environ.get(MULTIPROC_ENV)
+    directory = Path(configured) if configured else None
     exposed = registry
     if directory:
         # Several workers (`shared/serving/`): the samples of every worker, live or exited, summed.
         exposed = CollectorRegistry()
-        MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]  # unannotated, as above
+        exposed.register(SampleFiles(directory))
 
     async def metrics(request: Request) -> Response:
         client = request.scope.get("client")

@@ -21,7 +21,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client import values as prometheus_values
 from prometheus_client.mmap_dict import MmapedDict
 
-from shared.metrics import MULTIPROC_ENV, samples_locked
+from shared.metrics import MULTIPROC_ENV, holds_samples, samples_locked
 
 
 class _SampleFile(Protocol):
@@ -82,12 +82,17 @@ def fold_exited_worker(directory: Path, pid: int) -> None:
     file per kind, and removes its files. Without this, every recycled worker would leave files
     behind: the directory would grow without bound, and every scrape would read them all. Its live
     gauges go (`mark_process_dead`); gauges of other modes are left as prometheus_client keeps them.
+    Every file a scrape reads is removed under the same lock, so it never finds one gone.
     """
-    _mark_process_dead(pid, str(directory))
     with samples_locked(directory, exclusive=True):
+        _mark_process_dead(pid, str(directory))
         for kind in ("counter", "histogram", "summary"):
             exited = directory / f"{kind}_{pid}.db"
             if not exited.exists():
+                continue
+            if not holds_samples(exited):
+                # Killed while it created the file: nothing was counted in it.
+                exited.unlink()
                 continue
             # The collector takes the kind from the name before the first "_" and sums the rest.
             archive = _open_samples(str(directory / f"{kind}_archive.db"))

@@ -132,8 +132,9 @@ def stop(gateway: Gateway) -> None:
 
 
 def live_count(client: httpx.Client, url: str) -> float:
-    text = client.get(f"{url}/metrics").text
-    return sum(float(value) for value in LIVE.findall(text))
+    response = client.get(f"{url}/metrics")
+    assert response.status_code == 200, response.text
+    return sum(float(value) for value in LIVE.findall(response.text))
 
 
 @pytest.mark.parametrize("own_metrics_dir", [True, False], ids=["PROMETHEUS_MULTIPROC_DIR", "temporary"])

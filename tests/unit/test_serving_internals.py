@@ -57,6 +57,7 @@ IMPORTS = {
     ("prometheus_client", "generate_latest"),
     ("prometheus_client", "multiprocess"),
     ("prometheus_client", "values"),
+    ("prometheus_client.core", "Metric"),
     ("prometheus_client.mmap_dict", "MmapedDict"),
     ("prometheus_client.multiprocess", "MultiProcessCollector"),
 }
@@ -153,7 +154,8 @@ APPLICATION_ATTRIBUTES = {"cfg"}
 # each argument: the arbiter (gunicorn's master) as `server`, and the worker that exited.
 GUNICORN_HOOKS = {"child_exit": "(server, worker)"}
 HOOK_ARGUMENTS = {"server": {"log"}, "worker": {"pid"}}
-# prometheus_client's unannotated sample-file functions, which shared/serving/multiprocess.py types.
+# prometheus_client's unannotated sample-file functions, which shared/serving/multiprocess.py and
+# shared/metrics.py type.
 PROMETHEUS_FUNCTIONS = {
     (MmapedDict, "__init__"): "(self, filename, read_mode=False)",
     (MmapedDict, "read_all_values_from_file"): "(filename)",
@@ -161,6 +163,7 @@ PROMETHEUS_FUNCTIONS = {
     (MmapedDict, "write_value"): "(self, key, value, timestamp)",
     (MmapedDict, "close"): "(self)",
     (multiprocess, "mark_process_dead"): "(pid, path=None)",
+    (multiprocess.MultiProcessCollector, "merge"): "(files, accumulate=True)",
     (values, "get_value_class"): "()",
 }
 # prometheus_client's module attribute shared/serving/multiprocess.py assigns: the class every metric
