@@ -402,15 +402,23 @@ class Edge:
             if route.reads_body and body is None:
                 body = await read_body(receive)
             # A client that goes away while the service works cancels the call (its connection to the
-            # service is closed, which the service sees), rather than the call running to its end.
-            watcher = asyncio.create_task(_cancel_on_disconnect(receive, task))
+            # service is closed, which the service sees), rather than the call running to its end. Not
+            # a keyed write's: the service may have done it already, so it runs to its end and its
+            # answer is kept, for the retry the client sends to learn what became of it.
+            watcher = asyncio.create_task(_cancel_on_disconnect(receive, task if keyed is None else None))
             answer = await runtime.forwarder.run(route, scope, context.principal, params, body)
             status, headers, content = answer.status, answer.headers, answer.body
         except asyncio.CancelledError:
-            # Cancelled by the watcher alone: the client left, nobody waits for an answer.
-            left_us = watcher is not None and watcher.done() and not watcher.cancelled() and watcher.result()
+            # Cancelled by the watcher alone: the client left, nobody waits for an answer (the watcher
+            # cancels no keyed write). Anything else (the server stopping) is passed on.
+            left_us = (
+                keyed is None
+                and watcher is not None
+                and watcher.done()
+                and not watcher.cancelled()
+                and watcher.result()
+            )
             if left_us and task.uncancel() == 0:
-                await self._release(keyed)
                 return
             await self._release(keyed)
             raise
@@ -595,16 +603,17 @@ class Edge:
             raise counted.refusal
 
 
-async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> bool:
-    """Cancels `task` when the client disconnects, and says so (what is left of a body is read and
-    dropped)."""
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any] | None) -> bool:
+    """Cancels `task` (if any) when the client disconnects, and says so (what is left of a body is
+    read and dropped; the disconnect read is what counts the request as `client_closed`)."""
     while True:
         try:
             message = await receive()
         except Exception:  # a body over the limit, say: not a disconnect, and not this watcher's to report
             return False
         if message["type"] == "http.disconnect":
-            task.cancel()
+            if task is not None:
+                task.cancel()
             return True
 
 

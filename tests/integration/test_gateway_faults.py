@@ -9,16 +9,21 @@ The gateway runs in-process in front of the stack's services; failures come from
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import Message
 
+from gateway.app import create_app
 from scripts.devstack import Stack
+from tests.conftest import running_app
 from tests.edge_support import PASSWORD, gateway_settings, in_process_gateway, signup, unique_prefix
 from tests.faults import HttpFaultProxy, TcpProxy, eventually
 from tests.infra import Servers
@@ -195,6 +200,81 @@ async def test_a_service_saying_its_key_is_in_use_is_not_kept_for_the_key(stack:
         assert again.status_code == 201
         assert again.headers["idempotent-replayed"] == "true"
         assert [f for f in users_proxy.forwarded if f[:2] == CREATE_USER] == [("POST", "/users", 201)]
+
+
+def asgi_scope(request: httpx.Request, state: Mapping[str, Any]) -> dict[str, Any]:
+    """The scope a server would hand the app for `request`, from 127.0.0.1."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": "http",
+        "path": request.url.path,
+        "raw_path": request.url.raw_path,
+        "query_string": request.url.query,
+        "root_path": "",
+        "headers": [(name.lower(), value) for name, value in request.headers.raw],
+        "client": ("127.0.0.1", 123),
+        "server": ("test", 80),
+        "state": dict(state),
+    }
+
+
+async def test_a_keyed_write_whose_client_leaves_runs_to_its_end_and_is_replayed(
+    stack: Stack, users_proxy: HttpFaultProxy
+):
+    """The client of a keyed write goes away while the service holds it. The service may have done
+    the work already, so the gateway does not cancel its call: it keeps the answer, and the client's
+    retry with the key is handed it instead of running the write again."""
+    settings = gateway_settings(stack, users_url=users_proxy.url, rate_limit_enabled=False)
+    app = create_app(settings)
+    async with running_app(app) as (gateway, state):
+        admin = await signup(gateway)
+        body = new_user()
+        headers = {**admin.auth, "Idempotency-Key": str(uuid.uuid4())}
+        request = gateway.build_request("POST", "/v1/users", json=body, headers=headers)
+        held = users_proxy.add(*CREATE_USER, action="forward", hold=True, times=1)
+        leave, left = asyncio.Event(), asyncio.Event()
+        incoming: list[Message] = [{"type": "http.request", "body": request.content, "more_body": False}]
+        answer: list[Message] = []
+
+        async def receive() -> Message:
+            if incoming:
+                return incoming.pop()
+            await leave.wait()
+            left.set()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            answer.append(message)
+
+        first = asyncio.create_task(app(asgi_scope(request, state), receive, send))
+        await asyncio.wait_for(held.seen.wait(), 60)
+        leave.set()
+        # The gateway has read the disconnect (and, before, cancelled its call right then).
+        await left.wait()
+        held.release()
+        await asyncio.wait_for(first, 60)
+        assert [message["type"] for message in answer[:1]] == ["http.response.start"]
+        assert answer[0]["status"] == 201
+        created = json.loads(b"".join(message.get("body", b"") for message in answer[1:]))
+
+        retry = await gateway.post("/v1/users", json=body, headers=headers)
+        assert retry.status_code == 201, retry.text
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.json()["id"] == created["id"]
+        assert [f for f in users_proxy.forwarded if f[:2] == CREATE_USER] == [("POST", "/users", 201)]
+        # Still counted as the client's own outcome (nginx's 499), not as the answer nobody read.
+        text = (await gateway.get("/metrics")).text
+        answered = {
+            sample.labels["status"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "http_requests_total"
+            and (sample.labels["method"], sample.labels["route"]) == ("POST", "/v1/users")
+        }
+        assert answered == {"client_closed": 1.0, "201": 1.0}
 
 
 async def test_a_client_gone_mid_body_leaves_no_claim(stack: Stack):
