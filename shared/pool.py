@@ -59,6 +59,13 @@ def create_http_pool(settings: ProcessSettings, tracer_provider: TracerProvider)
             ssl=aiohttp_transport.ssl_context,
         )
         session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        # Left to itself, aiohttp sends a GET, HEAD, OPTIONS, TRACE, PUT or DELETE again when the
+        # service drops the connection after reading it: outside the retry rules and budgets of
+        # `shared/calls.py` (an unkeyed DELETE would reach the service twice, a GET up to four times)
+        # and unseen by its metrics. Off, so every retry is one `shared/calls.py` decided and counted.
+        # aiohttp has no public switch; this attribute is the one its own tests set, and aiohttp is
+        # pinned to one minor release (tests/unit/test_http_pool.py fails if the attribute goes).
+        session._retry_connection = False
         aiohttp_transport.client = session
         inner = aiohttp_transport
     else:
