@@ -38,6 +38,12 @@ UNMATCHED = "<unmatched>"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+def samples_directory() -> Path | None:
+    """Multiprocess mode's directory (`shared/serving/`), None for one process."""
+    configured = os.environ.get(MULTIPROC_ENV)
+    return Path(configured) if configured else None
+
+
 @contextlib.contextmanager
 def samples_locked(directory: str | Path, *, exclusive: bool) -> Iterator[None]:
     """Multiprocess mode: a scrape reads the sample files under a shared lock, and the master folds
@@ -129,8 +135,7 @@ def metrics_endpoint(registry: CollectorRegistry, allowed: Networks) -> Callable
     is whatever the client wrote, and a client behind a proxy arrives from the proxy's (private)
     address, so the route must also not be published through one."""
 
-    configured = os.environ.get(MULTIPROC_ENV)
-    directory = Path(configured) if configured else None
+    directory = samples_directory()
     exposed = registry
     if directory:
         # Several workers (`shared/serving/`): the samples of every worker, live or exited, summed.

@@ -65,6 +65,7 @@ from shared.contract import EVENTS_WRITE, Identity, service_subject
 from shared.errors import PorticoError
 from shared.events import FEED_PATH, QUOTA_THRESHOLD_REACHED
 from shared.http import ServiceClient
+from shared.metrics import samples_directory
 
 logger = logging.getLogger("portico.gateway.usage")
 
@@ -161,9 +162,14 @@ class Metering:
     # Counted and not written yet: (tenant, hour, field) -> answers. An in-process store is written at once.
     pending: Counter[tuple[str, int, str]] = dataclasses.field(init=False, default_factory=Counter)
     memory: MemoryUsageStore | None = dataclasses.field(init=False)
-    # This process's answers per tenant in `self._hour`, for the top tenants' gauge.
+    # This process's answers per tenant in `self._hour`, for the top tenants' gauge, and the tenants
+    # the gauge shows now.
     _hour: int = dataclasses.field(init=False, default=0)
     _by_tenant: Counter[str] = dataclasses.field(init=False, default_factory=Counter)
+    _exported: set[str] = dataclasses.field(init=False, default_factory=set)
+    # Several workers (`shared/serving/`): a gauge's label set, once written to the worker's sample
+    # file, stays there until the worker exits (prometheus_client cannot remove one).
+    _kept_labels: bool = dataclasses.field(init=False, default_factory=lambda: samples_directory() is not None)
 
     def __post_init__(self) -> None:
         self.memory = self.store if isinstance(self.store, MemoryUsageStore) else None
@@ -206,13 +212,20 @@ class Metering:
             written = await self.flush()
 
     def export_top_tenants(self) -> None:
-        """Sets the gauge of the tenants with most answers this hour (and drops the others')."""
+        """Sets the gauge of the tenants with most answers this hour, and drops the others' (with
+        several workers, sets them to 0: their label sets cannot be removed)."""
         gauge = self.metrics.top_tenants
         if int(time.time()) // HOUR_SECONDS * HOUR_SECONDS != self._hour:
             self._by_tenant = Counter()
-        gauge.clear()
-        for tenant_id, n in self._by_tenant.most_common(TOP_TENANTS):
+        top = dict(self._by_tenant.most_common(TOP_TENANTS))
+        for tenant_id in self._exported - top.keys():
+            if self._kept_labels:
+                gauge.labels(tenant_id).set(0)
+            else:
+                gauge.remove(tenant_id)
+        for tenant_id, n in top.items():
             gauge.labels(tenant_id).set(n)
+        self._exported = set(top)
 
     async def export_loop(self, stop: asyncio.Event) -> None:
         """Exports the top tenants every `EXPORT_SECONDS` until `stop` (the lifespan's end)."""

@@ -52,10 +52,12 @@ class EdgeMetrics:
         )
 
         # Per tenant, but only the few with most requests: a label per tenant would be unbounded.
+        # Several workers: summed over the live ones.
         self.top_tenants = Gauge(
             "portico_usage_top_tenant_requests",
             "Requests this gateway process answered each tenant in the current hour (UTC), for the "
             f"{TOP_TENANTS} tenants with most (the others are not exported).",
             ("tenant",),
             registry=registry,
+            multiprocess_mode="livesum",
         )

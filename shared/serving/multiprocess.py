@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
-from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client import values as prometheus_values
 from prometheus_client.mmap_dict import MmapedDict
 
@@ -38,7 +37,6 @@ class _SampleFile(Protocol):
 # fit them), so that calling them needs no `type: ignore`.
 _open_samples: Callable[[str], _SampleFile] = MmapedDict
 _read_samples: Callable[[str], Iterable[tuple[str, float, float, int]]] = MmapedDict.read_all_values_from_file
-_mark_process_dead: Callable[[int, str], None] = prometheus_multiprocess.mark_process_dead
 _get_value_class: Callable[[], type] = prometheus_values.get_value_class
 
 
@@ -80,12 +78,14 @@ def prepare_multiprocess_metrics(process: str) -> Path:
 def fold_exited_worker(directory: Path, pid: int) -> None:
     """Adds what an exited worker counted (its counter, histogram and summary files) into one archive
     file per kind, and removes its files. Without this, every recycled worker would leave files
-    behind: the directory would grow without bound, and every scrape would read them all. Its live
-    gauges go (`mark_process_dead`); gauges of other modes are left as prometheus_client keeps them.
-    Every file a scrape reads is removed under the same lock, so it never finds one gone.
+    behind: the directory would grow without bound, and every scrape would read them all. Its gauges
+    go, of every mode: a gauge says how a process is now, and an exited one is no more
+    (prometheus_client's own `mark_process_dead` removes the live modes' only, and keeps the others'
+    forever). Every file a scrape reads is removed under this lock, so a scrape never finds one gone.
     """
     with samples_locked(directory, exclusive=True):
-        _mark_process_dead(pid, str(directory))
+        for gauge in directory.glob(f"gauge_*_{pid}.db"):
+            gauge.unlink()
         for kind in ("counter", "histogram", "summary"):
             exited = directory / f"{kind}_{pid}.db"
             if not exited.exists():

@@ -1,5 +1,6 @@
 """Prometheus multiprocess mode: a scrape and the fold of an exited worker read the sample files of
-every process, including one that a process is creating at that very moment (an empty file)."""
+every process, including one that a process is creating at that very moment (an empty file); an
+exited worker leaves no file behind; the top tenants' gauge drops a tenant as well as it can."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.applications import Starlette
 
+from gateway.edge.metering import MemoryUsageStore, Metering
+from gateway.edge.metrics import TOP_TENANTS, EdgeMetrics
+from gateway.edge.store import StoreCaller
+from shared.context import RequestContext
+from shared.contract import Identity
 from shared.metrics import MULTIPROC_ENV, metrics_endpoint
 from shared.networks import Networks
 from shared.serving.multiprocess import fold_exited_worker
@@ -73,3 +79,53 @@ def test_folding_a_worker_killed_while_it_created_a_file_drops_that_file(tmp_pat
     assert sorted(path.name for path in tmp_path.glob("*.db")) == ["counter_archive.db"]
     (_, total, _, _), *rest = MmapedDict.read_all_values_from_file(str(tmp_path / "counter_archive.db"))
     assert (total, rest) == (8.0, [])
+
+
+def test_folding_a_worker_removes_its_gauges_of_every_mode(tmp_path):
+    for name in ("gauge_all_301.db", "gauge_livesum_301.db", "gauge_max_301.db", "gauge_all_302.db"):
+        count_in(tmp_path / name, 1)
+
+    fold_exited_worker(tmp_path, 301)
+
+    assert sorted(path.name for path in tmp_path.glob("*.db")) == ["gauge_all_302.db"]
+
+
+def top_tenants(registry: CollectorRegistry) -> dict[str, float]:
+    return {
+        sample.labels["tenant"]: sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "portico_usage_top_tenant_requests"
+    }
+
+
+def metering(registry: CollectorRegistry) -> Metering:
+    metrics = EdgeMetrics(registry)
+    caller = StoreCaller("usage", io=False, mode="open", metrics=metrics)
+    return Metering(MemoryUsageStore(86_400), caller, metrics)
+
+
+def answer(meter: Metering, tenant: str, times: int) -> None:
+    context = RequestContext("r", principal=Identity(subject="u", tenant_id=tenant), route="/v1/products")
+    for _ in range(times):
+        meter.count(context, 200)
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["one process", "several workers"])
+def test_a_tenant_out_of_the_top_leaves_the_gauge(monkeypatch, tmp_path, workers):
+    if workers:
+        monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    registry = CollectorRegistry()
+    meter = metering(registry)
+    answer(meter, "early", 1)
+    meter.export_top_tenants()
+    assert top_tenants(registry) == {"early": 1.0}
+
+    for rank in range(TOP_TENANTS):
+        answer(meter, f"busy-{rank}", 2)
+    meter.export_top_tenants()
+
+    busy = {f"busy-{rank}": 2.0 for rank in range(TOP_TENANTS)}
+    # One process: the series goes. Several workers: a label set written to a worker's sample file
+    # cannot be removed, so it says 0 until the worker exits.
+    assert top_tenants(registry) == ({**busy, "early": 0.0} if workers else busy)

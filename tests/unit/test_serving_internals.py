@@ -55,7 +55,6 @@ IMPORTS = {
     ("prometheus_client", "Histogram"),
     ("prometheus_client", "disable_created_metrics"),
     ("prometheus_client", "generate_latest"),
-    ("prometheus_client", "multiprocess"),
     ("prometheus_client", "values"),
     ("prometheus_client.core", "Metric"),
     ("prometheus_client.mmap_dict", "MmapedDict"),
@@ -162,7 +161,6 @@ PROMETHEUS_FUNCTIONS = {
     (MmapedDict, "read_value"): "(self, key)",
     (MmapedDict, "write_value"): "(self, key, value, timestamp)",
     (MmapedDict, "close"): "(self)",
-    (multiprocess, "mark_process_dead"): "(pid, path=None)",
     (multiprocess.MultiProcessCollector, "merge"): "(files, accumulate=True)",
     (values, "get_value_class"): "()",
 }
