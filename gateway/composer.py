@@ -113,6 +113,10 @@ class Call:
     body: Any
     timeout: float
     values: Mapping[str, asyncio.Future[Any]]
+    # Each part's service, and the parts whose answer this one is waiting for (or was, when the wait
+    # was cut short).
+    services: Mapping[str, str]
+    waiting: list[str] = field(default_factory=list)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -120,7 +124,15 @@ class Call:
 
     async def value_of(self, part: str) -> Any:
         """Another part's answer, once it has one (cancelled with this part if it never comes)."""
-        return await asyncio.shield(self.values[part])
+        self.waiting.append(part)
+        value = await asyncio.shield(self.values[part])
+        self.waiting.remove(part)
+        return value
+
+    def late(self, service: str) -> UpstreamTimeout:
+        """The time ran out: the service this part was waiting for, its own or another part's."""
+        late = self.services[self.waiting[-1]] if self.waiting else service
+        return UpstreamTimeout(late, f"The {late} service did not answer in time.")
 
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:
         """Sends a request to the part's service; answers the JSON of a 2xx. A 4xx raises
@@ -215,8 +227,6 @@ def _part_failure(part: Part, exc: BaseException) -> tuple[PartStatus, str, str]
         return "skipped", exc.code, exc.detail
     if isinstance(exc, UpstreamTimeout):
         return "timeout", exc.code, exc.detail
-    if isinstance(exc, TimeoutError):
-        return "timeout", UpstreamTimeout.error_code, f"The {part.service} service did not answer in time."
     if isinstance(exc, UpstreamRefused):
         return "error", exc.error_code, exc.detail
     if isinstance(exc, PorticoError):
@@ -248,21 +258,26 @@ class Composer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.budget
         values: dict[str, asyncio.Future[Any]] = {part.name: loop.create_future() for part in parts}
+        services = {part.name: part.service for part in parts}
 
         def call_for(part: Part) -> Call:
             left = max(0.0, deadline - loop.time())
             timeout = left if part.timeout is None else min(part.timeout, left)
-            return Call(self.upstreams[part.service], identity, params, body, timeout, values)
+            return Call(self.upstreams[part.service], identity, params, body, timeout, values, services)
 
         return deadline, values, call_for
 
     async def _timed(self, part: Part, call: Call, values: Mapping[str, asyncio.Future[Any]]) -> Any:
         """A part's answer within its deadline. A fetch that trips over the answer it got (not an
         object, a missing or ill-typed field) is a bad answer from the part's service (502 naming it),
-        for every part and check alike."""
+        for every part and check alike. Out of time, the late service is named: the part's own, or
+        that of the part whose answer it was waiting for (all share one deadline, and whichever
+        timer fires first must not blame a service that answered)."""
         try:
             async with asyncio.timeout(call.timeout):
                 value = await part.fetch(call)
+        except TimeoutError:
+            raise call.late(part.service) from None
         except (LookupError, TypeError, ValueError, AttributeError):
             raise UpstreamBadResponse(
                 part.service, f"The {part.service} service answered in an unexpected shape."
@@ -332,10 +347,6 @@ class Composer:
                 except CheckFailed as failed:
                     outcome.status, outcome.error_code, outcome.detail = "failed", failed.error_code, failed.detail
                     raise
-                except TimeoutError:
-                    raise UpstreamTimeout(
-                        check.service, f"The {check.service} service did not answer in time."
-                    ) from None
                 finally:
                     outcome.elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
                     span.set_attribute(PART_STATUS, outcome.status)
