@@ -112,8 +112,11 @@ async def usage(
     if start < now - timedelta(days=settings.usage_retention_days):
         raise _invalid("from", f"Usage is kept {settings.usage_retention_days} days; `from` is older.")
     first = int(start.timestamp()) // HOUR_SECONDS * HOUR_SECONDS
-    hours = list(range(first, int(end.timestamp()), HOUR_SECONDS)) or [first]
-    counts = await reader.hours(tenant_id, hours)
+    current = int(now.timestamp()) // HOUR_SECONDS * HOUR_SECONDS
+    # No hour after the current one holds a count: a range reaching past it is read up to it (one in
+    # the year 9999 need not name hours the stores cannot).
+    hours = [hour for hour in range(first, int(end.timestamp()), HOUR_SECONDS) or [first] if hour <= current]
+    counts = await reader.hours(tenant_id, hours) if hours else []
     grouped: dict[tuple[int, str, str], int] = defaultdict(int)
     by_class = dict.fromkeys(STATUS_CLASSES, 0)
     for hour, fields in zip(hours, counts, strict=True):

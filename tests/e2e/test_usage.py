@@ -337,3 +337,11 @@ async def test_usage_is_for_admins_and_its_range_is_checked(gateway):
         assert answer.status_code == 422, (params, answer.text)
         assert answer.headers["content-type"] == "application/problem+json"
         assert answer.json()["error_code"] == "VALIDATION_FAILED"
+    # A range after now holds nothing yet, one past the year 9999 in UTC included.
+    later = [
+        ((now + timedelta(days=1)).isoformat(), (now + timedelta(days=2)).isoformat()),
+        ("9999-12-31T20:00:00-12:00", "9999-12-31T22:00:00-12:00"),
+    ]
+    for start, end in later:
+        nothing = await usage_of(gateway, admin.auth, **{"from": start, "to": end})
+        assert (nothing["items"], nothing["totals"]["requests"]) == ([], 0), (start, nothing)
