@@ -27,15 +27,23 @@ class Decision:
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date); None when absent or unreadable."""
+    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date); None when absent or unreadable.
+
+    The value is whatever a receiver sent, so nothing in it may raise: an exception here would leave
+    the attempt unrecorded, and the delivery would be attempted again each time its lease lapsed,
+    never counting an attempt.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # delta-seconds is ASCII digits only (RFC 9110): `isdigit` alone also passes "²" or "١٢".
+    # Too many digits for a float is infinity, which `next_delay` caps like any long pause.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
+        # OverflowError: a year, day, hour or offset too large for a datetime ("01 Jan 99999999999").
         return None
     if when.tzinfo is None:
         return None

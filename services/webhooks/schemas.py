@@ -3,12 +3,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal, get_args
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 
 from shared.deprecation import WEBHOOK_ENDPOINT_ENABLED
 from shared.events import OrderEventType, PublishedEventType
-from shared.schemas import refuse_null, with_examples
+from shared.schemas import RequestDatetime, refuse_null, with_examples
 
 # `endpoint.disabled` is this service's own: sent to a tenant's other endpoints when one is disabled
 # for it (`{"endpoint_id", "reason": "gone" | "failing"}`). `quota.threshold_reached` is the gateway's, through
@@ -194,7 +194,7 @@ class RecoverRequest(BaseModel):
     model_config = with_examples({"since": "2026-01-31T08:00:00Z"}, extra="forbid")
 
     # RFC 3339, with its offset: the failed deliveries made at or after this time are sent again.
-    since: AwareDatetime
+    since: RequestDatetime
 
     @field_validator("since")
     @classmethod

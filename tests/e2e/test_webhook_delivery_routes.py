@@ -149,7 +149,14 @@ async def test_recover_sends_again_the_failed_deliveries_since_a_time(gateway, m
     problem(await stranger.request("POST", path, json={"since": since}), 404, "WEBHOOK_ENDPOINT_NOT_FOUND")
     free = await signup(gateway, plan="free")
     problem(await free.request("POST", path, json={"since": since}), 402, "PLAN_UPGRADE_REQUIRED")
-    for wrong in ({}, {"since": "yesterday"}, {"since": "2026-01-01T00:00:00"}, {"since": "2999-01-01T00:00:00Z"}):
+    for wrong in (
+        {},
+        {"since": "yesterday"},
+        {"since": "2026-01-01T00:00:00"},
+        {"since": "2999-01-01T00:00:00Z"},
+        # Before year 1 once in UTC.
+        {"since": "0001-01-01T00:00:00+14:00"},
+    ):
         body = problem(await admin.request("POST", path, json=wrong), 422)
         assert "since" in [e["field"] for e in body["errors"]], wrong
 

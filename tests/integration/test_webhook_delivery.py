@@ -211,6 +211,28 @@ async def test_retry_after_replaces_the_next_delay_capped_by_the_schedule(pg):
         assert 4.5 <= wait < 5.5 + 30, wait  # a 500's Retry-After is not a receiver's request to wait
 
 
+@pytest.mark.parametrize(
+    "retry_after",
+    ["²", "Thu, 01 Jan 99999999999999999999 12:00:00 GMT"],
+    ids=["superscript-digit", "year-too-large"],
+)
+async def test_a_retry_after_that_cannot_be_read_is_ignored_and_the_attempt_recorded(pg, retry_after):
+    """Whatever a receiver puts in `Retry-After`, its attempt is counted and logged, and the next one
+    follows the schedule; it is not left to a lapsing lease, attempted again without ever counting."""
+    async with Receiver(answer(503, b"busy", {"retry-after": retry_after})) as receiver:
+        endpoint = await pg.endpoint(receiver.url)
+        [delivery] = await pg.deliveries(endpoint)
+        async with running_worker(pg, schedule=(600, 600)):
+            await receiver.wait_for(1)
+            await eventually(lambda: _attempted(pg, delivery.id))
+    stored = await pg.delivery(delivery.id)
+    assert (stored.status, stored.attempts, stored.last_status_code) == ("pending", 1, 503)
+    wait = (stored.next_attempt_at - stored.last_attempt_at).total_seconds()
+    assert 540 <= wait < 660 + 30, wait  # the scheduled 600 s (within 10%), from the answer
+    [entry] = await attempt_log(pg, delivery.id)
+    assert (entry.status_code, entry.error) == (503, "HTTP 503: busy")
+
+
 async def _attempted(db: HooksDb, delivery_id: str) -> bool:
     stored = await db.delivery(delivery_id)
     return stored.attempts >= 1 and stored.lease_token is None

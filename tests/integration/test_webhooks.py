@@ -357,6 +357,21 @@ async def test_bad_bodies_are_422_naming_the_field_and_store_nothing(webhooks_cl
     assert await tenant.all_endpoints() == []
 
 
+async def test_recover_refuses_a_since_no_datetime_holds_in_utc_naming_it(webhooks_client, signer):
+    """An offset can carry a time before year 1 or after 9999 once in UTC: a 422 naming `since`,
+    where the database layer would fail with a 500 (and the gateway a 502)."""
+    tenant = Tenant(webhooks_client, signer)
+    path = f"/endpoints/{(await tenant.created())['id']}/recover"
+    for since in ("0001-01-01T00:00:00+14:00", "0001-01-01T00:59:59.999999+01:00"):
+        body = problem(await tenant.request("POST", path, json={"since": since}), 422, "VALIDATION_FAILED")
+        assert error_fields(body) == ["since"], body
+    # The earliest time there is, in any offset that keeps it there, is a time like another.
+    for since in ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00-14:00"):
+        recovered = await tenant.request("POST", path, json={"since": since})
+        assert recovered.status_code == 202, recovered.text
+        assert recovered.json() == {"requeued": 0}
+
+
 async def test_scopes_are_enforced(webhooks_client, signer):
     owner = Tenant(webhooks_client, signer)
     created = await owner.created()

@@ -49,6 +49,38 @@ def test_retry_after_in_seconds_or_as_a_date(header, seconds):
     assert parse_retry_after(header, NOW) == seconds
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        "²",  # passes str.isdigit, which float refuses
+        "1²",
+        "١٢",  # digits, but not ASCII ones
+        "\udcb2",  # a byte that is not UTF-8, as the HTTP client hands it on
+        "\x00",
+        "Thu, 01 Jan 99999999999999999999 12:00:00 GMT",
+        "Thu, 99999999999999999999 Jan 2026 12:00:00 GMT",
+        "Thu, 01 Jan 2026 99999999999999999999:00:00 GMT",
+        "Thu, 01 Jan 2026 12:00:00 +99999999999999999999",
+        "Thu, 01 Jan 2026 12:00:00 +9999",
+        "Thu, 01 Jan 10000 12:00:00 GMT",
+    ],
+)
+def test_a_retry_after_that_cannot_be_read_is_ignored(header):
+    assert parse_retry_after(header, NOW) is None
+    # The schedule's delay, as when the receiver asks for nothing.
+    decision = decide(503, header, 1, SCHEDULE, NOW, random.Random(1))
+    assert (decision.status, decision.outcome) == ("pending", "failed_attempt")
+    assert NOW + timedelta(seconds=4.5) <= decision.next_attempt_at <= NOW + timedelta(seconds=5.5)
+
+
+@pytest.mark.parametrize(
+    "header", ["9" * 400, "9" * 5000, "Fri, 31 Dec 9999 23:59:59 GMT", "Fri, 31 Dec 9999 23:59:59 -2359"]
+)
+def test_a_retry_after_beyond_any_schedule_waits_the_longest_delay(header):
+    asked = decide(429, header, 1, SCHEDULE, NOW, random.Random(1))
+    assert asked.next_attempt_at == NOW + timedelta(seconds=max(SCHEDULE))
+
+
 def test_what_each_answer_means():
     rng = random.Random(1)
     assert decide(204, None, 1, SCHEDULE, NOW, rng).status == "succeeded"
