@@ -234,8 +234,8 @@ class GatewaySettings(ProcessSettings, AccessTokenSettings):
     graphql_max_aliases: Annotated[int, Field(ge=0, le=1000)] = 10
     """Aliases one document may hold, fragments counted where spread; more is `TOO_MANY_ALIASES`."""
     graphql_max_cost: AtLeastOne = 2_000
-    """Each field costs 1, times the `limit` of every page above it (see gateway/graphql/limits.py); a costlier document
-    is refused with `QUERY_TOO_COSTLY`."""
+    """Each field costs 1, times the most items of every list above it: a page's `limit`, an order's lines (see
+    gateway/graphql/limits.py); a costlier document is refused with `QUERY_TOO_COSTLY`."""
     graphql_max_field_repeats: Annotated[int, Field(ge=1, le=100)] = 10
     """How often one response name may be selected at one place of the answer (the same field asked for again there,
     directly or through fragments), as GraphQL's validation compares every pair of them; more is

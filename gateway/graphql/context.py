@@ -15,7 +15,7 @@ from strawberry.fastapi import BaseContext
 
 from gateway.upstreams import Upstreams
 from shared.contract import IDEMPOTENCY_HEADER, Identity
-from shared.errors import UpstreamBadResponse, UpstreamError
+from shared.errors import UpstreamBadResponse
 from shared.request_id import REQUEST_ID_HEADER_NAME
 
 # The inventory service's batch read takes up to this many ids.
@@ -80,18 +80,17 @@ class GraphQLContext(BaseContext):
         idempotency_key: str | None = None,
     ) -> Any:
         """Calls a service as the caller; answers the decoded body, or raises the GraphQL error of its
-        problem (the REST `error_code` in `extensions.code`)."""
+        problem (the REST `error_code` in `extensions.code`), or the `PorticoError` of a call that got
+        no answer (the service unreachable or failing, the request's deadline passed), which
+        `errors.py` answers with its code as REST does."""
         headers: dict[str, str] = {}
         if self.request_id:
             headers[REQUEST_ID_HEADER_NAME] = self.request_id
         if idempotency_key is not None:
             headers[IDEMPOTENCY_HEADER] = idempotency_key
-        try:
-            response = await self.upstreams[service].send(
-                method, path, identity=self.identity, params=params, json=json_body, headers=headers or None
-            )
-        except UpstreamError as exc:
-            raise GraphQLError(exc.detail, extensions={"code": exc.code, "status": exc.status_code}) from exc
+        response = await self.upstreams[service].send(
+            method, path, identity=self.identity, params=params, json=json_body, headers=headers or None
+        )
         if response.status_code >= 400:
             raise problem_error(service, response.status_code, response.content)
         return response.json()

@@ -5,8 +5,10 @@ caller reads of it.
   `GRAPHQL_PARSE_FAILED` / `GRAPHQL_VALIDATION_FAILED` (`QUERY_TOO_COMPLEX` when validation gave
   up), logged at INFO without a traceback: the caller's mistake, not the gateway's.
 - A field answered an error on purpose (a service's problem, a missing scope, a bound of
-  `limits.py`): its own code, logged at INFO, or WARNING when a service failed (a status of 500 or
-  more), as REST logs those.
+  `limits.py`), or raised a `PorticoError` (a service unreachable or too slow, the request's deadline
+  passed before a call), which REST would answer as a problem, with its detail and `status`: its
+  own code, logged at INFO, or WARNING for a status of 500 or more (a service failed, the deadline
+  passed), as REST logs those, without a traceback.
 - Anything else raised while resolving is a fault of the gateway: logged at ERROR with its
   traceback, and answered as `INTERNAL_ERROR` "An internal error occurred.", as REST answers a 500.
 
@@ -63,8 +65,13 @@ def _process(error: GraphQLError, *, parsed: bool) -> None:
     """Codes, logs and, for a fault of the gateway, masks one error."""
     extensions = dict(error.extensions or {})
     original = error.original_error
+    if isinstance(original, PorticoError):
+        # An answer, not a fault: what REST answers for it (its message is already the detail).
+        extensions = {"code": original.code, "status": original.status_code}
+        if original.errors is not None:
+            extensions["errors"] = original.errors
     code = extensions.get("code")
-    if original is not None and not isinstance(original, GraphQLError):
+    if original is not None and not isinstance(original, GraphQLError | PorticoError):
         logger.error("GraphQL field %s failed", _where(error), exc_info=original)
         error.message = INTERNAL_DETAIL
         extensions = {"code": PorticoError.error_code}

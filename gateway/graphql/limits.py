@@ -3,12 +3,18 @@ a bound on that validation itself.
 
 Before validation (`document_errors`), on the parsed document:
 
-- cost: every field costs 1, and what is selected below a field that takes `limit` costs `limit`
-  times over (a variable as the value the request gives it, else the largest page; a page field
-  without `limit` as its default page), so `orders(limit: 100) { items { items { product { name }
-  } } }` costs what answering it could cost. The document's cost is that of its operations
-  together, fragments counted where they are spread, plus that of any fragment no operation spreads
-  (which GraphQL refuses anyway).
+- cost: every field costs 1, and what is selected below a field that answers a list costs as many
+  times over as the list may hold: a page's `limit` (a variable as the value the request gives it,
+  else the largest page; a page field without `limit` as its default page), and the most items any
+  other list of the schema declares (an order's lines: `MAX_ITEMS` of `shared.contract`, as many as
+  an order may hold). So `orders(limit: 100) { items { items { product { name } } } }` costs what
+  answering it could cost: 1 + 100 x (1 + (1 + 100 x (1 + 1))) = 20,201, for its 10,000 lines and
+  10,000 products. The document's cost is that of its operations together, fragments counted where
+  they are spread, plus that of any fragment no operation spreads (which GraphQL refuses anyway).
+  How many each field of the schema answers is read from the schema once it is built (`Shapes`):
+  each list field declares it (`at_most`, `PAGE_ITEMS`), and a schema with a list that does not (or
+  a list of lists) is not built, so no list costs 1 by omission. Introspection (`__schema`,
+  `__type`) is answered from the schema in memory, and costs 1 a field.
 - depth: how many fields with a selection nest inside one another (`{ orders { items { id } } }` is
   2; introspection fields are not counted), per operation.
 - aliases: in all the operations of the document, fragments counted where spread.
@@ -47,19 +53,25 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLField,
     GraphQLInterfaceType,
+    GraphQLList,
     GraphQLObjectType,
     GraphQLSchema,
     InlineFragmentNode,
     IntValueNode,
     OperationDefinitionNode,
+    OperationType,
     SelectionSetNode,
     ValidationContext,
     VariableNode,
+    get_named_type,
+    get_nullable_type,
     validate,
 )
 from graphql.validation import OverlappingFieldsCanBeMergedRule
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
@@ -71,6 +83,58 @@ from shared.pagination import MAX_LIMIT
 # clients send need (GraphiQL's introspection query spends about 1,000).
 OVERLAP_BUDGET = 20_000
 
+# How many items a list field of the schema answers at most, in its metadata
+# (`strawberry.field(metadata=...)`): `at_most(n)`, or `PAGE_ITEMS` for the items of a page, as many
+# as the `limit` of the field that answers the page, which counts them.
+ITEMS = "portico.most_items"
+_PAGE = "page"
+PAGE_ITEMS: Mapping[str, object] = {ITEMS: _PAGE}
+
+
+def at_most(items: int) -> dict[str, object]:
+    """The metadata of a list field that answers at most `items` items."""
+    return {ITEMS: items}
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """One field of the schema, as the cost counts it: the type it answers (where the fields selected
+    below it are looked up; None, a type the schema does not have), and how many of it at most without
+    a `limit` (a page field: its default page; a list: what it declares; else 1)."""
+
+    type: str | None
+    most: int = 1
+
+
+# A field the schema does not have (an unknown name, introspection): it costs 1, and so does each field
+# below it, times any `limit` given (GraphQL's validation refuses what the schema does not have).
+UNKNOWN = Shape(None)
+
+
+@dataclass(slots=True)
+class Shapes:
+    """The schema's fields as the cost counts them (`read`): the root type of each kind of operation
+    (`query`, `mutation`), and each type's fields by name. A field not found (before `read` too) is
+    `UNKNOWN`."""
+
+    roots: dict[str, str] = field(default_factory=dict)
+    types: dict[str, dict[str, Shape]] = field(default_factory=dict)
+
+    def read(self, schema: GraphQLSchema) -> Shapes:
+        """Reads `schema`'s fields; raises TypeError for a list field that does not say how many items
+        it answers at most."""
+        for operation in OperationType:
+            root = schema.get_root_type(operation)
+            if root is not None:
+                self.roots[operation.value] = root.name
+        for named in schema.type_map.values():
+            if named.name.startswith("__") or not isinstance(named, GraphQLObjectType | GraphQLInterfaceType):
+                continue
+            fields = self.types.setdefault(named.name, {})
+            for name, definition in named.fields.items():
+                fields[name] = Shape(get_named_type(definition.type).name, _most(named.name, name, definition))
+        return self
+
 
 @dataclass(frozen=True, slots=True)
 class Bounds:
@@ -80,9 +144,8 @@ class Bounds:
     max_depth: int
     max_aliases: int
     max_field_repeats: int
-    # Fields that take `limit` -> their default page size. Without `limit`, such a field costs its
-    # default page; fields not named here cost 1 without `limit`.
-    pages: Mapping[str, int] = field(default_factory=dict)
+    # What each field of the schema answers, and how many at most (filled once the schema is built).
+    shapes: Shapes = field(default_factory=Shapes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +163,9 @@ class Measure:
 NOTHING = Measure()
 
 
-def page_size(selection: FieldNode, pages: Mapping[str, int], variables: Mapping[str, object]) -> int:
+def page_size(selection: FieldNode, most: int, variables: Mapping[str, object]) -> int:
     """How many items the field may answer: its `limit` (a variable: its value in `variables`, else
-    the largest page), its default page without one, else 1."""
+    the largest page), else `most`."""
     for argument in selection.arguments or ():
         if argument.name.value == "limit":
             value = argument.value
@@ -115,7 +178,7 @@ def page_size(selection: FieldNode, pages: Mapping[str, int], variables: Mapping
             if not isinstance(size, int) or isinstance(size, bool):
                 size = MAX_LIMIT
             return min(max(size, 1), MAX_LIMIT)
-    return pages.get(selection.name.value, 1)
+    return most
 
 
 class _Measures:
@@ -124,11 +187,11 @@ class _Measures:
     def __init__(
         self,
         fragments: Mapping[str, FragmentDefinitionNode],
-        pages: Mapping[str, int],
+        shapes: Shapes,
         variables: Mapping[str, object],
     ) -> None:
         self.fragments = fragments
-        self.pages = pages
+        self.shapes = shapes
         self.variables = variables
         self.measures: dict[str, Measure] = {}
         self.in_progress: set[str] = set()
@@ -143,28 +206,32 @@ class _Measures:
         if fragment is None:
             raise GraphQLError(f"Unknown fragment '{name}'.", spread)
         self.in_progress.add(name)
-        measure = self.selections(fragment.selection_set)
+        measure = self.selections(fragment.selection_set, fragment.type_condition.name.value)
         self.in_progress.discard(name)
         self.measures[name] = measure
         return measure
 
-    def selections(self, selection_set: SelectionSetNode | None) -> Measure:
+    def selections(self, selection_set: SelectionSetNode | None, on: str | None) -> Measure:
+        """The measure of a selection of the type named `on` (None: a type the schema does not have)."""
         if selection_set is None:
             return NOTHING
+        fields = self.shapes.types.get(on, {}) if on is not None else {}
         total = NOTHING
         for selection in selection_set.selections:
             if isinstance(selection, FieldNode):
-                below = self.selections(selection.selection_set)
+                shape = fields.get(selection.name.value, UNKNOWN)
+                below = self.selections(selection.selection_set, shape.type)
                 # As strawberry's depth limiter counts: a field with a selection is one level, and
                 # introspection (`__schema`, `__type`) is not counted at all.
                 nested = selection.selection_set is not None and not selection.name.value.startswith("__")
                 total += Measure(
-                    cost=1 + page_size(selection, self.pages, self.variables) * below.cost,
+                    cost=1 + page_size(selection, shape.most, self.variables) * below.cost,
                     depth=1 + below.depth if nested else 0,
                     aliases=below.aliases + (selection.alias is not None),
                 )
             elif isinstance(selection, InlineFragmentNode):
-                total += self.selections(selection.selection_set)
+                condition = selection.type_condition
+                total += self.selections(selection.selection_set, condition.name.value if condition else on)
             elif isinstance(selection, FragmentSpreadNode):
                 total += self.of(selection)
         return total
@@ -228,12 +295,13 @@ def document_errors(
     `bounds`, or fragments that do not expand (a cycle, an unknown name)."""
     fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
     operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-    measures = _Measures(fragments, bounds.pages, variables or {})
+    shapes = bounds.shapes
+    measures = _Measures(fragments, shapes, variables or {})
     errors: list[GraphQLError] = []
     cost = aliases = 0
     try:
         for operation in operations:
-            measure = measures.selections(operation.selection_set)
+            measure = measures.selections(operation.selection_set, shapes.roots.get(operation.operation.value))
             cost += measure.cost
             aliases += measure.aliases
             if measure.depth > bounds.max_depth:
@@ -248,7 +316,7 @@ def document_errors(
         # Fragments no operation spreads: GraphQL's validation walks them all the same.
         unused = [fragment for name, fragment in fragments.items() if name not in measures.measures]
         for fragment in unused:
-            cost += measures.selections(fragment.selection_set).cost
+            cost += measures.selections(fragment.selection_set, fragment.type_condition.name.value).cost
     except GraphQLError as error:
         return [error]
     except RecursionError:
@@ -311,13 +379,26 @@ class BoundedValidation(SchemaExtension):
         yield
 
 
-def paged_fields(schema: GraphQLSchema) -> dict[str, int]:
-    """The fields of `schema` that take `limit`, with their default page size."""
-    pages: dict[str, int] = {}
-    for named in schema.type_map.values():
-        if isinstance(named, GraphQLObjectType | GraphQLInterfaceType):
-            for name, definition in named.fields.items():
-                limit = definition.args.get("limit")
-                if limit is not None and isinstance(limit.default_value, int):
-                    pages[name] = limit.default_value
-    return pages
+def _most(type_name: str, name: str, definition: GraphQLField) -> int:
+    """How many items the field answers at most without a `limit`: a page field's default page, a
+    list's declared bound, else 1."""
+    limit = definition.args.get("limit")
+    if limit is not None and isinstance(limit.default_value, int):
+        return limit.default_value
+    answered = get_nullable_type(definition.type)
+    if not isinstance(answered, GraphQLList):
+        return 1
+    if isinstance(get_nullable_type(answered.of_type), GraphQLList):
+        raise TypeError(f"{type_name}.{name} is a list of lists: the cost of a document cannot count its items.")
+    strawberry_field = (definition.extensions or {}).get(GraphQLCoreConverter.DEFINITION_BACKREF)
+    declared = getattr(strawberry_field, "metadata", None) or {}
+    most = declared.get(ITEMS)
+    if most == _PAGE:
+        # Counted by the `limit` of the field that answers the page.
+        return 1
+    if not isinstance(most, int) or isinstance(most, bool) or most < 1:
+        raise TypeError(
+            f"{type_name}.{name} is a list: its field must say how many items it answers at most "
+            "(metadata=at_most(n), or PAGE_ITEMS for a page's), for the cost of a document to count them."
+        )
+    return most

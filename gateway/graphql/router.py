@@ -28,7 +28,7 @@ from strawberry.types.unset import UNSET
 from gateway.deps import Principal, UpstreamsDep
 from gateway.graphql.context import GraphQLContext
 from gateway.graphql.errors import PorticoSchema
-from gateway.graphql.limits import BoundedValidation, Bounds, paged_fields
+from gateway.graphql.limits import BoundedValidation, Bounds, Shapes
 from gateway.graphql.schema import Mutation, Query
 from gateway.graphql.telemetry import OperationOnSpan
 from gateway.openapi import operation_docs
@@ -112,9 +112,9 @@ depth, aliases and cost. Outside production the schema can be explored with Grap
 
 
 def create_schema(settings: GatewaySettings) -> PorticoSchema:
-    # Filled from the schema once it is built: which fields take `limit`, and their default page.
-    pages: dict[str, int] = {}
-    bounds = settings_group(Bounds, settings, "graphql_", pages=pages)
+    # Filled from the schema once it is built: what each field answers, and how many at most.
+    shapes = Shapes()
+    bounds = settings_group(Bounds, settings, "graphql_", shapes=shapes)
     # Factories: strawberry builds each extension anew for every operation.
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         # The parser stops at this many tokens: a document's size is bounded before it is read.
@@ -129,7 +129,7 @@ def create_schema(settings: GatewaySettings) -> PorticoSchema:
     schema = PorticoSchema(
         query=Query, mutation=Mutation, extensions=extensions, hide_suggestions=not settings.docs_enabled
     )
-    pages.update(paged_fields(schema._schema))
+    shapes.read(schema._schema)
     return schema
 
 

@@ -27,7 +27,9 @@ from strawberry.permission import BasePermission, PermissionExtension
 from strawberry.types import Info
 
 from gateway.graphql.context import GraphQLContext
+from gateway.graphql.limits import PAGE_ITEMS, at_most
 from shared.contract import (
+    MAX_ITEMS,
     ORDERS_READ,
     ORDERS_WRITE,
     PRODUCTS_READ,
@@ -126,7 +128,8 @@ class Order(FromJson):
     status: str
     total_cents: int
     user_id: str
-    items: list[OrderItem]
+    # An order holds at most MAX_ITEMS lines: what the cost of a document counts them as (limits.py).
+    items: list[OrderItem] = strawberry.field(metadata=at_most(MAX_ITEMS))
 
     @classmethod
     def of(cls, data: Mapping[str, Any], **given: Any) -> Self:
@@ -137,7 +140,7 @@ class Order(FromJson):
 class Page(Generic[T]):
     """A page of a list, newest first; `Page[Product]` is `ProductPage` in the schema."""
 
-    items: list[T]
+    items: list[T] = strawberry.field(metadata=PAGE_ITEMS)
     next_cursor: str | None
 
 

@@ -14,6 +14,7 @@ from gateway.graphql.context import field_idempotency_key
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from tests.edge_support import Tenant, concurrently, gateway_settings, in_process_gateway, signup
 
+# An order holds up to a hundred lines, each with its product: three orders cost 1,819 of the 2,000.
 ORDERS_WITH_PRODUCTS = """
 query Orders($limit: Int!) {
   orders(limit: $limit) {
@@ -76,7 +77,7 @@ async def test_the_schema_answers_what_rest_answers(gateway):
     )
     assert [p["id"] for p in after["data"]["products"]["items"]] == [p["id"] for p in rest.json()["items"]]
 
-    answer = await gql(gateway, tenant.auth, ORDERS_WITH_PRODUCTS, limit=10)
+    answer = await gql(gateway, tenant.auth, ORDERS_WITH_PRODUCTS, limit=3)
     got = answer["data"]["orders"]["items"]
     assert [o["id"] for o in got] == [o["id"] for o in reversed(orders)]
     assert got[1]["totalCents"] == orders[1]["total_cents"]
@@ -91,7 +92,7 @@ async def test_the_schema_answers_what_rest_answers(gateway):
 async def test_the_products_of_many_orders_cost_one_inventory_call(stack, gateway):
     tenant, _, _ = await shop(gateway)
     before = await inventory_product_reads(stack)
-    answer = await gql(gateway, tenant.auth, ORDERS_WITH_PRODUCTS, limit=10)
+    answer = await gql(gateway, tenant.auth, ORDERS_WITH_PRODUCTS, limit=3)
     assert "errors" not in answer, answer
     assert sum(len(o["items"]) for o in answer["data"]["orders"]["items"]) == 4
     assert await inventory_product_reads(stack) == before + 1
@@ -131,7 +132,7 @@ async def test_scopes_are_enforced_per_field_and_credentials_as_on_rest(gateway)
     tenant, products, _ = await shop(gateway)
     key = await gateway.post("/v1/api-keys", json={"name": "gql", "scopes": ["orders:read"]}, headers=tenant.auth)
     headers = {"X-API-Key": key.json()["api_key"]}
-    answer = await gql(gateway, headers, ORDERS_WITH_PRODUCTS, limit=10)
+    answer = await gql(gateway, headers, ORDERS_WITH_PRODUCTS, limit=3)
     # The orders come; each line's product is refused, with the scope it needs.
     assert len(answer["data"]["orders"]["items"]) == 3
     assert answer["data"]["orders"]["items"][0]["items"][0]["product"] is None
@@ -152,7 +153,7 @@ async def test_scopes_are_enforced_per_field_and_credentials_as_on_rest(gateway)
 
 async def test_depth_aliases_and_cost_are_bounded(gateway):
     tenant = await signup(gateway)
-    deep = "{ orders { items { items { product { id } } } } }"
+    deep = "{ orders(limit: 1) { items { items { product { id } } } } }"
     assert "errors" not in await gql(gateway, tenant.auth, deep)
     # Nine fields nested (the schema has four levels; the bound is checked before the names are).
     too_deep = "{ me { a { b { c { d { e { f { g { h { id } } } } } } } } } }"
@@ -171,7 +172,7 @@ async def test_depth_aliases_and_cost_are_bounded(gateway):
     assert refused["errors"][0]["extensions"]["code"] == "FIELD_REPEATED_TOO_OFTEN"
     costly = "{ orders(limit: 100) { items { id status totalCents userId items { quantity unitPriceCents "
     costly += "lineTotalCents product { id sku name priceCents stock } } } } "
-    costly += "products(limit: 100) { items { id sku name priceCents stock } } }"  # 1,501 + 601
+    costly += "products(limit: 100) { items { id sku name priceCents stock } } }"  # 90,601 + 601
     too_costly = await gql(gateway, tenant.auth, costly)
     assert too_costly["errors"][0]["extensions"]["code"] == "QUERY_TOO_COSTLY"
     fragments = "fragment F on Query { me { id } } query { ...F }"

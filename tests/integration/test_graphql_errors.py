@@ -1,6 +1,7 @@
 """What the answer and the log say of each kind of GraphQL error: the caller's mistakes are coded and
 logged at INFO without a traceback; a resolver that fails is an ERROR with its traceback and answers
-no internals; where introspection is off, no message suggests a name of the schema."""
+no internals; a field whose call the request's deadline refused answers DEADLINE_EXCEEDED, as REST
+does, without a traceback; where introspection is off, no message suggests a name of the schema."""
 
 from __future__ import annotations
 
@@ -73,3 +74,29 @@ async def test_mistakes_are_logged_at_info_and_a_failing_resolver_at_error(caplo
     assert record.levelno == logging.ERROR
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], KeyError)
+
+
+async def test_fields_past_the_requests_deadline_answer_its_code_without_a_traceback(caplog):
+    # An orders service that never answers: the first mutation waits out the request's time budget,
+    # and the ones after it (mutations run one after the other) start past the request's deadline.
+    hung = ScriptedService(lambda method, path: None)
+    cancels = " ".join(f'c{i}: cancelOrder(id: "o-{i}") {{ id }}' for i in range(3))
+    caplog.set_level(logging.INFO)
+    async with (
+        hung.running(),
+        in_process_gateway(gateway_settings(None, orders_url=hung.url, http_timeout_seconds=1.0)) as gateway,
+    ):
+        response = await gateway.post("/graphql", json={"query": f"mutation {{ {cancels} }}"}, headers=bearer())
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["data"] == {"c0": None, "c1": None, "c2": None}
+    errors = {error["path"][0]: error for error in answer["errors"]}
+    assert errors["c0"]["extensions"] == {"code": "DOWNSTREAM_TIMEOUT", "status": 504}
+    for late in ("c1", "c2"):
+        # As REST answers it: 504 DEADLINE_EXCEEDED, and the service is not called.
+        assert errors[late]["extensions"] == {"code": "DEADLINE_EXCEEDED", "status": 504}
+        assert errors[late]["message"] == "The request's deadline passed before the call to the orders service."
+    assert hung.requests == [("POST", "/orders/o-0/cancel")]
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR] == []
+    fields = [r for r in caplog.records if r.name == GRAPHQL_LOGGER]
+    assert [(r.levelno, r.exc_info) for r in fields] == [(logging.WARNING, None)] * 3

@@ -7,20 +7,24 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
 import strawberry
 from graphql import get_introspection_query, parse
 
-from gateway.graphql.limits import Bounds, document_errors, paged_fields
+from gateway.graphql.limits import Bounds, Shape, Shapes, at_most, document_errors
 from gateway.graphql.router import create_schema
+from shared.contract import MAX_ITEMS
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from tests.edge_support import gateway_settings
 
 LINES = "{ orders(limit: 10) { items { items { product { id sku } } } } }"
+# A hundred orders, each line's product: 10,000 lines and 10,000 products at most.
+EVERY_LINE = "{ orders(limit: 100) { items { items { product { name } } } } }"
 
 
-def cost(query: str, pages: Mapping[str, int] | None = None, variables: Mapping[str, object] | None = None) -> int:
+def cost(query: str, shapes: Shapes | None = None, variables: Mapping[str, object] | None = None) -> int:
     """What the document costs, as the cost bound's refusal says it (within every other bound)."""
-    bounds = Bounds(max_cost=0, max_depth=1_000, max_aliases=1_000, max_field_repeats=1_000, pages=pages or {})
+    bounds = Bounds(max_cost=0, max_depth=1_000, max_aliases=1_000, max_field_repeats=1_000, shapes=shapes or Shapes())
     [error] = document_errors(parse(query), bounds, variables)
     assert error.extensions is not None
     assert error.extensions["code"] == "QUERY_TOO_COSTLY"
@@ -143,10 +147,75 @@ def test_cost_counts_variables_as_sent_and_default_pages():
     assert cost(query, variables={"n": 10}) == 1 + 10
     assert cost(query, variables={"n": "10"}) == 1 + MAX_LIMIT
     assert cost(query, variables={"n": 10_000}) == 1 + MAX_LIMIT
+    shapes = schema_shapes()
+    assert shapes.types["Query"]["orders"] == Shape("OrderPage", DEFAULT_LIMIT)
+    assert shapes.types["Query"]["products"] == Shape("ProductPage", DEFAULT_LIMIT)
+    assert cost("{ orders { nextCursor } }", shapes) == 1 + DEFAULT_LIMIT
+
+
+def schema_shapes() -> Shapes:
+    return Shapes().read(create_schema(gateway_settings(None))._schema)
+
+
+def test_every_list_costs_the_most_it_can_hold():
+    shapes = schema_shapes()
+    # An order's lines: as many as an order may hold (shared.contract).
+    assert shapes.types["Order"]["items"] == Shape("OrderItem", MAX_ITEMS)
+    # orders 1 + 100 x (items 1 + (items 1 + MAX_ITEMS x (product 1 + name 1)))
+    assert cost(EVERY_LINE, shapes) == 1 + 100 * (1 + (1 + MAX_ITEMS * (1 + 1)))
+    # A page's items are counted once, by the page's limit.
+    assert cost("{ products(limit: 10) { items { id } } }", shapes) == 1 + 10 * (1 + 1)
+    # The order a mutation answers, and one read by id, hold as many lines.
+    place = 'mutation { createOrder(items: [{productId: "p-1", quantity: 1}]) { items { quantity } } }'
+    assert cost(place, shapes) == 1 + (1 + MAX_ITEMS * 1)
+    assert cost('{ order(id: "o-1") { id items { quantity } } }', shapes) == 1 + (1 + (1 + MAX_ITEMS * 1))
+    # Fragments and inline fragments say the type they select from.
+    spread = "{ orders(limit: 1) { items { ...Lines } } } fragment Lines on Order { items { quantity } }"
+    inline = "{ orders(limit: 1) { items { ... on Order { items { quantity } } } } }"
+    assert cost(spread, shapes) == cost(inline, shapes) == 1 + 1 * (1 + (1 + MAX_ITEMS * 1))
+    unused = "{ me { id } } fragment Lines on Order { items { quantity } }"
+    assert cost(unused, shapes) == 2 + (1 + MAX_ITEMS * 1)
+
+
+async def test_the_schema_refuses_what_every_line_of_every_order_would_cost():
     schema = create_schema(gateway_settings(None))
-    pages = paged_fields(schema._schema)
-    assert pages == {"products": DEFAULT_LIMIT, "orders": DEFAULT_LIMIT}
-    assert cost("{ orders { nextCursor } }", pages) == 1 + DEFAULT_LIMIT
+    # Four aliases of it: within the alias bound, and 40,000 lines and products to answer.
+    four = "{ " + " ".join(f"o{i}: {EVERY_LINE[2:-2]}" for i in range(4)) + " }"
+    assert refused(await schema.execute(four)) == {
+        "code": "QUERY_TOO_COSTLY",
+        "cost": 4 * (1 + 100 * (1 + (1 + MAX_ITEMS * 2))),
+        "max_cost": 2000,
+    }
+    # Ten orders with their lines' products are over the bound too; with one field a line, within it.
+    tens = "{ orders(limit: 10) { items { items { product { name } } } } }"
+    assert refused(await schema.execute(tens))["cost"] == 1 + 10 * (1 + (1 + MAX_ITEMS * 2))
+    shapes = schema_shapes()
+    assert cost("{ orders(limit: 9) { items { items { quantity } } } }", shapes) == 1 + 9 * (1 + (1 + MAX_ITEMS))
+
+
+@strawberry.type
+class Basket:
+    sizes: list[int] = strawberry.field(metadata=at_most(3))
+    # A list that does not say how many items it holds: the cost would count it as one.
+    names: list[str]
+
+
+@strawberry.type
+class BasketQuery:
+    basket: Basket
+
+
+@strawberry.type
+class GridQuery:
+    # At most three rows, of as many cells as may be.
+    rows: list[list[int]] = strawberry.field(metadata=at_most(3))
+
+
+def test_a_list_that_does_not_say_how_many_it_holds_is_refused():
+    with pytest.raises(TypeError, match=r"Basket\.names is a list"):
+        Shapes().read(strawberry.Schema(query=BasketQuery)._schema)
+    with pytest.raises(TypeError, match=r"GridQuery\.rows is a list of lists"):
+        Shapes().read(strawberry.Schema(query=GridQuery)._schema)
 
 
 async def test_validation_that_would_take_long_is_cut_short():
