@@ -22,6 +22,9 @@ connection itself) is answered 408 (problem+json) and closed; one that has sent 
 closed without an answer. A client dribbling its headers a byte at a time no longer holds a
 connection (and its buffers) for as long as it likes.
 
+What the parser cannot read as HTTP/1.1 (an unknown method, a `Content-Length` that is no number) is
+answered 400 `BAD_REQUEST` (problem+json, where uvicorn answers plain text) and the connection closed.
+
 It also admits requests: when the lifespan state holds a `Shedder` (`shared/admission.py`, under
 `SHEDDER_KEY`), each request head is shown to it before uvicorn starts a task for the request. A
 request it admits takes its slot of the limit there and holds it until the app is done with it (its
@@ -62,7 +65,7 @@ from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from shared.admission import ADMITTED, SHEDDER_KEY, Shedder
-from shared.errors import PorticoError, problem_response
+from shared.errors import BadRequest, PorticoError, problem_response
 from shared.settings import ProcessSettings
 
 logger = logging.getLogger("portico.server")
@@ -171,13 +174,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            if self._refusal is not None:
-                self._refuse()
-                return
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
+        except httptools.HttpParserError as exc:
+            if self._refusal is None:
+                # Not HTTP/1.1 (an unknown method, a Content-Length that is no number...): answered as
+                # every other error is, problem+json, where uvicorn would answer in plain text.
+                self._refusal = f"the request is not valid HTTP/1.1 ({exc})"
+                self._refusal_error = BadRequest
+            self._refuse()
             return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
@@ -411,7 +414,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         raise _Refused(reason)
 
     def _refuse(self) -> None:
-        """Answers the refusal (431, or 408 for a head out of time) and closes the connection, unless
+        """Answers the refusal (431, 408 for a head out of time, 400 for what is not HTTP/1.1) and
+        closes the connection, unless
         an earlier request's answer is still being written on it, in which case the connection is
         closed at once."""
         assert self._refusal is not None

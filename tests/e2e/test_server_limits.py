@@ -120,6 +120,24 @@ def test_every_process_refuses_request_heads_over_the_default_limits(stack: Stac
         assert reason in assert_431(exchange(port, [raw]))["detail"]
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_every_process_answers_what_is_not_http_with_a_problem(stack: Stack, name: str):
+    port = stack.ports[name]
+    not_http = [
+        b"FOO / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"POST /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+        b"POST /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n",
+    ]
+    for raw in not_http:
+        answer = exchange(port, [raw])
+        assert answer is not None, raw
+        assert answer.status == 400, (raw, answer)
+        assert answer.headers["connection"] == "close"
+        problem = answer.problem()
+        assert problem["error_code"] == "BAD_REQUEST"
+        assert problem["request_id"] == answer.headers["x-request-id"]
+
+
 @pytest.mark.parametrize("name", ["gateway", "inventory"])
 def test_a_huge_header_is_refused_after_the_limit_not_after_it_is_sent(stack: Stack, name: str):
     """40 MB of one header: the answer comes while the client is still writing, within a few reads

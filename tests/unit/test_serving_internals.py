@@ -81,7 +81,6 @@ PROTOCOL_METHODS = {
     "_should_upgrade": "(self) -> 'bool'",
     "_unsupported_upgrade_warning": "(self) -> 'None'",
     "handle_websocket_upgrade": "(self) -> 'None'",
-    "send_400_response": "(self, msg: 'str') -> 'None'",
     "timeout_keep_alive_handler": "(self) -> 'None'",
     "_start_asgi_task": "(self, cycle: 'RequestResponseCycle', app: 'ASGI3Application') -> 'None'",
 }
