@@ -39,6 +39,9 @@ def answer_json(status: int, body: Any, headers: dict[str, str] | None = None) -
 
 
 GARBAGE: Answer = (200, {"content-type": "application/json"}, b"<html>not json</html>")
+# A script's answer that is none: the request is read, and the connection closed at once (an instance
+# killed mid-request).
+DROP: Answer = (0, {}, b"")
 FEED_PATH = "/events"
 _FEED_BODY = b'{"items": [], "next_after": 0}'
 EMPTY_FEED = (
@@ -51,8 +54,9 @@ EMPTY_FEED = (
 
 @dataclass
 class ScriptedService:
-    """Answers every request with `script(method, path)` (after `delay` seconds); records requests,
-    and how many connections its peers closed while it was still holding them."""
+    """Answers every request with `script(method, path)` (after `delay` seconds; None: never, `DROP`:
+    closes the connection); records requests, and how many connections its peers closed while it was
+    still holding them."""
 
     script: Callable[[str, str], Answer | Awaitable[Answer]]
     delay: float = 0.0
@@ -93,6 +97,8 @@ class ScriptedService:
                     # Never answer: wait until the peer goes away (EOF), and count it.
                     await reader.read()
                     self.disconnects += 1
+                    return
+                if answer is DROP:
                     return
                 status, headers, body = answer
                 head_lines = [f"HTTP/1.1 {status} X", f"content-length: {len(body)}"]

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -178,36 +179,30 @@ async def test_failures_follow_the_schedule_to_the_dead_letter_and_replay_keeps_
     assert (replayed.attempts, replayed.round_attempts, replayed.replays) == (4, 1, 1)
 
 
+async def attempted_once(db: HooksDb, receiver: Receiver, schedule: tuple[float, ...]) -> tuple[Any, float]:
+    """A delivery to `receiver`, attempted once by a worker on `schedule`: the delivery as stored
+    then, and the seconds from that attempt to the next one it was given."""
+    endpoint = await db.endpoint(receiver.url)
+    [delivery] = await db.deliveries(endpoint)
+    async with running_worker(db, schedule=schedule):
+        await receiver.wait_for(1)
+        await eventually(lambda: _attempted(db, delivery.id))
+    stored = await db.delivery(delivery.id)
+    return stored, (stored.next_attempt_at - stored.last_attempt_at).total_seconds()
+
+
 async def test_retry_after_replaces_the_next_delay_capped_by_the_schedule(pg):
     async with Receiver(answer(429, b"slow down", {"retry-after": "2"})) as receiver:
-        endpoint = await pg.endpoint(receiver.url)
-        [asks_two] = await pg.deliveries(endpoint)
-        async with running_worker(pg, schedule=(0.05, 600, 30)):
-            await receiver.wait_for(1)
-            await eventually(lambda: _attempted(pg, asks_two.id))
-        stored = await pg.delivery(asks_two.id)
-        wait = (stored.next_attempt_at - stored.last_attempt_at).total_seconds()
+        stored, wait = await attempted_once(pg, receiver, (0.05, 600, 30))
         assert stored.status == "pending"
         assert 2 <= wait < 2 + 30, wait  # 2 s from the answer, not the scheduled 0.05 s
 
     async with Receiver(answer(503, b"", {"retry-after": "86400"})) as receiver:
-        endpoint = await pg.endpoint(receiver.url)
-        [asks_a_day] = await pg.deliveries(endpoint)
-        async with running_worker(pg, schedule=(0.05, 600, 30)):
-            await receiver.wait_for(1)
-            await eventually(lambda: _attempted(pg, asks_a_day.id))
-        stored = await pg.delivery(asks_a_day.id)
-        wait = (stored.next_attempt_at - stored.last_attempt_at).total_seconds()
+        _, wait = await attempted_once(pg, receiver, (0.05, 600, 30))
         assert 600 <= wait < 600 + 30, wait  # capped by the longest delay
 
     async with Receiver(answer(500, b"", {"retry-after": "3600"})) as receiver:
-        endpoint = await pg.endpoint(receiver.url)
-        [ignored] = await pg.deliveries(endpoint)
-        async with running_worker(pg, schedule=(5, 600)):
-            await receiver.wait_for(1)
-            await eventually(lambda: _attempted(pg, ignored.id))
-        stored = await pg.delivery(ignored.id)
-        wait = (stored.next_attempt_at - stored.last_attempt_at).total_seconds()
+        _, wait = await attempted_once(pg, receiver, (5, 600))
         assert 4.5 <= wait < 5.5 + 30, wait  # a 500's Retry-After is not a receiver's request to wait
 
 
@@ -220,16 +215,10 @@ async def test_a_retry_after_that_cannot_be_read_is_ignored_and_the_attempt_reco
     """Whatever a receiver puts in `Retry-After`, its attempt is counted and logged, and the next one
     follows the schedule; it is not left to a lapsing lease, attempted again without ever counting."""
     async with Receiver(answer(503, b"busy", {"retry-after": retry_after})) as receiver:
-        endpoint = await pg.endpoint(receiver.url)
-        [delivery] = await pg.deliveries(endpoint)
-        async with running_worker(pg, schedule=(600, 600)):
-            await receiver.wait_for(1)
-            await eventually(lambda: _attempted(pg, delivery.id))
-    stored = await pg.delivery(delivery.id)
+        stored, wait = await attempted_once(pg, receiver, (600, 600))
     assert (stored.status, stored.attempts, stored.last_status_code) == ("pending", 1, 503)
-    wait = (stored.next_attempt_at - stored.last_attempt_at).total_seconds()
     assert 540 <= wait < 660 + 30, wait  # the scheduled 600 s (within 10%), from the answer
-    [entry] = await attempt_log(pg, delivery.id)
+    [entry] = await attempt_log(pg, stored.id)
     assert (entry.status_code, entry.error) == (503, "HTTP 503: busy")
 
 
