@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 import uvicorn
 from fastapi import FastAPI
 
+from shared.contract import WEBSOCKET_MAX_MESSAGE_BYTES
 from shared.logging import configure_logging
 from shared.serving import DrainingServer, before_shutdown_of, serve_workers, serving_protocol
 from shared.settings import BaseServiceSettings, ProcessSettings
@@ -109,5 +110,6 @@ def run_cli(
         http=serving_protocol(settings),
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         timeout_keep_alive=settings.server_keep_alive_seconds,
+        ws_max_size=WEBSOCKET_MAX_MESSAGE_BYTES,
     )
     DrainingServer(config, before_shutdown_of(app)).run()

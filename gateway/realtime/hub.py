@@ -68,6 +68,15 @@ class Expired(Exception):
         self.pruned_through = pruned_through
 
 
+class NeverSent(Exception):
+    """The resume point is past every event the orders feed has ever had: no event has that id, so a
+    stream resuming from it would drop every event until the ids caught up."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__(f"no event with id {after} or above was ever written")
+        self.after = after
+
+
 class Subscriber:
     __slots__ = ("buffer", "error", "limit", "ready", "start")
 
@@ -246,16 +255,29 @@ class Hub:
 
     async def check_resumable(self, tenant_id: str, after: int) -> None:
         """Raises `Expired` when what came after `after` is no longer all kept (before a stream opens,
-        so the client gets a 410 instead of a stream with a hole)."""
+        so the client gets a 410 instead of a stream with a hole), and `NeverSent` when `after` is past
+        every event the feed has had (a 400 instead of a stream that stays silent)."""
         try:
-            # Asked every time: events may have been removed before the relay ever saw them.
-            page = await self.feed.page(after, 1, tenant_id)
+            # Asked every time: events may have been removed before the relay ever saw them. Every
+            # tenant's events from `after` itself on: the feed's events are only ever removed oldest
+            # first (`pruned_through`), so `after` is an id the feed has had exactly when one of them
+            # is still there or was removed since. The event behind an id a client holds committed
+            # before the client could see it, so a page read now has it (or has pruned it): the check
+            # cannot race a write.
+            page = await self.feed.page(max(after - 1, 0), 1)
         except UpstreamError:
             if after < await self.store.floor(tenant_id):
                 raise  # the feed is needed for this resume
+            if after > await self.store.head():
+                # Past what the live stream has: a made-up id, or the stream behind the feed (a
+                # relay catching up, a fresh Redis). Only the feed can tell, so the client is told to
+                # come back rather than refused (or given a stream that would stay silent).
+                raise
             return  # the stream holds everything after `after`
         if after < page.pruned_through:
             raise Expired(page.pruned_through)
+        if after > page.pruned_through and not page.items:
+            raise NeverSent(after)
 
     async def backlog(self, tenant_id: str, after: int) -> AsyncIterator[StreamEvent]:
         """Every event of the tenant after `after` that is stored now, in id order: from the stream,

@@ -25,11 +25,11 @@ from gateway.edge.access import Access
 from gateway.edge.authentication import Authenticator, Caller
 from gateway.edge.pipeline import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, TRANSIENT_FAILURES
 from gateway.openapi import operation_docs
-from gateway.realtime.hub import Admission, Expired, Hub, Interrupted, Overflowed
+from gateway.realtime.hub import Admission, Expired, Hub, Interrupted, NeverSent, Overflowed
 from gateway.realtime.tasks import cancel_and_wait
 from gateway.settings import GatewaySettings
 from services.orders.schemas import EXAMPLE_ORDER
-from shared.contract import CACHE_CONTROL, DEFAULT_PLAN, ORDERS_READ, PLANS, Identity
+from shared.contract import CACHE_CONTROL, DEFAULT_PLAN, ORDERS_READ, PLANS, WEBSOCKET_MAX_MESSAGE_BYTES, Identity
 from shared.errors import BadRequest, PorticoError, TooManyRequests, retry_in
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ router = APIRouter(prefix="/v1", tags=["events"])
 ORDER_EVENTS_ACCESS = Access(scope=ORDERS_READ)
 EventsReader = Annotated[Identity, Depends(RequireAccess(ORDER_EVENTS_ACCESS))]
 MAX_EVENT_ID = 2**63 - 1
+# Digits of the largest id: a longer number is no id, and is refused before `int()` reads it (which
+# costs time quadratic in its length, and refuses more than 4,300 digits with a ValueError).
+MAX_EVENT_ID_DIGITS = len(str(MAX_EVENT_ID))
 # What a store or service blip raises while a stream runs: the stream ends and the client reconnects
 # (SSE: with Last-Event-ID; WebSocket: close 1013 "try again later") rather than a 500 or a 1011.
 STREAM_FAILURES = (*TRANSIENT_FAILURES, Interrupted)
@@ -56,7 +59,8 @@ class EventsExpired(PorticoError, status=410, code="EVENTS_EXPIRED", title="Even
 
 
 async def resumable(hub: Hub, tenant_id: str, after: int | None) -> None:
-    """410 when the events after `after` are no longer all kept: the client resyncs instead."""
+    """410 when the events after `after` are no longer all kept: the client resyncs instead; 400 when
+    `after` is past every event ever written (no id this API sent)."""
     if after is None:
         return
     try:
@@ -67,6 +71,8 @@ async def resumable(hub: Hub, tenant_id: str, after: int | None) -> None:
             "read the current state (GET /v1/orders), then open the stream without Last-Event-ID.",
             extra={"last_event_id": after, "pruned_through": exc.pruned_through, "resync": "/v1/orders"},
         ) from None
+    except NeverSent:
+        raise not_an_event_id() from None
 
 
 class ConnectionLimitReached(TooManyRequests, code="REALTIME_CONNECTION_LIMIT", title="Too many real-time connections"):
@@ -79,12 +85,16 @@ def parse_event_id(raw: str | None) -> int | None:
     if raw is None or raw.strip() == "":
         return None
     text = raw.strip()
-    if not text.isascii() or not text.isdigit() or int(text) > MAX_EVENT_ID:
-        raise InvalidLastEventId(
-            "Last-Event-ID must be the id of an event this API sent (a decimal number).",
-            errors=[{"field": "Last-Event-ID", "type": "event_id", "msg": "not an event id"}],
-        )
+    if not text.isascii() or not text.isdigit() or len(text) > MAX_EVENT_ID_DIGITS or int(text) > MAX_EVENT_ID:
+        raise not_an_event_id()
     return int(text)
+
+
+def not_an_event_id() -> InvalidLastEventId:
+    return InvalidLastEventId(
+        "Last-Event-ID must be the id of an event this API sent (a decimal number).",
+        errors=[{"field": "Last-Event-ID", "type": "event_id", "msg": "not an event id"}],
+    )
 
 
 def admit(hub: Hub, identity: Identity, settings: GatewaySettings) -> Admission:
@@ -264,6 +274,26 @@ async def websocket_events(
         admission.release()
 
 
+# What the server answers to what a client sends on /v1/ws (any other message is an error, answered
+# without closing the connection).
+PONG = '{"type":"pong"}'
+MESSAGE_ERROR = json.dumps({"type": "error", "detail": 'send {"type": "ping"} or nothing'}, separators=(",", ":"))
+BINARY_FRAME_ERROR = json.dumps(
+    {"type": "error", "detail": 'binary frames are not read: send {"type": "ping"} or nothing'}, separators=(",", ":")
+)
+# A message longer than `WEBSOCKET_MAX_MESSAGE_BYTES` (RFC 6455's "message too big").
+CLOSE_MESSAGE_TOO_BIG = 1009
+
+
+def is_ping(text: str) -> bool:
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser goes (`[[[[...`), no ping either.
+        return False
+    return isinstance(message, dict) and message.get("type") == "ping"
+
+
 @dataclass(eq=False)
 class WsSession:
     """One accepted WebSocket: events out, pings in, and the reasons to close it, whichever comes first."""
@@ -314,17 +344,23 @@ class WsSession:
     async def messages(self) -> tuple[int, str]:
         try:
             while True:
-                text = await self.websocket.receive_text()
-                try:
-                    message = json.loads(text)
-                except ValueError:
-                    message = None
-                if isinstance(message, dict) and message.get("type") == "ping":
-                    await self.send('{"type":"pong"}')
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return 1000, ""
+                text = message.get("text")
+                if text is None:
+                    await self.send(BINARY_FRAME_ERROR)
+                elif len(text) > WEBSOCKET_MAX_MESSAGE_BYTES:
+                    # The server refuses such a message before the app sees it (uvicorn's
+                    # `ws_max_size`); this holds when the app is served some other way, so that no
+                    # client makes the loop parse megabytes.
+                    return CLOSE_MESSAGE_TOO_BIG, f"messages are {WEBSOCKET_MAX_MESSAGE_BYTES} bytes at most"
+                elif is_ping(text):
+                    await self.send(PONG)
                 else:
-                    await self.send('{"type":"error","detail":"send {\\"type\\": \\"ping\\"} or nothing"}')
-        except (WebSocketDisconnect, RuntimeError, KeyError):
-            # KeyError: a binary frame where text was expected.
+                    await self.send(MESSAGE_ERROR)
+        except (WebSocketDisconnect, RuntimeError):
+            # RuntimeError: Starlette's, the socket used once it is closed.
             return 1000, ""
         except TimeoutError:
             return CLOSE_TRY_AGAIN_LATER, "too far behind: reconnect with last_event_id"

@@ -1,8 +1,8 @@
 """What the gateway and the services must agree on, written once and imported by both sides, one
 module a topic:
 
-- `processes`: the processes, their modules and default ports, the workers beside a service, and
-  the probe and metrics paths every one serves;
+- `processes`: the processes, their modules and default ports, the workers beside a service, the
+  probe and metrics paths every one serves, and the largest WebSocket message their servers read;
 - `access`: scopes, what each role holds, and the plans;
 - `identity`: the identity a request is for, as the claims of the internal identity token and of
   access tokens;
@@ -205,6 +205,9 @@ from shared.contract.processes import (
 )
 from shared.contract.processes import (
     WEBHOOKS_WORKER as WEBHOOKS_WORKER,
+)
+from shared.contract.processes import (
+    WEBSOCKET_MAX_MESSAGE_BYTES as WEBSOCKET_MAX_MESSAGE_BYTES,
 )
 from shared.contract.processes import (
     WORKERS as WORKERS,

@@ -1,5 +1,6 @@
 """The processes, their modules and default ports (settings, the dev stack, tests and the
-Makefile), the workers that run beside a service, and the paths every one of them serves."""
+Makefile), the workers that run beside a service, the paths every one of them serves, and the
+largest WebSocket message their servers read."""
 
 from __future__ import annotations
 
@@ -64,6 +65,12 @@ LIVE_PATH = "/health/live"
 READY_PATH = "/health/ready"
 METRICS_PATH = "/metrics"
 PROBE_PATHS: tuple[str, ...] = (LIVE_PATH, READY_PATH, METRICS_PATH)
+
+# The largest WebSocket message a client may send any process, in bytes (uvicorn's `ws_max_size`,
+# whose default is 16 MiB). uvicorn holds a whole message before the app sees it; what clients send
+# is small (the gateway's `{"type": "ping"}`). A longer message closes the connection with 1009
+# (message too big) as soon as its frame's header announces the length, before the payload is read.
+WEBSOCKET_MAX_MESSAGE_BYTES = 4 * 1024
 
 # The webhook delivery worker, beside the webhooks service.
 WEBHOOKS_WORKER = "webhooks-worker"

@@ -19,6 +19,7 @@ from gunicorn.glogging import Logger
 from starlette.types import ASGIApp
 from uvicorn_worker import UvicornWorker
 
+from shared.contract import WEBSOCKET_MAX_MESSAGE_BYTES
 from shared.metrics import MULTIPROC_ENV
 from shared.serving.multiprocess import fold_exited_worker, prepare_multiprocess_metrics
 from shared.serving.protocol import serving_protocol
@@ -32,10 +33,10 @@ SHUTDOWN_MARGIN_SECONDS = 5
 
 def gunicorn_worker(settings: ProcessSettings) -> type[UvicornWorker]:
     """uvicorn-worker's gunicorn worker, serving as `python -m <process> serve` does: the bounded
-    protocol with the process's limits, no proxy headers, our access log rather than uvicorn's, and
-    in-flight requests finished within `shutdown_timeout_seconds`. (uvicorn-worker passes none of
-    gunicorn's graceful timeout to uvicorn, whose shutdown then waits for in-flight requests without
-    bound until the master kills the worker.)"""
+    protocol with the process's limits, no proxy headers, our access log rather than uvicorn's, small
+    WebSocket messages only, and in-flight requests finished within `shutdown_timeout_seconds`.
+    (uvicorn-worker passes none of gunicorn's graceful timeout to uvicorn, whose shutdown then waits
+    for in-flight requests without bound until the master kills the worker.)"""
 
     # uvicorn-worker ships no type information, so its class is Any to mypy, and strict mode refuses
     # to subclass Any.
@@ -46,6 +47,7 @@ def gunicorn_worker(settings: ProcessSettings) -> type[UvicornWorker]:
             "proxy_headers": False,
             "access_log": False,
             "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
+            "ws_max_size": WEBSOCKET_MAX_MESSAGE_BYTES,
         }
 
         async def _serve(self) -> None:

@@ -249,10 +249,21 @@ async def test_resuming_on_another_instance_after_the_first_died(stack, gateway,
 
 async def test_a_bad_last_event_id_is_a_problem(gateway):
     acme = await signup(gateway)
-    for bad in ("abc", "-1", "1e3", str(2**63)):
-        response = await gateway.get("/v1/events", headers={**acme.auth, "Last-Event-ID": bad})
-        assert response.status_code == 400, response.text
-        assert response.json()["error_code"] == "INVALID_LAST_EVENT_ID"
+    for bad in (
+        "abc",
+        "-1",
+        "1e3",
+        str(2**63),
+        "9" * 5000,  # more digits than Python's int() reads (4,300)
+        "99999999999",  # a number, but past every event ever written
+    ):
+        for headers, params in (({"Last-Event-ID": bad}, {}), ({}, {"last_event_id": bad})):
+            # Streamed: an id taken would open a stream that never ends.
+            async with gateway.stream("GET", "/v1/events", headers={**acme.auth, **headers}, params=params) as response:
+                assert response.status_code == 400, (bad[:20], response.status_code)
+                await response.aread()
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["error_code"] == "INVALID_LAST_EVENT_ID"
     anonymous = await gateway.get("/v1/events")
     assert anonymous.status_code == 401
 

@@ -1,12 +1,14 @@
 """/v1/ws with every process real: credentials checked before the connection is accepted, events as
-JSON frames with the ids SSE and the orders feed use, ping/pong, 1008 when the token expires and 1013
-when the gateway stops."""
+JSON frames with the ids SSE and the orders feed use, ping/pong (anything else an error message),
+1008 when the token expires, 1009 for a message over the limit and 1013 when the gateway stops."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import struct
 import threading
 import time
 import uuid
@@ -20,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from scripts.devstack import Stack, free_port
-from shared.contract import new_api_key
+from shared.contract import WEBSOCKET_MAX_MESSAGE_BYTES, new_api_key
 from tests.conftest import JWT_SECRET, ROOT
 from tests.e2e.test_realtime import EXPIRY_MARGIN_SECONDS, answered_at, place_and_cancel, reading, until
 from tests.edge_support import Tenant, signup
@@ -98,6 +100,64 @@ async def test_events_arrive_as_frames_with_the_ids_of_the_stream(stack, gateway
     # Resuming on a WebSocket works as on SSE.
     async with connect(ws_url(stack.url(), acme.token, last_event_id=str(token_frames[0]["id"]))) as resumed:
         assert await frames(resumed, 1) == token_frames[1:]
+
+
+async def test_a_last_event_id_this_api_never_sent_is_refused_before_the_connection_is_accepted(stack, gateway):
+    acme = await signup(gateway)
+    for bad in (
+        "9" * 5000,  # more digits than Python's int() reads (4,300)
+        "99999999999",  # a number, but past every event ever written
+    ):
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(ws_url(stack.url(), acme.token, last_event_id=bad)):
+                pass
+        assert refused.value.response.status_code == 403
+
+
+async def test_anything_but_a_ping_is_answered_with_an_error_and_the_connection_goes_on(stack, gateway):
+    acme = await signup(gateway)
+    async with connect(ws_url(stack.url(), acme.token)) as ws:
+        for message in (
+            b"\x00binary",
+            "[" * 2000,  # nested deeper than the JSON parser goes
+            "not json",
+            json.dumps({"type": "pong"}),
+        ):
+            await ws.send(message)
+            answer = json.loads(await asyncio.wait_for(ws.recv(), DEADLINE))
+            assert answer["type"] == "error", (message[:10], answer)
+            assert answer["detail"]
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), DEADLINE)) == {"type": "pong"}
+
+
+def text_frame_head(length: int) -> bytes:
+    """The head of a client's (masked) text frame announcing `length` bytes, and its masking key."""
+    return bytes([0x81, 0x80 | 127]) + struct.pack("!Q", length) + os.urandom(4)
+
+
+async def test_a_message_over_the_limit_closes_the_connection_with_1009_before_it_is_read(gateway, own_gateway):
+    """Clients send pings: a message longer than the limit closes the connection with 1009 as soon as
+    its frame's head says how long it is, so the gateway never holds more of it (uvicorn's default
+    limit, 16 MiB, each message held whole before the app sees it, let five clients take a gateway
+    to gigabytes). Served by one process, and by workers under a master."""
+    acme = await signup(gateway)
+    async with connect(ws_url(own_gateway.url(), acme.token)) as ws:
+        # A message of the limit is read (a ping, padded).
+        short = json.dumps({"type": "ping", "pad": ""})
+        padded = json.dumps({"type": "ping", "pad": "x" * (WEBSOCKET_MAX_MESSAGE_BYTES - len(short))})
+        assert len(padded.encode()) == WEBSOCKET_MAX_MESSAGE_BYTES
+        await ws.send(padded)
+        assert json.loads(await asyncio.wait_for(ws.recv(), DEADLINE)) == {"type": "pong"}
+        # The head of a 16 MiB message and the start of it: the rest never comes.
+        ws.transport.write(text_frame_head(16 * 1024 * 1024) + b"x" * 1024)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), DEADLINE)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1009
+    async with connect(ws_url(own_gateway.url(), acme.token)) as again:
+        await again.send(json.dumps({"type": "ping"}))
+        assert json.loads(await asyncio.wait_for(again.recv(), DEADLINE)) == {"type": "pong"}
 
 
 async def test_the_connection_closes_with_1008_when_its_token_expires(stack, gateway):

@@ -6,10 +6,12 @@ ending its connections, and the relay's spans."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import asyncpg
 import httpx
@@ -20,13 +22,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.app import create_redis
-from gateway.realtime.hub import Expired, Hub, Lagged, Overflowed
+from gateway.realtime.hub import Expired, Hub, Lagged, NeverSent, Overflowed
 from gateway.realtime.relay import EventRelay, OrdersFeed
 from gateway.realtime.streams import EventStore, MemoryEventStore, RedisEventStore, StreamEvent
-from gateway.routes.events import until_done
-from scripts.devstack import Stack
+from gateway.routes.events import MAX_EVENT_ID, until_done
+from scripts.devstack import Stack, free_port
 from services.orders.app import create_app as create_orders_app
 from services.orders.settings import OrdersSettings
+from shared.errors import UpstreamError
 from shared.http import ServiceClient
 from shared.identity_token import IdentitySigner
 from shared.migrations import upgrade
@@ -238,36 +241,49 @@ async def own_orders_database(migrated: Servers):
             await admin.close()
 
 
-async def test_resuming_from_before_the_retention_is_refused(migrated: Servers, stack: Stack, own_orders_database):
-    tenant = str(uuid.uuid4())
-    conn = await asyncpg.connect(own_orders_database)
+async def insert_events(database: str, tenant: str, ages: Sequence[str]) -> list[int]:
+    """Writes one event of `tenant` per age (`'2 hours'`) into the orders database's outbox; their seqs."""
+    conn = await asyncpg.connect(database)
     try:
-        seqs = []
-        for age in ("2 hours", "1 hour", "0 seconds"):
-            seqs.append(
-                await conn.fetchval(
-                    "INSERT INTO outbox (id, tenant_id, type, data, created_at) "
-                    f"VALUES ($1, $2, 'order.created', '{{}}', now() - interval '{age}') RETURNING seq",
-                    str(uuid.uuid4()),
-                    tenant,
-                )
+        return [
+            await conn.fetchval(
+                "INSERT INTO outbox (id, tenant_id, type, data, created_at) "
+                f"VALUES ($1, $2, 'order.created', '{{}}', now() - interval '{age}') RETURNING seq",
+                str(uuid.uuid4()),
+                tenant,
             )
+            for age in ages
+        ]
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def own_orders_feed(
+    migrated: Servers, stack: Stack, database: str, **overrides: Any
+) -> AsyncIterator[OrdersFeed]:
+    """The feed of an in-process orders service on `database`, with `overrides` of its settings."""
     settings = OrdersSettings(
         **{
             **settings_kwargs(migrated, "orders"),
-            "database_url": own_orders_database.replace("postgresql://", "postgresql+asyncpg://", 1),
+            "database_url": database.replace("postgresql://", "postgresql+asyncpg://", 1),
         },
         users_url=stack.url("users"),
         inventory_url=stack.url("inventory"),
-        events_retention_seconds=60,
-        recovery_interval_seconds=0.1,
         db_pool_size=2,
         db_max_overflow=2,
+        **overrides,
     )
     async for orders in app_client(create_orders_app(settings)):
-        feed = OrdersFeed(ServiceClient("orders", "http://test", orders, IdentitySigner(INTERNAL_SECRET, 60)))
+        yield OrdersFeed(ServiceClient("orders", "http://test", orders, IdentitySigner(INTERNAL_SECRET, 60)))
+
+
+async def test_resuming_from_before_the_retention_is_refused(migrated: Servers, stack: Stack, own_orders_database):
+    tenant = str(uuid.uuid4())
+    seqs = await insert_events(own_orders_database, tenant, ("2 hours", "1 hour", "0 seconds"))
+    async with own_orders_feed(
+        migrated, stack, own_orders_database, events_retention_seconds=60, recovery_interval_seconds=0.1
+    ) as feed:
         # The recovery task removes the two old events and says up to where.
         await until_async(functools.partial(_pruned, feed, seqs[1]), "the retention to run")
         store = MemoryEventStore(maxlen=100)
@@ -284,6 +300,55 @@ async def test_resuming_from_before_the_retention_is_refused(migrated: Servers, 
             assert [e.id for e in await take(hub.stream(tenant, seqs[1]), 1)] == [seqs[2]]
         finally:
             await hub.close()
+
+
+async def test_resuming_from_past_every_event_written_is_refused(migrated: Servers, stack: Stack, own_orders_database):
+    """An id above the newest event the feed ever had is no id this API sent, whoever asks (ids are
+    every tenant's); every id up to it resumes."""
+    tenant, other = str(uuid.uuid4()), str(uuid.uuid4())
+    seqs = await insert_events(own_orders_database, tenant, ("1 minute", "0 seconds"))
+    async with own_orders_feed(migrated, stack, own_orders_database) as feed:
+        hub = Hub(MemoryEventStore(maxlen=100), feed, buffer_size=10)
+        try:
+            for known in (0, seqs[0] - 1, seqs[0], seqs[1]):
+                await hub.check_resumable(tenant, known)
+                await hub.check_resumable(other, known)
+            for never in (seqs[1] + 1, MAX_EVENT_ID):
+                for asking in (tenant, other):
+                    with pytest.raises(NeverSent):
+                        await hub.check_resumable(asking, never)
+        finally:
+            await hub.close()
+
+
+@pytest.fixture
+async def unreachable_feed() -> AsyncIterator[OrdersFeed]:
+    """A feed whose orders service refuses every connection."""
+    http = create_http_client(gateway_settings(None), TracerProvider())
+    try:
+        signer = IdentitySigner(INTERNAL_SECRET, 60)
+        yield OrdersFeed(ServiceClient("orders", f"http://127.0.0.1:{free_port()}", http, signer))
+    finally:
+        await http.aclose()
+
+
+async def test_with_the_feed_down_only_an_id_the_live_stream_has_resumes(
+    store_of: StoreOf, unreachable_feed: OrdersFeed
+):
+    """Without the orders feed only the store can vouch for an id: one up to the live stream's newest
+    event resumes from the tenant's stream; one past it (made up, or ahead of a stream that is behind
+    the feed) is told the feed failed, to come back, rather than given a stream that stays silent."""
+    store = store_of(100)
+    tenant = str(uuid.uuid4())
+    await store.append([StreamEvent(seq, tenant, "order.created", "{}") for seq in (3, 5)])
+    hub = Hub(store, unreachable_feed, buffer_size=10)
+    try:
+        for known in (0, 3, 5):
+            await hub.check_resumable(tenant, known)
+        with pytest.raises(UpstreamError):
+            await hub.check_resumable(tenant, 6)
+    finally:
+        await hub.close()
 
 
 async def _pruned(feed: OrdersFeed, through: int) -> bool:
