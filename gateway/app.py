@@ -56,7 +56,7 @@ from gateway.edge.metering import (
     UsageReader,
     UsageStore,
 )
-from gateway.edge.metrics import EdgeMetrics
+from gateway.edge.metrics import SPARSE_GAUGES, EdgeMetrics
 from gateway.edge.pipeline import Edge, EdgeRuntime
 from gateway.edge.ratelimit import (
     MemoryRateLimitStore,
@@ -371,7 +371,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # add_middleware wraps what is already there, so the edge goes on first (innermost); install_common
     # then adds the body limit around it, and observability (one layer) outside Starlette's errors.
     app.add_middleware(edge.wrap)
-    install_common(app, cfg, provider, registry=registry, admission=False)
+    install_common(app, cfg, provider, registry=registry, admission=False, sparse=SPARSE_GAUGES)
     app.add_exception_handler(UpstreamRefused, upstream_refused_handler)
     forwards = compiled_routes(FORWARD_ROUTERS)
     edge.table = RouteTable(forwards, routes_of(app, others))

@@ -88,9 +88,11 @@ def install_common(
     *,
     registry: CollectorRegistry | None = None,
     admission: bool = True,
+    sparse: frozenset[str] = frozenset(),
 ) -> HttpMetrics:
     """Middleware, error handlers, metrics and tracing shared by the gateway and the services.
-    `registry`: where the process's own metrics already are, to serve them on `/metrics` too.
+    `registry`: where the process's own metrics already are, to serve them on `/metrics` too;
+    `sparse`: gauges of its whose zero samples are not served (`metrics_endpoint`).
     `admission`: the admission stage (`shared/admission.py`), outside the body limit; the gateway's
     edge admits requests itself, by the caller's plan."""
     metrics = HttpMetrics(registry or CollectorRegistry())
@@ -108,7 +110,7 @@ def install_common(
     )
     allowed = Networks(settings.metrics_allowed_networks)
     app.metrics_registry = registry
-    app.add_route(METRICS_PATH, metrics_endpoint(registry, allowed), include_in_schema=False)
+    app.add_route(METRICS_PATH, metrics_endpoint(registry, allowed, sparse), include_in_schema=False)
     return metrics
 
 

@@ -72,14 +72,23 @@ _merge: Callable[[list[str], bool], Iterable[Metric]] = MultiProcessCollector.me
 class SampleFiles:
     """Multiprocess mode: every process's samples in `directory`, live or exited, summed; a file that
     a process is creating at this moment is left to the next scrape (`holds_samples`). Without that,
-    a scrape failed whenever a worker created its first sample of a kind, as every new worker does."""
+    a scrape failed whenever a worker created its first sample of a kind, as every new worker does.
 
-    def __init__(self, directory: Path) -> None:
+    `sparse` gauges drop their zero samples: a label set, once in a worker's file, stays there until
+    the worker exits (prometheus_client removes none), so a gauge over a changing set of labels (the
+    top tenants) sets those it no longer shows to 0, and they are not served."""
+
+    def __init__(self, directory: Path, sparse: frozenset[str] = frozenset()) -> None:
         self.directory = directory
+        self.sparse = sparse
 
     def collect(self) -> Iterable[Metric]:
         files = [str(path) for path in sorted(self.directory.glob("*.db")) if holds_samples(path)]
-        return _merge(files, True)
+        metrics = list(_merge(files, True))
+        for metric in metrics:
+            if metric.name in self.sparse:
+                metric.samples = [sample for sample in metric.samples if sample.value != 0]
+        return metrics
 
 
 def _read_locked(directory: Path, registry: CollectorRegistry) -> bytes:
@@ -129,18 +138,21 @@ class HttpMetrics:
         self._duration(method, route).observe(seconds)
 
 
-def metrics_endpoint(registry: CollectorRegistry, allowed: Networks) -> Callable[[Request], Awaitable[Response]]:
+def metrics_endpoint(
+    registry: CollectorRegistry, allowed: Networks, sparse: frozenset[str] = frozenset()
+) -> Callable[[Request], Awaitable[Response]]:
     """The metrics of `registry` for peers in `allowed`; to anyone else the same 404 as a path that is
     no route. The peer is the connection's own address, never X-Forwarded-For: a forwarded address
     is whatever the client wrote, and a client behind a proxy arrives from the proxy's (private)
-    address, so the route must also not be published through one."""
+    address, so the route must also not be published through one. With several workers, the `sparse`
+    gauges' zero samples are not served (`SampleFiles`)."""
 
     directory = samples_directory()
     exposed = registry
     if directory:
         # Several workers (`shared/serving/`): the samples of every worker, live or exited, summed.
         exposed = CollectorRegistry()
-        exposed.register(SampleFiles(directory))
+        exposed.register(SampleFiles(directory, sparse))
 
     async def metrics(request: Request) -> Response:
         client = request.scope.get("client")

@@ -213,7 +213,7 @@ class Metering:
 
     def export_top_tenants(self) -> None:
         """Sets the gauge of the tenants with most answers this hour, and drops the others' (with
-        several workers, sets them to 0: their label sets cannot be removed)."""
+        several workers, sets them to 0, which is not served: their label sets cannot be removed)."""
         gauge = self.metrics.top_tenants
         if int(time.time()) // HOUR_SECONDS * HOUR_SECONDS != self._hour:
             self._by_tenant = Counter()

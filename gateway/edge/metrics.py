@@ -6,6 +6,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 # How many tenants `portico_usage_top_tenant_requests` exports.
 TOP_TENANTS = 10
+TOP_TENANT_REQUESTS = "portico_usage_top_tenant_requests"
+# Gauges over a changing set of labels, whose zero samples are not served with several workers.
+SPARSE_GAUGES = frozenset({TOP_TENANT_REQUESTS})
 
 
 class EdgeMetrics:
@@ -52,11 +55,12 @@ class EdgeMetrics:
         )
 
         # Per tenant, but only the few with most requests: a label per tenant would be unbounded.
-        # Several workers: summed over the live ones.
+        # Several workers: summed over the live ones, a tenant out of a worker's top at 0 there, not
+        # served (`SPARSE_GAUGES`).
         self.top_tenants = Gauge(
-            "portico_usage_top_tenant_requests",
+            TOP_TENANT_REQUESTS,
             "Requests this gateway process answered each tenant in the current hour (UTC), for the "
-            f"{TOP_TENANTS} tenants with most (the others are not exported).",
+            f"{TOP_TENANTS} tenants with most (the others are not exported; the sum over live workers).",
             ("tenant",),
             registry=registry,
             multiprocess_mode="livesum",
