@@ -65,7 +65,7 @@ from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from shared.admission import ADMITTED, SHEDDER_KEY, Shedder
-from shared.errors import BadRequest, PorticoError, problem_response
+from shared.errors import INTERNAL_DETAIL, BadRequest, PorticoError, problem_response
 from shared.settings import ProcessSettings
 
 logger = logging.getLogger("portico.server")
@@ -176,10 +176,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             if self._refusal is None:
-                # Not HTTP/1.1 (an unknown method, a Content-Length that is no number...): answered as
-                # every other error is, problem+json, where uvicorn would answer in plain text.
-                self._refusal = f"the request is not valid HTTP/1.1 ({exc})"
-                self._refusal_error = BadRequest
+                self._refusal, self._refusal_error = _unreadable(exc)
             self._refuse()
             return
         except httptools.HttpParserUpgrade:
@@ -320,7 +317,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # The path as the app's scope will have it (uvicorn's own reading of the target).
             raw_path = httptools.parse_url(self.url).path
         except httptools.HttpParserInvalidURLError:
-            return False  # uvicorn answers 400
+            return False  # the parser refuses it: answered 400 (`_unreadable`)
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = urllib.parse.unquote(path)
@@ -414,8 +411,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         raise _Refused(reason)
 
     def _refuse(self) -> None:
-        """Answers the refusal (431, 408 for a head out of time, 400 for what is not HTTP/1.1) and
-        closes the connection, unless
+        """Answers the refusal (431, 408 for a head out of time, 400 for what is not HTTP/1.1, 500 when
+        reading it failed here) and closes the connection, unless
         an earlier request's answer is still being written on it, in which case the connection is
         closed at once."""
         assert self._refusal is not None
@@ -428,7 +425,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self.transport.close()
             return
-        error = self._refusal_error(f"Refused: {self._refusal}.")
+        # A fault of this process (a plain PorticoError) says nothing of its cause, as every 500.
+        unexpected = self._refusal_error is PorticoError
+        error = self._refusal_error(INTERNAL_DETAIL if unexpected else f"Refused: {self._refusal}.")
         response = problem_response(error, uuid.uuid4().hex)
         content = self._answer_start(error.status_code)
         for name, value in [*response.raw_headers, (b"connection", b"close")]:
@@ -457,6 +456,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._linger_budget -= size
         if self._linger_budget < 0:
             self.transport.close()
+
+
+def _unreadable(exc: httptools.HttpParserError) -> tuple[str, type[PorticoError]]:
+    """Why the parser stopped, and the error it is answered with, as problem+json where uvicorn
+    answers in plain text. What is not HTTP/1.1 (an unknown method, a `Content-Length` that is no
+    number, a target that is no URL) is the client's: 400. Any other exception a parser callback
+    raised (httptools wraps it) is this process's own fault: 500, logged with its traceback. The
+    reason names the parser's error class only: its message may quote the request (a target with a
+    token in it), and the reason is logged."""
+    cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
+    if isinstance(cause, httptools.HttpParserError):
+        return f"the request is not valid HTTP/1.1 ({type(cause).__name__})", BadRequest
+    logger.error("reading a request failed", exc_info=cause)
+    return "reading the request failed", PorticoError
 
 
 def serving_protocol(settings: ProcessSettings) -> type[BoundedHttpToolsProtocol]:

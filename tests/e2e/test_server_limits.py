@@ -127,6 +127,7 @@ def test_every_process_answers_what_is_not_http_with_a_problem(stack: Stack, nam
         b"FOO / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
         b"POST /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
         b"POST /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n",
+        b"GET http://[::1/health/live?token=secret HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",  # no URL
     ]
     for raw in not_http:
         answer = exchange(port, [raw])
@@ -136,6 +137,7 @@ def test_every_process_answers_what_is_not_http_with_a_problem(stack: Stack, nam
         problem = answer.problem()
         assert problem["error_code"] == "BAD_REQUEST"
         assert problem["request_id"] == answer.headers["x-request-id"]
+        assert "secret" not in problem["detail"]
 
 
 @pytest.mark.parametrize("name", ["gateway", "inventory"])
