@@ -55,7 +55,6 @@ import asyncio
 import contextlib
 import contextvars
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -67,7 +66,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from shared.asgi import declared_length, find_headers, header
 from shared.contract import PLANS, PROBE_PATHS
 from shared.errors import DeadlineExceeded, Overloaded, PorticoError, problem_message, retry_in
-from shared.metrics import MULTIPROC_ENV, LabelCache
+from shared.metrics import LabelCache, samples_directory
 from shared.request_id import CLIENT_REQUEST_ID, REQUEST_ID_HEADER, new_request_id, request_id_of
 from shared.settings import ProcessSettings, settings_group
 
@@ -175,7 +174,7 @@ class AdaptiveLimit:
         # then each request counts itself in and out.
         self._counted: Gauge | None = None
         if metrics is not None:
-            if os.environ.get(MULTIPROC_ENV):
+            if samples_directory() is not None:
                 self._counted = metrics.in_progress
             else:
                 metrics.in_progress.set_function(lambda: self.in_flight)

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -200,6 +200,44 @@ def private_redis_settings(stack: Stack | None, server: PrivateRedis, **override
 async def in_process_gateway(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
     async with running_app(create_app(settings)) as (client, _):
         yield client
+
+
+def http_scope(request: httpx.Request, state: Mapping[str, Any]) -> dict[str, Any]:
+    """The scope a server hands the app for `request`, from 127.0.0.1 (for a test that plays the
+    server itself: what the client sends, and when it goes)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": "http",
+        "path": request.url.path,
+        "raw_path": request.url.raw_path,
+        "query_string": request.url.query,
+        "root_path": "",
+        "headers": [(name.lower(), value) for name, value in request.headers.raw],
+        "client": ("127.0.0.1", 123),
+        "server": ("test", 80),
+        "state": dict(state),
+    }
+
+
+def ws_scope(token: str, state: Mapping[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()) -> dict[str, Any]:
+    """The scope a server hands the gateway for `WS /v1/ws?token=<token>`, from 127.0.0.1."""
+    return {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "scheme": "ws",
+        "path": "/v1/ws",
+        "raw_path": b"/v1/ws",
+        "root_path": "",
+        "query_string": f"token={token}".encode(),
+        "headers": [(b"host", b"test"), *headers],
+        "client": ("127.0.0.1", 123),
+        "server": ("test", 80),
+        "subprotocols": [],
+        "state": dict(state),
+    }
 
 
 T = TypeVar("T")

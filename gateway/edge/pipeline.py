@@ -405,7 +405,7 @@ class Edge:
             # service is closed, which the service sees), rather than the call running to its end. Not
             # a keyed write's: the service may have done it already, so it runs to its end and its
             # answer is kept, for the retry the client sends to learn what became of it.
-            watcher = asyncio.create_task(_cancel_on_disconnect(receive, task if keyed is None else None))
+            watcher = asyncio.create_task(_watch_disconnect(receive, task if keyed is None else None))
             answer = await runtime.forwarder.run(route, scope, context.principal, params, body)
             status, headers, content = answer.status, answer.headers, answer.body
         except asyncio.CancelledError:
@@ -603,7 +603,7 @@ class Edge:
             raise counted.refusal
 
 
-async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any] | None) -> bool:
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any] | None) -> bool:
     """Cancels `task` (if any) when the client disconnects, and says so (what is left of a body is
     read and dropped; the disconnect read is what counts the request as `client_closed`)."""
     while True:

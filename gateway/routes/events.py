@@ -72,7 +72,7 @@ async def resumable(hub: Hub, tenant_id: str, after: int | None) -> None:
             extra={"last_event_id": after, "pruned_through": exc.pruned_through, "resync": "/v1/orders"},
         ) from None
     except NeverSent:
-        raise not_an_event_id() from None
+        raise not_an_event_id("No event with this Last-Event-ID was ever sent: it is past the newest one.") from None
 
 
 class ConnectionLimitReached(TooManyRequests, code="REALTIME_CONNECTION_LIMIT", title="Too many real-time connections"):
@@ -90,11 +90,10 @@ def parse_event_id(raw: str | None) -> int | None:
     return int(text)
 
 
-def not_an_event_id() -> InvalidLastEventId:
-    return InvalidLastEventId(
-        "Last-Event-ID must be the id of an event this API sent (a decimal number).",
-        errors=[{"field": "Last-Event-ID", "type": "event_id", "msg": "not an event id"}],
-    )
+def not_an_event_id(
+    detail: str = "Last-Event-ID must be the id of an event this API sent (a decimal number).",
+) -> InvalidLastEventId:
+    return InvalidLastEventId(detail, errors=[{"field": "Last-Event-ID", "type": "event_id", "msg": "not an event id"}])
 
 
 def admit(hub: Hub, identity: Identity, settings: GatewaySettings) -> Admission:
@@ -285,6 +284,14 @@ BINARY_FRAME_ERROR = json.dumps(
 CLOSE_MESSAGE_TOO_BIG = 1009
 
 
+def too_big(message: str | bytes) -> bool:
+    """Over `WEBSOCKET_MAX_MESSAGE_BYTES`, text counted in UTF-8 bytes (encoded only when its
+    characters alone do not already say so)."""
+    if len(message) > WEBSOCKET_MAX_MESSAGE_BYTES:
+        return True
+    return isinstance(message, str) and len(message.encode()) > WEBSOCKET_MAX_MESSAGE_BYTES
+
+
 def is_ping(text: str) -> bool:
     try:
         message = json.loads(text)
@@ -348,13 +355,13 @@ class WsSession:
                 if message["type"] == "websocket.disconnect":
                     return 1000, ""
                 text = message.get("text")
-                if text is None:
-                    await self.send(BINARY_FRAME_ERROR)
-                elif len(text) > WEBSOCKET_MAX_MESSAGE_BYTES:
+                if too_big(text if text is not None else message.get("bytes") or b""):
                     # The server refuses such a message before the app sees it (uvicorn's
                     # `ws_max_size`); this holds when the app is served some other way, so that no
                     # client makes the loop parse megabytes.
                     return CLOSE_MESSAGE_TOO_BIG, f"messages are {WEBSOCKET_MAX_MESSAGE_BYTES} bytes at most"
+                if text is None:
+                    await self.send(BINARY_FRAME_ERROR)
                 elif is_ping(text):
                     await self.send(PONG)
                 else:

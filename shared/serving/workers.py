@@ -7,10 +7,8 @@ uvicorn-worker is pinned to one minor release in pyproject.toml, and
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 from gunicorn.app.base import BaseApplication
@@ -20,7 +18,7 @@ from starlette.types import ASGIApp
 from uvicorn_worker import UvicornWorker
 
 from shared.contract import WEBSOCKET_MAX_MESSAGE_BYTES
-from shared.metrics import MULTIPROC_ENV
+from shared.metrics import samples_directory
 from shared.serving.multiprocess import fold_exited_worker, prepare_multiprocess_metrics
 from shared.serving.protocol import serving_protocol
 from shared.serving.server import DrainingServer, before_shutdown_of
@@ -93,11 +91,11 @@ class _GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn's clas
 
 
 def _worker_exited(server: Any, worker: Any) -> None:
-    directory = os.environ.get(MULTIPROC_ENV)
-    if not directory:
+    directory = samples_directory()
+    if directory is None:
         return
     try:
-        fold_exited_worker(Path(directory), worker.pid)
+        fold_exited_worker(directory, worker.pid)
     except OSError:
         # Never the master's end: the exited worker's files stay, and are still summed.
         server.log.exception("could not fold the metrics of exited worker %s", worker.pid)

@@ -12,8 +12,7 @@ import asyncio
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,7 +23,7 @@ from starlette.types import Message
 from gateway.app import create_app
 from scripts.devstack import Stack
 from tests.conftest import running_app
-from tests.edge_support import PASSWORD, gateway_settings, in_process_gateway, signup, unique_prefix
+from tests.edge_support import PASSWORD, gateway_settings, http_scope, in_process_gateway, signup, unique_prefix
 from tests.faults import HttpFaultProxy, TcpProxy, eventually
 from tests.infra import Servers
 from tests.orders_support import assert_problem
@@ -202,25 +201,6 @@ async def test_a_service_saying_its_key_is_in_use_is_not_kept_for_the_key(stack:
         assert [f for f in users_proxy.forwarded if f[:2] == CREATE_USER] == [("POST", "/users", 201)]
 
 
-def asgi_scope(request: httpx.Request, state: Mapping[str, Any]) -> dict[str, Any]:
-    """The scope a server would hand the app for `request`, from 127.0.0.1."""
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": request.method,
-        "scheme": "http",
-        "path": request.url.path,
-        "raw_path": request.url.raw_path,
-        "query_string": request.url.query,
-        "root_path": "",
-        "headers": [(name.lower(), value) for name, value in request.headers.raw],
-        "client": ("127.0.0.1", 123),
-        "server": ("test", 80),
-        "state": dict(state),
-    }
-
-
 async def test_a_keyed_write_whose_client_leaves_runs_to_its_end_and_is_replayed(
     stack: Stack, users_proxy: HttpFaultProxy
 ):
@@ -249,7 +229,7 @@ async def test_a_keyed_write_whose_client_leaves_runs_to_its_end_and_is_replayed
         async def send(message: Message) -> None:
             answer.append(message)
 
-        first = asyncio.create_task(app(asgi_scope(request, state), receive, send))
+        first = asyncio.create_task(app(http_scope(request, state), receive, send))
         await asyncio.wait_for(held.seen.wait(), 60)
         leave.set()
         # The gateway has read the disconnect (and, before, cancelled its call right then).

@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +18,7 @@ from starlette.types import Message
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from tests.conftest import running_app
-from tests.edge_support import bearer, gateway_settings, private_redis, private_redis_settings
+from tests.edge_support import bearer, gateway_settings, private_redis, private_redis_settings, ws_scope
 
 DEADLINE = 10.0
 Handshake = Callable[..., Awaitable[Message]]
@@ -57,21 +56,7 @@ async def websocket_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]
                 await gone.wait()
                 return {"type": "websocket.disconnect", "code": 1000}
 
-            scope: dict[str, Any] = {
-                "type": "websocket",
-                "asgi": {"version": "3.0"},
-                "scheme": "ws",
-                "path": "/v1/ws",
-                "raw_path": b"/v1/ws",
-                "root_path": "",
-                "query_string": f"token={token}".encode(),
-                "headers": [(b"host", b"test"), *headers],
-                "client": ("127.0.0.1", 123),
-                "server": ("test", 80),
-                "subprotocols": [],
-                "state": dict(state),
-            }
-            running = asyncio.create_task(app(scope, receive, sent.put))
+            running = asyncio.create_task(app(ws_scope(token, state, headers), receive, sent.put))
             try:
                 return await asyncio.wait_for(sent.get(), DEADLINE)
             finally:
