@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from shared.context import request_context_of
 from shared.contract import IDENTITY_CHALLENGE, IDENTITY_HEADER, Identity, TenantIdentity
 from shared.identity_token import MissingInternalIdentity
 from shared.state import ServiceState, app_state
@@ -20,7 +21,13 @@ async def require_identity(request: Request) -> Identity:
     if not token:
         raise MissingInternalIdentity("Requests must come through the gateway.", challenge=IDENTITY_CHALLENGE)
     state: ServiceState[Any, Any] = app_state(request)
-    return state.identity_verifier.verify(token)
+    identity = state.identity_verifier.verify(token)
+    context = request_context_of(request.scope)
+    if context is not None:
+        # The caller, on the request's server span and access line (`portico.tenant_id`), as the
+        # gateway's edge records its own.
+        context.principal = identity
+    return identity
 
 
 IdentityDep = Annotated[Identity, Depends(require_identity)]

@@ -58,7 +58,13 @@ def request_context(scope: Scope) -> RequestContext:
     return context
 
 
+def request_context_of(scope: Scope) -> RequestContext | None:
+    """The request's context, None outside `ObservabilityMiddleware` (an app driven without it)."""
+    context: RequestContext | None = scope.get(CONTEXT_KEY)
+    return context
+
+
 def span_of(scope: Scope) -> Span:
     """The request's server span, to record what a stage decided (a non-recording span outside one)."""
-    context: RequestContext | None = scope.get(CONTEXT_KEY)
+    context = request_context_of(scope)
     return context.span if context is not None else INVALID_SPAN

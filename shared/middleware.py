@@ -13,7 +13,7 @@ from opentelemetry.trace import INVALID_SPAN
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.asgi import declared_length, header
-from shared.context import open_context
+from shared.context import RequestContext, open_context
 from shared.errors import PayloadTooLarge, problem_response
 from shared.metrics import UNMATCHED, HttpMetrics
 from shared.request_id import CLIENT_REQUEST_ID, REQUEST_ID_HEADER, new_request_id, request_id_of
@@ -29,6 +29,8 @@ LINGER_FACTOR = 4
 LINGER_SECONDS = 2.0
 
 access_logger = logging.getLogger("portico.access")
+# The access line's field that names an authenticated caller's tenant.
+TENANT_FIELD = "tenant_id"
 
 
 class ObservabilityMiddleware:
@@ -38,7 +40,8 @@ class ObservabilityMiddleware:
       answer and is in every log line and error body;
     - the server span (`ServerSpans`), current while the request runs, so upstream calls and SQL
       are its children; it ends named after the route, with the caller's tenant and principal when
-      the gateway resolved one, and what the stages decided (`RequestContext.attributes`);
+      one is known (the gateway's edge, a service's internal token), and what the stages decided
+      (`RequestContext.attributes`);
     - `http_requests_total` and `http_request_duration_seconds`, by route template;
     - one JSON access line, written while the span is still current (it carries the trace id).
 
@@ -101,7 +104,7 @@ class ObservabilityMiddleware:
             route = context.route or getattr(scope.get("route"), "path", None)
             answered = status or (500 if kind == "http" else 0)
             if kind == "http":
-                self._record(scope, route, CLIENT_CLOSED if closed else answered, time.perf_counter() - start)
+                self._record(scope, context, route, CLIENT_CLOSED if closed else answered, time.perf_counter() - start)
             if traced is not None:
                 attributes = context.attributes
                 attributes[REQUEST_ID] = request_id
@@ -117,22 +120,23 @@ class ObservabilityMiddleware:
             if token is not None:
                 otel_context.detach(token)
 
-    def _record(self, scope: Scope, route: str | None, status: int | str, elapsed: float) -> None:
+    def _record(
+        self, scope: Scope, context: RequestContext, route: str | None, status: int | str, elapsed: float
+    ) -> None:
         method = scope["method"]
         self.metrics.record(method, route or UNMATCHED, str(status), elapsed)
         if self.access_log and access_logger.isEnabledFor(logging.INFO):
-            access_logger.info(
-                "%s %s %s",
-                method,
-                scope["path"],
-                status,
-                extra={
-                    "http_method": method,
-                    "http_route": route,
-                    "http_status": status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                },
-            )
+            fields: dict[str, object] = {
+                "http_method": method,
+                "http_route": route,
+                "http_status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+            }
+            # An authenticated request's line names the caller's tenant (as its span does).
+            principal = context.principal
+            if principal is not None and principal.tenant_id is not None:
+                fields[TENANT_FIELD] = principal.tenant_id
+            access_logger.info("%s %s %s", method, scope["path"], status, extra=fields)
 
 
 class BodySizeLimitMiddleware:

@@ -22,9 +22,9 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-# The table a statement is about: the first one it reads, writes or joins (quotes and a schema kept
-# out). Not a SQL parser: a name for the span, and nothing else depends on it.
-_SQL_TABLE = re.compile(r'\b(?:FROM|INTO|UPDATE|JOIN)\s+(?:"?\w+"?\.)?"?(\w+)"?', re.IGNORECASE)
+# The table a statement is about: the first one it reads, writes, joins or locks (quotes and a schema
+# kept out). Not a SQL parser: a name for the span, and nothing else depends on it.
+_SQL_TABLE = re.compile(r'\b(?:FROM|INTO|UPDATE|JOIN|TABLE)\s+(?:"?\w+"?\.)?"?(\w+)"?', re.IGNORECASE)
 _SQL_OPERATION = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(\w+)", re.DOTALL)
 
 

@@ -23,6 +23,7 @@ from gateway.edge.metrics import EdgeMetrics
 from shared.contract import ANONYMOUS, Identity, hash_api_key, key_subject
 from shared.errors import UpstreamBadResponse
 from shared.http import ServiceClient
+from shared.request_id import request_id_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,13 @@ class ApiKeyResolver:
         self.metrics.api_keys.labels("users", "valid" if entry.identity else "invalid").inc()
 
     async def _lookup(self, key_hash: str) -> _Entry:
-        response = await self.users.send("POST", "/api-keys/resolve", identity=ANONYMOUS, json={"key_hash": key_hash})
+        response = await self.users.send(
+            "POST",
+            "/api-keys/resolve",
+            identity=ANONYMOUS,
+            json={"key_hash": key_hash},
+            headers=request_id_headers(),  # the first of the requests waiting for this key
+        )
         now = time.monotonic()
         if response.status_code == 404:
             return _Entry(now + self.ttl_seconds, None, None)

@@ -33,6 +33,7 @@ from shared.errors import UpstreamBadResponse, UpstreamError
 from shared.events import FEED_PATH, FeedEvent, FeedPage
 from shared.http import ServiceClient
 from shared.loops import running_loop
+from shared.request_id import request_id_headers
 from shared.telemetry import context_of
 
 logger = logging.getLogger("portico.gateway.realtime")
@@ -54,7 +55,10 @@ class OrdersFeed:
         params: dict[str, str | int] = {"after": after, "limit": limit}
         if tenant_id is not None:
             params["tenant_id"] = tenant_id
-        response = await self.orders.send("GET", FEED_PATH, identity=FEED_IDENTITY, params=params)
+        # In a request (a resume's check, its backlog) its id goes along; the relay's own polls have none.
+        response = await self.orders.send(
+            "GET", FEED_PATH, identity=FEED_IDENTITY, params=params, headers=request_id_headers()
+        )
         if response.status_code != 200:
             raise FeedError("orders", f"The orders feed answered {response.status_code}: {response.text[:300]}")
         try:

@@ -48,7 +48,9 @@ async def test_gateway_server_span_has_stable_conventions_caller_and_rate_limit(
     assert response.status_code == 200, response.text
 
     def complete(spans: list[ReceivedSpan]) -> bool:
-        return bool(gateway_server(spans)) and any(s.kind == CLIENT and "peer.service" in s.attributes for s in spans)
+        called = any(s.kind == CLIENT and "peer.service" in s.attributes for s in spans)
+        served = any(s.service == "users" and s.kind == SERVER for s in spans)
+        return bool(gateway_server(spans)) and called and served
 
     spans = await spans_of(otlp, trace_id, complete)
     [server] = gateway_server(spans)
@@ -84,6 +86,13 @@ async def test_gateway_server_span_has_stable_conventions_caller_and_rate_limit(
     assert str(client.attributes["url.full"]).endswith("/users/me")
     assert client.attributes["http.response.status_code"] == 200
     assert "server.address" in client.attributes
+
+    # The service's own server span names the same caller, from the internal token, and the same request.
+    [users] = [s for s in spans if s.service == "users" and s.kind == SERVER]
+    assert users.name == "GET /users/me"
+    assert users.attributes["portico.tenant_id"] == created["tenant"]["id"]
+    assert users.attributes["enduser.id"] == created["user"]["id"]
+    assert users.attributes["portico.request_id"] == request_id
 
     for span in spans:
         assert not OLD_HTTP_ATTRIBUTES & set(span.attributes), (span.name, span.attributes)

@@ -86,6 +86,16 @@ async def test_an_api_key_lookup_that_cannot_reach_the_users_service_is_503(stac
         assert_problem(failed, 503, "DOWNSTREAM_UNAVAILABLE")
 
 
+async def test_an_api_key_lookup_carries_the_requests_id(stack: Stack, users_proxy: HttpFaultProxy):
+    settings = gateway_settings(stack, users_url=users_proxy.url, rate_limit_enabled=False)
+    async with in_process_gateway(settings) as gateway:
+        request_id = f"lookup-{uuid.uuid4().hex}"
+        key = {"X-API-Key": "sk_" + secrets.token_urlsafe(32), "X-Request-ID": request_id}
+        assert_problem(await gateway.get("/v1/users/me", headers=key), 401, "INVALID_API_KEY")
+    [lookup] = [headers for method, target, headers in users_proxy.received if (method, target) == RESOLVE]
+    assert ("x-request-id", request_id) in lookup
+
+
 async def store_errors(gateway: httpx.AsyncClient) -> float:
     """The gateway's count of idempotency store failures (failing open)."""
     text = (await gateway.get("/metrics")).text
