@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -350,6 +351,16 @@ class DatabaseUnavailable(ServiceUnavailable, code="DATABASE_UNAVAILABLE", title
     `Retry-After: 1`."""
 
 
+async def _client_gone_handler(request: Request, exc: Exception) -> Response:
+    """The client closed its connection while a route read its body: its own outcome, counted as
+    `client_closed` (`ObservabilityMiddleware` saw the disconnect), logged at INFO, never a 500. The
+    answer is sent to nobody."""
+    logger.info("client left %s %s before its body arrived", request.method, request.url.path)
+    return problem_response(
+        BadRequest("The client closed the connection before its body arrived."), _request_id(request)
+    )
+
+
 async def _unhandled_handler(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     response = problem_response(PorticoError(INTERNAL_DETAIL), _request_id(request))
@@ -366,6 +377,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PorticoError, _portico_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
+    app.add_exception_handler(ClientDisconnect, _client_gone_handler)
     app.add_exception_handler(Exception, _unhandled_handler)
 
 

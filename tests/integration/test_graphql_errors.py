@@ -8,9 +8,12 @@ from __future__ import annotations
 import logging
 
 import pytest
+from starlette.types import Message
 
+from gateway.app import create_app
 from tests.aggregate_support import ScriptedService, answer_json
-from tests.edge_support import bearer, gateway_settings, in_process_gateway
+from tests.conftest import running_app
+from tests.edge_support import bearer, gateway_settings, http_scope, in_process_gateway
 
 GRAPHQL_LOGGER = "portico.gateway.graphql"
 
@@ -100,3 +103,28 @@ async def test_fields_past_the_requests_deadline_answer_its_code_without_a_trace
     assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR] == []
     fields = [r for r in caplog.records if r.name == GRAPHQL_LOGGER]
     assert [(r.levelno, r.exc_info) for r in fields] == [(logging.WARNING, None)] * 3
+
+
+async def test_a_client_that_leaves_while_its_document_arrives_is_no_error(stack, caplog):
+    """The connection closes with half a document sent: the client's own outcome (`client_closed`,
+    logged at INFO), never an unhandled error with its traceback."""
+    app = create_app(gateway_settings(stack))
+    async with running_app(app) as (gateway, state):
+        request = gateway.build_request("POST", "/graphql", json={"query": "{ me { id } }"}, headers=bearer())
+        incoming: list[Message] = [
+            {"type": "http.disconnect"},
+            {"type": "http.request", "body": request.content[:10], "more_body": True},
+        ]
+        answer: list[Message] = []
+
+        async def receive() -> Message:
+            return incoming.pop()
+
+        async def send(message: Message) -> None:
+            answer.append(message)
+
+        with caplog.at_level(logging.INFO):
+            await app(http_scope(request, state), receive, send)
+        assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+        scraped = (await gateway.get("/metrics")).text
+        assert 'http_requests_total{method="POST",route="/graphql",status="client_closed"} 1.0' in scraped
