@@ -154,13 +154,13 @@ async def create_api_key(
 
 
 @router.get("/api-keys", responses=route_responses(LIST_API_KEYS_ERRORS))
-async def list_api_keys(keys: KeysDep, caller: KeyManager, page: PageDep) -> Page[ApiKeyOut]:
-    return await service.list_api_keys(keys, caller, page)
+async def list_api_keys(repo: UsersDep, keys: KeysDep, caller: KeyManager, page: PageDep) -> Page[ApiKeyOut]:
+    return await service.list_api_keys(repo, keys, caller, page)
 
 
 @router.delete("/api-keys/{key_id}", status_code=204, responses=route_responses(REVOKE_API_KEY_ERRORS))
-async def revoke_api_key(key_id: str, keys: KeysDep, caller: KeyManager) -> Response:
-    await service.revoke_api_key(keys, caller, key_id)
+async def revoke_api_key(key_id: str, repo: UsersDep, keys: KeysDep, caller: KeyManager) -> Response:
+    await service.revoke_api_key(repo, keys, caller, key_id)
     return Response(status_code=204)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from services.users.authority import (
+    MANAGE_TENANT_KEYS,
     SET_CREDIT_LIMITS,
     ensure_grantable,
     ensure_holds,
@@ -236,11 +237,17 @@ async def issue_token(
     return TokenOut(access_token=token, expires_in=issuer.ttl)
 
 
-async def _manageable(keys: ApiKeyRepository, identity: TenantIdentity, key_id: str) -> ApiKey:
+async def _manages_tenant_keys(users: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity) -> bool:
+    """Whether the user manages every key of the tenant (an admin now: the role is read afresh, never
+    taken from the token, which an admin demoted since still holds)."""
+    return MANAGE_TENANT_KEYS in await held_by(users, keys, identity)
+
+
+async def _manageable(users: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity, key_id: str) -> ApiKey:
     """The key, locked. Admins manage every key of their tenant; other users only their own. Another
     user's key answers exactly as a missing one does."""
     key = await keys.get(ApiKey, identity.tenant_id, key_id, lock=True)
-    if key is None or (identity.role != "admin" and key.created_by != identity.subject):
+    if key is None or (key.created_by != identity.subject and not await _manages_tenant_keys(users, keys, identity)):
         raise ApiKeyNotFound.for_id(key_id)
     return key
 
@@ -272,15 +279,18 @@ async def create_api_key(
     return key, raw
 
 
-async def list_api_keys(keys: ApiKeyRepository, identity: TenantIdentity, page: PageQuery) -> Page[ApiKeyOut]:
+async def list_api_keys(
+    users: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity, page: PageQuery
+) -> Page[ApiKeyOut]:
     """The keys a user may manage: all of the tenant's for an admin, their own for others."""
-    mine = matching((ApiKey.created_by, None if identity.role == "admin" else identity.subject))
+    everyone = await _manages_tenant_keys(users, keys, identity)
+    mine = matching((ApiKey.created_by, None if everyone else identity.subject))
     return await keys.list_page(ApiKey, identity.tenant_id, page.position(), page.limit, api_key_out, *mine)
 
 
-async def revoke_api_key(keys: ApiKeyRepository, identity: TenantIdentity, key_id: str) -> None:
+async def revoke_api_key(users: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity, key_id: str) -> None:
     """Revoking twice is not an error: the key is revoked either way."""
-    key = await _manageable(keys, identity, key_id)
+    key = await _manageable(users, keys, identity, key_id)
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         await keys.save()
@@ -296,7 +306,7 @@ async def rotate_api_key(
     Answers (new key, its raw value, old key). The old key's row is locked, so two concurrent
     rotations make one new key.
     """
-    old = await _manageable(keys, identity, key_id)
+    old = await _manageable(users, keys, identity, key_id)
     ensure_grantable(await held_by(users, keys, identity), old.scope_set, "the new key")
     now = utcnow()
     if old.revoked_at is not None:

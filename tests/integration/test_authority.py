@@ -340,3 +340,34 @@ async def test_a_demoted_admin_token_sets_no_credit_limit(users_client, signer, 
         assert refused_patch.json()["error_code"] in ("SCOPE_NOT_HELD", "INSUFFICIENT_SCOPE")
     assert await credit_limit_in_db(migrated, second_id) == 5000
     assert await credit_limit_in_db(migrated, admin.identity.subject) is None
+
+
+async def test_a_demoted_admin_token_manages_only_its_own_keys(users_client, signer, migrated):
+    """Whose keys a user manages is read afresh too: a token issued while its user was an admin lists,
+    rotates and revokes only the user's own keys once it is a member; another's answer 404 as a
+    missing key does, and stay as they were."""
+    admin = await tenant_admin(users_client, signer)
+    second = await users_client.post(
+        "/users", json={"email": unique_email(), "password": PASSWORD, "role": "admin"}, headers=admin.headers
+    )
+    assert second.status_code == 201, second.text
+    second_id = second.json()["id"]
+    old_token = Caller(
+        users_client,
+        signer,
+        Identity(subject=second_id, tenant_id=admin.identity.tenant_id, scopes=ALL_SCOPES, plan="pro", role="admin"),
+    )
+    others = await admin.created("the first admin's")
+    own = await old_token.created("its own")
+    listed = await users_client.get("/api-keys", headers=old_token.headers)
+    assert {key["id"] for key in listed.json()["items"]} >= {others["id"], own["id"]}
+
+    await db_rows(migrated, "UPDATE users SET role = 'member' WHERE id = $1", second_id)
+    listed = await users_client.get("/api-keys", headers=old_token.headers)
+    assert [key["id"] for key in listed.json()["items"]] == [own["id"]]
+    for method, path in [("POST", f"/api-keys/{others['id']}/rotate"), ("DELETE", f"/api-keys/{others['id']}")]:
+        refused = await users_client.request(method, path, headers=old_token.headers)
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["error_code"] == "API_KEY_NOT_FOUND"
+    assert (await resolve(users_client, signer, others["api_key"])).status_code == 200
+    assert (await users_client.delete(f"/api-keys/{own['id']}", headers=old_token.headers)).status_code == 204
