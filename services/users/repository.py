@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from services.users.errors import EmailTaken
 from services.users.models import ApiKey, SigningKey, Tenant, User
@@ -37,15 +37,27 @@ class UserRepository(Repository):
         before slow work that needs none (password hashing); the next statement takes one again."""
         await self.session.commit()
 
-    async def count_failed_login(self, user_id: str) -> int:
-        """One more wrong password, counted atomically; answers the count."""
+    async def count_login_attempt(self, user_id: str, now: datetime) -> int | None:
+        """Counts an attempt at the account's password before it is checked, as a wrong one until it
+        proves good (`reset_failed_logins`); answers the count, or None while the account is paused
+        (nothing counted). The row's write lock, held until the transaction ends, puts attempts made
+        at once in a line: each sees the pause the ones before it began."""
         count = await self.session.scalar(
             update(User)
-            .where(User.id == user_id)
+            .where(User.id == user_id, or_(User.login_blocked_until.is_(None), User.login_blocked_until <= now))
             .values(failed_logins=User.failed_logins + 1)
             .returning(User.failed_logins)
         )
-        return int(count or 0)
+        return None if count is None else int(count)
+
+    async def forget_login_attempt(self, user_id: str) -> None:
+        """Takes back an attempt counted whose password was never checked (the hashing was refused)."""
+        await self.session.execute(
+            update(User).where(User.id == user_id, User.failed_logins > 0).values(failed_logins=User.failed_logins - 1)
+        )
+
+    async def login_paused_until(self, user_id: str) -> datetime | None:
+        return await self.session.scalar(select(User.login_blocked_until).where(User.id == user_id))
 
     async def block_logins(self, user_id: str, until: datetime | None) -> None:
         await self.session.execute(update(User).where(User.id == user_id).values(login_blocked_until=until))

@@ -20,6 +20,7 @@ from services.users.emails import canonical_email_or_none
 from services.users.errors import (
     ApiKeyNotFound,
     ApiKeyNotRotatable,
+    HashingBusy,
     InvalidCredentials,
     LoginThrottled,
     PlanNotSelfService,
@@ -201,30 +202,38 @@ async def issue_token(
     The user and tenant are read, then the connection goes back to the pool before the password is
     verified (in a thread, bounded by the hasher), so logins never hold connections the other routes
     need. An account past its free wrong passwords answers 429 `LOGIN_THROTTLED` until its delay ends,
-    without verifying anything (`LoginThrottle`)."""
+    without verifying anything (`LoginThrottle`). The attempt is counted as a wrong password before its
+    password is checked, and the pause its failure would begin starts then, so attempts made at once
+    are checked one pause at a time, as if they came one after another; a good password resets it."""
     canonical = canonical_email_or_none(email)
     user = await repo.get_user_by_email(canonical) if canonical is not None else None
     tenant = await repo.get_tenant(user.tenant_id) if user is not None else None
-    now = utcnow()
-    if user is not None and user.login_blocked_until is not None and user.login_blocked_until > now:
-        wait = max(1, math.ceil((user.login_blocked_until - now).total_seconds()))
-        hasher.metrics.logins.labels("throttled").inc()
-        raise LoginThrottled(
-            f"Too many wrong passwords for this account; try again in {wait} s.",
-            headers=retry_in(wait),
-            extra={"retry_after": wait},
-        )
+    if user is not None:
+        now = utcnow()
+        failures = await repo.count_login_attempt(user.id, now)
+        if failures is None:
+            paused_until = await repo.login_paused_until(user.id)
+            wait = max(1, math.ceil((paused_until - now).total_seconds())) if paused_until is not None else 1
+            hasher.metrics.logins.labels("throttled").inc()
+            raise LoginThrottled(
+                f"Too many wrong passwords for this account; try again in {wait} s.",
+                headers=retry_in(wait),
+                extra={"retry_after": wait},
+            )
+        await repo.block_logins(user.id, throttle.blocked_until(failures, now))
+    # Commits the count (kept however the request ends).
     await repo.release()
-    if not await hasher.verify(password, user.password_hash if user else None) or user is None or tenant is None:
+    try:
+        good = await hasher.verify(password, user.password_hash if user else None)
+    except HashingBusy:
         if user is not None:
-            failures = await repo.count_failed_login(user.id)
-            await repo.block_logins(user.id, throttle.blocked_until(failures, utcnow()))
-            # Kept although the request fails (its session rolls back what is left).
+            await repo.forget_login_attempt(user.id)
             await repo.release()
+        raise
+    if not good or user is None or tenant is None:
         hasher.metrics.logins.labels("wrong_password").inc()
         raise InvalidCredentials("The email or password is wrong.")
-    if user.failed_logins or user.login_blocked_until is not None:
-        await repo.reset_failed_logins(user.id)
+    await repo.reset_failed_logins(user.id)
     hasher.metrics.logins.labels("ok").inc()
     token = issuer.issue(
         subject=user.id,

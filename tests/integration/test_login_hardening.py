@@ -96,8 +96,14 @@ async def test_password_checks_hold_no_connection_while_they_wait_or_hash(migrat
 
 
 async def test_a_caller_that_waits_too_long_for_its_turn_is_refused_with_503(migrated, signer):
+    # One account's logins at once: more than its free attempts, which are counted before they are
+    # checked (the throttle's own test is below); the queue is what this test is about.
     async with users_app(
-        migrated, password_hash_concurrency=1, password_hash_queue=100, password_hash_queue_timeout_seconds=0.01
+        migrated,
+        password_hash_concurrency=1,
+        password_hash_queue=100,
+        password_hash_queue_timeout_seconds=0.01,
+        login_free_failures=100,
     ) as client:
         email, _ = await admin_email(client, signer, migrated)
         answers = await asyncio.gather(*(login(client, signer, email, PASSWORD) for _ in range(8)))
@@ -108,7 +114,9 @@ async def test_a_caller_that_waits_too_long_for_its_turn_is_refused_with_503(mig
 
 
 async def test_a_login_flood_beyond_the_queue_is_refused_with_503_and_retry_after(migrated, signer):
-    async with users_app(migrated, password_hash_concurrency=1, password_hash_queue=1) as client:
+    async with users_app(
+        migrated, password_hash_concurrency=1, password_hash_queue=1, login_free_failures=100
+    ) as client:
         email, _ = await admin_email(client, signer, migrated)
         answers = await asyncio.gather(*(login(client, signer, email, PASSWORD) for _ in range(16)))
         codes = [a.status_code for a in answers]
@@ -172,6 +180,19 @@ async def test_wrong_passwords_slow_one_account_down_and_the_owner_gets_in_soon(
         metrics = (await client.get("/metrics")).text
         for outcome in ("ok", "wrong_password", "throttled"):
             assert f'users_logins_total{{outcome="{outcome}"}}' in metrics
+
+
+async def test_wrong_passwords_sent_at_once_are_checked_no_more_than_one_after_another(migrated, signer):
+    """Each attempt counts before its password is checked: twenty wrong passwords at once get the free
+    ones and one more checked (each a 401), as they would one after another; the others are 429."""
+    async with users_app(migrated, login_free_failures=3, login_max_delay_seconds=60) as client:
+        email, _ = await admin_email(client, signer, migrated)
+        answers = await asyncio.gather(*(login(client, signer, email, "wrong-password") for _ in range(20)))
+        codes = sorted(a.status_code for a in answers)
+        assert codes == [401] * 4 + [429] * 16, [a.text for a in answers]
+        assert {a.json()["error_code"] for a in answers if a.status_code == 429} == {"LOGIN_THROTTLED"}
+        rows = await db_rows(migrated, "SELECT failed_logins FROM users WHERE email = $1", email)
+        assert rows[0]["failed_logins"] == 4
 
 
 @pytest.mark.parametrize("password", ["wrong-password", PASSWORD])
