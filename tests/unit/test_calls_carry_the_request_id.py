@@ -25,10 +25,11 @@ async def test_a_feed_read_carries_the_id_of_the_request_it_is_made_for():
         "orders", "http://orders.invalid", http, IdentitySigner("s" * 48, 60), CallPolicy(ProcessSettings())
     )
     feed = OrdersFeed(client)
-    await feed.page(0, 1)  # the relay's poll
-    token = request_id_var.set("resume-1")
-    try:
-        await feed.page(0, 1, "t-1")  # a resume's check
-    finally:
-        request_id_var.reset(token)
+    # The relay's poll (no request), then a resume's check (a request's).
+    for request_id in (None, "resume-1"):
+        token = request_id_var.set(request_id)
+        try:
+            await feed.page(0, 1)
+        finally:
+            request_id_var.reset(token)
     assert sent == [None, "resume-1"]
