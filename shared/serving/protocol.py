@@ -110,7 +110,7 @@ class RequestHeadTimeout(PorticoError, status=408, code="REQUEST_HEAD_TIMEOUT", 
 
 
 class _Refused(Exception):
-    """Raised in a parser callback to stop parsing a head that is over a limit."""
+    """Raised in a parser callback to stop parsing a head that is over a limit, or that cannot be read."""
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -269,6 +269,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_started = False
         self._counting = False
         self._head_bytes = 0
+        if self.url[:1] != b"/" and _no_path(self.url):
+            # An absolute-form target without a path (`GET http://host HTTP/1.1`, what open-proxy
+            # scanners send): uvicorn cannot read it (it fails on the missing path), so it is refused
+            # here as what is not HTTP/1.1 is, a 400, rather than taken for a fault of ours.
+            self._refusal_error = BadRequest
+            self._stop("the request target has no path")
         if self._shedder is not None and self._shed_here(self._shedder):
             return
         super().on_headers_complete()
@@ -456,6 +462,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._linger_budget -= size
         if self._linger_budget < 0:
             self.transport.close()
+
+
+def _no_path(url: bytes) -> bool:
+    try:
+        return httptools.parse_url(url).path is None
+    except httptools.HttpParserInvalidURLError:
+        return False  # no URL at all: uvicorn's reading of it fails as the parser's, a 400 (`_unreadable`)
 
 
 def _unreadable(exc: httptools.HttpParserError) -> tuple[str, type[PorticoError]]:

@@ -128,6 +128,7 @@ def test_every_process_answers_what_is_not_http_with_a_problem(stack: Stack, nam
         b"POST /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
         b"POST /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n",
         b"GET http://[::1/health/live?token=secret HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",  # no URL
+        b"GET http://example.com HTTP/1.1\r\nHost: example.com\r\n\r\n",  # no path
     ]
     for raw in not_http:
         answer = exchange(port, [raw])
