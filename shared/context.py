@@ -1,8 +1,9 @@
 """What one stage of a request hands the next, kept in one typed place.
 
 `ObservabilityMiddleware` (in every process, outside everything else) opens a `RequestContext` for
-each request: the request id, the request's server span (stages record their decisions on it), and,
-in the gateway, the principal that the authentication stage resolves. Later stages, error rendering
+each request: the request id, the request's server span (stages record their decisions on it), and
+the principal: in the gateway, what its authentication stage resolves; in a service, what the
+internal identity token names (`shared/caller.py`). Later stages, error rendering
 and route dependencies read it through the accessors below, never by a key of their own. The request
 id is also in a context variable, for log lines.
 """
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
-    # Who is calling, once the gateway's authentication stage ran (anonymous included); services
-    # learn it from the internal identity token instead (`shared/identity_token.py`).
+    # Who is calling, once the gateway's authentication stage ran (anonymous included), or once a
+    # service verified the internal identity token (`shared/caller.py`).
     principal: Identity | None = None
     # How the principal proved itself (the gateway's `Caller`: a token's expiry, an API key), for
     # connections that outlive their request.

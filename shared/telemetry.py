@@ -75,7 +75,7 @@ def exporting_enabled() -> bool:
 URL_TEMPLATE = "url.template"
 # Paths never traced: probes and scrapes would drown the real traces.
 UNTRACED_PATHS = frozenset(PROBE_PATHS)
-# What the gateway puts on its server span about the request and the caller (never a credential).
+# What every process puts on its server span about the request and the caller (never a credential).
 REQUEST_ID = "portico.request_id"
 TENANT_ID = "portico.tenant_id"
 # The caller: a user id, `key:<API key id>` or `service:<name>` (OpenTelemetry's `enduser.id`).

@@ -285,11 +285,11 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 
 
 def too_big(message: str | bytes) -> bool:
-    """Over `WEBSOCKET_MAX_MESSAGE_BYTES`, text counted in UTF-8 bytes (encoded only when its
-    characters alone do not already say so)."""
+    """Over `WEBSOCKET_MAX_MESSAGE_BYTES`, text counted in UTF-8 bytes (encoded only when it is not
+    ASCII, one byte a character, and its characters alone do not already say so)."""
     if len(message) > WEBSOCKET_MAX_MESSAGE_BYTES:
         return True
-    return isinstance(message, str) and len(message.encode()) > WEBSOCKET_MAX_MESSAGE_BYTES
+    return isinstance(message, str) and not message.isascii() and len(message.encode()) > WEBSOCKET_MAX_MESSAGE_BYTES
 
 
 def is_ping(text: str) -> bool:

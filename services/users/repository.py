@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import case, or_, select, update
 
 from services.users.errors import EmailTaken
 from services.users.models import ApiKey, SigningKey, Tenant, User
@@ -33,15 +33,20 @@ class UserRepository(Repository):
         return await self.session.get(Tenant, tenant_id, with_for_update=lock)
 
     async def release(self) -> None:
-        """Ends the transaction so far, which has only read, so its connection goes back to the pool
-        before slow work that needs none (password hashing); the next statement takes one again."""
+        """Ends the transaction so far (reads, and a login attempt's count), so its connection goes
+        back to the pool before slow work that needs none (password hashing); the next statement
+        takes one again."""
         await self.session.commit()
 
+    # A login attempt is counted before its password is checked (`service.issue_token`): as a wrong
+    # one until it proves good, so that attempts made at once are checked no faster than one after
+    # another. The count takes the user's row (PostgreSQL) or the database (SQLite) for writing until
+    # the transaction ends, which puts concurrent attempts in a line: each sees the pause the ones
+    # before it began.
+
     async def count_login_attempt(self, user_id: str, now: datetime) -> int | None:
-        """Counts an attempt at the account's password before it is checked, as a wrong one until it
-        proves good (`reset_failed_logins`); answers the count, or None while the account is paused
-        (nothing counted). The row's write lock, held until the transaction ends, puts attempts made
-        at once in a line: each sees the pause the ones before it began."""
+        """Counts an attempt unless the account is paused at `now`; answers the count (None: paused,
+        nothing counted)."""
         count = await self.session.scalar(
             update(User)
             .where(User.id == user_id, or_(User.login_blocked_until.is_(None), User.login_blocked_until <= now))
@@ -50,21 +55,36 @@ class UserRepository(Repository):
         )
         return None if count is None else int(count)
 
-    async def forget_login_attempt(self, user_id: str) -> None:
-        """Takes back an attempt counted whose password was never checked (the hashing was refused)."""
-        await self.session.execute(
-            update(User).where(User.id == user_id, User.failed_logins > 0).values(failed_logins=User.failed_logins - 1)
-        )
+    async def pause_logins(self, user_id: str, until: datetime) -> None:
+        await self.session.execute(update(User).where(User.id == user_id).values(login_blocked_until=until))
 
     async def login_paused_until(self, user_id: str) -> datetime | None:
         return await self.session.scalar(select(User.login_blocked_until).where(User.id == user_id))
 
-    async def block_logins(self, user_id: str, until: datetime | None) -> None:
-        await self.session.execute(update(User).where(User.id == user_id).values(login_blocked_until=until))
-
-    async def reset_failed_logins(self, user_id: str) -> None:
+    async def forget_login_attempt(self, user_id: str, paused_until: datetime | None) -> None:
+        """Takes back an attempt whose password was never checked, and the pause it began, if no later
+        attempt has begun another since."""
         await self.session.execute(
-            update(User).where(User.id == user_id).values(failed_logins=0, login_blocked_until=None)
+            update(User).where(User.id == user_id, User.failed_logins > 0).values(failed_logins=User.failed_logins - 1)
+        )
+        if paused_until is not None:
+            await self.session.execute(
+                update(User)
+                .where(User.id == user_id, User.login_blocked_until == paused_until)
+                .values(login_blocked_until=None)
+            )
+
+    async def good_login(self, user_id: str, counted: int) -> None:
+        """A good password: the wrong ones before it, and itself (`counted` in all), are forgotten, and
+        the pause with them; attempts counted while it was being checked still count."""
+        remaining = case((User.failed_logins > counted, User.failed_logins - counted), else_=0)
+        await self.session.execute(
+            update(User)
+            .where(User.id == user_id)
+            .values(
+                failed_logins=remaining,
+                login_blocked_until=case((User.failed_logins > counted, User.login_blocked_until), else_=None),
+            )
         )
 
 

@@ -142,8 +142,9 @@ class PasswordHasher:
 @dataclass(frozen=True, slots=True)
 class LoginThrottle:
     """Per account: `free` consecutive wrong passwords cost nothing; after each further one the next
-    attempt waits 1 s, 2 s, 4 s, ... up to `max_delay_seconds`. A good password resets it. Nothing
-    ever locks the owner out for longer than `max_delay_seconds` after the last wrong attempt."""
+    attempt waits 1 s, 2 s, 4 s, ... up to `max_delay_seconds`. An attempt counts as wrong from before
+    its password is checked until it proves good (`service.issue_token`); a good password resets it.
+    Nothing ever locks the owner out for longer than `max_delay_seconds` after the last wrong attempt."""
 
     free: int
     max_delay_seconds: int

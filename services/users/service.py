@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from services.users.authority import (
@@ -20,7 +21,6 @@ from services.users.emails import canonical_email_or_none
 from services.users.errors import (
     ApiKeyNotFound,
     ApiKeyNotRotatable,
-    HashingBusy,
     InvalidCredentials,
     LoginThrottled,
     PlanNotSelfService,
@@ -204,36 +204,25 @@ async def issue_token(
     need. An account past its free wrong passwords answers 429 `LOGIN_THROTTLED` until its delay ends,
     without verifying anything (`LoginThrottle`). The attempt is counted as a wrong password before its
     password is checked, and the pause its failure would begin starts then, so attempts made at once
-    are checked one pause at a time, as if they came one after another; a good password resets it."""
+    are checked no faster than one after another; a good password takes them back, and one never
+    checked (the hashing refused or failed) is taken back."""
     canonical = canonical_email_or_none(email)
     user = await repo.get_user_by_email(canonical) if canonical is not None else None
     tenant = await repo.get_tenant(user.tenant_id) if user is not None else None
-    if user is not None:
-        now = utcnow()
-        failures = await repo.count_login_attempt(user.id, now)
-        if failures is None:
-            paused_until = await repo.login_paused_until(user.id)
-            wait = max(1, math.ceil((paused_until - now).total_seconds())) if paused_until is not None else 1
-            hasher.metrics.logins.labels("throttled").inc()
-            raise LoginThrottled(
-                f"Too many wrong passwords for this account; try again in {wait} s.",
-                headers=retry_in(wait),
-                extra={"retry_after": wait},
-            )
-        await repo.block_logins(user.id, throttle.blocked_until(failures, now))
-    # Commits the count (kept however the request ends).
+    attempt = await _count_attempt(repo, throttle, hasher, user) if user is not None else None
+    # Commits the count: it stands however the request ends, unless taken back below.
     await repo.release()
     try:
         good = await hasher.verify(password, user.password_hash if user else None)
-    except HashingBusy:
-        if user is not None:
-            await repo.forget_login_attempt(user.id)
+    except Exception:
+        if user is not None and attempt is not None:
+            await repo.forget_login_attempt(user.id, attempt.paused_until)
             await repo.release()
         raise
-    if not good or user is None or tenant is None:
+    if not good or user is None or tenant is None or attempt is None:
         hasher.metrics.logins.labels("wrong_password").inc()
         raise InvalidCredentials("The email or password is wrong.")
-    await repo.reset_failed_logins(user.id)
+    await repo.good_login(user.id, attempt.count)
     hasher.metrics.logins.labels("ok").inc()
     token = issuer.issue(
         subject=user.id,
@@ -244,6 +233,38 @@ async def issue_token(
         quota=tenant.monthly_quota,
     )
     return TokenOut(access_token=token, expires_in=issuer.ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginAttempt:
+    """A login attempt as counted before its password is checked: the account's count with it, and the
+    pause its failure begins (None within the free ones)."""
+
+    count: int
+    paused_until: datetime | None
+
+
+async def _count_attempt(
+    repo: UserRepository, throttle: LoginThrottle, hasher: PasswordHasher, user: User
+) -> LoginAttempt:
+    """Counts an attempt at `user`'s password, or answers 429 while the account is paused. A pause the
+    row read already shows costs no write; one begun meanwhile shows in the count's condition."""
+    now = utcnow()
+    paused = user.login_blocked_until if user.login_blocked_until and user.login_blocked_until > now else None
+    count = None if paused is not None else await repo.count_login_attempt(user.id, now)
+    if count is None:
+        paused = paused or await repo.login_paused_until(user.id)
+        wait = max(1, math.ceil((paused - now).total_seconds())) if paused is not None else 1
+        hasher.metrics.logins.labels("throttled").inc()
+        raise LoginThrottled(
+            f"Too many wrong passwords for this account; try again in {wait} s.",
+            headers=retry_in(wait),
+            extra={"retry_after": wait},
+        )
+    until = throttle.blocked_until(count, now)
+    if until is not None:
+        await repo.pause_logins(user.id, until)
+    return LoginAttempt(count, until)
 
 
 async def _manages_tenant_keys(users: UserRepository, keys: ApiKeyRepository, identity: TenantIdentity) -> bool:

@@ -62,8 +62,9 @@ class UsersSettings(BaseServiceSettings, AccessTokenSettings):
     """A caller that waited this long without its turn is refused the same way (keep it below the gateway's
     GATEWAY_HTTP_TIMEOUT_SECONDS, so the client gets the 503 rather than a 504)."""
     login_free_failures: NonNegativeInt = 5
-    """Per account: this many consecutive wrong passwords are free; each further one makes the next attempt wait 1 s,
-    2 s, 4 s, ... up to `login_max_delay_seconds` (429 with Retry-After meanwhile)."""
+    """Per account: this many consecutive wrong passwords are free (an attempt counts as one until its password proves
+    good); each further one makes the next attempt wait 1 s, 2 s, 4 s, ... up to `login_max_delay_seconds` (429 with
+    Retry-After meanwhile)."""
     login_max_delay_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
     """The longest a throttled account waits for its next login."""
     signup_plans: ListSetting = Field(default_factory=lambda: list(DEFAULT_SIGNUP_PLANS), min_length=1)

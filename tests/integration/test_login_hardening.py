@@ -183,16 +183,47 @@ async def test_wrong_passwords_slow_one_account_down_and_the_owner_gets_in_soon(
 
 
 async def test_wrong_passwords_sent_at_once_are_checked_no_more_than_one_after_another(migrated, signer):
-    """Each attempt counts before its password is checked: twenty wrong passwords at once get the free
-    ones and one more checked (each a 401), as they would one after another; the others are 429."""
+    """Each attempt counts before its password is checked. An account past its free wrong passwords,
+    not paused now: of twenty wrong passwords at once, one is checked (401) and begins a pause of 32 s
+    (its sixth beyond the free ones), which the others meet (429), as they would one after another."""
     async with users_app(migrated, login_free_failures=3, login_max_delay_seconds=60) as client:
         email, _ = await admin_email(client, signer, migrated)
+        await db_rows(migrated, "UPDATE users SET failed_logins = 8 WHERE email = $1", email)
         answers = await asyncio.gather(*(login(client, signer, email, "wrong-password") for _ in range(20)))
         codes = sorted(a.status_code for a in answers)
-        assert codes == [401] * 4 + [429] * 16, [a.text for a in answers]
+        assert codes == [401] + [429] * 19, [a.text for a in answers]
         assert {a.json()["error_code"] for a in answers if a.status_code == 429} == {"LOGIN_THROTTLED"}
         rows = await db_rows(migrated, "SELECT failed_logins FROM users WHERE email = $1", email)
-        assert rows[0]["failed_logins"] == 4
+        assert rows[0]["failed_logins"] == 9
+
+
+async def test_an_attempt_refused_for_want_of_a_hashing_slot_is_not_counted(migrated, signer):
+    """One check at a time and no queue: while another account's password is being checked, a wrong
+    password (which would begin a pause: no free ones) is refused with 503 and leaves its account as
+    it was: nothing counted, no pause."""
+    hashed, _ = await asyncio.to_thread(slow_hash, PASSWORD, 0.5)
+    app = create_app(
+        UsersSettings(
+            **settings_kwargs(migrated, "users"),
+            password_hash_concurrency=1,
+            password_hash_queue=0,
+            login_free_failures=0,
+        )
+    )
+    async with running_app(app) as (client, lifespan):
+        hasher = lifespan["app"].context.hasher
+        busy, _ = await admin_email(client, signer, migrated)
+        refused, _ = await admin_email(client, signer, migrated)
+        await db_rows(migrated, "UPDATE users SET password_hash = $1 WHERE email = $2", hashed, busy)
+        checking = asyncio.ensure_future(login(client, signer, busy, PASSWORD))
+        while hasher.running == 0:
+            await asyncio.sleep(0.005)
+        answer = await login(client, signer, refused, "wrong-password")
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error_code"] == "PASSWORD_HASHING_BUSY"
+        assert (await checking).status_code == 200
+    rows = await db_rows(migrated, "SELECT failed_logins, login_blocked_until FROM users WHERE email = $1", refused)
+    assert (rows[0]["failed_logins"], rows[0]["login_blocked_until"]) == (0, None)
 
 
 @pytest.mark.parametrize("password", ["wrong-password", PASSWORD])
