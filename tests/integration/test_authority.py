@@ -306,26 +306,29 @@ async def test_only_an_admin_token_sets_a_credit_limit(users_client, signer, ten
     assert await credit_limit_in_db(migrated, target) != 10**12
 
 
-async def test_a_demoted_admin_token_sets_no_credit_limit(users_client, signer, migrated):
-    """The role is read afresh: a token issued while its user was an admin, still carrying
-    `users:write`, is refused once the user is a member."""
-    admin = await tenant_admin(users_client, signer)
+async def second_admin(users_client, signer, admin: Caller) -> Caller:
+    """Another admin of `admin`'s tenant, calling with the token it gets as an admin (which it keeps,
+    valid, once a test demotes it)."""
     second = await users_client.post(
         "/users", json={"email": unique_email(), "password": PASSWORD, "role": "admin"}, headers=admin.headers
     )
     assert second.status_code == 201, second.text
-    second_id = second.json()["id"]
-    old_token = Caller(
-        users_client,
-        signer,
-        Identity(
-            subject=second_id,
-            tenant_id=admin.identity.tenant_id,
-            scopes=ALL_SCOPES,
-            plan=admin.identity.plan,
-            role="admin",
-        ),
+    identity = Identity(
+        subject=second.json()["id"],
+        tenant_id=admin.identity.tenant_id,
+        scopes=ALL_SCOPES,
+        plan=admin.identity.plan,
+        role="admin",
     )
+    return Caller(users_client, signer, identity)
+
+
+async def test_a_demoted_admin_token_sets_no_credit_limit(users_client, signer, migrated):
+    """The role is read afresh: a token issued while its user was an admin, still carrying
+    `users:write`, is refused once the user is a member."""
+    admin = await tenant_admin(users_client, signer)
+    old_token = await second_admin(users_client, signer, admin)
+    second_id = old_token.identity.subject
     # While an admin, the token sets its own limit; once demoted, nothing.
     allowed = await users_client.patch(
         f"/users/{second_id}", json={"credit_limit_cents": 5000}, headers=old_token.headers
@@ -347,16 +350,8 @@ async def test_a_demoted_admin_token_manages_only_its_own_keys(users_client, sig
     rotates and revokes only the user's own keys once it is a member; another's answer 404 as a
     missing key does, and stay as they were."""
     admin = await tenant_admin(users_client, signer)
-    second = await users_client.post(
-        "/users", json={"email": unique_email(), "password": PASSWORD, "role": "admin"}, headers=admin.headers
-    )
-    assert second.status_code == 201, second.text
-    second_id = second.json()["id"]
-    old_token = Caller(
-        users_client,
-        signer,
-        Identity(subject=second_id, tenant_id=admin.identity.tenant_id, scopes=ALL_SCOPES, plan="pro", role="admin"),
-    )
+    old_token = await second_admin(users_client, signer, admin)
+    second_id = old_token.identity.subject
     others = await admin.created("the first admin's")
     own = await old_token.created("its own")
     listed = await users_client.get("/api-keys", headers=old_token.headers)

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from services.users.app import create_app
@@ -23,12 +24,13 @@ from tests.conftest import internal_headers, running_app, settings_kwargs
 from tests.integration.test_api_keys import PASSWORD, db_rows, tenant_admin
 
 
+def users_service(infra, **overrides: Any) -> FastAPI:
+    return create_app(UsersSettings(**{**settings_kwargs(infra, "users"), **overrides}))
+
+
 @contextlib.asynccontextmanager
 async def users_app(infra, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_app(create_app(UsersSettings(**{**settings_kwargs(infra, "users"), **overrides}))) as (
-        client,
-        _,
-    ):
+    async with running_app(users_service(infra, **overrides)) as (client, _):
         yield client
 
 
@@ -67,15 +69,13 @@ async def test_password_checks_hold_no_connection_while_they_wait_or_hash(migrat
     connection is out of the pool. A login that held its connection while it hashed or waited would
     hold the only one (and the other login would wait for it, not for its turn)."""
     hashed, _ = await asyncio.to_thread(slow_hash, PASSWORD, 0.5)
-    app = create_app(
-        UsersSettings(
-            **settings_kwargs(migrated, "users"),
-            db_pool_size=1,
-            db_max_overflow=0,
-            password_hash_concurrency=1,
-            password_hash_queue=10,
-            password_hash_queue_timeout_seconds=300,
-        )
+    app = users_service(
+        migrated,
+        db_pool_size=1,
+        db_max_overflow=0,
+        password_hash_concurrency=1,
+        password_hash_queue=10,
+        password_hash_queue_timeout_seconds=300,
     )
     async with running_app(app) as (client, lifespan):
         state = lifespan["app"]
@@ -202,14 +202,7 @@ async def test_an_attempt_refused_for_want_of_a_hashing_slot_is_not_counted(migr
     password (which would begin a pause: no free ones) is refused with 503 and leaves its account as
     it was: nothing counted, no pause."""
     hashed, _ = await asyncio.to_thread(slow_hash, PASSWORD, 0.5)
-    app = create_app(
-        UsersSettings(
-            **settings_kwargs(migrated, "users"),
-            password_hash_concurrency=1,
-            password_hash_queue=0,
-            login_free_failures=0,
-        )
-    )
+    app = users_service(migrated, password_hash_concurrency=1, password_hash_queue=0, login_free_failures=0)
     async with running_app(app) as (client, lifespan):
         hasher = lifespan["app"].context.hasher
         busy, _ = await admin_email(client, signer, migrated)
